@@ -1,0 +1,1 @@
+"""Pure arithmetic on layers: fans, gains, schemes. No torch, no I/O."""

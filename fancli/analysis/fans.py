@@ -1,0 +1,126 @@
+"""fan_in and fan_out: torch's convention exactly, and the layer-aware fans where it misleads.
+
+torch (`nn.init._calculate_fan_in_and_fan_out`) looks at the shape only. Where the layer's structure
+says the shape misleads (grouped and transposed convs, stacked blocks, `[in, out]` storage), the
+effective fans are computed too and a note says why they differ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..layer import Layer
+
+Number = int | float
+
+
+def torch_fans(shape: Sequence[int]) -> tuple[int, int]:
+    """Exactly `torch.nn.init._calculate_fan_in_and_fan_out`, including its error for < 2 dims."""
+    if len(shape) < 2:
+        raise ValueError("Fan in and fan out can not be computed for tensor with fewer than 2 dimensions")
+    receptive_field = math.prod(shape[2:])
+    return shape[1] * receptive_field, shape[0] * receptive_field
+
+
+def keras_fans(shape: Sequence[int]) -> tuple[int, int]:
+    """Keras/JAX convention for `[*kernel, in, out]` kernels and `[in, out]` Dense kernels."""
+    if len(shape) < 2:
+        raise ValueError("Fan in and fan out can not be computed for tensor with fewer than 2 dimensions")
+    receptive_field = math.prod(shape[:-2])
+    return shape[-2] * receptive_field, shape[-1] * receptive_field
+
+
+def layout_fans(shape: Sequence[int], layout: str) -> tuple[int, int]:
+    """The fans the framework that owns this layout computes for the tensor as stored."""
+    return keras_fans(shape) if layout == "keras" else torch_fans(shape)
+
+
+@dataclass(frozen=True)
+class LayerFans:
+    """A layer's fans by its framework's convention, and the effective ones where they differ."""
+
+    fan_in: int | None
+    fan_out: int | None
+    effective_fan_in: Number | None = None  # None: same as fan_in (or not computable)
+    effective_fan_out: Number | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def differs(self) -> bool:
+        return self.effective_fan_in is not None or self.effective_fan_out is not None
+
+    def pick(self, effective: bool) -> tuple[Number | None, Number | None]:
+        """The (fan_in, fan_out) pair to compute init values from."""
+        if effective and self.differs:
+            return self.effective_fan_in, self.effective_fan_out
+        return self.fan_in, self.fan_out
+
+
+def _exact(value: float) -> Number:
+    """Keep fans integral where the division is exact, so 64/1 reads 64, not 64.0."""
+    return int(value) if float(value).is_integer() else value
+
+
+def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
+    """torch's fans for the layer's tensor, plus effective fans and notes from its structure."""
+    shape = layer.shape
+    if len(shape) < 2:
+        return LayerFans(None, None, notes=(f"{len(shape)}-D tensor: torch defines no fan_in/fan_out below 2 dims",))
+    fan_in, fan_out = layout_fans(shape, layer.layout)
+    eff_in: float = fan_in
+    eff_out: float = fan_out
+    notes: list[str] = []
+    rf = math.prod(layer.kernel)
+    groups = layer.groups or 1
+
+    if layer.layout == "in_out":
+        eff_in, eff_out = shape[0] * rf, shape[1] * rf
+        notes.append("stored [in, out] (HF Conv1D, Paddle Linear): torch's function reads the fans swapped")
+    elif layer.transposed or layer.kind.startswith("conv_transpose"):
+        in_channels, out_per_group = shape[0], shape[1]
+        eff_out = out_per_group * rf
+        eff_in = in_channels // groups * rf
+        if layer.stride and math.prod(layer.stride) > 1:
+            eff_in /= math.prod(layer.stride)
+        notes.append(
+            "transposed conv: torch reads [in, out/groups, *k] with the fans swapped; each output sums "
+            "(in/groups)·k taps, divided by the stride on average; each input feeds (out/groups)·k outputs"
+        )
+    elif groups > 1:
+        eff_out = fan_out / groups
+        what = "depthwise conv" if shape[1] == 1 else "grouped conv"
+        notes.append(
+            f"{what}: torch's fan_out counts all output channels, but each input channel feeds only "
+            "out/groups of them (pytorch#23854)"
+        )
+
+    if layer.stacked and layer.stacked > 1:
+        eff_out = eff_out / layer.stacked
+        if layer.kind == "multihead_attention":
+            notes.append("q, k, v stacked in one [3E, E] weight: torch's fan_out counts all three; each has E")
+        else:
+            notes.append(
+                f"{layer.kind.upper()}: {layer.stacked} gates stacked along dim 0; torch's fan_out counts all "
+                f"{layer.stacked}, each gate has hidden_size"
+            )
+
+    if layer.dilation and any(d > 1 for d in layer.dilation):
+        notes.append("dilated conv: dilation widens the kernel's span, not its taps; the fans are unchanged")
+
+    if pool_fan_out and layer.pool:
+        eff_out = eff_out / math.prod(layer.pool)
+        notes.append("fan_out divided by the pool area after the conv (LeNet tutorial convention, opt-in)")
+
+    if layer.kind == "embedding":
+        notes.append("embedding: torch initialises it N(0, 1); fan_in/fan_out of [num, dim] are not meaningful")
+
+    same = (eff_in == fan_in, eff_out == fan_out)
+    return LayerFans(
+        fan_in,
+        fan_out,
+        effective_fan_in=None if all(same) else _exact(eff_in),
+        effective_fan_out=None if all(same) else _exact(eff_out),
+        notes=tuple(notes),
+    )

@@ -1,0 +1,64 @@
+"""Gain of the nonlinearity that follows a layer: torch's `calculate_gain` table, exactly."""
+
+from __future__ import annotations
+
+import math
+
+#: The names `torch.nn.init.calculate_gain` accepts, in its own order.
+TORCH_NONLINEARITIES = (
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "selu",
+)
+
+#: Spellings users write for "no nonlinearity". torch's docs name Identity but its function rejects it.
+ALIASES = {"identity": "linear", "none": "linear"}
+
+_LINEAR_FNS = TORCH_NONLINEARITIES[:7]
+
+
+def calculate_gain(nonlinearity: str, param: int | float | None = None) -> float:
+    """Mirror of `torch.nn.init.calculate_gain`: same values, same ValueErrors."""
+    if nonlinearity in _LINEAR_FNS or nonlinearity == "sigmoid":
+        return 1
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        if param is None:
+            negative_slope = 0.01
+        elif not isinstance(param, bool) and isinstance(param, int) or isinstance(param, float):
+            negative_slope = param
+        else:
+            raise ValueError(f"negative_slope {param} not a valid number")
+        return math.sqrt(2.0 / (1 + negative_slope**2))
+    if nonlinearity == "selu":
+        return 3.0 / 4
+    raise ValueError(f"Unsupported nonlinearity {nonlinearity}")
+
+
+def canonical(nonlinearity: str) -> str:
+    """The torch name for a user's spelling: lower case, aliases resolved."""
+    name = nonlinearity.strip().lower().replace("-", "_")
+    return ALIASES.get(name, name)
+
+
+def gain(nonlinearity: str, param: int | float | None = None) -> float:
+    """torch's gain for a user-facing name (aliases allowed); ValueError names the known ones."""
+    try:
+        return calculate_gain(canonical(nonlinearity), param)
+    except ValueError as error:
+        if "negative_slope" in str(error):
+            raise ValueError(f"leaky_relu's negative slope must be a number, got {param!r}") from None
+        known = ", ".join(TORCH_NONLINEARITIES + tuple(ALIASES))
+        raise ValueError(f"unknown nonlinearity {nonlinearity!r}; known: {known}") from None

@@ -1,0 +1,156 @@
+"""The command line: parse options, call the library, pick a renderer, map errors to exit codes.
+
+Exit codes: 0 success · 1 a check found drift · 2 bad usage or unreadable input · 3 internal error ·
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import click
+
+from .analysis.gains import TORCH_NONLINEARITIES
+from .analysis.schemes import ALIASES as SCHEME_ALIASES
+from .analysis.schemes import MODES, SCHEMES
+from .errors import FancliError
+
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+
+
+class _ModesCommand(click.Command):
+    """Lets `--mode fan_in fan_out` take several values, as the product promises.
+
+    click options take a fixed number of values, so `--mode a b` is rewritten to `--mode a --mode b`
+    before parsing; only known mode names are swallowed, so SOURCE may still follow.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rewritten: list[str] = []
+        index = 0
+        while index < len(args):
+            token = args[index]
+            rewritten.append(token)
+            index += 1
+            if token in ("--mode", "-m"):
+                if index < len(args):
+                    rewritten.append(args[index])
+                    index += 1
+                while index < len(args) and args[index] in MODES:
+                    rewritten += [token, args[index]]
+                    index += 1
+        return super().parse_args(ctx, rewritten)
+
+
+def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options inspect and compare share."""
+    scheme_names = list(SCHEMES) + list(SCHEME_ALIASES)
+    options = [
+        click.option("--scheme", "-s", metavar="NAME",
+                     help=f"Init scheme: {', '.join(SCHEMES)} (aliases he_*, glorot_*). "
+                          "Default: the spec's, else kaiming_normal.",
+                     shell_complete=lambda *_: scheme_names),
+        click.option("--nonlinearity", "-n", metavar="NAME",
+                     help=f"Nonlinearity after every layer, overriding the source: {', '.join(TORCH_NONLINEARITIES)}."),
+        click.option("--param", "-p", type=float, metavar="SLOPE",
+                     help="The nonlinearity's parameter (leaky_relu's negative slope, kaiming's `a`)."),
+        click.option("--fans", type=click.Choice(["torch", "effective"]),
+                     help="Compute std from torch's fans (default) or the layer-aware effective fans."),
+        click.option("--pool-fan-out/--no-pool-fan-out", default=None,
+                     help="Divide a conv's fan_out by the pool area after it (LeNet tutorial convention)."),
+        click.option("--filter", "-k", "filters", multiple=True, metavar="GLOB",
+                     help="Only layers whose name or parameter key matches (glob, or substring). Repeatable."),
+        click.option("--format", "-f", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
+                     show_default=True, help="Output format."),
+        click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+                     help="Write to FILE (atomically) instead of stdout."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _emit(report: Any, fmt: str, output: str | None) -> None:
+    """Render to stdout, or atomically to a file."""
+    from .renderers import render_text
+
+    if output:
+        from .atomic import write_text
+
+        write_text(output, render_text(report, fmt))
+        click.echo(f"wrote {output}", err=True)
+        return
+    if fmt == "table" and sys.stdout.isatty():
+        from rich.console import Console
+
+        from .renderers.table import render_table
+
+        render_table(report, Console())
+        return
+    click.echo(render_text(report, fmt), nl=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fancli")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """fan_in, fan_out, gain and init std of every layer of a network, as torch computes them.
+
+    SOURCE is a YAML layer spec (see docs/spec.md).
+    """
+
+
+@cli.command(cls=_ModesCommand)
+@click.argument("source")
+@click.option("--mode", "-m", type=click.Choice(MODES), help="fan_in, fan_out or fan_avg. Default: the scheme's.")
+@_settings_options
+def inspect(source: str, mode: str | None, fmt: str, output: str | None, **settings: Any) -> None:
+    """What each layer gets: fans, gain, std and bound under a scheme and mode."""
+    from . import api
+
+    _emit(api.inspect(source, mode=mode, **settings), fmt, output)
+
+
+@cli.command(cls=_ModesCommand)
+@click.argument("source")
+@click.option("--mode", "-m", "modes", type=click.Choice(MODES), multiple=True,
+              help="Two or three modes to set side by side: --mode fan_in fan_out [fan_avg]. Default: fan_in fan_out.")
+@_settings_options
+def compare(source: str, modes: tuple[str, ...], fmt: str, output: str | None, **settings: Any) -> None:
+    """How the modes differ, layer by layer: one std column per mode and their ratio."""
+    from . import api
+
+    _emit(api.compare(source, modes or ("fan_in", "fan_out"), **settings), fmt, output)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the CLI and turns every failure into one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="fancli", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("fancli: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except FancliError as error:
+        if debug:
+            raise
+        click.echo(f"fancli: error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away (`| head`); nothing more to say
+        sys.exit(0)
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        if debug:
+            raise
+        click.echo(f"fancli: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+                   err=True)
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(0)

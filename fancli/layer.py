@@ -1,0 +1,76 @@
+"""The intermediate form every loader produces: a model as an ordered list of layers.
+
+A `Layer` holds what its source knows, and `None` for what it does not: a state_dict knows names and
+shapes, a module also knows groups and transposition. Analysis never guesses a missing fact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+#: Kinds a layer may have. Loaders infer them; analysis treats unknown kinds by shape alone.
+KINDS = (
+    "linear",
+    "bilinear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "embedding",
+    "rnn",
+    "lstm",
+    "gru",
+    "multihead_attention",
+    "norm",
+    "unknown",
+)
+
+#: How a weight tensor is laid out in memory.
+#: torch: `[out, in, *kernel]`; keras: `[*kernel, in, out]` (Dense `[in, out]`, also JAX/Flax);
+#: in_out: a torch tensor stored `[in, out]` (HF GPT-2 `Conv1D`, Paddle `Linear`).
+LAYOUTS = ("torch", "keras", "in_out")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One weight tensor and the structure around it that its shape alone cannot tell."""
+
+    name: str  # qualified module name, e.g. "features.3"
+    param: str  # parameter key, e.g. "features.3.weight"
+    kind: str
+    shape: tuple[int, ...]
+    layout: str = "torch"
+    groups: int | None = None
+    transposed: bool | None = None
+    stacked: int | None = None  # blocks stacked along dim 0: 3 for q/k/v and GRU gates, 4 for LSTM gates
+    stride: tuple[int, ...] | None = None
+    dilation: tuple[int, ...] | None = None
+    pool: tuple[int, ...] | None = None  # pooling window that follows the layer
+    nonlinearity: str | None = None  # the activation that follows; None when the source does not say
+    nonlinearity_param: float | None = None  # e.g. leaky_relu's negative slope
+    scheme: str | None = None  # init the source asks for (spec defaults or per-layer override)
+    mode: str | None = None
+    dtype: str | None = None
+    read: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def kernel(self) -> tuple[int, ...]:
+        """Kernel dims of a conv weight (empty for 2-D weights), read according to the layout."""
+        if len(self.shape) <= 2:
+            return ()
+        return self.shape[:-2] if self.layout == "keras" else self.shape[2:]
+
+
+@dataclass(frozen=True)
+class Model:
+    """What a loader returns: the layers in model order, plus model-wide defaults from the source."""
+
+    source: str
+    format: str
+    layers: tuple[Layer, ...]
+    name: str | None = None
+    fans: str | None = None  # fan convention the source asks for ("torch" or "effective")
+    pool_fan_out: bool | None = None  # opt-in LeNet tutorial convention

@@ -1,0 +1,388 @@
+"""YAML layer specs: describe a network's layers by type and size, without any weights.
+
+Every problem is reported as `file:line: path.key: what is wrong`. The schema is documented in
+docs/spec.md; `LAYER_TYPES` below is its source of truth for keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ..analysis import gains, schemes
+from ..errors import SourceError
+from ..layer import KINDS, LAYOUTS, Layer, Model
+from . import yaml_lines
+from .yaml_lines import LineDict, LineList
+
+MAX_SPEC_BYTES = 16 * 1024 * 1024
+_MISSING = object()
+
+#: Keys every layer may carry besides its type's own.
+COMMON_KEYS = ("name", "type", "nonlinearity", "activation", "param", "negative_slope", "scheme", "mode")
+_CONV_KEYS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias", "padding_mode", "pool")
+_RNN_KEYS = ("input_size", "hidden_size", "num_layers", "bidirectional", "bias", "batch_first", "dropout")
+NORM_TYPES = ("norm", "batch_norm", "batchnorm", "batchnorm1d", "batchnorm2d", "batchnorm3d", "layer_norm",
+              "layernorm", "group_norm", "groupnorm", "instance_norm", "rms_norm", "rmsnorm")
+
+#: type -> keys it accepts beyond COMMON_KEYS.
+LAYER_TYPES: dict[str, tuple[str, ...]] = {
+    "linear": ("in_features", "out_features", "bias"),
+    "bilinear": ("in1_features", "in2_features", "out_features", "bias"),
+    **{f"conv{d}d": _CONV_KEYS for d in (1, 2, 3)},
+    **{f"conv_transpose{d}d": _CONV_KEYS + ("output_padding",) for d in (1, 2, 3)},
+    "embedding": ("num_embeddings", "embedding_dim", "padding_idx"),
+    "rnn": _RNN_KEYS,
+    "lstm": _RNN_KEYS,
+    "gru": _RNN_KEYS,
+    "multihead_attention": ("embed_dim", "num_heads", "bias", "kdim", "vdim", "dropout", "batch_first"),
+    **{t: ("num_features", "normalized_shape", "num_channels", "num_groups", "eps", "affine") for t in NORM_TYPES},
+    "raw": ("shape", "layout", "kind", "groups", "stacked", "transposed", "stride", "dilation", "pool"),
+}
+DEFAULT_KEYS = ("scheme", "mode", "nonlinearity", "activation", "param", "negative_slope", "fans", "pool_fan_out", "layout")
+TOP_KEYS = ("name", "description", "defaults", "layers")
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+@dataclass(frozen=True)
+class _At:
+    """Where a value sits: file, YAML line and its path from the top (`layers[3]`)."""
+
+    file: str
+    path: str
+    line: int
+
+    def error(self, message: str, key: str | None = None, line: int | None = None) -> SourceError:
+        where = f"{self.path}.{key}" if key and self.path else (key or self.path)
+        prefix = f"{self.file}:{line or self.line}"
+        return SourceError(f"{prefix}: {where}: {message}" if where else f"{prefix}: {message}")
+
+    def key_line(self, mapping: LineDict, key: str) -> int:
+        return getattr(mapping, "key_lines", {}).get(key, self.line)
+
+
+def _yaml_type(value: Any) -> str:
+    """A value for an error message: short, and never a repr of a (possibly alias-bombed) container."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:40] + "…")
+    return repr(value)
+
+
+def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Fields:
+    """Typed access to one YAML mapping, with errors that point at the key's line."""
+
+    def __init__(self, mapping: LineDict, at: _At, allowed: tuple[str, ...]) -> None:
+        self.mapping, self.at = mapping, at
+        for key in mapping:
+            if key not in allowed:
+                raise at.error(f"unknown key{_suggest(str(key), allowed)}", str(key), at.key_line(mapping, key))
+
+    def error(self, key: str, message: str) -> SourceError:
+        return self.at.error(message, key, self.at.key_line(self.mapping, key))
+
+    def has(self, key: str) -> bool:
+        return key in self.mapping and self.mapping[key] is not None
+
+    def raw(self, key: str, default: Any = _MISSING) -> Any:
+        if not self.has(key):
+            if default is _MISSING:
+                raise self.at.error(f"missing key {key!r}")
+            return default
+        return self.mapping[key]
+
+    def int(self, key: str, default: Any = _MISSING, minimum: int = 1) -> int:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        return self._check_int(key, value, minimum)
+
+    def _check_int(self, key: str, value: Any, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {_yaml_type(value)}")
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def ints(self, key: str, dims: int | None, default: Any = _MISSING, minimum: int = 1) -> tuple[int, ...]:
+        """An int (repeated to `dims`) or a list of `dims` ints; `dims` None accepts any length ≥ 1."""
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, list):
+            if not value or (dims is not None and len(value) != dims):
+                raise self.error(key, f"expected {dims or 'at least 1'} values, got {len(value)}")
+            return tuple(self._check_int(key, v, minimum) for v in value)
+        single = self._check_int(key, value, minimum)
+        return (single,) * (dims or 1)
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_yaml_type(value)}")
+        return value
+
+    def str(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(key, f"expected a name, got {_yaml_type(value)}")
+        return value.strip()
+
+    def number(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.error(key, f"expected a number, got {_yaml_type(value)}")
+        return float(value)
+
+    def choice(self, key: str, check: Callable[[str], Any], default: Any = None) -> Any:
+        """A name validated by an analysis function (scheme, mode, nonlinearity)."""
+        value = self.str(key, default)
+        if value is default:
+            return default
+        try:
+            check(value)
+        except ValueError as error:
+            raise self.error(key, str(error)) from None
+        return value
+
+
+@dataclass(frozen=True)
+class _Init:
+    """The init choices a layer carries: model defaults merged with its own overrides."""
+
+    scheme: str | None = None
+    mode: str | None = None
+    nonlinearity: str | None = None
+    param: float | None = None
+
+    def merged(self, fields: _Fields) -> "_Init":
+        nonlinearity = fields.choice("nonlinearity", gains.gain) or fields.choice("activation", gains.gain)
+        param = fields.number("param", None)
+        if param is None:
+            param = fields.number("negative_slope", None)
+        if not nonlinearity and param is None:
+            param = self.param  # a layer's own nonlinearity does not inherit the default's param
+        nonlinearity = nonlinearity or self.nonlinearity
+        if nonlinearity:
+            try:
+                gains.gain(nonlinearity, param)
+            except ValueError as error:
+                raise fields.at.error(str(error)) from None
+        return _Init(
+            scheme=fields.choice("scheme", schemes.scheme) or self.scheme,
+            mode=fields.choice("mode", schemes.check_mode) or self.mode,
+            nonlinearity=nonlinearity,
+            param=param,
+        )
+
+
+def _layer(name: str, suffix: str, kind: str, shape: tuple[int, ...], init: _Init, **structure: Any) -> Layer:
+    return Layer(
+        name=name,
+        param=f"{name}.{suffix}",
+        kind=kind,
+        shape=shape,
+        nonlinearity=init.nonlinearity,
+        nonlinearity_param=init.param,
+        scheme=init.scheme,
+        mode=init.mode,
+        **structure,
+    )
+
+
+def _conv(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
+    dims = int(type_[-2])
+    transposed = type_.startswith("conv_transpose")
+    in_ch, out_ch = f.int("in_channels"), f.int("out_channels")
+    kernel = f.ints("kernel_size", dims)
+    stride = f.ints("stride", dims, (1,) * dims)
+    dilation = f.ints("dilation", dims, (1,) * dims)
+    groups = f.int("groups", 1)
+    for key, channels in (("in_channels", in_ch), ("out_channels", out_ch)):
+        if channels % groups:
+            raise f.error("groups", f"{groups} does not divide {key}={channels}")
+    pool = f.ints("pool", dims, None)
+    shape = (in_ch, out_ch // groups, *kernel) if transposed else (out_ch, in_ch // groups, *kernel)
+    return [
+        _layer(name, "weight", type_, shape, init, groups=groups, transposed=transposed,
+               stride=stride, dilation=dilation, pool=pool)
+    ]
+
+
+def _rnn(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
+    input_size, hidden = f.int("input_size"), f.int("hidden_size")
+    num_layers = f.int("num_layers", 1)
+    directions = ("", "_reverse") if f.bool("bidirectional", False) else ("",)
+    gates = _GATES[type_]
+    layers = []
+    for index in range(num_layers):
+        layer_in = input_size if index == 0 else hidden * len(directions)
+        for suffix in directions:
+            for which, width in (("ih", layer_in), ("hh", hidden)):
+                layers.append(_layer(name, f"weight_{which}_l{index}{suffix}", type_, (gates * hidden, width), init,
+                                     stacked=gates if gates > 1 else None))
+    return layers
+
+
+def _attention(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
+    embed, heads = f.int("embed_dim"), f.int("num_heads")
+    if embed % heads:
+        raise f.error("num_heads", f"{heads} does not divide embed_dim={embed}")
+    kdim, vdim = f.int("kdim", embed), f.int("vdim", embed)
+    inner = _Init(init.scheme, init.mode, "linear", None)  # q, k, v feed attention, which is linear in v
+    if kdim == embed and vdim == embed:
+        projections = [_layer(name, "in_proj_weight", type_, (3 * embed, embed), inner, stacked=3)]
+    else:
+        projections = [
+            _layer(name, f"{p}_proj_weight", type_, (embed, width), inner)
+            for p, width in (("q", embed), ("k", kdim), ("v", vdim))
+        ]
+    # out_proj is a plain Linear in torch (NonDynamicallyQuantizableLinear), initialised like one;
+    # the layer's nonlinearity follows it, not the projections.
+    out = _layer(f"{name}.out_proj", "weight", "linear", (embed, embed), init)
+    return projections + [out]
+
+
+def _norm(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
+    present = [k for k in ("num_features", "normalized_shape", "num_channels") if f.has(k)]
+    if len(present) != 1:
+        raise f.at.error("give exactly one of num_features, normalized_shape, num_channels")
+    shape = f.ints(present[0], None)
+    if not f.bool("affine", True):
+        return []
+    return [_layer(name, "weight", "norm", shape, init)]
+
+
+def _raw(f: _Fields, type_: str, name: str, init: _Init, default_layout: str) -> list[Layer]:
+    shape = f.ints("shape", None, minimum=0)
+    layout = f.str("layout", default_layout)
+    if layout not in LAYOUTS:
+        raise f.error("layout", f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}{_suggest(layout, LAYOUTS)}")
+    default_kind = {1: "unknown", 2: "linear"}.get(len(shape), f"conv{len(shape) - 2}d" if len(shape) <= 5 else "unknown")
+    kind = f.str("kind", default_kind)
+    if kind not in KINDS:
+        raise f.error("kind", f"unknown kind {kind!r}{_suggest(kind, KINDS)}")
+    kernel_dims = max(len(shape) - 2, 0)
+    structure: dict[str, Any] = {
+        "layout": layout,
+        "groups": f.int("groups", None),
+        "stacked": f.int("stacked", None),
+        "transposed": f.bool("transposed", kind.startswith("conv_transpose")),
+        "stride": f.ints("stride", kernel_dims or None, None),
+        "dilation": f.ints("dilation", kernel_dims or None, None),
+        "pool": f.ints("pool", kernel_dims or None, None),
+    }
+    if structure["stacked"] and len(shape) >= 1 and shape[0] % structure["stacked"]:
+        raise f.error("stacked", f"{structure['stacked']} does not divide shape[0]={shape[0]}")
+    return [_layer(name, "weight", kind, shape, init, **structure)]
+
+
+_BUILDERS: dict[str, Callable[..., list[Layer]]] = {
+    "linear": lambda f, t, n, i: [_layer(n, "weight", "linear", (f.int("out_features"), f.int("in_features")), i)],
+    "bilinear": lambda f, t, n, i: [
+        _layer(n, "weight", "bilinear", (f.int("out_features"), f.int("in1_features"), f.int("in2_features")), i)
+    ],
+    "embedding": lambda f, t, n, i: [
+        _layer(n, "weight", "embedding", (f.int("num_embeddings"), f.int("embedding_dim")), i)
+    ],
+    "multihead_attention": _attention,
+    **{t: _conv for t in LAYER_TYPES if t.startswith("conv")},
+    **{t: _rnn for t in _GATES},
+    **{t: _norm for t in NORM_TYPES},
+}
+
+
+def _read_text(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SourceError(f"{path}: {size} bytes is too large for a YAML spec (limit {MAX_SPEC_BYTES})")
+        data = path.read_bytes()
+    except OSError as error:
+        raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SourceError(f"{path}: not a text file (byte {error.start} is not UTF-8)") from None
+
+
+def parse_spec(text: str, file: str) -> Model:
+    """Parse spec text; every error names `file:line: path.key`."""
+    try:
+        document = yaml_lines.load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark else file
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SourceError(f"{where}: not valid YAML: {problem}") from None
+    if document is None:
+        raise SourceError(f"{file}: empty spec: expected a mapping with a 'layers' list")
+    if not isinstance(document, LineDict):
+        raise SourceError(f"{file}:1: expected a mapping with a 'layers' list, got {_yaml_type(document)}")
+    top = _Fields(document, _At(file, "", 1), TOP_KEYS)
+    defaults_value = top.raw("defaults", LineDict())
+    if not isinstance(defaults_value, LineDict):
+        raise top.error("defaults", f"expected a mapping, got {_yaml_type(defaults_value)}")
+    defaults = _Fields(defaults_value, _At(file, "defaults", top.at.key_line(document, "defaults")), DEFAULT_KEYS)
+    init = _Init().merged(defaults)
+    fans = defaults.str("fans", None)
+    if fans is not None and fans not in ("torch", "effective"):
+        raise defaults.error("fans", f"unknown fan convention {fans!r}; known: torch, effective")
+    pool_fan_out = defaults.bool("pool_fan_out", False)
+    default_layout = defaults.str("layout", "torch")
+    if default_layout not in LAYOUTS:
+        raise defaults.error("layout", f"unknown layout {default_layout!r}; known: {', '.join(LAYOUTS)}")
+
+    layers_value = top.raw("layers")
+    if not isinstance(layers_value, LineList) or not layers_value:
+        raise top.error("layers", f"expected a non-empty list of layers, got {_yaml_type(layers_value)}")
+
+    layers: list[Layer] = []
+    first_use: dict[str, str] = {}
+    for index, item in enumerate(layers_value):
+        at = _At(file, f"layers[{index}]", layers_value.item_lines[index])
+        if not isinstance(item, LineDict):
+            raise at.error(f"expected a mapping with a 'type', got {_yaml_type(item)}")
+        type_ = item.get("type", "raw" if "shape" in item else None)
+        if not isinstance(type_, str):
+            raise at.error("missing key 'type'" if type_ is None else f"expected a layer type, got {_yaml_type(type_)}")
+        type_ = type_.strip().lower()
+        if type_ not in LAYER_TYPES:
+            raise at.error(f"unknown layer type {_yaml_type(type_)}{_suggest(type_, list(LAYER_TYPES))}", "type",
+                           at.key_line(item, "type"))
+        fields = _Fields(item, at, COMMON_KEYS + LAYER_TYPES[type_])
+        name = fields.str("name", f"layers.{index}")
+        if name in first_use:
+            raise fields.error("name", f"{name!r} is already used by {first_use[name]}")
+        first_use[name] = at.path
+        layer_init = init.merged(fields)
+        if type_ == "raw":
+            built = _raw(fields, type_, name, layer_init, default_layout)
+        else:
+            built = _BUILDERS[type_](fields, type_, name, layer_init)
+        layers.extend(built)
+
+    name = top.str("name", None)
+    return Model(source=file, format="yaml-spec", layers=tuple(layers), name=name, fans=fans, pool_fan_out=pool_fan_out)
+
+
+def load_spec(path: Path) -> Model:
+    """Load a spec file; SourceError names the file and line of any problem."""
+    return parse_spec(_read_text(path), str(path))

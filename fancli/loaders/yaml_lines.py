@@ -1,0 +1,81 @@
+"""Safe YAML that remembers line numbers, so spec errors can say `spec.yaml:12: layers[3].groups`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+_ALIAS_LIMIT = 1000
+
+
+class LineDict(dict):
+    """A mapping that knows the line of each of its keys (1-based) and its own first line."""
+
+    line: int = 0
+    key_lines: dict
+
+
+class LineList(list):
+    """A sequence that knows the line of each item and its own first line."""
+
+    line: int = 0
+    item_lines: list
+
+
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader plus line numbers, duplicate-key errors and a cap on alias expansion."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases_seen = 0
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen += 1
+            if self.aliases_seen > _ALIAS_LIMIT:
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, f"more than {_ALIAS_LIMIT} aliases", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    result = LineDict()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            raise yaml.constructor.ConstructorError(None, None, "keys must be plain scalars", key_node.start_mark)
+        if key in result:
+            raise DuplicateKeyError(
+                None, None, f"duplicate key {key!r} (first on line {result.key_lines[key]})", key_node.start_mark
+            )
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def load(text: str) -> Any:
+    """Parse one YAML document. Raises yaml.YAMLError (with a problem_mark) on bad input."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()

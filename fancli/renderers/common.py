@@ -1,0 +1,122 @@
+"""Formatting shared by the table and Markdown renderers."""
+
+from __future__ import annotations
+
+from ..report import Report, Row
+
+
+def number(value: float | int | None) -> str:
+    """Fans as integers, floats to 4 significant digits, missing values as an em dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def shape(dims: tuple[int, ...]) -> str:
+    return "×".join(str(d) for d in dims) if dims else "scalar"
+
+
+def fan(row: Row, which: str) -> str:
+    """torch's fan, with the effective one after an arrow where the structure says it differs."""
+    torch_value = getattr(row.fans, which)
+    effective = getattr(row.fans, f"effective_{which}")
+    if effective is None or effective == torch_value:
+        return number(torch_value)
+    return f"{number(torch_value)} → {number(effective)}"
+
+
+class Footnotes:
+    """Numbers each distinct note once, in order of first appearance."""
+
+    def __init__(self) -> None:
+        self.notes: dict[str, int] = {}
+
+    def marks(self, row: Row) -> str:
+        return ",".join(str(self.notes.setdefault(note, len(self.notes) + 1)) for note in row.notes)
+
+    def lines(self) -> list[str]:
+        return [f"[{number_}] {note}" for note, number_ in self.notes.items()]
+
+
+def varies(report: Report, attribute: str) -> bool:
+    """Whether rows differ in a per-layer choice (scheme, mode), so it needs a column."""
+    return len({_per_row(row, attribute) for row in report.rows}) > 1
+
+
+def _per_row(row: Row, attribute: str) -> str:
+    return ",".join(row.inits) if attribute == "mode" else getattr(row, attribute)
+
+
+def title(report: Report) -> str:
+    name = f" ({report.model_name})" if report.model_name else ""
+    schemes = sorted({row.scheme for row in report.rows})
+    modes = report.modes or tuple(sorted({m for row in report.rows for m in row.inits}))
+    parts = [
+        f"{report.source}{name}",
+        f"scheme {'/'.join(schemes) if schemes else report.settings.scheme or '—'}",
+        f"mode {' vs '.join(modes) if report.command == 'compare' else '/'.join(modes)}",
+        f"fans: {report.fan_convention}" + (", pool÷fan_out" if report.pool_fan_out else ""),
+    ]
+    return " · ".join(parts)
+
+
+def ratio_columns(report: Report) -> list[tuple[str, str]]:
+    """(label, mode) for each mode compared against the first."""
+    first, *others = report.modes
+    return [(f"{other}/{first}", other) for other in others]
+
+
+def ratio(row: Row, mode: str, first: str) -> float | None:
+    a, b = row.inits[first].std, row.inits[mode].std
+    if a is None or b is None or a == 0:
+        return None
+    return b / a
+
+
+def summary(report: Report) -> str:
+    """One line for compare: how often the modes agree, and where they disagree most."""
+    computable = [row for row in report.rows if row.spread is not None]
+    same = sum(1 for row in computable if row.spread <= 1 + 1e-9)
+    text = f"{len(report.rows)} weights; the modes give the same std on {same} of the {len(computable)} with fans"
+    top = report.most_disagreeing(1)
+    if top:
+        row = top[0]
+        stds = {mode: values.std for mode, values in row.inits.items()}
+        high = max(stds, key=lambda m: stds[m])
+        low = min(stds, key=lambda m: stds[m])
+        text += f"; they disagree most on {row.layer.param}: {high} gives {row.spread:.3g}× the std of {low}"
+    return text
+
+
+class Column:
+    """A column both text renderers share: header, alignment and how a row fills it."""
+
+    def __init__(self, header: str, cell, align: str = "right") -> None:
+        self.header, self.cell, self.align = header, cell, align
+
+
+def columns(report: Report, footnotes: Footnotes) -> list[Column]:
+    """The columns for this report's command; scheme and mode get one only where layers differ."""
+    cols = [
+        Column("name", lambda r: r.layer.param, "left"),
+        Column("kind", lambda r: r.layer.kind, "left"),
+        Column("shape", lambda r: shape(r.layer.shape)),
+        Column("fan_in", lambda r: fan(r, "fan_in")),
+        Column("fan_out", lambda r: fan(r, "fan_out")),
+        Column("gain", lambda r: number(r.gain)),
+    ]
+    if varies(report, "scheme"):
+        cols.append(Column("scheme", lambda r: r.scheme, "left"))
+    if report.command == "compare":
+        first = report.modes[0]
+        cols += [Column(f"std {m}", lambda r, m=m: number(r.inits[m].std)) for m in report.modes]
+        cols += [Column(label, lambda r, m=m: number(ratio(r, m, first))) for label, m in ratio_columns(report)]
+    else:
+        if varies(report, "mode"):
+            cols.append(Column("mode", lambda r: ",".join(r.inits), "left"))
+        only = lambda r: next(iter(r.inits.values()))  # noqa: E731 - inspect has one mode per row
+        cols += [Column("std", lambda r: number(only(r).std)), Column("bound", lambda r: number(only(r).bound))]
+    cols.append(Column("notes", footnotes.marks, "left"))
+    return cols

@@ -1,0 +1,111 @@
+"""JSON for machines, following the versioned contract in the README (numbers as numbers)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..analysis.schemes import InitValues, scheme as find_scheme
+from ..report import SCHEMA_VERSION, Report, Row
+
+
+def _float(value: float | int | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _fan(value: float | int | None) -> float | int | None:
+    return value if value is None or isinstance(value, int) else float(value)
+
+
+def _values(values: InitValues) -> dict[str, Any]:
+    out: dict[str, Any] = {"std": _float(values.std), "bound": _float(values.bound)}
+    if values.sampling_std is not None:
+        out["sampling_std"] = values.sampling_std
+    return out
+
+
+def _structure(row: Row) -> dict[str, Any]:
+    layer = row.layer
+    found = {
+        "layout": layer.layout if layer.layout != "torch" else None,
+        "groups": layer.groups if layer.groups and layer.groups > 1 else None,
+        "transposed": True if layer.transposed else None,
+        "stacked": layer.stacked,
+        "stride": list(layer.stride) if layer.stride and any(s > 1 for s in layer.stride) else None,
+        "dilation": list(layer.dilation) if layer.dilation and any(d > 1 for d in layer.dilation) else None,
+        "pool": list(layer.pool) if layer.pool else None,
+    }
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def layer_dict(row: Row, command: str) -> dict[str, Any]:
+    layer = row.layer
+    out: dict[str, Any] = {
+        "name": layer.name,
+        "param": layer.param,
+        "kind": layer.kind,
+        "shape": list(layer.shape),
+        "fan_in": row.fans.fan_in,
+        "fan_out": row.fans.fan_out,
+    }
+    if row.fans.differs:
+        out["effective_fan_in"] = _fan(row.fans.effective_fan_in)
+        out["effective_fan_out"] = _fan(row.fans.effective_fan_out)
+    structure = _structure(row)
+    if structure:
+        out["structure"] = structure
+    if layer.dtype:
+        out["dtype"] = layer.dtype
+    out.update(
+        nonlinearity=row.nonlinearity,
+        nonlinearity_param=_float(row.nonlinearity_param),
+        gain=_float(row.gain),
+        scheme=row.scheme,
+        distribution=find_scheme(row.scheme).distribution,
+    )
+    if command == "compare":
+        out["modes"] = {mode: _values(values) for mode, values in row.inits.items()}
+        out["spread"] = row.spread
+    else:
+        (mode, values), = row.inits.items()
+        out["mode"] = mode
+        out.update(_values(values))
+    out["notes"] = list(row.notes)
+    return out
+
+
+def report_dict(report: Report) -> dict[str, Any]:
+    """The whole report as the JSON contract's object."""
+    settings = report.settings
+    schemes_used = sorted({row.scheme for row in report.rows})
+    modes_used = sorted({mode for row in report.rows for mode in row.inits})
+    out: dict[str, Any] = {
+        "fancli": SCHEMA_VERSION,
+        "command": report.command,
+        "source": {"path": report.source, "format": report.format, "name": report.model_name},
+        "settings": {
+            "scheme": schemes_used[0] if len(schemes_used) == 1 else settings.scheme,
+            "nonlinearity": settings.nonlinearity,
+            "param": _float(settings.param),
+            "fans": report.fan_convention,
+            "pool_fan_out": report.pool_fan_out,
+        },
+    }
+    if report.command == "compare":
+        out["settings"]["modes"] = list(report.modes)
+    else:
+        out["settings"]["mode"] = modes_used[0] if len(modes_used) == 1 else None
+    out["layers"] = [layer_dict(row, report.command) for row in report.rows]
+    if report.command == "compare":
+        computable = [row for row in report.rows if row.spread is not None]
+        out["summary"] = {
+            "layers": len(report.rows),
+            "with_fans": len(computable),
+            "modes_agree": sum(1 for row in computable if row.spread <= 1 + 1e-9),
+            "most_disagreeing": [row.layer.param for row in report.most_disagreeing()],
+        }
+    return out
+
+
+def render_json(report: Report) -> str:
+    return json.dumps(report_dict(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"

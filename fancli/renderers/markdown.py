@@ -1,0 +1,31 @@
+"""Markdown: a pipe table with footnotes, fit for a README or a pull-request comment."""
+
+from __future__ import annotations
+
+from ..report import Report
+from .common import Footnotes, columns, summary, title
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(report: Report) -> str:
+    footnotes = Footnotes()
+    cols = columns(report, footnotes)
+    highlighted = {id(row) for row in report.most_disagreeing()} if report.command == "compare" else set()
+    lines = [f"**{_escape(title(report))}**", ""]
+    lines.append("| " + " | ".join(col.header for col in cols) + " |")
+    lines.append("|" + "|".join(":---" if col.align == "left" else "---:" for col in cols) + "|")
+    for row in report.rows:
+        cells = [_escape(col.cell(row)) for col in cols]
+        if id(row) in highlighted:
+            cells = [f"**{cell}**" if cell else cell for cell in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    extra = footnotes.lines()
+    if extra:
+        lines.append("")
+        lines += [f"- {_escape(line)}" for line in extra]
+    if report.command == "compare":
+        lines += ["", summary(report)]
+    return "\n".join(lines) + "\n"

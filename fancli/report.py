@@ -1,0 +1,168 @@
+"""From a Model and the user's settings to a Report: one row per weight, ready to render.
+
+This is where the three analysis modules meet a layer: its fans, the gain of what follows it, and
+the init values its scheme gives under each mode asked for.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from .analysis import fans as fans_mod
+from .analysis import gains, schemes
+from .analysis.fans import LayerFans
+from .analysis.schemes import InitValues
+from .errors import SettingsError
+from .layer import Layer, Model
+
+SCHEMA_VERSION = "1.0"
+DEFAULT_SCHEME = "kaiming_normal"
+FAN_CONVENTIONS = ("torch", "effective")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the user asked for; None means "what the source or the scheme says"."""
+
+    scheme: str | None = None
+    modes: tuple[str, ...] = ()  # inspect takes one, compare two or three
+    nonlinearity: str | None = None
+    param: float | None = None
+    fans: str | None = None  # "torch" or "effective"
+    pool_fan_out: bool | None = None
+    filters: tuple[str, ...] = ()  # globs (or substrings) on layer names and parameter keys
+
+    def validated(self) -> "Settings":
+        """Canonical names, or SettingsError naming the bad value."""
+        try:
+            scheme = schemes.scheme(self.scheme).name if self.scheme else None
+            modes = tuple(schemes.check_mode(m) for m in self.modes)
+            nonlinearity = gains.canonical(self.nonlinearity) if self.nonlinearity else None
+            if nonlinearity:
+                gains.gain(nonlinearity, self.param)
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
+        if len(set(modes)) != len(modes):
+            raise SettingsError(f"mode given twice: {' '.join(modes)}")
+        if self.fans is not None and self.fans not in FAN_CONVENTIONS:
+            raise SettingsError(f"unknown fan convention {self.fans!r}; known: {', '.join(FAN_CONVENTIONS)}")
+        return Settings(scheme, modes, nonlinearity, self.param, self.fans, self.pool_fan_out, self.filters)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One weight: its fans, the gain of what follows it, and its init values per mode."""
+
+    layer: Layer
+    fans: LayerFans
+    nonlinearity: str
+    nonlinearity_param: float | None
+    gain: float
+    scheme: str
+    inits: dict[str, InitValues]  # mode -> values, in the order asked for
+    notes: tuple[str, ...] = ()
+
+    @property
+    def spread(self) -> float | None:
+        """Largest std over smallest across modes: how much the modes disagree on this layer."""
+        stds = [v.std for v in self.inits.values()]
+        if len(stds) < 2 or any(s is None or s <= 0 for s in stds):
+            return None
+        return max(stds) / min(stds)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything a renderer needs; renderers only format it."""
+
+    command: str  # "inspect" or "compare"
+    source: str
+    format: str
+    model_name: str | None
+    settings: Settings
+    fan_convention: str
+    pool_fan_out: bool
+    rows: tuple[Row, ...] = field(default=())
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The modes shown; for inspect without --mode, each row's own mode."""
+        return self.settings.modes
+
+    def most_disagreeing(self, limit: int = 3) -> list[Row]:
+        """Rows whose modes disagree most (spread > 1), largest first."""
+        ranked = sorted((r for r in self.rows if r.spread and r.spread > 1 + 1e-9), key=lambda r: -r.spread)
+        return ranked[:limit]
+
+
+def _matches(layer: Layer, patterns: tuple[str, ...]) -> bool:
+    if not patterns:
+        return True
+    for pattern in patterns:
+        for text in (layer.name, layer.param):
+            if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(text, pattern):
+                return True
+            if pattern in text:
+                return True
+    return False
+
+
+def _nonlinearity(layer: Layer, settings: Settings, scheme: schemes.Scheme) -> tuple[str, float | None, str | None]:
+    """The nonlinearity that follows the layer, its param, and a note when it had to be assumed."""
+    if settings.nonlinearity:
+        return settings.nonlinearity, settings.param, None
+    if layer.nonlinearity:
+        param = settings.param if settings.param is not None else layer.nonlinearity_param
+        return gains.canonical(layer.nonlinearity), param, None
+    if scheme.fixed_gain:  # the scheme ignores what follows; show the gain it uses
+        return scheme.fixed_gain[0], scheme.fixed_gain[1], None
+    name, param = scheme.default_nonlinearity
+    if settings.param is not None:
+        param = settings.param
+    shown = f"{name} (a={param:g})" if param is not None else name
+    return name, param, f"no nonlinearity given: assumed {shown}, the default of {scheme.name} in torch"
+
+
+def analyze_layer(layer: Layer, settings: Settings, modes: tuple[str, ...], fan_convention: str, pool_fan_out: bool) -> Row:
+    """One row. `modes` empty means the layer's own mode, else the scheme's default."""
+    try:
+        scheme = schemes.scheme(settings.scheme or layer.scheme or DEFAULT_SCHEME)
+        modes = modes or (schemes.check_mode(layer.mode) if layer.mode else scheme.mode,)
+    except ValueError as error:
+        raise SettingsError(f"{layer.param}: {error}") from None
+    fans = fans_mod.layer_fans(layer, pool_fan_out=pool_fan_out)
+    nonlinearity, param, assumed = _nonlinearity(layer, settings, scheme)
+    try:
+        gain = gains.gain(nonlinearity, param)
+        scheme_gain = gains.gain(*scheme.fixed_gain) if scheme.fixed_gain else gain
+    except ValueError as error:
+        raise SettingsError(f"{layer.param}: {error}") from None
+
+    notes = list(fans.notes)
+    if assumed:
+        notes.append(assumed)
+    inits: dict[str, InitValues] = {}
+    for mode in modes:
+        if scheme.name == "torch_default":
+            values = schemes.torch_default(layer.kind, layer.shape, layer.stacked, fans.fan_in, fans.fan_out, mode)
+        else:
+            fan_in, fan_out = fans.pick(effective=fan_convention == "effective")
+            values = schemes.variance_scaling(scheme_gain, fan_in, fan_out, mode, scheme.distribution)
+        inits[mode] = values
+        if values.note and values.note not in notes:
+            notes.append(values.note)
+    return Row(layer, fans, nonlinearity, param, gain, scheme.name, inits, tuple(notes))
+
+
+def analyze(model: Model, settings: Settings = Settings(), command: str = "inspect") -> Report:
+    """Build the report for a loaded model. Raises SettingsError for unknown names."""
+    settings = settings.validated()
+    fan_convention = settings.fans or model.fans or "torch"
+    pool_fan_out = settings.pool_fan_out if settings.pool_fan_out is not None else bool(model.pool_fan_out)
+    rows = tuple(
+        analyze_layer(layer, settings, settings.modes, fan_convention, pool_fan_out)
+        for layer in model.layers
+        if _matches(layer, settings.filters)
+    )
+    return Report(command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out, rows)

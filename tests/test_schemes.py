@@ -1,0 +1,132 @@
+"""schemes: every std and bound equals what torch.nn.init passes to its sampler, and sampled tensors agree."""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import init
+
+from fancli.analysis.fans import torch_fans
+from fancli.analysis.gains import gain
+from fancli.analysis.schemes import SCHEMES, TRUNCATED_NORMAL_STD, scheme, torch_default, variance_scaling
+from helpers import torch_std_and_bound
+
+SHAPES = [(300, 200), (64, 3, 7, 7), (128, 64, 3, 3), (32, 16, 5), (8, 4, 3, 3, 3)]
+NONLINEARITIES = [("relu", None), ("tanh", None), ("leaky_relu", 0.2), ("linear", None), ("selu", None), ("sigmoid", None)]
+
+
+def ours(name: str, shape, mode: str, nonlinearity: str, param):
+    s = scheme(name)
+    g = gain(*s.fixed_gain) if s.fixed_gain else gain(nonlinearity, param)
+    fan_in, fan_out = torch_fans(shape)
+    return variance_scaling(g, fan_in, fan_out, mode, s.distribution)
+
+
+def torch_oracle(name: str, tensor: torch.Tensor, mode: str, nonlinearity: str, param):
+    """The torch.nn.init call that implements (scheme, mode); fan_avg is xavier's rule with the scheme's gain."""
+    s = scheme(name)
+    distribution = "normal" if s.distribution == "normal" else "uniform"
+    if s.fixed_gain:
+        nonlinearity, param = s.fixed_gain
+    if mode == "fan_avg":
+        fn = init.xavier_normal_ if distribution == "normal" else init.xavier_uniform_
+        return torch_std_and_bound(fn, tensor, gain=init.calculate_gain(nonlinearity, param))
+    fn = init.kaiming_normal_ if distribution == "normal" else init.kaiming_uniform_
+    if nonlinearity == "leaky_relu":
+        return torch_std_and_bound(fn, tensor, a=param, mode=mode, nonlinearity=nonlinearity)
+    return torch_std_and_bound(fn, tensor, mode=mode, nonlinearity=nonlinearity)
+
+
+VARIANCE_SCHEMES = [n for n in SCHEMES if n not in ("truncated_normal", "torch_default")]
+
+
+@pytest.mark.parametrize("name", VARIANCE_SCHEMES + ["torch_default"])
+@pytest.mark.parametrize("mode", ["fan_in", "fan_out", "fan_avg"])
+@pytest.mark.parametrize("nonlinearity,param", NONLINEARITIES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_std_and_bound_equal_torch_exactly(name, mode, nonlinearity, param, shape):
+    tensor = torch.empty(shape)
+    torch_std, torch_bound = torch_oracle(name, tensor, mode, nonlinearity, param)
+    values = ours(name, shape, mode, nonlinearity, param)
+    if torch_bound is None:
+        assert values.std == torch_std and values.bound is None
+    else:
+        assert values.bound == torch_bound
+        assert values.std == pytest.approx(torch_std, rel=1e-15)
+
+
+def standard_error(std: float, n: int) -> float:
+    return std / math.sqrt(2 * n)
+
+
+@pytest.mark.parametrize("name", list(SCHEMES))
+@pytest.mark.parametrize("mode", ["fan_in", "fan_out", "fan_avg"])
+@pytest.mark.parametrize("shape", [(400, 300), (96, 48, 3, 3)])
+def test_sampled_tensor_std_within_three_standard_errors(name, mode, shape):
+    """Initialise a tensor with torch and compare its sample std with ours (fixed seed: deterministic)."""
+    values = ours(name, shape, mode, "relu", None)
+    tensor = torch.empty(shape)
+    torch.manual_seed(zlib.crc32(repr((name, mode, shape)).encode()))
+    if scheme(name).distribution == "truncated_normal":
+        sigma = values.sampling_std
+        init.trunc_normal_(tensor, std=sigma, a=-2 * sigma, b=2 * sigma)
+    else:
+        torch_oracle(name, tensor, mode, "relu", None)
+    observed = tensor.double().std().item()
+    assert abs(observed - values.std) < 3 * standard_error(values.std, tensor.numel())
+    if values.bound is not None:
+        assert tensor.abs().max().item() <= torch.tensor(values.bound).item()  # the bound as float32
+
+
+def test_truncated_normal_correction_constant_is_the_std_of_a_unit_normal_cut_at_two():
+    z = torch.distributions.Normal(0.0, 1.0)
+    a, b = -2.0, 2.0
+    mass = z.cdf(torch.tensor(b)) - z.cdf(torch.tensor(a))
+    pdf = lambda x: torch.exp(z.log_prob(torch.tensor(x)))  # noqa: E731
+    variance = 1 + (a * pdf(a) - b * pdf(b)) / mass
+    assert math.sqrt(variance.item()) == pytest.approx(TRUNCATED_NORMAL_STD, rel=1e-6)
+
+
+def _weights_and_calls(build):
+    from helpers import sampler_calls
+
+    with sampler_calls() as calls:
+        module = build()
+    return module, {id(tensor): args for _, tensor, args in calls}
+
+
+@pytest.mark.parametrize(
+    "build,kind,stacked",
+    [
+        (lambda: nn.Linear(300, 100), "linear", None),
+        (lambda: nn.Conv2d(16, 32, 3, groups=4), "conv2d", None),
+        (lambda: nn.ConvTranspose2d(32, 16, 4, stride=2), "conv_transpose2d", None),
+        (lambda: nn.Conv1d(8, 8, 5, groups=8), "conv1d", None),
+        (lambda: nn.Bilinear(20, 30, 40), "bilinear", None),
+        (lambda: nn.LSTM(24, 32), "lstm", 4),
+        (lambda: nn.GRU(24, 32), "gru", 3),
+        (lambda: nn.RNN(24, 32), "rnn", None),
+        (lambda: nn.MultiheadAttention(64, 8), "multihead_attention", 3),
+    ],
+)
+def test_torch_default_equals_what_torch_layers_do(build, kind, stacked):
+    module, calls = _weights_and_calls(build)
+    for name, weight in module.named_parameters():
+        if weight.dim() < 2 or name.startswith("out_proj"):
+            continue
+        (low, high) = calls[id(weight)][:2]
+        fan_in, fan_out = torch_fans(tuple(weight.shape))
+        values = torch_default(kind, tuple(weight.shape), stacked, fan_in, fan_out, "fan_in")
+        assert values.bound == pytest.approx(high, rel=1e-15) and low == -high
+
+
+def test_torch_default_embedding_is_standard_normal():
+    torch.manual_seed(0)
+    weight = nn.Embedding(1000, 64).weight
+    values = torch_default("embedding", (1000, 64), None, 64, 1000, "fan_in")
+    assert values.bound is None
+    assert abs(weight.std().item() - values.std) < 3 * standard_error(1.0, weight.numel())

@@ -1,0 +1,130 @@
+"""YAML specs: every bundled sample equals the torch modules it describes, and bad specs name file, line, key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from torch.nn.init import _calculate_fan_in_and_fan_out as torch_fans
+
+from fancli.analysis.fans import layer_fans
+from fancli.errors import SourceError
+from fancli.loaders.spec import load_spec, parse_spec
+from helpers import SAMPLES
+from torch_from_spec import build
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
+def test_sample_layers_equal_the_torch_modules_they_describe(path):
+    model = load_spec(path)
+    module = build(path)
+    weights = {name: p for name, p in module.named_parameters() if "bias" not in name}
+    ours = {layer.param: layer for layer in model.layers if layer.layout == "torch"}
+    assert set(ours) == set(weights)
+    assert list(ours) == list(weights), "model order"
+    for name, weight in weights.items():
+        layer = ours[name]
+        assert layer.shape == tuple(weight.shape), name
+        if weight.dim() >= 2:
+            fans = layer_fans(layer)
+            assert (fans.fan_in, fans.fan_out) == torch_fans(weight), name
+
+
+REQUIRED = {
+    "LeNet-5": "lenet5", "VGG": "vgg_stack", "ResNet bottleneck": "resnet_bottleneck",
+    "MobileNet": "mobilenet_block", "DCGAN": "dcgan_generator", "transformer": "transformer_block",
+    "LSTM": "lstm_tagger",
+}
+
+
+def test_the_promised_samples_are_bundled():
+    stems = {p.stem for p in SAMPLES}
+    assert set(REQUIRED.values()) <= stems
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(SourceError) as caught:
+        parse_spec(text, "spec.yaml")
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+CONV = "  - {{name: c, type: conv2d, in_channels: {i}, out_channels: {o}, kernel_size: 3, groups: {g}}}\n"
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("layers:\n  - {type: linear, in_features: 3, out_features: 4}\n  - type: lnear\n    in_features: 2\n",
+         "spec.yaml:3: layers[1].type: unknown layer type 'lnear' (did you mean 'linear'?)"),
+        ("layers:\n  - type: linear\n    in_features: 3\n", "spec.yaml:2: layers[0]: missing key 'out_features'"),
+        ("layers:\n" + CONV.format(i=64, o=64, g=1) + "  - type: conv2d\n    in_channels: 64\n    out_channels: 64\n"
+         "    kernel_size: 3\n    groups: 3\n",
+         "spec.yaml:7: layers[1].groups: 3 does not divide in_channels=64"),
+        ("layers:\n  - type: linear\n    in_features: -3\n    out_features: 4\n",
+         "spec.yaml:3: layers[0].in_features: must be at least 1, got -3"),
+        ("layers:\n  - type: linear\n    in_features: 'wide'\n    out_features: 4\n",
+         "spec.yaml:3: layers[0].in_features: expected an integer, got 'wide'"),
+        ("layers:\n  - type: linear\n    in_features: 3\n    out_features: 4\n    kernal_size: 3\n",
+         "spec.yaml:5: layers[0].kernal_size: unknown key"),
+        ("layers:\n  - type: linear\n    in_features: 3\n    out_features: 4\n    nonlinearity: gelu\n",
+         "spec.yaml:5: layers[0].nonlinearity: unknown nonlinearity 'gelu'"),
+        ("defaults:\n  scheme: kaiming\nlayers: []\n", "spec.yaml:2: defaults.scheme: unknown scheme 'kaiming'"),
+        ("layers:\n  - {type: linear, in_features: 3, out_features: 4}\n  - {type: linear, in_features: 3, out_features: 4,"
+         " name: layers.0}\n", "spec.yaml:3: layers[1].name: 'layers.0' is already used by layers[0]"),
+        ("layers: [\n", "spec.yaml:2: not valid YAML"),
+        ("", "spec.yaml: empty spec"),
+        ("- 1\n- 2\n", "spec.yaml:1: expected a mapping with a 'layers' list, got a list"),
+        ("layers: 3\n", "spec.yaml:1: layers: expected a non-empty list"),
+        ("layers:\n  - type: linear\n    in_features: 3\n    in_features: 4\n", "spec.yaml:4: not valid YAML: duplicate key"),
+        ("layers:\n  - {type: multihead_attention, embed_dim: 10, num_heads: 3}\n",
+         "spec.yaml:2: layers[0].num_heads: 3 does not divide embed_dim=10"),
+        ("layers:\n  - {type: conv2d, in_channels: 3, out_channels: 4, kernel_size: [3, 3, 3]}\n",
+         "spec.yaml:2: layers[0].kernel_size: expected 2 values, got 3"),
+    ],
+)
+def test_bad_specs_name_file_line_and_key(text, expected):
+    message = error_of(text)
+    assert message.startswith(expected), message
+
+
+def test_defaults_and_overrides_reach_each_layer():
+    model = parse_spec(
+        "defaults: {scheme: xavier_normal, mode: fan_out, nonlinearity: leaky_relu, param: 0.2}\n"
+        "layers:\n"
+        "  - {name: a, type: linear, in_features: 3, out_features: 4}\n"
+        "  - {name: b, type: linear, in_features: 4, out_features: 5, scheme: kaiming_uniform, nonlinearity: tanh}\n",
+        "s.yaml",
+    )
+    a, b = model.layers
+    assert (a.scheme, a.mode, a.nonlinearity, a.nonlinearity_param) == ("xavier_normal", "fan_out", "leaky_relu", 0.2)
+    assert (b.scheme, b.mode, b.nonlinearity, b.nonlinearity_param) == ("kaiming_uniform", "fan_out", "tanh", None)
+
+
+def test_huge_sizes_are_arithmetic_only():
+    model = parse_spec("layers:\n  - {type: linear, in_features: 1000000000, out_features: 1000000000}\n", "s.yaml")
+    assert model.layers[0].shape == (10**9, 10**9)
+
+
+def test_alias_bombs_are_refused():
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 12):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    bomb = "\n".join(lines)
+    message = error_of(bomb + "\nlayers:\n  - {type: linear, in_features: *a11, out_features: 3}\n")
+    assert message.startswith("spec.yaml:1: a0: unknown key") or "got a list" in message
+    many = "a: &a [1]\nb: [" + ", ".join(["*a"] * 2000) + "]\nlayers: []\n"
+    assert "more than 1000 aliases" in error_of(many)
+
+
+def test_spec_files_report_unreadable_paths(tmp_path: Path):
+    from fancli.loaders import load
+
+    with pytest.raises(SourceError, match="no such file"):
+        load(str(tmp_path / "missing.yaml"))
+    with pytest.raises(SourceError, match="is a directory"):
+        load(str(tmp_path))
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(SourceError, match="empty file"):
+        load(str(tmp_path / "empty.yaml"))
