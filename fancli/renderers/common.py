@@ -86,7 +86,7 @@ def summary(report: Report) -> str:
         stds = {mode: values.std for mode, values in row.inits.items()}
         high = max(stds, key=lambda m: stds[m])
         low = min(stds, key=lambda m: stds[m])
-        text += f"; they disagree most on {row.layer.param}: {high} gives {row.spread:.3g}× the std of {low}"
+        text += f"; they disagree most (◀) on {row.layer.param}: {high} gives {row.spread:.3g}× the std of {low}"
     return text
 
 

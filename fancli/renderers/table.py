@@ -16,13 +16,15 @@ def build(report: Report) -> tuple[Table, list[str]]:
     """The table and the lines printed under it (footnotes, compare's summary)."""
     footnotes = Footnotes()
     cols = columns(report, footnotes)
-    table = Table(title=title(report), title_justify="left", header_style="bold", expand=False)
+    table = Table(header_style="bold", expand=False)
     for col in cols:
         table.add_column(col.header, justify=col.align, no_wrap=col.header != "notes")
     highlighted = {id(row) for row in report.most_disagreeing()} if report.command == "compare" else set()
     for row in report.rows:
-        style = "bold yellow" if id(row) in highlighted else None
-        table.add_row(*(col.cell(row) for col in cols), style=style)
+        cells = [col.cell(row) for col in cols]
+        if id(row) in highlighted:  # visible without colour too, for files and pipes
+            cells[-1] = f"{cells[-1]} ◀".strip()
+        table.add_row(*cells, style="bold yellow" if id(row) in highlighted else None)
     lines = footnotes.lines()
     if report.command == "compare":
         lines.append(summary(report))
@@ -31,6 +33,7 @@ def build(report: Report) -> tuple[Table, list[str]]:
 
 def render_table(report: Report, console: Console) -> None:
     table, lines = build(report)
+    console.print(Text(title(report), style="bold"))
     console.print(table)
     for line in lines:
         console.print(Text(line))
