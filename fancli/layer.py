@@ -7,7 +7,10 @@ shapes, a module also knows groups and transposition. Analysis never guesses a m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .tensors import TensorData
 
 #: Kinds a layer may have. Loaders infer them; analysis treats unknown kinds by shape alone.
 KINDS = (
@@ -53,8 +56,10 @@ class Layer:
     nonlinearity_param: float | None = None  # e.g. leaky_relu's negative slope
     scheme: str | None = None  # init the source asks for (spec defaults or per-layer override)
     mode: str | None = None
-    dtype: str | None = None
-    read: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
+    dtype: str | None = None  # torch's name without "torch.": float32, bfloat16, …
+    aliases: tuple[str, ...] = ()  # other parameter keys that share this tensor (tied weights)
+    notes: tuple[str, ...] = ()  # what the loader knows and wants said (e.g. what a state_dict cannot tell)
+    data: "TensorData | None" = field(default=None, compare=False, repr=False)  # read only for --stats
 
     @property
     def kernel(self) -> tuple[int, ...]:
@@ -74,3 +79,4 @@ class Model:
     name: str | None = None
     fans: str | None = None  # fan convention the source asks for ("torch" or "effective")
     pool_fan_out: bool | None = None  # opt-in LeNet tutorial convention
+    notes: tuple[str, ...] = ()  # model-wide facts, e.g. "state_dict found under 'model'; optimizer ignored"

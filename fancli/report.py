@@ -15,6 +15,7 @@ from .analysis.fans import LayerFans
 from .analysis.schemes import InitValues
 from .errors import SettingsError
 from .layer import Layer, Model
+from .stats import Observed
 
 SCHEMA_VERSION = "1.0"
 DEFAULT_SCHEME = "kaiming_normal"
@@ -62,6 +63,15 @@ class Row:
     scheme: str
     inits: dict[str, InitValues]  # mode -> values, in the order asked for
     notes: tuple[str, ...] = ()
+    observed: Observed | None = None  # the weights' actual statistics, with --stats
+
+    @property
+    def observed_ratio(self) -> float | None:
+        """Observed std over the expected std of the first mode: 1 when the weights match the scheme."""
+        expected = next(iter(self.inits.values())).std
+        if self.observed is None or self.observed.std is None or not expected:
+            return None
+        return self.observed.std / expected
 
     @property
     def spread(self) -> float | None:
@@ -84,6 +94,7 @@ class Report:
     fan_convention: str
     pool_fan_out: bool
     rows: tuple[Row, ...] = field(default=())
+    notes: tuple[str, ...] = ()  # model-wide, from the loader
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -124,7 +135,14 @@ def _nonlinearity(layer: Layer, settings: Settings, scheme: schemes.Scheme) -> t
     return name, param, f"no nonlinearity given: assumed {shown}, the default of {scheme.name} in torch"
 
 
-def analyze_layer(layer: Layer, settings: Settings, modes: tuple[str, ...], fan_convention: str, pool_fan_out: bool) -> Row:
+def analyze_layer(
+    layer: Layer,
+    settings: Settings,
+    modes: tuple[str, ...],
+    fan_convention: str,
+    pool_fan_out: bool,
+    observed: Observed | None = None,
+) -> Row:
     """One row. `modes` empty means the layer's own mode, else the scheme's default."""
     try:
         scheme = schemes.scheme(settings.scheme or layer.scheme or DEFAULT_SCHEME)
@@ -139,7 +157,7 @@ def analyze_layer(layer: Layer, settings: Settings, modes: tuple[str, ...], fan_
     except ValueError as error:
         raise SettingsError(f"{layer.param}: {error}") from None
 
-    notes = list(fans.notes)
+    notes = list(layer.notes) + list(fans.notes)
     if assumed:
         notes.append(assumed)
     inits: dict[str, InitValues] = {}
@@ -152,17 +170,31 @@ def analyze_layer(layer: Layer, settings: Settings, modes: tuple[str, ...], fan_
         inits[mode] = values
         if values.note and values.note not in notes:
             notes.append(values.note)
-    return Row(layer, fans, nonlinearity, param, gain, scheme.name, inits, tuple(notes))
+    if observed is not None and observed.note:
+        notes.append(observed.note)
+    return Row(layer, fans, nonlinearity, param, gain, scheme.name, inits, tuple(notes), observed)
 
 
-def analyze(model: Model, settings: Settings = Settings(), command: str = "inspect") -> Report:
-    """Build the report for a loaded model. Raises SettingsError for unknown names."""
+def analyze(
+    model: Model,
+    settings: Settings = Settings(),
+    command: str = "inspect",
+    observed: dict[str, Observed] | None = None,
+) -> Report:
+    """Build the report for a loaded model; `observed` maps parameter keys to read statistics."""
     settings = settings.validated()
     fan_convention = settings.fans or model.fans or "torch"
     pool_fan_out = settings.pool_fan_out if settings.pool_fan_out is not None else bool(model.pool_fan_out)
+    observed = observed or {}
     rows = tuple(
-        analyze_layer(layer, settings, settings.modes, fan_convention, pool_fan_out)
-        for layer in model.layers
-        if _matches(layer, settings.filters)
+        analyze_layer(layer, settings, settings.modes, fan_convention, pool_fan_out, observed.get(layer.param))
+        for layer in selected(model, settings.filters)
     )
-    return Report(command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out, rows)
+    return Report(
+        command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out, rows, model.notes
+    )
+
+
+def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:
+    """The layers a name filter keeps, in model order."""
+    return [layer for layer in model.layers if _matches(layer, filters)]

@@ -1,0 +1,136 @@
+"""Layers from a flat mapping of parameter keys to tensors (state_dicts, safetensors).
+
+Such a source knows names, shapes and dtypes only. Kinds come from key names (`in_proj_weight`,
+`weight_ih_l0`, `embed`) and shapes; where a fact cannot be known (groups, transposition) it stays
+`None` and a note says so, unless a sibling bias proves it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Hashable, Iterable
+
+from ..layer import Layer
+from ..tensors import FLOATING, TensorData
+
+#: Buffers that torch's modules keep in their state_dict but that are not weights.
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+_RNN = re.compile(r"^(weight|bias)_(ih|hh)_l(\d+)(_reverse)?$")
+_RNN_PROJECTION = re.compile(r"^weight_hr_l(\d+)(_reverse)?$")
+_ATTENTION = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+_EMBEDDING_NAME = re.compile(r"(emb|wte|wpe|shared$)", re.IGNORECASE)
+_FUSED_QKV_NAME = re.compile(r"(^|\.)(qkv|qkv_proj|query_key_value|c_attn|wqkv|Wqkv|in_proj)$")
+_GATE_KINDS = {4: "lstm", 3: "gru", 1: "rnn"}
+
+NO_STRUCTURE = (
+    "from names and shapes alone: whether this conv is grouped or transposed is unknown, "
+    "so only torch's fans are given"
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of a flat source: its key, shape, dtype, a lazy data handle and an identity for ties."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    data: TensorData | None = None
+    identity: Hashable | None = None  # entries with equal identity are one tensor under several keys
+
+
+def _split(key: str) -> tuple[str, str]:
+    module, _, leaf = key.rpartition(".")
+    return module, leaf
+
+
+def _rnn_kind(module: str, shape: tuple[int, ...], shapes: dict[str, tuple[int, ...]]) -> tuple[str, int | None]:
+    """lstm/gru/rnn from the ratio of gate rows to hidden size (weight_hh_l0 is [G·H, H], or weight_hr gives H)."""
+    projection = shapes.get(f"{module}.weight_hr_l0" if module else "weight_hr_l0")
+    hh = shapes.get(f"{module}.weight_hh_l0" if module else "weight_hh_l0")
+    hidden = projection[1] if projection else (hh[1] if hh and len(hh) == 2 else None)
+    if not hidden or not shape or shape[0] % hidden:
+        return "unknown", None
+    gates = shape[0] // hidden
+    kind = _GATE_KINDS.get(gates, "unknown")
+    return kind, gates if kind in ("lstm", "gru") else None
+
+
+def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
+    module, leaf = _split(entry.key)
+    shape = entry.shape
+    bias = shapes.get(f"{module}.bias" if module else "bias")
+    common = dict(name=module or entry.key, param=entry.key, shape=shape, dtype=entry.dtype, data=entry.data)
+
+    if leaf in _ATTENTION:
+        stacked = 3 if leaf.startswith("in_proj") else None
+        return Layer(kind="multihead_attention", stacked=stacked, **common)
+    rnn = _RNN.match(leaf)
+    if rnn:
+        kind, gates = _rnn_kind(module, shape, shapes)
+        return Layer(kind=kind, stacked=gates, **common)
+    if _RNN_PROJECTION.match(leaf):
+        return Layer(kind="lstm", **common)
+    if len(shape) == 1:
+        kind = "norm" if leaf == "weight" else "unknown"
+        if leaf == "bias" and module:
+            sibling = shapes.get(f"{module}.weight")
+            kind = _shape_kind(sibling, module) if sibling else "unknown"
+        return Layer(kind=kind, **common)
+    if len(shape) == 2:
+        if _EMBEDDING_NAME.search(module.rpartition(".")[2] or module) and bias is None:
+            return Layer(kind="embedding", **common)
+        notes: tuple[str, ...] = ()
+        layout = "torch"
+        if bias and len(bias) == 1 and bias[0] == shape[1] != shape[0]:
+            layout = "in_out"
+            notes = (f"stored [in, out]: its bias has {shape[1]} entries, matching dim 1",)
+        stacked = None
+        out = shape[1] if layout == "in_out" else shape[0]
+        if _FUSED_QKV_NAME.search(module) and out % 3 == 0:
+            stacked = 3
+            notes += (f"q, k, v stacked: inferred from the name {module.rpartition('.')[2]!r}",)
+        return Layer(kind="linear", layout=layout, stacked=stacked, notes=notes, **common)
+    if 3 <= len(shape) <= 5:
+        kind = f"conv{len(shape) - 2}d"
+        if bias and len(bias) == 1 and bias[0] != shape[0] and shape[1] and bias[0] % shape[1] == 0:
+            groups = bias[0] // shape[1]
+            return Layer(kind=f"conv_transpose{len(shape) - 2}d", transposed=True, groups=groups,
+                         notes=(f"transposed: its bias has {bias[0]} entries, not shape[0] = {shape[0]}",), **common)
+        return Layer(kind=kind, notes=(NO_STRUCTURE,), **common)
+    return Layer(kind="unknown", **common)
+
+
+def _shape_kind(shape: tuple[int, ...], module: str) -> str:
+    if len(shape) == 2:
+        return "embedding" if _EMBEDDING_NAME.search(module) else "linear"
+    if 3 <= len(shape) <= 5:
+        return f"conv{len(shape) - 2}d"
+    return "norm" if len(shape) == 1 else "unknown"
+
+
+def is_weight(entry: Entry) -> bool:
+    """Floating tensors that are not known buffers: what init concerns."""
+    return entry.dtype in FLOATING and _split(entry.key)[1] not in BUFFERS
+
+
+def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
+    """Layers in source order; tied tensors reported once, the other keys as aliases."""
+    kept = [entry for entry in entries if is_weight(entry)]
+    shapes = {entry.key: entry.shape for entry in kept}
+    first: dict[Hashable, int] = {}
+    layers: list[Layer] = []
+    aliases: dict[int, list[str]] = {}
+    for entry in kept:
+        if entry.identity is not None and entry.identity in first:
+            aliases.setdefault(first[entry.identity], []).append(entry.key)
+            continue
+        if entry.identity is not None:
+            first[entry.identity] = len(layers)
+        layers.append(_layer_for(entry, shapes))
+    for index, names in aliases.items():
+        layer = layers[index]
+        note = f"shared with {', '.join(names)} (tied weights, reported once)"
+        layers[index] = replace(layer, aliases=tuple(names), notes=layer.notes + (note,))
+    return tuple(layers)

@@ -1,0 +1,113 @@
+"""Lazy handles to tensor data: loaders describe where a tensor's bytes lie, `--stats` reads them.
+
+Nothing here reads data until `chunks()` is called, and then one bounded chunk at a time, so
+statistics over a checkpoint need memory near one chunk, not the model. numpy is imported only then.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: dtype name (torch's, without "torch.") -> (bytes per element, numpy dtype; "bf16" is decoded by hand)
+DTYPES: dict[str, tuple[int, str]] = {
+    "float64": (8, "<f8"),
+    "float32": (4, "<f4"),
+    "float16": (2, "<f2"),
+    "bfloat16": (2, "bf16"),
+    "int64": (8, "<i8"),
+    "int32": (4, "<i4"),
+    "int16": (2, "<i2"),
+    "int8": (1, "i1"),
+    "uint8": (1, "u1"),
+    "bool": (1, "?"),
+}
+FLOATING = ("float64", "float32", "float16", "bfloat16")
+
+CHUNK_ELEMENTS = 1 << 22  # 4 Mi elements: 16 MiB of float32 per read
+
+
+class TensorData(Protocol):
+    """What `--stats` needs from a loader: the size, and the values in bounded chunks."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
+        """The tensor's values, flattened, as numpy arrays of at most max_elements each."""
+        ...
+
+
+def decode(raw: bytes | memoryview, dtype: str) -> "np.ndarray":
+    """Bytes to a numpy array of `dtype`; bfloat16 widened to float32 (its top 16 bits)."""
+    import numpy as np
+
+    code = DTYPES[dtype][1]
+    if code == "bf16":
+        halves = np.frombuffer(raw, dtype="<u2")
+        return (halves.astype(np.uint32) << 16).view(np.float32)
+    return np.frombuffer(raw, dtype=code)
+
+
+class ByteSource(Protocol):
+    """A file region holding a storage: a zip member or a safetensors byte range."""
+
+    def read(self, start: int, size: int) -> bytes:
+        """`size` bytes from `start` (relative to the storage's first byte)."""
+        ...
+
+
+@dataclass(frozen=True)
+class StridedRef:
+    """A tensor as a view of a storage: dtype, shape, strides and offset in elements (torch's layout)."""
+
+    source: ByteSource
+    dtype: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int  # in elements
+    storage_elements: int  # size of the storage, for bounds checks
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def contiguous(self) -> bool:
+        expected = 1
+        for size, stride in zip(reversed(self.shape), reversed(self.stride)):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
+
+    def span(self) -> int:
+        """Elements from the offset to the last one the view touches (0 for an empty tensor)."""
+        if self.numel == 0:
+            return 0
+        return 1 + sum((size - 1) * stride for size, stride in zip(self.shape, self.stride))
+
+    def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
+        itemsize = DTYPES[self.dtype][0]
+        if self.numel == 0:
+            return
+        if self.contiguous:
+            for start in range(0, self.numel, max_elements):
+                count = min(max_elements, self.numel - start)
+                raw = self.source.read((self.offset + start) * itemsize, count * itemsize)
+                yield decode(raw, self.dtype)
+            return
+        # A strided view: read the storage region it spans once, then index it.
+        import numpy as np
+
+        span = self.span()
+        region = decode(self.source.read(self.offset * itemsize, span * itemsize), self.dtype)
+        view = np.lib.stride_tricks.as_strided(
+            region, shape=self.shape, strides=[s * region.itemsize for s in self.stride], writeable=False
+        ).reshape(-1)
+        for start in range(0, view.size, max_elements):
+            yield view[start : start + max_elements]
