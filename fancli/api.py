@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from . import loaders
+from .errors import SettingsError
 from .layer import Model
-from .report import Report, Settings, analyze
+from .report import Report, Settings, analyze, selected
+from .stats import observe_all
 
 
-def load(source: str) -> Model:
-    """Read a source (a YAML spec path today) into a Model."""
-    return loaders.load(source)
+def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = None) -> Model:
+    """Read a source (spec, torch file, safetensors, `pkg.module:factory`) into a Model.
+
+    `trust=True` is the only way a pickled module is unpickled (it runs code from the file).
+    """
+    return loaders.load(source, trust=trust, kwargs=kwargs)
 
 
-def _model(source: str | Model) -> Model:
-    return source if isinstance(source, Model) else load(source)
+def _report(
+    source: str | Model,
+    settings: Settings,
+    command: str,
+    stats: bool,
+    trust: bool,
+    kwargs: dict[str, Any] | None,
+    on_chunk: Callable[[int], None] | None,
+) -> Report:
+    model = source if isinstance(source, Model) else load(source, trust=trust, kwargs=kwargs)
+    settings = settings.validated()
+    observed = observe_all(selected(model, settings.filters), on_chunk) if stats else None
+    return analyze(model, settings, command, observed)
 
 
 def inspect(
@@ -28,10 +44,15 @@ def inspect(
     fans: str | None = None,
     pool_fan_out: bool | None = None,
     filters: Iterable[str] = (),
+    stats: bool = False,
+    trust: bool = False,
+    kwargs: dict[str, Any] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> Report:
-    """Per layer: fans, gain, and the std and bound the scheme gives under one mode."""
+    """Per layer: fans, gain, the std and bound the scheme gives under one mode, and with
+    `stats=True` the weights' observed statistics (read one tensor at a time)."""
     settings = Settings(scheme, (mode,) if mode else (), nonlinearity, param, fans, pool_fan_out, tuple(filters))
-    return analyze(_model(source), settings, "inspect")
+    return _report(source, settings, "inspect", stats, trust, kwargs, on_chunk)
 
 
 def compare(
@@ -44,12 +65,14 @@ def compare(
     fans: str | None = None,
     pool_fan_out: bool | None = None,
     filters: Iterable[str] = (),
+    stats: bool = False,
+    trust: bool = False,
+    kwargs: dict[str, Any] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> Report:
     """The same layers with one std per mode side by side."""
     modes = tuple(modes)
     if len(modes) < 2:
-        from .errors import SettingsError
-
         raise SettingsError(f"compare needs at least two modes, got {len(modes)}")
     settings = Settings(scheme, modes, nonlinearity, param, fans, pool_fan_out, tuple(filters))
-    return analyze(_model(source), settings, "compare")
+    return _report(source, settings, "compare", stats, trust, kwargs, on_chunk)

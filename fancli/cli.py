@@ -44,6 +44,20 @@ class _ModesCommand(click.Command):
         return super().parse_args(ctx, rewritten)
 
 
+def _parse_kwargs(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    import json
+
+    try:
+        parsed = json.loads(value)
+    except ValueError as error:
+        raise click.BadParameter(f"not valid JSON ({error})") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("expected a JSON object, e.g. '{\"width\": 64}'")
+    return parsed
+
+
 def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options inspect and compare share."""
     scheme_names = list(SCHEMES) + list(SCHEME_ALIASES)
@@ -66,10 +80,50 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="Output format."),
         click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
                      help="Write to FILE (atomically) instead of stdout."),
+        click.option("--stats", is_flag=True,
+                     help="Read the weights and add observed mean and std, and their ratio to the expected std."),
+        click.option("--trust", is_flag=True,
+                     help="Allow unpickling code from the file (a pickled nn.Module). Only for files you trust."),
+        click.option("--kwargs", "factory_kwargs", metavar="JSON", callback=_parse_kwargs,
+                     help="Keyword arguments for a pkg.module:factory source, as a JSON object."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+PROGRESS_BYTES = 256 * 1024 * 1024
+
+
+def _build(command: Callable[..., Any], source: str, stats: bool, factory_kwargs: dict | None, **settings: Any) -> Any:
+    """Load, read weights if asked (with a progress bar on stderr for big reads), analyse."""
+    from . import api
+
+    model = api.load(source, trust=settings.pop("trust"), kwargs=factory_kwargs)
+    if not stats:
+        return command(model, **settings)
+    from .report import selected
+
+    layers = [layer for layer in selected(model, tuple(settings.get("filters", ()))) if layer.data is not None]
+    total = sum(_nbytes(layer) for layer in layers)
+    if total < PROGRESS_BYTES:
+        return command(model, stats=True, **settings)
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("reading weights", total=total)
+        return command(model, stats=True, on_chunk=lambda nbytes: progress.advance(task, nbytes), **settings)
+
+
+def _nbytes(layer: Any) -> int:
+    import math
+
+    from .tensors import DTYPES
+
+    return math.prod(layer.shape) * DTYPES.get(layer.dtype or "float32", (4,))[0]
 
 
 def _emit(report: Any, fmt: str, output: str | None) -> None:
@@ -98,7 +152,9 @@ def _emit(report: Any, fmt: str, output: str | None) -> None:
 def cli(debug: bool) -> None:
     """fan_in, fan_out, gain and init std of every layer of a network, as torch computes them.
 
-    SOURCE is a YAML layer spec (see docs/spec.md).
+    SOURCE is a YAML layer spec (docs/spec.md), a torch.save file (.pt/.pth/.bin: state_dict, checkpoint,
+    pickled module with --trust), TorchScript, a torch.export .pt2, a .safetensors file or a sharded
+    checkpoint's index.json, or a factory pkg.module:callable.
     """
 
 
@@ -110,7 +166,7 @@ def inspect(source: str, mode: str | None, fmt: str, output: str | None, **setti
     """What each layer gets: fans, gain, std and bound under a scheme and mode."""
     from . import api
 
-    _emit(api.inspect(source, mode=mode, **settings), fmt, output)
+    _emit(_build(api.inspect, source, mode=mode, **settings), fmt, output)
 
 
 @cli.command(cls=_ModesCommand)
@@ -122,7 +178,7 @@ def compare(source: str, modes: tuple[str, ...], fmt: str, output: str | None, *
     """How the modes differ, layer by layer: one std column per mode and their ratio."""
     from . import api
 
-    _emit(api.compare(source, modes or ("fan_in", "fan_out"), **settings), fmt, output)
+    _emit(_build(api.compare, source, modes=modes or ("fan_in", "fan_out"), **settings), fmt, output)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .tensors import CHUNK_ELEMENTS, TensorData
+from .tensors import CHUNK_ELEMENTS, DTYPES, TensorData
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,28 @@ def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS) -> Observed:
         return Observed(total, None, None, None, None, nonfinite=total)
     std = math.sqrt(m2 / (count - 1)) if count > 1 else None
     return Observed(total, mean, std, low, high, nonfinite=total - count)
+
+
+def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS) -> dict[str, Observed]:
+    """Observed statistics per parameter key, one tensor at a time; `on_chunk(nbytes)` reports progress."""
+    results: dict[str, Observed] = {}
+    for layer in layers:
+        if layer.data is None:
+            continue
+        data = layer.data if on_chunk is None else _Reporting(layer.data, on_chunk)
+        results[layer.param] = observe(data, max_elements)
+    return results
+
+
+class _Reporting:
+    """Wraps a TensorData so the bytes of each chunk read are reported (for a progress bar)."""
+
+    def __init__(self, data: TensorData, on_chunk) -> None:
+        self.data, self.on_chunk = data, on_chunk
+        self.dtype, self.shape = data.dtype, data.shape
+        self.itemsize = DTYPES[data.dtype][0] if data.dtype in DTYPES else 1
+
+    def chunks(self, max_elements: int = CHUNK_ELEMENTS):
+        for chunk in self.data.chunks(max_elements):
+            yield chunk
+            self.on_chunk(chunk.size * self.itemsize)

@@ -1,60 +1,92 @@
-"""Turn a source (a file path, later a `pkg.module:factory`) into a Model.
+"""Turn a source (a file path or a `pkg.module:factory`) into a Model.
 
 Formats are detected from content, not only from the extension; each loader is imported only when
-its format is found, so a YAML spec never pays for torch.
+its format is found, so a YAML spec, a safetensors header or a zip state_dict never pays for torch.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
 from pathlib import Path
+from typing import Any
 
 from ..errors import SourceError
 from ..layer import Model
 
 _SNIFF_BYTES = 64
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 def sniff(head: bytes, path: Path) -> str:
     """Name the format of a file from its first bytes (and its extension where bytes cannot tell)."""
     if not head:
         return "empty"
-    if head.startswith(b"PK\x03\x04"):
-        return "torch-zip"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "zip"
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
         return "pickle"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0:
         return "safetensors"
-    if path.suffix.lower() in (".pt2",):
-        return "torch-export"
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as error:
         if error.start < len(head) - 4:  # a multi-byte character cut at the end is still text
             return "binary"
-    if path.suffix.lower() == ".json":
+    if head.lstrip()[:1] == b"{" or path.suffix.lower() == ".json":
         return "json"
     return "yaml"
 
 
-_DESCRIPTIONS = {
-    "torch-zip": "a zip archive (torch.save state_dict or checkpoint)",
-    "pickle": "a pickle (legacy torch.save format)",
-    "safetensors": "a safetensors checkpoint",
-    "torch-export": "a torch.export program",
-    "json": "a JSON file",
-    "binary": "a binary file of unknown format",
-}
+def is_factory(source: str) -> bool:
+    """`pkg.module:callable`, and not a file that happens to exist under that name."""
+    return bool(_FACTORY.match(source)) and not Path(source).exists()
 
 
-def load(source: str) -> Model:
-    """Load a model from a source; SourceError (exit 2) names the source and the problem."""
+def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = None) -> Model:
+    """Load a model from a source; SourceError (exit 2) names the source and the problem.
+
+    `trust` allows unpickling code from a file (a pickled nn.Module); `kwargs` go to a factory.
+    """
+    if is_factory(source):
+        from .torch_module import load_factory
+
+        return load_factory(source, kwargs)
+    path = _checked_path(source)
+    with path.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    kind = sniff(head, path)
+    if kind == "empty":
+        raise SourceError(f"{source}: empty file")
+    if kind == "yaml":
+        from .spec import load_spec
+
+        return load_spec(path)
+    if kind == "zip":
+        return _load_zip(path, trust)
+    if kind == "pickle":
+        from . import torch_module
+
+        return torch_module.load_pickled_module(path, trust=True) if trust else torch_module.load_weights_only(path)
+    if kind == "safetensors":
+        from .safetensors_file import load_safetensors
+
+        return load_safetensors(path)
+    if kind == "json":
+        return _load_json(path)
+    raise SourceError(f"{source}: not a format fancli reads (a binary file that is neither a torch.save zip, "
+                      "a pickle nor safetensors)")
+
+
+def _checked_path(source: str) -> Path:
     path = Path(source)
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise SourceError(f"{source}: no such file") from None
+        hint = " (a factory is written pkg.module:callable)" if ":" in source else ""
+        raise SourceError(f"{source}: no such file{hint}") from None
     except OSError as error:
         raise SourceError(f"{source}: cannot read: {error.strerror or error}") from None
     if stat.S_ISDIR(info.st_mode):
@@ -63,17 +95,47 @@ def load(source: str) -> Model:
         raise SourceError(f"{source}: not a regular file")
     if not os.access(path, os.R_OK):
         raise SourceError(f"{source}: permission denied")
+    return path
+
+
+def _load_zip(path: Path, trust: bool) -> Model:
+    """torch.save archives without torch; TorchScript and torch.export through torch."""
+    from .torch_zip import TorchZip, UnsafeGlobal, read_state_dict, untrusted_message
+
+    archive = TorchZip(path)
+    if archive.kind == "torchscript":
+        from .torch_module import load_torchscript
+
+        return load_torchscript(path)
+    if archive.kind == "torch-export":
+        from .torch_module import load_exported
+
+        return load_exported(path)
+    if archive.kind == "zip":
+        raise SourceError(f"{path}: a zip archive, but not one written by torch.save (no <name>/data.pkl)")
+    try:
+        return read_state_dict(path, archive)
+    except UnsafeGlobal as refused:
+        if trust:
+            from .torch_module import load_pickled_module
+
+            return load_pickled_module(path, trust=True)
+        if refused.module.startswith("torch.") and not refused.module.startswith("torch.nn"):
+            from .torch_module import load_weights_only
+
+            return load_weights_only(path)  # a tensor type torch's own safe loader knows
+        raise SourceError(untrusted_message(path, f"{refused.module}.{refused.name}")) from None
+
+
+def _load_json(path: Path) -> Model:
+    """A sharded safetensors index (`model.safetensors.index.json`)."""
     try:
         with path.open("rb") as handle:
-            head = handle.read(_SNIFF_BYTES)
-    except OSError as error:
-        raise SourceError(f"{source}: cannot read: {error.strerror or error}") from None
+            document = json.loads(handle.read(64 * 1024 * 1024))
+    except (ValueError, OSError) as error:
+        raise SourceError(f"{path}: not valid JSON ({error})") from None
+    if isinstance(document, dict) and isinstance(document.get("weight_map"), dict):
+        from .safetensors_file import load_safetensors_index
 
-    kind = sniff(head, path)
-    if kind == "empty":
-        raise SourceError(f"{source}: empty file")
-    if kind == "yaml":
-        from .spec import load_spec
-
-        return load_spec(path)
-    raise SourceError(f"{source}: {_DESCRIPTIONS[kind]}; this version of fancli reads YAML layer specs only")
+        return load_safetensors_index(path)
+    raise SourceError(f"{path}: a JSON file, but not a safetensors index (no 'weight_map')")

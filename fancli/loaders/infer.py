@@ -134,3 +134,79 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
         note = f"shared with {', '.join(names)} (tied weights, reported once)"
         layers[index] = replace(layer, aliases=tuple(names), notes=layer.notes + (note,))
     return tuple(layers)
+
+
+#: Where checkpoints keep their weights, in the order they are looked for.
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema", "model_ema",
+                   "params", "weights")
+
+
+_NOT_WEIGHTS = ("optim", "lr_sched", "scheduler")
+
+
+class NoStateDict(ValueError):
+    """The object holds no mapping of parameter names to tensors."""
+
+
+def describe(value: object) -> str:
+    """A loaded object's type the way a user would name it."""
+    if isinstance(value, dict):
+        return "dict without tensors"
+    return {list: "list", tuple: "tuple", int: "int", float: "float", str: "string"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _tensor_count(value: object, is_tensor) -> int:
+    if is_tensor(value):
+        return 1
+    if isinstance(value, dict):
+        return sum(_tensor_count(v, is_tensor) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_count(v, is_tensor) for v in value)
+    return 0
+
+
+def _flatten(mapping: dict, is_tensor, prefix: str = "") -> dict:
+    """Nested dicts of tensors to one level with dotted keys, as torch's state_dicts are."""
+    flat: dict = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if is_tensor(value):
+            flat[name] = value
+        elif isinstance(value, dict):
+            flat.update(_flatten(value, is_tensor, f"{name}."))
+    return flat
+
+
+def find_state_dict(obj: object, is_tensor) -> tuple[dict, tuple[str, ...]]:
+    """The parameter mapping inside a checkpoint, and notes on where it was and what was ignored.
+
+    Accepts a bare state_dict, `{"state_dict": …}`, `{"model": …, "optimizer": …}`, Lightning
+    checkpoints and nested dicts; raises NoStateDict naming what the object is otherwise.
+    """
+    if not isinstance(obj, dict) or _tensor_count(obj, is_tensor) == 0:
+        raise NoStateDict(describe(obj))
+    path: list[str] = []
+    ignored: list[str] = []
+    current = obj
+    while True:
+        direct = [k for k, v in current.items() if is_tensor(v)]
+        if direct and len(direct) * 2 >= len(current):
+            break
+        preferred = [k for k in STATE_DICT_KEYS if isinstance(current.get(k), dict) and _tensor_count(current[k], is_tensor)]
+        if not preferred:
+            break
+        choice = preferred[0]
+        ignored += [str(k) for k in current if k != choice and _tensor_count(current[k], is_tensor)]
+        path.append(str(choice))
+        current = current[choice]
+    skipped = [k for k in current if str(k).startswith(_NOT_WEIGHTS) and _tensor_count(current[k], is_tensor)]
+    ignored += [str(k) for k in skipped]
+    flat = _flatten({k: v for k, v in current.items() if k not in skipped}, is_tensor)
+    notes = []
+    if path:
+        notes.append(f"state_dict found under {'/'.join(repr(p) for p in path)}")
+    if ignored:
+        notes.append(f"ignored (not model weights): {', '.join(repr(k) for k in ignored)}")
+    return flat, tuple(notes)

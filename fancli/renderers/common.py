@@ -55,6 +55,7 @@ def title(report: Report) -> str:
     modes = report.modes or tuple(sorted({m for row in report.rows for m in row.inits}))
     parts = [
         f"{report.source}{name}",
+        report.format,
         f"scheme {'/'.join(schemes) if schemes else report.settings.scheme or '—'}",
         f"mode {' vs '.join(modes) if report.command == 'compare' else '/'.join(modes)}",
         f"fans: {report.fan_convention}" + (", pool÷fan_out" if report.pool_fan_out else ""),
@@ -118,5 +119,11 @@ def columns(report: Report, footnotes: Footnotes) -> list[Column]:
             cols.append(Column("mode", lambda r: ",".join(r.inits), "left"))
         only = lambda r: next(iter(r.inits.values()))  # noqa: E731 - inspect has one mode per row
         cols += [Column("std", lambda r: number(only(r).std)), Column("bound", lambda r: number(only(r).bound))]
+    if any(row.observed is not None for row in report.rows):
+        cols += [
+            Column("obs mean", lambda r: number(r.observed.mean if r.observed else None)),
+            Column("obs std", lambda r: number(r.observed.std if r.observed else None)),
+            Column("obs/exp", lambda r: number(r.observed_ratio)),
+        ]
     cols.append(Column("notes", footnotes.marks, "left"))
     return cols

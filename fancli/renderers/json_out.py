@@ -70,6 +70,19 @@ def layer_dict(row: Row, command: str) -> dict[str, Any]:
         (mode, values), = row.inits.items()
         out["mode"] = mode
         out.update(_values(values))
+    if layer.aliases:
+        out["aliases"] = list(layer.aliases)
+    if row.observed is not None:
+        observed = row.observed
+        out["observed"] = {
+            "count": observed.count,
+            "mean": observed.mean,
+            "std": observed.std,
+            "min": observed.min,
+            "max": observed.max,
+            "nonfinite": observed.nonfinite,
+            "std_ratio": row.observed_ratio,
+        }
     out["notes"] = list(row.notes)
     return out
 
@@ -82,7 +95,8 @@ def report_dict(report: Report) -> dict[str, Any]:
     out: dict[str, Any] = {
         "fancli": SCHEMA_VERSION,
         "command": report.command,
-        "source": {"path": report.source, "format": report.format, "name": report.model_name},
+        "source": {"path": report.source, "format": report.format, "name": report.model_name,
+                   "notes": list(report.notes)},
         "settings": {
             "scheme": schemes_used[0] if len(schemes_used) == 1 else settings.scheme,
             "nonlinearity": settings.nonlinearity,

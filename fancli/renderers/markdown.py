@@ -15,6 +15,9 @@ def render_markdown(report: Report) -> str:
     cols = columns(report, footnotes)
     highlighted = {id(row) for row in report.most_disagreeing()} if report.command == "compare" else set()
     lines = [f"**{_escape(title(report))}**", ""]
+    lines += [f"_{_escape(note)}_  " for note in report.notes]
+    if report.notes:
+        lines.append("")
     lines.append("| " + " | ".join(col.header for col in cols) + " |")
     lines.append("|" + "|".join(":---" if col.align == "left" else "---:" for col in cols) + "|")
     for row in report.rows:

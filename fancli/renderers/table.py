@@ -34,6 +34,8 @@ def build(report: Report) -> tuple[Table, list[str]]:
 def render_table(report: Report, console: Console) -> None:
     table, lines = build(report)
     console.print(Text(title(report), style="bold"))
+    for note in report.notes:
+        console.print(Text(note, style="dim"))
     console.print(table)
     for line in lines:
         console.print(Text(line))
