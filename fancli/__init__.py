@@ -2,22 +2,36 @@
 
     >>> import fancli
     >>> report = fancli.inspect("sample_models/lenet5.yaml", scheme="kaiming_normal")
-    >>> fancli.render(report, "json")
+    >>> print(fancli.render(report, "markdown"))
+
+Names are imported on first use, so `fancli --help` pays only for the command line.
 """
 
-from .analysis.fans import keras_fans, layer_fans, torch_fans
-from .analysis.gains import calculate_gain, gain
-from .analysis.schemes import SCHEMES, variance_scaling
-from .api import compare, inspect, load
-from .errors import FancliError, SettingsError, SourceError
-from .layer import Layer, Model
-from .renderers import render_text as render
-from .report import Report, Row, Settings, analyze
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Layer", "Model", "Report", "Row", "Settings", "SCHEMES", "FancliError", "SettingsError", "SourceError",
-    "analyze", "calculate_gain", "compare", "gain", "inspect", "keras_fans", "layer_fans", "load", "render",
-    "torch_fans", "variance_scaling",
-]
+_EXPORTS = {
+    "load": "api", "inspect": "api", "compare": "api",
+    "analyze": "report", "Report": "report", "Row": "report", "Settings": "report",
+    "Layer": "layer", "Model": "layer",
+    "torch_fans": "analysis.fans", "keras_fans": "analysis.fans", "layer_fans": "analysis.fans",
+    "calculate_gain": "analysis.gains", "gain": "analysis.gains",
+    "SCHEMES": "analysis.schemes", "variance_scaling": "analysis.schemes",
+    "observe": "stats", "Observed": "stats",
+    "FancliError": "errors", "SettingsError": "errors", "SourceError": "errors",
+}
+__all__ = sorted(_EXPORTS) + ["render"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "render":
+        from .renderers import render_text
+
+        return render_text
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'fancli' has no attribute {name!r}")

@@ -27,6 +27,9 @@ DTYPES: dict[str, tuple[int, str]] = {
     "bool": (1, "?"),
 }
 FLOATING = ("float64", "float32", "float16", "bfloat16")
+#: Floating dtypes fancli lists but cannot decode: their layers have no data handle, so no statistics.
+LOW_PRECISION_FLOATING = ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+                          "float8_e8m0fnu", "float6_e2m3fn", "float6_e3m2fn", "float4_e2m1fn")
 
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi elements: 16 MiB of float32 per read
 

@@ -30,6 +30,8 @@ def sniff(head: bytes, path: Path) -> str:
         return "pickle"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0:
         return "safetensors"
+    if path.suffix.lower() == ".safetensors":
+        return "safetensors"  # malformed: its loader says what is wrong
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as error:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Hashable, Iterable
 
 from ..layer import Layer
-from ..tensors import FLOATING, TensorData
+from ..tensors import FLOATING, LOW_PRECISION_FLOATING, TensorData
 
 #: Buffers that torch's modules keep in their state_dict but that are not weights.
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -112,7 +112,7 @@ def _shape_kind(shape: tuple[int, ...], module: str) -> str:
 
 def is_weight(entry: Entry) -> bool:
     """Floating tensors that are not known buffers: what init concerns."""
-    return entry.dtype in FLOATING and _split(entry.key)[1] not in BUFFERS
+    return entry.dtype in FLOATING + LOW_PRECISION_FLOATING and _split(entry.key)[1] not in BUFFERS
 
 
 def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:

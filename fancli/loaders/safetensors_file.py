@@ -1,0 +1,332 @@
+"""safetensors checkpoints: one `.safetensors` file, or the shards a `model.safetensors.index.json` lists.
+
+The header is parsed here, not by `safetensors.safe_open`: that imports numpy and hides the byte offsets
+(`data_offsets`) that streamed statistics need. Only the header is read at load time; tensor bytes are
+read on demand through `FileRange`. Tensors come in the file's order: safetensors writers sort them by
+dtype and name, so a file does not record the model's order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..errors import SourceError
+from ..layer import Model
+from ..tensors import DTYPES, StridedRef
+from .infer import Entry, layers_from_entries
+
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+MAX_INDEX_BYTES = 64 * 1024 * 1024
+_LENGTH_BYTES = 8
+_MAX_BITS = 8 << 63  # no file holds more: a shape beyond it is reported without its exact size
+_FIELDS = ("dtype", "shape", "data_offsets")
+
+#: safetensors dtype -> (torch's name without "torch.", bits per element). Names outside
+#: `tensors.DTYPES` (float8, float6, float4, complex) are listed but cannot be read for statistics.
+SAFETENSORS_DTYPES: dict[str, tuple[str, int]] = {
+    "F64": ("float64", 64),
+    "F32": ("float32", 32),
+    "F16": ("float16", 16),
+    "BF16": ("bfloat16", 16),
+    "I64": ("int64", 64),
+    "I32": ("int32", 32),
+    "I16": ("int16", 16),
+    "I8": ("int8", 8),
+    "U64": ("uint64", 64),
+    "U32": ("uint32", 32),
+    "U16": ("uint16", 16),
+    "U8": ("uint8", 8),
+    "BOOL": ("bool", 8),
+    "C64": ("complex64", 64),
+    "F8_E4M3": ("float8_e4m3fn", 8),
+    "F8_E5M2": ("float8_e5m2", 8),
+    "F8_E4M3FNUZ": ("float8_e4m3fnuz", 8),
+    "F8_E5M2FNUZ": ("float8_e5m2fnuz", 8),
+    "F8_E8M0": ("float8_e8m0fnu", 8),
+    "F6_E2M3": ("float6_e2m3fn", 6),
+    "F6_E3M2": ("float6_e3m2fn", 6),
+    "F4": ("float4_e2m1fn", 4),
+}
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """A tensor's bytes in a file, opened per read so that a long-lived Model holds no file handle."""
+
+    path: Path
+    start: int  # absolute file offset of the tensor's first byte
+    size: int
+
+    def read(self, start: int, size: int) -> bytes:
+        if start < 0 or size < 0 or start + size > self.size:
+            raise ValueError(f"read of {size} bytes at {start} outside a {self.size}-byte tensor")
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.start + start)
+                data = handle.read(size)
+        except OSError as error:
+            raise SourceError(f"{self.path}: cannot read: {error.strerror or error}") from None
+        if len(data) != size:
+            raise SourceError(f"{self.path}: the file is shorter than when it was loaded")
+        return data
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """One header entry, validated: dtype as torch names it, shape, and byte offsets in the data section."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True)
+class _Header:
+    tensors: dict[str, _Tensor]  # in header order
+    metadata: dict[str, str]
+    data_start: int  # file offset of the data section: 8 + header length
+    ties: dict[str, list[str]]  # kept key -> keys dropped as its duplicates
+
+
+def _ties(metadata: dict[str, str], tensors: dict[str, _Tensor]) -> dict[str, list[str]]:
+    """`safetensors.torch.save_model` drops tied tensors and notes `dropped: kept` in __metadata__."""
+    tied: dict[str, list[str]] = {}
+    for dropped, kept in metadata.items():
+        if kept in tensors and dropped not in tensors:
+            tied.setdefault(kept, []).append(dropped)
+    return tied
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: one short line, whatever a hostile header holds."""
+    text = repr(value)
+    return text if len(text) <= 100 else text[:100] + "…"
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _bits_needed(shape: tuple[int, ...], bits: int, limit: int) -> int | None:
+    """numel × bits, or None once past `limit`: a hostile shape must not build a huge integer."""
+    if 0 in shape:
+        return 0
+    total = bits
+    for dim in shape:
+        total *= dim
+        if total > limit:
+            return None
+    return total
+
+
+def _bytes(bits: int | None) -> str:
+    if bits is None:
+        return "more than 2**63 bytes"
+    return f"{bits // 8} bytes" if bits % 8 == 0 else f"{bits / 8} bytes"
+
+
+def _read_raw_header(path: Path, where: str) -> tuple[bytes, int]:
+    """The header's bytes and the file's size, reading nothing past the header."""
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(_LENGTH_BYTES)
+            if len(prefix) < _LENGTH_BYTES:
+                raise SourceError(f"{where}: {size} bytes: too short for a safetensors file (8-byte header length)")
+            length = int.from_bytes(prefix, "little")
+            if length > MAX_HEADER_BYTES:
+                raise SourceError(f"{where}: header length {length} exceeds the {MAX_HEADER_BYTES}-byte limit")
+            if _LENGTH_BYTES + length > size:
+                raise SourceError(f"{where}: header length {length} runs past the end of the {size}-byte file")
+            raw = handle.read(length)
+    except FileNotFoundError:
+        raise SourceError(f"{where}: no such file") from None
+    except OSError as error:
+        raise SourceError(f"{where}: cannot read: {error.strerror or error}") from None
+    if len(raw) != length:
+        raise SourceError(f"{where}: the file ended inside its header")
+    return raw, size
+
+
+def _parse_json(raw: bytes, where: str, what: str) -> dict:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SourceError(f"{where}: {what} is not valid UTF-8") from None
+    except RecursionError:
+        raise SourceError(f"{where}: {what} is not valid JSON: nested too deeply") from None
+    except json.JSONDecodeError as error:
+        raise SourceError(f"{where}: {what} is not valid JSON: {error}") from None
+    except ValueError:  # Python's limit on integer digits
+        raise SourceError(f"{where}: {what} is not valid JSON: a number has too many digits") from None
+    if not isinstance(value, dict):
+        raise SourceError(f"{where}: {what} is not a JSON object")
+    return value
+
+
+def _metadata(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise SourceError(f"{where}: __metadata__ must map strings to strings")
+    return value
+
+
+def _tensor(key: str, value: Any, data_size: int, where: str) -> _Tensor:
+    """Validate one header entry against the format and the file's size."""
+    at = f"{where}: tensor {_show(key)}"
+    if not isinstance(value, dict):
+        raise SourceError(f"{at}: expected an object with dtype, shape and data_offsets")
+    missing = [field for field in _FIELDS if field not in value]
+    if missing:
+        raise SourceError(f"{at}: missing {', '.join(missing)}")
+    dtype, shape, offsets = (value[field] for field in _FIELDS)
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise SourceError(f"{at}: unknown dtype {_show(dtype)}")
+    if not isinstance(shape, list) or not all(_is_count(dim) for dim in shape):
+        raise SourceError(f"{at}: shape must be a list of non-negative integers, not {_show(shape)}")
+    pair = isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
+    if not pair or offsets[0] > offsets[1]:
+        raise SourceError(f"{at}: data_offsets must be [begin, end] with 0 <= begin <= end, not {_show(offsets)}")
+    begin, end = offsets
+    if end > data_size:
+        raise SourceError(f"{at}: data_offsets {offsets} run past the end of the file ({data_size} data bytes)")
+    name, bits = SAFETENSORS_DTYPES[dtype]
+    needed = _bits_needed(tuple(shape), bits, _MAX_BITS)
+    if needed != 8 * (end - begin):
+        raise SourceError(
+            f"{at}: data_offsets hold {end - begin} bytes but shape {_show(shape)} of {dtype} needs {_bytes(needed)}"
+        )
+    return _Tensor(key, name, tuple(shape), begin, end)
+
+
+def _check_coverage(tensors: Iterable[_Tensor], data_size: int, where: str) -> None:
+    """Tensors may neither overlap nor leave bytes unclaimed: the format forbids both (no polyglot files)."""
+    position = 0
+    last: _Tensor | None = None
+    for tensor in sorted(tensors, key=lambda t: (t.begin, t.end)):
+        if tensor.begin < position and last is not None:
+            raise SourceError(
+                f"{where}: tensors {_show(last.key)} and {_show(tensor.key)} overlap "
+                f"(data_offsets [{last.begin}, {last.end}] and [{tensor.begin}, {tensor.end}])"
+            )
+        if tensor.begin > position:
+            raise SourceError(f"{where}: data bytes {position}–{tensor.begin} belong to no tensor")
+        if tensor.end > position:
+            position, last = tensor.end, tensor
+    if position < data_size:
+        raise SourceError(f"{where}: data bytes {position}–{data_size} belong to no tensor")
+
+
+def _read_header(path: Path, where: str) -> _Header:
+    """Read and validate a safetensors header; every problem is one SourceError line starting with `where`."""
+    raw, size = _read_raw_header(path, where)
+    header = _parse_json(raw, where, "header")
+    data_start = _LENGTH_BYTES + len(raw)
+    data_size = size - data_start
+    metadata = _metadata(header.pop("__metadata__", None), where)
+    tensors = {key: _tensor(key, value, data_size, where) for key, value in header.items()}
+    _check_coverage(tensors.values(), data_size, where)
+    return _Header(tensors, metadata, data_start, _ties(metadata, tensors))
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides: list[int] = []
+    step = 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def _entry(path: Path, header: _Header, tensor: _Tensor, key: str, identity: str | None) -> Entry:
+    """An Entry with a lazy handle on the tensor's bytes; None where fancli cannot decode the dtype."""
+    data = None
+    if tensor.dtype in DTYPES:
+        data = StridedRef(
+            source=FileRange(path, header.data_start + tensor.begin, tensor.end - tensor.begin),
+            dtype=tensor.dtype,
+            shape=tensor.shape,
+            stride=_contiguous_strides(tensor.shape),
+            offset=0,
+            storage_elements=math.prod(tensor.shape),
+        )
+    return Entry(key, tensor.shape, tensor.dtype, data=data, identity=identity)
+
+
+def _entries(path: Path, header: _Header, keys: Iterable[str]) -> Iterator[Entry]:
+    """Entries for `keys`, each followed by the keys tied to it (same identity, so reported as aliases)."""
+    for key in keys:
+        tensor = header.tensors[key]
+        dropped = header.ties.get(key, [])
+        yield _entry(path, header, tensor, key, key if dropped else None)
+        for alias in dropped:
+            yield _entry(path, header, tensor, alias, key)
+
+
+def _notes(metadata: dict[str, str]) -> tuple[str, ...]:
+    """Say so when the file was written by another framework: its kernels may be [*k, in, out]."""
+    written_by = metadata.get("format")
+    if written_by and written_by != "pt":
+        return (f"written by {_show(written_by)} (__metadata__ format); weights are read in torch's layout",)
+    return ()
+
+
+def load_safetensors(path: Path) -> Model:
+    """A single `.safetensors` file: layers from its header, in header order; no tensor data is read."""
+    header = _read_header(path, str(path))
+    layers = layers_from_entries(_entries(path, header, header.tensors))
+    return Model(source=str(path), format="safetensors", layers=layers, notes=_notes(header.metadata))
+
+
+def _weight_map(path: Path) -> dict[str, str]:
+    """The index's `weight_map` (key -> shard file name), validated."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_INDEX_BYTES + 1)
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no such file") from None
+    except OSError as error:
+        raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
+    if len(raw) > MAX_INDEX_BYTES:
+        raise SourceError(f"{path}: larger than {MAX_INDEX_BYTES} bytes; not a safetensors index")
+    weight_map = _parse_json(raw, str(path), "index").get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise SourceError(f"{path}: weight_map must be an object mapping tensor keys to shard file names")
+    return weight_map
+
+
+def _shard_path(index: Path, shard: str) -> Path:
+    """Shards lie beside the index; a name that climbs out of its folder is refused."""
+    relative = Path(shard)
+    if not shard or relative.is_absolute() or ".." in relative.parts:
+        raise SourceError(f"{index}: shard {_show(shard)} must be a file name beside the index")
+    return index.parent / relative
+
+
+def load_safetensors_index(path: Path) -> Model:
+    """A sharded checkpoint from its index.json: tensors in weight_map order, each from its shard's header.
+
+    weight_map order, not shard-then-header order: transformers writes it sorted by key, which is the
+    order one unsharded file of the same single-dtype tensors has, so sharding does not reorder a report.
+    """
+    weight_map = _weight_map(path)
+    headers: dict[str, tuple[Path, _Header]] = {}
+    for shard in dict.fromkeys(weight_map.values()):
+        shard_path = _shard_path(path, shard)
+        headers[shard] = (shard_path, _read_header(shard_path, f"{path}: shard {_show(shard)}"))
+    entries: list[Entry] = []
+    for key, shard in weight_map.items():
+        shard_path, header = headers[shard]
+        if key not in header.tensors:
+            raise SourceError(f"{path}: {_show(key)} is mapped to shard {_show(shard)}, which has no such tensor")
+        entries.extend(_entries(shard_path, header, [key]))
+    notes = tuple(dict.fromkeys(note for _, header in headers.values() for note in _notes(header.metadata)))
+    return Model(source=str(path), format="safetensors-sharded", layers=layers_from_entries(entries), notes=notes)
