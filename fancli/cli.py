@@ -137,11 +137,9 @@ def _emit(report: Any, fmt: str, output: str | None) -> None:
         click.echo(f"wrote {output}", err=True)
         return
     if fmt == "table" and sys.stdout.isatty():
-        from rich.console import Console
+        from .renderers.table import print_rich
 
-        from .renderers.table import render_table
-
-        render_table(report, Console())
+        print_rich(report)
         return
     click.echo(render_text(report, fmt), nl=False)
 

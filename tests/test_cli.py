@@ -51,6 +51,22 @@ def test_inspect_json_follows_the_contract_and_torch():
         assert layer["bound"] is None
 
 
+def test_the_terminal_table_and_the_plain_grid_show_the_same_rows():
+    import contextlib
+    import io
+
+    import fancli
+    from fancli.renderers.table import print_rich
+
+    path = REPO / "sample_models" / "dcgan_generator.yaml"
+    plain = run("compare", path).out
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        print_rich(fancli.compare(str(path)))
+    for text in ("main.0.weight", "main.12.weight", "disagree most", "8192 → 1600"):
+        assert text in plain and text in buffer.getvalue()
+
+
 def test_effective_fans_and_notes_in_json():
     data = json.loads(run("inspect", REPO / "sample_models" / "mobilenet_block.yaml", "-f", "json").out)
     depthwise = next(layer for layer in data["layers"] if layer["name"] == "depthwise")

@@ -3,8 +3,8 @@
 FORMATS = ("table", "json", "markdown")
 
 
-def render_text(report, fmt: str, width: int | None = None, color: bool = False) -> str:
-    """Render a report to a string in one of FORMATS (the table as plain or ANSI text)."""
+def render_text(report, fmt: str) -> str:
+    """Render a report to a string in one of FORMATS (the table as plain text)."""
     if fmt == "json":
         from .json_out import render_json
 
@@ -13,6 +13,6 @@ def render_text(report, fmt: str, width: int | None = None, color: bool = False)
         from .markdown import render_markdown
 
         return render_markdown(report)
-    from .table import render_table_text
+    from .table import grid_text
 
-    return render_table_text(report, width=width, color=color)
+    return grid_text(report)

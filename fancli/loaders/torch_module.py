@@ -1,0 +1,531 @@
+"""Sources that need torch: live and pickled modules, TorchScript, torch.export programs, factories.
+
+A module knows what a state_dict cannot: the class that owns each parameter, so groups, stride,
+dilation and transposition are facts here, not guesses. Only a pickled module runs code from the file
+when loaded, and only with `--trust`; a plain torch.save file is read with torch's weights-only loader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import pickle
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Hashable, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SourceError
+from ..layer import Layer, Model
+from ..tensors import CHUNK_ELEMENTS
+from .infer import Entry, layers_from_entries
+
+#: torch.nn class name -> kind. Subclasses of these classes are found through their MRO.
+_KINDS: dict[str, str] = {
+    "Linear": "linear",
+    "NonDynamicallyQuantizableLinear": "linear",  # MultiheadAttention.out_proj
+    "Bilinear": "bilinear",
+    **{f"Conv{d}d": f"conv{d}d" for d in (1, 2, 3)},
+    **{f"ConvTranspose{d}d": f"conv_transpose{d}d" for d in (1, 2, 3)},
+    "Embedding": "embedding",
+    "EmbeddingBag": "embedding",
+    "RNN": "rnn",
+    "LSTM": "lstm",
+    "GRU": "gru",
+    "MultiheadAttention": "multihead_attention",
+    **{name: "norm" for name in (
+        "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm", "GroupNorm",
+        "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
+    )},
+}
+#: HF transformers' GPT-2 `Conv1D`: a linear layer whose weight is stored [in, out].
+_HF_CONV1D = "Conv1D"
+_GATES = {"lstm": 4, "gru": 3}
+_RNN_GATED = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
+_STACKED_QKV = ("in_proj_weight", "in_proj_bias")
+#: Keys under which checkpoints keep their state_dict, most specific first.
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema", "model_ema",
+                    "params", "weights")
+_NUMPY_DTYPES = (torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16,
+                 torch.int8, torch.uint8, torch.bool)
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_WEIGHTS_UNPICKLER = re.compile(r"WeightsUnpickler error:\s*(.+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_CONV_OPS = re.compile(r"^aten::(_?convolution|conv_transpose[123]d|conv[123]d)$")
+_NO_STRUCTURE = "TorchScript: groups, stride and dilation are not recorded for this conv; only torch's fans are given"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch's dtype name without the "torch." prefix, as Layer.dtype and TensorData.dtype use it."""
+    return str(dtype).removeprefix("torch.")
+
+
+class TorchTensorData:
+    """A torch tensor as `TensorData`; dtypes numpy lacks (bfloat16, float8) are widened per chunk."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+        self.dtype = dtype_name(tensor.dtype)
+        self.shape = tuple(tensor.shape)
+
+    def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator[np.ndarray]:
+        """Flattened values in blocks of rows: a view when contiguous, else a copy of one block only."""
+        tensor = self.tensor.detach()
+        if tensor.dim() == 0:
+            tensor = tensor.reshape(1)
+        if tensor.numel() == 0:
+            return
+        rows = max(1, max_elements // tensor[0].numel())
+        for start in range(0, tensor.shape[0], rows):
+            block = tensor[start : start + rows].reshape(-1)
+            for offset in range(0, block.numel(), max_elements):
+                yield _to_numpy(block[offset : offset + max_elements])
+
+
+def _to_numpy(chunk: torch.Tensor) -> np.ndarray:
+    chunk = chunk.cpu()
+    if chunk.dtype not in _NUMPY_DTYPES:
+        chunk = chunk.float()
+    return chunk.numpy()
+
+
+def _tensor_data(tensor: torch.Tensor) -> TorchTensorData | None:
+    """No handle for meta tensors: they have a shape but no values to observe."""
+    return None if tensor.is_meta else TorchTensorData(tensor)
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """The module that owns a parameter, as far as the source tells."""
+
+    name: str  # qualified module name, "" for the root
+    class_name: str | None  # torch.nn class (or the closest base that fancli knows); None when unknown
+    groups: int | None = None
+    stride: tuple[int, ...] | None = None
+    dilation: tuple[int, ...] | None = None
+    in_out: bool = False  # weight stored [in, out] (HF Conv1D)
+    note: str | None = None  # why a structure the kind implies is missing
+
+    @property
+    def kind(self) -> str:
+        if self.class_name == _HF_CONV1D and self.in_out:
+            return "linear"
+        return _KINDS.get(self.class_name or "", "unknown")
+
+
+def _layer(key: str, tensor: torch.Tensor, owner: _Owner, aliases: tuple[str, ...] = ()) -> Layer:
+    """One Layer for a parameter, with the structure its owning module gives the weight."""
+    leaf = key[len(owner.name) + 1 :] if owner.name else key
+    kind = owner.kind
+    structure: dict[str, Any] = {}
+    notes: list[str] = []
+    if kind.startswith("conv") and leaf == "weight":
+        structure = dict(groups=owner.groups, stride=owner.stride, dilation=owner.dilation,
+                         transposed=kind.startswith("conv_transpose"))
+    elif kind in _GATES and _RNN_GATED.match(leaf):
+        structure = dict(stacked=_GATES[kind])
+    elif kind == "multihead_attention" and leaf in _STACKED_QKV:
+        structure = dict(stacked=3)
+    elif owner.in_out and leaf == "weight":
+        structure = dict(layout="in_out")
+    if owner.note:
+        notes.append(owner.note)
+    elif kind == "unknown":
+        what = owner.class_name or "its module"
+        notes.append(f"{what}: not a module type fancli knows; the fans follow from the shape alone")
+    if aliases:
+        notes.append(f"shared with {', '.join(aliases)} (tied weights, reported once)")
+    return Layer(name=owner.name or key, param=key, kind=kind, shape=tuple(tensor.shape),
+                 dtype=dtype_name(tensor.dtype), aliases=aliases, notes=tuple(notes),
+                 data=_tensor_data(tensor), **structure)
+
+
+def _class_name(module: nn.Module) -> str:
+    """The torch.nn class a module is or derives from (a Conv2d subclass is a conv), else its own name.
+
+    By name, as TorchScript and torch.export record classes, so every source classifies a module alike.
+    """
+    if isinstance(module, torch.jit.ScriptModule):
+        return module.original_name
+    for cls in type(module).__mro__:
+        if cls.__name__ in _KINDS:
+            return cls.__name__
+    return type(module).__name__
+
+
+def _ints(value: Any) -> tuple[int, ...] | None:
+    return None if value is None else tuple(int(v) for v in value)
+
+
+def _module_owner(name: str, module: nn.Module) -> _Owner:
+    """Structure from the module's attributes: live and scripted modules keep them, traced ones only their graph."""
+    class_name = _class_name(module)
+    scripted = isinstance(module, torch.jit.ScriptModule)
+    if class_name == _HF_CONV1D:
+        return _Owner(name, class_name, in_out=hasattr(module, "nf") or (scripted and _traced_in_out(module)))
+    if not _KINDS.get(class_name, "").startswith("conv"):
+        return _Owner(name, class_name)
+    groups = getattr(module, "groups", None)
+    stride, dilation = getattr(module, "stride", None), getattr(module, "dilation", None)
+    if groups is None and scripted:
+        stride, dilation, groups = _traced_conv(module) or (None, None, None)
+    note = _NO_STRUCTURE if groups is None else None
+    return _Owner(name, class_name, groups, _ints(stride), _ints(dilation), note=note)
+
+
+def _graph_nodes(module: torch.jit.ScriptModule) -> list[torch._C.Node]:
+    """The nodes of a TorchScript module's forward (none when it has no forward)."""
+    try:
+        return list(module.graph.nodes())
+    except (AttributeError, RuntimeError):
+        return []
+
+
+def _traced_conv(module: torch.jit.ScriptModule) -> tuple[Any, Any, int] | None:
+    """(stride, dilation, groups) from the aten::_convolution call a traced conv's graph records."""
+    for node in _graph_nodes(module):
+        if node.kind() == "aten::_convolution":
+            inputs = list(node.inputs())
+            return _constant(inputs[3]), _constant(inputs[5]), _constant(inputs[8])
+    return None
+
+
+def _traced_in_out(module: torch.jit.ScriptModule) -> bool:
+    """A traced HF Conv1D keeps no `nf`, but its graph computes x @ weight: the weight is stored [in, out]."""
+    for node in _graph_nodes(module):
+        if node.kind() == "aten::addmm":
+            source = list(node.inputs())[2].node()
+            if source.kind() == "prim::GetAttr" and source.s("name") == "weight":
+                return True
+    return False
+
+
+def _constant(value: torch._C.Value) -> Any:
+    """A graph constant, or a list built from constants, as a Python value."""
+    node = value.node()
+    if node.kind() == "prim::ListConstruct":
+        return tuple(item.toIValue() for item in node.inputs())
+    return value.toIValue()
+
+
+def layers_from_module(module: nn.Module) -> tuple[Layer, ...]:
+    """One Layer per parameter in `named_parameters()` order; a tied parameter once, its other keys as aliases."""
+    keys: dict[int, list[str]] = {}
+    for key, param in module.named_parameters(remove_duplicate=False):
+        keys.setdefault(id(param), []).append(key)
+    modules = dict(module.named_modules())
+    layers = []
+    for key, param in module.named_parameters():
+        owner_name = key.rpartition(".")[0]
+        owner = _module_owner(owner_name, modules[owner_name])
+        aliases = tuple(other for other in keys[id(param)] if other != key)
+        layers.append(_layer(key, param, owner, aliases))
+    return tuple(layers)
+
+
+def _model(source: str, format: str, module: nn.Module, notes: tuple[str, ...] = ()) -> Model:
+    return Model(source=source, format=format, layers=layers_from_module(module), name=_class_name(module),
+                 notes=notes)
+
+
+# --- torch.save files ------------------------------------------------------------------------------
+
+
+def untrusted_message(path: Path, global_name: str) -> str:
+    """The one line that says why a pickled object is not loaded without --trust."""
+    return (f"{path}: a pickled Python object (it names the global {global_name!r}); loading it would run "
+            "code from the file. Pass --trust if you trust its source.")
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in _ANSI.sub("", str(error)).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _refusal(path: Path, error: pickle.UnpicklingError) -> str:
+    """Why the weights-only loader refused the file, naming the global it would have had to import."""
+    text = _ANSI.sub("", str(error))
+    found = _GLOBAL.search(text)
+    if found:
+        return untrusted_message(path, found.group(1))
+    reason = _WEIGHTS_UNPICKLER.search(text)
+    detail = reason.group(1).strip() if reason else _one_line(error)
+    return f"{path}: torch's weights-only loader refuses it ({detail}); pass --trust if you trust its source"
+
+
+def _is_zip(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
+def _find_weights(obj: Any, where: tuple[str, ...] = ()) -> tuple[Any, tuple[str, ...]] | None:
+    """The module or state_dict inside a loaded object, and the checkpoint keys that lead to it."""
+    if isinstance(obj, nn.Module):
+        return obj, where
+    if not isinstance(obj, Mapping):
+        return None
+    for key in _CHECKPOINT_KEYS:
+        if isinstance(obj.get(key), (Mapping, nn.Module)):
+            found = _find_weights(obj[key], where + (key,))
+            if found:
+                return found
+    if any(isinstance(value, torch.Tensor) for value in obj.values()):
+        return obj, where
+    return None
+
+
+def _found_note(obj: Mapping, where: tuple[str, ...]) -> tuple[str, ...]:
+    """Where a checkpoint kept its weights, and which of its top-level entries were left out."""
+    if not where:
+        return ()
+    path = " → ".join(repr(key) for key in where)
+    ignored = [repr(key) for key in obj if key != where[0]]
+    shown = ", ".join(ignored[:4]) + (", …" if len(ignored) > 4 else "")
+    return (f"state_dict found under {path}" + (f"; {shown} ignored" if ignored else ""),)
+
+
+def _entries(state_dict: Mapping) -> Iterator[Entry]:
+    for key, tensor in state_dict.items():
+        if isinstance(key, str) and isinstance(tensor, torch.Tensor):
+            yield Entry(key, tuple(tensor.shape), dtype_name(tensor.dtype), _tensor_data(tensor), _identity(tensor))
+
+
+def _identity(tensor: torch.Tensor) -> Hashable | None:
+    """Same storage, offset, shape and stride: one tensor under several keys (empty tensors share no data)."""
+    if tensor.numel() == 0 or tensor.is_meta:
+        return None
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+
+
+def _from_loaded(path: Path, obj: Any) -> Model:
+    """A Model from whatever torch.load returned: a module, a state_dict, or a checkpoint holding one."""
+    found = _find_weights(obj)
+    if found is None:
+        raise SourceError(f"{path}: holds a {type(obj).__name__}, not a state_dict or model")
+    weights, where = found
+    notes = _found_note(obj, where)
+    if isinstance(weights, nn.Module):
+        return _model(str(path), "torch-module", weights, notes)
+    layers = layers_from_entries(_entries(weights))
+    return Model(source=str(path), format="torch-state-dict", layers=layers, notes=notes)
+
+
+def load_weights_only(path: Path) -> Model:
+    """A torch.save file through torch's weights-only unpickler, which imports no code from the file."""
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu", mmap=_is_zip(path))
+    except pickle.UnpicklingError as error:
+        raise SourceError(_refusal(path, error)) from None
+    except Exception as error:  # torch raises RuntimeError, EOFError, ValueError… for malformed files
+        raise SourceError(f"{path}: cannot read it as a torch.save file: {_one_line(error)}") from None
+    return _from_loaded(path, obj)
+
+
+@contextlib.contextmanager
+def _importable_cwd() -> Iterator[None]:
+    """Put the working directory first on sys.path while loading, as `python -m` does."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def load_pickled_module(path: Path, trust: bool) -> Model:
+    """A torch.save'd module or checkpoint; unpickled with arbitrary globals only when the user trusts it."""
+    if not trust:
+        return load_weights_only(path)
+    try:
+        with _importable_cwd():
+            obj = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as error:  # unpickling runs the file's code: anything may come out of it
+        raise SourceError(f"{path}: cannot unpickle it: {type(error).__name__}: {_one_line(error)}") from None
+    return _from_loaded(path, obj)
+
+
+# --- TorchScript and torch.export ------------------------------------------------------------------
+
+
+def load_torchscript(path: Path) -> Model:
+    """A TorchScript archive: its modules keep their original class names, and loading runs no Python."""
+    try:
+        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the user only has the file
+            warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated", category=DeprecationWarning)
+            module = torch.jit.load(path, map_location="cpu")
+    except Exception as error:  # torch raises RuntimeError with a C++ trace for anything it cannot read
+        raise SourceError(f"{path}: cannot read it as TorchScript: {_one_line(error)}") from None
+    return _model(str(path), "torchscript", module)
+
+
+def load_exported(path: Path) -> Model:
+    """A torch.export program (.pt2): module classes from the graph's nn_module_stack, convs from its ops."""
+    try:
+        program = torch.export.load(path)
+    except Exception as error:  # a malformed archive fails in many ways inside torch
+        raise SourceError(f"{path}: cannot read it as a torch.export program: {_one_line(error)}") from None
+    return _exported_model(str(path), "torch-export", program)
+
+
+def _exported_model(source: str, format: str, program: torch.export.ExportedProgram) -> Model:
+    classes = _exported_classes(program.graph)
+    return Model(source=source, format=format, layers=_exported_layers(program, classes), name=classes.get(""))
+
+
+def _exported_classes(graph: torch.fx.Graph) -> dict[str, str]:
+    """Module path -> class name, from the module stack each node records."""
+    classes: dict[str, str] = {}
+    for node in graph.nodes:
+        for path, cls in (node.meta.get("nn_module_stack") or {}).values():
+            qualified = cls if isinstance(cls, str) else cls.__qualname__
+            classes.setdefault(path, qualified.rpartition(".")[2])
+    return classes
+
+
+def _exported_layers(program: torch.export.ExportedProgram, classes: dict[str, str]) -> tuple[Layer, ...]:
+    from torch.export.graph_signature import InputKind
+
+    nodes = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    placeholders = {spec.target: nodes[spec.arg.name] for spec in program.graph_signature.input_specs
+                    if spec.kind == InputKind.PARAMETER}
+    first: dict[Hashable, int] = {}
+    entries: list[tuple[str, torch.Tensor]] = []
+    aliases: dict[int, list[str]] = {}
+    for key in placeholders:
+        tensor = program.state_dict[key]
+        identity = _identity(tensor)
+        if identity is not None and identity in first:
+            aliases.setdefault(first[identity], []).append(key)
+            continue
+        if identity is not None:
+            first[identity] = len(entries)
+        entries.append((key, tensor))
+    owners: dict[str, _Owner] = {}
+    layers = []
+    for index, (key, tensor) in enumerate(entries):
+        name = key.rpartition(".")[0]
+        if name not in owners:
+            owners[name] = _exported_owner(name, classes, placeholders.get(f"{name}.weight" if name else "weight"))
+        layers.append(_layer(key, tensor, owners[name], tuple(aliases.get(index, ()))))
+    return tuple(layers)
+
+
+def _exported_owner(name: str, classes: dict[str, str], weight: torch.fx.Node | None) -> _Owner:
+    """The owner's class from the module stack, else from the op that uses its weight; conv structure from the op."""
+    class_name = classes.get(name)
+    conv = _conv_use(weight) if weight is not None else None
+    if class_name not in _KINDS and weight is not None:
+        class_name = _op_class(weight, conv) or class_name
+    if conv is None:
+        in_out = class_name == _HF_CONV1D and weight is not None and _used_as_in_out(weight)
+        note = None if class_name else "its module is not in the exported graph's module stack: type unknown"
+        return _Owner(name, class_name, in_out=in_out, note=note)
+    spatial = len(weight.meta["val"].shape) - 2
+    return _Owner(name, class_name, int(conv.get("groups", 1)), _expand(conv.get("stride", 1), spatial),
+                  _expand(conv.get("dilation", 1), spatial))
+
+
+def _expand(value: Any, dims: int) -> tuple[int, ...]:
+    """A conv argument as one int per spatial dim (ops accept a single value for all)."""
+    values = _ints(value if isinstance(value, (list, tuple)) else [value])
+    return values * dims if len(values) == 1 else values
+
+
+def _aten(node: torch.fx.Node) -> str:
+    schema = getattr(node.target, "_schema", None)
+    return schema.name if schema is not None else ""
+
+
+def _conv_use(param: torch.fx.Node) -> dict[str, Any] | None:
+    """The keyword arguments (defaults filled in) of the first convolution that takes `param` as its weight."""
+    from torch.fx.operator_schemas import normalize_function
+
+    for user in param.users:
+        if _CONV_OPS.match(_aten(user)) and len(user.args) > 1 and user.args[1] is param:
+            normalized = normalize_function(user.target, user.args, user.kwargs, normalize_to_only_use_kwargs=True)
+            kwargs = dict(normalized.kwargs) if normalized else dict(user.kwargs)
+            kwargs.setdefault("transposed", "transpose" in _aten(user))
+            return kwargs
+    return None
+
+
+def _op_class(param: torch.fx.Node, conv: dict[str, Any] | None) -> str | None:
+    """The torch.nn class an op implies for a weight its module stack does not name (e.g. attention's out_proj)."""
+    if conv is not None:
+        dims = len(param.meta["val"].shape) - 2
+        return f"ConvTranspose{dims}d" if conv["transposed"] else f"Conv{dims}d"
+    for user in param.users:
+        op = _aten(user)
+        if op == "aten::linear" and user.args[1] is param:
+            return "Linear"
+        if op == "aten::embedding" and user.args[0] is param:
+            return "Embedding"
+    return None
+
+
+def _used_as_in_out(param: torch.fx.Node) -> bool:
+    """The weight is the right operand of a matmul (x @ W): stored [in, out], as HF Conv1D does."""
+    positions = {"aten::addmm": 2, "aten::mm": 1, "aten::matmul": 1}
+    return any(
+        _aten(user) in positions and len(user.args) > positions[_aten(user)]
+        and user.args[positions[_aten(user)]] is param
+        for user in param.users
+    )
+
+
+# --- factories -------------------------------------------------------------------------------------
+
+
+def load_factory(spec: str, kwargs: dict | None = None) -> Model:
+    """`pkg.module:callable` called with kwargs; it must build an nn.Module (or a torch.export program)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise SourceError(f"{spec}: expected 'package.module:callable'")
+    with _importable_cwd():
+        target = _resolve(spec, module_name, attribute)
+        result = _build(spec, target, kwargs or {})
+    if isinstance(result, torch.export.ExportedProgram):
+        return _exported_model(spec, "factory", result)
+    if not isinstance(result, nn.Module):
+        raise SourceError(f"{spec}: returned a {type(result).__name__}, not a torch.nn.Module")
+    return _model(spec, "factory", result)
+
+
+def _resolve(spec: str, module_name: str, attribute: str) -> Any:
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise SourceError(f"{spec}: {_one_line(error)}") from None
+    except Exception as error:  # the module's own code failed while importing
+        what = f"{type(error).__name__}: {_one_line(error)}"
+        raise SourceError(f"{spec}: importing {module_name} raised {what}") from None
+    try:
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except AttributeError as error:
+        raise SourceError(f"{spec}: {_one_line(error)}") from None
+    return target
+
+
+def _build(spec: str, target: Any, kwargs: dict) -> Any:
+    """Call the factory; a module instance is taken as it is (calling it would run its forward)."""
+    if isinstance(target, nn.Module):
+        if kwargs:
+            raise SourceError(f"{spec}: a {type(target).__name__} instance, not a factory: it takes no arguments")
+        return target
+    if not callable(target):
+        raise SourceError(f"{spec}: a {type(target).__name__}, not callable")
+    try:
+        return target(**kwargs)
+    except Exception as error:  # whatever the user's factory raises is a problem with the source
+        raise SourceError(f"{spec}: raised {type(error).__name__}: {_one_line(error)}") from None
