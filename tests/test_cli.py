@@ -51,13 +51,14 @@ def test_inspect_json_follows_the_contract_and_torch():
         assert layer["bound"] is None
 
 
-def test_the_terminal_table_and_the_plain_grid_show_the_same_rows():
+def test_the_terminal_table_and_the_plain_grid_show_the_same_rows(monkeypatch):
     import contextlib
     import io
 
     import fancli
     from fancli.renderers.table import print_rich
 
+    monkeypatch.setenv("COLUMNS", "250")  # a wide terminal: rich fits the table to it
     path = REPO / "sample_models" / "dcgan_generator.yaml"
     plain = run("compare", path).out
     buffer = io.StringIO()
