@@ -1,0 +1,312 @@
+"""fancli's speed, as ratios against a baseline timed in the same run.
+
+    python benchmarks/run.py            # all workloads, ~3 minutes on 2 cores
+    python benchmarks/run.py --quick    # smaller files, fewer repeats (a smoke test)
+
+Every workload generates its own inputs under a cache folder (sparse files where the data is never
+read) and runs each command as a fresh process, `--repeat` times, taking the median wall time and
+the peak RSS of that process (os.wait4). It prints a table of ratios with the target beside each and
+exits 1 when a target is missed. Nothing here runs in pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PYTHON = sys.executable
+FANCLI = [PYTHON, "-m", "fancli"]
+MiB = 1024 * 1024
+
+
+@dataclass
+class Timing:
+    seconds: float  # median wall time
+    rss: int  # peak resident set size of the process, bytes (max over repeats)
+
+
+def measure(command: list[str], repeat: int, env: dict | None = None) -> Timing:
+    """Median wall time and peak RSS of `command` run `repeat` times as a fresh process."""
+    walls, peaks = [], []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        walls.append(time.perf_counter() - start)
+        peaks.append(usage.ru_maxrss * 1024)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"failed ({status}): {' '.join(command)}\n{process.stderr.read().decode()}")
+        process.stderr.close()
+    return Timing(statistics.median(walls), max(peaks))
+
+
+@dataclass
+class Result:
+    workload: str
+    measured: str
+    value: float
+    target: str
+    ok: bool
+
+
+def python_code(code: str) -> list[str]:
+    return [PYTHON, "-c", code]
+
+
+# ---------------------------------------------------------------- fixtures
+
+def write_spec(path: Path, layers: int) -> Path:
+    lines = ["name: scale", "layers:"]
+    for index in range(layers):
+        lines.append(f"  - {{type: conv2d, in_channels: {32 + index % 5}, out_channels: 64, kernel_size: 3}}"
+                     if index % 2 else f"  - {{type: linear, in_features: {64 + index % 7}, out_features: 64}}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_state_dict(path: Path, tensors: dict[str, tuple[int, ...]], seed: int = 0) -> Path:
+    """A torch.save state_dict of random fp32 tensors (written by torch; fancli reads it without)."""
+    code = (
+        "import torch, json, sys\n"
+        "torch.manual_seed(%d)\n"
+        "shapes = json.loads(sys.stdin.read())\n"
+        "torch.save({k: torch.randn(*v) * 0.02 for k, v in shapes.items()}, sys.argv[1])\n" % seed
+    )
+    subprocess.run([PYTHON, "-c", code, str(path)], input=json.dumps(tensors).encode(), check=True)
+    return path
+
+
+def llama_shapes(layers: int = 32, hidden: int = 4096, intermediate: int = 11008, vocab: int = 32000) -> dict:
+    shapes = {"model.embed_tokens.weight": (vocab, hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shapes[f"{p}.self_attn.{name}.weight"] = (hidden, hidden)
+        shapes[f"{p}.mlp.gate_proj.weight"] = (intermediate, hidden)
+        shapes[f"{p}.mlp.up_proj.weight"] = (intermediate, hidden)
+        shapes[f"{p}.mlp.down_proj.weight"] = (hidden, intermediate)
+        shapes[f"{p}.input_layernorm.weight"] = (hidden,)
+        shapes[f"{p}.post_attention_layernorm.weight"] = (hidden,)
+    shapes["model.norm.weight"] = (hidden,)
+    shapes["lm_head.weight"] = (vocab, hidden)
+    return shapes
+
+
+def write_sparse_safetensors(folder: Path, shapes: dict, shards: int) -> Path:
+    """A sharded bf16 checkpoint whose data regions are holes: headers are real, data costs no disk."""
+    keys = list(shapes)
+    per_shard = math.ceil(len(keys) / shards)
+    weight_map = {}
+    for s in range(shards):
+        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        header, offset = {}, 0
+        for key in keys[s * per_shard:(s + 1) * per_shard]:
+            size = math.prod(shapes[key]) * 2
+            header[key] = {"dtype": "BF16", "shape": list(shapes[key]), "data_offsets": [offset, offset + size]}
+            offset += size
+            weight_map[key] = name
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(folder / name, "wb") as handle:
+            handle.write(len(raw).to_bytes(8, "little") + raw)
+            handle.truncate(8 + len(raw) + offset)
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return index
+
+
+def resnet50_factory(folder: Path) -> str:
+    """A module file defining a ResNet-50-shaped network by hand (no torchvision), for a factory source."""
+    (folder / "resnet_bench.py").write_text(RESNET50)
+    return "resnet_bench:resnet50"
+
+
+RESNET50 = '''
+import torch.nn as nn
+
+class Bottleneck(nn.Module):
+    def __init__(self, inp, width, stride, down):
+        super().__init__()
+        out = width * 4
+        self.conv1 = nn.Conv2d(inp, width, 1, bias=False); self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False); self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out, 1, bias=False); self.bn3 = nn.BatchNorm2d(out)
+        self.downsample = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out)) if down else None
+
+def resnet50():
+    net = nn.Module()
+    net.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False); net.bn1 = nn.BatchNorm2d(64)
+    inp = 64
+    for i, (width, blocks, stride) in enumerate([(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]):
+        stage = nn.Sequential()
+        for b in range(blocks):
+            stage.append(Bottleneck(inp, width, stride if b == 0 else 1, b == 0))
+            inp = width * 4
+        setattr(net, f"layer{i + 1}", stage)
+    net.fc = nn.Linear(2048, 1000)
+    return net
+'''
+
+PEER_LOOP = (
+    "import sys; sys.path.insert(0, sys.argv[1])\n"
+    "import torch\nfrom torch.nn.init import _calculate_fan_in_and_fan_out as fans, calculate_gain\n"
+    "from resnet_bench import resnet50\n"
+    "import math\n"
+    "for name, p in resnet50().named_parameters():\n"
+    "    if p.dim() >= 2:\n"
+    "        fi, fo = fans(p); print(name, tuple(p.shape), fi, fo, calculate_gain('relu') / math.sqrt(fi))\n"
+)
+
+
+# ---------------------------------------------------------------- workloads
+
+def startup(cache: Path, repeat: int) -> list[Result]:
+    spec = write_spec(cache / "startup.yaml", 20)
+    base = measure(python_code("import click, rich, yaml"), repeat)
+    helped = measure(FANCLI + ["--help"], repeat)
+    spec_run = measure(FANCLI + ["inspect", str(spec), "--format", "json"], repeat)
+    return [
+        Result("start-up: fancli --help", f"{helped.seconds * 1000:.0f} ms vs import click,rich,yaml "
+               f"{base.seconds * 1000:.0f} ms", helped.seconds / base.seconds, "≤ 1.5×",
+               helped.seconds <= 1.5 * base.seconds),
+        Result("start-up: inspect spec.yaml --format json", f"{spec_run.seconds * 1000:.0f} ms",
+               spec_run.seconds / base.seconds, "≤ 1.5×", spec_run.seconds <= 1.5 * base.seconds),
+    ]
+
+
+def safetensors_headers(cache: Path, repeat: int, quick: bool) -> list[Result]:
+    folder = cache / "llama7b"
+    if not (folder / "model.safetensors.index.json").exists():
+        folder.mkdir(exist_ok=True)
+        write_sparse_safetensors(folder, llama_shapes(8 if quick else 32), shards=3)
+    index = folder / "model.safetensors.index.json"
+    library = python_code(
+        "import json, sys\nfrom safetensors import safe_open\n"
+        f"index = json.load(open({str(index)!r}))\n"
+        "for shard in sorted(set(index['weight_map'].values())):\n"
+        f"    with safe_open({str(folder)!r} + '/' + shard, framework='numpy') as f:\n"
+        "        shapes = [f.get_slice(k).get_shape() for k in f.keys()]\n"
+    )
+    base = measure(library, repeat)
+    ours = measure(FANCLI + ["inspect", str(index), "--format", "json"], repeat)
+    return [Result("safetensors 7B headers (3 sparse shards)", f"{ours.seconds * 1000:.0f} ms vs safetensors "
+                   f"library {base.seconds * 1000:.0f} ms", ours.seconds / base.seconds, "≤ 1.5× and < 1 s",
+                   ours.seconds <= 1.5 * base.seconds and ours.seconds < 1.0)]
+
+
+def torch_file(cache: Path, repeat: int, quick: bool) -> list[Result]:
+    """The issue-10 targets on a ~1.6 GB fp32 state_dict (400 MB with --quick)."""
+    count = 6 if quick else 24  # tensors of 4096×4096 fp32 = 64 MiB each
+    path = cache / f"state_dict_{count}.pt"
+    if not path.exists():
+        write_state_dict(path, {f"blocks.{i}.weight": (4096, 4096) for i in range(count)})
+    size, largest = path.stat().st_size, 4096 * 4096 * 4
+    load_shapes = python_code(
+        f"import torch\nsd = torch.load({str(path)!r}, mmap=True, weights_only=True)\n"
+        "shapes = {k: tuple(v.shape) for k, v in sd.items()}\n")
+    load_stats = python_code(
+        f"import torch\nsd = torch.load({str(path)!r}, mmap=True, weights_only=True)\n"
+        "for k, v in sd.items():\n    v = v.float(); v.mean().item(); v.std().item()\n")
+    baseline_import = measure(python_code("import fancli.cli"), repeat)
+    meta_base = measure(load_shapes, repeat)
+    meta_ours = measure(FANCLI + ["inspect", str(path), "--format", "json"], repeat)
+    stats_base = measure(load_stats, repeat)
+    stats_ours = measure(FANCLI + ["inspect", str(path), "--format", "json", "--stats"], repeat)
+    rss_budget = baseline_import.rss + 2 * largest + 64 * MiB
+    gb = size / 1e9
+    return [
+        Result(f".pt {gb:.1f} GB, no --stats: time", f"{meta_ours.seconds:.3f} s vs torch.load(mmap) "
+               f"{meta_base.seconds:.3f} s", meta_ours.seconds / meta_base.seconds, "≤ 0.15×",
+               meta_ours.seconds <= 0.15 * meta_base.seconds),
+        Result(f".pt {gb:.1f} GB, no --stats: peak RSS", f"{meta_ours.rss / MiB:.0f} MiB of a {size / MiB:.0f} MiB "
+               "file", meta_ours.rss / size, "< 1/8 of the file", meta_ours.rss < size / 8),
+        Result(f".pt {gb:.1f} GB, --stats: time", f"{stats_ours.seconds:.2f} s vs torch.load + mean/std "
+               f"{stats_base.seconds:.2f} s", stats_ours.seconds / stats_base.seconds, "≤ 1.1×",
+               stats_ours.seconds <= 1.1 * stats_base.seconds),
+        Result(f".pt {gb:.1f} GB, --stats: peak RSS", f"{stats_ours.rss / MiB:.0f} MiB; budget {rss_budget / MiB:.0f} "
+               f"MiB (import {baseline_import.rss / MiB:.0f} + 2×{largest / MiB:.0f} + 64)",
+               stats_ours.rss / rss_budget, "≤ 1 (of budget)", stats_ours.rss <= rss_budget),
+    ]
+
+
+def scale(cache: Path, repeat: int, quick: bool) -> list[Result]:
+    """Per-layer cost at growing sizes, for specs and for state_dicts, table rendering included."""
+    sizes = (100, 1000, 10000) if quick else (100, 1000, 10000, 50000)
+    results = []
+    for source in ("spec", "state_dict"):
+        start = measure(FANCLI + ["--help"], repeat).seconds
+        previous = None
+        for n in sizes:
+            if source == "spec":
+                path = write_spec(cache / f"scale_{n}.yaml", n)
+            else:
+                path = cache / f"scale_{n}.pt"
+                if not path.exists():
+                    write_state_dict(path, {f"layers.{i}.weight": (8, 8) for i in range(n)})
+            wall = measure(FANCLI + ["inspect", str(path)], 1 if n >= 10000 else repeat).seconds
+            per_layer = max(wall - start, 1e-9) / n
+            ok = previous is None or per_layer <= 1.5 * previous
+            results.append(Result(f"scale: {source} {n:,} layers (table)", f"{wall:.2f} s; "
+                                  f"{per_layer * 1e6:.0f} µs/layer", per_layer / previous if previous else 1.0,
+                                  "step ≤ 1.5×", ok))
+            previous = per_layer
+    return results
+
+
+def peer(cache: Path, repeat: int) -> list[Result]:
+    factory = resnet50_factory(cache)
+    env = dict(os.environ, PYTHONPATH=f"{cache}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    base = measure([PYTHON, "-c", PEER_LOOP, str(cache)], repeat, env)
+    ours = measure(FANCLI + ["inspect", factory, "--format", "json"], repeat, env)
+    return [Result("peer: ResNet-50 factory vs named_parameters loop", f"{ours.seconds:.2f} s vs "
+                   f"{base.seconds:.2f} s", ours.seconds / base.seconds, "≤ 1.5×", ours.seconds <= 1.5 * base.seconds)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer repeats")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per command (default 5, quick 3)")
+    parser.add_argument("--cache", type=Path, default=None, help="where to keep generated inputs")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="workloads: startup safetensors torch_file scale peer")
+    args = parser.parse_args()
+    repeat = args.repeat or (3 if args.quick else 5)
+    cache = args.cache or Path(tempfile.gettempdir()) / "fancli-bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    # Byte-compile fancli as an installed package is, so start-up is not measured with a compile step
+    # (an editable install under PYTHONDONTWRITEBYTECODE would otherwise recompile every run).
+    import fancli
+
+    subprocess.run([PYTHON, "-m", "compileall", "-q", str(Path(fancli.__file__).parent)], check=True,
+                   env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+    workloads = {
+        "startup": lambda: startup(cache, repeat),
+        "safetensors": lambda: safetensors_headers(cache, repeat, args.quick),
+        "torch_file": lambda: torch_file(cache, 3 if not args.quick else repeat, args.quick),
+        "scale": lambda: scale(cache, repeat, args.quick),
+        "peer": lambda: peer(cache, repeat),
+    }
+    results: list[Result] = []
+    began = time.perf_counter()
+    for name in args.only or workloads:
+        print(f"… {name}", file=sys.stderr, flush=True)
+        results += workloads[name]()
+    width = max(len(r.workload) for r in results)
+    print(f"{'workload':<{width}}  {'ratio':>7}  {'target':<18} {'':4}  measured")
+    for r in results:
+        print(f"{r.workload:<{width}}  {r.value:>6.3f}×  {r.target:<18} {'ok' if r.ok else 'MISS':4}  {r.measured}")
+    print(f"({time.perf_counter() - began:.0f} s, {os.cpu_count()} cores, python {sys.version.split()[0]})")
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
