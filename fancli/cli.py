@@ -81,6 +81,8 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="Output format."),
         click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
                      help="Write to FILE (atomically) instead of stdout."),
+        click.option("--all", "show_all", is_flag=True,
+                     help="Tables and Markdown: also list tensors below 2 dims (JSON always has them)."),
         click.option("--stats", is_flag=True,
                      help="Read the weights and add observed mean and std, and their ratio to the expected std."),
         click.option("--trust", is_flag=True,
@@ -127,9 +129,12 @@ def _nbytes(layer: Any) -> int:
     return math.prod(layer.shape) * DTYPES.get(layer.dtype or "float32", (4,))[0]
 
 
-def _emit(report: Any, fmt: str, output: str | None) -> None:
+def _emit(report: Any, fmt: str, output: str | None, show_all: bool) -> None:
     """Render to stdout, or atomically to a file."""
-    from .renderers import render_text
+    from .renderers import render_text, without_small_tensors
+
+    if fmt != "json" and not show_all:
+        report = without_small_tensors(report)
 
     if output:
         from .atomic import write_text
@@ -161,11 +166,11 @@ def cli(debug: bool) -> None:
 @click.argument("source")
 @click.option("--mode", "-m", type=click.Choice(MODES), help="fan_in, fan_out or fan_avg. Default: the scheme's.")
 @_settings_options
-def inspect(source: str, mode: str | None, fmt: str, output: str | None, **settings: Any) -> None:
+def inspect(source: str, mode: str | None, fmt: str, output: str | None, show_all: bool, **settings: Any) -> None:
     """What each layer gets: fans, gain, std and bound under a scheme and mode."""
     from . import api
 
-    _emit(_build(api.inspect, source, mode=mode, **settings), fmt, output)
+    _emit(_build(api.inspect, source, mode=mode, **settings), fmt, output, show_all)
 
 
 @cli.command(cls=_ModesCommand)
@@ -173,11 +178,12 @@ def inspect(source: str, mode: str | None, fmt: str, output: str | None, **setti
 @click.option("--mode", "-m", "modes", type=click.Choice(MODES), multiple=True,
               help="Two or three modes to set side by side: --mode fan_in fan_out [fan_avg]. Default: fan_in fan_out.")
 @_settings_options
-def compare(source: str, modes: tuple[str, ...], fmt: str, output: str | None, **settings: Any) -> None:
+def compare(source: str, modes: tuple[str, ...], fmt: str, output: str | None, show_all: bool,
+            **settings: Any) -> None:
     """How the modes differ, layer by layer: one std column per mode and their ratio."""
     from . import api
 
-    _emit(_build(api.compare, source, modes=modes or ("fan_in", "fan_out"), **settings), fmt, output)
+    _emit(_build(api.compare, source, modes=modes or ("fan_in", "fan_out"), **settings), fmt, output, show_all)
 
 
 def main(argv: list[str] | None = None) -> None:

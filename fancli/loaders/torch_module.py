@@ -16,7 +16,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Hashable, Iterator, Mapping
+from typing import Any, Hashable, Iterator
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from torch import nn
 from ..errors import SourceError
 from ..layer import Layer, Model
 from ..tensors import CHUNK_ELEMENTS
-from .infer import Entry, layers_from_entries
+from .infer import STATE_DICT_KEYS, Entry, NoStateDict, find_state_dict, layers_from_entries
+from .torch_zip import untrusted_message  # one wording whether torch reads the file or fancli does
 
 #: torch.nn class name -> kind. Subclasses of these classes are found through their MRO.
 _KINDS: dict[str, str] = {
@@ -50,9 +51,6 @@ _HF_CONV1D = "Conv1D"
 _GATES = {"lstm": 4, "gru": 3}
 _RNN_GATED = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
 _STACKED_QKV = ("in_proj_weight", "in_proj_bias")
-#: Keys under which checkpoints keep their state_dict, most specific first.
-_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema", "model_ema",
-                    "params", "weights")
 _NUMPY_DTYPES = (torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16,
                  torch.int8, torch.uint8, torch.bool)
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
@@ -238,12 +236,6 @@ def _model(source: str, format: str, module: nn.Module, notes: tuple[str, ...] =
 # --- torch.save files ------------------------------------------------------------------------------
 
 
-def untrusted_message(path: Path, global_name: str) -> str:
-    """The one line that says why a pickled object is not loaded without --trust."""
-    return (f"{path}: a pickled Python object (it names the global {global_name!r}); loading it would run "
-            "code from the file. Pass --trust if you trust its source.")
-
-
 def _one_line(error: BaseException) -> str:
     lines = [line.strip() for line in _ANSI.sub("", str(error)).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
@@ -265,36 +257,20 @@ def _is_zip(path: Path) -> bool:
         return handle.read(4) == b"PK\x03\x04"
 
 
-def _find_weights(obj: Any, where: tuple[str, ...] = ()) -> tuple[Any, tuple[str, ...]] | None:
-    """The module or state_dict inside a loaded object, and the checkpoint keys that lead to it."""
+def _module_in(obj: Any) -> tuple[nn.Module, tuple[str, ...]] | None:
+    """A trusted pickle's module: the object itself, or a checkpoint's entry (YOLO keeps {"model": Module})."""
     if isinstance(obj, nn.Module):
-        return obj, where
-    if not isinstance(obj, Mapping):
-        return None
-    for key in _CHECKPOINT_KEYS:
-        if isinstance(obj.get(key), (Mapping, nn.Module)):
-            found = _find_weights(obj[key], where + (key,))
-            if found:
-                return found
-    if any(isinstance(value, torch.Tensor) for value in obj.values()):
-        return obj, where
+        return obj, ()
+    if isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            if isinstance(obj.get(key), nn.Module):
+                return obj[key], (f"module found under {key!r}",)
     return None
 
 
-def _found_note(obj: Mapping, where: tuple[str, ...]) -> tuple[str, ...]:
-    """Where a checkpoint kept its weights, and which of its top-level entries were left out."""
-    if not where:
-        return ()
-    path = " → ".join(repr(key) for key in where)
-    ignored = [repr(key) for key in obj if key != where[0]]
-    shown = ", ".join(ignored[:4]) + (", …" if len(ignored) > 4 else "")
-    return (f"state_dict found under {path}" + (f"; {shown} ignored" if ignored else ""),)
-
-
-def _entries(state_dict: Mapping) -> Iterator[Entry]:
+def _entries(state_dict: dict) -> Iterator[Entry]:
     for key, tensor in state_dict.items():
-        if isinstance(key, str) and isinstance(tensor, torch.Tensor):
-            yield Entry(key, tuple(tensor.shape), dtype_name(tensor.dtype), _tensor_data(tensor), _identity(tensor))
+        yield Entry(str(key), tuple(tensor.shape), dtype_name(tensor.dtype), _tensor_data(tensor), _identity(tensor))
 
 
 def _identity(tensor: torch.Tensor) -> Hashable | None:
@@ -306,15 +282,18 @@ def _identity(tensor: torch.Tensor) -> Hashable | None:
 
 def _from_loaded(path: Path, obj: Any) -> Model:
     """A Model from whatever torch.load returned: a module, a state_dict, or a checkpoint holding one."""
-    found = _find_weights(obj)
-    if found is None:
-        raise SourceError(f"{path}: holds a {type(obj).__name__}, not a state_dict or model")
-    weights, where = found
-    notes = _found_note(obj, where)
-    if isinstance(weights, nn.Module):
-        return _model(str(path), "torch-module", weights, notes)
-    layers = layers_from_entries(_entries(weights))
-    return Model(source=str(path), format="torch-state-dict", layers=layers, notes=notes)
+    module = _module_in(obj)
+    if module is not None:
+        return _model(str(path), "torch-module", *module)
+    try:
+        mapping, notes = find_state_dict(obj, lambda value: isinstance(value, torch.Tensor))
+    except NoStateDict as error:
+        raise SourceError(f"{path}: holds a {error}, not a state_dict or model") from None
+    layers = layers_from_entries(_entries(mapping))
+    if not layers:
+        raise SourceError(f"{path}: holds no floating-point weights")
+    return Model(source=str(path), format="torch-zip" if _is_zip(path) else "torch-pickle", layers=layers,
+                 notes=notes)
 
 
 def load_weights_only(path: Path) -> Model:
@@ -497,8 +476,12 @@ def load_factory(spec: str, kwargs: dict | None = None) -> Model:
     if isinstance(result, torch.export.ExportedProgram):
         return _exported_model(spec, "factory", result)
     if not isinstance(result, nn.Module):
-        raise SourceError(f"{spec}: returned a {type(result).__name__}, not a torch.nn.Module")
+        raise SourceError(f"{spec}: returned {_a(type(result).__name__)}, not a torch.nn.Module")
     return _model(spec, "factory", result)
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def _resolve(spec: str, module_name: str, attribute: str) -> Any:
@@ -521,10 +504,10 @@ def _build(spec: str, target: Any, kwargs: dict) -> Any:
     """Call the factory; a module instance is taken as it is (calling it would run its forward)."""
     if isinstance(target, nn.Module):
         if kwargs:
-            raise SourceError(f"{spec}: a {type(target).__name__} instance, not a factory: it takes no arguments")
+            raise SourceError(f"{spec}: {_a(type(target).__name__)} instance, not a factory: it takes no arguments")
         return target
     if not callable(target):
-        raise SourceError(f"{spec}: a {type(target).__name__}, not callable")
+        raise SourceError(f"{spec}: {_a(type(target).__name__)}, not callable")
     try:
         return target(**kwargs)
     except Exception as error:  # whatever the user's factory raises is a problem with the source
