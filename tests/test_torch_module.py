@@ -4,6 +4,7 @@ weights-only state_dicts and factories give torch's fans, the layer-aware fans a
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import sys
 import warnings
@@ -18,6 +19,7 @@ from torch.nn.init import _calculate_fan_in_and_fan_out as torch_fans
 from fancli.analysis.fans import layer_fans
 from fancli.errors import SourceError
 from fancli.layer import Model
+from fancli.loaders import load
 from fancli.loaders.infer import NO_STRUCTURE
 from fancli.loaders.torch_module import (
     TorchTensorData,
@@ -117,13 +119,13 @@ def make_net(dtype: torch.dtype = torch.float32) -> Net:
 
 
 class WritesMarker:
-    """A pickle whose loading opens (creates) a file: what a malicious checkpoint would do."""
+    """A pickle whose loading creates a directory: what a malicious checkpoint would do (no handle left open)."""
 
     def __init__(self, marker: Path) -> None:
         self.marker = str(marker)
 
     def __reduce__(self):
-        return (open, (self.marker, "w"))
+        return (os.makedirs, (self.marker,))
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +204,10 @@ def effective(layer) -> tuple:
 @pytest.mark.parametrize("source", ("module", *MODULE_FORMATS))
 def test_module_sources_give_the_layer_aware_fans(models, net, source):
     layers = by_param(models[source])
-    for conv in (net.dw, net.grouped):
+    for name in ("dw", "grouped"):
+        conv = net.get_submodule(name)
         rf = math.prod(conv.kernel_size)
         expected = (conv.in_channels // conv.groups * rf, conv.out_channels // conv.groups * rf)
-        name = "dw" if conv is net.dw else "grouped"
         assert effective(layers[f"{name}.weight"]) == expected
     up = net.up
     rf = math.prod(up.kernel_size)
@@ -285,8 +287,10 @@ def test_weights_only_never_runs_code_from_the_file(tmp_path, legacy):
             load(path)
         message = str(error.value)
         assert "--trust" in message and "\n" not in message and message.startswith(str(path))
-        assert "open" in message  # the global it names
+        assert "makedirs" in message  # the global it names
     assert not marker.exists()
+    load_pickled_module(path, trust=True)  # the premise: unpickling it does run its code
+    assert marker.exists()
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -299,15 +303,16 @@ def test_a_refusal_without_a_global_still_says_why(tmp_path):
 
 
 def test_a_pickled_module_needs_trust(tmp_path, net):
-    path = tmp_path / "module.pt"
-    torch.save(net, path)
-    with pytest.raises(SourceError) as error:
-        load_pickled_module(path, trust=False)
-    assert str(error.value) == untrusted_message(path, f"{__name__}.Net")
-    assert untrusted_message(Path("m.pt"), "evil.Thing") == (
-        "m.pt: a pickled Python object (it names the global 'evil.Thing'); loading it would run code from "
-        "the file. Pass --trust if you trust its source."
-    )
+    """The same one line whether torch's loader refuses the file or fancli's torch-free reader does."""
+    for legacy in (False, True):
+        path = tmp_path / f"module-{legacy}.pt"
+        torch.save(net, path, _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(SourceError) as error:
+            load_pickled_module(path, trust=False)
+        assert str(error.value) == untrusted_message(path, f"{__name__}.Net")
+        with pytest.raises(SourceError) as dispatched:
+            load(str(path))
+        assert str(dispatched.value) == str(error.value)
 
 
 def test_a_trusted_pickle_whose_class_is_gone(tmp_path, monkeypatch):
@@ -325,36 +330,42 @@ def test_a_trusted_pickle_whose_class_is_gone(tmp_path, monkeypatch):
                                 "No module named 'fancli_vanishing'")
 
 
-def test_checkpoints_say_where_the_state_dict_was(tmp_path, net):
-    state = net.state_dict()
-    cases = {
-        "plain.pt": ({"model": state, "optimizer": {"state": {}}, "epoch": 3},
-                     "state_dict found under 'model'; 'optimizer', 'epoch' ignored"),
-        "lightning.ckpt": ({"state_dict": state, "optimizer_states": [{}]},
-                           "state_dict found under 'state_dict'; 'optimizer_states' ignored"),
-        "nested.pt": ({"net": {"ema": state}}, "state_dict found under 'net' → 'ema'"),
-    }
-    for name, (checkpoint, note) in cases.items():
-        torch.save(checkpoint, tmp_path / name)
+CHECKPOINTS = {
+    "plain": lambda state: {"model": state, "optimizer": {"state": {0: {"m": torch.ones(2)}}}, "epoch": 3},
+    "lightning": lambda state: {"state_dict": state, "optimizer_states": [{}], "global_step": 7},
+    "nested": lambda state: {"net": {"ema": state}},
+}
+
+
+@pytest.mark.parametrize("kind", CHECKPOINTS)
+def test_checkpoints_read_like_the_torch_free_reader(tmp_path, net, kind):
+    """Zip checkpoints: torch's weights-only loader and fancli's own reader give the same layers and notes."""
+    checkpoint = CHECKPOINTS[kind](net.state_dict())
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    torch.save(checkpoint, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    torch_free = load(str(tmp_path / "ckpt.pt"))
+    assert torch_free.notes and any("found under" in note for note in torch_free.notes)
+    for name in ("ckpt.pt", "legacy.pt"):
         model = load_weights_only(tmp_path / name)
-        assert model.notes == (note,)
-        assert len(model.layers) == 37
+        assert (model.layers, model.notes) == (torch_free.layers, torch_free.notes)
 
 
 def test_a_trusted_checkpoint_may_hold_a_module(tmp_path, net):
     torch.save({"model": net, "epoch": 1}, tmp_path / "ckpt.pt")
     model = load_pickled_module(tmp_path / "ckpt.pt", trust=True)
-    assert model.format == "torch-module" and model.name == "Net"
+    assert (model.format, model.name, model.notes) == ("torch-module", "Net", ("module found under 'model'",))
     assert model.layers == layers_from_module(net)
-    assert model.notes == ("state_dict found under 'model'; 'epoch' ignored",)
 
 
-@pytest.mark.parametrize("content, what", [(torch.zeros(3), "Tensor"), ([torch.zeros(3)], "list"), (7, "int")])
+@pytest.mark.parametrize("content, what", [(torch.zeros(3), "a Tensor"), ([torch.zeros(3)], "a list"),
+                                           (7, "an int"), ({"epoch": 3}, "a dict without tensors")])
 def test_a_file_without_weights_is_a_source_error(tmp_path, content, what):
-    path = tmp_path / "odd.pt"
-    torch.save(content, path)
-    with pytest.raises(SourceError, match=f"^{path}: holds a {what}, not a state_dict or model$"):
-        load_weights_only(path)
+    for legacy in (False, True):
+        path = tmp_path / f"odd-{legacy}.pt"
+        torch.save(content, path, _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(SourceError) as error:
+            load_weights_only(path)
+        assert str(error.value) == f"{path}: holds {what}, not a state_dict or model"
 
 
 def test_unreadable_files_are_source_errors(tmp_path):
@@ -468,17 +479,17 @@ def test_factory_imports_from_the_working_directory(tmp_path, monkeypatch):
     assert sys.path == before
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("fancli_no_such_module:build", "fancli_no_such_module:build: No module named 'fancli_no_such_module'"),
-    ("fancli_test_broken:build", "fancli_test_broken:build: importing fancli_test_broken raised ValueError: bad config"),
-    (f"{FACTORY_MODULE}:Zoo.missing", f"{FACTORY_MODULE}:Zoo.missing: type object 'Zoo' has no attribute 'missing'"),
-    (f"{FACTORY_MODULE}:missing", f"{FACTORY_MODULE}:missing: module '{FACTORY_MODULE}' has no attribute 'missing'"),
-    (f"{FACTORY_MODULE}:explode", f"{FACTORY_MODULE}:explode: raised RuntimeError: boom"),
-    (f"{FACTORY_MODULE}:not_a_module", f"{FACTORY_MODULE}:not_a_module: returned a int, not a torch.nn.Module"),
-    (f"{FACTORY_MODULE}:CONSTANT", f"{FACTORY_MODULE}:CONSTANT: a int, not callable"),
-    (f"{FACTORY_MODULE}", f"{FACTORY_MODULE}: expected 'package.module:callable'"),
+@pytest.mark.parametrize("spec, problem", [
+    ("fancli_no_such_module:build", "No module named 'fancli_no_such_module'"),
+    ("fancli_test_broken:build", "importing fancli_test_broken raised ValueError: bad config"),
+    (f"{FACTORY_MODULE}:Zoo.missing", "type object 'Zoo' has no attribute 'missing'"),
+    (f"{FACTORY_MODULE}:missing", f"module '{FACTORY_MODULE}' has no attribute 'missing'"),
+    (f"{FACTORY_MODULE}:explode", "raised RuntimeError: boom"),
+    (f"{FACTORY_MODULE}:not_a_module", "returned an int, not a torch.nn.Module"),
+    (f"{FACTORY_MODULE}:CONSTANT", "an int, not callable"),
+    (FACTORY_MODULE, "expected 'package.module:callable'"),
 ])
-def test_factory_errors_are_one_line_naming_the_spec(factories, spec, message):
+def test_factory_errors_are_one_line_naming_the_spec(factories, spec, problem):
     with pytest.raises(SourceError) as error:
         load_factory(spec, None)
-    assert str(error.value) == message
+    assert str(error.value) == f"{spec}: {problem}"

@@ -200,13 +200,13 @@ def test_a_pickled_module_needs_trust(tmp_path):
     assert refused.code == 2 and "torch.nn.modules" in refused.err and "--trust" in refused.err
 
 
-@pytest.mark.parametrize("obj,what", [(torch.randn(3), "Tensor"), ([1, 2], "list"), (7, "int"),
-                                      ({"a": 1}, "dict without tensors")])
+@pytest.mark.parametrize("obj,what", [(torch.randn(3), "a Tensor"), ([1, 2], "a list"), (7, "an int"),
+                                      ({"a": 1}, "a dict without tensors")])
 def test_files_without_a_state_dict_exit_2(tmp_path, obj, what):
     path = tmp_path / "thing.pt"
     torch.save(obj, path)
     result = run("inspect", path)
-    assert result.code == 2 and "not a state_dict" in result.err, result.err
+    assert result.code == 2 and f"holds {what}, not a state_dict" in result.err, result.err
 
 
 def test_truncated_and_foreign_zips_exit_2(tmp_path, saved):

@@ -78,6 +78,8 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
     if layer.layout == "in_out":
         eff_in, eff_out = shape[0] * rf, shape[1] * rf
         notes.append("stored [in, out] (HF Conv1D, Paddle Linear): torch's function reads the fans swapped")
+    elif (layer.transposed or layer.kind.startswith("conv_transpose")) and layer.groups is None:
+        notes.append("transposed conv with unknown groups: torch's fans are swapped, effective fans unknown")
     elif layer.transposed or layer.kind.startswith("conv_transpose"):
         in_channels, out_per_group = shape[0], shape[1]
         eff_out = out_per_group * rf

@@ -76,7 +76,7 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
         kind = "norm" if leaf == "weight" else "unknown"
         if leaf == "bias" and module:
             sibling = shapes.get(f"{module}.weight")
-            kind = _shape_kind(sibling, module) if sibling else "unknown"
+            kind = _layer_for(Entry(f"{module}.weight", sibling, entry.dtype), shapes).kind if sibling else "unknown"
         return Layer(kind=kind, **common)
     if len(shape) == 2:
         if _EMBEDDING_NAME.search(module.rpartition(".")[2] or module) and bias is None:
@@ -149,12 +149,13 @@ class NoStateDict(ValueError):
 
 
 def describe(value: object) -> str:
-    """A loaded object's type the way a user would name it."""
+    """A loaded object's type the way a user would name it, with its article ("an int")."""
     if isinstance(value, dict):
-        return "dict without tensors"
-    return {list: "list", tuple: "tuple", int: "int", float: "float", str: "string"}.get(
-        type(value), type(value).__name__
+        return "a dict without tensors"
+    noun = {list: "list", tuple: "tuple", int: "int", float: "float", str: "string"}.get(
+        type(value), type(value).__name__.lstrip("_")
     )
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def _tensor_count(value: object, is_tensor) -> int:

@@ -280,11 +280,12 @@ def _raw(f: _Fields, type_: str, name: str, init: _Init, default_layout: str) ->
     if kind not in KINDS:
         raise f.error("kind", f"unknown kind {kind!r}{_suggest(kind, KINDS)}")
     kernel_dims = max(len(shape) - 2, 0)
+    transposed = f.bool("transposed", kind.startswith("conv_transpose"))
     structure: dict[str, Any] = {
         "layout": layout,
-        "groups": f.int("groups", None),
+        "groups": f.int("groups", 1 if transposed else None),  # a described transposed conv: ungrouped
         "stacked": f.int("stacked", None),
-        "transposed": f.bool("transposed", kind.startswith("conv_transpose")),
+        "transposed": transposed,
         "stride": f.ints("stride", kernel_dims or None, None),
         "dilation": f.ints("dilation", kernel_dims or None, None),
         "pool": f.ints("pool", kernel_dims or None, None),

@@ -288,7 +288,7 @@ def _from_loaded(path: Path, obj: Any) -> Model:
     try:
         mapping, notes = find_state_dict(obj, lambda value: isinstance(value, torch.Tensor))
     except NoStateDict as error:
-        raise SourceError(f"{path}: holds a {error}, not a state_dict or model") from None
+        raise SourceError(f"{path}: holds {error}, not a state_dict or model") from None
     layers = layers_from_entries(_entries(mapping))
     if not layers:
         raise SourceError(f"{path}: holds no floating-point weights")

@@ -235,7 +235,7 @@ def read_state_dict(path: Path, archive: TorchZip | None = None) -> Model:
     try:
         mapping, notes = find_state_dict(obj, lambda v: isinstance(v, _Tensor))
     except NoStateDict as error:
-        raise SourceError(f"{path}: holds a {error}, not a state_dict or model") from None
+        raise SourceError(f"{path}: holds {error}, not a state_dict or model") from None
     entries = []
     for key, tensor in mapping.items():
         ref = archive.tensor_ref(str(key), tensor)
