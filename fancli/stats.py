@@ -1,7 +1,8 @@
 """Observed weight statistics, streamed chunk by chunk with float64 accumulation.
 
-Chunks are merged with Chan et al.'s pairwise update, so the result equals a two-pass computation
-on the whole tensor without ever holding it in memory. std is the sample std (torch's default).
+Each chunk is reduced in blocks that fit in cache (one float64 copy, a sum and a dot product per
+block), so memory stays near one chunk and the arithmetic runs at memory speed. std is the sample
+std (torch's default).
 """
 
 from __future__ import annotations
@@ -32,36 +33,62 @@ class Observed:
         return None
 
 
-def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS) -> Observed:
-    """Mean, std, min, max over the finite values of a tensor, one chunk at a time."""
-    import numpy as np
+#: Elements reduced at a time: small enough that the float64 copy and its reductions stay in cache.
+BLOCK_ELEMENTS = 1 << 16
 
-    count = 0  # finite values seen
-    total = 0
-    mean = 0.0
-    m2 = 0.0
-    low, high = math.inf, -math.inf
+
+class _Moments:
+    """Running count, shifted sums and extremes. Sums are taken around a shift (the first block's
+    mean), so sum((x-c)²) - (sum(x-c))²/n loses nothing to cancellation when the mean is far from 0."""
+
+    def __init__(self) -> None:
+        self.total = self.count = 0
+        self.shift: float | None = None
+        self.s1 = self.s2 = 0.0
+        self.low, self.high = math.inf, -math.inf
+
+    def add(self, block) -> None:
+        import numpy as np
+
+        self.total += block.size
+        values = block.astype(np.float64)
+        if self.shift is None:
+            finite = values[np.isfinite(values)]
+            if finite.size == 0:
+                return
+            self.shift = float(finite.mean())
+        values -= self.shift
+        s1, s2 = float(values.sum()), float(values @ values)
+        if math.isfinite(s1) and math.isfinite(s2):
+            low, high = block.min(), block.max()
+        else:  # NaN or Inf in this block: keep the finite values only
+            finite = np.isfinite(values)
+            values, block = values[finite], block[finite]
+            if values.size == 0:
+                return
+            s1, s2 = float(values.sum()), float(values @ values)
+            low, high = block.min(), block.max()
+        self.count += values.size
+        self.s1 += s1
+        self.s2 += s2
+        self.low, self.high = min(self.low, float(low)), max(self.high, float(high))
+
+    def result(self) -> Observed:
+        if self.count == 0:
+            return Observed(self.total, None, None, None, None, nonfinite=self.total)
+        mean = self.shift + self.s1 / self.count
+        m2 = max(self.s2 - self.s1 * self.s1 / self.count, 0.0)
+        std = math.sqrt(m2 / (self.count - 1)) if self.count > 1 else None
+        return Observed(self.total, mean, std, self.low, self.high, nonfinite=self.total - self.count)
+
+
+def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS) -> Observed:
+    """Mean, std, min, max over the finite values of a tensor: chunks as read, reduced in cache-sized blocks."""
+    moments = _Moments()
     for chunk in data.chunks(max_elements):
-        total += chunk.size
-        values = chunk.astype(np.float64, copy=False)
-        finite = np.isfinite(values)
-        if not finite.all():
-            values = values[finite]
-        n = values.size
-        if n == 0:
-            continue
-        chunk_mean = float(values.mean())
-        chunk_m2 = float(np.square(values - chunk_mean).sum())
-        delta = chunk_mean - mean
-        merged = count + n
-        mean += delta * n / merged
-        m2 += chunk_m2 + delta * delta * count * n / merged
-        count = merged
-        low, high = min(low, float(values.min())), max(high, float(values.max()))
-    if count == 0:
-        return Observed(total, None, None, None, None, nonfinite=total)
-    std = math.sqrt(m2 / (count - 1)) if count > 1 else None
-    return Observed(total, mean, std, low, high, nonfinite=total - count)
+        for start in range(0, chunk.size, BLOCK_ELEMENTS):
+            moments.add(chunk[start : start + BLOCK_ELEMENTS])
+    return moments.result()
 
 
 def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS) -> dict[str, Observed]:

@@ -1,0 +1,55 @@
+"""Streamed statistics equal torch's on the whole tensor, whatever the chunking and the values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fancli.loaders.torch_module import TorchTensorData
+from fancli.stats import observe
+
+
+def _cases():
+    torch.manual_seed(0)
+    yield "normal", torch.randn(300_001) * 0.02
+    yield "far_from_zero", 1.0 + torch.randn(200_000) * 1e-4  # norm scales: mean ≫ std
+    yield "constant", torch.full((70_000,), 0.5)
+    yield "uniform", torch.rand(5, 40_000) * 2 - 1
+    yield "int", torch.randint(-1000, 1000, (150_000,))
+    yield "bf16", (torch.randn(100_000) * 0.05).to(torch.bfloat16)
+    yield "fp16", (torch.randn(100_000) * 0.05).to(torch.float16)
+    yield "single", torch.tensor([3.0])
+
+
+@pytest.mark.parametrize("name,tensor", list(_cases()), ids=[n for n, _ in _cases()])
+@pytest.mark.parametrize("chunk", [1000, 65_536, 1 << 22])
+def test_moments_equal_torch(name, tensor, chunk):
+    observed = observe(TorchTensorData(tensor), max_elements=chunk)
+    values = tensor.double()
+    assert observed.count == tensor.numel() and observed.nonfinite == 0
+    assert observed.mean == pytest.approx(values.mean().item(), rel=1e-9, abs=1e-12)
+    assert observed.min == values.min().item() and observed.max == values.max().item()
+    if tensor.numel() > 1:
+        assert observed.std == pytest.approx(values.std().item(), rel=1e-6, abs=1e-12)
+    else:
+        assert observed.std is None
+
+
+def test_nan_and_inf_are_counted_and_left_out():
+    tensor = torch.randn(100_000)
+    tensor[[5, 70_000]] = float("nan")
+    tensor[99_999] = float("inf")
+    observed = observe(TorchTensorData(tensor), max_elements=4096)
+    finite = tensor[torch.isfinite(tensor)].double()
+    assert observed.nonfinite == 3 and "NaN or Inf" in observed.note
+    assert observed.mean == pytest.approx(finite.mean().item(), rel=1e-9)
+    assert observed.std == pytest.approx(finite.std().item(), rel=1e-9)
+    assert math.isfinite(observed.max)
+
+
+def test_all_nan_and_empty_tensors():
+    assert observe(TorchTensorData(torch.full((10,), float("nan")))).mean is None
+    empty = observe(TorchTensorData(torch.empty(0, 4)))
+    assert empty.count == 0 and empty.mean is None and empty.note
