@@ -85,10 +85,23 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Tables and Markdown: also list tensors below 2 dims (JSON always has them)."),
         click.option("--stats", is_flag=True,
                      help="Read the weights and add observed mean and std, and their ratio to the expected std."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return _source_options(func)
+
+
+def _source_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options saying how to read the source, shared by every command that reads one."""
+    options = [
+        click.argument("source", required=False),
         click.option("--trust", is_flag=True,
                      help="Allow unpickling code from the file (a pickled nn.Module). Only for files you trust."),
         click.option("--kwargs", "factory_kwargs", metavar="JSON", callback=_parse_kwargs,
                      help="Keyword arguments for a pkg.module:factory source, as a JSON object."),
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Init configuration (default: ./fancli.yaml, else [tool.fancli] in ./pyproject.toml)."),
+        click.option("--no-config", is_flag=True, help="Ignore any init configuration."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -98,11 +111,26 @@ def _settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
 PROGRESS_BYTES = 256 * 1024 * 1024
 
 
-def _build(command: Callable[..., Any], source: str, stats: bool, factory_kwargs: dict | None, **settings: Any) -> Any:
-    """Load, read weights if asked (with a progress bar on stderr for big reads), analyse."""
+def _load(source: str | None, trust: bool, factory_kwargs: dict | None, config_path: str | None,
+          no_config: bool) -> tuple[Any, Any]:
+    """The model, with the init configuration applied when there is one; and the configuration."""
     from . import api
+    from .config import load_config
+    from .errors import FancliError
 
-    model = api.load(source, trust=settings.pop("trust"), kwargs=factory_kwargs)
+    config = None if no_config else load_config(config_path)
+    if source is None:
+        if config is None or not config.source:
+            raise FancliError("no SOURCE given, and no fancli.yaml or [tool.fancli] with a 'source' here")
+        source = config.source
+        trust = trust or config.trust
+        factory_kwargs = factory_kwargs if factory_kwargs is not None else config.kwargs
+    model = api.load(source, trust=trust, kwargs=factory_kwargs)
+    return (config.apply(model) if config else model), config
+
+
+def _analyse(command: Callable[..., Any], model: Any, stats: bool, **settings: Any) -> Any:
+    """Run a report, reading weights if asked, with a progress bar on stderr for big reads."""
     if not stats:
         return command(model, **settings)
     from .report import selected
@@ -119,6 +147,12 @@ def _build(command: Callable[..., Any], source: str, stats: bool, factory_kwargs
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("reading weights", total=total)
         return command(model, stats=True, on_chunk=lambda nbytes: progress.advance(task, nbytes), **settings)
+
+
+def _build(command: Callable[..., Any], source: str | None, stats: bool, trust: bool, factory_kwargs: dict | None,
+           config_path: str | None, no_config: bool, **settings: Any) -> Any:
+    model, _ = _load(source, trust, factory_kwargs, config_path, no_config)
+    return _analyse(command, model, stats, **settings)
 
 
 def _nbytes(layer: Any) -> int:
@@ -163,10 +197,9 @@ def cli(debug: bool) -> None:
 
 
 @cli.command(cls=_ModesCommand)
-@click.argument("source")
 @click.option("--mode", "-m", type=click.Choice(MODES), help="fan_in, fan_out or fan_avg. Default: the scheme's.")
 @_settings_options
-def inspect(source: str, mode: str | None, fmt: str, output: str | None, show_all: bool, **settings: Any) -> None:
+def inspect(source: str | None, mode: str | None, fmt: str, output: str | None, show_all: bool, **settings: Any) -> None:
     """What each layer gets: fans, gain, std and bound under a scheme and mode."""
     from . import api
 
@@ -174,16 +207,58 @@ def inspect(source: str, mode: str | None, fmt: str, output: str | None, show_al
 
 
 @cli.command(cls=_ModesCommand)
-@click.argument("source")
 @click.option("--mode", "-m", "modes", type=click.Choice(MODES), multiple=True,
               help="Two or three modes to set side by side: --mode fan_in fan_out [fan_avg]. Default: fan_in fan_out.")
 @_settings_options
-def compare(source: str, modes: tuple[str, ...], fmt: str, output: str | None, show_all: bool,
+def compare(source: str | None, modes: tuple[str, ...], fmt: str, output: str | None, show_all: bool,
             **settings: Any) -> None:
     """How the modes differ, layer by layer: one std column per mode and their ratio."""
     from . import api
 
     _emit(_build(api.compare, source, modes=modes or ("fan_in", "fan_out"), **settings), fmt, output, show_all)
+
+
+@cli.command()
+@_source_options
+@click.option("--update", is_flag=True, help="Write the baseline from today's configuration instead of checking.")
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The lock file (default: the config's 'baseline', else fancli.lock.json).")
+@click.option("--stats", is_flag=True,
+              help="Also check each layer's observed std against the configured scheme (standard errors).")
+@click.option("--tolerance", type=float, help="Relative change in gain, std or bound that counts as drift.")
+@click.option("--sigmas", type=float, help="--stats: standard errors an observed std may be off (default 5).")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
+              show_default=True, help="Output format (markdown fits a pull-request comment).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), metavar="FILE", help="Write the result to FILE.")
+def check(source: str | None, trust: bool, factory_kwargs: dict | None, config_path: str | None, no_config: bool,
+          update: bool, baseline_path: str | None, stats: bool, tolerance: float | None, sigmas: float | None,
+          fmt: str, output: str | None) -> None:
+    """CI: has the init configuration drifted from the committed baseline? Exit 0 clean, 1 drift."""
+    from pathlib import Path
+
+    from . import api, check as drift
+    from .atomic import write_text
+    from .config import DEFAULT_BASELINE
+    from .renderers.check_out import RENDERERS
+
+    model, config = _load(source, trust, factory_kwargs, config_path, no_config)
+    baseline = Path(baseline_path) if baseline_path else config.baseline if config else Path(DEFAULT_BASELINE)
+    report = _analyse(api.inspect, model, stats and not update, fans=config.fans if config else None)
+    if update:
+        write_text(baseline, drift.dumps(drift.baseline_document(report)))
+        click.echo(f"wrote {baseline} ({len(report.rows)} tensors)", err=True)
+        return
+    expected = drift.read_baseline(baseline)
+    changes = drift.compare(expected, report, tolerance or (config.tolerance if config else 1e-9))
+    limit = sigmas or (config.sigmas if config else 5.0)
+    found = drift.deviations(report, limit) if stats else []
+    text = RENDERERS[fmt](changes, found, str(baseline), limit)
+    if output:
+        write_text(output, text)
+    else:
+        click.echo(text, nl=False)
+    if changes or any(d.flagged for d in found):
+        raise click.exceptions.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     # full passes over 50,000 layers' objects made time grow faster than the layer count.
     gc.disable()
     try:
-        cli.main(args=args, prog_name="fancli", standalone_mode=False)
+        code = cli.main(args=args, prog_name="fancli", standalone_mode=False)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.ClickException as error:
@@ -217,4 +292,4 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"fancli: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
                    err=True)
         sys.exit(EXIT_INTERNAL)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)  # click returns a command's Exit code here

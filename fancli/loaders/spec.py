@@ -185,9 +185,11 @@ class _Init:
                 gains.gain(nonlinearity, param)
             except ValueError as error:
                 raise fields.at.error(str(error)) from None
+        scheme = fields.choice("scheme", schemes.scheme)
+        mode = fields.choice("mode", schemes.check_mode)
         return _Init(
-            scheme=fields.choice("scheme", schemes.scheme) or self.scheme,
-            mode=fields.choice("mode", schemes.check_mode) or self.mode,
+            scheme=scheme or self.scheme,
+            mode=mode or (None if scheme else self.mode),  # a layer's own scheme brings its own default mode
             nonlinearity=nonlinearity,
             param=param,
         )

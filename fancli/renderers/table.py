@@ -33,26 +33,29 @@ def _cells(report: Report) -> tuple[list[Column], list[list[str]], set[int], lis
     return cols, rows, marked, lines
 
 
-def grid_text(report: Report) -> str:
-    """The table as plain text with rich's heavy-head box, in time linear in the cells."""
-    cols, rows, _, lines = _cells(report)
-    widths = [max([cell_len(col.header)] + [cell_len(r[i]) for r in rows]) for i, col in enumerate(cols)]
+def draw_grid(headers: list[str], aligns: list[str], rows: list[list[str]]) -> list[str]:
+    """Lines of a table with rich's heavy-head box, in time linear in the cells."""
+    widths = [max([cell_len(h)] + [cell_len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
-    def line(cells: list[str], left: str, sep: str, right: str) -> str:
+    def line(cells: list[str], edge: str) -> str:
         padded = []
-        for cell, width, col in zip(cells, widths, cols):
+        for cell, width, align in zip(cells, widths, aligns):
             pad = " " * (width - cell_len(cell))
-            padded.append(f" {cell}{pad} " if col.align == "left" else f" {pad}{cell} ")
-        return left + sep.join(padded) + right
+            padded.append(f" {cell}{pad} " if align == "left" else f" {pad}{cell} ")
+        return edge + edge.join(padded) + edge
 
     def rule(left: str, fill: str, sep: str, right: str) -> str:
         return left + sep.join(fill * (w + 2) for w in widths) + right
 
-    out = [title(report), *report.notes, rule("┏", "━", "┳", "┓"), line([c.header for c in cols], "┃", "┃", "┃"),
-           rule("┡", "━", "╇", "┩")]
-    out += [line(cells, "│", "│", "│") for cells in rows]
-    out.append(rule("└", "─", "┴", "┘"))
-    return "\n".join(out + lines) + "\n"
+    return [rule("┏", "━", "┳", "┓"), line(headers, "┃"), rule("┡", "━", "╇", "┩"),
+            *(line(cells, "│") for cells in rows), rule("└", "─", "┴", "┘")]
+
+
+def grid_text(report: Report) -> str:
+    """The table as plain text: the same grid a terminal shows, without colour or fitting."""
+    cols, rows, _, lines = _cells(report)
+    grid = draw_grid([c.header for c in cols], [c.align for c in cols], rows)
+    return "\n".join([title(report), *report.notes, *grid, *lines]) + "\n"
 
 
 def print_rich(report: Report) -> None:

@@ -1,0 +1,147 @@
+"""Init drift: compare today's per-layer init with a committed baseline, and (with --stats) the
+weights themselves with what the configuration says they should be.
+
+The baseline is JSON with one entry per layer in model order and a fixed key order, so that a change
+shows as a small diff in a pull request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SourceError
+from .report import SCHEMA_VERSION, Report, Row
+
+#: Fields of a baseline entry, in the order written; strings compare exactly, numbers within a tolerance.
+TEXT_FIELDS = ("kind", "scheme", "mode", "nonlinearity")
+NUMBER_FIELDS = ("fan_in", "fan_out", "gain", "std", "bound")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between the baseline and today."""
+
+    param: str
+    change: str  # added | removed | reshaped | changed
+    field: str | None = None
+    baseline: Any = None
+    current: Any = None
+
+    def describe(self) -> str:
+        if self.change in ("added", "removed"):
+            return f"{self.param}: {self.change}"
+        return f"{self.param}: {self.field} {_show(self.baseline)} → {_show(self.current)}"
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """How far a layer's observed std is from the configured scheme's, in standard errors."""
+
+    param: str
+    observed_std: float
+    expected_std: float
+    count: int
+    sigmas: float  # (observed - expected) / (expected / √(2n))
+    flagged: bool
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        return "×".join(str(v) for v in value)
+    return str(value)
+
+
+def _entry(row: Row) -> dict[str, Any]:
+    (mode, values), = row.inits.items()
+    layer = row.layer
+    return {
+        "kind": layer.kind,
+        "shape": list(layer.shape),
+        "fan_in": row.fans.fan_in,
+        "fan_out": row.fans.fan_out,
+        "nonlinearity": row.nonlinearity,
+        "gain": float(row.gain),
+        "scheme": row.scheme,
+        "mode": mode,
+        "std": values.std,
+        "bound": values.bound,
+    }
+
+
+def baseline_document(report: Report) -> dict[str, Any]:
+    """What `check --update` writes."""
+    return {
+        "fancli": SCHEMA_VERSION,
+        "source": report.source,
+        "fans": report.fan_convention,
+        "layers": {row.layer.param: _entry(row) for row in report.rows},
+    }
+
+
+def dumps(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, allow_nan=False) + "\n"
+
+
+def read_baseline(path: Path) -> dict[str, Any]:
+    """The committed baseline; SourceError (exit 2) if it is missing or not one of ours."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no baseline; write one with `fancli check --update`") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SourceError(f"{path}: cannot read the baseline ({error})") from None
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise SourceError(f"{path}: the baseline is not valid JSON ({error})") from None
+    layers = document.get("layers") if isinstance(document, dict) else None
+    if not isinstance(layers, dict) or "fancli" not in document:
+        raise SourceError(f"{path}: not a fancli baseline (no 'fancli' version and 'layers' mapping)")
+    for param, entry in layers.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list):
+            raise SourceError(f"{path}: layer {param!r} has no shape; regenerate with `fancli check --update`")
+    return document
+
+
+def _differs(old: Any, new: Any, tolerance: float) -> bool:
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)):
+        return not math.isclose(old, new, rel_tol=tolerance, abs_tol=0.0)
+    return old != new
+
+
+def compare(baseline: dict[str, Any], report: Report, tolerance: float) -> list[Change]:
+    """Every difference, layer by layer: removed first, then changes and additions in model order."""
+    old = baseline["layers"]
+    new = {row.layer.param: _entry(row) for row in report.rows}
+    changes = [Change(param, "removed") for param in old if param not in new]
+    for param, entry in new.items():
+        if param not in old:
+            changes.append(Change(param, "added"))
+            continue
+        before = old[param]
+        if before.get("shape") != entry["shape"]:
+            changes.append(Change(param, "reshaped", "shape", before.get("shape"), entry["shape"]))
+        for name in TEXT_FIELDS + NUMBER_FIELDS:
+            if _differs(before.get(name), entry[name], tolerance):
+                changes.append(Change(param, "changed", name, before.get(name), entry[name]))
+    return changes
+
+
+def deviations(report: Report, sigmas: float) -> list[Deviation]:
+    """Observed std against expected, judged by the standard error of a sample std, σ/√(2n)."""
+    found = []
+    for row in report.rows:
+        expected = next(iter(row.inits.values())).std
+        observed = row.observed
+        if observed is None or observed.std is None or not expected or observed.count - observed.nonfinite < 2:
+            continue
+        n = observed.count - observed.nonfinite
+        z = (observed.std - expected) / (expected / math.sqrt(2 * n))
+        found.append(Deviation(row.layer.param, observed.std, expected, n, z, abs(z) > sigmas))
+    return found

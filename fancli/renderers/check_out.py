@@ -1,0 +1,81 @@
+"""`fancli check` results: a diff table, JSON, or Markdown fit for a pull-request comment."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..check import Change, Deviation, _show
+from ..report import SCHEMA_VERSION
+from .table import draw_grid
+
+
+def _headline(changes: list[Change], flagged: list[Deviation], baseline: str) -> str:
+    if not changes and not flagged:
+        return f"no drift: the init configuration matches {baseline}"
+    parts = []
+    if changes:
+        layers = len({c.param for c in changes})
+        parts.append(f"{len(changes)} change{'s' * (len(changes) != 1)} in {layers} layer{'s' * (layers != 1)} "
+                     f"against {baseline}")
+    if flagged:
+        parts.append(f"{len(flagged)} layer{'s' * (len(flagged) != 1)} whose weights do not match the configured init")
+    return "drift: " + "; ".join(parts)
+
+
+def _change_rows(changes: list[Change]) -> list[list[str]]:
+    return [[c.param, c.change, c.field or "", "" if c.baseline is None else _show(c.baseline),
+             "" if c.current is None else _show(c.current)] for c in changes]
+
+
+def _deviation_rows(found: list[Deviation]) -> list[list[str]]:
+    return [[d.param, f"{d.observed_std:.4g}", f"{d.expected_std:.4g}", f"{d.sigmas:+.1f}",
+             "MISMATCH" if d.flagged else "ok"] for d in found]
+
+
+_CHANGE_HEADERS = ["layer", "change", "field", "baseline", "now"]
+_DEVIATION_HEADERS = ["layer", "observed std", "expected std", "std errors", "verdict"]
+
+
+def render_check_text(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float) -> str:
+    flagged = [d for d in found if d.flagged]
+    lines = [_headline(changes, flagged, baseline)]
+    if changes:
+        lines += draw_grid(_CHANGE_HEADERS, ["left"] * 5, _change_rows(changes))
+    if found:
+        lines.append(f"observed weights (a layer is flagged beyond ±{sigmas:g} standard errors, σ/√(2n)):")
+        lines += draw_grid(_DEVIATION_HEADERS, ["left", "right", "right", "right", "left"], _deviation_rows(found))
+    return "\n".join(lines) + "\n"
+
+
+def render_check_markdown(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float) -> str:
+    flagged = [d for d in found if d.flagged]
+    mark = "✅" if not changes and not flagged else "❌"
+    lines = [f"### {mark} fancli check", "", _headline(changes, flagged, baseline.replace("|", "\\|")), ""]
+    if changes:
+        lines += ["| " + " | ".join(_CHANGE_HEADERS) + " |", "|" + ":---|" * 5]
+        lines += ["| " + " | ".join(f"`{cell}`" if cell else "" for cell in row) + " |" for row in _change_rows(changes)]
+        lines.append("")
+    if found:
+        lines += [f"Observed weights (flagged beyond ±{sigmas:g} standard errors):", "",
+                  "| " + " | ".join(_DEVIATION_HEADERS) + " |", "|:---|---:|---:|---:|:---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in _deviation_rows(found)]
+    return "\n".join(lines) + "\n"
+
+
+def render_check_json(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float) -> str:
+    document: dict[str, Any] = {
+        "fancli": SCHEMA_VERSION,
+        "command": "check",
+        "baseline": baseline,
+        "ok": not changes and not any(d.flagged for d in found),
+        "changes": [{"param": c.param, "change": c.change, "field": c.field, "baseline": c.baseline,
+                     "current": c.current} for c in changes],
+        "observed": [{"param": d.param, "observed_std": d.observed_std, "expected_std": d.expected_std,
+                      "count": d.count, "std_errors": d.sigmas, "flagged": d.flagged} for d in found],
+        "sigmas": sigmas,
+    }
+    return json.dumps(document, indent=2, allow_nan=False) + "\n"
+
+
+RENDERERS = {"table": render_check_text, "markdown": render_check_markdown, "json": render_check_json}
