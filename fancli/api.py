@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 from . import loaders
@@ -31,7 +32,11 @@ def _report(
     model = source if isinstance(source, Model) else load(source, trust=trust, kwargs=kwargs)
     settings = settings.validated()
     observed = observe_all(selected(model, settings.filters), on_chunk) if stats else None
-    return analyze(model, settings, command, observed)
+    report = analyze(model, settings, command, observed)
+    if stats and not observed:
+        note = f"--stats: this source ({model.format}) holds no weights to read"
+        report = replace(report, notes=report.notes + (note,))
+    return report
 
 
 def inspect(

@@ -66,7 +66,7 @@ def _entry(row: Row) -> dict[str, Any]:
         "fan_in": row.fans.fan_in,
         "fan_out": row.fans.fan_out,
         "nonlinearity": row.nonlinearity,
-        "gain": float(row.gain),
+        "gain": None if row.gain is None else float(row.gain),
         "scheme": row.scheme,
         "mode": mode,
         "std": values.std,

@@ -197,11 +197,18 @@ def cli(debug: bool) -> None:
 
 
 @cli.command(cls=_ModesCommand)
-@click.option("--mode", "-m", type=click.Choice(MODES), help="fan_in, fan_out or fan_avg. Default: the scheme's.")
+@click.option("--mode", "-m", type=click.Choice(MODES), multiple=True,
+              help="fan_in, fan_out or fan_avg. Default: the scheme's.")
 @_settings_options
-def inspect(source: str | None, mode: str | None, fmt: str, output: str | None, show_all: bool, **settings: Any) -> None:
+def inspect(source: str | None, mode: tuple[str, ...], fmt: str, output: str | None, show_all: bool,
+            **settings: Any) -> None:
     """What each layer gets: fans, gain, std and bound under a scheme and mode."""
     from . import api
+    from .errors import SettingsError
+
+    if len(mode) > 1:
+        raise SettingsError(f"inspect takes one mode, got {' '.join(mode)}; compare sets several side by side")
+    mode = mode[0] if mode else None
 
     _emit(_build(api.inspect, source, mode=mode, **settings), fmt, output, show_all)
 

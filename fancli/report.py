@@ -7,6 +7,7 @@ the init values its scheme gives under each mode asked for.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 
 from .analysis import fans as fans_mod
@@ -44,6 +45,8 @@ class Settings:
                 gains.gain(nonlinearity, self.param)
         except ValueError as error:
             raise SettingsError(str(error)) from None
+        if self.param is not None and not math.isfinite(self.param):
+            raise SettingsError(f"--param must be a finite number, got {self.param}")
         if len(set(modes)) != len(modes):
             raise SettingsError(f"mode given twice: {' '.join(modes)}")
         if self.fans is not None and self.fans not in FAN_CONVENTIONS:
@@ -57,13 +60,14 @@ class Row:
 
     layer: Layer
     fans: LayerFans
-    nonlinearity: str
+    nonlinearity: str | None  # None where the scheme needs none and the source names none
     nonlinearity_param: float | None
-    gain: float
+    gain: float | None  # of the nonlinearity that follows
     scheme: str
     inits: dict[str, InitValues]  # mode -> values, in the order asked for
     notes: tuple[str, ...] = ()
     observed: Observed | None = None  # the weights' actual statistics, with --stats
+    scheme_gain: float | None = None  # the gain the std is computed with (lecun: 1, torch_default: √(1/3))
 
     @property
     def observed_ratio(self) -> float | None:
@@ -119,15 +123,17 @@ def _matches(layer: Layer, patterns: tuple[str, ...]) -> bool:
     return False
 
 
-def _nonlinearity(layer: Layer, settings: Settings, scheme: schemes.Scheme) -> tuple[str, float | None, str | None]:
+def _nonlinearity(
+    layer: Layer, settings: Settings, scheme: schemes.Scheme
+) -> tuple[str | None, float | None, str | None]:
     """The nonlinearity that follows the layer, its param, and a note when it had to be assumed."""
     if settings.nonlinearity:
         return settings.nonlinearity, settings.param, None
     if layer.nonlinearity:
         param = settings.param if settings.param is not None else layer.nonlinearity_param
         return gains.canonical(layer.nonlinearity), param, None
-    if scheme.fixed_gain:  # the scheme ignores what follows; show the gain it uses
-        return scheme.fixed_gain[0], scheme.fixed_gain[1], None
+    if scheme.fixed_gain:  # the scheme's gain does not depend on what follows: nothing to assume
+        return None, None, None
     name, param = scheme.default_nonlinearity
     if settings.param is not None:
         param = settings.param
@@ -135,24 +141,38 @@ def _nonlinearity(layer: Layer, settings: Settings, scheme: schemes.Scheme) -> t
     return name, param, f"no nonlinearity given: assumed {shown}, the default of {scheme.name} in torch"
 
 
-def analyze_layer(
-    layer: Layer,
-    settings: Settings,
-    modes: tuple[str, ...],
-    fan_convention: str,
-    pool_fan_out: bool,
-    observed: Observed | None = None,
-) -> Row:
-    """One row. `modes` empty means the layer's own mode, else the scheme's default."""
+@dataclass(frozen=True)
+class _Context:
+    """What one row needs from the rest of the model and the settings."""
+
+    modes: tuple[str, ...]
+    fan_convention: str
+    pool_fan_out: bool
+    weight_fan_in: dict[str, float]  # module name -> the fan_in torch's bias init reads from its weight
+    kinds: dict[str, str]  # module name -> kind, to know a layer's parent
+
+
+def _context(model: Model, settings: Settings, fan_convention: str, pool_fan_out: bool) -> _Context:
+    weight_fan_in, kinds = {}, {}
+    for layer in model.layers:
+        module, _, leaf = layer.param.rpartition(".")
+        kinds.setdefault(module, layer.kind)
+        if leaf == "weight" and len(layer.shape) >= 2 and layer.layout == "torch":
+            weight_fan_in[module] = layer.shape[1] if layer.kind == "bilinear" else fans_mod.torch_fans(layer.shape)[0]
+    return _Context(settings.modes, fan_convention, pool_fan_out, weight_fan_in, kinds)
+
+
+def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed: Observed | None = None) -> Row:
+    """One row. No modes in the context means the layer's own mode, else the scheme's default."""
     try:
         scheme = schemes.scheme(settings.scheme or layer.scheme or DEFAULT_SCHEME)
-        modes = modes or (schemes.check_mode(layer.mode) if layer.mode else scheme.mode,)
+        modes = context.modes or (schemes.check_mode(layer.mode) if layer.mode else scheme.mode,)
     except ValueError as error:
         raise SettingsError(f"{layer.param}: {error}") from None
-    fans = fans_mod.layer_fans(layer, pool_fan_out=pool_fan_out)
+    fans = fans_mod.layer_fans(layer, pool_fan_out=context.pool_fan_out)
     nonlinearity, param, assumed = _nonlinearity(layer, settings, scheme)
     try:
-        gain = gains.gain(nonlinearity, param)
+        gain = gains.gain(nonlinearity, param) if nonlinearity else None
         scheme_gain = gains.gain(*scheme.fixed_gain) if scheme.fixed_gain else gain
     except ValueError as error:
         raise SettingsError(f"{layer.param}: {error}") from None
@@ -160,19 +180,27 @@ def analyze_layer(
     notes = list(layer.notes) + list(fans.notes)
     if assumed:
         notes.append(assumed)
+    if scheme.fixed_gain and scheme.name != "torch_default" and len(layer.shape) >= 2:
+        notes.append(f"{scheme.name} uses gain {scheme_gain:g} whatever follows")
     inits: dict[str, InitValues] = {}
     for mode in modes:
-        if scheme.name == "torch_default":
-            values = schemes.torch_default(layer.kind, layer.shape, layer.stacked, fans.fan_in, fans.fan_out, mode)
+        if len(layer.shape) >= 2 and 0 in layer.shape:
+            values = InitValues(None, note="zero-element tensor: torch's init is a no-op")
+        elif scheme.name == "torch_default":
+            module = layer.param.rpartition(".")[0]
+            if layer.param.endswith("bias") and context.kinds.get(module.rpartition(".")[0]) == "multihead_attention":
+                values = InitValues(0.0, note="attention biases: initialised to 0 (constant)")
+            else:
+                values = schemes.torch_default(layer, fans.fan_in, fans.fan_out, mode, context.weight_fan_in.get(module))
         else:
-            fan_in, fan_out = fans.pick(effective=fan_convention == "effective")
+            fan_in, fan_out = fans.pick(effective=context.fan_convention == "effective")
             values = schemes.variance_scaling(scheme_gain, fan_in, fan_out, mode, scheme.distribution)
         inits[mode] = values
         if values.note and values.note not in notes:
             notes.append(values.note)
     if observed is not None and observed.note:
         notes.append(observed.note)
-    return Row(layer, fans, nonlinearity, param, gain, scheme.name, inits, tuple(notes), observed)
+    return Row(layer, fans, nonlinearity, param, gain, scheme.name, inits, tuple(notes), observed, scheme_gain)
 
 
 def analyze(
@@ -185,11 +213,13 @@ def analyze(
     settings = settings.validated()
     fan_convention = settings.fans or model.fans or "torch"
     pool_fan_out = settings.pool_fan_out if settings.pool_fan_out is not None else bool(model.pool_fan_out)
+    context = _context(model, settings, fan_convention, pool_fan_out)
     observed = observed or {}
-    rows = tuple(
-        analyze_layer(layer, settings, settings.modes, fan_convention, pool_fan_out, observed.get(layer.param))
-        for layer in selected(model, settings.filters)
-    )
+    layers = selected(model, settings.filters)
+    if settings.filters and model.layers and not layers:
+        raise SettingsError(f"no layer matches {' or '.join(repr(f) for f in settings.filters)} "
+                            f"(the first layers: {', '.join(layer.param for layer in model.layers[:3])})")
+    rows = tuple(analyze_layer(layer, settings, context, observed.get(layer.param)) for layer in layers)
     return Report(
         command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out, rows, model.notes
     )

@@ -35,7 +35,7 @@ def run(*args: str) -> Result:
 
 @contextlib.contextmanager
 def sampler_calls() -> Iterator[list[tuple[str, object, tuple]]]:
-    """Record (method, tensor, args) of every Tensor.normal_/uniform_ call torch.nn.init makes.
+    """Record (method, tensor, args) of every Tensor.normal_/uniform_/fill_/zero_ call torch.nn.init makes.
 
     torch's init functions end in `tensor.normal_(0, std)` or `tensor.uniform_(-bound, bound)`, so this
     reads the std and bound torch itself computed, with no formula retyped in the test.
@@ -43,7 +43,7 @@ def sampler_calls() -> Iterator[list[tuple[str, object, tuple]]]:
     import torch
 
     calls: list[tuple[str, object, tuple]] = []
-    originals = {name: getattr(torch.Tensor, name) for name in ("normal_", "uniform_")}
+    originals = {name: getattr(torch.Tensor, name) for name in ("normal_", "uniform_", "fill_", "zero_")}
 
     def wrap(name):
         def recorder(self, *args, **kwargs):
@@ -67,7 +67,7 @@ def torch_std_and_bound(init_fn, tensor, **kwargs) -> tuple[float, float | None]
 
     with sampler_calls() as calls:
         init_fn(tensor, **kwargs)
-    ((method, _, args),) = calls
+    ((method, _, args),) = [call for call in calls if call[0] in ("normal_", "uniform_")]
     if method == "normal_":
         return args[1], None
     return args[1] / math.sqrt(3.0), args[1]

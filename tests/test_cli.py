@@ -216,3 +216,29 @@ def test_torch_is_never_imported_for_help_or_specs(args):
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("no torch")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-n", "leaky_relu", "-p", "inf"], "finite"),
+    (["-n", "leaky_relu", "-p", "nan"], "finite"),
+    (["-n", "leaky_relu", "-p", "1e200"], "too large"),
+    (["--mode", "fan_in", "fan_out"], "one mode"),
+    (["-k", "no_such_layer*"], "no layer matches"),
+])
+def test_bad_settings_exit_2_with_one_line(args, message):
+    result = run("inspect", REPO / "sample_models" / "lenet5.yaml", "-f", "json", *args)
+    assert result.code == 2 and message in result.err and len(result.err.strip().splitlines()) == 1, result.err
+
+
+def test_zero_element_tensors_get_no_std():
+    import fancli
+    from fancli.layer import Layer, Model
+
+    report = fancli.analyze(Model("m", "x", (Layer("w", "w.weight", "linear", (0, 5)),)))
+    (row,) = report.rows
+    assert row.inits["fan_in"].std is None and "no-op" in " ".join(row.notes)
+
+
+def test_stats_on_a_spec_says_it_read_nothing():
+    result = run("inspect", REPO / "sample_models" / "lenet5.yaml", "--stats")
+    assert result.code == 0 and "no weights" in result.out

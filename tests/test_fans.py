@@ -103,6 +103,17 @@ def test_conv_effective_fans_match_connectivity(in_ch, out_ch, groups, kernel, d
         assert any("dilat" in note for note in fans.notes)
 
 
+@pytest.mark.parametrize("groups,kernel,stride", [(1, 3, 2), (2, 4, 2), (1, (3, 2), (1, 2))])
+def test_strided_conv_effective_fan_out_is_the_average_connectivity(groups, kernel, stride):
+    conv = nn.Conv2d(4, 8, kernel, stride=stride, groups=groups)
+    per_output, per_input = connectivity(conv, (1, 4, 16, 16))
+    fans = layer_fans(layer_from(conv))
+    eff_in, eff_out = fans.pick(effective=True)
+    assert per_output.unique().tolist() == [eff_in]  # no padding: every output sees a full window
+    assert interior(per_input, 4).double().mean().item() == pytest.approx(eff_out)
+    assert any("strided" in note for note in fans.notes)
+
+
 @pytest.mark.parametrize(
     "in_ch,out_ch,groups,kernel,stride",
     [(4, 6, 1, 3, 1), (4, 6, 1, 4, 2), (4, 6, 2, 4, 2), (6, 3, 3, 3, 1), (2, 4, 1, (4, 2), (2, 2))],

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from helpers import REPO, run
 
 README = (REPO / "README.md").read_text()
@@ -27,8 +29,19 @@ def test_readme_sample_command_works():
     assert run("inspect", REPO / sample).code == 0
 
 
-def test_readme_json_example_matches_the_tool():
+def test_readme_json_example_is_what_torch_computes_and_what_the_tool_prints():
+    """The documented numbers are torch's (xavier_uniform_ with tanh's gain on LeNet's conv1), and the tool
+    prints the same document."""
+    import torch
+
+    from helpers import torch_std_and_bound
+
     example = json.loads(README.split("```json", 1)[1].split("```", 1)[0])
+    layer = example["layers"][0]
+    weight = torch.nn.Conv2d(1, 6, 5).weight
+    std, bound = torch_std_and_bound(torch.nn.init.xavier_uniform_, torch.empty_like(weight),
+                                     gain=torch.nn.init.calculate_gain("tanh"))
+    assert layer["shape"] == list(weight.shape) and layer["bound"] == bound
+    assert layer["std"] == pytest.approx(std, rel=1e-15)
     actual = json.loads(run("inspect", REPO / example["source"]["path"], "-f", "json", "-k", "conv1").out)
-    assert example["settings"] == actual["settings"]
-    assert example["layers"][0] == actual["layers"][0]
+    assert example["settings"] == actual["settings"] and layer == actual["layers"][0]

@@ -11,7 +11,8 @@ from torch.nn.init import _calculate_fan_in_and_fan_out as torch_fans
 from fancli.analysis.fans import layer_fans
 from fancli.loaders import load
 from fancli.stats import observe
-from helpers import REPO, run
+from fancli.report import Settings, analyze
+from helpers import REPO, run, torch_std_and_bound
 
 SAMPLES = REPO / "sample_models"
 TINYNET = {
@@ -53,12 +54,17 @@ def test_every_format_equals_the_live_module(name):
     # safetensors files of tied models drop the duplicate key, as safetensors.torch.save_model does
     expected = set(weights) - ({"head.weight"} if "safetensors" in name else set())
     assert set(reported) | aliases == expected
+    rows = {row.layer.param: row for row in analyze(model, Settings(scheme="kaiming_normal", modes=("fan_out",),
+                                                                      nonlinearity="relu")).rows}
     for key, layer in reported.items():
         weight = weights[key]
         assert layer.shape == tuple(weight.shape), key
         if weight.dim() >= 2:
             fans = layer_fans(layer)
             assert (fans.fan_in, fans.fan_out) == torch_fans(weight), key
+            std, _ = torch_std_and_bound(torch.nn.init.kaiming_normal_, torch.empty_like(weight, dtype=torch.float32),
+                                         mode="fan_out", nonlinearity="relu")
+            assert rows[key].inits["fan_out"].std == std, key
 
 
 @pytest.mark.parametrize("name", MODULE_SOURCES)

@@ -12,6 +12,7 @@ from torch.nn import init
 
 from fancli.analysis.fans import torch_fans
 from fancli.analysis.gains import gain
+from fancli.layer import Layer
 from fancli.analysis.schemes import SCHEMES, TRUNCATED_NORMAL_STD, scheme, torch_default, variance_scaling
 from helpers import torch_std_and_bound
 
@@ -96,37 +97,54 @@ def _weights_and_calls(build):
 
     with sampler_calls() as calls:
         module = build()
-    return module, {id(tensor): args for _, tensor, args in calls}
+    return module, {id(tensor): (method, args) for method, tensor, args in calls}  # the last call wins
 
 
 @pytest.mark.parametrize(
-    "build,kind,stacked",
+    "build",
     [
-        (lambda: nn.Linear(300, 100), "linear", None),
-        (lambda: nn.Conv2d(16, 32, 3, groups=4), "conv2d", None),
-        (lambda: nn.ConvTranspose2d(32, 16, 4, stride=2), "conv_transpose2d", None),
-        (lambda: nn.Conv1d(8, 8, 5, groups=8), "conv1d", None),
-        (lambda: nn.Bilinear(20, 30, 40), "bilinear", None),
-        (lambda: nn.LSTM(24, 32), "lstm", 4),
-        (lambda: nn.GRU(24, 32), "gru", 3),
-        (lambda: nn.RNN(24, 32), "rnn", None),
-        (lambda: nn.MultiheadAttention(64, 8), "multihead_attention", 3),
+        lambda: nn.Linear(300, 100),
+        lambda: nn.Conv2d(16, 32, 3, groups=4),
+        lambda: nn.ConvTranspose2d(32, 16, 4, stride=2, groups=2),
+        lambda: nn.Conv1d(8, 8, 5, groups=8),
+        lambda: nn.Bilinear(20, 30, 40),
+        lambda: nn.LSTM(24, 32, num_layers=2, bidirectional=True),
+        lambda: nn.LSTM(10, 16, proj_size=4),
+        lambda: nn.GRU(24, 32),
+        lambda: nn.RNN(24, 32),
+        lambda: nn.MultiheadAttention(64, 8, add_bias_kv=True),
+        lambda: nn.MultiheadAttention(64, 8, kdim=32, vdim=48),
+        lambda: nn.Embedding(50, 8),
+        lambda: nn.LayerNorm(16),
     ],
+    ids=["linear", "conv", "deconv", "depthwise", "bilinear", "lstm", "lstm_proj", "gru", "rnn", "mha_bias_kv",
+         "mha_kdim", "embedding", "layernorm"],
 )
-def test_torch_default_equals_what_torch_layers_do(build, kind, stacked):
+def test_torch_default_equals_what_torch_layers_do_for_every_parameter(build):
+    """Every parameter, biases included: fancli's torch_default against the sampler call torch made."""
+    from fancli import analyze
+    from fancli.layer import Model
+    from fancli.loaders.torch_module import layers_from_module
+    from fancli.report import Settings
+
     module, calls = _weights_and_calls(build)
-    for name, weight in module.named_parameters():
-        if weight.dim() < 2 or name.startswith("out_proj"):
-            continue
-        (low, high) = calls[id(weight)][:2]
-        fan_in, fan_out = torch_fans(tuple(weight.shape))
-        values = torch_default(kind, tuple(weight.shape), stacked, fan_in, fan_out, "fan_in")
-        assert values.bound == pytest.approx(high, rel=1e-15) and low == -high
+    report = analyze(Model("m", "module", layers_from_module(module)), Settings(scheme="torch_default"))
+    params = dict(module.named_parameters())
+    for row in report.rows:
+        values = row.inits["fan_in"]
+        tensor = params[row.layer.param]
+        method, args = calls.get(id(tensor), (None, ()))
+        if method == "uniform_":
+            assert values.bound == pytest.approx(args[1], rel=1e-15) and args[0] == -args[1], row.layer.param
+        elif method == "normal_":
+            assert values.bound is None and values.std == pytest.approx(args[1], rel=1e-15), row.layer.param
+        else:  # fill_/zero_: constants (attention biases 0, norm weights 1)
+            assert method in ("fill_", "zero_") and values.std in (0.0, None) and values.note, row.layer.param
 
 
 def test_torch_default_embedding_is_standard_normal():
     torch.manual_seed(0)
     weight = nn.Embedding(1000, 64).weight
-    values = torch_default("embedding", (1000, 64), None, 64, 1000, "fan_in")
+    values = torch_default(Layer("e", "e.weight", "embedding", (1000, 64)), 64, 1000, "fan_in")
     assert values.bound is None
     assert abs(weight.std().item() - values.std) < 3 * standard_error(1.0, weight.numel())

@@ -90,13 +90,18 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
             "transposed conv: torch reads [in, out/groups, *k] with the fans swapped; each output sums "
             "(in/groups)·k taps, divided by the stride on average; each input feeds (out/groups)·k outputs"
         )
-    elif groups > 1:
-        eff_out = fan_out / groups
-        what = "depthwise conv" if shape[1] == 1 else "grouped conv"
-        notes.append(
-            f"{what}: torch's fan_out counts all output channels, but each input channel feeds only "
-            "out/groups of them (pytorch#23854)"
-        )
+    else:
+        if groups > 1:
+            eff_out = fan_out / groups
+            what = "depthwise conv" if shape[1] == 1 else "grouped conv"
+            notes.append(
+                f"{what}: torch's fan_out counts all output channels, but each input channel feeds only "
+                "out/groups of them (pytorch#23854)"
+            )
+        if layer.kernel and layer.stride and math.prod(layer.stride) > 1:
+            eff_out = eff_out / math.prod(layer.stride)
+            notes.append("strided conv: each input falls in k/stride windows on average, so the effective "
+                         "fan_out is divided by the stride")
 
     if layer.stacked and layer.stacked > 1:
         eff_out = eff_out / layer.stacked

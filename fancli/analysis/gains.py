@@ -55,8 +55,12 @@ def canonical(nonlinearity: str) -> str:
 
 def gain(nonlinearity: str, param: int | float | None = None) -> float:
     """torch's gain for a user-facing name (aliases allowed); ValueError names the known ones."""
+    if isinstance(param, float) and not math.isfinite(param):
+        raise ValueError(f"the nonlinearity's parameter must be finite, got {param}")
     try:
         return calculate_gain(canonical(nonlinearity), param)
+    except OverflowError:
+        raise ValueError(f"the nonlinearity's parameter {param} is too large") from None
     except ValueError as error:
         if "negative_slope" in str(error):
             raise ValueError(f"leaky_relu's negative slope must be a number, got {param!r}") from None

@@ -60,6 +60,7 @@ def layer_dict(row: Row, command: str) -> dict[str, Any]:
         nonlinearity=row.nonlinearity,
         nonlinearity_param=_float(row.nonlinearity_param),
         gain=_float(row.gain),
+        scheme_gain=_float(row.scheme_gain),
         scheme=row.scheme,
         distribution=find_scheme(row.scheme).distribution,
     )
