@@ -268,6 +268,49 @@ def check(source: str | None, trust: bool, factory_kwargs: dict | None, config_p
         raise click.exceptions.Exit(1)
 
 
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--param", "-p", type=float, metavar="P",
+              help="The activation's parameter (leaky_relu's slope, elu's alpha, softplus's beta).")
+@click.option("--list", "list_all", is_flag=True, help="Every known activation, torch's gain beside the numeric one.")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def gain(name: str | None, param: float | None, list_all: bool, fmt: str) -> None:
+    """The gain of an activation: torch's where defined, and 1/√E[f(z)²] for z ~ N(0, 1).
+
+    NAME is torch's name (relu, tanh, leaky_relu…), one torch lacks (gelu, silu/swish, mish, elu,
+    softplus, hardswish…), or a dotted torch function (torch.nn.functional.rrelu).
+    """
+    import json
+
+    from .analysis import activations, gains
+    from .errors import SettingsError
+
+    if not list_all and not name:
+        raise SettingsError("give an activation NAME, or --list")
+    names = list(activations.ACTIVATIONS) if list_all else [name]
+    rows = []
+    for item in names:
+        try:
+            numeric = activations.numeric_gain(item, param)
+            torch_value = gains.calculate_gain(gains.canonical(item), param) if gains.torch_defines(item) else None
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
+        rows.append({"name": item, "param": param, "torch": torch_value, "numeric": numeric,
+                     "used": torch_value if torch_value is not None else numeric})
+    criterion = ("1/√E[f(z)²] for z ~ N(0, 1): keeps a layer's output second moment equal to its input's "
+                 "(He et al. 2015; √2 for relu)")
+    if fmt == "json":
+        click.echo(json.dumps({"criterion": criterion, "gains": rows}, indent=2))
+        return
+    shown = lambda v: "not defined" if v is None else f"{v:.6f}"  # noqa: E731
+    width = max(len(r["name"]) for r in rows)
+    click.echo(f"{'activation':<{width}}  {'torch calculate_gain':>20}  {'numeric E[f(z)²] gain':>21}  used")
+    for r in rows:
+        used = "torch" if r["torch"] is not None else "numeric"
+        click.echo(f"{r['name']:<{width}}  {shown(r['torch']):>20}  {shown(r['numeric']):>21}  {used}")
+    click.echo(f"numeric: {criterion}; composite Gauss–Legendre quadrature, error < 1e-9.")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns every failure into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv

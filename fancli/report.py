@@ -180,6 +180,8 @@ def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed:
     notes = list(layer.notes) + list(fans.notes)
     if assumed:
         notes.append(assumed)
+    if nonlinearity and gain is not None and not gains.torch_defines(nonlinearity):
+        notes.append(f"{nonlinearity} has no torch gain: 1/√E[f(z)²] for z ~ N(0, 1) = {gain:.6g}")
     if scheme.fixed_gain and scheme.name != "torch_default" and len(layer.shape) >= 2:
         notes.append(f"{scheme.name} uses gain {scheme_gain:g} whatever follows")
     inits: dict[str, InitValues] = {}

@@ -180,8 +180,8 @@ def test_missing_file_and_bad_options_exit_2(tmp_path: Path):
     assert run("inspect", tmp_path / "nope.yaml").code == 2
     bad_scheme = run("inspect", REPO / "sample_models" / "lenet5.yaml", "--scheme", "kaiming")
     assert bad_scheme.code == 2 and "unknown scheme 'kaiming'" in bad_scheme.err
-    bad_gain = run("inspect", REPO / "sample_models" / "lenet5.yaml", "--nonlinearity", "gelu")
-    assert bad_gain.code == 2 and "unknown nonlinearity" in bad_gain.err
+    bad_gain = run("inspect", REPO / "sample_models" / "lenet5.yaml", "--nonlinearity", "gelux")
+    assert bad_gain.code == 2 and "unknown activation 'gelux'" in bad_gain.err
     assert run("compare", REPO / "sample_models" / "lenet5.yaml", "--mode", "fan_sideways").code == 2
 
 

@@ -49,5 +49,5 @@ def test_user_spellings_resolve_to_torch_names():
     assert gain("identity") == gain("none") == torch.nn.init.calculate_gain("linear")
     assert gain("ReLU") == torch.nn.init.calculate_gain("relu")
     assert gain("leaky-relu", 0.2) == torch.nn.init.calculate_gain("leaky_relu", 0.2)
-    with pytest.raises(ValueError, match="unknown nonlinearity 'gelu'"):
-        gain("gelu")
+    with pytest.raises(ValueError, match="unknown activation 'gelux'"):
+        gain("gelux")

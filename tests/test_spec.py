@@ -68,8 +68,8 @@ CONV = "  - {{name: c, type: conv2d, in_channels: {i}, out_channels: {o}, kernel
          "spec.yaml:3: layers[0].in_features: expected an integer, got 'wide'"),
         ("layers:\n  - type: linear\n    in_features: 3\n    out_features: 4\n    kernal_size: 3\n",
          "spec.yaml:5: layers[0].kernal_size: unknown key"),
-        ("layers:\n  - type: linear\n    in_features: 3\n    out_features: 4\n    nonlinearity: gelu\n",
-         "spec.yaml:5: layers[0].nonlinearity: unknown nonlinearity 'gelu'"),
+        ("layers:\n  - type: linear\n    in_features: 3\n    out_features: 4\n    nonlinearity: gelux\n",
+         "spec.yaml:5: layers[0].nonlinearity: unknown activation 'gelux'"),
         ("defaults:\n  scheme: kaiming\nlayers: []\n", "spec.yaml:2: defaults.scheme: unknown scheme 'kaiming'"),
         ("layers:\n  - {type: linear, in_features: 3, out_features: 4}\n  - {type: linear, in_features: 3, out_features: 4,"
          " name: layers.0}\n", "spec.yaml:3: layers[1].name: 'layers.0' is already used by layers[0]"),

@@ -53,16 +53,23 @@ def canonical(nonlinearity: str) -> str:
     return ALIASES.get(name, name)
 
 
+def torch_defines(nonlinearity: str) -> bool:
+    """Whether torch's calculate_gain knows this name (after aliases)."""
+    return canonical(nonlinearity) in TORCH_NONLINEARITIES
+
+
 def gain(nonlinearity: str, param: int | float | None = None) -> float:
-    """torch's gain for a user-facing name (aliases allowed); ValueError names the known ones."""
+    """torch's gain where torch defines one; otherwise the numeric 1/√E[f(z)²] (see activations.py)
+    for GELU, SiLU, Mish, ELU… or a dotted torch function. ValueError names the known ones."""
     if isinstance(param, float) and not math.isfinite(param):
         raise ValueError(f"the nonlinearity's parameter must be finite, got {param}")
+    if not torch_defines(nonlinearity):
+        from .activations import numeric_gain
+
+        return numeric_gain(nonlinearity, param)
     try:
         return calculate_gain(canonical(nonlinearity), param)
     except OverflowError:
         raise ValueError(f"the nonlinearity's parameter {param} is too large") from None
-    except ValueError as error:
-        if "negative_slope" in str(error):
-            raise ValueError(f"leaky_relu's negative slope must be a number, got {param!r}") from None
-        known = ", ".join(TORCH_NONLINEARITIES + tuple(ALIASES))
-        raise ValueError(f"unknown nonlinearity {nonlinearity!r}; known: {known}") from None
+    except ValueError:
+        raise ValueError(f"leaky_relu's negative slope must be a number, got {param!r}") from None

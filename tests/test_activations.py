@@ -1,0 +1,82 @@
+"""Numeric gains 1/√E[f(z)²]: equal to torch's where the criterion is torch's, and to Monte Carlo elsewhere."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fancli.analysis.activations import ACTIVATIONS, numeric_gain
+from fancli.analysis.gains import gain
+from helpers import REPO, run
+
+
+@pytest.mark.parametrize("name", ["relu", "linear", "identity"])
+def test_criterion_reproduces_torch_where_torch_uses_it(name):
+    assert numeric_gain(name) == pytest.approx(torch.nn.init.calculate_gain(
+        "linear" if name == "identity" else name), abs=1e-12)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.1, 0.2, 0.5, 1.0, 3.0])
+def test_leaky_relu_at_several_slopes_equals_torch(slope):
+    assert numeric_gain("leaky_relu", slope) == pytest.approx(torch.nn.init.calculate_gain("leaky_relu", slope),
+                                                              abs=1e-12)
+
+
+TORCH_FUNCTIONS = {
+    "tanh": torch.tanh, "sigmoid": torch.sigmoid, "selu": F.selu, "elu": F.elu, "celu": F.celu, "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu, "mish": F.mish, "softplus": F.softplus,
+    "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "relu6": F.relu6, "hardtanh": F.hardtanh,
+    "softsign": F.softsign,
+}
+
+
+def monte_carlo_gain(function, samples: int = 4_000_000, seed: int = 0) -> float:
+    """1/√E[f(z)²] from stratified random draws: one uniform in each of `samples` equal slices, mapped by
+    the normal quantile (plain draws would need ~10^8 samples for a 1e-3 tolerance on heavy-tailed f²)."""
+    generator = torch.Generator().manual_seed(seed)
+    u = (torch.arange(samples, dtype=torch.float64) + torch.rand(samples, generator=generator,
+                                                                  dtype=torch.float64)) / samples
+    z = torch.special.ndtri(u)
+    return 1.0 / math.sqrt(function(z).pow(2).mean().item())
+
+
+def test_every_table_activation_has_a_torch_twin():
+    assert set(ACTIVATIONS) - {"linear", "relu", "leaky_relu"} == set(TORCH_FUNCTIONS)
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_FUNCTIONS))
+def test_numeric_gain_matches_monte_carlo_on_torchs_own_function(name):
+    assert numeric_gain(name) == pytest.approx(monte_carlo_gain(TORCH_FUNCTIONS[name]), abs=1e-3)
+
+
+def test_a_dotted_torch_function_is_evaluated_with_its_parameter():
+    assert numeric_gain("torch.nn.functional.elu", 0.5) == pytest.approx(numeric_gain("elu", 0.5), abs=1e-12)
+    assert numeric_gain("torch.nn.functional.hardtanh") == pytest.approx(numeric_gain("hardtanh"), abs=1e-12)
+    with pytest.raises(ValueError, match="no such torch function"):
+        numeric_gain("torch.nn.functional.nope")
+    with pytest.raises(ValueError, match="only torch functions"):
+        numeric_gain("os.system")
+
+
+def test_inspect_uses_torch_where_defined_and_the_numeric_gain_elsewhere():
+    assert gain("tanh") == 5.0 / 3 and gain("selu") == 0.75  # torch's own values stay
+    assert gain("gelu") == numeric_gain("gelu") and gain("swish") == numeric_gain("silu")
+    import json
+
+    data = json.loads(run("inspect", REPO / "sample_models" / "lenet5.yaml", "-n", "gelu", "-f", "json").out)
+    layer = data["layers"][0]
+    assert layer["gain"] == pytest.approx(numeric_gain("gelu")) and any("E[f(z)²]" in n for n in layer["notes"])
+
+
+@pytest.mark.parametrize("name,expected", [("relu", "1.414214"), ("gelu", "not defined"), ("selu", "0.75")])
+def test_the_gain_command_states_both_values_and_the_criterion(name, expected):
+    result = run("gain", name)
+    assert result.code == 0 and expected in result.out and "E[f(z)²]" in result.out
+
+
+def test_the_gain_command_rejects_unknown_names():
+    result = run("gain", "gelux")
+    assert result.code == 2 and "unknown activation" in result.err
