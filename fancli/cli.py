@@ -268,6 +268,66 @@ def check(source: str | None, trust: bool, factory_kwargs: dict | None, config_p
         raise click.exceptions.Exit(1)
 
 
+def _shape_layer(shape: str, kind: str | None, layout: str, groups: int | None, stride: str | None,
+                 transposed: bool) -> Any:
+    """A Layer from `--shape 64,3,7,7` and what the user says about it."""
+    from .errors import SettingsError
+    from .layer import KINDS, Layer
+
+    try:
+        dims = tuple(int(part) for part in shape.replace("x", ",").replace("×", ",").split(","))
+        strides = tuple(int(part) for part in stride.split(",")) if stride else None
+    except ValueError:
+        raise SettingsError(f"--shape {shape!r}: expected integers separated by commas, e.g. 64,3,7,7") from None
+    if any(d < 0 for d in dims) or len(dims) < 1:
+        raise SettingsError(f"--shape {shape!r}: sizes must be 0 or more")
+    default = "linear" if len(dims) == 2 else f"conv{len(dims) - 2}d" if 3 <= len(dims) <= 5 else "unknown"
+    kind = kind or (default.replace("conv", "conv_transpose") if transposed and default.startswith("conv") else default)
+    if kind not in KINDS:
+        raise SettingsError(f"--kind {kind!r}: known kinds are {', '.join(KINDS)}")
+    transposed = transposed or kind.startswith("conv_transpose")
+    return Layer("layer", "layer.weight", kind, dims, layout=layout, groups=groups or (1 if transposed else None),
+                 transposed=transposed, stride=strides)
+
+
+@cli.command(cls=_ModesCommand)
+@_source_options
+@click.option("--layer", "-l", "layer_names", multiple=True, metavar="NAME",
+              help="The layer(s) to explain: a name, parameter key, glob or substring.")
+@click.option("--shape", metavar="DIMS", help="Explain a bare weight shape instead, e.g. 64,3,7,7.")
+@click.option("--kind", help="With --shape: linear, conv2d, conv_transpose2d, embedding… (default: from the dims).")
+@click.option("--layout", type=click.Choice(["torch", "keras", "in_out"]), default="torch", show_default=True,
+              help="With --shape: how the dims are ordered.")
+@click.option("--groups", type=click.IntRange(min=1), help="With --shape: conv groups.")
+@click.option("--stride", metavar="S", help="With --shape: conv stride, e.g. 2 or 2,2.")
+@click.option("--transposed", is_flag=True, help="With --shape: a transposed conv.")
+@click.option("--scheme", "-s", metavar="NAME", help="Init scheme (default: the source's, else kaiming_normal).")
+@click.option("--mode", "-m", "modes", type=click.Choice(MODES), multiple=True, help="One or more modes.")
+@click.option("--nonlinearity", "-n", metavar="NAME", help="The activation after the layer.")
+@click.option("--param", "-p", type=float, metavar="P", help="The activation's parameter.")
+@click.option("--fans", type=click.Choice(["torch", "effective"]), help="Which fans the std is computed from.")
+def explain(source: str | None, trust: bool, factory_kwargs: dict | None, config_path: str | None,
+            no_config: bool, layer_names: tuple[str, ...], shape: str | None, kind: str | None, layout: str,
+            groups: int | None, stride: str | None, transposed: bool, scheme: str | None, modes: tuple[str, ...],
+            nonlinearity: str | None, param: float | None, fans: str | None) -> None:
+    """The derivation of a layer's fans, gain and std, with the numbers filled in."""
+    from .errors import SettingsError
+    from .explain import explain as explain_report
+    from .layer import Model
+    from .report import Settings, analyze
+
+    if shape:
+        model = Model("--shape", "shape", (_shape_layer(shape, kind, layout, groups, stride, transposed),))
+    elif source or not no_config:
+        if not layer_names:
+            raise SettingsError("name the layer to explain with --layer (or give --shape instead of a SOURCE)")
+        model, _ = _load(source, trust, factory_kwargs, config_path, no_config)
+    else:
+        raise SettingsError("give a SOURCE with --layer NAME, or --shape DIMS")
+    settings = Settings(scheme, modes, nonlinearity, param, fans, None, layer_names if not shape else ())
+    click.echo(explain_report(analyze(model, settings)), nl=False)
+
+
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--param", "-p", type=float, metavar="P",

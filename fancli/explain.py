@@ -1,0 +1,149 @@
+"""`fancli explain`: the derivation of one layer's init, with its numbers filled in.
+
+The way the blog posts explain fan_in and Kaiming's std, but for the user's own layer, under the
+scheme, mode and nonlinearity the report used — and, where the layer's structure makes torch's fans
+misleading, why and by how much.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .analysis.fans import layer_fans
+from .analysis.gains import torch_defines
+from .analysis.schemes import TRUNCATED_NORMAL_STD
+from .analysis.schemes import scheme as find_scheme
+from .layer import Layer
+from .report import Report, Row
+
+
+def _g(value: float | int | None) -> str:
+    if value is None:
+        return "—"
+    return str(value) if isinstance(value, int) else f"{value:.4g}"
+
+
+def _dims(values: tuple[int, ...]) -> str:
+    return "×".join(str(v) for v in values)
+
+
+def _layout(layer: Layer) -> str:
+    n = len(layer.kernel)
+    kernel = ", ".join(f"k{i + 1}" for i in range(n))
+    if layer.layout == "keras":
+        return f"[{kernel + ', ' if n else ''}in, out] (Keras/JAX layout)"
+    if layer.layout == "in_out":
+        return "[in, out] (stored transposed, like HF Conv1D)"
+    if layer.transposed or layer.kind.startswith("conv_transpose"):
+        return f"[in_channels, out_channels/groups, {kernel}] (a transposed conv's layout)"
+    if n:
+        return f"[out_channels, in_channels/groups, {kernel}]"
+    if layer.kind == "embedding":
+        return "[num_embeddings, embedding_dim]"
+    if layer.kind in ("rnn", "lstm", "gru"):
+        return "[gates × hidden_size, input_size] (gates stacked along dim 0)"
+    if layer.kind == "multihead_attention" and layer.stacked:
+        return "[3 × embed_dim, embed_dim] (q, k, v stacked along dim 0)"
+    return "[out_features, in_features]"
+
+
+def _fan_lines(layer: Layer) -> list[str]:
+    """How torch's function reads the two fans off the shape."""
+    shape, kernel = layer.shape, layer.kernel
+    rf = math.prod(kernel)
+    rf_text = f" × receptive field {_dims(kernel)} = " if kernel else " = "
+    if layer.layout == "keras":
+        fan_in, fan_out = shape[-2] * rf, shape[-1] * rf
+        return [f"fan_in  = in {shape[-2]}{rf_text}{fan_in}", f"fan_out = out {shape[-1]}{rf_text}{fan_out}"]
+    fan_in, fan_out = shape[1] * rf, shape[0] * rf
+    return [f"fan_in  = shape[1] {shape[1]}{rf_text}{fan_in}   (torch: tensor.size(1) × receptive field)",
+            f"fan_out = shape[0] {shape[0]}{rf_text}{fan_out}   (torch: tensor.size(0) × receptive field)"]
+
+
+def _gain_line(row: Row) -> str:
+    name, param = row.nonlinearity, row.nonlinearity_param
+    if name is None:
+        return "gain: the scheme needs none (no nonlinearity given)"
+    if not torch_defines(name):
+        return f"gain({name}) = 1/√E[f(z)²], z ~ N(0, 1) = {row.gain:.4g}   (torch's table has no {name})"
+    formula = {"relu": "√2", "tanh": "5/3", "selu": "3/4"}.get(name)
+    if name == "leaky_relu":
+        slope = 0.01 if param is None else param
+        formula = f"√(2 / (1 + {slope:g}²))"
+    return f"gain({name}) = {formula} = {row.gain:.4g}" if formula else f"gain({name}) = {row.gain:g}"
+
+
+def _torch_default_line(layer: Layer, values) -> str:
+    """What reset_parameters() does for this kind, with the number."""
+    leaf = layer.param.rpartition(".")[2]
+    if layer.kind in ("rnn", "lstm", "gru"):
+        return f"every RNN parameter: U(±1/√hidden_size) = U(±1/√{_g(values.fan)}), std = bound/√3 = {values.std:.4g}"
+    if layer.kind == "bilinear":
+        return f"U(±1/√in1_features) = U(±1/√{_g(values.fan)}), std = bound/√3 = {values.std:.4g}"
+    if leaf == "bias":
+        return f"a bias: U(±1/√fan_in of its weight) = U(±1/√{_g(values.fan)}), std = {values.std:.4g}"
+    if layer.kind == "multihead_attention":
+        return f"attention projections: xavier with gain 1, std = √(2 / (fan_in + fan_out)) = {values.std:.4g}"
+    if layer.kind == "embedding":
+        return "nn.Embedding: N(0, 1)"
+    return (f"kaiming_uniform(a=√5): gain = √(2/(1+5)) = √(1/3); bound = gain·√(3/{_g(values.fan)}) "
+            f"= 1/√{_g(values.fan)} = {values.bound:.4g}")
+
+
+def _std_lines(row: Row, fan_in, fan_out, label: str) -> list[str]:
+    """std and bound for each mode, with the formula of the row's scheme."""
+    scheme = find_scheme(row.scheme)
+    lines = []
+    for mode, values in row.inits.items():
+        head = f"{row.scheme}, mode {mode}{label}:"
+        if values.std is None:
+            lines.append(f"{head} no std ({values.note or 'no fans'})")
+            continue
+        g = _g(row.scheme_gain)
+        if row.scheme == "torch_default":
+            lines.append(f"{head} {_torch_default_line(row.layer, values)}")
+        elif mode == "fan_avg" and fan_in is not None:
+            lines.append(f"{head} std = gain·√(2 / (fan_in + fan_out)) = {g}·√(2 / ({_g(fan_in)} + {_g(fan_out)})) "
+                         f"= {values.std:.4g}")
+        elif values.fan is not None:
+            lines.append(f"{head} std = gain / √{mode} = {g} / √{_g(values.fan)} = {values.std:.4g}")
+        else:
+            lines.append(f"{head} std = {values.std:.4g} ({values.note or 'fixed by the layer type'})")
+        if values.bound is not None:
+            lines.append(f"  uniform: bound = √3·std = {values.bound:.4g}, drawn from U(−{values.bound:.4g}, "
+                         f"{values.bound:.4g})")
+        elif scheme.distribution == "truncated_normal" and values.sampling_std:
+            lines.append(f"  truncated at ±2σ: sample with σ = std / {TRUNCATED_NORMAL_STD:.4f} = "
+                         f"{values.sampling_std:.4g} so the result's std is {values.std:.4g}")
+        else:
+            lines.append(f"  normal: drawn from N(0, {values.std:.4g}²)")
+    return lines
+
+
+def explain_row(row: Row, fan_convention: str = "torch") -> list[str]:
+    """The derivation for one row, as lines of text."""
+    layer = row.layer
+    lines = [f"{layer.param} · {layer.kind} · shape {_dims(layer.shape) or 'scalar'}"]
+    if len(layer.shape) < 2:
+        return lines + [f"{len(layer.shape)}-D: torch defines no fan_in/fan_out below 2 dims"] + \
+            [f"note: {note}" for note in row.notes]
+    lines.append(f"layout: {_layout(layer)}")
+    lines += _fan_lines(layer)
+    lines.append(_gain_line(row))
+    fans = layer_fans(layer)
+    used = "effective" if fan_convention == "effective" and fans.differs else "torch"
+    fan_in, fan_out = fans.pick(effective=used == "effective")
+    lines += _std_lines(row, fan_in, fan_out, " (effective fans)" if used == "effective" else "")
+    if fans.differs:
+        lines.append(f"effective fans: fan_in = {_g(fans.effective_fan_in)}, fan_out = {_g(fans.effective_fan_out)} "
+                     f"(torch: {fans.fan_in}, {fans.fan_out})")
+    for note in row.notes:
+        lines.append(f"why: {note}" if note in fans.notes else f"note: {note}")
+    if fans.differs and used == "torch":
+        lines.append("--fans effective computes the std from the effective fans")
+    return lines
+
+
+def explain(report: Report) -> str:
+    """Every row of a report (usually filtered to one layer), derivations separated by blank lines."""
+    return "\n\n".join("\n".join(explain_row(row, report.fan_convention)) for row in report.rows) + "\n"
