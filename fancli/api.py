@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 from . import loaders
 from .errors import SettingsError
 from .layer import Model
-from .report import Report, Settings, analyze, selected
+from .report import Report, Settings, analyze, selected, with_inferences
 from .stats import observe_all
 
 
@@ -28,15 +28,17 @@ def _report(
     trust: bool,
     kwargs: dict[str, Any] | None,
     on_chunk: Callable[[int], None] | None,
+    infer: bool = False,
 ) -> Report:
     model = source if isinstance(source, Model) else load(source, trust=trust, kwargs=kwargs)
     settings = settings.validated()
-    observed = observe_all(selected(model, settings.filters), on_chunk) if stats else None
+    reading = stats or infer
+    observed = observe_all(selected(model, settings.filters), on_chunk, kurtosis=infer) if reading else None
     report = analyze(model, settings, command, observed)
-    if stats and not observed:
+    if reading and not observed:
         note = f"--stats: this source ({model.format}) holds no weights to read"
         report = replace(report, notes=report.notes + (note,))
-    return report
+    return with_inferences(report) if infer else report
 
 
 def inspect(
@@ -50,14 +52,16 @@ def inspect(
     pool_fan_out: bool | None = None,
     filters: Iterable[str] = (),
     stats: bool = False,
+    infer: bool = False,
     trust: bool = False,
     kwargs: dict[str, Any] | None = None,
     on_chunk: Callable[[int], None] | None = None,
 ) -> Report:
-    """Per layer: fans, gain, the std and bound the scheme gives under one mode, and with
-    `stats=True` the weights' observed statistics (read one tensor at a time)."""
+    """Per layer: fans, gain, the std and bound the scheme gives under one mode; with `stats=True` the
+    weights' observed statistics (read one tensor at a time); with `infer=True` also the init that best
+    explains them."""
     settings = Settings(scheme, (mode,) if mode else (), nonlinearity, param, fans, pool_fan_out, tuple(filters))
-    return _report(source, settings, "inspect", stats, trust, kwargs, on_chunk)
+    return _report(source, settings, "inspect", stats, trust, kwargs, on_chunk, infer)
 
 
 def compare(

@@ -131,14 +131,14 @@ def _load(source: str | None, trust: bool, factory_kwargs: dict | None, config_p
 
 def _analyse(command: Callable[..., Any], model: Any, stats: bool, **settings: Any) -> Any:
     """Run a report, reading weights if asked, with a progress bar on stderr for big reads."""
-    if not stats:
+    if not stats and not settings.get("infer"):
         return command(model, **settings)
     from .report import selected
 
     layers = [layer for layer in selected(model, tuple(settings.get("filters", ()))) if layer.data is not None]
     total = sum(_nbytes(layer) for layer in layers)
     if total < PROGRESS_BYTES:
-        return command(model, stats=True, **settings)
+        return command(model, stats=stats, **settings)
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
@@ -146,7 +146,7 @@ def _analyse(command: Callable[..., Any], model: Any, stats: bool, **settings: A
                TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("reading weights", total=total)
-        return command(model, stats=True, on_chunk=lambda nbytes: progress.advance(task, nbytes), **settings)
+        return command(model, stats=stats, on_chunk=lambda nbytes: progress.advance(task, nbytes), **settings)
 
 
 def _build(command: Callable[..., Any], source: str | None, stats: bool, trust: bool, factory_kwargs: dict | None,
@@ -200,7 +200,9 @@ def cli(debug: bool) -> None:
 @click.option("--mode", "-m", type=click.Choice(MODES), multiple=True,
               help="fan_in, fan_out or fan_avg. Default: the scheme's.")
 @_settings_options
-def inspect(source: str | None, mode: tuple[str, ...], fmt: str, output: str | None, show_all: bool,
+@click.option("--infer", is_flag=True,
+              help="Read the weights and name the init that best explains each layer (std and kurtosis).")
+def inspect(source: str | None, mode: tuple[str, ...], fmt: str, output: str | None, show_all: bool, infer: bool,
             **settings: Any) -> None:
     """What each layer gets: fans, gain, std and bound under a scheme and mode."""
     from . import api
@@ -210,7 +212,7 @@ def inspect(source: str | None, mode: tuple[str, ...], fmt: str, output: str | N
         raise SettingsError(f"inspect takes one mode, got {' '.join(mode)}; compare sets several side by side")
     mode = mode[0] if mode else None
 
-    _emit(_build(api.inspect, source, mode=mode, **settings), fmt, output, show_all)
+    _emit(_build(api.inspect, source, mode=mode, infer=infer, **settings), fmt, output, show_all)
 
 
 @cli.command(cls=_ModesCommand)

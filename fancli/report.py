@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .analysis import fans as fans_mod
 from .analysis import gains, schemes
 from .analysis.fans import LayerFans
+from .analysis.inference import Inference, infer, settle_modes
 from .analysis.schemes import InitValues
 from .errors import SettingsError
 from .layer import Layer, Model
@@ -68,6 +69,7 @@ class Row:
     notes: tuple[str, ...] = ()
     observed: Observed | None = None  # the weights' actual statistics, with --stats
     scheme_gain: float | None = None  # the gain the std is computed with (lecun: 1, torch_default: √(1/3))
+    inferred: "Inference | None" = None  # with --infer: the init that best explains the weights
 
     @property
     def observed_ratio(self) -> float | None:
@@ -230,3 +232,19 @@ def analyze(
 def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:
     """The layers a name filter keeps, in model order."""
     return [layer for layer in model.layers if _matches(layer, filters)]
+
+
+def with_inferences(report: Report) -> Report:
+    """The report with each row's inferred init, from its observed std and kurtosis."""
+    found = {}
+    for row in report.rows:
+        observed = row.observed
+        if observed is None:
+            continue
+        n = observed.count - observed.nonfinite
+        result = infer(row.layer, row.fans, observed.std, observed.kurtosis, n)
+        if result is not None:
+            found[row.layer.param] = result
+    found = settle_modes(found)
+    rows = tuple(replace(row, inferred=found.get(row.layer.param)) for row in report.rows)
+    return replace(report, rows=rows)

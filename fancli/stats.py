@@ -1,7 +1,7 @@
 """Observed weight statistics, streamed chunk by chunk with float64 accumulation.
 
-Each chunk is reduced in blocks that fit in cache (one float64 copy, a sum and a dot product per
-block), so memory stays near one chunk and the arithmetic runs at memory speed. std is the sample
+Each chunk is reduced in blocks that fit in cache (one float64 copy, its square, a sum and two dot
+products per block), so memory stays near one chunk and the arithmetic runs at memory speed. std is the sample
 std (torch's default).
 """
 
@@ -23,6 +23,7 @@ class Observed:
     min: float | None
     max: float | None
     nonfinite: int = 0  # NaN and ±Inf values, left out of the moments
+    kurtosis: float | None = None  # excess kurtosis: uniform −1.2, normal 0, normal cut at ±2σ −0.63
 
     @property
     def note(self) -> str | None:
@@ -38,13 +39,14 @@ BLOCK_ELEMENTS = 1 << 16
 
 
 class _Moments:
-    """Running count, shifted sums and extremes. Sums are taken around a shift (the first block's
-    mean), so sum((x-c)²) - (sum(x-c))²/n loses nothing to cancellation when the mean is far from 0."""
+    """Running count, shifted power sums and extremes. Sums are taken around a shift (the first block's
+    mean), so the central moments lose nothing to cancellation when the mean is far from 0."""
 
-    def __init__(self) -> None:
+    def __init__(self, kurtosis: bool) -> None:
+        self.kurtosis = kurtosis  # third and fourth powers cost two more passes per block: only when asked
         self.total = self.count = 0
         self.shift: float | None = None
-        self.s1 = self.s2 = 0.0
+        self.s1 = self.s2 = self.s3 = self.s4 = 0.0
         self.low, self.high = math.inf, -math.inf
 
     def add(self, block) -> None:
@@ -58,47 +60,54 @@ class _Moments:
                 return
             self.shift = float(finite.mean())
         values -= self.shift
-        s1, s2 = float(values.sum()), float(values @ values)
-        if math.isfinite(s1) and math.isfinite(s2):
-            low, high = block.min(), block.max()
-        else:  # NaN or Inf in this block: keep the finite values only
+        if not math.isfinite(float(values.sum())):  # NaN or Inf in this block: keep the finite values only
             finite = np.isfinite(values)
             values, block = values[finite], block[finite]
             if values.size == 0:
                 return
-            s1, s2 = float(values.sum()), float(values @ values)
-            low, high = block.min(), block.max()
         self.count += values.size
-        self.s1 += s1
-        self.s2 += s2
+        self.s1 += float(values.sum())
+        if self.kurtosis:
+            squares = values * values
+            self.s2 += float(squares.sum())
+            self.s3 += float(squares @ values)
+            self.s4 += float(squares @ squares)
+        else:
+            self.s2 += float(values @ values)
+        low, high = block.min(), block.max()
         self.low, self.high = min(self.low, float(low)), max(self.high, float(high))
 
     def result(self) -> Observed:
         if self.count == 0:
             return Observed(self.total, None, None, None, None, nonfinite=self.total)
-        mean = self.shift + self.s1 / self.count
-        m2 = max(self.s2 - self.s1 * self.s1 / self.count, 0.0)
-        std = math.sqrt(m2 / (self.count - 1)) if self.count > 1 else None
-        return Observed(self.total, mean, std, self.low, self.high, nonfinite=self.total - self.count)
+        n = self.count
+        d = self.s1 / n  # mean of the shifted values
+        m2 = max(self.s2 / n - d * d, 0.0)  # central moments about the mean, from the shifted sums
+        m4 = self.s4 / n - 4 * d * self.s3 / n + 6 * d * d * self.s2 / n - 3 * d**4
+        std = math.sqrt(m2 * n / (n - 1)) if n > 1 else None
+        kurtosis = m4 / (m2 * m2) - 3.0 if self.kurtosis and m2 > 0 and n > 3 else None
+        return Observed(self.total, self.shift + d, std, self.low, self.high, self.total - n, kurtosis)
 
 
-def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS) -> Observed:
-    """Mean, std, min, max over the finite values of a tensor: chunks as read, reduced in cache-sized blocks."""
-    moments = _Moments()
+def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool = False) -> Observed:
+    """Mean, std, min, max (and excess kurtosis if asked) over the finite values of a tensor: chunks as
+    read, reduced in cache-sized blocks."""
+    moments = _Moments(kurtosis)
     for chunk in data.chunks(max_elements):
         for start in range(0, chunk.size, BLOCK_ELEMENTS):
             moments.add(chunk[start : start + BLOCK_ELEMENTS])
     return moments.result()
 
 
-def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS) -> dict[str, Observed]:
+def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool = False
+                ) -> dict[str, Observed]:
     """Observed statistics per parameter key, one tensor at a time; `on_chunk(nbytes)` reports progress."""
     results: dict[str, Observed] = {}
     for layer in layers:
         if layer.data is None:
             continue
         data = layer.data if on_chunk is None else _Reporting(layer.data, on_chunk)
-        results[layer.param] = observe(data, max_elements)
+        results[layer.param] = observe(data, max_elements, kurtosis)
     return results
 
 

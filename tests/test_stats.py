@@ -53,3 +53,16 @@ def test_all_nan_and_empty_tensors():
     assert observe(TorchTensorData(torch.full((10,), float("nan")))).mean is None
     empty = observe(TorchTensorData(torch.empty(0, 4)))
     assert empty.count == 0 and empty.mean is None and empty.note
+
+
+@pytest.mark.parametrize("name,expected", [("uniform", -1.2), ("normal", 0.0)])
+def test_excess_kurtosis_tells_the_distribution(name, expected):
+    torch.manual_seed(1)
+    tensor = (torch.rand(400_000) if name == "uniform" else torch.randn(400_000)) * 0.05 + 0.3
+    observed = observe(TorchTensorData(tensor), max_elements=10_000, kurtosis=True)
+    values = tensor.double()
+    centred = values - values.mean()
+    exact = (centred**4).mean() / (centred**2).mean() ** 2 - 3
+    assert observed.kurtosis == pytest.approx(exact.item(), abs=1e-9)
+    assert observed.kurtosis == pytest.approx(expected, abs=0.05)
+    assert observe(TorchTensorData(tensor)).kurtosis is None  # only when asked

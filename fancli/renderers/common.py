@@ -125,5 +125,10 @@ def columns(report: Report, footnotes: Footnotes) -> list[Column]:
             Column("obs std", lambda r: number(r.observed.std if r.observed else None)),
             Column("obs/exp", lambda r: number(r.observed_ratio)),
         ]
+    if any(row.inferred is not None for row in report.rows):
+        cols += [
+            Column("inferred init", lambda r: r.inferred.label if r.inferred else "", "left"),
+            Column("conf", lambda r: r.inferred.confidence if r.inferred else "", "left"),
+        ]
     cols.append(Column("notes", footnotes.marks, "left"))
     return cols

@@ -84,6 +84,22 @@ def layer_dict(row: Row, command: str) -> dict[str, Any]:
             "nonfinite": observed.nonfinite,
             "std_ratio": row.observed_ratio,
         }
+    if row.inferred is not None:
+        found = row.inferred
+        best = found.best
+        out["inferred"] = {
+            "label": found.label,
+            "scheme": best.scheme if best else None,
+            "mode": best.mode if best else None,
+            "nonlinearity": best.nonlinearity if best else None,
+            "confidence": found.confidence,
+            "std_errors": found.std_errors,
+            "kurtosis_errors": found.kurtosis_errors,
+            "alternatives": list(found.alternatives),
+            "note": found.note,
+        }
+    if row.observed is not None and row.observed.kurtosis is not None:
+        out["observed"]["kurtosis"] = row.observed.kurtosis
     out["notes"] = list(row.notes)
     return out
 
