@@ -330,6 +330,64 @@ def explain(source: str | None, trust: bool, factory_kwargs: dict | None, config
     click.echo(explain_report(analyze(model, settings)), nl=False)
 
 
+def _input_shape(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        dims = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected sizes separated by commas, e.g. 3,32,32") from None
+    if not dims or any(d < 1 for d in dims):
+        raise click.BadParameter(f"{value!r}: sizes must be at least 1")
+    return dims
+
+
+@cli.command(cls=_ModesCommand)
+@click.argument("source", required=False)
+@click.option("--mode", "-m", "modes", type=click.Choice(MODES), multiple=True,
+              help="Modes to initialise under, side by side. Default: fan_in fan_out.")
+@click.option("--scheme", "-s", metavar="NAME", help="Init scheme (default: the spec's, else kaiming_normal).")
+@click.option("--nonlinearity", "-n", metavar="NAME", help="Activation after every layer, overriding the spec.")
+@click.option("--param", "-p", type=float, metavar="P", help="The activation's parameter.")
+@click.option("--fans", type=click.Choice(["torch", "effective"]), default="torch", show_default=True,
+              help="Initialise from torch's fans or the layer-aware effective ones.")
+@click.option("--norms", type=click.Choice(["identity", "real"]), default="identity", show_default=True,
+              help="Leave norm layers out (the init's effect alone) or run them (BatchNorm resets variance).")
+@click.option("--batch", type=click.IntRange(min=1), help="Inputs per pass (default 256 flat, 32 images).")
+@click.option("--draws", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Random inits averaged per mode (one init of a deep net is noisy).")
+@click.option("--input-shape", callback=_input_shape, metavar="DIMS",
+              help="One input's shape without the batch, e.g. 3,32,32 (required for a factory's module).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--kwargs", "factory_kwargs", metavar="JSON", callback=_parse_kwargs,
+              help="Keyword arguments for a pkg.module:factory source.")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), metavar="FILE", help="Write to FILE (atomically).")
+def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, nonlinearity: str | None,
+              param: float | None, fans: str, norms: str, batch: int | None, draws: int,
+              input_shape: tuple[int, ...] | None, seed: int, factory_kwargs: dict | None, fmt: str,
+              output: str | None) -> None:
+    """Initialise under each mode, push N(0,1) inputs forward and a N(0,1) gradient back, and show each
+    layer's activation and gradient variance: fan_in keeps the forward pass, fan_out the backward."""
+    import json
+
+    from .errors import FancliError
+    from .propagate import load_source, propagate as run_propagation, render_propagation, to_dict
+
+    if source is None:
+        raise FancliError("give a YAML spec or a pkg.module:factory to propagate through")
+    props = run_propagation(load_source(source, kwargs=factory_kwargs), modes or ("fan_in", "fan_out"),
+                            scheme=scheme, nonlinearity=nonlinearity, param=param, fans=fans, norms=norms,
+                            batch=batch, input_shape=input_shape, seed=seed, draws=draws)
+    text = render_propagation(props, source) if fmt == "table" else json.dumps(to_dict(props, source), indent=2) + "\n"
+    if output:
+        from .atomic import write_text
+
+        write_text(output, text)
+    else:
+        click.echo(text, nl=False)
+
+
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--param", "-p", type=float, metavar="P",

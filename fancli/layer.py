@@ -51,6 +51,7 @@ class Layer:
     stacked: int | None = None  # blocks stacked along dim 0: 3 for q/k/v and GRU gates, 4 for LSTM gates
     stride: tuple[int, ...] | None = None
     dilation: tuple[int, ...] | None = None
+    padding: tuple[int, ...] | None = None  # does not change fans; propagate needs it to run a conv stack
     pool: tuple[int, ...] | None = None  # pooling window that follows the layer
     nonlinearity: str | None = None  # the activation that follows; None when the source does not say
     nonlinearity_param: float | None = None  # e.g. leaky_relu's negative slope
