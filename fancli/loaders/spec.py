@@ -221,7 +221,7 @@ def _conv(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
         if channels % groups:
             raise f.error("groups", f"{groups} does not divide {key}={channels}")
     pool = f.ints("pool", dims, None)
-    padding = f.ints("padding", dims, (0,) * dims, minimum=0)
+    padding = f.ints("padding", dims, None, minimum=0)
     shape = (in_ch, out_ch // groups, *kernel) if transposed else (out_ch, in_ch // groups, *kernel)
     return [
         _layer(name, "weight", type_, shape, init, groups=groups, transposed=transposed,
