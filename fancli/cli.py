@@ -363,10 +363,12 @@ def _input_shape(_ctx: click.Context, _param: click.Parameter, value: str | None
               help="Keyword arguments for a pkg.module:factory source.")
 @click.option("--format", "-f", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), metavar="FILE", help="Write to FILE (atomically).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Also draw the variances per layer as a chart (needs the 'plot' extra: matplotlib).")
 def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, nonlinearity: str | None,
               param: float | None, fans: str, norms: str, batch: int | None, draws: int,
               input_shape: tuple[int, ...] | None, seed: int, factory_kwargs: dict | None, fmt: str,
-              output: str | None) -> None:
+              output: str | None, plot_path: str | None) -> None:
     """Initialise under each mode, push N(0,1) inputs forward and a N(0,1) gradient back, and show each
     layer's activation and gradient variance: fan_in keeps the forward pass, fan_out the backward."""
     import json
@@ -380,6 +382,11 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
                             scheme=scheme, nonlinearity=nonlinearity, param=param, fans=fans, norms=norms,
                             batch=batch, input_shape=input_shape, seed=seed, draws=draws)
     text = render_propagation(props, source) if fmt == "table" else json.dumps(to_dict(props, source), indent=2) + "\n"
+    if plot_path:
+        from .plot import plot_propagation
+
+        plot_propagation(props, plot_path, title=f"{source} · {props[0].scheme}")
+        click.echo(f"wrote {plot_path}", err=True)
     if output:
         from .atomic import write_text
 

@@ -217,3 +217,14 @@ def test_the_command_line_runs_a_spec_and_refuses_a_weights_file(tmp_path):
     refused = run("propagate", REPO / "sample_models" / "lenet5.pth")
     assert refused.code == 2 and "no forward pass" in refused.err
     assert run("propagate", REPO / "sample_models" / "lenet5.yaml", "--input-shape", "a,b").code == 2
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from helpers import REPO, run
+
+    target = tmp_path / "variances.png"
+    result = run("propagate", REPO / "sample_models" / "lenet5.yaml", "--draws", "1", "--plot", target)
+    assert result.code == 0, result.err
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["variances.png"]
