@@ -32,6 +32,8 @@ LOW_PRECISION_FLOATING = ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "fl
                           "float8_e8m0fnu", "float6_e2m3fn", "float6_e3m2fn", "float4_e2m1fn")
 
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi elements: 16 MiB of float32 per read
+#: A strided view may read a stored value this many times (an expanded tensor); more is refused, not looped over.
+MAX_REPEATS = 64
 
 
 class TensorData(Protocol):
@@ -104,13 +106,37 @@ class StridedRef:
                 raw = self.source.read((self.offset + start) * itemsize, count * itemsize)
                 yield decode(raw, self.dtype)
             return
-        # A strided view: read the storage region it spans once, then index it.
+        # A strided view: read the storage region it spans once, then index it a block at a time.
         import numpy as np
 
         span = self.span()
+        if self.numel > MAX_REPEATS * max(span, max_elements):
+            from .errors import SourceError
+
+            raise SourceError(f"{getattr(self.source, 'path', 'source')}: a view of {self.numel} values over "
+                              f"{span} stored ones (stride 0?); its statistics would read each value "
+                              f"{self.numel // span} times")
         region = decode(self.source.read(self.offset * itemsize, span * itemsize), self.dtype)
         view = np.lib.stride_tricks.as_strided(
             region, shape=self.shape, strides=[s * region.itemsize for s in self.stride], writeable=False
-        ).reshape(-1)
+        )
+        yield from _blocks(view, max_elements)
+
+
+def _blocks(view: "np.ndarray", max_elements: int) -> Iterator["np.ndarray"]:
+    """A view's values in order, flattened, at most max_elements at a time: one block is copied, not the view."""
+    if view.size <= max_elements:
+        yield view.reshape(-1)
+        return
+    if view.ndim == 1:
         for start in range(0, view.size, max_elements):
             yield view[start : start + max_elements]
+        return
+    row = view[0].size
+    if row > max_elements:
+        for index in range(view.shape[0]):
+            yield from _blocks(view[index], max_elements)
+        return
+    rows = max_elements // row
+    for start in range(0, view.shape[0], rows):
+        yield view[start : start + rows].reshape(-1)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import SourceError
 from ..layer import Model
+from .files import open_regular
 
 _SNIFF_BYTES = 64
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -57,8 +58,11 @@ def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = No
 
         return load_factory(source, kwargs)
     path = _checked_path(source)
-    with path.open("rb") as handle:
-        head = handle.read(_SNIFF_BYTES)
+    try:
+        with open_regular(path, source) as handle:  # checked again as opened: a FIFO must not block us
+            head = handle.read(_SNIFF_BYTES)
+    except OSError as error:
+        raise SourceError(f"{source}: cannot read: {error.strerror or error}") from None
     kind = sniff(head, path)
     if kind == "empty":
         raise SourceError(f"{source}: empty file")
@@ -131,10 +135,19 @@ def _load_zip(path: Path, trust: bool) -> Model:
 
 def _load_json(path: Path) -> Model:
     """A sharded safetensors index (`model.safetensors.index.json`)."""
+    from .safetensors_file import MAX_INDEX_BYTES, check_json_size
+
     try:
-        with path.open("rb") as handle:
-            document = json.loads(handle.read(64 * 1024 * 1024))
-    except (ValueError, OSError) as error:
+        with open_regular(path, str(path)) as handle:
+            raw = handle.read(MAX_INDEX_BYTES + 1)
+    except OSError as error:
+        raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
+    if len(raw) > MAX_INDEX_BYTES:
+        raise SourceError(f"{path}: larger than {MAX_INDEX_BYTES} bytes; not a safetensors index")
+    check_json_size(raw, str(path), "the JSON")
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError) as error:
         raise SourceError(f"{path}: not valid JSON ({error})") from None
     if isinstance(document, dict) and isinstance(document.get("weight_map"), dict):
         from .safetensors_file import load_safetensors_index

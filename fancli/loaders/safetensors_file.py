@@ -18,10 +18,12 @@ from typing import Any, Iterable, Iterator
 from ..errors import SourceError
 from ..layer import Model
 from ..tensors import DTYPES, StridedRef
+from .files import open_regular
 from .infer import Entry, layers_from_entries
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 MAX_INDEX_BYTES = 64 * 1024 * 1024
+MAX_JSON_MEMORY = 256 * 1024 * 1024  # what parsing a header or an index may take: ~150,000 tensors
 _LENGTH_BYTES = 8
 _MAX_BITS = 8 << 63  # no file holds more: a shape beyond it is reported without its exact size
 _FIELDS = ("dtype", "shape", "data_offsets")
@@ -135,7 +137,7 @@ def _bytes(bits: int | None) -> str:
 def _read_raw_header(path: Path, where: str) -> tuple[bytes, int]:
     """The header's bytes and the file's size, reading nothing past the header."""
     try:
-        with path.open("rb") as handle:
+        with open_regular(path, where) as handle:  # a shard named by an index may be a FIFO
             size = os.fstat(handle.fileno()).st_size
             prefix = handle.read(_LENGTH_BYTES)
             if len(prefix) < _LENGTH_BYTES:
@@ -146,8 +148,6 @@ def _read_raw_header(path: Path, where: str) -> tuple[bytes, int]:
             if _LENGTH_BYTES + length > size:
                 raise SourceError(f"{where}: header length {length} runs past the end of the {size}-byte file")
             raw = handle.read(length)
-    except FileNotFoundError:
-        raise SourceError(f"{where}: no such file") from None
     except OSError as error:
         raise SourceError(f"{where}: cannot read: {error.strerror or error}") from None
     if len(raw) != length:
@@ -155,7 +155,17 @@ def _read_raw_header(path: Path, where: str) -> tuple[bytes, int]:
     return raw, size
 
 
+def check_json_size(raw: bytes, where: str, what: str) -> None:
+    """Refuse JSON whose parse would take more than MAX_JSON_MEMORY: each `[`, `{`, `,` or `"` may become
+    an object of up to 64 bytes, and a character up to 4 (a 100 MB header of `[],` would need 2.5 GB)."""
+    estimate = 64 * sum(map(raw.count, (b"[", b"{", b",", b'"'))) + 4 * len(raw)
+    if estimate > MAX_JSON_MEMORY:
+        raise SourceError(f"{where}: {what} would take more than {MAX_JSON_MEMORY >> 20} MiB to parse "
+                          f"({len(raw)} bytes of JSON, {estimate >> 20} MiB estimated); refused")
+
+
 def _parse_json(raw: bytes, where: str, what: str) -> dict:
+    check_json_size(raw, where, what)
     try:
         value = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -289,10 +299,8 @@ def load_safetensors(path: Path) -> Model:
 def _weight_map(path: Path) -> dict[str, str]:
     """The index's `weight_map` (key -> shard file name), validated."""
     try:
-        with path.open("rb") as handle:
+        with open_regular(path, str(path)) as handle:
             raw = handle.read(MAX_INDEX_BYTES + 1)
-    except FileNotFoundError:
-        raise SourceError(f"{path}: no such file") from None
     except OSError as error:
         raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
     if len(raw) > MAX_INDEX_BYTES:

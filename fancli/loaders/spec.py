@@ -18,9 +18,11 @@ from ..analysis import gains, schemes
 from ..errors import SourceError
 from ..layer import KINDS, LAYOUTS, Layer, Model
 from . import yaml_lines
+from .files import open_regular
 from .yaml_lines import LineDict, LineList
 
 MAX_SPEC_BYTES = 16 * 1024 * 1024
+MAX_SPEC_NODES = 750_000  # ~75,000 layers written one per line
 _MISSING = object()
 
 #: Keys every layer may carry besides its type's own.
@@ -77,6 +79,12 @@ def _yaml_type(value: Any) -> str:
     return repr(value)
 
 
+def _key_text(key: Any) -> str:
+    """A key for an error's path: as written if it is a short printable word, else quoted (one line)."""
+    text = str(key)
+    return text if text.isprintable() and len(text) <= 40 else repr(text[:40])
+
+
 def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str:
     close = difflib.get_close_matches(word, options, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -89,7 +97,7 @@ class _Fields:
         self.mapping, self.at = mapping, at
         for key in mapping:
             if key not in allowed:
-                raise at.error(f"unknown key{_suggest(str(key), allowed)}", str(key), at.key_line(mapping, key))
+                raise at.error(f"unknown key{_suggest(str(key), allowed)}", _key_text(key), at.key_line(mapping, key))
 
     def error(self, key: str, message: str) -> SourceError:
         return self.at.error(message, key, self.at.key_line(self.mapping, key))
@@ -139,7 +147,7 @@ class _Fields:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or not value.strip() or not value.isprintable():
             raise self.error(key, f"expected a name, got {_yaml_type(value)}")
         return value.strip()
 
@@ -315,20 +323,30 @@ _BUILDERS: dict[str, Callable[..., list[Layer]]] = {
 
 def _read_text(path: Path) -> str:
     try:
-        size = path.stat().st_size
-        if size > MAX_SPEC_BYTES:
-            raise SourceError(f"{path}: {size} bytes is too large for a YAML spec (limit {MAX_SPEC_BYTES})")
-        data = path.read_bytes()
+        with open_regular(path, str(path)) as handle:
+            data = handle.read(MAX_SPEC_BYTES + 1)
     except OSError as error:
         raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SourceError(f"{path}: larger than {MAX_SPEC_BYTES} bytes, too large for a YAML spec")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise SourceError(f"{path}: not a text file (byte {error.start} is not UTF-8)") from None
 
 
+def _check_size(text: str, file: str) -> None:
+    """Refuse a spec whose parse would take more than a few hundred MB: PyYAML keeps ~500 bytes per node,
+    and each node needs one of these characters (a 16 MB file of `[],` would need 3 GB)."""
+    indicators = sum(map(text.count, "[{,:-\n"))
+    if indicators > MAX_SPEC_NODES:
+        raise SourceError(f"{file}: more than {MAX_SPEC_NODES:,} YAML nodes ({indicators:,} of [ {{ , : - and line "
+                          "ends), too large for a YAML spec")
+
+
 def parse_spec(text: str, file: str) -> Model:
     """Parse spec text; every error names `file:line: path.key`."""
+    _check_size(text, file)
     try:
         document = yaml_lines.load(text)
     except yaml.YAMLError as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import mmap
 import os
 import pickle
 import re
@@ -25,6 +26,7 @@ from torch import nn
 from ..errors import SourceError
 from ..layer import Layer, Model
 from ..tensors import CHUNK_ELEMENTS
+from . import pickle_scan
 from .infer import STATE_DICT_KEYS, Entry, NoStateDict, find_state_dict, layers_from_entries
 from .torch_zip import untrusted_message  # one wording whether torch reads the file or fancli does
 
@@ -296,10 +298,29 @@ def _from_loaded(path: Path, obj: Any) -> Model:
                  notes=notes)
 
 
+def _dry_run(path: Path) -> None:
+    """Refuse a legacy file whose pickles are memory or time bombs before torch unpickles them.
+
+    (A zip's data.pkl reaches torch only after fancli's own reader ran the same check on it.)
+    """
+    try:
+        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            pickle_scan.scan_legacy(data)
+    except pickle_scan.TooCostly as refused:
+        raise SourceError(f"{path}: its pickle {refused}") from None
+    except (OSError, ValueError) as error:
+        raise SourceError(f"{path}: cannot read: {_one_line(error)}") from None
+
+
 def load_weights_only(path: Path) -> Model:
     """A torch.save file through torch's weights-only unpickler, which imports no code from the file."""
+    zipped = _is_zip(path)
+    if not zipped:
+        _dry_run(path)
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu", mmap=_is_zip(path))
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 5": the error, if any, says enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, weights_only=True, map_location="cpu", mmap=zipped)
     except pickle.UnpicklingError as error:
         raise SourceError(_refusal(path, error)) from None
     except Exception as error:  # torch raises RuntimeError, EOFError, ValueError… for malformed files

@@ -21,9 +21,11 @@ from typing import Any
 from ..errors import SourceError
 from ..layer import Model
 from ..tensors import DTYPES, StridedRef
+from . import pickle_scan
 from .infer import Entry, NoStateDict, find_state_dict, layers_from_entries
 
-MAX_PICKLE_BYTES = 256 * 1024 * 1024
+MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a state_dict's data.pkl is ~120 bytes a tensor
+MAX_DIMS = 64  # no tensor has more; a pickle claiming more only makes shape arithmetic slow
 
 #: torch's typed storage classes and the dtype of their elements.
 STORAGE_DTYPES = {
@@ -42,16 +44,29 @@ class UnsafeGlobal(Exception):
         self.module, self.name = module, name
 
 
+class _Sealed:
+    """Refuses the BUILD opcode: a pickle must not rewrite an object after the checks that made it."""
+
+    def __setstate__(self, _state: Any) -> None:
+        raise pickle.UnpicklingError(f"the pickle sets the state of a {type(self).__name__.lstrip('_')}")
+
+
 @dataclass(frozen=True)
-class _StorageType:
+class _StorageType(_Sealed):
     dtype: str
 
 
-@dataclass(frozen=True)
-class _Storage:
+@dataclass(frozen=True, eq=False)
+class _Storage(_Sealed):
     key: str
     dtype: str
     numel: int  # elements of `dtype` (bytes for an untyped storage)
+
+
+def _short(error: BaseException) -> str:
+    """An exception as a short phrase for a one-line message."""
+    text = " ".join(str(error).split())[:80]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class ZipMember:
@@ -74,37 +89,32 @@ class ZipMember:
     def read(self, start: int, size: int) -> bytes:
         if start < 0 or start + size > self.info.file_size:
             raise SourceError(f"{self.path}: {self.info.filename} is shorter than its tensors need")
+        try:
+            data = self._read(start, size)
+        except SourceError:
+            raise
+        except Exception as error:  # zipfile and its codecs raise many types for a corrupt member
+            raise SourceError(f"{self.path}: cannot read {self.info.filename} ({_short(error)})") from None
+        if len(data) != size:
+            raise SourceError(f"{self.path}: {self.info.filename} is truncated")
+        return data
+
+    def _read(self, start: int, size: int) -> bytes:
         if self.info.compress_type != zipfile.ZIP_STORED:
+            if self.info.file_size > MAX_PICKLE_BYTES:  # each chunk would decompress all before it again
+                raise SourceError(f"{self.path}: {self.info.filename} is a compressed storage of "
+                                  f"{self.info.file_size} bytes; torch.save writes storages uncompressed, and "
+                                  f"fancli reads compressed ones only up to {MAX_PICKLE_BYTES >> 20} MiB")
             with zipfile.ZipFile(self.path) as archive, archive.open(self.info) as member:
                 member.seek(start)
                 return member.read(size)
         with open(self.path, "rb") as handle:
             handle.seek(self._start(handle) + start)
-            data = handle.read(size)
-        if len(data) != size:
-            raise SourceError(f"{self.path}: {self.info.filename} is truncated")
-        return data
+            return handle.read(size)
 
 
-def _rebuild_tensor(storage: _Storage, offset: int, size: Any, stride: Any, *_rest: Any) -> "_Tensor":
-    return _Tensor(storage, storage.dtype, offset, size, stride)
-
-
-def _rebuild_tensor_v3(storage: _Storage, offset: int, size: Any, stride: Any, _grad: Any, _hooks: Any,
-                       dtype: Any, *_rest: Any) -> "_Tensor":
-    return _Tensor(storage, str(dtype), offset, size, stride)
-
-
-def _rebuild_parameter(data: Any, *_rest: Any) -> Any:
-    return data
-
-
-def _rebuild_from_type(func: Any, new_type: Any, args: Any, state: Any) -> Any:
-    return func(*args)  # func is one of the rebuild functions above; the subclass state is not needed
-
-
-@dataclass(frozen=True)
-class _Tensor:
+@dataclass(frozen=True, eq=False)  # hashed by identity: a pickle may use them as keys
+class _Tensor(_Sealed):
     """A tensor as the pickle describes it; validated into a StridedRef once its storage is known."""
 
     storage: _Storage
@@ -114,35 +124,53 @@ class _Tensor:
     stride: Any
 
 
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
-    ("torch.nn.parameter", "Parameter"): "Parameter",
-    ("torch", "Tensor"): "Tensor",
-    ("torch", "Size"): tuple,
-    ("torch", "device"): str,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "complex"): complex,
-    ("_codecs", "encode"): lambda text, encoding="latin1": text.encode(encoding),
-}
+def _scalar(value: Any, depth: int = 0) -> bool:
+    """A value whose hash costs next to nothing: what a set from a weights file may hold (a short tuple
+    of such values too; a tuple's hash visits all it holds, every time)."""
+    if isinstance(value, int):
+        return value.bit_length() <= 64
+    if isinstance(value, tuple):
+        return depth < 2 and len(value) <= MAX_DIMS and all(_scalar(item, depth + 1) for item in value)
+    return value is None or isinstance(value, (str, bytes, float, complex))
 
 
 class _WeightsUnpickler(pickle.Unpickler):
-    """Resolves only the globals torch writes for weights; storages become placeholders, never read."""
+    """Resolves only the globals torch writes for weights; storages become placeholders, never read.
 
-    def __init__(self, data: bytes) -> None:
+    Every callable a pickle can reach is a method of this instance (a BUILD opcode cannot patch what
+    later loads share), checks its arguments' types, and charges what it builds to `allowance`: the
+    part of pickle_scan's memory budget the opcodes left, so memo references cannot multiply it.
+    """
+
+    CALLS = {
+        ("collections", "OrderedDict"): "ordered_dict",
+        ("torch._utils", "_rebuild_tensor_v2"): "rebuild_tensor",
+        ("torch._utils", "_rebuild_tensor"): "rebuild_tensor",
+        ("torch._utils", "_rebuild_tensor_v3"): "rebuild_tensor_v3",
+        ("torch._utils", "_rebuild_parameter"): "rebuild_parameter",
+        ("torch._utils", "_rebuild_parameter_with_state"): "rebuild_parameter",
+        ("torch._tensor", "_rebuild_from_type_v2"): "rebuild_from_type",
+        ("torch", "Size"): "size",
+        ("torch", "device"): "device",
+        ("builtins", "set"): "set",
+        ("builtins", "frozenset"): "frozenset",
+        ("builtins", "complex"): "complex",
+        ("_codecs", "encode"): "encode",
+    }
+    CALLS.update({("__builtin__", name): call for (module, name), call in list(CALLS.items())
+                  if module == "builtins"})  # protocol 2, torch's, writes Python 2's module name
+    NAMES = {("torch.nn.parameter", "Parameter"): "Parameter", ("torch", "Tensor"): "Tensor"}
+
+    def __init__(self, data: bytes, allowance: int = pickle_scan.MAX_MEMORY) -> None:
         super().__init__(io.BytesIO(data))
         self.storages: dict[str, _Storage] = {}
+        self.allowance = allowance
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
+        if (module, name) in self.CALLS:
+            return getattr(self, self.CALLS[(module, name)])
+        if (module, name) in self.NAMES:
+            return self.NAMES[(module, name)]
         if module == "torch" and name in STORAGE_DTYPES:
             return _StorageType(STORAGE_DTYPES[name])
         if module == "torch" and name in _TORCH_DTYPES:
@@ -151,18 +179,87 @@ class _WeightsUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:60]}")
+            raise pickle.UnpicklingError(f"unexpected persistent id (a {type(pid).__name__})")
         _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType) or not isinstance(numel, int) or numel < 0:
+        if not (isinstance(storage_type, _StorageType) and _is_index(numel) and isinstance(key, (str, int))
+                and _scalar(key)):  # torch names storages "0", "1"…
             raise pickle.UnpicklingError("malformed storage record")
         key = str(key)
         if key not in self.storages:
+            self.charge(256 + len(key))
             self.storages[key] = _Storage(key, storage_type.dtype, numel)
         return self.storages[key]
 
+    def charge(self, nbytes: int) -> None:
+        self.allowance -= nbytes
+        if self.allowance < 0:
+            raise pickle.UnpicklingError(f"it builds more than {pickle_scan.MAX_MEMORY >> 20} MiB of objects")
 
-def _is_int_tuple(value: Any) -> bool:
-    return isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    # The callables, as torch's pickles call them.
+
+    def ordered_dict(self, *args: Any) -> collections.OrderedDict:
+        if args:  # torch pickles an OrderedDict empty, then sets its items (checked by pickle_scan)
+            raise pickle.UnpicklingError("OrderedDict called with arguments")
+        return collections.OrderedDict()
+
+    def rebuild_tensor(self, storage: _Storage, offset: int, size: Any, stride: Any, *_rest: Any) -> _Tensor:
+        return _Tensor(storage, storage.dtype, offset, size, stride)
+
+    def rebuild_tensor_v3(self, storage: _Storage, offset: int, size: Any, stride: Any, _grad: Any, _hooks: Any,
+                          dtype: Any, *_rest: Any) -> _Tensor:
+        if not isinstance(dtype, str):
+            raise pickle.UnpicklingError("a tensor's dtype is not a torch dtype")
+        return _Tensor(storage, dtype, offset, size, stride)
+
+    def rebuild_parameter(self, data: Any, *_rest: Any) -> Any:
+        return data
+
+    def rebuild_from_type(self, func: Any, _new_type: Any, args: tuple, _state: Any) -> Any:
+        return func(*args)  # func is one of these methods; the subclass state is not needed
+
+    def size(self, dims: Any = ()) -> tuple:
+        if not (isinstance(dims, (tuple, list)) and len(dims) <= MAX_DIMS and all(map(_is_index, dims))):
+            raise pickle.UnpicklingError("torch.Size of something other than a few sizes")
+        return tuple(dims)
+
+    def device(self, kind: Any, index: Any = None) -> str:
+        if not (isinstance(kind, str) and len(kind) <= 64 and (index is None or _is_index(index))):
+            raise pickle.UnpicklingError("torch.device of something other than a device name")
+        return kind if index is None else f"{kind}:{index}"
+
+    def set(self, items: Any = ()) -> set:
+        return set(self._items(items))
+
+    def frozenset(self, items: Any = ()) -> frozenset:
+        return frozenset(self._items(items))
+
+    def _items(self, items: Any) -> Any:
+        if not (isinstance(items, (list, tuple)) and all(map(_scalar, items))):
+            raise pickle.UnpicklingError("a set of something other than numbers, strings and short tuples")
+        self.charge(128 * len(items))
+        return items
+
+    def complex(self, real: Any = 0.0, imag: Any = 0.0) -> complex:
+        if not all(isinstance(part, (int, float)) and _scalar(part) for part in (real, imag)):
+            raise pickle.UnpicklingError("complex of something other than two numbers")
+        return complex(real, imag)
+
+    def encode(self, text: Any, encoding: Any = "latin1") -> bytes:
+        """How protocol 2 pickles bytes: `_codecs.encode(text, "latin1")`; no other codec (some are slow)."""
+        if not (isinstance(text, str) and isinstance(encoding, str)
+                and encoding.lower().replace("_", "-") in ("latin1", "latin-1", "iso-8859-1", "l1")):
+            raise pickle.UnpicklingError("_codecs.encode of something other than latin-1 text")
+        self.charge(64 + len(text))
+        return text.encode("latin-1")
+
+
+def _is_index(value: Any) -> bool:
+    """A size, stride, offset or element count: an int64 that is not negative, as torch keeps them."""
+    return type(value) is int and 0 <= value < 1 << 63
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) <= MAX_DIMS and all(map(_is_index, value))
 
 
 class TorchZip:
@@ -173,8 +270,8 @@ class TorchZip:
         try:
             with zipfile.ZipFile(path) as archive:
                 self.members = {info.filename: info for info in archive.infolist()}
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-            raise SourceError(f"{path}: not a readable zip archive ({error})") from None
+        except Exception as error:  # zipfile raises BadZipFile, NotImplementedError, ValueError, OSError…
+            raise SourceError(f"{path}: not a readable zip archive ({_short(error)})") from None
         pickles = [name for name in self.members if re.fullmatch(r"[^/]+/data\.pkl", name)]
         self.prefix = pickles[0].rsplit("/", 1)[0] if len(pickles) == 1 else None
 
@@ -195,26 +292,29 @@ class TorchZip:
         try:
             with zipfile.ZipFile(self.path) as archive:
                 data = archive.read(info)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-            raise SourceError(f"{self.path}: cannot read data.pkl ({error})") from None
-        unpickler = _WeightsUnpickler(data)
+        except Exception as error:  # a corrupt member: BadZipFile (CRC), zlib.error, NotImplementedError…
+            raise SourceError(f"{self.path}: cannot read data.pkl ({_short(error)})") from None
+        try:
+            _, cost = pickle_scan.scan(data)
+        except pickle_scan.PickleRefused as refused:
+            raise SourceError(f"{self.path}: data.pkl {refused}") from None
+        unpickler = _WeightsUnpickler(data, pickle_scan.MAX_MEMORY - cost)
         try:
             return unpickler.load()
         except UnsafeGlobal:
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-                struct.error, UnicodeDecodeError, RecursionError, MemoryError) as error:
-            raise SourceError(f"{self.path}: data.pkl is not a valid torch pickle ({type(error).__name__}: "
-                              f"{str(error)[:80]})") from None
+        except Exception as error:  # the allowlisted callables, given what a hostile pickle passes, raise anything
+            raise SourceError(f"{self.path}: data.pkl is not a valid torch pickle ({_short(error)})") from None
 
     def tensor_ref(self, key: str, tensor: _Tensor) -> StridedRef:
         """Check the pickle's claims against the archive and make a lazy handle."""
         storage, dtype = tensor.storage, tensor.dtype
+        if not isinstance(storage, _Storage):
+            raise SourceError(f"{self.path}: {key}: its storage is not a storage record")
         if dtype not in DTYPES:
-            raise SourceError(f"{self.path}: {key}: unsupported dtype {dtype!r}")
-        if not (_is_int_tuple(tuple(tensor.size)) and _is_int_tuple(tuple(tensor.stride))
-                and len(tuple(tensor.size)) == len(tuple(tensor.stride))
-                and isinstance(tensor.offset, int) and tensor.offset >= 0):
+            raise SourceError(f"{self.path}: {key}: unsupported dtype {str(dtype)[:40]!r}")
+        if not (_is_shape(tensor.size) and _is_shape(tensor.stride) and len(tensor.size) == len(tensor.stride)
+                and _is_index(tensor.offset)):
             raise SourceError(f"{self.path}: {key}: malformed size, stride or offset")
         member = self.members.get(f"{self.prefix}/data/{storage.key}")
         if member is None:

@@ -1,0 +1,272 @@
+"""A dry run over a pickle's opcodes that refuses memory and time bombs before any unpickler runs.
+
+An allowlist of globals stops a pickle from running code, but not from exhausting the machine with
+the opcodes alone: CPython's C unpickler sizes its memo by the largest index a PUT names (ten bytes can
+ask for gigabytes), a one-byte opcode builds a 216-byte set, a compressed zip member makes such a pickle
+tiny on disk, and a dict key made of tuples that share one another through the memo takes exponential
+time to hash. This pass follows the opcodes on a stack of numbers, never building an object, and
+refuses a pickle whose memory estimate, opcode count, memo indices or key sizes are out of bounds.
+torch writes no such pickle: a state_dict costs about 1 KB and 32 opcodes per tensor.
+"""
+
+from __future__ import annotations
+
+import pickletools
+from typing import Any
+
+#: What unpickling may cost, estimated from the opcodes (CPython 64-bit object sizes, rounded up).
+#: No opcode costs less than MIN_COST, so this also bounds the opcodes (8 Mi, ~250,000 tensors) and the time.
+MAX_MEMORY = 256 * 1024 * 1024
+MIN_COST = 32
+#: Objects hashing one dict key or set item may visit: tuples are hashed anew each time.
+MAX_KEY_OBJECTS = 1000
+
+
+class PickleRefused(ValueError):
+    """The pickle is malformed or would cost too much to unpickle; the message says which, in one line."""
+
+
+class TooCostly(PickleRefused):
+    """The pickle is well-formed as far as read, but unpickling it would cost too much memory or time."""
+
+
+# Actions of the dry run, one per opcode.
+(_PUSH, _PUSH_INT, _DUP, _GET, _PUT, _MEMOIZE, _MARK, _POP, _APPEND, _SETITEM, _BUILD, _NOTHING, _STOP, _UNKNOWN,
+ # pop a fixed number of values, push one
+ _TUPLE1, _TUPLE2, _TUPLE3, _CALL_2, _CALL_3, _SAME,
+ # take every value down to the last MARK
+ _TUPLE, _LIST, _DICT, _FROZENSET, _APPENDS, _SETITEMS, _ADDITEMS, _CALL_MARK, _POP_MARK) = range(29)
+
+_ACTIONS: dict[str, tuple[int, int]] = {  # opcode name -> (action, bytes the unpickler may keep for it)
+    **dict.fromkeys(("NONE", "NEWTRUE", "NEWFALSE", "EMPTY_TUPLE", "GLOBAL", "EXT1", "EXT2", "EXT4",
+                     "NEXT_BUFFER"), (_PUSH, 8)),
+    **dict.fromkeys(("BININT", "BININT1", "BININT2", "BINFLOAT", "FLOAT"), (_PUSH, 40)),
+    **dict.fromkeys(("INT", "LONG", "LONG1", "LONG4"), (_PUSH_INT, 48)),
+    **dict.fromkeys(("STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE",
+                     "BINUNICODE8"), (_PUSH, 88)),
+    **dict.fromkeys(("BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"), (_PUSH, 80)),
+    "EMPTY_LIST": (_PUSH, 72), "EMPTY_DICT": (_PUSH, 80), "EMPTY_SET": (_PUSH, 232),
+    "DUP": (_DUP, 8), "GET": (_GET, 8), "BINGET": (_GET, 8), "LONG_BINGET": (_GET, 8),
+    "PUT": (_PUT, 16), "BINPUT": (_PUT, 16), "LONG_BINPUT": (_PUT, 16), "MEMOIZE": (_MEMOIZE, 16),
+    "MARK": (_MARK, 8), "POP": (_POP, 0), "POP_MARK": (_POP_MARK, 0),
+    "TUPLE": (_TUPLE, 56), "TUPLE1": (_TUPLE1, 64), "TUPLE2": (_TUPLE2, 72), "TUPLE3": (_TUPLE3, 80),
+    "LIST": (_LIST, 72), "DICT": (_DICT, 80), "FROZENSET": (_FROZENSET, 232),
+    "APPEND": (_APPEND, 16), "APPENDS": (_APPENDS, 0), "SETITEM": (_SETITEM, 96), "SETITEMS": (_SETITEMS, 0),
+    "ADDITEMS": (_ADDITEMS, 0),
+    # Calls: the allowlisted callables make small objects; those whose size depends on their
+    # arguments (set, tuple, bytes) are measured where they run, in the unpickler.
+    "STACK_GLOBAL": (_CALL_2, 8), "REDUCE": (_CALL_2, 512), "NEWOBJ": (_CALL_2, 512),
+    "NEWOBJ_EX": (_CALL_3, 512), "OBJ": (_CALL_MARK, 512), "INST": (_CALL_MARK, 512),
+    "BUILD": (_BUILD, 512), "BINPERSID": (_SAME, 512), "PERSID": (_PUSH, 512),
+    "READONLY_BUFFER": (_SAME, 0), "PROTO": (_NOTHING, 0), "FRAME": (_NOTHING, 0), "STOP": (_STOP, 0),
+}
+#: Bytes per item that a container op adds (list slots, dict entries, set entries).
+_PER_ITEM = {_TUPLE: 8, _LIST: 16, _APPENDS: 16, _DICT: 48, _SETITEMS: 48, _FROZENSET: 128, _ADDITEMS: 128}
+_POPS = {_TUPLE1: 1, _TUPLE2: 2, _TUPLE3: 3, _CALL_2: 2, _CALL_3: 3, _SAME: 1}
+_POP_COUNTS = [_POPS.get(action, 0) for action in range(_POP_MARK + 1)]
+_TWO_LINES = -10  # GLOBAL and INST: a module and a name, each ended by a newline
+_COUNTED = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARGUMENT4: 4,
+            pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}
+
+
+def _table() -> tuple[list[tuple[int, int, int]], list[str], list[int]]:
+    """Per opcode byte: (argument length or a negative pickletools code, action, cost); its name; and the
+    bytes per argument byte (a str may take 4 bytes a character)."""
+    table: list[tuple[int, int, int]] = [(0, _UNKNOWN, 0)] * 256
+    names, factors = ["?"] * 256, [1] * 256
+    for op in pickletools.opcodes:
+        action, cost = _ACTIONS[op.name]
+        length = 0 if op.arg is None else _TWO_LINES if op.arg.name == "stringnl_noescape_pair" else op.arg.n
+        code = ord(op.code)
+        table[code] = (length, action, max(cost, MIN_COST))
+        names[code] = op.name
+        factors[code] = 4 if "STRING" in op.name or "UNICODE" in op.name else 1
+    return table, names, factors
+
+
+_TABLE, _NAMES, _FACTORS = _table()
+
+
+def scan(data: Any, start: int = 0) -> tuple[int, int]:
+    """Dry-run the pickle at `data[start:]` (bytes or an mmap); return where it ends and its memory estimate.
+
+    Raises PickleRefused naming the first problem: not a pickle, truncated, or too costly.
+    """
+    end = len(data)
+    pos = start
+    stack: list[int] = []  # per value: the objects hashing it visits (capped); lists, dicts… count 1
+    marks: list[int] = []
+    memo: dict[int, int] = {}
+    memory = 0
+    table = _TABLE
+    at = argument = pos
+    try:
+        while True:
+            at = pos
+            length, action, cost = table[data[pos]]
+            pos += 1
+            if length:
+                if length > 0:
+                    pos += length
+                    if pos > end:
+                        raise IndexError
+                else:
+                    argument = pos
+                    pos, size = _variable(data, pos, end, length, at)
+                    cost += _FACTORS[data[at]] * size
+                    if action == _PUSH_INT:
+                        stack.append(min(1 + (size >> 3), MAX_KEY_OBJECTS + 1))  # its hash reads every digit
+                        action = _NOTHING
+            memory += cost
+            if memory > MAX_MEMORY:
+                raise TooCostly(f"would take more than {MAX_MEMORY >> 20} MiB to unpickle "
+                                f"(reached at opcode {_NAMES[data[at]]}, byte {at}); refused unread")
+            if action == _PUT:
+                index = data[pos - 1] if length == 1 else _index(data, argument, pos, length, at)
+                if index > len(memo) or len(stack) <= (marks[-1] if marks else 0):
+                    _bad_put(index, len(memo), at)
+                memo[index] = stack[-1]
+            elif action == _PUSH:
+                stack.append(1)
+            elif action == _GET:
+                index = data[pos - 1] if length == 1 else _index(data, argument, pos, length, at)
+                if index not in memo:
+                    raise PickleRefused(f"is not a valid pickle: the opcode at byte {at} reads empty memo slot {index}")
+                stack.append(memo[index])
+            elif action == _MARK:
+                marks.append(len(stack))
+            elif action >= _TUPLE:  # TUPLE, LIST, DICT, APPENDS, SETITEMS…: back to the last MARK
+                memory = _take_marked(stack, marks, action, at, memory)
+            elif action >= _TUPLE1:  # TUPLE1-3, REDUCE, NEWOBJ(_EX), STACK_GLOBAL, BINPERSID
+                items = _pop(stack, marks, _POP_COUNTS[action], at)
+                stack.append(min(1 + sum(items), MAX_KEY_OBJECTS + 1) if action <= _TUPLE3 else 1)
+            elif action == _MEMOIZE:
+                if len(stack) <= (marks[-1] if marks else 0):
+                    _bad_put(len(memo), len(memo), at)
+                memo[len(memo)] = stack[-1]
+            elif action == _DUP:
+                if not stack:
+                    raise PickleRefused(f"is not a valid pickle: the DUP at byte {at} has nothing to copy")
+                stack.append(stack[-1])
+            elif action == _POP:
+                if marks and marks[-1] == len(stack):
+                    marks.pop()
+                else:
+                    _pop(stack, marks, 1, at)
+            elif action == _SETITEM or action == _APPEND or action == _BUILD:
+                items = _pop(stack, marks, 2 if action == _SETITEM else 1, at)
+                if len(stack) <= (marks[-1] if marks else 0):
+                    raise PickleRefused(f"is not a valid pickle: the opcode at byte {at} has no object to add to")
+                if action == _SETITEM:
+                    _check_keys(items[:1], at)
+            elif action == _STOP:
+                _pop(stack, marks, 1, at)
+                return pos, memory
+            elif action == _UNKNOWN:
+                raise PickleRefused(f"is not a valid pickle: unknown opcode 0x{data[at]:02x} at byte {at}")
+    except IndexError:  # data[pos] past the end
+        if at >= end:
+            raise PickleRefused(f"is truncated: it ends at byte {end} without a STOP opcode") from None
+        raise PickleRefused(f"is truncated: opcode {_NAMES[data[at]]} at byte {at} runs past the end") from None
+
+
+def _take_marked(stack: list[int], marks: list[int], action: int, at: int, memory: int) -> int:
+    """TUPLE, LIST, DICT, FROZENSET, OBJ, INST, APPENDS, SETITEMS, ADDITEMS, POP_MARK: the values since
+    the last MARK. Checks the keys they hash, pushes what they build; returns the memory estimate."""
+    if not marks:
+        raise PickleRefused(f"is not a valid pickle: the opcode at byte {at} has no MARK to go back to")
+    mark = marks.pop()
+    items = stack[mark:]
+    del stack[mark:]
+    memory += _PER_ITEM.get(action, 0) * len(items)
+    if memory > MAX_MEMORY:
+        raise TooCostly(f"would take more than {MAX_MEMORY >> 20} MiB to unpickle (reached at byte {at}); "
+                        "refused unread")
+    if action in (_DICT, _SETITEMS):
+        if len(items) % 2:
+            raise PickleRefused(f"is not a valid pickle: the opcode at byte {at} pairs an odd number of items")
+        _check_keys(items[0::2], at)
+    elif action in (_FROZENSET, _ADDITEMS):
+        _check_keys(items, at)
+    if action == _TUPLE:
+        stack.append(_weight(items))
+    elif action in (_LIST, _DICT, _FROZENSET, _CALL_MARK):
+        stack.append(1)
+    elif action != _POP_MARK and len(stack) <= (marks[-1] if marks else 0):
+        raise PickleRefused(f"is not a valid pickle: the opcode at byte {at} has no object to add to")
+    return memory
+
+
+def _bad_put(index: int, filled: int, at: int) -> None:
+    """A memo index past the next free slot (pickle writers number them in order), or nothing to store."""
+    if index > filled:
+        raise TooCostly(f"names memo slot {index} at byte {at}, beyond the {filled} filled; refused unread "
+                        "(the unpickler would allocate every slot up to it)")
+    raise PickleRefused(f"is not a valid pickle: the opcode at byte {at} has nothing to store")
+
+
+def _variable(data: Any, pos: int, end: int, length: int, at: int) -> tuple[int, int]:
+    """Skip a counted or newline-ended argument; return the position after it and its size in bytes."""
+    if length in _COUNTED:
+        width = _COUNTED[length]
+        if pos + width > end:
+            raise PickleRefused(f"is truncated: the opcode at byte {at} runs past the end")
+        size = int.from_bytes(data[pos : pos + width], "little", signed=length == pickletools.TAKEN_FROM_ARGUMENT4)
+        if size < 0:
+            raise PickleRefused(f"is not a valid pickle: the opcode at byte {at} has a negative length")
+        return pos + width + size, size
+    lines = 2 if length == _TWO_LINES else 1
+    start = pos
+    for _ in range(lines):
+        newline = data.find(b"\n", pos, end)
+        if newline < 0:
+            raise PickleRefused(f"is truncated: the opcode at byte {at} has no end of line")
+        pos = newline + 1
+    return pos, pos - start
+
+
+def _index(data: Any, start: int, stop: int, length: int, at: int) -> int:
+    """A memo index: a little-endian argument, or a decimal line for the text opcodes (from `start`)."""
+    if length > 0:
+        return int.from_bytes(data[stop - length : stop], "little")
+    try:
+        return int(bytes(data[start : stop - 1]))
+    except ValueError:
+        raise PickleRefused(f"is not a valid pickle: the opcode at byte {at} has no decimal index") from None
+
+
+def _pop(stack: list[int], marks: list[int], count: int, at: int) -> list[int]:
+    """The top `count` values, which must lie above the last MARK (the unpickler checks the same)."""
+    if len(stack) - count < (marks[-1] if marks else 0):
+        raise PickleRefused(f"is not a valid pickle: the opcode at byte {at} pops more than the stack holds")
+    items = stack[len(stack) - count :]
+    del stack[len(stack) - count :]
+    return items
+
+
+def _weight(items: list[int]) -> int:
+    """Objects a tuple of these items makes hashing visit, capped just past the limit."""
+    return min(1 + sum(items), MAX_KEY_OBJECTS + 1)
+
+
+def _check_keys(weights: list[int], at: int) -> None:
+    """Keys of dicts and items of sets are hashed; a tuple's hash visits everything it holds, every time."""
+    if weights and max(weights) > MAX_KEY_OBJECTS:
+        raise TooCostly(f"hashes a key of more than {MAX_KEY_OBJECTS} nested objects or digits (byte {at}); "
+                        "refused unread")
+
+
+def scan_legacy(data: Any) -> None:
+    """torch's pre-1.6 format: five pickles in a row (magic number, protocol, system info, the object,
+    storage keys), then raw storage bytes. Raises TooCostly for the first that is; a malformed one ends
+    the dry run, since torch's unpickler cannot get past it either and says so itself."""
+    pos = 0
+    for _ in range(5):
+        if pos >= len(data):
+            return
+        try:
+            pos, _ = scan(data, pos)
+        except TooCostly:
+            raise
+        except PickleRefused:
+            return
