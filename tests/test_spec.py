@@ -129,3 +129,11 @@ def test_spec_files_report_unreadable_paths(tmp_path: Path):
     (tmp_path / "empty.yaml").write_text("")
     with pytest.raises(SourceError, match="empty file"):
         load(str(tmp_path / "empty.yaml"))
+
+
+def test_a_flow_style_spec_named_yaml_is_read_as_yaml(tmp_path):
+    from fancli.loaders import load
+
+    path = tmp_path / "flow.yaml"
+    path.write_text("{layers: [{type: linear, in_features: 3, out_features: 4}]}")
+    assert load(str(path)).layers[0].shape == (4, 3)

@@ -38,8 +38,9 @@ def sniff(head: bytes, path: Path) -> str:
     except UnicodeDecodeError as error:
         if error.start < len(head) - 4:  # a multi-byte character cut at the end is still text
             return "binary"
-    if head.lstrip()[:1] == b"{" or path.suffix.lower() == ".json":
-        return "json"
+    suffix = path.suffix.lower()
+    if suffix == ".json" or (head.lstrip()[:1] == b"{" and suffix not in (".yaml", ".yml")):
+        return "json"  # a flow-style `{layers: …}` spec named .yaml stays YAML
     return "yaml"
 
 
