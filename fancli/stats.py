@@ -24,9 +24,12 @@ class Observed:
     max: float | None
     nonfinite: int = 0  # NaN and ±Inf values, left out of the moments
     kurtosis: float | None = None  # excess kurtosis: uniform −1.2, normal 0, normal cut at ±2σ −0.63
+    overflow: bool = False  # values too large for float64 moments
 
     @property
     def note(self) -> str | None:
+        if self.overflow:
+            return "values too large for float64 moments: mean and std left out"
         if self.nonfinite:
             return f"{self.nonfinite} of {self.count} values are NaN or Inf; statistics cover the finite ones"
         if self.count == 0:
@@ -92,11 +95,19 @@ class _Moments:
 def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool = False) -> Observed:
     """Mean, std, min, max (and excess kurtosis if asked) over the finite values of a tensor: chunks as
     read, reduced in cache-sized blocks."""
+    import numpy as np
+
     moments = _Moments(kurtosis)
-    for chunk in data.chunks(max_elements):
-        for start in range(0, chunk.size, BLOCK_ELEMENTS):
-            moments.add(chunk[start : start + BLOCK_ELEMENTS])
-    return moments.result()
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 overflow (values near 1e200) → a note
+        for chunk in data.chunks(max_elements):
+            for start in range(0, chunk.size, BLOCK_ELEMENTS):
+                moments.add(chunk[start : start + BLOCK_ELEMENTS])
+    observed = moments.result()
+    moments_ = (observed.mean, observed.std, observed.kurtosis)
+    if any(v is not None and not math.isfinite(v) for v in moments_):
+        return Observed(observed.count, None, None, observed.min, observed.max, observed.nonfinite, None,
+                        overflow=True)
+    return observed
 
 
 def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool = False

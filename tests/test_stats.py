@@ -66,3 +66,9 @@ def test_excess_kurtosis_tells_the_distribution(name, expected):
     assert observed.kurtosis == pytest.approx(exact.item(), abs=1e-9)
     assert observed.kurtosis == pytest.approx(expected, abs=0.05)
     assert observe(TorchTensorData(tensor)).kurtosis is None  # only when asked
+
+
+def test_values_too_large_for_float64_moments_give_a_note_not_inf():
+    observed = observe(TorchTensorData(torch.linspace(-1e200, 1e200, 1000, dtype=torch.float64)))
+    assert observed.std is None and observed.mean is None and "too large" in observed.note
+    assert observed.max == 1e200
