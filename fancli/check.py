@@ -90,10 +90,13 @@ def dumps(document: dict[str, Any]) -> str:
 
 def read_baseline(path: Path) -> dict[str, Any]:
     """The committed baseline; SourceError (exit 2) if it is missing or not one of ours."""
+    from .loaders.files import open_regular
+
+    if not path.exists():
+        raise SourceError(f"{path}: no baseline; write one with `fancli check --update`")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SourceError(f"{path}: no baseline; write one with `fancli check --update`") from None
+        with open_regular(path, str(path)) as handle:  # a FIFO would block read_text forever
+            text = handle.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise SourceError(f"{path}: cannot read the baseline ({error})") from None
     try:

@@ -438,6 +438,11 @@ def gain(name: str | None, param: float | None, list_all: bool, fmt: str) -> Non
     click.echo(f"numeric: {criterion}; composite Gauss–Legendre quadrature, error < 1e-9.")
 
 
+def _one_line(error: BaseException) -> str:
+    """Messages name files, and a file name may hold a newline: one stderr line whatever the message."""
+    return str(error).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns every failure into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
@@ -458,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     except FancliError as error:
         if debug:
             raise
-        click.echo(f"fancli: error: {error}", err=True)
+        click.echo(f"fancli: error: {_one_line(error)}", err=True)
         sys.exit(error.exit_code)
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (`| head`); nothing more to say
@@ -466,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if debug:
             raise
-        click.echo(f"fancli: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+        click.echo(f"fancli: internal error: {type(error).__name__}: {_one_line(error)} (rerun with --debug for the traceback)",
                    err=True)
         sys.exit(EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)  # click returns a command's Exit code here

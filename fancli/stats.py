@@ -73,10 +73,10 @@ class _Moments:
         if self.kurtosis:
             squares = values * values
             self.s2 += float(squares.sum())
-            self.s3 += float(squares @ values)
-            self.s4 += float(squares @ squares)
+            self.s3 += float(np.einsum("i,i->", squares, values))
+            self.s4 += float(np.einsum("i,i->", squares, squares))
         else:
-            self.s2 += float(values @ values)
+            self.s2 += float(np.einsum("i,i->", values, values))  # not BLAS: its threads stall on a busy core
         low, high = block.min(), block.max()
         self.low, self.high = min(self.low, float(low)), max(self.high, float(high))
 

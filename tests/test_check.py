@@ -197,3 +197,12 @@ def test_pre_commit_hook_runs_fancli_check():
 
     hooks = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
     assert any(hook["entry"].startswith("fancli check") for hook in hooks)
+
+
+def test_a_fifo_baseline_is_refused_not_waited_on(project):
+    import os
+
+    (project / "fancli.lock.json").unlink()
+    os.mkfifo(project / "fancli.lock.json")
+    result = run("check")
+    assert result.code == 2 and "not a regular file" in result.err
