@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import SourceError
 from ..layer import Model
-from .files import open_regular
+from .files import open_regular, read_bounded
 
 _SNIFF_BYTES = 64
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -138,13 +138,7 @@ def _load_json(path: Path) -> Model:
     """A sharded safetensors index (`model.safetensors.index.json`)."""
     from .safetensors_file import MAX_INDEX_BYTES, check_json_size
 
-    try:
-        with open_regular(path, str(path)) as handle:
-            raw = handle.read(MAX_INDEX_BYTES + 1)
-    except OSError as error:
-        raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
-    if len(raw) > MAX_INDEX_BYTES:
-        raise SourceError(f"{path}: larger than {MAX_INDEX_BYTES} bytes; not a safetensors index")
+    raw = read_bounded(path, MAX_INDEX_BYTES, "a safetensors index")
     check_json_size(raw, str(path), "the JSON")
     try:
         document = json.loads(raw)

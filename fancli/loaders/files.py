@@ -35,3 +35,15 @@ def open_regular(path: Path, where: str) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The whole of a small file (an index, a spec) without hanging on a FIFO or reading past `limit`."""
+    try:
+        with open_regular(path, str(path)) as handle:
+            raw = handle.read(limit + 1)
+    except OSError as error:
+        raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
+    if len(raw) > limit:
+        raise SourceError(f"{path}: larger than {limit} bytes; not {what}")
+    return raw

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator
 from ..errors import SourceError
 from ..layer import Model
 from ..tensors import DTYPES, StridedRef
-from .files import open_regular
+from .files import open_regular, read_bounded
 from .infer import Entry, layers_from_entries
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
@@ -298,13 +298,7 @@ def load_safetensors(path: Path) -> Model:
 
 def _weight_map(path: Path) -> dict[str, str]:
     """The index's `weight_map` (key -> shard file name), validated."""
-    try:
-        with open_regular(path, str(path)) as handle:
-            raw = handle.read(MAX_INDEX_BYTES + 1)
-    except OSError as error:
-        raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
-    if len(raw) > MAX_INDEX_BYTES:
-        raise SourceError(f"{path}: larger than {MAX_INDEX_BYTES} bytes; not a safetensors index")
+    raw = read_bounded(path, MAX_INDEX_BYTES, "a safetensors index")
     weight_map = _parse_json(raw, str(path), "index").get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise SourceError(f"{path}: weight_map must be an object mapping tensor keys to shard file names")
