@@ -45,5 +45,5 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes:
     except OSError as error:
         raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
     if len(raw) > limit:
-        raise SourceError(f"{path}: larger than {limit} bytes; not {what}")
+        raise SourceError(f"{path}: larger than {limit} bytes, too large for {what}")
     return raw

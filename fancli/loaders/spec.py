@@ -18,7 +18,7 @@ from ..analysis import gains, schemes
 from ..errors import SourceError
 from ..layer import KINDS, LAYOUTS, Layer, Model
 from . import yaml_lines
-from .files import open_regular
+from .files import read_bounded
 from .yaml_lines import LineDict, LineList
 
 MAX_SPEC_BYTES = 16 * 1024 * 1024
@@ -322,13 +322,7 @@ _BUILDERS: dict[str, Callable[..., list[Layer]]] = {
 
 
 def _read_text(path: Path) -> str:
-    try:
-        with open_regular(path, str(path)) as handle:
-            data = handle.read(MAX_SPEC_BYTES + 1)
-    except OSError as error:
-        raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
-    if len(data) > MAX_SPEC_BYTES:
-        raise SourceError(f"{path}: larger than {MAX_SPEC_BYTES} bytes, too large for a YAML spec")
+    data = read_bounded(path, MAX_SPEC_BYTES, "a YAML spec")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
