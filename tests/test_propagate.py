@@ -61,10 +61,13 @@ def test_fan_out_keeps_the_backward_pass_fan_in_does_not(mlp_run):
 
 
 def test_the_modes_differ_by_the_width_ratio_exactly(mlp_run):
-    """Same seed, same draws up to scale, ReLU positively homogeneous: the modes' ratio is the widths' ratio."""
+    """Same seed, same draws up to scale, ReLU positively homogeneous: the modes' ratio is the widths' ratio.
+
+    Up to float32 rounding over 50 layers, which depends on the CPU's matmul kernels (1.7e-4 seen on one).
+    """
     fan_in, fan_out = mlp_run["fan_in"], mlp_run["fan_out"]
-    assert fan_out.forward_ratio / fan_in.forward_ratio == pytest.approx(WIDTHS[0] / WIDTHS[-1], rel=1e-4)
-    assert fan_in.backward_ratio / fan_out.backward_ratio == pytest.approx(WIDTHS[-2] / INPUT, rel=1e-4)
+    assert fan_out.forward_ratio / fan_in.forward_ratio == pytest.approx(WIDTHS[0] / WIDTHS[-1], rel=1e-3)
+    assert fan_in.backward_ratio / fan_out.backward_ratio == pytest.approx(WIDTHS[-2] / INPUT, rel=1e-3)
     for a, b in zip(fan_in.layers, fan_out.layers):
         assert b.std / a.std == pytest.approx(math.sqrt(a.shape[1] / a.shape[0]), rel=1e-12)
 
