@@ -64,7 +64,10 @@ class Zoo:
     def linear(width=2):
         return torch.nn.Linear(width, 3)
 """
-MODULE_FORMATS = ("pickled", "script", "traced", "export", "factory")
+#: "script", "traced" and "export" are read without torch (nothing in the archive runs); "*_trusted"
+#: through torch's own loaders, as --trust does.
+MODULE_FORMATS = ("pickled", "script", "traced", "export", "script_trusted", "traced_trusted", "export_trusted",
+                  "factory")
 FORMATS = ("module", *MODULE_FORMATS, "state_dict", "legacy_state_dict")
 
 
@@ -158,9 +161,12 @@ def models(net: Net, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Mode
     return {
         "module": Model("live", "module", layers_from_module(net), name="Net"),
         "pickled": load_pickled_module(folder / "module.pt", trust=True),
-        "script": load_torchscript(folder / "script.pt"),
-        "traced": load_torchscript(folder / "traced.pt"),
-        "export": load_exported(folder / "net.pt2"),
+        "script": load(str(folder / "script.pt")),
+        "traced": load(str(folder / "traced.pt")),
+        "export": load(str(folder / "net.pt2")),
+        "script_trusted": load(str(folder / "script.pt"), trust=True),
+        "traced_trusted": load(str(folder / "traced.pt"), trust=True),
+        "export_trusted": load(str(folder / "net.pt2"), trust=True),
         "factory": factory,
         "state_dict": load_weights_only(folder / "state_dict.pt"),
         "legacy_state_dict": load_weights_only(folder / "legacy.pt"),

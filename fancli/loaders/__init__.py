@@ -106,18 +106,27 @@ def _checked_path(source: str) -> Path:
 
 
 def _load_zip(path: Path, trust: bool) -> Model:
-    """torch.save archives without torch; TorchScript and torch.export through torch."""
+    """torch.save, TorchScript and torch.export archives without torch; with --trust, the last two through
+    torch's own loaders, which run the archive's code."""
     from .torch_zip import TorchZip, UnsafeGlobal, read_state_dict, untrusted_message
 
     archive = TorchZip(path)
     if archive.kind == "torchscript":
-        from .torch_module import load_torchscript
+        if trust:
+            from .torch_module import load_torchscript
 
-        return load_torchscript(path)
+            return load_torchscript(path, archive)
+        from .torchscript_archive import read_torchscript
+
+        return read_torchscript(path, archive)
     if archive.kind == "torch-export":
-        from .torch_module import load_exported
+        if trust:
+            from .torch_module import load_exported
 
-        return load_exported(path)
+            return load_exported(path)
+        from .export_archive import read_exported
+
+        return read_exported(path, archive)
     if archive.kind == "zip":
         raise SourceError(f"{path}: a zip archive, but not one written by torch.save (no <name>/data.pkl)")
     try:

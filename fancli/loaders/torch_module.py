@@ -15,7 +15,6 @@ import pickle
 import re
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Iterator
 
@@ -28,31 +27,9 @@ from ..layer import Layer, Model
 from ..tensors import CHUNK_ELEMENTS
 from . import pickle_scan
 from .infer import STATE_DICT_KEYS, Entry, NoStateDict, find_state_dict, layers_from_entries
-from .torch_zip import untrusted_message  # one wording whether torch reads the file or fancli does
+from .module_structure import HF_CONV1D, MODULE_KINDS, Owner, expand, ints, module_layer
+from .torch_zip import MAX_PICKLE_BYTES, TorchZip, untrusted_message  # one wording whether torch reads the file or fancli does
 
-#: torch.nn class name -> kind. Subclasses of these classes are found through their MRO.
-_KINDS: dict[str, str] = {
-    "Linear": "linear",
-    "NonDynamicallyQuantizableLinear": "linear",  # MultiheadAttention.out_proj
-    "Bilinear": "bilinear",
-    **{f"Conv{d}d": f"conv{d}d" for d in (1, 2, 3)},
-    **{f"ConvTranspose{d}d": f"conv_transpose{d}d" for d in (1, 2, 3)},
-    "Embedding": "embedding",
-    "EmbeddingBag": "embedding",
-    "RNN": "rnn",
-    "LSTM": "lstm",
-    "GRU": "gru",
-    "MultiheadAttention": "multihead_attention",
-    **{name: "norm" for name in (
-        "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm", "GroupNorm",
-        "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
-    )},
-}
-#: HF transformers' GPT-2 `Conv1D`: a linear layer whose weight is stored [in, out].
-_HF_CONV1D = "Conv1D"
-_GATES = {"lstm": 4, "gru": 3}
-_RNN_GATED = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
-_STACKED_QKV = ("in_proj_weight", "in_proj_bias")
 _NUMPY_DTYPES = (torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16,
                  torch.int8, torch.uint8, torch.bool)
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
@@ -101,50 +78,8 @@ def _tensor_data(tensor: torch.Tensor) -> TorchTensorData | None:
     return None if tensor.is_meta else TorchTensorData(tensor)
 
 
-@dataclass(frozen=True)
-class _Owner:
-    """The module that owns a parameter, as far as the source tells."""
-
-    name: str  # qualified module name, "" for the root
-    class_name: str | None  # torch.nn class (or the closest base that fancli knows); None when unknown
-    groups: int | None = None
-    stride: tuple[int, ...] | None = None
-    dilation: tuple[int, ...] | None = None
-    in_out: bool = False  # weight stored [in, out] (HF Conv1D)
-    note: str | None = None  # why a structure the kind implies is missing
-
-    @property
-    def kind(self) -> str:
-        if self.class_name == _HF_CONV1D and self.in_out:
-            return "linear"
-        return _KINDS.get(self.class_name or "", "unknown")
-
-
-def _layer(key: str, tensor: torch.Tensor, owner: _Owner, aliases: tuple[str, ...] = ()) -> Layer:
-    """One Layer for a parameter, with the structure its owning module gives the weight."""
-    leaf = key[len(owner.name) + 1 :] if owner.name else key
-    kind = owner.kind
-    structure: dict[str, Any] = {}
-    notes: list[str] = []
-    if kind.startswith("conv") and leaf == "weight":
-        structure = dict(groups=owner.groups, stride=owner.stride, dilation=owner.dilation,
-                         transposed=kind.startswith("conv_transpose"))
-    elif kind in _GATES and _RNN_GATED.match(leaf):
-        structure = dict(stacked=_GATES[kind])
-    elif kind == "multihead_attention" and leaf in _STACKED_QKV:
-        structure = dict(stacked=3)
-    elif owner.in_out and leaf == "weight":
-        structure = dict(layout="in_out")
-    if owner.note:
-        notes.append(owner.note)
-    elif kind == "unknown":
-        what = owner.class_name or "its module"
-        notes.append(f"{what}: not a module type fancli knows; the fans follow from the shape alone")
-    if aliases:
-        notes.append(f"shared with {', '.join(aliases)} (tied weights, reported once)")
-    return Layer(name=owner.name or key, param=key, kind=kind, shape=tuple(tensor.shape),
-                 dtype=dtype_name(tensor.dtype), aliases=aliases, notes=tuple(notes),
-                 data=_tensor_data(tensor), **structure)
+def _layer(key: str, tensor: torch.Tensor, owner: Owner, aliases: tuple[str, ...] = ()) -> Layer:
+    return module_layer(key, tuple(tensor.shape), dtype_name(tensor.dtype), owner, _tensor_data(tensor), aliases)
 
 
 def _class_name(module: nn.Module) -> str:
@@ -155,29 +90,25 @@ def _class_name(module: nn.Module) -> str:
     if isinstance(module, torch.jit.ScriptModule):
         return module.original_name
     for cls in type(module).__mro__:
-        if cls.__name__ in _KINDS:
+        if cls.__name__ in MODULE_KINDS:
             return cls.__name__
     return type(module).__name__
 
 
-def _ints(value: Any) -> tuple[int, ...] | None:
-    return None if value is None else tuple(int(v) for v in value)
-
-
-def _module_owner(name: str, module: nn.Module) -> _Owner:
+def _module_owner(name: str, module: nn.Module) -> Owner:
     """Structure from the module's attributes: live and scripted modules keep them, traced ones only their graph."""
     class_name = _class_name(module)
     scripted = isinstance(module, torch.jit.ScriptModule)
-    if class_name == _HF_CONV1D:
-        return _Owner(name, class_name, in_out=hasattr(module, "nf") or (scripted and _traced_in_out(module)))
-    if not _KINDS.get(class_name, "").startswith("conv"):
-        return _Owner(name, class_name)
+    if class_name == HF_CONV1D:
+        return Owner(name, class_name, in_out=hasattr(module, "nf") or (scripted and _traced_in_out(module)))
+    if not MODULE_KINDS.get(class_name, "").startswith("conv"):
+        return Owner(name, class_name)
     groups = getattr(module, "groups", None)
     stride, dilation = getattr(module, "stride", None), getattr(module, "dilation", None)
     if groups is None and scripted:
         stride, dilation, groups = _traced_conv(module) or (None, None, None)
     note = _NO_STRUCTURE if groups is None else None
-    return _Owner(name, class_name, groups, _ints(stride), _ints(dilation), note=note)
+    return Owner(name, class_name, groups, ints(stride), ints(dilation), note=note)
 
 
 def _graph_nodes(module: torch.jit.ScriptModule) -> list[torch._C.Node]:
@@ -357,8 +288,12 @@ def load_pickled_module(path: Path, trust: bool) -> Model:
 # --- TorchScript and torch.export ------------------------------------------------------------------
 
 
-def load_torchscript(path: Path) -> Model:
-    """A TorchScript archive: its modules keep their original class names, and loading runs no Python."""
+def load_torchscript(path: Path, archive: TorchZip | None = None) -> Model:
+    """A TorchScript archive through torch.jit.load, which runs the archive's TorchScript code (`--trust`).
+
+    Its pickles still pass the pre-scan first: trusting the code is not trusting a corrupt file.
+    """
+    _scan_script_pickles(path, archive)
     try:
         with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the user only has the file
             warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated", category=DeprecationWarning)
@@ -368,8 +303,24 @@ def load_torchscript(path: Path) -> Model:
     return _model(str(path), "torchscript", module)
 
 
+def _scan_script_pickles(path: Path, archive: TorchZip | None) -> None:
+    """Refuse pickle bombs in data.pkl and constants.pkl before torch unpickles them (torch reports an
+    archive it cannot open itself)."""
+    try:
+        archive = archive or TorchZip(path)
+    except SourceError:
+        return
+    for member in (f"{archive.prefix}/data.pkl", f"{archive.prefix}/constants.pkl"):
+        if archive.prefix and member in archive.members:
+            try:
+                pickle_scan.scan(archive.read_member(member, MAX_PICKLE_BYTES, "TorchScript metadata"))
+            except pickle_scan.PickleRefused as refused:
+                raise SourceError(f"{path}: {member.rpartition('/')[2]} {refused}") from None
+
+
 def load_exported(path: Path) -> Model:
-    """A torch.export program (.pt2): module classes from the graph's nn_module_stack, convs from its ops."""
+    """A torch.export program (.pt2) through torch.export.load, which unpickles the archive's sample inputs
+    and opaque constants with arbitrary globals (`--trust`)."""
     try:
         program = torch.export.load(path)
     except Exception as error:  # a malformed archive fails in many ways inside torch
@@ -410,7 +361,7 @@ def _exported_layers(program: torch.export.ExportedProgram, classes: dict[str, s
         if identity is not None:
             first[identity] = len(entries)
         entries.append((key, tensor))
-    owners: dict[str, _Owner] = {}
+    owners: dict[str, Owner] = {}
     layers = []
     for index, (key, tensor) in enumerate(entries):
         name = key.rpartition(".")[0]
@@ -420,25 +371,19 @@ def _exported_layers(program: torch.export.ExportedProgram, classes: dict[str, s
     return tuple(layers)
 
 
-def _exported_owner(name: str, classes: dict[str, str], weight: torch.fx.Node | None) -> _Owner:
+def _exported_owner(name: str, classes: dict[str, str], weight: torch.fx.Node | None) -> Owner:
     """The owner's class from the module stack, else from the op that uses its weight; conv structure from the op."""
     class_name = classes.get(name)
     conv = _conv_use(weight) if weight is not None else None
-    if class_name not in _KINDS and weight is not None:
+    if class_name not in MODULE_KINDS and weight is not None:
         class_name = _op_class(weight, conv) or class_name
     if conv is None:
-        in_out = class_name == _HF_CONV1D and weight is not None and _used_as_in_out(weight)
+        in_out = class_name == HF_CONV1D and weight is not None and _used_as_in_out(weight)
         note = None if class_name else "its module is not in the exported graph's module stack: type unknown"
-        return _Owner(name, class_name, in_out=in_out, note=note)
+        return Owner(name, class_name, in_out=in_out, note=note)
     spatial = len(weight.meta["val"].shape) - 2
-    return _Owner(name, class_name, int(conv.get("groups", 1)), _expand(conv.get("stride", 1), spatial),
-                  _expand(conv.get("dilation", 1), spatial))
-
-
-def _expand(value: Any, dims: int) -> tuple[int, ...]:
-    """A conv argument as one int per spatial dim (ops accept a single value for all)."""
-    values = _ints(value if isinstance(value, (list, tuple)) else [value])
-    return values * dims if len(values) == 1 else values
+    return Owner(name, class_name, int(conv.get("groups", 1)), expand(conv.get("stride", 1), spatial),
+                  expand(conv.get("dilation", 1), spatial))
 
 
 def _aten(node: torch.fx.Node) -> str:

@@ -134,7 +134,7 @@ def _scalar(value: Any, depth: int = 0) -> bool:
     return value is None or isinstance(value, (str, bytes, float, complex))
 
 
-class _WeightsUnpickler(pickle.Unpickler):
+class WeightsUnpickler(pickle.Unpickler):
     """Resolves only the globals torch writes for weights; storages become placeholders, never read.
 
     Every callable a pickle can reach is a method of this instance (a BUILD opcode cannot patch what
@@ -285,22 +285,27 @@ class TorchZip:
             return "torchscript"
         return "torch-zip" if self.prefix else "zip"
 
-    def unpickle(self) -> Any:
-        info = self.members[f"{self.prefix}/data.pkl"]
-        if info.file_size > MAX_PICKLE_BYTES:
-            raise SourceError(f"{self.path}: data.pkl is {info.file_size} bytes, too large for weights metadata")
+    def read_member(self, name: str, limit: int, what: str) -> bytes:
+        """A small member (a pickle, code, JSON) whole; refused by its stated size before it is inflated."""
+        info = self.members[name]
+        short = name.rpartition("/")[2]
+        if info.file_size > limit:
+            raise SourceError(f"{self.path}: {short} is {info.file_size} bytes, too large for {what}")
         try:
             with zipfile.ZipFile(self.path) as archive:
-                data = archive.read(info)
+                return archive.read(info)
         except Exception as error:  # a corrupt member: BadZipFile (CRC), zlib.error, NotImplementedError…
-            raise SourceError(f"{self.path}: cannot read data.pkl ({_short(error)})") from None
+            raise SourceError(f"{self.path}: cannot read {short} ({_short(error)})") from None
+
+    def unpickle(self, unpickler: type[WeightsUnpickler] = WeightsUnpickler) -> Any:
+        """data.pkl through the pre-scan and the allow-list `unpickler`: nothing in it can run code."""
+        data = self.read_member(f"{self.prefix}/data.pkl", MAX_PICKLE_BYTES, "weights metadata")
         try:
             _, cost = pickle_scan.scan(data)
         except pickle_scan.PickleRefused as refused:
             raise SourceError(f"{self.path}: data.pkl {refused}") from None
-        unpickler = _WeightsUnpickler(data, pickle_scan.MAX_MEMORY - cost)
         try:
-            return unpickler.load()
+            return unpickler(data, pickle_scan.MAX_MEMORY - cost).load()
         except UnsafeGlobal:
             raise
         except Exception as error:  # the allowlisted callables, given what a hostile pickle passes, raise anything

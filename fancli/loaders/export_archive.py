@@ -1,0 +1,270 @@
+"""torch.export archives (.pt2) read without torch: the program is JSON, the weights raw bytes.
+
+`torch.export.load` unpickles the archive's sample inputs and `use_pickle` weights with
+`weights_only=False`, and opaque constants with `pickle.loads`: any of them can run code. So without
+`--trust` fancli never calls it. It reads `models/model.json` (graph, signature, each node's module
+stack) and `data/weights/model_weights_config.json` (each weight's file, dtype, size, stride and offset)
+as data, and the weight files by byte range for `--stats`; no pickle in the archive is opened.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Hashable, Iterator
+
+from ..errors import SourceError
+from ..layer import Layer, Model
+from ..tensors import DTYPES, StridedRef
+from .module_structure import HF_CONV1D, MODULE_KINDS, Owner, expand, module_layer
+from .safetensors_file import MAX_INDEX_BYTES, _parse_json
+from .torch_zip import MAX_DIMS, TorchZip, ZipMember, _is_index
+
+MAX_PROGRAM_BYTES = 128 * 1024 * 1024  # model.json: ~2 KB a graph node with its stack trace
+MODEL = "model"  # the name torch.export.save gives the one program it writes
+#: torch/_export/serde/schema.py ScalarType -> dtype name.
+SCALAR_TYPES = {
+    1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32", 8: "float64",
+    9: "complex32", 10: "complex64", 11: "complex128", 12: "bool", 13: "bfloat16", 28: "uint16",
+    29: "float8_e4m3fn", 30: "float8_e5m2", 31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz", 33: "float8_e8m0fnu",
+    34: "uint32", 35: "uint64",
+}
+_CONV_OPS = re.compile(r"^aten::(_?convolution|conv_transpose[123]d|conv[123]d)$")
+#: Ops whose operand at this position is the weight stored [in, out] (x @ W), as HF Conv1D computes.
+_IN_OUT_OPERAND = {"aten::addmm": 2, "aten::mm": 1, "aten::matmul": 1}
+_PICKLED = "stored pickled (a tensor subclass): its values are read only with --trust"
+
+
+class _Node:
+    """A graph node as the JSON states it: its op and its inputs, by name and in order."""
+
+    def __init__(self, raw: Any) -> None:
+        if not isinstance(raw, dict):
+            raise ValueError("a graph node is not an object")
+        self.op = _op_name(raw.get("target"))
+        inputs = raw.get("inputs") or []
+        self.inputs = [(item.get("name"), item.get("arg") or {}) for item in inputs if isinstance(item, dict)]
+        metadata = raw.get("metadata") or {}
+        self.module_stack = metadata.get("nn_module_stack", "") if isinstance(metadata, dict) else ""
+
+    def tensor_at(self, position: int) -> str | None:
+        """The name of the tensor passed at `position`, if a tensor is passed there."""
+        if position >= len(self.inputs):
+            return None
+        tensor = self.inputs[position][1].get("as_tensor")
+        return tensor.get("name") if isinstance(tensor, dict) else None
+
+    def arguments(self) -> dict[str, Any]:
+        """Scalar and list arguments by name, as Python values."""
+        values = {}
+        for name, arg in self.inputs:
+            for key in ("as_int", "as_ints", "as_bool"):
+                if key in arg:
+                    values[name] = arg[key]
+        return values
+
+
+def _op_name(target: Any) -> str:
+    """"torch.ops.aten.conv2d.default" -> "aten::conv2d", as the op's schema names it."""
+    parts = str(target).removeprefix("torch.ops.").split(".")
+    return f"{parts[0]}::{parts[1]}" if len(parts) >= 2 else str(target)
+
+
+def _module_classes(nodes: list[_Node]) -> dict[str, str]:
+    """Module path -> class name, from the "key,path,class;…" stack each node records."""
+    classes: dict[str, str] = {}
+    for node in nodes:
+        if not isinstance(node.module_stack, str) or not node.module_stack:
+            continue
+        for item in node.module_stack.split(";"):
+            parts = _split_stack_item(item)
+            if parts:
+                classes.setdefault(parts[1], parts[2].rpartition(".")[2])
+    return classes
+
+
+def _split_stack_item(item: str) -> list[str] | None:
+    """Split "key,path,class" at the commas outside brackets, as torch's deserializer does."""
+    parts, start, depth = [], 0, 0
+    for index, char in enumerate(item):
+        depth += (char in "[(") - (char in ")]")
+        if char == "," and depth == 0:
+            parts.append(item[start:index])
+            start = index + 1
+    parts.append(item[start:])
+    return parts if len(parts) == 3 else None
+
+
+class _Graph:
+    """Which nodes use each tensor, for the weights whose owner the module stack does not name."""
+
+    def __init__(self, nodes: list[_Node]) -> None:
+        self.users: dict[str, list[tuple[_Node, int]]] = {}
+        for node in nodes:
+            for position in range(len(node.inputs)):
+                name = node.tensor_at(position)
+                if name is not None:
+                    self.users.setdefault(name, []).append((node, position))
+
+    def conv_use(self, weight: str) -> dict[str, Any] | None:
+        """The arguments of the first convolution that takes `weight` as its weight, defaults filled in."""
+        for node, position in self.users.get(weight, ()):
+            if _CONV_OPS.match(node.op) and position == 1:
+                arguments = {"stride": 1, "dilation": 1, "groups": 1, **node.arguments()}
+                arguments.setdefault("transposed", "transpose" in node.op)
+                return arguments
+        return None
+
+    def op_class(self, weight: str, conv: dict[str, Any] | None, dims: int) -> str | None:
+        """The torch.nn class an op implies for a weight its module stack does not name (attention's out_proj)."""
+        if conv is not None:
+            return f"ConvTranspose{dims}d" if conv["transposed"] else f"Conv{dims}d"
+        for node, position in self.users.get(weight, ()):
+            if node.op == "aten::linear" and position == 1:
+                return "Linear"
+            if node.op == "aten::embedding" and position == 0:
+                return "Embedding"
+        return None
+
+    def used_as_in_out(self, weight: str) -> bool:
+        return any(_IN_OUT_OPERAND.get(node.op) == position for node, position in self.users.get(weight, ()))
+
+
+class _Weight:
+    """One entry of the weights config, its claims checked against the archive."""
+
+    def __init__(self, archive: TorchZip, prefix: str, key: str, meta: Any) -> None:
+        where = f"{archive.path}: {key}"
+        if not isinstance(meta, dict) or not isinstance(meta.get("tensor_meta"), dict):
+            raise SourceError(f"{where}: its weights config entry is malformed")
+        tensor = meta["tensor_meta"]
+        self.shape = _ints(tensor.get("sizes"), where, "size")
+        self.stride = _ints(tensor.get("strides"), where, "stride")
+        offset = tensor.get("storage_offset")
+        self.offset = offset.get("as_int") if isinstance(offset, dict) else None
+        self.dtype = SCALAR_TYPES.get(tensor.get("dtype"), f"unknown dtype {str(tensor.get('dtype'))[:20]}")
+        self.file = str(meta.get("path_name"))
+        self.pickled = meta.get("use_pickle") is True
+        if len(self.stride) != len(self.shape) or not _is_index(self.offset):
+            raise SourceError(f"{where}: malformed size, stride or offset")
+        self.data: StridedRef | None = None
+        if not self.pickled and self.dtype in DTYPES:
+            self.data = self._ref(archive, f"{prefix}/data/weights/{self.file}", where)
+
+    def _ref(self, archive: TorchZip, member: str, where: str) -> StridedRef:
+        info = archive.members.get(member)
+        if info is None:
+            raise SourceError(f"{where}: its data file {self.file[:80]} is missing from the archive")
+        itemsize = DTYPES[self.dtype][0]
+        ref = StridedRef(ZipMember(archive.path, info), self.dtype, self.shape, self.stride, self.offset,
+                         info.file_size // itemsize)
+        if ref.numel and self.offset + ref.span() > info.file_size // itemsize:
+            raise SourceError(f"{where}: tensor runs past the end of its data file")
+        return ref
+
+    @property
+    def identity(self) -> Hashable:
+        return (self.file, self.offset, self.shape, self.stride)
+
+
+def _ints(value: Any, where: str, what: str) -> tuple[int, ...]:
+    """Sizes and strides as the JSON writes them: [{"as_int": 8}, …]; symbolic ones are refused."""
+    if not isinstance(value, list) or len(value) > MAX_DIMS:
+        raise SourceError(f"{where}: malformed {what}")
+    numbers = tuple(item.get("as_int") if isinstance(item, dict) else None for item in value)
+    if not all(map(_is_index, numbers)):
+        raise SourceError(f"{where}: its {what} is symbolic or malformed; a saved weight has concrete sizes")
+    return numbers  # type: ignore[return-value]
+
+
+def _prefix(archive: TorchZip) -> str:
+    names = [name for name in archive.members if name.endswith("/archive_format")]
+    if len(names) != 1 or names[0].count("/") != 1:
+        raise SourceError(f"{archive.path}: a torch.export archive of a layout fancli does not read "
+                          "(an older torch wrote it?); pass --trust to load it with torch.export.load")
+    return names[0].partition("/")[0]
+
+
+def _json(archive: TorchZip, member: str, limit: int, what: str) -> dict:
+    if member not in archive.members:
+        raise SourceError(f"{archive.path}: {member.partition('/')[2]} is missing from the torch.export archive")
+    return _parse_json(archive.read_member(member, limit, what), str(archive.path), what)
+
+
+def _parameters(program: dict, where: str) -> Iterator[tuple[str, str]]:
+    """(parameter key, graph input name) in the signature's order, which is named_parameters() order."""
+    try:
+        specs = program["graph_module"]["signature"]["input_specs"]
+        for spec in specs:
+            if isinstance(spec, dict) and "parameter" in spec:
+                yield str(spec["parameter"]["parameter_name"]), str(spec["parameter"]["arg"]["name"])
+    except (KeyError, TypeError):
+        raise SourceError(f"{where}: its program has no readable signature") from None
+
+
+def read_exported(path: Path, archive: TorchZip) -> Model:
+    """A torch.export archive as a Model, without torch and without opening any pickle in it."""
+    prefix = _prefix(archive)
+    program = _json(archive, f"{prefix}/models/{MODEL}.json", MAX_PROGRAM_BYTES, "the exported program")
+    config = _json(archive, f"{prefix}/data/weights/{MODEL}_weights_config.json", MAX_INDEX_BYTES,
+                   "the weights config")
+    try:
+        nodes = [_Node(raw) for raw in program["graph_module"]["graph"]["nodes"]]
+        weights_config = dict(config["config"])
+    except (KeyError, TypeError, ValueError):
+        raise SourceError(f"{path}: its program or weights config is malformed") from None
+    classes, graph = _module_classes(nodes), _Graph(nodes)
+    first: dict[Hashable, int] = {}
+    found: list[tuple[str, _Weight, list[str]]] = []
+    inputs: dict[str, str] = {}
+    for key, input_name in _parameters(program, str(path)):
+        if key not in weights_config:
+            raise SourceError(f"{path}: parameter {key[:80]} is missing from the weights config")
+        weight = _Weight(archive, prefix, key, weights_config[key])
+        inputs[key] = input_name
+        if weight.identity in first:
+            found[first[weight.identity]][2].append(key)
+            continue
+        first[weight.identity] = len(found)
+        found.append((key, weight, []))
+    owners: dict[str, Owner] = {}
+    layers: list[Layer] = []
+    for key, weight, aliases in found:
+        name = key.rpartition(".")[0]
+        if name not in owners:
+            weight_key = f"{name}.weight" if name else "weight"
+            owners[name] = _owner(name, classes, graph, inputs.get(weight_key), weights_config.get(weight_key))
+        layer = module_layer(key, weight.shape, weight.dtype, owners[name], weight.data, tuple(aliases))
+        if weight.pickled:
+            layer = _with_note(layer, _PICKLED)
+        layers.append(layer)
+    return Model(source=str(path), format="torch-export", layers=tuple(layers), name=classes.get(""))
+
+
+def _owner(name: str, classes: dict[str, str], graph: _Graph, weight: str | None, meta: Any) -> Owner:
+    """The owner's class from the module stack, else from the op that uses its weight; conv structure from the op."""
+    class_name = classes.get(name)
+    conv = graph.conv_use(weight) if weight is not None else None
+    dims = _weight_dims(meta) - 2
+    if class_name not in MODULE_KINDS and weight is not None:
+        class_name = graph.op_class(weight, conv, dims) or class_name
+    if conv is None:
+        in_out = class_name == HF_CONV1D and weight is not None and graph.used_as_in_out(weight)
+        note = None if class_name else "its module is not in the exported graph's module stack: type unknown"
+        return Owner(name, class_name, in_out=in_out, note=note)
+    try:
+        return Owner(name, class_name, int(conv["groups"]), expand(conv["stride"], dims), expand(conv["dilation"], dims))
+    except (TypeError, ValueError):
+        return Owner(name, class_name, note="its convolution's stride, dilation or groups are not plain integers")
+
+
+def _weight_dims(meta: Any) -> int:
+    try:
+        return len(meta["tensor_meta"]["sizes"])
+    except (KeyError, TypeError):
+        return 0
+
+
+def _with_note(layer: Layer, note: str) -> Layer:
+    return replace(layer, notes=(*layer.notes, note))

@@ -1,0 +1,99 @@
+"""What a module's class tells about its parameters, whichever source named the class.
+
+Live modules, TorchScript archives and torch.export archives all record the class that owns each
+parameter; this module turns (class, structure, parameter) into a Layer without importing torch, so
+the archive readers that must not run torch's loaders share one classification with the live path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..layer import Layer
+from ..tensors import TensorData
+
+#: torch.nn class name -> kind. Subclasses of these classes are found through their MRO.
+MODULE_KINDS: dict[str, str] = {
+    "Linear": "linear",
+    "NonDynamicallyQuantizableLinear": "linear",  # MultiheadAttention.out_proj
+    "Bilinear": "bilinear",
+    **{f"Conv{d}d": f"conv{d}d" for d in (1, 2, 3)},
+    **{f"ConvTranspose{d}d": f"conv_transpose{d}d" for d in (1, 2, 3)},
+    "Embedding": "embedding",
+    "EmbeddingBag": "embedding",
+    "RNN": "rnn",
+    "LSTM": "lstm",
+    "GRU": "gru",
+    "MultiheadAttention": "multihead_attention",
+    **{name: "norm" for name in (
+        "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm", "GroupNorm",
+        "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
+    )},
+}
+#: HF transformers' GPT-2 `Conv1D`: a linear layer whose weight is stored [in, out].
+HF_CONV1D = "Conv1D"
+_GATES = {"lstm": 4, "gru": 3}
+_RNN_GATED = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
+_STACKED_QKV = ("in_proj_weight", "in_proj_bias")
+
+
+def is_conv(class_name: str | None) -> bool:
+    return MODULE_KINDS.get(class_name or "", "").startswith("conv")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The module that owns a parameter, as far as the source tells."""
+
+    name: str  # qualified module name, "" for the root
+    class_name: str | None  # torch.nn class (or the closest base that fancli knows); None when unknown
+    groups: int | None = None
+    stride: tuple[int, ...] | None = None
+    dilation: tuple[int, ...] | None = None
+    in_out: bool = False  # weight stored [in, out] (HF Conv1D)
+    note: str | None = None  # why a structure the kind implies is missing
+
+    @property
+    def kind(self) -> str:
+        if self.class_name == HF_CONV1D and self.in_out:
+            return "linear"
+        return MODULE_KINDS.get(self.class_name or "", "unknown")
+
+
+def ints(value: Any) -> tuple[int, ...] | None:
+    return None if value is None else tuple(int(v) for v in value)
+
+
+def expand(value: Any, dims: int) -> tuple[int, ...]:
+    """A conv argument as one int per spatial dim (ops accept a single value for all)."""
+    values = ints(value if isinstance(value, (list, tuple)) else [value]) or ()
+    return values * dims if len(values) == 1 else values
+
+
+def module_layer(key: str, shape: tuple[int, ...], dtype: str | None, owner: Owner, data: TensorData | None,
+                 aliases: tuple[str, ...] = ()) -> Layer:
+    """One Layer for a parameter, with the structure its owning module gives the weight."""
+    leaf = key[len(owner.name) + 1 :] if owner.name else key
+    kind = owner.kind
+    structure: dict[str, Any] = {}
+    notes: list[str] = []
+    if kind.startswith("conv") and leaf == "weight":
+        structure = dict(groups=owner.groups, stride=owner.stride, dilation=owner.dilation,
+                         transposed=kind.startswith("conv_transpose"))
+    elif kind in _GATES and _RNN_GATED.match(leaf):
+        structure = dict(stacked=_GATES[kind])
+    elif kind == "multihead_attention" and leaf in _STACKED_QKV:
+        structure = dict(stacked=3)
+    elif owner.in_out and leaf == "weight":
+        structure = dict(layout="in_out")
+    if owner.note:
+        notes.append(owner.note)
+    elif kind == "unknown":
+        what = owner.class_name or "its module"
+        notes.append(f"{what}: not a module type fancli knows; the fans follow from the shape alone")
+    if aliases:
+        notes.append(f"shared with {', '.join(aliases)} (tied weights, reported once)")
+    return Layer(name=owner.name or key, param=key, kind=kind, shape=shape, dtype=dtype, aliases=aliases,
+                 notes=tuple(notes), data=data, **structure)
