@@ -140,7 +140,13 @@ def _analyse(command: Callable[..., Any], model: Any, stats: bool, **settings: A
     if total < PROGRESS_BYTES:
         return command(model, stats=stats, **settings)
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
@@ -245,7 +251,8 @@ def check(source: str | None, trust: bool, factory_kwargs: dict | None, config_p
     """CI: has the init configuration drifted from the committed baseline? Exit 0 clean, 1 drift."""
     from pathlib import Path
 
-    from . import api, check as drift
+    from . import api
+    from . import check as drift
     from .atomic import write_text
     from .config import DEFAULT_BASELINE
     from .renderers.check_out import RENDERERS
@@ -374,7 +381,8 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
     import json
 
     from .errors import FancliError
-    from .propagate import load_source, propagate as run_propagation, render_propagation, to_dict
+    from .propagate import load_source, render_propagation, to_dict
+    from .propagate import propagate as run_propagation
 
     if source is None:
         raise FancliError("give a YAML spec or a pkg.module:factory to propagate through")

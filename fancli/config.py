@@ -160,8 +160,9 @@ def parse_config(data: Any, path: Path) -> Config:
 
 
 def _read_yaml(path: Path) -> Any:
-    from .loaders.yaml_lines import load
     import yaml
+
+    from .loaders.yaml_lines import load
 
     try:
         return load(path.read_text(encoding="utf-8")) or {}

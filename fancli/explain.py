@@ -13,6 +13,8 @@ from .analysis.fans import layer_fans
 from .analysis.gains import torch_defines
 from .analysis.schemes import TRUNCATED_NORMAL_STD
 from .analysis.schemes import scheme as find_scheme
+from .analysis.torch_defaults import explain_torch_default
+from .kinds import kind, kind_for_ndim
 from .layer import Layer
 from .report import Report, Row
 
@@ -34,17 +36,12 @@ def _layout(layer: Layer) -> str:
         return f"[{kernel + ', ' if n else ''}in, out] (Keras/JAX layout)"
     if layer.layout == "in_out":
         return "[in, out] (stored transposed, like HF Conv1D)"
-    if layer.transposed or layer.kind.startswith("conv_transpose"):
-        return f"[in_channels, out_channels/groups, {kernel}] (a transposed conv's layout)"
-    if n:
-        return f"[out_channels, in_channels/groups, {kernel}]"
-    if layer.kind == "embedding":
-        return "[num_embeddings, embedding_dim]"
-    if layer.kind in ("rnn", "lstm", "gru"):
-        return "[gates × hidden_size, input_size] (gates stacked along dim 0)"
-    if layer.kind == "multihead_attention" and layer.stacked:
-        return "[3 × embed_dim, embed_dim] (q, k, v stacked along dim 0)"
-    return "[out_features, in_features]"
+    record = kind(layer.kind)
+    if (layer.transposed and not record.transposed) or (n and not record.is_conv):
+        record = kind(kind_for_ndim(len(layer.shape), transposed=bool(layer.transposed)))
+    if (record.is_conv and not n) or (record.name == "multihead_attention" and not layer.stacked):
+        record = kind("linear")
+    return record.layout.format(kernel=kernel)
 
 
 def _fan_lines(layer: Layer) -> list[str]:
@@ -73,23 +70,6 @@ def _gain_line(row: Row) -> str:
     return f"gain({name}) = {formula} = {row.gain:.4g}" if formula else f"gain({name}) = {row.gain:g}"
 
 
-def _torch_default_line(layer: Layer, values) -> str:
-    """What reset_parameters() does for this kind, with the number."""
-    leaf = layer.param.rpartition(".")[2]
-    if layer.kind in ("rnn", "lstm", "gru"):
-        return f"every RNN parameter: U(±1/√hidden_size) = U(±1/√{_g(values.fan)}), std = bound/√3 = {values.std:.4g}"
-    if layer.kind == "bilinear":
-        return f"U(±1/√in1_features) = U(±1/√{_g(values.fan)}), std = bound/√3 = {values.std:.4g}"
-    if leaf == "bias":
-        return f"a bias: U(±1/√fan_in of its weight) = U(±1/√{_g(values.fan)}), std = {values.std:.4g}"
-    if layer.kind == "multihead_attention":
-        return f"attention projections: xavier with gain 1, std = √(2 / (fan_in + fan_out)) = {values.std:.4g}"
-    if layer.kind == "embedding":
-        return "nn.Embedding: N(0, 1)"
-    return (f"kaiming_uniform(a=√5): gain = √(2/(1+5)) = √(1/3); bound = gain·√(3/{_g(values.fan)}) "
-            f"= 1/√{_g(values.fan)} = {values.bound:.4g}")
-
-
 def _std_lines(row: Row, fan_in, fan_out, label: str) -> list[str]:
     """std and bound for each mode, with the formula of the row's scheme."""
     scheme = find_scheme(row.scheme)
@@ -101,7 +81,7 @@ def _std_lines(row: Row, fan_in, fan_out, label: str) -> list[str]:
             continue
         g = _g(row.scheme_gain)
         if row.scheme == "torch_default":
-            lines.append(f"{head} {_torch_default_line(row.layer, values)}")
+            lines.append(f"{head} {explain_torch_default(row.layer, values)}")
         elif mode == "fan_avg" and fan_in is not None:
             lines.append(f"{head} std = gain·√(2 / (fan_in + fan_out)) = {g}·√(2 / ({_g(fan_in)} + {_g(fan_out)})) "
                          f"= {values.std:.4g}")

@@ -15,6 +15,7 @@ from .analysis import gains, schemes
 from .analysis.fans import LayerFans
 from .analysis.inference import Inference, infer, settle_modes
 from .analysis.schemes import InitValues
+from .analysis.torch_defaults import torch_default
 from .errors import SettingsError
 from .layer import Layer, Model
 from .stats import Observed
@@ -195,7 +196,7 @@ def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed:
             if layer.param.endswith("bias") and context.kinds.get(module.rpartition(".")[0]) == "multihead_attention":
                 values = InitValues(0.0, note="attention biases: initialised to 0 (constant)")
             else:
-                values = schemes.torch_default(layer, fans.fan_in, fans.fan_out, mode, context.weight_fan_in.get(module))
+                values = torch_default(layer, fans.fan_in, fans.fan_out, mode, context.weight_fan_in.get(module))
         else:
             fan_in, fan_out = fans.pick(effective=context.fan_convention == "effective")
             values = schemes.variance_scaling(scheme_gain, fan_in, fan_out, mode, scheme.distribution)

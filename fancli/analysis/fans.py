@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..kinds import kind
 from ..layer import Layer
 
 Number = int | float
@@ -74,13 +75,14 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
     notes: list[str] = []
     rf = math.prod(layer.kernel)
     groups = layer.groups or 1
+    record = kind(layer.kind)
 
     if layer.layout == "in_out":
         eff_in, eff_out = shape[0] * rf, shape[1] * rf
         notes.append("stored [in, out] (HF Conv1D, Paddle Linear): torch's function reads the fans swapped")
-    elif (layer.transposed or layer.kind.startswith("conv_transpose")) and layer.groups is None:
+    elif (layer.transposed or record.transposed) and layer.groups is None:
         notes.append("transposed conv with unknown groups: torch's fans are swapped, effective fans unknown")
-    elif layer.transposed or layer.kind.startswith("conv_transpose"):
+    elif layer.transposed or record.transposed:
         in_channels, out_per_group = shape[0], shape[1]
         eff_out = out_per_group * rf
         eff_in = in_channels // groups * rf
@@ -105,8 +107,8 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
 
     if layer.stacked and layer.stacked > 1:
         eff_out = eff_out / layer.stacked
-        if layer.kind == "multihead_attention":
-            notes.append("q, k, v stacked in one [3E, E] weight: torch's fan_out counts all three; each has E")
+        if record.stacked_note:
+            notes.append(record.stacked_note)
         else:
             notes.append(
                 f"{layer.kind.upper()}: {layer.stacked} gates stacked along dim 0; torch's fan_out counts all "
@@ -120,8 +122,8 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
         eff_out = eff_out / math.prod(layer.pool)
         notes.append("fan_out divided by the pool area after the conv (LeNet tutorial convention, opt-in)")
 
-    if layer.kind == "embedding":
-        notes.append("embedding: torch initialises it N(0, 1); fan_in/fan_out of [num, dim] are not meaningful")
+    if record.fans_note:
+        notes.append(record.fans_note)
 
     same = (eff_in == fan_in, eff_out == fan_out)
     return LayerFans(

@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from ..layer import Layer
 from .fans import LayerFans
 from .gains import gain
-from .schemes import torch_default, variance_scaling
+from .schemes import variance_scaling
+from .torch_defaults import torch_default
 
 #: A candidate fits when its std and kurtosis errors lie within this radius (in standard errors): a true
 #: init falls outside it in 0.2% of layers (χ² with 2 degrees of freedom), a 1.5× scaled one is ≥ 7 away

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ..layer import Layer
 
 MODES = ("fan_in", "fan_out", "fan_avg")
 DISTRIBUTIONS = ("normal", "uniform", "truncated_normal")
@@ -128,51 +124,3 @@ def variance_scaling(
     if distribution == "truncated_normal":
         return InitValues(std, sampling_std=std / TRUNCATED_NORMAL_STD, fan=fan)
     return InitValues(std, fan=fan)
-
-
-def torch_default(
-    layer: "Layer", fan_in: float | None, fan_out: float | None, mode: str, weight_fan_in: float | None = None
-) -> InitValues:
-    """What torch's own `reset_parameters()` gives this tensor (torch's fans, never effective).
-
-    `weight_fan_in` is the fan_in torch reads from the sibling weight when it initialises a bias
-    (for Bilinear, its in1_features); None when unknown.
-    """
-    kind, shape, leaf = layer.kind, layer.shape, layer.param.rpartition(".")[2]
-    if kind == "embedding":
-        return InitValues(1.0)  # nn.Embedding: N(0, 1)
-    if kind == "norm":
-        return InitValues(None, note="norm layers: weight initialised to 1, bias to 0 (constant)")
-    if kind in ("rnn", "lstm", "gru"):
-        if leaf.startswith("weight_hr"):  # LSTM projection [proj_size, hidden]
-            hidden = shape[1]
-        else:
-            hidden = shape[0] / (layer.stacked or {"rnn": 1, "lstm": 4, "gru": 3}[kind])
-        if hidden <= 0:
-            return InitValues(None, note="no hidden units")
-        bound = 1.0 / math.sqrt(hidden)  # every RNN parameter: U(±1/√hidden)
-        return InitValues(bound / math.sqrt(3.0), bound=bound, fan=hidden)
-    if kind == "multihead_attention":
-        if leaf == "in_proj_bias":
-            return InitValues(0.0, note="attention biases: initialised to 0 (constant)")
-        distribution = "normal" if leaf in ("bias_k", "bias_v") else "uniform"  # xavier_normal_ / xavier_uniform_
-        return variance_scaling(1.0, fan_in, fan_out, "fan_avg", distribution)
-    if len(shape) == 1 and leaf == "bias":
-        if not weight_fan_in:
-            return InitValues(None, note="a bias: torch draws U(±1/√fan_in) from its weight, which is not known here")
-        bound = 1.0 / math.sqrt(weight_fan_in)
-        return InitValues(bound / math.sqrt(3.0), bound=bound, fan=weight_fan_in)
-    if kind == "bilinear" and len(shape) == 3:
-        if shape[1] <= 0:
-            return InitValues(None, note="fan is 0: the tensor has no elements (torch's init is a no-op)")
-        bound = 1.0 / math.sqrt(shape[1])
-        return InitValues(bound / math.sqrt(3.0), bound=bound, fan=shape[1])
-    values = variance_scaling(_TORCH_DEFAULT_GAIN, fan_in, fan_out, mode, "uniform")
-    if values.std is None:
-        return values
-    return InitValues(values.std, values.bound, values.sampling_std, values.fan,
-                      note="torch's default for Linear and Conv: kaiming_uniform(a=√5), bound 1/√fan_in, "
-                           "whatever follows")
-
-
-_TORCH_DEFAULT_GAIN = math.sqrt(2.0 / (1 + math.sqrt(5) ** 2))  # calculate_gain("leaky_relu", √5), as torch has it

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Hashable, Iterator
 
 from ..errors import SourceError
+from ..kinds import KIND_OF_CLASS
 from ..layer import Layer, Model
 from ..tensors import DTYPES, StridedRef
-from .module_structure import HF_CONV1D, MODULE_KINDS, Owner, expand, module_layer
+from .module_structure import HF_CONV1D, Owner, expand, module_layer
 from .safetensors_file import MAX_INDEX_BYTES, _parse_json
 from .torch_zip import MAX_DIMS, TorchZip, ZipMember, _is_index
 
@@ -247,7 +248,7 @@ def _owner(name: str, classes: dict[str, str], graph: _Graph, weight: str | None
     class_name = classes.get(name)
     conv = graph.conv_use(weight) if weight is not None else None
     dims = _weight_dims(meta) - 2
-    if class_name not in MODULE_KINDS and weight is not None:
+    if class_name not in KIND_OF_CLASS and weight is not None:
         class_name = graph.op_class(weight, conv, dims) or class_name
     if conv is None:
         in_out = class_name == HF_CONV1D and weight is not None and graph.used_as_in_out(weight)

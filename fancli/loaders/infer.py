@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Hashable, Iterable
 
+from ..kinds import KIND_OF_GATES, kind_for_ndim
 from ..layer import Layer
 from ..tensors import FLOATING, LOW_PRECISION_FLOATING, TensorData
 
@@ -21,7 +22,6 @@ _RNN_PROJECTION = re.compile(r"^weight_hr_l(\d+)(_reverse)?$")
 _ATTENTION = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 _EMBEDDING_NAME = re.compile(r"(emb|wte|wpe|shared$)", re.IGNORECASE)
 _FUSED_QKV_NAME = re.compile(r"(^|\.)(qkv|qkv_proj|query_key_value|c_attn|wqkv|Wqkv|in_proj)$")
-_GATE_KINDS = {4: "lstm", 3: "gru", 1: "rnn"}
 
 NO_STRUCTURE = (
     "from names and shapes alone: whether this conv is grouped or transposed is unknown, "
@@ -53,8 +53,8 @@ def _rnn_kind(module: str, shape: tuple[int, ...], shapes: dict[str, tuple[int, 
     if not hidden or not shape or shape[0] % hidden:
         return "unknown", None
     gates = shape[0] // hidden
-    kind = _GATE_KINDS.get(gates, "unknown")
-    return kind, gates if kind in ("lstm", "gru") else None
+    kind = KIND_OF_GATES.get(gates, "unknown")
+    return kind, gates if kind != "unknown" and gates > 1 else None
 
 
 def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
@@ -93,21 +93,12 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
             notes += (f"q, k, v stacked: inferred from the name {module.rpartition('.')[2]!r}",)
         return Layer(kind="linear", layout=layout, stacked=stacked, notes=notes, **common)
     if 3 <= len(shape) <= 5:
-        kind = f"conv{len(shape) - 2}d"
         if bias and len(bias) == 1 and bias[0] != shape[0] and shape[1] and bias[0] % shape[1] == 0:
             groups = bias[0] // shape[1]
-            return Layer(kind=f"conv_transpose{len(shape) - 2}d", transposed=True, groups=groups,
+            return Layer(kind=kind_for_ndim(len(shape), transposed=True), transposed=True, groups=groups,
                          notes=(f"transposed: its bias has {bias[0]} entries, not shape[0] = {shape[0]}",), **common)
-        return Layer(kind=kind, notes=(NO_STRUCTURE,), **common)
+        return Layer(kind=kind_for_ndim(len(shape)), notes=(NO_STRUCTURE,), **common)
     return Layer(kind="unknown", **common)
-
-
-def _shape_kind(shape: tuple[int, ...], module: str) -> str:
-    if len(shape) == 2:
-        return "embedding" if _EMBEDDING_NAME.search(module) else "linear"
-    if 3 <= len(shape) <= 5:
-        return f"conv{len(shape) - 2}d"
-    return "norm" if len(shape) == 1 else "unknown"
 
 
 def is_weight(entry: Entry) -> bool:

@@ -11,36 +11,19 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..kinds import KIND_OF_CLASS
+from ..kinds import kind as layer_kind
 from ..layer import Layer
 from ..tensors import TensorData
 
-#: torch.nn class name -> kind. Subclasses of these classes are found through their MRO.
-MODULE_KINDS: dict[str, str] = {
-    "Linear": "linear",
-    "NonDynamicallyQuantizableLinear": "linear",  # MultiheadAttention.out_proj
-    "Bilinear": "bilinear",
-    **{f"Conv{d}d": f"conv{d}d" for d in (1, 2, 3)},
-    **{f"ConvTranspose{d}d": f"conv_transpose{d}d" for d in (1, 2, 3)},
-    "Embedding": "embedding",
-    "EmbeddingBag": "embedding",
-    "RNN": "rnn",
-    "LSTM": "lstm",
-    "GRU": "gru",
-    "MultiheadAttention": "multihead_attention",
-    **{name: "norm" for name in (
-        "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm", "GroupNorm",
-        "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm",
-    )},
-}
 #: HF transformers' GPT-2 `Conv1D`: a linear layer whose weight is stored [in, out].
 HF_CONV1D = "Conv1D"
-_GATES = {"lstm": 4, "gru": 3}
 _RNN_GATED = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
 _STACKED_QKV = ("in_proj_weight", "in_proj_bias")
 
 
 def is_conv(class_name: str | None) -> bool:
-    return MODULE_KINDS.get(class_name or "", "").startswith("conv")
+    return layer_kind(KIND_OF_CLASS.get(class_name or "", "unknown")).is_conv
 
 
 @dataclass(frozen=True)
@@ -59,7 +42,7 @@ class Owner:
     def kind(self) -> str:
         if self.class_name == HF_CONV1D and self.in_out:
             return "linear"
-        return MODULE_KINDS.get(self.class_name or "", "unknown")
+        return KIND_OF_CLASS.get(self.class_name or "", "unknown")
 
 
 def ints(value: Any) -> tuple[int, ...] | None:
@@ -76,14 +59,14 @@ def module_layer(key: str, shape: tuple[int, ...], dtype: str | None, owner: Own
                  aliases: tuple[str, ...] = ()) -> Layer:
     """One Layer for a parameter, with the structure its owning module gives the weight."""
     leaf = key[len(owner.name) + 1 :] if owner.name else key
-    kind = owner.kind
+    kind, record = owner.kind, layer_kind(owner.kind)
     structure: dict[str, Any] = {}
     notes: list[str] = []
-    if kind.startswith("conv") and leaf == "weight":
+    if record.is_conv and leaf == "weight":
         structure = dict(groups=owner.groups, stride=owner.stride, dilation=owner.dilation,
-                         transposed=kind.startswith("conv_transpose"))
-    elif kind in _GATES and _RNN_GATED.match(leaf):
-        structure = dict(stacked=_GATES[kind])
+                         transposed=record.transposed)
+    elif (record.gates or 0) > 1 and _RNN_GATED.match(leaf):
+        structure = dict(stacked=record.gates)
     elif kind == "multihead_attention" and leaf in _STACKED_QKV:
         structure = dict(stacked=3)
     elif owner.in_out and leaf == "weight":

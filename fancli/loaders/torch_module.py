@@ -23,12 +23,23 @@ import torch
 from torch import nn
 
 from ..errors import SourceError
+from ..kinds import KIND_OF_CLASS
 from ..layer import Layer, Model
 from ..tensors import CHUNK_ELEMENTS
 from . import pickle_scan
-from .infer import STATE_DICT_KEYS, Entry, NoStateDict, find_state_dict, layers_from_entries
-from .module_structure import HF_CONV1D, MODULE_KINDS, Owner, expand, ints, module_layer
-from .torch_zip import MAX_PICKLE_BYTES, TorchZip, untrusted_message  # one wording whether torch reads the file or fancli does
+from .infer import (
+    STATE_DICT_KEYS,
+    Entry,
+    NoStateDict,
+    find_state_dict,
+    layers_from_entries,
+)
+from .module_structure import HF_CONV1D, Owner, expand, ints, is_conv, module_layer
+from .torch_zip import (  # one wording whether torch reads the file or fancli does
+    MAX_PICKLE_BYTES,
+    TorchZip,
+    untrusted_message,
+)
 
 _NUMPY_DTYPES = (torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16,
                  torch.int8, torch.uint8, torch.bool)
@@ -90,7 +101,7 @@ def _class_name(module: nn.Module) -> str:
     if isinstance(module, torch.jit.ScriptModule):
         return module.original_name
     for cls in type(module).__mro__:
-        if cls.__name__ in MODULE_KINDS:
+        if cls.__name__ in KIND_OF_CLASS:
             return cls.__name__
     return type(module).__name__
 
@@ -101,7 +112,7 @@ def _module_owner(name: str, module: nn.Module) -> Owner:
     scripted = isinstance(module, torch.jit.ScriptModule)
     if class_name == HF_CONV1D:
         return Owner(name, class_name, in_out=hasattr(module, "nf") or (scripted and _traced_in_out(module)))
-    if not MODULE_KINDS.get(class_name, "").startswith("conv"):
+    if not is_conv(class_name):
         return Owner(name, class_name)
     groups = getattr(module, "groups", None)
     stride, dilation = getattr(module, "stride", None), getattr(module, "dilation", None)
@@ -375,7 +386,7 @@ def _exported_owner(name: str, classes: dict[str, str], weight: torch.fx.Node | 
     """The owner's class from the module stack, else from the op that uses its weight; conv structure from the op."""
     class_name = classes.get(name)
     conv = _conv_use(weight) if weight is not None else None
-    if class_name not in MODULE_KINDS and weight is not None:
+    if class_name not in KIND_OF_CLASS and weight is not None:
         class_name = _op_class(weight, conv) or class_name
     if conv is None:
         in_out = class_name == HF_CONV1D and weight is not None and _used_as_in_out(weight)

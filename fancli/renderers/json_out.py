@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..analysis.schemes import InitValues, scheme as find_scheme
+from ..analysis.schemes import InitValues
+from ..analysis.schemes import scheme as find_scheme
 from ..report import SCHEMA_VERSION, Report, Row
 
 

@@ -1,0 +1,80 @@
+"""Layer kinds: one record per kind, holding what fancli knows of it; loaders, analysis, explain and
+propagate read it here.
+
+Adding a kind is one record below (and its tests): the torch classes that are it, how torch stores its
+weight, the gates stacked in it, and which of torch's `reset_parameters()` rules initialises it
+(`fancli.analysis.torch_defaults` holds each rule's arithmetic and its explanation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    name: str
+    torch_classes: tuple[str, ...] = ()  # torch.nn class names (and subclasses torch itself defines)
+    layout: str = "[out_features, in_features]"  # how torch stores the weight, for `explain`
+    torch_default: str = "kaiming_a_sqrt5"  # the reset_parameters() rule: a key of torch_defaults.RULES
+    gates: int | None = None  # blocks stacked along dim 0 of the recurrent weights (LSTM 4, GRU 3, RNN 1)
+    spatial_dims: int = 0  # a conv's kernel dims
+    transposed: bool = False
+    runnable: bool = False  # propagate builds it in a spec's stack
+    fans_note: str | None = None  # what the fans of this kind's weight mean, said on every row
+    stacked_note: str | None = None  # what blocks stacked along dim 0 are, when they are
+
+    @property
+    def is_conv(self) -> bool:
+        return self.spatial_dims > 0
+
+    @property
+    def is_recurrent(self) -> bool:
+        return self.gates is not None
+
+
+NORM_CLASSES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LayerNorm", "GroupNorm",
+                "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "RMSNorm", "LocalResponseNorm")
+_RECURRENT_LAYOUT = "[gates × hidden_size, input_size] (gates stacked along dim 0)"
+
+KINDS: dict[str, LayerKind] = {
+    kind.name: kind
+    for kind in (
+        LayerKind("linear", ("Linear", "NonDynamicallyQuantizableLinear"), runnable=True),
+        LayerKind("bilinear", ("Bilinear",), "[out_features, in1_features, in2_features]", "bilinear"),
+        *(LayerKind(f"conv{d}d", (f"Conv{d}d",), "[out_channels, in_channels/groups, {kernel}]", spatial_dims=d,
+                    runnable=True) for d in (1, 2, 3)),
+        *(LayerKind(f"conv_transpose{d}d", (f"ConvTranspose{d}d",),
+                    "[in_channels, out_channels/groups, {kernel}] (a transposed conv's layout)",
+                    spatial_dims=d, transposed=True, runnable=True) for d in (1, 2, 3)),
+        LayerKind("embedding", ("Embedding", "EmbeddingBag"), "[num_embeddings, embedding_dim]", "normal_1",
+                  fans_note="embedding: torch initialises it N(0, 1); fan_in/fan_out of [num, dim] are not meaningful"),
+        LayerKind("rnn", ("RNN",), _RECURRENT_LAYOUT, "rnn_hidden", gates=1),
+        LayerKind("lstm", ("LSTM",), _RECURRENT_LAYOUT, "rnn_hidden", gates=4),
+        LayerKind("gru", ("GRU",), _RECURRENT_LAYOUT, "rnn_hidden", gates=3),
+        LayerKind("multihead_attention", ("MultiheadAttention",),
+                  "[3 × embed_dim, embed_dim] (q, k, v stacked along dim 0)", "attention",
+                  stacked_note="q, k, v stacked in one [3E, E] weight: torch's fan_out counts all three; each has E"),
+        LayerKind("norm", NORM_CLASSES, "[num_features]", "constant", runnable=True),
+        LayerKind("unknown"),
+    )
+}
+NAMES = tuple(KINDS)
+#: torch.nn class name -> kind name.
+KIND_OF_CLASS = {cls: kind.name for kind in KINDS.values() for cls in kind.torch_classes}
+#: Gate count -> recurrent kind, to tell an LSTM from a GRU by its weights' rows.
+KIND_OF_GATES = {kind.gates: kind.name for kind in KINDS.values() if kind.gates is not None}
+
+
+def kind(name: str) -> LayerKind:
+    """The record of a kind; an unknown name reads as "unknown" (a source may carry any string)."""
+    return KINDS.get(name, KINDS["unknown"])
+
+
+def kind_for_ndim(ndim: int, transposed: bool = False) -> str:
+    """What a weight of `ndim` dims is when nothing else says: a Linear's 2, a conv's 3 to 5."""
+    if ndim == 2:
+        return "linear"
+    if 3 <= ndim <= 5:
+        return f"conv_transpose{ndim - 2}d" if transposed else f"conv{ndim - 2}d"
+    return "unknown"
