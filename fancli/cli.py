@@ -281,7 +281,8 @@ def _shape_layer(shape: str, kind: str | None, layout: str, groups: int | None, 
                  transposed: bool) -> Any:
     """A Layer from `--shape 64,3,7,7` and what the user says about it."""
     from .errors import SettingsError
-    from .layer import KINDS, Layer
+    from .kinds import NAMES as KINDS
+    from .layer import Layer
 
     try:
         dims = tuple(int(part) for part in shape.replace("x", ",").replace("×", ",").split(","))
@@ -290,6 +291,12 @@ def _shape_layer(shape: str, kind: str | None, layout: str, groups: int | None, 
         raise SettingsError(f"--shape {shape!r}: expected integers separated by commas, e.g. 64,3,7,7") from None
     if any(d < 0 for d in dims) or len(dims) < 1:
         raise SettingsError(f"--shape {shape!r}: sizes must be 0 or more")
+    kernel_dims = max(len(dims) - 2, 0)
+    if strides is not None and len(strides) == 1 and kernel_dims:
+        strides *= kernel_dims  # one value for every kernel dim, as torch's conv modules and specs read it
+    if strides is not None and len(strides) != kernel_dims:
+        raise SettingsError(f"--stride {stride!r}: give one value or {kernel_dims} (one per kernel dim of "
+                            f"--shape {shape}), not {len(strides)}")
     default = "linear" if len(dims) == 2 else f"conv{len(dims) - 2}d" if 3 <= len(dims) <= 5 else "unknown"
     kind = kind or (default.replace("conv", "conv_transpose") if transposed and default.startswith("conv") else default)
     if kind not in KINDS:

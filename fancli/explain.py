@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-from .analysis.fans import layer_fans
 from .analysis.gains import torch_defines
 from .analysis.schemes import TRUNCATED_NORMAL_STD
 from .analysis.schemes import scheme as find_scheme
@@ -110,7 +109,7 @@ def explain_row(row: Row, fan_convention: str = "torch") -> list[str]:
     lines.append(f"layout: {_layout(layer)}")
     lines += _fan_lines(layer)
     lines.append(_gain_line(row))
-    fans = layer_fans(layer)
+    fans = row.fans  # the fans the row's std used (pool_fan_out included), never recomputed
     used = "effective" if fan_convention == "effective" and fans.differs else "torch"
     fan_in, fan_out = fans.pick(effective=used == "effective")
     lines += _std_lines(row, fan_in, fan_out, " (effective fans)" if used == "effective" else "")

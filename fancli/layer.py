@@ -12,31 +12,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .tensors import TensorData
 
-#: Kinds a layer may have. Loaders infer them; analysis treats unknown kinds by shape alone.
-KINDS = (
-    "linear",
-    "bilinear",
-    "conv1d",
-    "conv2d",
-    "conv3d",
-    "conv_transpose1d",
-    "conv_transpose2d",
-    "conv_transpose3d",
-    "embedding",
-    "rnn",
-    "lstm",
-    "gru",
-    "multihead_attention",
-    "norm",
-    "unknown",
-)
-
-#: How a weight tensor is laid out in memory.
-#: torch: `[out, in, *kernel]`; keras: `[*kernel, in, out]` (Dense `[in, out]`, also JAX/Flax);
-#: in_out: a torch tensor stored `[in, out]` (HF GPT-2 `Conv1D`, Paddle `Linear`).
-LAYOUTS = ("torch", "keras", "in_out")
-
-
 @dataclass(frozen=True)
 class Layer:
     """One weight tensor and the structure around it that its shape alone cannot tell."""

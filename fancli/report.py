@@ -19,10 +19,10 @@ from .analysis.torch_defaults import torch_default
 from .errors import SettingsError
 from .layer import Layer, Model
 from .stats import Observed
+from .vocab import FAN_CONVENTIONS
 
 SCHEMA_VERSION = "1.0"
 DEFAULT_SCHEME = "kaiming_normal"
-FAN_CONVENTIONS = ("torch", "effective")
 
 
 @dataclass(frozen=True)

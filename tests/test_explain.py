@@ -45,3 +45,24 @@ def test_torch_default_names_the_rule_torch_uses():
 def test_bad_requests_exit_2(args, message):
     result = run("explain", *args)
     assert result.code == 2 and message in result.err
+
+
+def test_explain_uses_the_fans_its_std_used(tmp_path):
+    """pool_fan_out divides fan_out: the derivation says so instead of printing torch's fans beside its std."""
+    spec = tmp_path / "pool.yaml"
+    spec.write_text("defaults: {scheme: kaiming_normal, nonlinearity: relu, pool_fan_out: true, mode: fan_out}\n"
+                    "layers:\n  - {name: conv1, type: conv2d, in_channels: 1, out_channels: 6, kernel_size: 5, pool: 2}\n")
+    out = run("explain", spec, "-l", "conv1", "--fans", "effective").out
+    assert "mode fan_out (effective fans): std = gain / √fan_out = 1.414 / √37.5" in out
+    assert "effective fans: fan_in = 25, fan_out = 37.5 (torch: 25, 150)" in out
+
+
+def test_one_stride_is_every_kernel_dim_as_in_a_spec(tmp_path):
+    """`--stride 2` on a 2-D kernel is a 2×2 stride, as `stride: 2` in a spec and nn.Conv2d(stride=2) are."""
+    spec = tmp_path / "strided.yaml"
+    spec.write_text("layers:\n  - {name: c, type: conv2d, in_channels: 8, out_channels: 16, kernel_size: 3, stride: 2}\n")
+    from_spec = run("explain", spec, "-l", "c", "--fans", "effective").out.splitlines()
+    from_shape = run("explain", "--shape", "16,8,3,3", "--stride", "2", "--fans", "effective").out.splitlines()
+    assert from_spec[1:] == from_shape[1:] and "fan_out = 36" in from_shape[-3]
+    result = run("explain", "--shape", "16,8,3,3", "--stride", "2,2,2")
+    assert result.code == 2 and "--stride" in result.err and result.err.count("\n") == 1

@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-MODES = ("fan_in", "fan_out", "fan_avg")
-DISTRIBUTIONS = ("normal", "uniform", "truncated_normal")
+from ..vocab import DISTRIBUTIONS, MODES
 
 #: std of a unit normal truncated to [-2, 2]; dividing by it makes the truncated result's std exact.
 TRUNCATED_NORMAL_STD = 0.87962566103423978
@@ -30,6 +29,10 @@ class Scheme:
     fixed_gain: Nonlinearity | None = None  # gain independent of the layer's nonlinearity (scale = gain²)
     default_nonlinearity: Nonlinearity = ("linear", None)  # torch's default when the source names none
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES or self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"scheme {self.name}: unknown mode {self.mode!r} or distribution {self.distribution!r}")
 
 
 SCHEMES: dict[str, Scheme] = {

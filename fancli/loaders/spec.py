@@ -16,7 +16,9 @@ import yaml
 
 from ..analysis import gains, schemes
 from ..errors import SourceError
-from ..layer import KINDS, LAYOUTS, Layer, Model
+from ..kinds import NAMES as KINDS
+from ..layer import Layer, Model
+from ..vocab import LAYOUTS
 from . import yaml_lines
 from .files import read_bounded
 from .yaml_lines import LineDict, LineList

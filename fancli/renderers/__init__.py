@@ -1,7 +1,5 @@
 """Renderers only format a Report: rich table, JSON, Markdown."""
 
-FORMATS = ("table", "json", "markdown")
-
 
 def without_small_tensors(report):
     """The report as people read it: tensors below 2 dims (biases, norm scales) folded into one note.

@@ -1,0 +1,22 @@
+"""The closed vocabularies of fancli's options and files, each in one place: `click.Choice`, the spec and
+config validators, the analysis and the renderers read them here (as torchinfo keeps its enums.py).
+
+Layer kinds have their own registry (`fancli.kinds`), schemes theirs (`analysis.schemes.SCHEMES`),
+activations theirs (`analysis.activations`).
+"""
+
+from __future__ import annotations
+
+#: Which fan an init divides by: He et al.'s fan_in keeps the forward pass, fan_out the backward.
+MODES = ("fan_in", "fan_out", "fan_avg")
+#: Which fans the std is computed from: torch's shape-only rule, or the layer-aware ones.
+FAN_CONVENTIONS = ("torch", "effective")
+#: How a weight is laid out. torch: `[out, in, *kernel]`; keras: `[*kernel, in, out]` (Dense `[in, out]`,
+#: also JAX/Flax); in_out: a torch tensor stored `[in, out]` (HF GPT-2 `Conv1D`, Paddle `Linear`).
+LAYOUTS = ("torch", "keras", "in_out")
+#: How a scheme draws: the std is exact for each (truncated normal corrects its sampling std).
+DISTRIBUTIONS = ("normal", "uniform", "truncated_normal")
+#: Output formats every report command renders.
+FORMATS = ("table", "json", "markdown")
+#: What `propagate` does with norm layers: leave them out (the init alone) or run them in train mode.
+NORMS = ("identity", "real")
