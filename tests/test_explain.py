@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-from torch.nn.init import _calculate_fan_in_and_fan_out as torch_fans
-
 from helpers import REPO, run, torch_std_and_bound
+from torch.nn.init import _calculate_fan_in_and_fan_out as torch_fans
 
 
 @pytest.mark.parametrize("shape,nonlinearity", [((64, 3, 7, 7), "relu"), ((256, 128), "tanh"), ((32, 16, 5), "leaky_relu")])
