@@ -328,7 +328,7 @@ def explain(source: str | None, trust: bool, factory_kwargs: dict | None, config
             nonlinearity: str | None, param: float | None, fans: str | None) -> None:
     """The derivation of a layer's fans, gain and std, with the numbers filled in."""
     from .errors import SettingsError
-    from .explain import explain as explain_report
+    from .renderers.explain import explain as explain_report
     from .layer import Model
     from .report import Settings, analyze
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 
-from .analysis.gains import torch_defines
-from .analysis.schemes import TRUNCATED_NORMAL_STD
-from .analysis.schemes import scheme as find_scheme
-from .analysis.torch_defaults import explain_torch_default
-from .kinds import kind, kind_for_ndim
-from .layer import Layer
-from .report import Report, Row
+from ..analysis.gains import torch_defines
+from ..analysis.schemes import TRUNCATED_NORMAL_STD
+from ..analysis.schemes import scheme as find_scheme
+from ..analysis.torch_defaults import explain_torch_default
+from ..kinds import kind, kind_for_ndim
+from ..layer import Layer
+from ..report import Report, Row
 
 
 def _g(value: float | int | None) -> str:
