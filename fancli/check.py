@@ -88,6 +88,38 @@ def dumps(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, allow_nan=False) + "\n"
 
 
+def _check_schema(path: Path, version: Any) -> None:
+    """A baseline from another major schema version may mean other fields or units: refuse it rather than
+    report a drift (or none) computed from fields read wrongly. Minor versions only add fields."""
+    major = SCHEMA_VERSION.split(".")[0]
+    if not isinstance(version, str) or version.split(".")[0] != major:
+        shown = repr(version) if len(repr(version)) <= 40 else repr(version)[:40] + "…"
+        raise SourceError(f"{path}: a baseline of schema version {shown}; this fancli reads {major}.x "
+                          "(regenerate it with `fancli check --update`)")
+
+
+def ensure_replaceable(path: Path) -> None:
+    """`check --update` may replace a previous fancli baseline, nothing else: `--baseline model.pth` or
+    a typo naming another file must not destroy it. SourceError (exit 2) unless `path` is absent or a
+    readable fancli baseline of a known schema."""
+    from .loaders.files import open_regular
+
+    if not path.exists():  # nothing there, or a dangling link: nothing to lose
+        return
+    try:
+        with open_regular(path, str(path)) as handle:  # checked before reading a whole checkpoint
+            head = handle.read(64).lstrip()
+    except OSError as error:
+        raise SourceError(f"{path}: cannot read the existing file ({error.strerror or error})") from None
+    try:
+        if not head.startswith(b"{"):
+            raise SourceError(f"{path}: not JSON")
+        read_baseline(path)
+    except SourceError:
+        raise SourceError(f"{path}: exists and is not a fancli baseline; refusing to replace it "
+                          "(remove it or give another --baseline)") from None
+
+
 def read_baseline(path: Path) -> dict[str, Any]:
     """The committed baseline; SourceError (exit 2) if it is missing or not one of ours."""
     from .loaders.files import open_regular
@@ -106,6 +138,7 @@ def read_baseline(path: Path) -> dict[str, Any]:
     layers = document.get("layers") if isinstance(document, dict) else None
     if not isinstance(layers, dict) or "fancli" not in document:
         raise SourceError(f"{path}: not a fancli baseline (no 'fancli' version and 'layers' mapping)")
+    _check_schema(path, document["fancli"])
     for param, entry in layers.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list):
             raise SourceError(f"{path}: layer {param!r} has no shape; regenerate with `fancli check --update`")

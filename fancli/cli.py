@@ -7,6 +7,7 @@ Exit codes: 0 success · 1 a check found drift · 2 bad usage or unreadable inpu
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from typing import Any, Callable
 
@@ -16,6 +17,7 @@ from .analysis.gains import TORCH_NONLINEARITIES
 from .analysis.schemes import ALIASES as SCHEME_ALIASES
 from .analysis.schemes import MODES, SCHEMES
 from .errors import FancliError
+from .text import printable
 
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
@@ -54,6 +56,8 @@ def _parse_kwargs(_ctx: click.Context, _param: click.Parameter, value: str | Non
         parsed = json.loads(value)
     except ValueError as error:
         raise click.BadParameter(f"not valid JSON ({error})") from None
+    except RecursionError:
+        raise click.BadParameter("not valid JSON: nested too deeply") from None
     if not isinstance(parsed, dict):
         raise click.BadParameter("expected a JSON object, e.g. '{\"width\": 64}'")
     return parsed
@@ -129,6 +133,49 @@ def _load(source: str | None, trust: bool, factory_kwargs: dict | None, config_p
     return (config.apply(model) if config else model), config
 
 
+def _inputs(source: str | None, config: Any = None, model: Any = None) -> list[Any]:
+    """Every file this run reads: an output naming one of them would destroy what it reports on.
+
+    The source, the configuration, and the files the model's weights are read from (a sharded
+    checkpoint's shards); a factory `pkg.module:callable` is no file.
+    """
+    from .loaders import is_factory
+
+    found: list[Any] = [source] if source and not is_factory(source) else []
+    if config is not None:
+        found.append(config.path)
+        if config.source and not is_factory(config.source):
+            found.append(config.source)
+    if model is not None:
+        found += {getattr(getattr(layer.data, "source", None), "path", None) for layer in model.layers} - {None}
+    return found
+
+
+class StdoutError(FancliError):
+    """The result could not be written to stdout: closed (`>&-`), a full disk (`> /dev/full`)…"""
+
+
+def _write_stdout(text: str | None = None, printer: Callable[[], None] | None = None) -> None:
+    """Print a result (`text`, or whatever `printer` prints) and flush it, so that a failing stdout is
+    one error line and exit 2 here, not a traceback now or at interpreter exit."""
+    if sys.stdout is None:
+        raise StdoutError("stdout is closed; nothing to write the result to (give -o FILE)")
+    try:
+        if printer is not None:
+            printer()
+        else:
+            click.echo(text, nl=False)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): main ends quietly
+    except OSError as error:
+        raise StdoutError(f"cannot write to stdout: {error.strerror or error}") from None
+
+
+def _wrote(path: Any, detail: str = "") -> None:
+    click.echo(f"wrote {printable(path)}{detail}", err=True)
+
+
 def _analyse(command: Callable[..., Any], model: Any, stats: bool, **settings: Any) -> Any:
     """Run a report, reading weights if asked, with a progress bar on stderr for big reads."""
     if not stats and not settings.get("infer"):
@@ -156,9 +203,10 @@ def _analyse(command: Callable[..., Any], model: Any, stats: bool, **settings: A
 
 
 def _build(command: Callable[..., Any], source: str | None, stats: bool, trust: bool, factory_kwargs: dict | None,
-           config_path: str | None, no_config: bool, **settings: Any) -> Any:
-    model, _ = _load(source, trust, factory_kwargs, config_path, no_config)
-    return _analyse(command, model, stats, **settings)
+           config_path: str | None, no_config: bool, **settings: Any) -> tuple[Any, list[Any]]:
+    """The report, and the files it was made from (which an output must not replace)."""
+    model, config = _load(source, trust, factory_kwargs, config_path, no_config)
+    return _analyse(command, model, stats, **settings), _inputs(source, config, model)
 
 
 def _nbytes(layer: Any) -> int:
@@ -169,25 +217,25 @@ def _nbytes(layer: Any) -> int:
     return math.prod(layer.shape) * DTYPES.get(layer.dtype or "float32", (4,))[0]
 
 
-def _emit(report: Any, fmt: str, output: str | None, show_all: bool) -> None:
-    """Render to stdout, or atomically to a file."""
+def _emit(built: tuple[Any, list[Any]], fmt: str, output: str | None, show_all: bool) -> None:
+    """Render to stdout, or atomically to a file that is none of the inputs."""
+    from .atomic import is_stdout, write_text
     from .renderers import render_text, without_small_tensors
 
+    report, inputs = built
     if fmt != "json" and not show_all:
         report = without_small_tensors(report)
 
-    if output:
-        from .atomic import write_text
-
-        write_text(output, render_text(report, fmt))
-        click.echo(f"wrote {output}", err=True)
+    if output and not is_stdout(output):
+        write_text(output, render_text(report, fmt), inputs)
+        _wrote(output)
         return
-    if fmt == "table" and sys.stdout.isatty():
+    if fmt == "table" and sys.stdout is not None and sys.stdout.isatty():
         from .renderers.table import print_rich
 
-        print_rich(report)
+        _write_stdout(printer=lambda: print_rich(report))
         return
-    click.echo(render_text(report, fmt), nl=False)
+    _write_stdout(render_text(report, fmt))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -240,7 +288,7 @@ def compare(source: str | None, modes: tuple[str, ...], fmt: str, output: str | 
               help="The lock file (default: the config's 'baseline', else fancli.lock.json).")
 @click.option("--stats", is_flag=True,
               help="Also check each layer's observed std against the configured scheme (standard errors).")
-@click.option("--tolerance", type=float, help="Relative change in gain, std or bound that counts as drift.")
+@click.option("--tolerance", type=float, help="Relative change in gain, std or bound that counts as drift (>= 0).")
 @click.option("--sigmas", type=float, help="--stats: standard errors an observed std may be off (default 5).")
 @click.option("--format", "-f", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table",
               show_default=True, help="Output format (markdown fits a pull-request comment).")
@@ -253,28 +301,45 @@ def check(source: str | None, trust: bool, factory_kwargs: dict | None, config_p
 
     from . import api
     from . import check as drift
-    from .atomic import write_text
+    from .atomic import checked_target, is_stdout, write_text
     from .config import DEFAULT_BASELINE
     from .renderers.check_out import RENDERERS
 
+    _check_limits(tolerance, sigmas)
     model, config = _load(source, trust, factory_kwargs, config_path, no_config)
     baseline = Path(baseline_path) if baseline_path else config.baseline if config else Path(DEFAULT_BASELINE)
+    inputs = _inputs(source, config, model)
     report = _analyse(api.inspect, model, stats and not update, fans=config.fans if config else None)
     if update:
-        write_text(baseline, drift.dumps(drift.baseline_document(report)))
-        click.echo(f"wrote {baseline} ({len(report.rows)} tensors)", err=True)
+        checked_target(baseline, inputs)  # `--baseline model.pth`: "is the input" says more than "not a baseline"
+        drift.ensure_replaceable(baseline)
+        write_text(baseline, drift.dumps(drift.baseline_document(report)), inputs)
+        _wrote(baseline, f" ({len(report.rows)} tensors)")
         return
     expected = drift.read_baseline(baseline)
-    changes = drift.compare(expected, report, tolerance or (config.tolerance if config else 1e-9))
-    limit = sigmas or (config.sigmas if config else 5.0)
+    changes = drift.compare(expected, report, tolerance if tolerance is not None else
+                            (config.tolerance if config else 1e-9))
+    limit = sigmas if sigmas is not None else (config.sigmas if config else 5.0)
     found = drift.deviations(report, limit) if stats else []
     text = RENDERERS[fmt](changes, found, str(baseline), limit)
-    if output:
-        write_text(output, text)
+    if output and not is_stdout(output):
+        write_text(output, text, [*inputs, baseline])
     else:
-        click.echo(text, nl=False)
+        _write_stdout(text)
     if changes or any(d.flagged for d in found):
         raise click.exceptions.Exit(1)
+
+
+def _check_limits(tolerance: float | None, sigmas: float | None) -> None:
+    """--tolerance is a relative change (0 = exact), --sigmas a count of standard errors (> 0)."""
+    import math
+
+    from .errors import SettingsError
+
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+        raise SettingsError(f"--tolerance {tolerance:g}: expected a finite number >= 0 (a relative change)")
+    if sigmas is not None and not (math.isfinite(sigmas) and sigmas > 0):
+        raise SettingsError(f"--sigmas {sigmas:g}: expected a finite number > 0 (standard errors)")
 
 
 def _shape_layer(shape: str, kind: str | None, layout: str, groups: int | None, stride: str | None,
@@ -328,8 +393,8 @@ def explain(source: str | None, trust: bool, factory_kwargs: dict | None, config
             nonlinearity: str | None, param: float | None, fans: str | None) -> None:
     """The derivation of a layer's fans, gain and std, with the numbers filled in."""
     from .errors import SettingsError
-    from .renderers.explain import explain as explain_report
     from .layer import Model
+    from .renderers.explain import explain as explain_report
     from .report import Settings, analyze
 
     if shape:
@@ -341,7 +406,12 @@ def explain(source: str | None, trust: bool, factory_kwargs: dict | None, config
     else:
         raise SettingsError("give a SOURCE with --layer NAME, or --shape DIMS")
     settings = Settings(scheme, modes, nonlinearity, param, fans, None, layer_names if not shape else ())
-    click.echo(explain_report(analyze(model, settings)), nl=False)
+    _write_stdout(_printable_lines(explain_report(analyze(model, settings))))
+
+
+def _printable_lines(text: str) -> str:
+    """Text built from names in a file, each line made printable (its newlines are the only ones kept)."""
+    return "\n".join(map(printable, text.split("\n")))
 
 
 def _input_shape(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -387,27 +457,34 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
     layer's activation and gradient variance: fan_in keeps the forward pass, fan_out the backward."""
     import json
 
+    from .atomic import checked_target, is_stdout, write_text
     from .errors import FancliError
     from .propagate import load_source, render_propagation, to_dict
     from .propagate import propagate as run_propagation
+    from .text import json_safe
 
     if source is None:
         raise FancliError("give a YAML spec or a pkg.module:factory to propagate through")
+    inputs = _inputs(source)
+    writes_file = output and not is_stdout(output)
+    for path, other in ((output if writes_file else None, plot_path), (plot_path, output if writes_file else None)):
+        if path:
+            checked_target(path, [*inputs, other])  # refused before seconds of propagation, not after
     props = run_propagation(load_source(source, kwargs=factory_kwargs), modes or ("fan_in", "fan_out"),
                             scheme=scheme, nonlinearity=nonlinearity, param=param, fans=fans, norms=norms,
                             batch=batch, input_shape=input_shape, seed=seed, draws=draws)
-    text = render_propagation(props, source) if fmt == "table" else json.dumps(to_dict(props, source), indent=2) + "\n"
+    text = (_printable_lines(render_propagation(props, source)) if fmt == "table"
+            else json_safe(json.dumps(to_dict(props, source), indent=2, ensure_ascii=False)) + "\n")
     if plot_path:
         from .plot import plot_propagation
 
-        plot_propagation(props, plot_path, title=f"{source} · {props[0].scheme}")
-        click.echo(f"wrote {plot_path}", err=True)
-    if output:
-        from .atomic import write_text
-
-        write_text(output, text)
+        plot_propagation(props, plot_path, title=printable(f"{source} · {props[0].scheme}"),
+                         inputs=[*inputs, output if writes_file else None])
+        _wrote(plot_path)
+    if writes_file:
+        write_text(output, text, [*inputs, plot_path])
     else:
-        click.echo(text, nl=False)
+        _write_stdout(text)
 
 
 @cli.command()
@@ -453,9 +530,32 @@ def gain(name: str | None, param: float | None, list_all: bool, fmt: str) -> Non
     click.echo(f"numeric: {criterion}; composite Gauss–Legendre quadrature, error < 1e-9.")
 
 
+#: An error line is cut here: a message quoting a hostile file must not pour its contents onto stderr.
+MAX_MESSAGE = 1000
+
+
 def _one_line(error: BaseException) -> str:
-    """Messages name files, and a file name may hold a newline: one stderr line whatever the message."""
-    return str(error).replace("\r", "\\r").replace("\n", "\\n")
+    """Messages name files and quote keys from them: one printable stderr line whatever the message,
+    with controls and escape sequences shown, never acted on, and at most MAX_MESSAGE characters."""
+    text = printable(error)
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "…"
+
+
+def _usage_line(error: click.ClickException) -> str:
+    """click's usage errors as the project's one line, with the help command to run."""
+    context = getattr(error, "ctx", None)
+    hint = f" (see {context.command_path} --help)" if context is not None else ""
+    return f"fancli: error: {_one_line(error.format_message())}{hint}"
+
+
+def _quiet_stdout() -> None:
+    """After stdout failed (full disk, closed pipe): point it at /dev/null so the interpreter's final
+    flush of what is still buffered neither fails again nor adds a second message."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -469,20 +569,29 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=args, prog_name="fancli", standalone_mode=False)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
+    except click.exceptions.NoArgsIsHelpError as error:
+        error.show()  # `fancli` alone: the help, as before
+        sys.exit(error.exit_code)
     except click.ClickException as error:
-        error.show()
+        if debug:
+            raise
+        click.echo(_usage_line(error), err=True)
         sys.exit(error.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("fancli: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except FancliError as error:
+        if isinstance(error, StdoutError):
+            _quiet_stdout()
         if debug:
             raise
         click.echo(f"fancli: error: {_one_line(error)}", err=True)
         sys.exit(error.exit_code)
     except BrokenPipeError:
+        _quiet_stdout()
         sys.stderr.close()  # the reader went away (`| head`); nothing more to say
         sys.exit(0)
+
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if debug:
             raise

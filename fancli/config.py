@@ -127,6 +127,8 @@ def parse_config(data: Any, path: Path) -> Config:
     if unknown:
         raise _fail(path, sorted(unknown)[0], f"unknown key; known: {', '.join(_TOP_KEYS)}")
     overrides = []
+    if not isinstance(data.get("overrides") or [], list):
+        raise _fail(path, "overrides", "expected a list of {match: …, scheme: …} rules")
     for index, item in enumerate(data.get("overrides") or []):
         where = f"overrides[{index}]"
         match = item.get("match") if isinstance(item, dict) else None

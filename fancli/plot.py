@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from .errors import FancliError
 from .propagate import Propagation
 
 
-def plot_propagation(props: Sequence[Propagation], path: str | Path, title: str | None = None) -> None:
-    """Forward and backward variance per layer, one line per mode, on log scales; written atomically."""
+def plot_propagation(props: Sequence[Propagation], path: str | Path, title: str | None = None,
+                     inputs: Iterable[str | Path | None] = ()) -> None:
+    """Forward and backward variance per layer, one line per mode, on log scales; written through the same
+    atomic, checked writer as every report (never over an input, a device, or a symlink itself)."""
+    from .atomic import checked_target, write_with
+    from .text import printable
+
+    checked_target(path, inputs)  # refuse before drawing
     try:
         import matplotlib
 
@@ -34,16 +38,15 @@ def plot_propagation(props: Sequence[Propagation], path: str | Path, title: str 
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    target = Path(path)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix or ".png",
-                                dir=target.parent if str(target.parent) else ".")
-    os.close(fd)
+    suffix = Path(path).suffix or ".png"
+
+    def fill(temp_name: str) -> None:
+        try:
+            figure.savefig(temp_name, dpi=120, format=suffix[1:].lower())
+        except ValueError as error:  # a format matplotlib does not write, e.g. FILE.xyz
+            raise FancliError(f"{printable(path)}: cannot write the plot: {error}") from None
+
     try:
-        figure.savefig(temp, dpi=120)
-        os.replace(temp, target)
-    except OSError as error:
-        raise FancliError(f"{target}: cannot write the plot: {error.strerror or error}") from None
+        write_with(path, fill, inputs, suffix=suffix)
     finally:
         plt.close(figure)
-        if os.path.exists(temp):
-            os.unlink(temp)

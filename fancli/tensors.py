@@ -47,13 +47,19 @@ class TensorData(Protocol):
         ...
 
 
-def decode(raw: bytes | memoryview, dtype: str) -> "np.ndarray":
-    """Bytes to a numpy array of `dtype`; bfloat16 widened to float32 (its top 16 bits)."""
+def decode(raw: bytes | memoryview, dtype: str, byteorder: str = "little") -> "np.ndarray":
+    """Bytes to a numpy array of `dtype`; bfloat16 widened to float32 (its top 16 bits).
+
+    `byteorder` "big" reads a file written on a big-endian machine (torch.save records it): read as
+    little-endian, 0.049 would come out as 2e37.
+    """
     import numpy as np
 
     code = DTYPES[dtype][1]
+    if byteorder == "big":
+        code = code.replace("<", ">")
     if code == "bf16":
-        halves = np.frombuffer(raw, dtype="<u2")
+        halves = np.frombuffer(raw, dtype=">u2" if byteorder == "big" else "<u2")
         return (halves.astype(np.uint32) << 16).view(np.float32)
     return np.frombuffer(raw, dtype=code)
 
@@ -76,6 +82,7 @@ class StridedRef:
     stride: tuple[int, ...]
     offset: int  # in elements
     storage_elements: int  # size of the storage, for bounds checks
+    byteorder: str = "little"  # the file's: torch.save records "big" on big-endian machines
 
     @property
     def numel(self) -> int:
@@ -104,7 +111,7 @@ class StridedRef:
             for start in range(0, self.numel, max_elements):
                 count = min(max_elements, self.numel - start)
                 raw = self.source.read((self.offset + start) * itemsize, count * itemsize)
-                yield decode(raw, self.dtype)
+                yield decode(raw, self.dtype, self.byteorder)
             return
         # A strided view: read the storage region it spans once, then index it a block at a time.
         import numpy as np
@@ -116,7 +123,7 @@ class StridedRef:
             raise SourceError(f"{getattr(self.source, 'path', 'source')}: a view of {self.numel} values over "
                               f"{span} stored ones (stride 0?); its statistics would read each value "
                               f"{self.numel // span} times")
-        region = decode(self.source.read(self.offset * itemsize, span * itemsize), self.dtype)
+        region = decode(self.source.read(self.offset * itemsize, span * itemsize), self.dtype, self.byteorder)
         view = np.lib.stride_tricks.as_strided(
             region, shape=self.shape, strides=[s * region.itemsize for s in self.stride], writeable=False
         )

@@ -288,9 +288,9 @@ def test_weights_only_never_runs_code_from_the_file(tmp_path, legacy):
     path = tmp_path / "evil.pt"
     torch.save({"w": torch.zeros(2, 2), "payload": WritesMarker(marker)}, path,
                _use_new_zipfile_serialization=not legacy)
-    for load in (load_weights_only, lambda p: load_pickled_module(p, trust=False)):
+    for read in (load_weights_only, lambda p: load_pickled_module(p, trust=False)):
         with pytest.raises(SourceError) as error:
-            load(path)
+            read(path)
         message = str(error.value)
         assert "--trust" in message and "\n" not in message and message.startswith(str(path))
         assert "makedirs" in message  # the global it names
@@ -377,9 +377,9 @@ def test_a_file_without_weights_is_a_source_error(tmp_path, content, what):
 def test_unreadable_files_are_source_errors(tmp_path):
     path = tmp_path / "broken.pt"
     path.write_bytes(b"PK\x03\x04 not really a zip")
-    for load in (load_weights_only, load_torchscript, load_exported):
+    for read in (load_weights_only, load_torchscript, load_exported):
         with pytest.raises(SourceError) as error:
-            load(path)
+            read(path)
         assert str(error.value).startswith(f"{path}: cannot read") and "\n" not in str(error.value)
 
 

@@ -189,9 +189,21 @@ def _metadata(value: Any, where: str) -> dict[str, str]:
     return value
 
 
+def _is_unicode(text: str) -> bool:
+    """JSON's `\\ud800` escapes can spell lone surrogates, which are no text: the safetensors library
+    refuses them, and no output encoding can show them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _tensor(key: str, value: Any, data_size: int, where: str) -> _Tensor:
     """Validate one header entry against the format and the file's size."""
     at = f"{where}: tensor {_show(key)}"
+    if not _is_unicode(key):
+        raise SourceError(f"{at}: the name is not valid Unicode (a lone surrogate)")
     if not isinstance(value, dict):
         raise SourceError(f"{at}: expected an object with dtype, shape and data_offsets")
     missing = [field for field in _FIELDS if field not in value]
@@ -306,11 +318,19 @@ def _weight_map(path: Path) -> dict[str, str]:
 
 
 def _shard_path(index: Path, shard: str) -> Path:
-    """Shards lie beside the index; a name that climbs out of its folder is refused."""
+    """Shards lie beside the index; a name that climbs out of its folder, or a symlink that leads out of
+    it, is refused: an index from the internet must not make fancli read (and quote) another file."""
     relative = Path(shard)
-    if not shard or relative.is_absolute() or ".." in relative.parts:
+    if not shard or "\0" in shard or not _is_unicode(shard) or relative.is_absolute() or ".." in relative.parts:
         raise SourceError(f"{index}: shard {_show(shard)} must be a file name beside the index")
-    return index.parent / relative
+    path = index.parent / relative
+    try:
+        folder, resolved = index.parent.resolve(), path.resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise SourceError(f"{index}: shard {_show(shard)}: cannot resolve it ({error})") from None
+    if not resolved.is_relative_to(folder):
+        raise SourceError(f"{index}: shard {_show(shard)} links outside the index's folder; refused")
+    return path
 
 
 def load_safetensors_index(path: Path) -> Model:

@@ -212,8 +212,21 @@ def _module_in(obj: Any) -> tuple[nn.Module, tuple[str, ...]] | None:
     return None
 
 
-def _entries(state_dict: dict) -> Iterator[Entry]:
+def _dense(path: Path, key: Any, tensor: torch.Tensor) -> torch.Tensor:
+    """A weight fancli can describe: strided (dense). Sparse and nested tensors have no single weight
+    shape to take fans from, and torch raises on their storage; they are refused with one line."""
+    if tensor.is_nested:
+        what = "a nested tensor"
+    elif tensor.layout != torch.strided:
+        what = f"a {str(tensor.layout).removeprefix('torch.').replace('_', ' ')} tensor"
+    else:
+        return tensor
+    raise SourceError(f"{path}: tensor {str(key)[:100]!r} is {what}; fancli reads dense weights only")
+
+
+def _entries(path: Path, state_dict: dict) -> Iterator[Entry]:
     for key, tensor in state_dict.items():
+        tensor = _dense(path, key, tensor)
         yield Entry(str(key), tuple(tensor.shape), dtype_name(tensor.dtype), _tensor_data(tensor), _identity(tensor))
 
 
@@ -233,7 +246,7 @@ def _from_loaded(path: Path, obj: Any) -> Model:
         mapping, notes = find_state_dict(obj, lambda value: isinstance(value, torch.Tensor))
     except NoStateDict as error:
         raise SourceError(f"{path}: holds {error}, not a state_dict or model") from None
-    layers = layers_from_entries(_entries(mapping))
+    layers = layers_from_entries(_entries(path, mapping))
     if not layers:
         raise SourceError(f"{path}: holds no floating-point weights")
     return Model(source=str(path), format="torch-zip" if _is_zip(path) else "torch-pickle", layers=layers,

@@ -274,6 +274,27 @@ class TorchZip:
             raise SourceError(f"{path}: not a readable zip archive ({_short(error)})") from None
         pickles = [name for name in self.members if re.fullmatch(r"[^/]+/data\.pkl", name)]
         self.prefix = pickles[0].rsplit("/", 1)[0] if len(pickles) == 1 else None
+        self._byteorder: str | None = None
+
+    @property
+    def byteorder(self) -> str:
+        """The storages' byte order from the `byteorder` member torch.save writes ("little" when absent,
+        as in files from before torch 1.13); anything else is refused rather than decoded wrongly."""
+        if self._byteorder is None:
+            info = self.members.get(f"{self.prefix}/byteorder")
+            order = "little"
+            if info is not None:
+                if info.file_size > 16:
+                    raise SourceError(f"{self.path}: its byteorder record is {info.file_size} bytes, not little or big")
+                try:
+                    with zipfile.ZipFile(self.path) as archive:
+                        order = archive.read(info).decode("ascii").strip()
+                except Exception as error:  # a corrupt member, or bytes that are no byte order
+                    raise SourceError(f"{self.path}: cannot read its byteorder record ({_short(error)})") from None
+                if order not in ("little", "big"):
+                    raise SourceError(f"{self.path}: byteorder {order[:16]!r} is neither little nor big")
+            self._byteorder = order
+        return self._byteorder
 
     @property
     def kind(self) -> str:
@@ -327,7 +348,7 @@ class TorchZip:
         itemsize = DTYPES[dtype][0]
         elements = storage.numel // itemsize if storage.dtype == "uint8" and dtype != "uint8" else storage.numel
         ref = StridedRef(ZipMember(self.path, member), dtype, tuple(tensor.size), tuple(tensor.stride),
-                         tensor.offset, elements)
+                         tensor.offset, elements, self.byteorder)
         if ref.numel and (tensor.offset + ref.span() > elements or elements * itemsize > member.file_size):
             raise SourceError(f"{self.path}: {key}: tensor runs past the end of its storage")
         return ref

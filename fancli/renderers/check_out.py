@@ -7,10 +7,12 @@ from typing import Any
 
 from ..check import Change, Deviation, _show
 from ..report import SCHEMA_VERSION
+from ..text import printable
 from .table import draw_grid
 
 
 def _headline(changes: list[Change], flagged: list[Deviation], baseline: str) -> str:
+    baseline = printable(baseline)
     if not changes and not flagged:
         return f"no drift: the init configuration matches {baseline}"
     parts = []
@@ -24,12 +26,13 @@ def _headline(changes: list[Change], flagged: list[Deviation], baseline: str) ->
 
 
 def _change_rows(changes: list[Change]) -> list[list[str]]:
-    return [[c.param, c.change, c.field or "", "" if c.baseline is None else _show(c.baseline),
-             "" if c.current is None else _show(c.current)] for c in changes]
+    """Cells for the changes; keys and values come from the model and the baseline file, so printable."""
+    return [[printable(c.param), c.change, c.field or "", "" if c.baseline is None else printable(_show(c.baseline)),
+             "" if c.current is None else printable(_show(c.current))] for c in changes]
 
 
 def _deviation_rows(found: list[Deviation]) -> list[list[str]]:
-    return [[d.param, f"{d.observed_std:.4g}", f"{d.expected_std:.4g}", f"{d.sigmas:+.1f}",
+    return [[printable(d.param), f"{d.observed_std:.4g}", f"{d.expected_std:.4g}", f"{d.sigmas:+.1f}",
              "MISMATCH" if d.flagged else "ok"] for d in found]
 
 
@@ -48,18 +51,24 @@ def render_check_text(changes: list[Change], found: list[Deviation], baseline: s
     return "\n".join(lines) + "\n"
 
 
+def _code(cell: str) -> str:
+    """A Markdown code span that a backtick or `|` in a key can neither close nor split."""
+    fence, pad = ("``", " ") if "`" in cell else ("`", "")
+    return f"{fence}{pad}{cell}{pad}{fence}".replace("|", "\\|")
+
+
 def render_check_markdown(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float) -> str:
     flagged = [d for d in found if d.flagged]
     mark = "✅" if not changes and not flagged else "❌"
     lines = [f"### {mark} fancli check", "", _headline(changes, flagged, baseline.replace("|", "\\|")), ""]
     if changes:
         lines += ["| " + " | ".join(_CHANGE_HEADERS) + " |", "|" + ":---|" * 5]
-        lines += ["| " + " | ".join(f"`{cell}`" if cell else "" for cell in row) + " |" for row in _change_rows(changes)]
+        lines += ["| " + " | ".join(_code(cell) if cell else "" for cell in row) + " |" for row in _change_rows(changes)]
         lines.append("")
     if found:
         lines += [f"Observed weights (flagged beyond ±{sigmas:g} standard errors):", "",
                   "| " + " | ".join(_DEVIATION_HEADERS) + " |", "|:---|---:|---:|---:|:---|"]
-        lines += ["| " + " | ".join(row) + " |" for row in _deviation_rows(found)]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in _deviation_rows(found)]
     return "\n".join(lines) + "\n"
 
 

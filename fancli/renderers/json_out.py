@@ -8,6 +8,7 @@ from typing import Any
 from ..analysis.schemes import InitValues
 from ..analysis.schemes import scheme as find_scheme
 from ..report import SCHEMA_VERSION, Report, Row
+from ..text import json_safe
 
 
 def _float(value: float | int | None) -> float | None:
@@ -141,7 +142,8 @@ def report_dict(report: Report) -> dict[str, Any]:
 
 def render_json(report: Report) -> str:
     """Indented at the top, one layer per line: readable, greppable, and fast for 50,000 layers
-    (json's C encoder runs only without indentation)."""
+    (json's C encoder runs only without indentation). Strings keep their real value; characters a terminal
+    would act on are written as escapes (`json_safe`)."""
     document = report_dict(report)
     layers = document.pop("layers")
     tail = {key: document.pop(key) for key in ("summary",) if key in document}
@@ -150,4 +152,4 @@ def render_json(report: Report) -> str:
     text = f'{head},\n  "layers": [\n{rows}\n  ]' if layers else f'{head},\n  "layers": []'
     for key, value in tail.items():
         text += f',\n  "{key}": {json.dumps(value, ensure_ascii=False, allow_nan=False)}'
-    return text + "\n}\n"
+    return json_safe(text) + "\n}\n"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from ..report import Report
+from ..text import printable
 from .common import Footnotes, columns, summary, title
 
 
 def _escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    """A cell or line: printable (keys come from the file), and a `|` in it does not split the table."""
+    return printable(text).replace("|", "\\|")
 
 
 def render_markdown(report: Report) -> str:
@@ -30,5 +32,5 @@ def render_markdown(report: Report) -> str:
         lines.append("")
         lines += [f"- {_escape(line)}" for line in extra]
     if report.command == "compare":
-        lines += ["", summary(report)]
+        lines += ["", printable(summary(report))]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from rich.cells import cell_len
 
 from ..report import Report
+from ..text import printable
 from .common import Column, Footnotes, columns, summary, title
 
 #: Beyond this many rows even a terminal gets the direct grid.
@@ -16,13 +17,14 @@ RICH_MAX_ROWS = 2000
 
 
 def _cells(report: Report) -> tuple[list[Column], list[list[str]], set[int], list[str]]:
-    """Columns, cell texts, indices of highlighted rows, and the lines under the table."""
+    """Columns, cell texts, indices of highlighted rows, and the lines under the table; every text printable
+    (keys and notes come from the file)."""
     footnotes = Footnotes()
     cols = columns(report, footnotes)
     highlighted = {id(row) for row in report.most_disagreeing()} if report.command == "compare" else set()
     rows, marked = [], set()
     for index, row in enumerate(report.rows):
-        cells = [col.cell(row) for col in cols]
+        cells = [printable(col.cell(row)) for col in cols]
         if id(row) in highlighted:  # visible without colour too
             cells[-1] = f"{cells[-1]} ◀".strip()
             marked.add(index)
@@ -30,7 +32,7 @@ def _cells(report: Report) -> tuple[list[Column], list[list[str]], set[int], lis
     lines = footnotes.lines()
     if report.command == "compare":
         lines.append(summary(report))
-    return cols, rows, marked, lines
+    return cols, rows, marked, [printable(line) for line in lines]
 
 
 def draw_grid(headers: list[str], aligns: list[str], rows: list[list[str]]) -> list[str]:
@@ -55,11 +57,15 @@ def grid_text(report: Report) -> str:
     """The table as plain text: the same grid a terminal shows, without colour or fitting."""
     cols, rows, _, lines = _cells(report)
     grid = draw_grid([c.header for c in cols], [c.align for c in cols], rows)
-    return "\n".join([title(report), *report.notes, *grid, *lines]) + "\n"
+    heading = [printable(line) for line in (title(report), *report.notes)]
+    return "\n".join([*heading, *grid, *lines]) + "\n"
 
 
 def print_rich(report: Report) -> None:
-    """Print to the terminal: a rich Table fitted to its width, or the grid for very long reports."""
+    """Print to the terminal: a rich Table fitted to its width, or the grid for very long reports.
+
+    Every cell is a Text, never a markup string: a key like `[/]x.weight` or `[link=…]` is shown as written.
+    """
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -73,10 +79,10 @@ def print_rich(report: Report) -> None:
     for col in cols:
         table.add_column(col.header, justify=col.align, no_wrap=True, min_width=5 if col.header == "notes" else None)
     for index, cells in enumerate(rows):
-        table.add_row(*cells, style="bold yellow" if index in marked else None)
-    console.print(Text(title(report), style="bold"))
+        table.add_row(*map(Text, cells), style="bold yellow" if index in marked else None)
+    console.print(Text(printable(title(report)), style="bold"))
     for note in report.notes:
-        console.print(Text(note, style="dim"))
+        console.print(Text(printable(note), style="dim"))
     console.print(table)
     for text in lines:
         console.print(Text(text))
