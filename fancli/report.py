@@ -144,6 +144,32 @@ def _nonlinearity(
     return name, param, f"no nonlinearity given: assumed {shown}, the default of {scheme.name} in torch"
 
 
+def _slope(name: str | None, param: float | None, scheme: schemes.Scheme) -> tuple[float | None, str | None]:
+    """leaky_relu without a slope: kaiming's `a` defaults to 0 in torch (kaiming_normal_(w, nonlinearity=
+    'leaky_relu') uses √2), calculate_gain's slope to 0.01. Which one was used is said on the row."""
+    if name != "leaky_relu" or param is not None or scheme.fixed_gain:
+        return param, None
+    if scheme.default_nonlinearity[0] == "leaky_relu":
+        return scheme.default_nonlinearity[1], (f"leaky_relu without -p: a = 0, the default of {scheme.name}'s `a` "
+                                                "in torch; -p gives the negative slope")
+    return None, "leaky_relu without -p: negative slope 0.01, calculate_gain's default; -p gives another"
+
+
+def _torch_refuses(scheme: schemes.Scheme, context: "_Context") -> str | None:
+    """A note where the numbers are variance scaling's but torch's own function for the scheme has no such mode."""
+    asked = [mode for mode in context.modes if mode != scheme.mode]
+    if not asked:
+        return None
+    if scheme.name == "torch_default":
+        return (f"torch_default ignores --mode {'/'.join(asked)}: each module's reset_parameters() draws as torch "
+                "does (Linear and Conv from fan_in)")
+    if scheme.name.startswith("kaiming") and "fan_avg" in asked:
+        return f"torch's {scheme.name}_ has no mode fan_avg (it raises); this is variance scaling's fan_avg"
+    if scheme.name.startswith("xavier"):
+        return f"torch's {scheme.name}_ has no mode (always fan_avg); {'/'.join(asked)} is variance scaling's"
+    return None
+
+
 @dataclass(frozen=True)
 class _Context:
     """What one row needs from the rest of the model and the settings."""
@@ -174,6 +200,7 @@ def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed:
         raise SettingsError(f"{layer.param}: {error}") from None
     fans = fans_mod.layer_fans(layer, pool_fan_out=context.pool_fan_out)
     nonlinearity, param, assumed = _nonlinearity(layer, settings, scheme)
+    param, slope_note = _slope(nonlinearity, param, scheme)
     try:
         gain = gains.gain(nonlinearity, param) if nonlinearity else None
         scheme_gain = gains.gain(*scheme.fixed_gain) if scheme.fixed_gain else gain
@@ -181,8 +208,7 @@ def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed:
         raise SettingsError(f"{layer.param}: {error}") from None
 
     notes = list(layer.notes) + list(fans.notes)
-    if assumed:
-        notes.append(assumed)
+    notes += [note for note in (assumed, slope_note, _torch_refuses(scheme, context)) if note]
     if nonlinearity and gain is not None and not gains.torch_defines(nonlinearity):
         notes.append(f"{nonlinearity} has no torch gain: 1/√E[f(z)²] for z ~ N(0, 1) = {gain:.6g}")
     if scheme.fixed_gain and scheme.name != "torch_default" and len(layer.shape) >= 2:

@@ -56,7 +56,7 @@ def _bias(args: _Args) -> InitValues:
 def _kaiming_a_sqrt5(args: _Args) -> InitValues:
     if args.is_bias:
         return _bias(args)
-    values = variance_scaling(TORCH_DEFAULT_GAIN, args.fan_in, args.fan_out, args.mode, "uniform")
+    values = variance_scaling(TORCH_DEFAULT_GAIN, args.fan_in, args.fan_out, "fan_in", "uniform")  # whatever the mode
     if values.std is None:
         return values
     return InitValues(values.std, values.bound, values.sampling_std, values.fan,
@@ -132,7 +132,8 @@ def _rule(layer: "Layer") -> Rule:
 
 def torch_default(layer: "Layer", fan_in: float | None, fan_out: float | None, mode: str,
                   weight_fan_in: float | None = None) -> InitValues:
-    """What torch's own `reset_parameters()` gives this tensor (torch's fans, never effective).
+    """What torch's own `reset_parameters()` gives this tensor (torch's fans, never effective), whatever
+    `mode` asks: torch's modules draw from fan_in (Linear, Conv), fan_avg (attention) or the hidden size.
 
     `weight_fan_in` is the fan_in torch reads from the sibling weight when it initialises a bias
     (for Bilinear, its in1_features); None when unknown.

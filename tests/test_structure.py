@@ -1,0 +1,71 @@
+"""Structure fancli states must be what the source shows, and what torch does: torch is the oracle."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from helpers import run, sampler_calls, torch_std_and_bound  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn import init  # noqa: E402
+
+
+def linear_spec(tmp_path, in_features: int, out_features: int, extra: str = "") -> str:
+    spec = tmp_path / "linear.yaml"
+    spec.write_text(f"layers:\n  - {{name: fc, type: linear, in_features: {in_features}, "
+                    f"out_features: {out_features}{extra}}}\n")
+    return str(spec)
+
+
+def rows(*args) -> list[dict]:
+    result = run(*args, "--format", "json", "--all")
+    assert result.code == 0, result.err
+    return json.loads(result.out)["layers"]
+
+
+@pytest.mark.parametrize("mode", ("fan_in", "fan_out", "fan_avg"))
+def test_torch_default_is_what_reset_parameters_draws_whatever_the_mode(tmp_path, mode):
+    with sampler_calls() as calls:
+        layer = nn.Linear(1000, 300)
+    draws = {id(tensor): args for name, tensor, args in calls if name == "uniform_"}
+    (weight,) = rows("inspect", linear_spec(tmp_path, 1000, 300), "-s", "torch_default", "-m", mode)
+    assert weight["bound"] == pytest.approx(draws[id(layer.weight)][1], rel=1e-15)
+    ignored = [note for note in weight["notes"] if "ignores --mode" in note]
+    assert bool(ignored) == (mode != "fan_in")
+
+
+@pytest.mark.parametrize("scheme,fn", [("kaiming_normal", init.kaiming_normal_), ("kaiming_uniform", init.kaiming_uniform_)])
+def test_leaky_relu_without_a_slope_is_kaimings_a_0_and_says_so(tmp_path, scheme, fn):
+    torch_std, _ = torch_std_and_bound(fn, torch.empty(300, 200), nonlinearity="leaky_relu")  # a=0 by default
+    (weight,) = [r for r in rows("inspect", linear_spec(tmp_path, 200, 300), "-s", scheme, "-n", "leaky_relu")
+                 if r["param"] == "fc.weight"]
+    assert weight["std"] == pytest.approx(torch_std, rel=1e-15) and weight["gain"] == math.sqrt(2.0)
+    assert any("a = 0" in note for note in weight["notes"])
+    # with -p the slope is the user's, as kaiming_normal_(a=0.2) reads it
+    torch_std, _ = torch_std_and_bound(fn, torch.empty(300, 200), a=0.2, nonlinearity="leaky_relu")
+    (weight,) = [r for r in rows("inspect", linear_spec(tmp_path, 200, 300), "-s", scheme, "-n", "leaky_relu",
+                                 "-p", "0.2") if r["param"] == "fc.weight"]
+    assert weight["std"] == pytest.approx(torch_std, rel=1e-15)
+
+
+def test_leaky_relu_without_a_slope_elsewhere_is_calculate_gains_and_says_so(tmp_path):
+    (weight,) = [r for r in rows("inspect", linear_spec(tmp_path, 200, 300), "-s", "xavier_normal", "-n", "leaky_relu")
+                 if r["param"] == "fc.weight"]
+    assert weight["gain"] == init.calculate_gain("leaky_relu")
+    assert any("0.01" in note for note in weight["notes"])
+
+
+@pytest.mark.parametrize("scheme,mode,fn", [("kaiming_normal", "fan_avg", init.kaiming_normal_),
+                                            ("xavier_uniform", "fan_in", None)])
+def test_a_mode_torchs_function_lacks_is_named(tmp_path, scheme, mode, fn):
+    if fn is not None:
+        with pytest.raises(ValueError):  # torch refuses it
+            fn(torch.empty(3, 4), mode=mode)
+    (weight,) = [r for r in rows("inspect", linear_spec(tmp_path, 200, 300), "-s", scheme, "-m", mode)
+                 if r["param"] == "fc.weight"]
+    assert any(f"torch's {scheme}_ has no mode" in note for note in weight["notes"])
+    (plain,) = [r for r in rows("inspect", linear_spec(tmp_path, 200, 300), "-s", scheme) if r["param"] == "fc.weight"]
+    assert not any("has no mode" in note for note in plain["notes"])
