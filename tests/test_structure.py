@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 
@@ -69,3 +70,32 @@ def test_a_mode_torchs_function_lacks_is_named(tmp_path, scheme, mode, fn):
     assert any(f"torch's {scheme}_ has no mode" in note for note in weight["notes"])
     (plain,) = [r for r in rows("inspect", linear_spec(tmp_path, 200, 300), "-s", scheme) if r["param"] == "fc.weight"]
     assert not any("has no mode" in note for note in plain["notes"])
+
+
+@pytest.fixture(scope="module")
+def upsampler(tmp_path_factory):
+    """ConvTranspose2d(16, 8, 4, stride=2, padding=1) as a state_dict, a safetensors file and a TorchScript module."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("upsampler")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1))
+    torch.save(net.state_dict(), folder / "state_dict.pt")
+    save_file(net.state_dict(), folder / "model.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.13 deprecates TorchScript
+        torch.jit.save(torch.jit.script(net), folder / "script.pt")
+    return folder
+
+
+@pytest.mark.parametrize("name", ("state_dict.pt", "model.safetensors"))
+def test_a_transposed_convs_stride_is_unknown_from_names_and_shapes(upsampler, name):
+    (weight,) = [r for r in rows("inspect", upsampler / name, "--fans", "effective", "-m", "fan_in")
+                 if r["param"] == "0.weight"]
+    assert weight["effective_fan_in"] is None and weight["std"] is None
+    assert any("unknown stride" in note for note in weight["notes"])
+    # the module knows the stride: (in/groups)·k / stride, which the Jacobian of the real layer counts
+    (scripted,) = [r for r in rows("inspect", upsampler / "script.pt", "--fans", "effective", "-m", "fan_in")
+                   if r["param"] == "0.weight"]
+    assert scripted["effective_fan_in"] == 16 * 4 * 4 / (2 * 2)
+    assert scripted["std"] == pytest.approx(math.sqrt(2.0) / math.sqrt(64), rel=1e-15)

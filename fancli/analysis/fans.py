@@ -47,15 +47,19 @@ class LayerFans:
     effective_fan_in: Number | None = None  # None: same as fan_in (or not computable)
     effective_fan_out: Number | None = None
     notes: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()  # effective fans the source cannot show ("fan_in", "fan_out"): None, not a guess
 
     @property
     def differs(self) -> bool:
-        return self.effective_fan_in is not None or self.effective_fan_out is not None
+        return self.effective_fan_in is not None or self.effective_fan_out is not None or bool(self.unknown)
 
     def pick(self, effective: bool) -> tuple[Number | None, Number | None]:
-        """The (fan_in, fan_out) pair to compute init values from."""
+        """The (fan_in, fan_out) pair to compute init values from; None where it is unknown."""
         if effective and self.differs:
-            return self.effective_fan_in, self.effective_fan_out
+            return (None if "fan_in" in self.unknown else self.effective_fan_in if self.effective_fan_in is not None
+                    else self.fan_in,
+                    None if "fan_out" in self.unknown else self.effective_fan_out if self.effective_fan_out is not None
+                    else self.fan_out)
         return self.fan_in, self.fan_out
 
 
@@ -73,6 +77,7 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
     eff_in: float = fan_in
     eff_out: float = fan_out
     notes: list[str] = []
+    unknown: list[str] = []
     rf = math.prod(layer.kernel)
     groups = layer.groups or 1
     record = kind(layer.kind)
@@ -92,6 +97,11 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
             "transposed conv: torch reads [in, out/groups, *k] with the fans swapped; each output sums "
             "(in/groups)·k taps, divided by the stride on average; each input feeds (out/groups)·k outputs"
         )
+        if layer.stride is None and rf > 1:
+            unknown.append("fan_in")
+            notes.append("transposed conv of unknown stride: the effective fan_in is (in/groups)·k divided by "
+                         "the stride, which this source does not record; a YAML spec, TorchScript, a factory or "
+                         "--trust on a pickled module gives it")
     else:
         if groups > 1:
             eff_out = fan_out / groups
@@ -129,7 +139,8 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
     return LayerFans(
         fan_in,
         fan_out,
-        effective_fan_in=None if all(same) else _exact(eff_in),
-        effective_fan_out=None if all(same) else _exact(eff_out),
+        effective_fan_in=None if all(same) or "fan_in" in unknown else _exact(eff_in),
+        effective_fan_out=None if all(same) or "fan_out" in unknown else _exact(eff_out),
         notes=tuple(notes),
+        unknown=tuple(unknown),
     )

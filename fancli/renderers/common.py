@@ -21,6 +21,8 @@ def shape(dims: tuple[int, ...]) -> str:
 def fan(row: Row, which: str) -> str:
     """torch's fan, with the effective one after an arrow where the structure says it differs."""
     torch_value = getattr(row.fans, which)
+    if which in row.fans.unknown:
+        return f"{number(torch_value)} → ?"
     effective = getattr(row.fans, f"effective_{which}")
     if effective is None or effective == torch_value:
         return number(torch_value)
