@@ -99,3 +99,44 @@ def test_a_transposed_convs_stride_is_unknown_from_names_and_shapes(upsampler, n
                    if r["param"] == "0.weight"]
     assert scripted["effective_fan_in"] == 16 * 4 * 4 / (2 * 2)
     assert scripted["std"] == pytest.approx(math.sqrt(2.0) / math.sqrt(64), rel=1e-15)
+
+
+class GroupedQueryAttention(nn.Module):
+    """Phi-3's fused projection with grouped-query attention: q 128 rows, k and v 32 each (not thirds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv_proj = nn.Linear(128, 128 + 32 + 32, bias=False)
+        self.o_proj = nn.Linear(128, 128, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).split([128, 32, 32], dim=-1)
+        return self.o_proj(q * (k * v).sum(-1, keepdim=True))
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("fused")
+    torch.manual_seed(0)
+    net = GroupedQueryAttention().eval()
+    torch.save(net.state_dict(), folder / "state_dict.pt")
+    save_file(net.state_dict(), folder / "model.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(net), folder / "script.pt")
+        torch.export.save(torch.export.export(net, (torch.randn(2, 128),)), folder / "net.pt2")
+    return folder
+
+
+@pytest.mark.parametrize("name", ("state_dict.pt", "model.safetensors", "script.pt", "net.pt2"))
+def test_a_fused_projection_is_not_split_in_thirds_by_its_name(fused, name):
+    weight = torch.empty(192, 128)
+    fan_in, fan_out = init._calculate_fan_in_and_fan_out(weight)
+    (qkv,) = [r for r in rows("inspect", fused / name, "--fans", "effective", "-m", "fan_out")
+              if r["param"] == "qkv_proj.weight"]
+    assert (qkv["fan_in"], qkv["fan_out"]) == (fan_in, fan_out)  # torch's, as torch reads them
+    assert qkv["effective_fan_out"] is None and qkv["effective_fan_in"] == fan_in and qkv["std"] is None
+    assert any("fused q/k/v projection 'qkv_proj'" in note for note in qkv["notes"])
+    assert qkv.get("stacked") is None

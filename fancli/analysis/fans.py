@@ -77,7 +77,7 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
     eff_in: float = fan_in
     eff_out: float = fan_out
     notes: list[str] = []
-    unknown: list[str] = []
+    unknown = list(layer.unknown_fans)
     rf = math.prod(layer.kernel)
     groups = layer.groups or 1
     record = kind(layer.kind)
@@ -139,8 +139,8 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
     return LayerFans(
         fan_in,
         fan_out,
-        effective_fan_in=None if all(same) or "fan_in" in unknown else _exact(eff_in),
-        effective_fan_out=None if all(same) or "fan_out" in unknown else _exact(eff_out),
+        effective_fan_in=None if (all(same) and not unknown) or "fan_in" in unknown else _exact(eff_in),
+        effective_fan_out=None if (all(same) and not unknown) or "fan_out" in unknown else _exact(eff_out),
         notes=tuple(notes),
         unknown=tuple(unknown),
     )

@@ -14,6 +14,7 @@ from typing import Hashable, Iterable
 from ..kinds import KIND_OF_GATES, kind_for_ndim
 from ..layer import Layer
 from ..tensors import FLOATING, LOW_PRECISION_FLOATING, TensorData
+from .module_structure import FUSED_QKV_NAME, fused_qkv
 
 #: Buffers that torch's modules keep in their state_dict but that are not weights.
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -21,7 +22,6 @@ _RNN = re.compile(r"^(weight|bias)_(ih|hh)_l(\d+)(_reverse)?$")
 _RNN_PROJECTION = re.compile(r"^weight_hr_l(\d+)(_reverse)?$")
 _ATTENTION = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 _EMBEDDING_NAME = re.compile(r"(emb|wte|wpe|shared$)", re.IGNORECASE)
-_FUSED_QKV_NAME = re.compile(r"(^|\.)(qkv|qkv_proj|query_key_value|c_attn|wqkv|Wqkv|in_proj)$")
 
 NO_STRUCTURE = (
     "from names and shapes alone: whether this conv is grouped or transposed is unknown, "
@@ -86,12 +86,11 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
         if bias and len(bias) == 1 and bias[0] == shape[1] != shape[0]:
             layout = "in_out"
             notes = (f"stored [in, out]: its bias has {shape[1]} entries, matching dim 1",)
-        stacked = None
-        out = shape[1] if layout == "in_out" else shape[0]
-        if _FUSED_QKV_NAME.search(module) and out % 3 == 0:
-            stacked = 3
-            notes += (f"q, k, v stacked: inferred from the name {module.rpartition('.')[2]!r}",)
-        return Layer(kind="linear", layout=layout, stacked=stacked, notes=notes, **common)
+        fused: dict = {}
+        if FUSED_QKV_NAME.search(module):
+            fused = fused_qkv(module)
+            notes += fused.pop("notes")
+        return Layer(kind="linear", layout=layout, notes=notes, **fused, **common)
     if 3 <= len(shape) <= 5:
         if bias and len(bias) == 1 and bias[0] != shape[0] and shape[1] and bias[0] % shape[1] == 0:
             groups = bias[0] // shape[1]

@@ -22,6 +22,20 @@ _RNN_GATED = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
 _STACKED_QKV = ("in_proj_weight", "in_proj_bias")
 
 
+#: Names of fused q/k/v projections (GPT-2 `c_attn`, Falcon `query_key_value`, Phi-3 `qkv_proj`, MPT `Wqkv`).
+FUSED_QKV_NAME = re.compile(r"(^|\.)(qkv|qkv_proj|query_key_value|c_attn|wqkv|Wqkv)$")
+
+
+def fused_qkv(module: str) -> dict[str, Any]:
+    """Layer fields for a fused q/k/v projection whose split the source does not show: with grouped- or
+    multi-query attention, k and v have fewer rows than q, so "three equal thirds" would be a guess."""
+    name = module.rpartition(".")[2]
+    note = (f"fused q/k/v projection {name!r}: how its rows split into q, k and v is not in this source "
+            "(grouped-query attention splits them unequally), so the effective fan_out is unknown; "
+            "a YAML spec gives it")
+    return dict(unknown_fans=("fan_out",), notes=(note,))
+
+
 def is_conv(class_name: str | None) -> bool:
     return layer_kind(KIND_OF_CLASS.get(class_name or "", "unknown")).is_conv
 
@@ -71,6 +85,10 @@ def module_layer(key: str, shape: tuple[int, ...], dtype: str | None, owner: Own
         structure = dict(stacked=3)
     elif owner.in_out and leaf == "weight":
         structure = dict(layout="in_out")
+    if kind == "linear" and leaf == "weight" and FUSED_QKV_NAME.search(owner.name):
+        fused = fused_qkv(owner.name)
+        structure["unknown_fans"] = fused["unknown_fans"]
+        notes += fused["notes"]
     if owner.note:
         notes.append(owner.note)
     elif kind == "unknown":
