@@ -8,6 +8,7 @@ weight, the gates stacked in it, and which of torch's `reset_parameters()` rules
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -20,6 +21,7 @@ class LayerKind:
     gates: int | None = None  # blocks stacked along dim 0 of the recurrent weights (LSTM 4, GRU 3, RNN 1)
     spatial_dims: int = 0  # a conv's kernel dims
     transposed: bool = False
+    cell: bool = False  # one recurrent step (weight_ih, weight_hh), not a stack of layers (weight_ih_l0…)
     runnable: bool = False  # propagate builds it in a spec's stack
     fans_note: str | None = None  # what the fans of this kind's weight mean, said on every row
     stacked_note: str | None = None  # what blocks stacked along dim 0 are, when they are
@@ -52,6 +54,9 @@ KINDS: dict[str, LayerKind] = {
         LayerKind("rnn", ("RNN",), _RECURRENT_LAYOUT, "rnn_hidden", gates=1),
         LayerKind("lstm", ("LSTM",), _RECURRENT_LAYOUT, "rnn_hidden", gates=4),
         LayerKind("gru", ("GRU",), _RECURRENT_LAYOUT, "rnn_hidden", gates=3),
+        LayerKind("rnn_cell", ("RNNCell",), _RECURRENT_LAYOUT, "rnn_hidden", gates=1, cell=True),
+        LayerKind("lstm_cell", ("LSTMCell",), _RECURRENT_LAYOUT, "rnn_hidden", gates=4, cell=True),
+        LayerKind("gru_cell", ("GRUCell",), _RECURRENT_LAYOUT, "rnn_hidden", gates=3, cell=True),
         LayerKind("multihead_attention", ("MultiheadAttention",),
                   "[3 × embed_dim, embed_dim] (q, k, v stacked along dim 0)", "attention",
                   stacked_note="q, k, v stacked in one [3E, E] weight: torch's fan_out counts all three; each has E"),
@@ -60,10 +65,12 @@ KINDS: dict[str, LayerKind] = {
     )
 }
 NAMES = tuple(KINDS)
+#: A recurrent parameter's name: weight_ih_l0, bias_hh_l1_reverse… (a layer stack's), weight_ih (a cell's).
+RECURRENT_PARAM = re.compile(r"^(weight|bias)_(ih|hh)(_l(\d+)(_reverse)?)?$")
 #: torch.nn class name -> kind name.
 KIND_OF_CLASS = {cls: kind.name for kind in KINDS.values() for cls in kind.torch_classes}
-#: Gate count -> recurrent kind, to tell an LSTM from a GRU by its weights' rows.
-KIND_OF_GATES = {kind.gates: kind.name for kind in KINDS.values() if kind.gates is not None}
+#: (gate count, is a cell) -> recurrent kind, to tell an LSTM from a GRU by its weights' rows.
+KIND_OF_GATES = {(kind.gates, kind.cell): kind.name for kind in KINDS.values() if kind.gates is not None}
 
 
 def kind(name: str) -> LayerKind:

@@ -140,3 +140,34 @@ def test_a_fused_projection_is_not_split_in_thirds_by_its_name(fused, name):
     assert qkv["effective_fan_out"] is None and qkv["effective_fan_in"] == fan_in and qkv["std"] is None
     assert any("fused q/k/v projection 'qkv_proj'" in note for note in qkv["notes"])
     assert qkv.get("stacked") is None
+
+
+CELLS = {"rnn_cell": lambda: nn.RNNCell(6, 5), "lstm_cell": lambda: nn.LSTMCell(6, 5),
+         "gru_cell": lambda: nn.GRUCell(6, 5)}
+
+
+@pytest.mark.parametrize("kind", CELLS)
+def test_recurrent_cells_are_modelled_in_modules_and_state_dicts(tmp_path, kind):
+    from fancli import analyze
+    from fancli.analysis.fans import layer_fans
+    from fancli.layer import Model
+    from fancli.loaders import load
+    from fancli.loaders.torch_module import layers_from_module
+    from fancli.report import Settings
+
+    with sampler_calls() as calls:
+        cell = CELLS[kind]()
+    draws = {id(tensor): args for name, tensor, args in calls if name == "uniform_"}
+    torch.save(cell.state_dict(), tmp_path / "cell.pt")
+    gates = {"rnn_cell": 1, "lstm_cell": 4, "gru_cell": 3}[kind]
+    for model in (Model("m", "module", layers_from_module(cell)), load(str(tmp_path / "cell.pt"))):
+        layers = {layer.param: layer for layer in model.layers}
+        assert {layer.kind for layer in layers.values()} == {kind}
+        for key in ("weight_ih", "weight_hh"):
+            assert layers[key].stacked == (gates if gates > 1 else None)
+            fans = layer_fans(layers[key])
+            assert fans.pick(effective=True) == (cell.get_parameter(key).shape[1], cell.hidden_size)
+        report = analyze(model, Settings(scheme="torch_default"))
+        for row in report.rows:  # every parameter, biases too: U(±1/√hidden) as RNNCellBase draws it
+            assert row.inits["fan_in"].bound == pytest.approx(draws[id(cell.get_parameter(row.layer.param))][1],
+                                                               rel=1e-15), row.layer.param

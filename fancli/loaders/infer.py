@@ -11,14 +11,13 @@ import re
 from dataclasses import dataclass, replace
 from typing import Hashable, Iterable
 
-from ..kinds import KIND_OF_GATES, kind_for_ndim
+from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
 from ..tensors import FLOATING, LOW_PRECISION_FLOATING, TensorData
 from .module_structure import FUSED_QKV_NAME, fused_qkv
 
 #: Buffers that torch's modules keep in their state_dict but that are not weights.
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-_RNN = re.compile(r"^(weight|bias)_(ih|hh)_l(\d+)(_reverse)?$")
 _RNN_PROJECTION = re.compile(r"^weight_hr_l(\d+)(_reverse)?$")
 _ATTENTION = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 _EMBEDDING_NAME = re.compile(r"(emb|wte|wpe|shared$)", re.IGNORECASE)
@@ -45,15 +44,18 @@ def _split(key: str) -> tuple[str, str]:
     return module, leaf
 
 
-def _rnn_kind(module: str, shape: tuple[int, ...], shapes: dict[str, tuple[int, ...]]) -> tuple[str, int | None]:
-    """lstm/gru/rnn from the ratio of gate rows to hidden size (weight_hh_l0 is [G·H, H], or weight_hr gives H)."""
-    projection = shapes.get(f"{module}.weight_hr_l0" if module else "weight_hr_l0")
-    hh = shapes.get(f"{module}.weight_hh_l0" if module else "weight_hh_l0")
+def _rnn_kind(module: str, shape: tuple[int, ...], shapes: dict[str, tuple[int, ...]],
+              cell: bool) -> tuple[str, int | None]:
+    """lstm/gru/rnn (or their cells) from the ratio of gate rows to hidden size (weight_hh_l0 is [G·H, H],
+    or weight_hr gives H)."""
+    prefix = f"{module}." if module else ""
+    projection = None if cell else shapes.get(f"{prefix}weight_hr_l0")
+    hh = shapes.get(f"{prefix}weight_hh" if cell else f"{prefix}weight_hh_l0")
     hidden = projection[1] if projection else (hh[1] if hh and len(hh) == 2 else None)
     if not hidden or not shape or shape[0] % hidden:
         return "unknown", None
     gates = shape[0] // hidden
-    kind = KIND_OF_GATES.get(gates, "unknown")
+    kind = KIND_OF_GATES.get((gates, cell), "unknown")
     return kind, gates if kind != "unknown" and gates > 1 else None
 
 
@@ -66,9 +68,9 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
     if leaf in _ATTENTION:
         stacked = 3 if leaf.startswith("in_proj") else None
         return Layer(kind="multihead_attention", stacked=stacked, **common)
-    rnn = _RNN.match(leaf)
+    rnn = RECURRENT_PARAM.match(leaf)
     if rnn:
-        kind, gates = _rnn_kind(module, shape, shapes)
+        kind, gates = _rnn_kind(module, shape, shapes, cell=rnn.group(3) is None)
         return Layer(kind=kind, stacked=gates, **common)
     if _RNN_PROJECTION.match(leaf):
         return Layer(kind="lstm", **common)

@@ -11,14 +11,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..kinds import KIND_OF_CLASS
+from ..kinds import KIND_OF_CLASS, RECURRENT_PARAM
 from ..kinds import kind as layer_kind
 from ..layer import Layer
 from ..tensors import TensorData
 
 #: HF transformers' GPT-2 `Conv1D`: a linear layer whose weight is stored [in, out].
 HF_CONV1D = "Conv1D"
-_RNN_GATED = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
 _STACKED_QKV = ("in_proj_weight", "in_proj_bias")
 
 
@@ -79,7 +78,7 @@ def module_layer(key: str, shape: tuple[int, ...], dtype: str | None, owner: Own
     if record.is_conv and leaf == "weight":
         structure = dict(groups=owner.groups, stride=owner.stride, dilation=owner.dilation,
                          transposed=record.transposed)
-    elif (record.gates or 0) > 1 and _RNN_GATED.match(leaf):
+    elif (record.gates or 0) > 1 and RECURRENT_PARAM.match(leaf):
         structure = dict(stacked=record.gates)
     elif kind == "multihead_attention" and leaf in _STACKED_QKV:
         structure = dict(stacked=3)
