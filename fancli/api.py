@@ -33,7 +33,8 @@ def _report(
     model = source if isinstance(source, Model) else load(source, trust=trust, kwargs=kwargs)
     settings = settings.validated()
     reading = stats or infer
-    observed = observe_all(selected(model, settings.filters), on_chunk, kurtosis=infer) if reading else None
+    observed = observe_all(selected(model, settings.filters), on_chunk, kurtosis=infer,
+                           structure=infer) if reading else None
     report = analyze(model, settings, command, observed)
     if reading and not observed:
         note = f"--stats: this source ({model.format}) holds no weights to read"

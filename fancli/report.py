@@ -262,14 +262,14 @@ def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:
 
 
 def with_inferences(report: Report) -> Report:
-    """The report with each row's inferred init, from its observed std and kurtosis."""
+    """The report with each row's inferred init, from its observed mean, std, kurtosis and structure."""
     found = {}
     for row in report.rows:
         observed = row.observed
         if observed is None:
             continue
         n = observed.count - observed.nonfinite
-        result = infer(row.layer, row.fans, observed.std, observed.kurtosis, n)
+        result = infer(row.layer, row.fans, observed.std, observed.kurtosis, n, observed.mean, observed.structure)
         if result is not None:
             found[row.layer.param] = result
     found = settle_modes(found)

@@ -8,7 +8,7 @@ std (torch's default).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .tensors import CHUNK_ELEMENTS, DTYPES, TensorData
 
@@ -25,6 +25,7 @@ class Observed:
     nonfinite: int = 0  # NaN and ±Inf values, left out of the moments
     kurtosis: float | None = None  # excess kurtosis: uniform −1.2, normal 0, normal cut at ±2σ −0.63
     overflow: bool = False  # values too large for float64 moments
+    structure: "Structure | None" = None  # zeros and row signals, when asked (--infer)
 
     @property
     def note(self) -> str | None:
@@ -35,6 +36,127 @@ class Observed:
         if self.count == 0:
             return "no elements: nothing to observe"
         return None
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What i.i.d. draws fix beyond the moments: how many values are exactly 0, and how the rows (the
+    `numel / shape[0]` consecutive values under each index of dim 0) differ in norm and overlap.
+    Raw moments are about 0: `a2 = E x²` … `a8 = E x⁸`, over every finite value."""
+
+    zeros: int  # values exactly 0 (±0)
+    tiny: float | None  # smallest positive value the stored dtype holds: |x| below half of it is stored as 0
+    a2: float | None = None
+    a4: float | None = None
+    a6: float | None = None
+    a8: float | None = None
+    rows: int = 0  # rows seen whole (0: no row signal — fewer than 2 dims, too long rows, NaN/Inf)
+    row_length: int = 0
+    row_mean: float | None = None  # mean over rows of a row's sum of squares
+    row_variance: float | None = None  # sample variance over rows of a row's sum of squares
+    overlap: float | None = None  # mean over adjacent row pairs of <row r, row r+1>²
+
+
+#: Smallest positive (subnormal) value per floating dtype: a draw rounds to an exact 0 only below half of it.
+TINY = {"float64": 5e-324, "float32": 1.401298464324817e-45, "float16": 5.960464477539063e-08,
+        "bfloat16": 9.183549615799121e-41}
+#: Row signals keep one row (float64) in memory: longer rows are skipped, so memory stays bounded.
+MAX_ROW_LENGTH = 1 << 20
+
+
+class _Structure:
+    """Streams the exact-zero count, raw power sums up to x⁸, and per row the sum of squares and the
+    dot product with the previous row. Chunks arrive in the tensor's logical (C) order — every
+    `TensorData` yields them so, strided views included — so a row is `row_length` consecutive values;
+    one partial row is buffered across blocks. Memory: one row, whatever the tensor."""
+
+    def __init__(self, dtype: str, shape: tuple[int, ...]) -> None:
+        import numpy as np
+
+        self.tiny = TINY.get(dtype)
+        self.zeros = self.count = 0
+        self.p2 = self.p4 = self.p6 = self.p8 = 0.0
+        numel = math.prod(shape)
+        self.row_length = numel // shape[0] if len(shape) >= 2 and shape[0] > 0 else 0
+        self.valid = 2 <= self.row_length <= MAX_ROW_LENGTH and shape[0] >= 2
+        self.buffer = np.empty(self.row_length if self.valid else 0)
+        self.fill = 0
+        self.previous = None
+        self.rows = self.pairs = 0
+        self.first = None  # a row's sum of squares is taken about the first row's, for a stable variance
+        self.s1 = self.s2 = self.overlap = 0.0
+
+    def add(self, block) -> None:
+        """One block of the tensor's values, in order."""
+        import numpy as np
+
+        values = block.astype(np.float64)
+        self.zeros += int(np.count_nonzero(values == 0))
+        if not math.isfinite(float(values.sum())):
+            self.valid = False  # rows are no longer whole: drop the row signals, keep the zero count
+            values = values[np.isfinite(values)]
+        squares = values * values
+        fourth = squares * squares
+        self.count += values.size
+        self.p2 += float(squares.sum())
+        self.p4 += float(fourth.sum())
+        self.p6 += float(np.einsum("i,i->", fourth, squares))
+        self.p8 += float(np.einsum("i,i->", fourth, fourth))
+        if self.valid:
+            self._rows(values)
+
+    def _rows(self, values) -> None:
+        m, start = self.row_length, 0
+        if self.fill:  # complete the row begun in an earlier block
+            take = min(m - self.fill, values.size)
+            self.buffer[self.fill : self.fill + take] = values[:take]
+            self.fill += take
+            start = take
+            if self.fill < m:
+                return
+            self._whole(self.buffer[None, :])
+            self.fill = 0
+        whole = (values.size - start) // m
+        if whole:
+            self._whole(values[start : start + whole * m].reshape(whole, m))
+            start += whole * m
+        rest = values.size - start
+        if rest:
+            self.buffer[:rest] = values[start:]
+            self.fill = rest
+
+    def _whole(self, block) -> None:
+        """Whole rows, one per line of `block`."""
+        import numpy as np
+
+        sums = np.einsum("ij,ij->i", block, block)
+        if self.first is None:
+            self.first = float(sums[0])
+        shifted = sums - self.first
+        self.rows += sums.size
+        self.s1 += float(shifted.sum())
+        self.s2 += float(np.einsum("i,i->", shifted, shifted))
+        if self.previous is not None:
+            dot = float(self.previous @ block[0])
+            self.overlap += dot * dot
+            self.pairs += 1
+        if block.shape[0] > 1:
+            dots = np.einsum("ij,ij->i", block[:-1], block[1:])
+            self.overlap += float(np.einsum("i,i->", dots, dots))
+            self.pairs += dots.size
+        self.previous = block[-1].copy()
+
+    def result(self) -> Structure:
+        n = self.count
+        raw = [p / n if n else None for p in (self.p2, self.p4, self.p6, self.p8)]
+        if any(v is not None and not math.isfinite(v) for v in raw):
+            raw = [None] * 4  # x⁸ overflowed float64: no structure beyond the zero count
+        if not self.valid or self.rows < 2 or self.fill or raw[0] is None:
+            return Structure(self.zeros, self.tiny, *raw)
+        mean = self.s1 / self.rows
+        variance = max(self.s2 / self.rows - mean * mean, 0.0) * self.rows / (self.rows - 1)
+        return Structure(self.zeros, self.tiny, *raw, self.rows, self.row_length, self.first + mean, variance,
+                         self.overlap / self.pairs)
 
 
 #: Elements reduced at a time: small enough that the float64 copy and its reductions stay in cache.
@@ -92,17 +214,24 @@ class _Moments:
         return Observed(self.total, self.shift + d, std, self.low, self.high, self.total - n, kurtosis)
 
 
-def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool = False) -> Observed:
-    """Mean, std, min, max (and excess kurtosis if asked) over the finite values of a tensor: chunks as
-    read, reduced in cache-sized blocks."""
+def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool = False,
+            structure: bool = False) -> Observed:
+    """Mean, std, min, max (and excess kurtosis, and the zero and row signals of `Structure`, if asked)
+    over the finite values of a tensor: chunks as read, reduced in cache-sized blocks."""
     import numpy as np
 
     moments = _Moments(kurtosis)
-    with np.errstate(over="ignore", invalid="ignore"):  # float64 overflow (values near 1e200) → a note
+    rows = _Structure(data.dtype, tuple(data.shape)) if structure else None
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # float64 overflow → a note
         for chunk in data.chunks(max_elements):
             for start in range(0, chunk.size, BLOCK_ELEMENTS):
-                moments.add(chunk[start : start + BLOCK_ELEMENTS])
+                block = chunk[start : start + BLOCK_ELEMENTS]
+                moments.add(block)
+                if rows is not None:
+                    rows.add(block)
     observed = moments.result()
+    if rows is not None:
+        observed = replace(observed, structure=rows.result())
     moments_ = (observed.mean, observed.std, observed.kurtosis)
     if any(v is not None and not math.isfinite(v) for v in moments_):
         return Observed(observed.count, None, None, observed.min, observed.max, observed.nonfinite, None,
@@ -110,15 +239,15 @@ def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool
     return observed
 
 
-def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool = False
-                ) -> dict[str, Observed]:
+def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool = False,
+                structure: bool = False) -> dict[str, Observed]:
     """Observed statistics per parameter key, one tensor at a time; `on_chunk(nbytes)` reports progress."""
     results: dict[str, Observed] = {}
     for layer in layers:
         if layer.data is None:
             continue
         data = layer.data if on_chunk is None else _Reporting(layer.data, on_chunk)
-        results[layer.param] = observe(data, max_elements, kurtosis)
+        results[layer.param] = observe(data, max_elements, kurtosis, structure)
     return results
 
 

@@ -43,9 +43,10 @@ def _expected(scheme: str, mode: str | None, nonlinearity: str, shape) -> Candid
 
 
 def _infer(tensor: torch.Tensor):
-    observed = observe(TorchTensorData(tensor), kurtosis=True)
+    observed = observe(TorchTensorData(tensor), kurtosis=True, structure=True)
     layer = _layer(tuple(tensor.shape))
-    return infer(layer, layer_fans(layer), observed.std, observed.kurtosis, observed.count)
+    return infer(layer, layer_fans(layer), observed.std, observed.kurtosis, observed.count, observed.mean,
+                 observed.structure)
 
 
 def _cases():

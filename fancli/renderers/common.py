@@ -36,7 +36,10 @@ class Footnotes:
         self.notes: dict[str, int] = {}
 
     def marks(self, row: Row) -> str:
-        return ",".join(str(self.notes.setdefault(note, len(self.notes) + 1)) for note in row.notes)
+        notes = row.notes
+        if row.inferred is not None and row.inferred.note:  # why --infer names no init, or no mode
+            notes += (f"inferred: {row.inferred.note}",)
+        return ",".join(str(self.notes.setdefault(note, len(self.notes) + 1)) for note in notes)
 
     def lines(self) -> list[str]:
         return [f"[{number_}] {note}" for note, number_ in self.notes.items()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 from ..analysis.schemes import InitValues
@@ -100,8 +101,12 @@ def layer_dict(row: Row, command: str) -> dict[str, Any]:
             "alternatives": list(found.alternatives),
             "note": found.note,
         }
+        if found.checks is not None:
+            out["inferred"]["checks"] = asdict(found.checks)
     if row.observed is not None and row.observed.kurtosis is not None:
         out["observed"]["kurtosis"] = row.observed.kurtosis
+    if row.observed is not None and row.observed.structure is not None:
+        out["observed"]["zeros"] = row.observed.structure.zeros
     out["notes"] = list(row.notes)
     return out
 
