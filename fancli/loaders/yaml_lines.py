@@ -80,5 +80,16 @@ def load(text: str) -> Any:
     loader = _Loader(text)
     try:
         return loader.get_single_data()
+    except (ValueError, RecursionError) as error:  # a 5000-digit integer, a date like 2024-02-30
+        raise yaml.constructor.ConstructorError(None, None, _scalar_problem(error), None) from None
     finally:
         loader.dispose()
+
+
+def _scalar_problem(error: BaseException) -> str:
+    """A constructor's own error as a short phrase (Python's digit limit says a lot more)."""
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    if "digits" in str(error):
+        return "a number has too many digits"
+    return f"a value cannot be read ({' '.join(str(error).split())[:80]})"
