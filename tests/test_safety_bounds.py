@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, run
-from test_hardening import cli, isolated, legacy_file, mapping, refused, tensor, torch_zip
+from test_hardening import accepted, cli, isolated, legacy_file, mapping, refused
 
 SAMPLE = REPO / "sample_models" / "lenet5.yaml"
 LINEAR = "layers:\n  - {type: linear, in_features: 4, out_features: 3}\n"
@@ -170,3 +170,164 @@ def test_a_hostile_baseline_is_one_line(baseline, mutate, words):
         assert outcome.code == 1 and "fan_in" in outcome.out, outcome.err
         return
     refused(outcome, baseline, words)
+
+
+# --- item 3: zip end records are checked before zipfile believes them -------------------------------
+
+_LOCAL_HEADER = b"PK\x03\x04" + bytes(26)
+
+
+def _end_record(entries: int, cd_size: int, cd_offset: int) -> bytes:
+    return struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, min(entries, 0xFFFF), min(entries, 0xFFFF), cd_size,
+                       cd_offset, 0)
+
+
+def test_a_sparse_zip_claiming_a_3_gb_central_directory(tmp_path):
+    """8 KB on disk, 3 GB long: zipfile would read(3 GB) of the directory in one piece."""
+    path = tmp_path / "claims.pt"
+    size = (3 << 30) + 4096
+    with path.open("wb") as handle:
+        handle.write(_LOCAL_HEADER)
+        handle.seek(size - 22)
+        handle.write(_end_record(1, 3 << 30, 0))
+    assert path.stat().st_blocks * 512 < 1 << 20
+    refused(isolated(tmp_path, "inspect", path), path, "central directory")
+
+
+def test_a_zip_of_a_million_members_is_refused_unread(tmp_path):
+    """1.2 million 47-byte directory entries: zipfile keeps ~500 bytes of ZipInfo for each."""
+    count = 1_200_000
+    entry = struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0) + b"a"
+    path = tmp_path / "members.pt"
+    path.write_bytes(_LOCAL_HEADER + entry * count + _end_record(count, len(entry) * count, len(_LOCAL_HEADER)))
+    refused(isolated(tmp_path, "inspect", path), path, "central directory")
+
+
+def test_a_zip64_end_record_claiming_billions_of_members(tmp_path):
+    path = tmp_path / "zip64.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02}.")
+    data = path.read_bytes()
+    eocd = data.rindex(b"PK\x05\x06")
+    cd_size, cd_offset = struct.unpack_from("<2L", data, eocd + 12)
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, 3 * 10**9, 3 * 10**9, cd_size, cd_offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, eocd, 1)
+    path.write_bytes(data[:eocd] + record + locator + _end_record(0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF))
+    refused(cli("inspect", path), path, "members")
+
+
+# --- item 3: --stats work is bounded by the storage, not by the view ---------------------------------
+
+
+@pytest.mark.parametrize("legacy, layout", [(False, True), (True, False), (True, True)],
+                         ids=["zip-through-torch", "legacy", "legacy-through-torch"])
+def test_stats_on_an_expanded_view_is_refused_not_looped_over(tmp_path, legacy, layout):
+    """2^41 values over 3 stored ones. A torch.sparse_coo beside it sends the file to torch's own loader
+    (fancli's reader does not list layouts), whose tensors were read row block after row block forever."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "expanded.pt"
+    obj = {"fc.weight": torch.randn(3).expand(2**40, 3)}
+    if layout:
+        obj["layout"] = torch.sparse_coo
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    assert cli("inspect", path, "-f", "json").code == 0
+    refused(cli("inspect", path, "--stats"), path, "fc.weight" if layout else "", "a view of 3298534883328 values")
+
+
+class _Spy:
+    """A ByteSource over bytes that records the size of every read."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.reads, self.path = data, [], "spy"
+
+    def read(self, start: int, size: int) -> bytes:
+        self.reads.append(size)
+        return self.data[start : start + size]
+
+
+@pytest.mark.parametrize("view", ["transposed", "column-slice", "permuted-3d", "expanded", "every-other"])
+def test_strided_views_are_read_a_bounded_block_at_a_time(view):
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from fancli.tensors import StridedRef
+
+    base = torch.arange(60 * 50, dtype=torch.float32).reshape(60, 50)
+    tensor = {"transposed": base.t(), "column-slice": base[:, 7:9], "permuted-3d": base.reshape(6, 10, 50).permute(2, 0, 1),
+              "expanded": base[0].expand(40, 50), "every-other": base[::2, 1::2]}[view]
+    spy = _Spy(base.numpy().tobytes())
+    ref = StridedRef(spy, "float32", tuple(tensor.shape), tuple(tensor.stride()), tensor.storage_offset(), base.numel())
+    chunks = list(ref.chunks(max_elements=64))
+    assert max(spy.reads) <= 64 * 4 and max(chunk.size for chunk in chunks) <= 64
+    np.testing.assert_array_equal(np.sort(np.concatenate(chunks)), np.sort(tensor.reshape(-1).numpy()))
+
+
+def test_a_transposed_tensor_is_not_read_in_one_piece(tmp_path, monkeypatch):
+    """4.5 M values stored transposed: the region they span was read whole (577 MB for 512 MiB)."""
+    torch = pytest.importorskip("torch")
+    from fancli.loaders.torch_zip import ZipMember
+    from fancli.tensors import CHUNK_ELEMENTS
+
+    weight = torch.randn(3000, 1500).t()
+    torch.save({"fc.weight": weight}, tmp_path / "transposed.pt")
+    reads = []
+    original = ZipMember.read
+    monkeypatch.setattr(ZipMember, "read", lambda self, start, size: reads.append(size) or original(self, start, size))
+    observed = json.loads(cli("inspect", tmp_path / "transposed.pt", "--stats", "-f", "json").out)["layers"][0]["observed"]
+    assert observed["std"] == pytest.approx(float(weight.double().std()), rel=1e-9)
+    assert reads and max(reads) <= 4 * CHUNK_ELEMENTS
+
+
+# --- item 3: a legacy torch.save file is listed without reading its tensor data ----------------------
+
+
+def _sparse_legacy(path: Path, rows: int, cols: int, size: int | None = None) -> Path:
+    """A legacy file whose one storage claims rows×cols floats: written sparse, so it costs no disk."""
+    from test_hardening import g, i, s, t
+
+    numel = rows * cols
+    storage = t(s("storage"), g("torch", "FloatStorage"), s("0"), s("cpu"), i(numel), b"N") + b"Q"
+    weight = (g("torch._utils", "_rebuild_tensor_v2")
+              + t(storage, i(0), t(i(rows), i(cols)), t(i(cols), i(1)), b"\x89", g("collections", "OrderedDict") + b")R")
+              + b"R")
+    legacy_file(path, mapping(**{"fc.weight": weight}))
+    import pickle
+
+    with path.open("r+b") as handle:  # the storage keys, then the storage: its count and (sparse) bytes
+        handle.seek(-len(pickle.dumps([], protocol=2)), 2)
+        handle.write(pickle.dumps(["0"], protocol=2) + struct.pack("<q", numel))
+        handle.truncate(size or handle.tell() + 4 * numel)
+    return path
+
+
+def test_a_1_gib_legacy_file_is_listed_without_reading_its_data(tmp_path):
+    pytest.importorskip("torch")
+    path = _sparse_legacy(tmp_path / "big-legacy.pt", 16384, 16384)
+    assert path.stat().st_size > 1 << 30 and path.stat().st_blocks * 512 < 1 << 20
+    layer, = accepted(isolated(tmp_path, "inspect", path, "-f", "json", torch=True))["layers"]
+    assert layer["shape"] == [16384, 16384] and layer["dtype"] == "float32"
+
+
+def test_a_legacy_file_is_read_without_torch_and_its_stats_match(tmp_path):
+    torch = pytest.importorskip("torch")
+    weights = {"conv.weight": torch.randn(8, 3, 3, 3), "fc.weight": torch.randn(20, 30).t(),
+               "half.weight": torch.randn(6, 6).bfloat16(), "tied.weight": None}
+    weights["tied.weight"] = weights["conv.weight"]
+    torch.save({"state_dict": weights, "epoch": 3}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    report = accepted(isolated(tmp_path, "inspect", tmp_path / "legacy.pt", "--stats", "-f", "json"))
+    assert report["source"]["format"] == "torch-pickle"
+    observed = {layer["param"]: layer["observed"] for layer in report["layers"]}
+    assert set(observed) == {"conv.weight", "fc.weight", "half.weight"}
+    for key, values in observed.items():
+        assert values["std"] == pytest.approx(float(weights[key].double().std()), rel=1e-6)
+
+
+def test_a_large_legacy_file_torch_alone_can_read_is_refused(tmp_path):
+    """A layout fancli's reader does not list sends the file to torch, which reads all of it: refused
+    above MAX_LEGACY_TORCH_LOAD (here a sparse 300 MB tail that torch would have read into memory)."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "layout.pt"
+    torch.save({"fc.weight": torch.randn(3, 3), "layout": torch.sparse_coo}, path, _use_new_zipfile_serialization=False)
+    with path.open("r+b") as handle:
+        handle.truncate(300 << 20)
+    refused(cli("inspect", path), path, "torch.serialization._get_layout", "re-save")

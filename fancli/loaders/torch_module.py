@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import SourceError
 from ..layer import Layer, Model
-from ..tensors import CHUNK_ELEMENTS
+from ..tensors import CHUNK_ELEMENTS, MAX_REPEATS
 from . import pickle_scan
 from .infer import STATE_DICT_KEYS, Entry, NoStateDict, find_state_dict, layers_from_entries
 from .torch_zip import untrusted_message  # one wording whether torch reads the file or fancli does
@@ -68,25 +68,49 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 class TorchTensorData:
-    """A torch tensor as `TensorData`; dtypes numpy lacks (bfloat16, float8) are widened per chunk."""
+    """A torch tensor as `TensorData`; dtypes numpy lacks (bfloat16, float8) are widened per chunk.
 
-    def __init__(self, tensor: torch.Tensor) -> None:
+    `where` names the tensor in errors (the file and key where known)."""
+
+    def __init__(self, tensor: torch.Tensor, where: str = "tensor") -> None:
         self.tensor = tensor
+        self.where = where
         self.dtype = dtype_name(tensor.dtype)
         self.shape = tuple(tensor.shape)
 
     def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator[np.ndarray]:
-        """Flattened values in blocks of rows: a view when contiguous, else a copy of one block only."""
+        """Flattened values in order, at most max_elements at a time: no block of a non-contiguous tensor
+        copies more than a chunk. A view that would repeat its storage more than MAX_REPEATS times (an
+        expand(): numel far beyond its storage) is refused, so the work is bounded by what is stored."""
         tensor = self.tensor.detach()
-        if tensor.dim() == 0:
-            tensor = tensor.reshape(1)
         if tensor.numel() == 0:
             return
-        rows = max(1, max_elements // tensor[0].numel())
-        for start in range(0, tensor.shape[0], rows):
-            block = tensor[start : start + rows].reshape(-1)
-            for offset in range(0, block.numel(), max_elements):
-                yield _to_numpy(block[offset : offset + max_elements])
+        stored = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+        if tensor.numel() > MAX_REPEATS * max(stored, max_elements):
+            raise SourceError(f"{self.where}: a view of {tensor.numel()} values over {stored} stored ones "
+                              f"(stride 0?); its statistics would read each value {tensor.numel() // max(stored, 1)} "
+                              "times")
+        yield from _torch_blocks(tensor.reshape(1) if tensor.dim() == 0 else tensor, max_elements)
+
+
+def _torch_blocks(tensor: torch.Tensor, max_elements: int) -> Iterator[np.ndarray]:
+    """A tensor's values, flattened, in blocks of whole rows; a row larger than a chunk is split along the
+    next dim, so a non-contiguous block copied by reshape is never more than max_elements."""
+    if tensor.numel() <= max_elements:
+        yield _to_numpy(tensor.reshape(-1))
+        return
+    if tensor.dim() == 1:
+        for start in range(0, tensor.numel(), max_elements):
+            yield _to_numpy(tensor[start : start + max_elements])
+        return
+    row = tensor[0].numel()
+    if row > max_elements:
+        for index in range(tensor.shape[0]):
+            yield from _torch_blocks(tensor[index], max_elements)
+        return
+    rows = max_elements // row
+    for start in range(0, tensor.shape[0], rows):
+        yield _to_numpy(tensor[start : start + rows].reshape(-1))
 
 
 def _to_numpy(chunk: torch.Tensor) -> np.ndarray:
@@ -96,9 +120,9 @@ def _to_numpy(chunk: torch.Tensor) -> np.ndarray:
     return chunk.numpy()
 
 
-def _tensor_data(tensor: torch.Tensor) -> TorchTensorData | None:
+def _tensor_data(tensor: torch.Tensor, where: str = "tensor") -> TorchTensorData | None:
     """No handle for meta tensors: they have a shape but no values to observe."""
-    return None if tensor.is_meta else TorchTensorData(tensor)
+    return None if tensor.is_meta else TorchTensorData(tensor, where)
 
 
 @dataclass(frozen=True)
@@ -144,7 +168,7 @@ def _layer(key: str, tensor: torch.Tensor, owner: _Owner, aliases: tuple[str, ..
         notes.append(f"shared with {', '.join(aliases)} (tied weights, reported once)")
     return Layer(name=owner.name or key, param=key, kind=kind, shape=tuple(tensor.shape),
                  dtype=dtype_name(tensor.dtype), aliases=aliases, notes=tuple(notes),
-                 data=_tensor_data(tensor), **structure)
+                 data=_tensor_data(tensor, key), **structure)
 
 
 def _class_name(module: nn.Module) -> str:
@@ -270,9 +294,10 @@ def _module_in(obj: Any) -> tuple[nn.Module, tuple[str, ...]] | None:
     return None
 
 
-def _entries(state_dict: dict) -> Iterator[Entry]:
+def _entries(state_dict: dict, path: Path) -> Iterator[Entry]:
     for key, tensor in state_dict.items():
-        yield Entry(str(key), tuple(tensor.shape), dtype_name(tensor.dtype), _tensor_data(tensor), _identity(tensor))
+        yield Entry(str(key), tuple(tensor.shape), dtype_name(tensor.dtype), _tensor_data(tensor, f"{path}: {key}"),
+                    _identity(tensor))
 
 
 def _identity(tensor: torch.Tensor) -> Hashable | None:
@@ -291,7 +316,7 @@ def _from_loaded(path: Path, obj: Any) -> Model:
         mapping, notes = find_state_dict(obj, lambda value: isinstance(value, torch.Tensor))
     except NoStateDict as error:
         raise SourceError(f"{path}: holds {error}, not a state_dict or model") from None
-    layers = layers_from_entries(_entries(mapping))
+    layers = layers_from_entries(_entries(mapping, path))
     if not layers:
         raise SourceError(f"{path}: holds no floating-point weights")
     return Model(source=str(path), format="torch-zip" if _is_zip(path) else "torch-pickle", layers=layers,
