@@ -43,7 +43,8 @@ class TensorData(Protocol):
     shape: tuple[int, ...]
 
     def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
-        """The tensor's values, flattened, as numpy arrays of at most max_elements each."""
+        """The tensor's values, flattened, as numpy arrays of at most max_elements each; in an order the
+        reader chooses (a strided view comes in storage order: statistics do not depend on it)."""
         ...
 
 
