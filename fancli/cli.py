@@ -248,7 +248,12 @@ def check(source: str | None, trust: bool, factory_kwargs: dict | None, config_p
     from . import api, check as drift
     from .atomic import write_text
     from .config import DEFAULT_BASELINE
+    from .errors import SettingsError
     from .renderers.check_out import RENDERERS
+
+    for name, value in (("--tolerance", tolerance), ("--sigmas", sigmas)):
+        if value is not None and not 0 < value < float("inf"):  # click's float takes nan, inf and negatives
+            raise SettingsError(f"{name}: expected a positive number, got {value}")
 
     model, config = _load(source, trust, factory_kwargs, config_path, no_config)
     baseline = Path(baseline_path) if baseline_path else config.baseline if config else Path(DEFAULT_BASELINE)
