@@ -85,7 +85,10 @@ class TorchTensorData:
         tensor = self.tensor.detach()
         if tensor.numel() == 0:
             return
-        stored = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+        try:
+            stored = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+        except (RuntimeError, NotImplementedError):  # no plain storage (a sparse or wrapper tensor)
+            stored = tensor.numel()
         if tensor.numel() > MAX_REPEATS * max(stored, max_elements):
             raise SourceError(f"{self.where}: a view of {tensor.numel()} values over {stored} stored ones "
                               f"(stride 0?); its statistics would read each value {tensor.numel() // max(stored, 1)} "
