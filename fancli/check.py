@@ -19,6 +19,8 @@ from .report import SCHEMA_VERSION, Report, Row
 #: Fields of a baseline entry, in the order written; strings compare exactly, numbers within a tolerance.
 TEXT_FIELDS = ("kind", "scheme", "mode", "nonlinearity")
 NUMBER_FIELDS = ("fan_in", "fan_out", "gain", "std", "bound")
+#: A baseline takes ~250 bytes a layer: 64 MiB is ~250,000 layers, more than any model fancli reads.
+MAX_BASELINE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -122,19 +124,22 @@ def ensure_replaceable(path: Path) -> None:
 
 def read_baseline(path: Path) -> dict[str, Any]:
     """The committed baseline; SourceError (exit 2) if it is missing or not one of ours."""
-    from .loaders.files import open_regular
+    from .loaders.files import read_bounded
+    from .loaders.safetensors_file import check_json_size
 
     if not path.exists():
         raise SourceError(f"{path}: no baseline; write one with `fancli check --update`")
+    raw = read_bounded(path, MAX_BASELINE_BYTES, "a fancli baseline")  # FIFO-safe, and never read whole
+    check_json_size(raw, str(path), "the baseline")
     try:
-        with open_regular(path, str(path)) as handle:  # a FIFO would block read_text forever
-            text = handle.read().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+        document = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
         raise SourceError(f"{path}: cannot read the baseline ({error})") from None
-    try:
-        document = json.loads(text)
-    except ValueError as error:
-        raise SourceError(f"{path}: the baseline is not valid JSON ({error})") from None
+    except RecursionError:
+        raise SourceError(f"{path}: the baseline is not valid JSON (nested too deeply)") from None
+    except ValueError as error:  # JSONDecodeError, or Python's limit on an integer's digits
+        problem = "a number has too many digits" if "digits" in str(error) else str(error)
+        raise SourceError(f"{path}: the baseline is not valid JSON ({problem})") from None
     layers = document.get("layers") if isinstance(document, dict) else None
     if not isinstance(layers, dict) or "fancli" not in document:
         raise SourceError(f"{path}: not a fancli baseline (no 'fancli' version and 'layers' mapping)")
@@ -147,7 +152,10 @@ def read_baseline(path: Path) -> dict[str, Any]:
 
 def _differs(old: Any, new: Any, tolerance: float) -> bool:
     if isinstance(old, (int, float)) and isinstance(new, (int, float)):
-        return not math.isclose(old, new, rel_tol=tolerance, abs_tol=0.0)
+        try:
+            return not math.isclose(old, new, rel_tol=tolerance, abs_tol=0.0)
+        except OverflowError:  # a baseline number beyond any float (a 400-digit integer): not today's value
+            return True
     return old != new
 
 

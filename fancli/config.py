@@ -26,7 +26,13 @@ from .errors import SourceError
 from .layer import Layer, Model
 
 CONFIG_FILE = "fancli.yaml"
+#: A config is a few defaults and overrides (pyproject.toml a few KB): 1 MiB is far beyond any real one.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Values a config may hold: ~100 bytes of PyYAML or tomllib objects each, so at most ~10 MB to parse.
+MAX_CONFIG_NODES = 100_000
 DEFAULT_BASELINE = "fancli.lock.json"
+#: Numbers a config may give: finite floats (a 400-digit integer would overflow float()).
+_LARGEST = 1e300
 _INIT_KEYS = ("scheme", "mode", "nonlinearity", "param")
 _TOP_KEYS = ("source", "kwargs", "trust", "baseline", "defaults", "overrides", "tolerance", "sigmas", "fans")
 
@@ -95,6 +101,12 @@ def _fail(path: Path, where: str, message: str) -> SourceError:
     return SourceError(f"{path}: {where}: {message}")
 
 
+def _short(value: Any) -> str:
+    """A value for a one-line message: its repr, cut short (a config may hold a huge string or list)."""
+    text = repr(value) if not isinstance(value, (dict, list)) else f"a {'mapping' if isinstance(value, dict) else 'list'}"
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
 def _rule(path: Path, where: str, mapping: Any, patterns: tuple[str, ...] = ()) -> InitRule:
     if not isinstance(mapping, dict):
         raise _fail(path, where, "expected a mapping")
@@ -107,14 +119,15 @@ def _rule(path: Path, where: str, mapping: Any, patterns: tuple[str, ...] = ()) 
         if values[key] is None:
             continue
         if not isinstance(values[key], str):
-            raise _fail(path, f"{where}.{key}", f"expected a name, got {values[key]!r}")
+            raise _fail(path, f"{where}.{key}", f"expected a name, got {_short(values[key])}")
         try:
             check(values[key])
         except ValueError as error:
             raise _fail(path, f"{where}.{key}", str(error)) from None
     param = values["param"]
-    if param is not None and (isinstance(param, bool) or not isinstance(param, (int, float))):
-        raise _fail(path, f"{where}.param", f"expected a number, got {param!r}")
+    if param is not None and (isinstance(param, bool) or not isinstance(param, (int, float))
+                              or not -_LARGEST < param < _LARGEST):
+        raise _fail(path, f"{where}.param", f"expected a number, got {_short(param)}")
     return InitRule(patterns, values["scheme"], values["mode"], values["nonlinearity"],
                     None if param is None else float(param))
 
@@ -144,9 +157,12 @@ def parse_config(data: Any, path: Path) -> Config:
     numbers = {}
     for key, default in (("tolerance", 1e-9), ("sigmas", 5.0)):
         value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise _fail(path, key, f"expected a positive number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < _LARGEST:
+            raise _fail(path, key, f"expected a positive number, got {_short(value)}")
         numbers[key] = float(value)
+    trust = data.get("trust", False)
+    if not isinstance(trust, bool):  # bool("false") is True: a quoted word must not turn trust on
+        raise _fail(path, "trust", f"expected true or false, got {_short(trust)}")
     fans = data.get("fans")
     if fans is not None and fans not in ("torch", "effective"):
         raise _fail(path, "fans", "expected torch or effective")
@@ -156,9 +172,29 @@ def parse_config(data: Any, path: Path) -> Config:
     baseline = data.get("baseline", DEFAULT_BASELINE)
     if not isinstance(baseline, str):
         raise _fail(path, "baseline", "expected a file name")
-    return Config(path, source, kwargs, bool(data.get("trust", False)), base / baseline,
+    return Config(path, source, kwargs, trust, base / baseline,
                   _rule(path, "defaults", data.get("defaults") or {}), tuple(overrides),
                   numbers["tolerance"], numbers["sigmas"], fans)
+
+
+def _read_text(path: Path) -> str:
+    """The config file's text, read with a bound: a config never needs more than MAX_CONFIG_BYTES."""
+    from .loaders.files import read_bounded
+
+    raw = read_bounded(path, MAX_CONFIG_BYTES, "a fancli config")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SourceError(f"{path}: not a text file (byte {error.start} is not UTF-8)") from None
+
+
+def _check_nodes(text: str, path: Path) -> None:
+    """Refuse a config whose parse would build more than MAX_CONFIG_NODES values (each needs one of these
+    characters; a few MB of `[],` would take gigabytes in PyYAML or tomllib)."""
+    indicators = sum(map(text.count, "[{,:-=\n"))
+    if indicators > MAX_CONFIG_NODES:
+        raise SourceError(f"{path}: more than {MAX_CONFIG_NODES:,} values ({indicators:,} of [ {{ , : - = and "
+                          "line ends), too large for a fancli config")
 
 
 def _read_yaml(path: Path) -> Any:
@@ -166,11 +202,11 @@ def _read_yaml(path: Path) -> Any:
 
     from .loaders.yaml_lines import load
 
+    text = _read_text(path)
+    _check_nodes(text, path)
     try:
-        return load(path.read_text(encoding="utf-8")) or {}
-    except OSError as error:
-        raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        return load(text) or {}
+    except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise SourceError(f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}") from None
@@ -181,11 +217,17 @@ def _read_pyproject(path: Path) -> Any | None:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
+    text = _read_text(path)
+    _check_nodes(text, path)
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise SourceError(f"{path}: not valid TOML ({error})") from None
-    return document.get("tool", {}).get("fancli")
+        document = tomllib.loads(text)
+    except RecursionError:
+        raise SourceError(f"{path}: not valid TOML (nested too deeply)") from None
+    except ValueError as error:  # TOMLDecodeError, or Python's limit on an integer's digits
+        problem = "a number has too many digits" if "digits" in str(error) else " ".join(str(error).split())[:120]
+        raise SourceError(f"{path}: not valid TOML ({problem})") from None
+    tool = document.get("tool", {})
+    return tool.get("fancli") if isinstance(tool, dict) else None
 
 
 def load_config(path: str | Path | None = None, directory: Path | None = None) -> Config | None:

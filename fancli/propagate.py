@@ -65,6 +65,11 @@ _BATCH_FLAT, _BATCH_SPATIAL = 256, 32
 #: Refuse a run whose estimated memory (weights and their gradients, activations kept for backward) exceeds this.
 MAX_BYTES = 8 * 1024**3
 _SEARCH_SPATIAL = range(1, 1025)
+#: Draws averaged per mode: the mean's spread falls as 1/√draws, so 1,000 leave ~3% of one draw's; more only
+#: take longer (each draw is a forward and a backward pass).
+MAX_DRAWS = 1000
+#: Inputs per pass: 65,536 already estimate a variance to within ~0.6%; more only take time and memory.
+MAX_BATCH = 65536
 
 
 class PropagateError(SourceError, ValueError):
@@ -211,10 +216,10 @@ def propagate(
         raise SettingsError("propagate needs at least one mode")
     if norms not in NORMS:
         raise SettingsError(f"unknown norms {norms!r}; known: {', '.join(NORMS)}")
-    if draws < 1:
-        raise SettingsError(f"draws must be at least 1, got {draws}")
-    if batch is not None and batch < 1:
-        raise SettingsError(f"batch must be at least 1, got {batch}")
+    if not 1 <= draws <= MAX_DRAWS:
+        raise SettingsError(f"draws must be from 1 to {MAX_DRAWS:,}, got {draws}")
+    if batch is not None and not 1 <= batch <= MAX_BATCH:
+        raise SettingsError(f"batch must be from 1 to {MAX_BATCH:,}, got {batch}")
     if input_shape is not None:
         input_shape = tuple(int(d) for d in input_shape)
         if not input_shape or any(d < 1 for d in input_shape):
@@ -349,7 +354,12 @@ class _Runner:
     model: Model
 
     def check_memory(self, batch: int, shape: tuple[int, ...]) -> None:
-        pass
+        """A module's own sizes are unknown until it runs: at least refuse an input (and its gradient)
+        that alone would exceed MAX_BYTES, before torch tries to allocate it."""
+        estimate = 2 * 4 * batch * math.prod(shape)
+        if estimate > MAX_BYTES:
+            raise PropagateError(f"{self.model.source}: an input of {batch}×{'×'.join(map(str, shape))} would need "
+                                 f"about {estimate / 1024**3:.0f} GiB; give a smaller batch or input shape")
 
     def run(self, mode: str, rows: dict[str, Row], batch: int, shape: tuple[int, ...],
             generator: torch.Generator) -> _Draw:

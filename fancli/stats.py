@@ -66,9 +66,10 @@ MAX_ROW_LENGTH = 1 << 20
 
 class _Structure:
     """Streams the exact-zero count, raw power sums up to x⁸, and per row the sum of squares and the
-    dot product with the previous row. Chunks arrive in the tensor's logical (C) order — every
-    `TensorData` yields them so, strided views included — so a row is `row_length` consecutive values;
-    one partial row is buffered across blocks. Memory: one row, whatever the tensor."""
+    dot product with the previous row. Chunks arrive in the tensor's logical (C) order, so a row is
+    `row_length` consecutive values;
+    one partial row is buffered across blocks. Memory: one row, whatever the tensor. (A transposed view
+    wider than one chunk is read in storage order to stay bounded; its row signals are skipped.)"""
 
     def __init__(self, dtype: str, shape: tuple[int, ...]) -> None:
         import numpy as np
@@ -222,6 +223,8 @@ def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool
 
     moments = _Moments(kurtosis)
     rows = _Structure(data.dtype, tuple(data.shape)) if structure else None
+    if rows is not None and not _logical(data, max_elements):
+        rows.valid = False  # a wide transposed view comes in storage order: its rows are not consecutive
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # float64 overflow → a note
         for chunk in data.chunks(max_elements):
             for start in range(0, chunk.size, BLOCK_ELEMENTS):
@@ -251,6 +254,12 @@ def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS, kurto
     return results
 
 
+def _logical(data: TensorData, max_elements: int) -> bool:
+    """Whether the data's chunks come in logical order (every source's do, but for wide permuted views)."""
+    logical = getattr(data, "logical", None)
+    return logical(max_elements) if logical is not None else True
+
+
 class _Reporting:
     """Wraps a TensorData so the bytes of each chunk read are reported (for a progress bar)."""
 
@@ -258,6 +267,9 @@ class _Reporting:
         self.data, self.on_chunk = data, on_chunk
         self.dtype, self.shape = data.dtype, data.shape
         self.itemsize = DTYPES[data.dtype][0] if data.dtype in DTYPES else 1
+
+    def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
+        return _logical(self.data, max_elements)
 
     def chunks(self, max_elements: int = CHUNK_ELEMENTS):
         for chunk in self.data.chunks(max_elements):

@@ -43,7 +43,8 @@ class TensorData(Protocol):
     shape: tuple[int, ...]
 
     def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
-        """The tensor's values, flattened, as numpy arrays of at most max_elements each."""
+        """The tensor's values, flattened, as numpy arrays of at most max_elements each; in an order the
+        reader chooses (a strided view comes in storage order: statistics do not depend on it)."""
         ...
 
 
@@ -103,19 +104,25 @@ class StridedRef:
             return 0
         return 1 + sum((size - 1) * stride for size, stride in zip(self.shape, self.stride))
 
+    def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
+        """Whether chunks() yields the values in the tensor's logical (C) order at this chunk size: always,
+        but for a permuted view (a transpose) wider than one chunk, which is read in storage order to stay
+        bounded. Order-free statistics do not care; row signals (`--infer`) are skipped then."""
+        return self.contiguous or self.span() <= max_elements or _keeps_order(self.shape, self.stride)
+
     def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
-        itemsize = DTYPES[self.dtype][0]
+        """The values in bounded chunks: a contiguous tensor by byte range; a strided view within one chunk
+        read whole and indexed in logical order; a wider one a block of storage at a time (never the whole
+        region it spans), in storage order."""
         if self.numel == 0:
             return
+        itemsize = DTYPES[self.dtype][0]
         if self.contiguous:
             for start in range(0, self.numel, max_elements):
                 count = min(max_elements, self.numel - start)
                 raw = self.source.read((self.offset + start) * itemsize, count * itemsize)
                 yield decode(raw, self.dtype, self.byteorder)
             return
-        # A strided view: read the storage region it spans once, then index it a block at a time.
-        import numpy as np
-
         span = self.span()
         if self.numel > MAX_REPEATS * max(span, max_elements):
             from .errors import SourceError
@@ -123,11 +130,50 @@ class StridedRef:
             raise SourceError(f"{getattr(self.source, 'path', 'source')}: a view of {self.numel} values over "
                               f"{span} stored ones (stride 0?); its statistics would read each value "
                               f"{self.numel // span} times")
-        region = decode(self.source.read(self.offset * itemsize, span * itemsize), self.dtype, self.byteorder)
-        view = np.lib.stride_tricks.as_strided(
-            region, shape=self.shape, strides=[s * region.itemsize for s in self.stride], writeable=False
-        )
-        yield from _blocks(view, max_elements)
+        if span <= max_elements:
+            import numpy as np
+
+            region = decode(self.source.read(self.offset * itemsize, span * itemsize), self.dtype, self.byteorder)
+            view = np.lib.stride_tricks.as_strided(
+                region, shape=self.shape, strides=[s * region.itemsize for s in self.stride], writeable=False
+            )
+            yield from _blocks(view, max_elements)
+            return
+        shape, stride = storage_order(self.shape, self.stride)
+        yield from self._strided(shape, stride, self.offset, max_elements)
+
+    def _strided(self, shape: tuple[int, ...], stride: tuple[int, ...], offset: int,
+                 max_elements: int) -> Iterator["np.ndarray"]:
+        """Rows of the outermost dim, as many per read as keep both the storage region read and the values
+        produced within max_elements; a row too large for that is split along the next dim."""
+        import numpy as np
+
+        itemsize = DTYPES[self.dtype][0]
+        inner_shape, inner_stride = shape[1:], stride[1:]
+        inner_numel = math.prod(inner_shape)
+        inner_span = 1 + sum((size - 1) * step for size, step in zip(inner_shape, inner_stride))
+        if inner_numel > max_elements or inner_span > max_elements:
+            for index in range(shape[0]):
+                yield from self._strided(inner_shape, inner_stride, offset + index * stride[0], max_elements)
+            return
+        rows = max_elements // inner_numel
+        if stride[0]:
+            rows = min(rows, (max_elements - inner_span) // stride[0] + 1)
+        for start in range(0, shape[0], rows):
+            count = min(rows, shape[0] - start)
+            span = (count - 1) * stride[0] + inner_span
+            raw = self.source.read((offset + start * stride[0]) * itemsize, span * itemsize)
+            region = decode(raw, self.dtype, self.byteorder)
+            block = np.lib.stride_tricks.as_strided(region, shape=(count, *inner_shape),
+                                                    strides=[s * region.itemsize for s in (stride[0], *inner_stride)],
+                                                    writeable=False)
+            yield block.reshape(-1)
+
+
+def _keeps_order(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Storage order is logical order: the strides of the dims that count do not grow inward."""
+    steps = [step for size, step in zip(shape, stride) if size != 1]
+    return all(outer >= inner for outer, inner in zip(steps, steps[1:]))
 
 
 def _blocks(view: "np.ndarray", max_elements: int) -> Iterator["np.ndarray"]:
@@ -147,3 +193,17 @@ def _blocks(view: "np.ndarray", max_elements: int) -> Iterator["np.ndarray"]:
     rows = max_elements // row
     for start in range(0, view.shape[0], rows):
         yield view[start : start + rows].reshape(-1)
+
+
+def storage_order(shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The dims reordered by stride, largest first, size-1 dims dropped: the same values (statistics do not
+    depend on order) walked in storage order, so a transposed tensor reads as contiguously as it is stored."""
+    merged: list[tuple[int, int]] = []
+    for size, step in sorted((pair for pair in zip(shape, stride) if pair[0] != 1), key=lambda pair: -pair[1]):
+        if merged and merged[-1][1] == size * step:  # the outer dim steps over exactly this one: one dim
+            merged[-1] = (merged[-1][0] * size, step)
+        else:
+            merged.append((size, step))
+    if not merged:
+        return (1,), (1,)
+    return tuple(size for size, _ in merged), tuple(step for _, step in merged)

@@ -91,23 +91,39 @@ def resolve(name: str) -> tuple[str, Callable[[np.ndarray, float | None], np.nda
                      "torch.nn.functional.rrelu")
 
 
-def _torch_function(dotted: str) -> Activation:
-    import importlib
+#: The elementwise activations a dotted name may call, by namespace: a spec or a command line names a
+#: function, it never imports a module (`torchx_gelu.gelu` would import a file beside the spec), and no
+#: other torch callable (`torch.zeros`, `torch.load`) is evaluated. Each takes (x) or (x, one parameter).
+TORCH_ACTIVATIONS = {
+    "torch.nn.functional": ("relu", "relu6", "elu", "selu", "celu", "gelu", "silu", "mish", "leaky_relu", "rrelu",
+                            "hardtanh", "hardswish", "hardsigmoid", "sigmoid", "tanh", "softplus", "softsign",
+                            "tanhshrink", "softshrink", "hardshrink", "logsigmoid"),
+    "torch": ("relu", "selu", "celu", "rrelu", "sigmoid", "tanh", "hardshrink"),
+}
 
-    module_name, _, attribute = dotted.rpartition(".")
-    if not module_name.startswith("torch"):
-        raise ValueError(f"{dotted!r}: only torch functions can be named (torch.nn.functional.*, torch.*)")
-    try:
-        function = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError):
-        raise ValueError(f"{dotted!r}: no such torch function") from None
+
+def _torch_function(dotted: str) -> Activation:
+    """An allowlisted torch activation: the name is checked before torch is imported, and nothing else is."""
+    namespace, _, attribute = dotted.strip().rpartition(".")
+    if namespace not in TORCH_ACTIVATIONS:
+        raise ValueError(f"{dotted[:80]!r}: only torch functions can be named (torch.nn.functional.<f>, torch.<f>); "
+                         "nothing else is imported")
+    if attribute not in TORCH_ACTIVATIONS[namespace]:
+        raise ValueError(f"{dotted[:80]!r}: no such torch function among the activations a name may call: "
+                         "torch.nn.functional.<f> or torch.<f> for an elementwise activation f (e.g. "
+                         "torch.nn.functional.rrelu)")
+    import torch
+    import torch.nn.functional
+
+    function = getattr(torch.nn.functional if namespace == "torch.nn.functional" else torch, attribute)
 
     def evaluate(x: np.ndarray, param: float | None) -> np.ndarray:
-        import torch
-
         tensor = torch.from_numpy(x)
-        with torch.no_grad():
-            out = function(tensor) if param is None else function(tensor, param)
+        try:
+            with torch.no_grad():
+                out = function(tensor) if param is None else function(tensor, param)
+        except (TypeError, ValueError, RuntimeError) as error:  # e.g. a parameter it does not take
+            raise ValueError(f"{dotted}: {' '.join(str(error).split())[:120]}") from None
         return out.double().numpy()
 
     return evaluate

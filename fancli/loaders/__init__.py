@@ -74,9 +74,7 @@ def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = No
     if kind == "zip":
         return _load_zip(path, trust)
     if kind == "pickle":
-        from . import torch_module
-
-        return torch_module.load_pickled_module(path, trust=True) if trust else torch_module.load_weights_only(path)
+        return _load_pickle(path, trust)
     if kind == "safetensors":
         from .safetensors_file import load_safetensors
 
@@ -141,6 +139,41 @@ def _load_zip(path: Path, trust: bool) -> Model:
 
             return load_weights_only(path)  # a tensor type torch's own safe loader knows
         raise SourceError(untrusted_message(path, f"{refused.module}.{refused.name}")) from None
+
+
+#: A legacy file fancli's own reader cannot list (a torch type outside its allowlist) goes to torch's
+#: weights-only loader, which reads every storage into memory: only up to this size without --trust.
+MAX_LEGACY_TORCH_LOAD = 256 * 1024 * 1024
+
+
+def _load_pickle(path: Path, trust: bool) -> Model:
+    """A legacy (pre-1.6) torch.save file: read without torch and without its tensor data unless --trust
+    asks torch to unpickle a module. Another pickle goes to torch's weights-only loader, which says what
+    it is."""
+    if trust:
+        from .torch_module import load_pickled_module
+
+        return load_pickled_module(path, trust=True)
+    from .torch_legacy import NotLegacy, read_legacy
+    from .torch_zip import UnsafeGlobal, untrusted_message
+
+    try:
+        return read_legacy(path)
+    except NotLegacy:
+        pass
+    except UnsafeGlobal as refused:
+        name = f"{refused.module}.{refused.name}"
+        if not refused.module.startswith("torch.") or refused.module.startswith("torch.nn"):
+            raise SourceError(untrusted_message(path, name)) from None
+        size = path.stat().st_size
+        if size > MAX_LEGACY_TORCH_LOAD:  # torch would read all of it, tensor data included
+            raise SourceError(f"{path}: a legacy torch.save file of {size} bytes holding {name!r}, which fancli's "
+                              "reader does not list; torch's loader would read all of it into memory, so files "
+                              f"over {MAX_LEGACY_TORCH_LOAD >> 20} MiB are refused (re-save it with torch.save's "
+                              "default zip format)") from None
+    from .torch_module import load_weights_only
+
+    return load_weights_only(path)
 
 
 def _load_json(path: Path) -> Model:

@@ -25,6 +25,12 @@ from .yaml_lines import LineDict, LineList
 
 MAX_SPEC_BYTES = 16 * 1024 * 1024
 MAX_SPEC_NODES = 750_000  # ~75,000 layers written one per line
+#: Counts fancli acts on rather than multiplies are bounded before the loop they drive: a 2-line spec
+#: saying `num_layers: 1000000000` would otherwise build 4 billion records. Stacked RNNs have 1–8 layers.
+MAX_RNN_LAYERS = 1000
+#: Sizes are torch's int64; a list of sizes (a raw shape, normalized_shape) has at most torch_zip's MAX_DIMS.
+MAX_SIZE = 2**63 - 1
+MAX_DIMS = 64
 _MISSING = object()
 
 #: Keys every layer may carry besides its type's own.
@@ -125,6 +131,8 @@ class _Fields:
             raise self.error(key, f"expected an integer, got {_yaml_type(value)}")
         if value < minimum:
             raise self.error(key, f"must be at least {minimum}, got {value}")
+        if value > MAX_SIZE:
+            raise self.error(key, "larger than 2**63 - 1, beyond any size torch can hold")
         return value
 
     def ints(self, key: str, dims: int | None, default: Any = _MISSING, minimum: int = 1) -> tuple[int, ...]:
@@ -135,6 +143,8 @@ class _Fields:
         if isinstance(value, list):
             if not value or (dims is not None and len(value) != dims):
                 raise self.error(key, f"expected {dims or 'at least 1'} values, got {len(value)}")
+            if len(value) > MAX_DIMS:
+                raise self.error(key, f"{len(value)} values; a tensor has at most {MAX_DIMS} dims")
             return tuple(self._check_int(key, v, minimum) for v in value)
         single = self._check_int(key, value, minimum)
         return (single,) * (dims or 1)
@@ -242,6 +252,8 @@ def _conv(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
 def _rnn(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
     input_size, hidden = f.int("input_size"), f.int("hidden_size")
     num_layers = f.int("num_layers", 1)
+    if num_layers > MAX_RNN_LAYERS:
+        raise f.error("num_layers", f"{num_layers} stacked layers; fancli lists at most {MAX_RNN_LAYERS:,}")
     directions = ("", "_reverse") if f.bool("bidirectional", False) else ("",)
     gates = _GATES[type_]
     layers = []

@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import SourceError
 from ..kinds import KIND_OF_CLASS
 from ..layer import Layer, Model
-from ..tensors import CHUNK_ELEMENTS
+from ..tensors import CHUNK_ELEMENTS, MAX_REPEATS
 from . import pickle_scan
 from .infer import (
     STATE_DICT_KEYS,
@@ -56,25 +56,52 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 class TorchTensorData:
-    """A torch tensor as `TensorData`; dtypes numpy lacks (bfloat16, float8) are widened per chunk."""
+    """A torch tensor as `TensorData`; dtypes numpy lacks (bfloat16, float8) are widened per chunk.
 
-    def __init__(self, tensor: torch.Tensor) -> None:
+    `where` names the tensor in errors (the file and key where known)."""
+
+    def __init__(self, tensor: torch.Tensor, where: str = "tensor") -> None:
         self.tensor = tensor
+        self.where = where
         self.dtype = dtype_name(tensor.dtype)
         self.shape = tuple(tensor.shape)
 
     def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator[np.ndarray]:
-        """Flattened values in blocks of rows: a view when contiguous, else a copy of one block only."""
+        """Flattened values in order, at most max_elements at a time: no block of a non-contiguous tensor
+        copies more than a chunk. A view that would repeat its storage more than MAX_REPEATS times (an
+        expand(): numel far beyond its storage) is refused, so the work is bounded by what is stored."""
         tensor = self.tensor.detach()
-        if tensor.dim() == 0:
-            tensor = tensor.reshape(1)
         if tensor.numel() == 0:
             return
-        rows = max(1, max_elements // tensor[0].numel())
-        for start in range(0, tensor.shape[0], rows):
-            block = tensor[start : start + rows].reshape(-1)
-            for offset in range(0, block.numel(), max_elements):
-                yield _to_numpy(block[offset : offset + max_elements])
+        try:
+            stored = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+        except (RuntimeError, NotImplementedError):  # no plain storage (a sparse or wrapper tensor)
+            stored = tensor.numel()
+        if tensor.numel() > MAX_REPEATS * max(stored, max_elements):
+            raise SourceError(f"{self.where}: a view of {tensor.numel()} values over {stored} stored ones "
+                              f"(stride 0?); its statistics would read each value {tensor.numel() // max(stored, 1)} "
+                              "times")
+        yield from _torch_blocks(tensor.reshape(1) if tensor.dim() == 0 else tensor, max_elements)
+
+
+def _torch_blocks(tensor: torch.Tensor, max_elements: int) -> Iterator[np.ndarray]:
+    """A tensor's values, flattened, in blocks of whole rows; a row larger than a chunk is split along the
+    next dim, so a non-contiguous block copied by reshape is never more than max_elements."""
+    if tensor.numel() <= max_elements:
+        yield _to_numpy(tensor.reshape(-1))
+        return
+    if tensor.dim() == 1:
+        for start in range(0, tensor.numel(), max_elements):
+            yield _to_numpy(tensor[start : start + max_elements])
+        return
+    row = tensor[0].numel()
+    if row > max_elements:
+        for index in range(tensor.shape[0]):
+            yield from _torch_blocks(tensor[index], max_elements)
+        return
+    rows = max_elements // row
+    for start in range(0, tensor.shape[0], rows):
+        yield _to_numpy(tensor[start : start + rows].reshape(-1))
 
 
 def _to_numpy(chunk: torch.Tensor) -> np.ndarray:
@@ -84,13 +111,14 @@ def _to_numpy(chunk: torch.Tensor) -> np.ndarray:
     return chunk.numpy()
 
 
-def _tensor_data(tensor: torch.Tensor) -> TorchTensorData | None:
+def _tensor_data(tensor: torch.Tensor, where: str = "tensor") -> TorchTensorData | None:
     """No handle for meta tensors: they have a shape but no values to observe."""
-    return None if tensor.is_meta else TorchTensorData(tensor)
+    return None if tensor.is_meta else TorchTensorData(tensor, where)
 
 
 def _layer(key: str, tensor: torch.Tensor, owner: Owner, aliases: tuple[str, ...] = ()) -> Layer:
-    return module_layer(key, tuple(tensor.shape), dtype_name(tensor.dtype), owner, _tensor_data(tensor), aliases)
+    return module_layer(key, tuple(tensor.shape), dtype_name(tensor.dtype), owner, _tensor_data(tensor, key),
+                        aliases)
 
 
 def _class_name(module: nn.Module) -> str:
@@ -227,7 +255,8 @@ def _dense(path: Path, key: Any, tensor: torch.Tensor) -> torch.Tensor:
 def _entries(path: Path, state_dict: dict) -> Iterator[Entry]:
     for key, tensor in state_dict.items():
         tensor = _dense(path, key, tensor)
-        yield Entry(str(key), tuple(tensor.shape), dtype_name(tensor.dtype), _tensor_data(tensor), _identity(tensor))
+        yield Entry(str(key), tuple(tensor.shape), dtype_name(tensor.dtype), _tensor_data(tensor, f"{path}: {key}"),
+                    _identity(tensor))
 
 
 def _identity(tensor: torch.Tensor) -> Hashable | None:

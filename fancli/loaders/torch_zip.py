@@ -266,6 +266,9 @@ class TorchZip:
     """An opened torch.save archive: its record prefix and members."""
 
     def __init__(self, path: Path) -> None:
+        from .zip_bounds import check_zip_claims
+
+        check_zip_claims(path)  # before zipfile reads a directory of the size the end record claims
         self.path = path
         try:
             with zipfile.ZipFile(path) as archive:

@@ -77,7 +77,7 @@ def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
     try:
         return loader.construct_yaml_int(node)
     except ValueError:
-        raise yaml.constructor.ConstructorError(None, None, f"an integer of {len(node.value)} characters is too long",
+        raise yaml.constructor.ConstructorError(None, None, f"a number has too many digits ({len(node.value)})",
                                                 node.start_mark) from None
 
 
@@ -91,5 +91,16 @@ def load(text: str) -> Any:
     loader = _Loader(text)
     try:
         return loader.get_single_data()
+    except (ValueError, RecursionError) as error:  # a 5000-digit integer, a date like 2024-02-30
+        raise yaml.constructor.ConstructorError(None, None, _scalar_problem(error), None) from None
     finally:
         loader.dispose()
+
+
+def _scalar_problem(error: BaseException) -> str:
+    """A constructor's own error as a short phrase (Python's digit limit says a lot more)."""
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    if "digits" in str(error):
+        return "a number has too many digits"
+    return f"a value cannot be read ({' '.join(str(error).split())[:80]})"
