@@ -100,7 +100,8 @@ def _source_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.argument("source", required=False),
         click.option("--trust", is_flag=True,
-                     help="Allow unpickling code from the file (a pickled nn.Module). Only for files you trust."),
+                     help="Let torch's loaders run code from the file (pickled modules, TorchScript, .pt2). "
+                          "Only for files you trust."),
         click.option("--kwargs", "factory_kwargs", metavar="JSON", callback=_parse_kwargs,
                      help="Keyword arguments for a pkg.module:factory source, as a JSON object."),
         click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",

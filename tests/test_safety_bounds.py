@@ -10,51 +10,17 @@ process or under an alarm, so that a regression fails the test instead of taking
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import struct
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, run
-from test_hardening import Outcome, accepted, cli, legacy_file, mapping, refused
-
-_CHILD = """
-import os, resource, sys
-resource.setrlimit(resource.RLIMIT_CPU, (60, 60))
-if not os.environ.get("FANCLI_TEST_TORCH"):  # torch's address space (not memory) can exceed any ceiling
-    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-from fancli.cli import main
-try:
-    main(sys.argv[1:])
-finally:
-    with open("/proc/self/status") as status:
-        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
-    with open(os.environ["FANCLI_TEST_PEAK"], "w") as out:
-        out.write(peak)
-"""
-
-
-def isolated(tmp_path: Path, *args: object, torch: bool = False) -> Outcome:
-    """test_hardening's isolated(), with the child's own peak: VmHWM of the program after exec. ru_maxrss
-    also counts the pages a forked child shares with pytest, which passes 512 MB late in a full run."""
-    peak_file = tmp_path / f"peak-{time.monotonic_ns()}"
-    env = dict(os.environ, PYTHONPATH=str(REPO), FANCLI_TEST_PEAK=str(peak_file), FANCLI_TEST_TORCH="1" if torch else "")
-    start = time.perf_counter()
-    try:
-        done = subprocess.run([sys.executable, "-c", _CHILD, *map(str, args)], capture_output=True, text=True,
-                              env=env, timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"fancli {' '.join(map(str, args))}: still running after 60 s")
-    seconds = time.perf_counter() - start
-    peak = int(peak_file.read_text()) / 1024 if peak_file.exists() else math.inf
-    return Outcome(done.returncode, done.stdout, done.stderr, seconds, peak)
+from test_hardening import accepted, cli, isolated, legacy_file, mapping, refused
 
 SAMPLE = REPO / "sample_models" / "lenet5.yaml"
 LINEAR = "layers:\n  - {type: linear, in_features: 4, out_features: 3}\n"
