@@ -662,11 +662,11 @@ _WEIGHT_KINDS = ("linear", *(f"conv{d}d" for d in (1, 2, 3)), *(f"conv_transpose
 
 class _ModuleRunner(_Runner):
     def __init__(self, module: nn.Module, norms: str) -> None:
-        from .loaders.torch_module import _class_name, layers_from_module
+        from .loaders.torch_module import layers_from_module, module_class
 
         self.original, self.norms = module, norms
-        self.source = _class_name(module)
-        self._class_name = _class_name
+        self.source = module_class(module)
+        self._class_name = module_class
         self.model = Model(source=self.source, format="torch-module", layers=layers_from_module(module),
                            name=self.source)
         self.weight_layers = [
@@ -743,11 +743,9 @@ def load_source(source: str, *, kwargs: dict[str, Any] | None = None) -> Model |
     from . import loaders
 
     if loaders.is_factory(source):
-        from .loaders.torch_module import _build, _importable_cwd, _resolve
+        from .loaders.factory import build
 
-        module_name, _, attribute = source.partition(":")
-        with _importable_cwd():
-            built = _build(source, _resolve(source, module_name, attribute), kwargs or {})
+        built = build(source, kwargs)
         if not isinstance(built, nn.Module):
             raise PropagateError(f"{source}: returned a {type(built).__name__}, not a torch.nn.Module")
         return built

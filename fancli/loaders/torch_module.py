@@ -7,13 +7,9 @@ when loaded, and only with `--trust`; a plain torch.save file is read with torch
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import mmap
-import os
 import pickle
 import re
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Hashable, Iterator
@@ -27,6 +23,7 @@ from ..kinds import KIND_OF_CLASS
 from ..layer import Layer, Model
 from ..tensors import CHUNK_ELEMENTS, MAX_REPEATS
 from . import pickle_scan
+from .factory import a, build, importable_cwd, one_line
 from .infer import (
     STATE_DICT_KEYS,
     Entry,
@@ -121,7 +118,7 @@ def _layer(key: str, tensor: torch.Tensor, owner: Owner, aliases: tuple[str, ...
                         aliases)
 
 
-def _class_name(module: nn.Module) -> str:
+def module_class(module: nn.Module) -> str:
     """The torch.nn class a module is or derives from (a Conv2d subclass is a conv), else its own name.
 
     By name, as TorchScript and torch.export record classes, so every source classifies a module alike.
@@ -136,7 +133,7 @@ def _class_name(module: nn.Module) -> str:
 
 def _module_owner(name: str, module: nn.Module) -> Owner:
     """Structure from the module's attributes: live and scripted modules keep them, traced ones only their graph."""
-    class_name = _class_name(module)
+    class_name = module_class(module)
     scripted = isinstance(module, torch.jit.ScriptModule)
     if class_name == HF_CONV1D:
         return Owner(name, class_name, in_out=hasattr(module, "nf") or (scripted and _traced_in_out(module)))
@@ -201,16 +198,11 @@ def layers_from_module(module: nn.Module) -> tuple[Layer, ...]:
 
 
 def _model(source: str, format: str, module: nn.Module, notes: tuple[str, ...] = ()) -> Model:
-    return Model(source=source, format=format, layers=layers_from_module(module), name=_class_name(module),
+    return Model(source=source, format=format, layers=layers_from_module(module), name=module_class(module),
                  notes=notes)
 
 
 # --- torch.save files ------------------------------------------------------------------------------
-
-
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in _ANSI.sub("", str(error)).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def _refusal(path: Path, error: pickle.UnpicklingError) -> str:
@@ -220,7 +212,7 @@ def _refusal(path: Path, error: pickle.UnpicklingError) -> str:
     if found:
         return untrusted_message(path, found.group(1))
     reason = _WEIGHTS_UNPICKLER.search(text)
-    detail = reason.group(1).strip() if reason else _one_line(error)
+    detail = reason.group(1).strip() if reason else one_line(error)
     return f"{path}: torch's weights-only loader refuses it ({detail}); pass --trust if you trust its source"
 
 
@@ -293,7 +285,7 @@ def _dry_run(path: Path) -> None:
     except pickle_scan.TooCostly as refused:
         raise SourceError(f"{path}: its pickle {refused}") from None
     except (OSError, ValueError) as error:
-        raise SourceError(f"{path}: cannot read: {_one_line(error)}") from None
+        raise SourceError(f"{path}: cannot read: {one_line(error)}") from None
 
 
 def load_weights_only(path: Path) -> Model:
@@ -308,22 +300,8 @@ def load_weights_only(path: Path) -> Model:
     except pickle.UnpicklingError as error:
         raise SourceError(_refusal(path, error)) from None
     except Exception as error:  # torch raises RuntimeError, EOFError, ValueError… for malformed files
-        raise SourceError(f"{path}: cannot read it as a torch.save file: {_one_line(error)}") from None
+        raise SourceError(f"{path}: cannot read it as a torch.save file: {one_line(error)}") from None
     return _from_loaded(path, obj)
-
-
-@contextlib.contextmanager
-def _importable_cwd() -> Iterator[None]:
-    """Put the working directory first on sys.path while loading, as `python -m` does."""
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        yield
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
 
 
 def load_pickled_module(path: Path, trust: bool) -> Model:
@@ -331,10 +309,10 @@ def load_pickled_module(path: Path, trust: bool) -> Model:
     if not trust:
         return load_weights_only(path)
     try:
-        with _importable_cwd():
+        with importable_cwd():
             obj = torch.load(path, weights_only=False, map_location="cpu")
     except Exception as error:  # unpickling runs the file's code: anything may come out of it
-        raise SourceError(f"{path}: cannot unpickle it: {type(error).__name__}: {_one_line(error)}") from None
+        raise SourceError(f"{path}: cannot unpickle it: {type(error).__name__}: {one_line(error)}") from None
     return _from_loaded(path, obj)
 
 
@@ -352,7 +330,7 @@ def load_torchscript(path: Path, archive: TorchZip | None = None) -> Model:
             warnings.filterwarnings("ignore", message="`torch.jit.load` is deprecated", category=DeprecationWarning)
             module = torch.jit.load(path, map_location="cpu")
     except Exception as error:  # torch raises RuntimeError with a C++ trace for anything it cannot read
-        raise SourceError(f"{path}: cannot read it as TorchScript: {_one_line(error)}") from None
+        raise SourceError(f"{path}: cannot read it as TorchScript: {one_line(error)}") from None
     return _model(str(path), "torchscript", module)
 
 
@@ -377,7 +355,7 @@ def load_exported(path: Path) -> Model:
     try:
         program = torch.export.load(path)
     except Exception as error:  # a malformed archive fails in many ways inside torch
-        raise SourceError(f"{path}: cannot read it as a torch.export program: {_one_line(error)}") from None
+        raise SourceError(f"{path}: cannot read it as a torch.export program: {one_line(error)}") from None
     return _exported_model(str(path), "torch-export", program)
 
 
@@ -486,48 +464,9 @@ def _used_as_in_out(param: torch.fx.Node) -> bool:
 
 def load_factory(spec: str, kwargs: dict | None = None) -> Model:
     """`pkg.module:callable` called with kwargs; it must build an nn.Module (or a torch.export program)."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise SourceError(f"{spec}: expected 'package.module:callable'")
-    with _importable_cwd():
-        target = _resolve(spec, module_name, attribute)
-        result = _build(spec, target, kwargs or {})
+    result = build(spec, kwargs)
     if isinstance(result, torch.export.ExportedProgram):
         return _exported_model(spec, "factory", result)
     if not isinstance(result, nn.Module):
-        raise SourceError(f"{spec}: returned {_a(type(result).__name__)}, not a torch.nn.Module")
+        raise SourceError(f"{spec}: returned {a(type(result).__name__)}, not a torch.nn.Module")
     return _model(spec, "factory", result)
-
-
-def _a(noun: str) -> str:
-    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
-
-
-def _resolve(spec: str, module_name: str, attribute: str) -> Any:
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        raise SourceError(f"{spec}: {_one_line(error)}") from None
-    except Exception as error:  # the module's own code failed while importing
-        what = f"{type(error).__name__}: {_one_line(error)}"
-        raise SourceError(f"{spec}: importing {module_name} raised {what}") from None
-    try:
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except AttributeError as error:
-        raise SourceError(f"{spec}: {_one_line(error)}") from None
-    return target
-
-
-def _build(spec: str, target: Any, kwargs: dict) -> Any:
-    """Call the factory; a module instance is taken as it is (calling it would run its forward)."""
-    if isinstance(target, nn.Module):
-        if kwargs:
-            raise SourceError(f"{spec}: {_a(type(target).__name__)} instance, not a factory: it takes no arguments")
-        return target
-    if not callable(target):
-        raise SourceError(f"{spec}: {_a(type(target).__name__)}, not callable")
-    try:
-        return target(**kwargs)
-    except Exception as error:  # whatever the user's factory raises is a problem with the source
-        raise SourceError(f"{spec}: raised {type(error).__name__}: {_one_line(error)}") from None
