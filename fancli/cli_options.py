@@ -1,0 +1,206 @@
+"""The command line's shared options, each declared once, and the objects they fill.
+
+Commands take a `SourceArgs` (how to read SOURCE) and, for inspect and compare, a `ReportArgs` (what to
+compute), so the path from a flag to the library call is written out, not forwarded as **kwargs.
+Choices come from `fancli.vocab`; scheme and activation names from their registries.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import click
+
+from .analysis.gains import TORCH_NONLINEARITIES
+from .analysis.schemes import ALIASES as SCHEME_ALIASES
+from .analysis.schemes import SCHEMES
+from .vocab import FAN_CONVENTIONS, FORMATS, MODES
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class ModesCommand(click.Command):
+    """Lets `--mode fan_in fan_out` take several values, as the product promises.
+
+    click options take a fixed number of values, so `--mode a b` is rewritten to `--mode a --mode b`
+    before parsing; only known mode names are swallowed, so SOURCE may still follow.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rewritten: list[str] = []
+        index = 0
+        while index < len(args):
+            token = args[index]
+            rewritten.append(token)
+            index += 1
+            if token in ("--mode", "-m"):
+                if index < len(args):
+                    rewritten.append(args[index])
+                    index += 1
+                while index < len(args) and args[index] in MODES:
+                    rewritten += [token, args[index]]
+                    index += 1
+        return super().parse_args(ctx, rewritten)
+
+
+def parse_kwargs(_ctx: click.Context, _param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    """`--kwargs '{"width": 64}'`: a JSON object, or a usage error in one line."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError as error:
+        raise click.BadParameter(f"not valid JSON ({error})") from None
+    except RecursionError:
+        raise click.BadParameter("not valid JSON: nested too deeply") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("expected a JSON object, e.g. '{\"width\": 64}'")
+    return parsed
+
+
+# --- each option once -------------------------------------------------------------------------------
+
+_SCHEME_NAMES = list(SCHEMES) + list(SCHEME_ALIASES)
+
+
+def scheme_option(help: str = "Init scheme (default: the source's, else kaiming_normal).") -> Decorator:
+    return click.option("--scheme", "-s", metavar="NAME", help=help, shell_complete=lambda *_: _SCHEME_NAMES)
+
+
+def nonlinearity_option(help: str = "The activation after the layer.") -> Decorator:
+    return click.option("--nonlinearity", "-n", metavar="NAME", help=help)
+
+
+def param_option(help: str = "The activation's parameter.") -> Decorator:
+    return click.option("--param", "-p", type=float, metavar="P", help=help)
+
+
+def fans_option(help: str = "Which fans the std is computed from.", default: str | None = None) -> Decorator:
+    return click.option("--fans", type=click.Choice(FAN_CONVENTIONS), default=default,
+                        show_default=default is not None, help=help)
+
+
+def modes_option(help: str, dest: str = "modes") -> Decorator:
+    return click.option("--mode", "-m", dest, type=click.Choice(MODES), multiple=True, help=help)
+
+
+def format_option(formats: tuple[str, ...] = FORMATS, help: str = "Output format.") -> Decorator:
+    return click.option("--format", "-f", "fmt", type=click.Choice(formats), default=formats[0], show_default=True,
+                        help=help)
+
+
+def output_option(help: str = "Write to FILE (atomically) instead of stdout.") -> Decorator:
+    return click.option("--output", "-o", type=click.Path(dir_okay=False), metavar="FILE", help=help)
+
+
+def kwargs_option(help: str = "Keyword arguments for a pkg.module:factory source, as a JSON object.") -> Decorator:
+    return click.option("--kwargs", "factory_kwargs", metavar="JSON", callback=parse_kwargs, help=help)
+
+
+def _apply(func: Callable[..., Any], options: list[Decorator]) -> Callable[..., Any]:
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+# --- the objects commands receive -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceArgs:
+    """How to read SOURCE: the file or factory, whether its code may run, and the init configuration."""
+
+    source: str | None
+    trust: bool = False
+    kwargs: dict[str, Any] | None = None
+    config_path: str | None = None
+    no_config: bool = False
+
+
+@dataclass(frozen=True)
+class ReportArgs:
+    """What inspect and compare compute: the analysis settings, and whether to read the weights."""
+
+    scheme: str | None = None
+    nonlinearity: str | None = None
+    param: float | None = None
+    fans: str | None = None
+    pool_fan_out: bool | None = None
+    filters: tuple[str, ...] = ()
+    stats: bool = False
+
+
+def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """SOURCE and how to read it, as a `SourceArgs` first argument (`src`)."""
+
+    @functools.wraps(func)
+    def command(source: str | None, trust: bool, factory_kwargs: dict | None, config_path: str | None,
+                no_config: bool, **rest: Any) -> Any:
+        return func(SourceArgs(source, trust, factory_kwargs, config_path, no_config), **rest)
+
+    return _apply(command, [
+        click.argument("source", required=False),
+        click.option("--trust", is_flag=True,
+                     help="Let torch's loaders run code from the file (pickled modules, TorchScript, .pt2). "
+                          "Only for files you trust."),
+        kwargs_option(),
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Init configuration (default: ./fancli.yaml, else [tool.fancli] in ./pyproject.toml)."),
+        click.option("--no-config", is_flag=True, help="Ignore any init configuration."),
+    ])
+
+
+def report_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options inspect and compare share: a `SourceArgs` (`src`), a `ReportArgs` (`settings`), and how to
+    write the result (`fmt`, `output`, `show_all`)."""
+
+    @functools.wraps(func)
+    def command(src: SourceArgs, scheme: str | None, nonlinearity: str | None, param: float | None,
+                fans: str | None, pool_fan_out: bool | None, filters: tuple[str, ...], stats: bool,
+                **rest: Any) -> Any:
+        return func(src, ReportArgs(scheme, nonlinearity, param, fans, pool_fan_out, tuple(filters), stats), **rest)
+
+    return source_options(_apply(command, [
+        scheme_option(f"Init scheme: {', '.join(SCHEMES)} (aliases he_*, glorot_*). "
+                      "Default: the spec's, else kaiming_normal."),
+        nonlinearity_option(f"Nonlinearity after every layer, overriding the source: {', '.join(TORCH_NONLINEARITIES)}."),
+        param_option("The nonlinearity's parameter (leaky_relu's negative slope, kaiming's `a`)."),
+        fans_option("Compute std from torch's fans (default) or the layer-aware effective fans."),
+        click.option("--pool-fan-out/--no-pool-fan-out", default=None,
+                     help="Divide a conv's fan_out by the pool area after it (LeNet tutorial convention)."),
+        click.option("--filter", "-k", "filters", multiple=True, metavar="GLOB",
+                     help="Only layers whose name or parameter key matches (glob, or substring). Repeatable."),
+        format_option(),
+        output_option(),
+        click.option("--all", "show_all", is_flag=True,
+                     help="Tables and Markdown: also list tensors below 2 dims (JSON always has them)."),
+        click.option("--stats", is_flag=True,
+                     help="Read the weights and add observed mean and std, and their ratio to the expected std."),
+    ]))
+
+
+def check_limits(tolerance: float | None, sigmas: float | None) -> None:
+    """--tolerance is a relative change (0 = exact), --sigmas a count of standard errors (> 0)."""
+    import math
+
+    from .errors import SettingsError
+
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+        raise SettingsError(f"--tolerance {tolerance:g}: expected a finite number >= 0 (a relative change)")
+    if sigmas is not None and not (math.isfinite(sigmas) and sigmas > 0):
+        raise SettingsError(f"--sigmas {sigmas:g}: expected a finite number > 0 (standard errors)")
+
+
+def input_shape(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        dims = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected sizes separated by commas, e.g. 3,32,32") from None
+    if not dims or any(d < 1 for d in dims):
+        raise click.BadParameter(f"{value!r}: sizes must be at least 1")
+    return dims

@@ -1,0 +1,180 @@
+"""What the commands share between parsing and rendering: load SOURCE with its configuration, run a
+report (with a progress bar for big reads), and write the result to stdout or, atomically, to a file that
+is none of the inputs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import click
+
+from .cli_options import ReportArgs, SourceArgs
+from .errors import FancliError
+from .text import printable
+
+PROGRESS_BYTES = 256 * 1024 * 1024
+
+
+def load_model(src: SourceArgs) -> tuple[Any, Any]:
+    """The model, with the init configuration applied when there is one; and the configuration."""
+    from . import api
+    from .config import load_config
+    from .errors import FancliError
+
+    config = None if src.no_config else load_config(src.config_path)
+    source, trust, kwargs = src.source, src.trust, src.kwargs
+    if source is None:
+        if config is None or not config.source:
+            raise FancliError("no SOURCE given, and no fancli.yaml or [tool.fancli] with a 'source' here")
+        source = config.source
+        trust = trust or config.trust
+        kwargs = kwargs if kwargs is not None else config.kwargs
+    model = api.load(source, trust=trust, kwargs=kwargs)
+    return (config.apply(model) if config else model), config
+
+
+def files_read(source: str | None, config: Any = None, model: Any = None) -> list[Any]:
+    """Every file this run reads: an output naming one of them would destroy what it reports on.
+
+    The source, the configuration, and the files the model's weights are read from (a sharded
+    checkpoint's shards); a factory `pkg.module:callable` is no file.
+    """
+    from .loaders import is_factory
+
+    found: list[Any] = [source] if source and not is_factory(source) else []
+    if config is not None:
+        found.append(config.path)
+        if config.source and not is_factory(config.source):
+            found.append(config.source)
+    if model is not None:
+        found += {getattr(getattr(layer.data, "source", None), "path", None) for layer in model.layers} - {None}
+    return found
+
+
+class StdoutError(FancliError):
+    """The result could not be written to stdout: closed (`>&-`), a full disk (`> /dev/full`)…"""
+
+
+def write_stdout(text: str | None = None, printer: Callable[[], None] | None = None) -> None:
+    """Print a result (`text`, or whatever `printer` prints) and flush it, so that a failing stdout is
+    one error line and exit 2 here, not a traceback now or at interpreter exit."""
+    if sys.stdout is None:
+        raise StdoutError("stdout is closed; nothing to write the result to (give -o FILE)")
+    try:
+        if printer is not None:
+            printer()
+        else:
+            click.echo(text, nl=False)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): main ends quietly
+    except OSError as error:
+        raise StdoutError(f"cannot write to stdout: {error.strerror or error}") from None
+
+
+def wrote(path: Any, detail: str = "") -> None:
+    click.echo(f"wrote {printable(path)}{detail}", err=True)
+
+
+def analyse(command: Callable[..., Any], model: Any, stats: bool, filters: tuple[str, ...] = (),
+             **arguments: Any) -> Any:
+    """Run a report (`command` with its own `arguments`), reading weights if asked, with a progress bar on
+    stderr for big reads."""
+    reading = stats or arguments.get("infer")
+    if not reading:
+        return command(model, filters=filters, **arguments)
+    from .report import selected
+
+    layers = [layer for layer in selected(model, filters) if layer.data is not None]
+    total = sum(nbytes(layer) for layer in layers)
+    if total < PROGRESS_BYTES:
+        return command(model, stats=stats, filters=filters, **arguments)
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("reading weights", total=total)
+        return command(model, stats=stats, filters=filters,
+                       on_chunk=lambda nbytes: progress.advance(task, nbytes), **arguments)
+
+
+def build_report(command: Callable[..., Any], src: SourceArgs, settings: ReportArgs,
+            **arguments: Any) -> tuple[Any, list[Any]]:
+    """inspect's or compare's report (`arguments`: the mode or modes, --infer), and the files it was made
+    from (which an output must not replace)."""
+    model, config = load_model(src)
+    report = analyse(command, model, settings.stats, settings.filters, scheme=settings.scheme,
+                      nonlinearity=settings.nonlinearity, param=settings.param, fans=settings.fans,
+                      pool_fan_out=settings.pool_fan_out, **arguments)
+    return report, files_read(src.source, config, model)
+
+
+def nbytes(layer: Any) -> int:
+    import math
+
+    from .tensors import DTYPES
+
+    return math.prod(layer.shape) * DTYPES.get(layer.dtype or "float32", (4,))[0]
+
+
+def emit(built: tuple[Any, list[Any]], fmt: str, output: str | None, show_all: bool) -> None:
+    """Render to stdout, or atomically to a file that is none of the inputs."""
+    from .atomic import is_stdout, write_text
+    from .renderers import render_text, without_small_tensors
+
+    report, inputs = built
+    if fmt != "json" and not show_all:
+        report = without_small_tensors(report)
+
+    if output and not is_stdout(output):
+        write_text(output, render_text(report, fmt), inputs)
+        wrote(output)
+        return
+    if fmt == "table" and sys.stdout is not None and sys.stdout.isatty():
+        from .renderers.table import print_rich
+
+        write_stdout(printer=lambda: print_rich(report))
+        return
+    write_stdout(render_text(report, fmt))
+
+
+def printable_lines(text: str) -> str:
+    """Text built from names in a file, each line made printable (its newlines are the only ones kept)."""
+    return "\n".join(map(printable, text.split("\n")))
+
+
+def shape_layer(shape: str, kind: str | None, layout: str, groups: int | None, stride: str | None,
+                 transposed: bool) -> Any:
+    """A Layer from `--shape 64,3,7,7` and what the user says about it."""
+    from .errors import SettingsError
+    from .kinds import KINDS, kind_for_ndim
+    from .layer import Layer
+
+    try:
+        dims = tuple(int(part) for part in shape.replace("x", ",").replace("×", ",").split(","))
+        strides = tuple(int(part) for part in stride.split(",")) if stride else None
+    except ValueError:
+        raise SettingsError(f"--shape {shape!r}: expected integers separated by commas, e.g. 64,3,7,7") from None
+    if any(d < 0 for d in dims) or len(dims) < 1:
+        raise SettingsError(f"--shape {shape!r}: sizes must be 0 or more")
+    kernel_dims = max(len(dims) - 2, 0)
+    if strides is not None and len(strides) == 1 and kernel_dims:
+        strides *= kernel_dims  # one value for every kernel dim, as torch's conv modules and specs read it
+    if strides is not None and len(strides) != kernel_dims:
+        raise SettingsError(f"--stride {stride!r}: give one value or {kernel_dims} (one per kernel dim of "
+                            f"--shape {shape}), not {len(strides)}")
+    kind = kind or kind_for_ndim(len(dims), transposed)
+    if kind not in KINDS:
+        raise SettingsError(f"--kind {kind!r}: known kinds are {', '.join(KINDS)}")
+    transposed = transposed or KINDS[kind].transposed
+    return Layer("layer", "layer.weight", kind, dims, layout=layout, groups=groups or (1 if transposed else None),
+                 transposed=transposed, stride=strides)
