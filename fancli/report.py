@@ -178,17 +178,18 @@ class _Context:
     fan_convention: str
     pool_fan_out: bool
     weight_fan_in: dict[str, float]  # module name -> the fan_in torch's bias init reads from its weight
-    kinds: dict[str, str]  # module name -> kind, to know a layer's parent
+    attention: frozenset[str]  # modules with attention parameters: their out_proj's bias is drawn 0
 
 
 def _context(model: Model, settings: Settings, fan_convention: str, pool_fan_out: bool) -> _Context:
-    weight_fan_in, kinds = {}, {}
+    weight_fan_in, attention = {}, set()
     for layer in model.layers:
         module, _, leaf = layer.param.rpartition(".")
-        kinds.setdefault(module, layer.kind)
+        if layer.kind == "multihead_attention":  # any of its parameters says so, whatever the key order
+            attention.add(module)
         if leaf == "weight" and len(layer.shape) >= 2 and layer.layout == "torch":
             weight_fan_in[module] = layer.shape[1] if layer.kind == "bilinear" else fans_mod.torch_fans(layer.shape)[0]
-    return _Context(settings.modes, fan_convention, pool_fan_out, weight_fan_in, kinds)
+    return _Context(settings.modes, fan_convention, pool_fan_out, weight_fan_in, frozenset(attention))
 
 
 def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed: Observed | None = None) -> Row:
@@ -219,7 +220,7 @@ def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed:
             values = InitValues(None, note="zero-element tensor: torch's init is a no-op")
         elif scheme.name == "torch_default":
             module = layer.param.rpartition(".")[0]
-            if layer.param.endswith("bias") and context.kinds.get(module.rpartition(".")[0]) == "multihead_attention":
+            if layer.param.endswith("bias") and module.rpartition(".")[0] in context.attention:
                 values = InitValues(0.0, note="attention biases: initialised to 0 (constant)")
             else:
                 values = torch_default(layer, fans.fan_in, fans.fan_out, mode, context.weight_fan_in.get(module))

@@ -171,3 +171,18 @@ def test_recurrent_cells_are_modelled_in_modules_and_state_dicts(tmp_path, kind)
         for row in report.rows:  # every parameter, biases too: U(±1/√hidden) as RNNCellBase draws it
             assert row.inits["fan_in"].bound == pytest.approx(draws[id(cell.get_parameter(row.layer.param))][1],
                                                                rel=1e-15), row.layer.param
+
+
+def test_attention_out_proj_bias_is_zero_whatever_the_key_order(tmp_path):
+    """safetensors sorts keys: bias_k comes before in_proj_weight; torch still draws out_proj.bias 0."""
+    from safetensors.torch import save_file
+
+    with sampler_calls() as calls:
+        attention = nn.MultiheadAttention(8, 2, add_bias_kv=True)
+    zeroed = {id(tensor) for name, tensor, _ in calls if name in ("zero_", "fill_")}
+    assert id(attention.out_proj.bias) in zeroed or (attention.out_proj.bias == 0).all()
+    save_file({key: value.detach().contiguous() for key, value in attention.state_dict().items()},
+              tmp_path / "attention.safetensors")
+    (bias,) = [r for r in rows("inspect", tmp_path / "attention.safetensors", "-s", "torch_default")
+               if r["param"] == "out_proj.bias"]
+    assert bias["std"] == 0.0
