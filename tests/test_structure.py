@@ -186,3 +186,12 @@ def test_attention_out_proj_bias_is_zero_whatever_the_key_order(tmp_path):
     (bias,) = [r for r in rows("inspect", tmp_path / "attention.safetensors", "-s", "torch_default")
                if r["param"] == "out_proj.bias"]
     assert bias["std"] == 0.0
+
+
+def test_integer_tensors_are_not_listed_as_the_readme_says(tmp_path):
+    from helpers import REPO
+
+    torch.save({"fc.weight": torch.randn(4, 3), "q.weight": torch.ones(4, 3, dtype=torch.int8),
+                "position_ids": torch.arange(8)}, tmp_path / "mixed.pt")
+    assert [r["param"] for r in rows("inspect", tmp_path / "mixed.pt", "--stats")] == ["fc.weight"]
+    assert "integer tensors are not listed" in " ".join((REPO / "README.md").read_text().split())
