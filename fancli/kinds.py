@@ -65,6 +65,9 @@ KINDS: dict[str, LayerKind] = {
     )
 }
 NAMES = tuple(KINDS)
+#: Modules that re-initialise their children after the children's reset_parameters(): class name -> the
+#: torch_defaults rule they apply (nn.Transformer: xavier_uniform_ on every parameter of 2 or more dims).
+REINITIALISING = {"Transformer": "xavier_uniform"}
 #: A recurrent parameter's name: weight_ih_l0, bias_hh_l1_reverse… (a layer stack's), weight_ih (a cell's).
 RECURRENT_PARAM = re.compile(r"^(weight|bias)_(ih|hh)(_l(\d+)(_reverse)?)?$")
 #: torch.nn class name -> kind name.

@@ -25,6 +25,7 @@ class Layer:
     transposed: bool | None = None
     stacked: int | None = None  # blocks stacked along dim 0: 3 for q/k/v and GRU gates, 4 for LSTM gates
     unknown_fans: tuple[str, ...] = ()  # effective fans the source cannot show (a fused projection's split)
+    reinit_by: str | None = None  # a module above that re-initialises it after torch's own init (nn.Transformer)
     stride: tuple[int, ...] | None = None
     dilation: tuple[int, ...] | None = None
     padding: tuple[int, ...] | None = None  # does not change fans; propagate needs it to run a conv stack

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from ..kinds import REINITIALISING
 from ..kinds import kind as layer_kind
 from .schemes import InitValues, variance_scaling
 
@@ -112,6 +113,15 @@ class Rule:
     explain: Callable[[_Args, InitValues], str]
 
 
+def _xavier_uniform(args: _Args) -> InitValues:
+    """nn.Transformer._reset_parameters: xavier_uniform_ on every parameter of 2 or more dims."""
+    if len(args.layer.shape) < 2:
+        return RULES[layer_kind(args.layer.kind).torch_default].values(args)
+    values = variance_scaling(1.0, args.fan_in, args.fan_out, "fan_avg", "uniform")
+    return InitValues(values.std, values.bound, values.sampling_std, values.fan,
+                      note=f"{args.layer.reinit_by} re-initialises it after its own module: xavier_uniform_, gain 1")
+
+
 RULES: dict[str, Rule] = {
     "kaiming_a_sqrt5": Rule(_kaiming_a_sqrt5, _explain_default),
     "bilinear": Rule(_bilinear, _explain_bilinear),
@@ -123,10 +133,20 @@ RULES: dict[str, Rule] = {
         f"every RNN parameter: U(±1/√hidden_size) = U(±1/√{_g(values.fan)}), std = bound/√3 = {values.std:.4g}")),
     "attention": Rule(_attention, lambda args, values: (
         f"attention projections: xavier with gain 1, std = √(2 / (fan_in + fan_out)) = {values.std:.4g}")),
+    "xavier_uniform": Rule(_xavier_uniform, lambda args, values: _explain_xavier(args, values)),
 }
 
 
+def _explain_xavier(args: _Args, values: InitValues) -> str:
+    if len(args.layer.shape) < 2:
+        return RULES[layer_kind(args.layer.kind).torch_default].explain(args, values)
+    return (f"{args.layer.reinit_by} re-initialises its ≥2-D parameters: xavier_uniform_, gain 1, "
+            f"std = √(2 / (fan_in + fan_out)) = {values.std:.4g}")
+
+
 def _rule(layer: "Layer") -> Rule:
+    if layer.reinit_by in REINITIALISING:
+        return RULES[REINITIALISING[layer.reinit_by]]
     return RULES[layer_kind(layer.kind).torch_default]
 
 
