@@ -20,8 +20,9 @@ from ..errors import SourceError
 from ..layer import Model
 from ..tensors import DTYPES, StridedRef
 from . import pickle_scan
-from .files import open_regular
-from .infer import Entry, NoStateDict, find_state_dict, layers_from_entries
+from ..safe_io import open_regular
+from .checkpoint import NoStateDict, find_state_dict
+from .flat_keys import Entry, layers_from_entries
 from .torch_zip import (
     MAX_PICKLE_BYTES,
     UnsafeGlobal,
