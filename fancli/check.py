@@ -104,7 +104,7 @@ def ensure_replaceable(path: Path) -> None:
     """`check --update` may replace a previous fancli baseline, nothing else: `--baseline model.pth` or
     a typo naming another file must not destroy it. SourceError (exit 2) unless `path` is absent or a
     readable fancli baseline of a known schema."""
-    from .loaders.files import open_regular
+    from .safe_io import open_regular
 
     if not path.exists():  # nothing there, or a dangling link: nothing to lose
         return
@@ -124,8 +124,7 @@ def ensure_replaceable(path: Path) -> None:
 
 def read_baseline(path: Path) -> dict[str, Any]:
     """The committed baseline; SourceError (exit 2) if it is missing or not one of ours."""
-    from .loaders.files import read_bounded
-    from .loaders.safetensors_file import check_json_size
+    from .safe_io import check_json_size, read_bounded
 
     if not path.exists():
         raise SourceError(f"{path}: no baseline; write one with `fancli check --update`")

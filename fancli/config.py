@@ -24,6 +24,10 @@ from typing import Any
 from .analysis import gains, schemes
 from .errors import SourceError
 from .layer import Layer, Model
+from .loaders.typed_yaml import At, Fields, check_nodes, parse_yaml, yaml_type
+from .loaders.yaml_lines import LineDict
+from .safe_io import read_text
+from .vocab import FAN_CONVENTIONS
 
 CONFIG_FILE = "fancli.yaml"
 #: A config is a few defaults and overrides (pyproject.toml a few KB): 1 MiB is far beyond any real one.
@@ -97,119 +101,72 @@ class Config:
         return replace(model, layers=tuple(layers), fans=self.fans or model.fans)
 
 
-def _fail(path: Path, where: str, message: str) -> SourceError:
-    return SourceError(f"{path}: {where}: {message}")
+def _rule(fields: Fields, patterns: tuple[str, ...] = ()) -> InitRule:
+    param = fields.number("param", None)
+    if param is not None and not -_LARGEST < param < _LARGEST:
+        raise fields.error("param", f"expected a number, got {param!r}")
+    return InitRule(patterns, fields.choice("scheme", schemes.scheme), fields.choice("mode", schemes.check_mode),
+                    fields.choice("nonlinearity", gains.gain), param)
 
 
-def _short(value: Any) -> str:
-    """A value for a one-line message: its repr, cut short (a config may hold a huge string or list)."""
-    text = repr(value) if not isinstance(value, (dict, list)) else f"a {'mapping' if isinstance(value, dict) else 'list'}"
-    return text if len(text) <= 40 else text[:40] + "…"
+def _mapping(fields: Fields, key: str, allowed: tuple[str, ...]) -> Fields:
+    value = fields.raw(key, {})
+    if not isinstance(value, dict):
+        raise fields.error(key, f"expected a mapping, got {yaml_type(value)}")
+    return Fields(value, At(fields.at.file, key, fields.at.key_line(fields.mapping, key)), allowed)
 
 
-def _rule(path: Path, where: str, mapping: Any, patterns: tuple[str, ...] = ()) -> InitRule:
-    if not isinstance(mapping, dict):
-        raise _fail(path, where, "expected a mapping")
-    unknown = set(mapping) - set(_INIT_KEYS) - {"match"}
-    if unknown:
-        raise _fail(path, f"{where}.{sorted(unknown)[0]}", f"unknown key; known: {', '.join(_INIT_KEYS)}")
-    values = {key: mapping.get(key) for key in _INIT_KEYS}
-    checks = {"scheme": schemes.scheme, "mode": schemes.check_mode, "nonlinearity": gains.gain}
-    for key, check in checks.items():
-        if values[key] is None:
-            continue
-        if not isinstance(values[key], str):
-            raise _fail(path, f"{where}.{key}", f"expected a name, got {_short(values[key])}")
-        try:
-            check(values[key])
-        except ValueError as error:
-            raise _fail(path, f"{where}.{key}", str(error)) from None
-    param = values["param"]
-    if param is not None and (isinstance(param, bool) or not isinstance(param, (int, float))
-                              or not -_LARGEST < param < _LARGEST):
-        raise _fail(path, f"{where}.param", f"expected a number, got {_short(param)}")
-    return InitRule(patterns, values["scheme"], values["mode"], values["nonlinearity"],
-                    None if param is None else float(param))
+def _overrides(top: Fields) -> tuple[InitRule, ...]:
+    items = top.raw("overrides", [])
+    if not isinstance(items, list):
+        raise top.error("overrides", "expected a list of {match: …, scheme: …} rules")
+    rules = []
+    for index, item in enumerate(items):
+        lines = getattr(items, "item_lines", None)
+        at = At(top.at.file, f"overrides[{index}]", lines[index] if lines else top.at.line)
+        if not isinstance(item, dict):
+            raise at.error(f"expected a mapping {{match: …, scheme: …}}, got {yaml_type(item)}")
+        fields = Fields(item, at, _INIT_KEYS + ("match",))
+        match = item.get("match")
+        patterns = (match,) if isinstance(match, str) else tuple(match) if isinstance(match, list) else ()
+        if not patterns or not all(isinstance(p, str) and p for p in patterns):
+            raise fields.error("match", "expected a glob or a list of globs")
+        rules.append(_rule(fields, patterns))
+    return tuple(rules)
 
 
 def parse_config(data: Any, path: Path) -> Config:
-    """Validate a configuration mapping; errors name the file and the key."""
+    """Validate a configuration mapping; errors name the file, the line (YAML) and the key."""
     if not isinstance(data, dict):
         raise SourceError(f"{path}: expected a mapping of fancli settings")
-    unknown = set(data) - set(_TOP_KEYS)
-    if unknown:
-        raise _fail(path, sorted(unknown)[0], f"unknown key; known: {', '.join(_TOP_KEYS)}")
-    overrides = []
-    if not isinstance(data.get("overrides") or [], list):
-        raise _fail(path, "overrides", "expected a list of {match: …, scheme: …} rules")
-    for index, item in enumerate(data.get("overrides") or []):
-        where = f"overrides[{index}]"
-        match = item.get("match") if isinstance(item, dict) else None
-        patterns = (match,) if isinstance(match, str) else tuple(match) if isinstance(match, list) else ()
-        if not patterns or not all(isinstance(p, str) and p for p in patterns):
-            raise _fail(path, f"{where}.match", "expected a glob or a list of globs")
-        overrides.append(_rule(path, where, item, patterns))
-    source, kwargs = data.get("source"), data.get("kwargs")
+    top = Fields(data, At(str(path), "", getattr(data, "line", None)), _TOP_KEYS)
+    source, kwargs = top.raw("source", None), top.raw("kwargs", None)
     if source is not None and not isinstance(source, str):
-        raise _fail(path, "source", "expected a path or pkg.module:callable")
+        raise top.error("source", "expected a path or pkg.module:callable")
     if kwargs is not None and not isinstance(kwargs, dict):
-        raise _fail(path, "kwargs", "expected a mapping")
+        raise top.error("kwargs", "expected a mapping")
     numbers = {}
     for key, default in (("tolerance", 1e-9), ("sigmas", 5.0)):
-        value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < _LARGEST:
-            raise _fail(path, key, f"expected a positive number, got {_short(value)}")
-        numbers[key] = float(value)
-    trust = data.get("trust", False)
-    if not isinstance(trust, bool):  # bool("false") is True: a quoted word must not turn trust on
-        raise _fail(path, "trust", f"expected true or false, got {_short(trust)}")
-    fans = data.get("fans")
-    if fans is not None and fans not in ("torch", "effective"):
-        raise _fail(path, "fans", "expected torch or effective")
+        numbers[key] = top.number(key, default)
+        if not 0 < numbers[key] < _LARGEST:
+            raise top.error(key, f"expected a positive number, got {numbers[key]!r}")
+    trust = top.bool("trust", False)  # bool("false") is True: a quoted word must not turn trust on
+    fans = top.one_of("fans", FAN_CONVENTIONS, "fan convention")
     base = path.parent
     if source and not Path(source).is_absolute() and (base / source).exists():
         source = str(base / source)
-    baseline = data.get("baseline", DEFAULT_BASELINE)
+    baseline = top.raw("baseline", DEFAULT_BASELINE)
     if not isinstance(baseline, str):
-        raise _fail(path, "baseline", "expected a file name")
-    return Config(path, source, kwargs, trust, base / baseline,
-                  _rule(path, "defaults", data.get("defaults") or {}), tuple(overrides),
+        raise top.error("baseline", "expected a file name")
+    defaults = _rule(_mapping(top, "defaults", _INIT_KEYS))
+    return Config(path, source, kwargs, trust, base / baseline, defaults, _overrides(top),
                   numbers["tolerance"], numbers["sigmas"], fans)
 
 
-def _read_text(path: Path) -> str:
-    """The config file's text, read with a bound: a config never needs more than MAX_CONFIG_BYTES."""
-    from .loaders.files import read_bounded
-
-    raw = read_bounded(path, MAX_CONFIG_BYTES, "a fancli config")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise SourceError(f"{path}: not a text file (byte {error.start} is not UTF-8)") from None
-
-
-def _check_nodes(text: str, path: Path) -> None:
-    """Refuse a config whose parse would build more than MAX_CONFIG_NODES values (each needs one of these
-    characters; a few MB of `[],` would take gigabytes in PyYAML or tomllib)."""
-    indicators = sum(map(text.count, "[{,:-=\n"))
-    if indicators > MAX_CONFIG_NODES:
-        raise SourceError(f"{path}: more than {MAX_CONFIG_NODES:,} values ({indicators:,} of [ {{ , : - = and "
-                          "line ends), too large for a fancli config")
-
-
 def _read_yaml(path: Path) -> Any:
-    import yaml
-
-    from .loaders.yaml_lines import load
-
-    text = _read_text(path)
-    _check_nodes(text, path)
-    try:
-        return load(text) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise SourceError(f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}") from None
+    data = parse_yaml(read_text(path, MAX_CONFIG_BYTES, "a fancli config"), str(path), MAX_CONFIG_NODES,
+                      "a fancli config")
+    return LineDict() if data is None else data
 
 
 def _read_pyproject(path: Path) -> Any | None:
@@ -217,8 +174,8 @@ def _read_pyproject(path: Path) -> Any | None:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
-    text = _read_text(path)
-    _check_nodes(text, path)
+    text = read_text(path, MAX_CONFIG_BYTES, "a fancli config")
+    check_nodes(text, str(path), MAX_CONFIG_NODES, "a fancli config", "[{,:-=\n")
     try:
         document = tomllib.loads(text)
     except RecursionError:

@@ -380,7 +380,7 @@ def test_a_file_without_read_permission(tmp_path, monkeypatch):
     path.write_bytes(b"PK\x03\x04")
     path.chmod(0)
     if os.geteuid() == 0:  # root reads it anyway: make open() fail as it would for anyone else
-        import fancli.loaders.files as files
+        import fancli.safe_io as files
 
         real_open = os.open
 

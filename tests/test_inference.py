@@ -14,7 +14,7 @@ from fancli.analysis.fans import layer_fans
 from fancli.analysis.inference import Candidate, _same, infer
 from fancli.analysis.schemes import variance_scaling
 from fancli.layer import Layer
-from fancli.loaders.torch_module import TorchTensorData
+from fancli.loaders.torch_tensor import TorchTensorData
 from fancli.stats import observe
 from helpers import run
 

@@ -21,7 +21,7 @@ from fancli import api
 from fancli.analysis.fans import layer_fans
 from fancli.analysis.inference import KURTOSIS, candidates, infer
 from fancli.layer import Layer
-from fancli.loaders.torch_module import TorchTensorData
+from fancli.loaders.torch_tensor import TorchTensorData
 from fancli.stats import observe
 from helpers import run
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fancli.loaders.torch_module import TorchTensorData
+from fancli.loaders.torch_tensor import TorchTensorData
 from fancli.stats import observe
 
 

@@ -20,17 +20,17 @@ from fancli.analysis.fans import layer_fans
 from fancli.errors import SourceError
 from fancli.layer import Model
 from fancli.loaders import load
-from fancli.loaders.infer import NO_STRUCTURE
+from fancli.loaders.flat_keys import NO_STRUCTURE
+from fancli.loaders.export_program import load_exported
 from fancli.loaders.torch_module import (
-    TorchTensorData,
     layers_from_module,
-    load_exported,
     load_factory,
     load_pickled_module,
     load_torchscript,
     load_weights_only,
     untrusted_message,
 )
+from fancli.loaders.torch_tensor import TorchTensorData
 from fancli.stats import observe
 
 FACTORY_MODULE = "fancli_test_factories"

@@ -14,7 +14,7 @@ from torch import nn
 
 from fancli.errors import SourceError
 from fancli.loaders import load
-from fancli.loaders.infer import find_state_dict
+from fancli.loaders.checkpoint import find_state_dict
 from fancli.loaders.torch_zip import TorchZip, _Tensor, read_state_dict
 from fancli.stats import observe
 from helpers import REPO, run

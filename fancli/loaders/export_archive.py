@@ -9,17 +9,17 @@ as data, and the weight files by byte range for `--stats`; no pickle in the arch
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Hashable, Iterator
 
 from ..errors import SourceError
-from ..kinds import KIND_OF_CLASS
 from ..layer import Layer, Model
 from ..tensors import DTYPES, StridedRef
-from .module_structure import HF_CONV1D, Owner, expand, module_layer
-from .safetensors_file import MAX_INDEX_BYTES, _parse_json
+from .export_ops import Use, conv_arguments, exported_owner, is_conv_weight
+from .module_structure import Owner, module_layer
+from ..safe_io import parse_json_object
+from .safetensors_file import MAX_INDEX_BYTES
 from .torch_zip import MAX_DIMS, TorchZip, ZipMember, _is_index
 
 MAX_PROGRAM_BYTES = 128 * 1024 * 1024  # model.json: ~2 KB a graph node with its stack trace
@@ -31,9 +31,6 @@ SCALAR_TYPES = {
     29: "float8_e4m3fn", 30: "float8_e5m2", 31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz", 33: "float8_e8m0fnu",
     34: "uint32", 35: "uint64",
 }
-_CONV_OPS = re.compile(r"^aten::(_?convolution|conv_transpose[123]d|conv[123]d)$")
-#: Ops whose operand at this position is the weight stored [in, out] (x @ W), as HF Conv1D computes.
-_IN_OUT_OPERAND = {"aten::addmm": 2, "aten::mm": 1, "aten::matmul": 1}
 _PICKLED = "stored pickled (a tensor subclass): its values are read only with --trust"
 
 
@@ -108,28 +105,15 @@ class _Graph:
                 if name is not None:
                     self.users.setdefault(name, []).append((node, position))
 
+    def uses(self, weight: str) -> list[Use]:
+        return [(node.op, position) for node, position in self.users.get(weight, ())]
+
     def conv_use(self, weight: str) -> dict[str, Any] | None:
         """The arguments of the first convolution that takes `weight` as its weight, defaults filled in."""
         for node, position in self.users.get(weight, ()):
-            if _CONV_OPS.match(node.op) and position == 1:
-                arguments = {"stride": 1, "dilation": 1, "groups": 1, **node.arguments()}
-                arguments.setdefault("transposed", "transpose" in node.op)
-                return arguments
+            if is_conv_weight(node.op, position):
+                return conv_arguments(node.op, node.arguments())
         return None
-
-    def op_class(self, weight: str, conv: dict[str, Any] | None, dims: int) -> str | None:
-        """The torch.nn class an op implies for a weight its module stack does not name (attention's out_proj)."""
-        if conv is not None:
-            return f"ConvTranspose{dims}d" if conv["transposed"] else f"Conv{dims}d"
-        for node, position in self.users.get(weight, ()):
-            if node.op == "aten::linear" and position == 1:
-                return "Linear"
-            if node.op == "aten::embedding" and position == 0:
-                return "Embedding"
-        return None
-
-    def used_as_in_out(self, weight: str) -> bool:
-        return any(_IN_OUT_OPERAND.get(node.op) == position for node, position in self.users.get(weight, ()))
 
 
 class _Weight:
@@ -190,7 +174,7 @@ def _prefix(archive: TorchZip) -> str:
 def _json(archive: TorchZip, member: str, limit: int, what: str) -> dict:
     if member not in archive.members:
         raise SourceError(f"{archive.path}: {member.partition('/')[2]} is missing from the torch.export archive")
-    return _parse_json(archive.read_member(member, limit, what), str(archive.path), what)
+    return parse_json_object(archive.read_member(member, limit, what), str(archive.path), what)
 
 
 def _parameters(program: dict, where: str) -> Iterator[tuple[str, str]]:
@@ -244,20 +228,9 @@ def read_exported(path: Path, archive: TorchZip) -> Model:
 
 
 def _owner(name: str, classes: dict[str, str], graph: _Graph, weight: str | None, meta: Any) -> Owner:
-    """The owner's class from the module stack, else from the op that uses its weight; conv structure from the op."""
-    class_name = classes.get(name)
     conv = graph.conv_use(weight) if weight is not None else None
-    dims = _weight_dims(meta) - 2
-    if class_name not in KIND_OF_CLASS and weight is not None:
-        class_name = graph.op_class(weight, conv, dims) or class_name
-    if conv is None:
-        in_out = class_name == HF_CONV1D and weight is not None and graph.used_as_in_out(weight)
-        note = None if class_name else "its module is not in the exported graph's module stack: type unknown"
-        return Owner(name, class_name, in_out=in_out, note=note)
-    try:
-        return Owner(name, class_name, int(conv["groups"]), expand(conv["stride"], dims), expand(conv["dilation"], dims))
-    except (TypeError, ValueError):
-        return Owner(name, class_name, note="its convolution's stride, dilation or groups are not plain integers")
+    uses = graph.uses(weight) if weight is not None else None
+    return exported_owner(name, classes.get(name), uses, conv, _weight_dims(meta) - 2)
 
 
 def _weight_dims(meta: Any) -> int:

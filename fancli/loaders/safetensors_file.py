@@ -8,22 +8,23 @@ dtype and name, so a file does not record the model's order.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..errors import SourceError
 from ..layer import Model
 from ..tensors import DTYPES, StridedRef
-from .files import open_regular, read_bounded
-from .infer import Entry, layers_from_entries
+from ..safe_io import open_regular, parse_json, parse_json_object, read_bounded
+from .flat_keys import Entry, layers_from_entries
+
+if TYPE_CHECKING:
+    from . import LoadOptions
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 MAX_INDEX_BYTES = 64 * 1024 * 1024
-MAX_JSON_MEMORY = 256 * 1024 * 1024  # what parsing a header or an index may take: ~150,000 tensors
 _LENGTH_BYTES = 8
 _MAX_BITS = 8 << 63  # no file holds more: a shape beyond it is reported without its exact size
 _FIELDS = ("dtype", "shape", "data_offsets")
@@ -155,32 +156,6 @@ def _read_raw_header(path: Path, where: str) -> tuple[bytes, int]:
     return raw, size
 
 
-def check_json_size(raw: bytes, where: str, what: str) -> None:
-    """Refuse JSON whose parse would take more than MAX_JSON_MEMORY: each `[`, `{`, `,` or `"` may become
-    an object of up to 64 bytes, and a character up to 4 (a 100 MB header of `[],` would need 2.5 GB)."""
-    estimate = 64 * sum(map(raw.count, (b"[", b"{", b",", b'"'))) + 4 * len(raw)
-    if estimate > MAX_JSON_MEMORY:
-        raise SourceError(f"{where}: {what} would take more than {MAX_JSON_MEMORY >> 20} MiB to parse "
-                          f"({len(raw)} bytes of JSON, {estimate >> 20} MiB estimated); refused")
-
-
-def _parse_json(raw: bytes, where: str, what: str) -> dict:
-    check_json_size(raw, where, what)
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise SourceError(f"{where}: {what} is not valid UTF-8") from None
-    except RecursionError:
-        raise SourceError(f"{where}: {what} is not valid JSON: nested too deeply") from None
-    except json.JSONDecodeError as error:
-        raise SourceError(f"{where}: {what} is not valid JSON: {error}") from None
-    except ValueError:  # Python's limit on integer digits
-        raise SourceError(f"{where}: {what} is not valid JSON: a number has too many digits") from None
-    if not isinstance(value, dict):
-        raise SourceError(f"{where}: {what} is not a JSON object")
-    return value
-
-
 def _metadata(value: Any, where: str) -> dict[str, str]:
     if value is None:
         return {}
@@ -250,7 +225,7 @@ def _check_coverage(tensors: Iterable[_Tensor], data_size: int, where: str) -> N
 def _read_header(path: Path, where: str) -> _Header:
     """Read and validate a safetensors header; every problem is one SourceError line starting with `where`."""
     raw, size = _read_raw_header(path, where)
-    header = _parse_json(raw, where, "header")
+    header = parse_json_object(raw, where, "header")
     data_start = _LENGTH_BYTES + len(raw)
     data_size = size - data_start
     metadata = _metadata(header.pop("__metadata__", None), where)
@@ -301,7 +276,7 @@ def _notes(metadata: dict[str, str]) -> tuple[str, ...]:
     return ()
 
 
-def load_safetensors(path: Path) -> Model:
+def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
     """A single `.safetensors` file: layers from its header, in header order; no tensor data is read."""
     header = _read_header(path, str(path))
     layers = layers_from_entries(_entries(path, header, header.tensors))
@@ -309,10 +284,12 @@ def load_safetensors(path: Path) -> Model:
 
 
 def _weight_map(path: Path) -> dict[str, str]:
-    """The index's `weight_map` (key -> shard file name), validated."""
-    raw = read_bounded(path, MAX_INDEX_BYTES, "a safetensors index")
-    weight_map = _parse_json(raw, str(path), "index").get("weight_map")
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+    """The index's `weight_map` (key -> shard file name), validated: the file is read and parsed once."""
+    document = parse_json(read_bounded(path, MAX_INDEX_BYTES, "a safetensors index"), str(path), "the file")
+    weight_map = document.get("weight_map") if isinstance(document, dict) else None
+    if not isinstance(weight_map, dict):
+        raise SourceError(f"{path}: a JSON file, but not a safetensors index (no 'weight_map')")
+    if not all(isinstance(v, str) for v in weight_map.values()):
         raise SourceError(f"{path}: weight_map must be an object mapping tensor keys to shard file names")
     return weight_map
 
@@ -333,7 +310,7 @@ def _shard_path(index: Path, shard: str) -> Path:
     return path
 
 
-def load_safetensors_index(path: Path) -> Model:
+def load_safetensors_index(path: Path, options: LoadOptions | None = None) -> Model:
     """A sharded checkpoint from its index.json: tensors in weight_map order, each from its shard's header.
 
     weight_map order, not shard-then-header order: transformers writes it sorted by key, which is the

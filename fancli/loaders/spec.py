@@ -6,32 +6,28 @@ docs/spec.md; `LAYER_TYPES` below is its source of truth for keys.
 
 from __future__ import annotations
 
-import difflib
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import yaml
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..analysis import gains, schemes
 from ..errors import SourceError
-from ..kinds import NAMES as KINDS
+from ..kinds import KINDS, kind_for_ndim
+from ..kinds import kind as layer_kind
 from ..layer import Layer, Model
-from ..vocab import LAYOUTS
-from . import yaml_lines
-from .files import read_bounded
+from ..vocab import FAN_CONVENTIONS, LAYOUTS
+from ..safe_io import read_text
+from .typed_yaml import At, Fields, parse_yaml, suggest, yaml_type
 from .yaml_lines import LineDict, LineList
+
+if TYPE_CHECKING:
+    from . import LoadOptions
 
 MAX_SPEC_BYTES = 16 * 1024 * 1024
 MAX_SPEC_NODES = 750_000  # ~75,000 layers written one per line
 #: Counts fancli acts on rather than multiplies are bounded before the loop they drive: a 2-line spec
 #: saying `num_layers: 1000000000` would otherwise build 4 billion records. Stacked RNNs have 1–8 layers.
 MAX_RNN_LAYERS = 1000
-#: Sizes are torch's int64; a list of sizes (a raw shape, normalized_shape) has at most torch_zip's MAX_DIMS.
-MAX_SIZE = 2**63 - 1
-MAX_DIMS = 64
-_MISSING = object()
 
 #: Keys every layer may carry besides its type's own.
 COMMON_KEYS = ("name", "type", "nonlinearity", "activation", "param", "negative_slope", "scheme", "mode")
@@ -56,131 +52,6 @@ LAYER_TYPES: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_KEYS = ("scheme", "mode", "nonlinearity", "activation", "param", "negative_slope", "fans", "pool_fan_out", "layout")
 TOP_KEYS = ("name", "description", "defaults", "layers")
-_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-
-
-@dataclass(frozen=True)
-class _At:
-    """Where a value sits: file, YAML line and its path from the top (`layers[3]`)."""
-
-    file: str
-    path: str
-    line: int
-
-    def error(self, message: str, key: str | None = None, line: int | None = None) -> SourceError:
-        where = f"{self.path}.{key}" if key and self.path else (key or self.path)
-        prefix = f"{self.file}:{line or self.line}"
-        return SourceError(f"{prefix}: {where}: {message}" if where else f"{prefix}: {message}")
-
-    def key_line(self, mapping: LineDict, key: str) -> int:
-        return getattr(mapping, "key_lines", {}).get(key, self.line)
-
-
-def _yaml_type(value: Any) -> str:
-    """A value for an error message: short, and never a repr of a (possibly alias-bombed) container."""
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 40 else value[:40] + "…")
-    return repr(value)
-
-
-def _key_text(key: Any) -> str:
-    """A key for an error's path: as written if it is a short printable word, else quoted (one line)."""
-    text = str(key)
-    return text if text.isprintable() and len(text) <= 40 else repr(text[:40])
-
-
-def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-class _Fields:
-    """Typed access to one YAML mapping, with errors that point at the key's line."""
-
-    def __init__(self, mapping: LineDict, at: _At, allowed: tuple[str, ...]) -> None:
-        self.mapping, self.at = mapping, at
-        for key in mapping:
-            if key not in allowed:
-                raise at.error(f"unknown key{_suggest(str(key), allowed)}", _key_text(key), at.key_line(mapping, key))
-
-    def error(self, key: str, message: str) -> SourceError:
-        return self.at.error(message, key, self.at.key_line(self.mapping, key))
-
-    def has(self, key: str) -> bool:
-        return key in self.mapping and self.mapping[key] is not None
-
-    def raw(self, key: str, default: Any = _MISSING) -> Any:
-        if not self.has(key):
-            if default is _MISSING:
-                raise self.at.error(f"missing key {key!r}")
-            return default
-        return self.mapping[key]
-
-    def int(self, key: str, default: Any = _MISSING, minimum: int = 1) -> int:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        return self._check_int(key, value, minimum)
-
-    def _check_int(self, key: str, value: Any, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, f"expected an integer, got {_yaml_type(value)}")
-        if value < minimum:
-            raise self.error(key, f"must be at least {minimum}, got {value}")
-        if value > MAX_SIZE:
-            raise self.error(key, "larger than 2**63 - 1, beyond any size torch can hold")
-        return value
-
-    def ints(self, key: str, dims: int | None, default: Any = _MISSING, minimum: int = 1) -> tuple[int, ...]:
-        """An int (repeated to `dims`) or a list of `dims` ints; `dims` None accepts any length ≥ 1."""
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if isinstance(value, list):
-            if not value or (dims is not None and len(value) != dims):
-                raise self.error(key, f"expected {dims or 'at least 1'} values, got {len(value)}")
-            if len(value) > MAX_DIMS:
-                raise self.error(key, f"{len(value)} values; a tensor has at most {MAX_DIMS} dims")
-            return tuple(self._check_int(key, v, minimum) for v in value)
-        single = self._check_int(key, value, minimum)
-        return (single,) * (dims or 1)
-
-    def bool(self, key: str, default: bool) -> bool:
-        value = self.raw(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {_yaml_type(value)}")
-        return value
-
-    def str(self, key: str, default: Any = _MISSING) -> Any:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if not isinstance(value, str) or not value.strip() or not value.isprintable():
-            raise self.error(key, f"expected a name, got {_yaml_type(value)}")
-        return value.strip()
-
-    def number(self, key: str, default: Any = _MISSING) -> Any:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.error(key, f"expected a number, got {_yaml_type(value)}")
-        return float(value)
-
-    def choice(self, key: str, check: Callable[[str], Any], default: Any = None) -> Any:
-        """A name validated by an analysis function (scheme, mode, nonlinearity)."""
-        value = self.str(key, default)
-        if value is default:
-            return default
-        try:
-            check(value)
-        except ValueError as error:
-            raise self.error(key, str(error)) from None
-        return value
 
 
 @dataclass(frozen=True)
@@ -192,7 +63,7 @@ class _Init:
     nonlinearity: str | None = None
     param: float | None = None
 
-    def merged(self, fields: _Fields) -> "_Init":
+    def merged(self, fields: Fields) -> "_Init":
         nonlinearity = fields.choice("nonlinearity", gains.gain) or fields.choice("activation", gains.gain)
         param = fields.number("param", None)
         if param is None:
@@ -229,9 +100,8 @@ def _layer(name: str, suffix: str, kind: str, shape: tuple[int, ...], init: _Ini
     )
 
 
-def _conv(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
-    dims = int(type_[-2])
-    transposed = type_.startswith("conv_transpose")
+def _conv(f: Fields, type_: str, name: str, init: _Init) -> list[Layer]:
+    dims, transposed = layer_kind(type_).spatial_dims, layer_kind(type_).transposed
     in_ch, out_ch = f.int("in_channels"), f.int("out_channels")
     kernel = f.ints("kernel_size", dims)
     stride = f.ints("stride", dims, (1,) * dims)
@@ -249,13 +119,13 @@ def _conv(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
     ]
 
 
-def _rnn(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
+def _rnn(f: Fields, type_: str, name: str, init: _Init) -> list[Layer]:
     input_size, hidden = f.int("input_size"), f.int("hidden_size")
     num_layers = f.int("num_layers", 1)
     if num_layers > MAX_RNN_LAYERS:
         raise f.error("num_layers", f"{num_layers} stacked layers; fancli lists at most {MAX_RNN_LAYERS:,}")
     directions = ("", "_reverse") if f.bool("bidirectional", False) else ("",)
-    gates = _GATES[type_]
+    gates = layer_kind(type_).gates
     layers = []
     for index in range(num_layers):
         layer_in = input_size if index == 0 else hidden * len(directions)
@@ -266,7 +136,7 @@ def _rnn(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
     return layers
 
 
-def _attention(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
+def _attention(f: Fields, type_: str, name: str, init: _Init) -> list[Layer]:
     embed, heads = f.int("embed_dim"), f.int("num_heads")
     if embed % heads:
         raise f.error("num_heads", f"{heads} does not divide embed_dim={embed}")
@@ -285,7 +155,7 @@ def _attention(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
     return projections + [out]
 
 
-def _norm(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
+def _norm(f: Fields, type_: str, name: str, init: _Init) -> list[Layer]:
     present = [k for k in ("num_features", "normalized_shape", "num_channels") if f.has(k)]
     if len(present) != 1:
         raise f.at.error("give exactly one of num_features, normalized_shape, num_channels")
@@ -295,17 +165,14 @@ def _norm(f: _Fields, type_: str, name: str, init: _Init) -> list[Layer]:
     return [_layer(name, "weight", "norm", shape, init)]
 
 
-def _raw(f: _Fields, type_: str, name: str, init: _Init, default_layout: str) -> list[Layer]:
+def _raw(f: Fields, type_: str, name: str, init: _Init, default_layout: str) -> list[Layer]:
     shape = f.ints("shape", None, minimum=0)
-    layout = f.str("layout", default_layout)
-    if layout not in LAYOUTS:
-        raise f.error("layout", f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}{_suggest(layout, LAYOUTS)}")
-    default_kind = {1: "unknown", 2: "linear"}.get(len(shape), f"conv{len(shape) - 2}d" if len(shape) <= 5 else "unknown")
-    kind = f.str("kind", default_kind)
+    layout = f.one_of("layout", LAYOUTS, "layout", default_layout)
+    kind = f.str("kind", kind_for_ndim(len(shape)))
     if kind not in KINDS:
-        raise f.error("kind", f"unknown kind {kind!r}{_suggest(kind, KINDS)}")
+        raise f.error("kind", f"unknown kind {kind!r}{suggest(kind, list(KINDS))}")
     kernel_dims = max(len(shape) - 2, 0)
-    transposed = f.bool("transposed", kind.startswith("conv_transpose"))
+    transposed = f.bool("transposed", layer_kind(kind).transposed)
     structure: dict[str, Any] = {
         "layout": layout,
         "groups": f.int("groups", 1 if transposed else None),  # a described transposed conv: ungrouped
@@ -329,75 +196,47 @@ _BUILDERS: dict[str, Callable[..., list[Layer]]] = {
         _layer(n, "weight", "embedding", (f.int("num_embeddings"), f.int("embedding_dim")), i)
     ],
     "multihead_attention": _attention,
-    **{t: _conv for t in LAYER_TYPES if t.startswith("conv")},
-    **{t: _rnn for t in _GATES},
+    **{t: _conv for t in LAYER_TYPES if layer_kind(t).is_conv},
+    **{t: _rnn for t in LAYER_TYPES if layer_kind(t).is_recurrent},
     **{t: _norm for t in NORM_TYPES},
 }
 
 
-def _read_text(path: Path) -> str:
-    data = read_bounded(path, MAX_SPEC_BYTES, "a YAML spec")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise SourceError(f"{path}: not a text file (byte {error.start} is not UTF-8)") from None
-
-
-def _check_size(text: str, file: str) -> None:
-    """Refuse a spec whose parse would take more than a few hundred MB: PyYAML keeps ~500 bytes per node,
-    and each node needs one of these characters (a 16 MB file of `[],` would need 3 GB)."""
-    indicators = sum(map(text.count, "[{,:-\n"))
-    if indicators > MAX_SPEC_NODES:
-        raise SourceError(f"{file}: more than {MAX_SPEC_NODES:,} YAML nodes ({indicators:,} of [ {{ , : - and line "
-                          "ends), too large for a YAML spec")
-
-
 def parse_spec(text: str, file: str) -> Model:
     """Parse spec text; every error names `file:line: path.key`."""
-    _check_size(text, file)
-    try:
-        document = yaml_lines.load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{file}:{mark.line + 1}" if mark else file
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise SourceError(f"{where}: not valid YAML: {problem}") from None
+    document = parse_yaml(text, file, MAX_SPEC_NODES, "a YAML spec")
     if document is None:
         raise SourceError(f"{file}: empty spec: expected a mapping with a 'layers' list")
     if not isinstance(document, LineDict):
-        raise SourceError(f"{file}:1: expected a mapping with a 'layers' list, got {_yaml_type(document)}")
-    top = _Fields(document, _At(file, "", 1), TOP_KEYS)
+        raise SourceError(f"{file}:1: expected a mapping with a 'layers' list, got {yaml_type(document)}")
+    top = Fields(document, At(file, "", 1), TOP_KEYS)
     defaults_value = top.raw("defaults", LineDict())
     if not isinstance(defaults_value, LineDict):
-        raise top.error("defaults", f"expected a mapping, got {_yaml_type(defaults_value)}")
-    defaults = _Fields(defaults_value, _At(file, "defaults", top.at.key_line(document, "defaults")), DEFAULT_KEYS)
+        raise top.error("defaults", f"expected a mapping, got {yaml_type(defaults_value)}")
+    defaults = Fields(defaults_value, At(file, "defaults", top.at.key_line(document, "defaults")), DEFAULT_KEYS)
     init = _Init().merged(defaults)
-    fans = defaults.str("fans", None)
-    if fans is not None and fans not in ("torch", "effective"):
-        raise defaults.error("fans", f"unknown fan convention {fans!r}; known: torch, effective")
+    fans = defaults.one_of("fans", FAN_CONVENTIONS, "fan convention")
     pool_fan_out = defaults.bool("pool_fan_out", False)
-    default_layout = defaults.str("layout", "torch")
-    if default_layout not in LAYOUTS:
-        raise defaults.error("layout", f"unknown layout {default_layout!r}; known: {', '.join(LAYOUTS)}")
+    default_layout = defaults.one_of("layout", LAYOUTS, "layout", "torch")
 
     layers_value = top.raw("layers")
     if not isinstance(layers_value, LineList) or not layers_value:
-        raise top.error("layers", f"expected a non-empty list of layers, got {_yaml_type(layers_value)}")
+        raise top.error("layers", f"expected a non-empty list of layers, got {yaml_type(layers_value)}")
 
     layers: list[Layer] = []
     first_use: dict[str, str] = {}
     for index, item in enumerate(layers_value):
-        at = _At(file, f"layers[{index}]", layers_value.item_lines[index])
+        at = At(file, f"layers[{index}]", layers_value.item_lines[index])
         if not isinstance(item, LineDict):
-            raise at.error(f"expected a mapping with a 'type', got {_yaml_type(item)}")
+            raise at.error(f"expected a mapping with a 'type', got {yaml_type(item)}")
         type_ = item.get("type", "raw" if "shape" in item else None)
         if not isinstance(type_, str):
-            raise at.error("missing key 'type'" if type_ is None else f"expected a layer type, got {_yaml_type(type_)}")
+            raise at.error("missing key 'type'" if type_ is None else f"expected a layer type, got {yaml_type(type_)}")
         type_ = type_.strip().lower()
         if type_ not in LAYER_TYPES:
-            raise at.error(f"unknown layer type {_yaml_type(type_)}{_suggest(type_, list(LAYER_TYPES))}", "type",
+            raise at.error(f"unknown layer type {yaml_type(type_)}{suggest(type_, list(LAYER_TYPES))}", "type",
                            at.key_line(item, "type"))
-        fields = _Fields(item, at, COMMON_KEYS + LAYER_TYPES[type_])
+        fields = Fields(item, at, COMMON_KEYS + LAYER_TYPES[type_])
         name = fields.str("name", f"layers.{index}")
         if name in first_use:
             raise fields.error("name", f"{name!r} is already used by {first_use[name]}")
@@ -413,6 +252,6 @@ def parse_spec(text: str, file: str) -> Model:
     return Model(source=file, format="yaml-spec", layers=tuple(layers), name=name, fans=fans, pool_fan_out=pool_fan_out)
 
 
-def load_spec(path: Path) -> Model:
+def load_spec(path: Path, options: LoadOptions | None = None) -> Model:
     """Load a spec file; SourceError names the file and line of any problem."""
-    return parse_spec(_read_text(path), str(path))
+    return parse_spec(read_text(path, MAX_SPEC_BYTES, "a YAML spec"), str(path))

@@ -18,19 +18,19 @@ from typing import Any
 
 from ..errors import SourceError
 from ..layer import Model
+from ..safe_io import open_regular
 from ..tensors import DTYPES, StridedRef
 from . import pickle_scan
-from .files import open_regular
-from .infer import Entry, NoStateDict, find_state_dict, layers_from_entries
+from .checkpoint import NoStateDict, find_state_dict
+from .flat_keys import Entry, layers_from_entries
 from .torch_zip import (
     MAX_PICKLE_BYTES,
     UnsafeGlobal,
     WeightsUnpickler,
-    _is_index,
-    _is_shape,
     _short,
     _Storage,
     _Tensor,
+    check_claims,
 )
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -171,14 +171,8 @@ def _storage_table(path: Path, data: mmap.mmap, pos: int, keys: Any,
 
 def _tensor_ref(path: Path, key: str, tensor: Any, sources: dict[str, LegacyStorage]) -> StridedRef:
     """Check the pickle's claims against the storage table and make a lazy handle (as TorchZip.tensor_ref)."""
+    check_claims(path, key, tensor)
     storage, dtype = tensor.storage, tensor.dtype
-    if not isinstance(storage, _Storage):
-        raise SourceError(f"{path}: {key}: its storage is not a storage record")
-    if dtype not in DTYPES:
-        raise SourceError(f"{path}: {key}: unsupported dtype {str(dtype)[:40]!r}")
-    if not (_is_shape(tensor.size) and _is_shape(tensor.stride) and len(tensor.size) == len(tensor.stride)
-            and _is_index(tensor.offset)):
-        raise SourceError(f"{path}: {key}: malformed size, stride or offset")
     source = sources.get(storage.key)
     if source is None:
         raise SourceError(f"{path}: {key}: storage {storage.key} is missing from the file")

@@ -1,4 +1,4 @@
-"""Sources that need torch: live and pickled modules, TorchScript, torch.export programs, factories.
+"""Sources that need torch: live and pickled modules, TorchScript, factories (torch.export: export_program).
 
 A module knows what a state_dict cannot: the class that owns each parameter, so groups, stride,
 dilation and transposition are facts here, not guesses. Only a pickled module runs code from the file
@@ -12,110 +12,30 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Hashable, Iterator
+from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..errors import SourceError
 from ..kinds import KIND_OF_CLASS
 from ..layer import Layer, Model
-from ..tensors import CHUNK_ELEMENTS, MAX_REPEATS
 from . import pickle_scan
 from .factory import a, build, importable_cwd, one_line
-from .infer import (
-    STATE_DICT_KEYS,
-    Entry,
-    NoStateDict,
-    find_state_dict,
-    layers_from_entries,
-)
-from .module_structure import HF_CONV1D, Owner, expand, ints, is_conv, module_layer
+from .checkpoint import STATE_DICT_KEYS, NoStateDict, find_state_dict
+from .flat_keys import Entry, layers_from_entries
+from .module_structure import HF_CONV1D, Owner, ints, is_conv
+from .torch_tensor import dtype_name, tensor_data, tensor_identity, tensor_layer
 from .torch_zip import (  # one wording whether torch reads the file or fancli does
     MAX_PICKLE_BYTES,
     TorchZip,
     untrusted_message,
 )
 
-_NUMPY_DTYPES = (torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16,
-                 torch.int8, torch.uint8, torch.bool)
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _WEIGHTS_UNPICKLER = re.compile(r"WeightsUnpickler error:\s*(.+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_CONV_OPS = re.compile(r"^aten::(_?convolution|conv_transpose[123]d|conv[123]d)$")
 _NO_STRUCTURE = "TorchScript: groups, stride and dilation are not recorded for this conv; only torch's fans are given"
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """torch's dtype name without the "torch." prefix, as Layer.dtype and TensorData.dtype use it."""
-    return str(dtype).removeprefix("torch.")
-
-
-class TorchTensorData:
-    """A torch tensor as `TensorData`; dtypes numpy lacks (bfloat16, float8) are widened per chunk.
-
-    `where` names the tensor in errors (the file and key where known)."""
-
-    def __init__(self, tensor: torch.Tensor, where: str = "tensor") -> None:
-        self.tensor = tensor
-        self.where = where
-        self.dtype = dtype_name(tensor.dtype)
-        self.shape = tuple(tensor.shape)
-
-    def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator[np.ndarray]:
-        """Flattened values in order, at most max_elements at a time: no block of a non-contiguous tensor
-        copies more than a chunk. A view that would repeat its storage more than MAX_REPEATS times (an
-        expand(): numel far beyond its storage) is refused, so the work is bounded by what is stored."""
-        tensor = self.tensor.detach()
-        if tensor.numel() == 0:
-            return
-        try:
-            stored = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
-        except (RuntimeError, NotImplementedError):  # no plain storage (a sparse or wrapper tensor)
-            stored = tensor.numel()
-        if tensor.numel() > MAX_REPEATS * max(stored, max_elements):
-            raise SourceError(f"{self.where}: a view of {tensor.numel()} values over {stored} stored ones "
-                              f"(stride 0?); its statistics would read each value {tensor.numel() // max(stored, 1)} "
-                              "times")
-        yield from _torch_blocks(tensor.reshape(1) if tensor.dim() == 0 else tensor, max_elements)
-
-
-def _torch_blocks(tensor: torch.Tensor, max_elements: int) -> Iterator[np.ndarray]:
-    """A tensor's values, flattened, in blocks of whole rows; a row larger than a chunk is split along the
-    next dim, so a non-contiguous block copied by reshape is never more than max_elements."""
-    if tensor.numel() <= max_elements:
-        yield _to_numpy(tensor.reshape(-1))
-        return
-    if tensor.dim() == 1:
-        for start in range(0, tensor.numel(), max_elements):
-            yield _to_numpy(tensor[start : start + max_elements])
-        return
-    row = tensor[0].numel()
-    if row > max_elements:
-        for index in range(tensor.shape[0]):
-            yield from _torch_blocks(tensor[index], max_elements)
-        return
-    rows = max_elements // row
-    for start in range(0, tensor.shape[0], rows):
-        yield _to_numpy(tensor[start : start + rows].reshape(-1))
-
-
-def _to_numpy(chunk: torch.Tensor) -> np.ndarray:
-    chunk = chunk.cpu()
-    if chunk.dtype not in _NUMPY_DTYPES:
-        chunk = chunk.float()
-    return chunk.numpy()
-
-
-def _tensor_data(tensor: torch.Tensor, where: str = "tensor") -> TorchTensorData | None:
-    """No handle for meta tensors: they have a shape but no values to observe."""
-    return None if tensor.is_meta else TorchTensorData(tensor, where)
-
-
-def _layer(key: str, tensor: torch.Tensor, owner: Owner, aliases: tuple[str, ...] = ()) -> Layer:
-    return module_layer(key, tuple(tensor.shape), dtype_name(tensor.dtype), owner, _tensor_data(tensor, key),
-                        aliases)
 
 
 def module_class(module: nn.Module) -> str:
@@ -193,7 +113,7 @@ def layers_from_module(module: nn.Module) -> tuple[Layer, ...]:
         owner_name = key.rpartition(".")[0]
         owner = _module_owner(owner_name, modules[owner_name])
         aliases = tuple(other for other in keys[id(param)] if other != key)
-        layers.append(_layer(key, param, owner, aliases))
+        layers.append(tensor_layer(key, param, owner, aliases))
     return tuple(layers)
 
 
@@ -247,15 +167,8 @@ def _dense(path: Path, key: Any, tensor: torch.Tensor) -> torch.Tensor:
 def _entries(path: Path, state_dict: dict) -> Iterator[Entry]:
     for key, tensor in state_dict.items():
         tensor = _dense(path, key, tensor)
-        yield Entry(str(key), tuple(tensor.shape), dtype_name(tensor.dtype), _tensor_data(tensor, f"{path}: {key}"),
-                    _identity(tensor))
-
-
-def _identity(tensor: torch.Tensor) -> Hashable | None:
-    """Same storage, offset, shape and stride: one tensor under several keys (empty tensors share no data)."""
-    if tensor.numel() == 0 or tensor.is_meta:
-        return None
-    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+        yield Entry(str(key), tuple(tensor.shape), dtype_name(tensor.dtype), tensor_data(tensor, f"{path}: {key}"),
+                    tensor_identity(tensor))
 
 
 def _from_loaded(path: Path, obj: Any) -> Model:
@@ -316,7 +229,7 @@ def load_pickled_module(path: Path, trust: bool) -> Model:
     return _from_loaded(path, obj)
 
 
-# --- TorchScript and torch.export ------------------------------------------------------------------
+# --- TorchScript ---------------------------------------------------------------------------------
 
 
 def load_torchscript(path: Path, archive: TorchZip | None = None) -> Model:
@@ -349,116 +262,6 @@ def _scan_script_pickles(path: Path, archive: TorchZip | None) -> None:
                 raise SourceError(f"{path}: {member.rpartition('/')[2]} {refused}") from None
 
 
-def load_exported(path: Path) -> Model:
-    """A torch.export program (.pt2) through torch.export.load, which unpickles the archive's sample inputs
-    and opaque constants with arbitrary globals (`--trust`)."""
-    try:
-        program = torch.export.load(path)
-    except Exception as error:  # a malformed archive fails in many ways inside torch
-        raise SourceError(f"{path}: cannot read it as a torch.export program: {one_line(error)}") from None
-    return _exported_model(str(path), "torch-export", program)
-
-
-def _exported_model(source: str, format: str, program: torch.export.ExportedProgram) -> Model:
-    classes = _exported_classes(program.graph)
-    return Model(source=source, format=format, layers=_exported_layers(program, classes), name=classes.get(""))
-
-
-def _exported_classes(graph: torch.fx.Graph) -> dict[str, str]:
-    """Module path -> class name, from the module stack each node records."""
-    classes: dict[str, str] = {}
-    for node in graph.nodes:
-        for path, cls in (node.meta.get("nn_module_stack") or {}).values():
-            qualified = cls if isinstance(cls, str) else cls.__qualname__
-            classes.setdefault(path, qualified.rpartition(".")[2])
-    return classes
-
-
-def _exported_layers(program: torch.export.ExportedProgram, classes: dict[str, str]) -> tuple[Layer, ...]:
-    from torch.export.graph_signature import InputKind
-
-    nodes = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
-    placeholders = {spec.target: nodes[spec.arg.name] for spec in program.graph_signature.input_specs
-                    if spec.kind == InputKind.PARAMETER}
-    first: dict[Hashable, int] = {}
-    entries: list[tuple[str, torch.Tensor]] = []
-    aliases: dict[int, list[str]] = {}
-    for key in placeholders:
-        tensor = program.state_dict[key]
-        identity = _identity(tensor)
-        if identity is not None and identity in first:
-            aliases.setdefault(first[identity], []).append(key)
-            continue
-        if identity is not None:
-            first[identity] = len(entries)
-        entries.append((key, tensor))
-    owners: dict[str, Owner] = {}
-    layers = []
-    for index, (key, tensor) in enumerate(entries):
-        name = key.rpartition(".")[0]
-        if name not in owners:
-            owners[name] = _exported_owner(name, classes, placeholders.get(f"{name}.weight" if name else "weight"))
-        layers.append(_layer(key, tensor, owners[name], tuple(aliases.get(index, ()))))
-    return tuple(layers)
-
-
-def _exported_owner(name: str, classes: dict[str, str], weight: torch.fx.Node | None) -> Owner:
-    """The owner's class from the module stack, else from the op that uses its weight; conv structure from the op."""
-    class_name = classes.get(name)
-    conv = _conv_use(weight) if weight is not None else None
-    if class_name not in KIND_OF_CLASS and weight is not None:
-        class_name = _op_class(weight, conv) or class_name
-    if conv is None:
-        in_out = class_name == HF_CONV1D and weight is not None and _used_as_in_out(weight)
-        note = None if class_name else "its module is not in the exported graph's module stack: type unknown"
-        return Owner(name, class_name, in_out=in_out, note=note)
-    spatial = len(weight.meta["val"].shape) - 2
-    return Owner(name, class_name, int(conv.get("groups", 1)), expand(conv.get("stride", 1), spatial),
-                  expand(conv.get("dilation", 1), spatial))
-
-
-def _aten(node: torch.fx.Node) -> str:
-    schema = getattr(node.target, "_schema", None)
-    return schema.name if schema is not None else ""
-
-
-def _conv_use(param: torch.fx.Node) -> dict[str, Any] | None:
-    """The keyword arguments (defaults filled in) of the first convolution that takes `param` as its weight."""
-    from torch.fx.operator_schemas import normalize_function
-
-    for user in param.users:
-        if _CONV_OPS.match(_aten(user)) and len(user.args) > 1 and user.args[1] is param:
-            normalized = normalize_function(user.target, user.args, user.kwargs, normalize_to_only_use_kwargs=True)
-            kwargs = dict(normalized.kwargs) if normalized else dict(user.kwargs)
-            kwargs.setdefault("transposed", "transpose" in _aten(user))
-            return kwargs
-    return None
-
-
-def _op_class(param: torch.fx.Node, conv: dict[str, Any] | None) -> str | None:
-    """The torch.nn class an op implies for a weight its module stack does not name (e.g. attention's out_proj)."""
-    if conv is not None:
-        dims = len(param.meta["val"].shape) - 2
-        return f"ConvTranspose{dims}d" if conv["transposed"] else f"Conv{dims}d"
-    for user in param.users:
-        op = _aten(user)
-        if op == "aten::linear" and user.args[1] is param:
-            return "Linear"
-        if op == "aten::embedding" and user.args[0] is param:
-            return "Embedding"
-    return None
-
-
-def _used_as_in_out(param: torch.fx.Node) -> bool:
-    """The weight is the right operand of a matmul (x @ W): stored [in, out], as HF Conv1D does."""
-    positions = {"aten::addmm": 2, "aten::mm": 1, "aten::matmul": 1}
-    return any(
-        _aten(user) in positions and len(user.args) > positions[_aten(user)]
-        and user.args[positions[_aten(user)]] is param
-        for user in param.users
-    )
-
-
 # --- factories -------------------------------------------------------------------------------------
 
 
@@ -466,7 +269,9 @@ def load_factory(spec: str, kwargs: dict | None = None) -> Model:
     """`pkg.module:callable` called with kwargs; it must build an nn.Module (or a torch.export program)."""
     result = build(spec, kwargs)
     if isinstance(result, torch.export.ExportedProgram):
-        return _exported_model(spec, "factory", result)
+        from .export_program import exported_model
+
+        return exported_model(spec, "factory", result)
     if not isinstance(result, nn.Module):
         raise SourceError(f"{spec}: returned {a(type(result).__name__)}, not a torch.nn.Module")
     return _model(spec, "factory", result)

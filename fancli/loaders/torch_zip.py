@@ -22,7 +22,8 @@ from ..errors import SourceError
 from ..layer import Model
 from ..tensors import DTYPES, StridedRef
 from . import pickle_scan
-from .infer import Entry, NoStateDict, find_state_dict, layers_from_entries
+from .checkpoint import NoStateDict, find_state_dict
+from .flat_keys import Entry, layers_from_entries
 
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a state_dict's data.pkl is ~120 bytes a tensor
 MAX_DIMS = 64  # no tensor has more; a pickle claiming more only makes shape arithmetic slow
@@ -262,6 +263,18 @@ def _is_shape(value: Any) -> bool:
     return isinstance(value, (tuple, list)) and len(value) <= MAX_DIMS and all(map(_is_index, value))
 
 
+def check_claims(path: Path, key: str, tensor: _Tensor) -> None:
+    """What a pickle claims of a tensor that can be checked before its storage is found: a storage record,
+    a dtype fancli reads, and a size, stride and offset that are lists of counts."""
+    if not isinstance(tensor.storage, _Storage):
+        raise SourceError(f"{path}: {key}: its storage is not a storage record")
+    if tensor.dtype not in DTYPES:
+        raise SourceError(f"{path}: {key}: unsupported dtype {str(tensor.dtype)[:40]!r}")
+    if not (_is_shape(tensor.size) and _is_shape(tensor.stride) and len(tensor.size) == len(tensor.stride)
+            and _is_index(tensor.offset)):
+        raise SourceError(f"{path}: {key}: malformed size, stride or offset")
+
+
 class TorchZip:
     """An opened torch.save archive: its record prefix and members."""
 
@@ -337,14 +350,8 @@ class TorchZip:
 
     def tensor_ref(self, key: str, tensor: _Tensor) -> StridedRef:
         """Check the pickle's claims against the archive and make a lazy handle."""
+        check_claims(self.path, key, tensor)
         storage, dtype = tensor.storage, tensor.dtype
-        if not isinstance(storage, _Storage):
-            raise SourceError(f"{self.path}: {key}: its storage is not a storage record")
-        if dtype not in DTYPES:
-            raise SourceError(f"{self.path}: {key}: unsupported dtype {str(dtype)[:40]!r}")
-        if not (_is_shape(tensor.size) and _is_shape(tensor.stride) and len(tensor.size) == len(tensor.stride)
-                and _is_index(tensor.offset)):
-            raise SourceError(f"{self.path}: {key}: malformed size, stride or offset")
         member = self.members.get(f"{self.prefix}/data/{storage.key}")
         if member is None:
             raise SourceError(f"{self.path}: {key}: storage {storage.key} is missing from the archive")

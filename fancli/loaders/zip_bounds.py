@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 
 from ..errors import SourceError
-from .files import open_regular
+from ..safe_io import open_regular
 
 #: Members of a torch archive: one per storage plus a few records. 250,000 is what pickle_scan's memory
 #: budget lets a data.pkl describe; no real checkpoint comes near it.

@@ -1,0 +1,75 @@
+"""torch's own file formats, `torch.save` zips and legacy pickles, TorchScript and torch.export archives:
+which reader each gets. Without `--trust` fancli's own readers, which import no torch and run nothing from
+the file; with it, torch's loaders, which run the file's code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import SourceError
+from ..layer import Model
+from . import LoadOptions, loader
+
+#: Archive kind -> (its reader without --trust, torch's loader with it), each called `(path, archive)`.
+ARCHIVE_READERS: dict[str, tuple[str, str]] = {
+    "torchscript": ("torchscript_archive:read_torchscript", "torch_module:load_torchscript"),
+    "torch-export": ("export_archive:read_exported", "export_program:load_exported"),
+}
+#: A legacy file fancli's own reader cannot list (a torch type outside its allowlist) goes to torch's
+#: weights-only loader, which reads every storage into memory: only up to this size without --trust.
+MAX_LEGACY_TORCH_LOAD = 256 * 1024 * 1024
+
+
+def load_zip(path: Path, options: LoadOptions) -> Model:
+    """torch.save, TorchScript and torch.export archives without torch; with --trust, the last two through
+    torch's own loaders, which run the archive's code."""
+    from .torch_zip import TorchZip, UnsafeGlobal, read_state_dict, untrusted_message
+
+    archive = TorchZip(path)
+    if archive.kind in ARCHIVE_READERS:
+        return loader(ARCHIVE_READERS[archive.kind][options.trust])(path, archive)
+    if archive.kind == "zip":
+        raise SourceError(f"{path}: a zip archive, but not one written by torch.save (no <name>/data.pkl)")
+    try:
+        return read_state_dict(path, archive)
+    except UnsafeGlobal as refused:
+        if options.trust:
+            from .torch_module import load_pickled_module
+
+            return load_pickled_module(path, trust=True)
+        if refused.module.startswith("torch.") and not refused.module.startswith("torch.nn"):
+            from .torch_module import load_weights_only
+
+            return load_weights_only(path)  # a tensor type torch's own safe loader knows
+        raise SourceError(untrusted_message(path, f"{refused.module}.{refused.name}")) from None
+
+
+def load_pickle(path: Path, options: LoadOptions) -> Model:
+    """A legacy (pre-1.6) torch.save file: read without torch and without its tensor data unless --trust
+    asks torch to unpickle a module. Another pickle goes to torch's weights-only loader, which says what
+    it is."""
+    if options.trust:
+        from .torch_module import load_pickled_module
+
+        return load_pickled_module(path, trust=True)
+    from .torch_legacy import NotLegacy, read_legacy
+    from .torch_zip import UnsafeGlobal, untrusted_message
+
+    try:
+        return read_legacy(path)
+    except NotLegacy:
+        pass
+    except UnsafeGlobal as refused:
+        name = f"{refused.module}.{refused.name}"
+        if not refused.module.startswith("torch.") or refused.module.startswith("torch.nn"):
+            raise SourceError(untrusted_message(path, name)) from None
+        size = path.stat().st_size
+        if size > MAX_LEGACY_TORCH_LOAD:  # torch would read all of it, tensor data included
+            raise SourceError(f"{path}: a legacy torch.save file of {size} bytes holding {name!r}, which fancli's "
+                              "reader does not list; torch's loader would read all of it into memory, so files "
+                              f"over {MAX_LEGACY_TORCH_LOAD >> 20} MiB are refused (re-save it with torch.save's "
+                              "default zip format)") from None
+    from .torch_module import load_weights_only
+
+    return load_weights_only(path)

@@ -1,0 +1,206 @@
+"""Safe file I/O, in one place: every reader and writer of fancli goes through here.
+
+Reading: a FIFO or a device named as a model, spec, config or baseline must be refused, not read (it would
+block before any check ran), and a small file is read with a bound, never whole. JSON is parsed only once
+its estimated cost is known to be bounded.
+
+Writing: a crash mid-write never leaves a half-written file where the old one was (temp file beside the
+target, fsync, rename). And a write is refused, before anything is written, where it would replace what
+the user did not mean to replace: the file being read (`-o model.yaml` on `inspect model.yaml`), a device
+node or FIFO (renaming a file over `/dev/null` as root destroys the device), or a directory. A symlink is
+written through: its target is replaced, the link stays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable
+
+from .errors import FancliError, SourceError
+from .text import printable
+
+# --- reading ---------------------------------------------------------------------------------------
+
+#: O_NONBLOCK: opening a FIFO for reading otherwise waits for a writer, before any check can run.
+_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(path: Path, where: str) -> BinaryIO:
+    """Open `path` for binary reading if it is a regular file; SourceError starting with `where` if not."""
+    try:
+        fd = os.open(path, _FLAGS)
+    except FileNotFoundError:
+        raise SourceError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise SourceError(f"{where}: is a directory; give a model file or spec") from None
+    except PermissionError:
+        raise SourceError(f"{where}: permission denied") from None
+    except OSError as error:
+        raise SourceError(f"{where}: cannot read: {error.strerror or error}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise SourceError(f"{where}: is a directory; give a model file or spec")
+        if not stat.S_ISREG(mode):
+            raise SourceError(f"{where}: not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The whole of a small file (an index, a spec) without hanging on a FIFO or reading past `limit`."""
+    try:
+        with open_regular(path, str(path)) as handle:
+            raw = handle.read(limit + 1)
+    except OSError as error:
+        raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
+    if len(raw) > limit:
+        raise SourceError(f"{path}: larger than {limit} bytes, too large for {what}")
+    return raw
+
+
+def read_text(path: Path, limit: int, what: str) -> str:
+    """A small text file (a spec, a config) as UTF-8, read with `read_bounded`."""
+    raw = read_bounded(path, limit, what)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SourceError(f"{path}: not a text file (byte {error.start} is not UTF-8)") from None
+
+
+#: What parsing a JSON document (a safetensors header, an index, a baseline) may take: ~150,000 tensors.
+MAX_JSON_MEMORY = 256 * 1024 * 1024
+
+
+def check_json_size(raw: bytes, where: str, what: str) -> None:
+    """Refuse JSON whose parse would take more than MAX_JSON_MEMORY: each `[`, `{`, `,` or `"` may become
+    an object of up to 64 bytes, and a character up to 4 (a 100 MB header of `[],` would need 2.5 GB)."""
+    estimate = 64 * sum(map(raw.count, (b"[", b"{", b",", b'"'))) + 4 * len(raw)
+    if estimate > MAX_JSON_MEMORY:
+        raise SourceError(f"{where}: {what} would take more than {MAX_JSON_MEMORY >> 20} MiB to parse "
+                          f"({len(raw)} bytes of JSON, {estimate >> 20} MiB estimated); refused")
+
+
+def parse_json(raw: bytes, where: str, what: str) -> Any:
+    """JSON from untrusted bytes, its size checked first; SourceError `where: what is not valid …` else."""
+    check_json_size(raw, where, what)
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SourceError(f"{where}: {what} is not valid UTF-8") from None
+    except RecursionError:
+        raise SourceError(f"{where}: {what} is not valid JSON: nested too deeply") from None
+    except json.JSONDecodeError as error:
+        raise SourceError(f"{where}: {what} is not valid JSON: {error}") from None
+    except ValueError:  # Python's limit on integer digits
+        raise SourceError(f"{where}: {what} is not valid JSON: a number has too many digits") from None
+    return value
+
+
+def parse_json_object(raw: bytes, where: str, what: str) -> dict:
+    """`parse_json`, and the value must be an object."""
+    value = parse_json(raw, where, what)
+    if not isinstance(value, dict):
+        raise SourceError(f"{where}: {what} is not a JSON object")
+    return value
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+#: Output names that mean standard output rather than a file.
+STDOUT_NAMES = ("-", "/dev/stdout")
+
+
+def is_stdout(path: str | Path | None) -> bool:
+    """`-o -` and `-o /dev/stdout` print, as most tools do, instead of replacing a file."""
+    return path is not None and str(path) in STDOUT_NAMES
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as error:
+        raise FancliError(f"{printable(path)}: cannot write: {error.strerror or error}") from None
+
+
+def _is_input(target: Path, info: os.stat_result | None, source: str | Path) -> bool:
+    """Whether `target` (resolved, with its stat) is the input `source`: same resolved path, or the same
+    file under another name (a hard link: same device and inode)."""
+    try:
+        if Path(source).resolve() == target:
+            return True
+        other = os.stat(source)
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return info is not None and (info.st_dev, info.st_ino) == (other.st_dev, other.st_ino)
+
+
+def checked_target(path: str | Path, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """The file a write to `path` replaces: symlinks followed to their final target. FancliError (exit 2)
+    if that is one of `inputs`, or exists and is not a regular file."""
+    shown = printable(path)
+    try:
+        target = Path(path).resolve()  # follows every link, a dangling one too
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise FancliError(f"{shown}: cannot write: {error}") from None
+    info = _stat(target)
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a device, FIFO or socket)"
+        raise FancliError(f"{shown}: is {what}; refusing to replace it (give a file name, or omit -o for stdout)")
+    for source in inputs:
+        if source is not None and _is_input(target, info, source):
+            raise FancliError(f"{shown}: is the input {printable(source)}; refusing to overwrite it")
+    return target
+
+
+def _new_file_mode() -> int:
+    """What open() would give a new file: 0o666 less the umask (mkstemp's temp file is 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_with(path: str | Path, fill: Callable[[str], None], inputs: Iterable[str | Path | None] = (),
+               suffix: str = ".tmp") -> Path:
+    """Have `fill(temp_name)` write the new content into a temp file beside the (resolved) target, then
+    rename it over the target in one step; returns the target. Checked first with `checked_target`."""
+    target = checked_target(path, inputs)
+    try:
+        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    except OSError as error:
+        raise FancliError(f"{printable(path)}: cannot write: {error.strerror or error}") from None
+    os.close(fd)
+    try:
+        fill(temp_name)
+        with open(temp_name, "rb+") as handle:
+            os.fsync(handle.fileno())
+        info = _stat(target)
+        os.chmod(temp_name, info.st_mode & 0o7777 if info is not None else _new_file_mode())
+        os.replace(temp_name, target)
+    except BaseException as error:
+        try:
+            os.unlink(temp_name)
+        except OSError:
+            pass
+        if isinstance(error, OSError):
+            raise FancliError(f"{printable(path)}: cannot write: {error.strerror or error}") from None
+        raise
+    return target
+
+
+def write_text(path: str | Path, text: str, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Write `text` (UTF-8) to `path` atomically, refusing to replace an input, a device or a directory."""
+
+    def fill(temp_name: str) -> None:
+        with open(temp_name, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    return write_with(path, fill, inputs)
