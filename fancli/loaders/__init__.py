@@ -10,8 +10,8 @@ import importlib
 import os
 import re
 import stat
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import SourceError

@@ -15,10 +15,10 @@ from typing import Any, Hashable, Iterator
 
 from ..errors import SourceError
 from ..layer import Layer, Model
+from ..safe_io import parse_json_object
 from ..tensors import DTYPES, StridedRef
 from .export_ops import Use, conv_arguments, exported_owner, is_conv_weight
 from .module_structure import Owner, module_layer
-from ..safe_io import parse_json_object
 from .safetensors_file import MAX_INDEX_BYTES
 from .torch_zip import MAX_DIMS, TorchZip, ZipMember, _is_index
 

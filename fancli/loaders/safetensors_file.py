@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..errors import SourceError
 from ..layer import Model
-from ..tensors import DTYPES, StridedRef
 from ..safe_io import open_regular, parse_json, parse_json_object, read_bounded
+from ..tensors import DTYPES, StridedRef
 from .flat_keys import Entry, layers_from_entries
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from ..errors import SourceError
 from ..kinds import KINDS, kind_for_ndim
 from ..kinds import kind as layer_kind
 from ..layer import Layer, Model
-from ..vocab import FAN_CONVENTIONS, LAYOUTS
 from ..safe_io import read_text
+from ..vocab import FAN_CONVENTIONS, LAYOUTS
 from .typed_yaml import At, Fields, parse_yaml, suggest, yaml_type
 from .yaml_lines import LineDict, LineList
 

@@ -21,8 +21,8 @@ from ..errors import SourceError
 from ..kinds import KIND_OF_CLASS
 from ..layer import Layer, Model
 from . import pickle_scan
-from .factory import a, build, importable_cwd, one_line
 from .checkpoint import STATE_DICT_KEYS, NoStateDict, find_state_dict
+from .factory import a, build, importable_cwd, one_line
 from .flat_keys import Entry, layers_from_entries
 from .module_structure import HF_CONV1D, Owner, ints, is_conv
 from .torch_tensor import dtype_name, tensor_data, tensor_identity, tensor_layer
