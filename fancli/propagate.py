@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from .analysis import gains
+from .analysis import activations
 from .errors import SettingsError, SourceError
 from .layer import Layer, Model
 from .report import Row, Settings, analyze
@@ -625,33 +625,13 @@ def _value(v: float | None) -> float:
     return math.nan if v is None else v
 
 
-class _Lambda(nn.Module):
-    def __init__(self, fn: Any) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-
-def _activation(name: str, param: float | None, source: str, layer: str) -> nn.Module:
-    """The module for a nonlinearity name (torch's calculate_gain names, plus torch.nn.functional's)."""
-    name = gains.canonical(name)
-    if name in ("linear", "identity") or name.startswith("conv"):
-        return nn.Identity()
-    if name == "leaky_relu":
-        return nn.LeakyReLU(0.01 if param is None else float(param))
-    if name == "elu":
-        return nn.ELU(1.0 if param is None else float(param))
-    fixed = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "selu": nn.SELU, "gelu": nn.GELU,
-             "silu": nn.SiLU, "swish": nn.SiLU, "mish": nn.Mish, "softplus": nn.Softplus,
-             "hardswish": nn.Hardswish, "hardtanh": nn.Hardtanh, "relu6": nn.ReLU6, "celu": nn.CELU}
-    if name in fixed:
-        return fixed[name]()
-    fn = getattr(torch.nn.functional, name, None)
-    if callable(fn):
-        return _Lambda(fn)
-    raise PropagateError(f"{source}: {layer}: no torch function for the nonlinearity {name!r}")
+def _activation(name: str | None, param: float | None, source: str, layer: str) -> nn.Module:
+    """The torch module of the activation registry's record (with the user's parameter, else its default);
+    none stated (a scheme whose gain needs none) runs as the identity."""
+    try:
+        return activations.torch_module(name or "linear", param)
+    except ValueError as error:
+        raise PropagateError(f"{source}: {layer}: {error}") from None
 
 
 # --- live modules --------------------------------------------------------------------------------
