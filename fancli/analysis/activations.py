@@ -28,11 +28,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..kinds import KINDS
 
-if TYPE_CHECKING:
-    import numpy as np
-    from torch import nn
-
-
 class _Numpy:
     """numpy, imported on first use: the records' functions read `np.…` when they run, not when defined."""
 
@@ -40,7 +35,10 @@ class _Numpy:
         return getattr(importlib.import_module("numpy"), name)
 
 
-if not TYPE_CHECKING:
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+else:
     np = _Numpy()
 
 Function = Callable[["np.ndarray", "float | None"], "np.ndarray"]
