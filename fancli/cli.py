@@ -202,8 +202,9 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
 
     from .atomic import checked_target, is_stdout, write_text
     from .errors import FancliError
-    from .propagate import load_source, render_propagation, to_dict
+    from .propagate import load_source
     from .propagate import propagate as run_propagation
+    from .renderers.propagate import render_propagation, to_dict
     from .text import json_safe
 
     if source is None:
@@ -219,7 +220,7 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
     text = (printable_lines(render_propagation(props, source)) if fmt == "table"
             else json_safe(json.dumps(to_dict(props, source), indent=2, ensure_ascii=False)) + "\n")
     if plot_path:
-        from .plot import plot_propagation
+        from .renderers.plot import plot_propagation
 
         plot_propagation(props, plot_path, title=printable(f"{source} · {props[0].scheme}"),
                          inputs=[*inputs, output if writes_file else None])

@@ -80,3 +80,40 @@ def test_the_gain_command_states_both_values_and_the_criterion(name, expected):
 def test_the_gain_command_rejects_unknown_names():
     result = run("gain", "gelux")
     assert result.code == 2 and "unknown activation" in result.err
+
+
+# --- one registry: each activation's numpy function, default parameter and torch module agree (issue 14)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_each_activations_torch_module_computes_its_numpy_function(name):
+    from fancli.analysis.activations import activation, torch_module
+
+    record = activation(name)
+    z = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    for param in {None, record.default, 0.5 if record.default is not None else None}:
+        module = torch_module(name, param)
+        assert isinstance(module, torch.nn.Module)
+        used = record.default if param is None else param
+        expected = torch.from_numpy(record.function(z.numpy(), used))
+        torch.testing.assert_close(module(z), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("alias,name", [("swish", "silu"), ("gelu_new", "gelu_tanh"), ("hard_swish", "hardswish"),
+                                        ("identity", "linear"), ("none", "linear"), ("Hard-Swish", "hardswish")])
+def test_aliases_resolve_to_one_record(alias, name):
+    from fancli.analysis.activations import activation
+
+    assert activation(alias).name == name
+    assert numeric_gain(alias) == numeric_gain(name)
+
+
+def test_the_registry_imports_no_torch():
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom fancli.analysis import activations, gains\n"
+             "activations.activation('softplus'); gains.gain('gelu_new'); gains.gain('celu', 0.5)\n"
+             "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -231,3 +231,55 @@ def test_plot_writes_a_png(tmp_path):
     assert result.code == 0, result.err
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["variances.png"]
+
+
+# --- the activation a spec runs is the one its std was drawn for (issue 14) ------------------------
+
+
+@pytest.mark.parametrize("name,param,activation", [
+    ("softplus", 2.0, lambda: nn.Softplus(beta=2.0)),
+    ("celu", 0.5, lambda: nn.CELU(alpha=0.5)),
+    ("elu", 0.5, lambda: nn.ELU(alpha=0.5)),
+    ("leaky_relu", 0.2, lambda: nn.LeakyReLU(0.2)),
+    ("gelu_tanh", None, lambda: nn.GELU(approximate="tanh")),
+    ("gelu_new", None, lambda: nn.GELU(approximate="tanh")),
+    ("hard_swish", None, nn.Hardswish),
+    ("swish", None, nn.SiLU),
+    ("torch.nn.functional.elu", 0.5, lambda: nn.ELU(alpha=0.5)),
+])
+def test_a_spec_runs_its_activation_with_the_users_parameter(name, param, activation):
+    """torch as the oracle: the spec's stack gives the numbers of the same stack built by hand with torch's
+    own module for the activation (and its parameter), drawn from the same seed."""
+    widths, first = [48, 64, 32], 40
+    model = parse_spec(_mlp_text(widths, first), "mlp.yaml")
+    layers, previous = [], first
+    for width in widths:
+        layers += [nn.Linear(previous, width), activation()]
+        previous = width
+    from_spec = propagate(model, ("fan_in",), nonlinearity=name, param=param, seed=5, draws=2)
+    from_module = propagate(nn.Sequential(*layers), ("fan_in",), nonlinearity=name, param=param,
+                            input_shape=(first,), seed=5, draws=2)
+    for a, b in zip(from_spec, from_module):
+        assert [s.std for s in a.layers] == [s.std for s in b.layers]
+        assert [s.forward_var for s in a.layers] == [s.forward_var for s in b.layers]
+        assert [s.backward_var for s in a.layers] == [s.backward_var for s in b.layers]
+
+
+def test_the_command_line_propagates_through_every_activation_inspect_accepts(tmp_path):
+    from helpers import run
+
+    spec = tmp_path / "mlp.yaml"
+    spec.write_text(_mlp_text([16, 16], 8))
+    for name in ("gelu_tanh", "gelu_new", "hard_swish", "hardsigmoid", "softsign", "identity", "conv2d"):
+        assert run("inspect", spec, "-n", name).code == 0
+        result = run("propagate", spec, "-n", name, "--draws", "1", "-f", "json")
+        assert result.code == 0, (name, result.err)
+
+
+@pytest.mark.parametrize("scheme", ["torch_default", "lecun_normal"])
+def test_a_scheme_that_needs_no_nonlinearity_runs_a_spec_that_states_none(scheme):
+    model = parse_spec(_mlp_text([16, 16], 8).replace("nonlinearity: relu", "nonlinearity: linear")
+                       .replace("defaults: {scheme: kaiming_normal, nonlinearity: linear}\n", ""), "plain.yaml")
+    assert all(layer.nonlinearity is None for layer in model.layers)
+    (prop,) = propagate(model, ("fan_in",), scheme=scheme, draws=1)
+    assert [s.name for s in prop.layers] == ["fc0", "fc1"]

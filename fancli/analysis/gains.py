@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from . import activations
+
 #: The names `torch.nn.init.calculate_gain` accepts, in its own order.
 TORCH_NONLINEARITIES = (
     "linear",
@@ -19,9 +21,6 @@ TORCH_NONLINEARITIES = (
     "leaky_relu",
     "selu",
 )
-
-#: Spellings users write for "no nonlinearity". torch's docs name Identity but its function rejects it.
-ALIASES = {"identity": "linear", "none": "linear"}
 
 _LINEAR_FNS = TORCH_NONLINEARITIES[:7]
 
@@ -48,9 +47,12 @@ def calculate_gain(nonlinearity: str, param: int | float | None = None) -> float
 
 
 def canonical(nonlinearity: str) -> str:
-    """The torch name for a user's spelling: lower case, aliases resolved."""
-    name = nonlinearity.strip().lower().replace("-", "_")
-    return ALIASES.get(name, name)
+    """The name reports show for a user's spelling: torch's name where torch's table has the activation
+    (`Identity`, `none` → linear; torch's docs name Identity but its function rejects it), else the
+    spelling given, normalised (`swish` stays swish: a baseline that states it keeps matching)."""
+    name = activations.spelling(nonlinearity)
+    alias = activations.ALIASES.get(name)
+    return alias if name not in TORCH_NONLINEARITIES and alias in TORCH_NONLINEARITIES else name
 
 
 def torch_defines(nonlinearity: str) -> bool:
@@ -64,9 +66,7 @@ def gain(nonlinearity: str, param: int | float | None = None) -> float:
     if isinstance(param, float) and not math.isfinite(param):
         raise ValueError(f"the nonlinearity's parameter must be finite, got {param}")
     if not torch_defines(nonlinearity):
-        from .activations import numeric_gain
-
-        return numeric_gain(nonlinearity, param)
+        return activations.numeric_gain(nonlinearity, param)
     try:
         return calculate_gain(canonical(nonlinearity), param)
     except OverflowError:

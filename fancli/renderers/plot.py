@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-from .errors import FancliError
-from .propagate import Propagation
+from ..errors import FancliError
+
+if TYPE_CHECKING:
+    from ..propagate import Propagation
 
 
 def plot_propagation(props: Sequence[Propagation], path: str | Path, title: str | None = None,
                      inputs: Iterable[str | Path | None] = ()) -> None:
     """Forward and backward variance per layer, one line per mode, on log scales; written through the same
     atomic, checked writer as every report (never over an input, a device, or a symlink itself)."""
-    from .atomic import checked_target, write_with
-    from .text import printable
+    from ..atomic import checked_target, write_with
+    from ..text import printable
 
     checked_target(path, inputs)  # refuse before drawing
     try:
