@@ -106,9 +106,9 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
 
     from . import api
     from . import check as drift
-    from .atomic import checked_target, is_stdout, write_text
     from .config import DEFAULT_BASELINE
     from .renderers.check_out import RENDERERS
+    from .safe_io import checked_target, is_stdout, write_text
 
     check_limits(tolerance, sigmas)
     model, config = load_model(src)
@@ -200,11 +200,11 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
     layer's activation and gradient variance: fan_in keeps the forward pass, fan_out the backward."""
     import json
 
-    from .atomic import checked_target, is_stdout, write_text
     from .errors import FancliError
     from .propagate import load_source
     from .propagate import propagate as run_propagation
     from .renderers.propagate import render_propagation, to_dict
+    from .safe_io import checked_target, is_stdout, write_text
     from .text import json_safe
 
     if source is None:

@@ -128,8 +128,8 @@ def nbytes(layer: Any) -> int:
 
 def emit(built: tuple[Any, list[Any]], fmt: str, output: str | None, show_all: bool) -> None:
     """Render to stdout, or atomically to a file that is none of the inputs."""
-    from .atomic import is_stdout, write_text
     from .renderers import render_text, without_small_tensors
+    from .safe_io import is_stdout, write_text
 
     report, inputs = built
     if fmt != "json" and not show_all:

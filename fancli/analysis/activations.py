@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..kinds import KINDS
 
+
 class _Numpy:
     """numpy, imported on first use: the records' functions read `np.…` when they run, not when defined."""
 

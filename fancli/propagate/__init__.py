@@ -39,7 +39,14 @@ from ..renderers.propagate import bars, render_propagation, to_dict
 from ..report import Settings, analyze
 from ..vocab import NORMS
 from .module_runner import ModuleRunner
-from .signals import MAX_BYTES, LayerSignal, PropagateError, Propagation, Runner, combine
+from .signals import (
+    MAX_BYTES,
+    LayerSignal,
+    PropagateError,
+    Propagation,
+    Runner,
+    combine,
+)
 from .spec_stack import SpecStack
 
 __all__ = [

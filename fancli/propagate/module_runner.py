@@ -13,8 +13,18 @@ from .. import kinds
 from ..layer import Model
 from ..loaders.torch_module import layers_from_module, module_class
 from ..report import Row
-from .signals import (Draw, LayerSignal, PropagateError, Recorder, Runner, draw_weights, forward_backward,
-                      nan_if_none, scheme_name, variance)
+from .signals import (
+    Draw,
+    LayerSignal,
+    PropagateError,
+    Recorder,
+    Runner,
+    draw_weights,
+    forward_backward,
+    nan_if_none,
+    scheme_name,
+    variance,
+)
 
 
 class ModuleRunner(Runner):

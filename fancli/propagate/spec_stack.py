@@ -16,8 +16,19 @@ from .. import kinds
 from ..analysis import activations
 from ..layer import Layer, Model
 from ..report import Row
-from .signals import (MAX_BYTES, Draw, LayerSignal, PropagateError, Recorder, Runner, draw_weights,
-                      forward_backward, nan_if_none, scheme_name, variance)
+from .signals import (
+    MAX_BYTES,
+    Draw,
+    LayerSignal,
+    PropagateError,
+    Recorder,
+    Runner,
+    draw_weights,
+    forward_backward,
+    nan_if_none,
+    scheme_name,
+    variance,
+)
 
 #: Default spatial size of the input when the first layer is a conv (per dims), or a transposed conv.
 _SPATIAL = {1: 64, 2: 32, 3: 16}

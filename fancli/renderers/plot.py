@@ -15,7 +15,7 @@ def plot_propagation(props: Sequence[Propagation], path: str | Path, title: str 
                      inputs: Iterable[str | Path | None] = ()) -> None:
     """Forward and backward variance per layer, one line per mode, on log scales; written through the same
     atomic, checked writer as every report (never over an input, a device, or a symlink itself)."""
-    from ..atomic import checked_target, write_with
+    from ..safe_io import checked_target, write_with
     from ..text import printable
 
     checked_target(path, inputs)  # refuse before drawing
