@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,7 +137,7 @@ class StridedRef:
             view = np.lib.stride_tricks.as_strided(
                 region, shape=self.shape, strides=[s * region.itemsize for s in self.stride], writeable=False
             )
-            yield from _blocks(view, max_elements)
+            yield from row_blocks(view, max_elements)
             return
         shape, stride = storage_order(self.shape, self.stride)
         yield from self._strided(shape, stride, self.offset, max_elements)
@@ -176,19 +176,23 @@ def _keeps_order(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     return all(outer >= inner for outer, inner in zip(steps, steps[1:]))
 
 
-def _blocks(view: "np.ndarray", max_elements: int) -> Iterator["np.ndarray"]:
-    """A view's values in order, flattened, at most max_elements at a time: one block is copied, not the view."""
-    if view.size <= max_elements:
+def row_blocks(view: Any, max_elements: int) -> Iterator[Any]:
+    """A view's values in order, flattened, at most max_elements at a time: one block is copied, not the view.
+
+    Whole rows per block; a row larger than a chunk is split along the next dim. Works on a numpy array
+    or a torch tensor alike (shape, indexing and reshape are all it uses)."""
+    size = math.prod(view.shape)
+    if size <= max_elements:
         yield view.reshape(-1)
         return
-    if view.ndim == 1:
-        for start in range(0, view.size, max_elements):
+    if len(view.shape) == 1:
+        for start in range(0, size, max_elements):
             yield view[start : start + max_elements]
         return
-    row = view[0].size
+    row = size // view.shape[0]
     if row > max_elements:
         for index in range(view.shape[0]):
-            yield from _blocks(view[index], max_elements)
+            yield from row_blocks(view[index], max_elements)
         return
     rows = max_elements // row
     for start in range(0, view.shape[0], rows):

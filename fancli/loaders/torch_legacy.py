@@ -21,16 +21,14 @@ from ..layer import Model
 from ..safe_io import open_regular
 from ..tensors import DTYPES, StridedRef
 from . import pickle_scan
-from .checkpoint import NoStateDict, find_state_dict
-from .flat_keys import Entry, layers_from_entries
 from .torch_zip import (
     MAX_PICKLE_BYTES,
     UnsafeGlobal,
     WeightsUnpickler,
     _short,
     _Storage,
-    _Tensor,
     check_claims,
+    unpickled_model,
 )
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -97,19 +95,7 @@ def _read(path: Path, data: mmap.mmap) -> Model:
     obj, storages, pos = _object(path, data, pos)
     keys, pos = _small_pickle(path, data, pos, limit=MAX_PICKLE_BYTES)
     sources = _storage_table(path, data, pos, keys, storages)
-    try:
-        mapping, notes = find_state_dict(obj, lambda v: isinstance(v, _Tensor))
-    except NoStateDict as error:
-        raise SourceError(f"{path}: holds {error}, not a state_dict or model") from None
-    entries = []
-    for key, tensor in mapping.items():
-        ref = _tensor_ref(path, str(key), tensor, sources)
-        entries.append(Entry(str(key), ref.shape, ref.dtype, ref, (tensor.storage.key, tensor.offset, ref.shape,
-                                                                     ref.stride)))
-    layers = layers_from_entries(entries)
-    if not layers:
-        raise SourceError(f"{path}: holds no floating-point weights")
-    return Model(source=str(path), format="torch-pickle", layers=layers, notes=notes)
+    return unpickled_model(path, obj, lambda key, tensor: _tensor_ref(path, key, tensor, sources), "torch-pickle")
 
 
 def _scan(path: Path, data: mmap.mmap, pos: int, limit: int) -> tuple[int, int]:

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import SourceError
 from ..layer import Layer
-from ..tensors import CHUNK_ELEMENTS, MAX_REPEATS
+from ..tensors import CHUNK_ELEMENTS, MAX_REPEATS, row_blocks
 from .module_structure import Owner, module_layer
 
 _NUMPY_DTYPES = (torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16,
@@ -48,27 +48,8 @@ class TorchTensorData:
             raise SourceError(f"{self.where}: a view of {tensor.numel()} values over {stored} stored ones "
                               f"(stride 0?); its statistics would read each value {tensor.numel() // max(stored, 1)} "
                               "times")
-        yield from _torch_blocks(tensor.reshape(1) if tensor.dim() == 0 else tensor, max_elements)
-
-
-def _torch_blocks(tensor: torch.Tensor, max_elements: int) -> Iterator[np.ndarray]:
-    """A tensor's values, flattened, in blocks of whole rows; a row larger than a chunk is split along the
-    next dim, so a non-contiguous block copied by reshape is never more than max_elements."""
-    if tensor.numel() <= max_elements:
-        yield _to_numpy(tensor.reshape(-1))
-        return
-    if tensor.dim() == 1:
-        for start in range(0, tensor.numel(), max_elements):
-            yield _to_numpy(tensor[start : start + max_elements])
-        return
-    row = tensor[0].numel()
-    if row > max_elements:
-        for index in range(tensor.shape[0]):
-            yield from _torch_blocks(tensor[index], max_elements)
-        return
-    rows = max_elements // row
-    for start in range(0, tensor.shape[0], rows):
-        yield _to_numpy(tensor[start : start + rows].reshape(-1))
+        for block in row_blocks(tensor.reshape(1) if tensor.dim() == 0 else tensor, max_elements):
+            yield _to_numpy(block)
 
 
 def _to_numpy(chunk: torch.Tensor) -> np.ndarray:

@@ -16,7 +16,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import SourceError
 from ..layer import Model
@@ -367,20 +367,25 @@ class TorchZip:
 def read_state_dict(path: Path, archive: TorchZip | None = None) -> Model:
     """A state_dict or wrapped checkpoint as a Model; raises UnsafeGlobal for anything else."""
     archive = archive or TorchZip(path)
-    obj = archive.unpickle()
+    return unpickled_model(path, archive.unpickle(), archive.tensor_ref, "torch-zip")
+
+
+def unpickled_model(path: Path, obj: Any, tensor_ref: Callable[[str, _Tensor], StridedRef], format: str) -> Model:
+    """A Model from what the restricted unpickler built (a state_dict, or a checkpoint holding one); each
+    tensor's claims are checked by `tensor_ref` against the file before they are used."""
     try:
         mapping, notes = find_state_dict(obj, lambda v: isinstance(v, _Tensor))
     except NoStateDict as error:
         raise SourceError(f"{path}: holds {error}, not a state_dict or model") from None
     entries = []
     for key, tensor in mapping.items():
-        ref = archive.tensor_ref(str(key), tensor)
+        ref = tensor_ref(str(key), tensor)
         identity = (tensor.storage.key, tensor.offset, ref.shape, ref.stride)
         entries.append(Entry(str(key), ref.shape, ref.dtype, ref, identity))
     layers = layers_from_entries(entries)
     if not layers:
         raise SourceError(f"{path}: holds no floating-point weights")
-    return Model(source=str(path), format="torch-zip", layers=layers, notes=notes)
+    return Model(source=str(path), format=format, layers=layers, notes=notes)
 
 
 def untrusted_message(path: Path, global_name: str) -> str:
