@@ -195,3 +195,71 @@ def test_integer_tensors_are_not_listed_as_the_readme_says(tmp_path):
                 "position_ids": torch.arange(8)}, tmp_path / "mixed.pt")
     assert [r["param"] for r in rows("inspect", tmp_path / "mixed.pt", "--stats")] == ["fc.weight"]
     assert "integer tensors are not listed" in " ".join((REPO / "README.md").read_text().split())
+
+
+def _last_draws(build) -> tuple[object, dict[int, tuple[str, tuple]]]:
+    """The module, and the last sampler call torch made on each tensor while building it."""
+    with sampler_calls() as calls:
+        module = build()
+    return module, {id(tensor): (name, args) for name, tensor, args in calls}
+
+
+def _torch_default_rows(path) -> dict[str, dict]:
+    return {r["param"]: r for r in rows("inspect", path, "-s", "torch_default")}
+
+
+def test_names_that_are_not_layers_are_not_convs(tmp_path):
+    """MHA's bias_k/bias_v (xavier_normal_ in torch), T5's relative_attention_bias (an Embedding, N(0, 1)),
+    ViT's cls_token and ConvNeXt's layer_scale (no layer) from a state_dict."""
+    attention, draws = _last_draws(lambda: nn.MultiheadAttention(8, 2, add_bias_kv=True))
+    torch.manual_seed(0)
+    state = {f"attn.{key}": value for key, value in attention.state_dict().items()}
+    embedding, embedding_draws = _last_draws(lambda: nn.Embedding(32, 4))
+    state["block.relative_attention_bias.weight"] = embedding.weight.detach()
+    state["cls_token"] = torch.zeros(1, 1, 8)
+    state["stage.layer_scale"] = torch.full((8, 1, 1), 1e-6)
+    torch.save(state, tmp_path / "state_dict.pt")
+    found = _torch_default_rows(tmp_path / "state_dict.pt")
+    for key in ("bias_k", "bias_v"):
+        method, args = draws[id(getattr(attention, key))]
+        assert found[f"attn.{key}"]["kind"] == "multihead_attention" and method == "normal_"
+        assert found[f"attn.{key}"]["std"] == pytest.approx(args[1], rel=1e-15)
+    method, args = embedding_draws[id(embedding.weight)]
+    relative = found["block.relative_attention_bias.weight"]
+    assert relative["kind"] == "embedding" and method == "normal_" and relative["std"] == args[1]
+    for key in ("cls_token", "stage.layer_scale"):
+        assert found[key]["kind"] == "unknown" and any("not a layer's weight" in n for n in found[key]["notes"])
+
+
+def test_a_bilinear_is_named_by_its_module_or_said_to_be_possible(tmp_path):
+    bilinear, draws = _last_draws(lambda: nn.Bilinear(6, 5, 4))
+    torch.save({"bilinear.weight": bilinear.weight.detach(), "bilinear.bias": bilinear.bias.detach(),
+                "head.weight": bilinear.weight.detach().clone(), "head.bias": bilinear.bias.detach().clone()},
+               tmp_path / "state_dict.pt")
+    found = _torch_default_rows(tmp_path / "state_dict.pt")
+    assert found["bilinear.weight"]["kind"] == "bilinear"
+    assert found["bilinear.weight"]["bound"] == pytest.approx(draws[id(bilinear.weight)][1][1], rel=1e-15)
+    assert found["head.weight"]["kind"] == "conv1d"
+    assert any("nn.Bilinear" in note for note in found["head.weight"]["notes"])
+
+
+def test_a_transformer_reinitialises_its_children_with_xavier_uniform(tmp_path):
+    """nn.Transformer._reset_parameters: xavier_uniform_ on every ≥2-D parameter, after each child's own init."""
+    from fancli import analyze
+    from fancli.layer import Model
+    from fancli.loaders.torch_module import layers_from_module
+    from fancli.report import Settings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # enable_nested_tensor without batch_first
+        transformer, draws = _last_draws(lambda: nn.Transformer(d_model=8, nhead=2, num_encoder_layers=1,
+                                                                num_decoder_layers=1, dim_feedforward=16))
+    report = analyze(Model("m", "module", layers_from_module(transformer)), Settings(scheme="torch_default"))
+    checked = 0
+    for row in report.rows:
+        method, args = draws.get(id(transformer.get_parameter(row.layer.param)), (None, ()))
+        if len(row.layer.shape) >= 2:
+            assert method == "uniform_" and row.inits["fan_in"].bound == pytest.approx(args[1], rel=1e-15)
+            assert row.layer.reinit_by == "Transformer"
+            checked += 1
+    assert checked >= 10

@@ -18,7 +18,7 @@ from ..layer import Layer, Model
 from ..safe_io import parse_json_object
 from ..tensors import DTYPES, StridedRef
 from .export_ops import Use, conv_arguments, exported_owner, is_conv_weight
-from .module_structure import Owner, module_layer
+from .module_structure import Owner, module_layer, with_reinit
 from .safetensors_file import MAX_INDEX_BYTES
 from .torch_zip import MAX_DIMS, TorchZip, ZipMember, _is_index
 
@@ -224,7 +224,8 @@ def read_exported(path: Path, archive: TorchZip) -> Model:
         if weight.pickled:
             layer = _with_note(layer, _PICKLED)
         layers.append(layer)
-    return Model(source=str(path), format="torch-export", layers=tuple(layers), name=classes.get(""))
+    return Model(source=str(path), format="torch-export", layers=with_reinit(tuple(layers), classes.get),
+                 name=classes.get(""))
 
 
 def _owner(name: str, classes: dict[str, str], graph: _Graph, weight: str | None, meta: Any) -> Owner:

@@ -14,7 +14,7 @@ from ..errors import SourceError
 from ..layer import Layer, Model
 from .export_ops import Use, conv_arguments, exported_owner, is_conv_weight
 from .factory import one_line
-from .module_structure import Owner
+from .module_structure import Owner, with_reinit
 from .torch_tensor import tensor_identity, tensor_layer
 from .torch_zip import TorchZip
 
@@ -31,7 +31,8 @@ def load_exported(path: Path, archive: TorchZip | None = None) -> Model:
 
 def exported_model(source: str, format: str, program: torch.export.ExportedProgram) -> Model:
     classes = _exported_classes(program.graph)
-    return Model(source=source, format=format, layers=_exported_layers(program, classes), name=classes.get(""))
+    return Model(source=source, format=format, layers=with_reinit(_exported_layers(program, classes), classes.get),
+                 name=classes.get(""))
 
 
 def _exported_classes(graph: torch.fx.Graph) -> dict[str, str]:

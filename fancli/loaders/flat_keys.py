@@ -19,9 +19,12 @@ from .module_structure import FUSED_QKV_NAME, fused_qkv
 #: Buffers that torch's modules keep in their state_dict but that are not weights.
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 _RNN_PROJECTION = re.compile(r"^weight_hr_l(\d+)(_reverse)?$")
-_ATTENTION = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight")
-_EMBEDDING_NAME = re.compile(r"(emb|wte|wpe|shared$)", re.IGNORECASE)
+_ATTENTION = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight", "bias_k", "bias_v")
+_EMBEDDING_NAME = re.compile(r"(emb|wte|wpe|shared$|relative_attention_bias$)", re.IGNORECASE)
+_BILINEAR_NAME = re.compile(r"bilinear", re.IGNORECASE)
 
+BILINEAR_OR_CONV = ("a 3-D weight may also be an nn.Bilinear's [out, in1, in2], whose torch default is "
+                    "U(±1/√in1); names and shapes cannot tell")
 NO_STRUCTURE = (
     "from names and shapes alone: whether this conv is grouped or transposed is unknown, "
     "so only torch's fans are given"
@@ -93,12 +96,19 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
             fused = fused_qkv(module)
             notes += fused.pop("notes")
         return Layer(kind="linear", layout=layout, notes=notes, **fused, **common)
+    if 3 <= len(shape) <= 5 and leaf != "weight":
+        note = (f"{leaf!r} is a parameter, not a layer's weight (a class token, position embedding or layer "
+                "scale?): no layer type is known, the fans follow from the shape alone")
+        return Layer(kind="unknown", notes=(note,), **common)
+    if len(shape) == 3 and _BILINEAR_NAME.search(module.rpartition(".")[2]):
+        return Layer(kind="bilinear", notes=("a Bilinear [out, in1, in2]: inferred from the name",), **common)
     if 3 <= len(shape) <= 5:
         if bias and len(bias) == 1 and bias[0] != shape[0] and shape[1] and bias[0] % shape[1] == 0:
             groups = bias[0] // shape[1]
             return Layer(kind=kind_for_ndim(len(shape), transposed=True), transposed=True, groups=groups,
                          notes=(f"transposed: its bias has {bias[0]} entries, not shape[0] = {shape[0]}",), **common)
-        return Layer(kind=kind_for_ndim(len(shape)), notes=(NO_STRUCTURE,), **common)
+        notes = (NO_STRUCTURE, BILINEAR_OR_CONV) if len(shape) == 3 else (NO_STRUCTURE,)
+        return Layer(kind=kind_for_ndim(len(shape)), notes=notes, **common)
     return Layer(kind="unknown", **common)
 
 

@@ -8,10 +8,10 @@ the archive readers that must not run torch's loaders share one classification w
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
-from ..kinds import KIND_OF_CLASS, RECURRENT_PARAM
+from ..kinds import KIND_OF_CLASS, RECURRENT_PARAM, REINITIALISING
 from ..kinds import kind as layer_kind
 from ..layer import Layer
 from ..tensors import TensorData
@@ -97,3 +97,15 @@ def module_layer(key: str, shape: tuple[int, ...], dtype: str | None, owner: Own
         notes.append(f"shared with {', '.join(aliases)} (tied weights, reported once)")
     return Layer(name=owner.name or key, param=key, kind=kind, shape=shape, dtype=dtype, aliases=aliases,
                  notes=tuple(notes), data=data, **structure)
+
+
+def with_reinit(layers: tuple[Layer, ...], class_of: Callable[[str], str | None]) -> tuple[Layer, ...]:
+    """Layers under a module that re-initialises its children (nn.Transformer), marked with that module's
+    class, so torch_default says what torch really draws. `class_of(path)` names a module's class."""
+    marked = []
+    for layer in layers:
+        parts = layer.param.split(".")[:-1]
+        ancestors = ("".join(f"{part}." for part in parts[:depth]).rstrip(".") for depth in range(len(parts) + 1))
+        found = next((cls for cls in map(class_of, ancestors) if cls in REINITIALISING), None)
+        marked.append(replace(layer, reinit_by=found) if found and len(layer.shape) >= 2 else layer)
+    return tuple(marked)

@@ -24,7 +24,7 @@ from . import pickle_scan
 from .checkpoint import STATE_DICT_KEYS, NoStateDict, find_state_dict
 from .factory import a, build, importable_cwd, one_line
 from .flat_keys import Entry, layers_from_entries
-from .module_structure import HF_CONV1D, Owner, ints, is_conv
+from .module_structure import HF_CONV1D, Owner, ints, is_conv, with_reinit
 from .torch_tensor import dtype_name, tensor_data, tensor_identity, tensor_layer
 from .torch_zip import (  # one wording whether torch reads the file or fancli does
     MAX_PICKLE_BYTES,
@@ -114,7 +114,7 @@ def layers_from_module(module: nn.Module) -> tuple[Layer, ...]:
         owner = _module_owner(owner_name, modules[owner_name])
         aliases = tuple(other for other in keys[id(param)] if other != key)
         layers.append(tensor_layer(key, param, owner, aliases))
-    return tuple(layers)
+    return with_reinit(tuple(layers), lambda path: module_class(modules[path]) if path in modules else None)
 
 
 def _model(source: str, format: str, module: nn.Module, notes: tuple[str, ...] = ()) -> Model:

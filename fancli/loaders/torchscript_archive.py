@@ -20,7 +20,14 @@ from typing import Any, Hashable, Iterator
 from ..errors import SourceError
 from ..layer import Model
 from ..tensors import StridedRef
-from .module_structure import HF_CONV1D, Owner, expand, is_conv, module_layer
+from .module_structure import (
+    HF_CONV1D,
+    Owner,
+    expand,
+    is_conv,
+    module_layer,
+    with_reinit,
+)
 from .torch_zip import TorchZip, WeightsUnpickler, _Tensor
 
 MAX_CODE_BYTES = 4 * 1024 * 1024  # one class file; torch writes a few KB per class
@@ -222,8 +229,10 @@ def _is_ints(value: Any) -> bool:
     return isinstance(value, int) or (isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value))
 
 
-def _parameters(root: ScriptObject, code: _Code, path: Path) -> Iterator[tuple[str, _Tensor, Owner]]:
-    """(key, tensor, owner) in `named_parameters()` order: a module's own, then each child's, depth first."""
+def _parameters(root: ScriptObject, code: _Code, path: Path,
+                classes: dict[str, str]) -> Iterator[tuple[str, _Tensor, Owner]]:
+    """(key, tensor, owner) in `named_parameters()` order: a module's own, then each child's, depth first;
+    `classes` fills with each module's class by path."""
     stack: list[tuple[str, ScriptObject]] = [("", root)]
     seen: set[int] = set()
     while stack:
@@ -236,6 +245,7 @@ def _parameters(root: ScriptObject, code: _Code, path: Path) -> Iterator[tuple[s
             raise SourceError(f"{path}: TorchScript class {obj.class_name[:80]} restores its state with its own "
                               "code (__setstate__), which fancli runs only with --trust")
         owner = _owner(name, obj, info)
+        classes[name] = obj.class_name
         state = obj.state
         own = info.parameters if info.parameters is not None else [k for k, v in state.items() if isinstance(v, _Tensor)]
         for attribute in own:
@@ -254,7 +264,8 @@ def read_torchscript(path: Path, archive: TorchZip) -> Model:
         raise SourceError(f"{path}: its data.pkl holds no TorchScript module")
     first: dict[Hashable, int] = {}
     found: list[tuple[str, StridedRef, Owner, list[str]]] = []
-    for key, tensor, owner in _parameters(root, _Code(archive), path):
+    classes: dict[str, str] = {}
+    for key, tensor, owner in _parameters(root, _Code(archive), path, classes):
         ref = archive.tensor_ref(key, tensor)  # checks the pickle's claims before they are used
         identity = (tensor.storage.key, tensor.offset, ref.shape, ref.stride)
         if identity in first:
@@ -264,4 +275,5 @@ def read_torchscript(path: Path, archive: TorchZip) -> Model:
         found.append((key, ref, owner, []))
     layers = tuple(module_layer(key, ref.shape, ref.dtype, owner, ref, tuple(aliases))
                    for key, ref, owner, aliases in found)
-    return Model(source=str(path), format="torchscript", layers=layers, name=root.class_name)
+    return Model(source=str(path), format="torchscript", layers=with_reinit(layers, classes.get),
+                 name=root.class_name)
