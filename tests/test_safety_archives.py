@@ -254,3 +254,13 @@ def test_a_trusted_torchscript_archive_is_loaded_by_torch(archives):
     assert load(str(archives["stateful"]), trust=True).layers[0].shape == (5, 5)
     with pytest.raises(SourceError, match="--trust"):
         load(str(archives["stateful"]))
+
+
+def test_a_trusted_export_archive_that_torch_cannot_load_is_one_line(archives, tmp_path):
+    """torch.export.load logs its whole traceback before raising: with --trust, the error is still one line."""
+    broken = rewrite(archives["export"], tmp_path / "broken.pt2", lambda member, data: (
+        b"not a pickle" if member.endswith("sample_inputs/model.pt") else data))
+    done = subprocess.run([sys.executable, "-m", "fancli", "inspect", str(broken), "--trust"], capture_output=True,
+                          text=True, cwd=REPO)  # a child: torch's log handler writes to the real stderr
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "torch.export" in done.stderr, done.stderr

@@ -5,8 +5,10 @@ without torch; both take a weight's owner from `export_ops`.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any, Hashable, Iterator
 
 import torch
 
@@ -23,10 +25,26 @@ def load_exported(path: Path, archive: TorchZip | None = None) -> Model:
     """A torch.export program (.pt2) through torch.export.load, which unpickles the archive's sample inputs
     and opaque constants with arbitrary globals (`--trust`)."""
     try:
-        program = torch.export.load(path)
+        with _quiet("torch.export", "torch._export"):
+            program = torch.export.load(path)
     except Exception as error:  # a malformed archive fails in many ways inside torch
         raise SourceError(f"{path}: cannot read it as a torch.export program: {one_line(error)}") from None
     return exported_model(str(path), "torch-export", program)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Keep torch's own log lines (a failed deserialisation logs its whole traceback) off stderr: the
+    error, if any, is fancli's one line."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def exported_model(source: str, format: str, program: torch.export.ExportedProgram) -> Model:
