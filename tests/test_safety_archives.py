@@ -259,7 +259,7 @@ def test_a_trusted_torchscript_archive_is_loaded_by_torch(archives):
 def test_a_trusted_export_archive_that_torch_cannot_load_is_one_line(archives, tmp_path):
     """torch.export.load logs its whole traceback before raising: with --trust, the error is still one line."""
     broken = rewrite(archives["export"], tmp_path / "broken.pt2", lambda member, data: (
-        b"not a pickle" if member.endswith("sample_inputs/model.pt") else data))
+        pickle.dumps([1, 2], protocol=2) if member.endswith("sample_inputs/model.pt") else data))  # not torch.save's
     done = subprocess.run([sys.executable, "-m", "fancli", "inspect", str(broken), "--trust"], capture_output=True,
                           text=True, cwd=REPO)  # a child: torch's log handler writes to the real stderr
     assert done.returncode == 2, done.stderr
