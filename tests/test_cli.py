@@ -242,3 +242,10 @@ def test_zero_element_tensors_get_no_std():
 def test_stats_on_a_spec_says_it_read_nothing():
     result = run("inspect", REPO / "sample_models" / "lenet5.yaml", "--stats")
     assert result.code == 0 and "no weights" in result.out
+
+
+def test_every_format_the_cli_offers_has_one_renderer():
+    from fancli.renderers import RENDERERS
+    from fancli.vocab import FORMATS
+
+    assert tuple(RENDERERS) == FORMATS

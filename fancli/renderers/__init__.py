@@ -16,16 +16,14 @@ def without_small_tensors(report):
     return replace(report, rows=kept, notes=report.notes + (note,))
 
 
+#: Output format -> "module:function" rendering a Report to text; imported only when that format is asked.
+#: Adding a format: a renderer module, its entry here, its name in `fancli.vocab.FORMATS`.
+RENDERERS = {"table": "table:grid_text", "json": "json_out:render_json", "markdown": "markdown:render_markdown"}
+
+
 def render_text(report, fmt: str) -> str:
     """Render a report to a string in one of FORMATS (the table as plain text)."""
-    if fmt == "json":
-        from .json_out import render_json
+    import importlib
 
-        return render_json(report)
-    if fmt == "markdown":
-        from .markdown import render_markdown
-
-        return render_markdown(report)
-    from .table import grid_text
-
-    return grid_text(report)
+    module, _, function = RENDERERS[fmt].partition(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), function)(report)
