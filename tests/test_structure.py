@@ -263,3 +263,37 @@ def test_a_transformer_reinitialises_its_children_with_xavier_uniform(tmp_path):
             assert row.layer.reinit_by == "Transformer"
             checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("name", ("state_dict.pt", "model.safetensors"))
+def test_config_json_beside_the_weights_splits_a_fused_projection(fused, tmp_path, name):
+    """Grouped-query heads (4 q, 1 kv, head_dim 32: 128 + 32 + 32 rows) are named part by part; equal heads
+    make three stacked blocks, each with torch's fan_out of its own part."""
+    import shutil
+
+    folder = tmp_path / "gqa"
+    folder.mkdir()
+    shutil.copy(fused / name, folder / name)
+    (folder / "config.json").write_text(json.dumps({"num_attention_heads": 4, "num_key_value_heads": 1,
+                                                    "hidden_size": 128}))
+    (qkv,) = [r for r in rows("inspect", folder / name) if r["param"] == "qkv_proj.weight"]
+    assert qkv["effective_fan_out"] is None and any("q 128, k 32, v 32" in n for n in qkv["notes"])
+
+    torch.manual_seed(0)
+    equal = nn.Linear(32, 96, bias=False)  # 4 heads of 8: q, k, v 32 rows each
+    part = equal.weight.detach().split(32)[0]
+    torch.save({"attn.qkv_proj.weight": equal.weight.detach()}, folder / "equal.pt")
+    (folder / "config.json").write_text(json.dumps({"num_attention_heads": 4, "hidden_size": 32}))
+    result = run("inspect", folder / "equal.pt", "--format", "json", "--fans", "effective", "-m", "fan_out")
+    (qkv,) = json.loads(result.out)["layers"]
+    assert qkv["effective_fan_out"] == init._calculate_fan_in_and_fan_out(part)[1]
+    assert any("config.json" in note for note in json.loads(result.out)["source"].get("notes", []) + qkv["notes"])
+
+
+def test_a_config_json_that_cannot_be_used_is_said_not_fatal(fused, tmp_path):
+    import shutil
+
+    shutil.copy(fused / "state_dict.pt", tmp_path / "state_dict.pt")
+    (tmp_path / "config.json").write_text("{not json")
+    result = run("inspect", tmp_path / "state_dict.pt", "--format", "json")
+    assert result.code == 0 and "config.json beside the weights not used" in result.out

@@ -96,7 +96,9 @@ def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = No
     if kind not in LOADERS:
         raise SourceError(f"{source}: not a format fancli reads (a binary file that is neither a torch.save zip, "
                           "a pickle nor safetensors)")
-    return loader(LOADERS[kind])(path, LoadOptions(trust=trust))
+    from .hf_config import with_config
+
+    return with_config(loader(LOADERS[kind])(path, LoadOptions(trust=trust)), path)
 
 
 def _checked_path(source: str) -> Path:

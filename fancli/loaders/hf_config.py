@@ -1,0 +1,91 @@
+"""`config.json` beside the weights (Hugging Face transformers): the attention heads it states, which
+split a fused q/k/v projection that names and shapes cannot.
+
+Never required and never trusted beyond its numbers: read bounded, a file that cannot be used is said
+in a model note, and what was taken from it is said too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import SourceError
+from ..layer import Layer, Model
+from ..safe_io import parse_json_object, read_bounded
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # transformers' configs are a few KB
+NAME = "config.json"
+_FORMATS = ("safetensors", "safetensors-sharded", "torch-zip", "torch-pickle")  # weights without their modules
+
+
+@dataclass(frozen=True)
+class Heads:
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def parts(self) -> tuple[int, int, int]:
+        """Rows of q, k and v in a fused projection."""
+        return self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim
+
+    def __str__(self) -> str:
+        return (f"num_attention_heads={self.heads}, num_key_value_heads={self.kv_heads}, "
+                f"head_dim={self.head_dim}")
+
+
+def _count(config: dict, *keys: str) -> int | None:
+    for key in keys:
+        value = config.get(key)
+        if type(value) is int and 0 < value < 1 << 31:
+            return value
+    return None
+
+
+def heads_of(config: dict) -> Heads | None:
+    """The heads a transformers config states (a multimodal one's text model's), or None."""
+    if isinstance(config.get("text_config"), dict):
+        config = config["text_config"]
+    heads = _count(config, "num_attention_heads", "n_head", "num_heads")
+    if heads is None:
+        return None
+    kv_heads = 1 if config.get("multi_query") is True else _count(config, "num_key_value_heads", "num_kv_heads")
+    hidden = _count(config, "hidden_size", "n_embd", "d_model")
+    head_dim = _count(config, "head_dim") or (hidden // heads if hidden and hidden % heads == 0 else None)
+    return Heads(heads, kv_heads or heads, head_dim) if head_dim else None
+
+
+def with_config(model: Model, weights: Path) -> Model:
+    """The model with what a config.json beside `weights` states applied to its fused projections."""
+    path = weights.parent / NAME
+    if model.format not in _FORMATS or not path.is_file():
+        return model
+    try:
+        heads = heads_of(parse_json_object(read_bounded(path, MAX_CONFIG_BYTES, "a config.json"), str(path), NAME))
+    except SourceError as error:
+        return replace(model, notes=(*model.notes, f"{NAME} beside the weights not used: {error}"))
+    if heads is None:
+        return model
+    layers = tuple(_split(layer, heads) for layer in model.layers)
+    if layers == model.layers:
+        return model
+    return replace(model, layers=layers, notes=(*model.notes, f"from {NAME}: {heads} (splits fused q/k/v)"))
+
+
+def _split(layer: Layer, heads: Heads) -> Layer:
+    """A fused q/k/v projection whose rows are the config's q + k + v: equal parts are stacked blocks;
+    unequal ones (grouped-query attention) have one effective fan_out per part, so none for the tensor."""
+    if "fan_out" not in layer.unknown_fans or len(layer.shape) != 2:
+        return layer
+    rows = layer.shape[1] if layer.layout == "in_out" else layer.shape[0]
+    q, k, v = heads.parts
+    if rows != q + k + v:
+        return layer
+    notes: Any = tuple(note for note in layer.notes if not note.startswith("fused q/k/v projection"))
+    if q == k:
+        return replace(layer, stacked=3, unknown_fans=(), notes=(*notes, f"q, k, v stacked: split by {NAME}"))
+    note = (f"fused q/k/v projection: q {q}, k {k}, v {v} rows ({NAME}: grouped-query attention); each part "
+            "has its own fan_out, so the tensor has no one effective fan_out")
+    return replace(layer, notes=(*notes, note))
