@@ -23,7 +23,7 @@ from fancli.analysis.inference import KURTOSIS, candidates, infer
 from fancli.layer import Layer
 from fancli.loaders.torch_tensor import TorchTensorData
 from fancli.stats import observe
-from helpers import run
+from helpers import run, torch_std_and_bound
 
 SHAPES = [(256, 128), (128, 64, 3, 3), (64, 3, 7, 7), (512, 256, 1, 1), (300, 100), (96, 48, 5)]
 NONLINEARITIES = ["relu", "linear", "tanh"]
@@ -221,3 +221,18 @@ def test_high_only_when_no_other_init_predicts_within_one_standard_error(shape):
                 highs += 1
                 assert _others_within_one_error(found, shape) == [], (index, nonlinearity, found)
     assert highs < len(INITS) * len(NONLINEARITIES)  # the test means something: some layers are ambiguous
+
+
+def test_a_scheme_that_draws_alike_is_named_beside_the_claim():
+    """kaiming_uniform_(a=1) is lecun_uniform on fan_in (gain 1, bound √(3/fan_in)): torch draws them alike,
+    so the inference names both and is not "high" (candidates come from every scheme fancli knows)."""
+    tensor = torch.empty(300, 200)
+    kaiming = torch_std_and_bound(init.kaiming_uniform_, torch.empty(300, 200), a=1)[1]
+    assert kaiming == pytest.approx(math.sqrt(3 / 200), rel=1e-12)  # lecun_uniform's bound, from torch's own call
+    torch.manual_seed(11)
+    init.kaiming_uniform_(tensor, a=1)
+    found = _infer(tensor)
+    labels = (found.label, *found.alternatives)
+    assert found.confidence != "high"
+    assert any(label.startswith("lecun_uniform") for label in labels), labels
+    assert any(label.startswith("kaiming_uniform") for label in labels), labels

@@ -24,7 +24,7 @@ from ..layer import Layer
 from ..stats import Structure
 from .fans import LayerFans
 from .gains import gain
-from .schemes import variance_scaling
+from .schemes import SCHEMES, Scheme, variance_scaling
 from .torch_defaults import torch_default
 
 #: A candidate fits when its std and kurtosis errors lie within this radius (in standard errors): a true
@@ -194,22 +194,25 @@ def checks(mean: float | None, std: float | None, n: int, structure: Structure |
 
 
 def candidates(layer: Layer, fans: LayerFans) -> list[Candidate]:
-    """Every init fancli knows, with the std it would give this tensor (torch's fans, as torch's init uses)."""
+    """Every scheme fancli knows (`schemes.SCHEMES`), with the std it would give this tensor (torch's fans, as
+    torch's init uses), in order of preference where two draw alike: relu first, kaiming before the rest."""
     found: list[Candidate] = []
     fan_in, fan_out = fans.fan_in, fans.fan_out
+
+    def add(scheme: Scheme, mode: str | None, name: str | None, param: float | None, g: float) -> None:
+        values = variance_scaling(g, fan_in, fan_out, mode or scheme.mode, scheme.distribution)
+        if values.std:
+            found.append(Candidate(scheme.name, mode, name, param, values.std, scheme.distribution))
+
     for name, param in NONLINEARITIES:
-        g = gain(name, param)
-        for scheme, distribution in (("kaiming_normal", "normal"), ("kaiming_uniform", "uniform"),
-                                     ("truncated_normal", "truncated_normal")):
-            for mode in ("fan_in", "fan_out"):
-                values = variance_scaling(g, fan_in, fan_out, mode, distribution)
-                if values.std:
-                    found.append(Candidate(scheme, mode, name, param, values.std, distribution))
-        for scheme, distribution in (("xavier_normal", "normal"), ("xavier_uniform", "uniform")):
-            values = variance_scaling(g, fan_in, fan_out, "fan_avg", distribution)
-            if values.std:
-                found.append(Candidate(scheme, None, name, param, values.std, distribution))
-    default = torch_default(layer, fan_in, fan_out, "fan_in")
+        for scheme in SCHEMES.values():
+            if not scheme.fixed_gain:
+                for mode in (None,) if scheme.mode == "fan_avg" else ("fan_in", "fan_out"):  # xavier has no mode
+                    add(scheme, mode, name, param, gain(name, param))
+    for scheme in SCHEMES.values():
+        if scheme.fixed_gain and scheme.name != "torch_default":  # lecun: gain 1 whatever follows
+            add(scheme, scheme.mode, None, None, gain(*scheme.fixed_gain))
+    default = torch_default(layer, fan_in, fan_out, "fan_in")  # per module type, not one rule
     if default.std:
         distribution = "normal" if default.bound is None else "uniform"
         found.append(Candidate("torch_default", None, None, None, default.std, distribution))
