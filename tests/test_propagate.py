@@ -13,7 +13,8 @@ from torch import nn  # noqa: E402
 
 from fancli.api import load  # noqa: E402
 from fancli.loaders.spec import parse_spec  # noqa: E402
-from fancli.propagate import PropagateError, bars, propagate, render_propagation, to_dict  # noqa: E402
+from fancli.propagate import PropagateError, propagate  # noqa: E402
+from fancli.renderers.propagate import bars, render_propagation, to_dict  # noqa: E402
 from helpers import REPO  # noqa: E402
 
 #: 50 ReLU layers whose widths change: 256 in, blocks of 256, 1024, 512, 1024 out.

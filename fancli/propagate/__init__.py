@@ -35,7 +35,6 @@ from torch import nn
 
 from ..errors import SettingsError
 from ..layer import Model
-from ..renderers.propagate import bars, render_propagation, to_dict
 from ..report import Settings, analyze
 from ..vocab import NORMS
 from .module_runner import ModuleRunner
@@ -58,9 +57,6 @@ __all__ = [
     "Propagation",
     "PropagateError",
     "propagate",
-    "bars",
-    "render_propagation",
-    "to_dict",
     "load_source",
 ]
 
