@@ -12,12 +12,14 @@ from .report import Report, Settings, analyze, selected, with_inferences
 from .stats import observe_all
 
 
-def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = None) -> Model:
-    """Read a source (spec, torch file, safetensors, `pkg.module:factory`) into a Model.
+def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = None,
+         revision: str | None = None) -> Model:
+    """Read a source (spec, torch file, safetensors, a folder, a cached `org/name` at `revision`,
+    `pkg.module:factory`) into a Model.
 
     `trust=True` is the only way a pickled module is unpickled (it runs code from the file).
     """
-    return loaders.load(source, trust=trust, kwargs=kwargs)
+    return loaders.load(source, trust=trust, kwargs=kwargs, revision=revision)
 
 
 def _report(

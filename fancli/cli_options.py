@@ -118,6 +118,7 @@ class SourceArgs:
     kwargs: dict[str, Any] | None = None
     config_path: str | None = None
     no_config: bool = False
+    revision: str | None = None  # of a Hugging Face repo id SOURCE (default main)
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,8 @@ def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def command(source: str | None, trust: bool, factory_kwargs: dict | None, config_path: str | None,
-                no_config: bool, **rest: Any) -> Any:
-        return func(SourceArgs(source, trust, factory_kwargs, config_path, no_config), **rest)
+                no_config: bool, revision: str | None, **rest: Any) -> Any:
+        return func(SourceArgs(source, trust, factory_kwargs, config_path, no_config, revision), **rest)
 
     return _apply(command, [
         click.argument("source", required=False),
@@ -150,6 +151,9 @@ def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
                      help="Init configuration (default: ./fancli.yaml, else [tool.fancli] in ./pyproject.toml)."),
         click.option("--no-config", is_flag=True, help="Ignore any init configuration."),
+        click.option("--revision", metavar="REF",
+                     help="For a repo id SOURCE (org/name, read from the local Hugging Face cache): the branch, "
+                          "tag or commit (default: main)."),
     ])
 
 

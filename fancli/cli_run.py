@@ -30,7 +30,7 @@ def load_model(src: SourceArgs) -> tuple[Any, Any]:
         source = config.source
         trust = trust or config.trust
         kwargs = kwargs if kwargs is not None else config.kwargs
-    model = api.load(source, trust=trust, kwargs=kwargs)
+    model = api.load(source, trust=trust, kwargs=kwargs, revision=src.revision)
     return (config.apply(model) if config else model), config
 
 

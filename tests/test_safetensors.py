@@ -122,14 +122,18 @@ def test_tied_weights_reported_once(tmp_path):
     assert (layer.param, layer.aliases) == ("embed.weight", ("head.weight",))
 
 
-def test_order_is_header_order(tmp_path):
+def test_order_is_natural_key_order_not_header_order(tmp_path):
+    """Issue 16, item 7 (this test asserted header order before): the header's order is the writer's
+    (by dtype, then name), so rows come in the natural order of keys, `layers.2` before `layers.10`."""
     path = tmp_path / "order.safetensors"
-    tensors = {"b.weight": torch.ones(2, 2), "a.weight": torch.ones(2, 2, dtype=torch.float16)}
+    tensors = {"layers.10.weight": torch.ones(2, 2), "layers.2.weight": torch.ones(2, 2),
+               "b.weight": torch.ones(2, 2), "a.weight": torch.ones(2, 2, dtype=torch.float16)}
     safetensors_torch.save_file(tensors, str(path))
     raw = path.read_bytes()
     header_order = list(json.loads(raw[8 : 8 + struct.unpack("<Q", raw[:8])[0]]))  # data order; safe_open sorts keys
-    assert header_order == ["b.weight", "a.weight"]  # writers sort by dtype, then name
-    assert [layer.param for layer in load_safetensors(path).layers] == header_order
+    assert header_order == ["b.weight", "layers.10.weight", "layers.2.weight", "a.weight"]  # by dtype, then name
+    assert [layer.param for layer in load_safetensors(path).layers] == [
+        "a.weight", "b.weight", "layers.2.weight", "layers.10.weight"]
 
 
 # 2. sharded checkpoints

@@ -22,16 +22,26 @@ _SNIFF_BYTES = 64
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
-def sniff(head: bytes, path: Path) -> str:
-    """Name the format of a file from its first bytes (and its extension where bytes cannot tell)."""
+def _is_safetensors(head: bytes, size: int | None) -> bool:
+    """By structure: an 8-byte little-endian header length that fits the file, then a JSON object. A header
+    of 384 bytes starts with `80 01`, which is also how a pickle of protocol 1 starts: this is asked first."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    length = int.from_bytes(head[:8], "little")
+    return length > 0 and (size is None or 8 + length <= size)
+
+
+def sniff(head: bytes, path: Path, size: int | None = None) -> str:
+    """Name the format of a file from its first bytes (and its extension where bytes cannot tell); `size`,
+    the file's, lets a safetensors header length be checked against it."""
     if not head:
         return "empty"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return "zip"
+    if _is_safetensors(head, size):
+        return "safetensors"
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
         return "pickle"
-    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0:
-        return "safetensors"
     if path.suffix.lower() == ".safetensors":
         return "safetensors"  # malformed: its loader says what is wrong
     try:
@@ -65,7 +75,7 @@ LOADERS: dict[str, str] = {
     "zip": "torch_files:load_zip",
     "pickle": "torch_files:load_pickle",
     "safetensors": "safetensors_file:load_safetensors",
-    "json": "safetensors_file:load_safetensors_index",  # the only JSON fancli reads: a sharded checkpoint's index
+    "json": "sharded:load_index",  # the only JSON fancli reads: a sharded checkpoint's index (safetensors or .bin)
 }
 
 
@@ -75,22 +85,48 @@ def loader(name: str) -> Loader:
     return getattr(importlib.import_module(f"{__name__}.{module}"), function)
 
 
-def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = None) -> Model:
+def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = None,
+         revision: str | None = None) -> Model:
     """Load a model from a source; SourceError (exit 2) names the source and the problem.
 
+    A source is a file, a folder (its layout names the file: `loaders/folder.py`), a repo id `org/name`
+    in the local Hugging Face cache at `revision` (default main; a path that exists wins), or a factory.
     `trust` allows unpickling code from a file (a pickled nn.Module); `kwargs` go to a factory.
     """
     if is_factory(source):
         from .torch_module import load_factory
 
         return load_factory(source, kwargs)
-    path = _checked_path(source)
+    options = LoadOptions(trust=trust)
+    path = Path(source)
+    if not os.path.lexists(path):
+        from .hf_cache import is_repo_id, snapshot
+
+        if is_repo_id(source):
+            from .folder import load_folder
+
+            return load_folder(snapshot(source, revision), source, options)
+    if revision is not None:
+        raise SourceError(f"{source}: --revision names a revision of a Hugging Face repo id (org/name), "
+                          "not of a file or folder")
+    if path.is_dir():
+        from .folder import load_folder
+
+        return load_folder(path, source, options)
+    return load_file(path, options, source)
+
+
+def load_file(path: Path, options: LoadOptions, source: str | None = None) -> Model:
+    """One file, read by the loader of the format its content shows (with a config.json beside it)."""
+    source = str(path) if source is None else source
+    _checked_path(str(path))
     try:
         with open_regular(path, source) as handle:  # checked again as opened: a FIFO must not block us
             head = handle.read(_SNIFF_BYTES)
+            size = os.fstat(handle.fileno()).st_size
     except OSError as error:
         raise SourceError(f"{source}: cannot read: {error.strerror or error}") from None
-    kind = sniff(head, path)
+    kind = sniff(head, path, size)
     if kind == "empty":
         raise SourceError(f"{source}: empty file")
     if kind not in LOADERS:
@@ -98,7 +134,7 @@ def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = No
                           "a pickle nor safetensors)")
     from .hf_config import with_config
 
-    return with_config(loader(LOADERS[kind])(path, LoadOptions(trust=trust)), path)
+    return with_config(loader(LOADERS[kind])(path, options), path)
 
 
 def _checked_path(source: str) -> Path:

@@ -2,8 +2,8 @@
 
 The header is parsed here, not by `safetensors.safe_open`: that imports numpy and hides the byte offsets
 (`data_offsets`) that streamed statistics need. Only the header is read at load time; tensor bytes are
-read on demand through `FileRange`. Tensors come in the file's order: safetensors writers sort them by
-dtype and name, so a file does not record the model's order.
+read on demand through `FileRange`. safetensors writers sort tensors by dtype and name, so a file does not
+record the model's order: tensors come in the natural order of their keys (`layers.2` before `layers.10`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..layer import Model
 from ..safe_io import open_regular, parse_json, parse_json_object, read_bounded
 from ..tensors import DTYPES, StridedRef
 from .flat_keys import Entry, layers_from_entries
+from .key_order import is_sorted, natural_key
 
 if TYPE_CHECKING:
     from . import LoadOptions
@@ -277,32 +278,43 @@ def _notes(metadata: dict[str, str]) -> tuple[str, ...]:
 
 
 def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
-    """A single `.safetensors` file: layers from its header, in header order; no tensor data is read."""
+    """A single `.safetensors` file: layers from its header, in natural key order; no tensor data is read."""
     header = _read_header(path, str(path))
-    layers = layers_from_entries(_entries(path, header, header.tensors))
+    layers = layers_from_entries(_entries(path, header, sorted(header.tensors, key=natural_key)))
     return Model(source=str(path), format="safetensors", layers=layers, notes=_notes(header.metadata))
 
 
-def _weight_map(path: Path) -> dict[str, str]:
-    """The index's `weight_map` (key -> shard file name), validated: the file is read and parsed once."""
-    document = parse_json(read_bounded(path, MAX_INDEX_BYTES, "a safetensors index"), str(path), "the file")
+def read_weight_map(path: Path) -> dict[str, str]:
+    """The index's `weight_map` (key -> shard file name), validated: the file is read and parsed once.
+    safetensors and `.bin` indexes (`pytorch_model.bin.index.json`) have the same form."""
+    document = parse_json(read_bounded(path, MAX_INDEX_BYTES, "a sharded checkpoint's index"), str(path), "the file")
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict):
-        raise SourceError(f"{path}: a JSON file, but not a safetensors index (no 'weight_map')")
+        raise SourceError(f"{path}: a JSON file, but not a sharded checkpoint's index (no 'weight_map')")
     if not all(isinstance(v, str) for v in weight_map.values()):
         raise SourceError(f"{path}: weight_map must be an object mapping tensor keys to shard file names")
     return weight_map
 
 
-def _shard_path(index: Path, shard: str) -> Path:
+def _link_root(folder: Path) -> Path:
+    """Where a shard's symlink may lead: the index's folder, or for a Hugging Face cache snapshot
+    (`models--org--name/snapshots/<commit>/`) the repo's cache folder, whose `blobs/` its links point into."""
+    snapshots = folder.parent
+    if snapshots.name == "snapshots" and snapshots.parent.name.startswith(("models--", "datasets--", "spaces--")):
+        return snapshots.parent
+    return folder
+
+
+def shard_path(index: Path, shard: str) -> Path:
     """Shards lie beside the index; a name that climbs out of its folder, or a symlink that leads out of
-    it, is refused: an index from the internet must not make fancli read (and quote) another file."""
+    it (out of the repo's folder, in the Hugging Face cache), is refused: an index from the internet must
+    not make fancli read (and quote) another file."""
     relative = Path(shard)
     if not shard or "\0" in shard or not _is_unicode(shard) or relative.is_absolute() or ".." in relative.parts:
         raise SourceError(f"{index}: shard {_show(shard)} must be a file name beside the index")
     path = index.parent / relative
     try:
-        folder, resolved = index.parent.resolve(), path.resolve()
+        folder, resolved = _link_root(index.parent.resolve()), path.resolve()
     except (OSError, RuntimeError) as error:  # a symlink loop
         raise SourceError(f"{index}: shard {_show(shard)}: cannot resolve it ({error})") from None
     if not resolved.is_relative_to(folder):
@@ -311,21 +323,29 @@ def _shard_path(index: Path, shard: str) -> Path:
 
 
 def load_safetensors_index(path: Path, options: LoadOptions | None = None) -> Model:
-    """A sharded checkpoint from its index.json: tensors in weight_map order, each from its shard's header.
+    """A sharded safetensors checkpoint from its index.json (see `sharded_model`)."""
+    return sharded_model(path, read_weight_map(path))
 
-    weight_map order, not shard-then-header order: transformers writes it sorted by key, which is the
-    order one unsharded file of the same single-dtype tensors has, so sharding does not reorder a report.
+
+def sharded_model(path: Path, weight_map: dict[str, str]) -> Model:
+    """A sharded checkpoint from its index's weight_map: tensors in weight_map order, each from its shard's
+    header.
+
+    weight_map order, not shard-then-header order; transformers writes it sorted by key, which records no
+    model order: a sorted weight_map is read in natural key order, as one unsharded file is, so sharding
+    does not reorder a report.
     """
-    weight_map = _weight_map(path)
+    if is_sorted(list(weight_map)):
+        weight_map = {key: weight_map[key] for key in sorted(weight_map, key=natural_key)}
     headers: dict[str, tuple[Path, _Header]] = {}
     for shard in dict.fromkeys(weight_map.values()):
-        shard_path = _shard_path(path, shard)
-        headers[shard] = (shard_path, _read_header(shard_path, f"{path}: shard {_show(shard)}"))
+        file = shard_path(path, shard)
+        headers[shard] = (file, _read_header(file, f"{path}: shard {_show(shard)}"))
     entries: list[Entry] = []
     for key, shard in weight_map.items():
-        shard_path, header = headers[shard]
+        file, header = headers[shard]
         if key not in header.tensors:
             raise SourceError(f"{path}: {_show(key)} is mapped to shard {_show(shard)}, which has no such tensor")
-        entries.extend(_entries(shard_path, header, [key]))
+        entries.extend(_entries(file, header, [key]))
     notes = tuple(dict.fromkeys(note for _, header in headers.values() for note in _notes(header.metadata)))
     return Model(source=str(path), format="safetensors-sharded", layers=layers_from_entries(entries), notes=notes)

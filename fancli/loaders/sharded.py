@@ -1,0 +1,90 @@
+"""A sharded checkpoint's index (`model.safetensors.index.json`, `pytorch_model.bin.index.json`): which
+reader its shards get, decided by what the first shard holds, not by the index's name.
+
+Both indexes have the same `weight_map` (key -> shard file name). safetensors shards are read header by
+header (`safetensors_file.sharded_model`); torch.save shards (`.bin`) each as a single `.pt` file is, by
+fancli's own readers, lazily (no tensor data without `--stats`) and without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import SourceError
+from ..layer import Layer, Model
+from ..safe_io import open_regular
+from . import LOADERS, LoadOptions, loader, sniff
+from .flat_keys import Entry, layers_from_entries
+from .key_order import natural_key
+from .safetensors_file import read_weight_map, shard_path, sharded_model
+
+_TORCH_FILES = ("zip", "pickle")
+_SNIFF_BYTES = 64
+
+
+def _kind(index: Path, shard: str) -> str | None:
+    """The first shard's sniffed format, or None where it cannot be opened (its reader then says why)."""
+    path = shard_path(index, shard)
+    try:
+        with open_regular(path, str(path)) as handle:
+            return sniff(handle.read(_SNIFF_BYTES), path)
+    except (SourceError, OSError):
+        return None
+
+
+def load_index(path: Path, options: LoadOptions) -> Model:
+    """Either kind of index: torch.save shards when the first one is a zip or pickle, safetensors otherwise."""
+    weight_map = read_weight_map(path)
+    shards = sorted(dict.fromkeys(weight_map.values()), key=natural_key)
+    if shards and _kind(path, shards[0]) in _TORCH_FILES:
+        return torch_shards_model(path, shards, options)
+    return sharded_model(path, weight_map)
+
+
+def _shard_entries(shard: str, layers: tuple[Layer, ...]) -> Iterator[Entry]:
+    """A shard's layers as the entries they came from, ties kept (one identity for a tensor and its aliases),
+    so that the layers of all shards are built together: a bias may lie in another shard than its weight."""
+    for layer in layers:
+        identity = (shard, layer.param) if layer.aliases else None
+        yield Entry(layer.param, layer.shape, layer.dtype or "", layer.data, identity)
+        for alias in layer.aliases:
+            yield Entry(alias, layer.shape, layer.dtype or "", layer.data, identity)
+
+
+def _load_shard(index: Path, shard: str, options: LoadOptions) -> Model:
+    """One shard, read as the same file given alone would be; its errors name the index and the shard."""
+    path = shard_path(index, shard)
+    where = f"{index}: shard {shard!r}"
+    try:
+        with open_regular(path, where) as handle:
+            kind = sniff(handle.read(_SNIFF_BYTES), path)
+    except OSError as error:
+        raise SourceError(f"{where}: cannot read: {error.strerror or error}") from None
+    if kind not in _TORCH_FILES:
+        raise SourceError(f"{where}: not a torch.save file, as the index's first shard is ({kind})")
+    try:
+        return loader(LOADERS[kind])(path, options)
+    except SourceError as error:
+        message = str(error)
+        raise SourceError(f"{where}: {message.removeprefix(f'{path}: ')}") from None
+
+
+def torch_shards_model(index: Path, shards: list[str], options: LoadOptions) -> Model:
+    """torch.save shards in the order of their names (`-00001-of-00002` first): sharding splits a state_dict
+    in model order, and each shard keeps its own (pickles keep dict order), so this is the model's order."""
+    entries: list[Entry] = []
+    notes: list[str] = []
+    format = None
+    for shard in shards:
+        model = _load_shard(index, shard, options)
+        format = format or model.format
+        entries.extend(_shard_entries(shard, model.layers))
+        notes.extend(model.notes)
+    layers = layers_from_entries(entries)
+    if not layers:
+        raise SourceError(f"{index}: its shards hold no floating-point weights")
+    notes.append(f"{len(shards)} torch.save shard{'s' if len(shards) > 1 else ''} listed by {index.name}")
+    return replace(Model(source=str(index), format=format or "torch-zip", layers=layers),
+                   notes=tuple(dict.fromkeys(notes)))
