@@ -9,17 +9,20 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from .analysis import fans as fans_mod
 from .analysis import gains, schemes
 from .analysis.fans import LayerFans
-from .analysis.inference import Inference, infer, settle_modes
 from .analysis.schemes import InitValues
 from .analysis.torch_defaults import torch_default
 from .errors import SettingsError
 from .layer import Layer, Model
 from .stats import Observed
 from .vocab import FAN_CONVENTIONS
+
+if TYPE_CHECKING:
+    from .analysis.inference import Inference
 
 SCHEMA_VERSION = "1.0"
 DEFAULT_SCHEME = "kaiming_normal"
@@ -264,6 +267,8 @@ def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:
 
 def with_inferences(report: Report) -> Report:
     """The report with each row's inferred init, from its observed mean, std, kurtosis and structure."""
+    from .analysis.inference import infer, settle_modes  # only with --infer
+
     found = {}
     for row in report.rows:
         observed = row.observed
