@@ -169,12 +169,13 @@ def test_a_metadata_pickle_that_runs_code_is_refused_never_run(state, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "not_metadata", "empty_dict"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "not_metadata", "empty_dict", "memo_bomb"])
 def test_malformed_metadata_is_one_line(state, tmp_path, damage):
     folder = _copy(state, tmp_path)
     raw = (folder / ".metadata").read_bytes()
     content = {"truncated": raw[: len(raw) // 2], "garbage": b"\x80\x04" + os.urandom(200),
-               "not_metadata": pickle.dumps({"a": [1, 2]}), "empty_dict": pickle.dumps({})}[damage]
+               "not_metadata": pickle.dumps({"a": [1, 2]}), "empty_dict": pickle.dumps({}),
+               "memo_bomb": b"\x80\x04N" + b"r" + (1 << 31).to_bytes(4, "little") + b"."}[damage]  # pre-scan refuses
     (folder / ".metadata").write_bytes(content)
     _refused(folder / ".metadata", ".metadata")
 
