@@ -49,6 +49,8 @@ def load_pickle(path: Path, options: LoadOptions) -> Model:
     """A legacy (pre-1.6) torch.save file: read without torch and without its tensor data unless --trust
     asks torch to unpickle a module. Another pickle goes to torch's weights-only loader, which says what
     it is."""
+    if path.name == ".metadata":  # a torch.distributed.checkpoint folder's: the folder is what it describes
+        return loader("dcp:load_dcp")(path.parent, options)
     if options.trust:
         from .torch_module import load_pickled_module
 

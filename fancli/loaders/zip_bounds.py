@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import SourceError
 from ..safe_io import open_regular
@@ -27,37 +28,41 @@ _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")  # signature, size, versions, disks, e
 _MAX_COMMENT = 0xFFFF
 
 
-def check_zip_claims(path: Path) -> None:
+def check_zip_claims(path: Path, handle: BinaryIO | None = None) -> None:
     """SourceError if the end record claims more members or directory bytes than the file or a torch
-    archive could hold. A zip without an end record passes: zipfile then says what is wrong itself."""
+    archive could hold. A zip without an end record passes: zipfile then says what is wrong itself.
+    `handle`, if given, is read instead of the file: a zip embedded in a larger file (a DCP item)."""
     try:
-        size, claims = _claims(path)
+        if handle is None:
+            with open_regular(path, str(path)) as opened:
+                size, claims = _claims(opened)
+        else:
+            size, claims = _claims(handle)
     except OSError as error:
         raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
     for entries, cd_size, cd_offset in claims:
         _check(path, size, entries, cd_size, cd_offset)
 
 
-def _claims(path: Path) -> tuple[int, list[tuple[int, int, int]]]:
+def _claims(handle: BinaryIO) -> tuple[int, list[tuple[int, int, int]]]:
     """The file's size, and (entries, directory size, directory offset) as each end record states them:
     the plain one, and a zip64 one both where zipfile looks (just before the locator) and where the
     locator points (where torch's reader looks)."""
-    with open_regular(path, str(path)) as handle:
-        handle.seek(0, 2)
-        size = handle.tell()
-        tail_start = max(0, size - _EOCD.size - _MAX_COMMENT)
-        handle.seek(tail_start)
-        tail = handle.read(size - tail_start)
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or len(tail) - at < _EOCD.size:
-            return size, []
-        _, _, _, _, entries, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, at)
-        claims: list[tuple[int, int, int]] = []
-        locator = at - _ZIP64_LOCATOR.size
-        if locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":
-            _, _, stated, _ = _ZIP64_LOCATOR.unpack_from(tail, locator)
-            for offset in {tail_start + locator - _ZIP64_EOCD.size, stated}:
-                claims += _zip64_claims(handle, offset)
+    handle.seek(0, 2)
+    size = handle.tell()
+    tail_start = max(0, size - _EOCD.size - _MAX_COMMENT)
+    handle.seek(tail_start)
+    tail = handle.read(size - tail_start)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _EOCD.size:
+        return size, []
+    _, _, _, _, entries, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, at)
+    claims: list[tuple[int, int, int]] = []
+    locator = at - _ZIP64_LOCATOR.size
+    if locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":
+        _, _, stated, _ = _ZIP64_LOCATOR.unpack_from(tail, locator)
+        for offset in {tail_start + locator - _ZIP64_EOCD.size, stated}:
+            claims += _zip64_claims(handle, offset)
     # With a zip64 record the plain one holds placeholders (0xFFFFFFFF): both readers use the zip64 values.
     return size, claims or [(entries, cd_size, cd_offset)]
 
