@@ -17,7 +17,7 @@ from ..safe_io import parse_json_object, read_bounded
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # transformers' configs are a few KB
 NAME = "config.json"
-_FORMATS = ("safetensors", "safetensors-sharded", "torch-zip", "torch-pickle")  # weights without their modules
+_FORMATS = ("safetensors", "safetensors-sharded", "torch-zip", "torch-pickle", "torch-dcp")  # weights without their modules
 
 
 @dataclass(frozen=True)
