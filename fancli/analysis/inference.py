@@ -217,6 +217,8 @@ def candidates(layer: Layer, fans: LayerFans) -> list[Candidate]:
     if default.std:
         distribution = "normal" if default.bound is None else "uniform"
         found.append(Candidate("torch_default", None, None, None, default.std, distribution))
+    if layer.library_std and layer.library_std != FIXED_NORMAL_STD:  # config.json's initializer_range
+        found.append(Candidate("normal", None, None, None, layer.library_std, "normal"))
     found.append(Candidate("normal", None, None, None, FIXED_NORMAL_STD, "normal"))
     return found
 
