@@ -61,6 +61,13 @@ KINDS: dict[str, LayerKind] = {
                   "[3 × embed_dim, embed_dim] (q, k, v stacked along dim 0)", "attention",
                   stacked_note="q, k, v stacked in one [3E, E] weight: torch's fan_out counts all three; each has E"),
         LayerKind("norm", NORM_CLASSES, "[num_features]", "constant", runnable=True),
+        # Tensors that are no layer's weight: torch draws none of them, so no scheme gives them a std.
+        LayerKind("quant_scale", (), "a quantized weight's scales (per tensor, channel, group or block)", "none",
+                  fans_note="a quantization scale, not a layer: the fans of its shape mean nothing"),
+        LayerKind("quant_aux", (), "a quantized weight's zero points, group indices or codebook", "none",
+                  fans_note="quantization metadata, not a layer: the fans of its shape mean nothing"),
+        LayerKind("buffer", (), "a buffer (rotary frequencies, position ids, a causal mask, router biases)", "none",
+                  fans_note="a buffer, not a layer's weight: the fans of its shape mean nothing"),
         LayerKind("unknown"),
     )
 }
@@ -79,6 +86,11 @@ KIND_OF_GATES = {(kind.gates, kind.cell): kind.name for kind in KINDS.values() i
 def kind(name: str) -> LayerKind:
     """The record of a kind; an unknown name reads as "unknown" (a source may carry any string)."""
     return KINDS.get(name, KINDS["unknown"])
+
+
+def has_init(name: str) -> bool:
+    """Whether any init draws this kind's tensors (not scales, quantization metadata or buffers)."""
+    return kind(name).torch_default != "none"
 
 
 def kind_for_ndim(ndim: int, transposed: bool = False) -> str:

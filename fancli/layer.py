@@ -35,6 +35,7 @@ class Layer:
     scheme: str | None = None  # init the source asks for (spec defaults or per-layer override)
     mode: str | None = None
     dtype: str | None = None  # torch's name without "torch.": float32, bfloat16, …
+    library_std: float | None = None  # the std the library that wrote it draws with (config.json initializer_range)
     aliases: tuple[str, ...] = ()  # other parameter keys that share this tensor (tied weights)
     notes: tuple[str, ...] = ()  # what the loader knows and wants said (e.g. what a state_dict cannot tell)
     data: "TensorData | None" = field(default=None, compare=False, repr=False)  # read only for --stats

@@ -17,6 +17,7 @@ from .analysis.fans import LayerFans
 from .analysis.schemes import InitValues
 from .analysis.torch_defaults import torch_default
 from .errors import SettingsError
+from .kinds import has_init
 from .layer import Layer, Model
 from .stats import Observed
 from .vocab import FAN_CONVENTIONS
@@ -204,6 +205,7 @@ def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed:
         raise SettingsError(f"{layer.param}: {error}") from None
     fans = fans_mod.layer_fans(layer, pool_fan_out=context.pool_fan_out)
     nonlinearity, param, assumed = _nonlinearity(layer, settings, scheme)
+    assumed = assumed if has_init(layer.kind) else None  # no init draws a scale or a buffer: nothing assumed
     param, slope_note = _slope(nonlinearity, param, scheme)
     try:
         gain = gains.gain(nonlinearity, param) if nonlinearity else None
@@ -219,7 +221,9 @@ def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed:
         notes.append(f"{scheme.name} uses gain {scheme_gain:g} whatever follows")
     inits: dict[str, InitValues] = {}
     for mode in modes:
-        if len(layer.shape) >= 2 and 0 in layer.shape:
+        if not has_init(layer.kind):  # a scale, quantization metadata or a buffer: whatever the scheme
+            values = torch_default(layer, fans.fan_in, fans.fan_out, mode)
+        elif len(layer.shape) >= 2 and 0 in layer.shape:
             values = InitValues(None, note="zero-element tensor: torch's init is a no-op")
         elif scheme.name == "torch_default":
             module = layer.param.rpartition(".")[0]
@@ -235,6 +239,9 @@ def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed:
             notes.append(values.note)
     if observed is not None and observed.note:
         notes.append(observed.note)
+    if observed is not None and observed.std is not None and layer.library_std:
+        notes.append(f"observed std is {observed.std / layer.library_std:.3g}× the library's init N(0, "
+                     f"{layer.library_std:g}²) (config.json initializer_range)")
     return Row(layer, fans, nonlinearity, param, gain, scheme.name, inits, tuple(notes), observed, scheme_gain)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .tensors import CHUNK_ELEMENTS, DTYPES, TensorData
+from .tensors import CHUNK_ELEMENTS, DTYPES, LOW_PRECISION_FLOATING, TensorData
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,12 @@ class Observed:
     kurtosis: float | None = None  # excess kurtosis: uniform −1.2, normal 0, normal cut at ±2σ −0.63
     overflow: bool = False  # values too large for float64 moments
     structure: "Structure | None" = None  # zeros and row signals, when asked (--infer)
+    unread: str | None = None  # why the values were not read (a dtype or layout fancli cannot decode)
 
     @property
     def note(self) -> str | None:
+        if self.unread:
+            return self.unread
         if self.overflow:
             return "values too large for float64 moments: mean and std left out"
         if self.nonfinite:
@@ -247,11 +250,22 @@ def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS, kurto
     """Observed statistics per parameter key, one tensor at a time; `on_chunk(nbytes)` reports progress."""
     results: dict[str, Observed] = {}
     for layer in layers:
+        reason = getattr(layer.data, "reason", None) or _undecodable(layer)
+        if reason:
+            results[layer.param] = Observed(math.prod(layer.shape), None, None, None, None, unread=reason)
+            continue
         if layer.data is None:
             continue
         data = layer.data if on_chunk is None else _Reporting(layer.data, on_chunk)
         results[layer.param] = observe(data, max_elements, kurtosis, structure)
     return results
+
+
+def _undecodable(layer) -> str | None:
+    """Why a listed tensor has no data handle, where its dtype is the reason (float6, float4, complex)."""
+    if layer.data is None and layer.dtype in LOW_PRECISION_FLOATING + ("complex64", "complex128"):
+        return f"{layer.dtype} values are not decoded by fancli: no statistics"
+    return None
 
 
 def _logical(data: TensorData, max_elements: int) -> bool:

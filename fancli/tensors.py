@@ -25,11 +25,58 @@ DTYPES: dict[str, tuple[int, str]] = {
     "int8": (1, "i1"),
     "uint8": (1, "u1"),
     "bool": (1, "?"),
+    # one byte each, decoded through a table of their 256 codes (numpy has no such dtypes)
+    "float8_e4m3fn": (1, "f8"),
+    "float8_e5m2": (1, "f8"),
+    "float8_e4m3fnuz": (1, "f8"),
+    "float8_e5m2fnuz": (1, "f8"),
+    "float8_e8m0fnu": (1, "f8"),
 }
 FLOATING = ("float64", "float32", "float16", "bfloat16")
-#: Floating dtypes fancli lists but cannot decode: their layers have no data handle, so no statistics.
+#: Floating dtypes narrower than float16: FP8 is decoded by table (`FP8`); float6 and float4 are packed
+#: below a byte and have no data handle, so no statistics (a note says so).
 LOW_PRECISION_FLOATING = ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
                           "float8_e8m0fnu", "float6_e2m3fn", "float6_e3m2fn", "float4_e2m1fn")
+#: FP8 formats: (exponent bits, mantissa bits, exponent bias, NaN/Inf convention). "fn": no Inf, NaN where
+#: every exponent and mantissa bit is set; "ieee": exponent all ones is Inf (mantissa 0) or NaN; "fnuz": no
+#: Inf and no -0, the code 0x80 is NaN; "e8m0": an exponent only, 2^(e - 127), 0xFF NaN (MX block scales).
+FP8 = {
+    "float8_e4m3fn": (4, 3, 7, "fn"),
+    "float8_e5m2": (5, 2, 15, "ieee"),
+    "float8_e4m3fnuz": (4, 3, 8, "fnuz"),
+    "float8_e5m2fnuz": (5, 2, 16, "fnuz"),
+    "float8_e8m0fnu": (8, 0, 127, "e8m0"),
+}
+_FP8_TABLES: dict[str, Any] = {}
+
+
+def fp8_table(dtype: str) -> "np.ndarray":
+    """The float32 value of each of the 256 codes of an FP8 dtype (tested against torch's `.to(float32)`)."""
+    table = _FP8_TABLES.get(dtype)
+    if table is None:
+        import numpy as np
+
+        exponent_bits, mantissa_bits, bias, convention = FP8[dtype]
+        codes = np.arange(256, dtype=np.int64)
+        if convention == "e8m0":
+            values = np.ldexp(1.0, codes - bias)
+            values[255] = np.nan
+        else:
+            sign = np.where(codes >> 7, -1.0, 1.0)
+            exponent = (codes >> mantissa_bits) & ((1 << exponent_bits) - 1)
+            mantissa = (codes & ((1 << mantissa_bits) - 1)) / float(1 << mantissa_bits)
+            normal = np.ldexp(1.0 + mantissa, exponent - bias)
+            subnormal = np.ldexp(mantissa, 1 - bias)
+            values = sign * np.where(exponent == 0, subnormal, normal)
+            top = exponent == (1 << exponent_bits) - 1
+            if convention == "fn":
+                values[top & ((codes & ((1 << mantissa_bits) - 1)) == (1 << mantissa_bits) - 1)] = np.nan
+            elif convention == "ieee":
+                values[top] = np.where(mantissa[top] == 0, sign[top] * np.inf, np.nan)
+            else:  # fnuz: the code of -0 is the NaN
+                values[0x80] = np.nan
+        table = _FP8_TABLES[dtype] = values.astype(np.float32)
+    return table
 
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi elements: 16 MiB of float32 per read
 #: A strided view may read a stored value this many times (an expanded tensor); more is refused, not looped over.
@@ -57,6 +104,8 @@ def decode(raw: bytes | memoryview, dtype: str, byteorder: str = "little") -> "n
     import numpy as np
 
     code = DTYPES[dtype][1]
+    if code == "f8":
+        return fp8_table(dtype)[np.frombuffer(raw, dtype=np.uint8)]
     if byteorder == "big":
         code = code.replace("<", ">")
     if code == "bf16":

@@ -228,15 +228,17 @@ def test_read_after_truncation_is_source_error(tmp_path):
         observe(layer.data)
 
 
-def test_float8_entries_have_no_data_handle(tmp_path, monkeypatch):
+def test_float8_entries_are_decoded_as_torch_does(tmp_path, monkeypatch):
+    """(Issue 16 item 6: FP8 was listed without a data handle; now it is decoded by table, as torch does.)"""
     path = tmp_path / "fp8.safetensors"
-    tensors = {"q.weight": torch.ones(4, 8).to(torch.float8_e4m3fn), "fc.weight": torch.ones(4, 8)}
+    tensors = {"q.weight": torch.randn(4, 8).to(torch.float8_e4m3fn), "fc.weight": torch.ones(4, 8)}
     safetensors_torch.save_file(tensors, str(path))
     seen = []
     monkeypatch.setattr(safetensors_file, "layers_from_entries", lambda entries: seen.extend(entries) or ())
     load_safetensors(path)
     fp8, fp32 = sorted(seen, key=lambda entry: entry.key != "q.weight")
-    assert (fp8.key, fp8.dtype, fp8.shape, fp8.data) == ("q.weight", "float8_e4m3fn", (4, 8), None)
+    assert (fp8.key, fp8.dtype, fp8.shape) == ("q.weight", "float8_e4m3fn", (4, 8))
+    assert (next(fp8.data.chunks()) == tensors["q.weight"].to(torch.float32).reshape(-1).numpy()).all()
     assert fp32.data is not None
 
 

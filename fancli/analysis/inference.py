@@ -20,6 +20,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, replace
 
+from ..kinds import has_init
 from ..layer import Layer
 from ..stats import Structure
 from .fans import LayerFans
@@ -216,6 +217,8 @@ def candidates(layer: Layer, fans: LayerFans) -> list[Candidate]:
     if default.std:
         distribution = "normal" if default.bound is None else "uniform"
         found.append(Candidate("torch_default", None, None, None, default.std, distribution))
+    if layer.library_std and layer.library_std != FIXED_NORMAL_STD:  # config.json's initializer_range
+        found.append(Candidate("normal", None, None, None, layer.library_std, "normal"))
     found.append(Candidate("normal", None, None, None, FIXED_NORMAL_STD, "normal"))
     return found
 
@@ -235,7 +238,7 @@ def infer(layer: Layer, fans: LayerFans, std: float | None, kurtosis: float | No
           mean: float | None = None, structure: Structure | None = None) -> Inference | None:
     """The best explanation of one tensor's observed std and kurtosis, if its mean and structure allow
     i.i.d. zero-mean draws at all (checked when given); None below 2 dims."""
-    if len(layer.shape) < 2 or fans.fan_in is None:
+    if len(layer.shape) < 2 or fans.fan_in is None or not has_init(layer.kind):
         return None
     if std is None or n < 30:
         return Inference("unknown", "none", note="too few values to judge")

@@ -15,6 +15,8 @@ from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
 from ..tensors import FLOATING, LOW_PRECISION_FLOATING, TensorData
 from .module_structure import FUSED_QKV_NAME, fused_qkv
+from .quant_data import scaled
+from .quant_keys import QUANT_PACKED, auxiliary, auxiliary_layer, packed_layer
 
 #: Buffers that torch's modules keep in their state_dict but that are not weights.
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -112,14 +114,68 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
     return Layer(kind="unknown", **common)
 
 
+def _layer(entry: Entry, by_key: dict[str, Entry], keys: set[str], shapes: dict[str, tuple[int, ...]]) -> Layer:
+    found = auxiliary(entry.key, entry.shape)
+    if found is not None:
+        return auxiliary_layer(entry, found, keys)
+    leaf = _split(entry.key)[1]
+    if leaf in QUANT_PACKED:
+        return packed_layer(entry, by_key, _where(entry))
+    note = None
+    if leaf == "weight":
+        entry, note = _quantized(entry, by_key)
+    layer = _layer_for(entry, shapes)
+    return replace(layer, notes=(*layer.notes, note)) if note else layer
+
+
+def _where(entry: Entry) -> str:
+    """The file an entry came from, for an error's first words (safetensors' and zips' byte sources have it)."""
+    return str(getattr(getattr(entry.data, "source", None), "path", "") or "source")
+
+
 def is_weight(entry: Entry) -> bool:
     """Floating tensors that are not known buffers: what init concerns."""
     return entry.dtype in FLOATING + LOW_PRECISION_FLOATING and _split(entry.key)[1] not in BUFFERS
 
 
+def _listed(entry: Entry, keys: set[str]) -> bool:
+    """Weights, and the integer tensors of a quantized weight (packed weights, zero points, an int8 weight
+    with its row scales); other integer tensors (position ids, step counters) stay unlisted."""
+    if is_weight(entry):
+        return True
+    found = auxiliary(entry.key, entry.shape)
+    if found is not None:
+        return found.kind != "buffer"
+    leaf = _split(entry.key)[1]
+    return leaf in QUANT_PACKED or (leaf == "weight" and entry.dtype == "int8" and f"{entry.key[:-6]}SCB" in keys)
+
+
+def _quantized(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry, str | None]:
+    """An FP8 or int8 weight with the data handle that dequantizes it, and a note; unchanged otherwise."""
+    module = entry.key[: -len("weight")]
+    if entry.dtype == "int8":
+        scale, what = entries.get(f"{module}SCB"), "bitsandbytes int8 (LLM.int8) weight × SCB/127 per row"
+        factor = 1 / 127
+    elif entry.dtype.startswith("float8"):
+        scale = entries.get(f"{module}weight_scale_inv") or entries.get(f"{module}weight_scale")
+        what, factor = f"{entry.dtype} weight", 1.0
+    else:
+        return entry, None
+    if scale is None:
+        return entry, f"{what} with no scale beside it: --stats reads the stored values as they are"
+    data = scaled(entry, scale, factor)
+    if entry.dtype.startswith("float8"):
+        what += f" × {scale.key.rpartition('.')[2]} {list(scale.shape)}"
+    return replace(entry, data=data), f"{what}: --stats reads the dequantized values"
+
+
 def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
-    """Layers in source order; tied tensors reported once, the other keys as aliases."""
-    kept = [entry for entry in entries if is_weight(entry)]
+    """Layers in source order; tied tensors reported once, the other keys as aliases. Quantization scales,
+    metadata and buffers get kinds of their own (`quant_keys`); quantized weights their logical shape."""
+    entries = list(entries)
+    by_key = {entry.key: entry for entry in entries}
+    keys = set(by_key)
+    kept = [entry for entry in entries if _listed(entry, keys)]
     shapes = {entry.key: entry.shape for entry in kept}
     first: dict[Hashable, int] = {}
     layers: list[Layer] = []
@@ -130,7 +186,7 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
             continue
         if entry.identity is not None:
             first[entry.identity] = len(layers)
-        layers.append(_layer_for(entry, shapes))
+        layers.append(_layer(entry, by_key, keys, shapes))
     for index, names in aliases.items():
         layer = layers[index]
         note = f"shared with {', '.join(names)} (tied weights, reported once)"

@@ -1,5 +1,8 @@
-"""`config.json` beside the weights (Hugging Face transformers): the attention heads it states, which
-split a fused q/k/v projection that names and shapes cannot.
+"""`config.json` beside the weights (Hugging Face transformers): what it states that names and shapes
+cannot — the attention heads (which split a fused q/k/v projection), the MLP's activation (`hidden_act`,
+`activation_function`) on the projections the key names show it follows, tied embeddings
+(`tie_word_embeddings`), and the init transformers itself applies (`initializer_range`: N(0, r²) for every
+Linear and Embedding weight), so `--stats` and `--infer` can say whether the weights still carry it.
 
 Never required and never trusted beyond its numbers: read bounded, a file that cannot be used is said
 in a model note, and what was taken from it is said too.
@@ -14,6 +17,7 @@ from typing import Any
 from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import parse_json_object, read_bounded
+from .hf_facts import apply_library_facts
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # transformers' configs are a few KB
 NAME = "config.json"
@@ -58,20 +62,26 @@ def heads_of(config: dict) -> Heads | None:
 
 
 def with_config(model: Model, weights: Path) -> Model:
-    """The model with what a config.json beside `weights` states applied to its fused projections."""
+    """The model with what a config.json beside `weights` states applied to its layers; the model's notes
+    say what was taken from it."""
     path = weights.parent / NAME
     if model.format not in _FORMATS or not path.is_file():
         return model
     try:
-        heads = heads_of(parse_json_object(read_bounded(path, MAX_CONFIG_BYTES, "a config.json"), str(path), NAME))
+        config = parse_json_object(read_bounded(path, MAX_CONFIG_BYTES, "a config.json"), str(path), NAME)
     except SourceError as error:
         return replace(model, notes=(*model.notes, f"{NAME} beside the weights not used: {error}"))
-    if heads is None:
-        return model
-    layers = tuple(_split(layer, heads) for layer in model.layers)
-    if layers == model.layers:
-        return model
-    return replace(model, layers=layers, notes=(*model.notes, f"from {NAME}: {heads} (splits fused q/k/v)"))
+    notes = list(model.notes)
+    heads = heads_of(config)
+    layers = model.layers
+    if heads is not None:
+        layers = tuple(_split(layer, heads) for layer in layers)
+        if layers != model.layers:
+            notes.append(f"from {NAME}: {heads} (splits fused q/k/v)")
+    layers, taken = apply_library_facts(layers, config)
+    if taken:
+        notes.append(f"from {NAME}: {'; '.join(taken)}")
+    return replace(model, layers=layers, notes=tuple(notes))
 
 
 def _split(layer: Layer, heads: Heads) -> Layer:

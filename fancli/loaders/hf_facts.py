@@ -1,0 +1,77 @@
+"""What a transformers `config.json` says of the layers beyond their heads: the MLP's activation, tied
+embeddings, and the library's own init (`initializer_range`).
+
+Only what the config states is taken, and only where the key names show where it applies: the
+activation follows an MLP's up (or, in a gated MLP, its gate) projection, never q/k/v or an output
+projection; transformers' `_init_weights` draws every Linear and Embedding weight from N(0, r²).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import replace
+from typing import Any
+
+from ..layer import Layer
+
+#: transformers' activation names -> fancli's (`ACT2FN`): the tanh approximations are gelu_tanh.
+ACTIVATION_NAMES = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+                    "swish": "silu", "gelu_python": "gelu", "relu": "relu", "silu": "silu", "gelu": "gelu",
+                    "tanh": "tanh", "sigmoid": "sigmoid", "relu6": "relu6", "mish": "mish", "elu": "elu",
+                    "leaky_relu": "leaky_relu", "selu": "selu", "linear": "linear"}
+_ACT_KEYS = ("hidden_act", "activation_function", "hidden_activation", "feed_forward_proj")
+#: A gated MLP's gate (the activation follows it; its up projection is multiplied by the result).
+_GATE = re.compile(r"(^|\.)(mlp|feed_forward|ffn|block_sparse_moe\.experts\.\d+|experts\.\d+)\.(gate_proj|w1|wi_0)$")
+#: An ungated MLP's first projection (Llama-style up_proj only counts when no gate sits beside it).
+_UP = re.compile(r"(^|\.)((mlp|feed_forward|ffn|experts\.\d+)\.(up_proj|fc1|c_fc|dense_h_to_4h|wi|w_in)"
+                 r"|intermediate\.dense)$")
+_GATE_OF_UP = {"up_proj": "gate_proj", "w3": "w1", "wi_1": "wi_0"}
+_EMBEDDING = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|shared|embed_in|tok_embeddings)$")
+_LIBRARY_KINDS = ("linear", "embedding")
+
+
+def _activation(config: dict) -> tuple[str, str] | None:
+    """(the config's name, fancli's) for the MLP activation the config states, or None."""
+    for key in _ACT_KEYS:
+        value = config.get(key)
+        if isinstance(value, str):
+            name = ACTIVATION_NAMES.get(value.removeprefix("gated-"))
+            return (f"{key}={value}", name) if name else None
+    return None
+
+
+def _range(config: dict) -> float | None:
+    value = config.get("initializer_range")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1e3:
+        return float(value)
+    return None
+
+
+def apply_library_facts(layers: tuple[Layer, ...], config: dict[str, Any]) -> tuple[tuple[Layer, ...], list[str]]:
+    """The layers with the config's activation, tied embedding and library init applied; and what was taken."""
+    if isinstance(config.get("text_config"), dict):
+        config = config["text_config"]
+    activation, std, tied = _activation(config), _range(config), config.get("tie_word_embeddings")
+    modules = {layer.name for layer in layers}
+    taken: dict[str, None] = {}
+    out = []
+    for layer in layers:
+        leaf = layer.param.rpartition(".")[2]
+        weight = len(layer.shape) >= 2 and leaf in ("weight", "qweight")
+        if activation and weight and layer.kind == "linear" and layer.nonlinearity is None:
+            gate = _GATE_OF_UP.get(layer.name.rpartition(".")[2])
+            gated = gate and f"{layer.name.rpartition('.')[0]}.{gate}" in modules
+            if _GATE.search(layer.name) or (_UP.search(layer.name) and not gated):
+                layer = replace(layer, nonlinearity=activation[1],
+                                notes=(*layer.notes, f"followed by {activation[1]}: config.json {activation[0]}"))
+                taken[f"{activation[0]} after the MLP's up/gate projections"] = None
+        if std is not None and weight and layer.kind in _LIBRARY_KINDS:
+            layer = replace(layer, library_std=std)
+            taken[f"initializer_range={std:g} (transformers draws Linear and Embedding weights from N(0, r²))"] = None
+        if tied is True and layer.kind == "embedding" and _EMBEDDING.search(layer.name):
+            layer = replace(layer, notes=(*layer.notes, "tie_word_embeddings (config.json): the output head "
+                                                        "(lm_head) is this tensor"))
+            taken["tie_word_embeddings=true"] = None
+        out.append(layer)
+    return tuple(out), list(taken)

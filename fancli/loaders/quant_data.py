@@ -1,0 +1,181 @@
+"""Data handles that dequantize while `--stats` streams: a quantized weight's values are what the model
+computes with (stored codes × their scales), not the codes, so its statistics are taken on those.
+
+Each wraps the handles of the weight and of its scales and reads the weight a few rows at a time: memory
+stays near one chunk (plus the scales, which are a small fraction of the weight). numpy only, no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+from ..errors import SourceError
+from ..tensors import CHUNK_ELEMENTS, DTYPES, StridedRef, decode
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .flat_keys import Entry
+
+#: DeepSeek-V3's FP8 block: a float32 scale per 128 × 128 block of the weight (`weight_block_size`).
+FP8_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A tensor whose dtype or layout fancli cannot decode: `--stats` gives the reason as the row's note."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    reason: str
+
+    def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
+        raise SourceError(self.reason)
+
+
+def _where(entry: "Entry") -> str:
+    from .flat_keys import _where as where
+
+    return where(entry)
+
+
+def _rows(ref: StridedRef, start: int, count: int, length: int) -> "np.ndarray":
+    """Rows start..start+count of a contiguous 2-D (or flat) tensor, decoded."""
+    itemsize = DTYPES[ref.dtype][0]
+    raw = ref.source.read((ref.offset + start * length) * itemsize, count * length * itemsize)
+    return decode(raw, ref.dtype, ref.byteorder)
+
+
+def _whole(ref: StridedRef) -> "np.ndarray":
+    import numpy as np
+
+    parts = list(ref.chunks())
+    return (np.concatenate(parts) if parts else np.empty(0)).astype(np.float64).reshape(ref.shape or (1,))
+
+
+def _readable(*refs) -> str | None:
+    for ref in refs:
+        if not isinstance(ref, StridedRef) or not ref.contiguous:
+            return "its stored layout (a strided view, or a dtype fancli cannot decode) is not read: no statistics"
+    return None
+
+
+def block_of(size: int, scales: int) -> int | None:
+    """The block along one dim for `scales` scales over `size` values: one (per tensor), one each, or
+    DeepSeek's 128 (ceil(size/128) scales, the last block partial); None when none fits."""
+    if scales == 1:
+        return max(size, 1)
+    if scales == size:
+        return 1
+    if scales == math.ceil(size / FP8_BLOCK):
+        return FP8_BLOCK
+    return None
+
+
+def scaled(weight: "Entry", scale: "Entry", factor: float = 1.0):
+    """The weight × its scales (per tensor, per row or per block) as a data handle; a scale whose shape fits
+    no layout is a SourceError naming both (one line, exit 2)."""
+    out, inner = weight.shape[0], math.prod(weight.shape[1:])
+    dims = scale.shape if len(scale.shape) == 2 else (scale.shape[0], 1) if len(scale.shape) == 1 else (1, 1)
+    if len(scale.shape) == 1 and scale.shape[0] == 1:
+        dims = (1, 1)
+    blocks = (block_of(out, dims[0]), block_of(inner, dims[1]))
+    if len(scale.shape) > 2 or None in blocks:
+        raise SourceError(f"{_where(scale)}: {scale.key}: shape {list(scale.shape)} fits no scale layout of "
+                          f"{weight.key} {list(weight.shape)} (one scale, one per row, or one per "
+                          f"{FP8_BLOCK}×{FP8_BLOCK} block: {[math.ceil(out / FP8_BLOCK), math.ceil(inner / FP8_BLOCK)]})")
+    reason = _readable(weight.data, scale.data)
+    if reason:
+        return Unreadable("float32", weight.shape, reason)
+    return Scaled(weight.data, scale.data, (blocks[0], blocks[1]), factor)
+
+
+class Scaled:
+    """weight[r, c] × scale[r // block_rows, c // block_columns] × factor, a few rows at a time, in order."""
+
+    dtype = "float32"
+
+    def __init__(self, weight: StridedRef, scale: StridedRef, blocks: tuple[int, int], factor: float) -> None:
+        self.weight, self.scale, self.blocks, self.factor = weight, scale, blocks, factor
+        self.shape = weight.shape
+
+    def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
+        return True
+
+    def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
+        import numpy as np
+
+        out = self.shape[0] if self.shape else 0
+        inner = math.prod(self.shape[1:])
+        if not out or not inner:
+            return
+        scales = _whole(self.scale).reshape(-1, math.ceil(inner / self.blocks[1])) * self.factor
+        step = max(1, max_elements // inner)
+        for first in range(0, out, self.blocks[0]):  # one row of scales per block of rows
+            factors = np.repeat(scales[first // self.blocks[0]], self.blocks[1])[:inner]
+            last = min(first + self.blocks[0], out)
+            for start in range(first, last, step):
+                count = min(step, last - start)
+                values = (_rows(self.weight, start, count, inner).reshape(count, inner) * factors).reshape(-1)
+                for begin in range(0, values.size, max_elements):
+                    yield values[begin : begin + max_elements]
+
+
+def gptq_data(qweight: "Entry", scales: "Entry", zeros: "Entry | None", g_idx: "Entry | None", bits: int,
+              shape: tuple[int, int]):
+    """GPTQ's documented layout (AutoGPTQ, v1 checkpoints): input i of output j is bits-wide field i % pack
+    of qweight[i // pack, j]; its group g = g_idx[i] (else i // group size); the value is
+    scales[g, j] × (q − (zero[g, j] + 1)), zero points stored less one, packed along out in qzeros."""
+    reason = _readable(qweight.data, scales.data, *(e.data for e in (zeros, g_idx) if e is not None))
+    if zeros is None:
+        reason = reason or "no qzeros beside it: its zero points are unknown, no statistics"
+    if reason:
+        return Unreadable("float32", shape, reason)
+    return Gptq(qweight.data, scales.data, zeros.data, g_idx.data if g_idx else None, bits, shape)
+
+
+class Gptq:
+    """Dequantized GPTQ values, `pack` inputs (one qweight row) at a time; they come input by input, the
+    transpose of the [out, in] weight, so row signals (`--infer`'s per-row checks) are skipped."""
+
+    dtype = "float32"
+
+    def __init__(self, qweight, scales, zeros, g_idx, bits: int, shape: tuple[int, int]) -> None:
+        self.qweight, self.scales, self.zeros, self.g_idx, self.bits = qweight, scales, zeros, g_idx, bits
+        self.shape = shape
+
+    def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
+        return False
+
+    def _unpack(self, packed: "np.ndarray") -> "np.ndarray":
+        """[n, m] int32 → [n, pack, m] fields, lowest bits first."""
+        import numpy as np
+
+        shifts = np.arange(0, 32, self.bits, dtype=np.uint32)
+        return (packed.view(np.uint32)[:, None, :] >> shifts[None, :, None]) & np.uint32((1 << self.bits) - 1)
+
+    def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
+        import numpy as np
+
+        out, inputs = self.shape
+        pack = 32 // self.bits
+        scales = _whole(self.scales)
+        groups = scales.shape[0]
+        zeros = self._unpack(_rows(self.zeros, 0, self.zeros.shape[0], self.zeros.shape[1]).reshape(self.zeros.shape))
+        zeros = zeros.transpose(0, 2, 1).reshape(groups, -1)[:, :out].astype(np.float64) + 1.0
+        if self.g_idx is not None:
+            g_idx = _whole(self.g_idx).reshape(-1).astype(np.int64)
+        else:
+            g_idx = np.arange(inputs) // math.ceil(inputs / groups)
+        if g_idx.shape[0] != inputs or g_idx.min(initial=0) < 0 or g_idx.max(initial=0) >= groups:
+            raise SourceError(f"{self.qweight.source.path}: g_idx does not map {inputs} inputs to {groups} groups")
+        step = max(1, max_elements // (pack * out))
+        for start in range(0, self.qweight.shape[0], step):
+            count = min(step, self.qweight.shape[0] - start)
+            q = self._unpack(_rows(self.qweight, start, count, out).reshape(count, out)).reshape(count * pack, out)
+            g = g_idx[start * pack : (start + count) * pack]
+            values = (scales[g] * (q - zeros[g])).reshape(-1)
+            for begin in range(0, values.size, max_elements):
+                yield values[begin : begin + max_elements]

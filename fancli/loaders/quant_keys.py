@@ -1,0 +1,118 @@
+"""Tensors of a flat source that are no layer's weight — quantization scales and metadata, buffers — and
+quantized weights, reported with the logical shape of the weight they stand for.
+
+A quantized checkpoint keeps beside each weight the tensors that decode it: FP8's block scales
+(`weight_scale_inv`, DeepSeek-V3), GPTQ/AWQ's packed `qweight` with `scales`, `qzeros` and `g_idx`,
+bitsandbytes' `SCB` and `absmax`. Read by shape alone they look like small Linear layers (an FP8 7B model
+has thousands of them); they get kinds of their own here (`quant_scale`, `quant_aux`, `buffer`: no init
+draws them), each with a note naming the weight it belongs to.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import SourceError
+from ..layer import Layer
+
+if TYPE_CHECKING:
+    from .flat_keys import Entry
+
+#: Key pattern -> (kind, what the tensor is, the key of the weight it belongs to). One table: a new
+#: quantization format's tensors are rows here. `m` is the module, `w` a weight's own key.
+AUXILIARY: tuple[tuple[re.Pattern, str, str, str], ...] = tuple(
+    (re.compile(pattern), kind, role, owner) for pattern, kind, role, owner in (
+        (r"^(?P<m>.+)\.weight_scale_inv$", "quant_scale", "FP8 block scales (weight = stored × scale)",
+         "{m}.weight"),
+        (r"^(?P<m>.+)\.weight_scale$", "quant_scale", "FP8 weight scale", "{m}.weight"),
+        (r"^(?P<m>.+)\.input_scale$", "quant_scale", "FP8 scale of the input activations", "{m}.weight"),
+        (r"^(?P<m>.+)\.[kv]_scale$", "quant_scale", "FP8 key/value-cache scale", "{m}"),
+        (r"^(?P<m>.+)\.scales$", "quant_scale", "GPTQ/AWQ group scales", "{m}.qweight"),
+        (r"^(?P<m>.+)\.qzeros$", "quant_aux", "GPTQ/AWQ packed zero points", "{m}.qweight"),
+        (r"^(?P<m>.+)\.g_idx$", "quant_aux", "GPTQ group index of each input", "{m}.qweight"),
+        (r"^(?P<m>.+)\.SCB$", "quant_scale", "bitsandbytes int8 row scales", "{m}.weight"),
+        (r"^(?P<m>.+)\.weight_format$", "quant_aux", "bitsandbytes int8 weight format", "{m}.weight"),
+        (r"^(?P<w>.+\.weight)\.(nested_)?absmax$", "quant_scale", "bitsandbytes 4-bit block absmax", "{w}"),
+        (r"^(?P<w>.+\.weight)\.(nested_)?quant_map$", "quant_aux", "bitsandbytes 4-bit codebook", "{w}"),
+        (r"^(?P<w>.+\.weight)\.quant_state\..+$", "quant_aux", "bitsandbytes 4-bit quantization state", "{w}"),
+        (r"^(?P<m>(.+\.)?)inv_freq$", "buffer", "rotary embedding frequencies", ""),
+        (r"^(?P<m>(.+\.)?)position_ids$", "buffer", "position ids", ""),
+        (r"^(?P<m>.+)\.e_score_correction_bias$", "buffer",
+         "router score correction (set by load balancing, not drawn)", "{m}.weight"),
+        (r"^(?P<m>.+)\.masked_bias$", "buffer", "attention mask fill value", ""),
+    )
+)
+#: Integer tensors that belong to a quantized weight: listed although integers otherwise are not.
+QUANT_PACKED = ("qweight",)
+GPTQ_DEFAULT_BITS = 4
+
+
+@dataclass(frozen=True)
+class Auxiliary:
+    kind: str
+    role: str
+    owner: str
+
+
+def auxiliary(key: str, shape: tuple[int, ...]) -> Auxiliary | None:
+    """What a tensor that is no layer's weight is, from its key (and a causal mask's shape), or None."""
+    module, _, leaf = key.rpartition(".")
+    if leaf == "bias" and len(shape) == 4 and shape[:2] == (1, 1):  # GPT-2's attn.bias: a [1, 1, n, n] mask
+        return Auxiliary("buffer", "causal attention mask", "")
+    for pattern, kind, role, owner in AUXILIARY:
+        match = pattern.match(key)
+        if match:
+            return Auxiliary(kind, role, owner.format(**match.groupdict()))
+    return None
+
+
+def auxiliary_layer(entry: "Entry", found: Auxiliary, keys: set[str]) -> Layer:
+    of = ""
+    if found.owner:
+        of = f" of {found.owner}" if found.owner in keys else f" of {found.owner} (not in this source)"
+    module = entry.key.rpartition(".")[0]
+    return Layer(name=module or entry.key, param=entry.key, kind=found.kind, shape=entry.shape, dtype=entry.dtype,
+                 data=entry.data, notes=(f"{found.role}{of}",))
+
+
+def packed_layer(entry: "Entry", entries: dict[str, "Entry"], where: str) -> Layer:
+    """GPTQ's `qweight [in·bits/32, out]` or AWQ's `[in, out·bits/32]` (int32, 32/bits values per int) as
+    the `[out, in]` Linear weight it stands for. `scales [groups, out]` tells out, and so which dim is
+    packed; `qzeros [groups, out·bits/32]` tells the bits (else GPTQ's usual 4, said in a note)."""
+    from .quant_data import Unreadable, gptq_data
+
+    module = entry.key.rpartition(".")[0]
+    scales, zeros = entries.get(f"{module}.scales"), entries.get(f"{module}.qzeros")
+    if entry.dtype != "int32" or len(entry.shape) != 2:
+        raise SourceError(f"{where}: {entry.key}: a packed qweight must be a 2-D int32 tensor, "
+                          f"not {entry.dtype} {list(entry.shape)}")
+    if scales is None or len(scales.shape) != 2:
+        raise SourceError(f"{where}: {entry.key}: no 2-D {module}.scales beside it: its logical shape is unknown")
+    out = scales.shape[1]
+    bits, said = GPTQ_DEFAULT_BITS, f"{GPTQ_DEFAULT_BITS} bits assumed (GPTQ's usual; no qzeros to tell)"
+    if zeros is not None and len(zeros.shape) == 2 and zeros.shape[1] and (32 * zeros.shape[1]) % out == 0:
+        bits, said = 32 * zeros.shape[1] // out, "bits from qzeros"
+    if bits not in (2, 3, 4, 8) or 32 % bits:
+        raise SourceError(f"{where}: {entry.key}: qzeros {list(zeros.shape) if zeros else None} and scales "
+                          f"{list(scales.shape)} give {bits}-bit values, which do not pack into int32")
+    pack = 32 // bits
+    rows, columns = entry.shape
+    if columns == out:
+        layout, in_features = "GPTQ", rows * pack
+    elif columns * pack == out:
+        layout, in_features = "AWQ", rows
+    else:
+        raise SourceError(f"{where}: {entry.key}: shape {list(entry.shape)} fits neither GPTQ's [in·{bits}/32, "
+                          f"{out}] nor AWQ's [in, {out}·{bits}/32] for scales {list(scales.shape)}")
+    groups = scales.shape[0]
+    if not groups or groups > in_features:
+        raise SourceError(f"{where}: {module}.scales: {groups} groups do not divide {in_features} inputs")
+    note = (f"{layout} {bits}-bit weight packed {32 // bits} to an int32 as {list(entry.shape)} ({said}): "
+            f"reported as the [out, in] = [{out}, {in_features}] Linear weight it stands for")
+    data = (gptq_data(entry, scales, zeros, entries.get(f"{module}.g_idx"), bits, (out, in_features))
+            if layout == "GPTQ" else
+            Unreadable("int32", (out, in_features), "AWQ's packing order is not read: no statistics"))
+    return Layer(name=module, param=entry.key, kind="linear", shape=(out, in_features), dtype="int32",
+                 data=data, notes=(note,))

@@ -1,0 +1,187 @@
+"""Issue 16 item 6: quantization scales, metadata and buffers are not layers; quantized weights are
+reported with their logical shape and fans, and `--stats` reads them dequantized — torch as the oracle."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+from torch import nn  # noqa: E402
+
+from fancli.tensors import FP8, fp8_table  # noqa: E402
+from helpers import run  # noqa: E402
+
+BLOCK = 128
+
+
+def _rows(*args) -> dict[str, dict]:
+    result = run(*args, "--format", "json", "--all")
+    assert result.code == 0, result.err
+    return {row["param"]: row for row in json.loads(result.out)["layers"]}
+
+
+@pytest.mark.parametrize("dtype", sorted(name for name in FP8 if hasattr(torch, name)))
+def test_fp8_table_is_torchs_for_all_256_codes(dtype):
+    expected = torch.arange(256, dtype=torch.uint8).view(getattr(torch, dtype)).to(torch.float32).numpy()
+    table = fp8_table(dtype)
+    nan = expected != expected
+    assert ((table != table) == nan).all()
+    assert (table[~nan] == expected[~nan]).all()
+    assert (torch.tensor(table[~nan]).signbit() == torch.tensor(expected[~nan]).signbit()).all()  # -0 too
+
+
+def _block_expand(scale, shape):
+    return scale.repeat_interleave(BLOCK, 0)[: shape[0]].repeat_interleave(BLOCK, 1)[:, : shape[1]]
+
+
+def _llama_like(hidden=200, intermediate=300, vocab=64, layers=2) -> dict[str, torch.Tensor]:
+    """A Llama-shaped state_dict with HF's key names, built by hand (transformers is not installed)."""
+    torch.manual_seed(0)
+    sd = {"model.embed_tokens.weight": nn.Embedding(vocab, hidden).weight.detach()}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        for name, (o, n) in {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (hidden // 2, hidden),
+                             "self_attn.v_proj": (hidden // 2, hidden), "self_attn.o_proj": (hidden, hidden),
+                             "mlp.gate_proj": (intermediate, hidden), "mlp.up_proj": (intermediate, hidden),
+                             "mlp.down_proj": (hidden, intermediate)}.items():
+            sd[f"{p}.{name}.weight"] = nn.Linear(n, o, bias=False).weight.detach()
+        sd[f"{p}.input_layernorm.weight"] = torch.ones(hidden)
+        sd[f"{p}.self_attn.rotary_emb.inv_freq"] = 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16)
+    sd["model.norm.weight"] = torch.ones(hidden)
+    sd["lm_head.weight"] = nn.Linear(hidden, vocab, bias=False).weight.detach()
+    return sd
+
+
+def _fp8_deepseek(sd: dict) -> tuple[dict, dict]:
+    """DeepSeek-V3's layout: each Linear weight in float8_e4m3fn with float32 128×128 block scales
+    (`weight_scale_inv`, weight = stored × scale); returns the file's tensors and the dequantized weights."""
+    stored, logical = {}, {}
+    for key, w in sd.items():
+        if w.dim() == 2 and "layers." in key:
+            blocks = (math.ceil(w.shape[0] / BLOCK), math.ceil(w.shape[1] / BLOCK))
+            scale = torch.stack([torch.stack([w[r * BLOCK:(r + 1) * BLOCK, c * BLOCK:(c + 1) * BLOCK].abs().max() / 448
+                                              for c in range(blocks[1])]) for r in range(blocks[0])])
+            q = (w / _block_expand(scale, w.shape)).to(torch.float8_e4m3fn)
+            stored[key], stored[key + "_scale_inv"] = q, scale.float()
+            logical[key] = q.to(torch.float32) * _block_expand(scale, w.shape)
+        else:
+            stored[key] = logical[key] = w
+    return stored, logical
+
+
+def test_fp8_block_scaled_checkpoint(tmp_path):
+    stored, logical = _fp8_deepseek(_llama_like())
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(stored, str(path))
+    rows = _rows("inspect", path, "--stats")
+    scales = [key for key in stored if key.endswith("_scale_inv")]
+    assert len(scales) == 14
+    for key in scales:  # no scale is a Linear with a kaiming std
+        row = rows[key]
+        assert (row["kind"], row["std"], row["bound"]) == ("quant_scale", None, None)
+        assert f"of {key.removesuffix('_scale_inv')}" in row["notes"][0]
+    for key, w in logical.items():
+        row = rows[key]
+        if w.dim() >= 2:
+            assert row["kind"] in ("linear", "embedding") and row["shape"] == list(w.shape)
+            assert (row["fan_in"], row["fan_out"]) == nn.init._calculate_fan_in_and_fan_out(w)
+            assert row["std"] is not None
+        observed = row["observed"]
+        assert observed["count"] == w.numel()
+        assert observed["mean"] == pytest.approx(w.double().mean().item(), rel=1e-6, abs=1e-12)
+        assert observed["std"] == pytest.approx(w.double().std().item(), rel=1e-6)
+    assert rows["model.layers.0.self_attn.rotary_emb.inv_freq"]["kind"] == "buffer"
+    assert "dequantized" in " ".join(rows["model.layers.0.mlp.up_proj.weight"]["notes"])
+
+
+def test_fp8_per_tensor_and_per_row_scales(tmp_path):
+    torch.manual_seed(1)
+    w = torch.randn(40, 24) * 0.05
+    per_row = w.abs().amax(1, keepdim=True) / 448
+    tensors = {"a.weight": (w / 0.001).to(torch.float8_e4m3fn), "a.weight_scale": torch.tensor(0.001),
+               "a.input_scale": torch.tensor(0.5),
+               "b.weight": (w / per_row).to(torch.float8_e4m3fn), "b.weight_scale": per_row}
+    safetensors_torch.save_file(tensors, str(tmp_path / "m.safetensors"))
+    rows = _rows("inspect", tmp_path / "m.safetensors", "--stats")
+    for key, scale in (("a", 0.001), ("b", per_row)):
+        expected = tensors[f"{key}.weight"].to(torch.float32) * scale
+        assert rows[f"{key}.weight"]["observed"]["std"] == pytest.approx(expected.double().std().item(), rel=1e-6)
+    assert rows["a.input_scale"]["kind"] == "quant_scale" and rows["a.input_scale"]["std"] is None
+
+
+def test_a_scale_of_the_wrong_shape_is_one_line(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    safetensors_torch.save_file({"fc.weight": torch.zeros(300, 200).to(torch.float8_e4m3fn),
+                                 "fc.weight_scale_inv": torch.ones(2, 5)}, str(path))
+    result = run("inspect", path)
+    assert result.code == 2 and result.out == ""
+    assert result.err.count("\n") == 1 and "fc.weight_scale_inv" in result.err and str(path) in result.err
+
+
+def _gptq(out=48, inputs=64, group=16, bits=4, act_order=False):
+    """GPTQ's documented v1 layout, packed by hand, with the [out, in] weight torch would dequantize to."""
+    torch.manual_seed(2)
+    pack, groups = 32 // bits, inputs // group
+    q = torch.randint(0, 1 << bits, (inputs, out), dtype=torch.int64)
+    zeros = torch.randint(1, 1 << bits, (groups, out), dtype=torch.int64)
+    scales = (torch.rand(groups, out) * 0.01 + 0.001).half()
+    g_idx = torch.arange(inputs) // group
+    if act_order:
+        g_idx = g_idx[torch.randperm(inputs)]
+    shifts = torch.arange(pack) * bits
+    qweight = (q.reshape(inputs // pack, pack, out) << shifts[None, :, None]).sum(1)
+    qzeros = ((zeros - 1).reshape(groups, out // pack, pack) << shifts[None, None, :]).sum(2)
+    as_int32 = lambda t: (t & 0xFFFFFFFF).to(torch.int64).apply_(lambda v: v - (1 << 32) if v >= 1 << 31 else v).int()
+    weight = (scales.float()[g_idx] * (q - zeros[g_idx]).float()).T  # [out, in]
+    return {"qweight": as_int32(qweight), "qzeros": as_int32(qzeros), "scales": scales,
+            "g_idx": g_idx.int()}, weight
+
+
+@pytest.mark.parametrize("act_order", (False, True))
+def test_gptq_packed_weight_is_its_linear(tmp_path, act_order):
+    parts, weight = _gptq(act_order=act_order)
+    prefix = "model.layers.0.mlp.up_proj"
+    tensors = {f"{prefix}.{name}": t for name, t in parts.items()}
+    tensors[f"{prefix}.bias"] = torch.zeros(48).half()
+    safetensors_torch.save_file(tensors, str(tmp_path / "gptq.safetensors"))
+    rows = _rows("inspect", tmp_path / "gptq.safetensors", "--stats")
+    row = rows[f"{prefix}.qweight"]
+    assert (row["kind"], row["shape"]) == ("linear", [48, 64])
+    assert (row["fan_in"], row["fan_out"]) == nn.init._calculate_fan_in_and_fan_out(weight)
+    assert "GPTQ 4-bit" in row["notes"][0]
+    assert row["observed"]["mean"] == pytest.approx(weight.double().mean().item(), rel=1e-6)
+    assert row["observed"]["std"] == pytest.approx(weight.double().std().item(), rel=1e-6)
+    for name, kind in (("qzeros", "quant_aux"), ("scales", "quant_scale"), ("g_idx", "quant_aux")):
+        aux = rows[f"{prefix}.{name}"]
+        assert (aux["kind"], aux["std"]) == (kind, None) and f"of {prefix}.qweight" in aux["notes"][0]
+
+
+def test_awq_shape_without_statistics_says_why(tmp_path):
+    parts, weight = _gptq()
+    awq = {"m.qweight": torch.zeros(64, 48 // 8, dtype=torch.int32), "m.qzeros": torch.zeros(4, 6, dtype=torch.int32),
+           "m.scales": parts["scales"]}
+    safetensors_torch.save_file(awq, str(tmp_path / "awq.safetensors"))
+    row = _rows("inspect", tmp_path / "awq.safetensors", "--stats")["m.qweight"]
+    assert row["shape"] == [48, 64] and "AWQ" in row["notes"][0]
+    assert row["observed"]["std"] is None and any("no statistics" in note for note in row["notes"])
+
+
+def test_bitsandbytes_int8_and_buffers(tmp_path):
+    torch.manual_seed(3)
+    w = torch.randn(32, 16) * 0.1
+    scb = w.abs().amax(1)
+    q = torch.round(w / scb[:, None] * 127).to(torch.int8)
+    tensors = {"fc.weight": q, "fc.SCB": scb, "fc.weight_format": torch.tensor(0, dtype=torch.uint8),
+               "h.0.attn.bias": torch.tril(torch.ones(1, 1, 8, 8)), "position_ids": torch.arange(8)[None]}
+    safetensors_torch.save_file(tensors, str(tmp_path / "bnb.safetensors"))
+    rows = _rows("inspect", tmp_path / "bnb.safetensors", "--stats")
+    expected = q.double() * scb.double()[:, None] / 127
+    assert rows["fc.weight"]["kind"] == "linear"
+    assert rows["fc.weight"]["observed"]["std"] == pytest.approx(expected.std().item(), rel=1e-6)
+    assert [rows[k]["kind"] for k in ("fc.SCB", "fc.weight_format", "h.0.attn.bias")] == [
+        "quant_scale", "quant_aux", "buffer"]
+    assert "position_ids" not in rows  # integer buffers stay unlisted, as the README says
