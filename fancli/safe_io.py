@@ -53,6 +53,24 @@ def open_regular(path: Path, where: str) -> BinaryIO:
         raise
 
 
+class FileRange:
+    """The bytes at [start, start + nbytes) of a file, read by range when asked (a tensors.ByteSource): a
+    legacy file's storage, a DCP chunk. Opened anew for each read, so a handle never outlives a chunk."""
+
+    def __init__(self, path: Path, start: int, nbytes: int) -> None:
+        self.path, self.start, self.nbytes = path, start, nbytes
+
+    def read(self, start: int, size: int) -> bytes:
+        if start < 0 or start + size > self.nbytes:
+            raise SourceError(f"{self.path}: a storage is shorter than its tensors need")
+        with open_regular(self.path, str(self.path)) as handle:
+            handle.seek(self.start + start)
+            data = handle.read(size)
+        if len(data) != size:
+            raise SourceError(f"{self.path}: truncated storage data")
+        return data
+
+
 def read_bounded(path: Path, limit: int, what: str) -> bytes:
     """The whole of a small file (an index, a spec) without hanging on a FIFO or reading past `limit`."""
     try:

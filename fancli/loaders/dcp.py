@@ -21,12 +21,13 @@ from typing import Any, BinaryIO, Iterator
 
 from ..errors import SourceError
 from ..layer import Model
-from ..safe_io import open_regular, read_bounded
+from ..safe_io import FileRange, open_regular, read_bounded
 from ..tensors import CHUNK_ELEMENTS, DTYPES, StridedRef
 from . import LoadOptions, pickle_scan
 from .checkpoint import _NOT_WEIGHTS
 from .dcp_metadata import MAX_METADATA_BYTES, DcpChunk, DcpTensor, read_metadata
-from .flat_keys import Entry, layers_from_entries
+from .entry import Entry
+from .flat_keys import layers_from_entries
 from .torch_zip import UnsafeGlobal, WeightsUnpickler, _short, _Tensor, check_claims
 from .zip_bounds import check_zip_claims
 
@@ -140,23 +141,6 @@ class _Window:
         return data
 
 
-class _FileRange:
-    """A storage's bytes at [start, start + nbytes) of a data file, read by range (a ByteSource)."""
-
-    def __init__(self, path: Path, start: int, nbytes: int) -> None:
-        self.path, self.start, self.nbytes = path, start, nbytes
-
-    def read(self, start: int, size: int) -> bytes:
-        if start < 0 or start + size > self.nbytes:
-            raise SourceError(f"{self.path}: a storage is shorter than its tensor needs")
-        with open_regular(self.path, str(self.path)) as handle:
-            handle.seek(self.start + start)
-            data = handle.read(size)
-        if len(data) != size:
-            raise SourceError(f"{self.path}: truncated storage data")
-        return data
-
-
 def chunk_ref(folder: Path, tensor: DcpTensor, chunk: DcpChunk) -> StridedRef:
     """The lazy handle to one chunk's values: its torch.save zip's data.pkl read through the restricted
     unpickler, its claims checked against the metadata and the zip, its storage located by byte range."""
@@ -199,7 +183,7 @@ def chunk_ref(folder: Path, tensor: DcpTensor, chunk: DcpChunk) -> StridedRef:
     itemsize = DTYPES[tensor.dtype][0]
     storage = saved.storage
     elements = storage.numel // itemsize if storage.dtype == "uint8" and tensor.dtype != "uint8" else storage.numel
-    ref = StridedRef(_FileRange(path, chunk.start + data_start, info.file_size), tensor.dtype, chunk.sizes,
+    ref = StridedRef(FileRange(path, chunk.start + data_start, info.file_size), tensor.dtype, chunk.sizes,
                      tuple(saved.stride), saved.offset, elements, byteorder)
     if ref.numel and (saved.offset + ref.span() > elements or elements * itemsize > info.file_size):
         raise SourceError(f"{where}: tensor runs past the end of its storage")

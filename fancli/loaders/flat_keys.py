@@ -8,12 +8,13 @@ Such a source knows names, shapes and dtypes only. Kinds come from key names (`i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Hashable, Iterable
 
 from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
-from ..tensors import FLOATING, LOW_PRECISION_FLOATING, TensorData
+from ..tensors import FLOATING, LOW_PRECISION_FLOATING
+from .entry import Entry
 from .module_structure import FUSED_QKV_NAME, fused_qkv
 from .quant_data import scaled
 from .quant_keys import QUANT_PACKED, auxiliary, auxiliary_layer, packed_layer
@@ -31,17 +32,6 @@ NO_STRUCTURE = (
     "from names and shapes alone: whether this conv is grouped or transposed is unknown, "
     "so only torch's fans are given"
 )
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One tensor of a flat source: its key, shape, dtype, a lazy data handle and an identity for ties."""
-
-    key: str
-    shape: tuple[int, ...]
-    dtype: str
-    data: TensorData | None = None
-    identity: Hashable | None = None  # entries with equal identity are one tensor under several keys
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -120,17 +110,12 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: set[str], shapes: dict[
         return auxiliary_layer(entry, found, keys)
     leaf = _split(entry.key)[1]
     if leaf in QUANT_PACKED:
-        return packed_layer(entry, by_key, _where(entry))
+        return packed_layer(entry, by_key, entry.where)
     note = None
     if leaf == "weight":
         entry, note = _quantized(entry, by_key)
     layer = _layer_for(entry, shapes)
     return replace(layer, notes=(*layer.notes, note)) if note else layer
-
-
-def _where(entry: Entry) -> str:
-    """The file an entry came from, for an error's first words (safetensors' and zips' byte sources have it)."""
-    return str(getattr(getattr(entry.data, "source", None), "path", "") or "source")
 
 
 def is_weight(entry: Entry) -> bool:

@@ -17,7 +17,7 @@ from ..tensors import CHUNK_ELEMENTS, DTYPES, StridedRef, decode
 if TYPE_CHECKING:
     import numpy as np
 
-    from .flat_keys import Entry
+    from .entry import Entry
 
 #: DeepSeek-V3's FP8 block: a float32 scale per 128 × 128 block of the weight (`weight_block_size`).
 FP8_BLOCK = 128
@@ -33,12 +33,6 @@ class Unreadable:
 
     def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
         raise SourceError(self.reason)
-
-
-def _where(entry: "Entry") -> str:
-    from .flat_keys import _where as where
-
-    return where(entry)
 
 
 def _rows(ref: StridedRef, start: int, count: int, length: int) -> "np.ndarray":
@@ -83,7 +77,7 @@ def scaled(weight: "Entry", scale: "Entry", factor: float = 1.0):
         dims = (1, 1)
     blocks = (block_of(out, dims[0]), block_of(inner, dims[1]))
     if len(scale.shape) > 2 or None in blocks:
-        raise SourceError(f"{_where(scale)}: {scale.key}: shape {list(scale.shape)} fits no scale layout of "
+        raise SourceError(f"{scale.where}: {scale.key}: shape {list(scale.shape)} fits no scale layout of "
                           f"{weight.key} {list(weight.shape)} (one scale, one per row, or one per "
                           f"{FP8_BLOCK}×{FP8_BLOCK} block: {[math.ceil(out / FP8_BLOCK), math.ceil(inner / FP8_BLOCK)]})")
     reason = _readable(weight.data, scale.data)

@@ -18,7 +18,7 @@ from ..errors import SourceError
 from ..layer import Layer
 
 if TYPE_CHECKING:
-    from .flat_keys import Entry
+    from .entry import Entry
 
 #: Key pattern -> (kind, what the tensor is, the key of the weight it belongs to). One table: a new
 #: quantization format's tensors are rows here. `m` is the module, `w` a weight's own key.

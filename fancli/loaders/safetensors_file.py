@@ -18,7 +18,8 @@ from ..errors import SourceError
 from ..layer import Model
 from ..safe_io import open_regular, parse_json, parse_json_object, read_bounded
 from ..tensors import DTYPES, StridedRef
-from .flat_keys import Entry, layers_from_entries
+from .entry import Entry
+from .flat_keys import layers_from_entries
 from .key_order import is_sorted, natural_key
 
 if TYPE_CHECKING:

@@ -16,7 +16,8 @@ from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import open_regular
 from . import LOADERS, LoadOptions, loader, sniff
-from .flat_keys import Entry, layers_from_entries
+from .entry import Entry
+from .flat_keys import layers_from_entries
 from .key_order import natural_key
 from .safetensors_file import read_weight_map, shard_path, sharded_model
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import SourceError
 from ..layer import Model
-from ..safe_io import open_regular
+from ..safe_io import FileRange, open_regular
 from ..tensors import DTYPES, StridedRef
 from . import pickle_scan
 from .torch_zip import (
@@ -39,23 +39,6 @@ _MAX_HEADER_PICKLE = 64 * 1024
 
 class NotLegacy(Exception):
     """The file is a pickle, but not one torch.save wrote in its legacy format."""
-
-
-class LegacyStorage:
-    """One storage of a legacy file, read by byte range straight from the file."""
-
-    def __init__(self, path: Path, start: int, nbytes: int) -> None:
-        self.path, self.start, self.nbytes = path, start, nbytes
-
-    def read(self, start: int, size: int) -> bytes:
-        if start < 0 or start + size > self.nbytes:
-            raise SourceError(f"{self.path}: a storage is shorter than its tensors need")
-        with open_regular(self.path, str(self.path)) as handle:
-            handle.seek(self.start + start)
-            data = handle.read(size)
-        if len(data) != size:
-            raise SourceError(f"{self.path}: truncated storage data")
-        return data
 
 
 class _LegacyUnpickler(WeightsUnpickler):
@@ -135,11 +118,11 @@ def _object(path: Path, data: mmap.mmap, pos: int) -> tuple[Any, dict[str, _Stor
 
 
 def _storage_table(path: Path, data: mmap.mmap, pos: int, keys: Any,
-                   storages: dict[str, _Storage]) -> dict[str, LegacyStorage]:
+                   storages: dict[str, _Storage]) -> dict[str, FileRange]:
     """Where each storage's bytes lie: an int64 element count, then the bytes, in the order of `keys`."""
     if not isinstance(keys, list) or not all(isinstance(key, (str, int)) for key in keys):
         raise SourceError(f"{path}: its storage keys are not a list of names")
-    sources: dict[str, LegacyStorage] = {}
+    sources: dict[str, FileRange] = {}
     for key in map(str, keys):
         storage = storages.get(key)
         if storage is None:
@@ -150,12 +133,12 @@ def _storage_table(path: Path, data: mmap.mmap, pos: int, keys: Any,
         nbytes = numel * DTYPES[storage.dtype][0]
         if numel < 0 or pos + 8 + nbytes > len(data):
             raise SourceError(f"{path}: storage {key[:40]!r} claims {numel} elements, past the end of the file")
-        sources[key] = LegacyStorage(path, pos + 8, nbytes)
+        sources[key] = FileRange(path, pos + 8, nbytes)
         pos += 8 + nbytes
     return sources
 
 
-def _tensor_ref(path: Path, key: str, tensor: Any, sources: dict[str, LegacyStorage]) -> StridedRef:
+def _tensor_ref(path: Path, key: str, tensor: Any, sources: dict[str, FileRange]) -> StridedRef:
     """Check the pickle's claims against the storage table and make a lazy handle (as TorchZip.tensor_ref)."""
     check_claims(path, key, tensor)
     storage, dtype = tensor.storage, tensor.dtype

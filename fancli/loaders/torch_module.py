@@ -22,8 +22,9 @@ from ..kinds import KIND_OF_CLASS
 from ..layer import Layer, Model
 from . import pickle_scan
 from .checkpoint import STATE_DICT_KEYS, NoStateDict, find_state_dict
+from .entry import Entry
 from .factory import a, build, importable_cwd, one_line
-from .flat_keys import Entry, layers_from_entries
+from .flat_keys import layers_from_entries
 from .module_structure import HF_CONV1D, Owner, ints, is_conv, with_reinit
 from .torch_tensor import dtype_name, tensor_data, tensor_identity, tensor_layer
 from .torch_zip import (  # one wording whether torch reads the file or fancli does

@@ -23,7 +23,8 @@ from ..layer import Model
 from ..tensors import DTYPES, StridedRef
 from . import pickle_scan
 from .checkpoint import NoStateDict, find_state_dict
-from .flat_keys import Entry, layers_from_entries
+from .entry import Entry
+from .flat_keys import layers_from_entries
 
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a state_dict's data.pkl is ~120 bytes a tensor
 MAX_DIMS = 64  # no tensor has more; a pickle claiming more only makes shape arithmetic slow

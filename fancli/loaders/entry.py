@@ -1,0 +1,24 @@
+"""One tensor of a flat source (a state_dict, safetensors, DCP): what every flat reader hands on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable
+
+from ..tensors import TensorData
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of a flat source: its key, shape, dtype, a lazy data handle and an identity for ties."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    data: TensorData | None = None
+    identity: Hashable | None = None  # entries with equal identity are one tensor under several keys
+
+    @property
+    def where(self) -> str:
+        """The file it came from, for an error's first words (safetensors' and zips' byte sources have it)."""
+        return str(getattr(getattr(self.data, "source", None), "path", "") or "source")
