@@ -41,7 +41,7 @@ from .cli_run import (
     write_stdout,
     wrote,
 )
-from .errors import FancliError
+from .errors import DISTRIBUTION, FancliError, torch_missing
 from .text import printable
 from .vocab import LAYOUTS, NORMS
 
@@ -50,7 +50,7 @@ EXIT_INTERRUPTED = 130
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="fancli")
+@click.version_option(package_name=DISTRIBUTION)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def cli(debug: bool) -> None:
     """fan_in, fan_out, gain and init std of every layer of a network, as torch computes them.
@@ -290,6 +290,15 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _internal(error: Exception, debug: bool) -> None:
+    """An error fancli did not expect: one line and exit 3, the traceback only with --debug."""
+    if debug:
+        raise error
+    click.echo(f"fancli: internal error: {type(error).__name__}: {_one_line(error)} (rerun with --debug for the "
+               "traceback)", err=True)
+    sys.exit(EXIT_INTERNAL)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns every failure into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
@@ -319,15 +328,19 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"fancli: error: {_one_line(error)}", err=True)
         sys.exit(error.exit_code)
+    except ModuleNotFoundError as error:
+        missing = torch_missing(error)
+        if missing is None:
+            _internal(error, debug)
+        if debug:
+            raise
+        click.echo(f"fancli: error: {missing}", err=True)
+        sys.exit(missing.exit_code)
     except BrokenPipeError:
         _quiet_stdout()
         sys.stderr.close()  # the reader went away (`| head`); nothing more to say
         sys.exit(0)
 
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback
-        if debug:
-            raise
-        click.echo(f"fancli: internal error: {type(error).__name__}: {_one_line(error)} (rerun with --debug for the traceback)",
-                   err=True)
-        sys.exit(EXIT_INTERNAL)
+        _internal(error, debug)
     sys.exit(code if isinstance(code, int) else 0)  # click returns a command's Exit code here

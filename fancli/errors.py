@@ -15,3 +15,17 @@ class SourceError(FancliError):
 
 class SettingsError(FancliError):
     """An unknown scheme, mode or nonlinearity, or an invalid parameter."""
+
+
+#: The distribution's name on the package index ("fancli" there is an unrelated project).
+DISTRIBUTION = "fancli-init"
+
+
+def torch_missing(error: ModuleNotFoundError) -> FancliError | None:
+    """torch is an optional extra: where a source or command needs it and it is not installed, one line
+    saying what to install, not an internal error. None for any other missing module."""
+    name = error.name or ""
+    if name != "torch" and not name.startswith("torch."):
+        return None
+    return FancliError(f"this source or command needs torch, which is not installed: pip install "
+                       f"'{DISTRIBUTION}[torch]' (the README says how to get its CPU build)")

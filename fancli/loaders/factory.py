@@ -13,7 +13,7 @@ import re
 import sys
 from typing import Any, Iterator
 
-from ..errors import SourceError
+from ..errors import SourceError, torch_missing
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -57,7 +57,8 @@ def _resolve(spec: str, module_name: str, attribute: str) -> Any:
     try:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        raise SourceError(f"{spec}: {one_line(error)}") from None
+        missing = torch_missing(error)
+        raise SourceError(f"{spec}: {missing or one_line(error)}") from None
     except Exception as error:  # the module's own code failed while importing
         what = f"{type(error).__name__}: {one_line(error)}"
         raise SourceError(f"{spec}: importing {module_name} raised {what}") from None

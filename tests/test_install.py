@@ -1,0 +1,54 @@
+"""A light install: torch is an extra. Sources that never run torch work without it; the rest say in one
+line what to install (the distribution has a name of its own: "fancli" on the index is another project)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+#: The child behaves as if torch were not installed: `import torch` raises ModuleNotFoundError.
+WITHOUT_TORCH = "import sys; sys.modules['torch'] = None; from fancli.cli import main; main(sys.argv[1:])"
+
+
+def without_torch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_torch_is_an_extra_not_a_dependency():
+    assert not any(dep.startswith("torch") for dep in PYPROJECT["project"]["dependencies"])
+    assert any(dep.startswith("torch") for dep in PYPROJECT["project"]["optional-dependencies"]["torch"])
+    assert PYPROJECT["project"]["name"] != "fancli" and PYPROJECT["project"]["scripts"] == {"fancli": "fancli.cli:main"}
+
+
+@pytest.mark.parametrize("source", ["sample_models/lenet5.yaml", "sample_models/lenet5.safetensors",
+                                    "sample_models/tinynet_state_dict.pt"])
+def test_sources_that_never_run_torch_work_without_it(source):
+    done = without_torch("inspect", source, "--stats", "--format", "json")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("args", [["inspect", "sample_models/tinynet_module.pt", "--trust"],
+                                  ["inspect", "sample_models.models:lenet5"],
+                                  ["propagate", "sample_models/lenet5.yaml"]])
+def test_what_needs_torch_says_what_to_install(args):
+    done = without_torch(*args)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"pip install '{PYPROJECT['project']['name']}[torch]'" in done.stderr
+
+
+def test_pre_commit_hooks_offer_a_light_and_a_system_variant():
+    import yaml
+
+    hooks = {hook["id"]: hook for hook in yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())}
+    assert hooks["fancli-check"]["language"] == "python" and hooks["fancli-check-system"]["language"] == "system"
+    readme = (REPO / "README.md").read_text()
+    assert "rev: v" + PYPROJECT["project"]["version"] in readme  # the tag the release steps create
