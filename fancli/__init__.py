@@ -3,6 +3,8 @@
     >>> import fancli
     >>> report = fancli.inspect("sample_models/lenet5.yaml", scheme="kaiming_normal")
     >>> print(fancli.render(report, "markdown"))
+    >>> fancli.inspect(model)              # an nn.Module, a state_dict or an ExportedProgram in memory
+    >>> fancli.assert_init(model)          # in a pytest test: the init against fancli.lock.json
 
 Names are imported on first use, so `fancli --help` pays only for the command line.
 """
@@ -15,7 +17,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load": "api", "inspect": "api", "compare": "api",
+    "load": "api", "inspect": "api", "compare": "api", "check_init": "api", "assert_init": "api",
+    "CheckResult": "check", "Config": "config", "load_config": "config",
     "analyze": "report", "Report": "report", "Row": "report", "Settings": "report",
     "Layer": "layer", "Model": "layer",
     "torch_fans": "analysis.fans", "keras_fans": "analysis.fans", "layer_fans": "analysis.fans",
@@ -35,3 +38,8 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'fancli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The API, which `__getattr__` imports lazily, so that tab completion and `dir(fancli)` show it."""
+    return sorted(set(globals()) | set(__all__))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import replace
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import loaders
 from .errors import SettingsError
@@ -11,19 +14,67 @@ from .layer import Model
 from .report import Report, Settings, analyze, selected, with_inferences
 from .stats import observe_all
 
+if TYPE_CHECKING:
+    from .check import CheckResult
+    from .config import Config
 
-def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = None,
+#: What a source may be: a path or name (a file, folder, repo id, `pkg.module:factory`), a loaded Model, or an
+#: object in memory: an `nn.Module`, a state_dict (a mapping of names to tensors), an `ExportedProgram`.
+Source = Any
+
+
+def load(source: Source, *, trust: bool = False, kwargs: dict[str, Any] | None = None,
          revision: str | None = None) -> Model:
     """Read a source (spec, torch file, safetensors, a folder, a cached `org/name` at `revision`,
-    `pkg.module:factory`) into a Model.
+    `pkg.module:factory`) into a Model; or describe an object in memory (an `nn.Module`, a state_dict,
+    an `ExportedProgram`), as a notebook or a test has its model.
 
     `trust=True` is the only way a pickled module is unpickled (it runs code from the file).
     """
-    return loaders.load(source, trust=trust, kwargs=kwargs, revision=revision)
+    if isinstance(source, Model):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return loaders.load(os.fspath(source), trust=trust, kwargs=kwargs, revision=revision)
+    # An object from torch can exist only once torch is imported: checking sys.modules first keeps
+    # `fancli.inspect(path)` and a wrong argument free of a torch import.
+    if "torch" in sys.modules:
+        from .loaders.torch_module import model_from_object
+
+        model = model_from_object(source)
+        if model is not None:
+            return model
+    raise TypeError(f"fancli: cannot read a {type(source).__module__}.{type(source).__qualname__}; give a path, "
+                    "a pkg.module:factory name, an nn.Module, a state_dict (names to tensors) or an ExportedProgram")
+
+
+def load_configured(source: Any, config: Any, from_config: bool, warn: Callable[[str], None] | None = None,
+                    **options: Any) -> Any:
+    """The model with the configuration applied. A factory the configuration names is imported from the
+    configuration's folder, which may be above the working directory (a config found in a parent).
+    An override that matches no layer is passed to `warn` (default: a UserWarning)."""
+    from contextlib import nullcontext
+
+    if warn is None:
+        import warnings
+
+        def warn(message: str) -> None:
+            warnings.warn(message, UserWarning, stacklevel=4)
+
+    from .loaders import is_factory
+    from .loaders.factory import importable_cwd
+
+    folder = config.path.parent if from_config and config.path and isinstance(source, str) and is_factory(source) else None
+    with importable_cwd(folder) if folder else nullcontext():
+        model = load(source, **options)
+    if config is None:
+        return model
+    for message in config.unmatched(model):
+        warn(message)
+    return config.apply(model)
 
 
 def _report(
-    source: str | Model,
+    source: Source,
     settings: Settings,
     command: str,
     stats: bool,
@@ -32,7 +83,7 @@ def _report(
     on_chunk: Callable[[int], None] | None,
     infer: bool = False,
 ) -> Report:
-    model = source if isinstance(source, Model) else load(source, trust=trust, kwargs=kwargs)
+    model = load(source, trust=trust, kwargs=kwargs)
     settings = settings.validated()
     reading = stats or infer
     observed = observe_all(selected(model, settings.filters), on_chunk, kurtosis=infer,
@@ -45,7 +96,7 @@ def _report(
 
 
 def inspect(
-    source: str | Model,
+    source: Source,
     *,
     scheme: str | None = None,
     mode: str | None = None,
@@ -68,7 +119,7 @@ def inspect(
 
 
 def compare(
-    source: str | Model,
+    source: Source,
     modes: Iterable[str] = ("fan_in", "fan_out"),
     *,
     scheme: str | None = None,
@@ -88,3 +139,66 @@ def compare(
         raise SettingsError(f"compare needs at least two modes, got {len(modes)}")
     settings = Settings(scheme, modes, nonlinearity, param, fans, pool_fan_out, tuple(filters))
     return _report(source, settings, "compare", stats, trust, kwargs, on_chunk)
+
+
+def check_init(
+    model: Source = None,
+    config: "str | Path | Config | None" = None,
+    baseline: "str | Path | None" = None,
+    *,
+    stats: bool = False,
+    tolerance: float | None = None,
+    sigmas: float | None = None,
+    trust: bool = False,
+    kwargs: dict[str, Any] | None = None,
+) -> "CheckResult":
+    """`fancli check` as a function (not named `check`: that is the `fancli.check` module, which an import
+    would put back over a function of that name): today's init (the config applied to `model`) against the baseline.
+
+    `model` is anything `load` takes, or None for the configuration's `source`. `config` is a file, a
+    parsed Config, or None to find `fancli.yaml` / `[tool.fancli]` in this folder or the nearest parent
+    (`config=False` for none). `baseline` defaults to the configuration's; `baseline=False` skips the
+    comparison and leaves only the `stats` check of the weights against the configured init.
+    """
+    from . import check as drift
+    from .config import DEFAULT_BASELINE, Config, load_config
+
+    conf = config if isinstance(config, Config) else None if config is False else load_config(config)
+    from_config = model is None
+    if from_config:
+        if conf is None or not conf.source:
+            raise SettingsError("no model given, and no fancli.yaml or [tool.fancli] with a 'source' found")
+        model = conf.source
+        trust = trust or conf.trust
+        kwargs = kwargs if kwargs is not None else conf.kwargs
+    loaded = load_configured(model, conf, from_config, trust=trust, kwargs=kwargs)
+    report = _report(loaded, Settings(fans=conf.fans if conf else None), "inspect", stats, trust, kwargs, None)
+    if baseline is False:
+        path, changes = None, []
+    else:
+        path = Path(baseline) if baseline is not None else conf.baseline if conf else Path(DEFAULT_BASELINE)
+        limit = tolerance if tolerance is not None else conf.tolerance if conf else 1e-9
+        changes = drift.compare(drift.read_baseline(path), report, limit)
+    limit = sigmas if sigmas is not None else conf.sigmas if conf else 5.0
+    found = drift.deviations(report, limit) if stats else []
+    return drift.CheckResult(report, changes, found, str(path) if path else "(no baseline)", limit)
+
+
+def assert_init(
+    model: Source = None,
+    config: "str | Path | Config | None" = None,
+    baseline: "str | Path | None" = None,
+    *,
+    stats: bool = False,
+    tolerance: float | None = None,
+    sigmas: float | None = None,
+) -> None:
+    """For a pytest test: AssertionError carrying the drift report when `model`'s init differs from the
+    baseline, or (with `stats=True`) when its weights do not match the configured init.
+
+        def test_init_did_not_drift():
+            fancli.assert_init(build_model(), stats=True)
+    """
+    result = check_init(model, config, baseline, stats=stats, tolerance=tolerance, sigmas=sigmas)
+    if not result.ok:
+        raise AssertionError(result.render("table"))

@@ -51,6 +51,27 @@ class Deviation:
     flagged: bool
 
 
+@dataclass(frozen=True)
+class CheckResult:
+    """What `fancli.check` found: the changes against the baseline and the judged observed stds."""
+
+    report: Report
+    changes: list[Change]
+    deviations: list[Deviation]
+    baseline: str
+    sigmas: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.changes and not any(d.flagged for d in self.deviations)
+
+    def render(self, fmt: str = "table") -> str:
+        """The drift report as `fancli check --format fmt` prints it."""
+        from .renderers.check_out import RENDERERS
+
+        return RENDERERS[fmt](self.changes, self.deviations, self.baseline, self.sigmas)
+
+
 def _show(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"

@@ -17,6 +17,8 @@ from .cli_options import (
     ReportArgs,
     SourceArgs,
     check_limits,
+    complete_activation,
+    complete_path,
     fans_option,
     format_option,
     input_shape,
@@ -173,7 +175,7 @@ def explain(src: SourceArgs, layer_names: tuple[str, ...], shape: str | None, ki
 
 
 @cli.command(cls=ModesCommand)
-@click.argument("source", required=False)
+@click.argument("source", required=False, shell_complete=complete_path)
 @modes_option("Modes to initialise under, side by side. Default: fan_in fan_out.")
 @scheme_option("Init scheme (default: the spec's, else kaiming_normal).")
 @nonlinearity_option("Activation after every layer, overriding the spec.")
@@ -232,7 +234,7 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_activation)
 @click.option("--param", "-p", type=float, metavar="P",
               help="The activation's parameter (leaky_relu's slope, elu's alpha, softplus's beta).")
 @click.option("--list", "list_all", is_flag=True, help="Every known activation, torch's gain beside the numeric one.")

@@ -61,17 +61,43 @@ def parse_kwargs(_ctx: click.Context, _param: click.Parameter, value: str | None
     return parsed
 
 
-# --- each option once -------------------------------------------------------------------------------
+# --- shell completion (`eval "$(_FANCLI_COMPLETE=bash_source fancli)"`) ------------------------------
 
-_SCHEME_NAMES = list(SCHEMES) + list(SCHEME_ALIASES)
+
+def complete_path(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:
+    """SOURCE: the shell's own file and folder completion. An empty list would leave the shell nothing to
+    offer once fancli's completion is installed; type "file" hands the word back to the shell's default."""
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(incomplete, type="file")]
+
+
+def _starting(names: Any, incomplete: str) -> list[str]:
+    """The names that continue what was typed (bash does not filter what a completer returns)."""
+    return sorted({name for name in names if name.startswith(incomplete)})
+
+
+def complete_scheme(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    return _starting([*SCHEMES, *SCHEME_ALIASES], incomplete)
+
+
+def complete_activation(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """torch's nonlinearities and every activation fancli computes a gain for, with their aliases
+    (imported here, when the shell asks, not when the CLI starts)."""
+    from .analysis import activations
+
+    return _starting([*TORCH_NONLINEARITIES, *activations.ACTIVATIONS, *activations.ALIASES], incomplete)
+
+
+# --- each option once -------------------------------------------------------------------------------
 
 
 def scheme_option(help: str = "Init scheme (default: the source's, else kaiming_normal).") -> Decorator:
-    return click.option("--scheme", "-s", metavar="NAME", help=help, shell_complete=lambda *_: _SCHEME_NAMES)
+    return click.option("--scheme", "-s", metavar="NAME", help=help, shell_complete=complete_scheme)
 
 
 def nonlinearity_option(help: str = "The activation after the layer.") -> Decorator:
-    return click.option("--nonlinearity", "-n", metavar="NAME", help=help)
+    return click.option("--nonlinearity", "-n", metavar="NAME", help=help, shell_complete=complete_activation)
 
 
 def param_option(help: str = "The activation's parameter.") -> Decorator:
@@ -143,7 +169,7 @@ def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(SourceArgs(source, trust, factory_kwargs, config_path, no_config, revision), **rest)
 
     return _apply(command, [
-        click.argument("source", required=False),
+        click.argument("source", required=False, shell_complete=complete_path),
         click.option("--trust", is_flag=True,
                      help="Let torch's loaders run code from the file (pickled modules, TorchScript, .pt2). "
                           "Only for files you trust."),

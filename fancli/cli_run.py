@@ -30,8 +30,14 @@ def load_model(src: SourceArgs) -> tuple[Any, Any]:
         source = config.source
         trust = trust or config.trust
         kwargs = kwargs if kwargs is not None else config.kwargs
-    model = api.load(source, trust=trust, kwargs=kwargs, revision=src.revision)
-    return (config.apply(model) if config else model), config
+    model = api.load_configured(source, config, src.source is None, warn=warning, trust=trust, kwargs=kwargs,
+                                revision=src.revision)
+    return model, config
+
+
+def warning(message: str) -> None:
+    """One line on stderr that does not change the exit code (`fancli: warning: …`)."""
+    click.echo(f"fancli: warning: {printable(message)}", err=True)
 
 
 def files_read(source: str | None, config: Any = None, model: Any = None) -> list[Any]:

@@ -1,7 +1,7 @@
 """The team's init configuration: which scheme, mode and nonlinearity each layer should get.
 
-Read from `fancli.yaml`, or `[tool.fancli]` in pyproject.toml, in the working directory (or a file
-given with --config). Defaults fill what the source leaves open; overrides, matched by glob on the
+Read from `fancli.yaml`, or `[tool.fancli]` in pyproject.toml, in the working directory or the nearest
+folder above it up to the repository root (or a file given with --config). Defaults fill what the source leaves open; overrides, matched by glob on the
 layer name or parameter key, replace it, the last matching override winning.
 
     source: mypkg.models:build     # a file, a spec or a factory
@@ -50,6 +50,7 @@ class InitRule:
     mode: str | None = None
     nonlinearity: str | None = None
     param: float | None = None
+    at: At | None = field(default=None, compare=False)  # where an override was written, for its error
 
     def matches(self, layer: Layer) -> bool:
         return any(fnmatch.fnmatchcase(layer.name, p) or fnmatch.fnmatchcase(layer.param, p) for p in self.patterns)
@@ -101,12 +102,28 @@ class Config:
         return replace(model, layers=tuple(layers), fans=self.fans or model.fans)
 
 
-def _rule(fields: Fields, patterns: tuple[str, ...] = ()) -> InitRule:
+    def unmatched(self, model: Model) -> list[str]:
+        """A warning per override that matches no layer of `model`: a typo, or a layer since renamed, would
+        otherwise do nothing silently. A warning, not an error: a removed layer is drift for `fancli check`
+        to report (exit 1), and its override still belongs in the configuration until the baseline moves."""
+        if not model.layers:
+            return []
+        first = ", ".join(layer.param for layer in model.layers[:3])
+        found = []
+        for rule in self.overrides:
+            if not any(rule.matches(layer) for layer in model.layers):
+                message = (f"match {' or '.join(repr(p) for p in rule.patterns)} matches no layer of {model.source} "
+                           f"(the first layers: {first})")
+                found.append(str(rule.at.error(message)) if rule.at else message)
+        return found
+
+
+def _rule(fields: Fields, patterns: tuple[str, ...] = (), at: At | None = None) -> InitRule:
     param = fields.number("param", None)
     if param is not None and not -_LARGEST < param < _LARGEST:
         raise fields.error("param", f"expected a number, got {param!r}")
     return InitRule(patterns, fields.choice("scheme", schemes.scheme), fields.choice("mode", schemes.check_mode),
-                    fields.choice("nonlinearity", gains.gain), param)
+                    fields.choice("nonlinearity", gains.gain), param, at)
 
 
 def _mapping(fields: Fields, key: str, allowed: tuple[str, ...]) -> Fields:
@@ -131,7 +148,7 @@ def _overrides(top: Fields) -> tuple[InitRule, ...]:
         patterns = (match,) if isinstance(match, str) else tuple(match) if isinstance(match, list) else ()
         if not patterns or not all(isinstance(p, str) and p for p in patterns):
             raise fields.error("match", "expected a glob or a list of globs")
-        rules.append(_rule(fields, patterns))
+        rules.append(_rule(fields, patterns, at))
     return tuple(rules)
 
 
@@ -187,8 +204,28 @@ def _read_pyproject(path: Path) -> Any | None:
     return tool.get("fancli") if isinstance(tool, dict) else None
 
 
+def find_config(start: Path | None = None) -> Path | None:
+    """The nearest `fancli.yaml`, or pyproject.toml with a `[tool.fancli]` table, in `start` or a folder
+    above it, so that `fancli check` works from any subfolder of a project, as git and pytest do.
+
+    The search stops after the first folder holding `.git` (the repository root): a config above the
+    repository belongs to something else. In one folder fancli.yaml wins over pyproject.toml.
+    """
+    start = (start or Path.cwd()).absolute()
+    for directory in (start, *start.parents):
+        if (directory / CONFIG_FILE).is_file():
+            return directory / CONFIG_FILE
+        pyproject = directory / "pyproject.toml"
+        if pyproject.is_file() and _read_pyproject(pyproject) is not None:
+            return pyproject
+        if (directory / ".git").exists():
+            return None
+    return None
+
+
 def load_config(path: str | Path | None = None, directory: Path | None = None) -> Config | None:
-    """The configuration in `path`, or found in `directory` (fancli.yaml, then pyproject.toml); None if none."""
+    """The configuration in `path`, or the nearest one found from `directory` (the working directory)
+    up (`find_config`); None if none. Its `source` and `baseline` are relative to its own folder."""
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -197,12 +234,8 @@ def load_config(path: str | Path | None = None, directory: Path | None = None) -
         if data is None:
             raise SourceError(f"{path}: no [tool.fancli] table")
         return parse_config(data, path)
-    directory = directory or Path.cwd()
-    if (directory / CONFIG_FILE).is_file():
-        return parse_config(_read_yaml(directory / CONFIG_FILE), directory / CONFIG_FILE)
-    pyproject = directory / "pyproject.toml"
-    if pyproject.is_file():
-        data = _read_pyproject(pyproject)
-        if data is not None:
-            return parse_config(data, pyproject)
-    return None
+    found = find_config(directory)
+    if found is None:
+        return None
+    data = _read_pyproject(found) if found.name == "pyproject.toml" else _read_yaml(found)
+    return parse_config(data, found)

@@ -93,7 +93,7 @@ class Row:
         return max(stds) / min(stds)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Report:
     """Everything a renderer needs; renderers only format it."""
 
@@ -111,6 +111,29 @@ class Report:
     def modes(self) -> tuple[str, ...]:
         """The modes shown; for inspect without --mode, each row's own mode."""
         return self.settings.modes
+
+    def __repr__(self) -> str:
+        """Short: a notebook cell or a log shows what the report is, not 25,000 characters of rows."""
+        schemes = sorted({row.scheme for row in self.rows})
+        modes = self.modes or tuple(sorted({m for row in self.rows for m in row.inits}))
+        init = f"{'/'.join(schemes) or 'no layers'} {' vs '.join(modes)}".strip()
+        name = self.source.rsplit("/", 1)[-1]
+        count = len(self.rows)
+        return f"<Report {self.command} {name}: {count} layer{'s' * (count != 1)}, {init}>"
+
+    def _repr_markdown_(self) -> str:
+        """Jupyter: the Markdown table, tensors below 2 dims folded as the CLI's table does."""
+        from .renderers import without_small_tensors
+        from .renderers.markdown import render_markdown
+
+        return render_markdown(without_small_tensors(self))
+
+    def _repr_html_(self) -> str:
+        """Jupyter (preferred over Markdown where both exist): a plain HTML table, every string escaped."""
+        from .renderers import without_small_tensors
+        from .renderers.html import render_html
+
+        return render_html(without_small_tensors(self))
 
     def most_disagreeing(self, limit: int = 3) -> list[Row]:
         """Rows whose modes disagree most (spread > 1), largest first."""

@@ -45,3 +45,37 @@ def test_readme_json_example_is_what_torch_computes_and_what_the_tool_prints():
     assert layer["std"] == pytest.approx(std, rel=1e-15)
     actual = json.loads(run("inspect", REPO / example["source"]["path"], "-f", "json", "-k", "conv1").out)
     assert example["settings"] == actual["settings"] and layer == actual["layers"][0]
+
+
+def _examples() -> list[tuple[str, str]]:
+    """Every fenced block whose first line is `$ fancli …`: the command and the output shown under it."""
+    found = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", README, re.S):
+        lines = block.splitlines()
+        if lines and lines[0].startswith("$ fancli "):
+            found.append((lines[0][2:], "\n".join(line.rstrip() for line in lines[1:])))
+    return found
+
+
+def test_the_readme_shows_its_examples():
+    assert len(_examples()) >= 5
+
+
+@pytest.mark.parametrize("command, shown", _examples(), ids=[command for command, _ in _examples()])
+def test_every_readme_example_prints_what_the_readme_shows(command, shown, monkeypatch):
+    """Run from the repository root as a reader pastes it; tables as printed to a pipe."""
+    import shlex
+
+    monkeypatch.chdir(REPO)
+    result = run(*shlex.split(command)[1:])
+    assert result.code in (0, 1), result.err
+    assert "\n".join(line.rstrip() for line in result.out.splitlines()) == shown
+
+
+def test_no_fancli_line_holds_an_optional_argument_in_brackets():
+    """`--mode fan_in fan_out [fan_avg]` pasted is an error: a runnable line shows runnable arguments."""
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        for line in block.splitlines():
+            command = line.split("#", 1)[0]
+            if command.lstrip().startswith("fancli "):
+                assert not re.search(r"\[\w+\]", command), line

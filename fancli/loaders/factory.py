@@ -30,9 +30,10 @@ def a(noun: str) -> str:
 
 
 @contextlib.contextmanager
-def importable_cwd() -> Iterator[None]:
-    """Put the working directory first on sys.path while loading, as `python -m` does."""
-    cwd = os.getcwd()
+def importable_cwd(directory: str | os.PathLike | None = None) -> Iterator[None]:
+    """Put the working directory (or `directory`: the folder of the config naming the factory, which may be
+    above it) first on sys.path while loading, as `python -m` does."""
+    cwd = os.fspath(directory) if directory is not None else os.getcwd()
     added = cwd not in sys.path
     if added:
         sys.path.insert(0, cwd)

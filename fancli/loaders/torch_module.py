@@ -276,3 +276,43 @@ def load_factory(spec: str, kwargs: dict | None = None) -> Model:
     if not isinstance(result, nn.Module):
         raise SourceError(f"{spec}: returned {a(type(result).__name__)}, not a torch.nn.Module")
     return _model(spec, "factory", result)
+
+
+# --- objects in memory (the library: a notebook's model, a test's state_dict) ------------------------
+
+
+def _label(obj: Any) -> str:
+    """How an object with no file name is shown as the report's source: `<module LeNet>`."""
+    if isinstance(obj, nn.Module):
+        return f"<module {module_class(obj)}>"
+    return f"<{type(obj).__name__}>" if isinstance(obj, torch.export.ExportedProgram) else "<state_dict>"
+
+
+def model_from_object(obj: Any) -> Model | None:
+    """A Model from a live `nn.Module`, an `ExportedProgram`, a state_dict (a mapping of names to tensors)
+    or a checkpoint dict holding one; None if `obj` is none of these, so the caller can say what it is.
+
+    The module's own classes give groups, stride and transposition, as for a pickled module; a state_dict
+    is read by the same flat-key reader as a torch.save file, so the two agree on every key.
+    """
+    label = _label(obj)
+    if isinstance(obj, nn.Module):
+        return _model(label, "module", obj)
+    if isinstance(obj, torch.export.ExportedProgram):
+        from .export_program import exported_model
+
+        return exported_model(label, "exported-program", obj)
+    if not isinstance(obj, dict) and not hasattr(obj, "items"):
+        return None
+    obj = dict(obj.items())
+    module = _module_in(obj)
+    if module is not None:  # {"model": module, "optimizer": …}
+        return _model(label, "module", *module)
+    try:
+        mapping, notes = find_state_dict(obj, lambda value: isinstance(value, torch.Tensor))
+    except NoStateDict as error:
+        raise SourceError(f"{label}: holds {error}, not a state_dict or model") from None
+    layers = layers_from_entries(_entries(Path(label), mapping))
+    if not layers:
+        raise SourceError(f"{label}: holds no floating-point weights")
+    return Model(source=label, format="state-dict", layers=layers, notes=notes)

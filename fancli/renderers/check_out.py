@@ -25,6 +25,10 @@ def _headline(changes: list[Change], flagged: list[Deviation], baseline: str) ->
     return "drift: " + "; ".join(parts)
 
 
+#: Closes a report with changes: a drift may be what the pull request meant, and then the baseline moves.
+ACCEPT = "if the change is intended, accept it with `fancli check --update` and commit the new baseline"
+
+
 def _change_rows(changes: list[Change]) -> list[list[str]]:
     """Cells for the changes; keys and values come from the model and the baseline file, so printable."""
     return [[printable(c.param), c.change, c.field or "", "" if c.baseline is None else printable(_show(c.baseline)),
@@ -45,6 +49,8 @@ def render_check_text(changes: list[Change], found: list[Deviation], baseline: s
     lines = [_headline(changes, flagged, baseline)]
     if changes:
         lines += draw_grid(_CHANGE_HEADERS, ["left"] * 5, _change_rows(changes))
+    if changes:
+        lines.append(ACCEPT)
     if found:
         lines.append(f"observed weights (a layer is flagged beyond ±{sigmas:g} standard errors, σ/√(2n)):")
         lines += draw_grid(_DEVIATION_HEADERS, ["left", "right", "right", "right", "left"], _deviation_rows(found))
@@ -64,7 +70,7 @@ def render_check_markdown(changes: list[Change], found: list[Deviation], baselin
     if changes:
         lines += ["| " + " | ".join(_CHANGE_HEADERS) + " |", "|" + ":---|" * 5]
         lines += ["| " + " | ".join(_code(cell) if cell else "" for cell in row) + " |" for row in _change_rows(changes)]
-        lines.append("")
+        lines += ["", ACCEPT[0].upper() + ACCEPT[1:] + ".", ""]
     if found:
         lines += [f"Observed weights (flagged beyond ±{sigmas:g} standard errors):", "",
                   "| " + " | ".join(_DEVIATION_HEADERS) + " |", "|:---|---:|---:|---:|:---|"]
