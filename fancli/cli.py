@@ -45,7 +45,7 @@ from .cli_run import (
 )
 from .errors import DISTRIBUTION, FancliError, torch_missing
 from .text import printable
-from .vocab import LAYOUTS, NORMS
+from .vocab import CHECK_FORMATS, LAYOUTS, NORMS
 
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
@@ -99,7 +99,7 @@ def compare(src: SourceArgs, settings: ReportArgs, modes: tuple[str, ...], fmt: 
               help="Also check each layer's observed std against the configured scheme (standard errors).")
 @click.option("--tolerance", type=float, help="Relative change in gain, std or bound that counts as drift (>= 0).")
 @click.option("--sigmas", type=float, help="--stats: standard errors an observed std may be off (default 5).")
-@format_option(help="Output format (markdown fits a pull-request comment).")
+@format_option(CHECK_FORMATS, help="Output format (markdown fits a pull-request comment).")
 @output_option("Write the result to FILE.")
 def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool, tolerance: float | None,
           sigmas: float | None, fmt: str, output: str | None) -> None:

@@ -138,7 +138,9 @@ def emit(built: tuple[Any, list[Any]], fmt: str, output: str | None, show_all: b
     from .safe_io import is_stdout, write_text
 
     report, inputs = built
-    if fmt != "json" and not show_all:
+    from .vocab import MACHINE_FORMATS
+
+    if fmt not in MACHINE_FORMATS and not show_all:
         report = without_small_tensors(report)
 
     if output and not is_stdout(output):

@@ -24,6 +24,7 @@ from .vocab import FAN_CONVENTIONS
 
 if TYPE_CHECKING:
     from .analysis.inference import Inference
+    from .summary import Totals
 
 SCHEMA_VERSION = "1.0"
 DEFAULT_SCHEME = "kaiming_normal"
@@ -106,6 +107,14 @@ class Report:
     pool_fan_out: bool
     rows: tuple[Row, ...] = field(default=())
     notes: tuple[str, ...] = ()  # model-wide, from the loader
+    totals: "Totals | None" = None  # of every row analysed: kept when a table folds small tensors away
+
+    @property
+    def summary(self) -> "Totals":
+        """Tensors, parameters and bytes of the report (its own rows where it was built without totals)."""
+        from .summary import totals
+
+        return self.totals if self.totals is not None else totals(row.layer for row in self.rows)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -285,9 +294,10 @@ def analyze(
         raise SettingsError(f"no layer matches {' or '.join(repr(f) for f in settings.filters)} "
                             f"(the first layers: {', '.join(layer.param for layer in model.layers[:3])})")
     rows = tuple(analyze_layer(layer, settings, context, observed.get(layer.param)) for layer in layers)
-    return Report(
-        command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out, rows, model.notes
-    )
+    from .summary import totals
+
+    return Report(command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out, rows,
+                  model.notes, totals(row.layer for row in rows))
 
 
 def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:

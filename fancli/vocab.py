@@ -17,6 +17,10 @@ LAYOUTS = ("torch", "keras", "in_out")
 #: How a scheme draws: the std is exact for each (truncated normal corrects its sampling std).
 DISTRIBUTIONS = ("normal", "uniform", "truncated_normal")
 #: Output formats every report command renders.
-FORMATS = ("table", "json", "markdown")
+FORMATS = ("table", "json", "markdown", "csv")
+#: Formats for programs: every tensor, small ones too, and nothing but the document on stdout.
+MACHINE_FORMATS = ("json", "csv")
+#: `fancli check`'s formats: a list of changes has no rows to put in a CSV.
+CHECK_FORMATS = ("table", "json", "markdown")
 #: What `propagate` does with norm layers: leave them out (the init alone) or run them in train mode.
 NORMS = ("identity", "real")

@@ -1,4 +1,4 @@
-"""Renderers only format a Report: rich table, JSON, Markdown."""
+"""Renderers only format a Report: rich table, JSON, Markdown, CSV."""
 
 
 def without_small_tensors(report):
@@ -18,7 +18,8 @@ def without_small_tensors(report):
 
 #: Output format -> "module:function" rendering a Report to text; imported only when that format is asked.
 #: Adding a format: a renderer module, its entry here, its name in `fancli.vocab.FORMATS`.
-RENDERERS = {"table": "table:grid_text", "json": "json_out:render_json", "markdown": "markdown:render_markdown"}
+RENDERERS = {"table": "table:grid_text", "json": "json_out:render_json", "markdown": "markdown:render_markdown",
+             "csv": "csv_out:render_csv"}
 
 
 def render_text(report, fmt: str) -> str:

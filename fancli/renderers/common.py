@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..report import Report, Row
+from ..summary import numel
 
 
 def number(value: float | int | None) -> str:
@@ -16,6 +17,31 @@ def number(value: float | int | None) -> str:
 
 def shape(dims: tuple[int, ...]) -> str:
     return "×".join(str(d) for d in dims) if dims else "scalar"
+
+
+def count(value: int) -> str:
+    """Parameter and byte counts with thousands separators: 1,179,648 reads at a glance, 1179648 does not."""
+    return f"{value:,}"
+
+
+def totals_line(report: Report) -> str:
+    """The footer every peer prints first: tensors, parameters (a tied tensor once), bytes by dtype."""
+    found = report.summary
+    parameters = f"{count(found.parameters)} parameters"
+    if found.tied_keys:
+        parameters += f" ({found.tied_keys} tied key{'s' * (found.tied_keys != 1)} counted once)"
+    parts = [f"{count(found.tensors)} tensor{'s' * (found.tensors != 1)}", parameters]
+    sizes = list(found.bytes_by_dtype.items())
+    if len(sizes) == 1:
+        parts.append(f"{count(sizes[0][1])} bytes {sizes[0][0]}")
+    elif sizes:
+        total = "" if found.bytes is None else f"{count(found.bytes)} bytes: "
+        parts.append(total + ", ".join(f"{dtype} {count(size)}" for dtype, size in sizes))
+    if found.dtype_assumed and sizes:
+        parts[-1] += " (assumed: the source gives no dtype)"
+    if found.unsized:
+        parts.append(f"bytes of {', '.join(found.unsized)} not counted (size unknown)")
+    return "total: " + " · ".join(parts)
 
 
 def fan(row: Row, which: str) -> str:
@@ -109,6 +135,7 @@ def columns(report: Report, footnotes: Footnotes) -> list[Column]:
         Column("name", lambda r: r.layer.param, "left"),
         Column("kind", lambda r: r.layer.kind, "left"),
         Column("shape", lambda r: shape(r.layer.shape)),
+        Column("params", lambda r: count(numel(r.layer))),
         Column("fan_in", lambda r: fan(r, "fan_in")),
         Column("fan_out", lambda r: fan(r, "fan_out")),
         Column("gain", lambda r: number(r.gain)),

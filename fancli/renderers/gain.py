@@ -12,7 +12,10 @@ CRITERION = ("1/√E[f(z)²] for z ~ N(0, 1): keeps a layer's output second mome
 def render_gains(rows: list[dict[str, Any]], fmt: str) -> str:
     """Rows of {name, param, torch, numeric, used}: JSON with the criterion, or an aligned table."""
     if fmt == "json":
-        return json.dumps({"criterion": CRITERION, "gains": rows}, indent=2) + "\n"
+        from ..report import SCHEMA_VERSION
+
+        document = {"fancli": SCHEMA_VERSION, "command": "gain", "criterion": CRITERION, "gains": rows}
+        return json.dumps(document, indent=2) + "\n"
     width = max(len(row["name"]) for row in rows)
     lines = [f"{'activation':<{width}}  {'torch calculate_gain':>20}  {'numeric E[f(z)²] gain':>21}  used"]
     for row in rows:

@@ -9,6 +9,7 @@ from typing import Any
 from ..analysis.schemes import InitValues
 from ..analysis.schemes import scheme as find_scheme
 from ..report import SCHEMA_VERSION, Report, Row
+from ..summary import numel
 from ..text import json_safe
 
 
@@ -48,6 +49,7 @@ def layer_dict(row: Row, command: str) -> dict[str, Any]:
         "param": layer.param,
         "kind": layer.kind,
         "shape": list(layer.shape),
+        "params": numel(layer),
         "fan_in": row.fans.fan_in,
         "fan_out": row.fans.fan_out,
     }
@@ -111,6 +113,14 @@ def layer_dict(row: Row, command: str) -> dict[str, Any]:
     return out
 
 
+def totals_dict(report: Report) -> dict[str, Any]:
+    """`summary`'s totals: tensors, parameters (a tied tensor once), bytes by dtype (`null` where a dtype's
+    size is unknown), and whether the dtype was assumed (a spec has none: float32)."""
+    found = report.summary
+    return {"tensors": found.tensors, "parameters": found.parameters, "tied_keys": found.tied_keys,
+            "bytes": found.bytes, "bytes_by_dtype": dict(found.bytes_by_dtype), "dtype_assumed": found.dtype_assumed}
+
+
 def report_dict(report: Report) -> dict[str, Any]:
     """The whole report as the JSON contract's object."""
     settings = report.settings
@@ -134,9 +144,10 @@ def report_dict(report: Report) -> dict[str, Any]:
     else:
         out["settings"]["mode"] = modes_used[0] if len(modes_used) == 1 else None
     out["layers"] = [layer_dict(row, report.command) for row in report.rows]
+    out["summary"] = totals_dict(report)
     if report.command == "compare":
         computable = [row for row in report.rows if row.spread is not None]
-        out["summary"] = {
+        out["summary"] |= {
             "layers": len(report.rows),
             "with_fans": len(computable),
             "modes_agree": sum(1 for row in computable if row.spread <= 1 + 1e-9),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..report import Report
 from ..text import printable
-from .common import Footnotes, columns, summary, title
+from .common import Footnotes, columns, summary, title, totals_line
 
 
 def _escape(text: str) -> str:
@@ -31,6 +31,7 @@ def render_markdown(report: Report) -> str:
     if extra:
         lines.append("")
         lines += [f"- {_escape(line)}" for line in extra]
+    lines += ["", _escape(totals_line(report))]
     if report.command == "compare":
         lines += ["", printable(summary(report))]
     return "\n".join(lines) + "\n"

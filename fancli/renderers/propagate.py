@@ -126,8 +126,12 @@ def _json_float(value: float) -> float | None:
 
 
 def to_dict(props: Sequence[Propagation], source: str | None = None) -> dict[str, Any]:
-    """Plain data for JSON (non-finite numbers become null)."""
+    """Plain data for JSON (non-finite numbers become null), with the schema version as every JSON output."""
+    from ..report import SCHEMA_VERSION
+
     return {
+        "fancli": SCHEMA_VERSION,
+        "command": "propagate",
         "source": source,
         "propagations": [
             {

@@ -1,0 +1,55 @@
+"""What a report adds up to: tensors, parameters and bytes — the totals every peer prints first.
+
+Counted over unique tensors: loaders report a tied tensor once and list its other keys as `aliases`, so
+the parameter count is right where counting every key (as torchinfo does) counts a tie twice. Computed
+once per report (`Report.totals`), before tables fold small tensors away, and only formatted by renderers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+from .layer import Layer
+from .tensors import DTYPES
+
+#: What a source without dtypes (a YAML spec, a factory's shapes) is counted as, and said to be.
+ASSUMED_DTYPE = "float32"
+
+
+@dataclass(frozen=True)
+class Totals:
+    tensors: int
+    parameters: int  # elements of the unique tensors: a tied tensor counts once
+    tied_keys: int  # further keys naming a tensor already counted
+    bytes_by_dtype: dict[str, int]  # dtype -> bytes (itemsize × elements), dtypes in order of first appearance
+    dtype_assumed: bool  # some tensors had no dtype and were counted as ASSUMED_DTYPE
+    unsized: tuple[str, ...] = ()  # dtypes whose itemsize fancli does not know: their bytes are not counted
+
+    @property
+    def bytes(self) -> int | None:
+        """All bytes, or None where a dtype's size is unknown (a partial sum would read as the total)."""
+        return None if self.unsized else sum(self.bytes_by_dtype.values())
+
+
+def numel(layer: Layer) -> int:
+    return math.prod(layer.shape)
+
+
+def totals(layers: Iterable[Layer]) -> Totals:
+    tensors = parameters = tied = 0
+    by_dtype: dict[str, int] = {}
+    assumed, unsized = False, []
+    for layer in layers:
+        count = numel(layer)
+        tensors += 1
+        parameters += count
+        tied += len(layer.aliases)
+        dtype = layer.dtype or ASSUMED_DTYPE
+        assumed = assumed or layer.dtype is None
+        if dtype not in DTYPES:
+            unsized += [dtype] if dtype not in unsized else []
+            continue
+        by_dtype[dtype] = by_dtype.get(dtype, 0) + DTYPES[dtype][0] * count
+    return Totals(tensors, parameters, tied, by_dtype, assumed, tuple(unsized))
