@@ -13,13 +13,14 @@ from .stats import observe_all
 
 
 def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = None,
-         revision: str | None = None) -> Model:
+         revision: str | None = None, safe_globals: Iterable[str] = ()) -> Model:
     """Read a source (spec, torch file, safetensors, a folder, a cached `org/name` at `revision`,
     `pkg.module:factory`) into a Model.
 
-    `trust=True` is the only way a pickled module is unpickled (it runs code from the file).
+    `trust=True` is the only way a pickled module is unpickled (it runs code from the file);
+    `safe_globals` ("module.Name"s, the config's) are read from a torch.save pickle as inert records.
     """
-    return loaders.load(source, trust=trust, kwargs=kwargs, revision=revision)
+    return loaders.load(source, trust=trust, kwargs=kwargs, revision=revision, safe_globals=safe_globals)
 
 
 def _report(

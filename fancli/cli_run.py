@@ -30,7 +30,8 @@ def load_model(src: SourceArgs) -> tuple[Any, Any]:
         source = config.source
         trust = trust or config.trust
         kwargs = kwargs if kwargs is not None else config.kwargs
-    model = api.load(source, trust=trust, kwargs=kwargs, revision=src.revision)
+    safe_globals = config.safe_globals if config else ()
+    model = api.load(source, trust=trust, kwargs=kwargs, revision=src.revision, safe_globals=safe_globals)
     return (config.apply(model) if config else model), config
 
 
