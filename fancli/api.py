@@ -24,17 +24,19 @@ Source = Any
 
 
 def load(source: Source, *, trust: bool = False, kwargs: dict[str, Any] | None = None,
-         revision: str | None = None) -> Model:
+         revision: str | None = None, safe_globals: Iterable[str] = ()) -> Model:
     """Read a source (spec, torch file, safetensors, a folder, a cached `org/name` at `revision`,
     `pkg.module:factory`) into a Model; or describe an object in memory (an `nn.Module`, a state_dict,
     an `ExportedProgram`), as a notebook or a test has its model.
 
-    `trust=True` is the only way a pickled module is unpickled (it runs code from the file).
+    `trust=True` is the only way a pickled module is unpickled (it runs code from the file);
+    `safe_globals` ("module.Name"s, the config's) are read from a torch.save pickle as inert records.
     """
     if isinstance(source, Model):
         return source
     if isinstance(source, (str, os.PathLike)):
-        return loaders.load(os.fspath(source), trust=trust, kwargs=kwargs, revision=revision)
+        return loaders.load(os.fspath(source), trust=trust, kwargs=kwargs, revision=revision,
+                            safe_globals=safe_globals)
     # An object from torch can exist only once torch is imported: checking sys.modules first keeps
     # `fancli.inspect(path)` and a wrong argument free of a torch import.
     if "torch" in sys.modules:

@@ -30,8 +30,9 @@ def load_model(src: SourceArgs) -> tuple[Any, Any]:
         source = config.source
         trust = trust or config.trust
         kwargs = kwargs if kwargs is not None else config.kwargs
+    safe_globals = config.safe_globals if config else ()
     model = api.load_configured(source, config, src.source is None, warn=warning, trust=trust, kwargs=kwargs,
-                                revision=src.revision)
+                                revision=src.revision, safe_globals=safe_globals)
     return model, config
 
 

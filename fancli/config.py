@@ -12,11 +12,13 @@ layer name or parameter key, replace it, the last matching override winning.
       - {match: "fc*", scheme: xavier_uniform, nonlinearity: linear}
     tolerance: 1.0e-9              # relative change in gain, std and bound that counts as drift
     sigmas: 5                      # --stats: standard errors an observed std may be off
+    safe_globals: [mypkg.train.TrainConfig]  # read from torch.save pickles as inert records, never imported
 """
 
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,11 @@ DEFAULT_BASELINE = "fancli.lock.json"
 #: Numbers a config may give: finite floats (a 400-digit integer would overflow float()).
 _LARGEST = 1e300
 _INIT_KEYS = ("scheme", "mode", "nonlinearity", "param")
-_TOP_KEYS = ("source", "kwargs", "trust", "baseline", "defaults", "overrides", "tolerance", "sigmas", "fans")
+_TOP_KEYS = ("source", "kwargs", "trust", "baseline", "defaults", "overrides", "tolerance", "sigmas", "fans",
+             "safe_globals")
+#: A global as torch.serialization.add_safe_globals names it: a dotted module path and a name.
+_GLOBAL_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+MAX_SAFE_GLOBALS = 1000
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class Config:
     tolerance: float = 1e-9
     sigmas: float = 5.0
     fans: str | None = None
+    safe_globals: tuple[str, ...] = ()
 
     def apply(self, model: Model) -> Model:
         """The model with this configuration's init choices on its layers."""
@@ -177,7 +184,20 @@ def parse_config(data: Any, path: Path) -> Config:
         raise top.error("baseline", "expected a file name")
     defaults = _rule(_mapping(top, "defaults", _INIT_KEYS))
     return Config(path, source, kwargs, trust, base / baseline, defaults, _overrides(top),
-                  numbers["tolerance"], numbers["sigmas"], fans)
+                  numbers["tolerance"], numbers["sigmas"], fans, _safe_globals(top))
+
+
+def _safe_globals(top: Fields) -> tuple[str, ...]:
+    """`safe_globals`: "module.Name" strings, checked by form only; fancli never imports them (a pickle's
+    object of one of these classes becomes an inert record of its arguments and state)."""
+    items = top.raw("safe_globals", [])
+    if not isinstance(items, list) or len(items) > MAX_SAFE_GLOBALS:
+        raise top.error("safe_globals", f"expected a list of at most {MAX_SAFE_GLOBALS} \"module.Name\" strings")
+    for item in items:
+        if not (isinstance(item, str) and len(item) <= 200 and _GLOBAL_NAME.fullmatch(item)):
+            shown = repr(item)[:60] if isinstance(item, str) else yaml_type(item)
+            raise top.error("safe_globals", f"expected \"module.Name\" strings, got {shown}")
+    return tuple(items)
 
 
 def _read_yaml(path: Path) -> Any:

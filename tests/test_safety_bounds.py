@@ -232,13 +232,13 @@ def test_a_zip64_end_record_claiming_billions_of_members(tmp_path):
 @pytest.mark.parametrize("legacy, layout", [(False, True), (True, False), (True, True)],
                          ids=["zip-through-torch", "legacy", "legacy-through-torch"])
 def test_stats_on_an_expanded_view_is_refused_not_looped_over(tmp_path, legacy, layout):
-    """2^41 values over 3 stored ones. A torch.sparse_coo beside it sends the file to torch's own loader
-    (fancli's reader does not list layouts), whose tensors were read row block after row block forever."""
+    """2^41 values over 3 stored ones. A meta tensor beside it sends the file to torch's own loader
+    (fancli's reader does not list meta tensors), whose tensors were read row block after row block forever."""
     torch = pytest.importorskip("torch")
     path = tmp_path / "expanded.pt"
     obj = {"fc.weight": torch.randn(3).expand(2**40, 3)}
     if layout:
-        obj["layout"] = torch.sparse_coo
+        obj["meta"] = torch.empty(2, device="meta")
     torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
     assert cli("inspect", path, "-f", "json").code == 0
     refused(cli("inspect", path, "--stats"), path, "fc.weight" if layout else "", "a view of 3298534883328 values")
@@ -333,11 +333,12 @@ def test_a_legacy_file_read_by_fancli_gives_torchs_stats(tmp_path):
 
 
 def test_a_large_legacy_file_torch_alone_can_read_is_refused(tmp_path):
-    """A layout fancli's reader does not list sends the file to torch, which reads all of it: refused
-    above MAX_LEGACY_TORCH_LOAD (here a sparse 300 MB tail that torch would have read into memory)."""
+    """A meta tensor, which fancli's reader does not list, sends the file to torch, which reads all of it:
+    refused above MAX_LEGACY_TORCH_LOAD (here a sparse 300 MB tail that torch would have read into memory)."""
     torch = pytest.importorskip("torch")
     path = tmp_path / "layout.pt"
-    torch.save({"fc.weight": torch.randn(3, 3), "layout": torch.sparse_coo}, path, _use_new_zipfile_serialization=False)
+    torch.save({"fc.weight": torch.randn(3, 3), "meta": torch.empty(2, device="meta")}, path,
+               _use_new_zipfile_serialization=False)
     with path.open("r+b") as handle:
         handle.truncate(300 << 20)
-    refused(cli("inspect", path), path, "torch.serialization._get_layout", "re-save")
+    refused(cli("inspect", path), path, "torch._utils._rebuild_meta_tensor_no_storage", "re-save")

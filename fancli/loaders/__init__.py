@@ -12,7 +12,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..errors import SourceError
 from ..layer import Model
@@ -62,9 +62,12 @@ def is_factory(source: str) -> bool:
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """What every loader is given besides the path: whether torch may run the file's code (`--trust`)."""
+    """What every loader is given besides the path: whether torch may run the file's code (`--trust`), and
+    the config's `safe_globals`: "module.Name"s a torch.save pickle may hold, read as inert records
+    (never imported, never called), as `torch.serialization.add_safe_globals` allows them for torch."""
 
     trust: bool = False
+    safe_globals: frozenset[str] = frozenset()
 
 
 #: The entry signature every format's loader has.
@@ -86,18 +89,19 @@ def loader(name: str) -> Loader:
 
 
 def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = None,
-         revision: str | None = None) -> Model:
+         revision: str | None = None, safe_globals: Iterable[str] = ()) -> Model:
     """Load a model from a source; SourceError (exit 2) names the source and the problem.
 
     A source is a file, a folder (its layout names the file: `loaders/folder.py`), a repo id `org/name`
     in the local Hugging Face cache at `revision` (default main; a path that exists wins), or a factory.
-    `trust` allows unpickling code from a file (a pickled nn.Module); `kwargs` go to a factory.
+    `trust` allows unpickling code from a file (a pickled nn.Module); `kwargs` go to a factory;
+    `safe_globals` are globals a torch.save pickle may name, read as inert records.
     """
     if is_factory(source):
         from .torch_module import load_factory
 
         return load_factory(source, kwargs)
-    options = LoadOptions(trust=trust)
+    options = LoadOptions(trust=trust, safe_globals=frozenset(safe_globals))
     path = Path(source)
     if not os.path.lexists(path):
         from .hf_cache import is_repo_id, snapshot

@@ -17,6 +17,7 @@ class Entry:
     dtype: str
     data: TensorData | None = None
     identity: Hashable | None = None  # entries with equal identity are one tensor under several keys
+    notes: tuple[str, ...] = ()  # what the reader knows of the tensor itself (a quantized or sparse one's form)
 
     @property
     def where(self) -> str:

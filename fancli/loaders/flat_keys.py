@@ -115,12 +115,18 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: set[str], shapes: dict[
     if leaf == "weight":
         entry, note = _quantized(entry, by_key)
     layer = _layer_for(entry, shapes)
-    return replace(layer, notes=(*layer.notes, note)) if note else layer
+    notes = (*layer.notes, *entry.notes, *((note,) if note else ()))
+    return replace(layer, notes=notes) if notes != layer.notes else layer
+
+
+#: Dtypes of weights besides the floating ones: torch's quantized tensors (listed by their logical values)
+#: and complex ones (fans from the shape; no statistics).
+QUANTIZED_OR_COMPLEX = ("qint8", "quint8", "qint32", "complex64", "complex128")
 
 
 def is_weight(entry: Entry) -> bool:
-    """Floating tensors that are not known buffers: what init concerns."""
-    return entry.dtype in FLOATING + LOW_PRECISION_FLOATING and _split(entry.key)[1] not in BUFFERS
+    """Floating tensors (quantized and complex ones too) that are not known buffers: what init concerns."""
+    return entry.dtype in FLOATING + LOW_PRECISION_FLOATING + QUANTIZED_OR_COMPLEX and _split(entry.key)[1] not in BUFFERS
 
 
 def _listed(entry: Entry, keys: set[str]) -> bool:

@@ -32,7 +32,7 @@ def load_zip(path: Path, options: LoadOptions) -> Model:
     if archive.kind == "zip":
         raise SourceError(f"{path}: a zip archive, but not one written by torch.save (no <name>/data.pkl)")
     try:
-        return read_state_dict(path, archive)
+        return read_state_dict(path, archive, options.safe_globals)
     except UnsafeGlobal as refused:
         if options.trust:
             from .torch_module import load_pickled_module
@@ -59,7 +59,7 @@ def load_pickle(path: Path, options: LoadOptions) -> Model:
     from .torch_zip import UnsafeGlobal, untrusted_message
 
     try:
-        return read_legacy(path)
+        return read_legacy(path, options.safe_globals)
     except NotLegacy:
         pass
     except UnsafeGlobal as refused:

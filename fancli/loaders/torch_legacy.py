@@ -19,10 +19,12 @@ from typing import Any
 from ..errors import SourceError
 from ..layer import Model
 from ..safe_io import FileRange, open_regular
-from ..tensors import DTYPES, StridedRef
+from ..tensors import StridedRef
 from . import pickle_scan
 from .torch_zip import (
+    ITEMSIZE,
     MAX_PICKLE_BYTES,
+    QUANTIZED_CODES,
     UnsafeGlobal,
     WeightsUnpickler,
     _short,
@@ -53,17 +55,18 @@ class _LegacyUnpickler(WeightsUnpickler):
         return super().persistent_load(pid)
 
 
-def read_legacy(path: Path) -> Model:
+def read_legacy(path: Path, safe_globals: frozenset[str] = frozenset()) -> Model:
     """A legacy state_dict or checkpoint as a Model. Raises NotLegacy for another pickle and UnsafeGlobal
-    for a global outside the allowlist (as torch_zip does), SourceError for anything malformed."""
+    for a global outside the allowlist (as torch_zip does), SourceError for anything malformed;
+    `safe_globals` (the config's) are read as inert records."""
     try:
         with open_regular(path, str(path)) as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return _read(path, data)
+            return _read(path, data, safe_globals)
     except (OSError, ValueError) as error:  # mmap of an empty or vanished file
         raise SourceError(f"{path}: cannot read: {_short(error)}") from None
 
 
-def _read(path: Path, data: mmap.mmap) -> Model:
+def _read(path: Path, data: mmap.mmap, safe_globals: frozenset[str]) -> Model:
     pos = 0
     header = []
     for _ in range(3):
@@ -75,7 +78,7 @@ def _read(path: Path, data: mmap.mmap) -> Model:
         raise SourceError(f"{path}: a legacy torch.save file of an unknown protocol ({_short(header[1])})")
     if header[2].get("little_endian") is not True:
         raise SourceError(f"{path}: a big-endian legacy torch.save file; fancli reads little-endian ones")
-    obj, storages, pos = _object(path, data, pos)
+    obj, storages, pos = _object(path, data, pos, safe_globals)
     keys, pos = _small_pickle(path, data, pos, limit=MAX_PICKLE_BYTES)
     sources = _storage_table(path, data, pos, keys, storages)
     return unpickled_model(path, obj, lambda key, tensor: _tensor_ref(path, key, tensor, sources), "torch-pickle")
@@ -105,10 +108,11 @@ def _small_pickle(path: Path, data: mmap.mmap, pos: int, limit: int = _MAX_HEADE
         raise SourceError(f"{path}: not a valid torch.save file ({_short(error)})") from None
 
 
-def _object(path: Path, data: mmap.mmap, pos: int) -> tuple[Any, dict[str, _Storage], int]:
+def _object(path: Path, data: mmap.mmap, pos: int,
+            safe_globals: frozenset[str]) -> tuple[Any, dict[str, _Storage], int]:
     """The saved object, with placeholders for its tensors and the storages they name."""
     end, cost = _scan(path, data, pos, MAX_PICKLE_BYTES)
-    unpickler = _LegacyUnpickler(data[pos:end], pickle_scan.MAX_MEMORY - cost)
+    unpickler = _LegacyUnpickler(data[pos:end], pickle_scan.MAX_MEMORY - cost, safe_globals)
     try:
         return unpickler.load(), unpickler.storages, end
     except UnsafeGlobal:
@@ -130,7 +134,9 @@ def _storage_table(path: Path, data: mmap.mmap, pos: int, keys: Any,
         if pos + 8 > len(data):
             raise SourceError(f"{path}: truncated before storage {key[:40]!r}")
         (numel,) = struct.unpack_from("<q", data, pos)
-        nbytes = numel * DTYPES[storage.dtype][0]
+        if storage.dtype not in ITEMSIZE:
+            raise SourceError(f"{path}: storage {key[:40]!r}: unsupported dtype {storage.dtype!r}")
+        nbytes = numel * ITEMSIZE[storage.dtype]
         if numel < 0 or pos + 8 + nbytes > len(data):
             raise SourceError(f"{path}: storage {key[:40]!r} claims {numel} elements, past the end of the file")
         sources[key] = FileRange(path, pos + 8, nbytes)
@@ -145,9 +151,9 @@ def _tensor_ref(path: Path, key: str, tensor: Any, sources: dict[str, FileRange]
     source = sources.get(storage.key)
     if source is None:
         raise SourceError(f"{path}: {key}: storage {storage.key} is missing from the file")
-    itemsize = DTYPES[dtype][0]
+    itemsize = ITEMSIZE[dtype]
     elements = source.nbytes // itemsize
-    ref = StridedRef(source, dtype, tuple(tensor.size), tuple(tensor.stride), tensor.offset, elements)
+    ref = StridedRef(source, QUANTIZED_CODES.get(dtype, dtype), tuple(tensor.size), tuple(tensor.stride), tensor.offset, elements)
     if ref.numel and tensor.offset + ref.span() > elements:
         raise SourceError(f"{path}: {key}: tensor runs past the end of its storage")
     return ref

@@ -157,7 +157,7 @@ def _dense(path: Path, key: Any, tensor: torch.Tensor) -> torch.Tensor:
     """A weight fancli can describe: strided (dense). Sparse and nested tensors have no single weight
     shape to take fans from, and torch raises on their storage; they are refused with one line."""
     if tensor.is_nested:
-        what = "a nested tensor"
+        what = "a nested tensor (tensors of different shapes: no single shape to take fans from)"
     elif tensor.layout != torch.strided:
         what = f"a {str(tensor.layout).removeprefix('torch.').replace('_', ' ')} tensor"
     else:

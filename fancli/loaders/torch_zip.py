@@ -23,7 +23,6 @@ from ..layer import Model
 from ..tensors import DTYPES, StridedRef
 from . import pickle_scan
 from .checkpoint import NoStateDict, find_state_dict
-from .entry import Entry
 from .flat_keys import layers_from_entries
 
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a state_dict's data.pkl is ~120 bytes a tensor
@@ -34,8 +33,22 @@ STORAGE_DTYPES = {
     "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
     "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16",
     "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool", "UntypedStorage": "uint8",
+    "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128",
+    "QInt8Storage": "qint8", "QUInt8Storage": "quint8", "QInt32Storage": "qint32",
+    # sub-byte quantized storages: named so that a file holding one is refused for its dtype, not as code
+    "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
 }
-_TORCH_DTYPES = set(DTYPES)
+#: Bytes per element of every dtype a torch.save tensor may have here: those `tensors.DTYPES` decodes, plus
+#: complex (listed, never decoded: a real init's std says nothing of complex values) and quantized codes.
+ITEMSIZE = {**{name: size for name, (size, _) in DTYPES.items()}, "complex64": 8, "complex128": 16,
+            "qint8": 1, "quint8": 1, "qint32": 4}
+#: Quantized dtypes and the integer dtype their codes are stored as (`q` in `(q - zero_point) * scale`).
+QUANTIZED_CODES = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
+#: The quantization schemes `torch._utils._rebuild_qtensor` rebuilds (torch refuses every other one too).
+QSCHEMES = ("per_tensor_affine", "per_channel_affine", "per_channel_affine_float_qparams")
+#: Sparse layouts `torch._utils._rebuild_sparse_tensor` rebuilds, by the name `_get_layout` is given.
+SPARSE_LAYOUTS = ("torch.sparse_coo", "torch.sparse_csr", "torch.sparse_csc", "torch.sparse_bsr", "torch.sparse_bsc")
+_TORCH_DTYPES = set(ITEMSIZE) | {"quint4x2", "quint2x4"}
 
 
 class UnsafeGlobal(Exception):
@@ -56,6 +69,13 @@ class _Sealed:
 @dataclass(frozen=True)
 class _StorageType(_Sealed):
     dtype: str
+
+
+@dataclass(frozen=True)
+class _Name(_Sealed):
+    """A torch constant a pickle names and fancli only compares: a qscheme or a sparse layout."""
+
+    name: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,6 +144,43 @@ class _Tensor(_Sealed):
     offset: Any
     size: Any
     stride: Any
+    #: A quantized tensor's parameters as `_rebuild_qtensor` gets them: (scheme, scale, zero_point) or
+    #: (scheme, scales, zero_points, axis) with 1-D tensors of one value per channel; None when not quantized.
+    quantizer: Any = None
+
+
+@dataclass(frozen=True, eq=False)
+class _Sparse(_Sealed):
+    """A sparse tensor as `_rebuild_sparse_tensor` gets it: its layout, logical (dense) size, the stored
+    values and index tensors (never read), and for COO whether torch recorded it coalesced."""
+
+    layout: str
+    size: tuple
+    values: _Tensor
+    indices: tuple
+    coalesced: Any = None
+
+
+class Inert:
+    """An object of a class named in `safe_globals`, recorded and never built: the arguments it was
+    constructed or called with and the state BUILD gives it. Nothing of the named class is imported, so a
+    name like `os.system` in the list only makes a record of its arguments."""
+
+    qualified = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Inert":
+        record = super().__new__(cls)
+        record.args, record.kwargs, record.state = args, kwargs, None
+        return record
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<{self.qualified} (not loaded)>"
 
 
 def _scalar(value: Any, depth: int = 0) -> bool:
@@ -152,6 +209,9 @@ class WeightsUnpickler(pickle.Unpickler):
         ("torch._utils", "_rebuild_parameter"): "rebuild_parameter",
         ("torch._utils", "_rebuild_parameter_with_state"): "rebuild_parameter",
         ("torch._tensor", "_rebuild_from_type_v2"): "rebuild_from_type",
+        ("torch._utils", "_rebuild_qtensor"): "rebuild_qtensor",
+        ("torch._utils", "_rebuild_sparse_tensor"): "rebuild_sparse_tensor",
+        ("torch.serialization", "_get_layout"): "layout",
         ("torch", "Size"): "size",
         ("torch", "device"): "device",
         ("builtins", "set"): "set",
@@ -163,12 +223,17 @@ class WeightsUnpickler(pickle.Unpickler):
                   if module == "builtins"})  # protocol 2, torch's, writes Python 2's module name
     NAMES = {("torch.nn.parameter", "Parameter"): "Parameter", ("torch", "Tensor"): "Tensor"}
 
-    def __init__(self, data: bytes, allowance: int = pickle_scan.MAX_MEMORY) -> None:
+    def __init__(self, data: bytes, allowance: int = pickle_scan.MAX_MEMORY,
+                 safe_globals: frozenset[str] = frozenset()) -> None:
         super().__init__(io.BytesIO(data))
         self.storages: dict[str, _Storage] = {}
         self.allowance = allowance
+        self.safe_globals = safe_globals  # "module.Name"s the user allows as inert records (config)
+        self.inert: dict[str, type[Inert]] = {}
 
     def find_class(self, module: str, name: str) -> Any:
+        if f"{module}.{name}" in self.safe_globals:
+            return self.inert_class(f"{module}.{name}")
         if (module, name) in self.CALLS:
             return getattr(self, self.CALLS[(module, name)])
         if (module, name) in self.NAMES:
@@ -177,7 +242,16 @@ class WeightsUnpickler(pickle.Unpickler):
             return _StorageType(STORAGE_DTYPES[name])
         if module == "torch" and name in _TORCH_DTYPES:
             return name  # a torch.dtype, as its name
+        if module == "torch" and name in QSCHEMES:
+            return _Name(name)
         raise UnsafeGlobal(module, name)
+
+    def inert_class(self, qualified: str) -> type[Inert]:
+        """A fresh class per allowed name (what NEWOBJ, REDUCE and BUILD use); the name is never imported."""
+        if qualified not in self.inert:
+            self.charge(1024 + len(qualified))
+            self.inert[qualified] = type("Inert", (Inert,), {"qualified": qualified})
+        return self.inert[qualified]
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -212,6 +286,43 @@ class WeightsUnpickler(pickle.Unpickler):
         if not isinstance(dtype, str):
             raise pickle.UnpicklingError("a tensor's dtype is not a torch dtype")
         return _Tensor(storage, dtype, offset, size, stride)
+
+    def rebuild_qtensor(self, storage: _Storage, offset: int, size: Any, stride: Any, params: Any,
+                        *_rest: Any) -> _Tensor:
+        """A quantized tensor: its codes' storage and the scheme's parameters, type-checked here (torch checks
+        them when it rebuilds), the per-channel ones against the size when the tensor is read."""
+        if not (isinstance(params, tuple) and params and isinstance(params[0], _Name)):
+            raise pickle.UnpicklingError("quantizer parameters without a qscheme")
+        number = (lambda v: type(v) in (int, float) and _scalar(v))
+        if params[0].name == "per_tensor_affine":
+            ok = len(params) == 3 and number(params[1]) and type(params[2]) is int and _scalar(params[2])
+        else:
+            ok = len(params) == 4 and all(isinstance(p, _Tensor) for p in params[1:3]) and _is_index(params[3])
+        if not ok:
+            raise pickle.UnpicklingError(f"{params[0].name} parameters of the wrong types")
+        return _Tensor(storage, storage.dtype, offset, size, stride, params)
+
+    def layout(self, name: Any) -> _Name:
+        if name not in SPARSE_LAYOUTS:
+            raise pickle.UnpicklingError("a layout other than torch's sparse ones")
+        return _Name(name)
+
+    def rebuild_sparse_tensor(self, layout: Any, data: Any) -> _Sparse:
+        """COO: (indices, values, size[, is_coalesced]); CSR/CSC/BSR/BSC: (compressed, plain, values, size)."""
+        if not (isinstance(layout, _Name) and layout.name in SPARSE_LAYOUTS and isinstance(data, tuple)):
+            raise pickle.UnpicklingError("a sparse tensor of an unknown layout")
+        coalesced = None
+        if layout.name == "torch.sparse_coo" and len(data) in (3, 4):
+            indices, values, size = (data[0],), data[1], data[2]
+            coalesced = data[3] if len(data) == 4 else None
+        elif layout.name != "torch.sparse_coo" and len(data) == 4:
+            indices, values, size = data[:2], data[2], data[3]
+        else:
+            raise pickle.UnpicklingError(f"a {layout.name} tensor of {len(data)} parts")
+        if not (all(isinstance(t, _Tensor) for t in (*indices, values)) and _is_shape(size)
+                and coalesced in (None, True, False)):
+            raise pickle.UnpicklingError(f"a {layout.name} tensor of parts of the wrong types")
+        return _Sparse(layout.name.removeprefix("torch."), tuple(size), values, indices, coalesced)
 
     def rebuild_parameter(self, data: Any, *_rest: Any) -> Any:
         return data
@@ -269,7 +380,7 @@ def check_claims(path: Path, key: str, tensor: _Tensor) -> None:
     a dtype fancli reads, and a size, stride and offset that are lists of counts."""
     if not isinstance(tensor.storage, _Storage):
         raise SourceError(f"{path}: {key}: its storage is not a storage record")
-    if tensor.dtype not in DTYPES:
+    if tensor.dtype not in ITEMSIZE:
         raise SourceError(f"{path}: {key}: unsupported dtype {str(tensor.dtype)[:40]!r}")
     if not (_is_shape(tensor.size) and _is_shape(tensor.stride) and len(tensor.size) == len(tensor.stride)
             and _is_index(tensor.offset)):
@@ -335,15 +446,16 @@ class TorchZip:
         except Exception as error:  # a corrupt member: BadZipFile (CRC), zlib.error, NotImplementedError…
             raise SourceError(f"{self.path}: cannot read {short} ({_short(error)})") from None
 
-    def unpickle(self, unpickler: type[WeightsUnpickler] = WeightsUnpickler) -> Any:
-        """data.pkl through the pre-scan and the allow-list `unpickler`: nothing in it can run code."""
+    def unpickle(self, unpickler: type[WeightsUnpickler] = WeightsUnpickler, **options: Any) -> Any:
+        """data.pkl through the pre-scan and the allow-list `unpickler` (given `options`, e.g. the config's
+        safe_globals): nothing in it can run code."""
         data = self.read_member(f"{self.prefix}/data.pkl", MAX_PICKLE_BYTES, "weights metadata")
         try:
             _, cost = pickle_scan.scan(data)
         except pickle_scan.PickleRefused as refused:
             raise SourceError(f"{self.path}: data.pkl {refused}") from None
         try:
-            return unpickler(data, pickle_scan.MAX_MEMORY - cost).load()
+            return unpickler(data, pickle_scan.MAX_MEMORY - cost, **options).load()
         except UnsafeGlobal:
             raise
         except Exception as error:  # the allowlisted callables, given what a hostile pickle passes, raise anything
@@ -356,33 +468,43 @@ class TorchZip:
         member = self.members.get(f"{self.prefix}/data/{storage.key}")
         if member is None:
             raise SourceError(f"{self.path}: {key}: storage {storage.key} is missing from the archive")
-        itemsize = DTYPES[dtype][0]
+        itemsize = ITEMSIZE[dtype]
         elements = storage.numel // itemsize if storage.dtype == "uint8" and dtype != "uint8" else storage.numel
-        ref = StridedRef(ZipMember(self.path, member), dtype, tuple(tensor.size), tuple(tensor.stride),
+        ref = StridedRef(ZipMember(self.path, member), QUANTIZED_CODES.get(dtype, dtype), tuple(tensor.size),
+                         tuple(tensor.stride),
                          tensor.offset, elements, self.byteorder)
         if ref.numel and (tensor.offset + ref.span() > elements or elements * itemsize > member.file_size):
             raise SourceError(f"{self.path}: {key}: tensor runs past the end of its storage")
         return ref
 
 
-def read_state_dict(path: Path, archive: TorchZip | None = None) -> Model:
-    """A state_dict or wrapped checkpoint as a Model; raises UnsafeGlobal for anything else."""
+def read_state_dict(path: Path, archive: TorchZip | None = None, safe_globals: frozenset[str] = frozenset()) -> Model:
+    """A state_dict or wrapped checkpoint as a Model; raises UnsafeGlobal for anything else. `safe_globals`
+    (the config's) are read as inert records."""
     archive = archive or TorchZip(path)
-    return unpickled_model(path, archive.unpickle(), archive.tensor_ref, "torch-zip")
+    return unpickled_model(path, archive.unpickle(safe_globals=safe_globals), archive.tensor_ref, "torch-zip")
 
 
 def unpickled_model(path: Path, obj: Any, tensor_ref: Callable[[str, _Tensor], StridedRef], format: str) -> Model:
     """A Model from what the restricted unpickler built (a state_dict, or a checkpoint holding one); each
     tensor's claims are checked by `tensor_ref` against the file before they are used."""
     try:
-        mapping, notes = find_state_dict(obj, lambda v: isinstance(v, _Tensor))
+        mapping, notes = find_state_dict(obj, lambda v: isinstance(v, (_Tensor, _Sparse)))
     except NoStateDict as error:
         raise SourceError(f"{path}: holds {error}, not a state_dict or model") from None
+    from .typed_tensors import dense_entry, quantized_entry, sparse_entry
+
     entries = []
     for key, tensor in mapping.items():
+        if isinstance(tensor, _Sparse):
+            entries.append(sparse_entry(path, str(key), tensor, tensor_ref))
+            continue
         ref = tensor_ref(str(key), tensor)
         identity = (tensor.storage.key, tensor.offset, ref.shape, ref.stride)
-        entries.append(Entry(str(key), ref.shape, ref.dtype, ref, identity))
+        if tensor.quantizer is not None:
+            entries.append(quantized_entry(path, str(key), tensor, ref, identity, tensor_ref))
+        else:
+            entries.append(dense_entry(str(key), tensor, ref, identity))
     layers = layers_from_entries(entries)
     if not layers:
         raise SourceError(f"{path}: holds no floating-point weights")
