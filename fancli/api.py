@@ -12,7 +12,6 @@ from . import loaders
 from .errors import SettingsError
 from .layer import Model
 from .report import Report, Settings, analyze, selected, with_inferences
-from .stats import observe_all
 
 if TYPE_CHECKING:
     from .check import CheckResult
@@ -88,8 +87,11 @@ def _report(
     model = load(source, trust=trust, kwargs=kwargs)
     settings = settings.validated()
     reading = stats or infer
-    observed = observe_all(selected(model, settings.filters), on_chunk, kurtosis=infer,
-                           structure=infer) if reading else None
+    observed = None
+    if reading:
+        from .stats import observe_all  # only when weights are read
+
+        observed = observe_all(selected(model, settings.filters), on_chunk, kurtosis=infer, structure=infer)
     report = analyze(model, settings, command, observed)
     if reading and not observed:
         note = f"--stats: this source ({model.format}) holds no weights to read"

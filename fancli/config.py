@@ -206,12 +206,18 @@ def _read_yaml(path: Path) -> Any:
     return LineDict() if data is None else data
 
 
+#: `[tool.fancli]`, `[tool.fancli.…]`, or `fancli = {…}` under `[tool]`: what a [tool.fancli] table needs in the text.
+_MAY_HOLD_FANCLI = re.compile(r"^\s*\[\s*tool\s*\.\s*fancli\b|^\s*fancli\s*=\s*\{", re.MULTILINE)
+
+
 def _read_pyproject(path: Path) -> Any | None:
+    text = read_text(path, MAX_CONFIG_BYTES, "a fancli config")
+    if not _MAY_HOLD_FANCLI.search(text):  # most pyproject.toml files have no [tool.fancli]: no parser for them
+        return None
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
-    text = read_text(path, MAX_CONFIG_BYTES, "a fancli config")
     check_nodes(text, str(path), MAX_CONFIG_NODES, "a fancli config", "[{,:-=\n")
     try:
         document = tomllib.loads(text)

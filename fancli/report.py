@@ -15,15 +15,14 @@ from .analysis import fans as fans_mod
 from .analysis import gains, schemes
 from .analysis.fans import LayerFans
 from .analysis.schemes import InitValues
-from .analysis.torch_defaults import torch_default
 from .errors import SettingsError
 from .kinds import has_init
 from .layer import Layer, Model
-from .stats import Observed
 from .vocab import FAN_CONVENTIONS
 
 if TYPE_CHECKING:
     from .analysis.inference import Inference
+    from .stats import Observed
     from .summary import Totals
 
 SCHEMA_VERSION = "1.0"
@@ -252,6 +251,10 @@ def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed:
     if scheme.fixed_gain and scheme.name != "torch_default" and len(layer.shape) >= 2:
         notes.append(f"{scheme.name} uses gain {scheme_gain:g} whatever follows")
     inits: dict[str, InitValues] = {}
+    from .analysis.torch_defaults import (
+        torch_default,  # the rules of torch's own modules, when asked
+    )
+
     for mode in modes:
         if not has_init(layer.kind):  # a scale, quantization metadata or a buffer: whatever the scheme
             values = torch_default(layer, fans.fan_in, fans.fan_out, mode)

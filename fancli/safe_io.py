@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable
 
@@ -192,6 +191,8 @@ def write_with(path: str | Path, fill: Callable[[str], None], inputs: Iterable[s
     rename it over the target in one step; returns the target. Checked first with `checked_target`."""
     target = checked_target(path, inputs)
     try:
+        import tempfile  # writers only: it imports random and shutil
+
         fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     except OSError as error:
         raise FancliError(f"{printable(path)}: cannot write: {error.strerror or error}") from None

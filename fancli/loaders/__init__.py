@@ -136,9 +136,12 @@ def load_file(path: Path, options: LoadOptions, source: str | None = None) -> Mo
     if kind not in LOADERS:
         raise SourceError(f"{source}: not a format fancli reads (a binary file that is neither a torch.save zip, "
                           "a pickle nor safetensors)")
-    from .hf_config import with_config
+    model = loader(LOADERS[kind])(path, options)
+    if kind == "yaml" or not (path.parent / "config.json").is_file():
+        return model
+    from .hf_config import with_config  # transformers' config.json beside the weights
 
-    return with_config(loader(LOADERS[kind])(path, options), path)
+    return with_config(model, path)
 
 
 def _checked_path(source: str) -> Path:

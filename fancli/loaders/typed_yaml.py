@@ -7,7 +7,6 @@ errors as one line with the line number.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -81,6 +80,8 @@ def key_text(key: Any) -> str:
 
 
 def suggest(word: str, options: tuple[str, ...] | list[str]) -> str:
+    import difflib  # only when a key is wrong
+
     close = difflib.get_close_matches(word, options, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
