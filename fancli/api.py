@@ -83,6 +83,7 @@ def _report(
     kwargs: dict[str, Any] | None,
     on_chunk: Callable[[int], None] | None,
     infer: bool = False,
+    jobs: int | None = 1,
 ) -> Report:
     model = load(source, trust=trust, kwargs=kwargs)
     settings = settings.validated()
@@ -91,7 +92,7 @@ def _report(
     if reading:
         from .stats import observe_all  # only when weights are read
 
-        observed = observe_all(selected(model, settings.filters), on_chunk, kurtosis=infer, structure=infer)
+        observed = observe_all(selected(model, settings.filters), on_chunk, kurtosis=infer, structure=infer, jobs=jobs)
     report = analyze(model, settings, command, observed)
     if reading and not observed:
         note = f"--stats: this source ({model.format}) holds no weights to read"
@@ -114,12 +115,13 @@ def inspect(
     trust: bool = False,
     kwargs: dict[str, Any] | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    jobs: int | None = 1,
 ) -> Report:
     """Per layer: fans, gain, the std and bound the scheme gives under one mode; with `stats=True` the
     weights' observed statistics (read one tensor at a time); with `infer=True` also the init that best
     explains them."""
     settings = Settings(scheme, (mode,) if mode else (), nonlinearity, param, fans, pool_fan_out, tuple(filters))
-    return _report(source, settings, "inspect", stats, trust, kwargs, on_chunk, infer)
+    return _report(source, settings, "inspect", stats, trust, kwargs, on_chunk, infer, jobs)
 
 
 def compare(
@@ -136,13 +138,14 @@ def compare(
     trust: bool = False,
     kwargs: dict[str, Any] | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    jobs: int | None = 1,
 ) -> Report:
     """The same layers with one std per mode side by side."""
     modes = tuple(modes)
     if len(modes) < 2:
         raise SettingsError(f"compare needs at least two modes, got {len(modes)}")
     settings = Settings(scheme, modes, nonlinearity, param, fans, pool_fan_out, tuple(filters))
-    return _report(source, settings, "compare", stats, trust, kwargs, on_chunk)
+    return _report(source, settings, "compare", stats, trust, kwargs, on_chunk, jobs=jobs)
 
 
 def check_init(

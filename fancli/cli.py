@@ -137,6 +137,44 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
         raise click.exceptions.Exit(1)
 
 
+@cli.command("diff")
+@click.argument("source_a", metavar="A", shell_complete=complete_path)
+@click.argument("source_b", metavar="B", shell_complete=complete_path)
+@click.option("--max-change", type=float, metavar="X",
+              help="Exit 1 when a tensor's ‖B−A‖/‖A‖ exceeds X (e.g. 0 for layers that must stay frozen).")
+@click.option("--allow-structural", is_flag=True,
+              help="Do not exit 1 for tensors added, removed or reshaped (by default they fail the diff).")
+@click.option("--filter", "-k", "filters", multiple=True, metavar="GLOB",
+              help="Only tensors whose name or parameter key matches (glob, or substring). Repeatable.")
+@click.option("--trust", is_flag=True, help="Let torch's loaders run code from the files (only files you trust).")
+@format_option()
+@output_option()
+def diff(source_a: str, source_b: str, max_change: float | None, allow_structural: bool,
+         filters: tuple[str, ...], trust: bool, fmt: str, output: str | None) -> None:
+    """What changed from checkpoint A to B, tensor by tensor (streamed): added, removed, reshaped, dtype,
+    and the relative change of std, of mean, and ‖B−A‖/‖A‖. Exit 1 past --max-change or on added/removed/
+    reshaped tensors, so CI can gate a fine-tune."""
+    from . import api
+    from .diff import diff_models
+    from .renderers.diff_out import RENDERERS
+    from .safe_io import is_stdout, write_text
+
+    if max_change is not None and not (max_change >= 0 and max_change != float("inf")):
+        from .errors import SettingsError
+
+        raise SettingsError(f"--max-change {max_change:g}: expected a finite number >= 0 (a relative norm)")
+    model_a, model_b = api.load(source_a, trust=trust), api.load(source_b, trust=trust)
+    result = diff_models(model_a, model_b, tuple(filters))
+    text = RENDERERS[fmt](result, max_change, allow_structural)
+    if output and not is_stdout(output):
+        write_text(output, text, [*files_read(source_a, None, model_a), *files_read(source_b, None, model_b)])
+        wrote(output)
+    else:
+        write_stdout(text)
+    if result.failures(max_change, allow_structural):
+        raise click.exceptions.Exit(1)
+
+
 @cli.command(cls=ModesCommand)
 @source_options
 @click.option("--layer", "-l", "layer_names", multiple=True, metavar="NAME",

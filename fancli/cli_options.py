@@ -158,6 +158,7 @@ class ReportArgs:
     pool_fan_out: bool | None = None
     filters: tuple[str, ...] = ()
     stats: bool = False
+    jobs: int | None = None  # processes reading weights (None: the usable cores)
 
 
 def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -190,8 +191,9 @@ def report_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def command(src: SourceArgs, scheme: str | None, nonlinearity: str | None, param: float | None,
                 fans: str | None, pool_fan_out: bool | None, filters: tuple[str, ...], stats: bool,
-                **rest: Any) -> Any:
-        return func(src, ReportArgs(scheme, nonlinearity, param, fans, pool_fan_out, tuple(filters), stats), **rest)
+                jobs: int | None, **rest: Any) -> Any:
+        return func(src, ReportArgs(scheme, nonlinearity, param, fans, pool_fan_out, tuple(filters), stats, jobs),
+                    **rest)
 
     return source_options(_apply(command, [
         scheme_option(f"Init scheme: {', '.join(SCHEMES)} (aliases he_*, glorot_*). "
@@ -209,6 +211,9 @@ def report_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Tables and Markdown: also list tensors below 2 dims (JSON always has them)."),
         click.option("--stats", is_flag=True,
                      help="Read the weights and add observed mean and std, and their ratio to the expected std."),
+        click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N",
+                     help="Processes reading weights (--stats, --infer), one tensor each at a time; results are "
+                          "identical for every N. Default: the usable cores."),
     ]))
 
 

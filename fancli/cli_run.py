@@ -119,6 +119,8 @@ def build_report(command: Callable[..., Any], src: SourceArgs, settings: ReportA
     """inspect's or compare's report (`arguments`: the mode or modes, --infer), and the files it was made
     from (which an output must not replace)."""
     model, config = load_model(src)
+    if settings.stats or arguments.get("infer"):
+        arguments["jobs"] = settings.jobs  # only where weights are read: the default reads with every core
     report = analyse(command, model, settings.stats, settings.filters, scheme=settings.scheme,
                       nonlinearity=settings.nonlinearity, param=settings.param, fans=settings.fans,
                       pool_fan_out=settings.pool_fan_out, **arguments)

@@ -245,10 +245,36 @@ def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool
     return observed
 
 
+#: Below this many bytes to read, a process pool costs more to start (spawned interpreters importing numpy)
+#: than it saves: the tensors are read in this process whatever `jobs` says.
+PARALLEL_BYTES = 64 * 1024 * 1024
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the machine's count)."""
+    import os
+
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def _observe_job(data: TensorData, max_elements: int, kurtosis: bool, structure: bool) -> Observed:
+    """One tensor in a worker: the same function as in-process, so the result is the same bit for bit."""
+    return observe(data, max_elements, kurtosis, structure)
+
+
 def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool = False,
-                structure: bool = False) -> dict[str, Observed]:
-    """Observed statistics per parameter key, one tensor at a time; `on_chunk(nbytes)` reports progress."""
+                structure: bool = False, jobs: int | None = 1) -> dict[str, Observed]:
+    """Observed statistics per parameter key; `on_chunk(nbytes)` reports progress.
+
+    `jobs` > 1 (None: the usable cores) reads tensors in a pool of that many spawned processes, one whole
+    tensor per task, each worker holding one chunk at a time. A tensor is never split across workers, so
+    its moments are summed in the same order whatever `jobs` is: the results are identical for every N.
+    Data handles hold paths and offsets, not open files, so they travel to a worker by pickle."""
     results: dict[str, Observed] = {}
+    todo = []
     for layer in layers:
         reason = getattr(layer.data, "reason", None) or _undecodable(layer)
         if reason:
@@ -256,9 +282,28 @@ def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS, kurto
             continue
         if layer.data is None:
             continue
+        results[layer.param] = None  # keeps model order
+        todo.append(layer)
+    workers = usable_cores() if jobs is None else jobs
+    if workers > 1 and len(todo) > 1 and sum(_nbytes(layer.data) for layer in todo) >= PARALLEL_BYTES:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_observe_job, layer.data, max_elements, kurtosis, structure) for layer in todo]
+            for layer, future in zip(todo, futures):
+                results[layer.param] = future.result()
+                if on_chunk is not None:
+                    on_chunk(_nbytes(layer.data))
+        return results
+    for layer in todo:
         data = layer.data if on_chunk is None else _Reporting(layer.data, on_chunk)
         results[layer.param] = observe(data, max_elements, kurtosis, structure)
     return results
+
+
+def _nbytes(data: TensorData) -> int:
+    return math.prod(data.shape) * (DTYPES[data.dtype][0] if data.dtype in DTYPES else 1)
 
 
 def _undecodable(layer) -> str | None:

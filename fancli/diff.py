@@ -1,0 +1,236 @@
+"""`fancli diff A B`: what changed between two checkpoints, tensor by tensor, streamed.
+
+Tensors are paired by parameter key. A pair of the same shape is read in lockstep, one bounded chunk of
+each at a time (two handles that chunk differently are re-blocked to a common length, never widened), so
+two models of any size need memory near two chunks. Per pair the sums Σa, Σa², Σb, Σb², Σ(b−a)² are
+taken in float64 (the moments through `stats._Moments`, shifted, as `--stats` takes them), giving:
+
+- `rel_std_change` = (std_B − std_A) / std_A (sample stds, as torch.std);
+- `rel_mean_change` = (mean_B − mean_A) / max(|mean_A|, std_A): relative to the mean where the mean
+  dominates (a norm's scale of ones), to the spread where the mean is ≈ 0 (every init's weights), where
+  a change relative to a mean of 1e-5 would be noise blown up;
+- `rel_diff_norm` = ‖B − A‖ / ‖A‖ (Frobenius), the number to gate on: 0 for a frozen tensor.
+
+A dtype change (a bf16 or FP8 copy) is still compared value by value, as float64 of what is stored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+from .layer import Layer, Model
+from .tensors import CHUNK_ELEMENTS
+
+#: Statuses, in the order a reader scans for trouble.
+STATUSES = ("added", "removed", "reshaped", "dtype", "changed", "same", "unread")
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    """One parameter key across the two models. Numbers are `None` where they cannot be computed; `note`
+    says why."""
+
+    param: str
+    status: str  # one of STATUSES
+    shape_a: tuple[int, ...] | None
+    shape_b: tuple[int, ...] | None
+    dtype_a: str | None = None
+    dtype_b: str | None = None
+    mean_a: float | None = None
+    mean_b: float | None = None
+    std_a: float | None = None
+    std_b: float | None = None
+    rel_std_change: float | None = None
+    rel_mean_change: float | None = None
+    rel_diff_norm: float | None = None
+    max_abs_diff: float | None = None
+    note: str | None = None
+    #: A zero A with a non-zero difference: the relative norm is infinite (reported as None, gated as past any limit).
+    unbounded: bool = False
+
+    def exceeds(self, max_change: float) -> bool:
+        """Past the --max-change gate: a relative difference norm above it (or from an all-zero A)."""
+        return self.unbounded or (self.rel_diff_norm is not None and self.rel_diff_norm > max_change)
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    """Both models' names and formats, and one TensorDiff per key (A's order, then B's new keys)."""
+
+    source_a: str
+    format_a: str
+    source_b: str
+    format_b: str
+    tensors: tuple[TensorDiff, ...]
+
+    def counts(self) -> dict[str, int]:
+        found = {status: 0 for status in STATUSES}
+        for item in self.tensors:
+            found[item.status] += 1
+        return {status: n for status, n in found.items() if n}
+
+    def structural(self) -> list[TensorDiff]:
+        """Keys added, removed or reshaped: a checkpoint that no longer has the same tensors."""
+        return [t for t in self.tensors if t.status in ("added", "removed", "reshaped")]
+
+    def failures(self, max_change: float | None, allow_structural: bool = False) -> list[TensorDiff]:
+        """What makes `fancli diff` exit 1: past `max_change` (if given), and unless allowed the structural
+        changes (a gate on a fine-tune means nothing if the layer it guards was renamed away)."""
+        found = [] if allow_structural else self.structural()
+        if max_change is not None:
+            found += [t for t in self.tensors if t.exceeds(max_change)]
+        return found
+
+
+def _keys(model: Model) -> dict[str, Layer]:
+    """Parameter key -> layer, tied keys included (a key tied in one model is still present)."""
+    found: dict[str, Layer] = {}
+    for layer in model.layers:
+        found.setdefault(layer.param, layer)
+        for alias in layer.aliases:
+            found.setdefault(alias, layer)
+    return found
+
+
+def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (),
+                max_elements: int = CHUNK_ELEMENTS) -> DiffResult:
+    """Pair the two models' tensors by key and compare each pair (one pair in memory at a time)."""
+    from .report import selected
+
+    keys_a, keys_b = _keys(a), _keys(b)
+    rows: list[TensorDiff] = []
+    for layer in selected(a, filters):
+        other = keys_b.get(layer.param)
+        if other is None:
+            rows.append(TensorDiff(layer.param, "removed", layer.shape, None, layer.dtype, None))
+        else:
+            rows.append(diff_pair(layer.param, layer, other, max_elements))
+    for layer in selected(b, filters):
+        if layer.param not in keys_a:
+            rows.append(TensorDiff(layer.param, "added", None, layer.shape, None, layer.dtype))
+    return DiffResult(a.source, a.format, b.source, b.format, tuple(rows))
+
+
+def diff_pair(param: str, a: Layer, b: Layer, max_elements: int = CHUNK_ELEMENTS) -> TensorDiff:
+    """One key present in both: reshaped (no numbers), or its values compared."""
+    shape_a, shape_b = tuple(a.shape), tuple(b.shape)
+    dtype_a, dtype_b = a.dtype, b.dtype
+    if shape_a != shape_b:
+        return TensorDiff(param, "reshaped", shape_a, shape_b, dtype_a, dtype_b)
+    kind = "dtype" if None not in (dtype_a, dtype_b) and dtype_a != dtype_b else None  # a spec has no dtype
+    reason = _unreadable(a) or _unreadable(b)
+    if reason:
+        return TensorDiff(param, kind or "unread", shape_a, shape_b, dtype_a, dtype_b, note=reason)
+    sums = _stream(a.data, b.data, max_elements)
+    if isinstance(sums, str):
+        return TensorDiff(param, kind or "unread", shape_a, shape_b, dtype_a, dtype_b, note=sums)
+    return _result(param, kind, shape_a, dtype_a, dtype_b, *sums)
+
+
+def _unreadable(layer: Layer) -> str | None:
+    if layer.data is None:
+        return "no weights to read in this source" if layer.dtype is None else f"{layer.dtype} values are not decoded"
+    return getattr(layer.data, "reason", None)
+
+
+def _aligned(xs: Iterator[Any], ys: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
+    """Pairs of equal-length pieces from two chunk streams of the same total length: a chunk is cut where
+    the other stream's chunk ends, so nothing larger than one chunk of each is ever held."""
+    a = b = None
+    while True:
+        while a is None or a.size == 0:
+            a = next(xs, None)
+            if a is None:
+                break
+            a = a.reshape(-1)
+        while b is None or b.size == 0:
+            b = next(ys, None)
+            if b is None:
+                break
+            b = b.reshape(-1)
+        if a is None or b is None:
+            if a is not None or b is not None:
+                raise ValueError("the two tensors yielded different numbers of values")
+            return
+        n = min(a.size, b.size)
+        yield a[:n], b[:n]
+        a, b = a[n:], b[n:]
+
+
+def _stream(data_a: Any, data_b: Any, max_elements: int) -> tuple | str:
+    """Moments of A and B, ‖A‖², ‖B − A‖², max |B − A| and whether any value is NaN/Inf; or why not."""
+    import numpy as np
+
+    from .stats import BLOCK_ELEMENTS, _logical, _Moments
+
+    for data in (data_a, data_b):
+        if not _logical(data, max_elements):
+            return "a permuted view wider than a chunk is read in storage order: values cannot be paired"
+    moments_a, moments_b = _Moments(False), _Moments(False)
+    norm_a = diff2 = 0.0
+    largest = 0.0
+    nonfinite = False
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        for chunk_a, chunk_b in _aligned(iter(data_a.chunks(max_elements)), iter(data_b.chunks(max_elements))):
+            for start in range(0, chunk_a.size, BLOCK_ELEMENTS):
+                block_a = chunk_a[start : start + BLOCK_ELEMENTS]
+                block_b = chunk_b[start : start + BLOCK_ELEMENTS]
+                moments_a.add(block_a)
+                moments_b.add(block_b)
+                a64 = block_a.astype(np.float64)
+                delta = block_b.astype(np.float64) - a64
+                norm_a += float(np.einsum("i,i->", a64, a64))
+                diff2 += float(np.einsum("i,i->", delta, delta))
+                if delta.size:
+                    top = float(np.abs(delta).max())
+                    if not math.isfinite(top) or not math.isfinite(norm_a):
+                        nonfinite = True
+                    else:
+                        largest = max(largest, top)
+    return moments_a.result(), moments_b.result(), norm_a, diff2, largest, nonfinite
+
+
+def _ratio(change: float, scale: float) -> float | None:
+    """change / scale, 0 for no change, None for a change from a zero scale."""
+    if change == 0:
+        return 0.0
+    return change / scale if scale > 0 else None
+
+
+def _result(param: str, kind: str | None, shape: tuple[int, ...], dtype_a: str | None, dtype_b: str | None,
+            obs_a: Any, obs_b: Any, norm_a: float, diff2: float, largest: float, nonfinite: bool) -> TensorDiff:
+    rel_std = rel_mean = rel_norm = None
+    note = None
+    if obs_a.std is not None and obs_b.std is not None:
+        rel_std = _ratio(obs_b.std - obs_a.std, obs_a.std)
+    if obs_a.mean is not None and obs_b.mean is not None:
+        rel_mean = _ratio(obs_b.mean - obs_a.mean, max(abs(obs_a.mean), obs_a.std or 0.0))
+    unbounded = False
+    if nonfinite or not (math.isfinite(norm_a) and math.isfinite(diff2)):
+        note = "NaN or Inf values: no difference norm"
+        status = kind or "changed"
+        largest_shown = None
+    else:
+        status = kind or ("same" if diff2 == 0 else "changed")
+        largest_shown = largest
+        if norm_a > 0:
+            rel_norm = math.sqrt(diff2) / math.sqrt(norm_a)
+        elif diff2 == 0:
+            rel_norm = 0.0
+        else:
+            unbounded = True
+            note = "A is all zeros: the relative change is unbounded"
+    if math.prod(shape) == 0:
+        note = note or "no elements: nothing to compare"
+    return TensorDiff(param, status, shape, shape, dtype_a, dtype_b, obs_a.mean, obs_b.mean, obs_a.std, obs_b.std,
+                      rel_std, rel_mean, rel_norm, largest_shown, note, unbounded)
+
+
+def diff(a: Any, b: Any, *, filters: Iterable[str] = (), trust: bool = False,
+         max_elements: int = CHUNK_ELEMENTS) -> DiffResult:
+    """`fancli diff` as a function: any two sources `fancli.load` reads (paths, Models, state_dicts…)."""
+    from .api import load
+
+    return diff_models(load(a, trust=trust), load(b, trust=trust), tuple(filters), max_elements)

@@ -1,0 +1,139 @@
+"""`fancli diff` results: a table, Markdown for a pull-request comment, JSON and CSV for programs.
+
+Only formatting: the numbers are `fancli.diff`'s. Keys come from the files, so every cell is printable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from ..diff import DiffResult, TensorDiff
+from ..report import SCHEMA_VERSION
+from ..text import json_safe, printable
+from .common import shape
+
+HEADERS = ["key", "status", "shape", "dtype", "std A", "std B", "Δstd", "Δmean", "‖B−A‖/‖A‖"]
+ALIGNS = ["left", "left", "right", "left", "right", "right", "right", "right", "right"]
+
+
+def _number(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0"
+    return f"{value:+.3g}" if signed else f"{value:.4g}"
+
+
+def _cells(item: TensorDiff) -> list[str]:
+    dims = item.shape_a if item.shape_b is None else item.shape_b
+    shown = (f"{shape(item.shape_a)} → {shape(item.shape_b)}" if item.status == "reshaped"
+             else shape(dims) if dims is not None else "")
+    dtypes = item.dtype_a if item.dtype_b is None else item.dtype_b if item.dtype_a in (None, item.dtype_b) \
+        else f"{item.dtype_a} → {item.dtype_b}"
+    norm = "∞" if item.unbounded else _number(item.rel_diff_norm)
+    numbers = item.status not in ("added", "removed", "reshaped")
+    return [printable(item.param), item.status, shown, dtypes or "",
+            _number(item.std_a) if numbers else "", _number(item.std_b) if numbers else "",
+            _number(item.rel_std_change, True) if numbers else "",
+            _number(item.rel_mean_change, True) if numbers else "", norm if numbers else ""]
+
+
+def headline(result: DiffResult) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in result.counts().items())
+    return printable(f"{result.source_a} → {result.source_b}: {len(result.tensors)} tensors ({counts or 'none'})")
+
+
+def verdict(result: DiffResult, max_change: float | None, allow_structural: bool) -> str | None:
+    """The line that explains a non-zero exit, or None when the gate passes (or there is none)."""
+    failed = result.failures(max_change, allow_structural)
+    if not failed:
+        return None
+    parts = []
+    structural = [t for t in failed if t.status in ("added", "removed", "reshaped")]
+    if structural:
+        parts.append(f"{len(structural)} tensor{'s' * (len(structural) != 1)} added, removed or reshaped "
+                     "(--allow-structural accepts them)")
+    over = [t for t in failed if max_change is not None and t.exceeds(max_change)]
+    if over:
+        worst = max(over, key=lambda t: float("inf") if t.unbounded else t.rel_diff_norm)
+        parts.append(f"{len(over)} tensor{'s' * (len(over) != 1)} changed by more than --max-change "
+                     f"{max_change:g} (most: {printable(worst.param)}, "
+                     f"{'∞' if worst.unbounded else format(worst.rel_diff_norm, '.4g')})")
+    return "FAIL: " + "; ".join(parts)
+
+
+def _notes(result: DiffResult) -> list[str]:
+    return [printable(f"{t.param}: {t.note}") for t in result.tensors if t.note]
+
+
+def render_diff_table(result: DiffResult, max_change: float | None = None, allow_structural: bool = False) -> str:
+    from .table import draw_grid
+
+    lines = [headline(result)]
+    if result.tensors:
+        lines += draw_grid(HEADERS, ALIGNS, [_cells(t) for t in result.tensors])
+    lines += _notes(result)
+    gate = verdict(result, max_change, allow_structural)
+    if gate:
+        lines.append(gate)
+    return "\n".join(lines) + "\n"
+
+
+def render_diff_markdown(result: DiffResult, max_change: float | None = None, allow_structural: bool = False) -> str:
+    gate = verdict(result, max_change, allow_structural)
+    mark = "❌" if gate else "✅"
+    lines = [f"### {mark} fancli diff", "", headline(result).replace("|", "\\|"), ""]
+    if result.tensors:
+        lines += ["| " + " | ".join(HEADERS) + " |",
+                  "|" + "|".join(":---" if align == "left" else "---:" for align in ALIGNS) + "|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in _cells(t)) + " |" for t in result.tensors]
+        lines.append("")
+    lines += [f"- {note.replace('|', chr(92) + '|')}" for note in _notes(result)]
+    if gate:
+        lines += ["", f"**{gate.replace('|', chr(92) + '|')}**"]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def tensor_dict(item: TensorDiff) -> dict[str, Any]:
+    return {"param": item.param, "status": item.status,
+            "shape_a": list(item.shape_a) if item.shape_a is not None else None,
+            "shape_b": list(item.shape_b) if item.shape_b is not None else None,
+            "dtype_a": item.dtype_a, "dtype_b": item.dtype_b, "mean_a": item.mean_a, "mean_b": item.mean_b,
+            "std_a": item.std_a, "std_b": item.std_b, "rel_std_change": item.rel_std_change,
+            "rel_mean_change": item.rel_mean_change, "rel_diff_norm": item.rel_diff_norm,
+            "max_abs_diff": item.max_abs_diff, "note": item.note}
+
+
+def render_diff_json(result: DiffResult, max_change: float | None = None, allow_structural: bool = False) -> str:
+    failed = result.failures(max_change, allow_structural)
+    document = {
+        "fancli": SCHEMA_VERSION,
+        "command": "diff",
+        "a": {"path": result.source_a, "format": result.format_a},
+        "b": {"path": result.source_b, "format": result.format_b},
+        "max_change": max_change,
+        "ok": not failed,
+        "counts": result.counts(),
+        "failed": [t.param for t in failed],
+        "tensors": [tensor_dict(t) for t in result.tensors],
+    }
+    return json_safe(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)) + "\n"
+
+
+def render_diff_csv(result: DiffResult, max_change: float | None = None, allow_structural: bool = False) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    fields = list(tensor_dict(TensorDiff("", "same", (), ())))
+    writer.writerow(fields)
+    for item in result.tensors:
+        row = tensor_dict(item)
+        writer.writerow(["" if row[f] is None else "x".join(map(str, row[f])) if isinstance(row[f], list)
+                         else printable(row[f]) if isinstance(row[f], str) else repr(row[f]) for f in fields])
+    return buffer.getvalue()
+
+
+RENDERERS = {"table": render_diff_table, "json": render_diff_json, "markdown": render_diff_markdown,
+             "csv": render_diff_csv}
