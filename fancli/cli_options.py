@@ -185,7 +185,7 @@ def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def report_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options inspect and compare share: a `SourceArgs` (`src`), a `ReportArgs` (`settings`), and how to
-    write the result (`fmt`, `output`, `show_all`)."""
+    write the result (`fmt`, `output`, `show_all`, `expand`)."""
 
     @functools.wraps(func)
     def command(src: SourceArgs, scheme: str | None, nonlinearity: str | None, param: float | None,
@@ -209,6 +209,9 @@ def report_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Tables and Markdown: also list tensors below 2 dims (JSON always has them)."),
         click.option("--stats", is_flag=True,
                      help="Read the weights and add observed mean and std, and their ratio to the expected std."),
+        click.option("--expand", is_flag=True,
+                     help="Tables and Markdown: list every tensor instead of folding repeated layers into one "
+                          "row (JSON and CSV always list every tensor)."),
     ]))
 
 
