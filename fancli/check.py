@@ -72,6 +72,29 @@ class CheckResult:
         return RENDERERS[fmt](self.changes, self.deviations, self.baseline, self.sigmas)
 
 
+@dataclass(frozen=True)
+class FoldedChange:
+    """The same change (same field, same baseline → now) in keys that differ only in their indices, shown
+    as one line: `layers.{0..3}.mlp.experts.{0..7}.up_proj.weight ×32: std 0.02 → 0.04`."""
+
+    param: str  # a key, or a folding pattern (fancli.folding) standing for exactly the changed keys
+    count: int
+    change: str
+    field: str | None
+    baseline: Any
+    current: Any
+
+
+def fold_changes(changes: list[Change]) -> list[FoldedChange]:
+    """Changes folded by the index patterns of their keys (fancli.folding), in the order of the first of
+    each; a change no other key shares stays on its own line."""
+    from .folding import fold
+
+    same = lambda c: (c.change, c.field, json.dumps(c.baseline), json.dumps(c.current))  # noqa: E731
+    return [FoldedChange(group.pattern, group.count, group.row.change, group.row.field, group.row.baseline,
+                         group.row.current) for group in fold(changes, lambda c: c.param, same)]
+
+
 def _show(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"

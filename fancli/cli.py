@@ -69,25 +69,27 @@ def cli(debug: bool) -> None:
 @click.option("--infer", is_flag=True,
               help="Read the weights and name the init that best explains each layer (std and kurtosis).")
 def inspect(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...], fmt: str, output: str | None,
-            show_all: bool, infer: bool) -> None:
+            show_all: bool, expand: bool, infer: bool) -> None:
     """What each layer gets: fans, gain, std and bound under a scheme and mode."""
     from . import api
     from .errors import SettingsError
 
     if len(mode) > 1:
         raise SettingsError(f"inspect takes one mode, got {' '.join(mode)}; compare sets several side by side")
-    emit(build_report(api.inspect, src, settings, mode=mode[0] if mode else None, infer=infer), fmt, output, show_all)
+    emit(build_report(api.inspect, src, settings, mode=mode[0] if mode else None, infer=infer), fmt, output, show_all,
+         expand)
 
 
 @cli.command(cls=ModesCommand)
 @modes_option("Two or three modes to set side by side: --mode fan_in fan_out [fan_avg]. Default: fan_in fan_out.")
 @report_options
 def compare(src: SourceArgs, settings: ReportArgs, modes: tuple[str, ...], fmt: str, output: str | None,
-            show_all: bool) -> None:
+            show_all: bool, expand: bool) -> None:
     """How the modes differ, layer by layer: one std column per mode and their ratio."""
     from . import api
 
-    emit(build_report(api.compare, src, settings, modes=modes or ("fan_in", "fan_out")), fmt, output, show_all)
+    emit(build_report(api.compare, src, settings, modes=modes or ("fan_in", "fan_out")), fmt, output, show_all,
+         expand)
 
 
 @cli.command()

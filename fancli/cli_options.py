@@ -186,7 +186,7 @@ def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def report_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options inspect and compare share: a `SourceArgs` (`src`), a `ReportArgs` (`settings`), and how to
-    write the result (`fmt`, `output`, `show_all`)."""
+    write the result (`fmt`, `output`, `show_all`, `expand`)."""
 
     @functools.wraps(func)
     def command(src: SourceArgs, scheme: str | None, nonlinearity: str | None, param: float | None,
@@ -214,6 +214,9 @@ def report_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N",
                      help="Processes reading weights (--stats, --infer), one tensor each at a time; results are "
                           "identical for every N. Default: the usable cores."),
+        click.option("--expand", is_flag=True,
+                     help="Tables and Markdown: list every tensor instead of folding repeated layers into one "
+                          "row (JSON and CSV always list every tensor)."),
     ]))
 
 

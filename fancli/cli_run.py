@@ -135,8 +135,9 @@ def nbytes(layer: Any) -> int:
     return math.prod(layer.shape) * DTYPES.get(layer.dtype or "float32", (4,))[0]
 
 
-def emit(built: tuple[Any, list[Any]], fmt: str, output: str | None, show_all: bool) -> None:
-    """Render to stdout, or atomically to a file that is none of the inputs."""
+def emit(built: tuple[Any, list[Any]], fmt: str, output: str | None, show_all: bool, expand: bool = False) -> None:
+    """Render to stdout, or atomically to a file that is none of the inputs; tables and Markdown fold
+    repeated layers unless `expand`."""
     from .renderers import render_text, without_small_tensors
     from .safe_io import is_stdout, write_text
 
@@ -145,6 +146,10 @@ def emit(built: tuple[Any, list[Any]], fmt: str, output: str | None, show_all: b
 
     if fmt not in MACHINE_FORMATS and not show_all:
         report = without_small_tensors(report)
+    if expand:
+        from dataclasses import replace
+
+        report = replace(report, expanded=True)
 
     if output and not is_stdout(output):
         write_text(output, render_text(report, fmt), inputs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from .analysis import fans as fans_mod
@@ -22,6 +23,7 @@ from .vocab import FAN_CONVENTIONS
 
 if TYPE_CHECKING:
     from .analysis.inference import Inference
+    from .folding import Group
     from .stats import Observed
     from .summary import Totals
 
@@ -107,6 +109,21 @@ class Report:
     rows: tuple[Row, ...] = field(default=())
     notes: tuple[str, ...] = ()  # model-wide, from the loader
     totals: "Totals | None" = None  # of every row analysed: kept when a table folds small tensors away
+    expanded: bool = False  # tables and Markdown list every row (--expand) instead of folded groups
+
+    @cached_property
+    def groups(self) -> "list[Group]":
+        """The rows folded where they differ only in their keys' indices (fancli.folding), computed once."""
+        from .folding import fold_rows
+
+        return fold_rows(self.rows)
+
+    @property
+    def shown(self) -> "list[Group]":
+        """What tables and Markdown list: the groups, or with --expand each row on its own."""
+        from .folding import singletons
+
+        return singletons(self.rows) if self.expanded else self.groups
 
     @property
     def summary(self) -> "Totals":

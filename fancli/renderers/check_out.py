@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..check import Change, Deviation, _show
+from ..check import Change, Deviation, _show, fold_changes
 from ..report import SCHEMA_VERSION
 from ..text import printable
 from .table import draw_grid
@@ -30,9 +30,11 @@ ACCEPT = "if the change is intended, accept it with `fancli check --update` and 
 
 
 def _change_rows(changes: list[Change]) -> list[list[str]]:
-    """Cells for the changes; keys and values come from the model and the baseline file, so printable."""
-    return [[printable(c.param), c.change, c.field or "", "" if c.baseline is None else printable(_show(c.baseline)),
-             "" if c.current is None else printable(_show(c.current))] for c in changes]
+    """Cells for the changes, one line for keys that changed alike (`fold_changes`); keys and values come
+    from the model and the baseline file, so printable."""
+    return [[printable(c.param if c.count == 1 else f"{c.param} ×{c.count:,}"), c.change, c.field or "",
+             "" if c.baseline is None else printable(_show(c.baseline)),
+             "" if c.current is None else printable(_show(c.current))] for c in fold_changes(changes)]
 
 
 def _deviation_rows(found: list[Deviation]) -> list[list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..folding import Group
 from ..report import Report, Row
 from ..summary import numel
 
@@ -123,44 +124,77 @@ def summary(report: Report) -> str:
 
 
 class Column:
-    """A column both text renderers share: header, alignment and how a row fills it."""
+    """A column both text renderers share: header, alignment and how a shown group (`Report.shown`: a
+    folded group, or one row) fills it."""
 
     def __init__(self, header: str, cell, align: str = "right") -> None:
         self.header, self.cell, self.align = header, cell, align
 
 
+def _shared(cell):
+    """A column whose value every member of a group shares (folding requires it): the first member's."""
+    return lambda group: cell(group.row)
+
+
+def name(group: Group) -> str:
+    """The key, or the group's pattern and how many keys it stands for: `layers.{0..3}.q.weight ×4`."""
+    return group.pattern if group.count == 1 else f"{group.pattern} ×{count(group.count)}"
+
+
+def observed_range(group: Group, value) -> str:
+    """An observed value, or the members' range `min…max` where they differ in what is shown."""
+    found = [value(row) for row in group.rows]
+    known = [v for v in found if v is not None]
+    if not known:
+        return number(None)
+    low, high = number(min(known)), number(max(known))
+    shown = low if low == high else f"{low}…{high}"
+    return shown if len(known) == len(found) else f"{shown} (and —)"
+
+
 def columns(report: Report, footnotes: Footnotes) -> list[Column]:
-    """The columns for this report's command; scheme and mode get one only where layers differ."""
+    """The columns for this report's command; scheme and mode get one only where layers differ. params is
+    a group's total (its shape is each member's)."""
     cols = [
-        Column("name", lambda r: r.layer.param, "left"),
-        Column("kind", lambda r: r.layer.kind, "left"),
-        Column("shape", lambda r: shape(r.layer.shape)),
-        Column("params", lambda r: count(numel(r.layer))),
-        Column("fan_in", lambda r: fan(r, "fan_in")),
-        Column("fan_out", lambda r: fan(r, "fan_out")),
-        Column("gain", lambda r: number(r.gain)),
+        Column("name", name, "left"),
+        Column("kind", _shared(lambda r: r.layer.kind), "left"),
+        Column("shape", _shared(lambda r: shape(r.layer.shape))),
+        Column("params", lambda g: count(sum(numel(r.layer) for r in g.rows))),
+        Column("fan_in", _shared(lambda r: fan(r, "fan_in"))),
+        Column("fan_out", _shared(lambda r: fan(r, "fan_out"))),
+        Column("gain", _shared(lambda r: number(r.gain))),
     ]
     if varies(report, "scheme"):
-        cols.append(Column("scheme", lambda r: r.scheme, "left"))
+        cols.append(Column("scheme", _shared(lambda r: r.scheme), "left"))
     if report.command == "compare":
         first = report.modes[0]
-        cols += [Column(f"std {m}", lambda r, m=m: number(r.inits[m].std)) for m in report.modes]
-        cols += [Column(label, lambda r, m=m: number(ratio(r, m, first))) for label, m in ratio_columns(report)]
+        cols += [Column(f"std {m}", _shared(lambda r, m=m: number(r.inits[m].std))) for m in report.modes]
+        cols += [Column(label, _shared(lambda r, m=m: number(ratio(r, m, first))))
+                 for label, m in ratio_columns(report)]
     else:
         if varies(report, "mode"):
-            cols.append(Column("mode", lambda r: ",".join(r.inits), "left"))
+            cols.append(Column("mode", _shared(lambda r: ",".join(r.inits)), "left"))
         only = lambda r: next(iter(r.inits.values()))  # noqa: E731 - inspect has one mode per row
-        cols += [Column("std", lambda r: number(only(r).std)), Column("bound", lambda r: number(only(r).bound))]
+        cols += [Column("std", _shared(lambda r: number(only(r).std))),
+                 Column("bound", _shared(lambda r: number(only(r).bound)))]
     if any(row.observed is not None for row in report.rows):
         cols += [
-            Column("obs mean", lambda r: number(r.observed.mean if r.observed else None)),
-            Column("obs std", lambda r: number(r.observed.std if r.observed else None)),
-            Column("obs/exp", lambda r: number(r.observed_ratio)),
+            Column("obs mean", lambda g: observed_range(g, lambda r: r.observed.mean if r.observed else None)),
+            Column("obs std", lambda g: observed_range(g, lambda r: r.observed.std if r.observed else None)),
+            Column("obs/exp", lambda g: observed_range(g, lambda r: r.observed_ratio)),
         ]
     if any(row.inferred is not None for row in report.rows):
         cols += [
-            Column("inferred init", lambda r: r.inferred.label if r.inferred else "", "left"),
-            Column("conf", lambda r: r.inferred.confidence if r.inferred else "", "left"),
+            Column("inferred init", _shared(lambda r: r.inferred.label if r.inferred else ""), "left"),
+            Column("conf", _shared(lambda r: r.inferred.confidence if r.inferred else ""), "left"),
         ]
-    cols.append(Column("notes", footnotes.marks, "left"))
+    cols.append(Column("notes", _shared(footnotes.marks), "left"))
     return cols
+
+
+def highlighted(report: Report) -> set[int]:
+    """Indices into `report.shown` of the groups holding a row the modes disagree most on (compare)."""
+    if report.command != "compare":
+        return set()
+    top = {id(row) for row in report.most_disagreeing()}
+    return {index for index, group in enumerate(report.shown) if any(id(row) in top for row in group.rows)}

@@ -23,7 +23,7 @@ def render_html(report: Report) -> str:
     head = "".join(f'<th style="text-align:{col.align}">{_text(col.header)}</th>' for col in cols)
     body = "".join(
         "<tr>" + "".join(f'<td style="text-align:{col.align}">{_text(col.cell(row))}</td>' for col in cols) + "</tr>"
-        for row in report.rows)
+        for row in report.shown)
     notes = [*report.notes, *footnotes.lines()]
     foot = "".join(f"<div><small>{_text(note)}</small></div>" for note in notes)
     return (f"<div><strong>{_text(title(report))}</strong><table><thead><tr>{head}</tr></thead>"

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..analysis.schemes import InitValues
 from ..analysis.schemes import scheme as find_scheme
+from ..folding import Group
 from ..report import SCHEMA_VERSION, Report, Row
 from ..summary import numel
 from ..text import json_safe
@@ -121,6 +122,13 @@ def totals_dict(report: Report) -> dict[str, Any]:
             "bytes": found.bytes, "bytes_by_dtype": dict(found.bytes_by_dtype), "dtype_assumed": found.dtype_assumed}
 
 
+def groups_dict(group: Group) -> dict[str, Any]:
+    """A folded group: its pattern, members, their elements, and the index set of each `{…}` in the pattern
+    (a single index is written into the pattern and listed here too)."""
+    return {"pattern": group.pattern, "count": group.count, "params": sum(numel(row.layer) for row in group.rows),
+            "indices": [list(values) for values in group.indices]}
+
+
 def report_dict(report: Report) -> dict[str, Any]:
     """The whole report as the JSON contract's object."""
     settings = report.settings
@@ -144,6 +152,7 @@ def report_dict(report: Report) -> dict[str, Any]:
     else:
         out["settings"]["mode"] = modes_used[0] if len(modes_used) == 1 else None
     out["layers"] = [layer_dict(row, report.command) for row in report.rows]
+    out["groups"] = [groups_dict(group) for group in report.groups]
     out["summary"] = totals_dict(report)
     if report.command == "compare":
         computable = [row for row in report.rows if row.spread is not None]
@@ -162,10 +171,13 @@ def render_json(report: Report) -> str:
     would act on are written as escapes (`json_safe`)."""
     document = report_dict(report)
     layers = document.pop("layers")
+    groups = document.pop("groups")
     tail = {key: document.pop(key) for key in ("summary",) if key in document}
     head = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)[:-2]
-    rows = ",\n".join(f"    {json.dumps(layer, ensure_ascii=False, allow_nan=False)}" for layer in layers)
-    text = f'{head},\n  "layers": [\n{rows}\n  ]' if layers else f'{head},\n  "layers": []'
+    text = head
+    for key, items in (("layers", layers), ("groups", groups)):
+        lines = ",\n".join(f"    {json.dumps(item, ensure_ascii=False, allow_nan=False)}" for item in items)
+        text += f',\n  "{key}": [\n{lines}\n  ]' if items else f',\n  "{key}": []'
     for key, value in tail.items():
         text += f',\n  "{key}": {json.dumps(value, ensure_ascii=False, allow_nan=False)}'
     return json_safe(text) + "\n}\n"

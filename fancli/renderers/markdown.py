@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..report import Report
 from ..text import printable
-from .common import Footnotes, columns, summary, title, totals_line
+from .common import Footnotes, columns, highlighted, summary, title, totals_line
 
 
 def _escape(text: str) -> str:
@@ -15,16 +15,16 @@ def _escape(text: str) -> str:
 def render_markdown(report: Report) -> str:
     footnotes = Footnotes()
     cols = columns(report, footnotes)
-    highlighted = {id(row) for row in report.most_disagreeing()} if report.command == "compare" else set()
+    marked = highlighted(report)
     lines = [f"**{_escape(title(report))}**", ""]
     lines += [f"_{_escape(note)}_  " for note in report.notes]
     if report.notes:
         lines.append("")
     lines.append("| " + " | ".join(col.header for col in cols) + " |")
     lines.append("|" + "|".join(":---" if col.align == "left" else "---:" for col in cols) + "|")
-    for row in report.rows:
-        cells = [_escape(col.cell(row)) for col in cols]
-        if id(row) in highlighted:
+    for index, group in enumerate(report.shown):
+        cells = [_escape(col.cell(group)) for col in cols]
+        if index in marked:
             cells = [f"**{cell}**" if cell else cell for cell in cells]
         lines.append("| " + " | ".join(cells) + " |")
     extra = footnotes.lines()

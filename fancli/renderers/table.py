@@ -13,7 +13,7 @@ from rich.cells import cell_len
 
 from ..report import Report
 from ..text import printable
-from .common import Column, Footnotes, columns, summary, title, totals_line
+from .common import Column, Footnotes, columns, highlighted, summary, title, totals_line
 
 #: Beyond this many rows even a terminal gets the direct grid.
 RICH_MAX_ROWS = 2000
@@ -24,13 +24,12 @@ def _cells(report: Report) -> tuple[list[Column], list[list[str]], set[int], Foo
     every text printable (keys and notes come from the file)."""
     footnotes = Footnotes()
     cols = columns(report, footnotes)
-    highlighted = {id(row) for row in report.most_disagreeing()} if report.command == "compare" else set()
-    rows, marked = [], set()
-    for index, row in enumerate(report.rows):
-        cells = [printable(col.cell(row)) for col in cols]
-        if id(row) in highlighted:  # visible without colour too
+    marked = highlighted(report)
+    rows = []
+    for index, group in enumerate(report.shown):
+        cells = [printable(col.cell(group)) for col in cols]
+        if index in marked:  # visible without colour too
             cells[-1] = f"{cells[-1]} ◀".strip()
-            marked.add(index)
         rows.append(cells)
     lines = [totals_line(report)]
     if report.command == "compare":
@@ -74,7 +73,7 @@ def print_rich(report: Report, console: Any = None) -> None:
     from rich.text import Text
 
     console = console or Console()
-    if len(report.rows) > RICH_MAX_ROWS:
+    if len(report.shown) > RICH_MAX_ROWS:
         console.out(grid_text(report), end="", highlight=False)
         return
     cols, rows, marked, footnotes, lines = _cells(report)
@@ -175,12 +174,14 @@ def _notes_below(cols: list[Column], rows: list[list[str]], notes: list[str]) ->
 
 
 def wrap_name(name: str, width: int) -> str:
-    """A key as lines of at most `width` cells, broken after a `.` or `_` where one falls in the line
-    (`layers.0.attention.` / `in_proj_weight`), else folded."""
+    """A key or a folded pattern as lines of at most `width` cells, broken after a `.`, `_` or `,` where
+    one falls in the line (`layers.0.attention.` / `in_proj_weight`), never inside a range's `..`, else
+    folded."""
     lines = []
     while cell_len(name) > width:
         head = name[:width]
-        cut = max(head.rfind("."), head.rfind("_")) + 1
+        cut = max((i for i, c in enumerate(head) if c in "_," or c == "." and "." not in name[i - 1:i + 2:2]),
+                  default=-1) + 1
         cut = cut if cut > width // 3 else width
         lines.append(name[:cut])
         name = name[cut:]

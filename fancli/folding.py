@@ -1,0 +1,188 @@
+"""Folding: a model of 90,000 tensors is a few distinct layers repeated, so a table shows each once.
+
+Rows whose keys differ only in their numeric components (`layers.3.mlp.experts.17.…`) and that agree
+in everything a table shows fold into one group, named by a pattern with the exact index sets:
+`layers.{0..2,4..7}.mlp.experts.{0..255}.gate_proj.weight`. A pattern never claims a key that is not
+there: a multi-index set that is not a full product becomes several exact patterns. Pure functions of a
+report's rows, computed once per report (`Report.groups`); renderers only format the groups.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from itertools import product
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Sequence, TypeVar
+
+if TYPE_CHECKING:
+    from .report import Row
+
+T = TypeVar("T")
+
+#: A dotted component that is a natural number as written (`007` is a name, not an index).
+_INDEX = re.compile(r"0|[1-9][0-9]*")
+#: Observed stds of neighbours (sorted) further apart than this many standard errors start a new group.
+STD_ERRORS = 3.0
+
+Template = tuple  # the key's components, None where an index stands
+IndexSets = tuple  # one sorted tuple of ints per index position
+
+
+@dataclass(frozen=True)
+class Group:
+    """Rows shown as one: the pattern of their keys, the index sets it stands for, and the members in
+    model order (the first stands for all in every shared column)."""
+
+    pattern: str
+    indices: tuple[tuple[int, ...], ...]  # per index position of the pattern, its values ascending
+    rows: tuple[Any, ...]
+
+    @property
+    def row(self) -> Any:
+        return self.rows[0]
+
+    @property
+    def count(self) -> int:
+        return len(self.rows)
+
+
+def split_key(key: str) -> tuple[Template, tuple[int, ...]]:
+    """`layers.3.mlp.weight` -> (("layers", None, "mlp", "weight"), (3,))."""
+    parts = key.split(".")
+    template = tuple(None if _INDEX.fullmatch(part) else part for part in parts)
+    return template, tuple(int(part) for part in parts if _INDEX.fullmatch(part))
+
+
+def ranges(values: Sequence[int]) -> str:
+    """Ascending ints as exact ranges: 0,1,2,3,5,7,8,9 -> `0..3,5,7..9` (a run of two stays listed)."""
+    out, start = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[i - 1] + 1:
+            run = values[start:i]
+            out.append(f"{run[0]}..{run[-1]}" if len(run) > 2 else ",".join(map(str, run)))
+            start = i
+    return ",".join(out)
+
+
+def pattern(template: Template, indices: IndexSets) -> str:
+    """The template with each index position written as its value, or `{ranges}` where it has several."""
+    sets = iter(indices)
+    parts = []
+    for part in template:
+        if part is not None:
+            parts.append(part)
+            continue
+        values = next(sets)
+        parts.append(str(values[0]) if len(values) == 1 else "{" + ranges(values) + "}")
+    return ".".join(parts)
+
+
+def expand(text: str) -> list[str]:
+    """Every key a pattern stands for, in natural order: the inverse of `pattern` (keys without braces)."""
+    choices = []
+    for part in re.split(r"\.(?![^{}]*\})", text):  # the dots outside braces
+        if part.startswith("{") and part.endswith("}"):
+            values: list[str] = []
+            for item in part[1:-1].split(","):
+                low, _, high = item.partition("..")
+                values += map(str, range(int(low), int(high or low) + 1))
+            choices.append(values)
+        else:
+            choices.append([part])
+    return [".".join(parts) for parts in product(*choices)]
+
+
+def products(tuples: set[tuple[int, ...]]) -> list[IndexSets]:
+    """An exact partition of a set of index tuples into products of index sets, in natural order.
+
+    First indices whose remaining tuples are the same set share one product (layers × experts stays one
+    pattern); where they differ (layer 2 lacks expert 5) each distinct remainder gets its own.
+    """
+    width = len(next(iter(tuples)))
+    if width == 0:
+        return [()]
+    if width == 1:
+        return [(tuple(sorted(t[0] for t in tuples)),)]
+    rests: dict[int, set] = defaultdict(set)
+    for t in tuples:
+        rests[t[0]].add(t[1:])
+    firsts: dict[frozenset, list[int]] = defaultdict(list)
+    for first, rest in rests.items():
+        firsts[frozenset(rest)].append(first)
+    found = [(tuple(sorted(heads)),) + tail for rest, heads in firsts.items() for tail in products(set(rest))]
+    return sorted(found, key=lambda sets: tuple(s[0] for s in sets))
+
+
+def fold(items: Sequence[T], key: Callable[[T], str], same: Callable[[T], Hashable],
+         split: Callable[[list[T]], list[list[T]]] = lambda members: [members]) -> list[Group]:
+    """Groups of `items` (in order of their first member) whose keys share a template and whose `same`
+    values are equal; `split` may part such a set further (observed values that disagree). Every item is
+    in exactly one group; a group's pattern expands to exactly its members' keys."""
+    candidates: dict[tuple, list[tuple[int, T]]] = defaultdict(list)
+    for order, item in enumerate(items):
+        template, _ = split_key(key(item))
+        candidates[(template, same(item))].append((order, item))
+    groups: list[tuple[int, Group]] = []
+    for (template, _), members in candidates.items():
+        by_item = {id(item): order for order, item in members}
+        for part in split([item for _, item in members]):
+            indexed = {split_key(key(item))[1]: item for item in part}
+            if len(indexed) < len(part):  # two keys with one template and indices: not foldable, keep each
+                groups += [(by_item[id(item)], Group(key(item), (), (item,))) for item in part]
+                continue
+            for sets in products(set(indexed)):
+                rows = sorted((indexed[t] for t in product(*sets)), key=lambda item: by_item[id(item)])
+                groups.append((by_item[id(rows[0])], Group(pattern(template, sets), sets, tuple(rows))))
+    return [group for _, group in sorted(groups, key=lambda pair: pair[0])]
+
+
+# --- a report's rows ------------------------------------------------------------------------------------
+
+
+def shown(row: "Row") -> Hashable:
+    """Everything a table shows of a row but its name and its observed values: rows fold only where all of
+    it is equal."""
+    layer, fans = row.layer, row.fans
+    inits = tuple((mode, v.std, v.bound, v.sampling_std, v.note) for mode, v in row.inits.items())
+    inferred = (row.inferred.label, row.inferred.confidence, row.inferred.note) if row.inferred else None
+    return (layer.kind, layer.shape, layer.dtype, fans.fan_in, fans.fan_out, fans.effective_fan_in,
+            fans.effective_fan_out, fans.unknown, row.nonlinearity, row.gain, row.scheme, inits, row.notes,
+            row.observed is None, inferred)
+
+
+def _standard_error(row: "Row") -> float:
+    observed = row.observed
+    n = observed.count - observed.nonfinite
+    return observed.std / math.sqrt(2 * n) if n > 0 else math.inf
+
+
+def by_observed_std(rows: list["Row"]) -> list[list["Row"]]:
+    """Rows whose observed stds agree: sorted by std, a new part starts where two neighbours are more than
+    STD_ERRORS standard errors (σ/√(2n), of a sample std) apart. A member drawn at another std parts from
+    the rest; a spread of many draws of one std (each within noise of the next) stays one group, whose
+    row shows the observed range."""
+    unread = [row for row in rows if row.observed is None or row.observed.std is None]
+    read = sorted((row for row in rows if row.observed is not None and row.observed.std is not None),
+                  key=lambda row: row.observed.std)
+    parts: list[list[Row]] = []
+    for row in read:
+        if parts:
+            previous = parts[-1][-1]
+            gap = row.observed.std - previous.observed.std
+            if gap <= STD_ERRORS * max(_standard_error(row), _standard_error(previous)):
+                parts[-1].append(row)
+                continue
+        parts.append([row])
+    return [unread, *parts] if unread else parts
+
+
+def fold_rows(rows: Iterable["Row"]) -> list[Group]:
+    """The groups a table shows for these rows (singletons included)."""
+    return fold(list(rows), lambda row: row.layer.param, shown, by_observed_std)
+
+
+def singletons(rows: Iterable["Row"]) -> list[Group]:
+    """One group per row: the table with --expand."""
+    return [Group(row.layer.param, (), (row,)) for row in rows]

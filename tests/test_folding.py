@@ -1,0 +1,169 @@
+"""Folding: a MoE-shaped checkpoint's table shows each distinct layer once, with exact index patterns, and
+loses nothing: every pattern expands to exactly the keys JSON lists."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from fancli.folding import expand, fold, products, ranges
+
+from helpers import run
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+LAYERS = (0, 1, 2, 4, 5, 6, 7)  # layer 3 missing: a gap every layer pattern must show
+
+
+def moe(odd_std: bool = False, wide_down: bool = False) -> dict:
+    """7 layers × (attention q/k/v/o, two norms, a router, 8 experts × gate/up/down, a shared expert):
+    241 tensors, one expert (layer 1, expert 5) with a wider up_proj."""
+    generator = torch.Generator().manual_seed(0)
+
+    def w(*shape: int, std: float = 0.02):
+        return torch.randn(*shape, generator=generator) * std
+
+    tensors = {"model.embed_tokens.weight": w(100, 64)}
+    for i in LAYERS:
+        p = f"model.layers.{i}."
+        tensors[p + "input_layernorm.weight"] = torch.ones(64)
+        for name, rows in (("q", 64), ("k", 16), ("v", 16), ("o", 64)):
+            cols = 32 if wide_down and (i, name) == (0, "q") else 64
+            tensors[p + f"self_attn.{name}_proj.weight"] = w(rows, cols)
+        tensors[p + "post_attention_layernorm.weight"] = torch.ones(64)
+        tensors[p + "mlp.gate.weight"] = w(8, 64)
+        for e in range(8):
+            q = p + f"mlp.experts.{e}."
+            tensors[q + "gate_proj.weight"] = w(32, 64, std=0.05 if odd_std and (i, e) == (4, 2) else 0.02)
+            tensors[q + "up_proj.weight"] = w(48 if (i, e) == (1, 5) else 32, 64)
+            tensors[q + "down_proj.weight"] = w(64, 48 if wide_down else 32)
+        for name, shape in (("gate", (32, 64)), ("up", (32, 64)), ("down", (64, 32))):
+            tensors[p + f"mlp.shared_expert.{name}_proj.weight"] = w(*shape)
+    tensors["model.norm.weight"] = torch.ones(64)
+    tensors["lm_head.weight"] = w(100, 64)
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("moe")
+    paths = {}
+    for name, options in (("moe", {}), ("odd", {"odd_std": True}), ("wide", {"wide_down": True})):
+        paths[name] = folder / f"{name}.safetensors"
+        safetensors_torch.save_file(moe(**options), str(paths[name]))
+    return paths
+
+
+def _names(table: str) -> list[str]:
+    """The name cell of each table row."""
+    return [line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")]
+
+
+def test_ranges_and_products_are_exact():
+    assert ranges([0, 1, 2, 3, 5, 7, 8, 9]) == "0..3,5,7..9"
+    assert ranges([4, 5]) == "4,5"
+    full = {(layer, expert) for layer in (0, 1, 3) for expert in range(4)}
+    assert products(full) == [((0, 1, 3), (0, 1, 2, 3))]
+    ragged = full - {(1, 2)}
+    found = products(ragged)
+    assert found == [((0, 3), (0, 1, 2, 3)), ((1,), (0, 1, 3))]
+    assert sorted(t for sets in found for t in __import__("itertools").product(*sets)) == sorted(ragged)
+
+
+def test_keys_that_are_not_indices_do_not_fold():
+    keys = ["a.01.w", "a.1.w", "a.2.w", "b.0.w"]
+    groups = fold(keys, key=lambda k: k, same=lambda k: None)
+    assert [g.pattern for g in groups] == ["a.01.w", "a.{1,2}.w", "b.0.w"]
+
+
+def test_the_folded_table_shows_each_distinct_layer_once_with_the_gap(checkpoints):
+    result = run("inspect", checkpoints["moe"])
+    assert result.code == 0, result.err
+    names = _names(result.out)
+    assert len(names) == 15  # 226 tensors of 2 dims
+    assert "model.layers.{0..2,4..7}.mlp.experts.{0..7}.gate_proj.weight ×56" in names
+    assert "model.layers.{0..2,4..7}.self_attn.q_proj.weight ×7" in names
+    # layer 1's expert 5 has another shape: the up_proj product is split so that no pattern claims it
+    assert "model.layers.{0,2,4..7}.mlp.experts.{0..7}.up_proj.weight ×48" in names
+    assert "model.layers.1.mlp.experts.{0..4,6,7}.up_proj.weight ×7" in names
+    assert "model.layers.1.mlp.experts.5.up_proj.weight" in names
+    assert "114,688" in result.out  # params: the group's total (56 × 64 × 32)
+    assert "total: 241 tensors · 477,120 parameters" in result.out  # every tensor counted, folded or hidden
+
+
+def test_expanding_the_groups_gives_back_exactly_the_json_rows(checkpoints):
+    document = json.loads(run("inspect", checkpoints["moe"], "--format", "json").out)
+    params = [layer["param"] for layer in document["layers"]]
+    assert len(params) == 241
+    expanded = [key for group in document["groups"] for key in expand(group["pattern"])]
+    assert sorted(expanded) == sorted(params)  # each key once: nothing lost, nothing claimed twice
+    assert all(len(expand(group["pattern"])) == group["count"] for group in document["groups"])
+    by_param = {layer["param"]: layer for layer in document["layers"]}
+    for group in document["groups"]:
+        members = [by_param[key] for key in expand(group["pattern"])]
+        assert group["params"] == sum(member["params"] for member in members)
+        shown = {json.dumps({k: v for k, v in m.items() if k not in ("name", "param")}) for m in members}
+        assert len(shown) == 1  # members agree in every field but their keys
+    assert len(document["groups"]) == 15 + 3  # the norms: two per layer and the final one
+
+
+def test_expand_and_markdown(checkpoints):
+    expanded = run("inspect", checkpoints["moe"], "--expand", "--all")
+    assert len(_names(expanded.out)) == 241
+    assert "model.layers.4.mlp.experts.3.down_proj.weight" in _names(expanded.out)
+    markdown = run("inspect", checkpoints["moe"], "--format", "markdown").out
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 15
+    assert "| model.layers.{0..2,4..7}.mlp.experts.{0..7}.down_proj.weight ×56 |" in markdown
+    assert "total: 241 tensors" in markdown
+    csv_lines = run("inspect", checkpoints["moe"], "--format", "csv").out.strip().splitlines()
+    assert len(csv_lines) == 1 + 241  # machines get every row
+
+
+def test_stats_split_out_a_member_drawn_at_another_std(checkpoints):
+    names = _names(run("inspect", checkpoints["odd"], "--stats").out)
+    assert "model.layers.4.mlp.experts.2.gate_proj.weight" in names
+    assert "model.layers.4.mlp.experts.{0,1,3..7}.gate_proj.weight ×7" in names
+    assert "model.layers.{0..2,5..7}.mlp.experts.{0..7}.gate_proj.weight ×48" in names
+    # draws of one std agree within their standard errors: the rest still fold, showing the observed range
+    table = run("inspect", checkpoints["moe"], "--stats").out
+    assert len(_names(table)) == 15
+    row = next(line for line in table.splitlines() if "experts.{0..7}.down_proj.weight ×56" in line)
+    assert "…" in row
+
+
+def test_a_narrow_terminal_wraps_patterns_and_keeps_every_number(checkpoints):
+    from rich.console import Console
+
+    from fancli import api
+    from fancli.renderers import without_small_tensors
+    from fancli.renderers.table import print_rich
+
+    report = without_small_tensors(api.inspect(str(checkpoints["moe"])))
+    out = io.StringIO()
+    print_rich(report, Console(file=out, width=90, color_system=None))
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 90
+    for number in ("114,688", "98,304", "14,336", "0.1768", "0.25"):
+        assert number in text
+    lines = text.splitlines()
+    for above, below in zip(lines, lines[1:]):  # never broken inside a range's `..`
+        assert not (above.rstrip(" │").endswith(".") and below.lstrip("│ ").startswith("."))
+
+
+def test_check_reports_a_group_that_drifted_alike_on_one_line(checkpoints, tmp_path):
+    baseline = tmp_path / "lock.json"
+    assert run("check", checkpoints["moe"], "--no-config", "--update", "--baseline", baseline).code == 0
+    result = run("check", checkpoints["wide"], "--no-config", "--baseline", baseline)
+    assert result.code == 1
+    lines = [line for line in result.out.splitlines() if line.startswith("│")]
+    pattern = "model.layers.{0..2,4..7}.mlp.experts.{0..7}.down_proj.weight ×56"
+    assert [line.split("│")[3].strip() for line in lines if pattern in line] == ["shape", "fan_in", "std"]
+    assert sum("model.layers.0.self_attn.q_proj.weight" in line for line in lines) == 3  # alone, per member
+    assert len(lines) == 6
+    document = json.loads(run("check", checkpoints["wide"], "--no-config", "--baseline", baseline,
+                              "--format", "json").out)
+    assert len(document["changes"]) == 3 * 57  # JSON keeps every change
