@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -14,7 +14,7 @@ from .layer import Model
 from .report import Report, Settings, analyze, selected, with_inferences
 
 if TYPE_CHECKING:
-    from .check import CheckResult
+    from .check import Change, Deviation
     from .config import Config
 
 #: What a source may be: a path or name (a file, folder, repo id, `pkg.module:factory`), a loaded Model, or an
@@ -148,6 +148,27 @@ def compare(
     return _report(source, settings, "compare", stats, trust, kwargs, on_chunk, jobs=jobs)
 
 
+@dataclass(frozen=True)
+class CheckResult:
+    """What `fancli.check` found: the changes against the baseline and the judged observed stds."""
+
+    report: Report
+    changes: list["Change"]
+    deviations: list["Deviation"]
+    baseline: str
+    sigmas: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.changes and not any(d.flagged for d in self.deviations)
+
+    def render(self, fmt: str = "table") -> str:
+        """The drift report as `fancli check --format fmt` prints it."""
+        from .renderers.check_out import RENDERERS
+
+        return RENDERERS[fmt](self.changes, self.deviations, self.baseline, self.sigmas)
+
+
 def check_init(
     model: Source = None,
     config: "str | Path | Config | None" = None,
@@ -158,7 +179,7 @@ def check_init(
     sigmas: float | None = None,
     trust: bool = False,
     kwargs: dict[str, Any] | None = None,
-) -> "CheckResult":
+) -> CheckResult:
     """`fancli check` as a function (not named `check`: that is the `fancli.check` module, which an import
     would put back over a function of that name): today's init (the config applied to `model`) against the baseline.
 
@@ -188,7 +209,7 @@ def check_init(
         changes = drift.compare(drift.read_baseline(path), report, limit)
     limit = sigmas if sigmas is not None else conf.sigmas if conf else 5.0
     found = drift.deviations(report, limit) if stats else []
-    return drift.CheckResult(report, changes, found, str(path) if path else "(no baseline)", limit)
+    return CheckResult(report, changes, found, str(path) if path else "(no baseline)", limit)
 
 
 def assert_init(

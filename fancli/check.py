@@ -52,27 +52,6 @@ class Deviation:
 
 
 @dataclass(frozen=True)
-class CheckResult:
-    """What `fancli.check` found: the changes against the baseline and the judged observed stds."""
-
-    report: Report
-    changes: list[Change]
-    deviations: list[Deviation]
-    baseline: str
-    sigmas: float
-
-    @property
-    def ok(self) -> bool:
-        return not self.changes and not any(d.flagged for d in self.deviations)
-
-    def render(self, fmt: str = "table") -> str:
-        """The drift report as `fancli check --format fmt` prints it."""
-        from .renderers.check_out import RENDERERS
-
-        return RENDERERS[fmt](self.changes, self.deviations, self.baseline, self.sigmas)
-
-
-@dataclass(frozen=True)
 class FoldedChange:
     """The same change (same field, same baseline → now) in keys that differ only in their indices, shown
     as one line: `layers.{0..3}.mlp.experts.{0..7}.up_proj.weight ×32: std 0.02 → 0.04`."""

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO, run
 
 from fancli.analysis.activations import ACTIVATIONS, numeric_gain
 from fancli.analysis.gains import gain
-from helpers import REPO, run
 
 
 @pytest.mark.parametrize("name", ["relu", "linear", "identity"])

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, SAMPLES, run, torch_std_and_bound
 from torch import nn
 from torch.nn.init import _calculate_fan_in_and_fan_out as torch_fans
-
-from helpers import REPO, SAMPLES, run, torch_std_and_bound
 from torch_from_spec import build
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from helpers import REPO, run
 from torch import nn
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import (
@@ -29,7 +30,6 @@ from fancli.errors import SourceError
 from fancli.loaders import LoadOptions, load
 from fancli.loaders.dcp import load_dcp
 from fancli.stats import observe
-from helpers import REPO, run
 
 
 def _net() -> nn.Module:

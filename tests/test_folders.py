@@ -17,12 +17,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
+from helpers import REPO, run  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fancli.analysis.fans import layer_fans  # noqa: E402
 from fancli.errors import SourceError  # noqa: E402
 from fancli.loaders import load, sniff  # noqa: E402
-from helpers import REPO, run  # noqa: E402
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TAG_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"

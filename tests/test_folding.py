@@ -7,10 +7,9 @@ import io
 import json
 
 import pytest
+from helpers import run
 
 from fancli.folding import expand, fold, products, ranges
-
-from helpers import run
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +28,6 @@ from fancli.errors import FancliError, SourceError
 from fancli.loaders import load
 from fancli.loaders.spec import LAYER_TYPES, TOP_KEYS, parse_spec
 from fancli.renderers import render_text
-from helpers import REPO
 
 EXAMPLES = int(os.environ.get("FANCLI_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=EXAMPLES or 120, deadline=None, derandomize=not EXAMPLES,

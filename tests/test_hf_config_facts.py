@@ -9,7 +9,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
-from torch import nn  # noqa: E402
 
 from helpers import run  # noqa: E402
 

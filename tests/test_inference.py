@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import zlib
 
-import pytest
 import torch
+from helpers import run
 from torch import nn
 from torch.nn import init
 
@@ -16,7 +16,6 @@ from fancli.analysis.schemes import variance_scaling
 from fancli.layer import Layer
 from fancli.loaders.torch_tensor import TorchTensorData
 from fancli.stats import observe
-from helpers import run
 
 SHAPES = [(256, 128), (128, 64, 3, 3), (64, 3, 7, 7), (512, 256, 1, 1), (300, 100), (96, 48, 5)]
 NONLINEARITIES = ["relu", "linear", "tanh"]

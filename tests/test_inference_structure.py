@@ -13,6 +13,7 @@ import zlib
 
 import pytest
 import torch
+from helpers import run, torch_std_and_bound
 from torch import nn
 from torch.nn import init
 from torch.nn.utils import prune
@@ -23,7 +24,6 @@ from fancli.analysis.inference import KURTOSIS, candidates, infer
 from fancli.layer import Layer
 from fancli.loaders.torch_tensor import TorchTensorData
 from fancli.stats import observe
-from helpers import run, torch_std_and_bound
 
 SHAPES = [(256, 128), (128, 64, 3, 3), (64, 3, 7, 7), (512, 256, 1, 1), (300, 100), (96, 48, 5)]
 NONLINEARITIES = ["relu", "linear", "tanh"]

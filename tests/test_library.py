@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO, run
 
 import fancli
-from helpers import REPO, run
 
 LENET = REPO / "sample_models" / "lenet5.yaml"
 

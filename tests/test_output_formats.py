@@ -11,13 +11,13 @@ import re
 import sys
 
 import pytest
+from helpers import REPO, run
+from schema_check import errors
 
 import fancli
 from fancli.layer import Layer, Model
 from fancli.renderers import render_text, without_small_tensors
 from fancli.report import analyze
-from helpers import REPO, run
-from schema_check import errors
 
 SAMPLES = REPO / "sample_models"
 SCHEMA = json.loads((REPO / "docs" / "schema" / "report.schema.json").read_text())

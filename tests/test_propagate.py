@@ -9,13 +9,13 @@ import math
 import pytest
 
 torch = pytest.importorskip("torch")
+from helpers import REPO  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fancli.api import load  # noqa: E402
 from fancli.loaders.spec import parse_spec  # noqa: E402
 from fancli.propagate import PropagateError, propagate  # noqa: E402
 from fancli.renderers.propagate import bars, render_propagation, to_dict  # noqa: E402
-from helpers import REPO  # noqa: E402
 
 #: 50 ReLU layers whose widths change: 256 in, blocks of 256, 1024, 512, 1024 out.
 #: Under fan_out the forward variance telescopes to width(1)/width(50) = 1/4 end to end; under fan_in the

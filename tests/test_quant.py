@@ -10,10 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
+from helpers import run  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fancli.tensors import FP8, fp8_table  # noqa: E402
-from helpers import run  # noqa: E402
 
 BLOCK = 128
 

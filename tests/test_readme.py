@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-
 from helpers import REPO, run
 
 README = (REPO / "README.md").read_text()
@@ -33,7 +32,6 @@ def test_readme_json_example_is_what_torch_computes_and_what_the_tool_prints():
     """The documented numbers are torch's (xavier_uniform_ with tanh's gain on LeNet's conv1), and the tool
     prints the same document."""
     import torch
-
     from helpers import torch_std_and_bound
 
     example = json.loads(README.split("```json", 1)[1].split("```", 1)[0])

@@ -19,7 +19,11 @@ from fancli.analysis.fans import layer_fans  # noqa: E402
 from fancli.errors import SourceError  # noqa: E402
 from fancli.loaders import safetensors_file  # noqa: E402
 from fancli.loaders.flat_keys import BUFFERS  # noqa: E402
-from fancli.loaders.safetensors_file import SAFETENSORS_DTYPES, load_safetensors, load_safetensors_index  # noqa: E402
+from fancli.loaders.safetensors_file import (  # noqa: E402
+    SAFETENSORS_DTYPES,
+    load_safetensors,
+    load_safetensors_index,
+)
 from fancli.stats import observe  # noqa: E402
 from fancli.tensors import DTYPES, FLOATING  # noqa: E402
 

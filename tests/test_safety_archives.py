@@ -24,7 +24,7 @@ from torch import nn  # noqa: E402
 
 from fancli.errors import SourceError  # noqa: E402
 from fancli.loaders import load  # noqa: E402
-from fancli.loaders.torch_zip import ZipMember  # noqa: E402
+from fancli.loaders.torch_zip import ZipMember
 from fancli.loaders.torchscript_archive import NO_STRUCTURE  # noqa: E402
 
 #: Scripted source must live in a file: TorchScript compiles from the source text.

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from helpers import REPO, run, torch_std_and_bound
 from torch.nn.init import _calculate_fan_in_and_fan_out as torch_fans
 
 from fancli.analysis.fans import layer_fans
 from fancli.loaders import load
-from fancli.stats import observe
 from fancli.report import Settings, analyze
-from helpers import REPO, run, torch_std_and_bound
+from fancli.stats import observe
 
 SAMPLES = REPO / "sample_models"
 TINYNET = {

@@ -7,15 +7,20 @@ import zlib
 
 import pytest
 import torch
+from helpers import torch_std_and_bound
 from torch import nn
 from torch.nn import init
 
 from fancli.analysis.fans import torch_fans
 from fancli.analysis.gains import gain
-from fancli.layer import Layer
-from fancli.analysis.schemes import SCHEMES, TRUNCATED_NORMAL_STD, scheme, variance_scaling
+from fancli.analysis.schemes import (
+    SCHEMES,
+    TRUNCATED_NORMAL_STD,
+    scheme,
+    variance_scaling,
+)
 from fancli.analysis.torch_defaults import torch_default
-from helpers import torch_std_and_bound
+from fancli.layer import Layer
 
 SHAPES = [(300, 200), (64, 3, 7, 7), (128, 64, 3, 3), (32, 16, 5), (8, 4, 3, 3, 3)]
 NONLINEARITIES = [("relu", None), ("tanh", None), ("leaky_relu", 0.2), ("linear", None), ("selu", None), ("sigmoid", None)]

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import SAMPLES
 from torch.nn.init import _calculate_fan_in_and_fan_out as torch_fans
+from torch_from_spec import build
 
 from fancli.analysis.fans import layer_fans
 from fancli.errors import SourceError
 from fancli.loaders.spec import load_spec, parse_spec
-from helpers import SAMPLES
-from torch_from_spec import build
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from helpers import REPO, run
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
 from fancli.loaders import load
 from fancli.stats import observe
-from helpers import REPO, run
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -215,7 +215,7 @@ def test_safe_globals_are_typed(tmp_path, value):
 
 
 def test_an_inert_record_keeps_its_arguments_and_state():
-    from fancli.loaders.torch_zip import WeightsUnpickler
+    from fancli.loaders.torch_pickle import WeightsUnpickler
 
     data = pickle.dumps({"c": TrainConfig(3, 0.5)}, protocol=2)
     record = WeightsUnpickler(data, safe_globals=frozenset({f"{__name__}.TrainConfig"})).load()["c"]

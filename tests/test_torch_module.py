@@ -20,8 +20,8 @@ from fancli.analysis.fans import layer_fans
 from fancli.errors import SourceError
 from fancli.layer import Model
 from fancli.loaders import load
-from fancli.loaders.flat_keys import NO_STRUCTURE
 from fancli.loaders.export_program import load_exported
+from fancli.loaders.flat_keys import NO_STRUCTURE
 from fancli.loaders.torch_module import (
     layers_from_module,
     load_factory,

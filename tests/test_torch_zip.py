@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, run
 from torch import nn
 
 from fancli.errors import SourceError
 from fancli.loaders import load
 from fancli.loaders.checkpoint import find_state_dict
-from fancli.loaders.torch_zip import TorchZip, _Tensor, read_state_dict
+from fancli.loaders.torch_pickle import _Tensor
+from fancli.loaders.torch_zip import TorchZip, read_state_dict
 from fancli.stats import observe
-from helpers import REPO, run
 
 
 def _net(dtype=torch.float32) -> nn.Module:

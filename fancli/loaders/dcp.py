@@ -28,7 +28,7 @@ from .checkpoint import _NOT_WEIGHTS
 from .dcp_metadata import MAX_METADATA_BYTES, DcpChunk, DcpTensor, read_metadata
 from .entry import Entry
 from .flat_keys import layers_from_entries
-from .torch_zip import UnsafeGlobal, WeightsUnpickler, _short, _Tensor, check_claims
+from .torch_pickle import UnsafeGlobal, WeightsUnpickler, _short, _Tensor, check_claims
 from .zip_bounds import check_zip_claims
 
 METADATA_NAME = ".metadata"

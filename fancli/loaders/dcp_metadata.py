@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import SourceError
 from ..tensors import DTYPES, LOW_PRECISION_FLOATING
 from . import pickle_scan
-from .torch_zip import UnsafeGlobal, WeightsUnpickler, _is_index, _is_shape, _short
+from .torch_pickle import UnsafeGlobal, WeightsUnpickler, _is_index, _is_shape, _short
 
 MAX_METADATA_BYTES = 64 * 1024 * 1024  # ~700 bytes a tensor: 90,000 tensors
 _METADATA = "torch.distributed.checkpoint.metadata"

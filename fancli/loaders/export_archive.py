@@ -20,7 +20,8 @@ from ..tensors import DTYPES, StridedRef
 from .export_ops import Use, conv_arguments, exported_owner, is_conv_weight
 from .module_structure import Owner, module_layer, with_reinit
 from .safetensors_file import MAX_INDEX_BYTES
-from .torch_zip import MAX_DIMS, TorchZip, ZipMember, _is_index
+from .torch_pickle import MAX_DIMS, _is_index
+from .torch_zip import TorchZip, ZipMember
 
 MAX_PROGRAM_BYTES = 128 * 1024 * 1024  # model.json: ~2 KB a graph node with its stack trace
 MODEL = "model"  # the name torch.export.save gives the one program it writes

@@ -24,7 +24,8 @@ MAX_LEGACY_TORCH_LOAD = 256 * 1024 * 1024
 def load_zip(path: Path, options: LoadOptions) -> Model:
     """torch.save, TorchScript and torch.export archives without torch; with --trust, the last two through
     torch's own loaders, which run the archive's code."""
-    from .torch_zip import TorchZip, UnsafeGlobal, read_state_dict, untrusted_message
+    from .torch_pickle import UnsafeGlobal, untrusted_message
+    from .torch_zip import TorchZip, read_state_dict
 
     archive = TorchZip(path)
     if archive.kind in ARCHIVE_READERS:
@@ -56,7 +57,7 @@ def load_pickle(path: Path, options: LoadOptions) -> Model:
 
         return load_pickled_module(path, trust=True)
     from .torch_legacy import NotLegacy, read_legacy
-    from .torch_zip import UnsafeGlobal, untrusted_message
+    from .torch_pickle import UnsafeGlobal, untrusted_message
 
     try:
         return read_legacy(path, options.safe_globals)

@@ -21,7 +21,7 @@ from ..layer import Model
 from ..safe_io import FileRange, open_regular
 from ..tensors import StridedRef
 from . import pickle_scan
-from .torch_zip import (
+from .torch_pickle import (
     ITEMSIZE,
     MAX_PICKLE_BYTES,
     QUANTIZED_CODES,
@@ -30,8 +30,8 @@ from .torch_zip import (
     _short,
     _Storage,
     check_claims,
-    unpickled_model,
 )
+from .torch_zip import unpickled_model
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001

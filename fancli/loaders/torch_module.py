@@ -27,11 +27,8 @@ from .factory import a, build, importable_cwd, one_line
 from .flat_keys import layers_from_entries
 from .module_structure import HF_CONV1D, Owner, ints, is_conv, with_reinit
 from .torch_tensor import dtype_name, tensor_data, tensor_identity, tensor_layer
-from .torch_zip import (  # one wording whether torch reads the file or fancli does
-    MAX_PICKLE_BYTES,
-    TorchZip,
-    untrusted_message,
-)
+from .torch_pickle import MAX_PICKLE_BYTES, untrusted_message  # one wording whether torch or fancli reads it
+from .torch_zip import TorchZip
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _WEIGHTS_UNPICKLER = re.compile(r"WeightsUnpickler error:\s*(.+)")

@@ -28,7 +28,8 @@ from .module_structure import (
     module_layer,
     with_reinit,
 )
-from .torch_zip import TorchZip, WeightsUnpickler, _Tensor
+from .torch_pickle import WeightsUnpickler, _Tensor
+from .torch_zip import TorchZip
 
 MAX_CODE_BYTES = 4 * 1024 * 1024  # one class file; torch writes a few KB per class
 MAX_CODE_TOTAL = 64 * 1024 * 1024  # all class files parsed for one archive

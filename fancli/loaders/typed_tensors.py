@@ -21,7 +21,7 @@ from .quant_data import Unreadable
 if TYPE_CHECKING:
     import numpy as np
 
-    from .torch_zip import _Sparse, _Tensor
+    from .torch_pickle import _Sparse, _Tensor
 
 COMPLEX = ("complex64", "complex128")
 #: Why a complex tensor has no statistics (the row's `--stats` note).
