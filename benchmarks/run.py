@@ -124,6 +124,128 @@ def write_sparse_safetensors(folder: Path, shapes: dict, shards: int) -> Path:
     return index
 
 
+def deepseek_v3_shapes() -> dict[str, tuple[tuple[int, ...], str]]:
+    """DeepSeek-V3's tensors (config.json of deepseek-ai/DeepSeek-V3): 61 layers, the first 3 with a dense
+    MLP, the rest 256 routed experts and 1 shared one; MLA attention; FP8 E4M3 weights each with a float32
+    `weight_scale_inv` per 128×128 block; bf16 norms, router and embeddings; plus the multi-token-prediction
+    layer 61. key -> (shape, safetensors dtype), ~92,000 tensors."""
+    hidden, vocab, heads, experts = 7168, 129280, 128, 256
+    q_rank, kv_rank, rope, nope, v_dim = 1536, 512, 64, 128, 128
+    dense, moe = 18432, 2048
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {"model.embed_tokens.weight": ((vocab, hidden), "BF16")}
+
+    def fp8(key: str, out: int, inp: int) -> None:
+        shapes[f"{key}.weight"] = ((out, inp), "F8_E4M3")
+        shapes[f"{key}.weight_scale_inv"] = ((-(-out // 128), -(-inp // 128)), "F32")
+
+    for i in range(62):
+        p = f"model.layers.{i}"
+        shapes[f"{p}.input_layernorm.weight"] = ((hidden,), "BF16")
+        fp8(f"{p}.self_attn.q_a_proj", q_rank, hidden)
+        shapes[f"{p}.self_attn.q_a_layernorm.weight"] = ((q_rank,), "BF16")
+        fp8(f"{p}.self_attn.q_b_proj", heads * (nope + rope), q_rank)
+        fp8(f"{p}.self_attn.kv_a_proj_with_mqa", kv_rank + rope, hidden)
+        shapes[f"{p}.self_attn.kv_a_layernorm.weight"] = ((kv_rank,), "BF16")
+        fp8(f"{p}.self_attn.kv_b_proj", heads * (nope + v_dim), kv_rank)
+        fp8(f"{p}.self_attn.o_proj", hidden, heads * v_dim)
+        shapes[f"{p}.post_attention_layernorm.weight"] = ((hidden,), "BF16")
+        if i < 3:
+            fp8(f"{p}.mlp.gate_proj", dense, hidden)
+            fp8(f"{p}.mlp.up_proj", dense, hidden)
+            fp8(f"{p}.mlp.down_proj", hidden, dense)
+            continue
+        shapes[f"{p}.mlp.gate.weight"] = ((experts, hidden), "BF16")
+        shapes[f"{p}.mlp.gate.e_score_correction_bias"] = ((experts,), "F32")
+        for e in [f"experts.{j}" for j in range(experts)] + ["shared_experts"]:
+            fp8(f"{p}.mlp.{e}.gate_proj", moe, hidden)
+            fp8(f"{p}.mlp.{e}.up_proj", moe, hidden)
+            fp8(f"{p}.mlp.{e}.down_proj", hidden, moe)
+        if i == 61:  # the multi-token-prediction module
+            shapes[f"{p}.enorm.weight"] = ((hidden,), "BF16")
+            shapes[f"{p}.hnorm.weight"] = ((hidden,), "BF16")
+            shapes[f"{p}.eh_proj.weight"] = ((hidden, 2 * hidden), "BF16")
+            shapes[f"{p}.shared_head.norm.weight"] = ((hidden,), "BF16")
+            shapes[f"{p}.shared_head.head.weight"] = ((vocab, hidden), "BF16")
+    shapes["model.norm.weight"] = ((hidden,), "BF16")
+    shapes["lm_head.weight"] = ((vocab, hidden), "BF16")
+    return shapes
+
+
+_ITEMBITS = {"BF16": 16, "F16": 16, "F32": 32, "F8_E4M3": 8}
+
+
+def write_safetensors_header(path: Path, tensors: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """One safetensors file: a real header, and a data section that is a hole (a sparse file)."""
+    header, offset = {}, 0
+    for key, (shape, dtype) in tensors.items():
+        size = math.prod(shape) * _ITEMBITS[dtype] // 8
+        header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as handle:
+        handle.write(len(raw).to_bytes(8, "little") + raw)
+        handle.truncate(8 + len(raw) + offset)
+
+
+def write_sparse_shards(folder: Path, tensors: dict[str, tuple[tuple[int, ...], str]], shards: int,
+                        indent: int | None = 2, prefix: str = "model") -> Path:
+    """A sharded checkpoint of sparse files and its index (weight_map sorted by key, as transformers writes)."""
+    keys = list(tensors)
+    per_shard = math.ceil(len(keys) / shards)
+    weight_map = {}
+    for s in range(shards):
+        name = f"{prefix}-{s + 1:05d}-of-{shards:05d}.safetensors"
+        chunk = keys[s * per_shard:(s + 1) * per_shard]
+        write_safetensors_header(folder / name, {key: tensors[key] for key in chunk})
+        weight_map.update(dict.fromkeys(chunk, name))
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}, indent=indent))
+    return index
+
+
+#: The floor for header-only inspection: the stdlib reading the index and every header, printing each
+#: tensor's name, shape and dtype as JSON, one per line (what fancli's JSON says of a tensor, less analysis).
+HEADERS_FLOOR = (
+    "import json, sys, os\n"
+    "index = sys.argv[1]; folder = os.path.dirname(index)\n"
+    "weight_map = json.load(open(index))['weight_map']\n"
+    "headers = {}\n"
+    "for shard in dict.fromkeys(weight_map.values()):\n"
+    "    with open(os.path.join(folder, shard), 'rb') as f:\n"
+    "        n = int.from_bytes(f.read(8), 'little'); headers[shard] = json.loads(f.read(n))\n"
+    "out = sys.stdout\n"
+    "out.write('[\\n')\n"
+    "for key, shard in weight_map.items():\n"
+    "    t = headers[shard][key]\n"
+    "    out.write(json.dumps({'name': key, 'shape': t['shape'], 'dtype': t['dtype']}) + ',\\n')\n"
+    "out.write(']\\n')\n"
+)
+
+#: The floor for a torch.save state_dict: data.pkl read from the zip and run through a restricted unpickler
+#: (the globals torch writes for tensors, nothing else), printing name, shape and dtype as JSON per tensor.
+PICKLE_FLOOR = (
+    "import json, pickle, sys, zipfile\n"
+    "z = zipfile.ZipFile(sys.argv[1]); name = next(n for n in z.namelist() if n.endswith('/data.pkl'))\n"
+    "class T:\n"
+    "    def __init__(self, storage, offset, size, stride, *rest): self.dtype = storage[0]; self.shape = list(size)\n"
+    "def rebuild(*args): return T(*args)\n"
+    "class U(pickle.Unpickler):\n"
+    "    def find_class(self, module, name):\n"
+    "        if (module, name) == ('torch._utils', '_rebuild_tensor_v2'): return rebuild\n"
+    "        if (module, name) == ('collections', 'OrderedDict'): return dict\n"
+    "        if module == 'torch' and name.endswith('Storage'): return name\n"
+    "        raise pickle.UnpicklingError(f'{module}.{name}')\n"
+    "    def persistent_load(self, pid): return (pid[1], pid[2])\n"
+    "sd = U(z.open(name)).load()\n"
+    "out = sys.stdout\n"
+    "out.write('[\\n')\n"
+    "for key, t in sd.items():\n"
+    "    out.write(json.dumps({'name': key, 'shape': t.shape, 'dtype': t.dtype}) + ',\\n')\n"
+    "out.write(']\\n')\n"
+)
+
+
 def resnet50_factory(folder: Path) -> str:
     """A module file defining a ResNet-50-shaped network by hand (no torchvision), for a factory source."""
     (folder / "resnet_bench.py").write_text(RESNET50)
@@ -271,13 +393,81 @@ def peer(cache: Path, repeat: int) -> list[Result]:
                    f"{base.seconds:.2f} s", ours.seconds / base.seconds, "≤ 1.5×", ours.seconds <= 1.5 * base.seconds)]
 
 
+def todays_scale(cache: Path, repeat: int, quick: bool) -> list[Result]:
+    """Issue 19: a DeepSeek-V3-shaped checkpoint (163 sparse shards, ~92,000 tensors) against the stdlib
+    floor that reads the index and every header; the 7B checkpoint against `fancli --help`; a
+    20,000-layer `.pt` against a restricted-unpickler floor."""
+    folder = cache / "deepseek_v3"
+    index = folder / "model.safetensors.index.json"
+    if not index.exists():
+        folder.mkdir(exist_ok=True)
+        write_sparse_shards(folder, deepseek_v3_shapes(), shards=163)
+    tensors = len(json.loads(index.read_text())["weight_map"])
+    results = []
+    floor = measure([PYTHON, "-c", HEADERS_FLOOR, str(index)], repeat)
+    for label, extra in (("JSON", ["--format", "json"]), ("table", [])):
+        ours = measure(FANCLI + ["inspect", str(index), *extra], repeat)
+        results += [
+            Result(f"DeepSeek-V3 {tensors:,} tensors, 163 shards, {label}: time",
+                   f"{ours.seconds:.2f} s vs stdlib floor {floor.seconds:.2f} s", ours.seconds / floor.seconds,
+                   "≤ 1.5×", ours.seconds <= 1.5 * floor.seconds),
+            Result(f"DeepSeek-V3 {tensors:,} tensors, 163 shards, {label}: peak RSS",
+                   f"{ours.rss / MiB:.0f} MiB vs floor {floor.rss / MiB:.0f} MiB", ours.rss / floor.rss,
+                   "≤ 2×", ours.rss <= 2 * floor.rss),
+        ]
+    llama = cache / "llama7b"
+    if not (llama / "model.safetensors.index.json").exists():
+        llama.mkdir(exist_ok=True)
+        write_sparse_safetensors(llama, llama_shapes(8 if quick else 32), shards=3)
+    helped = measure(FANCLI + ["--help"], repeat)
+    ours = measure(FANCLI + ["inspect", str(llama / "model.safetensors.index.json"), "--format", "json"], repeat)
+    results.append(Result("safetensors 7B headers vs fancli --help", f"{ours.seconds * 1000:.0f} ms vs "
+                          f"{helped.seconds * 1000:.0f} ms", ours.seconds / helped.seconds, "≤ 1.3×",
+                          ours.seconds <= 1.3 * helped.seconds))
+    layers = 2000 if quick else 20000
+    pt = cache / f"scale_{layers}.pt"
+    if not pt.exists():
+        write_state_dict(pt, {f"layers.{i}.weight": (8, 8) for i in range(layers)})
+    floor = measure([PYTHON, "-c", PICKLE_FLOOR, str(pt)], repeat)
+    ours = measure(FANCLI + ["inspect", str(pt), "--format", "json"], repeat)
+    results.append(Result(f".pt {layers:,} layers, JSON vs restricted unpickler", f"{ours.seconds:.2f} s vs "
+                          f"{floor.seconds:.2f} s", ours.seconds / floor.seconds, "≤ 2×",
+                          ours.seconds <= 2 * floor.seconds))
+    return results
+
+
+def per_tensor(cache: Path, repeat: int, quick: bool) -> list[Result]:
+    """Per-tensor cost of header-only inspection (JSON) from 1,000 to 500,000 tensors (Linear weights of one
+    shape, sparse shards of ≤ 50,000 behind an index), start-up (`--help`) subtracted: each step within 1.5×
+    of the last."""
+    sizes = (1000, 10000, 100000) if quick else (1000, 10000, 100000, 500000)
+    start = measure(FANCLI + ["--help"], repeat).seconds
+    results, previous = [], None
+    for n in sizes:
+        folder = cache / f"tensors_{n}"
+        path = folder / "model.safetensors.index.json"
+        if not path.exists():  # shards of ≤ 50,000 tensors: one header of 500,000 is past the parse budget
+            folder.mkdir(exist_ok=True)
+            # short names and a compact index: 500,000 entries of a real index's length are past fancli's
+            # JSON parse budget (safe_io.MAX_JSON_MEMORY, 64 bytes estimated per quote or comma)
+            write_sparse_shards(folder, {f"l.{i}.weight": ((64, 64), "BF16") for i in range(n)},
+                                shards=math.ceil(n / 50000), indent=None, prefix="m")
+        wall = measure(FANCLI + ["inspect", str(path), "--format", "json"], 1 if n >= 100000 else repeat).seconds
+        each = max(wall - start, 1e-9) / n
+        results.append(Result(f"per tensor: {n:,} tensors (JSON)", f"{wall:.2f} s; {each * 1e6:.1f} µs/tensor",
+                              each / previous if previous else 1.0, "step ≤ 1.5×",
+                              previous is None or each <= 1.5 * previous))
+        previous = each
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer repeats")
     parser.add_argument("--repeat", type=int, default=None, help="runs per command (default 5, quick 3)")
     parser.add_argument("--cache", type=Path, default=None, help="where to keep generated inputs")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="workloads: startup safetensors torch_file scale peer")
+                        help="workloads: startup safetensors torch_file scale peer todays_scale per_tensor")
     args = parser.parse_args()
     repeat = args.repeat or (3 if args.quick else 5)
     cache = args.cache or Path(tempfile.gettempdir()) / "fancli-bench"
@@ -294,6 +484,8 @@ def main() -> int:
         "torch_file": lambda: torch_file(cache, 3 if not args.quick else repeat, args.quick),
         "scale": lambda: scale(cache, repeat, args.quick),
         "peer": lambda: peer(cache, repeat),
+        "todays_scale": lambda: todays_scale(cache, repeat, args.quick),
+        "per_tensor": lambda: per_tensor(cache, repeat, args.quick),
     }
     results: list[Result] = []
     began = time.perf_counter()

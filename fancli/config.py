@@ -21,15 +21,16 @@ import fnmatch
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .analysis import gains, schemes
 from .errors import SourceError
 from .layer import Layer, Model
-from .loaders.typed_yaml import At, Fields, check_nodes, parse_yaml, yaml_type
-from .loaders.yaml_lines import LineDict
 from .safe_io import read_text
 from .vocab import FAN_CONVENTIONS
+
+if TYPE_CHECKING:
+    from .loaders.typed_yaml import At, Fields
 
 CONFIG_FILE = "fancli.yaml"
 #: A config is a few defaults and overrides (pyproject.toml a few KB): 1 MiB is far beyond any real one.
@@ -134,6 +135,11 @@ def _rule(fields: Fields, patterns: tuple[str, ...] = (), at: At | None = None) 
 
 
 def _mapping(fields: Fields, key: str, allowed: tuple[str, ...]) -> Fields:
+    from .loaders.typed_yaml import (  # not at the top: yaml is imported only with a config
+        At,
+        Fields,
+        yaml_type,
+    )
     value = fields.raw(key, {})
     if not isinstance(value, dict):
         raise fields.error(key, f"expected a mapping, got {yaml_type(value)}")
@@ -141,6 +147,11 @@ def _mapping(fields: Fields, key: str, allowed: tuple[str, ...]) -> Fields:
 
 
 def _overrides(top: Fields) -> tuple[InitRule, ...]:
+    from .loaders.typed_yaml import (  # not at the top: yaml is imported only with a config
+        At,
+        Fields,
+        yaml_type,
+    )
     items = top.raw("overrides", [])
     if not isinstance(items, list):
         raise top.error("overrides", "expected a list of {match: …, scheme: …} rules")
@@ -163,6 +174,10 @@ def parse_config(data: Any, path: Path) -> Config:
     """Validate a configuration mapping; errors name the file, the line (YAML) and the key."""
     if not isinstance(data, dict):
         raise SourceError(f"{path}: expected a mapping of fancli settings")
+    from .loaders.typed_yaml import (  # not at the top: yaml is imported only with a config
+        At,
+        Fields,
+    )
     top = Fields(data, At(str(path), "", getattr(data, "line", None)), _TOP_KEYS)
     source, kwargs = top.raw("source", None), top.raw("kwargs", None)
     if source is not None and not isinstance(source, str):
@@ -190,6 +205,9 @@ def parse_config(data: Any, path: Path) -> Config:
 def _safe_globals(top: Fields) -> tuple[str, ...]:
     """`safe_globals`: "module.Name" strings, checked by form only; fancli never imports them (a pickle's
     object of one of these classes becomes an inert record of its arguments and state)."""
+    from .loaders.typed_yaml import (
+        yaml_type,  # not at the top: yaml is imported only with a config
+    )
     items = top.raw("safe_globals", [])
     if not isinstance(items, list) or len(items) > MAX_SAFE_GLOBALS:
         raise top.error("safe_globals", f"expected a list of at most {MAX_SAFE_GLOBALS} \"module.Name\" strings")
@@ -201,6 +219,11 @@ def _safe_globals(top: Fields) -> tuple[str, ...]:
 
 
 def _read_yaml(path: Path) -> Any:
+    from .loaders.typed_yaml import (
+        parse_yaml,  # not at the top: yaml is imported only with a config
+    )
+    from .loaders.yaml_lines import LineDict
+
     data = parse_yaml(read_text(path, MAX_CONFIG_BYTES, "a fancli config"), str(path), MAX_CONFIG_NODES,
                       "a fancli config")
     return LineDict() if data is None else data
@@ -218,6 +241,9 @@ def _read_pyproject(path: Path) -> Any | None:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
+    from .loaders.typed_yaml import (
+        check_nodes,  # not at the top: yaml is imported only with a config
+    )
     check_nodes(text, str(path), MAX_CONFIG_NODES, "a fancli config", "[{,:-=\n")
     try:
         document = tomllib.loads(text)

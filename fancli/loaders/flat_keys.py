@@ -104,6 +104,14 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
     return Layer(kind="unknown", **common)
 
 
+def _with(record, **changes):
+    """`dataclasses.replace` for the frozen records here (no __post_init__, no init-only fields) at a fifth
+    of its cost: a 92,000-tensor FP8 checkpoint replaces two records per weight."""
+    copy = object.__new__(type(record))
+    copy.__dict__.update(record.__dict__, **changes)
+    return copy
+
+
 def _layer(entry: Entry, by_key: dict[str, Entry], keys: set[str], shapes: dict[str, tuple[int, ...]]) -> Layer:
     found = auxiliary(entry.key, entry.shape)
     if found is not None:
@@ -116,7 +124,7 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: set[str], shapes: dict[
         entry, note = _quantized(entry, by_key)
     layer = _layer_for(entry, shapes)
     notes = (*layer.notes, *entry.notes, *((note,) if note else ()))
-    return replace(layer, notes=notes) if notes != layer.notes else layer
+    return _with(layer, notes=notes) if notes != layer.notes else layer
 
 
 #: Dtypes of weights besides the floating ones: torch's quantized tensors (listed by their logical values)
@@ -157,7 +165,7 @@ def _quantized(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry, str | No
     data = scaled(entry, scale, factor)
     if entry.dtype.startswith("float8"):
         what += f" × {scale.key.rpartition('.')[2]} {list(scale.shape)}"
-    return replace(entry, data=data), f"{what}: --stats reads the dequantized values"
+    return _with(entry, data=data), f"{what}: --stats reads the dequantized values"
 
 
 def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:

@@ -23,7 +23,14 @@ def natural_key(key: str) -> tuple[tuple, ...]:
     """`layers.2.weight` < `layers.10.weight`: digit runs compare as numbers, the rest as text (each part
     tagged so that a number and a word never compare with each other)."""
     parts = _DIGITS.split(key)  # text, digits, text, …: the digit runs are the odd items
-    return tuple(_part(part, index % 2 == 1) for index, part in enumerate(parts) if part)
+    out = [(1, parts[0])] if parts[0] else []
+    for index in range(1, len(parts), 2):  # `_part` inlined: this runs once per tensor of a 92,000-key index
+        digits, text = parts[index], parts[index + 1]
+        value = digits.lstrip("0")
+        out.append((0, len(value), value, len(digits)))
+        if text:
+            out.append((1, text))
+    return tuple(out)
 
 
 def is_sorted(keys: list[str]) -> bool:

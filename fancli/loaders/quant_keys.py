@@ -44,6 +44,13 @@ AUXILIARY: tuple[tuple[re.Pattern, str, str, str], ...] = tuple(
         (r"^(?P<m>.+)\.masked_bias$", "buffer", "attention mask fill value", ""),
     )
 )
+#: The last key component of every AUXILIARY pattern (and `.quant_state.`, which may be followed by more):
+#: a key ending otherwise matches none of them, so the 16 patterns are not tried on every weight's key.
+_AUXILIARY_LEAVES = frozenset((
+    "weight_scale_inv", "weight_scale", "input_scale", "k_scale", "v_scale", "scales", "qzeros", "g_idx", "SCB",
+    "weight_format", "absmax", "nested_absmax", "quant_map", "nested_quant_map", "inv_freq", "position_ids",
+    "e_score_correction_bias", "masked_bias",
+))
 #: Integer tensors that belong to a quantized weight: listed although integers otherwise are not.
 QUANT_PACKED = ("qweight",)
 GPTQ_DEFAULT_BITS = 4
@@ -61,6 +68,9 @@ def auxiliary(key: str, shape: tuple[int, ...]) -> Auxiliary | None:
     module, _, leaf = key.rpartition(".")
     if leaf == "bias" and len(shape) == 4 and shape[:2] == (1, 1):  # GPT-2's attn.bias: a [1, 1, n, n] mask
         return Auxiliary("buffer", "causal attention mask", "")
+    last = leaf[:-1] if leaf.endswith("\n") else leaf  # `$` also matches before a final newline
+    if last not in _AUXILIARY_LEAVES and ".quant_state." not in key:
+        return None
     for pattern, kind, role, owner in AUXILIARY:
         match = pattern.match(key)
         if match:

@@ -26,8 +26,11 @@ from .entry import Entry
 from .factory import a, build, importable_cwd, one_line
 from .flat_keys import layers_from_entries
 from .module_structure import HF_CONV1D, Owner, ints, is_conv, with_reinit
+from .torch_pickle import (  # one wording whether torch or fancli reads it
+    MAX_PICKLE_BYTES,
+    untrusted_message,
+)
 from .torch_tensor import dtype_name, tensor_data, tensor_identity, tensor_layer
-from .torch_pickle import MAX_PICKLE_BYTES, untrusted_message  # one wording whether torch or fancli reads it
 from .torch_zip import TorchZip
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
