@@ -21,8 +21,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: A dotted component that is a natural number as written (`007` is a name, not an index).
-_INDEX = re.compile(r"0|[1-9][0-9]*")
 #: Observed stds of neighbours (sorted) further apart than this many standard errors start a new group.
 STD_ERRORS = 3.0
 
@@ -48,11 +46,17 @@ class Group:
         return len(self.rows)
 
 
+def _is_index(part: str) -> bool:
+    """A name part that is an index: ASCII digits, no leading zero (`007` is a name, not 7)."""
+    return part.isdigit() and part.isascii() and (part[0] != "0" or part == "0")
+
+
 def split_key(key: str) -> tuple[Template, tuple[int, ...]]:
     """`layers.3.mlp.weight` -> (("layers", None, "mlp", "weight"), (3,))."""
     parts = key.split(".")
-    template = tuple(None if _INDEX.fullmatch(part) else part for part in parts)
-    return template, tuple(int(part) for part in parts if _INDEX.fullmatch(part))
+    flags = [_is_index(part) for part in parts]
+    template = tuple(None if flag else part for part, flag in zip(parts, flags))
+    return template, tuple(int(part) for part, flag in zip(parts, flags) if flag)
 
 
 def ranges(values: Sequence[int]) -> str:
@@ -121,14 +125,19 @@ def fold(items: Sequence[T], key: Callable[[T], str], same: Callable[[T], Hashab
     values are equal; `split` may part such a set further (observed values that disagree). Every item is
     in exactly one group; a group's pattern expands to exactly its members' keys."""
     candidates: dict[tuple, list[tuple[int, T]]] = defaultdict(list)
+    indices: dict[int, tuple[int, ...]] = {}  # id(item) -> the indices in its key, split once
     for order, item in enumerate(items):
-        template, _ = split_key(key(item))
+        template, indices[id(item)] = split_key(key(item))
         candidates[(template, same(item))].append((order, item))
     groups: list[tuple[int, Group]] = []
     for (template, _), members in candidates.items():
+        if len(members) == 1:  # most candidates of a large model: its key is its pattern (indices as written)
+            order, item = members[0]
+            groups.append((order, Group(key(item), tuple((i,) for i in indices[id(item)]), (item,))))
+            continue
         by_item = {id(item): order for order, item in members}
         for part in split([item for _, item in members]):
-            indexed = {split_key(key(item))[1]: item for item in part}
+            indexed = {indices[id(item)]: item for item in part}
             if len(indexed) < len(part):  # two keys with one template and indices: not foldable, keep each
                 groups += [(by_item[id(item)], Group(key(item), (), (item,))) for item in part]
                 continue
