@@ -223,3 +223,11 @@ def test_dcp_never_imports_torch(state):
 def test_load_dcp_without_metadata_is_one_line(tmp_path):
     with pytest.raises(SourceError, match="no such file"):
         load_dcp(tmp_path, LoadOptions())
+
+
+def test_the_folder_is_a_source_as_its_metadata_is(state):
+    """A folder holding `.metadata` is detected as a DCP checkpoint (loaders/folder.py) and read the same."""
+    folder, _ = state
+    through_folder = json.loads(run("inspect", folder, "--stats", "-f", "json").out)
+    through_file = json.loads(run("inspect", folder / ".metadata", "--stats", "-f", "json").out)
+    assert through_folder["layers"] == through_file["layers"] and through_folder["source"]["format"] == "torch-dcp"

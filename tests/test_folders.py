@@ -219,12 +219,11 @@ def test_folder_with_nothing_readable_is_one_line(tmp_path):
     _one_line_exit_2([tmp_path], str(tmp_path), "is a directory", "notes.txt", "pytorch_model.bin")
 
 
-def test_dcp_folder_dispatches_to_its_loader(tmp_path):
+def test_a_folder_with_dcp_metadata_that_is_not_dcp_is_one_line(tmp_path):
+    """Dispatched to the DCP reader (tests/test_dcp.py reads real ones), which refuses a foreign pickle."""
     (tmp_path / ".metadata").write_bytes(b"\x80\x04N.")
     (tmp_path / "__0_0.distcp").write_bytes(b"")
-    if (REPO / "fancli" / "loaders" / "dcp.py").exists():
-        pytest.skip("dcp.py exists: its own tests cover it")
-    _one_line_exit_2([tmp_path], str(tmp_path), "a torch.distributed.checkpoint folder: not readable by this fancli")
+    _one_line_exit_2([tmp_path], str(tmp_path))
 
 
 # item 3: repo ids from the local Hugging Face cache
