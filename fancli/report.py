@@ -11,7 +11,7 @@ import math
 import operator
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .analysis import fans as fans_mod
 from .analysis import gains, schemes
@@ -208,6 +208,13 @@ def _slope(name: str | None, param: float | None, scheme: schemes.Scheme) -> tup
     return None, "leaky_relu without -p: negative slope 0.01, calculate_gain's default; -p gives another"
 
 
+def torch_default(*args: Any) -> InitValues:
+    """torch's own modules' init (`analysis.torch_defaults`), imported when a row asks for it."""
+    from .analysis.torch_defaults import torch_default as rule
+
+    return rule(*args)
+
+
 def _torch_refuses(scheme: schemes.Scheme, context: "_Context") -> str | None:
     """A note where the numbers are variance scaling's but torch's own function for the scheme has no such mode."""
     asked = [mode for mode in context.modes if mode != scheme.mode]
@@ -269,10 +276,6 @@ def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed:
     if scheme.fixed_gain and scheme.name != "torch_default" and len(layer.shape) >= 2:
         notes.append(f"{scheme.name} uses gain {scheme_gain:g} whatever follows")
     inits: dict[str, InitValues] = {}
-    from .analysis.torch_defaults import (
-        torch_default,  # the rules of torch's own modules, when asked
-    )
-
     for mode in modes:
         if not has_init(layer.kind):  # a scale, quantization metadata or a buffer: whatever the scheme
             values = torch_default(layer, fans.fan_in, fans.fan_out, mode)
