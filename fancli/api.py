@@ -48,12 +48,22 @@ def load(source: Source, *, trust: bool = False, kwargs: dict[str, Any] | None =
                     "a pkg.module:factory name, an nn.Module, a state_dict (names to tensors) or an ExportedProgram")
 
 
-def load_configured(source: Any, config: Any, from_config: bool, warn: Callable[[str], None] | None = None,
-                    **options: Any) -> Any:
-    """The model with the configuration applied. A factory the configuration names is imported from the
-    configuration's folder, which may be above the working directory (a config found in a parent).
-    An override that matches no layer is passed to `warn` (default: a UserWarning)."""
+def load_configured(source: Any, config: Any, warn: Callable[[str], None] | None = None, *, trust: bool = False,
+                    kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+    """The model with the configuration applied. `source` None is the configuration's `source`, with its
+    `trust` and `kwargs`; a factory it names is imported from the configuration's folder, which may be above
+    the working directory (a config found in a parent). The configuration's `safe_globals` apply to any
+    source. An override that matches no layer is passed to `warn` (default: a UserWarning)."""
     from contextlib import nullcontext
+
+    from_config = source is None
+    if from_config:
+        if config is None or not config.source:
+            raise SettingsError("no SOURCE given, and no fancli.yaml or [tool.fancli] with a 'source' here")
+        source, trust = config.source, trust or config.trust
+        kwargs = kwargs if kwargs is not None else config.kwargs
+    if config is not None:
+        options.setdefault("safe_globals", config.safe_globals)
 
     if warn is None:
         import warnings
@@ -66,7 +76,7 @@ def load_configured(source: Any, config: Any, from_config: bool, warn: Callable[
 
     folder = config.path.parent if from_config and config.path and isinstance(source, str) and is_factory(source) else None
     with importable_cwd(folder) if folder else nullcontext():
-        model = load(source, **options)
+        model = load(source, trust=trust, kwargs=kwargs, **options)
     if config is None:
         return model
     for message in config.unmatched(model):
@@ -189,27 +199,15 @@ def check_init(
     comparison and leaves only the `stats` check of the weights against the configured init.
     """
     from . import check as drift
-    from .config import DEFAULT_BASELINE, Config, load_config
+    from .config import Config, load_config
 
     conf = config if isinstance(config, Config) else None if config is False else load_config(config)
-    from_config = model is None
-    if from_config:
-        if conf is None or not conf.source:
-            raise SettingsError("no model given, and no fancli.yaml or [tool.fancli] with a 'source' found")
-        model = conf.source
-        trust = trust or conf.trust
-        kwargs = kwargs if kwargs is not None else conf.kwargs
-    loaded = load_configured(model, conf, from_config, trust=trust, kwargs=kwargs)
+    loaded = load_configured(model, conf, trust=trust, kwargs=kwargs)
     report = _report(loaded, Settings(fans=conf.fans if conf else None), "inspect", stats, trust, kwargs, None)
-    if baseline is False:
-        path, changes = None, []
-    else:
-        path = Path(baseline) if baseline is not None else conf.baseline if conf else Path(DEFAULT_BASELINE)
-        limit = tolerance if tolerance is not None else conf.tolerance if conf else 1e-9
-        changes = drift.compare(drift.read_baseline(path), report, limit)
-    limit = sigmas if sigmas is not None else conf.sigmas if conf else 5.0
+    path, tolerance, limit = (conf or Config()).drift_limits(baseline or None, tolerance, sigmas)
+    changes = [] if baseline is False else drift.compare(drift.read_baseline(path), report, tolerance)
     found = drift.deviations(report, limit) if stats else []
-    return CheckResult(report, changes, found, str(path) if path else "(no baseline)", limit)
+    return CheckResult(report, changes, found, "(no baseline)" if baseline is False else str(path), limit)
 
 
 def assert_init(

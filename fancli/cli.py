@@ -106,17 +106,16 @@ def compare(src: SourceArgs, settings: ReportArgs, modes: tuple[str, ...], fmt: 
 def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool, tolerance: float | None,
           sigmas: float | None, fmt: str, output: str | None) -> None:
     """CI: has the init configuration drifted from the committed baseline? Exit 0 clean, 1 drift."""
-    from pathlib import Path
 
     from . import api
     from . import check as drift
-    from .config import DEFAULT_BASELINE
+    from .config import Config
     from .renderers.check_out import RENDERERS
     from .safe_io import checked_target, is_stdout, write_text
 
     check_limits(tolerance, sigmas)
     model, config = load_model(src)
-    baseline = Path(baseline_path) if baseline_path else config.baseline if config else Path(DEFAULT_BASELINE)
+    baseline, tolerance, limit = (config or Config()).drift_limits(baseline_path, tolerance, sigmas)
     inputs = files_read(src.source, config, model)
     report = analyse(api.inspect, model, stats and not update, fans=config.fans if config else None)
     if update:
@@ -126,9 +125,7 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
         wrote(baseline, f" ({len(report.rows)} tensors)")
         return
     expected = drift.read_baseline(baseline)
-    changes = drift.compare(expected, report, tolerance if tolerance is not None else
-                            (config.tolerance if config else 1e-9))
-    limit = sigmas if sigmas is not None else (config.sigmas if config else 5.0)
+    changes = drift.compare(expected, report, tolerance)
     found = drift.deviations(report, limit) if stats else []
     text = RENDERERS[fmt](changes, found, str(baseline), limit)
     if output and not is_stdout(output):

@@ -20,19 +20,10 @@ def load_model(src: SourceArgs) -> tuple[Any, Any]:
     """The model, with the init configuration applied when there is one; and the configuration."""
     from . import api
     from .config import load_config
-    from .errors import FancliError
 
     config = None if src.no_config else load_config(src.config_path)
-    source, trust, kwargs = src.source, src.trust, src.kwargs
-    if source is None:
-        if config is None or not config.source:
-            raise FancliError("no SOURCE given, and no fancli.yaml or [tool.fancli] with a 'source' here")
-        source = config.source
-        trust = trust or config.trust
-        kwargs = kwargs if kwargs is not None else config.kwargs
-    safe_globals = config.safe_globals if config else ()
-    model = api.load_configured(source, config, src.source is None, warn=warning, trust=trust, kwargs=kwargs,
-                                revision=src.revision, safe_globals=safe_globals)
+    model = api.load_configured(src.source, config, warn=warning, trust=src.trust, kwargs=src.kwargs,
+                                revision=src.revision)
     return model, config
 
 

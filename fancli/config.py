@@ -98,6 +98,14 @@ class Config:
     fans: str | None = None
     safe_globals: tuple[str, ...] = ()
 
+    def drift_limits(self, baseline: "str | Path | None" = None, tolerance: float | None = None,
+                     sigmas: float | None = None) -> tuple[Path, float, float]:
+        """The baseline, tolerance and standard-error limit a check uses: what was asked, else this config's
+        (a `Config()` holds the defaults)."""
+        return (Path(baseline) if baseline is not None else self.baseline,
+                tolerance if tolerance is not None else self.tolerance,
+                sigmas if sigmas is not None else self.sigmas)
+
     def apply(self, model: Model) -> Model:
         """The model with this configuration's init choices on its layers."""
         layers = []

@@ -221,3 +221,14 @@ def test_an_inert_record_keeps_its_arguments_and_state():
     record = WeightsUnpickler(data, safe_globals=frozenset({f"{__name__}.TrainConfig"})).load()["c"]
     assert not isinstance(record, TrainConfig)
     assert record.qualified == f"{__name__}.TrainConfig" and record.state == {"width": 3, "lr": 0.5}
+
+
+def test_check_init_honours_the_configs_safe_globals(tmp_path):
+    """The library's check reads the source through the same configured load as the CLI."""
+    import fancli
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"config": TrainConfig(64, 0.1), "state_dict": {"fc.weight": torch.randn(4, 3)}}, path)
+    config = _config(tmp_path, f"{__name__}.TrainConfig")
+    result = fancli.check_init(path, config=config, baseline=False)
+    assert result.ok and [row.layer.param for row in result.report.rows] == ["fc.weight"]
