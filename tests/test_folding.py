@@ -166,3 +166,23 @@ def test_check_reports_a_group_that_drifted_alike_on_one_line(checkpoints, tmp_p
     document = json.loads(run("check", checkpoints["wide"], "--no-config", "--baseline", baseline,
                               "--format", "json").out)
     assert len(document["changes"]) == 3 * 57  # JSON keeps every change
+
+
+def test_fp8_block_scales_fold_with_their_weights(tmp_path):
+    """DeepSeek-V3 keeps a `weight_scale_inv` beside each FP8 weight; a scale's note names its weight
+    relative to its own key, so 7 layers × 8 experts of scales fold into one row like their weights."""
+    tensors = {}
+    for i in LAYERS:
+        for e in range(8):
+            q = f"model.layers.{i}.mlp.experts.{e}.gate_proj."
+            tensors[q + "weight"] = (torch.randn(32, 64) * 0.02).to(torch.float8_e4m3fn)
+            tensors[q + "weight_scale_inv"] = torch.rand(1, 1) + 0.5
+    path = tmp_path / "fp8.safetensors"
+    safetensors_torch.save_file(tensors, str(path))
+    names = _names(run("inspect", path).out)
+    assert names == ["model.layers.{0..2,4..7}.mlp.experts.{0..7}.gate_proj.weight ×56",
+                     "model.layers.{0..2,4..7}.mlp.experts.{0..7}.gate_proj.weight_scale_inv ×56"]
+    document = json.loads(run("inspect", path, "--format", "json").out)
+    assert all("of the weight beside it" in layer["notes"][0] for layer in document["layers"]
+               if layer["kind"] == "quant_scale")
+    assert sum(group["count"] for group in document["groups"]) == len(tensors) == 112

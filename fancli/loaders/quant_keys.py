@@ -5,7 +5,8 @@ A quantized checkpoint keeps beside each weight the tensors that decode it: FP8'
 (`weight_scale_inv`, DeepSeek-V3), GPTQ/AWQ's packed `qweight` with `scales`, `qzeros` and `g_idx`,
 bitsandbytes' `SCB` and `absmax`. Read by shape alone they look like small Linear layers (an FP8 7B model
 has thousands of them); they get kinds of their own here (`quant_scale`, `quant_aux`, `buffer`: no init
-draws them), each with a note naming the weight it belongs to.
+draws them), each with a note naming the weight it belongs to, relative to its own key so that repeated layers' notes
+agree and fold.
 """
 
 from __future__ import annotations
@@ -79,12 +80,27 @@ def auxiliary(key: str, shape: tuple[int, ...]) -> Auxiliary | None:
 
 
 def auxiliary_layer(entry: "Entry", found: Auxiliary, keys: set[str]) -> Layer:
+    """The tensor as a layer of its own kind, its note naming the weight it belongs to relative to its own
+    key (`the weight beside it`): the rows of 58 layers × 256 experts' scales then say the same and fold."""
     of = ""
     if found.owner:
-        of = f" of {found.owner}" if found.owner in keys else f" of {found.owner} (not in this source)"
+        of = f" of {_relative(found.owner, entry.key)}" + ("" if found.owner in keys else " (not in this source)")
     module = entry.key.rpartition(".")[0]
     return Layer(name=module or entry.key, param=entry.key, kind=found.kind, shape=entry.shape, dtype=entry.dtype,
                  data=entry.data, notes=(f"{found.role}{of}",))
+
+
+def _relative(owner: str, key: str) -> str:
+    """`m.weight` seen from `m.weight_scale_inv`: "the weight beside it"; `m` from `m.k_scale`: "its
+    module"; `m.weight` from `m.weight.absmax`: "the weight it is stored under"."""
+    module = key.rpartition(".")[0]
+    if owner == module:
+        return "its module"
+    if owner.rpartition(".")[0] == module:
+        return f"the {owner.rpartition('.')[2]} beside it"
+    if key.startswith(owner + "."):
+        return f"the {owner.rpartition('.')[2]} it is stored under"
+    return owner
 
 
 def packed_layer(entry: "Entry", entries: dict[str, "Entry"], where: str) -> Layer:
