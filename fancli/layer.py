@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .records import record
+
 if TYPE_CHECKING:
     from .tensors import TensorData
 
-@dataclass(frozen=True)
+@record
 class Layer:
     """One weight tensor and the structure around it that its shape alone cannot tell."""
 

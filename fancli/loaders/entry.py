@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Hashable
 
+from ..records import record
 from ..tensors import TensorData
 
 
-@dataclass(frozen=True)
+@record
 class Entry:
     """One tensor of a flat source: its key, shape, dtype, a lazy data handle and an identity for ties."""
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..errors import SourceError
 from ..layer import Model
+from ..records import record
 from ..safe_io import open_regular, parse_json, parse_json_object, read_bounded
 from ..tensors import DTYPES, StridedRef
 from .entry import Entry
@@ -81,7 +82,7 @@ class FileRange:
         return data
 
 
-@dataclass(frozen=True)
+@record
 class _Tensor:
     """One header entry, validated: dtype as torch names it, shape, and byte offsets in the data section."""
 

@@ -1,0 +1,40 @@
+"""Frozen records that are cheap to build: the few built once per tensor of a 90,000-tensor checkpoint.
+
+A frozen dataclass's `__init__` sets each field through `object.__setattr__` (its way round its own
+`__setattr__`): a 24-field `Layer` costs 4 µs to build, a fifth of a header-only inspect of a large MoE
+checkpoint. `record` is `dataclass(frozen=True)` with an `__init__` of the same signature and defaults that
+fills the instance's `__dict__` in one step (1 µs); the record is as immutable afterwards as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, fields
+from typing import TypeVar
+
+T = TypeVar("T", bound=type)
+
+
+def record(cls: T) -> T:
+    """`@dataclass(frozen=True)`, built faster. Fields with a `default_factory` or `init=False`, and a
+    `__post_init__`, are not supported (none of the records that use it has one): refused at import."""
+    cls = dataclass(frozen=True)(cls)
+    names, parameters, defaults = [], [], {}
+    for field in fields(cls):
+        if field.default_factory is not MISSING or not field.init or hasattr(cls, "__post_init__"):
+            raise TypeError(f"@record does not support {cls.__name__}.{field.name}'s definition")
+        names.append(field.name)
+        if field.default is MISSING:
+            parameters.append(field.name)
+        else:
+            defaults[field.name] = field.default
+            parameters.append(f"{field.name}=_defaults[{field.name!r}]")
+    values = ", ".join(f"{name!r}: {name}" for name in names)
+    source = (f"def __init__(self, {', '.join(parameters)}):\n"
+              f"    _set(self, '__dict__', {{{values}}})\n")
+    namespace: dict = {"_defaults": defaults, "_set": object.__setattr__}
+    exec(source, namespace)  # noqa: S102 — how dataclasses itself writes __init__; the text is ours alone
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = cls.__init__.__doc__
+    cls.__init__ = init
+    return cls
