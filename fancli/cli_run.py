@@ -5,7 +5,7 @@ is none of the inputs."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import click
 
@@ -54,16 +54,17 @@ class StdoutError(FancliError):
     """The result could not be written to stdout: closed (`>&-`), a full disk (`> /dev/full`)…"""
 
 
-def write_stdout(text: str | None = None, printer: Callable[[], None] | None = None) -> None:
-    """Print a result (`text`, or whatever `printer` prints) and flush it, so that a failing stdout is
-    one error line and exit 2 here, not a traceback now or at interpreter exit."""
+def write_stdout(text: str | Iterable[str] | None = None, printer: Callable[[], None] | None = None) -> None:
+    """Print a result (`text`, or its pieces in order, or whatever `printer` prints) and flush it, so that a
+    failing stdout is one error line and exit 2 here, not a traceback now or at interpreter exit."""
     if sys.stdout is None:
         raise StdoutError("stdout is closed; nothing to write the result to (give -o FILE)")
     try:
         if printer is not None:
             printer()
         else:
-            click.echo(text, nl=False)
+            for piece in [text] if isinstance(text, str) or text is None else text:
+                click.echo(piece, nl=False)
         sys.stdout.flush()
     except BrokenPipeError:
         raise  # the reader went away (`| head`): main ends quietly
@@ -129,7 +130,7 @@ def nbytes(layer: Any) -> int:
 def emit(built: tuple[Any, list[Any]], fmt: str, output: str | None, show_all: bool, expand: bool = False) -> None:
     """Render to stdout, or atomically to a file that is none of the inputs; tables and Markdown fold
     repeated layers unless `expand`."""
-    from .renderers import render_text, without_small_tensors
+    from .renderers import render_chunks, without_small_tensors
     from .safe_io import is_stdout, write_text
 
     report, inputs = built
@@ -143,7 +144,7 @@ def emit(built: tuple[Any, list[Any]], fmt: str, output: str | None, show_all: b
         report = replace(report, expanded=True)
 
     if output and not is_stdout(output):
-        write_text(output, render_text(report, fmt), inputs)
+        write_text(output, render_chunks(report, fmt), inputs)
         wrote(output)
         return
     if fmt == "table" and sys.stdout is not None and sys.stdout.isatty():
@@ -151,7 +152,7 @@ def emit(built: tuple[Any, list[Any]], fmt: str, output: str | None, show_all: b
 
         write_stdout(printer=lambda: print_rich(report))
         return
-    write_stdout(render_text(report, fmt))
+    write_stdout(render_chunks(report, fmt))
 
 
 def printable_lines(text: str) -> str:

@@ -150,11 +150,15 @@ def fold(items: Sequence[T], key: Callable[[T], str], same: Callable[[T], Hashab
 # --- a report's rows ------------------------------------------------------------------------------------
 
 
-def shown(row: "Row") -> Hashable:
+def _inits(row: "Row") -> tuple:
+    return tuple((mode, v.std, v.bound, v.sampling_std, v.note) for mode, v in row.inits.items())
+
+
+def shown(row: "Row", inits: Callable[["Row"], tuple] = _inits) -> Hashable:
     """Everything a table shows of a row but its name and its observed values: rows fold only where all of
     it is equal."""
     layer, fans = row.layer, row.fans
-    inits = tuple((mode, v.std, v.bound, v.sampling_std, v.note) for mode, v in row.inits.items())
+    inits = inits(row)
     inferred = (row.inferred.label, row.inferred.confidence, row.inferred.note) if row.inferred else None
     return (layer.kind, layer.shape, layer.dtype, fans.fan_in, fans.fan_out, fans.effective_fan_in,
             fans.effective_fan_out, fans.unknown, row.nonlinearity, row.gain, row.scheme, inits, row.notes,
@@ -189,7 +193,16 @@ def by_observed_std(rows: list["Row"]) -> list[list["Row"]]:
 
 def fold_rows(rows: Iterable["Row"]) -> list[Group]:
     """The groups a table shows for these rows (singletons included)."""
-    return fold(list(rows), lambda row: row.layer.param, shown, by_observed_std)
+    rows = list(rows)
+    seen: dict[int, tuple] = {}  # rows that share their analysis share its inits dict: one tuple each
+
+    def inits(row: "Row") -> tuple:
+        found = seen.get(id(row.inits))
+        if found is None:
+            found = seen[id(row.inits)] = _inits(row)
+        return found
+
+    return fold(rows, lambda row: row.layer.param, lambda row: shown(row, inits), by_observed_std)
 
 
 def singletons(rows: Iterable["Row"]) -> list[Group]:

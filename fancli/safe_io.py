@@ -215,11 +215,12 @@ def write_with(path: str | Path, fill: Callable[[str], None], inputs: Iterable[s
     return target
 
 
-def write_text(path: str | Path, text: str, inputs: Iterable[str | Path | None] = ()) -> Path:
-    """Write `text` (UTF-8) to `path` atomically, refusing to replace an input, a device or a directory."""
+def write_text(path: str | Path, text: str | Iterable[str], inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Write `text` (UTF-8; a string, or pieces written in order) to `path` atomically, refusing to replace
+    an input, a device or a directory."""
 
     def fill(temp_name: str) -> None:
         with open(temp_name, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            handle.writelines([text] if isinstance(text, str) else text)
 
     return write_with(path, fill, inputs)

@@ -7,6 +7,7 @@ stays near one chunk (plus the scales, which are a small fraction of the weight)
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -71,19 +72,28 @@ def block_of(size: int, scales: int) -> int | None:
 def scaled(weight: "Entry", scale: "Entry", factor: float = 1.0):
     """The weight × its scales (per tensor, per row or per block) as a data handle; a scale whose shape fits
     no layout is a SourceError naming both (one line, exit 2)."""
-    out, inner = weight.shape[0], math.prod(weight.shape[1:])
-    dims = scale.shape if len(scale.shape) == 2 else (scale.shape[0], 1) if len(scale.shape) == 1 else (1, 1)
-    if len(scale.shape) == 1 and scale.shape[0] == 1:
-        dims = (1, 1)
-    blocks = (block_of(out, dims[0]), block_of(inner, dims[1]))
-    if len(scale.shape) > 2 or None in blocks:
+    blocks = _blocks(weight.shape, scale.shape)
+    if blocks is None:
+        out, inner = weight.shape[0], math.prod(weight.shape[1:])
         raise SourceError(f"{scale.where}: {scale.key}: shape {list(scale.shape)} fits no scale layout of "
                           f"{weight.key} {list(weight.shape)} (one scale, one per row, or one per "
                           f"{FP8_BLOCK}×{FP8_BLOCK} block: {[math.ceil(out / FP8_BLOCK), math.ceil(inner / FP8_BLOCK)]})")
     reason = _readable(weight.data, scale.data)
     if reason:
         return Unreadable("float32", weight.shape, reason)
-    return Scaled(weight.data, scale.data, (blocks[0], blocks[1]), factor)
+    return Scaled(weight.data, scale.data, blocks, factor)
+
+
+@functools.lru_cache(maxsize=1024)
+def _blocks(weight: tuple[int, ...], scale: tuple[int, ...]) -> tuple[int, int] | None:
+    """The block of weight values each scale covers (rows, columns), or None where the scale's shape fits
+    no layout; cached, as 90,000 FP8 weights have a few dozen pairs of shapes."""
+    out, inner = weight[0], math.prod(weight[1:])
+    dims = scale if len(scale) == 2 else (scale[0], 1) if len(scale) == 1 else (1, 1)
+    if len(scale) == 1 and scale[0] == 1:
+        dims = (1, 1)
+    rows, columns = block_of(out, dims[0]), block_of(inner, dims[1])
+    return None if len(scale) > 2 or rows is None or columns is None else (rows, columns)
 
 
 class Scaled:

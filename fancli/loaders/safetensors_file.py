@@ -8,6 +8,7 @@ record the model's order: tensors come in the natural order of their keys (`laye
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -265,7 +266,9 @@ def _read_header(path: Path, where: str) -> _Header:
     return _Header(tensors, metadata, data_start, _ties(metadata, tensors))
 
 
+@functools.lru_cache(maxsize=4096)
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major strides; cached, as a checkpoint has a few hundred shapes among 90,000 tensors."""
     strides: list[int] = []
     step = 1
     for size in reversed(shape):
@@ -278,14 +281,9 @@ def _entry(path: Path, header: _Header, tensor: _Tensor, key: str, identity: str
     """An Entry with a lazy handle on the tensor's bytes; None where fancli cannot decode the dtype."""
     data = None
     if tensor.dtype in DTYPES:
-        data = StridedRef(
-            source=FileRange(path, header.data_start + tensor.begin, tensor.end - tensor.begin),
-            dtype=tensor.dtype,
-            shape=tensor.shape,
-            stride=_contiguous_strides(tensor.shape),
-            offset=0,
-            storage_elements=math.prod(tensor.shape),
-        )
+        shape = tensor.shape
+        data = StridedRef(FileRange(path, header.data_start + tensor.begin, tensor.end - tensor.begin), tensor.dtype,
+                          shape, _contiguous_strides(shape), 0, math.prod(shape))
     return Entry(key, tensor.shape, tensor.dtype, data=data, identity=identity)
 
 

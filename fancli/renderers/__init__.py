@@ -16,15 +16,22 @@ def without_small_tensors(report):
     return replace(report, rows=kept, notes=report.notes + (note,))
 
 
-#: Output format -> "module:function" rendering a Report to text; imported only when that format is asked.
+#: Output format -> "module:function" rendering a Report to text, or to an iterator of its pieces (JSON,
+#: whose 90,000-row reports are written as they come); imported only when that format is asked.
 #: Adding a format: a renderer module, its entry here, its name in `fancli.vocab.FORMATS`.
-RENDERERS = {"table": "table:grid_text", "json": "json_out:render_json", "markdown": "markdown:render_markdown",
+RENDERERS = {"table": "table:grid_text", "json": "json_out:json_chunks", "markdown": "markdown:render_markdown",
              "csv": "csv_out:render_csv"}
+
+
+def render_chunks(report, fmt: str):
+    """The report rendered in one of FORMATS, as pieces of text to write in order."""
+    import importlib
+
+    module, _, function = RENDERERS[fmt].partition(":")
+    rendered = getattr(importlib.import_module(f"{__name__}.{module}"), function)(report)
+    return [rendered] if isinstance(rendered, str) else rendered
 
 
 def render_text(report, fmt: str) -> str:
     """Render a report to a string in one of FORMATS (the table as plain text)."""
-    import importlib
-
-    module, _, function = RENDERERS[fmt].partition(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), function)(report)
+    return "".join(render_chunks(report, fmt))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from ..analysis.schemes import InitValues
 from ..analysis.schemes import scheme as find_scheme
@@ -165,21 +165,25 @@ def report_dict(report: Report, rows: bool = True) -> dict[str, Any]:
     return out
 
 
-def _layer_lines(report: Report) -> list[str]:
-    """Each row's JSON line. Rows that share their analysis (`report._analyze_all`: same fans and init
-    objects, same layer fields but the names and notes) differ only in "name" and "param", the first two
-    keys, and "notes", the last one without --stats: the middle of the line is serialised once per distinct
-    row, not once per tensor (92,000 dumps of a MoE checkpoint)."""
+#: Layer lines per piece written: a few hundred KB, so a 90,000-row report is never one 60 MB string.
+LINES_PER_CHUNK = 1000
+
+
+def _layer_lines(report: Report) -> Iterator[str]:
+    """Each row's JSON line, made safe (`json_safe`). Rows that share their analysis
+    (`report._analyze_all`: same fans and init objects, same layer fields but the names and notes) differ
+    only in "name" and "param", the first two keys, and "notes", the last one without --stats: the middle of
+    the line is serialised (and made safe) once per distinct row, not once per tensor (92,000 dumps of a
+    MoE checkpoint)."""
     encode = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) writes
     middles: dict[tuple, str] = {}
     notes_json: dict[tuple[str, ...], str] = {}
-    lines = []
     for row in report.rows:
         layer = row.layer
         if row.observed is not None or row.inferred is not None:
             out = layer_dict(row, report.command)
             del out["name"], out["param"]
-            rest = json.dumps(out, ensure_ascii=False, allow_nan=False)[1:]
+            rest = json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])
         else:
             key = (id(row.fans), id(row.inits), row.nonlinearity, row.nonlinearity_param, row.gain,
                    row.scheme_gain, row.scheme, layer.kind, layer.shape, layer.dtype, layer.aliases, layer.layout,
@@ -188,28 +192,44 @@ def _layer_lines(report: Report) -> list[str]:
             if middle is None:
                 out = layer_dict(row, report.command)
                 del out["name"], out["param"], out["notes"]  # notes is the last key: appended below
-                middle = middles[key] = json.dumps(out, ensure_ascii=False, allow_nan=False)[1:-1]
+                middle = middles[key] = json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:-1])
             notes = notes_json.get(row.notes)
             if notes is None:
-                notes = notes_json[row.notes] = json.dumps(list(row.notes), ensure_ascii=False)
+                notes = notes_json[row.notes] = json_safe(json.dumps(list(row.notes), ensure_ascii=False))
             rest = f'{middle}, "notes": {notes}}}'
-        lines.append(f'    {{"name": {encode(layer.name)}, "param": {encode(layer.param)}, {rest}')
-    return lines
+        yield f'    {{"name": {json_safe(encode(layer.name))}, "param": {json_safe(encode(layer.param))}, {rest}'
+
+
+def _array(key: str, lines: Iterable[str]) -> Iterator[str]:
+    """`"key": [` and its items, one per line, a chunk of LINES_PER_CHUNK at a time."""
+    batch: list[str] = []
+    opened = False
+    for line in lines:
+        batch.append(line)
+        if len(batch) == LINES_PER_CHUNK:
+            yield (",\n" if opened else f',\n  "{key}": [\n') + ",\n".join(batch)
+            batch, opened = [], True
+    if batch or opened:
+        yield (",\n" if opened else f',\n  "{key}": [\n') + ",\n".join(batch) + "\n  ]"
+    else:
+        yield f',\n  "{key}": []'
+
+
+def json_chunks(report: Report) -> Iterator[str]:
+    """`render_json`'s text in pieces, to be written as they come (the CLI does)."""
+    document = report_dict(report, rows=False)
+    del document["layers"]
+    groups = document.pop("groups")
+    summary = document.pop("summary")
+    yield json_safe(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)[:-2])
+    yield from _array("layers", _layer_lines(report))
+    yield from _array("groups", (f"    {json_safe(json.dumps(item, ensure_ascii=False, allow_nan=False))}"
+                                 for item in groups))
+    yield f',\n  "summary": {json_safe(json.dumps(summary, ensure_ascii=False, allow_nan=False))}\n}}\n'
 
 
 def render_json(report: Report) -> str:
     """Indented at the top, one layer per line: readable, greppable, and fast for 50,000 layers
     (json's C encoder runs only without indentation). Strings keep their real value; characters a terminal
     would act on are written as escapes (`json_safe`)."""
-    document = report_dict(report, rows=False)
-    del document["layers"]
-    groups = document.pop("groups")
-    tail = {key: document.pop(key) for key in ("summary",) if key in document}
-    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)[:-2]
-    for key, lines in (("layers", _layer_lines(report)),
-                       ("groups", [json.dumps(item, ensure_ascii=False, allow_nan=False) for item in groups])):
-        body = ",\n".join(line if line.startswith("    ") else f"    {line}" for line in lines)
-        text += f',\n  "{key}": [\n{body}\n  ]' if lines else f',\n  "{key}": []'
-    for key, value in tail.items():
-        text += f',\n  "{key}": {json.dumps(value, ensure_ascii=False, allow_nan=False)}'
-    return json_safe(text) + "\n}\n"
+    return "".join(json_chunks(report))
