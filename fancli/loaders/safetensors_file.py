@@ -13,12 +13,17 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 from ..errors import SourceError
 from ..layer import Model
-from ..records import record
-from ..safe_io import open_regular, parse_json, parse_json_object, read_bounded
+from ..safe_io import (
+    FileRange,
+    open_regular,
+    parse_json,
+    parse_json_object,
+    read_bounded,
+)
 from ..tensors import DTYPES, StridedRef
 from .entry import Entry
 from .flat_keys import layers_from_entries
@@ -61,31 +66,9 @@ SAFETENSORS_DTYPES: dict[str, tuple[str, int]] = {
 }
 
 
-@dataclass(frozen=True)
-class FileRange:
-    """A tensor's bytes in a file, opened per read so that a long-lived Model holds no file handle."""
-
-    path: Path
-    start: int  # absolute file offset of the tensor's first byte
-    size: int
-
-    def read(self, start: int, size: int) -> bytes:
-        if start < 0 or size < 0 or start + size > self.size:
-            raise ValueError(f"read of {size} bytes at {start} outside a {self.size}-byte tensor")
-        try:
-            with self.path.open("rb") as handle:
-                handle.seek(self.start + start)
-                data = handle.read(size)
-        except OSError as error:
-            raise SourceError(f"{self.path}: cannot read: {error.strerror or error}") from None
-        if len(data) != size:
-            raise SourceError(f"{self.path}: the file is shorter than when it was loaded")
-        return data
-
-
-@record
-class _Tensor:
-    """One header entry, validated: dtype as torch names it, shape, and byte offsets in the data section."""
+class _Tensor(NamedTuple):
+    """One header entry, validated: dtype as torch names it, shape, and byte offsets in the data section
+    (a tuple: 90,000 of them are held while a sharded checkpoint's headers are read)."""
 
     key: str
     dtype: str
