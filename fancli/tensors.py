@@ -7,9 +7,8 @@ statistics over a checkpoint need memory near one chunk, not the model. numpy is
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
-
-from .records import record
 
 if TYPE_CHECKING:
     import numpy as np
@@ -123,7 +122,7 @@ class ByteSource(Protocol):
         ...
 
 
-@record
+@dataclass(frozen=True, slots=True)
 class StridedRef:
     """A tensor as a view of a storage: dtype, shape, strides and offset in elements (torch's layout)."""
 

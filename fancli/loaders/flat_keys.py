@@ -112,10 +112,14 @@ def _with(record, **changes):
     return copy
 
 
-def _layer(entry: Entry, by_key: dict[str, Entry], keys: set[str], shapes: dict[str, tuple[int, ...]]) -> Layer:
+def _layer(entry: Entry, by_key: dict[str, Entry], keys: set[str], shapes: dict[str, tuple[int, ...]],
+           shared: dict[tuple[str, ...], tuple[str, ...]]) -> Layer:
+    """The layer of one listed entry; `shared` holds one copy of each distinct notes tuple (90,000 FP8
+    weights and scales say a few dozen things)."""
     found = auxiliary(entry.key, entry.shape)
     if found is not None:
-        return auxiliary_layer(entry, found, keys)
+        layer = auxiliary_layer(entry, found, keys)
+        return _with(layer, notes=shared.setdefault(layer.notes, layer.notes))
     leaf = _split(entry.key)[1]
     if leaf in QUANT_PACKED:
         return packed_layer(entry, by_key, entry.where)
@@ -124,7 +128,7 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: set[str], shapes: dict[
         entry, note = _quantized(entry, by_key)
     layer = _layer_for(entry, shapes)
     notes = (*layer.notes, *entry.notes, *((note,) if note else ()))
-    return _with(layer, notes=notes) if notes != layer.notes else layer
+    return _with(layer, notes=shared.setdefault(notes, notes)) if notes != layer.notes else layer
 
 
 #: Dtypes of weights besides the floating ones: torch's quantized tensors (listed by their logical values)
@@ -179,13 +183,14 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     first: dict[Hashable, int] = {}
     layers: list[Layer] = []
     aliases: dict[int, list[str]] = {}
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     for entry in kept:
         if entry.identity is not None and entry.identity in first:
             aliases.setdefault(first[entry.identity], []).append(entry.key)
             continue
         if entry.identity is not None:
             first[entry.identity] = len(layers)
-        layers.append(_layer(entry, by_key, keys, shapes))
+        layers.append(_layer(entry, by_key, keys, shapes, shared))
     for index, names in aliases.items():
         layer = layers[index]
         note = f"shared with {', '.join(names)} (tied weights, reported once)"
