@@ -65,15 +65,24 @@ def cli(debug: bool) -> None:
 
 @cli.command(cls=ModesCommand)
 @modes_option("fan_in, fan_out or fan_avg. Default: the scheme's.", dest="mode")
-@report_options
+@report_options(many=True)
 @click.option("--infer", is_flag=True,
               help="Read the weights and name the init that best explains each layer (std and kurtosis).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="With several SOURCEs: draw each layer's observed std against the step (needs matplotlib).")
 def inspect(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...], fmt: str, output: str | None,
-            show_all: bool, expand: bool, infer: bool) -> None:
-    """What each layer gets: fans, gain, std and bound under a scheme and mode."""
+            show_all: bool, expand: bool, infer: bool, plot_path: str | None) -> None:
+    """What each layer gets: fans, gain, std and bound under a scheme and mode.
+
+    Several SOURCEs (a run's checkpoints: run/step-*/, in natural order) give each layer's observed std
+    per checkpoint instead, a trajectory; they imply --stats."""
     from . import api
     from .errors import SettingsError
 
+    if len(src.sources) > 1 or plot_path:
+        from .cli_trajectory import run_trajectory
+
+        return run_trajectory(src, settings, mode, infer, fmt, output, show_all, expand, plot_path)
     if len(mode) > 1:
         raise SettingsError(f"inspect takes one mode, got {' '.join(mode)}; compare sets several side by side")
     emit(build_report(api.inspect, src, settings, mode=mode[0] if mode else None, infer=infer), fmt, output, show_all,
