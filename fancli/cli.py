@@ -136,12 +136,13 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
     expected = drift.read_baseline(baseline)
     changes = drift.compare(expected, report, tolerance)
     found = drift.deviations(report, limit) if stats else []
-    text = RENDERERS[fmt](changes, found, str(baseline), limit)
+    bad = drift.nonfinite(report) if stats else []  # NaN/Inf weights fail whatever the baseline says
+    text = RENDERERS[fmt](changes, found, str(baseline), limit, bad)
     if output and not is_stdout(output):
         write_text(output, text, [*inputs, baseline])
     else:
         write_stdout(text)
-    if changes or any(d.flagged for d in found):
+    if changes or bad or any(d.flagged for d in found):
         raise click.exceptions.Exit(1)
 
 

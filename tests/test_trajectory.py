@@ -207,3 +207,61 @@ def test_plot(made, tmp_path, monkeypatch):
         assert (tmp_path / name).read_bytes().startswith(magic)
         assert json.loads((tmp_path / "t.json").read_text())["command"] == "trajectory"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json", "t.png", "t.svg"]
+
+
+# --- the NaN/Inf gate of `fancli check --stats` ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """A checkpoint whose weights follow its configuration (kaiming_normal, fan_in, relu, drawn by torch),
+    its baseline, and a copy with NaN and Inf in two blocks."""
+    root = tmp_path_factory.mktemp("gate")
+    torch.manual_seed(0)
+    clean = {f"blocks.{i}.weight": torch.nn.init.kaiming_normal_(torch.empty(64, 64), nonlinearity="relu")
+             for i in range(3)}
+    clean["head.weight"] = torch.nn.init.kaiming_normal_(torch.empty(10, 64), nonlinearity="relu")
+    broken = {key: value.clone() for key, value in clean.items()}
+    broken["blocks.0.weight"][3, 4] = float("nan")
+    broken["blocks.1.weight"][0, :3] = float("inf")
+    for name, tensors in (("clean", clean), ("broken", broken)):
+        folder = root / name
+        folder.mkdir()
+        safetensors_torch.save_file(tensors, str(folder / "model.safetensors"))
+        (folder / "fancli.yaml").write_text("source: model.safetensors\n"
+                                            "defaults: {scheme: kaiming_normal, mode: fan_in, nonlinearity: relu}\n")
+        assert run("check", "--update", "--config", folder / "fancli.yaml").code == 0
+    return root, broken
+
+
+def test_check_stats_fails_on_nan_and_inf_whatever_the_baseline(gated):
+    root, broken = gated
+    clean = run("check", "--stats", "--config", root / "clean" / "fancli.yaml")
+    assert clean.code == 0, clean.out + clean.err
+    assert "NaN" not in clean.out
+    plain = run("check", "--config", root / "broken" / "fancli.yaml")
+    assert plain.code == 0  # without --stats no value is read
+    failed = run("check", "--stats", "--config", root / "broken" / "fancli.yaml")
+    assert failed.code == 1
+    bad = {key: int((~torch.isfinite(value)).sum()) for key, value in broken.items() if not value.isfinite().all()}
+    assert bad == {"blocks.0.weight": 1, "blocks.1.weight": 3}
+    line = next(line for line in failed.out.splitlines() if "NaN/Inf" in line and "blocks" in line)
+    total = sum(broken[key].numel() for key in bad)
+    assert line == f"blocks.{{0,1}}.weight ×2: {sum(bad.values())} of {total:,} values NaN/Inf"
+    assert "blocks.2" not in failed.out.split("NaN/Inf values", 1)[1].split("observed weights")[0]
+    data = json.loads(run("check", "--stats", "-f", "json", "--config", root / "broken" / "fancli.yaml").out)
+    assert data["ok"] is False
+    assert {item["param"]: item["nonfinite"] for item in data["nonfinite"]} == bad
+    markdown = run("check", "--stats", "-f", "markdown", "--config", root / "broken" / "fancli.yaml")
+    assert markdown.code == 1 and "❌" in markdown.out and "NaN/Inf" in markdown.out
+
+
+def test_the_library_check_fails_on_nan_too(gated):
+    import fancli
+
+    root, _ = gated
+    result = fancli.check_init(config=root / "broken" / "fancli.yaml", stats=True)
+    assert not result.ok and [n.param for n in result.nonfinite] == ["blocks.0.weight", "blocks.1.weight"]
+    assert fancli.check_init(config=root / "clean" / "fancli.yaml", stats=True).ok
+    with pytest.raises(AssertionError, match="NaN/Inf"):
+        fancli.assert_init(config=root / "broken" / "fancli.yaml", stats=True)
