@@ -156,10 +156,13 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
 @click.option("--filter", "-k", "filters", multiple=True, metavar="GLOB",
               help="Only tensors whose name or parameter key matches (glob, or substring). Repeatable.")
 @click.option("--trust", is_flag=True, help="Let torch's loaders run code from the files (only files you trust).")
+@click.option("--expand", is_flag=True,
+              help="Tables and Markdown: list every tensor instead of folding keys that differ only in their "
+                   "indices and agree in status and values (JSON and CSV always list every tensor).")
 @format_option()
 @output_option()
 def diff(source_a: str, source_b: str, max_change: float | None, allow_structural: bool,
-         filters: tuple[str, ...], trust: bool, fmt: str, output: str | None) -> None:
+         filters: tuple[str, ...], trust: bool, expand: bool, fmt: str, output: str | None) -> None:
     """What changed from checkpoint A to B, tensor by tensor (streamed): added, removed, reshaped, dtype,
     and the relative change of std, of mean, and ‖B−A‖/‖A‖. Exit 1 past --max-change or on added/removed/
     reshaped tensors, so CI can gate a fine-tune."""
@@ -174,7 +177,7 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
         raise SettingsError(f"--max-change {max_change:g}: expected a finite number >= 0 (a relative norm)")
     model_a, model_b = api.load(source_a, trust=trust), api.load(source_b, trust=trust)
     result = diff_models(model_a, model_b, tuple(filters))
-    text = RENDERERS[fmt](result, max_change, allow_structural)
+    text = RENDERERS[fmt](result, max_change, allow_structural, expand)
     if output and not is_stdout(output):
         write_text(output, text, [*files_read(source_a, None, model_a), *files_read(source_b, None, model_b)])
         wrote(output)
