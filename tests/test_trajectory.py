@@ -265,3 +265,22 @@ def test_the_library_check_fails_on_nan_too(gated):
     assert fancli.check_init(config=root / "clean" / "fancli.yaml", stats=True).ok
     with pytest.raises(AssertionError, match="NaN/Inf"):
         fancli.assert_init(config=root / "broken" / "fancli.yaml", stats=True)
+
+
+def test_the_library_function_gives_the_same_trajectory(made):
+    from fancli.trajectory import trajectory
+
+    found = trajectory(_shuffled(made))
+    assert [c.step for c in found.checkpoints] == [5, 20, 100]
+    by_param = {track.param: track for track in found.tracks}
+    for index, step in enumerate((5, 20, 100)):
+        for key, tensor in made[step][1].items():
+            assert by_param[key].observed[index].std == pytest.approx(_oracle(tensor)["std"], rel=1e-9)
+
+
+def test_the_readme_shows_the_trajectory_plot_it_says_how_to_make():
+    readme = (REPO / "README.md").read_text()
+    assert "fancli inspect sample_models/run/step-* --plot docs/trajectory.png" in readme
+    assert "](docs/trajectory.png)" in readme
+    image = REPO / "docs" / "trajectory.png"
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size < 100_000
