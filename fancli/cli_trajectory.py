@@ -8,6 +8,7 @@ with one line and exit 2, rather than ignore them.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from .cli_options import ReportArgs, SourceArgs
 
@@ -18,7 +19,7 @@ def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...],
     from .errors import SettingsError
     from .renderers.trajectory_out import RENDERERS, without_small_tensors
     from .safe_io import checked_target, is_stdout, write_text
-    from .trajectory import build, natural_order
+    from .trajectory import natural_order
 
     if len(src.sources) < 2:
         raise SettingsError("--plot draws a trajectory: give several SOURCEs (e.g. run/step-*/)")
@@ -39,7 +40,7 @@ def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...],
     for path, other in ((output if writes_file else None, plot_path), (plot_path, output if writes_file else None)):
         if path:
             checked_target(path, [*inputs, other])  # refused before the weights are read, not after
-    found = build(models, settings.filters, settings.jobs)
+    found = _read(models, settings)
     del models
     if plot_path:
         from .renderers.plot import plot_trajectory
@@ -58,3 +59,29 @@ def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...],
     else:
         write_stdout(text)
 
+
+
+def _read(models: list[Any], settings: ReportArgs) -> Any:
+    """The trajectory, with a progress bar on stderr past PROGRESS_BYTES of weights in all (as inspect's)."""
+    from .cli_run import PROGRESS_BYTES, nbytes
+    from .report import selected
+    from .trajectory import build
+
+    total = sum(nbytes(layer) for model in models for layer in selected(model, settings.filters)
+                if layer.data is not None)
+    if total < PROGRESS_BYTES:
+        return build(models, settings.filters, settings.jobs)
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"reading {len(models)} checkpoints", total=total)
+        return build(models, settings.filters, settings.jobs, on_chunk=lambda n: progress.advance(task, n))

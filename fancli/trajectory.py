@@ -34,10 +34,12 @@ def natural_order(sources: Iterable[str]) -> list[str]:
 
 
 def step_of(source: str) -> int | None:
-    """The step a checkpoint's name gives: the last number in the last path component that has one
-    (`run/step-120/` -> 120, `ckpt_00500.pt` -> 500, `run/step-3/model.safetensors` -> 3); None if none."""
-    for part in reversed(PurePath(str(source)).parts):
-        found = _DIGITS.findall(PurePath(part).stem if "." in part else part)
+    """The step a checkpoint's name gives: the last number in its last path component, or in the folder of
+    a file whose own name has none (`run/step-120/` -> 120, `ckpt_00500.pt` -> 500,
+    `run/step-3/model.safetensors` -> 3); None if neither has one."""
+    path = PurePath(str(source))
+    for part in (path, path.parent) if path.suffix else (path,):
+        found = _DIGITS.findall(part.stem if part.suffix else part.name)
         if found:
             return int(found[-1])
     return None
@@ -101,8 +103,10 @@ class Trajectory:
 
 
 def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | None = 1,
-          observe: Callable[..., dict[str, "Observed"]] | None = None) -> Trajectory:
-    """The trajectory of `models` (in the order given): each one's weights read, one model at a time."""
+          observe: Callable[..., dict[str, "Observed"]] | None = None,
+          on_chunk: Callable[[int], None] | None = None) -> Trajectory:
+    """The trajectory of `models` (in the order given): each one's weights read, one model at a time;
+    `on_chunk(nbytes)` reports progress."""
     from .report import selected
 
     if observe is None:
@@ -116,7 +120,7 @@ def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | 
         layers = selected(model, filters)
         for layer in layers:
             described.setdefault(layer.param, (layer.kind, tuple(layer.shape), layer.dtype))
-        read = observe(layers, None, jobs=jobs) if layers else {}
+        read = observe(layers, on_chunk, jobs=jobs) if layers else {}
         if layers and not read:
             notes.append(f"{model.source}: this source ({model.format}) holds no weights to read")
         per_checkpoint.append(read)

@@ -66,6 +66,8 @@ def test_step_and_natural_order():
     assert step_of("ckpt_00500.pt") == 500
     assert step_of("run/step-3/model.safetensors") == 3
     assert step_of("model.safetensors") is None
+    assert step_of("runs/7/tuned") is None  # a number further up is no step
+    assert step_of("run-2/step-3.ckpt") == 3
     assert steps(["a-1", "b-1"]) == [None, None]  # not distinct: the names label the columns
     assert steps(["a-1", "b"]) == [None, None]
 
@@ -284,3 +286,22 @@ def test_the_readme_shows_the_trajectory_plot_it_says_how_to_make():
     assert "](docs/trajectory.png)" in readme
     image = REPO / "docs" / "trajectory.png"
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size < 100_000
+
+
+def test_progress_bar_path_and_sources_named_without_steps(made, tmp_path, monkeypatch):
+    """Past the progress threshold the numbers are the same; sources whose names give no steps label the
+    columns by name, shown escaped (a name is text from the file system)."""
+    import shutil
+
+    import fancli.cli_run
+
+    first, second = tmp_path / "base\x1b[J", tmp_path / "tuned"
+    shutil.copytree(made[5][0], first)
+    shutil.copytree(made[100][0], second)
+    quiet = json.loads(run("inspect", first, second, "-f", "json").out)
+    assert [s["step"] for s in quiet["sources"]] == [None, None]
+    monkeypatch.setattr(fancli.cli_run, "PROGRESS_BYTES", 0)
+    assert json.loads(run("inspect", first, second, "-f", "json").out) == quiet
+    for fmt in ("table", "markdown"):
+        shown = run("inspect", first, second, "-f", fmt)
+        assert shown.code == 0 and "\x1b" not in shown.out and "tuned" in shown.out

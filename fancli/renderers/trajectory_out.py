@@ -50,7 +50,7 @@ def _cell(tracks: tuple[Track, ...], index: int) -> str:
 
 def _headers(trajectory: Trajectory) -> list[str]:
     steps = trajectory.checkpoints[0].step is not None
-    return ["name", "shape"] + [f"step {c.label}" if steps else c.label for c in trajectory.checkpoints]
+    return ["name", "shape"] + [f"step {c.label}" if steps else printable(c.label) for c in trajectory.checkpoints]
 
 
 def _rows(trajectory: Trajectory) -> list[list[str]]:
@@ -90,7 +90,7 @@ def render_markdown(trajectory: Trajectory) -> str:
     lines += [f"- {escape(printable(note))}" for note in trajectory.notes]
     if trajectory.notes:
         lines.append("")
-    lines += ["| " + " | ".join(headers) + " |", "|:---|" + "---:|" * (len(headers) - 1)]
+    lines += ["| " + " | ".join(escape(cell) for cell in headers) + " |", "|:---|" + "---:|" * (len(headers) - 1)]
     lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in _rows(trajectory)]
     bad = _nonfinite_line(trajectory)
     if bad:
