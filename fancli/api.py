@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -14,7 +14,7 @@ from .layer import Model
 from .report import Report, Settings, analyze, selected, with_inferences
 
 if TYPE_CHECKING:
-    from .check import Change, Deviation
+    from .check import Change, Deviation, Nonfinite
     from .config import Config
 
 #: What a source may be: a path or name (a file, folder, repo id, `pkg.module:factory`), a loaded Model, or an
@@ -167,16 +167,17 @@ class CheckResult:
     deviations: list["Deviation"]
     baseline: str
     sigmas: float
+    nonfinite: list["Nonfinite"] = field(default_factory=list)  # with stats: tensors holding NaN/Inf
 
     @property
     def ok(self) -> bool:
-        return not self.changes and not any(d.flagged for d in self.deviations)
+        return not self.changes and not any(d.flagged for d in self.deviations) and not self.nonfinite
 
     def render(self, fmt: str = "table") -> str:
         """The drift report as `fancli check --format fmt` prints it."""
         from .renderers.check_out import RENDERERS
 
-        return RENDERERS[fmt](self.changes, self.deviations, self.baseline, self.sigmas)
+        return RENDERERS[fmt](self.changes, self.deviations, self.baseline, self.sigmas, self.nonfinite)
 
 
 def check_init(
@@ -207,7 +208,8 @@ def check_init(
     path, tolerance, limit = (conf or Config()).drift_limits(baseline or None, tolerance, sigmas)
     changes = [] if baseline is False else drift.compare(drift.read_baseline(path), report, tolerance)
     found = drift.deviations(report, limit) if stats else []
-    return CheckResult(report, changes, found, "(no baseline)" if baseline is False else str(path), limit)
+    return CheckResult(report, changes, found, "(no baseline)" if baseline is False else str(path), limit,
+                       drift.nonfinite(report) if stats else [])
 
 
 def assert_init(

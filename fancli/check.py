@@ -52,6 +52,15 @@ class Deviation:
 
 
 @dataclass(frozen=True)
+class Nonfinite:
+    """A tensor holding NaN or Inf values (`--stats`): whatever the baseline says, such weights fail."""
+
+    param: str
+    count: int  # its values
+    nonfinite: int  # of them NaN or ±Inf
+
+
+@dataclass(frozen=True)
 class FoldedChange:
     """The same change (same field, same baseline → now) in keys that differ only in their indices, shown
     as one line: `layers.{0..3}.mlp.experts.{0..7}.up_proj.weight ×32: std 0.02 → 0.04`."""
@@ -211,3 +220,19 @@ def deviations(report: Report, sigmas: float) -> list[Deviation]:
         z = (observed.std - expected) / (expected / math.sqrt(2 * n))
         found.append(Deviation(row.layer.param, observed.std, expected, n, z, abs(z) > sigmas))
     return found
+
+
+def nonfinite(report: Report) -> list[Nonfinite]:
+    """The tensors whose read values hold NaN or Inf, in model order (a failed run, a bad conversion):
+    `check --stats` fails on them whatever the baseline and the configured init say."""
+    return [Nonfinite(row.layer.param, row.observed.count, row.observed.nonfinite) for row in report.rows
+            if row.observed is not None and row.observed.nonfinite]
+
+
+def fold_nonfinite(found: list[Nonfinite]) -> list[tuple[str, int, int, int]]:
+    """(pattern, tensors, NaN/Inf values, values) per group of keys that differ only in their indices
+    (fancli.folding), in the order of the first of each."""
+    from .folding import fold
+
+    return [(group.pattern, group.count, sum(n.nonfinite for n in group.rows), sum(n.count for n in group.rows))
+            for group in fold(found, lambda n: n.param, lambda n: None)]

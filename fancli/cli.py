@@ -65,15 +65,24 @@ def cli(debug: bool) -> None:
 
 @cli.command(cls=ModesCommand)
 @modes_option("fan_in, fan_out or fan_avg. Default: the scheme's.", dest="mode")
-@report_options
+@report_options(many=True)
 @click.option("--infer", is_flag=True,
               help="Read the weights and name the init that best explains each layer (std and kurtosis).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="With several SOURCEs: draw each layer's observed std against the step (needs matplotlib).")
 def inspect(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...], fmt: str, output: str | None,
-            show_all: bool, expand: bool, infer: bool) -> None:
-    """What each layer gets: fans, gain, std and bound under a scheme and mode."""
+            show_all: bool, expand: bool, infer: bool, plot_path: str | None) -> None:
+    """What each layer gets: fans, gain, std and bound under a scheme and mode.
+
+    Several SOURCEs (a run's checkpoints: run/step-*/, in natural order) give each layer's observed std
+    per checkpoint instead, a trajectory; they imply --stats."""
     from . import api
     from .errors import SettingsError
 
+    if len(src.sources) > 1 or plot_path:
+        from .cli_trajectory import run_trajectory
+
+        return run_trajectory(src, settings, mode, infer, fmt, output, show_all, expand, plot_path)
     if len(mode) > 1:
         raise SettingsError(f"inspect takes one mode, got {' '.join(mode)}; compare sets several side by side")
     emit(build_report(api.inspect, src, settings, mode=mode[0] if mode else None, infer=infer), fmt, output, show_all,
@@ -127,12 +136,13 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
     expected = drift.read_baseline(baseline)
     changes = drift.compare(expected, report, tolerance)
     found = drift.deviations(report, limit) if stats else []
-    text = RENDERERS[fmt](changes, found, str(baseline), limit)
+    bad = drift.nonfinite(report) if stats else []  # NaN/Inf weights fail whatever the baseline says
+    text = RENDERERS[fmt](changes, found, str(baseline), limit, bad)
     if output and not is_stdout(output):
         write_text(output, text, [*inputs, baseline])
     else:
         write_stdout(text)
-    if changes or any(d.flagged for d in found):
+    if changes or bad or any(d.flagged for d in found):
         raise click.exceptions.Exit(1)
 
 
@@ -146,10 +156,13 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
 @click.option("--filter", "-k", "filters", multiple=True, metavar="GLOB",
               help="Only tensors whose name or parameter key matches (glob, or substring). Repeatable.")
 @click.option("--trust", is_flag=True, help="Let torch's loaders run code from the files (only files you trust).")
+@click.option("--expand", is_flag=True,
+              help="Tables and Markdown: list every tensor instead of folding keys that differ only in their "
+                   "indices and agree in status and values (JSON and CSV always list every tensor).")
 @format_option()
 @output_option()
 def diff(source_a: str, source_b: str, max_change: float | None, allow_structural: bool,
-         filters: tuple[str, ...], trust: bool, fmt: str, output: str | None) -> None:
+         filters: tuple[str, ...], trust: bool, expand: bool, fmt: str, output: str | None) -> None:
     """What changed from checkpoint A to B, tensor by tensor (streamed): added, removed, reshaped, dtype,
     and the relative change of std, of mean, and ‖B−A‖/‖A‖. Exit 1 past --max-change or on added/removed/
     reshaped tensors, so CI can gate a fine-tune."""
@@ -164,7 +177,7 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
         raise SettingsError(f"--max-change {max_change:g}: expected a finite number >= 0 (a relative norm)")
     model_a, model_b = api.load(source_a, trust=trust), api.load(source_b, trust=trust)
     result = diff_models(model_a, model_b, tuple(filters))
-    text = RENDERERS[fmt](result, max_change, allow_structural)
+    text = RENDERERS[fmt](result, max_change, allow_structural, expand)
     if output and not is_stdout(output):
         write_text(output, text, [*files_read(source_a, None, model_a), *files_read(source_b, None, model_b)])
         wrote(output)

@@ -145,6 +145,7 @@ class SourceArgs:
     config_path: str | None = None
     no_config: bool = False
     revision: str | None = None  # of a Hugging Face repo id SOURCE (default main)
+    sources: tuple[str, ...] = ()  # inspect's SOURCE...: several make a trajectory (source is the first)
 
 
 @dataclass(frozen=True)
@@ -161,16 +162,22 @@ class ReportArgs:
     jobs: int | None = None  # processes reading weights (None: the usable cores)
 
 
-def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """SOURCE and how to read it, as a `SourceArgs` first argument (`src`)."""
+def source_options(func: Callable[..., Any] | None = None, *, many: bool = False) -> Any:
+    """SOURCE and how to read it, as a `SourceArgs` first argument (`src`); `many=True` takes SOURCE...
+    (inspect's trajectories: `SourceArgs.sources`, `source` the first)."""
+    if func is None:
+        return functools.partial(source_options, many=many)
 
     @functools.wraps(func)
-    def command(source: str | None, trust: bool, factory_kwargs: dict | None, config_path: str | None,
+    def command(source: Any, trust: bool, factory_kwargs: dict | None, config_path: str | None,
                 no_config: bool, revision: str | None, **rest: Any) -> Any:
-        return func(SourceArgs(source, trust, factory_kwargs, config_path, no_config, revision), **rest)
+        sources = tuple(source) if many else (source,) if source else ()
+        return func(SourceArgs(sources[0] if sources else None, trust, factory_kwargs, config_path, no_config,
+                               revision, sources), **rest)
 
     return _apply(command, [
-        click.argument("source", required=False, shell_complete=complete_path),
+        click.argument("source", nargs=-1, shell_complete=complete_path) if many
+        else click.argument("source", required=False, shell_complete=complete_path),
         click.option("--trust", is_flag=True,
                      help="Let torch's loaders run code from the file (pickled modules, TorchScript, .pt2). "
                           "Only for files you trust."),
@@ -184,9 +191,11 @@ def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ])
 
 
-def report_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def report_options(func: Callable[..., Any] | None = None, *, many: bool = False) -> Any:
     """Options inspect and compare share: a `SourceArgs` (`src`), a `ReportArgs` (`settings`), and how to
-    write the result (`fmt`, `output`, `show_all`, `expand`)."""
+    write the result (`fmt`, `output`, `show_all`, `expand`); `many` as for `source_options`."""
+    if func is None:
+        return functools.partial(report_options, many=many)
 
     @functools.wraps(func)
     def command(src: SourceArgs, scheme: str | None, nonlinearity: str | None, param: float | None,
@@ -195,7 +204,7 @@ def report_options(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(src, ReportArgs(scheme, nonlinearity, param, fans, pool_fan_out, tuple(filters), stats, jobs),
                     **rest)
 
-    return source_options(_apply(command, [
+    return source_options(many=many)(_apply(command, [
         scheme_option(f"Init scheme: {', '.join(SCHEMES)} (aliases he_*, glorot_*). "
                       "Default: the spec's, else kaiming_normal."),
         nonlinearity_option(f"Nonlinearity after every layer, overriding the source: {', '.join(TORCH_NONLINEARITIES)}."),

@@ -234,3 +234,71 @@ def diff(a: Any, b: Any, *, filters: Iterable[str] = (), trust: bool = False,
     from .api import load
 
     return diff_models(load(a, trust=trust), load(b, trust=trust), tuple(filters), max_elements)
+
+
+# --- folding, as inspect folds ---------------------------------------------------------------------------
+
+#: Sorted neighbours' ‖B−A‖/‖A‖ further apart than this factor start a new group: a tensor that moved
+#: twice as far as its siblings gets its own row (a range would hide it).
+NORM_RATIO = 2.0
+
+
+def _numel(item: TensorDiff) -> int:
+    shape = item.shape_a if item.shape_a is not None else item.shape_b
+    return math.prod(shape) if shape is not None else 0
+
+
+def _standard_error(std: float, n: int) -> float:
+    return std / math.sqrt(2 * n) if n > 1 else math.inf
+
+
+def _chain(items: list[TensorDiff], value: Any, close: Any) -> list[list[TensorDiff]]:
+    """`items` sorted by `value`, parted where `close(previous, next)` fails; items without a value first,
+    as one part."""
+    unread = [t for t in items if value(t) is None]
+    read = sorted((t for t in items if value(t) is not None), key=value)
+    parts: list[list[TensorDiff]] = []
+    for item in read:
+        if parts and close(parts[-1][-1], item):
+            parts[-1].append(item)
+        else:
+            parts.append([item])
+    return [unread, *parts] if unread else parts
+
+
+def _std_close(which: str) -> Any:
+    """inspect's rule (`folding.by_observed_std`): sorted neighbours within STD_ERRORS standard errors."""
+    from .folding import STD_ERRORS
+
+    def close(a: TensorDiff, b: TensorDiff) -> bool:
+        low, high = getattr(a, which), getattr(b, which)
+        return high - low <= STD_ERRORS * max(_standard_error(low, _numel(a)), _standard_error(high, _numel(b)))
+
+    return close
+
+
+def _norm_close(a: TensorDiff, b: TensorDiff) -> bool:
+    return b.rel_diff_norm <= NORM_RATIO * a.rel_diff_norm
+
+
+def agreeing(items: list[TensorDiff]) -> list[list[TensorDiff]]:
+    """Tensors whose values agree: std A and std B each within inspect's standard-error rule, and
+    ‖B−A‖/‖A‖ within a factor NORM_RATIO of its sorted neighbour."""
+    parts = [items]
+    for value, close in ((lambda t: t.std_a, _std_close("std_a")), (lambda t: t.std_b, _std_close("std_b")),
+                         (lambda t: t.rel_diff_norm, _norm_close)):
+        parts = [piece for part in parts for piece in _chain(part, value, close)]
+    return parts
+
+
+def fold_diffs(tensors: Iterable[TensorDiff], max_change: float | None = None) -> list[Any]:
+    """The rows a diff table shows (`fancli.folding.Group`s of TensorDiffs): keys that differ only in their
+    numeric components, of one status, shape, dtype and note, on the same side of the --max-change gate, and
+    whose values agree (`agreeing`), fold into one; every tensor is in exactly one group."""
+    from .folding import fold
+
+    def same(t: TensorDiff) -> Any:
+        gated = max_change is not None and t.exceeds(max_change)
+        return (t.status, t.shape_a, t.shape_b, t.dtype_a, t.dtype_b, t.note, t.unbounded, gated)
+
+    return fold(list(tensors), lambda t: t.param, same, agreeing)

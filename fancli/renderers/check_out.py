@@ -5,24 +5,33 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..check import Change, Deviation, _show, fold_changes
+from ..check import Change, Deviation, Nonfinite, _show, fold_changes, fold_nonfinite
 from ..report import SCHEMA_VERSION
 from ..text import printable
 from .table import draw_grid
 
 
-def _headline(changes: list[Change], flagged: list[Deviation], baseline: str) -> str:
+def _headline(changes: list[Change], flagged: list[Deviation], baseline: str,
+              nonfinite: list[Nonfinite] = ()) -> str:
     baseline = printable(baseline)
-    if not changes and not flagged:
+    if not changes and not flagged and not nonfinite:
         return f"no drift: the init configuration matches {baseline}"
     parts = []
+    if nonfinite:
+        parts.append(f"{len(nonfinite)} tensor{'s' * (len(nonfinite) != 1)} with NaN/Inf values")
     if changes:
         layers = len({c.param for c in changes})
         parts.append(f"{len(changes)} change{'s' * (len(changes) != 1)} in {layers} layer{'s' * (layers != 1)} "
                      f"against {baseline}")
     if flagged:
         parts.append(f"{len(flagged)} layer{'s' * (len(flagged) != 1)} whose weights do not match the configured init")
-    return "drift: " + "; ".join(parts)
+    return ("drift: " if changes or flagged else "fail: ") + "; ".join(parts)
+
+
+def _nonfinite_lines(nonfinite: list[Nonfinite]) -> list[str]:
+    """One line per folded group: `blocks.{0..3}.weight ×4: 12 of 4,096 values NaN/Inf`."""
+    return [printable(f"{pattern}{f' ×{tensors:,}' if tensors > 1 else ''}: {bad:,} of {values:,} values NaN/Inf")
+            for pattern, tensors, bad, values in fold_nonfinite(nonfinite)]
 
 
 #: Closes a report with changes: a drift may be what the pull request meant, and then the baseline moves.
@@ -46,9 +55,12 @@ _CHANGE_HEADERS = ["layer", "change", "field", "baseline", "now"]
 _DEVIATION_HEADERS = ["layer", "observed std", "expected std", "std errors", "verdict"]
 
 
-def render_check_text(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float) -> str:
+def render_check_text(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float,
+                      nonfinite: list[Nonfinite] = ()) -> str:
     flagged = [d for d in found if d.flagged]
-    lines = [_headline(changes, flagged, baseline)]
+    lines = [_headline(changes, flagged, baseline, nonfinite)]
+    if nonfinite:
+        lines += ["NaN/Inf values (they fail the check whatever the baseline):", *_nonfinite_lines(nonfinite)]
     if changes:
         lines += draw_grid(_CHANGE_HEADERS, ["left"] * 5, _change_rows(changes))
     if changes:
@@ -65,10 +77,14 @@ def _code(cell: str) -> str:
     return f"{fence}{pad}{cell}{pad}{fence}".replace("|", "\\|")
 
 
-def render_check_markdown(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float) -> str:
+def render_check_markdown(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float,
+                          nonfinite: list[Nonfinite] = ()) -> str:
     flagged = [d for d in found if d.flagged]
-    mark = "✅" if not changes and not flagged else "❌"
-    lines = [f"### {mark} fancli check", "", _headline(changes, flagged, baseline.replace("|", "\\|")), ""]
+    mark = "✅" if not changes and not flagged and not nonfinite else "❌"
+    lines = [f"### {mark} fancli check", "", _headline(changes, flagged, baseline.replace("|", "\\|"), nonfinite), ""]
+    if nonfinite:
+        lines += ["NaN/Inf values (they fail the check whatever the baseline):", ""]
+        lines += [f"- {_code(line)}" for line in _nonfinite_lines(nonfinite)] + [""]
     if changes:
         lines += ["| " + " | ".join(_CHANGE_HEADERS) + " |", "|" + ":---|" * 5]
         lines += ["| " + " | ".join(_code(cell) if cell else "" for cell in row) + " |" for row in _change_rows(changes)]
@@ -80,17 +96,19 @@ def render_check_markdown(changes: list[Change], found: list[Deviation], baselin
     return "\n".join(lines) + "\n"
 
 
-def render_check_json(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float) -> str:
+def render_check_json(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float,
+                      nonfinite: list[Nonfinite] = ()) -> str:
     document: dict[str, Any] = {
         "fancli": SCHEMA_VERSION,
         "command": "check",
         "baseline": baseline,
-        "ok": not changes and not any(d.flagged for d in found),
+        "ok": not changes and not any(d.flagged for d in found) and not nonfinite,
         "changes": [{"param": c.param, "change": c.change, "field": c.field, "baseline": c.baseline,
                      "current": c.current} for c in changes],
         "observed": [{"param": d.param, "observed_std": d.observed_std, "expected_std": d.expected_std,
                       "count": d.count, "std_errors": d.sigmas, "flagged": d.flagged} for d in found],
         "sigmas": sigmas,
+        "nonfinite": [{"param": n.param, "count": n.count, "nonfinite": n.nonfinite} for n in nonfinite],
     }
     return json.dumps(document, indent=2, allow_nan=False) + "\n"
 

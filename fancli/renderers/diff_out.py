@@ -10,10 +10,10 @@ import io
 import json
 from typing import Any
 
-from ..diff import DiffResult, TensorDiff
+from ..diff import DiffResult, TensorDiff, fold_diffs
 from ..report import SCHEMA_VERSION
 from ..text import json_safe, printable
-from .common import shape
+from .common import name, shape
 
 HEADERS = ["key", "status", "shape", "dtype", "std A", "std B", "Δstd", "Δmean", "‖B−A‖/‖A‖"]
 ALIGNS = ["left", "left", "right", "left", "right", "right", "right", "right", "right"]
@@ -27,18 +27,41 @@ def _number(value: float | None, signed: bool = False) -> str:
     return f"{value:+.3g}" if signed else f"{value:.4g}"
 
 
-def _cells(item: TensorDiff) -> list[str]:
+def _range(items: tuple[TensorDiff, ...], field: str, signed: bool = False) -> str:
+    """A value, or the members' range `min…max` where they differ in what is shown (inspect's folded rows)."""
+    values = [getattr(item, field) for item in items]
+    known = [v for v in values if v is not None]
+    if not known:
+        return _number(None)
+    low, high = _number(min(known), signed), _number(max(known), signed)
+    shown = low if low == high else f"{low}…{high}"
+    return shown if len(known) == len(values) else f"{shown} (and —)"
+
+
+def _cells(group: Any) -> list[str]:
+    """A shown row: one tensor, or a folded group (`fancli.diff.fold_diffs`: its members share status,
+    shape, dtype and note; their numbers are shown as ranges)."""
+    item, items = group.row, group.rows
     dims = item.shape_a if item.shape_b is None else item.shape_b
     shown = (f"{shape(item.shape_a)} → {shape(item.shape_b)}" if item.status == "reshaped"
              else shape(dims) if dims is not None else "")
     dtypes = item.dtype_a if item.dtype_b is None else item.dtype_b if item.dtype_a in (None, item.dtype_b) \
         else f"{item.dtype_a} → {item.dtype_b}"
-    norm = "∞" if item.unbounded else _number(item.rel_diff_norm)
+    norm = "∞" if item.unbounded else _range(items, "rel_diff_norm")
     numbers = item.status not in ("added", "removed", "reshaped")
-    return [printable(item.param), item.status, shown, dtypes or "",
-            _number(item.std_a) if numbers else "", _number(item.std_b) if numbers else "",
-            _number(item.rel_std_change, True) if numbers else "",
-            _number(item.rel_mean_change, True) if numbers else "", norm if numbers else ""]
+    return [printable(name(group)), item.status, shown, dtypes or "",
+            _range(items, "std_a") if numbers else "", _range(items, "std_b") if numbers else "",
+            _range(items, "rel_std_change", True) if numbers else "",
+            _range(items, "rel_mean_change", True) if numbers else "", norm if numbers else ""]
+
+
+def shown_rows(result: DiffResult, max_change: float | None = None, expand: bool = False) -> list[Any]:
+    """The rows tables and Markdown show: folded as inspect folds (`fold_diffs`), or every tensor."""
+    from ..folding import Group
+
+    if expand:
+        return [Group(t.param, (), (t,)) for t in result.tensors]
+    return fold_diffs(result.tensors, max_change)
 
 
 def headline(result: DiffResult) -> str:
@@ -65,33 +88,37 @@ def verdict(result: DiffResult, max_change: float | None, allow_structural: bool
     return "FAIL: " + "; ".join(parts)
 
 
-def _notes(result: DiffResult) -> list[str]:
-    return [printable(f"{t.param}: {t.note}") for t in result.tensors if t.note]
+def _notes(rows: list[Any]) -> list[str]:
+    return [printable(f"{name(group)}: {group.row.note}") for group in rows if group.row.note]
 
 
-def render_diff_table(result: DiffResult, max_change: float | None = None, allow_structural: bool = False) -> str:
+def render_diff_table(result: DiffResult, max_change: float | None = None, allow_structural: bool = False,
+                      expand: bool = False) -> str:
     from .table import draw_grid
 
     lines = [headline(result)]
+    rows = shown_rows(result, max_change, expand)
     if result.tensors:
-        lines += draw_grid(HEADERS, ALIGNS, [_cells(t) for t in result.tensors])
-    lines += _notes(result)
+        lines += draw_grid(HEADERS, ALIGNS, [_cells(group) for group in rows])
+    lines += _notes(rows)
     gate = verdict(result, max_change, allow_structural)
     if gate:
         lines.append(gate)
     return "\n".join(lines) + "\n"
 
 
-def render_diff_markdown(result: DiffResult, max_change: float | None = None, allow_structural: bool = False) -> str:
+def render_diff_markdown(result: DiffResult, max_change: float | None = None, allow_structural: bool = False,
+                         expand: bool = False) -> str:
     gate = verdict(result, max_change, allow_structural)
     mark = "❌" if gate else "✅"
     lines = [f"### {mark} fancli diff", "", headline(result).replace("|", "\\|"), ""]
+    rows = shown_rows(result, max_change, expand)
     if result.tensors:
         lines += ["| " + " | ".join(HEADERS) + " |",
                   "|" + "|".join(":---" if align == "left" else "---:" for align in ALIGNS) + "|"]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in _cells(t)) + " |" for t in result.tensors]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in _cells(group)) + " |" for group in rows]
         lines.append("")
-    lines += [f"- {note.replace('|', chr(92) + '|')}" for note in _notes(result)]
+    lines += [f"- {note.replace('|', chr(92) + '|')}" for note in _notes(rows)]
     if gate:
         lines += ["", f"**{gate.replace('|', chr(92) + '|')}**"]
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -107,7 +134,16 @@ def tensor_dict(item: TensorDiff) -> dict[str, Any]:
             "max_abs_diff": item.max_abs_diff, "note": item.note}
 
 
-def render_diff_json(result: DiffResult, max_change: float | None = None, allow_structural: bool = False) -> str:
+def group_dict(group: Any) -> dict[str, Any]:
+    """A folded group, as inspect's JSON gives one: `fancli.folding.expand(pattern)` is its keys."""
+    from ..diff import _numel
+
+    return {"pattern": group.pattern, "count": group.count, "params": sum(_numel(t) for t in group.rows),
+            "indices": [list(values) for values in group.indices]}
+
+
+def render_diff_json(result: DiffResult, max_change: float | None = None, allow_structural: bool = False,
+                     expand: bool = False) -> str:
     failed = result.failures(max_change, allow_structural)
     document = {
         "fancli": SCHEMA_VERSION,
@@ -119,11 +155,13 @@ def render_diff_json(result: DiffResult, max_change: float | None = None, allow_
         "counts": result.counts(),
         "failed": [t.param for t in failed],
         "tensors": [tensor_dict(t) for t in result.tensors],
+        "groups": [group_dict(group) for group in fold_diffs(result.tensors, max_change)],
     }
     return json_safe(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)) + "\n"
 
 
-def render_diff_csv(result: DiffResult, max_change: float | None = None, allow_structural: bool = False) -> str:
+def render_diff_csv(result: DiffResult, max_change: float | None = None, allow_structural: bool = False,
+                    expand: bool = False) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     fields = list(tensor_dict(TensorDiff("", "same", (), ())))

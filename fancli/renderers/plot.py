@@ -1,24 +1,19 @@
-"""`fancli propagate --plot FILE.png`: the per-layer variances as a chart (matplotlib, an optional extra)."""
+"""`--plot FILE.png`: charts (matplotlib, an optional extra) for `propagate` and for trajectories, written
+through the same atomic, checked writer as every report."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..errors import FancliError
 
 if TYPE_CHECKING:
     from ..propagate import Propagation
+    from ..trajectory import Trajectory
 
 
-def plot_propagation(props: Sequence[Propagation], path: str | Path, title: str | None = None,
-                     inputs: Iterable[str | Path | None] = ()) -> None:
-    """Forward and backward variance per layer, one line per mode, on log scales; written through the same
-    atomic, checked writer as every report (never over an input, a device, or a symlink itself)."""
-    from ..safe_io import checked_target, write_with
-    from ..text import printable
-
-    checked_target(path, inputs)  # refuse before drawing
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -26,6 +21,36 @@ def plot_propagation(props: Sequence[Propagation], path: str | Path, title: str 
         import matplotlib.pyplot as plt
     except ImportError:
         raise FancliError("--plot needs matplotlib: pip install 'fancli[plot]'") from None
+    return plt
+
+
+def _save(plt: Any, figure: Any, path: str | Path, inputs: Iterable[str | Path | None], dpi: int = 120) -> None:
+    """Write `figure` to `path` atomically (never over an input, a device, or a symlink itself)."""
+    from ..safe_io import write_with
+    from ..text import printable
+
+    suffix = Path(path).suffix or ".png"
+
+    def fill(temp_name: str) -> None:
+        try:
+            figure.savefig(temp_name, dpi=dpi, format=suffix[1:].lower())
+        except ValueError as error:  # a format matplotlib does not write, e.g. FILE.xyz
+            raise FancliError(f"{printable(path)}: cannot write the plot: {error}") from None
+
+    try:
+        write_with(path, fill, inputs, suffix=suffix)
+    finally:
+        plt.close(figure)
+
+
+def plot_propagation(props: Sequence[Propagation], path: str | Path, title: str | None = None,
+                     inputs: Iterable[str | Path | None] = ()) -> None:
+    """Forward and backward variance per layer, one line per mode, on log scales."""
+    from ..safe_io import checked_target
+
+    inputs = list(inputs)
+    checked_target(path, inputs)  # refuse before drawing
+    plt = _pyplot()
     figure, (forward, backward) = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     for prop in props:
         depth = range(1, len(prop.layers) + 1)
@@ -40,15 +65,58 @@ def plot_propagation(props: Sequence[Propagation], path: str | Path, title: str 
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    suffix = Path(path).suffix or ".png"
+    _save(plt, figure, path, inputs)
 
-    def fill(temp_name: str) -> None:
-        try:
-            figure.savefig(temp_name, dpi=120, format=suffix[1:].lower())
-        except ValueError as error:  # a format matplotlib does not write, e.g. FILE.xyz
-            raise FancliError(f"{printable(path)}: cannot write the plot: {error}") from None
 
-    try:
-        write_with(path, fill, inputs, suffix=suffix)
-    finally:
-        plt.close(figure)
+#: Past this many lines the legend would hide the chart: it is left out (the table names the groups).
+LEGEND_LINES = 16
+
+
+def plot_trajectory(trajectory: "Trajectory", path: str | Path, title: str | None = None,
+                    inputs: Iterable[str | Path | None] = ()) -> None:
+    """Observed std against the step (or the checkpoint's position, where names give no steps), one line per
+    folded group: the members' median, with a band from their smallest to their largest std. A checkpoint
+    without the key leaves a gap. Log-scale y where the stds span more than a factor of 4; a symlog x where
+    the steps span more than a factor of 50."""
+    import statistics
+
+    from ..safe_io import checked_target
+    from ..text import printable
+
+    inputs = list(inputs)
+    checked_target(path, inputs)
+    plt = _pyplot()
+    steps = [c.step for c in trajectory.checkpoints]
+    xs = steps if None not in steps else list(range(len(steps)))
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    everything = []
+    groups = trajectory.shown
+    for group in groups:
+        median, low, high = [], [], []
+        for index in range(len(xs)):
+            stds = [t.observed[index].std for t in group.rows
+                    if t.observed[index] is not None and t.observed[index].std is not None]
+            median.append(statistics.median(stds) if stds else float("nan"))  # NaN: matplotlib leaves a gap
+            low.append(min(stds) if stds else float("nan"))
+            high.append(max(stds) if stds else float("nan"))
+            everything += stds
+        label = printable(group.pattern if group.count == 1 else f"{group.pattern} ×{group.count}")
+        line, = axes.plot(xs, median, marker=".", label=label)
+        if group.count > 1:
+            axes.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    positive = [s for s in everything if s > 0]
+    if positive and max(positive) > 4 * min(positive):
+        axes.set_yscale("log")
+    positive_steps = [x for x in xs if x > 0]
+    if None not in steps and positive_steps and max(positive_steps) >= 50 * min(positive_steps):
+        axes.set_xscale("symlog", linthresh=min(positive_steps))  # early steps apart, step 0 kept
+    axes.set_xlabel("step" if None not in steps else "checkpoint")
+    if None in steps:
+        axes.set_xticks(xs, [printable(c.source) for c in trajectory.checkpoints], rotation=30, ha="right")
+    axes.set_ylabel("observed std")
+    if len(groups) <= LEGEND_LINES:
+        axes.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    _save(plt, figure, path, inputs, dpi=80)

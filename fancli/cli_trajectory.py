@@ -1,0 +1,87 @@
+"""`fancli inspect A B C …`: several SOURCEs make a trajectory (observed statistics per checkpoint).
+
+Several sources imply `--stats` (a trajectory is the weights' statistics; there is nothing else to put
+side by side), and refuse the options that only mean something for one report (a scheme, a mode, --infer)
+with one line and exit 2, rather than ignore them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from .cli_options import ReportArgs, SourceArgs
+
+
+def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...], infer: bool, fmt: str,
+                   output: str | None, show_all: bool, expand: bool, plot_path: str | None) -> None:
+    from .cli_run import files_read, load_model, write_stdout, wrote
+    from .errors import SettingsError
+    from .renderers.trajectory_out import RENDERERS, without_small_tensors
+    from .safe_io import checked_target, is_stdout, write_text
+    from .trajectory import natural_order
+
+    if len(src.sources) < 2:
+        raise SettingsError("--plot draws a trajectory: give several SOURCEs (e.g. run/step-*/)")
+    single = {"--infer": infer, "--mode": mode, "--scheme": settings.scheme, "--nonlinearity": settings.nonlinearity,
+              "--param": settings.param is not None, "--fans": settings.fans,
+              "--pool-fan-out": settings.pool_fan_out is not None}
+    refused = [option for option, given in single.items() if given]
+    if refused:
+        raise SettingsError(f"{', '.join(refused)}: with several SOURCEs inspect shows each tensor's observed std "
+                            "per checkpoint (a trajectory); give one SOURCE for a scheme's numbers")
+    sources = natural_order(src.sources)
+    models, inputs = [], []
+    for source in sources:
+        model, config = load_model(replace(src, source=source, sources=(source,)))
+        models.append(model)
+        inputs += files_read(source, config, model)
+    writes_file = bool(output) and not is_stdout(output)
+    for path, other in ((output if writes_file else None, plot_path), (plot_path, output if writes_file else None)):
+        if path:
+            checked_target(path, [*inputs, other])  # refused before the weights are read, not after
+    found = _read(models, settings)
+    del models
+    if plot_path:
+        from .renderers.plot import plot_trajectory
+
+        shown = found if show_all else without_small_tensors(found)
+        plot_trajectory(replace(shown, expanded=expand), plot_path, title="observed std per checkpoint",
+                        inputs=[*inputs, output if writes_file else None])
+        wrote(plot_path)
+    if fmt in ("table", "markdown"):
+        found = without_small_tensors(found) if not show_all else found
+        found = replace(found, expanded=expand)
+    text = RENDERERS[fmt](found)
+    if writes_file:
+        write_text(output, text, [*inputs, plot_path])
+        wrote(output)
+    else:
+        write_stdout(text)
+
+
+
+def _read(models: list[Any], settings: ReportArgs) -> Any:
+    """The trajectory, with a progress bar on stderr past PROGRESS_BYTES of weights in all (as inspect's)."""
+    from .cli_run import PROGRESS_BYTES, nbytes
+    from .report import selected
+    from .trajectory import build
+
+    total = sum(nbytes(layer) for model in models for layer in selected(model, settings.filters)
+                if layer.data is not None)
+    if total < PROGRESS_BYTES:
+        return build(models, settings.filters, settings.jobs)
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"reading {len(models)} checkpoints", total=total)
+        return build(models, settings.filters, settings.jobs, on_chunk=lambda n: progress.advance(task, n))

@@ -1,0 +1,158 @@
+"""A trajectory (`fancli inspect A B C --stats`): per tensor (folded), the observed std per checkpoint.
+
+Only formatting: the numbers are `fancli.trajectory`'s. Keys and source names come from files, so every
+cell is printable. Tables and Markdown fold as inspect does (`--expand` lists every tensor) and leave out
+tensors below 2 dims unless `--all`; JSON and CSV always list every tensor.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import replace
+from typing import Any
+
+from ..report import SCHEMA_VERSION
+from ..text import json_safe, printable
+from ..trajectory import Track, Trajectory
+from .common import name, number, shape
+
+#: The statistics each checkpoint gets, in the JSON and CSV.
+FIELDS = ("count", "mean", "std", "min", "max", "nonfinite")
+
+
+def without_small_tensors(trajectory: Trajectory) -> Trajectory:
+    """The trajectory as people read it: tensors below 2 dims left out, with a note (as inspect's table)."""
+    kept = tuple(track for track in trajectory.tracks if len(track.shape) >= 2)
+    hidden = len(trajectory.tracks) - len(kept)
+    if not hidden or not kept:
+        return trajectory
+    note = f"{hidden} tensors below 2 dims (biases, norm weights) not shown; --all shows them"
+    return replace(trajectory, tracks=kept, notes=trajectory.notes + (note,))
+
+
+def _cell(tracks: tuple[Track, ...], index: int) -> str:
+    """A group's std at one checkpoint: one value or the members' range `min…max`; `—` where the key is
+    missing; the NaN/Inf count beside it where there is one."""
+    found = [track.observed[index] for track in tracks]
+    if all(o is None for o in found):
+        return "—"
+    stds = [o.std for o in found if o is not None and o.std is not None]
+    if stds:
+        low, high = number(min(stds)), number(max(stds))
+        text = low if low == high else f"{low}…{high}"
+    else:
+        text = "—"
+    bad = sum(o.nonfinite for o in found if o is not None)
+    return f"{text} ⚠{bad:,} NaN/Inf" if bad else text
+
+
+def _headers(trajectory: Trajectory) -> list[str]:
+    steps = trajectory.checkpoints[0].step is not None
+    return ["name", "shape"] + [f"step {c.label}" if steps else printable(c.label) for c in trajectory.checkpoints]
+
+
+def _rows(trajectory: Trajectory) -> list[list[str]]:
+    return [[printable(name(group)), shape(group.row.shape)]
+            + [_cell(group.rows, index) for index in range(len(trajectory.checkpoints))]
+            for group in trajectory.shown]
+
+
+def _title(trajectory: Trajectory) -> str:
+    first, last = trajectory.checkpoints[0], trajectory.checkpoints[-1]
+    return printable(f"{len(trajectory.checkpoints)} checkpoints, {first.source} … {last.source} · observed std "
+                     f"per checkpoint ({len(trajectory.tracks)} tensors)")
+
+
+def _nonfinite_line(trajectory: Trajectory) -> str | None:
+    bad = [track.param for track in trajectory.tracks if any(o is not None and o.nonfinite for o in track.observed)]
+    if not bad:
+        return None
+    return printable(f"NaN/Inf values in {len(bad)} tensor{'s' * (len(bad) != 1)}: {', '.join(bad[:5])}"
+                     + (" …" if len(bad) > 5 else ""))
+
+
+def render_table(trajectory: Trajectory) -> str:
+    from .table import draw_grid
+
+    headers = _headers(trajectory)
+    lines = [_title(trajectory), *map(printable, trajectory.notes)]
+    lines += draw_grid(headers, ["left", "right"] + ["right"] * len(trajectory.checkpoints), _rows(trajectory))
+    bad = _nonfinite_line(trajectory)
+    return "\n".join(lines + ([bad] if bad else [])) + "\n"
+
+
+def render_markdown(trajectory: Trajectory) -> str:
+    headers = _headers(trajectory)
+    escape = lambda cell: cell.replace("|", "\\|")  # noqa: E731
+    lines = [escape(_title(trajectory)), ""]
+    lines += [f"- {escape(printable(note))}" for note in trajectory.notes]
+    if trajectory.notes:
+        lines.append("")
+    lines += ["| " + " | ".join(escape(cell) for cell in headers) + " |", "|:---|" + "---:|" * (len(headers) - 1)]
+    lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in _rows(trajectory)]
+    bad = _nonfinite_line(trajectory)
+    if bad:
+        lines += ["", f"**{escape(bad)}**"]
+    return "\n".join(lines) + "\n"
+
+
+def _observed(observed: Any) -> dict[str, Any] | None:
+    if observed is None:
+        return None
+    return {field: getattr(observed, field) for field in FIELDS}
+
+
+def trajectory_dict(trajectory: Trajectory) -> dict[str, Any]:
+    groups = [{"pattern": group.pattern, "count": group.count, "params": sum(_numel(t) for t in group.rows),
+               "indices": [list(values) for values in group.indices]} for group in trajectory.groups]
+    return {
+        "fancli": SCHEMA_VERSION,
+        "command": "trajectory",
+        "sources": [{"path": c.source, "format": c.format, "step": c.step} for c in trajectory.checkpoints],
+        "settings": {"filters": list(trajectory.filters)},
+        "layers": [{"param": track.param, "kind": track.kind, "shape": list(track.shape), "dtype": track.dtype,
+                    "observed": [_observed(o) for o in track.observed]} for track in trajectory.tracks],
+        "groups": groups,
+        "notes": list(trajectory.notes),
+    }
+
+
+def _numel(track: Track) -> int:
+    import math
+
+    return math.prod(track.shape)
+
+
+def render_json(trajectory: Trajectory) -> str:
+    """Indented at the top, one layer (and one group) per line, as inspect's JSON."""
+    document = trajectory_dict(trajectory)
+    listed = {key: document.pop(key) for key in ("layers", "groups")}
+    notes = document.pop("notes")
+    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)[:-2]
+    for key, items in listed.items():
+        body = ",\n".join(f"    {json.dumps(item, ensure_ascii=False, allow_nan=False)}" for item in items)
+        text += f',\n  "{key}": [\n{body}\n  ]' if items else f',\n  "{key}": []'
+    text += f',\n  "notes": {json.dumps(notes, ensure_ascii=False)}'
+    return json_safe(text) + "\n}\n"
+
+
+def render_csv(trajectory: Trajectory) -> str:
+    """One line per tensor per checkpoint (long form: a spreadsheet's pivot or pandas reads it as is); a
+    checkpoint without the key has no line."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["param", "kind", "shape", "dtype", "source", "step", *FIELDS])
+    for track in trajectory.tracks:
+        for checkpoint, observed in zip(trajectory.checkpoints, track.observed):
+            if observed is None:
+                continue
+            values = ["" if v is None else repr(v) for v in (getattr(observed, f) for f in FIELDS)]
+            writer.writerow([printable(track.param), track.kind, "x".join(map(str, track.shape)), track.dtype or "",
+                             printable(checkpoint.source), "" if checkpoint.step is None else checkpoint.step,
+                             *values])
+    return buffer.getvalue()
+
+
+RENDERERS = {"table": render_table, "markdown": render_markdown, "json": render_json, "csv": render_csv}
