@@ -85,10 +85,16 @@ def analyse(command: Callable[..., Any], model: Any, stats: bool, filters: tuple
         return command(model, filters=filters, **arguments)
     from .report import selected
 
-    layers = [layer for layer in selected(model, filters) if layer.data is not None]
-    total = sum(nbytes(layer) for layer in layers)
+    total = sum(nbytes(layer) for layer in selected(model, filters) if layer.data is not None)
+    return with_progress(total, "reading weights",
+                         lambda on_chunk: command(model, stats=stats, filters=filters, on_chunk=on_chunk, **arguments))
+
+
+def with_progress(total: int, description: str, work: Callable[[Callable[[int], None] | None], Any]) -> Any:
+    """`work(on_chunk)`, with a progress bar on stderr advanced by `on_chunk(nbytes)` where `total` bytes
+    are PROGRESS_BYTES or more (`on_chunk` None below: a bar that flashes by says nothing)."""
     if total < PROGRESS_BYTES:
-        return command(model, stats=stats, filters=filters, **arguments)
+        return work(None)
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -101,9 +107,8 @@ def analyse(command: Callable[..., Any], model: Any, stats: bool, filters: tuple
     columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("reading weights", total=total)
-        return command(model, stats=stats, filters=filters,
-                       on_chunk=lambda nbytes: progress.advance(task, nbytes), **arguments)
+        task = progress.add_task(description, total=total)
+        return work(lambda nbytes: progress.advance(task, nbytes))
 
 
 def build_report(command: Callable[..., Any], src: SourceArgs, settings: ReportArgs,

@@ -63,25 +63,11 @@ def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...],
 
 def _read(models: list[Any], settings: ReportArgs) -> Any:
     """The trajectory, with a progress bar on stderr past PROGRESS_BYTES of weights in all (as inspect's)."""
-    from .cli_run import PROGRESS_BYTES, nbytes
+    from .cli_run import nbytes, with_progress
     from .report import selected
     from .trajectory import build
 
     total = sum(nbytes(layer) for model in models for layer in selected(model, settings.filters)
                 if layer.data is not None)
-    if total < PROGRESS_BYTES:
-        return build(models, settings.filters, settings.jobs)
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(f"reading {len(models)} checkpoints", total=total)
-        return build(models, settings.filters, settings.jobs, on_chunk=lambda n: progress.advance(task, n))
+    return with_progress(total, f"reading {len(models)} checkpoints",
+                         lambda on_chunk: build(models, settings.filters, settings.jobs, on_chunk=on_chunk))
