@@ -46,17 +46,16 @@ class Group:
         return len(self.rows)
 
 
-def _is_index(part: str) -> bool:
-    """A name part that is an index: ASCII digits, no leading zero (`007` is a name, not 7)."""
-    return part.isdigit() and part.isascii() and (part[0] != "0" or part == "0")
-
-
 def split_key(key: str) -> tuple[Template, tuple[int, ...]]:
-    """`layers.3.mlp.weight` -> (("layers", None, "mlp", "weight"), (3,))."""
-    parts = key.split(".")
-    flags = [_is_index(part) for part in parts]
-    template = tuple(None if flag else part for part, flag in zip(parts, flags))
-    return template, tuple(int(part) for part, flag in zip(parts, flags) if flag)
+    """`layers.3.mlp.weight` -> (("layers", None, "mlp", "weight"), (3,)). An index is a part of ASCII digits
+    without a leading zero (`007` is a name, not 7). One loop, no call per part: it runs once per row."""
+    parts: list = key.split(".")
+    indices = []
+    for position, part in enumerate(parts):
+        if part.isdigit() and part.isascii() and (part[0] != "0" or len(part) == 1):
+            indices.append(int(part))
+            parts[position] = None
+    return tuple(parts), tuple(indices)
 
 
 def ranges(values: Sequence[int]) -> str:
