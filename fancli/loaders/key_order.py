@@ -12,25 +12,24 @@ import re
 _DIGITS = re.compile(r"([0-9]+)")
 
 
-def _part(text: str, digits: bool) -> tuple:
-    if not digits:
-        return (1, text)
-    value = text.lstrip("0")  # compared by length, then digit by digit: no int() of a 5,000-digit run
-    return (0, len(value), value, len(text))
+#: Digit runs longer than this compare by their length, then as text: int() refuses runs past 4,300 digits.
+LONGEST_NUMBER = 4000
+_BEYOND = 10**LONGEST_NUMBER
 
 
-def natural_key(key: str) -> tuple[tuple, ...]:
-    """`layers.2.weight` < `layers.10.weight`: digit runs compare as numbers, the rest as text (each part
-    tagged so that a number and a word never compare with each other)."""
-    parts = _DIGITS.split(key)  # text, digits, text, …: the digit runs are the odd items
-    out = [(1, parts[0])] if parts[0] else []
-    for index in range(1, len(parts), 2):  # `_part` inlined: this runs once per tensor of a 92,000-key index
-        digits, text = parts[index], parts[index + 1]
-        value = digits.lstrip("0")
-        out.append((0, len(value), value, len(digits)))
-        if text:
-            out.append((1, text))
-    return tuple(out)
+def natural_key(key: str) -> tuple[list, str]:
+    """`layers.2.weight` < `layers.10.weight`: digit runs compare as numbers, the rest as text. The split
+    alternates text and digit runs, so two keys' lists hold text against text and numbers against numbers
+    at every position (a key that ends where another goes on sorts first); the key itself breaks ties, so
+    `007` and `7` still sort one way every time."""
+    parts: list = _DIGITS.split(key)  # text, digits, text, …: the digit runs are the odd items
+    for index in range(1, len(parts), 2):  # runs once per tensor of a 92,000-key index: no call per part
+        digits = parts[index]
+        if len(digits) <= LONGEST_NUMBER:
+            parts[index] = int(digits)
+        else:
+            parts[index] = _BEYOND * len(digits.lstrip("0") or "0")
+    return parts, key
 
 
 def is_sorted(keys: list[str]) -> bool:

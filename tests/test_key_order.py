@@ -1,0 +1,32 @@
+"""Natural key order: digit runs compare as numbers, any two keys compare, and the order is total."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fancli.loaders.key_order import LONGEST_NUMBER, natural_key
+
+KEYS = st.text(alphabet="ab.019", max_size=12)
+
+
+@given(st.lists(KEYS, max_size=30))
+def test_any_keys_sort_and_the_order_does_not_depend_on_the_input_order(keys):
+    shuffled = list(keys)
+    random.Random(0).shuffle(shuffled)
+    assert sorted(keys, key=natural_key) == sorted(shuffled, key=natural_key)
+
+
+def test_numbers_compare_as_numbers_and_a_key_that_ends_first_sorts_first():
+    keys = [f"layers.{i}.mlp.experts.{e}.w" for i in (10, 2, 1) for e in (11, 3)] + ["a1b", "a1b2", "a1b10", "a1"]
+    assert sorted(keys, key=natural_key) == [
+        "a1", "a1b", "a1b2", "a1b10",
+        "layers.1.mlp.experts.3.w", "layers.1.mlp.experts.11.w", "layers.2.mlp.experts.3.w",
+        "layers.2.mlp.experts.11.w", "layers.10.mlp.experts.3.w", "layers.10.mlp.experts.11.w"]
+
+
+def test_digit_runs_past_int_limits_sort_by_length():
+    huge, longer = "9" * (LONGEST_NUMBER + 1), "1" * (LONGEST_NUMBER + 2)
+    assert sorted([f"x{longer}", f"x{huge}", "x5"], key=natural_key) == ["x5", f"x{huge}", f"x{longer}"]
