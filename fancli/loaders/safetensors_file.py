@@ -8,7 +8,6 @@ record the model's order: tensors come in the natural order of their keys (`laye
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from ..safe_io import (
     parse_json_object,
     read_bounded,
 )
-from ..tensors import DTYPES, StridedRef
+from ..tensors import DTYPES, StridedRef, row_major_strides
 from .entry import Entry
 from .flat_keys import layers_from_entries
 from .key_order import is_sorted, natural_key
@@ -249,24 +248,13 @@ def _read_header(path: Path, where: str) -> _Header:
     return _Header(tensors, metadata, data_start, _ties(metadata, tensors))
 
 
-@functools.lru_cache(maxsize=4096)
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Row-major strides; cached, as a checkpoint has a few hundred shapes among 90,000 tensors."""
-    strides: list[int] = []
-    step = 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= size
-    return tuple(reversed(strides))
-
-
 def _entry(path: Path, header: _Header, tensor: _Tensor, key: str, identity: str | None) -> Entry:
     """An Entry with a lazy handle on the tensor's bytes; None where fancli cannot decode the dtype."""
     data = None
     if tensor.dtype in DTYPES:
         shape = tensor.shape
         data = StridedRef(FileRange(path, header.data_start + tensor.begin, tensor.end - tensor.begin), tensor.dtype,
-                          shape, _contiguous_strides(shape), 0, math.prod(shape))
+                          shape, row_major_strides(shape), 0, math.prod(shape))
     return Entry(key, tensor.shape, tensor.dtype, data=data, identity=identity)
 
 
