@@ -444,14 +444,16 @@ def per_tensor(cache: Path, repeat: int, quick: bool) -> list[Result]:
     start = measure(FANCLI + ["--help"], repeat).seconds
     results, previous = [], None
     for n in sizes:
-        folder = cache / f"tensors_{n}"
+        folder = cache / f"experts_{n}"
         path = folder / "model.safetensors.index.json"
-        if not path.exists():  # shards of ≤ 50,000 tensors: one header of 500,000 is past the parse budget
+        if not path.exists():  # shards of ≤ 50,000 tensors, as real checkpoints are sharded
             folder.mkdir(exist_ok=True)
-            # short names and a compact index: 500,000 entries of a real index's length are past fancli's
-            # JSON parse budget (safe_io.MAX_JSON_MEMORY, 64 bytes estimated per quote or comma)
-            write_sparse_shards(folder, {f"l.{i}.weight": ((64, 64), "BF16") for i in range(n)},
-                                shards=math.ceil(n / 50000), indent=None, prefix="m")
+            # a MoE's real-length names in an indented index, as transformers writes it: 500,000 entries
+            # are within fancli's JSON parse budget (safe_io.MAX_JSON_MEMORY)
+            names = (f"model.layers.{i // 768}.mlp.experts.{i % 768 // 3}.{('gate', 'up', 'down')[i % 3]}_proj.weight"
+                     for i in range(n))
+            write_sparse_shards(folder, {name: ((64, 64), "BF16") for name in names},
+                                shards=math.ceil(n / 50000), indent=2)
         wall = measure(FANCLI + ["inspect", str(path), "--format", "json"], 1 if n >= 100000 else repeat).seconds
         each = max(wall - start, 1e-9) / n
         results.append(Result(f"per tensor: {n:,} tensors (JSON)", f"{wall:.2f} s; {each * 1e6:.1f} µs/tensor",

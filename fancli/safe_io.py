@@ -97,14 +97,25 @@ def read_text(path: Path, limit: int, what: str) -> str:
         raise SourceError(f"{path}: not a text file (byte {error.start} is not UTF-8)") from None
 
 
-#: What parsing a JSON document (a safetensors header, an index, a baseline) may take: ~150,000 tensors.
-MAX_JSON_MEMORY = 256 * 1024 * 1024
+#: What parsing a JSON document (a safetensors header, an index, a baseline) may take: a 500,000-tensor
+#: index with real names (~80 bytes an entry) or header (~100 bytes an entry) passes.
+MAX_JSON_MEMORY = 512 * 1024 * 1024
+
+
+def json_memory(raw: bytes) -> int:
+    """An upper bound on what parsing `raw` takes: the decoded text and the strings' characters (1 byte a
+    character for ASCII, else up to 4: one astral character stores a whole string in 4 bytes a
+    character), each `{` a dict of up to 256 bytes, each `[` a list of up to 64, and each string (two `"`)
+    or other item (after a `,`) an object of up to 64."""
+    width = 1 if raw.isascii() else 4
+    containers = 256 * raw.count(b"{") + 64 * raw.count(b"[")
+    return 2 * width * len(raw) + containers + 32 * (raw.count(b'"') + raw.count(b","))
 
 
 def check_json_size(raw: bytes, where: str, what: str) -> None:
-    """Refuse JSON whose parse would take more than MAX_JSON_MEMORY: each `[`, `{`, `,` or `"` may become
-    an object of up to 64 bytes, and a character up to 4 (a 100 MB header of `[],` would need 2.5 GB)."""
-    estimate = 64 * sum(map(raw.count, (b"[", b"{", b",", b'"'))) + 4 * len(raw)
+    """Refuse JSON whose parse would take more than MAX_JSON_MEMORY (`json_memory`): a 30 MB header of
+    `[],` would need 1.3 GB."""
+    estimate = json_memory(raw)
     if estimate > MAX_JSON_MEMORY:
         raise SourceError(f"{where}: {what} would take more than {MAX_JSON_MEMORY >> 20} MiB to parse "
                           f"({len(raw)} bytes of JSON, {estimate >> 20} MiB estimated); refused")

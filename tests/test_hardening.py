@@ -293,8 +293,8 @@ SAFETENSORS = {
     "offsets-past-end": (_safetensors({"a": _entry("F32", [4], [0, 16])}, bytes(8)), "past the end of the file"),
     "unknown-dtype": (_safetensors({"a": _entry("F128", [1], [0, 16])}, bytes(16)), "unknown dtype 'F128'"),
     "shape-overflow": (_safetensors({"a": _entry("F32", [2**62] * 64, [0, 4])}, bytes(4)), "more than 2**63"),
-    # 9 MB of `[],` in the header: 3 million lists, 25 bytes of memory for each byte read.
-    "header-bomb": (_safetensors(b"[" + b"[]," * 3_000_000 + b"[]]"), "MiB to parse"),
+    # 30 MB of `[],` in the header: 10 million lists, 21 bytes of memory for each byte read.
+    "header-bomb": (_safetensors(b"[" + b"[]," * 10_000_000 + b"[]]"), "MiB to parse"),
 }
 
 
@@ -313,7 +313,7 @@ def test_an_index_naming_a_missing_shard(tmp_path):
 
 
 @pytest.mark.parametrize("content, words", [
-    (b'{"weight_map": {}, "x": [' + b"[]," * 3_000_000 + b"[]]}", "MiB to parse"),
+    (b'{"weight_map": {}, "x": [' + b"[]," * 10_000_000 + b"[]]}", "MiB to parse"),
     (b'{"weight_map": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "not valid JSON"),
 ], ids=["json-bomb", "nested-too-deeply"])
 def test_a_hostile_index(tmp_path, content, words):

@@ -15,12 +15,16 @@ import re
 import struct
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 from pathlib import Path
 
 import pytest
 from helpers import REPO, run
 from test_hardening import accepted, cli, isolated, legacy_file, mapping, refused
+
+from fancli.errors import SourceError
+from fancli.safe_io import MAX_JSON_MEMORY, check_json_size, json_memory
 
 SAMPLE = REPO / "sample_models" / "lenet5.yaml"
 LINEAR = "layers:\n  - {type: linear, in_features: 4, out_features: 3}\n"
@@ -169,7 +173,7 @@ def test_a_baseline_of_3_gb_is_not_read_whole(tmp_path, baseline):
     (lambda text: '{"fancli": "1.0", "layers": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
     (lambda text: re.sub(r'"fan_in": \d+', '"fan_in": ' + "9" * 4000, text, count=1), None),
     (lambda text: re.sub(r'"fan_in": \d+', '"fan_in": ' + "9" * 5000, text, count=1), "too many digits"),
-    (lambda text: '{"fancli": "1.0", "layers": {}, "x": [' + "[]," * 3_000_000 + "[]]}", "MiB to parse"),
+    (lambda text: '{"fancli": "1.0", "layers": {}, "x": [' + "[]," * 10_000_000 + "[]]}", "MiB to parse"),
 ], ids=["nested", "huge-int", "too-many-digits", "bracket-bomb"])
 def test_a_hostile_baseline_is_one_line(baseline, mutate, words):
     baseline.write_text(mutate(baseline.read_text()))
@@ -342,3 +346,34 @@ def test_a_large_legacy_file_torch_alone_can_read_is_refused(tmp_path):
     with path.open("r+b") as handle:
         handle.truncate(300 << 20)
     refused(cli("inspect", path), path, "torch._utils._rebuild_meta_tensor_no_storage", "re-save")
+
+
+def _index(entries: int) -> bytes:
+    """A sharded checkpoint's index with real-length names (a MoE's experts), as transformers writes it."""
+    names = (f"model.layers.{i // 768}.mlp.experts.{i % 768 // 3}.{('gate', 'up', 'down')[i % 3]}_proj.weight"
+             for i in range(entries))
+    weight_map = {name: f"model-{i % 163 + 1:05d}-of-00163.safetensors" for i, name in enumerate(names)}
+    return json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}, indent=2).encode()
+
+
+@pytest.mark.parametrize("raw", [
+    _index(20_000),
+    b"[" + b"[]," * 50_000 + b"[]]",
+    b"[" + b'"",' * 50_000 + b'""]',
+    b"[" + b'{"a": 1},' * 20_000 + b"{}]",
+    b"[" + b"1234567890123," * 50_000 + b"1]",
+    json.dumps(["a" * 40 + "\U0001f600"] * 5_000, ensure_ascii=False).encode(),
+], ids=["index", "lists", "strings", "objects", "numbers", "astral"])
+def test_the_json_memory_estimate_bounds_what_parsing_takes(raw):
+    tracemalloc.start()
+    value = json.loads(raw.decode("utf-8"))
+    taken = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert value is not None and taken <= json_memory(raw)
+
+
+def test_a_500000_tensor_index_with_real_names_is_within_the_parse_budget():
+    raw = _index(500_000)
+    assert json_memory(raw) <= MAX_JSON_MEMORY
+    with pytest.raises(SourceError, match="MiB to parse"):
+        check_json_size(b"[" + b"[]," * 10_000_000 + b"[]]", "bomb.json", "a header")
