@@ -267,3 +267,36 @@ TOKENS = [b"N", b"(", b"t", b"\x85", b"\x86", b"\x87", b")", b"]", b"}", b"\x8f"
 def test_random_opcode_programs_are_judged_alike(tokens):
     assert_same(PROTO + b"".join(tokens))
     assert_same(PROTO + b"".join(tokens) + b".")
+
+
+def test_the_collector_is_paused_only_while_unpickling(tmp_path):
+    """torch_pickle.paused_gc (for library callers: the CLI runs without the collector): off while the
+    objects are built, back on after (a refusal too), and left off where the caller had turned it off."""
+    import gc
+
+    from test_hardening import torch_zip
+
+    from fancli.loaders.torch_pickle import UnsafeGlobal, WeightsUnpickler
+    from fancli.loaders.torch_zip import TorchZip
+
+    seen = []
+
+    class Probe(WeightsUnpickler):
+        def rebuild_tensor(self, *args):
+            seen.append(gc.isenabled())
+            return super().rebuild_tensor(*args)
+
+    good = TorchZip(torch_zip(tmp_path / "ok.pt", mapping(w=tensor(9, (3, 3)))))
+    bad = TorchZip(torch_zip(tmp_path / "bad.pt", b"(" + g("builtins", "exec") + t(s("1")) + b"R"))
+    was = gc.isenabled()  # the CLI's main() turns it off for the process (earlier tests ran it in-process)
+    gc.enable()
+    try:
+        assert list(good.unpickle(Probe)) == ["w"] and seen == [False] and gc.isenabled()
+        with pytest.raises(UnsafeGlobal):
+            bad.unpickle()
+        assert gc.isenabled()
+        gc.disable()
+        good.unpickle(Probe)
+        assert seen == [False, False] and not gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()

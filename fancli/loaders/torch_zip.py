@@ -30,6 +30,7 @@ from .torch_pickle import (
     _Sparse,
     _Tensor,
     check_claims,
+    paused_gc,
 )
 
 
@@ -89,7 +90,8 @@ class TorchZip:
         try:
             with zipfile.ZipFile(path) as archive:
                 self.members = {info.filename: info for info in archive.infolist()}
-                pickles = [name for name in self.members if re.fullmatch(r"[^/]+/data\.pkl", name)]
+                pickles = [name for name in self.members if name.endswith("/data.pkl")  # cheap test first
+                           and re.fullmatch(r"[^/]+/data\.pkl", name)]
                 self.prefix = pickles[0].rsplit("/", 1)[0] if len(pickles) == 1 else None
                 self._read_early(archive)
         except Exception as error:  # zipfile raises BadZipFile, NotImplementedError, ValueError, OSError…
@@ -201,6 +203,11 @@ def read_state_dict(path: Path, archive: TorchZip | None = None, safe_globals: f
 def unpickled_model(path: Path, obj: Any, tensor_ref: Callable[[str, _Tensor], StridedRef], format: str) -> Model:
     """A Model from what the restricted unpickler built (a state_dict, or a checkpoint holding one); each
     tensor's claims are checked by `tensor_ref` against the file before they are used."""
+    with paused_gc():  # a few objects a tensor, none of them garbage: collections would only walk them
+        return _unpickled_model(path, obj, tensor_ref, format)
+
+
+def _unpickled_model(path: Path, obj: Any, tensor_ref: Callable[[str, _Tensor], StridedRef], format: str) -> Model:
     try:
         mapping, notes = find_state_dict(obj, lambda v: isinstance(v, (_Tensor, _Sparse)))
     except NoStateDict as error:
