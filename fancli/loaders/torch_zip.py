@@ -8,6 +8,7 @@ file cannot run code; no storage is read until `--stats` asks. (llama.cpp's conv
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import zipfile
@@ -140,13 +141,14 @@ class TorchZip:
             self._byteorder = order
         return self._byteorder
 
-    @property
+    @functools.cached_property
     def kind(self) -> str:
-        """torch-zip (torch.save), torchscript, torch-export, or zip (something else)."""
+        """torch-zip (torch.save), torchscript, torch-export, or zip (something else); looked up once."""
         names = self.members
         if any("serialized_exported_program" in n or n.endswith("/archive_format") for n in names):
             return "torch-export"
-        if self.prefix and any(n.startswith(f"{self.prefix}/code/") for n in names):
+        code = f"{self.prefix}/code/"
+        if self.prefix and any(n.startswith(code) for n in names):
             return "torchscript"
         return "torch-zip" if self.prefix else "zip"
 
