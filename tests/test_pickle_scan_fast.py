@@ -6,6 +6,9 @@ hardening corpus of bombs and hostile pickles, on what torch.save writes (severa
 file's five pickles, nested checkpoints) and on hypothesis mutations of both: whenever the checked pass
 refuses, the fast pass refuses too, and whenever the checked pass accepts, the fast pass returns the same
 (end, memory estimate). The end is also where pickletools finds the STOP opcode.
+
+Also here, the other speed-ups of reading a torch.save file that must not change what is refused: the
+collector paused while unpickling, and tensor_ref's bounds check computed in C.
 """
 
 from __future__ import annotations
@@ -300,3 +303,32 @@ def test_the_collector_is_paused_only_while_unpickling(tmp_path):
         assert seen == [False, False] and not gc.isenabled()
     finally:
         (gc.enable if was else gc.disable)()
+
+
+@settings(FUZZ, max_examples=EXAMPLES or 300)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 6)), max_size=4), st.integers(0, 12),
+       st.sampled_from([9, 12, 40]))
+def test_a_view_past_its_storage_is_refused_as_stridedref_measures_it(tmp_path_factory, dims, offset, numel):
+    """TorchZip.tensor_ref's bounds check, computed in C, refuses exactly the views whose StridedRef span
+    (from the offset) passes the storage, or whose storage passes its member (36 bytes: 9 floats)."""
+    from test_hardening import torch_zip
+
+    from fancli.errors import SourceError
+    from fancli.loaders.torch_pickle import _Storage, _Tensor
+    from fancli.loaders.torch_zip import TorchZip
+    from fancli.tensors import StridedRef
+
+    path = tmp_path_factory.getbasetemp() / "view.pt"
+    if not path.exists():
+        torch_zip(path, mapping(w=tensor(9, (3, 3))))
+    archive = TorchZip(path)
+    size, stride = tuple(d for d, _ in dims), tuple(s for _, s in dims)
+    view = _Tensor(_Storage("0", "float32", numel), "float32", offset, size, stride)
+    expected = StridedRef(None, "float32", size, stride, offset, numel)
+    past = expected.numel and (offset + expected.span() > numel or numel * 4 > 36)
+    try:
+        ref = archive.tensor_ref("w", view)
+    except SourceError as error:
+        assert past and "runs past the end of its storage" in str(error)
+    else:
+        assert not past and (ref.shape, ref.stride, ref.offset, ref.storage_elements) == (size, stride, offset, numel)
