@@ -94,7 +94,8 @@ def scan(data: Any, start: int = 0) -> tuple[int, int]:
     Raises PickleRefused naming the first problem: not a pickle, truncated, or too costly. The fast pass
     (`_fast_scan`) answers for a pickle it accepts; anything else it meets is judged, and worded, by the
     checked pass (`_checked_scan`), which alone decides a refusal: the two accept exactly the same pickles
-    with the same estimate (tests/test_pickle_scan_fast.py), the fast one ~3x sooner.
+    with the same estimate (tests/test_pickle_scan_fast.py), the fast one in about half the time (a
+    20,000-tensor state_dict: 105 instead of 190 ms). A refused pickle costs at most both passes.
     """
     try:
         return _fast_scan(data, start)
@@ -104,7 +105,8 @@ def scan(data: Any, start: int = 0) -> tuple[int, int]:
 
 #: The one-byte pushes `_fast_scan` handles in one branch, at one cost.
 _PLAIN_PUSHES = b"\x89)\x88N"  # NEWFALSE, EMPTY_TUPLE, NEWTRUE, NONE
-assert {_TABLE[op][:2] for op in _PLAIN_PUSHES} == {(0, _PUSH)} and len({_TABLE[op][2] for op in _PLAIN_PUSHES}) == 1
+if {_TABLE[op][:2] for op in _PLAIN_PUSHES} != {(0, _PUSH)} or len({_TABLE[op][2] for op in _PLAIN_PUSHES}) != 1:
+    raise RuntimeError("pickle_scan: the plain pushes no longer share one action and cost")
 
 
 _U32 = struct.Struct("<I")
