@@ -12,6 +12,7 @@ torch writes no such pickle: a state_dict costs about 1 KB and 32 opcodes per te
 from __future__ import annotations
 
 import pickletools
+import struct
 from typing import Any
 
 #: What unpickling may cost, estimated from the opcodes (CPython 64-bit object sizes, rounded up).
@@ -90,8 +91,242 @@ _TABLE, _NAMES, _FACTORS = _table()
 def scan(data: Any, start: int = 0) -> tuple[int, int]:
     """Dry-run the pickle at `data[start:]` (bytes or an mmap); return where it ends and its memory estimate.
 
-    Raises PickleRefused naming the first problem: not a pickle, truncated, or too costly.
+    Raises PickleRefused naming the first problem: not a pickle, truncated, or too costly. The fast pass
+    (`_fast_scan`) answers for a pickle it accepts; anything else it meets is judged, and worded, by the
+    checked pass (`_checked_scan`), which alone decides a refusal: the two accept exactly the same pickles
+    with the same estimate (tests/test_pickle_scan_fast.py), the fast one in about half the time (a
+    20,000-tensor state_dict: 105 instead of 190 ms). A refused pickle costs at most both passes.
     """
+    try:
+        return _fast_scan(data, start)
+    except Exception:  # a refusal, a truncation, a malformed argument: let the checked pass say which
+        return _checked_scan(data, start)
+
+
+#: The one-byte pushes `_fast_scan` handles in one branch, at one cost.
+_PLAIN_PUSHES = b"\x89)\x88N"  # NEWFALSE, EMPTY_TUPLE, NEWTRUE, NONE
+if {_TABLE[op][:2] for op in _PLAIN_PUSHES} != {(0, _PUSH)} or len({_TABLE[op][2] for op in _PLAIN_PUSHES}) != 1:
+    raise RuntimeError("pickle_scan: the plain pushes no longer share one action and cost")
+
+
+_U32 = struct.Struct("<I")
+
+
+class _Bail(Exception):
+    """The fast pass saw something the checked pass must judge (and word)."""
+
+
+def _fast_scan(data: Any, start: int = 0) -> tuple[int, int]:
+    """`scan`'s dry run in one tight loop: the same costs, memo, stack, MARK and key checks, without the
+    words. Returns what `_checked_scan` returns for a pickle it accepts; raises for anything else (a
+    refusal, a truncation, an opcode it has no branch for), and `scan` then lets `_checked_scan` judge."""
+    end = len(data)
+    pos = start
+    stack: list[int] = []
+    push = stack.append
+    marks = [0]  # the floor: values below the last MARK cannot be popped; 0 when there is none
+    memo: dict[int, int] = {}
+    memory = 0
+    limit = MAX_MEMORY
+    cap = MAX_KEY_OBJECTS + 1
+    u32 = _U32.unpack_from
+    c_put, c_get, c_int1, c_mark, c_str, c_tuple, c_tuple2, c_reduce, c_persid, c_push, c_global, c_dict = (
+        _TABLE[ord(code)][2] for code in "qhK(Xt\x86RQ)c}")
+    per_tuple, per_setitems = _PER_ITEM[_TUPLE], _PER_ITEM[_SETITEMS]
+    c_setitems = _TABLE[ord("u")][2]
+    while True:
+        op = data[pos]
+        if op == 0x72:  # LONG_BINPUT
+            index = u32(data, pos + 1)[0]
+            if index > len(memo) or len(stack) <= marks[-1]:
+                raise _Bail
+            memo[index] = stack[-1]
+            pos += 5
+            memory += c_put
+        elif op == 0x4B:  # BININT1
+            push(1)
+            pos += 2
+            memory += c_int1
+        elif op == 0x68:  # BINGET
+            push(memo[data[pos + 1]])
+            pos += 2
+            memory += c_get
+        elif op == 0x71:  # BINPUT
+            index = data[pos + 1]
+            if index > len(memo) or len(stack) <= marks[-1]:
+                raise _Bail
+            memo[index] = stack[-1]
+            pos += 2
+            memory += c_put
+        elif op == 0x28:  # MARK
+            marks.append(len(stack))
+            pos += 1
+            memory += c_mark
+        elif op == 0x58:  # BINUNICODE
+            size = u32(data, pos + 1)[0]
+            push(1)
+            pos += 5 + size
+            memory += c_str + 4 * size
+        elif op == 0x74:  # TUPLE
+            if len(marks) == 1:
+                raise _Bail
+            mark = marks.pop()
+            count = len(stack) - mark
+            weight = 1 + sum(stack[mark:])
+            del stack[mark:]
+            push(weight if weight <= cap else cap)
+            pos += 1
+            memory += c_tuple + per_tuple * count
+        elif op == 0x86:  # TUPLE2
+            if len(stack) - 2 < marks[-1]:
+                raise _Bail
+            weight = 1 + stack.pop() + stack.pop()
+            push(weight if weight <= cap else cap)
+            pos += 1
+            memory += c_tuple2
+        elif op == 0x52:  # REDUCE
+            if len(stack) - 2 < marks[-1]:
+                raise _Bail
+            del stack[-1]
+            stack[-1] = 1
+            pos += 1
+            memory += c_reduce
+        elif op == 0x51:  # BINPERSID
+            if len(stack) <= marks[-1]:
+                raise _Bail
+            stack[-1] = 1
+            pos += 1
+            memory += c_persid
+        elif op == 0x89 or op == 0x29 or op == 0x88 or op == 0x4E:  # NEWFALSE, EMPTY_TUPLE, NEWTRUE, NONE
+            push(1)
+            pos += 1
+            memory += c_push
+        elif op == 0x6A:  # LONG_BINGET
+            push(memo[u32(data, pos + 1)[0]])
+            pos += 5
+            memory += c_get
+        elif op == 0x75:  # SETITEMS
+            if len(marks) == 1:
+                raise _Bail
+            mark = marks.pop()
+            count = len(stack) - mark
+            if count % 2 or (count and max(stack[mark::2]) > MAX_KEY_OBJECTS) or mark <= marks[-1]:
+                raise _Bail
+            del stack[mark:]
+            pos += 1
+            memory += c_setitems + per_setitems * count
+        elif op == 0x63:  # GLOBAL: a module and a name, each ended by a newline
+            first = data.find(b"\n", pos + 1, end)
+            newline = data.find(b"\n", first + 1, end) if first >= 0 else -1
+            if newline < 0:
+                raise _Bail
+            memory += c_global + newline - pos
+            pos = newline + 1
+            push(1)
+        elif op == 0x7D:  # EMPTY_DICT
+            push(1)
+            pos += 1
+            memory += c_dict
+        else:
+            pos, memory = _step(data, pos, end, stack, marks, memo, memory)
+            if pos < 0:  # STOP
+                if memory > limit:
+                    raise _Bail
+                return -pos, memory
+        if memory > limit:
+            raise _Bail
+
+
+def _step(data: Any, at: int, end: int, stack: list[int], marks: list[int], memo: dict[int, int],
+          memory: int) -> tuple[int, int]:
+    """Any other opcode for `_fast_scan`, as `_checked_scan` follows it; returns (-end, memory) at STOP."""
+    op = data[at]
+    length, action, cost = _TABLE[op]
+    pos = at + 1
+    if length > 0:
+        pos += length
+        if pos > end:
+            raise _Bail
+    elif length:
+        argument = pos
+        pos, size = _variable(data, pos, end, length, at)
+        cost += _FACTORS[op] * size
+        if action == _PUSH_INT:
+            stack.append(min(1 + (size >> 3), MAX_KEY_OBJECTS + 1))
+            action = _NOTHING
+    memory += cost
+    floor = marks[-1]
+    if action == _PUSH:
+        stack.append(1)
+    elif action == _PUT or action == _GET:
+        index = data[pos - 1] if length == 1 else _index(data, argument if length < 0 else at + 1, pos, length, at)
+        if action == _GET:
+            stack.append(memo[index])
+        elif index > len(memo) or len(stack) <= floor:
+            raise _Bail
+        else:
+            memo[index] = stack[-1]
+    elif action == _MARK:
+        marks.append(len(stack))
+    elif action >= _TUPLE:  # back to the last MARK
+        if len(marks) == 1:
+            raise _Bail
+        mark = marks.pop()
+        items = stack[mark:]
+        del stack[mark:]
+        memory += _PER_ITEM.get(action, 0) * len(items)
+        if action == _DICT or action == _SETITEMS:
+            if len(items) % 2 or (items and max(items[0::2]) > MAX_KEY_OBJECTS):
+                raise _Bail
+        elif (action == _FROZENSET or action == _ADDITEMS) and items and max(items) > MAX_KEY_OBJECTS:
+            raise _Bail
+        if action == _TUPLE:
+            stack.append(min(1 + sum(items), MAX_KEY_OBJECTS + 1))
+        elif action in (_LIST, _DICT, _FROZENSET, _CALL_MARK):
+            stack.append(1)
+        elif action != _POP_MARK and len(stack) <= marks[-1]:
+            raise _Bail
+    elif action >= _TUPLE1:  # pop a fixed number, push one
+        count = _POP_COUNTS[action]
+        if len(stack) - count < floor:
+            raise _Bail
+        weight = 1 + sum(stack[len(stack) - count :])
+        del stack[len(stack) - count :]
+        stack.append(min(weight, MAX_KEY_OBJECTS + 1) if action <= _TUPLE3 else 1)
+    elif action == _MEMOIZE:
+        if len(stack) <= floor:
+            raise _Bail
+        memo[len(memo)] = stack[-1]
+    elif action == _DUP:
+        stack.append(stack[-1])
+    elif action == _POP:
+        if len(marks) > 1 and floor == len(stack):
+            marks.pop()
+        elif len(stack) <= floor:
+            raise _Bail
+        else:
+            stack.pop()
+    elif action == _SETITEM or action == _APPEND or action == _BUILD:
+        count = 2 if action == _SETITEM else 1
+        if len(stack) - count < floor:
+            raise _Bail
+        if action == _SETITEM and stack[-2] > MAX_KEY_OBJECTS:
+            raise _Bail
+        del stack[len(stack) - count :]
+        if len(stack) <= floor:
+            raise _Bail
+    elif action == _STOP:
+        if len(stack) <= floor:
+            raise _Bail
+        stack.pop()
+        return -pos, memory
+    elif action == _UNKNOWN:
+        raise _Bail
+    return pos, memory
+
+
+def _checked_scan(data: Any, start: int = 0) -> tuple[int, int]:
+    """`scan`'s dry run opcode by opcode through the table, naming the first problem it meets."""
     end = len(data)
     pos = start
     stack: list[int] = []  # per value: the objects hashing it visits (capped); lists, dicts… count 1
