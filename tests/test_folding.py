@@ -165,7 +165,15 @@ def test_check_reports_a_group_that_drifted_alike_on_one_line(checkpoints, tmp_p
     assert len(lines) == 6
     document = json.loads(run("check", checkpoints["wide"], "--no-config", "--baseline", baseline,
                               "--format", "json").out)
-    assert len(document["changes"]) == 3 * 57  # JSON keeps every change
+    assert len(document["changes"]) == 3 * 57  # JSON keeps every change, and adds the table's groups
+    groups = document["change_groups"]
+    assert len(groups) == len(lines) and sum(group["count"] for group in groups) == len(document["changes"])
+    for group in groups:  # each group stands for exactly the changes of its keys, all alike
+        members = [c for c in document["changes"] if c["param"] in expand(group["pattern"])
+                   and c["field"] == group["field"]]
+        assert len(members) == group["count"]
+        assert all((c["change"], c["baseline"], c["current"]) == (group["change"], group["baseline"],
+                                                                 group["current"]) for c in members)
 
 
 def test_fp8_block_scales_fold_with_their_weights(tmp_path):

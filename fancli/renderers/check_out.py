@@ -105,6 +105,9 @@ def render_check_json(changes: list[Change], found: list[Deviation], baseline: s
         "ok": not changes and not any(d.flagged for d in found) and not nonfinite,
         "changes": [{"param": c.param, "change": c.change, "field": c.field, "baseline": c.baseline,
                      "current": c.current} for c in changes],
+        # the keys that changed alike, as the table folds them: every change is in exactly one group
+        "change_groups": [{"pattern": f.param, "count": f.count, "change": f.change, "field": f.field,
+                           "baseline": f.baseline, "current": f.current} for f in fold_changes(changes)],
         "observed": [{"param": d.param, "observed_std": d.observed_std, "expected_std": d.expected_std,
                       "count": d.count, "std_errors": d.sigmas, "flagged": d.flagged} for d in found],
         "sigmas": sigmas,
