@@ -159,6 +159,17 @@ class StridedRef:
         bounded. Order-free statistics do not care; row signals (`--infer`) are skipped then."""
         return self.contiguous or self.span() <= max_elements or _keeps_order(self.shape, self.stride)
 
+    def range_chunks(self, start: int, stop: int, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
+        """Values [start, stop) of a contiguous tensor, in logical order, at most max_elements per read: a
+        piece that `stats` reduces on its own (in a worker), so a large tensor is split across cores."""
+        if not self.contiguous:
+            raise ValueError("range_chunks: only a contiguous tensor is read by element range")
+        itemsize = DTYPES[self.dtype][0]
+        for first in range(start, stop, max_elements):
+            count = min(max_elements, stop - first)
+            raw = self.source.read((self.offset + first) * itemsize, count * itemsize)
+            yield decode(raw, self.dtype, self.byteorder)
+
     def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
         """The values in bounded chunks: a contiguous tensor by byte range; a strided view within one chunk
         read whole and indexed in logical order; a wider one a block of storage at a time (never the whole
