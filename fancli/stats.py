@@ -7,9 +7,10 @@ std (torch's default).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Iterator
 
 from .tensors import CHUNK_ELEMENTS, DTYPES, LOW_PRECISION_FLOATING, TensorData
 
@@ -394,9 +395,11 @@ class Piece:
 
 
 def pieces(data: TensorData, kurtosis: bool = False, structure: bool = False, max_elements: int = CHUNK_ELEMENTS,
-           piece_bytes: int = PIECE_BYTES) -> list[Piece]:
-    """The pieces a tensor is reduced in: a contiguous one read by range in pieces of ~piece_bytes (whole rows
-    where its rows can carry row signals), any other as one piece. Depends on the tensor alone, never on jobs."""
+           piece_bytes: int | None = None) -> list[Piece]:
+    """The pieces a tensor is reduced in: a contiguous one read by range in pieces of ~piece_bytes (default
+    PIECE_BYTES; whole rows where its rows can carry row signals), any other as one piece. Depends on the
+    tensor alone, never on jobs."""
+    piece_bytes = piece_bytes or PIECE_BYTES
     shape = tuple(data.shape)
     numel = math.prod(shape)
     logical = _logical(data, max_elements)
@@ -437,7 +440,7 @@ def reduce_piece(piece: Piece) -> _Partial:
 
 
 def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool = False,
-            structure: bool = False, piece_bytes: int = PIECE_BYTES) -> Observed:
+            structure: bool = False, piece_bytes: int | None = None) -> Observed:
     """Mean, std, min, max (and excess kurtosis, and the zero and row signals of `Structure`, if asked)
     over the finite values of a tensor: its pieces reduced in order and merged in their fixed tree, as
     `observe_all` does with any number of workers."""
@@ -462,6 +465,13 @@ def usable_cores() -> int:
         return max(os.cpu_count() or 1, 1)
 
 
+def submit(running: Any, fn, *args) -> Any:
+    """`running.submit(fn, *args)`; on a Dask Client not `pure` (two equal jobs are still two jobs)."""
+    if type(running).__module__.startswith("distributed"):
+        return running.submit(fn, *args, pure=False)
+    return running.submit(fn, *args)
+
+
 class _Inline:
     """An executor that runs each job when its result is asked for (`jobs=1`): one piece in memory."""
 
@@ -477,15 +487,15 @@ class _Inline:
 
 
 def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool = False,
-                structure: bool = False, jobs: int | None = 1, piece_bytes: int = PIECE_BYTES,
-                executor: Any = None) -> dict[str, Observed]:
+                structure: bool = False, jobs: int | None = 1, piece_bytes: int | None = None,
+                cluster: Any = None) -> dict[str, Observed]:
     """Observed statistics per parameter key; `on_chunk(nbytes)` reports progress as pieces finish.
 
     Every tensor is cut into the same pieces whatever `jobs` is (`pieces`), each piece reduced on its own
     (`reduce_piece`) and a tensor's pieces merged in a fixed tree (`_Tree`): the results are identical bit for
-    bit for every N and on a cluster. `jobs` > 1 (None: the usable cores) runs the pieces in a pool
-    (`pool`); `executor` (anything with `submit(fn, *args)` returning a future, e.g. a Dask Client) runs them
-    there instead. Data handles hold paths and offsets, not open files, so a piece travels by pickle."""
+    bit for every N and on a cluster. `jobs` > 1 (None: the usable cores) runs the pieces in a pool (`pool`);
+    `cluster` (a Dask scheduler address, `"local"`, or any executor with `submit`) runs them there instead
+    (`fancli.cluster`). Data handles hold paths and offsets, not open files, so a piece travels by pickle."""
     results: dict[str, Observed] = {}
     todo = []
     for layer in layers:
@@ -497,44 +507,60 @@ def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS, kurto
             continue
         results[layer.param] = None  # keeps model order
         todo.append((layer, pieces(layer.data, kurtosis, structure, max_elements, piece_bytes)))
-    workers = usable_cores() if jobs is None else jobs
-    count = sum(len(parts) for _, parts in todo)
-    if executor is None and workers > 1 and count > 1 and \
-            sum(_nbytes(layer.data) for layer, _ in todo) >= PARALLEL_BYTES:
-        with pool(min(workers, count)) as running:
-            _run(todo, running, on_chunk, kurtosis, structure, results, window=4 * workers)
-        return results
-    _run(todo, executor or _Inline(), on_chunk, kurtosis, structure, results,
-         window=None if executor is None else 1 << 30)
+    jobs_ = [(layer, index == len(parts) - 1, piece) for layer, parts in todo for index, piece in enumerate(parts)]
+    with executor(jobs, cluster, len(jobs_), sum(_nbytes(layer.data) for layer, _ in todo)) as (running, window):
+        _run(jobs_, running, on_chunk, kurtosis, structure, results, window)
     return results
 
 
-def _run(todo, executor, on_chunk, kurtosis: bool, structure: bool, results: dict, window: int | None) -> None:
-    """Submit the pieces in order, at most `window` ahead of the one being merged (bounded memory), and
-    merge each tensor's pieces in order as they complete."""
-    from collections import deque
+@contextlib.contextmanager
+def executor(jobs: int | None, cluster: Any, count: int, nbytes: int) -> Iterator[tuple[Any, int | None]]:
+    """Where jobs run, and how many may be submitted ahead of the one being merged: a cluster's Client (all
+    at once: its scheduler spreads them), a local pool (a few per worker, so memory stays bounded), or this
+    thread one job at a time (`jobs=1`, a single job, or less than PARALLEL_BYTES to read)."""
+    if cluster is not None:
+        from .cluster import connect
 
-    queue: deque = deque()
-    jobs = ((layer, index == len(parts) - 1, piece) for layer, parts in todo for index, piece in enumerate(parts))
+        with connect(cluster) as client:
+            yield client, None
+        return
+    workers = usable_cores() if jobs is None else jobs
+    if workers > 1 and count > 1 and nbytes >= PARALLEL_BYTES:
+        with pool(min(workers, count)) as running:
+            yield running, 2 * workers
+        return
+    yield _Inline(), 1
+
+
+def _run(jobs: list, running: Any, on_chunk, kurtosis: bool, structure: bool, results: dict,
+         window: int | None) -> None:
+    """Each tensor's pieces merged in order as their results come."""
     tree = _Tree()
-
-    def top_up() -> None:
-        while window is None and not queue or window is not None and len(queue) < window:
-            job = next(jobs, None)
-            if job is None:
-                return
-            queue.append((job, executor.submit(reduce_piece, job[2])))
-
-    top_up()
-    while queue:
-        (layer, last, piece), future = queue.popleft()
-        tree.add(future.result())
-        top_up()
+    for (layer, last, piece), part in zip(jobs, ordered(running, window, reduce_piece, [(job[2],) for job in jobs])):
+        tree.add(part)
         if on_chunk is not None:
             on_chunk(piece.nbytes)
         if last:
             results[layer.param] = _observed(tree.result(), kurtosis, structure)
             tree = _Tree()
+
+
+def ordered(running: Any, window: int | None, fn, arguments: list[tuple]) -> Iterator[Any]:
+    """`fn(*args)` for each args, submitted to `running` in order at most `window` ahead of the result being
+    yielded (None: all at once), the results yielded in order: whoever ran them, the caller merges in one order."""
+    from collections import deque
+
+    queue: deque = deque()
+    pending = iter(arguments)
+    while True:
+        while window is None or len(queue) < window:
+            args = next(pending, None)
+            if args is None:
+                break
+            queue.append(submit(running, fn, *args))
+        if not queue:
+            return
+        yield queue.popleft().result()
 
 
 def pool(workers: int):
