@@ -229,3 +229,17 @@ def test_cli_and_help_import_neither_dask_nor_torch():
             "assert not bad, bad\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
+def test_reading_into_a_reused_buffer_gives_the_bytes_read_gives(monkeypatch, checkpoint, name):
+    layers = fancli.load(checkpoint / name).layers
+    source = type(layers[0].data.source)
+    calls: list[int] = []
+    original = source.readinto
+    monkeypatch.setattr(source, "readinto", lambda self, start, buffer: calls.append(len(buffer))
+                        or original(self, start, buffer))
+    reused = observe_all(layers, kurtosis=True, structure=True, piece_bytes=SMALL)
+    assert calls  # the contiguous pieces went through readinto
+    monkeypatch.delattr(source, "readinto")  # the fallback: one fresh bytes object per read
+    assert observe_all(layers, kurtosis=True, structure=True, piece_bytes=SMALL) == reused
