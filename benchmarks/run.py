@@ -49,6 +49,14 @@ def measure(command: list[str], repeat: int, env: dict | None = None) -> Timing:
     return Timing(statistics.median(walls), max(peaks))
 
 
+def measure_together(commands: list[list[str]], repeat: int) -> list[Timing]:
+    """`measure` for several commands run in turn, round by round (A B C, A B C…): on a shared machine whose
+    load drifts, each ratio then compares runs made under the same load."""
+    rounds = [[measure(command, 1) for command in commands] for _ in range(repeat)]
+    return [Timing(statistics.median(r[i].seconds for r in rounds), max(r[i].rss for r in rounds))
+            for i in range(len(commands))]
+
+
 @dataclass
 class Result:
     workload: str
@@ -346,9 +354,8 @@ def torch_file(cache: Path, repeat: int, quick: bool) -> list[Result]:
     baseline_import = measure(python_code("import fancli.cli"), repeat)
     meta_base = measure(load_shapes, repeat)
     meta_ours = measure(FANCLI + ["inspect", str(path), "--format", "json"], repeat)
-    stats_base = measure(load_stats, repeat)
-    stats_ours = measure(FANCLI + ["inspect", str(path), "--format", "json", "--stats"], repeat)
-    floor = measure(read_floor, repeat)
+    stats_base, stats_ours, floor = measure_together(
+        [load_stats, FANCLI + ["inspect", str(path), "--format", "json", "--stats"], read_floor], repeat)
     rss_budget = baseline_import.rss + 2 * largest + 64 * MiB
     gb = size / 1e9
     return [
@@ -490,7 +497,7 @@ def main() -> int:
     workloads = {
         "startup": lambda: startup(cache, repeat),
         "safetensors": lambda: safetensors_headers(cache, repeat, args.quick),
-        "torch_file": lambda: torch_file(cache, 3 if not args.quick else repeat, args.quick),
+        "torch_file": lambda: torch_file(cache, repeat, args.quick),
         "scale": lambda: scale(cache, repeat, args.quick),
         "peer": lambda: peer(cache, repeat),
         "todays_scale": lambda: todays_scale(cache, repeat, args.quick),

@@ -427,26 +427,17 @@ def pieces(data: TensorData, kurtosis: bool = False, structure: bool = False, ma
             for start in range(0, numel, size)]
 
 
-class _Buffers:
-    """One thread's reusable memory: the bytes of a chunk as read, and a block's float64 copy."""
-
-    def __init__(self) -> None:
+def _scratch() -> Any:
+    """This thread's float64 block, reused for every block it reduces (no allocation per block)."""
+    block = getattr(_THREAD, "block", None)
+    if block is None:
         import numpy as np
 
-        self.chunk = bytearray(0)
-        self.block = np.empty(BLOCK_ELEMENTS)
+        block = _THREAD.block = np.empty(BLOCK_ELEMENTS)
+    return block
 
 
 _THREAD = threading.local()
-
-
-def _scratch(nbytes: int) -> _Buffers:
-    buffers = getattr(_THREAD, "buffers", None)
-    if buffers is None:
-        buffers = _THREAD.buffers = _Buffers()
-    if len(buffers.chunk) < nbytes:
-        buffers.chunk = bytearray(nbytes)
-    return buffers
 
 
 def reduce_piece(piece: Piece) -> _Partial:
@@ -459,14 +450,14 @@ def reduce_piece(piece: Piece) -> _Partial:
     rows = _Structure(data.dtype, tuple(data.shape)) if piece.structure else None
     if rows is not None and not piece.logical:
         rows.valid = False  # a wide transposed view comes in storage order: its rows are not consecutive
-    scratch = _scratch(piece.max_elements * (DTYPES[data.dtype][0] if data.dtype in DTYPES else 1))
+    scratch = _scratch()
     chunks = (data.chunks(piece.max_elements) if piece.whole
-              else data.range_chunks(piece.start, piece.stop, piece.max_elements, scratch.chunk))
+              else data.range_chunks(piece.start, piece.stop, piece.max_elements))
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # float64 overflow → a note
         for chunk in chunks:
             for start in range(0, chunk.size, BLOCK_ELEMENTS):
                 block = chunk[start : start + BLOCK_ELEMENTS]
-                moments.add(block, scratch.block)
+                moments.add(block, scratch)
                 if rows is not None:
                     rows.add(block)
     part = _from_moments(moments)

@@ -232,14 +232,27 @@ def test_cli_and_help_import_neither_dask_nor_torch():
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
-def test_reading_into_a_reused_buffer_gives_the_bytes_read_gives(monkeypatch, checkpoint, name):
+def test_mapped_pieces_give_what_reads_give(monkeypatch, checkpoint, name):
     layers = fancli.load(checkpoint / name).layers
     source = type(layers[0].data.source)
     calls: list[int] = []
-    original = source.readinto
-    monkeypatch.setattr(source, "readinto", lambda self, start, buffer: calls.append(len(buffer))
-                        or original(self, start, buffer))
-    reused = observe_all(layers, kurtosis=True, structure=True, piece_bytes=SMALL)
-    assert calls  # the contiguous pieces went through readinto
-    monkeypatch.delattr(source, "readinto")  # the fallback: one fresh bytes object per read
-    assert observe_all(layers, kurtosis=True, structure=True, piece_bytes=SMALL) == reused
+    original = source.locate
+    monkeypatch.setattr(source, "locate", lambda self, start, size: calls.append(size) or original(self, start, size))
+    mapped = observe_all(layers, kurtosis=True, structure=True, piece_bytes=SMALL)
+    assert len(calls) > len(layers)  # every contiguous piece was mapped
+    monkeypatch.delattr(source, "locate")  # the fallback: one read per chunk
+    assert observe_all(layers, kurtosis=True, structure=True, piece_bytes=SMALL) == mapped
+
+
+def test_a_file_cut_after_loading_is_a_source_error_when_mapped(tmp_path):
+    from safetensors.numpy import save_file
+
+    from fancli.errors import SourceError
+
+    path = tmp_path / "cut.safetensors"
+    save_file({"w": np.ones((256, 256), dtype=np.float32)}, str(path))
+    (layer,) = fancli.load(path).layers
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size - 100)
+    with pytest.raises(SourceError, match="shorter than when it was loaded"):
+        observe(layer.data, piece_bytes=SMALL)

@@ -80,19 +80,11 @@ class FileRange:
             raise SourceError(f"{self.path}: the file is shorter than when it was loaded")
         return data
 
-    def readinto(self, start: int, buffer: Any) -> None:
-        """`len(buffer)` bytes from `start` into `buffer` (`--stats` reuses one buffer per thread)."""
-        size = len(buffer)
-        if start < 0 or start + size > self.size:
+    def locate(self, start: int, size: int) -> tuple[Path, int]:
+        """Where bytes [start, start + size) lie: the file and the absolute offset (`--stats` maps them)."""
+        if start < 0 or size < 0 or start + size > self.size:
             raise ValueError(f"read of {size} bytes at {start} outside a {self.size}-byte tensor")
-        try:
-            with self.path.open("rb", buffering=0) as handle:
-                handle.seek(self.start + start)
-                done = handle.readinto(buffer)
-        except OSError as error:
-            raise SourceError(f"{self.path}: cannot read: {error.strerror or error}") from None
-        if done != size:
-            raise SourceError(f"{self.path}: the file is shorter than when it was loaded")
+        return self.path, self.start + start
 
 
 @dataclass(frozen=True)

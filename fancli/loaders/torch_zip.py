@@ -63,24 +63,20 @@ class ZipMember:
             raise SourceError(f"{self.path}: {self.info.filename} is truncated")
         return data
 
-    def readinto(self, start: int, buffer: Any) -> None:
-        """`len(buffer)` bytes from `start` into `buffer` (a stored member; `--stats` reuses one buffer per
-        thread rather than a fresh 16 MiB bytes object per read, whose page faults cost more than the read)."""
+    def locate(self, start: int, size: int) -> tuple[Path, int] | None:
+        """Where bytes [start, start + size) of a stored member lie: the file and its absolute offset, for
+        `--stats` to map rather than copy (None for a compressed member: read it)."""
         if self.info.compress_type != zipfile.ZIP_STORED:
-            buffer[:] = self.read(start, len(buffer))
-            return
-        if start < 0 or start + len(buffer) > self.info.file_size:
+            return None
+        if start < 0 or start + size > self.info.file_size:
             raise SourceError(f"{self.path}: {self.info.filename} is shorter than its tensors need")
         try:
-            with open(self.path, "rb", buffering=0) as handle:
-                handle.seek(self._start(handle) + start)
-                done = handle.readinto(buffer)
-        except SourceError:
-            raise
+            if self._data_start is None:
+                with open(self.path, "rb") as handle:
+                    self._start(handle)
+            return self.path, self._data_start + start
         except OSError as error:
             raise SourceError(f"{self.path}: cannot read {self.info.filename} ({_short(error)})") from None
-        if done != len(buffer):
-            raise SourceError(f"{self.path}: {self.info.filename} is truncated")
 
     def _read(self, start: int, size: int) -> bytes:
         if self.info.compress_type != zipfile.ZIP_STORED:
