@@ -1,8 +1,11 @@
-"""Observed weight statistics, streamed chunk by chunk with float64 accumulation.
+"""Observed weight statistics, streamed chunk by chunk with float64 accumulation, on every core.
 
-Each chunk is reduced in blocks that fit in cache (one float64 copy, its square, a sum and two dot
-products per block), so memory stays near one chunk and the arithmetic runs at memory speed. std is the sample
-std (torch's default).
+A tensor is cut into fixed pieces (`pieces`: ~32 MiB of whole rows, whatever the number of workers); each
+piece is reduced on its own (`reduce_piece`) in blocks that fit in cache (one float64 copy, a sum and a dot
+product per block), to its count, mean, centred power sums, extremes and, if asked, its zero count and row
+signals; a tensor's pieces are merged pairwise in a fixed binary tree over their index (`_Tree`, `_merge`:
+Chan's and Pébay's formulas). So `jobs=1`, a thread pool of any size and a Dask cluster compute the same
+numbers bit for bit, and memory stays near one chunk per worker. std is the sample std (torch's default).
 """
 
 from __future__ import annotations
@@ -500,7 +503,7 @@ def submit(running: Any, fn, *args) -> Any:
 
 
 class _Inline:
-    """An executor that runs each job when its result is asked for (`jobs=1`): one piece in memory."""
+    """An executor that runs each job when its result is asked for (`jobs=1`): one task in memory."""
 
     class _Later:
         def __init__(self, fn, args) -> None:
