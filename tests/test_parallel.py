@@ -256,3 +256,53 @@ def test_a_file_cut_after_loading_is_a_source_error_when_mapped(tmp_path):
         handle.truncate(path.stat().st_size - 100)
     with pytest.raises(SourceError, match="shorter than when it was loaded"):
         observe(layer.data, piece_bytes=SMALL)
+
+
+def _sharded_dcp(folder, full, splits):
+    """A DCP folder holding `full` as row shards in one file each, as torch's FileSystemWriter lays them out."""
+    import pickle
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (
+        ChunkStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
+
+    storage, chunks = {}, []
+    for rank, (start, rows) in enumerate(splits):
+        name = f"__{rank}_0.distcp"
+        with open(folder / name, "wb") as stream:
+            torch.save(full[start : start + rows].clone(), stream)
+            storage[MetadataIndex("w.weight", [start, 0], 0)] = _StorageInfo(name, 0, stream.tell())
+        chunks.append(ChunkStorageMetadata(torch.Size([start, 0]), torch.Size([rows, full.shape[1]])))
+    metadata = Metadata({"w.weight": TensorStorageMetadata(TensorProperties(dtype=torch.float32), full.shape,
+                                                           chunks)}, storage_data=storage)
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    back = {"w.weight": torch.zeros(full.shape)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(back, checkpoint_id=folder)
+    assert torch.equal(back["w.weight"], full)  # torch reads the layout back: it is DCP's
+    return folder
+
+
+def test_dcp_shards_are_split_across_workers_and_merged_exactly(monkeypatch, tmp_path):
+    torch.manual_seed(3)
+    full = torch.randn(300, 64) * 0.1 + 0.5
+    folder = _sharded_dcp(tmp_path, full, [(0, 100), (100, 120), (220, 80)])
+    (layer,) = fancli.load(folder).layers
+    parts = pieces(layer.data, structure=True, piece_bytes=SMALL)
+    assert {piece.data.source.path.name for piece in parts} == {"__0_0.distcp", "__1_0.distcp", "__2_0.distcp"}
+    assert len(parts) > 3 and not any(piece.logical for piece in parts)  # rows do not run across shards
+    monkeypatch.setattr(fancli.stats, "PARALLEL_BYTES", 0)
+    one = observe_all([layer], kurtosis=True, structure=True, jobs=1, piece_bytes=SMALL)["w.weight"]
+    assert observe_all([layer], kurtosis=True, structure=True, jobs=2, piece_bytes=SMALL)["w.weight"] == one
+    exact = full.double()
+    assert one.count == 300 * 64 and one.std == pytest.approx(exact.std().item(), rel=1e-10)
+    assert one.mean == pytest.approx(exact.mean().item(), rel=1e-12)
+    assert one.structure.rows == 0 and one.structure.a2 == pytest.approx((exact**2).mean().item(), rel=1e-12)
