@@ -223,8 +223,8 @@ def parallel_options() -> list[Callable[..., Any]]:
     """--jobs and --cluster, for every command that reads weights (`jobs`, `cluster` keyword arguments)."""
     return [
         click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N",
-                     help="Threads reading weights, each a fixed piece of a tensor at a time; results are "
-                          "identical for every N. Default: the usable cores."),
+                     help="Threads reading weights, each a fixed piece of a tensor (diff: a pair of tensors) at "
+                          "a time; results are identical for every N. Default: the usable cores."),
         click.option("--cluster", metavar="ADDRESS",
                      help="Read the weights on a Dask cluster instead: its scheduler's tcp://host:port, or "
                           "'local' for one on this machine (pip install 'fancli-init[dask]'). Its workers must "
