@@ -630,15 +630,20 @@ def ordered(running: Any, window: int | None, fn, arguments: list[tuple]) -> Ite
 
 
 def pool(workers: int):
-    """The local pool pieces run in: threads, chosen by measurement on the 1.6 GB `.pt` (24 × 64 MiB fp32,
-    2 cores, `python benchmarks/run.py --only torch_file` and the same work through a ProcessPoolExecutor).
-    numpy releases the GIL in the copy, the sum and the einsum of each 64 Ki-element block, and `readinto`
-    releases it while reading, so threads share the cores well; what a thread holds the GIL for (a few
-    calls per block) is small. Processes added CPU and gained nothing: spawn cost 1.28 s of CPU against
-    threads' 1.03 s and one thread's 0.95 s (two interpreters importing numpy and fancli, and each piece's
-    handle pickled), wall 1.1–2.0 s against threads' 1.0–1.7 s on the shared machine; forkserver as slow to
-    start. Threads also need no `if __name__ == "__main__"` from a library caller, and share one page cache
-    view of the file."""
+    """The local pool pieces run in: threads, chosen by measurement on the 1.6 GB `.pt` (24 × 64 MiB fp32) on
+    this project's 2-core machine, the same pieces through `ThreadPoolExecutor(2)`, `ProcessPoolExecutor(2)`
+    with spawn and with forkserver, and one thread, each a fresh process, three rounds:
+
+    - wall: one thread 0.78–0.79 s, threads 0.76–0.79 s, spawn 1.03–1.06 s, forkserver 0.78–1.00 s;
+    - CPU (user + sys, children included): one thread 0.97–0.99 s, threads 0.93–0.98 s, spawn 1.26–1.32 s.
+
+    Processes cost ~0.3 s more CPU (two interpreters importing numpy and fancli, every piece pickled) and
+    gained nothing. numpy releases the GIL in the copy, sum, dot product and min/max of each 64 Ki-element
+    block, and the read releases it too: a second thread waits for a free core, not for the GIL (its
+    /proc schedstat shows it runnable, not asleep). That machine rarely had a second core free (two
+    *processes* summing in cache each took twice their time alone), so neither pool showed the 2× it
+    would on idle cores; threads then cost least, need no `if __name__ == "__main__"` in a library caller,
+    and share one mapping of the file."""
     from concurrent.futures import ThreadPoolExecutor
 
     return ThreadPoolExecutor(workers, thread_name_prefix="fancli-stats")
