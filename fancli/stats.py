@@ -643,7 +643,7 @@ def pool(workers: int):
     /proc schedstat shows it runnable, not asleep). That machine rarely had a second core free (two
     *processes* summing in cache each took twice their time alone), so neither pool showed the 2× it
     would on idle cores; threads then cost least, need no `if __name__ == "__main__"` in a library caller,
-    and share one mapping of the file."""
+    and share the process's memory (no piece or result is pickled)."""
     from concurrent.futures import ThreadPoolExecutor
 
     return ThreadPoolExecutor(workers, thread_name_prefix="fancli-stats")
