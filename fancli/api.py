@@ -94,6 +94,7 @@ def _report(
     on_chunk: Callable[[int], None] | None,
     infer: bool = False,
     jobs: int | None = 1,
+    cluster: Any = None,
 ) -> Report:
     model = load(source, trust=trust, kwargs=kwargs)
     settings = settings.validated()
@@ -102,7 +103,8 @@ def _report(
     if reading:
         from .stats import observe_all  # only when weights are read
 
-        observed = observe_all(selected(model, settings.filters), on_chunk, kurtosis=infer, structure=infer, jobs=jobs)
+        observed = observe_all(selected(model, settings.filters), on_chunk, kurtosis=infer, structure=infer, jobs=jobs,
+                               cluster=cluster)
     report = analyze(model, settings, command, observed)
     if reading and not observed:
         note = f"--stats: this source ({model.format}) holds no weights to read"
@@ -126,12 +128,14 @@ def inspect(
     kwargs: dict[str, Any] | None = None,
     on_chunk: Callable[[int], None] | None = None,
     jobs: int | None = 1,
+    cluster: Any = None,
 ) -> Report:
     """Per layer: fans, gain, the std and bound the scheme gives under one mode; with `stats=True` the
-    weights' observed statistics (read one tensor at a time); with `infer=True` also the init that best
-    explains them."""
+    weights' observed statistics (read in fixed pieces by `jobs` threads, None: the usable cores, or on a Dask
+    `cluster`: "tcp://host:port", "local"; the same numbers either way); with `infer=True` also the init that
+    best explains them."""
     settings = Settings(scheme, (mode,) if mode else (), nonlinearity, param, fans, pool_fan_out, tuple(filters))
-    return _report(source, settings, "inspect", stats, trust, kwargs, on_chunk, infer, jobs)
+    return _report(source, settings, "inspect", stats, trust, kwargs, on_chunk, infer, jobs, cluster)
 
 
 def compare(
@@ -149,13 +153,14 @@ def compare(
     kwargs: dict[str, Any] | None = None,
     on_chunk: Callable[[int], None] | None = None,
     jobs: int | None = 1,
+    cluster: Any = None,
 ) -> Report:
     """The same layers with one std per mode side by side."""
     modes = tuple(modes)
     if len(modes) < 2:
         raise SettingsError(f"compare needs at least two modes, got {len(modes)}")
     settings = Settings(scheme, modes, nonlinearity, param, fans, pool_fan_out, tuple(filters))
-    return _report(source, settings, "compare", stats, trust, kwargs, on_chunk, jobs=jobs)
+    return _report(source, settings, "compare", stats, trust, kwargs, on_chunk, jobs=jobs, cluster=cluster)
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,8 @@ def check_init(
     sigmas: float | None = None,
     trust: bool = False,
     kwargs: dict[str, Any] | None = None,
+    jobs: int | None = 1,
+    cluster: Any = None,
 ) -> CheckResult:
     """`fancli check` as a function (not named `check`: that is the `fancli.check` module, which an import
     would put back over a function of that name): today's init (the config applied to `model`) against the baseline.
@@ -197,14 +204,16 @@ def check_init(
     `model` is anything `load` takes, or None for the configuration's `source`. `config` is a file, a
     parsed Config, or None to find `fancli.yaml` / `[tool.fancli]` in this folder or the nearest parent
     (`config=False` for none). `baseline` defaults to the configuration's; `baseline=False` skips the
-    comparison and leaves only the `stats` check of the weights against the configured init.
+    comparison and leaves only the `stats` check of the weights against the configured init. `jobs` and
+    `cluster` read the weights as `inspect`'s do.
     """
     from . import check as drift
     from .config import Config, load_config
 
     conf = config if isinstance(config, Config) else None if config is False else load_config(config)
     loaded = load_configured(model, conf, trust=trust, kwargs=kwargs)
-    report = _report(loaded, Settings(fans=conf.fans if conf else None), "inspect", stats, trust, kwargs, None)
+    report = _report(loaded, Settings(fans=conf.fans if conf else None), "inspect", stats, trust, kwargs, None,
+                     jobs=jobs, cluster=cluster)
     path, tolerance, limit = (conf or Config()).drift_limits(baseline or None, tolerance, sigmas)
     changes = [] if baseline is False else drift.compare(drift.read_baseline(path), report, tolerance)
     found = drift.deviations(report, limit) if stats else []
@@ -220,6 +229,8 @@ def assert_init(
     stats: bool = False,
     tolerance: float | None = None,
     sigmas: float | None = None,
+    jobs: int | None = 1,
+    cluster: Any = None,
 ) -> None:
     """For a pytest test: AssertionError carrying the drift report when `model`'s init differs from the
     baseline, or (with `stats=True`) when its weights do not match the configured init.
@@ -227,6 +238,7 @@ def assert_init(
         def test_init_did_not_drift():
             fancli.assert_init(build_model(), stats=True)
     """
-    result = check_init(model, config, baseline, stats=stats, tolerance=tolerance, sigmas=sigmas)
+    result = check_init(model, config, baseline, stats=stats, tolerance=tolerance, sigmas=sigmas, jobs=jobs,
+                        cluster=cluster)
     if not result.ok:
         raise AssertionError(result.render("table"))

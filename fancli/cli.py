@@ -30,6 +30,7 @@ from .cli_options import (
     report_options,
     scheme_option,
     source_options,
+    with_parallel,
 )
 from .cli_run import (
     StdoutError,
@@ -112,8 +113,9 @@ def compare(src: SourceArgs, settings: ReportArgs, modes: tuple[str, ...], fmt: 
 @click.option("--sigmas", type=float, help="--stats: standard errors an observed std may be off (default 5).")
 @format_option(CHECK_FORMATS, help="Output format (markdown fits a pull-request comment).")
 @output_option("Write the result to FILE.")
+@with_parallel
 def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool, tolerance: float | None,
-          sigmas: float | None, fmt: str, output: str | None) -> None:
+          sigmas: float | None, fmt: str, output: str | None, jobs: int | None, cluster: str | None) -> None:
     """CI: has the init configuration drifted from the committed baseline? Exit 0 clean, 1 drift."""
 
     from . import api
@@ -126,7 +128,8 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
     model, config = load_model(src)
     baseline, tolerance, limit = (config or Config()).drift_limits(baseline_path, tolerance, sigmas)
     inputs = files_read(src.source, config, model)
-    report = analyse(api.inspect, model, stats and not update, fans=config.fans if config else None)
+    report = analyse(api.inspect, model, stats and not update, fans=config.fans if config else None, jobs=jobs,
+                     cluster=cluster)
     if update:
         checked_target(baseline, inputs)  # `--baseline model.pth`: "is the input" says more than "not a baseline"
         drift.ensure_replaceable(baseline)
@@ -161,8 +164,10 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
                    "indices and agree in status and values (JSON and CSV always list every tensor).")
 @format_option()
 @output_option()
+@with_parallel
 def diff(source_a: str, source_b: str, max_change: float | None, allow_structural: bool,
-         filters: tuple[str, ...], trust: bool, expand: bool, fmt: str, output: str | None) -> None:
+         filters: tuple[str, ...], trust: bool, expand: bool, fmt: str, output: str | None, jobs: int | None,
+         cluster: str | None) -> None:
     """What changed from checkpoint A to B, tensor by tensor (streamed): added, removed, reshaped, dtype,
     and the relative change of std, of mean, and ‖B−A‖/‖A‖. Exit 1 past --max-change or on added/removed/
     reshaped tensors, so CI can gate a fine-tune."""
@@ -176,7 +181,7 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
 
         raise SettingsError(f"--max-change {max_change:g}: expected a finite number >= 0 (a relative norm)")
     model_a, model_b = api.load(source_a, trust=trust), api.load(source_b, trust=trust)
-    result = diff_models(model_a, model_b, tuple(filters))
+    result = diff_models(model_a, model_b, tuple(filters), jobs=jobs, cluster=cluster)
     text = RENDERERS[fmt](result, max_change, allow_structural, expand)
     if output and not is_stdout(output):
         write_text(output, text, [*files_read(source_a, None, model_a), *files_read(source_b, None, model_b)])

@@ -159,7 +159,8 @@ class ReportArgs:
     pool_fan_out: bool | None = None
     filters: tuple[str, ...] = ()
     stats: bool = False
-    jobs: int | None = None  # processes reading weights (None: the usable cores)
+    jobs: int | None = None  # threads reading weights (None: the usable cores)
+    cluster: str | None = None  # a Dask scheduler address (or "local") to read them on instead
 
 
 def source_options(func: Callable[..., Any] | None = None, *, many: bool = False) -> Any:
@@ -200,9 +201,9 @@ def report_options(func: Callable[..., Any] | None = None, *, many: bool = False
     @functools.wraps(func)
     def command(src: SourceArgs, scheme: str | None, nonlinearity: str | None, param: float | None,
                 fans: str | None, pool_fan_out: bool | None, filters: tuple[str, ...], stats: bool,
-                jobs: int | None, **rest: Any) -> Any:
-        return func(src, ReportArgs(scheme, nonlinearity, param, fans, pool_fan_out, tuple(filters), stats, jobs),
-                    **rest)
+                jobs: int | None, cluster: str | None, **rest: Any) -> Any:
+        return func(src, ReportArgs(scheme, nonlinearity, param, fans, pool_fan_out, tuple(filters), stats, jobs,
+                                    cluster), **rest)
 
     return source_options(many=many)(_apply(command, [
         scheme_option(f"Init scheme: {', '.join(SCHEMES)} (aliases he_*, glorot_*). "
@@ -220,13 +221,29 @@ def report_options(func: Callable[..., Any] | None = None, *, many: bool = False
                      help="Tables and Markdown: also list tensors below 2 dims (JSON always has them)."),
         click.option("--stats", is_flag=True,
                      help="Read the weights and add observed mean and std, and their ratio to the expected std."),
-        click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N",
-                     help="Processes reading weights (--stats, --infer), one tensor each at a time; results are "
-                          "identical for every N. Default: the usable cores."),
+        *parallel_options(),
         click.option("--expand", is_flag=True,
                      help="Tables and Markdown: list every tensor instead of folding repeated layers into one "
                           "row (JSON and CSV always list every tensor)."),
     ]))
+
+
+def parallel_options() -> list[Callable[..., Any]]:
+    """--jobs and --cluster, for every command that reads weights (`jobs`, `cluster` keyword arguments)."""
+    return [
+        click.option("--jobs", "-j", type=click.IntRange(min=1), metavar="N",
+                     help="Threads reading weights, each a fixed piece of a tensor (diff: a pair of tensors) at "
+                          "a time; results are identical for every N. Default: the usable cores."),
+        click.option("--cluster", metavar="ADDRESS",
+                     help="Read the weights on a Dask cluster instead: its scheduler's tcp://host:port, or "
+                          "'local' for one on this machine (pip install 'fancli-init[dask]'). Its workers must "
+                          "see the files at the same paths. Results are identical to --jobs 1."),
+    ]
+
+
+def with_parallel(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A command decorated with `parallel_options`."""
+    return _apply(func, parallel_options())
 
 
 def check_limits(tolerance: float | None, sigmas: float | None) -> None:

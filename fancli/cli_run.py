@@ -118,6 +118,7 @@ def build_report(command: Callable[..., Any], src: SourceArgs, settings: ReportA
     model, config = load_model(src)
     if settings.stats or arguments.get("infer"):
         arguments["jobs"] = settings.jobs  # only where weights are read: the default reads with every core
+        arguments["cluster"] = settings.cluster
     report = analyse(command, model, settings.stats, settings.filters, scheme=settings.scheme,
                       nonlinearity=settings.nonlinearity, param=settings.param, fans=settings.fans,
                       pool_fan_out=settings.pool_fan_out, **arguments)

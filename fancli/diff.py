@@ -94,19 +94,29 @@ def _keys(model: Model) -> dict[str, Layer]:
     return found
 
 
-def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (),
-                max_elements: int = CHUNK_ELEMENTS) -> DiffResult:
-    """Pair the two models' tensors by key and compare each pair (one pair in memory at a time)."""
+def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (), max_elements: int = CHUNK_ELEMENTS,
+                jobs: int | None = 1, cluster: Any = None) -> DiffResult:
+    """Pair the two models' tensors by key and compare each pair (one pair in memory per worker). Pairs run
+    as `--stats` pieces do (`stats.executor`: `jobs` threads, or a Dask `cluster`), each pair whole in one
+    job, so the numbers are the same for any `jobs`."""
     from .report import selected
+    from .stats import _nbytes, executor, ordered
 
     keys_a, keys_b = _keys(a), _keys(b)
-    rows: list[TensorDiff] = []
+    rows: list[TensorDiff | None] = []
+    pairs: list[tuple[int, tuple]] = []
     for layer in selected(a, filters):
         other = keys_b.get(layer.param)
         if other is None:
             rows.append(TensorDiff(layer.param, "removed", layer.shape, None, layer.dtype, None))
         else:
-            rows.append(diff_pair(layer.param, layer, other, max_elements))
+            pairs.append((len(rows), (layer.param, layer, other, max_elements)))
+            rows.append(None)
+    nbytes = sum(_nbytes(layer.data) for _, (_, layer, other, _) in pairs if layer.data is not None
+                 and other.data is not None)
+    with executor(jobs, cluster, len(pairs), 2 * nbytes) as (running, window):
+        for (index, _), row in zip(pairs, ordered(running, window, diff_pair, [args for _, args in pairs])):
+            rows[index] = row
     for layer in selected(b, filters):
         if layer.param not in keys_a:
             rows.append(TensorDiff(layer.param, "added", None, layer.shape, None, layer.dtype))
@@ -229,11 +239,12 @@ def _result(param: str, kind: str | None, shape: tuple[int, ...], dtype_a: str |
 
 
 def diff(a: Any, b: Any, *, filters: Iterable[str] = (), trust: bool = False,
-         max_elements: int = CHUNK_ELEMENTS) -> DiffResult:
-    """`fancli diff` as a function: any two sources `fancli.load` reads (paths, Models, state_dicts…)."""
+         max_elements: int = CHUNK_ELEMENTS, jobs: int | None = 1, cluster: Any = None) -> DiffResult:
+    """`fancli diff` as a function: any two sources `fancli.load` reads (paths, Models, state_dicts…);
+    `jobs` threads (None: the usable cores) or a Dask `cluster` compare the pairs."""
     from .api import load
 
-    return diff_models(load(a, trust=trust), load(b, trust=trust), tuple(filters), max_elements)
+    return diff_models(load(a, trust=trust), load(b, trust=trust), tuple(filters), max_elements, jobs, cluster)
 
 
 # --- folding, as inspect folds ---------------------------------------------------------------------------

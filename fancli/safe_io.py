@@ -75,6 +75,12 @@ class FileRange:
             raise SourceError(f"{self.path}: the file is shorter than when it was loaded")
         return data
 
+    def locate(self, start: int, size: int) -> tuple[Path, int]:
+        """Where bytes [start, start + size) lie: the file and the absolute offset (`--stats` maps them)."""
+        if start < 0 or start + size > self.nbytes:
+            raise SourceError(f"{self.path}: a storage is shorter than its tensors need")
+        return self.path, self.start + start
+
 
 def read_bounded(path: Path, limit: int, what: str) -> bytes:
     """The whole of a small file (an index, a spec) without hanging on a FIFO or reading past `limit`."""

@@ -1,4 +1,4 @@
-"""`--jobs N`: weights read in a process pool give the very same report as one process."""
+"""`--jobs N`: weights read in a pool (threads, over fixed pieces) give the very same report as one thread."""
 
 from __future__ import annotations
 

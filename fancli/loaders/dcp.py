@@ -111,6 +111,10 @@ class _DcpData:
         for chunk in self.tensor.chunks:
             yield from chunk_ref(self.folder, self.tensor, chunk).chunks(max_elements)
 
+    def parts(self) -> list[StridedRef]:
+        """Each shard's chunk as its own handle: `--stats` splits the work across shards (and files)."""
+        return [chunk_ref(self.folder, self.tensor, chunk) for chunk in self.tensor.chunks]
+
 
 class _Window:
     """A byte range of an open file as a read-only file of its own, for zipfile: a chunk's torch.save zip."""

@@ -67,6 +67,21 @@ class ZipMember:
             raise SourceError(f"{self.path}: {self.info.filename} is truncated")
         return data
 
+    def locate(self, start: int, size: int) -> tuple[Path, int] | None:
+        """Where bytes [start, start + size) of a stored member lie: the file and its absolute offset, for
+        `--stats` to map rather than copy (None for a compressed member: read it)."""
+        if self.info.compress_type != zipfile.ZIP_STORED:
+            return None
+        if start < 0 or start + size > self.info.file_size:
+            raise SourceError(f"{self.path}: {self.info.filename} is shorter than its tensors need")
+        try:
+            if self._data_start is None:
+                with open(self.path, "rb") as handle:
+                    self._start(handle)
+            return self.path, self._data_start + start
+        except OSError as error:
+            raise SourceError(f"{self.path}: cannot read {self.info.filename} ({_short(error)})") from None
+
     def _read(self, start: int, size: int) -> bytes:
         if self.info.compress_type != zipfile.ZIP_STORED:
             if self.info.file_size > MAX_PICKLE_BYTES:  # each chunk would decompress all before it again

@@ -1,0 +1,91 @@
+"""Issue 18: `--cluster ADDRESS` runs the same pieces on a real Dask cluster (a scheduler and two worker
+processes on this machine), and the result is the local one, bit for bit (the JSON output is identical)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import run
+
+import fancli.stats
+
+distributed = pytest.importorskip("distributed")
+
+SMALL = 16 * 1024  # bytes per piece: each tensor is several pieces, spread over both workers
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
+                                  silence_logs=50) as local:
+        yield local.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(7)
+    tensors = {
+        "encoder.weight": torch.randn(256, 200, generator=generator) * 0.05 + 0.25,
+        "conv.weight": (torch.rand(32, 16, 3, 3, generator=generator) - 0.5) * 0.3,
+        "head.bias": torch.randn(3001, generator=generator),
+        "half.weight": torch.randn(96, 80, generator=generator).to(torch.bfloat16),
+    }
+    folder = tmp_path_factory.mktemp("cluster")
+    save_file(tensors, str(folder / "a.safetensors"))
+    torch.save(tensors, folder / "a.pt")
+    tensors["encoder.weight"] = tensors["encoder.weight"] * 0.9
+    save_file(tensors, str(folder / "b.safetensors"))
+    return folder
+
+
+@pytest.fixture()
+def small_pieces(monkeypatch):
+    monkeypatch.setattr(fancli.stats, "PIECE_BYTES", SMALL)
+
+
+@pytest.mark.parametrize("name", ["a.safetensors", "a.pt"])
+def test_cluster_json_equals_jobs_1_and_2(small_pieces, cluster, checkpoint, name):
+    path = checkpoint / name
+    layers = fancli.load(path).layers
+    assert sum(len(fancli.stats.pieces(layer.data)) for layer in layers) > 10
+    local = run("inspect", path, "--stats", "--infer", "-f", "json", "--jobs", "1")
+    two = run("inspect", path, "--stats", "--infer", "-f", "json", "--jobs", "2")
+    remote = run("inspect", path, "--stats", "--infer", "-f", "json", "--cluster", cluster)
+    assert local.code == two.code == remote.code == 0, remote.err
+    assert remote.out == local.out == two.out
+    rows = {row["param"]: row for row in json.loads(remote.out)["layers"]}
+    exact = torch.load(path, weights_only=True)["encoder.weight"].double() if name.endswith(".pt") else None
+    if exact is not None:
+        assert rows["encoder.weight"]["observed"]["std"] == pytest.approx(exact.std().item(), rel=1e-10)
+
+
+def test_the_workers_did_the_work(small_pieces, cluster, checkpoint):
+    with distributed.Client(cluster) as client:
+        before = sum(len(log) for log in client.run(lambda dask_worker: list(dask_worker.state.log)).values())
+        fancli.stats.observe_all(fancli.load(checkpoint / "a.pt").layers, cluster=client)
+        after = client.run(lambda dask_worker: len(dask_worker.state.log))
+    assert len(after) == 2 and sum(after.values()) > before
+
+
+def test_compare_check_and_diff_on_the_cluster(small_pieces, cluster, checkpoint):
+    a, b = checkpoint / "a.pt", checkpoint / "b.safetensors"
+    for args in (["compare", a, "--stats", "-f", "json"], ["diff", a, b, "-f", "json"]):
+        local = run(*args, "--jobs", "1")
+        remote = run(*args, "--cluster", cluster)
+        assert local.code == remote.code == 0, remote.err
+        assert local.out == remote.out
+    result = fancli.check_init(a, config=False, baseline=False, stats=True, cluster=cluster)
+    assert result.report.rows[0].observed == fancli.check_init(a, config=False, baseline=False, stats=True,
+                                                               jobs=1).report.rows[0].observed
+
+
+def test_cluster_local_starts_one_on_this_machine(small_pieces, checkpoint):
+    path = checkpoint / "a.safetensors"
+    local = run("inspect", path, "--stats", "-f", "json", "--jobs", "1")
+    remote = run("inspect", path, "--stats", "-f", "json", "--cluster", "local")
+    assert local.code == remote.code == 0, remote.err
+    assert local.out == remote.out
