@@ -41,7 +41,7 @@ def connect(address: Any) -> Iterator[Any]:
         return
     distributed = _dask()
     if address == "local":
-        from .stats import usable_cores
+        from .parallel import usable_cores
 
         local = distributed.LocalCluster(n_workers=usable_cores(), threads_per_worker=1, processes=True,
                                          dashboard_address=":0", silence_logs=logging.ERROR)

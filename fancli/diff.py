@@ -3,7 +3,7 @@
 Tensors are paired by parameter key. A pair of the same shape is read in lockstep, one bounded chunk of
 each at a time (two handles that chunk differently are re-blocked to a common length, never widened), so
 two models of any size need memory near two chunks. Per pair the sums Σa, Σa², Σb, Σb², Σ(b−a)² are
-taken in float64 (the moments through `stats._Moments`, shifted, as `--stats` takes them), giving:
+taken in float64 (the moments through `moments.Moments`, shifted, as `--stats` takes them), giving:
 
 - `rel_std_change` = (std_B − std_A) / std_A (sample stds, as torch.std);
 - `rel_mean_change` = (mean_B − mean_A) / max(|mean_A|, std_A): relative to the mean where the mean
@@ -97,10 +97,11 @@ def _keys(model: Model) -> dict[str, Layer]:
 def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (), max_elements: int = CHUNK_ELEMENTS,
                 jobs: int | None = 1, cluster: Any = None) -> DiffResult:
     """Pair the two models' tensors by key and compare each pair (one pair in memory per worker). Pairs run
-    as `--stats` pieces do (`stats.executor`: `jobs` threads, or a Dask `cluster`), each pair whole in one
+    as `--stats` pieces do (`parallel.executor`: `jobs` threads, or a Dask `cluster`), each pair whole in one
     job, so the numbers are the same for any `jobs`."""
+    from .parallel import executor, ordered
     from .report import selected
-    from .stats import _nbytes, executor, ordered
+    from .stats import _nbytes
 
     keys_a, keys_b = _keys(a), _keys(b)
     rows: list[TensorDiff | None] = []
@@ -173,12 +174,13 @@ def _stream(data_a: Any, data_b: Any, max_elements: int) -> tuple | str:
     """Moments of A and B, ‖A‖², ‖B − A‖², max |B − A| and whether any value is NaN/Inf; or why not."""
     import numpy as np
 
-    from .stats import BLOCK_ELEMENTS, _logical, _Moments
+    from .moments import BLOCK_ELEMENTS, Moments
+    from .stats import _logical
 
     for data in (data_a, data_b):
         if not _logical(data, max_elements):
             return "a permuted view wider than a chunk is read in storage order: values cannot be paired"
-    moments_a, moments_b = _Moments(False), _Moments(False)
+    moments_a, moments_b = Moments(False), Moments(False)
     norm_a = diff2 = 0.0
     largest = 0.0
     nonfinite = False

@@ -25,7 +25,7 @@ from .vocab import FAN_CONVENTIONS
 if TYPE_CHECKING:
     from .analysis.inference import Inference
     from .folding import Group
-    from .stats import Observed
+    from .moments import Observed
     from .summary import Totals
 
 SCHEMA_VERSION = "1.0"

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Sequence
 if TYPE_CHECKING:
     from .folding import Group
     from .layer import Model
-    from .stats import Observed
+    from .moments import Observed
 
 _DIGITS = re.compile(r"[0-9]+")
 

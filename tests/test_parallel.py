@@ -14,6 +14,7 @@ import torch
 from helpers import REPO, run
 
 import fancli
+import fancli.parallel
 import fancli.stats
 from fancli.stats import observe, observe_all, pieces
 
@@ -106,7 +107,7 @@ def test_nan_in_one_piece_drops_row_signals_only(tmp_path):
 
 @pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
 def test_observe_all_is_identical_for_any_jobs(monkeypatch, checkpoint, name):
-    monkeypatch.setattr(fancli.stats, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(fancli.parallel, "PARALLEL_BYTES", 0)
     layers = fancli.load(checkpoint / name).layers
     seen: list[int] = []
     one = observe_all(layers, kurtosis=True, structure=True, jobs=1, piece_bytes=SMALL)
@@ -118,7 +119,7 @@ def test_observe_all_is_identical_for_any_jobs(monkeypatch, checkpoint, name):
 def test_the_pool_runs_pieces_on_other_threads(monkeypatch, checkpoint):
     import threading
 
-    monkeypatch.setattr(fancli.stats, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(fancli.parallel, "PARALLEL_BYTES", 0)
     names: set[str] = set()
     original = fancli.stats.reduce_piece
 
@@ -135,7 +136,7 @@ def test_the_pool_runs_pieces_on_other_threads(monkeypatch, checkpoint):
 
 
 def _small_pieces(monkeypatch):
-    monkeypatch.setattr(fancli.stats, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(fancli.parallel, "PARALLEL_BYTES", 0)
     monkeypatch.setattr(fancli.stats, "PIECE_BYTES", SMALL)
 
 
@@ -189,14 +190,14 @@ def test_diff_takes_jobs_and_is_identical(monkeypatch, checkpoint, tensors, tmp_
 def test_jobs_default_is_the_usable_cores(monkeypatch, checkpoint):
     _small_pieces(monkeypatch)
     asked: list[int] = []
-    original = fancli.stats.pool
+    original = fancli.parallel.pool
 
     def spy(workers):
         asked.append(workers)
         return original(workers)
 
-    monkeypatch.setattr(fancli.stats, "usable_cores", lambda: 3)
-    monkeypatch.setattr(fancli.stats, "pool", spy)
+    monkeypatch.setattr(fancli.parallel, "usable_cores", lambda: 3)
+    monkeypatch.setattr(fancli.parallel, "pool", spy)
     assert run("inspect", checkpoint / "model.pt", "--stats", "-f", "json").code == 0
     assert asked == [3]
 
@@ -299,7 +300,7 @@ def test_dcp_shards_are_split_across_workers_and_merged_exactly(monkeypatch, tmp
     parts = pieces(layer.data, structure=True, piece_bytes=SMALL)
     assert {piece.data.source.path.name for piece in parts} == {"__0_0.distcp", "__1_0.distcp", "__2_0.distcp"}
     assert len(parts) > 3 and not any(piece.logical for piece in parts)  # rows do not run across shards
-    monkeypatch.setattr(fancli.stats, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(fancli.parallel, "PARALLEL_BYTES", 0)
     one = observe_all([layer], kurtosis=True, structure=True, jobs=1, piece_bytes=SMALL)["w.weight"]
     assert observe_all([layer], kurtosis=True, structure=True, jobs=2, piece_bytes=SMALL)["w.weight"] == one
     exact = full.double()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 from ..kinds import has_init
 from ..layer import Layer
-from ..stats import Structure
+from ..moments import Structure
 from .fans import LayerFans
 from .gains import gain
 from .schemes import SCHEMES, Scheme, variance_scaling
