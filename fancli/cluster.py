@@ -32,18 +32,16 @@ def _dask() -> Any:
 
 
 @contextlib.contextmanager
-def connect(address: Any) -> Iterator[Any]:
-    """A Client for `address`: `tcp://host:port` (a running scheduler), `local` (a LocalCluster of this
-    machine's usable cores, one single-threaded worker process each, closed afterwards), or an executor
-    object already made (a Client, a `concurrent.futures` pool), used as it is."""
+def connect(address: Any, workers: int = 1) -> Iterator[Any]:
+    """A Client for `address`: `tcp://host:port` (a running scheduler), `local` (a LocalCluster of `workers`
+    single-threaded worker processes on this machine, closed afterwards), or an executor object already
+    made (a Client, a `concurrent.futures` pool), used as it is."""
     if not isinstance(address, str):
         yield address
         return
     distributed = _dask()
     if address == "local":
-        from .parallel import usable_cores
-
-        local = distributed.LocalCluster(n_workers=usable_cores(), threads_per_worker=1, processes=True,
+        local = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                          dashboard_address=":0", silence_logs=logging.ERROR)
         with local, distributed.Client(local) as client:
             yield client

@@ -50,7 +50,7 @@ def executor(jobs: int | None, cluster: Any, count: int, nbytes: int) -> Iterato
     if cluster is not None:
         from .cluster import connect
 
-        with connect(cluster) as client:
+        with connect(cluster, usable_cores()) as client:
             yield client, None
         return
     workers = usable_cores() if jobs is None else jobs
