@@ -128,7 +128,7 @@ def build_report(command: Callable[..., Any], src: SourceArgs, settings: ReportA
 def nbytes(layer: Any) -> int:
     import math
 
-    from .tensors import DTYPES
+    from .dtypes import DTYPES
 
     return math.prod(layer.shape) * DTYPES.get(layer.dtype or "float32", (4,))[0]
 

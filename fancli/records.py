@@ -17,7 +17,7 @@ T = TypeVar("T", bound=type)
 def record(cls: T) -> T:
     """`@dataclass(frozen=True)`, built faster. Fields with a `default_factory` or `init=False`, and a
     `__post_init__`, are not supported (none of the records that use it has one): refused at import."""
-    cls = dataclass(frozen=True)(cls)
+    cls = dataclass(frozen=True, init=False)(cls)  # its own __init__ would be written and thrown away
     names, parameters, defaults = [], [], {}
     for field in fields(cls):
         if field.default_factory is not MISSING or not field.init or hasattr(cls, "__post_init__"):
@@ -36,6 +36,5 @@ def record(cls: T) -> T:
     exec(source, namespace)  # noqa: S102 — how dataclasses itself writes __init__; the text is ours alone
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__doc__ = cls.__init__.__doc__
     cls.__init__ = init
     return cls

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .dtypes import DTYPES, LOW_PRECISION_FLOATING
 from .moments import (
     BLOCK_ELEMENTS,
     MAX_ROW_LENGTH,
@@ -28,7 +29,7 @@ from .moments import (
     to_observed,
 )
 from .parallel import executor, ordered
-from .tensors import CHUNK_ELEMENTS, DTYPES, LOW_PRECISION_FLOATING, TensorData
+from .tensors import CHUNK_ELEMENTS, TensorData
 
 #: A tensor is split into pieces of about this many bytes (whole rows, where rows can be told), each reduced on
 #: its own and merged in a fixed order: fixed, so the result is the same bit for bit for any `jobs` or cluster.

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
+from .dtypes import DTYPES
 from .layer import Layer
-from .tensors import DTYPES
 
 #: What a source without dtypes (a YAML spec, a factory's shapes) is counted as, and said to be.
 ASSUMED_DTYPE = "float32"

@@ -11,33 +11,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
+from .dtypes import DTYPES
+
 if TYPE_CHECKING:
     import numpy as np
 
-#: dtype name (torch's, without "torch.") -> (bytes per element, numpy dtype; "bf16" is decoded by hand)
-DTYPES: dict[str, tuple[int, str]] = {
-    "float64": (8, "<f8"),
-    "float32": (4, "<f4"),
-    "float16": (2, "<f2"),
-    "bfloat16": (2, "bf16"),
-    "int64": (8, "<i8"),
-    "int32": (4, "<i4"),
-    "int16": (2, "<i2"),
-    "int8": (1, "i1"),
-    "uint8": (1, "u1"),
-    "bool": (1, "?"),
-    # one byte each, decoded through a table of their 256 codes (numpy has no such dtypes)
-    "float8_e4m3fn": (1, "f8"),
-    "float8_e5m2": (1, "f8"),
-    "float8_e4m3fnuz": (1, "f8"),
-    "float8_e5m2fnuz": (1, "f8"),
-    "float8_e8m0fnu": (1, "f8"),
-}
-FLOATING = ("float64", "float32", "float16", "bfloat16")
-#: Floating dtypes narrower than float16: FP8 is decoded by table (`FP8`); float6 and float4 are packed
-#: below a byte and have no data handle, so no statistics (a note says so).
-LOW_PRECISION_FLOATING = ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
-                          "float8_e8m0fnu", "float6_e2m3fn", "float6_e3m2fn", "float4_e2m1fn")
 #: FP8 formats: (exponent bits, mantissa bits, exponent bias, NaN/Inf convention). "fn": no Inf, NaN where
 #: every exponent and mantissa bit is set; "ieee": exponent all ones is Inf (mantissa 0) or NaN; "fnuz": no
 #: Inf and no -0, the code 0x80 is NaN; "e8m0": an exponent only, 2^(e - 127), 0xFF NaN (MX block scales).

@@ -19,10 +19,11 @@ import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
+from ..dtypes import DTYPES
 from ..errors import SourceError
 from ..layer import Model
 from ..safe_io import FileRange, open_regular, read_bounded
-from ..tensors import CHUNK_ELEMENTS, DTYPES, StridedRef
+from ..tensors import CHUNK_ELEMENTS, StridedRef
 from . import LoadOptions, pickle_scan
 from .checkpoint import _NOT_WEIGHTS
 from .dcp_metadata import MAX_METADATA_BYTES, DcpChunk, DcpTensor, read_metadata

@@ -11,9 +11,9 @@ import re
 from dataclasses import replace
 from typing import Hashable, Iterable
 
+from ..dtypes import FLOATING, LOW_PRECISION_FLOATING
 from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
-from ..tensors import FLOATING, LOW_PRECISION_FLOATING
 from .entry import Entry
 from .module_structure import FUSED_QKV_NAME, fused_qkv
 from .quant_data import scaled

@@ -12,8 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
+from ..dtypes import DTYPES
 from ..errors import SourceError
-from ..tensors import CHUNK_ELEMENTS, DTYPES, StridedRef, decode
+from ..tensors import CHUNK_ELEMENTS, StridedRef, decode
 
 if TYPE_CHECKING:
     import numpy as np

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
+from ..dtypes import DTYPES
 from ..errors import SourceError
 from ..layer import Model
 from ..safe_io import (
@@ -23,7 +24,7 @@ from ..safe_io import (
     parse_json_object,
     read_bounded,
 )
-from ..tensors import DTYPES, StridedRef, row_major_strides
+from ..tensors import StridedRef, row_major_strides
 from .entry import Entry
 from .flat_keys import layers_from_entries
 from .key_order import is_sorted, natural_key
@@ -38,7 +39,7 @@ _MAX_BITS = 8 << 63  # no file holds more: a shape beyond it is reported without
 _FIELDS = ("dtype", "shape", "data_offsets")
 
 #: safetensors dtype -> (torch's name without "torch.", bits per element). Names outside
-#: `tensors.DTYPES` (float8, float6, float4, complex) are listed but cannot be read for statistics.
+#: `dtypes.DTYPES` (float8, float6, float4, complex) are listed but cannot be read for statistics.
 SAFETENSORS_DTYPES: dict[str, tuple[str, int]] = {
     "F64": ("float64", 64),
     "F32": ("float32", 32),

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..dtypes import DTYPES
 from ..errors import SourceError
-from ..tensors import DTYPES
 from . import pickle_scan
 
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a state_dict's data.pkl is ~120 bytes a tensor
@@ -33,7 +33,7 @@ STORAGE_DTYPES = {
     # sub-byte quantized storages: named so that a file holding one is refused for its dtype, not as code
     "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
 }
-#: Bytes per element of every dtype a torch.save tensor may have here: those `tensors.DTYPES` decodes, plus
+#: Bytes per element of every dtype a torch.save tensor may have here: those `dtypes.DTYPES` decodes, plus
 #: complex (listed, never decoded: a real init's std says nothing of complex values) and quantized codes.
 ITEMSIZE = {**{name: size for name, (size, _) in DTYPES.items()}, "complex64": 8, "complex128": 16,
             "qint8": 1, "quint8": 1, "qint32": 4}
