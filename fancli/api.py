@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -14,7 +14,7 @@ from .layer import Model
 from .report import Report, Settings, analyze, selected, with_inferences
 
 if TYPE_CHECKING:
-    from .check import Change, Deviation, Nonfinite
+    from .check import CheckResult
     from .config import Config
 
 #: What a source may be: a path or name (a file, folder, repo id, `pkg.module:factory`), a loaded Model, or an
@@ -163,28 +163,6 @@ def compare(
     return _report(source, settings, "compare", stats, trust, kwargs, on_chunk, jobs=jobs, cluster=cluster)
 
 
-@dataclass(frozen=True)
-class CheckResult:
-    """What `fancli.check` found: the changes against the baseline and the judged observed stds."""
-
-    report: Report
-    changes: list["Change"]
-    deviations: list["Deviation"]
-    baseline: str
-    sigmas: float
-    nonfinite: list["Nonfinite"] = field(default_factory=list)  # with stats: tensors holding NaN/Inf
-
-    @property
-    def ok(self) -> bool:
-        return not self.changes and not any(d.flagged for d in self.deviations) and not self.nonfinite
-
-    def render(self, fmt: str = "table") -> str:
-        """The drift report as `fancli check --format fmt` prints it."""
-        from .renderers.check_out import RENDERERS
-
-        return RENDERERS[fmt](self.changes, self.deviations, self.baseline, self.sigmas, self.nonfinite)
-
-
 def check_init(
     model: Source = None,
     config: "str | Path | Config | None" = None,
@@ -197,7 +175,7 @@ def check_init(
     kwargs: dict[str, Any] | None = None,
     jobs: int | None = 1,
     cluster: Any = None,
-) -> CheckResult:
+) -> "CheckResult":
     """`fancli check` as a function (not named `check`: that is the `fancli.check` module, which an import
     would put back over a function of that name): today's init (the config applied to `model`) against the baseline.
 
@@ -217,8 +195,8 @@ def check_init(
     path, tolerance, limit = (conf or Config()).drift_limits(baseline or None, tolerance, sigmas)
     changes = [] if baseline is False else drift.compare(drift.read_baseline(path), report, tolerance)
     found = drift.deviations(report, limit) if stats else []
-    return CheckResult(report, changes, found, "(no baseline)" if baseline is False else str(path), limit,
-                       drift.nonfinite(report) if stats else [])
+    return drift.CheckResult(report, changes, found, "(no baseline)" if baseline is False else str(path), limit,
+                             drift.nonfinite(report) if stats else [])
 
 
 def assert_init(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +236,25 @@ def fold_nonfinite(found: list[Nonfinite]) -> list[tuple[str, int, int, int]]:
 
     return [(group.pattern, group.count, sum(n.nonfinite for n in group.rows), sum(n.count for n in group.rows))
             for group in fold(found, lambda n: n.param, lambda n: None)]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What `fancli.check` found: the changes against the baseline and the judged observed stds."""
+
+    report: "Report"
+    changes: list["Change"]
+    deviations: list["Deviation"]
+    baseline: str
+    sigmas: float
+    nonfinite: list["Nonfinite"] = field(default_factory=list)  # with stats: tensors holding NaN/Inf
+
+    @property
+    def ok(self) -> bool:
+        return not self.changes and not any(d.flagged for d in self.deviations) and not self.nonfinite
+
+    def render(self, fmt: str = "table") -> str:
+        """The drift report as `fancli check --format fmt` prints it."""
+        from .renderers.check_out import RENDERERS
+
+        return RENDERERS[fmt](self.changes, self.deviations, self.baseline, self.sigmas, self.nonfinite)

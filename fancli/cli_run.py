@@ -19,9 +19,14 @@ PROGRESS_BYTES = 256 * 1024 * 1024
 def load_model(src: SourceArgs) -> tuple[Any, Any]:
     """The model, with the init configuration applied when there is one; and the configuration."""
     from . import api
-    from .config import load_config
+    from .config_files import find_config
 
-    config = None if src.no_config else load_config(src.config_path)
+    found = None if src.no_config else src.config_path or find_config()
+    config = None
+    if found is not None:
+        from .config import load_config  # only with a configuration to parse
+
+        config = load_config(found)
     model = api.load_configured(src.source, config, warn=warning, trust=src.trust, kwargs=src.kwargs,
                                 revision=src.revision)
     return model, config

@@ -24,6 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .analysis import gains, schemes
+from .config_files import (
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_NODES,
+    find_config,
+    read_pyproject,
+)
 from .errors import SourceError
 from .layer import Layer, Model
 from .safe_io import read_text
@@ -32,11 +38,6 @@ from .vocab import FAN_CONVENTIONS
 if TYPE_CHECKING:
     from .loaders.typed_yaml import At, Fields
 
-CONFIG_FILE = "fancli.yaml"
-#: A config is a few defaults and overrides (pyproject.toml a few KB): 1 MiB is far beyond any real one.
-MAX_CONFIG_BYTES = 1024 * 1024
-#: Values a config may hold: ~100 bytes of PyYAML or tomllib objects each, so at most ~10 MB to parse.
-MAX_CONFIG_NODES = 100_000
 DEFAULT_BASELINE = "fancli.lock.json"
 #: Numbers a config may give: finite floats (a 400-digit integer would overflow float()).
 _LARGEST = 1e300
@@ -237,52 +238,6 @@ def _read_yaml(path: Path) -> Any:
     return LineDict() if data is None else data
 
 
-#: `[tool.fancli]`, `[tool.fancli.…]`, or `fancli = {…}` under `[tool]`: what a [tool.fancli] table needs in the text.
-_MAY_HOLD_FANCLI = re.compile(r"^\s*\[\s*tool\s*\.\s*fancli\b|^\s*fancli\s*=\s*\{", re.MULTILINE)
-
-
-def _read_pyproject(path: Path) -> Any | None:
-    text = read_text(path, MAX_CONFIG_BYTES, "a fancli config")
-    if not _MAY_HOLD_FANCLI.search(text):  # most pyproject.toml files have no [tool.fancli]: no parser for them
-        return None
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    from .loaders.typed_yaml import (
-        check_nodes,  # not at the top: yaml is imported only with a config
-    )
-    check_nodes(text, str(path), MAX_CONFIG_NODES, "a fancli config", "[{,:-=\n")
-    try:
-        document = tomllib.loads(text)
-    except RecursionError:
-        raise SourceError(f"{path}: not valid TOML (nested too deeply)") from None
-    except ValueError as error:  # TOMLDecodeError, or Python's limit on an integer's digits
-        problem = "a number has too many digits" if "digits" in str(error) else " ".join(str(error).split())[:120]
-        raise SourceError(f"{path}: not valid TOML ({problem})") from None
-    tool = document.get("tool", {})
-    return tool.get("fancli") if isinstance(tool, dict) else None
-
-
-def find_config(start: Path | None = None) -> Path | None:
-    """The nearest `fancli.yaml`, or pyproject.toml with a `[tool.fancli]` table, in `start` or a folder
-    above it, so that `fancli check` works from any subfolder of a project, as git and pytest do.
-
-    The search stops after the first folder holding `.git` (the repository root): a config above the
-    repository belongs to something else. In one folder fancli.yaml wins over pyproject.toml.
-    """
-    start = (start or Path.cwd()).absolute()
-    for directory in (start, *start.parents):
-        if (directory / CONFIG_FILE).is_file():
-            return directory / CONFIG_FILE
-        pyproject = directory / "pyproject.toml"
-        if pyproject.is_file() and _read_pyproject(pyproject) is not None:
-            return pyproject
-        if (directory / ".git").exists():
-            return None
-    return None
-
-
 def load_config(path: str | Path | None = None, directory: Path | None = None) -> Config | None:
     """The configuration in `path`, or the nearest one found from `directory` (the working directory)
     up (`find_config`); None if none. Its `source` and `baseline` are relative to its own folder."""
@@ -290,12 +245,12 @@ def load_config(path: str | Path | None = None, directory: Path | None = None) -
         path = Path(path)
         if not path.is_file():
             raise SourceError(f"{path}: no such config file")
-        data = _read_pyproject(path) if path.suffix == ".toml" else _read_yaml(path)
+        data = read_pyproject(path) if path.suffix == ".toml" else _read_yaml(path)
         if data is None:
             raise SourceError(f"{path}: no [tool.fancli] table")
         return parse_config(data, path)
     found = find_config(directory)
     if found is None:
         return None
-    data = _read_pyproject(found) if found.name == "pyproject.toml" else _read_yaml(found)
+    data = read_pyproject(found) if found.name == "pyproject.toml" else _read_yaml(found)
     return parse_config(data, found)

@@ -11,7 +11,7 @@ import math
 import operator
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .analysis import fans as fans_mod
 from .analysis import gains, schemes
@@ -230,8 +230,7 @@ def _torch_refuses(scheme: schemes.Scheme, context: "_Context") -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class _Context:
+class _Context(NamedTuple):
     """What one row needs from the rest of the model and the settings."""
 
     modes: tuple[str, ...]

@@ -16,7 +16,6 @@ from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
 from .entry import Entry
 from .module_structure import FUSED_QKV_NAME, fused_qkv
-from .quant_data import scaled
 from .quant_keys import QUANT_PACKED, auxiliary, auxiliary_layer, packed_layer
 
 #: Buffers that torch's modules keep in their state_dict but that are not weights.
@@ -166,6 +165,8 @@ def _quantized(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry, str | No
         return entry, None
     if scale is None:
         return entry, f"{what} with no scale beside it: --stats reads the stored values as they are"
+    from .quant_data import scaled  # only for a quantized weight
+
     data = scaled(entry, scale, factor)
     if entry.dtype.startswith("float8"):
         what += f" × {scale.key.rpartition('.')[2]} {list(scale.shape)}"

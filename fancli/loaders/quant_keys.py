@@ -11,9 +11,9 @@ agree and fold.
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import SourceError
 from ..layer import Layer
@@ -23,27 +23,26 @@ if TYPE_CHECKING:
 
 #: Key pattern -> (kind, what the tensor is, the key of the weight it belongs to). One table: a new
 #: quantization format's tensors are rows here. `m` is the module, `w` a weight's own key.
-AUXILIARY: tuple[tuple[re.Pattern, str, str, str], ...] = tuple(
-    (re.compile(pattern), kind, role, owner) for pattern, kind, role, owner in (
-        (r"^(?P<m>.+)\.weight_scale_inv$", "quant_scale", "FP8 block scales (weight = stored × scale)",
-         "{m}.weight"),
-        (r"^(?P<m>.+)\.weight_scale$", "quant_scale", "FP8 weight scale", "{m}.weight"),
-        (r"^(?P<m>.+)\.input_scale$", "quant_scale", "FP8 scale of the input activations", "{m}.weight"),
-        (r"^(?P<m>.+)\.[kv]_scale$", "quant_scale", "FP8 key/value-cache scale", "{m}"),
-        (r"^(?P<m>.+)\.scales$", "quant_scale", "GPTQ/AWQ group scales", "{m}.qweight"),
-        (r"^(?P<m>.+)\.qzeros$", "quant_aux", "GPTQ/AWQ packed zero points", "{m}.qweight"),
-        (r"^(?P<m>.+)\.g_idx$", "quant_aux", "GPTQ group index of each input", "{m}.qweight"),
-        (r"^(?P<m>.+)\.SCB$", "quant_scale", "bitsandbytes int8 row scales", "{m}.weight"),
-        (r"^(?P<m>.+)\.weight_format$", "quant_aux", "bitsandbytes int8 weight format", "{m}.weight"),
-        (r"^(?P<w>.+\.weight)\.(nested_)?absmax$", "quant_scale", "bitsandbytes 4-bit block absmax", "{w}"),
-        (r"^(?P<w>.+\.weight)\.(nested_)?quant_map$", "quant_aux", "bitsandbytes 4-bit codebook", "{w}"),
-        (r"^(?P<w>.+\.weight)\.quant_state\..+$", "quant_aux", "bitsandbytes 4-bit quantization state", "{w}"),
-        (r"^(?P<m>(.+\.)?)inv_freq$", "buffer", "rotary embedding frequencies", ""),
-        (r"^(?P<m>(.+\.)?)position_ids$", "buffer", "position ids", ""),
-        (r"^(?P<m>.+)\.e_score_correction_bias$", "buffer",
-         "router score correction (set by load balancing, not drawn)", "{m}.weight"),
-        (r"^(?P<m>.+)\.masked_bias$", "buffer", "attention mask fill value", ""),
-    )
+#: Compiled on first use (`_auxiliary_patterns`): a checkpoint without such tensors never needs them.
+AUXILIARY: tuple[tuple[str, str, str, str], ...] = (
+    (r"^(?P<m>.+)\.weight_scale_inv$", "quant_scale", "FP8 block scales (weight = stored × scale)",
+     "{m}.weight"),
+    (r"^(?P<m>.+)\.weight_scale$", "quant_scale", "FP8 weight scale", "{m}.weight"),
+    (r"^(?P<m>.+)\.input_scale$", "quant_scale", "FP8 scale of the input activations", "{m}.weight"),
+    (r"^(?P<m>.+)\.[kv]_scale$", "quant_scale", "FP8 key/value-cache scale", "{m}"),
+    (r"^(?P<m>.+)\.scales$", "quant_scale", "GPTQ/AWQ group scales", "{m}.qweight"),
+    (r"^(?P<m>.+)\.qzeros$", "quant_aux", "GPTQ/AWQ packed zero points", "{m}.qweight"),
+    (r"^(?P<m>.+)\.g_idx$", "quant_aux", "GPTQ group index of each input", "{m}.qweight"),
+    (r"^(?P<m>.+)\.SCB$", "quant_scale", "bitsandbytes int8 row scales", "{m}.weight"),
+    (r"^(?P<m>.+)\.weight_format$", "quant_aux", "bitsandbytes int8 weight format", "{m}.weight"),
+    (r"^(?P<w>.+\.weight)\.(nested_)?absmax$", "quant_scale", "bitsandbytes 4-bit block absmax", "{w}"),
+    (r"^(?P<w>.+\.weight)\.(nested_)?quant_map$", "quant_aux", "bitsandbytes 4-bit codebook", "{w}"),
+    (r"^(?P<w>.+\.weight)\.quant_state\..+$", "quant_aux", "bitsandbytes 4-bit quantization state", "{w}"),
+    (r"^(?P<m>(.+\.)?)inv_freq$", "buffer", "rotary embedding frequencies", ""),
+    (r"^(?P<m>(.+\.)?)position_ids$", "buffer", "position ids", ""),
+    (r"^(?P<m>.+)\.e_score_correction_bias$", "buffer",
+     "router score correction (set by load balancing, not drawn)", "{m}.weight"),
+    (r"^(?P<m>.+)\.masked_bias$", "buffer", "attention mask fill value", ""),
 )
 #: The last key component of every AUXILIARY pattern (and `.quant_state.`, which may be followed by more):
 #: a key ending otherwise matches none of them, so the 16 patterns are not tried on every weight's key.
@@ -57,11 +56,17 @@ QUANT_PACKED = ("qweight",)
 GPTQ_DEFAULT_BITS = 4
 
 
-@dataclass(frozen=True)
-class Auxiliary:
+class Auxiliary(NamedTuple):
+    """What a tensor that is no layer's weight is (a tuple: cheaper to define at start-up than a dataclass)."""
+
     kind: str
     role: str
     owner: str
+
+
+@functools.cache
+def _auxiliary_patterns() -> tuple[tuple[re.Pattern, str, str, str], ...]:
+    return tuple((re.compile(pattern), kind, role, owner) for pattern, kind, role, owner in AUXILIARY)
 
 
 def auxiliary(key: str, shape: tuple[int, ...]) -> Auxiliary | None:
@@ -72,7 +77,7 @@ def auxiliary(key: str, shape: tuple[int, ...]) -> Auxiliary | None:
     last = leaf[:-1] if leaf.endswith("\n") else leaf  # `$` also matches before a final newline
     if last not in _AUXILIARY_LEAVES and ".quant_state." not in key:
         return None
-    for pattern, kind, role, owner in AUXILIARY:
+    for pattern, kind, role, owner in _auxiliary_patterns():
         match = pattern.match(key)
         if match:
             return Auxiliary(kind, role, owner.format(**match.groupdict()))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
@@ -77,8 +76,9 @@ class _Tensor(NamedTuple):
     end: int
 
 
-@dataclass(frozen=True)
-class _Header:
+class _Header(NamedTuple):
+    """A validated header (a tuple, not a dataclass: cheaper to define at start-up)."""
+
     tensors: dict[str, _Tensor]  # in header order
     metadata: dict[str, str]
     data_start: int  # file offset of the data section: 8 + header length
