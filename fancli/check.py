@@ -238,6 +238,16 @@ def fold_nonfinite(found: list[Nonfinite]) -> list[tuple[str, int, int, int]]:
             for group in fold(found, lambda n: n.param, lambda n: None)]
 
 
+def fold_deviations(found: list[Deviation]) -> list[tuple[str, int, list[Deviation]]]:
+    """(pattern, tensors, members) per group of keys that differ only in their indices and share the
+    expected std and the verdict (fancli.folding), in the order of the first of each: a table shows the
+    members' observed stds and standard errors as ranges, and a mismatch never folds with a pass."""
+    from .folding import fold
+
+    groups = fold(found, lambda d: d.param, lambda d: (d.expected_std, d.flagged))
+    return [(group.pattern, group.count, list(group.rows)) for group in groups]
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """What `fancli.check` found: the changes against the baseline and the judged observed stds."""

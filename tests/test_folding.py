@@ -194,3 +194,19 @@ def test_fp8_block_scales_fold_with_their_weights(tmp_path):
     assert all("of the weight beside it" in layer["notes"][0] for layer in document["layers"]
                if layer["kind"] == "quant_scale")
     assert sum(group["count"] for group in document["groups"]) == len(tensors) == 112
+
+
+def test_check_stats_folds_deviations_alike_and_shows_the_observed_range(checkpoints, tmp_path):
+    baseline = tmp_path / "lock.json"
+    assert run("check", checkpoints["odd"], "--no-config", "--update", "--baseline", baseline).code == 0
+    result = run("check", checkpoints["odd"], "--no-config", "--baseline", baseline, "--stats")
+    pattern = "model.layers.{0..2,4..7}.mlp.experts.{0..7}.gate_proj.weight ×56"
+    rows = [line.split("│")[1:-1] for line in result.out.splitlines() if line.startswith("│") and pattern in line]
+    assert len(rows) == 1  # 56 experts' weights drawn at 0.02 (one at 0.05), all judged alike: one line
+    observed = rows[0][1].strip()
+    stds = [t.double().std().item() for key, t in moe(odd_std=True).items()
+            if key.endswith("gate_proj.weight") and ".experts." in key]
+    assert observed == f"{min(stds):.4g}…{max(stds):.4g}"
+    document = json.loads(run("check", checkpoints["odd"], "--no-config", "--baseline", baseline, "--stats",
+                              "--format", "json").out)
+    assert sum(1 for d in document["observed"] if ".experts." in d["param"] and "gate_proj" in d["param"]) == 56
