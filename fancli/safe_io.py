@@ -110,12 +110,12 @@ MAX_JSON_MEMORY = 512 * 1024 * 1024
 
 def json_memory(raw: bytes) -> int:
     """An upper bound on what parsing `raw` takes: the decoded text and the strings' characters (1 byte a
-    character for ASCII, else up to 4: one astral character stores a whole string in 4 bytes a
-    character), each `{` a dict of up to 256 bytes, each `[` a list of up to 64, and each string (two `"`)
-    or other item (after a `,`) an object of up to 64."""
-    width = 1 if raw.isascii() else 4
+    character for ASCII without `\\u` escapes, else up to 4: one astral character, raw or escaped, stores
+    a whole string in 4 bytes a character), each `{` a dict of up to 256 bytes, each `[` a list of up to 64,
+    and each string (two `"`) or other item (after a `,`: a number, a dict entry) an object of up to 96."""
+    width = 1 if raw.isascii() and b"\\u" not in raw else 4
     containers = 256 * raw.count(b"{") + 64 * raw.count(b"[")
-    return 2 * width * len(raw) + containers + 32 * (raw.count(b'"') + raw.count(b","))
+    return 2 * width * len(raw) + containers + 48 * (raw.count(b'"') + 2 * raw.count(b","))
 
 
 def check_json_size(raw: bytes, where: str, what: str) -> None:

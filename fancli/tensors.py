@@ -152,29 +152,48 @@ class StridedRef:
         bounded. Order-free statistics do not care; row signals (`--infer`) are skipped then."""
         return self.contiguous or self.span() <= max_elements or _keeps_order(self.shape, self.stride)
 
-    def range_chunks(self, start: int, stop: int, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
+    def range_chunks(self, start: int, stop: int, max_elements: int = CHUNK_ELEMENTS,
+                     buffer: bytearray | None = None) -> Iterator["np.ndarray"]:
         """Values [start, stop) of a contiguous tensor, in logical order, at most max_elements at a time: a
         piece that `stats` reduces on its own (in a worker), so a large tensor is split across cores.
 
-        Where the source can say where its bytes lie in a file (`locate`), the range is memory-mapped and the
-        chunks are views of the page cache: no copy, and no fresh 16 MiB buffer per read (whose page faults
-        cost more than the read). Otherwise each chunk is read."""
+        Where the source can say where its bytes lie in a file (`locate`) and a `buffer` is given (at least
+        max_elements × itemsize bytes), the file is opened once for the piece and each chunk read into the
+        buffer and yielded as a view of it: the caller is done with a chunk before it asks for the next.
+        That spares a fresh 16 MiB allocation per read, whose page faults cost more than the read. (Not a
+        memory map: a file cut while mapped kills the process with SIGBUS; a short read is one line.)"""
         if not self.contiguous:
             raise ValueError("range_chunks: only a contiguous tensor is read by element range")
         itemsize = DTYPES[self.dtype][0]
         locate = getattr(self.source, "locate", None)
         where = locate((self.offset + start) * itemsize, (stop - start) * itemsize) if locate else None
-        if where is not None and stop > start:
-            view = mapped(*where, (stop - start) * itemsize)
-            for first in range(start, stop, max_elements):
-                count = min(max_elements, stop - first)
-                yield decode(view[(first - start) * itemsize : (first - start + count) * itemsize], self.dtype,
-                             self.byteorder)
+        if where is not None and buffer is not None and stop > start:
+            yield from self._read_into(where, start, stop, max_elements, buffer)
             return
         for first in range(start, stop, max_elements):
             count = min(max_elements, stop - first)
             raw = self.source.read((self.offset + first) * itemsize, count * itemsize)
             yield decode(raw, self.dtype, self.byteorder)
+
+    def _read_into(self, where: tuple[Any, int], start: int, stop: int, max_elements: int,
+                   buffer: bytearray) -> Iterator["np.ndarray"]:
+        from .errors import SourceError
+        from .safe_io import open_regular
+
+        path, offset = where
+        itemsize = DTYPES[self.dtype][0]
+        view = memoryview(buffer)
+        with open_regular(path, str(path)) as handle:
+            handle.seek(offset)
+            for first in range(start, stop, max_elements):
+                nbytes = min(max_elements, stop - first) * itemsize
+                try:
+                    got = handle.readinto(view[:nbytes])
+                except OSError as error:
+                    raise SourceError(f"{path}: cannot read: {error.strerror or error}") from None
+                if got != nbytes:
+                    raise SourceError(f"{path}: the file is shorter than when it was loaded")
+                yield decode(view[:nbytes], self.dtype, self.byteorder)
 
     def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
         """The values in bounded chunks: a contiguous tensor by byte range; a strided view within one chunk
@@ -234,24 +253,6 @@ class StridedRef:
                                                     strides=[s * region.itemsize for s in (stride[0], *inner_stride)],
                                                     writeable=False)
             yield block.reshape(-1)
-
-
-def mapped(path: Any, offset: int, nbytes: int) -> memoryview:
-    """A read-only view of `nbytes` at `offset` of a regular file, memory-mapped. Unmapped when the last view
-    of it is dropped. The file's size is checked first (a file cut since it was loaded is a SourceError, as
-    a read would give); one cut while it is being read would fault, as torch.load(mmap=True) would."""
-    import mmap
-    import os
-
-    from .errors import SourceError
-    from .safe_io import open_regular
-
-    with open_regular(path, str(path)) as handle:
-        if os.fstat(handle.fileno()).st_size < offset + nbytes:
-            raise SourceError(f"{path}: the file is shorter than when it was loaded")
-        base = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mapping = mmap.mmap(handle.fileno(), offset + nbytes - base, access=mmap.ACCESS_READ, offset=base)
-    return memoryview(mapping)[offset - base : offset - base + nbytes]
 
 
 def _keeps_order(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:

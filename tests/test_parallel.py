@@ -233,19 +233,19 @@ def test_cli_and_help_import_neither_dask_nor_torch():
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
-def test_mapped_pieces_give_what_reads_give(monkeypatch, checkpoint, name):
+def test_pieces_read_into_a_buffer_give_what_reads_give(monkeypatch, checkpoint, name):
     layers = fancli.load(checkpoint / name).layers
     source = type(layers[0].data.source)
     calls: list[int] = []
     original = source.locate
     monkeypatch.setattr(source, "locate", lambda self, start, size: calls.append(size) or original(self, start, size))
     mapped = observe_all(layers, kurtosis=True, structure=True, piece_bytes=SMALL)
-    assert len(calls) > len(layers)  # every contiguous piece was mapped
+    assert len(calls) > len(layers)  # every contiguous piece was located and read into the buffer
     monkeypatch.delattr(source, "locate")  # the fallback: one read per chunk
     assert observe_all(layers, kurtosis=True, structure=True, piece_bytes=SMALL) == mapped
 
 
-def test_a_file_cut_after_loading_is_a_source_error_when_mapped(tmp_path):
+def test_a_file_cut_after_loading_is_a_source_error(tmp_path):
     from safetensors.numpy import save_file
 
     from fancli.errors import SourceError
@@ -307,3 +307,21 @@ def test_dcp_shards_are_split_across_workers_and_merged_exactly(monkeypatch, tmp
     assert one.count == 300 * 64 and one.std == pytest.approx(exact.std().item(), rel=1e-10)
     assert one.mean == pytest.approx(exact.mean().item(), rel=1e-12)
     assert one.structure.rows == 0 and one.structure.a2 == pytest.approx((exact**2).mean().item(), rel=1e-12)
+
+
+def test_a_file_cut_while_a_piece_is_read_is_one_line_not_a_crash(tmp_path):
+    """A run directory rewritten by training under a trajectory: the read after the cut is short, a
+    SourceError (a memory map would have killed the process with SIGBUS)."""
+    from safetensors.numpy import save_file
+
+    from fancli.errors import SourceError
+
+    path = tmp_path / "live.safetensors"
+    save_file({"w": np.ones((512, 256), dtype=np.float32)}, str(path))
+    (layer,) = fancli.load(path).layers
+    chunks = layer.data.range_chunks(0, 512 * 256, 256 * 64, bytearray(256 * 64 * 4))
+    assert float(next(chunks).sum()) == 256 * 64
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+    with pytest.raises(SourceError, match="shorter than when it was loaded"):
+        list(chunks)

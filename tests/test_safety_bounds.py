@@ -363,7 +363,12 @@ def _index(entries: int) -> bytes:
     b"[" + b'{"a": 1},' * 20_000 + b"{}]",
     b"[" + b"1234567890123," * 50_000 + b"1]",
     json.dumps(["a" * 40 + "\U0001f600"] * 5_000, ensure_ascii=False).encode(),
-], ids=["index", "lists", "strings", "objects", "numbers", "astral"])
+    json.dumps("\U0001f600" + "a" * 1_000_000).encode(),  # ASCII text that decodes to 4 bytes a character
+    json.dumps("\u0100" + "a" * 1_000_000).encode(),
+    json.dumps({f"k{i}": 1000 + i for i in range(50_000)}).encode(),
+    json.dumps([257 + i for i in range(50_000)]).encode(),
+], ids=["index", "lists", "strings", "objects", "numbers", "astral", "escaped-astral", "escaped-latin",
+        "int-dict", "int-list"])
 def test_the_json_memory_estimate_bounds_what_parsing_takes(raw):
     tracemalloc.start()
     value = json.loads(raw.decode("utf-8"))

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..check import Change, Deviation, Nonfinite, _show, fold_changes, fold_deviations, fold_nonfinite
+from ..check import (
+    Change,
+    Deviation,
+    Nonfinite,
+    _show,
+    fold_changes,
+    fold_deviations,
+    fold_nonfinite,
+)
 from ..report import SCHEMA_VERSION
 from ..text import printable
 from .table import draw_grid
