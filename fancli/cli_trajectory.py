@@ -70,4 +70,5 @@ def _read(models: list[Any], settings: ReportArgs) -> Any:
     total = sum(nbytes(layer) for model in models for layer in selected(model, settings.filters)
                 if layer.data is not None)
     return with_progress(total, f"reading {len(models)} checkpoints",
-                         lambda on_chunk: build(models, settings.filters, settings.jobs, on_chunk=on_chunk))
+                         lambda on_chunk: build(models, settings.filters, settings.jobs, on_chunk=on_chunk,
+                                                cluster=settings.cluster))

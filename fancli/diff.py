@@ -256,38 +256,10 @@ def diff(a: Any, b: Any, *, filters: Iterable[str] = (), trust: bool = False,
 NORM_RATIO = 2.0
 
 
-def _numel(item: TensorDiff) -> int:
+def numel(item: TensorDiff) -> int:
+    """The elements of the tensor (of A, or of B where A has none)."""
     shape = item.shape_a if item.shape_a is not None else item.shape_b
     return math.prod(shape) if shape is not None else 0
-
-
-def _standard_error(std: float, n: int) -> float:
-    return std / math.sqrt(2 * n) if n > 1 else math.inf
-
-
-def _chain(items: list[TensorDiff], value: Any, close: Any) -> list[list[TensorDiff]]:
-    """`items` sorted by `value`, parted where `close(previous, next)` fails; items without a value first,
-    as one part."""
-    unread = [t for t in items if value(t) is None]
-    read = sorted((t for t in items if value(t) is not None), key=value)
-    parts: list[list[TensorDiff]] = []
-    for item in read:
-        if parts and close(parts[-1][-1], item):
-            parts[-1].append(item)
-        else:
-            parts.append([item])
-    return [unread, *parts] if unread else parts
-
-
-def _std_close(which: str) -> Any:
-    """inspect's rule (`folding.by_observed_std`): sorted neighbours within STD_ERRORS standard errors."""
-    from .folding import STD_ERRORS
-
-    def close(a: TensorDiff, b: TensorDiff) -> bool:
-        low, high = getattr(a, which), getattr(b, which)
-        return high - low <= STD_ERRORS * max(_standard_error(low, _numel(a)), _standard_error(high, _numel(b)))
-
-    return close
 
 
 def _norm_close(a: TensorDiff, b: TensorDiff) -> bool:
@@ -297,11 +269,12 @@ def _norm_close(a: TensorDiff, b: TensorDiff) -> bool:
 def agreeing(items: list[TensorDiff]) -> list[list[TensorDiff]]:
     """Tensors whose values agree: std A and std B each within inspect's standard-error rule, and
     ‖B−A‖/‖A‖ within a factor NORM_RATIO of its sorted neighbour."""
+    from .folding import by_std, chain
+
     parts = [items]
-    for value, close in ((lambda t: t.std_a, _std_close("std_a")), (lambda t: t.std_b, _std_close("std_b")),
-                         (lambda t: t.rel_diff_norm, _norm_close)):
-        parts = [piece for part in parts for piece in _chain(part, value, close)]
-    return parts
+    for which in ("std_a", "std_b"):  # n: the tensor's values (NaN/Inf among them are not counted apart here)
+        parts = [piece for part in parts for piece in by_std(part, lambda t, w=which: (getattr(t, w), numel(t)))]
+    return [piece for part in parts for piece in chain(part, lambda t: t.rel_diff_norm, _norm_close)]
 
 
 def fold_diffs(tensors: Iterable[TensorDiff], max_change: float | None = None) -> list[Any]:

@@ -164,30 +164,45 @@ def shown(row: "Row", inits: Callable[["Row"], tuple] = _inits) -> Hashable:
             row.observed is None, inferred)
 
 
-def _standard_error(row: "Row") -> float:
+def standard_error(std: float, n: int) -> float:
+    """σ/√(2n): the standard error of a sample std of n values (inf with none)."""
+    return std / math.sqrt(2 * n) if n > 0 else math.inf
+
+
+def chain(items: list[T], value: Callable[[T], Any], close: Callable[[T, T], bool]) -> list[list[T]]:
+    """`items` sorted by `value`, parted where `close(previous, next)` fails; items without a value (None)
+    first, as one part."""
+    unread = [item for item in items if value(item) is None]
+    read = sorted((item for item in items if value(item) is not None), key=value)
+    parts: list[list[T]] = []
+    for item in read:
+        if parts and close(parts[-1][-1], item):
+            parts[-1].append(item)
+        else:
+            parts.append([item])
+    return [unread, *parts] if unread else parts
+
+
+def by_std(items: list[T], std_of: Callable[[T], tuple[float | None, int]]) -> list[list[T]]:
+    """Items whose stds agree (`std_of`: the std and the values it is taken over): sorted by std, a new part
+    starts where two neighbours are more than STD_ERRORS standard errors apart. A member drawn at another
+    std parts from the rest; a spread of many draws of one std (each within noise of the next) stays one
+    group, whose row shows the range. Inspect's rows, diff's and trajectories' fold by this one rule."""
+    def close(a: T, b: T) -> bool:
+        (std_a, n_a), (std_b, n_b) = std_of(a), std_of(b)
+        return std_b - std_a <= STD_ERRORS * max(standard_error(std_a, n_a), standard_error(std_b, n_b))
+
+    return chain(items, lambda item: std_of(item)[0], close)
+
+
+def _observed_std(row: "Row") -> tuple[float | None, int]:
     observed = row.observed
-    n = observed.count - observed.nonfinite
-    return observed.std / math.sqrt(2 * n) if n > 0 else math.inf
+    return (None, 0) if observed is None else (observed.std, observed.count - observed.nonfinite)
 
 
 def by_observed_std(rows: list["Row"]) -> list[list["Row"]]:
-    """Rows whose observed stds agree: sorted by std, a new part starts where two neighbours are more than
-    STD_ERRORS standard errors (σ/√(2n), of a sample std) apart. A member drawn at another std parts from
-    the rest; a spread of many draws of one std (each within noise of the next) stays one group, whose
-    row shows the observed range."""
-    unread = [row for row in rows if row.observed is None or row.observed.std is None]
-    read = sorted((row for row in rows if row.observed is not None and row.observed.std is not None),
-                  key=lambda row: row.observed.std)
-    parts: list[list[Row]] = []
-    for row in read:
-        if parts:
-            previous = parts[-1][-1]
-            gap = row.observed.std - previous.observed.std
-            if gap <= STD_ERRORS * max(_standard_error(row), _standard_error(previous)):
-                parts[-1].append(row)
-                continue
-        parts.append([row])
-    return [unread, *parts] if unread else parts
+    """Rows whose observed stds agree (`by_std`)."""
+    return by_std(rows, _observed_std)
 
 
 def fold_rows(rows: Iterable["Row"]) -> list[Group]:

@@ -14,13 +14,19 @@ from typing import TypeVar
 T = TypeVar("T", bound=type)
 
 
+#: Names the generated __init__ uses itself: a field of one of these names would be shadowed.
+_GENERATED_NAMES = ("self", "_defaults", "_record_dict_")
+
+
 def record(cls: T) -> T:
-    """`@dataclass(frozen=True)`, built faster. Fields with a `default_factory` or `init=False`, and a
-    `__post_init__`, are not supported (none of the records that use it has one): refused at import."""
+    """`@dataclass(frozen=True)`, built faster. Fields with a `default_factory` or `init=False`, a
+    `__post_init__`, and fields named as the generated code's own names (`_GENERATED_NAMES`) are not
+    supported (none of the records that use it has one): refused at import."""
     cls = dataclass(frozen=True, init=False)(cls)  # its own __init__ would be written and thrown away
     names, parameters, defaults = [], [], {}
     for field in fields(cls):
-        if field.default_factory is not MISSING or not field.init or hasattr(cls, "__post_init__"):
+        if (field.default_factory is not MISSING or not field.init or hasattr(cls, "__post_init__")
+                or field.name in _GENERATED_NAMES):
             raise TypeError(f"@record does not support {cls.__name__}.{field.name}'s definition")
         names.append(field.name)
         if field.default is MISSING:
@@ -30,8 +36,8 @@ def record(cls: T) -> T:
             parameters.append(f"{field.name}=_defaults[{field.name!r}]")
     # Item by item into the instance's own __dict__, in field order: the dict keeps sharing its keys with
     # the class's other instances (a third of the memory of a dict built apart and assigned whole).
-    source = f"def __init__(self, {', '.join(parameters)}):\n    values = self.__dict__\n" + "".join(
-        f"    values[{name!r}] = {name}\n" for name in names)
+    source = f"def __init__(self, {', '.join(parameters)}):\n    _record_dict_ = self.__dict__\n" + "".join(
+        f"    _record_dict_[{name!r}] = {name}\n" for name in names)
     namespace: dict = {"_defaults": defaults}
     exec(source, namespace)  # noqa: S102 — how dataclasses itself writes __init__; the text is ours alone
     init = namespace["__init__"]

@@ -12,7 +12,6 @@ kind, shape and dtype, present in the same checkpoints, fold while at every chec
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -76,9 +75,6 @@ class Track:
     dtype: str | None
     observed: tuple["Observed | None", ...]
 
-    def stds(self) -> list[float | None]:
-        return [None if o is None else o.std for o in self.observed]
-
 
 @dataclass(frozen=True)
 class Trajectory:
@@ -104,9 +100,9 @@ class Trajectory:
 
 def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | None = 1,
           observe: Callable[..., dict[str, "Observed"]] | None = None,
-          on_chunk: Callable[[int], None] | None = None) -> Trajectory:
-    """The trajectory of `models` (in the order given): each one's weights read, one model at a time;
-    `on_chunk(nbytes)` reports progress."""
+          on_chunk: Callable[[int], None] | None = None, cluster: Any = None) -> Trajectory:
+    """The trajectory of `models` (in the order given): each one's weights read, one model at a time, with
+    `jobs` threads or on a Dask `cluster` as inspect's are; `on_chunk(nbytes)` reports progress."""
     from .report import selected
 
     if observe is None:
@@ -120,7 +116,7 @@ def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | 
         layers = selected(model, filters)
         for layer in layers:
             described.setdefault(layer.param, (layer.kind, tuple(layer.shape), layer.dtype))
-        read = observe(layers, on_chunk, jobs=jobs) if layers else {}
+        read = observe(layers, on_chunk, jobs=jobs, cluster=cluster) if layers else {}
         if layers and not read:
             notes.append(f"{model.source}: this source ({model.format}) holds no weights to read")
         per_checkpoint.append(read)
@@ -137,22 +133,17 @@ def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | 
 
 
 def trajectory(sources: Sequence[Any], *, filters: Iterable[str] = (), trust: bool = False,
-               jobs: int | None = 1) -> Trajectory:
+               jobs: int | None = 1, cluster: Any = None) -> Trajectory:
     """`fancli inspect A B C --stats` as a function: the sources (paths in natural order, or loaded
     models in the order given) and each tensor's observed statistics per checkpoint."""
     from .api import load
 
     if all(isinstance(source, str) for source in sources):
         sources = natural_order(sources)
-    return build([load(source, trust=trust) for source in sources], tuple(filters), jobs)
+    return build([load(source, trust=trust) for source in sources], tuple(filters), jobs, cluster=cluster)
 
 
 # --- folding ---------------------------------------------------------------------------------------------
-
-
-def _standard_error(observed: "Observed") -> float:
-    n = observed.count - observed.nonfinite
-    return observed.std / math.sqrt(2 * n) if n > 0 and observed.std is not None else math.inf
 
 
 def _same(track: Track) -> Hashable:
@@ -164,26 +155,14 @@ def _same(track: Track) -> Hashable:
 
 
 def _chain(tracks: list[Track], index: int) -> list[list[Track]]:
-    """`tracks` sorted by their std at checkpoint `index`, parted where two neighbours are more than
-    folding.STD_ERRORS standard errors apart (the rule of `folding.by_observed_std`)."""
-    from .folding import STD_ERRORS
+    """`tracks` parted by their std at checkpoint `index` (`folding.by_std`: inspect's rule)."""
+    from .folding import by_std
 
-    read = [t for t in tracks if t.observed[index] is not None and t.observed[index].std is not None]
-    if not read:
-        return [tracks]
-    unread = [t for t in tracks if t not in read]
-    read.sort(key=lambda t: t.observed[index].std)
-    parts: list[list[Track]] = []
-    for track in read:
-        if parts:
-            previous = parts[-1][-1]
-            gap = track.observed[index].std - previous.observed[index].std
-            limit = STD_ERRORS * max(_standard_error(track.observed[index]), _standard_error(previous.observed[index]))
-            if gap <= limit:
-                parts[-1].append(track)
-                continue
-        parts.append([track])
-    return [unread, *parts] if unread else parts
+    def std_of(track: Track) -> tuple[float | None, int]:
+        observed = track.observed[index]
+        return (None, 0) if observed is None else (observed.std, observed.count - observed.nonfinite)
+
+    return by_std(tracks, std_of)
 
 
 def agreeing(tracks: list[Track]) -> list[list[Track]]:

@@ -15,7 +15,7 @@ from fancli.renderers import json_out
 def test_an_array_in_batches_is_valid_json_for_any_count(monkeypatch, count):
     monkeypatch.setattr(json_out, "LINES_PER_CHUNK", 3)
     items = [{"i": i} for i in range(count)]
-    text = '{"a": 1' + "".join(json_out._array("x", (f"    {json.dumps(item)}" for item in items))) + "\n}"
+    text = '{"a": 1' + "".join(json_out.json_array("x", (f"    {json.dumps(item)}" for item in items))) + "\n}"
     assert json.loads(text) == {"a": 1, "x": items}
 
 

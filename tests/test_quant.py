@@ -185,3 +185,22 @@ def test_bitsandbytes_int8_and_buffers(tmp_path):
     assert [rows[k]["kind"] for k in ("fc.SCB", "fc.weight_format", "h.0.attn.bias")] == [
         "quant_scale", "quant_aux", "buffer"]
     assert "position_ids" not in rows  # integer buffers stay unlisted, as the README says
+
+
+@pytest.mark.parametrize("key", ["m.weight_scale_inv", "m.weight_scale", "m.input_scale", "m.k_scale", "m.scales",
+                                 "m.qzeros", "m.g_idx", "m.SCB", "m.weight_format", "m.weight.absmax",
+                                 "m.weight.nested_absmax", "m.weight.quant_map",
+                                 "m.weight.quant_state.bitsandbytes__nf4", "m.gate.e_score_correction_bias"])
+def test_a_quantization_tensors_note_names_its_owner_as_seen_from_its_key(key):
+    """The relative phrase (which lets 15,000 experts' scales fold) names the very key of the owner."""
+    from fancli.loaders.quant_keys import auxiliary
+
+    found = auxiliary(key, (4,))
+    module = key.rpartition(".")[0]
+    if found.relation == "its module":
+        assert found.owner == module
+    elif found.relation == "the weight it is stored under":
+        assert key.startswith(found.owner + ".") and found.owner.endswith(".weight")
+    else:
+        leaf = found.relation.removeprefix("the ").removesuffix(" beside it")
+        assert found.owner == f"{module}.{leaf}"

@@ -8,12 +8,14 @@ digit runs of a key as numbers restores the order in which numbered blocks were 
 from __future__ import annotations
 
 import re
+import sys
 
 _DIGITS = re.compile(r"([0-9]+)")
 
 
-#: Digit runs longer than this compare by their length, then as text: int() refuses runs past 4,300 digits.
-LONGEST_NUMBER = 4000
+#: Digit runs longer than this compare by their length (ties broken by the whole key): int() refuses runs
+#: past Python's limit on integer digits (4,300, or less where PYTHONINTMAXSTRDIGITS says so).
+LONGEST_NUMBER = min(4000, getattr(sys, "get_int_max_str_digits", lambda: 0)() or 4000)
 _BEYOND = 10**LONGEST_NUMBER
 
 

@@ -61,7 +61,8 @@ class Auxiliary(NamedTuple):
 
     kind: str
     role: str
-    owner: str
+    owner: str  # the key of the weight (or module) it belongs to; "" for none
+    relation: str = ""  # that owner seen from the tensor's own key: "the weight beside it"
 
 
 @functools.cache
@@ -80,8 +81,18 @@ def auxiliary(key: str, shape: tuple[int, ...]) -> Auxiliary | None:
     for pattern, kind, role, owner in _auxiliary_patterns():
         match = pattern.match(key)
         if match:
-            return Auxiliary(kind, role, owner.format(**match.groupdict()))
+            return Auxiliary(kind, role, owner.format(**match.groupdict()), _relation(owner))
     return None
+
+
+def _relation(owner: str) -> str:
+    """The table's owner template as seen from the tensor: `{m}.weight` is "the weight beside it", `{m}`
+    "its module", `{w}` (the key the tensor is stored under) "the weight it is stored under"."""
+    if owner == "{m}":
+        return "its module"
+    if owner == "{w}":
+        return "the weight it is stored under"
+    return f"the {owner.rpartition('.')[2]} beside it" if owner else ""
 
 
 def auxiliary_layer(entry: "Entry", found: Auxiliary, keys: set[str]) -> Layer:
@@ -89,23 +100,10 @@ def auxiliary_layer(entry: "Entry", found: Auxiliary, keys: set[str]) -> Layer:
     key (`the weight beside it`): the rows of 58 layers × 256 experts' scales then say the same and fold."""
     of = ""
     if found.owner:
-        of = f" of {_relative(found.owner, entry.key)}" + ("" if found.owner in keys else " (not in this source)")
+        of = f" of {found.relation}" + ("" if found.owner in keys else " (not in this source)")
     module = entry.key.rpartition(".")[0]
     return Layer(name=module or entry.key, param=entry.key, kind=found.kind, shape=entry.shape, dtype=entry.dtype,
                  data=entry.data, notes=(f"{found.role}{of}",))
-
-
-def _relative(owner: str, key: str) -> str:
-    """`m.weight` seen from `m.weight_scale_inv`: "the weight beside it"; `m` from `m.k_scale`: "its
-    module"; `m.weight` from `m.weight.absmax`: "the weight it is stored under"."""
-    module = key.rpartition(".")[0]
-    if owner == module:
-        return "its module"
-    if owner.rpartition(".")[0] == module:
-        return f"the {owner.rpartition('.')[2]} beside it"
-    if key.startswith(owner + "."):
-        return f"the {owner.rpartition('.')[2]} it is stored under"
-    return owner
 
 
 def packed_layer(entry: "Entry", entries: dict[str, "Entry"], where: str) -> Layer:

@@ -10,10 +10,11 @@ import io
 import json
 from typing import Any
 
-from ..diff import DiffResult, TensorDiff, fold_diffs
+from ..diff import DiffResult, TensorDiff, fold_diffs, numel
 from ..report import SCHEMA_VERSION
 from ..text import json_safe, printable
 from .common import name, shape
+from .json_out import groups_dict
 
 HEADERS = ["key", "status", "shape", "dtype", "std A", "std B", "Δstd", "Δmean", "‖B−A‖/‖A‖"]
 ALIGNS = ["left", "left", "right", "left", "right", "right", "right", "right", "right"]
@@ -134,14 +135,6 @@ def tensor_dict(item: TensorDiff) -> dict[str, Any]:
             "max_abs_diff": item.max_abs_diff, "note": item.note}
 
 
-def group_dict(group: Any) -> dict[str, Any]:
-    """A folded group, as inspect's JSON gives one: `fancli.folding.expand(pattern)` is its keys."""
-    from ..diff import _numel
-
-    return {"pattern": group.pattern, "count": group.count, "params": sum(_numel(t) for t in group.rows),
-            "indices": [list(values) for values in group.indices]}
-
-
 def render_diff_json(result: DiffResult, max_change: float | None = None, allow_structural: bool = False,
                      expand: bool = False) -> str:
     failed = result.failures(max_change, allow_structural)
@@ -155,7 +148,7 @@ def render_diff_json(result: DiffResult, max_change: float | None = None, allow_
         "counts": result.counts(),
         "failed": [t.param for t in failed],
         "tensors": [tensor_dict(t) for t in result.tensors],
-        "groups": [group_dict(group) for group in fold_diffs(result.tensors, max_change)],
+        "groups": [groups_dict(group, numel) for group in fold_diffs(result.tensors, max_change)],
     }
     return json_safe(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)) + "\n"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..analysis.schemes import InitValues
 from ..analysis.schemes import scheme as find_scheme
@@ -122,10 +122,11 @@ def totals_dict(report: Report) -> dict[str, Any]:
             "bytes": found.bytes, "bytes_by_dtype": dict(found.bytes_by_dtype), "dtype_assumed": found.dtype_assumed}
 
 
-def groups_dict(group: Group) -> dict[str, Any]:
-    """A folded group: its pattern, members, their elements, and the index set of each `{…}` in the pattern
-    (a single index is written into the pattern and listed here too)."""
-    return {"pattern": group.pattern, "count": group.count, "params": sum(numel(row.layer) for row in group.rows),
+def groups_dict(group: Group, elements: Callable[[Any], int] = lambda row: numel(row.layer)) -> dict[str, Any]:
+    """A folded group: its pattern, members, their elements (`elements` of a member: a report's row by
+    default; diff and trajectories give theirs), and the index set of each `{…}` in the pattern (a single
+    index is written into the pattern and listed here too). `fancli.folding.expand(pattern)` is its keys."""
+    return {"pattern": group.pattern, "count": group.count, "params": sum(map(elements, group.rows)),
             "indices": [list(values) for values in group.indices]}
 
 
@@ -200,7 +201,7 @@ def _layer_lines(report: Report) -> Iterator[str]:
         yield f'    {{"name": {json_safe(encode(layer.name))}, "param": {json_safe(encode(layer.param))}, {rest}'
 
 
-def _array(key: str, lines: Iterable[str]) -> Iterator[str]:
+def json_array(key: str, lines: Iterable[str]) -> Iterator[str]:
     """`"key": [` and its items, one per line, a chunk of LINES_PER_CHUNK at a time."""
     batch: list[str] = []
     opened = False
@@ -226,7 +227,7 @@ def json_chunks(report: Report) -> Iterator[str]:
     groups = document.pop("groups")
     summary = document.pop("summary")
     yield json_safe(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)[:-2])
-    yield from _array("layers", _layer_lines(report))
-    yield from _array("groups", (f"    {json_safe(json.dumps(item, ensure_ascii=False, allow_nan=False))}"
+    yield from json_array("layers", _layer_lines(report))
+    yield from json_array("groups", (f"    {json_safe(json.dumps(item, ensure_ascii=False, allow_nan=False))}"
                                  for item in groups))
     yield f',\n  "summary": {json_safe(json.dumps(summary, ensure_ascii=False, allow_nan=False))}\n}}\n'

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -105,8 +106,9 @@ def _observed(observed: Any) -> dict[str, Any] | None:
 
 
 def trajectory_dict(trajectory: Trajectory) -> dict[str, Any]:
-    groups = [{"pattern": group.pattern, "count": group.count, "params": sum(_numel(t) for t in group.rows),
-               "indices": [list(values) for values in group.indices]} for group in trajectory.groups]
+    from .json_out import groups_dict
+
+    groups = [groups_dict(group, lambda track: math.prod(track.shape)) for group in trajectory.groups]
     return {
         "fancli": SCHEMA_VERSION,
         "command": "trajectory",
@@ -119,23 +121,19 @@ def trajectory_dict(trajectory: Trajectory) -> dict[str, Any]:
     }
 
 
-def _numel(track: Track) -> int:
-    import math
-
-    return math.prod(track.shape)
-
-
 def render_json(trajectory: Trajectory) -> str:
-    """Indented at the top, one layer (and one group) per line, as inspect's JSON."""
+    """Indented at the top, one layer (and one group) per line, laid out as inspect's JSON (`json_array`)."""
+    from .json_out import json_array
+
     document = trajectory_dict(trajectory)
     listed = {key: document.pop(key) for key in ("layers", "groups")}
     notes = document.pop("notes")
-    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)[:-2]
+    pieces = [json_safe(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)[:-2])]
     for key, items in listed.items():
-        body = ",\n".join(f"    {json.dumps(item, ensure_ascii=False, allow_nan=False)}" for item in items)
-        text += f',\n  "{key}": [\n{body}\n  ]' if items else f',\n  "{key}": []'
-    text += f',\n  "notes": {json.dumps(notes, ensure_ascii=False)}'
-    return json_safe(text) + "\n}\n"
+        pieces += json_array(key, (f"    {json_safe(json.dumps(item, ensure_ascii=False, allow_nan=False))}"
+                                   for item in items))
+    pieces.append(f',\n  "notes": {json_safe(json.dumps(notes, ensure_ascii=False))}\n}}\n')
+    return "".join(pieces)
 
 
 def render_csv(trajectory: Trajectory) -> str:
