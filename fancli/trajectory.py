@@ -112,10 +112,14 @@ def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | 
     described: dict[str, tuple[str, tuple[int, ...], str | None]] = {}
     per_checkpoint: list[dict[str, Observed]] = []
     notes = []
-    for model in models:
+    reshaped: dict[str, str] = {}  # param -> where its shape first changed
+    for model, checkpoint in zip(models, checkpoints):
         layers = selected(model, filters)
         for layer in layers:
-            described.setdefault(layer.param, (layer.kind, tuple(layer.shape), layer.dtype))
+            first = described.setdefault(layer.param, (layer.kind, tuple(layer.shape), layer.dtype))
+            if first[1] != tuple(layer.shape) and layer.param not in reshaped:
+                where = checkpoint.source if checkpoint.step is None else f"step {checkpoint.step}"
+                reshaped[layer.param] = f"{layer.param}: {list(first[1])} becomes {list(layer.shape)} at {where}"
         read = observe(layers, on_chunk, jobs=jobs, cluster=cluster) if layers else {}
         if layers and not read:
             notes.append(f"{model.source}: this source ({model.format}) holds no weights to read")
@@ -126,6 +130,7 @@ def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | 
         raise SettingsError(f"no layer matches {' or '.join(repr(f) for f in filters)} in any checkpoint")
     tracks = tuple(Track(param, kind, shape, dtype, tuple(read.get(param) for read in per_checkpoint))
                    for param, (kind, shape, dtype) in described.items())
+    notes += [f"{change} (its statistics on either side are of different tensors)" for change in reshaped.values()]
     gaps = sum(1 for track in tracks if None in track.observed)
     if gaps:
         notes.append(f"{gaps} tensor{'s' * (gaps != 1)} missing from some checkpoints (shown as —)")

@@ -305,3 +305,16 @@ def test_progress_bar_path_and_sources_named_without_steps(made, tmp_path, monke
     for fmt in ("table", "markdown"):
         shown = run("inspect", first, second, "-f", fmt)
         assert shown.code == 0 and "\x1b" not in shown.out and "tuned" in shown.out
+
+
+def test_a_tensor_that_changes_shape_between_checkpoints_is_said(tmp_path):
+    for step, rows in ((1, 8), (2, 8), (3, 12)):
+        (tmp_path / f"step-{step}").mkdir()
+        safetensors_torch.save_file({"grow.weight": torch.randn(rows, 4), "keep.weight": torch.randn(4, 4)},
+                                    str(tmp_path / f"step-{step}" / "model.safetensors"))
+    result = run("inspect", *(tmp_path / f"step-{step}" for step in (1, 2, 3)), "--format", "json")
+    assert result.code == 0, result.err
+    notes = json.loads(result.out)["notes"]
+    assert [note for note in notes if "grow.weight" in note] == [
+        "grow.weight: [8, 4] becomes [12, 4] at step 3 (its statistics on either side are of different tensors)"]
+    assert not any("keep.weight" in note for note in notes)

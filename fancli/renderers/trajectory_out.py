@@ -63,7 +63,7 @@ def _rows(trajectory: Trajectory) -> list[list[str]]:
 def _title(trajectory: Trajectory) -> str:
     first, last = trajectory.checkpoints[0], trajectory.checkpoints[-1]
     return printable(f"{len(trajectory.checkpoints)} checkpoints, {first.source} … {last.source} · observed std "
-                     f"per checkpoint ({len(trajectory.tracks)} tensors)")
+                     f"per checkpoint ({len(trajectory.tracks)} tensor{'s' * (len(trajectory.tracks) != 1)})")
 
 
 def _nonfinite_line(trajectory: Trajectory) -> str | None:
