@@ -260,7 +260,8 @@ def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed:
         raise SettingsError(f"{layer.param}: {error}") from None
     fans = fans_mod.layer_fans(layer, pool_fan_out=context.pool_fan_out)
     nonlinearity, param, assumed = _nonlinearity(layer, settings, scheme)
-    assumed = assumed if has_init(layer.kind) else None  # no init draws a scale or a buffer: nothing assumed
+    if not has_init(layer.kind):  # no init draws a scale or a buffer, and nothing follows it: no gain
+        nonlinearity = param = assumed = None
     param, slope_note = _slope(nonlinearity, param, scheme)
     try:
         gain = gains.gain(nonlinearity, param) if nonlinearity else None

@@ -83,6 +83,7 @@ def test_fp8_block_scaled_checkpoint(tmp_path):
     for key in scales:  # no scale is a Linear with a kaiming std
         row = rows[key]
         assert (row["kind"], row["std"], row["bound"]) == ("quant_scale", None, None)
+        assert (row["nonlinearity"], row["gain"]) == (None, None)  # nothing follows a scale: no gain to show
         assert "of the weight beside it" in row["notes"][0] and key.removesuffix("_scale_inv") in rows
     for key, w in logical.items():
         row = rows[key]
