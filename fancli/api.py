@@ -14,7 +14,7 @@ from .layer import Model
 from .report import Report, Settings, analyze, selected, with_inferences
 
 if TYPE_CHECKING:
-    from .check import CheckResult
+    from .check_result import CheckResult
     from .config import Config
 
 #: What a source may be: a path or name (a file, folder, repo id, `pkg.module:factory`), a loaded Model, or an
@@ -195,8 +195,10 @@ def check_init(
     path, tolerance, limit = (conf or Config()).drift_limits(baseline or None, tolerance, sigmas)
     changes = [] if baseline is False else drift.compare(drift.read_baseline(path), report, tolerance)
     found = drift.deviations(report, limit) if stats else []
-    return drift.CheckResult(report, changes, found, "(no baseline)" if baseline is False else str(path), limit,
-                             drift.nonfinite(report) if stats else [])
+    from .check_result import CheckResult
+
+    return CheckResult(report, changes, found, "(no baseline)" if baseline is False else str(path), limit,
+                       drift.nonfinite(report) if stats else [])
 
 
 def assert_init(

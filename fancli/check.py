@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -246,25 +246,3 @@ def fold_deviations(found: list[Deviation]) -> list[tuple[str, int, list[Deviati
 
     groups = fold(found, lambda d: d.param, lambda d: (d.expected_std, d.flagged))
     return [(group.pattern, group.count, list(group.rows)) for group in groups]
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """What `fancli.check` found: the changes against the baseline and the judged observed stds."""
-
-    report: "Report"
-    changes: list["Change"]
-    deviations: list["Deviation"]
-    baseline: str
-    sigmas: float
-    nonfinite: list["Nonfinite"] = field(default_factory=list)  # with stats: tensors holding NaN/Inf
-
-    @property
-    def ok(self) -> bool:
-        return not self.changes and not any(d.flagged for d in self.deviations) and not self.nonfinite
-
-    def render(self, fmt: str = "table") -> str:
-        """The drift report as `fancli check --format fmt` prints it."""
-        from .renderers.check_out import RENDERERS
-
-        return RENDERERS[fmt](self.changes, self.deviations, self.baseline, self.sigmas, self.nonfinite)

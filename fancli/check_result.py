@@ -1,0 +1,34 @@
+"""What `fancli.check_init` returns: the drift against the baseline and the judged weights, with their
+rendering. Apart from `check` (the drift logic, which the renderers read), so that neither imports the
+other's dependents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .check import Change, Deviation, Nonfinite
+    from .report import Report
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What `fancli.check` found: the changes against the baseline and the judged observed stds."""
+
+    report: "Report"
+    changes: list["Change"]
+    deviations: list["Deviation"]
+    baseline: str
+    sigmas: float
+    nonfinite: list["Nonfinite"] = field(default_factory=list)  # with stats: tensors holding NaN/Inf
+
+    @property
+    def ok(self) -> bool:
+        return not self.changes and not any(d.flagged for d in self.deviations) and not self.nonfinite
+
+    def render(self, fmt: str = "table") -> str:
+        """The drift report as `fancli check --format fmt` prints it."""
+        from .renderers.check_out import RENDERERS
+
+        return RENDERERS[fmt](self.changes, self.deviations, self.baseline, self.sigmas, self.nonfinite)
