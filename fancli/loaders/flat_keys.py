@@ -117,8 +117,7 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: set[str], shapes: dict[
     weights and scales say a few dozen things)."""
     found = auxiliary(entry.key, entry.shape)
     if found is not None:
-        layer = auxiliary_layer(entry, found, keys)
-        return _with(layer, notes=shared.setdefault(layer.notes, layer.notes))
+        return auxiliary_layer(entry, found, keys, shared)
     leaf = _split(entry.key)[1]
     if leaf in QUANT_PACKED:
         return packed_layer(entry, by_key, entry.where)

@@ -95,15 +95,19 @@ def _relation(owner: str) -> str:
     return f"the {owner.rpartition('.')[2]} beside it" if owner else ""
 
 
-def auxiliary_layer(entry: "Entry", found: Auxiliary, keys: set[str]) -> Layer:
+def auxiliary_layer(entry: "Entry", found: Auxiliary, keys: set[str],
+                    shared: dict[tuple[str, ...], tuple[str, ...]] | None = None) -> Layer:
     """The tensor as a layer of its own kind, its note naming the weight it belongs to relative to its own
     key (`the weight beside it`): the rows of 58 layers × 256 experts' scales then say the same and fold."""
     of = ""
     if found.owner:
         of = f" of {found.relation}" + ("" if found.owner in keys else " (not in this source)")
     module = entry.key.rpartition(".")[0]
+    notes = (f"{found.role}{of}",)
+    if shared is not None:  # one copy of each distinct notes tuple (`flat_keys.layers_from_entries`)
+        notes = shared.setdefault(notes, notes)
     return Layer(name=module or entry.key, param=entry.key, kind=found.kind, shape=entry.shape, dtype=entry.dtype,
-                 data=entry.data, notes=(f"{found.role}{of}",))
+                 data=entry.data, notes=notes)
 
 
 def packed_layer(entry: "Entry", entries: dict[str, "Entry"], where: str) -> Layer:
