@@ -33,6 +33,7 @@ from .cli_options import (
     with_parallel,
 )
 from .cli_run import (
+    ReaderGone,
     StdoutError,
     analyse,
     build_report,
@@ -393,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"fancli: error: {missing}", err=True)
         sys.exit(missing.exit_code)
-    except BrokenPipeError:
+    except (BrokenPipeError, ReaderGone):
         _quiet_stdout()
         sys.stderr.close()  # the reader went away (`| head`); nothing more to say
         sys.exit(0)

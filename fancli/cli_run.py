@@ -55,6 +55,11 @@ def files_read(source: str | None, config: Any = None, model: Any = None) -> lis
     return found
 
 
+class ReaderGone(Exception):
+    """stdout's reader went away (`| head`): not an error. Not an OSError either, so that click (which ends
+    a broken pipe with exit 1) hands it to `main`, which ends quietly with 0."""
+
+
 class StdoutError(FancliError):
     """The result could not be written to stdout: closed (`>&-`), a full disk (`> /dev/full`)…"""
 
@@ -72,7 +77,7 @@ def write_stdout(text: str | Iterable[str] | None = None, printer: Callable[[], 
                 click.echo(piece, nl=False)
         sys.stdout.flush()
     except BrokenPipeError:
-        raise  # the reader went away (`| head`): main ends quietly
+        raise ReaderGone from None  # the reader went away (`| head`) after a piece: main ends quietly
     except OSError as error:
         raise StdoutError(f"cannot write to stdout: {error.strerror or error}") from None
 

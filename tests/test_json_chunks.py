@@ -27,3 +27,21 @@ def test_a_report_in_batches_is_the_report_in_one_piece(monkeypatch, batch):
     assert len(whole["layers"]) == len(whole["groups"]) == 27
     monkeypatch.setattr(json_out, "LINES_PER_CHUNK", batch)
     assert json.loads("".join(json_out.json_chunks(report))) == whole
+
+
+def test_a_reader_that_goes_away_after_the_first_piece_ends_the_run_quietly(tmp_path):
+    """`fancli inspect big.safetensors -f json | head -1`: the pipe breaks between pieces; exit 0, nothing
+    on stderr (click would end a broken pipe inside a command with 1)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "many.safetensors"
+    save_file({f"layers.{i}.weight": np.zeros((2, 2), dtype=np.float32) for i in range(3000)}, str(path))
+    child = subprocess.Popen([sys.executable, "-m", "fancli", "inspect", str(path), "--format", "json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout.readline() == b"{\n"
+    child.stdout.close()
+    assert child.wait(timeout=60) == 0 and child.stderr.read() == b""
