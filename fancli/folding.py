@@ -45,6 +45,11 @@ class Group:
     def count(self) -> int:
         return len(self.rows)
 
+    def elements(self, size: Callable[[Any], int]) -> int:
+        """All members' elements, `size` of one member: count × the first's, as members share their shape
+        (every folding rule compares it)."""
+        return self.count * size(self.row)
+
 
 def split_key(key: str) -> tuple[Template, tuple[int, ...]]:
     """`layers.3.mlp.weight` -> (("layers", None, "mlp", "weight"), (3,)). An index is a part of ASCII digits

@@ -159,7 +159,7 @@ def columns(report: Report, footnotes: Footnotes) -> list[Column]:
         Column("name", name, "left"),
         Column("kind", _shared(lambda r: r.layer.kind), "left"),
         Column("shape", _shared(lambda r: shape(r.layer.shape))),
-        Column("params", lambda g: count(sum(numel(r.layer) for r in g.rows))),
+        Column("params", lambda g: count(g.elements(lambda row: numel(row.layer)))),
         Column("fan_in", _shared(lambda r: fan(r, "fan_in"))),
         Column("fan_out", _shared(lambda r: fan(r, "fan_out"))),
         Column("gain", _shared(lambda r: number(r.gain))),

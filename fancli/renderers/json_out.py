@@ -123,11 +123,11 @@ def totals_dict(report: Report) -> dict[str, Any]:
 
 
 def groups_dict(group: Group, elements: Callable[[Any], int] = lambda row: numel(row.layer)) -> dict[str, Any]:
-    """A folded group: its pattern, members, their elements (`elements` of a member: a report's row by
-    default; diff and trajectories give theirs; members share their shape, which every folding rule
-    compares), and the index set of each `{…}` in the pattern (a single index is written into the pattern
-    and listed here too). `fancli.folding.expand(pattern)` is its keys."""
-    return {"pattern": group.pattern, "count": group.count, "params": group.count * elements(group.row),
+    """A folded group: its pattern, members, their elements (`Group.elements`; `elements` of a member: a
+    report's row by default, diff and trajectories give theirs), and the index set of each `{…}` in the
+    pattern (a single index is written into the pattern and listed here too). `folding.expand(pattern)` is
+    its keys."""
+    return {"pattern": group.pattern, "count": group.count, "params": group.elements(elements),
             "indices": [list(values) for values in group.indices]}
 
 
