@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Hashable, Iterable
+from typing import Hashable, Iterable, NamedTuple
 
 from ..dtypes import FLOATING, LOW_PRECISION_FLOATING
 from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
@@ -112,21 +112,71 @@ def _with(record, **changes):
 
 
 def _layer(entry: Entry, by_key: dict[str, Entry], keys: set[str], shapes: dict[str, tuple[int, ...]],
-           shared: dict[tuple[str, ...], tuple[str, ...]]) -> Layer:
-    """The layer of one listed entry; `shared` holds one copy of each distinct notes tuple (90,000 FP8
-    weights and scales say a few dozen things)."""
+           shared: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[Layer, Recipe | None]:
+    """The layer of one listed entry, and its recipe where the layer holds for every entry alike (`_kin`);
+    `shared` holds one copy of each distinct notes tuple (90,000 FP8 weights and scales say a few dozen
+    things)."""
+    module, _, leaf = entry.key.rpartition(".")
     found = auxiliary(entry.key, entry.shape)
-    if found is not None:
-        return auxiliary_layer(entry, found, keys, shared)
-    leaf = _split(entry.key)[1]
+    if found is not None:  # alike where the weight it belongs to is beside it (not the module above)
+        layer = auxiliary_layer(entry, found, keys, shared)
+        return layer, Recipe(layer) if not found.owner or found.owner.rpartition(".")[0] == module else None
     if leaf in QUANT_PACKED:
-        return packed_layer(entry, by_key, entry.where)
-    note = None
-    if leaf == "weight":
-        entry, note = _quantized(entry, by_key)
+        return packed_layer(entry, by_key, entry.where), None
+    scale, factor, note = _quantization(entry, by_key) if leaf == "weight" else (None, 1.0, None)
     layer = _layer_for(entry, shapes)
     notes = (*layer.notes, *entry.notes, *((note,) if note else ()))
-    return _with(layer, notes=shared.setdefault(notes, notes)) if notes != layer.notes else layer
+    if notes != layer.notes:
+        layer = _with(layer, notes=shared.setdefault(notes, notes))
+    if scale is None:
+        return layer, Recipe(layer)
+    from .quant_data import scaled  # only for a quantized weight
+
+    layer = _with(layer, data=scaled(entry, scale, factor))
+    return layer, Recipe(layer, scale.key.rpartition(".")[2], factor)
+
+
+class Recipe(NamedTuple):
+    """A layer computed once for all entries alike: each one's copy takes its own names and data, its data
+    dequantized by the scale `scale_leaf` beside it where there is one."""
+
+    layer: Layer
+    scale_leaf: str | None = None
+    factor: float = 1.0
+
+    def apply(self, entry: Entry, module: str, by_key: dict[str, Entry]) -> Layer:
+        data = entry.data
+        if self.scale_leaf is not None:
+            from .quant_data import scaled
+
+            data = scaled(entry, by_key[f"{module}.{self.scale_leaf}"], self.factor)
+        return _with(self.layer, name=module or entry.key, param=entry.key, data=data)
+
+
+def _kin(entries: list[Entry]) -> dict[str, int]:
+    """Each module's kin: one number per distinct (module name with its index parts blanked, its tensors'
+    leaves, shapes and dtypes). Every rule here reads a key's module through its names, never its indices,
+    and reads no tensor but the module's own (a tensor whose owner is elsewhere has no recipe), so two
+    entries with one kin, leaf and notes get one layer but for their names and data: a 92,000-tensor MoE
+    checkpoint has a few dozen."""
+    members: dict[str, list[tuple]] = {}
+    for entry in entries:
+        module, _, leaf = entry.key.rpartition(".")
+        members.setdefault(module, []).append((leaf, entry.shape, entry.dtype))
+    numbers: dict[tuple, int] = {}
+    return {module: numbers.setdefault((_blanked(module), tuple(tensors)), len(numbers))
+            for module, tensors in members.items()}
+
+
+_INDEX_PART = re.compile(r"(?<![^.])[0-9]+(?![^.])")
+
+
+def _blanked(module: str) -> str | tuple:
+    """The module's name with each part of digits alone replaced by NUL (a tuple with None there, in the
+    rare name that has a NUL of its own): two names blank alike only if they differ in index parts alone."""
+    if "\0" in module:
+        return tuple(None if part.isdigit() else part for part in module.split("."))
+    return _INDEX_PART.sub("\0", module)
 
 
 #: Dtypes of weights besides the floating ones: torch's quantized tensors (listed by their logical values)
@@ -151,8 +201,9 @@ def _listed(entry: Entry, keys: set[str]) -> bool:
     return leaf in QUANT_PACKED or (leaf == "weight" and entry.dtype == "int8" and f"{entry.key[:-6]}SCB" in keys)
 
 
-def _quantized(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry, str | None]:
-    """An FP8 or int8 weight with the data handle that dequantizes it, and a note; unchanged otherwise."""
+def _quantization(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry | None, float, str | None]:
+    """The scale beside an FP8 or int8 weight that dequantizes it, the factor, and the row's note; none for
+    other weights."""
     module = entry.key[: -len("weight")]
     if entry.dtype == "int8":
         scale, what = entries.get(f"{module}SCB"), "bitsandbytes int8 (LLM.int8) weight × SCB/127 per row"
@@ -161,15 +212,12 @@ def _quantized(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry, str | No
         scale = entries.get(f"{module}weight_scale_inv") or entries.get(f"{module}weight_scale")
         what, factor = f"{entry.dtype} weight", 1.0
     else:
-        return entry, None
+        return None, 1.0, None
     if scale is None:
-        return entry, f"{what} with no scale beside it: --stats reads the stored values as they are"
-    from .quant_data import scaled  # only for a quantized weight
-
-    data = scaled(entry, scale, factor)
+        return None, 1.0, f"{what} with no scale beside it: --stats reads the stored values as they are"
     if entry.dtype.startswith("float8"):
         what += f" × {scale.key.rpartition('.')[2]} {list(scale.shape)}"
-    return _with(entry, data=data), f"{what}: --stats reads the dequantized values"
+    return scale, factor, f"{what}: --stats reads the dequantized values"
 
 
 def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
@@ -184,13 +232,22 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     layers: list[Layer] = []
     aliases: dict[int, list[str]] = {}
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+    kin = _kin(entries)
+    recipes: dict[tuple, Recipe | None] = {}
     for entry in kept:
         if entry.identity is not None and entry.identity in first:
             aliases.setdefault(first[entry.identity], []).append(entry.key)
             continue
         if entry.identity is not None:
             first[entry.identity] = len(layers)
-        layers.append(_layer(entry, by_key, keys, shapes, shared))
+        module, _, leaf = entry.key.rpartition(".")
+        alike = (kin[module], leaf, entry.notes)
+        recipe = recipes.get(alike)
+        if recipe is None:
+            layer, recipes[alike] = _layer(entry, by_key, keys, shapes, shared)
+            layers.append(layer)
+        else:
+            layers.append(recipe.apply(entry, module, by_key))
     for index, names in aliases.items():
         layer = layers[index]
         note = f"shared with {', '.join(names)} (tied weights, reported once)"

@@ -1,0 +1,143 @@
+"""A flat source's layers are computed once per kin (module name less its indices, its tensors) and copied
+for each entry alike: every copy must equal the layer its entry gets on its own, data handle included."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fancli import loaders
+from fancli.loaders import flat_keys, safetensors_file, torch_module, torch_zip
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+
+def _varied() -> dict:
+    """Repeated modules that differ in what a rule reads: a bias here and not there, one stored [in, out],
+    FP8 weights with and without their scales, int8 with SCB, GPTQ, 4-bit absmax with and without its weight, a k_scale, RNN layers,
+    attention, a fused qkv, transposed and plain convs, Sequential indices as the last name."""
+    g = torch.Generator().manual_seed(0)
+
+    def w(*shape, dtype=torch.float32):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    t = {}
+    for i in range(4):
+        p = f"blocks.{i}."
+        t[p + "fc.weight"] = w(8, 6)
+        if i % 2:
+            t[p + "fc.bias"] = w(8)
+        t[p + "proj.weight"] = w(6, 4) if i != 2 else w(4, 6)
+        if i == 2:
+            t[p + "proj.bias"] = w(6)  # [in, out]: its bias matches dim 1
+        t[p + "fp8.weight"] = w(256, 384, dtype=torch.float8_e4m3fn)
+        if i != 3:
+            t[p + "fp8.weight_scale_inv"] = w(2, 3)
+        t[p + "int8.weight"] = torch.randint(-127, 127, (5, 7), dtype=torch.int8)
+        t[p + "int8.SCB"] = w(5)
+        t[p + "q.qweight"] = torch.randint(0, 2**30, (2, 16), dtype=torch.int32)
+        t[p + "q.scales"] = w(1, 16)
+        t[p + "q.qzeros"] = torch.randint(0, 2**30, (1, 2), dtype=torch.int32)
+        if i != 1:  # absmax whose weight is missing: its note says so, its kin does not show it
+            t[p + "nf4.weight"] = torch.randint(0, 255, (32, 1), dtype=torch.uint8)
+        t[p + "nf4.weight.absmax"] = w(1)
+        t[p + "attn.k_scale"] = w(1)
+        t[p + "attn.in_proj_weight"] = w(12, 4)
+        t[p + "attn.in_proj_bias"] = w(12)
+        t[p + "qkv.weight"] = w(12, 4)
+        t[p + "rnn.weight_ih_l0"] = w(16, 3)
+        t[p + "rnn.weight_hh_l0"] = w(16, 4)
+        t[p + "rnn.weight_ih_l1"] = w(16, 4)
+        t[p + "rnn.weight_hh_l1"] = w(16, 4)
+        t[p + "up.weight"] = w(4, 2, 3, 3)
+        t[p + "up.bias"] = w(2) if i < 2 else w(4)  # transposed where the bias has out = 2 ≠ shape[0]
+        t[p + f"seq.{2 * i}.weight"] = w(3, 3)
+        t[p + "emb_tokens.weight"] = w(10, 4)
+    return t
+
+
+def _one_by_one(entries) -> list:
+    """Each kept entry's layer computed on its own (the memo's oracle), tied copies skipped."""
+    entries = list(entries)
+    by_key = {entry.key: entry for entry in entries}
+    kept = [entry for entry in entries if flat_keys._listed(entry, set(by_key))]
+    shapes = {entry.key: entry.shape for entry in kept}
+    first, layers = set(), []
+    for entry in kept:
+        if entry.identity is not None:
+            if entry.identity in first:
+                continue
+            first.add(entry.identity)
+        layers.append(flat_keys._layer(entry, by_key, set(by_key), shapes, {})[0])
+    return layers
+
+
+def _data(layer) -> tuple:
+    data = layer.data
+    if data is None or dataclasses.is_dataclass(data):
+        return type(data).__name__, data
+    return type(data).__name__, {k: v for k, v in vars(data).items()}
+
+
+def _checked(monkeypatch, *modules) -> list:
+    """Run the real `layers_from_entries` in the loader `modules` and record (its layers, the oracle's)."""
+    seen = []
+
+    def both(entries):
+        entries = list(entries)
+        layers = flat_keys.layers_from_entries(entries)
+        seen.append((layers, _one_by_one(entries)))
+        return layers
+
+    for module in modules:
+        monkeypatch.setattr(module, "layers_from_entries", both)
+    return seen
+
+
+def _without_ties(layer):
+    if not layer.aliases:
+        return layer
+    return dataclasses.replace(layer, aliases=(), notes=layer.notes[:-1])
+
+
+def test_every_copy_equals_its_entrys_own_layer_safetensors(tmp_path, monkeypatch):
+    path = tmp_path / "varied.safetensors"
+    safetensors_torch.save_file(_varied(), str(path))
+    seen = _checked(monkeypatch, safetensors_file)
+    loaders.load(str(path))
+    (layers, oracle), = seen
+    assert len(layers) == len(oracle) > 80
+    for ours, theirs in zip(layers, oracle):
+        assert ours == theirs
+        assert _data(ours) == _data(theirs)
+    kinds = {layer.kind for layer in layers}
+    assert {"linear", "quant_scale", "lstm", "multihead_attention", "embedding", "conv_transpose2d",
+            "conv2d"} <= kinds, kinds
+    transposed = [layer.param for layer in layers if layer.transposed]
+    assert transposed == ["blocks.0.up.weight", "blocks.1.up.weight"]
+    in_out = [layer.param for layer in layers if layer.layout == "in_out"]
+    assert in_out == ["blocks.2.proj.weight"]
+
+
+def test_every_copy_equals_its_entrys_own_layer_torch_zip(tmp_path, monkeypatch):
+    """A torch.save state_dict (read by torch's weights-only loader, as it holds FP8): tied tensors, and views
+    whose data handles differ though their kin agree."""
+    tensors = _varied()
+    shared = torch.randn(6, 4)
+    for i in range(3):
+        tensors[f"tied.{i}.weight"] = shared  # one tensor under three keys
+        base = torch.randn(4, 6)
+        tensors[f"view.{i}.weight"] = base.t() if i == 1 else base.t().contiguous()
+    path = tmp_path / "varied.pt"
+    torch.save(tensors, path)
+    seen = _checked(monkeypatch, torch_zip, torch_module)
+    loaders.load(str(path))
+    (layers, oracle), = seen
+    assert len(layers) == len(oracle) > 80
+    for ours, theirs in zip(layers, oracle):
+        assert _without_ties(ours) == theirs
+        assert _data(ours) == _data(theirs)
+    tied = [layer for layer in layers if layer.aliases]
+    assert [(layer.param, layer.aliases) for layer in tied] == [("tied.0.weight", ("tied.1.weight", "tied.2.weight"))]
