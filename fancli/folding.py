@@ -145,8 +145,12 @@ def fold(items: Sequence[T], key: Callable[[T], str], same: Callable[[T], Hashab
             if len(indexed) < len(part):  # two keys with one template and indices: not foldable, keep each
                 groups += [(by_item[id(item)], Group(key(item), (), (item,))) for item in part]
                 continue
-            for sets in products(set(indexed)):
-                rows = sorted((indexed[t] for t in product(*sets)), key=lambda item: by_item[id(item)])
+            found = products(set(indexed))
+            for sets in found:
+                # one product is the whole part: no product to enumerate, and no sort where it came in order
+                rows = part if len(found) == 1 else [indexed[t] for t in product(*sets)]
+                if any(by_item[id(a)] > by_item[id(b)] for a, b in zip(rows, rows[1:])):
+                    rows = sorted(rows, key=lambda item: by_item[id(item)])
                 groups.append((by_item[id(rows[0])], Group(pattern(template, sets), sets, tuple(rows))))
     return [group for _, group in sorted(groups, key=lambda pair: pair[0])]
 
@@ -206,7 +210,9 @@ def _observed_std(row: "Row") -> tuple[float | None, int]:
 
 
 def by_observed_std(rows: list["Row"]) -> list[list["Row"]]:
-    """Rows whose observed stds agree (`by_std`)."""
+    """Rows whose observed stds agree (`by_std`); without statistics, all of them as they come."""
+    if all(row.observed is None for row in rows):
+        return [rows]
     return by_std(rows, _observed_std)
 
 

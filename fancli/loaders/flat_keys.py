@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Hashable, Iterable, NamedTuple
+from typing import Collection, Hashable, Iterable, NamedTuple
 
 from ..dtypes import FLOATING, LOW_PRECISION_FLOATING
 from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
@@ -111,7 +111,7 @@ def _with(record, **changes):
     return copy
 
 
-def _layer(entry: Entry, by_key: dict[str, Entry], keys: set[str], shapes: dict[str, tuple[int, ...]],
+def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes: dict[str, tuple[int, ...]],
            shared: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[Layer, Recipe | None]:
     """The layer of one listed entry, and its recipe where the layer holds for every entry alike (`_kin`);
     `shared` holds one copy of each distinct notes tuple (90,000 FP8 weights and scales say a few dozen
@@ -159,12 +159,12 @@ def _kin(entries: list[Entry]) -> dict[str, int]:
     and reads no tensor but the module's own (a tensor whose owner is elsewhere has no recipe), so two
     entries with one kin, leaf and notes get one layer but for their names and data: a 92,000-tensor MoE
     checkpoint has a few dozen."""
-    members: dict[str, list[tuple]] = {}
+    members: dict[str, list[Entry]] = {}
     for entry in entries:
-        module, _, leaf = entry.key.rpartition(".")
-        members.setdefault(module, []).append((leaf, entry.shape, entry.dtype))
+        members.setdefault(entry.key.rpartition(".")[0], []).append(entry)
     numbers: dict[tuple, int] = {}
-    return {module: numbers.setdefault((_blanked(module), tuple(tensors)), len(numbers))
+    return {module: numbers.setdefault((_blanked(module), tuple((entry.key.rpartition(".")[2], entry.shape, entry.dtype)
+                                                                for entry in tensors)), len(numbers))
             for module, tensors in members.items()}
 
 
@@ -189,7 +189,7 @@ def is_weight(entry: Entry) -> bool:
     return entry.dtype in FLOATING + LOW_PRECISION_FLOATING + QUANTIZED_OR_COMPLEX and _split(entry.key)[1] not in BUFFERS
 
 
-def _listed(entry: Entry, keys: set[str]) -> bool:
+def _listed(entry: Entry, keys: Collection[str]) -> bool:
     """Weights, and the integer tensors of a quantized weight (packed weights, zero points, an int8 weight
     with its row scales); other integer tensors (position ids, step counters) stay unlisted."""
     if is_weight(entry):
@@ -225,7 +225,7 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     metadata and buffers get kinds of their own (`quant_keys`); quantized weights their logical shape."""
     entries = list(entries)
     by_key = {entry.key: entry for entry in entries}
-    keys = set(by_key)
+    keys = by_key.keys()  # a view: no second 92,000-key set
     kept = [entry for entry in entries if _listed(entry, keys)]
     shapes = {entry.key: entry.shape for entry in kept}
     first: dict[Hashable, int] = {}

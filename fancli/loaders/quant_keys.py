@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Collection, NamedTuple
 
 from ..errors import SourceError
 from ..layer import Layer
@@ -95,7 +95,7 @@ def _relation(owner: str) -> str:
     return f"the {owner.rpartition('.')[2]} beside it" if owner else ""
 
 
-def auxiliary_layer(entry: "Entry", found: Auxiliary, keys: set[str],
+def auxiliary_layer(entry: "Entry", found: Auxiliary, keys: Collection[str],
                     shared: dict[tuple[str, ...], tuple[str, ...]] | None = None) -> Layer:
     """The tensor as a layer of its own kind, its note naming the weight it belongs to relative to its own
     key (`the weight beside it`): the rows of 58 layers × 256 experts' scales then say the same and fold."""
