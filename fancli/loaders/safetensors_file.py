@@ -344,8 +344,12 @@ def sharded_model(path: Path, weight_map: dict[str, str]) -> Model:
     entries: list[Entry] = []
     for key, shard in weight_map.items():
         file, header = headers[shard]
-        if key not in header.tensors:
+        tensor = header.tensors.get(key)
+        if tensor is None:
             raise SourceError(f"{path}: {_show(key)} is mapped to shard {_show(shard)}, which has no such tensor")
-        entries.extend(_entries(file, header, [key]))
+        if header.ties:
+            entries.extend(_entries(file, header, [key]))
+        else:  # no tied keys in this shard: one entry, no generator (92,000 keys)
+            entries.append(_entry(file, header, tensor, key, None))
     notes = tuple(dict.fromkeys(note for _, header in headers.values() for note in _notes(header.metadata)))
     return Model(source=str(path), format="safetensors-sharded", layers=layers_from_entries(entries), notes=notes)
