@@ -230,6 +230,42 @@ HEADERS_FLOOR = (
     "out.write(']\\n')\n"
 )
 
+#: HEADERS_FLOOR plus what any correct reader of the checkpoint must also do, as plain as the stdlib allows:
+#: check each entry against the format (a known dtype, a shape of non-negative ints, data_offsets that hold
+#: exactly shape × itemsize) and list the keys in natural order (transformers sorts weight_map as text, so
+#: `layers.10` would come before `layers.2`). No analysis, no folding: what fancli adds costs the rest.
+REQUIRED_FLOOR = (
+    "import json, os, re, sys\n"
+    "index = sys.argv[1]; folder = os.path.dirname(index)\n"
+    "weight_map = json.load(open(index))['weight_map']\n"
+    "headers = {}\n"
+    "for shard in dict.fromkeys(weight_map.values()):\n"
+    "    with open(os.path.join(folder, shard), 'rb') as f:\n"
+    "        n = int.from_bytes(f.read(8), 'little'); headers[shard] = json.loads(f.read(n))\n"
+    "BITS = {'BF16': 16, 'F16': 16, 'F32': 32, 'F64': 64, 'F8_E4M3': 8, 'F8_E5M2': 8, 'I8': 8, 'U8': 8,\n"
+    "        'I32': 32, 'I64': 64}\n"
+    "rows = {}\n"
+    "for key, shard in weight_map.items():\n"
+    "    t = headers[shard][key]\n"
+    "    shape, (begin, end), bits = t['shape'], t['data_offsets'], BITS[t['dtype']]\n"
+    "    for dim in shape:\n"
+    "        if type(dim) is not int or dim < 0:\n"
+    "            raise SystemExit(f'{key}: bad shape')\n"
+    "        bits *= dim\n"
+    "    if bits != 8 * (end - begin):\n"
+    "        raise SystemExit(f'{key}: data_offsets do not fit the shape')\n"
+    "    rows[key] = (shape, t['dtype'])\n"
+    "DIGITS = re.compile('([0-9]+)')\n"
+    "def natural(key):\n"
+    "    parts = DIGITS.split(key); parts[1::2] = map(int, parts[1::2]); return parts, key\n"
+    "out = sys.stdout\n"
+    "out.write('[\\n')\n"
+    "for key in sorted(rows, key=natural):\n"
+    "    shape, dtype = rows[key]\n"
+    "    out.write(json.dumps({'name': key, 'shape': shape, 'dtype': dtype}) + ',\\n')\n"
+    "out.write(']\\n')\n"
+)
+
 #: The floor for a torch.save state_dict: data.pkl read from the zip and run through a restricted unpickler
 #: (the globals torch writes for tensors, nothing else), printing name, shape and dtype as JSON per tensor.
 PICKLE_FLOOR = (
@@ -421,8 +457,15 @@ def todays_scale(cache: Path, repeat: int, quick: bool) -> list[Result]:
     tensors = len(json.loads(index.read_text())["weight_map"])
     results = []
     floor = measure([PYTHON, "-c", HEADERS_FLOOR, str(index)], repeat)
+    required = measure([PYTHON, "-c", REQUIRED_FLOOR, str(index)], repeat)
+    results.append(Result("(info) DeepSeek-V3 required-work floor vs stdlib floor",
+                          f"{required.seconds:.2f} s vs {floor.seconds:.2f} s: validating and ordering alone",
+                          required.seconds / floor.seconds, "none (information)", True))
     for label, extra in (("JSON", ["--format", "json"]), ("table", [])):
         ours = measure(FANCLI + ["inspect", str(index), *extra], repeat)
+        results.append(Result(f"(info) DeepSeek-V3 {label} vs required-work floor",
+                              f"{ours.seconds:.2f} s vs {required.seconds:.2f} s", ours.seconds / required.seconds,
+                              "none (information)", True))
         results += [
             Result(f"DeepSeek-V3 {tensors:,} tensors, 163 shards, {label}: time",
                    f"{ours.seconds:.2f} s vs stdlib floor {floor.seconds:.2f} s", ours.seconds / floor.seconds,
