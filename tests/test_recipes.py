@@ -4,11 +4,13 @@ for each entry alike: every copy must equal the layer its entry gets on its own,
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
 from fancli import loaders
-from fancli.loaders import flat_keys, safetensors_file, torch_module, torch_zip
+from fancli.errors import SourceError
+from fancli.loaders import flat_keys, safetensors_file, sharded, torch_module, torch_zip
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -106,9 +108,13 @@ def test_every_copy_equals_its_entrys_own_layer_safetensors(tmp_path, monkeypatc
     path = tmp_path / "varied.safetensors"
     safetensors_torch.save_file(_varied(), str(path))
     seen = _checked(monkeypatch, safetensors_file)
+    applied = []
+    apply = flat_keys.Recipe.apply
+    monkeypatch.setattr(flat_keys.Recipe, "apply", lambda *args: applied.append(args[1].key) or apply(*args))
     loaders.load(str(path))
     (layers, oracle), = seen
     assert len(layers) == len(oracle) > 80
+    assert len(applied) > 40  # most entries are copies: the memo is what this test checks
     for ours, theirs in zip(layers, oracle):
         assert ours == theirs
         assert _data(ours) == _data(theirs)
@@ -141,3 +147,46 @@ def test_every_copy_equals_its_entrys_own_layer_torch_zip(tmp_path, monkeypatch)
         assert _data(ours) == _data(theirs)
     tied = [layer for layer in layers if layer.aliases]
     assert [(layer.param, layer.aliases) for layer in tied] == [("tied.0.weight", ("tied.1.weight", "tied.2.weight"))]
+
+
+@pytest.mark.parametrize("tensors", [
+    {"weight": (4, 4), ".weight": (8,)},  # both: module "", leaf "weight"
+    {"weight": "fp8", "weight_scale_inv": (2, 2), ".weight": "fp8"},
+    {"weight": "fp8", ".weight": "fp8", ".weight_scale_inv": (2, 2)},
+], ids=["shapes", "scale-beside-the-dotless", "scale-beside-the-dotted"])
+def test_keys_that_share_a_module_and_leaf_are_each_computed_on_their_own(tmp_path, monkeypatch, tensors):
+    """Found in review: `weight` and `.weight` once took one recipe (the wrong shape, another's scale)."""
+    made = {key: torch.randn(256, 256).to(torch.float8_e4m3fn) if value == "fp8" else torch.randn(*value)
+            for key, value in tensors.items()}
+    path = tmp_path / "dots.safetensors"
+    safetensors_torch.save_file(made, str(path))
+    seen = _checked(monkeypatch, safetensors_file)
+    loaders.load(str(path))
+    (layers, oracle), = seen
+    assert [(layer.param, layer.shape, _data(layer)[0]) for layer in layers] == \
+        [(layer.param, layer.shape, _data(layer)[0]) for layer in oracle]
+    assert layers == tuple(oracle)
+
+
+def test_a_scale_that_fits_no_layout_is_refused_whatever_came_first(tmp_path):
+    made = {"weight": torch.randn(256, 256).to(torch.float8_e4m3fn), "weight_scale_inv": torch.ones(5, 5),
+            ".weight": torch.randn(256, 256).to(torch.float8_e4m3fn)}
+    path = tmp_path / "bad-scale.safetensors"
+    safetensors_torch.save_file(made, str(path))
+    with pytest.raises(SourceError, match="fits no scale layout"):
+        loaders.load(str(path))
+
+
+def test_one_key_in_two_shards_keeps_each_its_own_layer(tmp_path, monkeypatch):
+    """Found in review: a key held by two torch.save shards once got the first one's layer twice."""
+    torch.save({"a.weight": torch.randn(4, 4)}, tmp_path / "pytorch_model-00001-of-00002.bin")
+    torch.save({"a.weight": torch.randn(8), "b.weight": torch.randn(3, 3)}, tmp_path / "pytorch_model-00002-of-00002.bin")
+    index = tmp_path / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"weight_map": {"a.weight": "pytorch_model-00001-of-00002.bin",
+                                                "b.weight": "pytorch_model-00002-of-00002.bin"}}))
+    seen = _checked(monkeypatch, sharded)
+    model = loaders.load(str(index))
+    (layers, oracle), = seen
+    assert layers == tuple(oracle)
+    assert [(layer.param, layer.kind, layer.shape) for layer in model.layers] == [
+        ("a.weight", "linear", (4, 4)), ("a.weight", "norm", (8,)), ("b.weight", "linear", (3, 3))]

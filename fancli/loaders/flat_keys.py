@@ -8,6 +8,7 @@ Such a source knows names, shapes and dtypes only. Kinds come from key names (`i
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import replace
 from typing import Collection, Hashable, Iterable, NamedTuple
 
@@ -146,10 +147,10 @@ class Recipe(NamedTuple):
 
     def apply(self, entry: Entry, module: str, by_key: dict[str, Entry]) -> Layer:
         data = entry.data
-        if self.scale_leaf is not None:
+        if self.scale_leaf is not None:  # a weight's: its scale is its key with "weight" replaced
             from .quant_data import scaled
 
-            data = scaled(entry, by_key[f"{module}.{self.scale_leaf}"], self.factor)
+            data = scaled(entry, by_key[entry.key.removesuffix("weight") + self.scale_leaf], self.factor)
         return _with(self.layer, name=module or entry.key, param=entry.key, data=data)
 
 
@@ -158,14 +159,23 @@ def _kin(entries: list[Entry]) -> dict[str, int]:
     leaves, shapes and dtypes). Every rule here reads a key's module through its names, never its indices,
     and reads no tensor but the module's own (a tensor whose owner is elsewhere has no recipe), so two
     entries with one kin, leaf and notes get one layer but for their names and data: a 92,000-tensor MoE
-    checkpoint has a few dozen."""
+    checkpoint has a few dozen. A module has no kin (each of its entries is computed on its own) where no
+    other module's name blanks alike, and where one leaf names two of its entries (`weight` and `.weight`
+    both have the module "", and shards may hold one key twice)."""
     members: dict[str, list[Entry]] = {}
     for entry in entries:
         members.setdefault(entry.key.rpartition(".")[0], []).append(entry)
+    blanked = {module: _blanked(module) for module in members}
+    alike = Counter(blanked.values())
     numbers: dict[tuple, int] = {}
-    return {module: numbers.setdefault((_blanked(module), tuple((entry.key.rpartition(".")[2], entry.shape, entry.dtype)
-                                                                for entry in tensors)), len(numbers))
-            for module, tensors in members.items()}
+    kin = {}
+    for module, tensors in members.items():
+        if alike[blanked[module]] < 2:
+            continue
+        leaves = tuple((entry.key.rpartition(".")[2], entry.shape, entry.dtype) for entry in tensors)
+        if len({leaf for leaf, _, _ in leaves}) == len(leaves):
+            kin[module] = numbers.setdefault((blanked[module], leaves), len(numbers))
+    return kin
 
 
 _INDEX_PART = re.compile(r"(?<![^.])[0-9]+(?![^.])")
@@ -241,7 +251,11 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
         if entry.identity is not None:
             first[entry.identity] = len(layers)
         module, _, leaf = entry.key.rpartition(".")
-        alike = (kin[module], leaf, entry.notes)
+        number = kin.get(module)
+        if number is None:
+            layers.append(_layer(entry, by_key, keys, shapes, shared)[0])
+            continue
+        alike = (number, leaf, entry.notes)
         recipe = recipes.get(alike)
         if recipe is None:
             layer, recipes[alike] = _layer(entry, by_key, keys, shapes, shared)
