@@ -212,16 +212,20 @@ def write_sparse_shards(folder: Path, tensors: dict[str, tuple[tuple[int, ...], 
     return index
 
 
-#: The floor for header-only inspection: the stdlib reading the index and every header, printing each
-#: tensor's name, shape and dtype as JSON, one per line (what fancli's JSON says of a tensor, less analysis).
-HEADERS_FLOOR = (
-    "import json, sys, os\n"
+#: Reading the index and every shard's header with the stdlib: where both header floors below start.
+_READ_HEADERS = (
+    "import json, os, sys\n"
     "index = sys.argv[1]; folder = os.path.dirname(index)\n"
     "weight_map = json.load(open(index))['weight_map']\n"
     "headers = {}\n"
     "for shard in dict.fromkeys(weight_map.values()):\n"
     "    with open(os.path.join(folder, shard), 'rb') as f:\n"
     "        n = int.from_bytes(f.read(8), 'little'); headers[shard] = json.loads(f.read(n))\n"
+)
+
+#: The floor for header-only inspection: the stdlib reading the index and every header, printing each
+#: tensor's name, shape and dtype as JSON, one per line (what fancli's JSON says of a tensor, less analysis).
+HEADERS_FLOOR = _READ_HEADERS + (
     "out = sys.stdout\n"
     "out.write('[\\n')\n"
     "for key, shard in weight_map.items():\n"
@@ -234,14 +238,8 @@ HEADERS_FLOOR = (
 #: check each entry against the format (a known dtype, a shape of non-negative ints, data_offsets that hold
 #: exactly shape × itemsize) and list the keys in natural order (transformers sorts weight_map as text, so
 #: `layers.10` would come before `layers.2`). No analysis, no folding: what fancli adds costs the rest.
-REQUIRED_FLOOR = (
-    "import json, os, re, sys\n"
-    "index = sys.argv[1]; folder = os.path.dirname(index)\n"
-    "weight_map = json.load(open(index))['weight_map']\n"
-    "headers = {}\n"
-    "for shard in dict.fromkeys(weight_map.values()):\n"
-    "    with open(os.path.join(folder, shard), 'rb') as f:\n"
-    "        n = int.from_bytes(f.read(8), 'little'); headers[shard] = json.loads(f.read(n))\n"
+REQUIRED_FLOOR = _READ_HEADERS + (
+    "import re\n"
     "BITS = {'BF16': 16, 'F16': 16, 'F32': 32, 'F64': 64, 'F8_E4M3': 8, 'F8_E5M2': 8, 'I8': 8, 'U8': 8,\n"
     "        'I32': 32, 'I64': 64}\n"
     "rows = {}\n"
