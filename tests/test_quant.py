@@ -97,6 +97,11 @@ def test_fp8_block_scaled_checkpoint(tmp_path):
         assert observed["std"] == pytest.approx(w.double().std().item(), rel=1e-6)
     assert rows["model.layers.0.self_attn.rotary_emb.inv_freq"]["kind"] == "buffer"
     assert "dequantized" in " ".join(rows["model.layers.0.mlp.up_proj.weight"]["notes"])
+    # one note for every block-scaled weight, whatever its shape: a 90,000-tensor table has one footnote
+    fp8 = {tuple(rows[key]["shape"]): rows[key]["notes"][0] for key in stored
+           if stored[key].dtype == torch.float8_e4m3fn}
+    assert len(fp8) > 2 and set(fp8.values()) == {
+        "float8_e4m3fn weight × weight_scale_inv, one scale per 128×128 block: --stats reads the dequantized values"}
 
 
 def test_fp8_per_tensor_and_per_row_scales(tmp_path):
@@ -112,6 +117,8 @@ def test_fp8_per_tensor_and_per_row_scales(tmp_path):
         expected = tensors[f"{key}.weight"].to(torch.float32) * scale
         assert rows[f"{key}.weight"]["observed"]["std"] == pytest.approx(expected.double().std().item(), rel=1e-6)
     assert rows["a.input_scale"]["kind"] == "quant_scale" and rows["a.input_scale"]["std"] is None
+    assert "× weight_scale, one scale for the whole tensor:" in rows["a.weight"]["notes"][0]
+    assert "× weight_scale, one scale per row:" in rows["b.weight"]["notes"][0]
 
 
 def test_a_scale_of_the_wrong_shape_is_one_line(tmp_path):

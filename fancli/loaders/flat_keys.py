@@ -226,7 +226,9 @@ def _quantization(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry | None
     if scale is None:
         return None, 1.0, f"{what} with no scale beside it: --stats reads the stored values as they are"
     if entry.dtype.startswith("float8"):
-        what += f" × {scale.key.rpartition('.')[2]} {list(scale.shape)}"
+        from .quant_data import scale_layout  # only for a quantized weight
+
+        what += f" × {scale.key.rpartition('.')[2]}, {scale_layout(entry.shape, scale.shape)}"
     return scale, factor, f"{what}: --stats reads the dequantized values"
 
 

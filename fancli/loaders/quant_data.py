@@ -85,6 +85,24 @@ def scaled(weight: "Entry", scale: "Entry", factor: float = 1.0):
     return Scaled(weight.data, scale.data, blocks, factor)
 
 
+def scale_layout(weight: tuple[int, ...], scale: tuple[int, ...]) -> str:
+    """How the scales cover the weight, in words that do not depend on the weight's size (so every FP8
+    weight of a DeepSeek-V3 says the same): one for the tensor, one per row, or one per block (the
+    nominal 128×128 where the scales are ceil(size/128) along each dim, a last or only block partial)."""
+    blocks = _blocks(weight, scale)
+    if blocks is None:  # `scaled` refuses it, naming both shapes
+        return f"shape {list(scale)}"
+    out, inner = weight[0], math.prod(weight[1:])
+    if math.prod(scale) == 1:
+        return "one scale for the whole tensor"
+    if blocks == (1, max(inner, 1)):
+        return "one scale per row"
+    grid = tuple(scale) if len(scale) == 2 else (scale[0], 1)
+    if grid == (math.ceil(out / FP8_BLOCK), math.ceil(inner / FP8_BLOCK)):
+        return f"one scale per {FP8_BLOCK}×{FP8_BLOCK} block"
+    return f"one scale per {blocks[0]}×{blocks[1]} block"
+
+
 @functools.lru_cache(maxsize=1024)
 def _blocks(weight: tuple[int, ...], scale: tuple[int, ...]) -> tuple[int, int] | None:
     """The block of weight values each scale covers (rows, columns), or None where the scale's shape fits
