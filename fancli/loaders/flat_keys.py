@@ -154,27 +154,30 @@ class Recipe(NamedTuple):
         return _with(self.layer, name=module or entry.key, param=entry.key, data=data)
 
 
-def _kin(entries: list[Entry]) -> dict[str, int]:
-    """Each module's kin: one number per distinct (module name with its index parts blanked, its tensors'
-    leaves, shapes and dtypes). Every rule here reads a key's module through its names, never its indices,
-    and reads no tensor but the module's own (a tensor whose owner is elsewhere has no recipe), so two
-    entries with one kin, leaf and notes get one layer but for their names and data: a 92,000-tensor MoE
-    checkpoint has a few dozen. A module has no kin (each of its entries is computed on its own) where no
-    other module's name blanks alike, and where one leaf names two of its entries (`weight` and `.weight`
-    both have the module "", and shards may hold one key twice)."""
-    members: dict[str, list[Entry]] = {}
-    for entry in entries:
-        members.setdefault(entry.key.rpartition(".")[0], []).append(entry)
+def _kin(entries: list[Entry]) -> list[int | None]:
+    """Each entry's kin, in order: one number per distinct (its module's name with the index parts blanked,
+    the module's tensors' leaves, shapes and dtypes). Every rule here reads a key's module through its
+    names, never its indices, and reads no tensor but the module's own (a tensor whose owner is elsewhere
+    has no recipe), so two entries with one kin, leaf and notes get one layer but for their names and data:
+    a 92,000-tensor MoE checkpoint has a few dozen. An entry has no kin (it is computed on its own) where no
+    other module's name blanks like its module's, and where one leaf names two of its module's entries
+    (`weight` and `.weight` both have the module "", and shards may hold one key twice). A list, not a
+    dict by module: the 46,000 module names are not kept while the layers are built."""
+    members: dict[str, list[int]] = {}
+    for index, entry in enumerate(entries):
+        members.setdefault(entry.key.rpartition(".")[0], []).append(index)
     blanked = {module: _blanked(module) for module in members}
     alike = Counter(blanked.values())
     numbers: dict[tuple, int] = {}
-    kin = {}
-    for module, tensors in members.items():
+    kin: list[int | None] = [None] * len(entries)
+    for module, indices in members.items():
         if alike[blanked[module]] < 2:
             continue
-        leaves = tuple((entry.key.rpartition(".")[2], entry.shape, entry.dtype) for entry in tensors)
-        if len({leaf for leaf, _, _ in leaves}) == len(leaves):
-            kin[module] = numbers.setdefault((blanked[module], leaves), len(numbers))
+        tensors = tuple((entries[i].key.rpartition(".")[2], entries[i].shape, entries[i].dtype) for i in indices)
+        if len({leaf for leaf, _, _ in tensors}) == len(tensors):
+            number = numbers.setdefault((blanked[module], tensors), len(numbers))
+            for i in indices:
+                kin[i] = number
     return kin
 
 
@@ -238,22 +241,22 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     entries = list(entries)
     by_key = {entry.key: entry for entry in entries}
     keys = by_key.keys()  # a view: no second 92,000-key set
-    kept = [entry for entry in entries if _listed(entry, keys)]
-    shapes = {entry.key: entry.shape for entry in kept}
+    listed = [_listed(entry, keys) for entry in entries]
+    shapes = {entry.key: entry.shape for entry, kept in zip(entries, listed) if kept}
     first: dict[Hashable, int] = {}
     layers: list[Layer] = []
     aliases: dict[int, list[str]] = {}
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
-    kin = _kin(entries)
     recipes: dict[tuple, Recipe | None] = {}
-    for entry in kept:
+    for entry, kept, number in zip(entries, listed, _kin(entries)):
+        if not kept:
+            continue
         if entry.identity is not None and entry.identity in first:
             aliases.setdefault(first[entry.identity], []).append(entry.key)
             continue
         if entry.identity is not None:
             first[entry.identity] = len(layers)
         module, _, leaf = entry.key.rpartition(".")
-        number = kin.get(module)
         if number is None:
             layers.append(_layer(entry, by_key, keys, shapes, shared)[0])
             continue
