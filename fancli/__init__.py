@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
 _EXPORTS = {
     "load": "api", "inspect": "api", "compare": "api", "check_init": "api", "assert_init": "api",
     "CheckResult": "check_result", "Config": "config", "load_config": "config",
@@ -27,10 +25,16 @@ _EXPORTS = {
     "observe": "stats", "Observed": "stats",
     "FancliError": "errors", "SettingsError": "errors", "SourceError": "errors",
 }
-__all__ = sorted(_EXPORTS) + ["render"]
+__all__ = sorted(_EXPORTS) + ["render", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # the installed distribution's, so the two never disagree
+        from importlib.metadata import version
+
+        from .errors import DISTRIBUTION
+
+        return version(DISTRIBUTION)
     if name == "render":
         from .renderers import render_text
 
@@ -42,4 +46,4 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     """The API, which `__getattr__` imports lazily, so that tab completion and `dir(fancli)` show it."""
-    return sorted(set(globals()) | set(__all__))
+    return sorted(__all__)

@@ -348,19 +348,35 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _traceback(debug: bool) -> None:
+    """With --debug, the traceback of the error being handled, before its line and its own exit code."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+
+
 def _internal(error: Exception, debug: bool) -> None:
     """An error fancli did not expect: one line and exit 3, the traceback only with --debug."""
-    if debug:
-        raise error
+    _traceback(debug)
     click.echo(f"fancli: internal error: {type(error).__name__}: {_one_line(error)} (rerun with --debug for the "
                "traceback)", err=True)
     sys.exit(EXIT_INTERNAL)
 
 
+def _debug_first(args: list[str]) -> list[str]:
+    """`--debug` wherever it is typed (`fancli inspect m.pt --debug` too), moved to the group that owns it;
+    an argument after `--` is left alone."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return list(args)
+    return ["--debug", *(arg for arg in args[:end] if arg != "--debug"), *args[end:]]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns every failure into one line and an exit code."""
-    args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
+    args = _debug_first(sys.argv[1:] if argv is None else argv)
+    debug = args[:1] == ["--debug"]
     # A short-lived process whose objects form no cycles worth collecting: the cyclic collector's
     # full passes over 50,000 layers' objects made time grow faster than the layer count.
     gc.disable()
@@ -372,8 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         error.show()  # `fancli` alone: the help, as before
         sys.exit(error.exit_code)
     except click.ClickException as error:
-        if debug:
-            raise
+        _traceback(debug)
         click.echo(_usage_line(error), err=True)
         sys.exit(error.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
@@ -382,16 +397,14 @@ def main(argv: list[str] | None = None) -> None:
     except FancliError as error:
         if isinstance(error, StdoutError):
             _quiet_stdout()
-        if debug:
-            raise
+        _traceback(debug)
         click.echo(f"fancli: error: {_one_line(error)}", err=True)
         sys.exit(error.exit_code)
     except ModuleNotFoundError as error:
         missing = torch_missing(error)
         if missing is None:
             _internal(error, debug)
-        if debug:
-            raise
+        _traceback(debug)
         click.echo(f"fancli: error: {missing}", err=True)
         sys.exit(missing.exit_code)
     except (BrokenPipeError, ReaderGone):

@@ -146,18 +146,11 @@ def nbytes(layer: Any) -> int:
 def emit(built: tuple[Any, list[Any]], fmt: str, output: str | None, show_all: bool, expand: bool = False) -> None:
     """Render to stdout, or atomically to a file that is none of the inputs; tables and Markdown fold
     repeated layers unless `expand`."""
-    from .renderers import render_chunks, without_small_tensors
+    from .renderers import as_read, render_chunks
     from .safe_io import is_stdout, write_text
 
-    report, inputs = built
-    from .vocab import MACHINE_FORMATS
-
-    if fmt not in MACHINE_FORMATS and not show_all:
-        report = without_small_tensors(report)
-    if expand:
-        from dataclasses import replace
-
-        report = replace(report, expanded=True)
+    report = as_read(built[0], fmt, show_all, expand)
+    inputs = built[1]
 
     if output and not is_stdout(output):
         write_text(output, render_chunks(report, fmt), inputs)

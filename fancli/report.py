@@ -147,6 +147,12 @@ class Report:
         count = len(self.rows)
         return f"<Report {self.command} {name}: {count} layer{'s' * (count != 1)}, {init}>"
 
+    def __str__(self) -> str:
+        """`print(report)`: the table as the CLI prints it, as torchinfo's `summary()` prints its own."""
+        from .renderers import render_text
+
+        return render_text(self)
+
     def _repr_markdown_(self) -> str:
         """Jupyter: the Markdown table, tensors below 2 dims folded as the CLI's table does."""
         from .renderers import without_small_tensors

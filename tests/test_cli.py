@@ -192,7 +192,23 @@ def test_debug_shows_the_traceback(tmp_path: Path):
     loud = subprocess.run([sys.executable, "-m", "fancli", "--debug", "inspect", str(path)], capture_output=True,
                           text=True, env=env)
     assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
-    assert "Traceback" in loud.stderr
+    assert "Traceback" in loud.stderr and loud.returncode == 2  # the error's own code, not Python's 1 (drift)
+
+
+@pytest.mark.parametrize("where", [["inspect", "{path}", "--debug"], ["inspect", "--debug", "{path}"],
+                                   ["check", "--config", "{path}", "--debug"]])
+def test_debug_is_accepted_after_the_command(tmp_path: Path, where: list[str]):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    done = run(*(arg.format(path=path) for arg in where))
+    assert done.code == 2, done.err
+    assert "Traceback" in done.err and "No such option" not in done.err
+    assert done.err.rstrip().splitlines()[-1].startswith("fancli: error:")
+
+
+def test_debug_after_a_double_dash_is_an_argument(tmp_path: Path):
+    done = run("inspect", "--", "--debug")
+    assert done.code == 2 and "Traceback" not in done.err and "--debug" in done.err
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,25 @@ def test_dir_lists_the_api():
     for name in ("inspect", "compare", "load", "check_init", "assert_init", "render", "Report"):
         assert name in names and name in fancli.__all__
     assert callable(fancli.check_init) and callable(fancli.assert_init)
+    assert not {"Any", "annotations", "importlib"} & set(names)  # the module's own imports are not the API
+
+
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    assert fancli.__version__ == version("fancli-init")
+
+
+def test_print_shows_the_table_and_render_hides_biases_unless_asked():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    report = fancli.inspect(model)
+    assert str(report) == fancli.render(report, "table")
+    shown, every = fancli.render(report, "table"), fancli.render(report, "table", show_all=True)
+    assert "0.weight" in shown and "0.bias" not in shown and "show_all=True" in shown
+    assert "0.bias" in every and "2.bias" in every
+    assert "0.bias" in fancli.render(report, "csv")  # machine formats keep every tensor
 
 
 def _project(tmp_path: Path, config: str) -> Path:

@@ -12,7 +12,7 @@ def without_small_tensors(report):
     hidden = len(report.rows) - len(kept)
     if not hidden or not kept:
         return report
-    note = f"{hidden} tensors below 2 dims (biases, norm weights: no fans in torch) not shown; --all shows them"
+    note = f"{hidden} tensors below 2 dims (biases, norm weights: no fans in torch) not shown; --all (show_all=True) shows them"
     return replace(report, rows=kept, notes=report.notes + (note,))
 
 
@@ -32,6 +32,19 @@ def render_chunks(report, fmt: str):
     return [rendered] if isinstance(rendered, str) else rendered
 
 
-def render_text(report, fmt: str) -> str:
-    """Render a report to a string in one of FORMATS (the table as plain text)."""
-    return "".join(render_chunks(report, fmt))
+def as_read(report, fmt: str, show_all: bool = False, expand: bool = False):
+    """The report as a format shows it: tables, Markdown and HTML hide tensors below 2 dims unless `show_all`
+    (JSON and CSV keep every tensor), and fold repeated layers unless `expand`."""
+    from dataclasses import replace
+
+    from ..vocab import MACHINE_FORMATS
+
+    if fmt not in MACHINE_FORMATS and not show_all:
+        report = without_small_tensors(report)
+    return replace(report, expanded=True) if expand else report
+
+
+def render_text(report, fmt: str = "table", *, show_all: bool = False, expand: bool = False) -> str:
+    """A report as text in one of FORMATS (the table plain), as the CLI writes it: `show_all` and `expand`
+    are its `--all` and `--expand`."""
+    return "".join(render_chunks(as_read(report, fmt, show_all, expand), fmt))
