@@ -300,7 +300,7 @@ def test_repo_id_at_a_revision(in_cache, tmp_path, monkeypatch):
 
 def test_repo_id_not_cached_is_one_line(in_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _one_line_exit_2(["nobody/nothing"], "nobody/nothing", str(in_cache), "huggingface-cli download nobody/nothing")
+    _one_line_exit_2(["nobody/nothing"], "nobody/nothing", str(in_cache), "`hf download nobody/nothing`")
 
 
 def test_a_broken_ref_is_one_line(tmp_path, monkeypatch, state_dict):
@@ -353,3 +353,29 @@ def test_no_torch_import(hub, source, tmp_path):
     done = subprocess.run([sys.executable, "-c", _NO_TORCH, source], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("name", ["weights/modle.pt", "ckpt/model.safetensors", "runs/spec.yaml"])
+def test_a_mistyped_path_is_not_sent_to_the_cache(in_cache, tmp_path, monkeypatch, name):
+    """`weights/modle.pt` spells a repo id, but a checkpoint's suffix makes it a path the user mistyped."""
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_exit_2([name], f"{name}: no such file")
+    assert "cache" not in line and "download" not in line
+
+
+def test_a_missing_revision_names_the_whole_download_command(in_cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _one_line_exit_2(["org/sharded", "--revision", "v9"], "`hf download org/sharded --revision v9`")
+
+
+@pytest.mark.parametrize(("name", "text", "said"), [
+    ("fake.pt", "hello, not a model\n", "a text file, not a checkpoint"),
+    ("fake.safetensors", "hello, not a model\n", "a text file, not a checkpoint"),
+    ("model.safetensors", "version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n", "git lfs pull"),
+    ("pytorch_model.bin", "<!DOCTYPE html><html><body>Sign in</body></html>", "a web page"),
+])
+def test_a_text_file_under_a_checkpoints_name_is_named_for_what_it_is(tmp_path, name, text, said):
+    path = tmp_path / name
+    path.write_text(text)
+    line = _one_line_exit_2([path], str(path), said)
+    assert "layers" not in line and "header length" not in line  # not another format's complaint

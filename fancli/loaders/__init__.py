@@ -19,6 +19,11 @@ from ..layer import Model
 from ..safe_io import open_regular
 
 _SNIFF_BYTES = 64
+#: Suffixes of binary checkpoint formats: a text file under one of these names is named as text, not parsed.
+BINARY_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pt2", ".ckpt", ".safetensors", ".gguf", ".onnx", ".h5"})
+#: Suffixes of the files models are saved in: `weights/model.pt` is a path even where it could spell a repo id.
+MODEL_FILE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pt2", ".ckpt", ".tar", ".safetensors", ".json", ".yaml",
+                                 ".yml", ".gguf", ".onnx", ".h5", ".keras", ".msgpack", ".npz", ".mlmodel"})
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -42,17 +47,36 @@ def sniff(head: bytes, path: Path, size: int | None = None) -> str:
         return "safetensors"
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
         return "pickle"
-    if path.suffix.lower() == ".safetensors":
-        return "safetensors"  # malformed: its loader says what is wrong
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as error:
-        if error.start < len(head) - 4:  # a multi-byte character cut at the end is still text
-            return "binary"
     suffix = path.suffix.lower()
+    utf8 = _is_utf8(head)
+    if utf8 and suffix in BINARY_SUFFIXES and not any(byte < 0x20 and byte not in b"\t\n\r\f" for byte in head):
+        return "text"  # a checkpoint's name on a text file: an LFS pointer, a saved web page, a log
+    if suffix == ".safetensors":
+        return "safetensors"  # malformed: its loader says what is wrong
+    if not utf8:
+        return "binary"
     if suffix == ".json" or (head.lstrip()[:1] == b"{" and suffix not in (".yaml", ".yml")):
         return "json"  # a flow-style `{layers: …}` spec named .yaml stays YAML
     return "yaml"
+
+
+def _is_utf8(head: bytes) -> bool:
+    """Whether the first bytes decode as UTF-8 (a multi-byte character cut at the end still does)."""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start >= len(head) - 4
+    return True
+
+
+def describe_text(head: bytes) -> str:
+    """What a text file given as a checkpoint most likely is, and the way out."""
+    start = head.lstrip().lower()
+    if start.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the weights (fetch them with `git lfs pull`)"
+    if start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "an HTML or XML page, not a checkpoint (a download that returned a web page?)"
+    return "a text file, not a checkpoint (a torch.save zip or pickle, or safetensors)"
 
 
 def is_factory(source: str) -> bool:
@@ -106,7 +130,7 @@ def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = No
     if not os.path.lexists(path):
         from .hf_cache import is_repo_id, snapshot
 
-        if is_repo_id(source):
+        if is_repo_id(source) and path.suffix.lower() not in MODEL_FILE_SUFFIXES:
             from .folder import load_folder
 
             return load_folder(snapshot(source, revision), source, options)
@@ -133,6 +157,8 @@ def load_file(path: Path, options: LoadOptions, source: str | None = None) -> Mo
     kind = sniff(head, path, size)
     if kind == "empty":
         raise SourceError(f"{source}: empty file")
+    if kind == "text":
+        raise SourceError(f"{source}: {describe_text(head)}")
     if kind not in LOADERS:
         raise SourceError(f"{source}: not a format fancli reads (a binary file that is neither a torch.save zip, "
                           "a pickle nor safetensors)")

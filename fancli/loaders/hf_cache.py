@@ -20,6 +20,8 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _REVISION = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 MAX_REF_BYTES = 1024  # a ref holds one 40-character hash
 DEFAULT_REVISION = "main"
+#: The Hub's own command that fills the cache (huggingface_hub's `hf`, which replaced `huggingface-cli`).
+DOWNLOAD = "hf download"
 
 
 def is_repo_id(source: str) -> bool:
@@ -43,7 +45,7 @@ def snapshot(repo_id: str, revision: str | None = None) -> Path:
     revision = revision or DEFAULT_REVISION
     cache = cache_dir()
     repo = cache / f"models--{repo_id.replace('/', '--')}"
-    download = f"download it with `huggingface-cli download {repo_id}`"
+    download = f"download it with `{DOWNLOAD} {repo_id}`"
     if not repo.is_dir():
         raise SourceError(f"{repo_id}: no such file, and not in the Hugging Face cache (looked in {repo}); "
                           f"{download}")
@@ -61,7 +63,7 @@ def _commit(repo: Path, repo_id: str, revision: str, download: str) -> str:
     ref = repo / "refs" / revision
     if not ref.is_file():
         raise SourceError(f"{repo_id}: no revision {revision!r} in the Hugging Face cache ({ref} is missing); "
-                          f"{download} --revision {revision}")
+                          f"download it with `{DOWNLOAD} {repo_id} --revision {revision}`")
     text = read_bounded(ref, MAX_REF_BYTES, "a cache ref").decode("ascii", "replace").strip()
     if not _COMMIT.match(text):
         raise SourceError(f"{repo_id}: {ref} does not hold a commit hash; a broken cache: {download} again")
