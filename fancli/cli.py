@@ -61,7 +61,11 @@ def cli(debug: bool) -> None:
 
     SOURCE is a YAML layer spec (docs/spec.md), a torch.save file (.pt/.pth/.bin: state_dict, checkpoint,
     pickled module with --trust), TorchScript, a torch.export .pt2, a .safetensors file or a sharded
-    checkpoint's index.json, or a factory pkg.module:callable.
+    checkpoint's index.json, a model folder (Hugging Face layout) or a DCP checkpoint folder, a repo id
+    org/name from the local Hugging Face cache, or a factory pkg.module:callable.
+
+    Exit codes: 0 success, 1 drift or a violated expectation (check, diff), 2 bad usage or unreadable input,
+    3 internal error.
     """
 
 
@@ -117,7 +121,8 @@ def compare(src: SourceArgs, settings: ReportArgs, modes: tuple[str, ...], fmt: 
 @with_parallel
 def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool, tolerance: float | None,
           sigmas: float | None, fmt: str, output: str | None, jobs: int | None, cluster: str | None) -> None:
-    """CI: has the init configuration drifted from the committed baseline? Exit 0 clean, 1 drift."""
+    """CI: has the init configuration drifted from the committed baseline? Exit 0 clean, 1 drift, 2 bad
+    usage or unreadable input (no config, no baseline, a source that cannot be read)."""
 
     from . import api
     from . import check as drift

@@ -208,7 +208,8 @@ def report_options(func: Callable[..., Any] | None = None, *, many: bool = False
     return source_options(many=many)(_apply(command, [
         scheme_option(f"Init scheme: {', '.join(SCHEMES)} (aliases he_*, glorot_*). "
                       "Default: the spec's, else kaiming_normal."),
-        nonlinearity_option(f"Nonlinearity after every layer, overriding the source: {', '.join(TORCH_NONLINEARITIES)}."),
+        nonlinearity_option(f"Nonlinearity after every layer, overriding the source: {', '.join(TORCH_NONLINEARITIES)}, "
+                            "or one torch lacks (gelu, silu, mish, elu, softplus…; `fancli gain --list`)."),
         param_option("The nonlinearity's parameter (leaky_relu's negative slope, kaiming's `a`)."),
         fans_option("Compute std from torch's fans (default) or the layer-aware effective fans."),
         click.option("--pool-fan-out/--no-pool-fan-out", default=None,

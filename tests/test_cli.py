@@ -264,3 +264,13 @@ def test_every_format_the_cli_offers_has_one_renderer():
     from fancli.vocab import FORMATS
 
     assert tuple(RENDERERS) == FORMATS
+
+
+def test_help_names_every_kind_of_source_exit_code_and_activation():
+    top = run("--help").out
+    for words in ("folder", "DCP", "org/name", "pkg.module:callable", "2 bad usage"):
+        assert words in " ".join(top.split()), words
+    check = " ".join(run("check", "--help").out.split())
+    assert "2 bad usage" in check
+    nonlinearity = " ".join(run("inspect", "--help").out.split())
+    assert "gelu" in nonlinearity and "silu" in nonlinearity

@@ -284,3 +284,12 @@ def test_a_scheme_that_needs_no_nonlinearity_runs_a_spec_that_states_none(scheme
     assert all(layer.nonlinearity is None for layer in model.layers)
     (prop,) = propagate(model, ("fan_in",), scheme=scheme, draws=1)
     assert [s.name for s in prop.layers] == ["fc0", "fc1"]
+
+
+def test_a_module_without_an_input_shape_names_the_option():
+    import torch
+
+    from fancli.propagate import PropagateError, propagate
+
+    with pytest.raises(PropagateError, match="--input-shape"):
+        propagate(torch.nn.Linear(3, 2))

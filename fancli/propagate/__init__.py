@@ -152,7 +152,7 @@ def propagate(
 
     if isinstance(model, nn.Module):
         if input_shape is None:
-            raise PropagateError(f"{type(model).__name__}: a module needs an input shape (e.g. 3,32,32)")
+            raise PropagateError(f"{type(model).__name__}: a module needs an input shape: --input-shape 3,32,32 (input_shape= in the library)")
         runner: Runner = ModuleRunner(model, norms)
         shape = input_shape
     elif isinstance(model, Model):
