@@ -15,7 +15,7 @@ from ..check import (
     fold_nonfinite,
 )
 from ..report import SCHEMA_VERSION
-from ..text import printable
+from ..text import markdown_code, markdown_text, printable
 from .table import draw_grid
 
 
@@ -88,28 +88,22 @@ def render_check_text(changes: list[Change], found: list[Deviation], baseline: s
     return "\n".join(lines) + "\n"
 
 
-def _code(cell: str) -> str:
-    """A Markdown code span that a backtick or `|` in a key can neither close nor split."""
-    fence, pad = ("``", " ") if "`" in cell else ("`", "")
-    return f"{fence}{pad}{cell}{pad}{fence}".replace("|", "\\|")
-
-
 def render_check_markdown(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float,
                           nonfinite: list[Nonfinite] = ()) -> str:
     flagged = [d for d in found if d.flagged]
     mark = "✅" if not changes and not flagged and not nonfinite else "❌"
-    lines = [f"### {mark} fancli check", "", _headline(changes, flagged, baseline.replace("|", "\\|"), nonfinite), ""]
+    lines = [f"### {mark} fancli check", "", _headline(changes, flagged, markdown_text(baseline), nonfinite), ""]
     if nonfinite:
         lines += ["NaN/Inf values (they fail the check whatever the baseline):", ""]
-        lines += [f"- {_code(line)}" for line in _nonfinite_lines(nonfinite)] + [""]
+        lines += [f"- {markdown_code(line)}" for line in _nonfinite_lines(nonfinite)] + [""]
     if changes:
         lines += ["| " + " | ".join(_CHANGE_HEADERS) + " |", "|" + ":---|" * 5]
-        lines += ["| " + " | ".join(_code(cell) if cell else "" for cell in row) + " |" for row in _change_rows(changes)]
+        lines += ["| " + " | ".join(map(markdown_code, row)) + " |" for row in _change_rows(changes)]
         lines += ["", ACCEPT[0].upper() + ACCEPT[1:] + ".", ""]
     if found:
         lines += [f"Observed weights (flagged beyond ±{sigmas:g} standard errors):", "",
                   "| " + " | ".join(_DEVIATION_HEADERS) + " |", "|:---|---:|---:|---:|:---|"]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in _deviation_rows(found)]
+        lines += ["| " + " | ".join(map(markdown_text, row)) + " |" for row in _deviation_rows(found)]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,8 @@ Built from the JSON renderer's `layer_dict`, so both say the same and a field ad
 nested objects become `parent_key` columns (`structure_groups`, `observed_std`), compare's modes
 `std_fan_in`, `bound_fan_in`…, a shape `128x256x1x1`, other lists `; `-joined, null an empty field.
 Numbers keep full precision (Python's repr). Keys and notes come from the file: control characters are
-escaped as in the table (`printable`), since a CSV is read in terminals and spreadsheets alike.
+escaped as in the table, and a text cell a spreadsheet would read as a formula gets a leading `'`
+(`csv_text`), since a CSV is read in terminals and spreadsheets alike; numbers (-0.5) stay numbers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import io
 from typing import Any
 
 from ..report import Report
-from ..text import printable
+from ..text import csv_text, printable
 from .json_out import layer_dict
 
 
@@ -31,14 +32,21 @@ def _flat(layer: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _cell(key: str, value: Any) -> str:
+def _shown(key: str, value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, list):
-        return ("x" if key == "shape" else "; ").join(_cell(key, item) for item in value)
+        return ("x" if key == "shape" else "; ").join(_shown(key, item) for item in value)
     if isinstance(value, bool):
         return "true" if value else "false"
     return printable(value)
+
+
+def _cell(key: str, value: Any) -> str:
+    """A field as a cell: text (a string, or a list holding one) neutralised, numbers as they are."""
+    text = _shown(key, value)
+    is_text = isinstance(value, str) or isinstance(value, list) and any(isinstance(item, str) for item in value)
+    return csv_text(text) if is_text else text
 
 
 def _header(rows: list[dict[str, Any]]) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..diff import DiffResult, TensorDiff, fold_diffs, numel
 from ..report import SCHEMA_VERSION
-from ..text import json_safe, printable
+from ..text import csv_text, json_safe, markdown_text, printable
 from .common import name, shape
 from .json_out import groups_dict
 
@@ -112,16 +112,16 @@ def render_diff_markdown(result: DiffResult, max_change: float | None = None, al
                          expand: bool = False) -> str:
     gate = verdict(result, max_change, allow_structural)
     mark = "❌" if gate else "✅"
-    lines = [f"### {mark} fancli diff", "", headline(result).replace("|", "\\|"), ""]
+    lines = [f"### {mark} fancli diff", "", markdown_text(headline(result), starts_line=True), ""]
     rows = shown_rows(result, max_change, expand)
     if result.tensors:
         lines += ["| " + " | ".join(HEADERS) + " |",
                   "|" + "|".join(":---" if align == "left" else "---:" for align in ALIGNS) + "|"]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in _cells(group)) + " |" for group in rows]
+        lines += ["| " + " | ".join(map(markdown_text, _cells(group))) + " |" for group in rows]
         lines.append("")
-    lines += [f"- {note.replace('|', chr(92) + '|')}" for note in _notes(rows)]
+    lines += [f"- {markdown_text(note)}" for note in _notes(rows)]
     if gate:
-        lines += ["", f"**{gate.replace('|', chr(92) + '|')}**"]
+        lines += ["", f"**{markdown_text(gate)}**"]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -162,7 +162,7 @@ def render_diff_csv(result: DiffResult, max_change: float | None = None, allow_s
     for item in result.tensors:
         row = tensor_dict(item)
         writer.writerow(["" if row[f] is None else "x".join(map(str, row[f])) if isinstance(row[f], list)
-                         else printable(row[f]) if isinstance(row[f], str) else repr(row[f]) for f in fields])
+                         else csv_text(row[f]) if isinstance(row[f], str) else repr(row[f]) for f in fields])
     return buffer.getvalue()
 
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..report import SCHEMA_VERSION
-from ..text import json_safe, printable
+from ..text import csv_text, json_safe, markdown_text, printable
 from ..trajectory import Track, Trajectory
 from .common import name, number, shape
 
@@ -86,16 +86,15 @@ def render_table(trajectory: Trajectory) -> str:
 
 def render_markdown(trajectory: Trajectory) -> str:
     headers = _headers(trajectory)
-    escape = lambda cell: cell.replace("|", "\\|")  # noqa: E731
-    lines = [escape(_title(trajectory)), ""]
-    lines += [f"- {escape(printable(note))}" for note in trajectory.notes]
+    lines = [markdown_text(_title(trajectory), starts_line=True), ""]
+    lines += [f"- {markdown_text(note)}" for note in trajectory.notes]
     if trajectory.notes:
         lines.append("")
-    lines += ["| " + " | ".join(escape(cell) for cell in headers) + " |", "|:---|" + "---:|" * (len(headers) - 1)]
-    lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in _rows(trajectory)]
+    lines += ["| " + " | ".join(map(markdown_text, headers)) + " |", "|:---|" + "---:|" * (len(headers) - 1)]
+    lines += ["| " + " | ".join(map(markdown_text, row)) + " |" for row in _rows(trajectory)]
     bad = _nonfinite_line(trajectory)
     if bad:
-        lines += ["", f"**{escape(bad)}**"]
+        lines += ["", f"**{markdown_text(bad)}**"]
     return "\n".join(lines) + "\n"
 
 
@@ -147,9 +146,9 @@ def render_csv(trajectory: Trajectory) -> str:
             if observed is None:
                 continue
             values = ["" if v is None else repr(v) for v in (getattr(observed, f) for f in FIELDS)]
-            writer.writerow([printable(track.param), track.kind, "x".join(map(str, track.shape)), track.dtype or "",
-                             printable(checkpoint.source), "" if checkpoint.step is None else checkpoint.step,
-                             *values])
+            writer.writerow([csv_text(track.param), csv_text(track.kind), "x".join(map(str, track.shape)),
+                             csv_text(track.dtype or ""), csv_text(checkpoint.source),
+                             "" if checkpoint.step is None else checkpoint.step, *values])
     return buffer.getvalue()
 
 
