@@ -129,12 +129,15 @@ def inspect(
     on_chunk: Callable[[int], None] | None = None,
     jobs: int | None = 1,
     cluster: Any = None,
+    recipe: str | None = None,
 ) -> Report:
-    """Per layer: fans, gain, the std and bound the scheme gives under one mode; with `stats=True` the
-    weights' observed statistics (read in fixed pieces by `jobs` threads, None: the usable cores, or on a Dask
-    `cluster`: "tcp://host:port", "local"; the same numbers either way); with `infer=True` also the init that
-    best explains them."""
-    settings = Settings(scheme, (mode,) if mode else (), nonlinearity, param, fans, pool_fan_out, tuple(filters))
+    """Per layer: fans, gain, the std and bound the scheme gives under one mode — or, with `recipe` (or where the
+    source says which library built it and no scheme or mode is given), what that library's init draws; with
+    `stats=True` the weights' observed statistics (read in fixed pieces by `jobs` threads, None: the usable
+    cores, or on a Dask `cluster`: "tcp://host:port", "local"; the same numbers either way); with `infer=True`
+    also the init that best explains them."""
+    settings = Settings(scheme, (mode,) if mode else (), nonlinearity, param, fans, pool_fan_out, tuple(filters),
+                        recipe)
     return _report(source, settings, "inspect", stats, trust, kwargs, on_chunk, infer, jobs, cluster)
 
 

@@ -19,6 +19,7 @@ from .cli_options import (
     check_limits,
     complete_activation,
     complete_path,
+    complete_recipe,
     fans_option,
     format_option,
     input_shape,
@@ -76,8 +77,12 @@ def cli(debug: bool) -> None:
               help="Read the weights and name the init that best explains each layer (std and kurtosis).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="With several SOURCEs: draw each layer's observed std against the step (needs matplotlib).")
+@click.option("--recipe", metavar="NAME", shell_complete=complete_recipe,
+              help="Expect what a library's init draws (transformers, gpt2, t5, torchvision_resnet, torchtitan…; "
+                   "see README Recipes). Default: the source's own library where its config says, unless --scheme "
+                   "or --mode is given.")
 def inspect(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...], fmt: str, output: str | None,
-            show_all: bool, expand: bool, infer: bool, plot_path: str | None) -> None:
+            show_all: bool, expand: bool, infer: bool, plot_path: str | None, recipe: str | None) -> None:
     """What each layer gets: fans, gain, std and bound under a scheme and mode.
 
     Several SOURCEs (a run's checkpoints: run/step-*/, in natural order) give each layer's observed std
@@ -91,8 +96,8 @@ def inspect(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...], fmt: s
         return run_trajectory(src, settings, mode, infer, fmt, output, show_all, expand, plot_path)
     if len(mode) > 1:
         raise SettingsError(f"inspect takes one mode, got {' '.join(mode)}; compare sets several side by side")
-    emit(build_report(api.inspect, src, settings, mode=mode[0] if mode else None, infer=infer), fmt, output, show_all,
-         expand)
+    emit(build_report(api.inspect, src, settings, mode=mode[0] if mode else None, infer=infer, recipe=recipe), fmt,
+         output, show_all, expand)
 
 
 @cli.command(cls=ModesCommand)

@@ -89,6 +89,13 @@ def complete_activation(_ctx: click.Context, _param: click.Parameter, incomplete
     return _starting([*TORCH_NONLINEARITIES, *activations.ACTIVATIONS, *activations.ALIASES], incomplete)
 
 
+def complete_recipe(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """The init recipes (imported when the shell asks)."""
+    from .analysis.recipes import RECIPES
+
+    return _starting(list(RECIPES), incomplete)
+
+
 # --- each option once -------------------------------------------------------------------------------
 
 

@@ -51,6 +51,17 @@ class Layer:
 
 
 @dataclass(frozen=True)
+class BuiltBy:
+    """The library a source says built the model, and the numbers of its config an init recipe reads
+    (`analysis.recipes`): transformers' config.json gives `model_type` and `initializer_range`."""
+
+    library: str
+    model_type: str | None = None
+    facts: tuple[tuple[str, float], ...] = ()
+    where: str = ""  # what said so: "config.json model_type=gpt2"
+
+
+@dataclass(frozen=True)
 class Model:
     """What a loader returns: the layers in model order, plus model-wide defaults from the source."""
 
@@ -61,3 +72,4 @@ class Model:
     fans: str | None = None  # fan convention the source asks for ("torch" or "effective")
     pool_fan_out: bool | None = None  # opt-in LeNet tutorial convention
     notes: tuple[str, ...] = ()  # model-wide facts, e.g. "state_dict found under 'model'; optimizer ignored"
+    built_by: BuiltBy | None = None  # the library that built it, where the source says (its config)

@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .analysis import fans as fans_mod
-from .analysis import gains, schemes
+from .analysis import gains, recipes, schemes
 from .analysis.fans import LayerFans
 from .analysis.schemes import InitValues
 from .errors import SettingsError
@@ -43,11 +43,13 @@ class Settings:
     fans: str | None = None  # "torch" or "effective"
     pool_fan_out: bool | None = None
     filters: tuple[str, ...] = ()  # globs (or substrings) on layer names and parameter keys
+    recipe: str | None = None  # a library's init (analysis.recipes); None: the source's, unless scheme/modes
 
     def validated(self) -> "Settings":
         """Canonical names, or SettingsError naming the bad value."""
         try:
             scheme = schemes.scheme(self.scheme).name if self.scheme else None
+            recipe = recipes.recipe(self.recipe).name if self.recipe else None
             modes = tuple(schemes.check_mode(m) for m in self.modes)
             nonlinearity = gains.canonical(self.nonlinearity) if self.nonlinearity else None
             if nonlinearity:
@@ -60,7 +62,9 @@ class Settings:
             raise SettingsError(f"mode given twice: {' '.join(modes)}")
         if self.fans is not None and self.fans not in FAN_CONVENTIONS:
             raise SettingsError(f"unknown fan convention {self.fans!r}; known: {', '.join(FAN_CONVENTIONS)}")
-        return Settings(scheme, modes, nonlinearity, self.param, self.fans, self.pool_fan_out, self.filters)
+        if recipe and (scheme or modes):
+            raise SettingsError("--recipe gives each tensor its library's init: it takes no --scheme or --mode")
+        return Settings(scheme, modes, nonlinearity, self.param, self.fans, self.pool_fan_out, self.filters, recipe)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Row:
     observed: Observed | None = None  # the weights' actual statistics, with --stats
     scheme_gain: float | None = None  # the gain the std is computed with (lecun: 1, torch_default: √(1/3))
     inferred: "Inference | None" = None  # with --infer: the init that best explains the weights
+    recipe: str | None = None  # the library recipe the expectation follows (then `scheme` is its name)
 
     @property
     def observed_ratio(self) -> float | None:
@@ -111,6 +116,7 @@ class Report:
     notes: tuple[str, ...] = ()  # model-wide, from the loader
     totals: "Totals | None" = None  # of every row analysed: kept when a table folds small tensors away
     expanded: bool = False  # tables and Markdown list every row (--expand) instead of folded groups
+    recipe_from: str | None = None  # what chose the recipe the rows follow: "--recipe", or what the source says
 
     @cached_property
     def groups(self) -> "list[Group]":
@@ -137,6 +143,12 @@ class Report:
     def modes(self) -> tuple[str, ...]:
         """The modes shown; for inspect without --mode, each row's own mode."""
         return self.settings.modes
+
+    @property
+    def recipe(self) -> "recipes.Recipe | None":
+        """The library recipe the rows follow, where they follow one."""
+        names = {row.recipe for row in self.rows}
+        return recipes.RECIPES[names.pop()] if len(names) == 1 and None not in names else None
 
     def __repr__(self) -> str:
         """Short: a notebook cell or a log shows what the report is, not 25,000 characters of rows."""
@@ -244,6 +256,37 @@ class _Context(NamedTuple):
     pool_fan_out: bool
     weight_fan_in: dict[str, float]  # module name -> the fan_in torch's bias init reads from its weight
     attention: frozenset[str]  # modules with attention parameters: their out_proj's bias is drawn 0
+    recipe: "recipes.Recipe | None"  # the library's init every layer expects, where one is in force
+    facts: dict[str, float]  # the config numbers the recipe reads
+
+
+def _recipe(model: Model, settings: Settings) -> "tuple[recipes.Recipe | None, dict[str, float]]":
+    """The recipe asked for, else the source's own where nothing else is asked (no --scheme, --mode, and no
+    layer of the source names a scheme); a recipe whose config facts the source lacks is refused."""
+    facts = dict(model.built_by.facts) if model.built_by else {}
+    if settings.recipe:
+        chosen = recipes.recipe(settings.recipe)
+    elif settings.scheme or settings.modes or any(layer.scheme or layer.mode for layer in model.layers):
+        return None, facts
+    else:
+        chosen = recipes.for_source(model.built_by)
+        if chosen is None:
+            return None, facts
+    if "n_layer" in chosen.needs and "n_layer" not in facts:
+        facts["n_layer"] = _blocks(model)
+    missing = [need for need in chosen.needs if not facts.get(need)]
+    if missing:
+        raise SettingsError(f"recipe {chosen.name} reads {', '.join(missing)} from the model's config, which "
+                            f"{model.source} does not give")
+    return chosen, facts
+
+
+def _blocks(model: Model) -> float:
+    """How many blocks the keys number (`layers.0` … `layers.31`: 32), for a recipe scaled by depth where the
+    source has no config saying it; 0 where none is numbered."""
+    found = {recipes.RecipeArgs(layer, None, None, {}).block_index for layer in model.layers}
+    found.discard(None)
+    return float(max(found) + 1) if found else 0.0
 
 
 def _context(model: Model, settings: Settings, fan_convention: str, pool_fan_out: bool) -> _Context:
@@ -254,11 +297,14 @@ def _context(model: Model, settings: Settings, fan_convention: str, pool_fan_out
             attention.add(module)
         if leaf == "weight" and len(layer.shape) >= 2 and layer.layout == "torch":
             weight_fan_in[module] = layer.shape[1] if layer.kind == "bilinear" else fans_mod.torch_fans(layer.shape)[0]
-    return _Context(settings.modes, fan_convention, pool_fan_out, weight_fan_in, frozenset(attention))
+    recipe, facts = _recipe(model, settings)
+    return _Context(settings.modes, fan_convention, pool_fan_out, weight_fan_in, frozenset(attention), recipe, facts)
 
 
 def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed: Observed | None = None) -> Row:
     """One row. No modes in the context means the layer's own mode, else the scheme's default."""
+    if context.recipe is not None:
+        return _recipe_row(layer, settings, context, context.recipe, observed)
     try:
         scheme = schemes.scheme(settings.scheme or layer.scheme or DEFAULT_SCHEME)
         modes = context.modes or (schemes.check_mode(layer.mode) if layer.mode else scheme.mode,)
@@ -307,6 +353,33 @@ def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed:
     return Row(layer, fans, nonlinearity, param, gain, scheme.name, inits, tuple(notes), observed, scheme_gain)
 
 
+def _recipe_row(layer: Layer, settings: Settings, context: _Context, recipe: "recipes.Recipe",
+                observed: Observed | None) -> Row:
+    """A row whose expectation is the library's own init: the recipe's rule, or torch's init where the
+    library leaves the tensor alone. The nonlinearity is shown as the source states it; no gain enters."""
+    fans = fans_mod.layer_fans(layer, pool_fan_out=context.pool_fan_out)
+    nonlinearity, param, _ = _nonlinearity(layer, settings, schemes.SCHEMES["torch_default"])  # only as stated
+    if not has_init(layer.kind):
+        nonlinearity = param = None
+    try:
+        gain = gains.gain(nonlinearity, param) if nonlinearity else None
+    except ValueError as error:
+        raise SettingsError(f"{layer.param}: {error}") from None
+    values = recipe.values(recipes.RecipeArgs(layer, fans.fan_in, fans.fan_out, context.facts))
+    if values is None or not has_init(layer.kind):
+        module = layer.param.rpartition(".")[0]
+        values = torch_default(layer, fans.fan_in, fans.fan_out, "fan_in", context.weight_fan_in.get(module))
+        if has_init(layer.kind) and values.std is not None:
+            values = replace(values, note=f"{recipe.name} leaves it to torch: {values.note or 'its reset_parameters()'}")
+    notes = list(layer.notes) + list(fans.notes)
+    if values.note and values.note not in notes:
+        notes.append(values.note)
+    if observed is not None and observed.note:
+        notes.append(observed.note)
+    return Row(layer, fans, nonlinearity, param, gain, recipe.name, {recipe.mode: values}, tuple(notes), observed,
+               None, recipe=recipe.name)
+
+
 #: Every field of a Layer that analysis reads, except its names, notes and data: two layers equal in these
 #: get the same row but for the layer's own notes (a 92,000-tensor MoE checkpoint has a few hundred).
 _ANALYSED = operator.attrgetter(*(f.name for f in fields(Layer) if f.name not in ("name", "param", "notes", "data")))
@@ -331,7 +404,7 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context,
             continue
         module, _, leaf = layer.param.rpartition(".")
         key = (_ANALYSED(layer), leaf, module.rpartition(".")[0] in context.attention,
-               context.weight_fan_in.get(module))
+               context.weight_fan_in.get(module), context.recipe and context.recipe.role_key(layer))
         try:
             found = done.get(key)
         except TypeError:  # a loader left a list where a tuple belongs: no key, computed as it is
@@ -384,8 +457,11 @@ def analyze(
     rows = tuple(_analyze_all(layers, settings, context, observed))
     from .summary import totals
 
+    recipe_from = None
+    if context.recipe is not None:
+        recipe_from = "--recipe" if settings.recipe else model.built_by.where if model.built_by else None
     return Report(command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out, rows,
-                  model.notes, totals(row.layer for row in rows))
+                  model.notes, totals(row.layer for row in rows), recipe_from=recipe_from)
 
 
 def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:

@@ -34,20 +34,21 @@ def run(*args: str) -> Result:
 
 
 @contextlib.contextmanager
-def sampler_calls() -> Iterator[list[tuple[str, object, tuple]]]:
-    """Record (method, tensor, args) of every Tensor.normal_/uniform_/fill_/zero_ call torch.nn.init makes.
+def sampler_calls(keywords: bool = False) -> Iterator[list[tuple]]:
+    """Record (method, tensor, args) of every Tensor.normal_/uniform_/fill_/zero_ call torch.nn.init makes
+    (with `keywords`, (method, tensor, args, kwargs)).
 
     torch's init functions end in `tensor.normal_(0, std)` or `tensor.uniform_(-bound, bound)`, so this
     reads the std and bound torch itself computed, with no formula retyped in the test.
     """
     import torch
 
-    calls: list[tuple[str, object, tuple]] = []
+    calls: list[tuple] = []
     originals = {name: getattr(torch.Tensor, name) for name in ("normal_", "uniform_", "fill_", "zero_")}
 
     def wrap(name):
         def recorder(self, *args, **kwargs):
-            calls.append((name, self, args))
+            calls.append((name, self, args, kwargs) if keywords else (name, self, args))
             return originals[name](self, *args, **kwargs)
 
         return recorder
@@ -71,3 +72,24 @@ def torch_std_and_bound(init_fn, tensor, **kwargs) -> tuple[float, float | None]
     if method == "normal_":
         return args[1], None
     return args[1] / math.sqrt(3.0), args[1]
+
+
+def library_draws(build) -> tuple[object, dict[str, tuple[str, float]]]:
+    """Build a model with its library's own init, recording for each parameter the last draw that covered it
+    whole: ("normal", std), ("uniform", bound) or ("constant", value). This is the library's own number,
+    read from the call into torch's sampler, for a recipe's oracle."""
+    with sampler_calls(keywords=True) as calls:
+        model = build()
+    by_storage = {(p.data_ptr(), tuple(p.shape)): name for name, p in model.named_parameters()}
+    draws: dict[str, tuple[str, float]] = {}
+    for method, tensor, args, kwargs in calls:
+        name = by_storage.get((tensor.data_ptr(), tuple(tensor.shape)))
+        if name is None:
+            continue  # a part of a tensor (a padding row) or a tensor that is not a parameter
+        if method == "normal_":
+            draws[name] = ("normal", args[1] if len(args) > 1 else kwargs.get("std", 1.0))
+        elif method == "uniform_":
+            draws[name] = ("uniform", args[1] if len(args) > 1 else kwargs.get("to", 1.0))
+        else:
+            draws[name] = ("constant", args[0] if method == "fill_" else 0.0)
+    return model, draws

@@ -73,8 +73,8 @@ def test_stats_and_infer_name_the_library_init(tmp_path):
             continue
         row = rows[key]
         assert row["inferred"]["label"] == "normal(std=0.006)", (key, row["inferred"])
-        ratio = next(note for note in row["notes"] if "initializer_range" in note)
-        assert f"{w.double().std().item() / 0.006:.3g}×" in ratio
+        assert row["recipe"] == "transformers" and row["std"] == 0.006  # the expectation is the library's init
+        assert row["observed"]["std_ratio"] == pytest.approx(w.double().std().item() / 0.006, rel=1e-6)
     trained, _ = _llama(tmp_path / "t" if (tmp_path / "t").mkdir() is None else None, std=0.03,
                         config={"initializer_range": 0.006})
     rows = {row["param"]: row for row in _inspect(trained, "--infer")["layers"]}

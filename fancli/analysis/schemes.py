@@ -91,6 +91,8 @@ class InitValues:
     sampling_std: float | None = None  # truncated normal only: the σ passed to the sampler
     fan: float | None = None  # the n in var = scale / n
     note: str | None = None  # why a value is missing
+    distribution: str | None = None  # the draw's where a rule picks it per tensor (a recipe's); else the scheme's
+    constant: float | None = None  # the value a tensor is filled with, where it is a constant (std 0)
 
 
 def fan_for_mode(fan_in: float | None, fan_out: float | None, mode: str) -> float | None:

@@ -8,7 +8,7 @@ used, never the effective ones: this is what torch does, not what it should do.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
 from ..kinds import REINITIALISING
@@ -28,7 +28,7 @@ def _g(value: float | None) -> str:
 
 def _uniform(bound_fan: float) -> InitValues:
     bound = 1.0 / math.sqrt(bound_fan)
-    return InitValues(bound / math.sqrt(3.0), bound=bound, fan=bound_fan)
+    return InitValues(bound / math.sqrt(3.0), bound=bound, fan=bound_fan, distribution="uniform")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def _kaiming_a_sqrt5(args: _Args) -> InitValues:
         return values
     return InitValues(values.std, values.bound, values.sampling_std, values.fan,
                       note="torch's default for Linear and Conv: kaiming_uniform(a=√5), bound 1/√fan_in, "
-                           "whatever follows")
+                           "whatever follows", distribution="uniform")
 
 
 def _bilinear(args: _Args) -> InitValues:
@@ -89,9 +89,11 @@ def _rnn_hidden(args: _Args) -> InitValues:
 
 def _attention(args: _Args) -> InitValues:
     if args.leaf == "in_proj_bias":
-        return InitValues(0.0, note="attention biases: initialised to 0 (constant)")
+        return InitValues(0.0, note="attention biases: initialised to 0 (constant)", distribution="constant",
+                          constant=0.0)
     distribution = "normal" if args.leaf in ("bias_k", "bias_v") else "uniform"  # xavier_normal_ / xavier_uniform_
-    return variance_scaling(1.0, args.fan_in, args.fan_out, "fan_avg", distribution)
+    return replace(variance_scaling(1.0, args.fan_in, args.fan_out, "fan_avg", distribution),
+                   distribution=distribution)
 
 
 def _explain_default(args: _Args, values: InitValues) -> str:
@@ -119,13 +121,14 @@ def _xavier_uniform(args: _Args) -> InitValues:
         return RULES[layer_kind(args.layer.kind).torch_default].values(args)
     values = variance_scaling(1.0, args.fan_in, args.fan_out, "fan_avg", "uniform")
     return InitValues(values.std, values.bound, values.sampling_std, values.fan,
-                      note=f"{args.layer.reinit_by} re-initialises it after its own module: xavier_uniform_, gain 1")
+                      note=f"{args.layer.reinit_by} re-initialises it after its own module: xavier_uniform_, gain 1",
+                      distribution="uniform")
 
 
 RULES: dict[str, Rule] = {
     "kaiming_a_sqrt5": Rule(_kaiming_a_sqrt5, _explain_default),
     "bilinear": Rule(_bilinear, _explain_bilinear),
-    "normal_1": Rule(lambda args: InitValues(1.0), lambda args, values: "nn.Embedding: N(0, 1)"),
+    "normal_1": Rule(lambda args: InitValues(1.0, distribution="normal"), lambda args, values: "nn.Embedding: N(0, 1)"),
     "constant": Rule(
         lambda args: InitValues(None, note="norm layers: weight initialised to 1, bias to 0 (constant)"),
         lambda args, values: "norm layers: weight 1, bias 0 (constant)"),

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import parse_json_object, read_bounded
-from .hf_facts import apply_library_facts
+from .hf_facts import apply_library_facts, built_by
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # transformers' configs are a few KB
 NAME = "config.json"
@@ -81,7 +81,7 @@ def with_config(model: Model, weights: Path) -> Model:
     layers, taken = apply_library_facts(layers, config)
     if taken:
         notes.append(f"from {NAME}: {'; '.join(taken)}")
-    return replace(model, layers=layers, notes=tuple(notes))
+    return replace(model, layers=layers, notes=tuple(notes), built_by=built_by(config))
 
 
 def _split(layer: Layer, heads: Heads) -> Layer:

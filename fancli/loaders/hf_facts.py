@@ -13,7 +13,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from ..layer import Layer
+from ..layer import BuiltBy, Layer
 
 #: transformers' activation names -> fancli's (`ACT2FN`): the tanh approximations are gelu_tanh.
 ACTIVATION_NAMES = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
@@ -46,6 +46,32 @@ def _range(config: dict) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1e3:
         return float(value)
     return None
+
+
+#: Numbers of a config.json that init recipes read (`analysis.recipes`), under transformers' names.
+RECIPE_FACTS = ("initializer_range", "n_layer", "num_hidden_layers", "initializer_factor", "init_std",
+                "d_model", "d_kv", "num_heads", "d_ff", "hidden_size", "n_embd", "initializer_cutoff_factor")
+
+
+def built_by(config: dict[str, Any]) -> BuiltBy:
+    """transformers built the model (a config.json is its own), with the config numbers recipes read."""
+    if isinstance(config.get("text_config"), dict):
+        config = {**config["text_config"], "model_type": config.get("model_type")}
+    model_type = config.get("model_type")
+    model_type = model_type if isinstance(model_type, str) and model_type.isprintable() else None
+    facts = {}
+    for key in RECIPE_FACTS:
+        value = config.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+            facts[key] = float(value)
+    if "n_layer" not in facts and "num_hidden_layers" in facts:
+        facts["n_layer"] = facts["num_hidden_layers"]
+    if "hidden_size" not in facts and "n_embd" in facts:
+        facts["hidden_size"] = facts["n_embd"]
+    if "initializer_cutoff_factor" in config and config["initializer_cutoff_factor"] is None:
+        facts["initializer_cutoff_factor"] = 3.0  # ModernBERT's _init_weights: None means 3
+    return BuiltBy("transformers", model_type, tuple(facts.items()),
+                   f"config.json model_type={model_type}" if model_type else "config.json")
 
 
 def apply_library_facts(layers: tuple[Layer, ...], config: dict[str, Any]) -> tuple[tuple[Layer, ...], list[str]]:

@@ -85,11 +85,15 @@ def title(report: Report) -> str:
     name = f" ({report.model_name})" if report.model_name else ""
     schemes = sorted({row.scheme for row in report.rows})
     modes = report.modes or tuple(sorted({m for row in report.rows for m in row.inits}))
+    recipe = report.recipe
+    expectation = [f"recipe {recipe.name} ({report.recipe_from}: {recipe.reproduces})"] if recipe else [
+        f"scheme {'/'.join(schemes) if schemes else report.settings.scheme or '—'}",
+        f"mode {' vs '.join(modes) if report.command == 'compare' else '/'.join(modes)}",
+    ]
     parts = [
         f"{report.source}{name}",
         report.format,
-        f"scheme {'/'.join(schemes) if schemes else report.settings.scheme or '—'}",
-        f"mode {' vs '.join(modes) if report.command == 'compare' else '/'.join(modes)}",
+        *expectation,
         f"fans: {report.fan_convention}" + (", pool÷fan_out" if report.pool_fan_out else ""),
     ]
     return " · ".join(parts)

@@ -26,7 +26,20 @@ def _values(values: InitValues) -> dict[str, Any]:
     out: dict[str, Any] = {"std": _float(values.std), "bound": _float(values.bound)}
     if values.sampling_std is not None:
         out["sampling_std"] = values.sampling_std
+    if values.constant is not None:
+        out["constant"] = values.constant
     return out
+
+
+def _distribution(row: Row) -> str:
+    """What the expected values are drawn from: the rule's own where it says (a recipe's, torch's per module),
+    else the scheme's."""
+    values = next(iter(row.inits.values()))
+    if values.distribution:
+        return values.distribution
+    if row.recipe is None:
+        return find_scheme(row.scheme).distribution
+    return "uniform" if values.bound is not None else "normal"
 
 
 def _structure(row: Row) -> dict[str, Any]:
@@ -68,8 +81,10 @@ def layer_dict(row: Row, command: str) -> dict[str, Any]:
         gain=_float(row.gain),
         scheme_gain=_float(row.scheme_gain),
         scheme=row.scheme,
-        distribution=find_scheme(row.scheme).distribution,
+        distribution=_distribution(row),
     )
+    if row.recipe:
+        out["recipe"] = row.recipe
     if command == "compare":
         out["modes"] = {mode: _values(values) for mode, values in row.inits.items()}
         out["spread"] = row.spread
@@ -143,6 +158,7 @@ def report_dict(report: Report, rows: bool = True) -> dict[str, Any]:
                    "notes": list(report.notes)},
         "settings": {
             "scheme": schemes_used[0] if len(schemes_used) == 1 else settings.scheme,
+            "recipe": report.recipe.name if report.recipe else None,
             "nonlinearity": settings.nonlinearity,
             "param": _float(settings.param),
             "fans": report.fan_convention,

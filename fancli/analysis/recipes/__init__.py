@@ -1,0 +1,98 @@
+"""Init recipes: what a model's own library draws for each of its tensors, one registry line per recipe.
+
+torch.nn.init's schemes scale a draw by a fan; the libraries people build models with mostly do not:
+transformers draws N(0, initializer_range²) whatever the fan, GPT-2 shrinks its residual projections by
+√(2·n_layer), torchvision's ResNet draws kaiming_normal in fan_out mode. A recipe holds one library's rules
+(each module says which function of which release it reproduces), so that the expectation is what the
+library drew. A rule returns None for a tensor the library leaves alone: it keeps torch's own
+`reset_parameters()` init, which `report` applies. Pure arithmetic: no torch, no I/O.
+
+To add a recipe: its rule in the module of its family (`transformers`, `vision`, `training`), one `Recipe`
+line in RECIPES, and its library's own init as the oracle in tests/test_init_recipes.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from ..schemes import InitValues
+from . import training, transformers, vision
+from .draws import RecipeArgs
+
+if TYPE_CHECKING:
+    from ...layer import BuiltBy, Layer
+
+__all__ = ["RECIPES", "Recipe", "RecipeArgs", "for_source", "recipe"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A library's init: its rule (None: torch's own init stands), and the function it reproduces."""
+
+    name: str
+    reproduces: str  # the library function, as its source names it
+    rule: Callable[[RecipeArgs], "InitValues | None"]
+    needs: tuple[str, ...] = ()  # config facts the rule reads (`n_layer` may be counted from the keys)
+    mode: str = "fan_in"  # the fan its scaled draws read, where any: a row's mode
+    by_depth: bool = False  # the rule reads a tensor's block index (a depth-scaled init)
+
+    def values(self, args: RecipeArgs) -> InitValues | None:
+        return self.rule(args)
+
+    def role_key(self, layer: "Layer") -> tuple[str, ...]:
+        """What the rule reads of a layer beyond the fields `report` keys its cache on: the module's last two
+        names (`attn.c_proj`), and its block index for a depth-scaled recipe."""
+        parts = layer.name.rsplit(".", 2)[-2:]
+        if self.by_depth:
+            parts.append(str(RecipeArgs(layer, None, None, {}).block_index))
+        return tuple(parts)
+
+
+_HF_STD = ("initializer_range",)
+
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe("transformers", "transformers PreTrainedModel._init_weights", transformers.base, _HF_STD),
+        Recipe("gpt2", "transformers GPT2PreTrainedModel._init_weights", transformers.gpt2, (*_HF_STD, "n_layer")),
+        Recipe("t5", "transformers T5PreTrainedModel._init_weights", transformers.t5,
+               ("d_model", "d_kv", "num_heads", "d_ff")),
+        Recipe("vit", "transformers ViTPreTrainedModel._init_weights", transformers.vit, _HF_STD),
+        Recipe("modernbert", "transformers ModernBertPreTrainedModel._init_weights", transformers.modernbert,
+               (*_HF_STD, "n_layer", "hidden_size")),
+        Recipe("gpt_oss", "transformers GptOssPreTrainedModel._init_weights", transformers.gpt_oss, _HF_STD),
+        Recipe("torchvision_resnet", "torchvision.models.ResNet.__init__", vision.torchvision_resnet, mode="fan_out"),
+        Recipe("torchvision_mobilenet", "torchvision.models MobileNetV2/V3 and VGG __init__",
+               vision.torchvision_mobilenet, mode="fan_out"),
+        Recipe("torchvision_efficientnet", "torchvision.models.EfficientNet.__init__",
+               vision.torchvision_efficientnet, mode="fan_out"),
+        Recipe("timm_vit", "timm VisionTransformer.init_weights (mode '')", vision.timm_vit),
+        Recipe("torchtitan", "torchtitan Llama 3 Transformer.init_weights (depth_init)", training.torchtitan,
+               by_depth=True),
+        Recipe("olmo_core", "OLMo-core InitMethod.normal", training.olmo_core),
+        Recipe("megatron", "Megatron-core init_method_normal / scaled_init_method_normal", training.megatron,
+               ("n_layer",)),
+        Recipe("gpt_neox", "GPT-NeoX small_init / wang_init", training.gpt_neox, ("hidden_size", "n_layer")),
+    )
+}
+
+
+def recipe(name: str) -> Recipe:
+    """Look a recipe up by name; ValueError lists the known ones."""
+    key = name.strip().lower().replace("-", "_")
+    if key not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[key]
+
+
+def for_source(built_by: "BuiltBy | None") -> Recipe | None:
+    """The recipe of the library the source says built it, where its config gives the facts the recipe needs;
+    None otherwise (the default scheme then)."""
+    if built_by is None or built_by.library != "transformers":
+        return None
+    found = RECIPES[transformers.MODEL_TYPES.get(built_by.model_type or "", "transformers")]
+    facts = dict(built_by.facts)
+    if transformers.std_of(facts) is None and found.name != "t5":
+        return None
+    return found if all(need in facts for need in found.needs if need not in _HF_STD) else None

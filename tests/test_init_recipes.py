@@ -1,0 +1,293 @@
+"""Issue 27: the expectation is what the model's own library drew. Each recipe is held against its library:
+transformers' own `_init_weights` (the std it passes to torch's sampler, recorded as it builds a model from a
+config), and for the libraries that do not install beside this torch (torchvision, timm, torchtitan) a copy of
+their init code, named where it is copied."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from helpers import library_draws, run  # noqa: E402
+from torch import nn  # noqa: E402
+
+from fancli.analysis.recipes import RECIPES, recipe  # noqa: E402
+from fancli.analysis.recipes.draws import cut_std  # noqa: E402
+
+
+def _inspect(source, *args) -> dict[str, dict]:
+    result = run("inspect", source, "--format", "json", "--all", *args)
+    assert result.code == 0, result.err
+    return {row["param"]: row for row in json.loads(result.out)["layers"]}
+
+
+def _expected(row: dict) -> tuple[str, float]:
+    """What fancli expects of a tensor, in the form library_draws records a draw."""
+    if row["distribution"] == "constant":
+        return "constant", row["constant"]
+    if row["distribution"] == "uniform":
+        return "uniform", row["bound"]
+    return "normal", row.get("sampling_std", row["std"])
+
+
+def _saved_keys_by_values(model, path) -> dict[str, str]:
+    """Each key of a saved file -> the parameter it holds (or a slice of: transformers 5 writes stacked experts
+    back as one tensor per expert), found by the values of its first row, which a random draw makes unique."""
+    from safetensors import safe_open
+
+    rows: dict[tuple, str] = {}
+    for name, param in model.named_parameters():
+        flat = param.detach().reshape(-1, param.shape[-1])
+        if param.numel() > 1 and flat.std() > 0:
+            for row in flat:
+                rows.setdefault(tuple(row[:4].tolist()), name)
+    found = {}
+    with safe_open(str(path), "pt") as saved:
+        for key in saved.keys():
+            tensor = saved.get_tensor(key)
+            if tensor.numel() > 1 and tensor.std() > 0:
+                name = rows.get(tuple(tensor.reshape(-1, tensor.shape[-1])[0, :4].tolist()))
+                if name is not None:
+                    found[key] = name
+    return found
+
+
+def _check_against_library(tmp_path, build, recipe_name: str, expect_all: bool = True) -> int:
+    """Build the model as its library does, save it as users do, and hold every row fancli expects against the
+    draw the library made for that tensor; constants against the values the library left. Returns how many
+    random tensors were checked."""
+    model, draws = library_draws(build)
+    model.save_pretrained(tmp_path)
+    rows = _inspect(tmp_path)
+    held = _saved_keys_by_values(model, tmp_path / "model.safetensors")
+    from safetensors import safe_open
+
+    checked = 0
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as saved:
+        for key in saved.keys():
+            row = rows[key]
+            assert row["recipe"] == recipe_name, (key, row.get("recipe"))
+            values = saved.get_tensor(key)
+            if key in held:
+                method, value = draws[held[key]]
+                got = _expected(row)
+                assert got[0] == method and got[1] == pytest.approx(value, rel=1e-12), (key, got, draws[held[key]])
+                checked += 1
+            elif values.numel() > 1 and float(values.double().std()) == 0:  # a constant the library left
+                assert _expected(row) == ("constant", float(values.flatten()[0])), (key, row)
+            elif expect_all:
+                raise AssertionError(f"{key}: neither a drawn parameter nor a constant")
+    return checked
+
+
+@pytest.fixture(scope="module")
+def transformers():
+    found = pytest.importorskip("transformers")
+    found.logging.set_verbosity_error()
+    return found
+
+
+def test_gpt2_scales_its_residual_projections(tmp_path, transformers):
+    config = transformers.GPT2Config(n_layer=3, n_embd=64, n_head=4, vocab_size=96, n_positions=32)
+    checked = _check_against_library(tmp_path, lambda: transformers.GPT2LMHeadModel(config), "gpt2")
+    assert checked == 2 + 3 * 4  # wte, wpe, and c_attn, c_proj ×2, c_fc in each block
+    rows = _inspect(tmp_path)
+    assert rows["transformer.h.2.mlp.c_proj.weight"]["std"] == 0.02 / math.sqrt(6)
+
+
+def test_llama_and_bert_follow_the_base_rule(tmp_path, transformers):
+    llama = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, vocab_size=96,
+                                     tie_word_embeddings=False, initializer_range=0.03)
+    assert _check_against_library(tmp_path / "llama", lambda: transformers.LlamaForCausalLM(llama),
+                                  "transformers") == 2 + 2 * 7
+    bert = transformers.BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                   vocab_size=96)
+    assert _check_against_library(tmp_path / "bert", lambda: transformers.BertModel(bert), "transformers") > 10
+
+
+def test_t5_factors(tmp_path, transformers):
+    config = transformers.T5Config(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=96,
+                                   initializer_factor=0.5)
+    assert _check_against_library(tmp_path, lambda: transformers.T5ForConditionalGeneration(config), "t5") > 20
+
+
+def test_vit_tokens_and_patch_embedding(tmp_path, transformers):
+    config = transformers.ViTConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                    image_size=32, patch_size=8)
+    _check_against_library(tmp_path, lambda: transformers.ViTModel(config), "vit")
+    rows = _inspect(tmp_path)
+    assert rows["embeddings.cls_token"]["std"] == rows["embeddings.patch_embeddings.projection.weight"]["std"] == 0.02
+
+
+def test_modernbert_cuts_without_rescaling(tmp_path, transformers):
+    config = transformers.ModernBertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                           num_attention_heads=4, vocab_size=96, pad_token_id=0, bos_token_id=1,
+                                           eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    model, _ = library_draws(lambda: transformers.ModernBertModel(config))
+    model.save_pretrained(tmp_path)
+    rows = _inspect(tmp_path)
+    # transformers draws trunc_normal_(std=σ, a=-2σ, b=2σ): its `sampling_std` is the σ it passes
+    r, layers = config.initializer_range, config.num_hidden_layers
+    for key, sigma in (("embeddings.tok_embeddings.weight", r), ("layers.1.attn.Wqkv.weight", r),
+                       ("layers.1.attn.Wo.weight", r / math.sqrt(2 * layers)),
+                       ("layers.1.mlp.Wo.weight", r / math.sqrt(2 * layers))):
+        assert rows[key]["sampling_std"] == pytest.approx(sigma, rel=1e-15), key
+        assert rows[key]["std"] == pytest.approx(sigma * 0.87962566103423978, rel=1e-15), key
+        values = dict(model.named_parameters())[key].detach().double()
+        assert values.abs().max() <= 2 * sigma + 1e-12  # the cut is at ±2σ
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "gpt_oss"])
+def test_moe_experts_and_routers(tmp_path, transformers, family):
+    common = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=96)
+    build = {
+        "mixtral": lambda: transformers.MixtralForCausalLM(transformers.MixtralConfig(
+            intermediate_size=128, num_local_experts=4, **common)),
+        "qwen3_moe": lambda: transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
+            intermediate_size=128, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2, **common)),
+        "gpt_oss": lambda: transformers.GptOssForCausalLM(transformers.GptOssConfig(
+            intermediate_size=64, num_local_experts=4, head_dim=16, **common)),
+    }[family]
+    recipe_name = "gpt_oss" if family == "gpt_oss" else "transformers"
+    assert _check_against_library(tmp_path, build, recipe_name) >= 2 * 3
+
+
+# Libraries that do not install beside this torch: their init code, copied -----------------------------------
+
+
+def _resnet_like(zero_init_residual: bool) -> nn.Module:
+    """Two blocks shaped as torchvision's BasicBlock, with the init loop of torchvision 0.29.1
+    `models/resnet.py` `ResNet.__init__` (lines 208-223) copied as it is written there."""
+
+    class Block(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+            self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+
+    model = nn.Module()
+    model.conv1, model.bn1 = nn.Conv2d(3, 16, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(16)
+    model.layer1 = nn.Sequential(Block(16), Block(16))
+    model.fc = nn.Linear(16, 10)
+    for m in model.modules():  # torchvision's loop
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    if zero_init_residual:
+        for m in model.modules():
+            if isinstance(m, Block) and m.bn2.weight is not None:
+                nn.init.constant_(m.bn2.weight, 0)
+    return model
+
+
+def test_torchvision_resnet(tmp_path):
+    model, draws = library_draws(lambda: _resnet_like(False))
+    torch.save(model.state_dict(), tmp_path / "resnet.pt")
+    rows = _inspect(tmp_path / "resnet.pt", "--recipe", "torchvision_resnet")
+    for name, draw in draws.items():
+        assert _expected(rows[name]) == pytest.approx(draw), name  # bn weights 1, biases 0, convs fan_out
+    fc = rows["fc.weight"]  # the head keeps torch's default: U(±1/√fan_in)
+    assert fc["distribution"] == "uniform" and fc["bound"] == pytest.approx(1 / math.sqrt(16), rel=1e-15)
+
+
+def _copied_torchtitan(dim: int = 32, layers: int = 3, vocab: int = 50) -> nn.Module:
+    """torchtitan's Llama 3 with `depth_init=True`: the init of `models/llama3/model/model.py` (TransformerBlock
+    weight_init_std, Attention/FeedForward/Transformer.init_weights) copied, on modules of its names."""
+    trunc_normal_ = nn.init.trunc_normal_
+    model = nn.Module()
+    model.tok_embeddings = nn.Embedding(vocab, dim)
+    model.layers = nn.ModuleDict()
+    for layer_id in range(layers):
+        block = nn.Module()
+        block.attention = nn.Module()
+        for name in ("wq", "wk", "wv", "wo"):
+            setattr(block.attention, name, nn.Linear(dim, dim, bias=False))
+        block.feed_forward = nn.Module()
+        block.feed_forward.w1 = nn.Linear(dim, 2 * dim, bias=False)
+        block.feed_forward.w2 = nn.Linear(2 * dim, dim, bias=False)
+        block.feed_forward.w3 = nn.Linear(dim, 2 * dim, bias=False)
+        block.attention_norm, block.ffn_norm = nn.RMSNorm(dim), nn.RMSNorm(dim)
+        model.layers[str(layer_id)] = block
+        weight_init_std = 0.02 / (2 * (layer_id + 1)) ** 0.5
+        for linear in (block.attention.wq, block.attention.wk, block.attention.wv):
+            trunc_normal_(linear.weight, mean=0.0, std=0.02)
+        trunc_normal_(block.attention.wo.weight, mean=0.0, std=weight_init_std)
+        trunc_normal_(block.feed_forward.w1.weight, mean=0.0, std=0.02)
+        for linear in (block.feed_forward.w2, block.feed_forward.w3):
+            trunc_normal_(linear.weight, mean=0.0, std=weight_init_std)
+    model.norm = nn.RMSNorm(dim)
+    model.output = nn.Linear(dim, vocab, bias=False)
+    nn.init.normal_(model.tok_embeddings.weight)
+    final_out_std = dim ** -0.5
+    cutoff_factor = 3
+    trunc_normal_(model.output.weight, mean=0.0, std=final_out_std, a=-cutoff_factor * final_out_std,
+                  b=cutoff_factor * final_out_std)
+    return model
+
+
+def test_torchtitan_depth_scaled_and_cut_output(tmp_path):
+    torch.manual_seed(0)
+    with_trunc = {}
+    original = nn.init.trunc_normal_
+
+    def record(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None):
+        with_trunc[tensor.data_ptr()] = (std, a, b)
+        return original(tensor, mean, std, a, b)
+
+    nn.init.trunc_normal_ = record
+    try:
+        model = _copied_torchtitan()
+    finally:
+        nn.init.trunc_normal_ = original
+    torch.save(model.state_dict(), tmp_path / "titan.pt")
+    rows = _inspect(tmp_path / "titan.pt", "--recipe", "torchtitan")
+    for name, param in model.named_parameters():
+        row = rows[name]
+        if param.data_ptr() in with_trunc:
+            std, a, b = with_trunc[param.data_ptr()]
+            k = b / std
+            realised = std * cut_std(k) if k < 10 else std  # an absolute ±2 at std 0.02 is a cut at ±100σ
+            assert row["std"] == pytest.approx(realised, rel=1e-12), name
+        elif name == "tok_embeddings.weight":
+            assert row["std"] == 1.0
+        else:
+            assert _expected(row) == ("constant", 1.0), name
+
+
+def test_cut_std_is_the_libraries_constant_and_the_integral():
+    import numpy as np
+
+    assert cut_std(2.0) == 0.87962566103423978  # JAX, Keras, timm divide by this literal
+    z = np.linspace(-3, 3, 2_000_001)
+    density = np.exp(-z * z / 2)
+    assert cut_std(3.0) == pytest.approx(math.sqrt(np.trapezoid(z * z * density, z) / np.trapezoid(density, z)),
+                                         rel=1e-9)
+
+
+def test_recipe_option_and_its_errors(tmp_path):
+    torch.save({"fc.weight": torch.randn(4, 3)}, tmp_path / "m.pt")
+    unknown = run("inspect", tmp_path / "m.pt", "--recipe", "nope")
+    assert unknown.code == 2 and "unknown recipe 'nope'" in unknown.err and "gpt2" in unknown.err
+    both = run("inspect", tmp_path / "m.pt", "--recipe", "gpt2", "--scheme", "kaiming_normal")
+    assert both.code == 2 and "--recipe" in both.err
+    no_config = run("inspect", tmp_path / "m.pt", "--recipe", "gpt2")
+    assert no_config.code == 2 and "initializer_range" in no_config.err and "m.pt" in no_config.err
+
+
+def test_a_scheme_or_mode_overrides_the_sources_recipe(tmp_path, transformers):
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=16)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    for option in (("--scheme", "kaiming_normal"), ("--mode", "fan_in")):
+        row = _inspect(tmp_path, *option)["transformer.h.0.mlp.c_fc.weight"]
+        assert "recipe" not in row and row["scheme"] == "kaiming_normal"
+
+
+def test_every_recipe_names_the_function_it_reproduces():
+    for name, found in RECIPES.items():
+        assert recipe(name) is found and found.reproduces and found.rule.__doc__
