@@ -108,13 +108,24 @@ def _entry(row: Row) -> dict[str, Any]:
     }
 
 
+def _entries(report: Report) -> dict[str, dict[str, Any]]:
+    """Each key's entry, tied keys too (with their tensor's): a key tied in the baseline and trained apart
+    now is neither added nor removed, nor one tied now that was apart."""
+    found = {}
+    for row in report.rows:
+        entry = _entry(row)
+        for key in (row.layer.param, *row.layer.aliases):
+            found.setdefault(key, entry)
+    return found
+
+
 def baseline_document(report: Report) -> dict[str, Any]:
     """What `check --update` writes."""
     return {
         "fancli": SCHEMA_VERSION,
         "source": report.source,
         "fans": report.fan_convention,
-        "layers": {row.layer.param: _entry(row) for row in report.rows},
+        "layers": _entries(report),
     }
 
 
@@ -193,7 +204,7 @@ def _differs(old: Any, new: Any, tolerance: float) -> bool:
 def compare(baseline: dict[str, Any], report: Report, tolerance: float) -> list[Change]:
     """Every difference, layer by layer: removed first, then changes and additions in model order."""
     old = baseline["layers"]
-    new = {row.layer.param: _entry(row) for row in report.rows}
+    new = _entries(report)
     changes = [Change(param, "removed") for param in old if param not in new]
     for param, entry in new.items():
         if param not in old:
