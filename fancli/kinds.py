@@ -66,6 +66,8 @@ KINDS: dict[str, LayerKind] = {
                   fans_note="a quantization scale, not a layer: the fans of its shape mean nothing"),
         LayerKind("quant_aux", (), "a quantized weight's zero points, group indices or codebook", "none",
                   fans_note="quantization metadata, not a layer: the fans of its shape mean nothing"),
+        LayerKind("quant_packed", (), "a quantized weight's packed codes (two to a byte, eight to an int32)",
+                  "none", fans_note="packed codes, not the [out, in] weight they stand for: the fans of its shape mean nothing"),
         LayerKind("buffer", (), "a buffer (rotary frequencies, position ids, a causal mask, router biases)", "none",
                   fans_note="a buffer, not a layer's weight: the fans of its shape mean nothing"),
         LayerKind("unknown"),
