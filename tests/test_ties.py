@@ -134,10 +134,37 @@ def test_check_a_tie_untied_or_re_tied_is_neither_added_nor_removed(tmp_path, fm
         (tmp_path / name).mkdir()
         reports[name] = inspect(_save(net, tmp_path / name, fmt))
     tied = baseline_document(reports["tied"])
-    assert "head.weight" in tied["layers"]
+    assert tied["layers"]["emb.weight"]["aliases"] == ["head.weight"]
     for before, after in (("tied", "apart"), ("apart", "tied")):  # the tied key is read as its tensor's layer
         changes = compare(baseline_document(reports[before]), reports[after], 1e-9)
         assert {c.param for c in changes} <= {"head.weight"} and {c.change for c in changes} <= {"changed"}
     assert [(c.param, c.change) for c in compare(tied, reports["bare"], 1e-9)] == [("head.weight", "removed")]
     assert [(c.param, c.change) for c in compare(baseline_document(reports["bare"]), reports["tied"], 1e-9)] == [
         ("head.weight", "added")]
+
+
+def test_check_a_baseline_from_before_aliases_does_not_call_a_tied_key_added(tmp_path):
+    """Baselines written before entries named their aliases lack the tied keys: today's tie is no drift."""
+    from fancli.api import inspect
+    from fancli.check import baseline_document, compare
+
+    report = inspect(_save(Net().tie(), tmp_path, "pt"))
+    legacy = baseline_document(report)
+    for entry in legacy["layers"].values():
+        del entry["aliases"]
+    assert "head.weight" not in legacy["layers"]
+    assert compare(legacy, report, 1e-9) == []
+
+
+def test_check_a_baseline_whose_aliases_are_not_keys_is_one_line(tmp_path):
+    import json
+
+    from fancli.api import inspect
+    from fancli.check import baseline_document, read_baseline
+    from fancli.errors import SourceError
+
+    document = baseline_document(inspect(_save(Net().tie(), tmp_path, "pt")))
+    document["layers"]["emb.weight"]["aliases"] = [{"not": "a key"}]
+    (tmp_path / "lock.json").write_text(json.dumps(document))
+    with pytest.raises(SourceError, match="'aliases' must be a list of keys"):
+        read_baseline(tmp_path / "lock.json")
