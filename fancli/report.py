@@ -167,7 +167,7 @@ class Report:
         return ranked[:limit]
 
 
-def matches(name: str, param: str, patterns: tuple[str, ...]) -> bool:
+def _matches(name: str, param: str, patterns: tuple[str, ...]) -> bool:
     """Whether a name filter keeps the parameter key `param` of the module `name`."""
     if not patterns:
         return True
@@ -385,7 +385,7 @@ def analyze(
 
 def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:
     """The layers a name filter keeps, in model order."""
-    return [layer for layer in model.layers if matches(layer.name, layer.param, filters)]
+    return [layer for layer in model.layers if _matches(layer.name, layer.param, filters)]
 
 
 def selected_keys(model: Model, filters: tuple[str, ...]) -> list[tuple[str, Layer]]:
@@ -393,7 +393,7 @@ def selected_keys(model: Model, filters: tuple[str, ...]) -> list[tuple[str, Lay
     keys tied to it (`Layer.aliases`). What pairs models key by key (diff, trajectories, check): a tie's
     second key is a key like any other, changed when a later model unties it, added or removed."""
     return [(key, layer) for layer in model.layers for key in (layer.param, *layer.aliases)
-            if matches(layer.name if key == layer.param else key.rpartition(".")[0] or key, key, filters)]
+            if _matches(layer.name if key == layer.param else key.rpartition(".")[0] or key, key, filters)]
 
 
 def with_inferences(report: Report) -> Report:
