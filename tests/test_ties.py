@@ -51,9 +51,14 @@ def test_diff_an_untied_key_is_compared(tmp_path, fmt):
     """A: head tied to emb. B: head untied and doubled. torch: head changed, ‖B−A‖/‖A‖ = 1.0; a gate fails."""
     from fancli.diff import diff
 
+    from helpers import run
+
     a, b = Net().tie(), Net().tie().untie(2.0)
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    result = diff(_save(a, tmp_path / "a", fmt), _save(b, tmp_path / "b", fmt))
+    first, second = _save(a, tmp_path / "a", fmt), _save(b, tmp_path / "b", fmt)
+    gate = run("diff", first, second, "--max-change", "0.5")
+    assert gate.code == 1 and "head.weight" in gate.out
+    result = diff(first, second)
     rows = {t.param: t for t in result.tensors}
     assert set(rows) == {"emb.weight", "mid.weight", "mid.bias", "head.weight"}
     head = rows["head.weight"]
