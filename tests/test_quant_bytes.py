@@ -61,7 +61,8 @@ def _bnb_4bit(out: int = 32, inputs: int = 16, blocksize: int = 64) -> dict:
     return {"lin.weight": torch.randint(0, 256, ((n + 1) // 2, 1), dtype=torch.uint8),
             "lin.weight.absmax": torch.rand(math.ceil(n / blocksize)),
             "lin.weight.quant_map": torch.linspace(-1, 1, 16),
-            "lin.weight.quant_state.bitsandbytes__nf4": torch.tensor(list(json.dumps(state).encode()), dtype=torch.uint8),
+            "lin.weight.quant_state.bitsandbytes__nf4": torch.tensor(list(json.dumps(state).encode()),
+                                                                     dtype=torch.uint8),
             "lin.bias": torch.zeros(out).half()}
 
 

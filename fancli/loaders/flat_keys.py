@@ -214,8 +214,8 @@ def _listed(entry: Entry, keys: Collection[str]) -> bool:
     if found is not None:
         return found.kind != "buffer"
     leaf = _split(entry.key)[1]
-    return (leaf in QUANT_PACKED or (leaf == "weight" and entry.dtype == "int8" and f"{entry.key[:-6]}SCB" in keys)
-            or is_bnb_4bit(entry, keys))
+    int8 = leaf == "weight" and entry.dtype == "int8" and f"{entry.key[:-6]}SCB" in keys
+    return leaf in QUANT_PACKED or int8 or is_bnb_4bit(entry, keys)
 
 
 def _quantization(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry | None, float, str | None]:
