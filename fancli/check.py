@@ -108,13 +108,23 @@ def _entry(row: Row) -> dict[str, Any]:
     }
 
 
+def _by_key(layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A baseline's layers by every key: a tied tensor's entry under its own key and each of its `aliases`,
+    so that a key tied in the baseline and trained apart now (or the reverse) is neither added nor removed."""
+    found: dict[str, dict[str, Any]] = {}
+    for param, entry in layers.items():
+        for key in (param, *entry.get("aliases", ())):
+            found.setdefault(key, entry)
+    return found
+
+
 def baseline_document(report: Report) -> dict[str, Any]:
     """What `check --update` writes."""
     return {
         "fancli": SCHEMA_VERSION,
         "source": report.source,
         "fans": report.fan_convention,
-        "layers": {row.layer.param: _entry(row) for row in report.rows},
+        "layers": {row.layer.param: {**_entry(row), "aliases": list(row.layer.aliases)} for row in report.rows},
     }
 
 
@@ -178,6 +188,10 @@ def read_baseline(path: Path) -> dict[str, Any]:
     for param, entry in layers.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list):
             raise SourceError(f"{path}: layer {param!r} has no shape; regenerate with `fancli check --update`")
+        aliases = entry.get("aliases", [])
+        if not isinstance(aliases, list) or not all(isinstance(alias, str) for alias in aliases):
+            raise SourceError(f"{path}: layer {param!r}: 'aliases' must be a list of keys; regenerate with "
+                              "`fancli check --update`")
     return document
 
 
@@ -192,12 +206,16 @@ def _differs(old: Any, new: Any, tolerance: float) -> bool:
 
 def compare(baseline: dict[str, Any], report: Report, tolerance: float) -> list[Change]:
     """Every difference, layer by layer: removed first, then changes and additions in model order."""
-    old = baseline["layers"]
-    new = {row.layer.param: _entry(row) for row in report.rows}
+    old = _by_key(baseline["layers"])
+    new = _by_key(baseline_document(report)["layers"])
+    # A baseline written before entries named their aliases does not know its tied keys: not "added".
+    unknown = {alias for row in report.rows for alias in row.layer.aliases
+               if "aliases" not in baseline["layers"].get(row.layer.param, {"aliases": ()})}
     changes = [Change(param, "removed") for param in old if param not in new]
     for param, entry in new.items():
         if param not in old:
-            changes.append(Change(param, "added"))
+            if param not in unknown:
+                changes.append(Change(param, "added"))
             continue
         before = old[param]
         if before.get("shape") != entry["shape"]:

@@ -17,7 +17,7 @@ A dtype change (a bf16 or FP8 copy) is still compared value by value, as float64
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
 
 from .layer import Layer, Model
@@ -96,31 +96,40 @@ def _keys(model: Model) -> dict[str, Layer]:
 
 def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (), max_elements: int = CHUNK_ELEMENTS,
                 jobs: int | None = 1, cluster: Any = None) -> DiffResult:
-    """Pair the two models' tensors by key and compare each pair (one pair in memory per worker). Pairs run
-    as `--stats` pieces do (`parallel.executor`: `jobs` threads, or a Dask `cluster`), each pair whole in one
-    job, so the numbers are the same for any `jobs`."""
+    """Pair the two models' keys (tied keys too) and compare each pair's tensors (one pair in memory per
+    worker). Pairs run as `--stats` pieces do (`parallel.executor`: `jobs` threads, or a Dask `cluster`),
+    each pair whole in one job, so the numbers are the same for any `jobs`; keys that pair the same two
+    tensors (a tie kept in both) are compared once."""
     from .parallel import executor, ordered
-    from .report import selected
+    from .report import selected_keys
     from .stats import _nbytes
 
     keys_a, keys_b = _keys(a), _keys(b)
     rows: list[TensorDiff | None] = []
     pairs: list[tuple[int, tuple]] = []
-    for layer in selected(a, filters):
-        other = keys_b.get(layer.param)
+    repeats: list[tuple[int, int, str]] = []  # (row, the row of the pair it repeats, its key)
+    first: dict[tuple[int, int], int] = {}
+    for key, layer in selected_keys(a, filters):
+        other = keys_b.get(key)
         if other is None:
-            rows.append(TensorDiff(layer.param, "removed", layer.shape, None, layer.dtype, None))
+            rows.append(TensorDiff(key, "removed", layer.shape, None, layer.dtype, None))
+            continue
+        seen = first.setdefault((id(layer), id(other)), len(rows))
+        if seen != len(rows):
+            repeats.append((len(rows), seen, key))
         else:
-            pairs.append((len(rows), (layer.param, layer, other, max_elements)))
-            rows.append(None)
+            pairs.append((len(rows), (key, layer, other, max_elements)))
+        rows.append(None)
     nbytes = sum(_nbytes(layer.data) for _, (_, layer, other, _) in pairs if layer.data is not None
                  and other.data is not None)
     with executor(jobs, cluster, len(pairs), 2 * nbytes) as (running, window):
         for (index, _), row in zip(pairs, ordered(running, window, diff_pair, [args for _, args in pairs])):
             rows[index] = row
-    for layer in selected(b, filters):
-        if layer.param not in keys_a:
-            rows.append(TensorDiff(layer.param, "added", None, layer.shape, None, layer.dtype))
+    for index, seen, key in repeats:
+        rows[index] = replace(rows[seen], param=key)
+    for key, layer in selected_keys(b, filters):
+        if key not in keys_a:
+            rows.append(TensorDiff(key, "added", None, layer.shape, None, layer.dtype))
     return DiffResult(a.source, a.format, b.source, b.format, tuple(rows))
 
 

@@ -185,11 +185,12 @@ class Report:
         return ranked[:limit]
 
 
-def _matches(layer: Layer, patterns: tuple[str, ...]) -> bool:
+def _matches(name: str, param: str, patterns: tuple[str, ...]) -> bool:
+    """Whether a name filter keeps the parameter key `param` of the module `name`."""
     if not patterns:
         return True
     for pattern in patterns:
-        for text in (layer.name, layer.param):
+        for text in (name, param):
             if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(text, pattern):
                 return True
             if pattern in text:
@@ -466,7 +467,15 @@ def analyze(
 
 def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:
     """The layers a name filter keeps, in model order."""
-    return [layer for layer in model.layers if _matches(layer, filters)]
+    return [layer for layer in model.layers if _matches(layer.name, layer.param, filters)]
+
+
+def selected_keys(model: Model, filters: tuple[str, ...]) -> list[tuple[str, Layer]]:
+    """Every key the filters keep, each with its layer, in model order: a tied tensor's own key, then the
+    keys tied to it (`Layer.aliases`). What pairs models key by key (diff, trajectories, check): a tie's
+    second key is a key like any other, changed when a later model unties it, added or removed."""
+    return [(key, layer) for layer in model.layers for key in (layer.param, *layer.aliases)
+            if _matches(layer.name if key == layer.param else key.rpartition(".")[0] or key, key, filters)]
 
 
 def with_inferences(report: Report) -> Report:

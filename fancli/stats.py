@@ -62,12 +62,11 @@ def pieces(data: TensorData, kurtosis: bool = False, structure: bool = False, ma
     tensor alone, never on jobs."""
     piece_bytes = piece_bytes or PIECE_BYTES
     parts = getattr(data, "parts", None)
-    if parts is not None:  # a tensor in shards (DCP): each shard's pieces; rows do not run across shards
-        handles = parts()
+    if parts is not None:  # a tensor in shards (DCP): each shard's pieces; row signals are not carried across
+        handles = parts()  # shards, even where the shards are rows in order
         if len(handles) == 1:
             return pieces(handles[0], kurtosis, structure, max_elements, piece_bytes)
-        logical = _logical(data, max_elements)
-        return [replace(piece, logical=piece.logical and logical) for handle in handles
+        return [replace(piece, logical=False) for handle in handles
                 for piece in pieces(handle, kurtosis, structure, max_elements, piece_bytes)]
     shape = tuple(data.shape)
     numel = math.prod(shape)

@@ -1,8 +1,12 @@
 """What a report adds up to: tensors, parameters and bytes — the totals every peer prints first.
 
 Counted over unique tensors: loaders report a tied tensor once and list its other keys as `aliases`, so
-the parameter count is right where counting every key (as torchinfo does) counts a tie twice. Computed
-once per report (`Report.totals`), before tables fold small tensors away, and only formatted by renderers.
+the parameter count is right where counting every key (as torchinfo does) counts a tie twice. Parameters
+are what `sum(p.numel() for p in model.parameters())` counts: a persistent buffer a state_dict holds
+(GPT-2's causal masks, rotary `inv_freq`: kind `buffer`) is counted apart. Bytes are the bytes stored,
+buffers' too: a packed quantized weight reported with its logical shape counts its stored one
+(`Layer.stored_shape`). Computed once per report (`Report.totals`), before tables fold small tensors
+away, and only formatted by renderers.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ ASSUMED_DTYPE = "float32"
 @dataclass(frozen=True)
 class Totals:
     tensors: int
-    parameters: int  # elements of the unique tensors: a tied tensor counts once
+    parameters: int  # elements of the unique tensors but buffers: a tied tensor counts once
     tied_keys: int  # further keys naming a tensor already counted
     bytes_by_dtype: dict[str, int]  # dtype -> bytes (itemsize × elements), dtypes in order of first appearance
     dtype_assumed: bool  # some tensors had no dtype and were counted as ASSUMED_DTYPE
     unsized: tuple[str, ...] = ()  # dtypes whose itemsize fancli does not know: their bytes are not counted
+    buffers: int = 0  # elements of the persistent buffers (kind `buffer`), not parameters
 
     @property
     def bytes(self) -> int | None:
@@ -38,18 +43,22 @@ def numel(layer: Layer) -> int:
 
 
 def totals(layers: Iterable[Layer]) -> Totals:
-    tensors = parameters = tied = 0
+    tensors = parameters = buffers = tied = 0
     by_dtype: dict[str, int] = {}
     assumed, unsized = False, []
     for layer in layers:
         count = numel(layer)
         tensors += 1
-        parameters += count
+        if layer.kind == "buffer":
+            buffers += count
+        else:
+            parameters += count
         tied += len(layer.aliases)
         dtype = layer.dtype or ASSUMED_DTYPE
         assumed = assumed or layer.dtype is None
         if dtype not in DTYPES:
             unsized += [dtype] if dtype not in unsized else []
             continue
-        by_dtype[dtype] = by_dtype.get(dtype, 0) + DTYPES[dtype][0] * count
-    return Totals(tensors, parameters, tied, by_dtype, assumed, tuple(unsized))
+        stored = count if layer.stored_shape is None else math.prod(layer.stored_shape)
+        by_dtype[dtype] = by_dtype.get(dtype, 0) + DTYPES[dtype][0] * stored
+    return Totals(tensors, parameters, tied, by_dtype, assumed, tuple(unsized), buffers)

@@ -67,7 +67,8 @@ class Checkpoint:
 @dataclass(frozen=True)
 class Track:
     """One parameter key across the checkpoints: what it is (from the first checkpoint that has it) and
-    its statistics in each (None where the checkpoint lacks the key)."""
+    its statistics in each (None where the checkpoint lacks the key; a key tied to another tensor there
+    has that tensor's)."""
 
     param: str
     kind: str
@@ -103,7 +104,7 @@ def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | 
           on_chunk: Callable[[int], None] | None = None, cluster: Any = None) -> Trajectory:
     """The trajectory of `models` (in the order given): each one's weights read, one model at a time, with
     `jobs` threads or on a Dask `cluster` as inspect's are; `on_chunk(nbytes)` reports progress."""
-    from .report import selected
+    from .report import selected_keys
 
     if observe is None:
         from .stats import observe_all as observe
@@ -114,16 +115,17 @@ def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | 
     notes = []
     reshaped: dict[str, str] = {}  # param -> where its shape first changed
     for model, checkpoint in zip(models, checkpoints):
-        layers = selected(model, filters)
-        for layer in layers:
-            first = described.setdefault(layer.param, (layer.kind, tuple(layer.shape), layer.dtype))
-            if first[1] != tuple(layer.shape) and layer.param not in reshaped:
+        keys = selected_keys(model, filters)
+        for key, layer in keys:
+            first = described.setdefault(key, (layer.kind, tuple(layer.shape), layer.dtype))
+            if first[1] != tuple(layer.shape) and key not in reshaped:
                 where = checkpoint.source if checkpoint.step is None else f"step {checkpoint.step}"
-                reshaped[layer.param] = f"{layer.param}: {list(first[1])} becomes {list(layer.shape)} at {where}"
+                reshaped[key] = f"{key}: {list(first[1])} becomes {list(layer.shape)} at {where}"
+        layers = list({id(layer): layer for _, layer in keys}.values())  # a tied tensor read once
         read = observe(layers, on_chunk, jobs=jobs, cluster=cluster) if layers else {}
         if layers and not read:
             notes.append(f"{model.source}: this source ({model.format}) holds no weights to read")
-        per_checkpoint.append(read)
+        per_checkpoint.append({key: read[layer.param] for key, layer in keys if layer.param in read})
     if filters and not described:
         from .errors import SettingsError
 

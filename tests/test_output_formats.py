@@ -151,7 +151,7 @@ def test_totals_count_a_tied_tensor_once_in_every_format():
     report = tied_report()
     summary = json.loads(render_text(report, "json"))["summary"]
     assert summary == {"tensors": 3, "parameters": 64000 + 640 + 10, "tied_keys": 1, "bytes": 128000 + 2600,
-                       "bytes_by_dtype": {"bfloat16": 128000, "float32": 2600}, "dtype_assumed": False}
+                       "bytes_by_dtype": {"bfloat16": 128000, "float32": 2600}, "dtype_assumed": False, "buffers": 0}
     line = "total: 3 tensors · 64,650 parameters (1 tied key counted once) · 130,600 bytes: bfloat16 128,000, float32 2,600"
     folded = without_small_tensors(report)
     assert line in render_text(folded, "table") and line in render_text(folded, "markdown")

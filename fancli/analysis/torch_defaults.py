@@ -145,6 +145,7 @@ RULES: dict[str, Rule] = {
 _NO_INIT = {
     "quant_scale": "a quantization scale: computed from the trained weight, never drawn by an init",
     "quant_aux": "quantization metadata (zero points, group indices, codebooks): no init draws it",
+    "quant_packed": "a quantized weight's packed codes: quantized from the trained weight, never drawn by an init",
     "buffer": "a buffer, not a parameter: computed (frequencies, positions, masks) or updated, never drawn by an init",
 }
 

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, Iterator
 
 from ..dtypes import DTYPES
 from ..errors import SourceError
-from ..layer import Model
+from ..layer import Layer, Model
 from ..safe_io import FileRange, open_regular, read_bounded
 from ..tensors import CHUNK_ELEMENTS, StridedRef
 from . import LoadOptions, pickle_scan
@@ -70,7 +70,23 @@ def load_dcp(folder: Path, options: LoadOptions) -> Model:
                      "--stats reads every chunk")
     if transformed:
         notes.append(f"written through a DCP storage extension (compression?), no statistics: {_names(transformed)}")
+    notes += _maybe_tied(layers)
     return Model(source=str(folder), format="torch-dcp", layers=layers, notes=tuple(notes))
+
+
+def _maybe_tied(layers: tuple[Layer, ...]) -> list[str]:
+    """`dcp.save` writes a tied tensor's bytes under each of its keys and keeps no record of the tie, so both
+    keys are listed and counted. Where a tensor has an embedding's dtype and shape (an `lm_head` tied to
+    `wte`), that is said; telling a tie from two equal-shaped tensors would take reading both."""
+    found = []
+    for embedding in (layer for layer in layers if layer.kind == "embedding"):
+        twins = [layer.param for layer in layers if layer is not embedding and layer.shape == embedding.shape
+                 and layer.dtype == embedding.dtype and layer.kind != "embedding"]
+        if twins:
+            found.append(f"{_names(twins)} {'has' if len(twins) == 1 else 'have'} the dtype and shape of the "
+                         f"embedding {embedding.param[:80]!r}: if tied to it, DCP saved the tensor under each key, "
+                         "and each is counted here (its parameters twice, its bytes as stored)")
+    return found
 
 
 def _names(names: list[str] | tuple[str, ...]) -> str:
@@ -97,19 +113,32 @@ def _check_data_files(folder: Path, tensors: tuple[DcpTensor, ...]) -> None:
 
 
 class _DcpData:
-    """A tensor's data as TensorData: its chunks read one after another (statistics do not depend on order)."""
+    """A tensor's data as TensorData: its chunks read one after another, in the order of their offsets."""
 
     def __init__(self, folder: Path, tensor: DcpTensor) -> None:
         self.folder, self.tensor = folder, tensor
         self.dtype, self.shape = tensor.dtype, tensor.size
 
+    def _ordered(self) -> list[DcpChunk]:
+        return sorted(self.tensor.chunks, key=lambda chunk: chunk.offsets)
+
     def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
-        """Logical order only when the tensor is one chunk that reads in order; shards come box by box."""
-        chunks = self.tensor.chunks
-        return len(chunks) == 1 and chunk_ref(self.folder, self.tensor, chunks[0]).logical(max_elements)
+        """Logical order where the chunks, by offset, are whole rows one after another (one chunk, or FSDP's
+        and row-wise tensor parallelism's shards along dim 0) and each reads in order; other shards (column
+        splits, 2-D boxes) come box by box, in no order a value-by-value comparison can pair."""
+        ordered, size = self._ordered(), self.tensor.size
+        if len(ordered) > 1:
+            rows = 0
+            for chunk in ordered:
+                if chunk.offsets != (rows, *(0,) * (len(size) - 1)) or chunk.sizes[1:] != size[1:]:
+                    return False
+                rows += chunk.sizes[0]
+            if rows != size[0]:
+                return False
+        return all(chunk_ref(self.folder, self.tensor, chunk).logical(max_elements) for chunk in ordered)
 
     def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator[Any]:
-        for chunk in self.tensor.chunks:
+        for chunk in self._ordered():
             yield from chunk_ref(self.folder, self.tensor, chunk).chunks(max_elements)
 
     def parts(self) -> list[StridedRef]:

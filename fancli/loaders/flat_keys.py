@@ -17,7 +17,7 @@ from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
 from .entry import Entry
 from .module_structure import FUSED_QKV_NAME, fused_qkv
-from .quant_keys import QUANT_PACKED, auxiliary, auxiliary_layer, packed_layer
+from .quant_keys import BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, packed_layer
 
 #: Buffers that torch's modules keep in their state_dict but that are not weights.
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -124,6 +124,8 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes
         return layer, Recipe(layer) if not found.owner or found.owner.rpartition(".")[0] == module else None
     if leaf in QUANT_PACKED:
         return packed_layer(entry, by_key, entry.where), None
+    if is_bnb_4bit(entry, keys):  # known by a key outside its module: no recipe
+        return auxiliary_layer(entry, BNB_4BIT, keys, shared), None
     scale, factor, note = _quantization(entry, by_key) if leaf == "weight" else (None, 1.0, None)
     layer = _layer_for(entry, shapes)
     notes = (*layer.notes, *entry.notes, *((note,) if note else ()))
@@ -203,15 +205,17 @@ def is_weight(entry: Entry) -> bool:
 
 
 def _listed(entry: Entry, keys: Collection[str]) -> bool:
-    """Weights, and the integer tensors of a quantized weight (packed weights, zero points, an int8 weight
-    with its row scales); other integer tensors (position ids, step counters) stay unlisted."""
+    """Weights, and the integer tensors of a quantized weight (packed weights, bitsandbytes' 4-bit uint8
+    codes, zero points, an int8 weight with its row scales); other integer tensors (position ids, step
+    counters) stay unlisted."""
     if is_weight(entry):
         return True
     found = auxiliary(entry.key, entry.shape)
     if found is not None:
         return found.kind != "buffer"
     leaf = _split(entry.key)[1]
-    return leaf in QUANT_PACKED or (leaf == "weight" and entry.dtype == "int8" and f"{entry.key[:-6]}SCB" in keys)
+    int8 = leaf == "weight" and entry.dtype == "int8" and f"{entry.key[:-6]}SCB" in keys
+    return leaf in QUANT_PACKED or int8 or is_bnb_4bit(entry, keys)
 
 
 def _quantization(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry | None, float, str | None]:

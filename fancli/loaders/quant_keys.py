@@ -38,6 +38,8 @@ AUXILIARY: tuple[tuple[str, str, str, str], ...] = (
     (r"^(?P<w>.+\.weight)\.(nested_)?absmax$", "quant_scale", "bitsandbytes 4-bit block absmax", "{w}"),
     (r"^(?P<w>.+\.weight)\.(nested_)?quant_map$", "quant_aux", "bitsandbytes 4-bit codebook", "{w}"),
     (r"^(?P<w>.+\.weight)\.quant_state\..+$", "quant_aux", "bitsandbytes 4-bit quantization state", "{w}"),
+    (r"^(?P<m>.+)\.weight_packed$", "quant_packed", "compressed-tensors packed weight (32/bits values to an int32 "
+     "along dim 1; its [out, in] is in the weight_shape beside it)", ""),
     (r"^(?P<m>(.+\.)?)inv_freq$", "buffer", "rotary embedding frequencies", ""),
     (r"^(?P<m>(.+\.)?)position_ids$", "buffer", "position ids", ""),
     (r"^(?P<m>.+)\.e_score_correction_bias$", "buffer",
@@ -49,7 +51,7 @@ AUXILIARY: tuple[tuple[str, str, str, str], ...] = (
 _AUXILIARY_LEAVES = frozenset((
     "weight_scale_inv", "weight_scale", "input_scale", "k_scale", "v_scale", "scales", "qzeros", "g_idx", "SCB",
     "weight_format", "absmax", "nested_absmax", "quant_map", "nested_quant_map", "inv_freq", "position_ids",
-    "e_score_correction_bias", "masked_bias",
+    "e_score_correction_bias", "masked_bias", "weight_packed",
 ))
 #: Integer tensors that belong to a quantized weight: listed although integers otherwise are not.
 QUANT_PACKED = ("qweight",)
@@ -63,6 +65,17 @@ class Auxiliary(NamedTuple):
     role: str
     owner: str  # the key of the weight (or module) it belongs to; "" for none
     relation: str = ""  # that owner seen from the tensor's own key: "the weight beside it"
+
+
+#: bitsandbytes' 4-bit `Params4bit` as its state_dict holds it: a uint8 `weight` [⌈out·in/2⌉, 1] with its
+#: `weight.absmax` (and `weight.quant_state.*`) beside it.
+BNB_4BIT = Auxiliary("quant_packed", "bitsandbytes 4-bit weight packed two to a byte (its [out, in] is in its "
+                     "quant_state)", "")
+
+
+def is_bnb_4bit(entry: "Entry", keys: Collection[str]) -> bool:
+    """A uint8 `weight` with a `weight.absmax` beside it: the packed codes of a bitsandbytes 4-bit weight."""
+    return entry.dtype == "uint8" and entry.key.rpartition(".")[2] == "weight" and f"{entry.key}.absmax" in keys
 
 
 @functools.cache
@@ -148,4 +161,4 @@ def packed_layer(entry: "Entry", entries: dict[str, "Entry"], where: str) -> Lay
             if layout == "GPTQ" else
             Unreadable("int32", (out, in_features), "AWQ's packing order is not read: no statistics"))
     return Layer(name=module, param=entry.key, kind="linear", shape=(out, in_features), dtype="int32",
-                 data=data, notes=(note,))
+                 stored_shape=entry.shape, data=data, notes=(note,))

@@ -26,12 +26,15 @@ def count(value: int) -> str:
 
 
 def totals_line(report: Report) -> str:
-    """The footer every peer prints first: tensors, parameters (a tied tensor once), bytes by dtype."""
+    """The footer every peer prints first: tensors, parameters (a tied tensor once), buffers' elements apart,
+    bytes by dtype (as stored)."""
     found = report.summary
     parameters = f"{count(found.parameters)} parameters"
     if found.tied_keys:
         parameters += f" ({found.tied_keys} tied key{'s' * (found.tied_keys != 1)} counted once)"
     parts = [f"{count(found.tensors)} tensor{'s' * (found.tensors != 1)}", parameters]
+    if found.buffers:
+        parts.append(f"{count(found.buffers)} in buffers")
     sizes = list(found.bytes_by_dtype.items())
     if len(sizes) == 1:
         parts.append(f"{count(sizes[0][1])} bytes {sizes[0][0]}")

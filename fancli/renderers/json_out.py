@@ -130,11 +130,13 @@ def layer_dict(row: Row, command: str) -> dict[str, Any]:
 
 
 def totals_dict(report: Report) -> dict[str, Any]:
-    """`summary`'s totals: tensors, parameters (a tied tensor once), bytes by dtype (`null` where a dtype's
-    size is unknown), and whether the dtype was assumed (a spec has none: float32)."""
+    """`summary`'s totals: tensors, parameters (a tied tensor once), bytes by dtype as stored (`null` where a
+    dtype's size is unknown), whether the dtype was assumed (a spec has none: float32), and the elements of
+    buffers (counted apart from the parameters)."""
     found = report.summary
     return {"tensors": found.tensors, "parameters": found.parameters, "tied_keys": found.tied_keys,
-            "bytes": found.bytes, "bytes_by_dtype": dict(found.bytes_by_dtype), "dtype_assumed": found.dtype_assumed}
+            "bytes": found.bytes, "bytes_by_dtype": dict(found.bytes_by_dtype), "dtype_assumed": found.dtype_assumed,
+            "buffers": found.buffers}
 
 
 def groups_dict(group: Group, elements: Callable[[Any], int] = lambda row: numel(row.layer)) -> dict[str, Any]:

@@ -1,0 +1,107 @@
+"""Packed quantized weights in the rows and totals: each listed, and the bytes the bytes stored (torch's
+`numel() × element_size()` of the tensors the quantizer writes). Layouts copied from each quantizer's own
+packing code, named at each builder."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+from helpers import run  # noqa: E402
+
+
+def _inspect(tensors: dict, path) -> dict:
+    safetensors_torch.save_file(tensors, str(path))
+    result = run("inspect", path, "--format", "json", "--all")
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def _stored(tensors: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _gptq(out: int = 48, inputs: int = 64, group: int = 16, bits: int = 4) -> dict:
+    """AutoGPTQ's `QuantLinear.pack` (v1): qweight int32 [in·bits/32, out], qzeros int32 [groups, out·bits/32],
+    scales fp16 [groups, out], g_idx int32 [in]; each int32 holds 32/bits values, low bits first."""
+    torch.manual_seed(0)
+    pack, groups = 32 // bits, inputs // group
+    q = torch.randint(0, 1 << bits, (inputs, out), dtype=torch.int64)
+    zeros = torch.randint(0, 1 << bits, (groups, out), dtype=torch.int64)
+    shifts = torch.arange(pack) * bits
+    qweight = (q.reshape(inputs // pack, pack, out) << shifts[None, :, None]).sum(1)
+    qzeros = (zeros.reshape(groups, out // pack, pack) << shifts[None, None, :]).sum(2)
+    to_int32 = lambda t: ((t + (1 << 31)) % (1 << 32) - (1 << 31)).to(torch.int32)  # noqa: E731
+    return {"m.qweight": to_int32(qweight), "m.qzeros": to_int32(qzeros),
+            "m.scales": (torch.rand(groups, out) * 0.01).half(), "m.g_idx": (torch.arange(inputs) // group).int(),
+            "m.bias": torch.zeros(out).half()}
+
+
+def test_gptq_bytes_are_the_packed_bytes(tmp_path):
+    """A 4-bit qweight stores 8 values to an int32: its bytes are its stored [in/8, out] × 4, not [out, in] × 4."""
+    tensors = _gptq()
+    document = _inspect(tensors, tmp_path / "gptq.safetensors")
+    assert document["summary"]["bytes"] == _stored(tensors)
+    assert document["summary"]["bytes_by_dtype"]["int32"] == sum(
+        t.numel() * 4 for t in tensors.values() if t.dtype == torch.int32)
+    row = next(row for row in document["layers"] if row["param"] == "m.qweight")
+    assert row["shape"] == [48, 64]  # still the Linear weight it stands for
+
+
+def _bnb_4bit(out: int = 32, inputs: int = 16, blocksize: int = 64) -> dict:
+    """bitsandbytes' `Linear4bit` state_dict (`quantize_4bit` + `QuantState.as_dict(packed=True)`): `weight`
+    uint8 [⌈n/2⌉, 1] (two 4-bit codes to a byte), `weight.absmax` float32 [⌈n/blocksize⌉], `weight.quant_map`
+    float32 [16], and the rest of the state as JSON bytes in `weight.quant_state.bitsandbytes__nf4` (uint8)."""
+    n = out * inputs
+    state = {"quant_type": "nf4", "blocksize": blocksize, "dtype": "float16", "shape": [out, inputs]}
+    return {"lin.weight": torch.randint(0, 256, ((n + 1) // 2, 1), dtype=torch.uint8),
+            "lin.weight.absmax": torch.rand(math.ceil(n / blocksize)),
+            "lin.weight.quant_map": torch.linspace(-1, 1, 16),
+            "lin.weight.quant_state.bitsandbytes__nf4": torch.tensor(list(json.dumps(state).encode()),
+                                                                     dtype=torch.uint8),
+            "lin.bias": torch.zeros(out).half()}
+
+
+def test_bitsandbytes_4bit_packed_weight_is_listed_and_counted(tmp_path):
+    tensors = _bnb_4bit()
+    document = _inspect(tensors, tmp_path / "nf4.safetensors")
+    rows = {row["param"]: row for row in document["layers"]}
+    assert set(rows) == set(tensors)
+    weight = rows["lin.weight"]
+    assert (weight["kind"], weight["shape"], weight["std"]) == ("quant_packed", [256, 1], None)
+    assert "bitsandbytes 4-bit" in weight["notes"][0]
+    assert document["summary"]["bytes"] == _stored(tensors)
+    assert document["summary"]["bytes_by_dtype"]["uint8"] == sum(
+        t.numel() for t in tensors.values() if t.dtype == torch.uint8)
+
+
+def pack_to_int32(value: "torch.Tensor", num_bits: int) -> "torch.Tensor":
+    """compressed-tensors' `pack_to_int32` (compressors/quantized_compressors/pack_quantized.py): signed values
+    offset to unsigned, 32/num_bits to an int32 along dim 1, the i-th value of a word at bits num_bits·i."""
+    offset = 1 << (num_bits - 1)
+    value = (value.to(torch.int64) + offset)
+    pack_factor = 32 // num_bits
+    packed_size = math.ceil(value.shape[1] / pack_factor)
+    value = torch.nn.functional.pad(value, (0, packed_size * pack_factor - value.shape[1]))
+    packed = torch.zeros(value.shape[0], packed_size, dtype=torch.int64)
+    for i in range(pack_factor):
+        packed |= value[:, i::pack_factor] << (num_bits * i)
+    return ((packed + (1 << 31)) % (1 << 32) - (1 << 31)).to(torch.int32)
+
+
+def test_compressed_tensors_int4_weight_packed_is_listed_and_counted(tmp_path):
+    """`PackedQuantizationCompressor`'s keys: weight_packed int32 [out, in/8], weight_scale [out, in/group],
+    weight_shape int64 [2] (metadata, an integer tensor: unlisted)."""
+    torch.manual_seed(1)
+    q = torch.randint(-8, 8, (32, 64), dtype=torch.int8)
+    tensors = {"m.weight_packed": pack_to_int32(q, 4), "m.weight_scale": torch.rand(32, 4).half(),
+               "m.weight_shape": torch.tensor([32, 64])}
+    document = _inspect(tensors, tmp_path / "ct.safetensors")
+    rows = {row["param"]: row for row in document["layers"]}
+    assert rows["m.weight_packed"]["kind"] == "quant_packed" and rows["m.weight_packed"]["shape"] == [32, 8]
+    listed = {key: t for key, t in tensors.items() if key != "m.weight_shape"}
+    assert document["summary"]["bytes"] == _stored(listed)
