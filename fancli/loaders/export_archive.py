@@ -5,6 +5,8 @@
 `--trust` fancli never calls it. It reads `models/model.json` (graph, signature, each node's module
 stack) and `data/weights/model_weights_config.json` (each weight's file, dtype, size, stride and offset)
 as data, and the weight files by byte range for `--stats`; no pickle in the archive is opened.
+Each JSON field it uses is type-checked where it is read (`_field`): a malformed archive is one
+SourceError naming the field, never a TypeError further in.
 """
 
 from __future__ import annotations
