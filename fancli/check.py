@@ -19,6 +19,7 @@ from .report import SCHEMA_VERSION, Report, Row
 #: Fields of a baseline entry, in the order written; strings compare exactly, numbers within a tolerance.
 TEXT_FIELDS = ("kind", "scheme", "mode", "nonlinearity")
 NUMBER_FIELDS = ("fan_in", "fan_out", "gain", "std", "bound")
+FAN_FIELDS = ("fan_in", "fan_out")  # whole numbers ≥ 0, the others finite floats, each or null
 #: A baseline takes ~250 bytes a layer: 64 MiB is ~250,000 layers, more than any model fancli reads.
 MAX_BASELINE_BYTES = 64 * 1024 * 1024
 
@@ -158,14 +159,26 @@ def ensure_replaceable(path: Path) -> None:
     try:
         if not head.startswith(b"{"):
             raise SourceError(f"{path}: not JSON")
-        read_baseline(path)
+        _baseline_document(path)  # a number it cannot compare is what --update is there to replace
     except SourceError:
         raise SourceError(f"{path}: exists and is not a fancli baseline; refusing to replace it "
                           "(remove it or give another --baseline)") from None
 
 
 def read_baseline(path: Path) -> dict[str, Any]:
-    """The committed baseline; SourceError (exit 2) if it is missing or not one of ours."""
+    """The committed baseline; SourceError (exit 2) if it is missing, not one of ours, or holds a number
+    fancli never writes (NaN, beyond any float, a fan that is not a whole number ≥ 0)."""
+    document = _baseline_document(path)
+    for param, entry in document["layers"].items():
+        for name in NUMBER_FIELDS:
+            problem = _number_problem(name, entry.get(name))
+            if problem:
+                raise SourceError(f"{path}: layer {param!r}: {name} {problem}; regenerate with `fancli check --update`")
+    return document
+
+
+def _baseline_document(path: Path) -> dict[str, Any]:
+    """A baseline's JSON, with its schema version and each layer's shape checked."""
     from .safe_io import check_json_size, read_bounded
 
     if not path.exists():
@@ -195,12 +208,27 @@ def read_baseline(path: Path) -> dict[str, Any]:
     return document
 
 
+def _number_problem(name: str, value: Any) -> str | None:
+    """Why a baseline's number is no value fancli writes (a finite float; fans whole and ≥ 0), or None:
+    such a number is unreadable input, not a drift from today's value."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "is not a number"
+    try:
+        number = float(value)
+    except OverflowError:
+        return "is too large for a float"
+    if not math.isfinite(number):
+        return f"is {number}, not a finite number"
+    if name in FAN_FIELDS and (number < 0 or not number.is_integer()):
+        return f"is {value}, not a whole number ≥ 0"
+    return None
+
+
 def _differs(old: Any, new: Any, tolerance: float) -> bool:
     if isinstance(old, (int, float)) and isinstance(new, (int, float)):
-        try:
-            return not math.isclose(old, new, rel_tol=tolerance, abs_tol=0.0)
-        except OverflowError:  # a baseline number beyond any float (a 400-digit integer): not today's value
-            return True
+        return not math.isclose(old, new, rel_tol=tolerance, abs_tol=0.0)  # read_baseline: old fits a float
     return old != new
 
 

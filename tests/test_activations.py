@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -117,3 +118,33 @@ def test_the_registry_imports_no_torch():
              "assert 'torch' not in sys.modules, 'torch was imported'\n")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name,param,keyword", [("softplus", 0.0, "beta"), ("celu", 0.0, "alpha")])
+def test_a_parameter_torchs_module_divides_by_is_refused_at_zero(name, param, keyword):
+    """torch as the oracle: Softplus(beta=0) is inf everywhere and CELU(alpha=0) raises, so there is no
+    gain to give; `gain`, `inspect -n` and `propagate -n` refuse the parameter in one line, exit 2."""
+    module = getattr(torch.nn, ACTIVATIONS[name].module)
+    try:
+        computed = module(**{keyword: param})(torch.linspace(-3, 3, 7))
+        assert torch.isinf(computed).all()
+    except RuntimeError as error:
+        assert "cannot be 0" in str(error)
+    spec = REPO / "sample_models" / "lenet5.yaml"
+    for command in (("gain", name), ("inspect", spec, "-n", name), ("propagate", spec, "-n", name, "--draws", "1")):
+        result = run(*command, "--param", str(param))
+        assert result.code == 2 and result.out == "", (command, result)
+        (line,) = result.err.strip().splitlines()
+        assert f"{keyword} must not be 0" in line, line
+
+
+@pytest.mark.parametrize("name,param", [("softplus", 0.0), ("softplus", 1e-300), ("celu", 0.0), ("elu", 1e300),
+                                        ("elu", -1e300)])
+def test_a_parameter_that_overflows_numpy_leaks_no_warning(name, param):
+    """numpy's RuntimeWarnings (divide by zero, overflow) are no part of fancli's output: with warnings made
+    errors, the gain is still either a number or one refusal line, never an internal error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = run("gain", name, "--param", str(param))
+    assert result.code in (0, 2), result
+    assert "Warning" not in result.err and len(result.err.strip().splitlines()) == result.code // 2, result.err

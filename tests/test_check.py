@@ -139,6 +139,31 @@ def test_a_corrupt_baseline_exits_2_and_is_left_alone(project, content, message)
     assert (project / "fancli.lock.json").read_text() == content
 
 
+@pytest.mark.parametrize("field,value,words", [
+    ("fan_in", "9" * 400, "too large for a float"),  # 10**400: a drift, exit 1, before
+    ("fan_out", "NaN", "not a finite number"),
+    ("fan_in", "-27", "not a whole number"),
+    ("fan_in", "27.5", "not a whole number"),
+    ("fan_in", '"27"', "not a number"),
+    ("std", "Infinity", "not a finite number"),
+    ("gain", "1" + "0" * 309, "too large for a float"),
+])
+def test_a_baseline_number_fancli_never_writes_is_unreadable_not_drift(project, field, value, words):
+    """Python's json reads NaN, Infinity and 400-digit integers: each is a baseline fancli cannot compare
+    (exit 2 naming the file, the layer and the key), not a change in the model (exit 1)."""
+    path = project / "fancli.lock.json"
+    document = json.loads(path.read_text())
+    document["layers"]["conv1.weight"][field] = "@"
+    content = json.dumps(document, indent=2).replace('"@"', value)
+    path.write_text(content)
+    result = run("check")
+    assert result.code == 2 and result.out == "", (result.code, result.out)
+    (line,) = result.err.strip().splitlines()
+    assert str(path.name) in line and "conv1.weight" in line and field in line and words in line, line
+    assert path.read_text() == content
+    assert run("check", "--update").code == 0 and run("check").code == 0  # what the message says to do works
+
+
 def test_a_missing_baseline_exits_2(project):
     (project / "fancli.lock.json").unlink()
     result = run("check")

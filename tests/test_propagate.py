@@ -293,3 +293,42 @@ def test_a_module_without_an_input_shape_names_the_option():
 
     with pytest.raises(PropagateError, match="--input-shape"):
         propagate(torch.nn.Linear(3, 2))
+
+
+# --- refusals are one line naming the source, exit 2 (issue 24) ---------------------------------------
+
+
+def test_a_billion_draws_is_refused_naming_the_spec():
+    from helpers import run
+
+    spec = REPO / "sample_models" / "lenet5.yaml"
+    result = run("propagate", spec, "--draws", "1000000000")
+    assert result.code == 2 and result.out == "", result
+    (line,) = result.err.strip().splitlines()
+    assert str(spec) in line and "draws must be from 1 to 1,000" in line, line
+
+
+def test_an_input_past_any_float_is_refused_not_overflowed():
+    """Twenty sizes of 2**63 - 1: the memory estimate is an integer no float holds."""
+    with pytest.raises(PropagateError, match="Linear: an input of .* would need over a million GiB"):
+        propagate(nn.Linear(4, 4), ("fan_in",), input_shape=(2**63 - 1,) * 20, draws=1)
+
+
+def test_layers_wider_than_the_memory_there_is_are_one_line(tmp_path):
+    """Under MAX_BYTES (about 7 GiB for one 30,000-wide linear) but beyond what the process may allocate
+    (an address-space cap of 2 GiB, in a child): torch's allocator fails, and that is the spec's sizes,
+    exit 2, not an internal error."""
+    import subprocess
+    import sys
+
+    spec = tmp_path / "wide.yaml"
+    spec.write_text("name: wide\nlayers:\n  - {name: fc, type: linear, in_features: 30000, out_features: 30000}\n")
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
+            "from fancli.cli import main\n"
+            "main(['propagate', sys.argv[1], '--draws', '1', '--mode', 'fan_in'])\n")
+    done = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 2 and done.stdout == "", (done.returncode, done.stderr)
+    (line,) = done.stderr.strip().splitlines()
+    assert str(spec) in line and "out of memory" in line, line

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 from helpers import REPO, run  # noqa: E402
@@ -178,6 +180,76 @@ def test_archives_are_read_without_importing_torch(archives):
     paths = [str(archives[name]) for name in ("script", "traced", "export")]
     done = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
+
+
+def with_json(source: Path, target: Path, member_end: str, change: Callable[[dict], None]) -> Path:
+    """A copy of an archive whose JSON member ending in `member_end` is edited in place by `change`."""
+    def edit(member: str, data: bytes) -> bytes:
+        if not member.endswith(member_end):
+            return data
+        document = json.loads(data)
+        change(document)
+        return json.dumps(document).encode()
+
+    return rewrite(source, target, edit)
+
+
+def json_paths(value: object, path: tuple = ()) -> list[tuple]:
+    """Every path into a JSON document, its root included."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return [path, *(found for key, item in items for found in json_paths(item, (*path, key)))]
+
+
+def put(document: object, path: tuple, value: object) -> None:
+    for key in path[:-1]:
+        document = document[key]
+    document[path[-1]] = value
+
+
+@pytest.mark.parametrize("arg", (["p_conv_weight"], "p_conv_weight", 7, None))
+def test_an_export_graph_argument_of_the_wrong_type_is_one_line(archives, tmp_path, arg):
+    """A node input's `arg` must be an object ({"as_tensor": …}); a list or a string was an AttributeError."""
+    def change(program: dict) -> None:
+        conv = program["graph_module"]["graph"]["nodes"][0]
+        assert conv["inputs"][1]["name"] == "weight"
+        conv["inputs"][1]["arg"] = arg
+
+    broken = with_json(archives["export"], tmp_path / "arg.pt2", "models/model.json", change)
+    err = one_line_exit_2(run("inspect", broken))
+    assert str(broken) in err and "graph node 0, input 1: arg is" in err, err
+
+
+#: A value of each JSON type, and of the near misses (true for an integer, a float for a list index).
+JSON_VALUES = ({}, {"name": 1}, [], [1], "", "p_conv_weight", 0, -1, 2**70, 1.5, True, None)
+
+
+@pytest.fixture(scope="module")
+def export_json_paths(archives: dict[str, Path]) -> list[tuple[str, tuple]]:
+    """(member, path) for every field of the export archive's graph nodes, signature and weights config."""
+    with zipfile.ZipFile(archives["export"]) as archive:
+        read = {end: json.loads(archive.read(next(n for n in archive.namelist() if n.endswith(end))))
+                for end in ("models/model.json", "model_weights_config.json")}
+    program = read["models/model.json"]["graph_module"]
+    return [*(("models/model.json", ("graph_module", "graph", "nodes", *path))
+              for path in json_paths(program["graph"]["nodes"])),
+            *(("models/model.json", ("graph_module", "signature", "input_specs", *path))
+              for path in json_paths(program["signature"]["input_specs"])),
+            *(("model_weights_config.json", path) for path in json_paths(read["model_weights_config.json"])
+              if path)]
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_an_export_archive_field_of_any_type_is_exit_2_never_3(archives, export_json_paths, data):
+    """Any field of the graph, the signature or the weights config replaced by a value of another JSON type:
+    the archive reads (the field was not one fancli uses) or is refused in one line naming it, never exit 3."""
+    member, path = data.draw(st.sampled_from(export_json_paths))
+    value = data.draw(st.sampled_from(JSON_VALUES))
+    mutated = with_json(archives["export"], archives["export"].parent / "mutated.pt2", member,
+                        lambda document: put(document, path, value))
+    result = run("inspect", mutated, "--stats", "--format", "json")
+    if result.code != 0:
+        assert str(mutated) in one_line_exit_2(result), result.err
 
 
 # --- TorchScript ----------------------------------------------------------------------------------

@@ -171,17 +171,13 @@ def test_a_baseline_of_3_gb_is_not_read_whole(tmp_path, baseline):
 
 @pytest.mark.parametrize("mutate, words", [
     (lambda text: '{"fancli": "1.0", "layers": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
-    (lambda text: re.sub(r'"fan_in": \d+', '"fan_in": ' + "9" * 4000, text, count=1), None),
+    (lambda text: re.sub(r'"fan_in": \d+', '"fan_in": ' + "9" * 4000, text, count=1), "fan_in"),
     (lambda text: re.sub(r'"fan_in": \d+', '"fan_in": ' + "9" * 5000, text, count=1), "too many digits"),
     (lambda text: '{"fancli": "1.0", "layers": {}, "x": [' + "[]," * 10_000_000 + "[]]}", "MiB to parse"),
 ], ids=["nested", "huge-int", "too-many-digits", "bracket-bomb"])
 def test_a_hostile_baseline_is_one_line(baseline, mutate, words):
     baseline.write_text(mutate(baseline.read_text()))
-    outcome = cli("check", SAMPLE, "--no-config", "--baseline", baseline)
-    if words is None:  # a number beyond any float: drift, exit 1, not an internal error
-        assert outcome.code == 1 and "fan_in" in outcome.out, outcome.err
-        return
-    refused(outcome, baseline, words)
+    refused(cli("check", SAMPLE, "--no-config", "--baseline", baseline), baseline, words)
 
 
 # --- item 3: zip end records are checked before zipfile believes them -------------------------------

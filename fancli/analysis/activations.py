@@ -54,6 +54,7 @@ class Activation:
     default: float | None = None  # the parameter's value when none is given: torch's default
     aliases: tuple[str, ...] = ()  # other spellings of the same function
     fixed: dict[str, Any] = field(default_factory=dict)  # keywords of `module` that make it this function
+    nonzero: bool = False  # torch divides by the parameter: 0 is refused (CELU) or infinite everywhere (Softplus)
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -83,13 +84,13 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("selu", lambda x, _: _SELU_SCALE * _elu(x, _SELU_ALPHA), "SELU"),
         Activation("elu", lambda x, a: _elu(x, a), "ELU", "alpha", 1.0),
         Activation("celu", lambda x, a: np.where(x > 0, x, a * np.expm1(np.minimum(x, 0.0) / a)), "CELU", "alpha",
-                   1.0),
+                   1.0, nonzero=True),
         Activation("gelu", lambda x, _: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))), "GELU"),
         Activation("gelu_tanh", lambda x, _: 0.5 * x * (1.0 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
                    "GELU", aliases=("gelu_new",), fixed={"approximate": "tanh"}),
         Activation("silu", lambda x, _: x / (1.0 + np.exp(-x)), "SiLU", aliases=("swish",)),
         Activation("mish", lambda x, _: x * np.tanh(_softplus(x)), "Mish"),
-        Activation("softplus", lambda x, b: _softplus(x, b), "Softplus", "beta", 1.0),
+        Activation("softplus", lambda x, b: _softplus(x, b), "Softplus", "beta", 1.0, nonzero=True),
         Activation("hardswish", lambda x, _: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0, "Hardswish",
                    aliases=("hard_swish",)),
         Activation("hardsigmoid", lambda x, _: np.clip(x / 6.0 + 0.5, 0.0, 1.0), "Hardsigmoid"),
@@ -183,8 +184,16 @@ def torch_module(name: str, param: float | None = None) -> nn.Module:
         return _call_module()(_torch_function(record.module), param)
     keywords = dict(record.fixed)
     if record.param is not None:
-        keywords[record.param] = float(record.default if param is None else param)
+        keywords[record.param] = _checked_param(record, param)
     return getattr(nn, record.module)(**keywords)
+
+
+def _checked_param(record: Activation, param: float | None) -> float | None:
+    """The parameter to compute with (the default where None); ValueError for one torch's module divides by."""
+    value = record.default if param is None else param
+    if record.nonzero and value == 0:
+        raise ValueError(f"{record.name}'s {record.param} must not be 0: torch.nn.{record.module} divides by it")
+    return None if value is None else float(value)
 
 
 @lru_cache(maxsize=1)
@@ -215,16 +224,18 @@ def _nodes() -> tuple[np.ndarray, np.ndarray]:
 
 
 def second_moment(f: Callable[[np.ndarray], np.ndarray]) -> float:
-    """E[f(z)²] for z ~ N(0, 1)."""
+    """E[f(z)²] for z ~ N(0, 1); inf or nan where f overflows (numpy's warnings kept off stderr: the
+    caller's one line says what is wrong)."""
     x, w = _nodes()
-    values = np.asarray(f(x), dtype=np.float64)
-    return float(np.dot(w, values * values))
+    with np.errstate(all="ignore"):
+        values = np.asarray(f(x), dtype=np.float64)
+        return float(np.dot(w, values * values))
 
 
 def numeric_gain(name: str, param: float | None = None) -> float:
     """1/√E[f(z)²], z ~ N(0, 1), for an activation by name (with its parameter, or its default)."""
     record = activation(name)
-    value = param if param is not None else record.default
+    value = _checked_param(record, param)
     moment = second_moment(lambda x: record.function(x, value))
     if not math.isfinite(moment) or moment <= 0:
         raise ValueError(f"{name}: E[f(z)²] = {moment}, so no gain can make the variance 1")

@@ -5,6 +5,8 @@
 `--trust` fancli never calls it. It reads `models/model.json` (graph, signature, each node's module
 stack) and `data/weights/model_weights_config.json` (each weight's file, dtype, size, stride and offset)
 as data, and the weight files by byte range for `--stats`; no pickle in the archive is opened.
+Each JSON field it uses is type-checked where it is read (`_field`): a malformed archive is one
+SourceError naming the field, never a TypeError further in.
 """
 
 from __future__ import annotations
@@ -34,35 +36,77 @@ SCALAR_TYPES = {
     34: "uint32", 35: "uint64",
 }
 _PICKLED = "stored pickled (a tensor subclass): its values are read only with --trust"
+#: The JSON types the reader checks, as its messages name them (bool before int: JSON's true is no integer).
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", bool: "true or false", int: "an integer"}
+#: The scalar and list arguments a node's input may hold (torch/_export/serde/schema.py Argument), and their types.
+_ARGUMENT_TYPES = {"as_int": int, "as_ints": list, "as_bool": bool}
 
 
 class _Node:
-    """A graph node as the JSON states it: its op and its inputs, by name and in order."""
+    """A graph node as the JSON states it: its op and its inputs, by name and in order, their types checked."""
 
-    def __init__(self, raw: Any) -> None:
-        if not isinstance(raw, dict):
-            raise ValueError("a graph node is not an object")
-        self.op = _op_name(raw.get("target"))
-        inputs = raw.get("inputs") or []
-        self.inputs = [(item.get("name"), item.get("arg") or {}) for item in inputs if isinstance(item, dict)]
-        metadata = raw.get("metadata") or {}
-        self.module_stack = metadata.get("nn_module_stack", "") if isinstance(metadata, dict) else ""
+    def __init__(self, raw: Any, where: str) -> None:
+        node = _typed(raw, dict, where)
+        self.op = _op_name(_field(node, "target", str, where))
+        inputs = _field(node, "inputs", list, where, [])
+        self.inputs = [_input(item, f"{where}, input {index}") for index, item in enumerate(inputs)]
+        metadata = _field(node, "metadata", dict, where, {})
+        self.module_stack = _field(metadata, "nn_module_stack", str, f"{where}: metadata", "")
 
     def tensor_at(self, position: int) -> str | None:
         """The name of the tensor passed at `position`, if a tensor is passed there."""
         if position >= len(self.inputs):
             return None
         tensor = self.inputs[position][1].get("as_tensor")
-        return tensor.get("name") if isinstance(tensor, dict) else None
+        return tensor["name"] if tensor is not None else None
 
     def arguments(self) -> dict[str, Any]:
         """Scalar and list arguments by name, as Python values."""
         values = {}
         for name, arg in self.inputs:
-            for key in ("as_int", "as_ints", "as_bool"):
+            for key in _ARGUMENT_TYPES:
                 if key in arg:
                     values[name] = arg[key]
         return values
+
+
+def _input(raw: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """(name, argument) of a node's input; the argument's fields the reader uses, checked."""
+    item = _typed(raw, dict, where)
+    name, arg = _field(item, "name", str, where), _field(item, "arg", dict, where)
+    tensor = _field(arg, "as_tensor", dict, f"{where}: arg", None)
+    if tensor is not None:
+        _field(tensor, "name", str, f"{where}: arg: as_tensor")
+    for key, kind in _ARGUMENT_TYPES.items():
+        value = _field(arg, key, kind, f"{where}: arg", None)
+        if kind is list and value is not None:
+            for index, number in enumerate(value):
+                _typed(number, int, f"{where}: arg: {key}[{index}]")
+    return name, arg
+
+
+def _typed(value: Any, kind: type, what: str) -> Any:
+    """`value` if it has the JSON type `kind` (true and false are no integers), else SourceError: a field
+    of the wrong type in the program or the weights config is malformed input, not a crash further in."""
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise SourceError(f"{what} is {_json_type(value)}, not {_JSON_TYPES[kind]}")
+
+
+def _field(parent: dict[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
+    """`parent[key]`, checked by `_typed`; `default` where the key is absent (SourceError if none given)."""
+    if key not in parent:
+        if default is ...:
+            raise SourceError(f"{where} has no {key!r}")
+        return default
+    return _typed(parent[key], kind, f"{where}: {key}")
+
+
+def _json_type(value: Any) -> str:
+    for kind, name in _JSON_TYPES.items():
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else "a number"
 
 
 def _op_name(target: Any) -> str:
@@ -123,16 +167,15 @@ class _Weight:
 
     def __init__(self, archive: TorchZip, prefix: str, key: str, meta: Any) -> None:
         where = f"{archive.path}: {key}"
-        if not isinstance(meta, dict) or not isinstance(meta.get("tensor_meta"), dict):
-            raise SourceError(f"{where}: its weights config entry is malformed")
-        tensor = meta["tensor_meta"]
-        self.shape = _ints(tensor.get("sizes"), where, "size")
-        self.stride = _ints(tensor.get("strides"), where, "stride")
-        offset = tensor.get("storage_offset")
-        self.offset = offset.get("as_int") if isinstance(offset, dict) else None
-        self.dtype = SCALAR_TYPES.get(tensor.get("dtype"), f"unknown dtype {str(tensor.get('dtype'))[:20]}")
-        self.file = str(meta.get("path_name"))
-        self.pickled = meta.get("use_pickle") is True
+        entry = _typed(meta, dict, f"{where}: its weights config entry")
+        tensor = _field(entry, "tensor_meta", dict, where)
+        self.shape = _ints(_field(tensor, "sizes", list, where), where, "size")
+        self.stride = _ints(_field(tensor, "strides", list, where), where, "stride")
+        self.offset = _field(_field(tensor, "storage_offset", dict, where), "as_int", int, f"{where}: storage_offset")
+        dtype = _field(tensor, "dtype", int, where)
+        self.dtype = SCALAR_TYPES.get(dtype, f"unknown dtype {str(dtype)[:20]}")
+        self.file = _field(entry, "path_name", str, where)
+        self.pickled = _field(entry, "use_pickle", bool, where, False)
         if len(self.stride) != len(self.shape) or not _is_index(self.offset):
             raise SourceError(f"{where}: malformed size, stride or offset")
         self.data: StridedRef | None = None
@@ -155,9 +198,9 @@ class _Weight:
         return (self.file, self.offset, self.shape, self.stride)
 
 
-def _ints(value: Any, where: str, what: str) -> tuple[int, ...]:
+def _ints(value: list[Any], where: str, what: str) -> tuple[int, ...]:
     """Sizes and strides as the JSON writes them: [{"as_int": 8}, …]; symbolic ones are refused."""
-    if not isinstance(value, list) or len(value) > MAX_DIMS:
+    if len(value) > MAX_DIMS:
         raise SourceError(f"{where}: malformed {what}")
     numbers = tuple(item.get("as_int") if isinstance(item, dict) else None for item in value)
     if not all(map(_is_index, numbers)):
@@ -181,13 +224,13 @@ def _json(archive: TorchZip, member: str, limit: int, what: str) -> dict:
 
 def _parameters(program: dict, where: str) -> Iterator[tuple[str, str]]:
     """(parameter key, graph input name) in the signature's order, which is named_parameters() order."""
-    try:
-        specs = program["graph_module"]["signature"]["input_specs"]
-        for spec in specs:
-            if isinstance(spec, dict) and "parameter" in spec:
-                yield str(spec["parameter"]["parameter_name"]), str(spec["parameter"]["arg"]["name"])
-    except (KeyError, TypeError):
-        raise SourceError(f"{where}: its program has no readable signature") from None
+    signature = _field(_field(program, "graph_module", dict, where), "signature", dict, f"{where}: graph_module")
+    for index, spec in enumerate(_field(signature, "input_specs", list, f"{where}: graph_module: signature")):
+        at = f"{where}: input spec {index}"
+        parameter = _field(_typed(spec, dict, at), "parameter", dict, at, None)
+        if parameter is not None:
+            arg = _field(parameter, "arg", dict, f"{at}: parameter")
+            yield _field(parameter, "parameter_name", str, f"{at}: parameter"), _field(arg, "name", str, f"{at}: arg")
 
 
 def read_exported(path: Path, archive: TorchZip) -> Model:
@@ -196,20 +239,20 @@ def read_exported(path: Path, archive: TorchZip) -> Model:
     program = _json(archive, f"{prefix}/models/{MODEL}.json", MAX_PROGRAM_BYTES, "the exported program")
     config = _json(archive, f"{prefix}/data/weights/{MODEL}_weights_config.json", MAX_INDEX_BYTES,
                    "the weights config")
-    try:
-        nodes = [_Node(raw) for raw in program["graph_module"]["graph"]["nodes"]]
-        weights_config = dict(config["config"])
-    except (KeyError, TypeError, ValueError):
-        raise SourceError(f"{path}: its program or weights config is malformed") from None
-    classes, graph = _module_classes(nodes), _Graph(nodes)
+    where = f"{path}: the exported program"
+    graph = _field(_field(program, "graph_module", dict, where), "graph", dict, f"{where}: graph_module")
+    nodes = [_Node(raw, f"{where}: graph node {index}")
+             for index, raw in enumerate(_field(graph, "nodes", list, f"{where}: graph_module: graph"))]
+    weights_config = _field(config, "config", dict, f"{path}: the weights config")
+    classes, graph_uses = _module_classes(nodes), _Graph(nodes)
     first: dict[Hashable, int] = {}
     found: list[tuple[str, _Weight, list[str]]] = []
-    inputs: dict[str, str] = {}
-    for key, input_name in _parameters(program, str(path)):
+    weights: dict[str, tuple[str, _Weight]] = {}  # key -> (graph input name, weight)
+    for key, input_name in _parameters(program, where):
         if key not in weights_config:
             raise SourceError(f"{path}: parameter {key[:80]} is missing from the weights config")
         weight = _Weight(archive, prefix, key, weights_config[key])
-        inputs[key] = input_name
+        weights[key] = (input_name, weight)
         if weight.identity in first:
             found[first[weight.identity]][2].append(key)
             continue
@@ -220,8 +263,7 @@ def read_exported(path: Path, archive: TorchZip) -> Model:
     for key, weight, aliases in found:
         name = key.rpartition(".")[0]
         if name not in owners:
-            weight_key = f"{name}.weight" if name else "weight"
-            owners[name] = _owner(name, classes, graph, inputs.get(weight_key), weights_config.get(weight_key))
+            owners[name] = _owner(name, classes, graph_uses, weights.get(f"{name}.weight" if name else "weight"))
         layer = module_layer(key, weight.shape, weight.dtype, owners[name], weight.data, tuple(aliases))
         if weight.pickled:
             layer = _with_note(layer, _PICKLED)
@@ -230,17 +272,13 @@ def read_exported(path: Path, archive: TorchZip) -> Model:
                  name=classes.get(""))
 
 
-def _owner(name: str, classes: dict[str, str], graph: _Graph, weight: str | None, meta: Any) -> Owner:
-    conv = graph.conv_use(weight) if weight is not None else None
-    uses = graph.uses(weight) if weight is not None else None
-    return exported_owner(name, classes.get(name), uses, conv, _weight_dims(meta) - 2)
-
-
-def _weight_dims(meta: Any) -> int:
-    try:
-        return len(meta["tensor_meta"]["sizes"])
-    except (KeyError, TypeError):
-        return 0
+def _owner(name: str, classes: dict[str, str], graph: _Graph, weight: tuple[str, _Weight] | None) -> Owner:
+    """The module's class and conv structure; `weight` (its graph input name, its entry) None when it has none."""
+    if weight is None:
+        return exported_owner(name, classes.get(name), None, None, 0)
+    input_name, entry = weight
+    return exported_owner(name, classes.get(name), graph.uses(input_name), graph.conv_use(input_name),
+                          len(entry.shape) - 2)
 
 
 def _with_note(layer: Layer, note: str) -> Layer:

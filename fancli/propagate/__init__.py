@@ -45,6 +45,7 @@ from .signals import (
     Propagation,
     Runner,
     combine,
+    memory_refused,
 )
 from .spec_stack import SpecStack
 
@@ -140,14 +141,15 @@ def propagate(
         raise SettingsError("propagate needs at least one mode")
     if norms not in NORMS:
         raise SettingsError(f"unknown norms {norms!r}; known: {', '.join(NORMS)}")
+    source = model.source if isinstance(model, Model) else type(model).__name__
     if not 1 <= draws <= MAX_DRAWS:
-        raise SettingsError(f"draws must be from 1 to {MAX_DRAWS:,}, got {draws}")
+        raise SettingsError(f"{source}: draws must be from 1 to {MAX_DRAWS:,}, got {draws:,}")
     if batch is not None and not 1 <= batch <= MAX_BATCH:
-        raise SettingsError(f"batch must be from 1 to {MAX_BATCH:,}, got {batch}")
+        raise SettingsError(f"{source}: batch must be from 1 to {MAX_BATCH:,}, got {batch:,}")
     if input_shape is not None:
         input_shape = tuple(int(d) for d in input_shape)
         if not input_shape or any(d < 1 for d in input_shape):
-            raise SettingsError(f"input shape must be positive sizes, got {input_shape}")
+            raise SettingsError(f"{source}: input shape must be positive sizes, got {input_shape}")
     settings = [Settings(scheme, (mode,), nonlinearity, param, fans).validated() for mode in modes]
 
     if isinstance(model, nn.Module):
@@ -172,7 +174,7 @@ def propagate(
     results = []
     for setting in settings:
         rows = {row.layer.param: row for row in analyze(runner.model, setting).rows}
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        with torch.random.fork_rng(devices=[]), torch.enable_grad(), memory_refused(runner.model.source):
             torch.manual_seed(seed)
             generator = torch.Generator().manual_seed(seed)
             runs = [runner.run(setting.modes[0], rows, batch, shape, generator) for _ in range(draws)]

@@ -4,9 +4,11 @@ record a layer's variances, and the base of the two runners (a spec's stack, a l
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -189,6 +191,32 @@ def _line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+@contextlib.contextmanager
+def memory_refused(source: str) -> Iterator[None]:
+    """A run within MAX_BYTES can still exceed the memory this machine gives it: torch's allocator failing
+    is the source's sizes being too large here (one line, exit 2), not an internal error."""
+    try:
+        yield
+    except MemoryError:
+        raise PropagateError(f"{source}: out of memory; give a smaller batch or input shape") from None
+    except RuntimeError as error:
+        asked = _ALLOCATOR_FAILED.search(str(error))
+        if asked is None:
+            raise
+        raise PropagateError(f"{source}: out of memory: torch could not allocate {gib(int(asked.group(1)))} for "
+                             "this run; give a smaller batch or input shape") from None
+
+
+def gib(size: int) -> str:
+    """A byte count for a message, in GiB; a count past any machine (an input of twenty 2**63 sizes) is not
+    divided into a float, which would overflow."""
+    return f"about {size / 1024**3:,.1f} GiB" if size < 1024**5 else "over a million GiB"
+
+
+#: torch's CPU allocator's message when the system refuses it memory (c10/core/impl/alloc_cpu.cpp).
+_ALLOCATOR_FAILED = re.compile(r"can't allocate memory: you tried to allocate (\d+) bytes")
+
+
 class Runner:
     model: Model
 
@@ -198,7 +226,7 @@ class Runner:
         estimate = 2 * 4 * batch * math.prod(shape)
         if estimate > MAX_BYTES:
             raise PropagateError(f"{self.model.source}: an input of {batch}×{'×'.join(map(str, shape))} would need "
-                                 f"about {estimate / 1024**3:.0f} GiB; give a smaller batch or input shape")
+                                 f"{gib(estimate)}; give a smaller batch or input shape")
 
     def run(self, mode: str, rows: dict[str, Row], batch: int, shape: tuple[int, ...],
             generator: torch.Generator) -> Draw:

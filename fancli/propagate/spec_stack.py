@@ -25,6 +25,7 @@ from .signals import (
     Runner,
     draw_weights,
     forward_backward,
+    gib,
     nan_if_none,
     scheme_name,
     variance,
@@ -209,7 +210,7 @@ class SpecStack(Runner):
         activations = math.prod(shape) + sum(math.prod(o) for o in outs)
         estimate = 4 * (2 * weights + 4 * batch * activations)  # float32; a few tensors kept per layer
         if estimate > MAX_BYTES:
-            raise PropagateError(f"{self.source}: this run would need about {estimate / 1024**3:.0f} GiB; "
+            raise PropagateError(f"{self.source}: this run would need {gib(estimate)}; "
                                  "give a smaller batch or input shape")
 
     # building -------------------------------------------------------------------------------------
