@@ -74,19 +74,39 @@ def torch_std_and_bound(init_fn, tensor, **kwargs) -> tuple[float, float | None]
     return args[1] / math.sqrt(3.0), args[1]
 
 
-def library_draws(build) -> tuple[object, dict[str, tuple[str, float]]]:
+def library_draws(build) -> tuple[object, dict[str, tuple]]:
     """Build a model with its library's own init, recording for each parameter the last draw that covered it
-    whole: ("normal", std), ("uniform", bound) or ("constant", value). This is the library's own number,
+    whole: ("normal", std), ("uniform", bound), ("truncated", σ, k) for torch's trunc_normal_ cut at ±kσ, or
+    ("constant", value). This is the library's own number,
     read from the call into torch's sampler, for a recipe's oracle."""
+    import torch
+
+    truncated: dict[int, tuple[str, float]] = {}
+    original = torch.nn.init.trunc_normal_
+
+    def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None):
+        """torch's trunc_normal_ samples through uniform_: record the call itself, as ("truncated", σ, k)."""
+        result = original(tensor, mean, std, a, b)
+        truncated[len(calls)] = (tensor, ("truncated", std, b / std))
+        return result
+
     with sampler_calls(keywords=True) as calls:
-        model = build()
+        torch.nn.init.trunc_normal_ = trunc_normal_
+        try:
+            model = build()
+        finally:
+            torch.nn.init.trunc_normal_ = original
+    for at, (tensor, draw) in sorted(truncated.items(), reverse=True):  # after the uniform_ it made
+        calls.insert(at, ("truncated", tensor, draw, {}))
     by_storage = {(p.data_ptr(), tuple(p.shape)): name for name, p in model.named_parameters()}
     draws: dict[str, tuple[str, float]] = {}
     for method, tensor, args, kwargs in calls:
         name = by_storage.get((tensor.data_ptr(), tuple(tensor.shape)))
         if name is None:
             continue  # a part of a tensor (a padding row) or a tensor that is not a parameter
-        if method == "normal_":
+        if method == "truncated":
+            draws[name] = args
+        elif method == "normal_":
             draws[name] = ("normal", args[1] if len(args) > 1 else kwargs.get("std", 1.0))
         elif method == "uniform_":
             draws[name] = ("uniform", args[1] if len(args) > 1 else kwargs.get("to", 1.0))
