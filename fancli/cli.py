@@ -37,8 +37,8 @@ from .cli_run import (
     StdoutError,
     analyse,
     build_report,
+    check_outputs,
     emit,
-    files_read,
     load_model,
     printable_lines,
     shape_layer,
@@ -46,6 +46,7 @@ from .cli_run import (
     wrote,
 )
 from .errors import DISTRIBUTION, FancliError, torch_missing
+from .safe_io import recording_reads
 from .text import printable
 from .vocab import CHECK_FORMATS, LAYOUTS, NORMS
 
@@ -128,13 +129,12 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
     check_limits(tolerance, sigmas)
     model, config = load_model(src)
     baseline, tolerance, limit = (config or Config()).drift_limits(baseline_path, tolerance, sigmas)
-    inputs = files_read(src.source, config, model)
     report = analyse(api.inspect, model, stats and not update, fans=config.fans if config else None, jobs=jobs,
                      cluster=cluster)
     if update:
-        checked_target(baseline, inputs)  # `--baseline model.pth`: "is the input" says more than "not a baseline"
+        checked_target(baseline)  # `--baseline model.pth`: "is an input" says more than "not a baseline"
         drift.ensure_replaceable(baseline)
-        write_text(baseline, drift.dumps(drift.baseline_document(report)), inputs)
+        write_text(baseline, drift.dumps(drift.baseline_document(report)))
         wrote(baseline, f" ({len(report.rows)} tensors)")
         return
     expected = drift.read_baseline(baseline)
@@ -143,7 +143,7 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
     bad = drift.nonfinite(report) if stats else []  # NaN/Inf weights fail whatever the baseline says
     text = RENDERERS[fmt](changes, found, str(baseline), limit, bad)
     if output and not is_stdout(output):
-        write_text(output, text, [*inputs, baseline])
+        write_text(output, text)  # the baseline, read above, is in the read set
     else:
         write_stdout(text)
     if changes or bad or any(d.flagged for d in found):
@@ -185,7 +185,7 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
     result = diff_models(model_a, model_b, tuple(filters), jobs=jobs, cluster=cluster)
     text = RENDERERS[fmt](result, max_change, allow_structural, expand)
     if output and not is_stdout(output):
-        write_text(output, text, [*files_read(source_a, None, model_a), *files_read(source_b, None, model_b)])
+        write_text(output, text)
         wrote(output)
     else:
         write_stdout(text)
@@ -262,17 +262,15 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
     from .propagate import load_source
     from .propagate import propagate as run_propagation
     from .renderers.propagate import render_propagation, to_dict
-    from .safe_io import checked_target, is_stdout, write_text
+    from .safe_io import is_stdout, write_text
     from .text import json_safe
 
     if source is None:
         raise FancliError("give a YAML spec or a pkg.module:factory to propagate through")
-    inputs = files_read(source)
-    writes_file = output and not is_stdout(output)
-    for path, other in ((output if writes_file else None, plot_path), (plot_path, output if writes_file else None)):
-        if path:
-            checked_target(path, [*inputs, other])  # refused before seconds of propagation, not after
-    props = run_propagation(load_source(source, kwargs=factory_kwargs), modes or ("fan_in", "fan_out"),
+    loaded = load_source(source, kwargs=factory_kwargs)
+    written = output if output and not is_stdout(output) else None
+    check_outputs(written, plot_path)  # refused before seconds of propagation, not after
+    props = run_propagation(loaded, modes or ("fan_in", "fan_out"),
                             scheme=scheme, nonlinearity=nonlinearity, param=param, fans=fans, norms=norms,
                             batch=batch, input_shape=input_shape, seed=seed, draws=draws)
     text = (printable_lines(render_propagation(props, source)) if fmt == "table"
@@ -280,11 +278,10 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
     if plot_path:
         from .renderers.plot import plot_propagation
 
-        plot_propagation(props, plot_path, title=printable(f"{source} · {props[0].scheme}"),
-                         inputs=[*inputs, output if writes_file else None])
+        plot_propagation(props, plot_path, title=f"{source} · {props[0].scheme}", others=[written])
         wrote(plot_path)
-    if writes_file:
-        write_text(output, text, [*inputs, plot_path])
+    if written:
+        write_text(written, text, [plot_path])
     else:
         write_stdout(text)
 
@@ -365,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     # full passes over 50,000 layers' objects made time grow faster than the layer count.
     gc.disable()
     try:
-        code = cli.main(args=args, prog_name="fancli", standalone_mode=False)
+        with recording_reads():  # the files this run reads, which no output may replace
+            code = cli.main(args=args, prog_name="fancli", standalone_mode=False)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.exceptions.NoArgsIsHelpError as error:
