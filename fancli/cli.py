@@ -6,6 +6,7 @@ Exit codes: 0 success · 1 a check found drift · 2 bad usage or unreadable inpu
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import sys
@@ -396,6 +397,16 @@ def main(argv: list[str] | None = None) -> None:
         _quiet_stdout()
         sys.stderr.close()  # the reader went away (`| head`); nothing more to say
         sys.exit(0)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            _internal(error, debug)
+        if debug:
+            raise
+        # a name the user gave, asked about wherever first (an exists() or is_dir()): bad input, not a bug
+        name = printable(error.filename if error.filename is not None else "a file name")
+        shown = name if len(name) <= 200 else name[:200] + "…"
+        click.echo(f"fancli: error: {shown}: {error.strerror or 'file name too long'}", err=True)
+        sys.exit(FancliError.exit_code)
 
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback
         _internal(error, debug)

@@ -110,6 +110,8 @@ def plot_propagation(props: Sequence[Propagation], path: str | Path, title: str 
 
 #: Past this many lines the legend would hide the chart: it is left out (the table names the groups).
 LEGEND_LINES = 16
+#: Past this many checkpoints without steps the x axis gives their positions, not their names.
+TICK_NAMES = 40
 
 
 def plot_trajectory(trajectory: "Trajectory", path: str | Path, title: str | None = None,
@@ -147,9 +149,13 @@ def plot_trajectory(trajectory: "Trajectory", path: str | Path, title: str | Non
     positive_steps = [x for x in xs if x > 0]
     if None not in steps and positive_steps and max(positive_steps) >= 50 * min(positive_steps):
         axes.set_xscale("symlog", linthresh=min(positive_steps))  # early steps apart, step 0 kept
-    axes.set_xlabel("step" if None not in steps else "checkpoint")
-    if None in steps:
+    if None not in steps:
+        axes.set_xlabel("step")
+    elif len(xs) <= TICK_NAMES:
+        axes.set_xlabel("checkpoint")
         axes.set_xticks(xs, [literal(c.source) for c in trajectory.checkpoints], rotation=30, ha="right")
+    else:  # thousands of names would take minutes to lay out, and could not be read
+        axes.set_xlabel("checkpoint (position in natural order)")
     axes.set_ylabel("observed std")
     if len(groups) <= LEGEND_LINES:
         axes.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
