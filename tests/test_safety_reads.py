@@ -315,3 +315,14 @@ def test_plot_of_a_thousand_checkpoints_without_steps_is_bounded(tmp_path):
     assert result.code == 0, result.err
     assert json.loads(result.out)["sources"][0]["step"] is None
     assert time.process_time() - start < 4  # 6 s before (80 s for 10,000): one tick name per checkpoint
+
+
+def test_a_text_file_named_safetensors_is_not_quoted_as_a_header_length(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n" * 4)
+    (folder / "model.safetensors").symlink_to(secret)  # a plain folder: its links are the user's own
+    for source in (folder, folder / "model.safetensors"):
+        err = _one_line_exit_2(run("inspect", source), "model.safetensors", "not a safetensors file")
+        assert str(int.from_bytes(b"root:x:0", "little")) not in err and "root:x" not in err

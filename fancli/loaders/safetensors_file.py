@@ -132,6 +132,9 @@ def _read_raw_header(path: Path, where: str) -> tuple[bytes, int]:
             if len(prefix) < _LENGTH_BYTES:
                 raise SourceError(f"{where}: {size} bytes: too short for a safetensors file (8-byte header length)")
             length = int.from_bytes(prefix, "little")
+            if length > size and prefix.isascii() and prefix.decode("ascii").isprintable():
+                # text, not a length: its bytes as a number would quote the file (`root:x:0` of /etc/passwd)
+                raise SourceError(f"{where}: not a safetensors file (it starts with text, not a header length)")
             if length > MAX_HEADER_BYTES:
                 raise SourceError(f"{where}: header length {length} exceeds the {MAX_HEADER_BYTES}-byte limit")
             if _LENGTH_BYTES + length > size:
