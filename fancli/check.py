@@ -147,19 +147,20 @@ def ensure_replaceable(path: Path) -> None:
     """`check --update` may replace a previous fancli baseline, nothing else: `--baseline model.pth` or
     a typo naming another file must not destroy it. SourceError (exit 2) unless `path` is absent or a
     readable fancli baseline of a known schema."""
-    from .safe_io import open_regular
+    from .safe_io import open_regular, unrecorded
 
     if not path.exists():  # nothing there, or a dangling link: nothing to lose
         return
     try:
-        with open_regular(path, str(path)) as handle:  # checked before reading a whole checkpoint
+        with unrecorded(), open_regular(path, str(path)) as handle:  # checked before reading a whole checkpoint
             head = handle.read(64).lstrip()
     except OSError as error:
         raise SourceError(f"{path}: cannot read the existing file ({error.strerror or error})") from None
     try:
         if not head.startswith(b"{"):
             raise SourceError(f"{path}: not JSON")
-        _baseline_document(path)  # a number it cannot compare is what --update is there to replace
+        with unrecorded():  # read to be replaced, not an input of the run; a number it cannot compare is what
+            _baseline_document(path)  # --update is there to replace
     except SourceError:
         raise SourceError(f"{path}: exists and is not a fancli baseline; refusing to replace it "
                           "(remove it or give another --baseline)") from None

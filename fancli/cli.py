@@ -6,6 +6,7 @@ Exit codes: 0 success · 1 a check found drift · 2 bad usage or unreadable inpu
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import sys
@@ -38,8 +39,8 @@ from .cli_run import (
     StdoutError,
     analyse,
     build_report,
+    check_outputs,
     emit,
-    files_read,
     load_model,
     printable_lines,
     shape_layer,
@@ -47,6 +48,7 @@ from .cli_run import (
     wrote,
 )
 from .errors import DISTRIBUTION, FancliError, torch_missing
+from .safe_io import recording_reads
 from .text import printable
 from .vocab import CHECK_FORMATS, LAYOUTS, NORMS
 
@@ -138,13 +140,12 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
     check_limits(tolerance, sigmas)
     model, config = load_model(src)
     baseline, tolerance, limit = (config or Config()).drift_limits(baseline_path, tolerance, sigmas)
-    inputs = files_read(src.source, config, model)
     report = analyse(api.inspect, model, stats and not update, fans=config.fans if config else None, jobs=jobs,
                      cluster=cluster)
     if update:
-        checked_target(baseline, inputs)  # `--baseline model.pth`: "is the input" says more than "not a baseline"
+        checked_target(baseline)  # `--baseline model.pth`: "is an input" says more than "not a baseline"
         drift.ensure_replaceable(baseline)
-        write_text(baseline, drift.dumps(drift.baseline_document(report)), inputs)
+        write_text(baseline, drift.dumps(drift.baseline_document(report)))
         wrote(baseline, f" ({len(report.rows)} tensors)")
         return
     expected = drift.read_baseline(baseline)
@@ -153,7 +154,7 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
     bad = drift.nonfinite(report) if stats else []  # NaN/Inf weights fail whatever the baseline says
     text = RENDERERS[fmt](changes, found, str(baseline), limit, bad)
     if output and not is_stdout(output):
-        write_text(output, text, [*inputs, baseline])
+        write_text(output, text)  # the baseline, read above, is in the read set
     else:
         write_stdout(text)
     if changes or bad or any(d.flagged for d in found):
@@ -195,7 +196,7 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
     result = diff_models(model_a, model_b, tuple(filters), jobs=jobs, cluster=cluster)
     text = RENDERERS[fmt](result, max_change, allow_structural, expand)
     if output and not is_stdout(output):
-        write_text(output, text, [*files_read(source_a, None, model_a), *files_read(source_b, None, model_b)])
+        write_text(output, text)
         wrote(output)
     else:
         write_stdout(text)
@@ -272,17 +273,15 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
     from .propagate import load_source
     from .propagate import propagate as run_propagation
     from .renderers.propagate import render_propagation, to_dict
-    from .safe_io import checked_target, is_stdout, write_text
+    from .safe_io import is_stdout, write_text
     from .text import json_safe
 
     if source is None:
         raise FancliError("give a YAML spec or a pkg.module:factory to propagate through")
-    inputs = files_read(source)
-    writes_file = output and not is_stdout(output)
-    for path, other in ((output if writes_file else None, plot_path), (plot_path, output if writes_file else None)):
-        if path:
-            checked_target(path, [*inputs, other])  # refused before seconds of propagation, not after
-    props = run_propagation(load_source(source, kwargs=factory_kwargs), modes or ("fan_in", "fan_out"),
+    loaded = load_source(source, kwargs=factory_kwargs)
+    written = output if output and not is_stdout(output) else None
+    check_outputs(written, plot_path)  # refused before seconds of propagation, not after
+    props = run_propagation(loaded, modes or ("fan_in", "fan_out"),
                             scheme=scheme, nonlinearity=nonlinearity, param=param, fans=fans, norms=norms,
                             batch=batch, input_shape=input_shape, seed=seed, draws=draws)
     text = (printable_lines(render_propagation(props, source)) if fmt == "table"
@@ -290,11 +289,10 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
     if plot_path:
         from .renderers.plot import plot_propagation
 
-        plot_propagation(props, plot_path, title=printable(f"{source} · {props[0].scheme}"),
-                         inputs=[*inputs, output if writes_file else None])
+        plot_propagation(props, plot_path, title=f"{source} · {props[0].scheme}", others=[written])
         wrote(plot_path)
-    if writes_file:
-        write_text(output, text, [*inputs, plot_path])
+    if written:
+        write_text(written, text, [plot_path])
     else:
         write_stdout(text)
 
@@ -391,7 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     # full passes over 50,000 layers' objects made time grow faster than the layer count.
     gc.disable()
     try:
-        code = cli.main(args=args, prog_name="fancli", standalone_mode=False)
+        with recording_reads():  # the files this run reads, which no output may replace
+            code = cli.main(args=args, prog_name="fancli", standalone_mode=False)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.exceptions.NoArgsIsHelpError as error:
@@ -421,6 +420,16 @@ def main(argv: list[str] | None = None) -> None:
         _quiet_stdout()
         sys.stderr.close()  # the reader went away (`| head`); nothing more to say
         sys.exit(0)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            _internal(error, debug)
+        if debug:
+            raise
+        # a name the user gave, asked about wherever first (an exists() or is_dir()): bad input, not a bug
+        name = printable(error.filename if error.filename is not None else "a file name")
+        shown = name if len(name) <= 200 else name[:200] + "…"
+        click.echo(f"fancli: error: {shown}: {error.strerror or 'file name too long'}", err=True)
+        sys.exit(FancliError.exit_code)
 
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback
         _internal(error, debug)

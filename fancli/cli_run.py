@@ -1,6 +1,6 @@
 """What the commands share between parsing and rendering: load SOURCE with its configuration, run a
 report (with a progress bar for big reads), and write the result to stdout or, atomically, to a file that
-is none of the inputs."""
+the run did not read (safe_io's read set)."""
 
 from __future__ import annotations
 
@@ -37,24 +37,6 @@ def warning(message: str) -> None:
     click.echo(f"fancli: warning: {printable(message)}", err=True)
 
 
-def files_read(source: str | None, config: Any = None, model: Any = None) -> list[Any]:
-    """Every file this run reads: an output naming one of them would destroy what it reports on.
-
-    The source, the configuration, and the files the model's weights are read from (a sharded
-    checkpoint's shards); a factory `pkg.module:callable` is no file.
-    """
-    from .loaders import is_factory
-
-    found: list[Any] = [source] if source and not is_factory(source) else []
-    if config is not None:
-        found.append(config.path)
-        if config.source and not is_factory(config.source):
-            found.append(config.source)
-    if model is not None:
-        found += {getattr(getattr(layer.data, "source", None), "path", None) for layer in model.layers} - {None}
-    return found
-
-
 class ReaderGone(Exception):
     """stdout's reader went away (`| head`): not an error. Not an OSError either, so that click (which ends
     a broken pipe with exit 1) hands it to `main`, which ends quietly with 0."""
@@ -80,6 +62,19 @@ def write_stdout(text: str | Iterable[str] | None = None, printer: Callable[[], 
         raise ReaderGone from None  # the reader went away (`| head`) after a piece: main ends quietly
     except OSError as error:
         raise StdoutError(f"cannot write to stdout: {error.strerror or error}") from None
+
+
+def check_outputs(output: str | None, plot_path: str | None) -> None:
+    """Refuse, before the long part of a run, an output or a plot onto a file the run reads, onto each
+    other, or a plot without an image suffix it can write."""
+    from .safe_io import checked_target
+
+    if output:
+        checked_target(output, [plot_path])
+    if plot_path:
+        from .renderers.plot import checked_plot
+
+        checked_plot(plot_path, [output])
 
 
 def wrote(path: Any, detail: str = "") -> None:
@@ -121,18 +116,15 @@ def with_progress(total: int, description: str, work: Callable[[Callable[[int], 
         return work(lambda nbytes: progress.advance(task, nbytes))
 
 
-def build_report(command: Callable[..., Any], src: SourceArgs, settings: ReportArgs,
-            **arguments: Any) -> tuple[Any, list[Any]]:
-    """inspect's or compare's report (`arguments`: the mode or modes, --infer), and the files it was made
-    from (which an output must not replace)."""
-    model, config = load_model(src)
+def build_report(command: Callable[..., Any], src: SourceArgs, settings: ReportArgs, **arguments: Any) -> Any:
+    """inspect's or compare's report (`arguments`: the mode or modes, --infer)."""
+    model, _ = load_model(src)
     if settings.stats or arguments.get("infer"):
         arguments["jobs"] = settings.jobs  # only where weights are read: the default reads with every core
         arguments["cluster"] = settings.cluster
-    report = analyse(command, model, settings.stats, settings.filters, scheme=settings.scheme,
-                      nonlinearity=settings.nonlinearity, param=settings.param, fans=settings.fans,
-                      pool_fan_out=settings.pool_fan_out, **arguments)
-    return report, files_read(src.source, config, model)
+    return analyse(command, model, settings.stats, settings.filters, scheme=settings.scheme,
+                   nonlinearity=settings.nonlinearity, param=settings.param, fans=settings.fans,
+                   pool_fan_out=settings.pool_fan_out, **arguments)
 
 
 def nbytes(layer: Any) -> int:
@@ -143,17 +135,16 @@ def nbytes(layer: Any) -> int:
     return math.prod(layer.shape) * DTYPES.get(layer.dtype or "float32", (4,))[0]
 
 
-def emit(built: tuple[Any, list[Any]], fmt: str, output: str | None, show_all: bool, expand: bool = False) -> None:
-    """Render to stdout, or atomically to a file that is none of the inputs; tables and Markdown fold
-    repeated layers unless `expand`."""
+def emit(report: Any, fmt: str, output: str | None, show_all: bool, expand: bool = False) -> None:
+    """Render to stdout, or atomically to a file the run did not read; tables and Markdown fold repeated
+    layers unless `expand`."""
     from .renderers import as_read, render_chunks
     from .safe_io import is_stdout, write_text
 
-    report = as_read(built[0], fmt, show_all, expand)
-    inputs = built[1]
+    report = as_read(report, fmt, show_all, expand)
 
     if output and not is_stdout(output):
-        write_text(output, render_chunks(report, fmt), inputs)
+        write_text(output, render_chunks(report, fmt))
         wrote(output)
         return
     if fmt == "table" and sys.stdout is not None and sys.stdout.isatty():

@@ -15,10 +15,10 @@ from .cli_options import ReportArgs, SourceArgs
 
 def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...], infer: bool, fmt: str,
                    output: str | None, show_all: bool, expand: bool, plot_path: str | None) -> None:
-    from .cli_run import files_read, load_model, write_stdout, wrote
+    from .cli_run import check_outputs, load_model, write_stdout, wrote
     from .errors import SettingsError
     from .renderers.trajectory_out import RENDERERS, without_small_tensors
-    from .safe_io import checked_target, is_stdout, write_text
+    from .safe_io import is_stdout, write_text
     from .trajectory import natural_order
 
     if len(src.sources) < 2:
@@ -31,15 +31,9 @@ def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...],
         raise SettingsError(f"{', '.join(refused)}: with several SOURCEs inspect shows each tensor's observed std "
                             "per checkpoint (a trajectory); give one SOURCE for a scheme's numbers")
     sources = natural_order(src.sources)
-    models, inputs = [], []
-    for source in sources:
-        model, config = load_model(replace(src, source=source, sources=(source,)))
-        models.append(model)
-        inputs += files_read(source, config, model)
-    writes_file = bool(output) and not is_stdout(output)
-    for path, other in ((output if writes_file else None, plot_path), (plot_path, output if writes_file else None)):
-        if path:
-            checked_target(path, [*inputs, other])  # refused before the weights are read, not after
+    models = [load_model(replace(src, source=source, sources=(source,)))[0] for source in sources]
+    written = output if output and not is_stdout(output) else None
+    check_outputs(written, plot_path)  # refused before the weights are read, not after
     found = _read(models, settings)
     del models
     if plot_path:
@@ -47,15 +41,15 @@ def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...],
 
         shown = found if show_all else without_small_tensors(found)
         plot_trajectory(replace(shown, expanded=expand), plot_path, title="observed std per checkpoint",
-                        inputs=[*inputs, output if writes_file else None])
+                        others=[written])
         wrote(plot_path)
     if fmt in ("table", "markdown"):
         found = without_small_tensors(found) if not show_all else found
         found = replace(found, expanded=expand)
     text = RENDERERS[fmt](found)
-    if writes_file:
-        write_text(output, text, [*inputs, plot_path])
-        wrote(output)
+    if written:
+        write_text(written, text, [plot_path])
+        wrote(written)
     else:
         write_stdout(text)
 

@@ -4,23 +4,72 @@ Reading: a FIFO or a device named as a model, spec, config or baseline must be r
 block before any check ran), and a small file is read with a bound, never whole. JSON is parsed only once
 its estimated cost is known to be bounded.
 
+Within `recording_reads()` (a CLI run), every file opened here is remembered by device and inode: the
+run's read set, whatever read it (an index, a config.json, a shard, DCP metadata and data, a cache ref).
+
 Writing: a crash mid-write never leaves a half-written file where the old one was (temp file beside the
 target, fsync, rename). And a write is refused, before anything is written, where it would replace what
-the user did not mean to replace: the file being read (`-o model.yaml` on `inspect model.yaml`), a device
-node or FIFO (renaming a file over `/dev/null` as root destroys the device), or a directory. A symlink is
-written through: its target is replaced, the link stays.
+the user did not mean to replace: any file of the read set (`-o model.yaml` on `inspect model.yaml`, `-o
+DIR/config.json` on `inspect DIR`), a device node or FIFO (renaming a file over `/dev/null` as root destroys
+the device), or a directory. A symlink is written through: its target is replaced, the link stays.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from .errors import FancliError, SourceError
 from .text import printable
+
+# --- the read set ----------------------------------------------------------------------------------
+
+#: (device, inode) of every file read in this run -> the name it was read under; None outside a run (the
+#: library records nothing). Context-local: a run's worker threads re-read files the run already opened.
+_READ: contextvars.ContextVar[dict[tuple[int, int], str] | None] = contextvars.ContextVar("fancli_read",
+                                                                                          default=None)
+
+
+@contextlib.contextmanager
+def recording_reads() -> Iterator[None]:
+    """Within: every file read through this module joins the read set, which no write may replace."""
+    token = _READ.set({})
+    try:
+        yield
+    finally:
+        _READ.reset(token)
+
+
+@contextlib.contextmanager
+def unrecorded() -> Iterator[None]:
+    """Within: reads do not join the read set: `check --update` reading the old baseline it is to replace."""
+    token = _READ.set(None)
+    try:
+        yield
+    finally:
+        _READ.reset(token)
+
+
+def _record(info: os.stat_result, path: str | Path) -> None:
+    read = _READ.get()
+    if read is not None:
+        read.setdefault((info.st_dev, info.st_ino), str(path))
+
+
+def record_read(path: str | Path | None) -> None:
+    """Add a file read by another reader than this module's (Python importing a factory's module)."""
+    if path is None:
+        return
+    try:
+        _record(os.stat(path), path)
+    except (OSError, ValueError):
+        pass
+
 
 # --- reading ---------------------------------------------------------------------------------------
 
@@ -41,11 +90,12 @@ def open_regular(path: Path, where: str) -> BinaryIO:
     except OSError as error:
         raise SourceError(f"{where}: cannot read: {error.strerror or error}") from None
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
             raise SourceError(f"{where}: is a directory; give a model file or spec")
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(info.st_mode):
             raise SourceError(f"{where}: not a regular file")
+        _record(info, path)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -171,21 +221,22 @@ def _stat(path: Path) -> os.stat_result | None:
         raise FancliError(f"{printable(path)}: cannot write: {error.strerror or error}") from None
 
 
-def _is_input(target: Path, info: os.stat_result | None, source: str | Path) -> bool:
-    """Whether `target` (resolved, with its stat) is the input `source`: same resolved path, or the same
-    file under another name (a hard link: same device and inode)."""
+def _same_file(target: Path, info: os.stat_result | None, other: str | Path) -> bool:
+    """Whether `target` (resolved, with its stat) is `other`: same resolved path, or the same file under
+    another name (a hard link: same device and inode)."""
     try:
-        if Path(source).resolve() == target:
+        if Path(other).resolve() == target:
             return True
-        other = os.stat(source)
+        found = os.stat(other)
     except (OSError, RuntimeError, ValueError):
         return False
-    return info is not None and (info.st_dev, info.st_ino) == (other.st_dev, other.st_ino)
+    return info is not None and (info.st_dev, info.st_ino) == (found.st_dev, found.st_ino)
 
 
-def checked_target(path: str | Path, inputs: Iterable[str | Path | None] = ()) -> Path:
+def checked_target(path: str | Path, others: Iterable[str | Path | None] = ()) -> Path:
     """The file a write to `path` replaces: symlinks followed to their final target. FancliError (exit 2)
-    if that is one of `inputs`, or exists and is not a regular file."""
+    if that is a file of the read set or one of `others` (what the run also writes: `-o` beside `--plot`),
+    or exists and is not a regular file."""
     shown = printable(path)
     try:
         target = Path(path).resolve()  # follows every link, a dangling one too
@@ -195,10 +246,18 @@ def checked_target(path: str | Path, inputs: Iterable[str | Path | None] = ()) -
     if info is not None and not stat.S_ISREG(info.st_mode):
         what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a device, FIFO or socket)"
         raise FancliError(f"{shown}: is {what}; refusing to replace it (give a file name, or omit -o for stdout)")
-    for source in inputs:
-        if source is not None and _is_input(target, info, source):
-            raise FancliError(f"{shown}: is the input {printable(source)}; refusing to overwrite it")
+    read = _READ.get()
+    if info is not None and read and (info.st_dev, info.st_ino) in read:
+        raise FancliError(f"{shown}: is an input this run reads ({printable(read[info.st_dev, info.st_ino])}); "
+                          "refusing to overwrite it")
+    for other in others:
+        if other is not None and _same_file(target, info, other):
+            raise FancliError(f"{shown}: is {printable(other)}, which this run also writes; give two files")
     return target
+
+
+#: How much of the target's name a temp file's name keeps.
+TEMP_NAME_CHARS = 40
 
 
 def _new_file_mode() -> int:
@@ -208,15 +267,17 @@ def _new_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_with(path: str | Path, fill: Callable[[str], None], inputs: Iterable[str | Path | None] = (),
+def write_with(path: str | Path, fill: Callable[[str], None], others: Iterable[str | Path | None] = (),
                suffix: str = ".tmp") -> Path:
     """Have `fill(temp_name)` write the new content into a temp file beside the (resolved) target, then
     rename it over the target in one step; returns the target. Checked first with `checked_target`."""
-    target = checked_target(path, inputs)
+    target = checked_target(path, others)
     try:
         import tempfile  # writers only: it imports random and shutil
 
-        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+        # the target's name shortened: a name near the system's limit must not make the temp name too long
+        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name[:TEMP_NAME_CHARS]}.", suffix=suffix,
+                                         dir=target.parent)
     except OSError as error:
         raise FancliError(f"{printable(path)}: cannot write: {error.strerror or error}") from None
     os.close(fd)
@@ -238,12 +299,12 @@ def write_with(path: str | Path, fill: Callable[[str], None], inputs: Iterable[s
     return target
 
 
-def write_text(path: str | Path, text: str | Iterable[str], inputs: Iterable[str | Path | None] = ()) -> Path:
+def write_text(path: str | Path, text: str | Iterable[str], others: Iterable[str | Path | None] = ()) -> Path:
     """Write `text` (UTF-8; a string, or pieces written in order) to `path` atomically, refusing to replace
-    an input, a device or a directory."""
+    a file the run reads or also writes, a device or a directory."""
 
     def fill(temp_name: str) -> None:
         with open(temp_name, "w", encoding="utf-8") as handle:
             handle.writelines([text] if isinstance(text, str) else text)
 
-    return write_with(path, fill, inputs)
+    return write_with(path, fill, others)

@@ -148,6 +148,7 @@ def load_file(path: Path, options: LoadOptions, source: str | None = None) -> Mo
     """One file, read by the loader of the format its content shows (with a config.json beside it)."""
     source = str(path) if source is None else source
     _checked_path(str(path))
+    _in_its_repo(path, source)
     try:
         with open_regular(path, source) as handle:  # checked again as opened: a FIFO must not block us
             head = handle.read(_SNIFF_BYTES)
@@ -168,6 +169,15 @@ def load_file(path: Path, options: LoadOptions, source: str | None = None) -> Mo
     from .hf_config import with_config  # transformers' config.json beside the weights
 
     return with_config(model, path)
+
+
+def _in_its_repo(path: Path, source: str) -> None:
+    """A file of a Hugging Face cache snapshot must lead, its links followed, into the repo's cache folder."""
+    from .links import cache_repo, leads_outside
+
+    repo = cache_repo(path.parent)
+    if repo is not None and leads_outside(path, repo):
+        raise SourceError(f"{source}: links outside its Hugging Face repo's cache folder ({repo}); refused")
 
 
 def _checked_path(source: str) -> Path:

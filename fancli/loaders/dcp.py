@@ -29,6 +29,7 @@ from .checkpoint import _NOT_WEIGHTS
 from .dcp_metadata import MAX_METADATA_BYTES, DcpChunk, DcpTensor, read_metadata
 from .entry import Entry
 from .flat_keys import layers_from_entries
+from .links import leads_outside, link_root
 from .torch_pickle import UnsafeGlobal, WeightsUnpickler, _short, _Tensor, check_claims
 from .zip_bounds import check_zip_claims
 
@@ -42,8 +43,11 @@ def load_dcp(folder: Path, options: LoadOptions) -> Model:
     """A DCP folder as a Model: names, shapes and dtypes from `.metadata`, lazy data handles per tensor.
     `options.trust` changes nothing: fancli's reader needs no code from the folder."""
     where = folder / METADATA_NAME
+    root = link_root(folder)
+    if leads_outside(where, root):
+        raise SourceError(f"{where}: links outside the checkpoint's folder; refused")
     meta = read_metadata(str(where), read_bounded(where, MAX_METADATA_BYTES, "DCP metadata"))
-    _check_data_files(folder, meta.tensors)
+    _check_data_files(folder, root, meta.tensors)
     entries, ignored, sharded, transformed = [], [], 0, []
     for tensor in meta.tensors:
         top = tensor.fqn.split(".", 1)[0]
@@ -94,12 +98,16 @@ def _names(names: list[str] | tuple[str, ...]) -> str:
     return ", ".join(repr(name[:80]) for name in names[:_MAX_NAMED]) + more
 
 
-def _check_data_files(folder: Path, tensors: tuple[DcpTensor, ...]) -> None:
-    """Every data file the metadata names exists as a regular file and holds the byte ranges it claims."""
+def _check_data_files(folder: Path, root: Path, tensors: tuple[DcpTensor, ...]) -> None:
+    """Every data file the metadata names exists as a regular file inside `root` (its links followed: the
+    folder, or a Hub snapshot's repo folder) and holds the byte ranges it claims."""
     sizes: dict[str, int] = {}
     for tensor in tensors:
         for chunk in tensor.chunks:
             if chunk.file not in sizes:
+                if leads_outside(folder / chunk.file, root):
+                    raise SourceError(f"{folder}: its .metadata names the data file {chunk.file[:80]!r}, which "
+                                      "links outside the checkpoint's folder; refused")
                 try:
                     with open_regular(folder / chunk.file, str(folder / chunk.file)) as handle:
                         sizes[chunk.file] = os.fstat(handle.fileno()).st_size

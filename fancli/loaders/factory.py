@@ -14,6 +14,7 @@ import sys
 from typing import Any, Iterator
 
 from ..errors import SourceError, torch_missing
+from ..safe_io import record_read
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -63,6 +64,7 @@ def _resolve(spec: str, module_name: str, attribute: str) -> Any:
     except Exception as error:  # the module's own code failed while importing
         what = f"{type(error).__name__}: {one_line(error)}"
         raise SourceError(f"{spec}: importing {module_name} raised {what}") from None
+    record_read(getattr(target, "__file__", None))  # the module's source: no output may replace it
     try:
         for part in attribute.split("."):
             target = getattr(target, part)

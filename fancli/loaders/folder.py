@@ -15,6 +15,7 @@ from typing import Callable
 from ..errors import SourceError
 from ..layer import Model
 from . import LoadOptions, load_file, loader
+from .links import cache_repo, leads_outside
 
 MAX_ENTRIES = 100_000  # a model folder holds tens of files; a huge directory is not scanned to its end
 _SHOWN = 8  # file names an error lists
@@ -77,6 +78,10 @@ def _with_note(model: Model, source: str, note: str) -> Model:
 
 def load_folder(folder: Path, source: str, options: LoadOptions) -> Model:
     """The model a folder holds, read from the file its layout names; SourceError when none or ambiguous."""
+    repo = cache_repo(folder)
+    if repo is not None and leads_outside(folder, repo):
+        raise SourceError(f"{source}: a Hugging Face cache snapshot that links outside its repo's cache folder "
+                          f"({repo}); refused")
     names = _files(folder, source)
     for what, matches in RANKS:
         candidates = [name for name in names if matches(name)]

@@ -14,10 +14,12 @@ from pathlib import Path
 
 from ..errors import SourceError
 from ..safe_io import read_bounded
+from .links import leads_outside
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_REVISION = re.compile(r"^[A-Za-z0-9_.\-/]+$")
+#: A branch or tag name (`main`, `v1.0`, `refs/pr/1`): name parts joined by `/`, none `.` or `..`.
+_REVISION = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 MAX_REF_BYTES = 1024  # a ref holds one 40-character hash
 DEFAULT_REVISION = "main"
 #: The Hub's own command that fills the cache (huggingface_hub's `hf`, which replaced `huggingface-cli`).
@@ -49,8 +51,8 @@ def snapshot(repo_id: str, revision: str | None = None) -> Path:
     if not repo.is_dir():
         raise SourceError(f"{repo_id}: no such file, and not in the Hugging Face cache (looked in {repo}); "
                           f"{download}")
-    if not _REVISION.match(revision) or ".." in revision.split("/"):
-        raise SourceError(f"{repo_id}: {revision!r} is not a revision name")
+    if not _REVISION.match(revision) or {".", ".."} & set(revision.split("/")):
+        raise SourceError(f"{repo_id}: {revision!r} is not a revision: give a branch or tag name, or a commit hash")
     commit = revision if _COMMIT.match(revision) else _commit(repo, repo_id, revision, download)
     folder = repo / "snapshots" / commit
     if not folder.is_dir():
@@ -61,6 +63,8 @@ def snapshot(repo_id: str, revision: str | None = None) -> Path:
 def _commit(repo: Path, repo_id: str, revision: str, download: str) -> str:
     """The commit hash `refs/<revision>` holds."""
     ref = repo / "refs" / revision
+    if leads_outside(ref, (repo / "refs").resolve()):
+        raise SourceError(f"{repo_id}: {ref} links outside the repo's refs folder; refused")
     if not ref.is_file():
         raise SourceError(f"{repo_id}: no revision {revision!r} in the Hugging Face cache ({ref} is missing); "
                           f"download it with `{DOWNLOAD} {repo_id} --revision {revision}`")

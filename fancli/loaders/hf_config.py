@@ -18,6 +18,7 @@ from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import parse_json_object, read_bounded
 from .hf_facts import apply_library_facts, built_by
+from .links import cache_repo, leads_outside
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # transformers' configs are a few KB
 NAME = "config.json"
@@ -67,6 +68,10 @@ def with_config(model: Model, weights: Path) -> Model:
     path = weights.parent / NAME
     if model.format not in _FORMATS or not path.is_file():
         return model
+    repo = cache_repo(weights.parent)
+    if repo is not None and leads_outside(path, repo):
+        return replace(model, notes=(*model.notes, f"{NAME} beside the weights not used: it links outside its "
+                                     f"Hugging Face repo's cache folder ({repo})"))
     try:
         config = parse_json_object(read_bounded(path, MAX_CONFIG_BYTES, "a config.json"), str(path), NAME)
     except SourceError as error:

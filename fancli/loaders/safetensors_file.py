@@ -27,6 +27,7 @@ from ..tensors import StridedRef, row_major_strides
 from .entry import Entry
 from .flat_keys import layers_from_entries
 from .key_order import is_sorted, natural_key
+from .links import leads_outside, link_root
 
 if TYPE_CHECKING:
     from . import LoadOptions
@@ -131,6 +132,9 @@ def _read_raw_header(path: Path, where: str) -> tuple[bytes, int]:
             if len(prefix) < _LENGTH_BYTES:
                 raise SourceError(f"{where}: {size} bytes: too short for a safetensors file (8-byte header length)")
             length = int.from_bytes(prefix, "little")
+            if length > size and prefix.isascii() and prefix.decode("ascii").isprintable():
+                # text, not a length: its bytes as a number would quote the file (`root:x:0` of /etc/passwd)
+                raise SourceError(f"{where}: not a safetensors file (it starts with text, not a header length)")
             if length > MAX_HEADER_BYTES:
                 raise SourceError(f"{where}: header length {length} exceeds the {MAX_HEADER_BYTES}-byte limit")
             if _LENGTH_BYTES + length > size:
@@ -296,15 +300,6 @@ def read_weight_map(path: Path) -> dict[str, str]:
     return weight_map
 
 
-def _link_root(folder: Path) -> Path:
-    """Where a shard's symlink may lead: the index's folder, or for a Hugging Face cache snapshot
-    (`models--org--name/snapshots/<commit>/`) the repo's cache folder, whose `blobs/` its links point into."""
-    snapshots = folder.parent
-    if snapshots.name == "snapshots" and snapshots.parent.name.startswith(("models--", "datasets--", "spaces--")):
-        return snapshots.parent
-    return folder
-
-
 def shard_path(index: Path, shard: str) -> Path:
     """Shards lie beside the index; a name that climbs out of its folder, or a symlink that leads out of
     it (out of the repo's folder, in the Hugging Face cache), is refused: an index from the internet must
@@ -314,10 +309,10 @@ def shard_path(index: Path, shard: str) -> Path:
         raise SourceError(f"{index}: shard {_show(shard)} must be a file name beside the index")
     path = index.parent / relative
     try:
-        folder, resolved = _link_root(index.parent.resolve()), path.resolve()
+        root = link_root(index.parent)
     except (OSError, RuntimeError) as error:  # a symlink loop
-        raise SourceError(f"{index}: shard {_show(shard)}: cannot resolve it ({error})") from None
-    if not resolved.is_relative_to(folder):
+        raise SourceError(f"{index}: cannot resolve its folder ({error})") from None
+    if leads_outside(path, root):
         raise SourceError(f"{index}: shard {_show(shard)} links outside the index's folder; refused")
     return path
 

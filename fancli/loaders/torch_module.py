@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import SourceError
 from ..kinds import KIND_OF_CLASS
 from ..layer import Layer, Model
+from ..safe_io import open_regular
 from . import pickle_scan
 from .checkpoint import STATE_DICT_KEYS, NoStateDict, find_state_dict
 from .entry import Entry
@@ -138,7 +139,7 @@ def _refusal(path: Path, error: pickle.UnpicklingError) -> str:
 
 
 def _is_zip(path: Path) -> bool:
-    with path.open("rb") as handle:
+    with open_regular(path, str(path)) as handle:
         return handle.read(4) == b"PK\x03\x04"
 
 
@@ -194,7 +195,7 @@ def _dry_run(path: Path) -> None:
     (A zip's data.pkl reaches torch only after fancli's own reader ran the same check on it.)
     """
     try:
-        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        with open_regular(path, str(path)) as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             pickle_scan.scan_legacy(data)
     except pickle_scan.TooCostly as refused:
         raise SourceError(f"{path}: its pickle {refused}") from None

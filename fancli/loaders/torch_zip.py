@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from ..errors import SourceError
 from ..layer import Model
+from ..safe_io import open_regular
 from ..tensors import StridedRef
 from . import pickle_scan
 from .checkpoint import NoStateDict, find_state_dict
@@ -76,7 +77,7 @@ class ZipMember:
             raise SourceError(f"{self.path}: {self.info.filename} is shorter than its tensors need")
         try:
             if self._data_start is None:
-                with open(self.path, "rb") as handle:
+                with open_regular(self.path, str(self.path)) as handle:
                     self._start(handle)
             return self.path, self._data_start + start
         except OSError as error:
@@ -88,10 +89,11 @@ class ZipMember:
                 raise SourceError(f"{self.path}: {self.info.filename} is a compressed storage of "
                                   f"{self.info.file_size} bytes; torch.save writes storages uncompressed, and "
                                   f"fancli reads compressed ones only up to {MAX_PICKLE_BYTES >> 20} MiB")
-            with zipfile.ZipFile(self.path) as archive, archive.open(self.info) as member:
-                member.seek(start)
-                return member.read(size)
-        with open(self.path, "rb") as handle:
+            with open_regular(self.path, str(self.path)) as handle, zipfile.ZipFile(handle) as archive:
+                with archive.open(self.info) as member:
+                    member.seek(start)
+                    return member.read(size)
+        with open_regular(self.path, str(self.path)) as handle:
             handle.seek(self._start(handle) + start)
             return handle.read(size)
 

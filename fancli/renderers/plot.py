@@ -24,32 +24,72 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(plt: Any, figure: Any, path: str | Path, inputs: Iterable[str | Path | None], dpi: int = 120) -> None:
-    """Write `figure` to `path` atomically (never over an input, a device, or a symlink itself)."""
+#: What `--plot` writes, by the file's suffix: formats matplotlib writes with no outside program (no
+#: LaTeX, as `.pgf` needs).
+FORMATS = {".png": "png", ".svg": "svg", ".svgz": "svgz", ".pdf": "pdf", ".jpg": "jpg", ".jpeg": "jpeg",
+           ".webp": "webp", ".tif": "tif", ".tiff": "tiff", ".eps": "eps", ".ps": "ps"}
+#: Characters of a key, a source or a title a chart shows: a 1 MB key would take minutes and a gigabyte to lay
+#: out, and no chart has room for it.
+LABEL_CHARS = 80
+
+
+def checked_plot(path: str | Path, others: Iterable[str | Path | None] = ()) -> str:
+    """The format a plot at `path` is written in; FancliError (exit 2) where `path` is a file this run reads
+    or also writes (`checked_target`), or its suffix names no image format fancli writes."""
+    from ..safe_io import checked_target
+    from ..text import printable
+
+    checked_target(path, others)
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise FancliError(f"{printable(path)}: --plot writes an image named by its suffix: "
+                          f"{', '.join(FORMATS)}, not {printable(suffix) or 'a name without one'}")
+    return FORMATS[suffix]
+
+
+def literal(text: object) -> str:
+    """`text` from a file as a chart shows it, as it is: printable, at most LABEL_CHARS (its start and end
+    kept), every `$` escaped (matplotlib would read `$…$` as mathtext, and refuse `$\\frac{$`), and a leading
+    `_` kept visible (a legend leaves out labels that start with one)."""
+    from ..text import printable
+
+    text = str(text)
+    if len(text) > LABEL_CHARS:
+        half = LABEL_CHARS // 2
+        text = f"{text[:half - 1]}…{text[-half:]}"
+    text = printable(text).replace("$", "\\$")
+    return "\u200b" + text if text.startswith("_") else text
+
+
+def _save(plt: Any, figure: Any, path: str | Path, others: Iterable[str | Path | None], dpi: int = 120) -> None:
+    """Write `figure` to `path` atomically (never over a file the run reads, a device, or a symlink itself);
+    a format matplotlib fails to write is one line."""
+    from ..loaders.factory import one_line
     from ..safe_io import write_with
     from ..text import printable
 
-    suffix = Path(path).suffix or ".png"
+    others = list(others)
+    fmt = checked_plot(path, others)
 
     def fill(temp_name: str) -> None:
         try:
-            figure.savefig(temp_name, dpi=dpi, format=suffix[1:].lower())
-        except ValueError as error:  # a format matplotlib does not write, e.g. FILE.xyz
-            raise FancliError(f"{printable(path)}: cannot write the plot: {error}") from None
+            figure.savefig(temp_name, dpi=dpi, format=fmt)
+        except OSError:
+            raise  # write_with says it: cannot write
+        except Exception as error:  # noqa: BLE001 - matplotlib's writers raise ValueError, RuntimeError…
+            raise FancliError(f"{printable(path)}: cannot write the plot ({one_line(error)})") from None
 
     try:
-        write_with(path, fill, inputs, suffix=suffix)
+        write_with(path, fill, others, suffix=Path(path).suffix)
     finally:
         plt.close(figure)
 
 
 def plot_propagation(props: Sequence[Propagation], path: str | Path, title: str | None = None,
-                     inputs: Iterable[str | Path | None] = ()) -> None:
+                     others: Iterable[str | Path | None] = ()) -> None:
     """Forward and backward variance per layer, one line per mode, on log scales."""
-    from ..safe_io import checked_target
-
-    inputs = list(inputs)
-    checked_target(path, inputs)  # refuse before drawing
+    others = list(others)
+    checked_plot(path, others)  # refuse before drawing
     plt = _pyplot()
     figure, (forward, backward) = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     for prop in props:
@@ -63,28 +103,27 @@ def plot_propagation(props: Sequence[Propagation], path: str | Path, title: str 
         axes.set_title(what)
         axes.legend()
     if title:
-        figure.suptitle(title)
+        figure.suptitle(literal(title))
     figure.tight_layout()
-    _save(plt, figure, path, inputs)
+    _save(plt, figure, path, others)
 
 
 #: Past this many lines the legend would hide the chart: it is left out (the table names the groups).
 LEGEND_LINES = 16
+#: Past this many checkpoints without steps the x axis gives their positions, not their names.
+TICK_NAMES = 40
 
 
 def plot_trajectory(trajectory: "Trajectory", path: str | Path, title: str | None = None,
-                    inputs: Iterable[str | Path | None] = ()) -> None:
+                    others: Iterable[str | Path | None] = ()) -> None:
     """Observed std against the step (or the checkpoint's position, where names give no steps), one line per
     folded group: the members' median, with a band from their smallest to their largest std. A checkpoint
     without the key leaves a gap. Log-scale y where the stds span more than a factor of 4; a symlog x where
     the steps span more than a factor of 50."""
     import statistics
 
-    from ..safe_io import checked_target
-    from ..text import printable
-
-    inputs = list(inputs)
-    checked_target(path, inputs)
+    others = list(others)
+    checked_plot(path, others)
     plt = _pyplot()
     steps = [c.step for c in trajectory.checkpoints]
     xs = steps if None not in steps else list(range(len(steps)))
@@ -100,7 +139,7 @@ def plot_trajectory(trajectory: "Trajectory", path: str | Path, title: str | Non
             low.append(min(stds) if stds else float("nan"))
             high.append(max(stds) if stds else float("nan"))
             everything += stds
-        label = printable(group.pattern if group.count == 1 else f"{group.pattern} ×{group.count}")
+        label = literal(group.pattern) + ("" if group.count == 1 else f" ×{group.count}")
         line, = axes.plot(xs, median, marker=".", label=label)
         if group.count > 1:
             axes.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
@@ -110,13 +149,17 @@ def plot_trajectory(trajectory: "Trajectory", path: str | Path, title: str | Non
     positive_steps = [x for x in xs if x > 0]
     if None not in steps and positive_steps and max(positive_steps) >= 50 * min(positive_steps):
         axes.set_xscale("symlog", linthresh=min(positive_steps))  # early steps apart, step 0 kept
-    axes.set_xlabel("step" if None not in steps else "checkpoint")
-    if None in steps:
-        axes.set_xticks(xs, [printable(c.source) for c in trajectory.checkpoints], rotation=30, ha="right")
+    if None not in steps:
+        axes.set_xlabel("step")
+    elif len(xs) <= TICK_NAMES:
+        axes.set_xlabel("checkpoint")
+        axes.set_xticks(xs, [literal(c.source) for c in trajectory.checkpoints], rotation=30, ha="right")
+    else:  # thousands of names would take minutes to lay out, and could not be read
+        axes.set_xlabel("checkpoint (position in natural order)")
     axes.set_ylabel("observed std")
     if len(groups) <= LEGEND_LINES:
         axes.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     if title:
-        axes.set_title(title)
+        axes.set_title(literal(title))
     figure.tight_layout()
-    _save(plt, figure, path, inputs, dpi=80)
+    _save(plt, figure, path, others, dpi=80)
