@@ -260,16 +260,18 @@ def _check_disjoint(where: str, key: str, size: tuple[int, ...], chunks: list[Dc
     import numpy as np
 
     boxes = [chunk for chunk in chunks if all(chunk.sizes)]
-    edges = [np.unique([0, length, *(c.offsets[d] for c in boxes), *(c.offsets[d] + c.sizes[d] for c in boxes)])
-             for d, length in enumerate(size)]
+    corners = np.array([(chunk.offsets, chunk.sizes) for chunk in boxes], dtype=np.int64).reshape(-1, 2, len(size))
+    starts, ends = corners[:, 0], corners[:, 0] + corners[:, 1]
+    edges = [np.unique(np.concatenate(([0, length], starts[:, d], ends[:, d]))) for d, length in enumerate(size)]
     cells = math.prod(len(edge) - 1 for edge in edges)
     if cells > _MAX_CELLS:
         raise SourceError(f"{where}: {key}: its {len(chunks)} chunks cut it into {cells} pieces, too irregular "
                           "to check that no two overlap; refused")
     painted = np.zeros([len(edge) - 1 for edge in edges], dtype=bool)
-    for chunk in boxes:
-        box = painted[tuple(slice(np.searchsorted(edge, start), np.searchsorted(edge, start + length))
-                            for edge, start, length in zip(edges, chunk.offsets, chunk.sizes))]
+    low = np.stack([np.searchsorted(edge, starts[:, d]) for d, edge in enumerate(edges)], axis=1).tolist()
+    high = np.stack([np.searchsorted(edge, ends[:, d]) for d, edge in enumerate(edges)], axis=1).tolist()
+    for chunk, first, last in zip(boxes, low, high):
+        box = painted[tuple(map(slice, first, last))]
         if box.any():
             raise SourceError(f"{where}: {key}: its chunk at {list(chunk.offsets)} overlaps another chunk "
                               "(their values would be counted twice); refused")
