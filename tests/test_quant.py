@@ -232,6 +232,17 @@ def test_gptq_scales_and_zero_points_are_read_with_their_rows_not_whole(tmp_path
     assert peak < parts["scales"].numel(), f"{peak} bytes: the scales were held whole"
 
 
+def test_gptq_zero_points_for_fewer_groups_than_scales_are_one_line(tmp_path):
+    """Each group's zero points are read beside its scales: a qzeros with fewer rows is refused, not overrun."""
+    parts, _ = _gptq()
+    parts["qzeros"] = parts["qzeros"][:2].clone()
+    path = tmp_path / "gptq.safetensors"
+    safetensors_torch.save_file({f"fc.{name}": t for name, t in parts.items()}, str(path))
+    result = run("inspect", path, "--stats")
+    assert result.code == 2 and result.out == "", result
+    assert result.err.count("\n") == 1 and str(path) in result.err and "qzeros" in result.err, result.err
+
+
 @pytest.mark.parametrize("key", ["m.weight_scale_inv", "m.weight_scale", "m.input_scale", "m.k_scale", "m.scales",
                                  "m.qzeros", "m.g_idx", "m.SCB", "m.weight_format", "m.weight.absmax",
                                  "m.weight.nested_absmax", "m.weight.quant_map",
