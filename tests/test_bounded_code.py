@@ -48,7 +48,9 @@ def test_a_class_file_of_millions_of_names_is_refused_before_it_is_parsed(tmp_pa
     code = LINEAR_CODE + b"  _x = [" + b"a," * (1 << 20) + b"]\n"
     path = linear_net(tmp_path / "names.pt", code)
     assert path.stat().st_size < 100_000
-    refused(isolated(tmp_path, "inspect", path), path, "code/__torch__/torch/nn/modules/linear.py", "refused")
+    outcome = isolated(tmp_path, "inspect", path)
+    refused(outcome, path, "code/__torch__/torch/nn/modules/linear.py", "refused")
+    assert outcome.peak_mb < 128, f"{outcome.peak_mb:.0f} MB: counting took more than the text"
 
 
 def test_many_objects_of_one_class_parse_its_file_once(tmp_path):
