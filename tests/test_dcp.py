@@ -231,3 +231,47 @@ def test_the_folder_is_a_source_as_its_metadata_is(state):
     through_folder = json.loads(run("inspect", folder, "--stats", "-f", "json").out)
     through_file = json.loads(run("inspect", folder / ".metadata", "--stats", "-f", "json").out)
     assert through_folder["layers"] == through_file["layers"] and through_folder["source"]["format"] == "torch-dcp"
+
+
+def _one_tensor_folder(folder: Path, size: list[int], chunks: list, saved: torch.Tensor) -> Path:
+    """`.metadata` naming `w.weight` of `size` in `chunks`, each chunk's storage record pointing at one
+    torch.save of `saved` (so every chunk passes the data checks: only the chunk layout is in question)."""
+    folder.mkdir()
+    with open(folder / "__0_0.distcp", "wb") as stream:
+        torch.save(saved, stream)
+    info = _StorageInfo("__0_0.distcp", 0, (folder / "__0_0.distcp").stat().st_size)
+    storage = {MetadataIndex("w.weight", chunk.offsets, 0): info for chunk in chunks}
+    metadata = Metadata({"w.weight": TensorStorageMetadata(TensorProperties(dtype=torch.float32), torch.Size(size),
+                                                           chunks)}, storage_data=storage)
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    return folder
+
+
+@pytest.mark.parametrize("second", ([0, 0], [2, 0]))
+def test_overlapping_chunks_are_refused(tmp_path, second):
+    """Two [4, 4] chunks of an [8, 4] tensor: 32 values, as its size needs, but at one offset (or both
+    covering rows 2 and 3) part of it would be counted twice and part never; at [0, 0] and [4, 0] they tile it."""
+    chunks = [ChunkStorageMetadata(torch.Size([0, 0]), torch.Size([4, 4])),
+              ChunkStorageMetadata(torch.Size(second), torch.Size([4, 4]))]
+    folder = _one_tensor_folder(tmp_path / "dcp", [8, 4], chunks, torch.arange(16.0).reshape(4, 4))
+    _refused(folder / ".metadata", ".metadata", "w.weight", "overlaps")
+    chunks[1] = ChunkStorageMetadata(torch.Size([4, 0]), torch.Size([4, 4]))
+    tiled = _one_tensor_folder(tmp_path / "tiled", [8, 4], chunks, torch.arange(16.0).reshape(4, 4))
+    assert run("inspect", tiled, "--stats").code == 0
+
+
+def test_a_chunk_list_shared_by_every_tensor_is_charged_for_each(tmp_path):
+    """One memoised list of 600,001 chunks (a real one and 600,000 references to one empty chunk) named by
+    64 tensors: 3 MB of pickle that made 38 million chunk records."""
+    from test_hardening import isolated, refused
+
+    empty = ChunkStorageMetadata(torch.Size([0]), torch.Size([0]))
+    shared = [ChunkStorageMetadata(torch.Size([0]), torch.Size([4]))] + [empty] * 600_000
+    (tmp_path / "__0_0.distcp").write_bytes(bytes(1024))
+    info = _StorageInfo("__0_0.distcp", 0, 1024)
+    names = [f"w{index}.weight" for index in range(64)]
+    metadata = Metadata({name: TensorStorageMetadata(TensorProperties(dtype=torch.float32), torch.Size([4]), shared)
+                         for name in names}, storage_data={MetadataIndex(name, [0], 0): info for name in names})
+    (tmp_path / ".metadata").write_bytes(pickle.dumps(metadata))
+    assert (tmp_path / ".metadata").stat().st_size < 4_000_000
+    refused(isolated(tmp_path, "inspect", tmp_path / ".metadata"), tmp_path / ".metadata", "chunk")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
 
 import pytest
 
@@ -13,6 +14,8 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 from helpers import run  # noqa: E402
 from torch import nn  # noqa: E402
 
+from fancli.loaders import load  # noqa: E402
+from fancli.stats import observe  # noqa: E402
 from fancli.tensors import FP8, fp8_table  # noqa: E402
 
 BLOCK = 128
@@ -193,6 +196,51 @@ def test_bitsandbytes_int8_and_buffers(tmp_path):
     assert [rows[k]["kind"] for k in ("fc.SCB", "fc.weight_format", "h.0.attn.bias")] == [
         "quant_scale", "quant_aux", "buffer"]
     assert "position_ids" not in rows  # integer buffers stay unlisted, as the README says
+
+
+def _streamed(path, key: str) -> tuple[float, int]:
+    """`--stats`' std of one layer, read a few rows at a time, and the most memory the reading took."""
+    data = {layer.param: layer for layer in load(str(path)).layers}[key].data
+    observe(data, max_elements=4096)  # once before: imports, the FP8 table, this thread's scratch block
+    tracemalloc.start()
+    try:
+        observed = observe(data, max_elements=4096)
+        return observed.std, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_scale_per_value_is_read_with_its_rows_not_whole(tmp_path):
+    """An FP8 weight with a float32 weight_scale_inv of its own shape: its 512 Ki scales were read whole as
+    float64 (12 MB of copies: 4.1 GB for a real layer); now with each few rows, the std still torch's."""
+    torch.manual_seed(3)
+    w, scale = torch.randn(1024, 512), torch.rand(1024, 512) + 0.5
+    q = (w / scale).to(torch.float8_e4m3fn)
+    safetensors_torch.save_file({"fc.weight": q, "fc.weight_scale_inv": scale}, str(tmp_path / "m.safetensors"))
+    std, peak = _streamed(tmp_path / "m.safetensors", "fc.weight")
+    assert std == pytest.approx((q.double() * scale.double()).std().item(), rel=1e-9)
+    assert peak < scale.numel(), f"{peak} bytes: the scales were held whole"
+
+
+def test_gptq_scales_and_zero_points_are_read_with_their_rows_not_whole(tmp_path):
+    """Group size 1: as many scales and zero points as inputs × out, once read whole as float64."""
+    parts, weight = _gptq(out=256, inputs=1024, group=1)
+    tensors = {f"fc.{name}": t for name, t in parts.items()}
+    safetensors_torch.save_file(tensors, str(tmp_path / "gptq.safetensors"))
+    std, peak = _streamed(tmp_path / "gptq.safetensors", "fc.qweight")
+    assert std == pytest.approx(weight.double().std().item(), rel=1e-9)
+    assert peak < parts["scales"].numel(), f"{peak} bytes: the scales were held whole"
+
+
+def test_gptq_zero_points_for_fewer_groups_than_scales_are_one_line(tmp_path):
+    """Each group's zero points are read beside its scales: a qzeros with fewer rows is refused, not overrun."""
+    parts, _ = _gptq()
+    parts["qzeros"] = parts["qzeros"][:2].clone()
+    path = tmp_path / "gptq.safetensors"
+    safetensors_torch.save_file({f"fc.{name}": t for name, t in parts.items()}, str(path))
+    result = run("inspect", path, "--stats")
+    assert result.code == 2 and result.out == "", result
+    assert result.err.count("\n") == 1 and str(path) in result.err and "qzeros" in result.err, result.err
 
 
 @pytest.mark.parametrize("key", ["m.weight_scale_inv", "m.weight_scale", "m.input_scale", "m.k_scale", "m.scales",

@@ -23,6 +23,11 @@ from . import pickle_scan
 from .torch_pickle import UnsafeGlobal, WeightsUnpickler, _is_index, _is_shape, _short
 
 MAX_METADATA_BYTES = 64 * 1024 * 1024  # ~700 bytes a tensor: 90,000 tensors
+#: What one chunk of one tensor costs once checked (a DcpChunk and its place in a tuple), charged per
+#: reference: a pickle may memoise one list of chunks and name it for every tensor.
+_CHUNK_COST = 512
+#: The grid that chunks' edges cut a tensor into, painted to find overlaps: DCP's are a chunk a cell.
+_MAX_CELLS = 1 << 24
 _METADATA = "torch.distributed.checkpoint.metadata"
 _FILESYSTEM = "torch.distributed.checkpoint.filesystem"
 #: dtypes a DCP tensor may name; fancli decodes those in DTYPES, lists the FP8 and narrower, skips the rest.
@@ -174,7 +179,8 @@ def read_metadata(where: str, data: bytes) -> DcpMetadata:
     except pickle_scan.PickleRefused as refused:
         raise SourceError(f"{where}: not DCP metadata: the pickle {refused}") from None
     try:
-        top = MetadataUnpickler(data, pickle_scan.MAX_MEMORY - cost).load()
+        unpickler = MetadataUnpickler(data, pickle_scan.MAX_MEMORY - cost)
+        top = unpickler.load()
     except UnsafeGlobal as refused:
         raise SourceError(f"{where}: refused: its pickle names the global {f'{refused.module}.{refused.name}'[:120]!r}, "
                           "which DCP metadata does not use (loading it could run code; nothing was run)") from None
@@ -182,10 +188,11 @@ def read_metadata(where: str, data: bytes) -> DcpMetadata:
         raise SourceError(f"{where}: not valid DCP metadata ({_short(error)})") from None
     if not isinstance(top, _Metadata):
         raise SourceError(f"{where}: a pickle, but not torch.distributed.checkpoint metadata")
-    return _checked(where, top)
+    return _checked(where, top, unpickler.allowance)
 
 
-def _checked(where: str, top: _Metadata) -> DcpMetadata:
+def _checked(where: str, top: _Metadata, allowance: int) -> DcpMetadata:
+    """The records checked into plain values; the chunks they hold charged to what is left of `allowance`."""
     items = top.get("state_dict_metadata")
     storage = top.get("storage_data")
     if not isinstance(items, dict) or not isinstance(storage, dict):
@@ -204,6 +211,12 @@ def _checked(where: str, top: _Metadata) -> DcpMetadata:
         if isinstance(item, _Bytes):
             others.append(fqn)
         elif isinstance(item, _TensorStorage):
+            chunks = item.get("chunks")
+            allowance -= _CHUNK_COST * len(chunks) if isinstance(chunks, list) else 0
+            if allowance < 0:
+                raise SourceError(f"{where}: its tensors' chunk lists name more chunks than fancli holds "
+                                  f"({pickle_scan.MAX_MEMORY >> 20} MiB of records, reached at {fqn[:80]}); "
+                                  "refused (a list one pickle shares counts for each tensor naming it)")
             tensors.append(_tensor(where, fqn, item, located))
         else:
             raise SourceError(f"{where}: {fqn[:80]}: neither tensor nor bytes metadata")
@@ -236,7 +249,33 @@ def _tensor(where: str, fqn: str, item: _TensorStorage,
     if total != math.prod(size):
         raise SourceError(f"{where}: {key}: its chunks hold {total} values, its size {list(size)} needs "
                           f"{math.prod(size)}")
+    if len(checked) > 1:
+        _check_disjoint(where, key, size, checked)
     return DcpTensor(fqn, dtype, size, tuple(checked))
+
+
+def _check_disjoint(where: str, key: str, size: tuple[int, ...], chunks: list[DcpChunk]) -> None:
+    """No value lies in two chunks (they add up to the size, so they then tile it): the chunks' edges cut
+    the tensor into a grid of cells, and each chunk paints its cells, none painted before."""
+    import numpy as np
+
+    boxes = [chunk for chunk in chunks if all(chunk.sizes)]
+    corners = np.array([(chunk.offsets, chunk.sizes) for chunk in boxes], dtype=np.int64).reshape(-1, 2, len(size))
+    starts, ends = corners[:, 0], corners[:, 0] + corners[:, 1]
+    edges = [np.unique(np.concatenate(([0, length], starts[:, d], ends[:, d]))) for d, length in enumerate(size)]
+    cells = math.prod(len(edge) - 1 for edge in edges)
+    if cells > _MAX_CELLS:
+        raise SourceError(f"{where}: {key}: its {len(chunks)} chunks cut it into {cells} pieces, too irregular "
+                          "to check that no two overlap; refused")
+    painted = np.zeros([len(edge) - 1 for edge in edges], dtype=bool)
+    low = np.stack([np.searchsorted(edge, starts[:, d]) for d, edge in enumerate(edges)], axis=1).tolist()
+    high = np.stack([np.searchsorted(edge, ends[:, d]) for d, edge in enumerate(edges)], axis=1).tolist()
+    for chunk, first, last in zip(boxes, low, high):
+        box = painted[tuple(map(slice, first, last))]
+        if box.any():
+            raise SourceError(f"{where}: {key}: its chunk at {list(chunk.offsets)} overlaps another chunk "
+                              "(their values would be counted twice); refused")
+        box[...] = True
 
 
 def _chunk(where: str, key: str, offsets: tuple[int, ...], sizes: tuple[int, ...], info: _StorageInfo) -> DcpChunk:

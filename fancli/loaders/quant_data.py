@@ -1,8 +1,9 @@
 """Data handles that dequantize while `--stats` streams: a quantized weight's values are what the model
 computes with (stored codes × their scales), not the codes, so its statistics are taken on those.
 
-Each wraps the handles of the weight and of its scales and reads the weight a few rows at a time: memory
-stays near one chunk (plus the scales, which are a small fraction of the weight). numpy only, no torch.
+Each wraps the handles of the weight and of its scales and reads the weight a few rows at a time, with
+the scales (and zero points) those rows use: memory stays near one chunk however many scales there are (a
+scale per value is as large as the weight). numpy only, no torch.
 """
 
 from __future__ import annotations
@@ -134,16 +135,18 @@ class Scaled:
         inner = math.prod(self.shape[1:])
         if not out or not inner:
             return
-        scales = _whole(self.scale).reshape(-1, math.ceil(inner / self.blocks[1])) * self.factor
+        rows, columns = self.blocks
+        width = math.ceil(inner / columns)  # scales in a row of scales
         step = max(1, max_elements // inner)
-        for first in range(0, out, self.blocks[0]):  # one row of scales per block of rows
-            factors = np.repeat(scales[first // self.blocks[0]], self.blocks[1])[:inner]
-            last = min(first + self.blocks[0], out)
-            for start in range(first, last, step):
-                count = min(step, last - start)
-                values = (_rows(self.weight, start, count, inner).reshape(count, inner) * factors).reshape(-1)
-                for begin in range(0, values.size, max_elements):
-                    yield values[begin : begin + max_elements]
+        for start in range(0, out, step):
+            count = min(step, out - start)
+            first = start // rows  # the rows of scales these rows of the weight use
+            scales = _rows(self.scale, first, (start + count - 1) // rows + 1 - first, width).reshape(-1, width)
+            scales = scales[np.arange(start, start + count) // rows - first].astype(np.float64) * self.factor
+            factors = np.repeat(scales, columns, axis=1)[:, :inner]
+            values = (_rows(self.weight, start, count, inner).reshape(count, inner) * factors).reshape(-1)
+            for begin in range(0, values.size, max_elements):
+                yield values[begin : begin + max_elements]
 
 
 def gptq_data(qweight: "Entry", scales: "Entry", zeros: "Entry | None", g_idx: "Entry | None", bits: int,
@@ -184,10 +187,10 @@ class Gptq:
 
         out, inputs = self.shape
         pack = 32 // self.bits
-        scales = _whole(self.scales)
-        groups = scales.shape[0]
-        zeros = self._unpack(_rows(self.zeros, 0, self.zeros.shape[0], self.zeros.shape[1]).reshape(self.zeros.shape))
-        zeros = zeros.transpose(0, 2, 1).reshape(groups, -1)[:, :out].astype(np.float64) + 1.0
+        groups = self.scales.shape[0]
+        if self.zeros.shape[0] != groups:
+            raise SourceError(f"{self.qweight.source.path}: qzeros has {self.zeros.shape[0]} groups, "
+                              f"scales {groups}")
         if self.g_idx is not None:
             g_idx = _whole(self.g_idx).reshape(-1).astype(np.int64)
         else:
@@ -198,7 +201,20 @@ class Gptq:
         for start in range(0, self.qweight.shape[0], step):
             count = min(step, self.qweight.shape[0] - start)
             q = self._unpack(_rows(self.qweight, start, count, out).reshape(count, out)).reshape(count * pack, out)
-            g = g_idx[start * pack : (start + count) * pack]
+            scales, zeros, g = self._groups(g_idx[start * pack : (start + count) * pack], out)
             values = (scales[g] * (q - zeros[g])).reshape(-1)
             for begin in range(0, values.size, max_elements):
                 yield values[begin : begin + max_elements]
+
+    def _groups(self, g: "np.ndarray", out: int) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
+        """The scales and zero points (+1) of the groups `g` names, [used, out] float64, read a run of
+        consecutive groups at a time (act-order scatters them), and `g` as indices into them."""
+        import numpy as np
+
+        used, g = np.unique(g, return_inverse=True)
+        runs = np.split(used, np.flatnonzero(np.diff(used) != 1) + 1)
+        width = self.zeros.shape[1]
+        scales = np.concatenate([_rows(self.scales, int(run[0]), run.size, out) for run in runs])
+        packed = np.concatenate([_rows(self.zeros, int(run[0]), run.size, width) for run in runs])
+        zeros = self._unpack(packed.reshape(used.size, width)).transpose(0, 2, 1).reshape(used.size, -1)[:, :out]
+        return scales.reshape(used.size, out).astype(np.float64), zeros.astype(np.float64) + 1.0, g

@@ -33,6 +33,11 @@ from .torch_zip import TorchZip
 
 MAX_CODE_BYTES = 4 * 1024 * 1024  # one class file; torch writes a few KB per class
 MAX_CODE_TOTAL = 64 * 1024 * 1024  # all class files parsed for one archive
+#: Names, numbers and symbols in one class file: its syntax tree peaks near 700 bytes a token (180 MiB here).
+MAX_CODE_TOKENS = 1 << 18
+#: Each byte as its kind, for `_tokens`: a name or number character (a), white space ( ), or a symbol (.).
+_KINDS = bytes(ord("a") if c < 128 and (chr(c).isalnum() or chr(c) == "_") else ord(" ") if chr(c) in " \t\n\r\f\v"
+               else ord(".") for c in range(256))
 NO_STRUCTURE = "TorchScript: groups, stride and dilation are not recorded for this conv; only torch's fans are given"
 #: Positions of (stride, dilation, groups) in the conv calls TorchScript code makes.
 _CONV_ARGS = {"_convolution": (3, 5, 8), "conv1d": (3, 5, 6), "conv2d": (3, 5, 6), "conv3d": (3, 5, 6),
@@ -106,24 +111,23 @@ class _ClassCode:
 
 
 class _Code:
-    """The archive's class files, each parsed once, within a total budget."""
+    """The archive's class files, each read and parsed once, within a total budget: what each class states
+    is kept, its syntax tree is not (a tree takes some 700 bytes a token, a class file's few KB only)."""
 
     def __init__(self, archive: TorchZip) -> None:
         self.archive = archive
-        self.parsed: dict[str, ast.Module | None] = {}
+        self.files: dict[str, dict[str, _ClassCode]] = {}
         self.budget = MAX_CODE_TOTAL
 
     def of(self, qualified: str) -> _ClassCode:
         module, _, name = qualified.rpartition(".")
-        tree = self._tree(f"{self.archive.prefix}/code/{module.replace('.', '/')}.py")
-        for node in tree.body if tree else ():
-            if isinstance(node, ast.ClassDef) and node.name == name:
-                return _read_class(node)
-        return _ClassCode()
+        return self._classes(f"{self.archive.prefix}/code/{module.replace('.', '/')}.py").get(name, _ClassCode())
 
-    def _tree(self, member: str) -> ast.Module | None:
-        if member not in self.parsed:
-            self.parsed[member] = None
+    def _classes(self, member: str) -> dict[str, _ClassCode]:
+        """What each class of one file states, by class name (the first where a name repeats); empty where
+        the file is missing or not Python a parser takes."""
+        if member not in self.files:
+            self.files[member] = classes = {}
             info = self.archive.members.get(member)
             if info is not None:
                 self.budget -= info.file_size
@@ -131,8 +135,23 @@ class _Code:
                     raise SourceError(f"{self.archive.path}: its TorchScript code is larger than "
                                       f"{MAX_CODE_TOTAL >> 20} MiB in all; refused unread")
                 text = self.archive.read_member(member, MAX_CODE_BYTES, "a TorchScript class")
-                self.parsed[member] = _parse(text)
-        return self.parsed[member]
+                tokens = _tokens(text)
+                if tokens > MAX_CODE_TOKENS:
+                    raise SourceError(f"{self.archive.path}: its TorchScript file {member.partition('/')[2][:120]} "
+                                      f"has {tokens} names and symbols, more than the {MAX_CODE_TOKENS} fancli "
+                                      "parses in one file; refused unparsed")
+                tree = _parse(text)
+                for node in tree.body if tree else ():
+                    if isinstance(node, ast.ClassDef) and node.name not in classes:
+                        classes[node.name] = _read_class(node)
+        return self.files[member]
+
+
+def _tokens(text: bytes) -> int:
+    """The names, numbers and symbols in `text`, a bound on the nodes of its syntax tree known before it is
+    built; counted in C without a list of them (a regex's would take ~90 bytes a token)."""
+    kinds = text.translate(_KINDS)
+    return kinds.count(b".") + kinds.count(b" a") + kinds.count(b".a") + kinds.startswith(b"a")
 
 
 def _parse(text: bytes) -> ast.Module | None:
