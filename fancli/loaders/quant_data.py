@@ -37,8 +37,11 @@ class Unreadable:
         raise SourceError(self.reason)
 
 
-def _rows(ref: StridedRef, start: int, count: int, length: int) -> "np.ndarray":
-    """Rows start..start+count of a contiguous 2-D (or flat) tensor, decoded."""
+def _rows(ref, start: int, count: int, length: int) -> "np.ndarray":
+    """Rows start..start+count of a contiguous 2-D (or flat) tensor, decoded; a handle that is no byte
+    range of one file (a DCP tensor's shards, a tensor torch loaded) reads its own rows."""
+    if not isinstance(ref, StridedRef):
+        return ref.rows(start, count).reshape(-1)
     itemsize = DTYPES[ref.dtype][0]
     raw = ref.source.read((ref.offset + start * length) * itemsize, count * length * itemsize)
     return decode(raw, ref.dtype, ref.byteorder)
@@ -47,14 +50,18 @@ def _rows(ref: StridedRef, start: int, count: int, length: int) -> "np.ndarray":
 def _whole(ref: StridedRef) -> "np.ndarray":
     import numpy as np
 
+    if not isinstance(ref, StridedRef):  # its chunks need not come in order (shards): its rows do
+        return _rows(ref, 0, ref.shape[0] if ref.shape else 1, 0).astype(np.float64).reshape(ref.shape or (1,))
     parts = list(ref.chunks())
     return (np.concatenate(parts) if parts else np.empty(0)).astype(np.float64).reshape(ref.shape or (1,))
 
 
 def _readable(*refs) -> str | None:
     for ref in refs:
-        if not isinstance(ref, StridedRef) or not ref.contiguous:
-            return "its stored layout (a strided view, or a dtype fancli cannot decode) is not read: no statistics"
+        if isinstance(ref, StridedRef) and not ref.contiguous:
+            return "its stored layout (a strided view) is not read: no statistics"
+        if not isinstance(ref, StridedRef) and not hasattr(ref, "rows"):
+            return getattr(ref, "reason", None) or "its values are not stored where fancli reads them: no statistics"
     return None
 
 
