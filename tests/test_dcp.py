@@ -231,3 +231,22 @@ def test_the_folder_is_a_source_as_its_metadata_is(state):
     through_folder = json.loads(run("inspect", folder, "--stats", "-f", "json").out)
     through_file = json.loads(run("inspect", folder / ".metadata", "--stats", "-f", "json").out)
     assert through_folder["layers"] == through_file["layers"] and through_folder["source"]["format"] == "torch-dcp"
+
+
+def test_the_folders_own_config_json_splits_a_fused_projection(tmp_path):
+    """Issue 25: the config.json inside the DCP folder (beside `.metadata`) applies whether the folder or its
+    `.metadata` is the source; a config in the folder's parent does not. Equal heads make q, k, v three
+    stacked blocks, each with torch's fan_out of its own part."""
+    torch.manual_seed(0)
+    fused = nn.Linear(32, 96, bias=False)  # 4 heads of 8: q, k, v 32 rows each
+    folder = _save({"attn.qkv_proj.weight": fused.weight.detach()}, tmp_path / "checkpoint")
+    (folder / "config.json").write_text(json.dumps({"num_attention_heads": 4, "hidden_size": 32}))
+    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 4, "num_key_value_heads": 1,
+                                                      "hidden_size": 32}))  # not the folder's: ignored
+    part = fused.weight.detach().split(32)[0]
+    for source in (folder, folder / ".metadata"):
+        result = run("inspect", source, "--format", "json", "--fans", "effective", "-m", "fan_out")
+        assert result.code == 0, result.err
+        (qkv,) = json.loads(result.out)["layers"]
+        assert qkv["effective_fan_out"] == nn.init._calculate_fan_in_and_fan_out(part)[1], source
+        assert "q, k, v stacked: split by config.json" in qkv["notes"], source
