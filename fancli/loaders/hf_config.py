@@ -48,15 +48,32 @@ def _count(config: dict, *keys: str) -> int | None:
     return None
 
 
+#: A multimodal config's sub-configs for the towers beside its text model, and the words of a module path
+#: that place a module in that tower (transformers names them `visual`, `vision_tower`, `vision_model`,
+#: `audio_tower`…); every other module is the text model's (`text_config`, or the top level).
+TOWERS = {"vision_config": ("vision", "visual"), "audio_config": ("audio",)}
+
+
+def section_of(module: str, config: dict) -> str | None:
+    """The sub-config that owns a module: a tower's, the text model's, or None for the top level."""
+    for section, words in TOWERS.items():
+        if isinstance(config.get(section), dict) and any(word in part for part in module.split(".") for word in words):
+            return section
+    return "text_config" if isinstance(config.get("text_config"), dict) else None
+
+
 def heads_of(config: dict) -> Heads | None:
-    """The heads a transformers config states (a multimodal one's text model's), or None."""
-    if isinstance(config.get("text_config"), dict):
-        config = config["text_config"]
+    """The heads one (sub-)config states, or None. Falcon's `multi_query` means one kv head only in its old
+    decoder: transformers' FalconAttention takes `num_kv_heads if (new_decoder_architecture or not
+    multi_query) else 1`. A vision tower's width is its `embed_dim` where it has one (Qwen2-VL's
+    VisionAttention: head_dim = embed_dim // num_heads; its `hidden_size` is the text model's)."""
     heads = _count(config, "num_attention_heads", "n_head", "num_heads")
     if heads is None:
         return None
-    kv_heads = 1 if config.get("multi_query") is True else _count(config, "num_key_value_heads", "num_kv_heads")
-    hidden = _count(config, "hidden_size", "n_embd", "d_model")
+    multi_query = config.get("multi_query", config.get("model_type") == "falcon")  # FalconConfig's default: True
+    single = multi_query is True and config.get("new_decoder_architecture") is not True
+    kv_heads = 1 if single else _count(config, "num_key_value_heads", "num_kv_heads")
+    hidden = _count(config, "embed_dim", "hidden_size", "n_embd", "d_model")
     head_dim = _count(config, "head_dim") or (hidden // heads if hidden and hidden % heads == 0 else None)
     return Heads(heads, kv_heads or heads, head_dim) if head_dim else None
 
@@ -72,13 +89,18 @@ def with_config(model: Model, weights: Path) -> Model:
     except SourceError as error:
         return replace(model, notes=(*model.notes, f"{NAME} beside the weights not used: {error}"))
     notes = list(model.notes)
-    heads = heads_of(config)
-    layers = model.layers
-    if heads is not None:
-        layers = tuple(_split(layer, heads) for layer in layers)
-        if layers != model.layers:
-            notes.append(f"from {NAME}: {heads} (splits fused q/k/v)")
-    layers, taken = apply_library_facts(layers, config)
+    sections = {section: heads_of(config if section is None else config[section])
+                for section in (None, "text_config", *TOWERS) if section is None or isinstance(config.get(section), dict)}
+    layers, split = [], {}
+    for layer in model.layers:
+        section = section_of(layer.name, config)
+        heads = sections[section]
+        done = layer if heads is None else _split(layer, heads)
+        if done is not layer:
+            split[f"{section}: {heads}" if section else str(heads)] = None
+        layers.append(done)
+    notes += [f"from {NAME}: {heads} (splits fused q/k/v)" for heads in split]
+    layers, taken = apply_library_facts(tuple(layers), config)
     if taken:
         notes.append(f"from {NAME}: {'; '.join(taken)}")
     return replace(model, layers=layers, notes=tuple(notes))
