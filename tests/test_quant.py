@@ -133,11 +133,11 @@ def test_a_scale_of_the_wrong_shape_is_one_line(tmp_path):
 def _gptq(out=48, inputs=64, group=16, bits=4, act_order=False):
     """GPTQ's documented v1 layout, packed by hand, with the [out, in] weight torch would dequantize to."""
     torch.manual_seed(2)
-    pack, groups = 32 // bits, inputs // group
+    pack, groups = 32 // bits, math.ceil(inputs / group)  # AutoGPTQ's QuantLinear: scales [ceil(in / group), out]
     q = torch.randint(0, 1 << bits, (inputs, out), dtype=torch.int64)
     zeros = torch.randint(1, 1 << bits, (groups, out), dtype=torch.int64)
     scales = (torch.rand(groups, out) * 0.01 + 0.001).half()
-    g_idx = torch.arange(inputs) // group
+    g_idx = torch.tensor([i // group for i in range(inputs)])  # AutoGPTQ's QuantLinear, as it builds g_idx
     if act_order:
         g_idx = g_idx[torch.randperm(inputs)]
     shifts = torch.arange(pack) * bits
@@ -166,6 +166,23 @@ def test_gptq_packed_weight_is_its_linear(tmp_path, act_order):
     for name, kind in (("qzeros", "quant_aux"), ("scales", "quant_scale"), ("g_idx", "quant_aux")):
         aux = rows[f"{prefix}.{name}"]
         assert (aux["kind"], aux["std"]) == (kind, None) and "of the qweight beside it" in aux["notes"][0]
+
+
+def test_gptq_without_g_idx_groups_by_the_stated_group_size(tmp_path):
+    """Issue 25: 104 inputs in groups of 32 are 4 groups (32, 32, 32, 8), AutoGPTQ's `i // group_size`; the
+    4 groups alone fit sizes 26 to 34, so without g_idx the size comes from config.json, or nothing is read."""
+    parts, weight = _gptq(out=48, inputs=104, group=32)
+    prefix = "model.layers.0.mlp.up_proj"
+    tensors = {f"{prefix}.{name}": t for name, t in parts.items() if name != "g_idx"}
+    safetensors_torch.save_file(tensors, str(tmp_path / "model.safetensors"))
+    row = _rows("inspect", tmp_path / "model.safetensors", "--stats")[f"{prefix}.qweight"]
+    assert row["shape"] == [48, 104] and row["observed"]["std"] is None
+    assert any("fit group sizes 26 to 34" in note for note in row["notes"])
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": False}}))
+    row = _rows("inspect", tmp_path / "model.safetensors", "--stats")[f"{prefix}.qweight"]
+    assert row["observed"]["mean"] == pytest.approx(weight.double().mean().item(), rel=1e-6)
+    assert row["observed"]["std"] == pytest.approx(weight.double().std().item(), rel=1e-6)
 
 
 def test_awq_shape_without_statistics_says_why(tmp_path):

@@ -104,6 +104,7 @@ class _DcpData:
     def __init__(self, folder: Path, tensor: DcpTensor) -> None:
         self.folder, self.tensor = folder, tensor
         self.dtype, self.shape = tensor.dtype, tensor.size
+        self.where = f"{folder}: {tensor.fqn[:80]}"
 
     def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
         """Logical order only when the tensor is one chunk that reads in order; shards come box by box."""
@@ -132,7 +133,7 @@ class _DcpData:
             if first >= last:
                 continue
             if not ref.contiguous:
-                raise SourceError(f"{self.folder / chunk.file}: {self.tensor.fqn[:80]}: a shard stored as a "
+                raise SourceError(f"{self.where}: a shard in {chunk.file[:80]} stored as a "
                                   "strided view: its rows are not read by range")
             inner = math.prod(sizes[1:])
             values = next(ref.range_chunks((first - offsets[0]) * inner, (last - offsets[0]) * inner,
@@ -144,7 +145,7 @@ class _DcpData:
             out[box] = values.reshape(last - first, *sizes[1:])
             filled += values.size
         if out is None or filled != out.size:
-            raise SourceError(f"{self.folder}: {self.tensor.fqn[:80]}: its shards do not cover rows "
+            raise SourceError(f"{self.where}: its shards do not cover rows "
                               f"{start}..{start + count - 1}")
         return out
 

@@ -100,10 +100,26 @@ def with_config(model: Model, weights: Path) -> Model:
             split[f"{section}: {heads}" if section else str(heads)] = None
         layers.append(done)
     notes += [f"from {NAME}: {heads} (splits fused q/k/v)" for heads in split]
+    stated = _gptq_group_size(config)
+    if stated is not None:
+        grouped = [replace(layer, data=layer.data.grouped(stated)) if hasattr(layer.data, "grouped") else layer
+                   for layer in layers]
+        if any(new.data is not old.data for new, old in zip(grouped, layers)):
+            layers = grouped
+            notes.append(f"from {NAME}: GPTQ group_size={stated} (for qweights saved without g_idx)")
     layers, taken = apply_library_facts(tuple(layers), config)
     if taken:
         notes.append(f"from {NAME}: {'; '.join(taken)}")
     return replace(model, layers=layers, notes=tuple(notes))
+
+
+def _gptq_group_size(config: dict) -> int | None:
+    """transformers' GPTQConfig `group_size` (in `quantization_config`): -1 or a positive count of inputs."""
+    quantization = config.get("quantization_config")
+    if not isinstance(quantization, dict) or quantization.get("quant_method") != "gptq":
+        return None
+    size = quantization.get("group_size")
+    return size if type(size) is int and (size == -1 or 0 < size < 1 << 31) else None
 
 
 def _split(layer: Layer, heads: Heads) -> Layer:

@@ -56,6 +56,11 @@ def _whole(ref: StridedRef) -> "np.ndarray":
     return (np.concatenate(parts) if parts else np.empty(0)).astype(np.float64).reshape(ref.shape or (1,))
 
 
+def _where(ref) -> str:
+    """The file (or folder and key) a handle reads, for an error."""
+    return str(ref.source.path) if isinstance(ref, StridedRef) else getattr(ref, "where", "the source")
+
+
 def _readable(*refs) -> str | None:
     for ref in refs:
         if isinstance(ref, StridedRef) and not ref.contiguous:
@@ -153,10 +158,31 @@ class Scaled:
                     yield values[begin : begin + max_elements]
 
 
+def group_size(inputs: int, groups: int, stated: int | None = None) -> int | str:
+    """The group size AutoGPTQ's `g_idx = [i // group_size for i in range(infeatures)]` used, for a qweight
+    saved without g_idx: the stated one (config.json; -1 is one group of all inputs), checked against the
+    ceil(inputs / group_size) groups its QuantLinear gives `scales`; else the one size that makes `groups`
+    groups. A reason, not a guess, where it is not one size: then the values are not read."""
+    if stated is not None:
+        size = inputs if stated == -1 else stated
+        if size > 0 and math.ceil(inputs / size) == groups:
+            return size
+        return (f"group_size {stated} (config.json) does not make the {groups} groups of its scales over "
+                f"{inputs} inputs: no statistics")
+    if groups == 1:
+        return inputs
+    low, high = math.ceil(inputs / groups), math.ceil(inputs / (groups - 1)) - 1  # sizes giving `groups` groups
+    if low == high and math.ceil(inputs / low) == groups:
+        return low
+    fits = f"fit group sizes {low} to {high}" if low < high else "fit no group size"
+    return (f"no g_idx and no group_size stated (config.json quantization_config): {groups} groups of {inputs} "
+            f"inputs {fits}, and which inputs share a scale depends on it: no statistics")
+
+
 def gptq_data(qweight: "Entry", scales: "Entry", zeros: "Entry | None", g_idx: "Entry | None", bits: int,
               shape: tuple[int, int]):
     """GPTQ's documented layout (AutoGPTQ, v1 checkpoints): input i of output j is bits-wide field i % pack
-    of qweight[i // pack, j]; its group g = g_idx[i] (else i // group size); the value is
+    of qweight[i // pack, j]; its group g = g_idx[i] (else i // group size, `group_size`); the value is
     scales[g, j] × (q − (zero[g, j] + 1)), zero points stored less one, packed along out in qzeros."""
     reason = _readable(qweight.data, scales.data, *(e.data for e in (zeros, g_idx) if e is not None))
     if zeros is None:
@@ -172,9 +198,19 @@ class Gptq:
 
     dtype = "float32"
 
-    def __init__(self, qweight, scales, zeros, g_idx, bits: int, shape: tuple[int, int]) -> None:
+    def __init__(self, qweight, scales, zeros, g_idx, bits: int, shape: tuple[int, int],
+                 stated: int | None = None) -> None:
         self.qweight, self.scales, self.zeros, self.g_idx, self.bits = qweight, scales, zeros, g_idx, bits
         self.shape = shape
+        found = None if g_idx is not None else group_size(shape[1], scales.shape[0], stated)
+        self.group_size = found if isinstance(found, int) else None
+        self.reason = found if isinstance(found, str) else None  # `--stats` gives it as the row's note
+
+    def grouped(self, stated: int) -> "Gptq":
+        """The same weight with the group size its config states (where it has no g_idx to say)."""
+        if self.g_idx is not None:
+            return self
+        return Gptq(self.qweight, self.scales, self.zeros, None, self.bits, self.shape, stated)
 
     def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
         return False
@@ -198,9 +234,9 @@ class Gptq:
         if self.g_idx is not None:
             g_idx = _whole(self.g_idx).reshape(-1).astype(np.int64)
         else:
-            g_idx = np.arange(inputs) // math.ceil(inputs / groups)
+            g_idx = np.arange(inputs) // self.group_size
         if g_idx.shape[0] != inputs or g_idx.min(initial=0) < 0 or g_idx.max(initial=0) >= groups:
-            raise SourceError(f"{self.qweight.source.path}: g_idx does not map {inputs} inputs to {groups} groups")
+            raise SourceError(f"{_where(self.qweight)}: g_idx does not map {inputs} inputs to {groups} groups")
         step = max(1, max_elements // (pack * out))
         for start in range(0, self.qweight.shape[0], step):
             count = min(step, self.qweight.shape[0] - start)
