@@ -189,3 +189,36 @@ def test_a_vision_towers_heads_as_transformers_builds_them(tmp_path):
     (qkv,) = [row for row in rows if row["param"].endswith("visual.blocks.0.attn.qkv.weight")]
     assert qkv["shape"] == [3 * attention.dim, attention.dim]
     assert qkv["effective_fan_out"] == attention.dim  # q, k, v: each a Linear(dim, dim) of its own
+
+
+def test_gpt2_c_attn_is_stacked_along_its_output_dim_1(tmp_path):
+    """Issue 25: GPT-2's c_attn is a Conv1D weight [in, 3·E] (transformers' Conv1D computes
+    `addmm(bias, x, weight)`, and GPT2Attention splits its output `.split(split_size, dim=2)`): q, k, v lie
+    along dim 1, not dim 0 as the note said."""
+    from torch.nn.init import _calculate_fan_in_and_fan_out
+
+    torch.manual_seed(3)
+    weight = torch.randn(64, 192)
+    safetensors_torch.save_file({"h.0.attn.c_attn.weight": weight, "h.0.attn.c_attn.bias": torch.zeros(192)},
+                                str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_head": 4, "n_embd": 64}))
+    rows = {row["param"]: row for row in _inspect(tmp_path / "model.safetensors", "--fans", "effective")["layers"]}
+    row = rows["h.0.attn.c_attn.weight"]
+    assert row["effective_fan_out"] == _calculate_fan_in_and_fan_out(weight[:, :64].T)[1]  # q as a torch Linear
+    assert any("stacked along dim 1" in note for note in row["notes"])
+    assert not any("along dim 0" in note for note in row["notes"])
+
+
+def test_gpt2_c_attn_splits_as_transformers_computes_it(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = transformers.GPT2Model(transformers.GPT2Config(vocab_size=32, n_positions=8, n_embd=64, n_layer=1,
+                                                           n_head=4)).eval()
+    attention = model.h[0].attn
+    x = torch.randn(1, 3, 64)
+    query = attention.c_attn(x).split(attention.split_size, dim=2)[0]
+    weight = attention.c_attn.weight.detach()
+    assert torch.allclose(query, x @ weight[:, :64] + attention.c_attn.bias[:64])  # q is dim 1's first third
+    model.save_pretrained(tmp_path)
+    rows = _inspect(tmp_path, "--fans", "effective")["layers"]
+    (row,) = [row for row in rows if row["param"].endswith("h.0.attn.c_attn.weight")]
+    assert row["effective_fan_out"] == 64 and any("stacked along dim 1" in note for note in row["notes"])
