@@ -222,3 +222,22 @@ def test_gpt2_c_attn_splits_as_transformers_computes_it(tmp_path):
     rows = _inspect(tmp_path, "--fans", "effective")["layers"]
     (row,) = [row for row in rows if row["param"].endswith("h.0.attn.c_attn.weight")]
     assert row["effective_fan_out"] == 64 and any("stacked along dim 1" in note for note in row["notes"])
+
+
+def test_a_vision_towers_mlp_takes_the_vision_configs_activation(tmp_path):
+    """The same for the MLP activation: transformers' Qwen2-VL VisionMlp is fc1 → ACT2FN[vision_config.hidden_act]
+    → fc2 (copied rule), its text MLP's gate is followed by text_config's."""
+    config = _qwen2_vl_config()
+    config["vision_config"]["hidden_act"] = "gelu"
+    sd = {"visual.blocks.0.mlp.fc1.weight": torch.randn(128, 64),
+          "visual.blocks.0.mlp.fc2.weight": torch.randn(64, 128),
+          "model.layers.0.mlp.gate_proj.weight": torch.randn(96, 128),
+          "model.layers.0.mlp.up_proj.weight": torch.randn(96, 128)}
+    safetensors_torch.save_file(sd, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    report = _inspect(tmp_path / "model.safetensors")
+    rows = {row["param"]: row["nonlinearity"] for row in report["layers"]}
+    assert rows["visual.blocks.0.mlp.fc1.weight"] == "gelu" and rows["model.layers.0.mlp.gate_proj.weight"] == "silu"
+    assert rows["visual.blocks.0.mlp.fc2.weight"] not in ("gelu", "silu")
+    notes = " ".join(report["source"]["notes"])
+    assert "vision_config: hidden_act=gelu" in notes and "hidden_act=silu" in notes

@@ -293,7 +293,8 @@ def test_fp8_in_dcp_shards_pairs_each_value_with_its_scale(tmp_path):
 
     torch.manual_seed(5)
     spread = torch.arange(1.0, 7.0).reshape(3, 2)  # each block's scale far from the others'
-    stored, logical = _fp8_deepseek({"layers.0.w.weight": torch.randn(300, 200) * 0.05 * _block_expand(spread, (300, 200))})
+    weight = torch.randn(300, 200) * 0.05 * _block_expand(spread, (300, 200))
+    stored, logical = _fp8_deepseek({"layers.0.w.weight": weight})
     boxes = {"layers.0.w.weight": [(0, 0, 256, 128), (0, 128, 256, 72), (256, 0, 44, 128), (256, 128, 44, 72)],
              "layers.0.w.weight_scale_inv": [(0, 0, 2, 1), (0, 1, 2, 1), (2, 0, 1, 1), (2, 1, 1, 1)]}
     storage, tensors = {}, {}

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import parse_json_object, read_bounded
-from .hf_facts import apply_library_facts
+from .hf_facts import TOWERS, apply_library_facts, section_of
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # transformers' configs are a few KB
 NAME = "config.json"
@@ -48,20 +48,6 @@ def _count(config: dict, *keys: str) -> int | None:
     return None
 
 
-#: A multimodal config's sub-configs for the towers beside its text model, and the words of a module path
-#: that place a module in that tower (transformers names them `visual`, `vision_tower`, `vision_model`,
-#: `audio_tower`…); every other module is the text model's (`text_config`, or the top level).
-TOWERS = {"vision_config": ("vision", "visual"), "audio_config": ("audio",)}
-
-
-def section_of(module: str, config: dict) -> str | None:
-    """The sub-config that owns a module: a tower's, the text model's, or None for the top level."""
-    for section, words in TOWERS.items():
-        if isinstance(config.get(section), dict) and any(word in part for part in module.split(".") for word in words):
-            return section
-    return "text_config" if isinstance(config.get("text_config"), dict) else None
-
-
 def heads_of(config: dict) -> Heads | None:
     """The heads one (sub-)config states, or None. Falcon's `multi_query` means one kv head only in its old
     decoder: transformers' FalconAttention takes `num_kv_heads if (new_decoder_architecture or not
@@ -89,15 +75,15 @@ def with_config(model: Model, weights: Path) -> Model:
     except SourceError as error:
         return replace(model, notes=(*model.notes, f"{NAME} beside the weights not used: {error}"))
     notes = list(model.notes)
-    sections = {section: heads_of(config if section is None else config[section])
-                for section in (None, "text_config", *TOWERS) if section is None or isinstance(config.get(section), dict)}
+    sections = {section: heads_of(config if section is None else config[section]) for section in
+                (None, "text_config", *TOWERS) if section is None or isinstance(config.get(section), dict)}
     layers, split = [], {}
     for layer in model.layers:
         section = section_of(layer.name, config)
         heads = sections[section]
         done = layer if heads is None else _split(layer, heads)
         if done is not layer:
-            split[f"{section}: {heads}" if section else str(heads)] = None
+            split[f"{section}: {heads}" if section in TOWERS else str(heads)] = None
         layers.append(done)
     notes += [f"from {NAME}: {heads} (splits fused q/k/v)" for heads in split]
     stated = _gptq_group_size(config)
