@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 from ..dtypes import DTYPES
 from ..errors import SourceError
@@ -37,7 +37,18 @@ class Unreadable:
         raise SourceError(self.reason)
 
 
-def _rows(ref, start: int, count: int, length: int) -> "np.ndarray":
+class RowData(Protocol):
+    """A handle that is no byte range of one file and reads its own rows in order (a DCP tensor's shards,
+    a tensor torch loaded): what the dequantizers need of it."""
+
+    shape: tuple[int, ...]
+
+    def rows(self, start: int, count: int) -> "np.ndarray":
+        """Rows start..start+count along dim 0 (a 0-D tensor is one row), decoded."""
+        ...
+
+
+def _rows(ref: "StridedRef | RowData", start: int, count: int, length: int) -> "np.ndarray":
     """Rows start..start+count of a contiguous 2-D (or flat) tensor, decoded; a handle that is no byte
     range of one file (a DCP tensor's shards, a tensor torch loaded) reads its own rows."""
     if not isinstance(ref, StridedRef):
@@ -47,7 +58,7 @@ def _rows(ref, start: int, count: int, length: int) -> "np.ndarray":
     return decode(raw, ref.dtype, ref.byteorder)
 
 
-def _whole(ref: StridedRef) -> "np.ndarray":
+def _whole(ref: "StridedRef | RowData") -> "np.ndarray":
     import numpy as np
 
     if not isinstance(ref, StridedRef):  # its chunks need not come in order (shards): its rows do
@@ -56,7 +67,7 @@ def _whole(ref: StridedRef) -> "np.ndarray":
     return (np.concatenate(parts) if parts else np.empty(0)).astype(np.float64).reshape(ref.shape or (1,))
 
 
-def _where(ref) -> str:
+def _where(ref: "StridedRef | RowData") -> str:
     """The file (or folder and key) a handle reads, for an error."""
     return str(ref.source.path) if isinstance(ref, StridedRef) else getattr(ref, "where", "the source")
 
@@ -132,7 +143,8 @@ class Scaled:
 
     dtype = "float32"
 
-    def __init__(self, weight: StridedRef, scale: StridedRef, blocks: tuple[int, int], factor: float) -> None:
+    def __init__(self, weight: "StridedRef | RowData", scale: "StridedRef | RowData", blocks: tuple[int, int],
+                 factor: float) -> None:
         self.weight, self.scale, self.blocks, self.factor = weight, scale, blocks, factor
         self.shape = weight.shape
 
