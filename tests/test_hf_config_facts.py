@@ -132,6 +132,7 @@ def test_falcon_kv_heads_follow_transformers(tmp_path, falcon):
 
 
 def test_falcon_heads_as_transformers_builds_them(tmp_path):
+    """transformers' own Falcon-40B-style model (new decoder, 2 kv heads), saved and read back."""
     transformers = pytest.importorskip("transformers")
     config = transformers.FalconConfig(vocab_size=32, hidden_size=64, num_hidden_layers=1, num_attention_heads=8,
                                        num_kv_heads=2, new_decoder_architecture=True)
@@ -176,7 +177,8 @@ def test_a_vision_towers_qkv_takes_the_vision_configs_heads(tmp_path):
 
 
 def test_a_vision_towers_heads_as_transformers_builds_them(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    """transformers' own Qwen2-VL (its 5.x config API: text_config, rope_parameters), saved and read back."""
+    transformers = pytest.importorskip("transformers", minversion="5.0")
     config = _qwen2_vl_config()
     text, vision = config["text_config"], config["vision_config"]
     model = transformers.Qwen2VLForConditionalGeneration(transformers.Qwen2VLConfig(
@@ -210,6 +212,7 @@ def test_gpt2_c_attn_is_stacked_along_its_output_dim_1(tmp_path):
 
 
 def test_gpt2_c_attn_splits_as_transformers_computes_it(tmp_path):
+    """transformers' own GPT-2: its query is the first third of c_attn's dim 1, and the note says dim 1."""
     transformers = pytest.importorskip("transformers")
     model = transformers.GPT2Model(transformers.GPT2Config(vocab_size=32, n_positions=8, n_embd=64, n_layer=1,
                                                            n_head=4)).eval()
