@@ -77,7 +77,8 @@ def _readable(*refs) -> str | None:
         if isinstance(ref, StridedRef) and not ref.contiguous:
             return "its stored layout (a strided view) is not read: no statistics"
         if not isinstance(ref, StridedRef) and not hasattr(ref, "rows"):
-            return getattr(ref, "reason", None) or "its values are not stored where fancli reads them: no statistics"
+            return getattr(ref, "reason", None) or ("its values are not read row by row, as pairing them with "
+                                                    "their scales needs: no statistics")
     return None
 
 
