@@ -275,3 +275,22 @@ def test_a_chunk_list_shared_by_every_tensor_is_charged_for_each(tmp_path):
     (tmp_path / ".metadata").write_bytes(pickle.dumps(metadata))
     assert (tmp_path / ".metadata").stat().st_size < 4_000_000
     refused(isolated(tmp_path, "inspect", tmp_path / ".metadata"), tmp_path / ".metadata", "chunk")
+
+
+def test_the_folders_own_config_json_splits_a_fused_projection(tmp_path):
+    """Issue 25: the config.json inside the DCP folder (beside `.metadata`) applies whether the folder or its
+    `.metadata` is the source; a config in the folder's parent does not. Equal heads make q, k, v three
+    stacked blocks, each with torch's fan_out of its own part."""
+    torch.manual_seed(0)
+    fused = nn.Linear(32, 96, bias=False)  # 4 heads of 8: q, k, v 32 rows each
+    folder = _save({"attn.qkv_proj.weight": fused.weight.detach()}, tmp_path / "checkpoint")
+    (folder / "config.json").write_text(json.dumps({"num_attention_heads": 4, "hidden_size": 32}))
+    (tmp_path / "config.json").write_text(json.dumps({"num_attention_heads": 4, "num_key_value_heads": 1,
+                                                      "hidden_size": 32}))  # not the folder's: ignored
+    part = fused.weight.detach().split(32)[0]
+    for source in (folder, folder / ".metadata"):
+        result = run("inspect", source, "--format", "json", "--fans", "effective", "-m", "fan_out")
+        assert result.code == 0, result.err
+        (qkv,) = json.loads(result.out)["layers"]
+        assert qkv["effective_fan_out"] == nn.init._calculate_fan_in_and_fan_out(part)[1], source
+        assert "q, k, v stacked: split by config.json" in qkv["notes"], source

@@ -165,3 +165,31 @@ def test_pool_divides_fan_out_only_when_asked():
     assert not layer_fans(layer).differs
     pooled = layer_fans(layer, pool_fan_out=True)
     assert pooled.effective_fan_out == 6 * 25 / 4 and pooled.effective_fan_in == 25
+
+
+@pytest.mark.parametrize("scheme, init_fn", [("kaiming_normal", nn.init.kaiming_normal_),
+                                             ("kaiming_uniform", nn.init.kaiming_uniform_)])
+def test_an_unknown_fan_out_leaves_the_fan_in_mode_std_known(tmp_path, scheme, init_fn):
+    """Issue 25: a fused q/k/v projection (grouped-query attention: its rows' split unknown) has no effective
+    fan_out, but its fan_in is known, so `--fans effective` in fan_in mode gives torch's std; fan_out mode
+    and fan_avg, which need the unknown fan, give none."""
+    import json
+
+    from helpers import run, sampler_calls
+
+    weight = torch.empty(192, 128)
+    torch.save({"attn.qkv_proj.weight": weight}, tmp_path / "qkv.pt")
+    with sampler_calls() as calls:
+        init_fn(weight, mode="fan_in", nonlinearity="relu")
+    (method, _, args), = calls
+    expected = args[1] if method == "normal_" else args[1] / math.sqrt(3)  # normal_(0, std); uniform_(-b, b)
+    stds = {}
+    for mode in ("fan_in", "fan_out", "fan_avg"):
+        result = run("inspect", tmp_path / "qkv.pt", "-f", "json", "--fans", "effective", "-s", scheme,
+                     "-m", mode, "-n", "relu")
+        assert result.code == 0, result.err
+        (row,) = json.loads(result.out)["layers"]
+        assert row["effective_fan_out"] is None and row["effective_fan_in"] == 128
+        stds[mode] = row["std"]
+    assert stds["fan_in"] == pytest.approx(expected, rel=1e-12)
+    assert stds["fan_out"] is None and stds["fan_avg"] is None

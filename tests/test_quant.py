@@ -136,11 +136,11 @@ def test_a_scale_of_the_wrong_shape_is_one_line(tmp_path):
 def _gptq(out=48, inputs=64, group=16, bits=4, act_order=False):
     """GPTQ's documented v1 layout, packed by hand, with the [out, in] weight torch would dequantize to."""
     torch.manual_seed(2)
-    pack, groups = 32 // bits, inputs // group
+    pack, groups = 32 // bits, math.ceil(inputs / group)  # AutoGPTQ's QuantLinear: scales [ceil(in / group), out]
     q = torch.randint(0, 1 << bits, (inputs, out), dtype=torch.int64)
     zeros = torch.randint(1, 1 << bits, (groups, out), dtype=torch.int64)
     scales = (torch.rand(groups, out) * 0.01 + 0.001).half()
-    g_idx = torch.arange(inputs) // group
+    g_idx = torch.tensor([i // group for i in range(inputs)])  # AutoGPTQ's QuantLinear, as it builds g_idx
     if act_order:
         g_idx = g_idx[torch.randperm(inputs)]
     shifts = torch.arange(pack) * bits
@@ -169,6 +169,23 @@ def test_gptq_packed_weight_is_its_linear(tmp_path, act_order):
     for name, kind in (("qzeros", "quant_aux"), ("scales", "quant_scale"), ("g_idx", "quant_aux")):
         aux = rows[f"{prefix}.{name}"]
         assert (aux["kind"], aux["std"]) == (kind, None) and "of the qweight beside it" in aux["notes"][0]
+
+
+def test_gptq_without_g_idx_groups_by_the_stated_group_size(tmp_path):
+    """Issue 25: 104 inputs in groups of 32 are 4 groups (32, 32, 32, 8), AutoGPTQ's `i // group_size`; the
+    4 groups alone fit sizes 26 to 34, so without g_idx the size comes from config.json, or nothing is read."""
+    parts, weight = _gptq(out=48, inputs=104, group=32)
+    prefix = "model.layers.0.mlp.up_proj"
+    tensors = {f"{prefix}.{name}": t for name, t in parts.items() if name != "g_idx"}
+    safetensors_torch.save_file(tensors, str(tmp_path / "model.safetensors"))
+    row = _rows("inspect", tmp_path / "model.safetensors", "--stats")[f"{prefix}.qweight"]
+    assert row["shape"] == [48, 104] and row["observed"]["std"] is None
+    assert any("fit group sizes 26 to 34" in note for note in row["notes"])
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": False}}))
+    row = _rows("inspect", tmp_path / "model.safetensors", "--stats")[f"{prefix}.qweight"]
+    assert row["observed"]["mean"] == pytest.approx(weight.double().mean().item(), rel=1e-6)
+    assert row["observed"]["std"] == pytest.approx(weight.double().std().item(), rel=1e-6)
 
 
 def test_awq_shape_without_statistics_says_why(tmp_path):
@@ -260,3 +277,94 @@ def test_a_quantization_tensors_note_names_its_owner_as_seen_from_its_key(key):
     else:
         leaf = found.relation.removeprefix("the ").removesuffix(" beside it")
         assert found.owner == f"{module}.{leaf}"
+
+
+def _fp8_set() -> tuple[dict, dict]:
+    """e4m3fn and e5m2 weights with block, per-tensor and per-row scales (DeepSeek's and compressed-tensors'
+    names), and torch's float64 of each dequantized weight."""
+    torch.manual_seed(4)
+    w = torch.randn(300, 200) * 0.05
+    stored, blocks = _fp8_deepseek({"layers.0.block.weight": w})
+    small = w[:40, :24]
+    per_row = small.abs().amax(1, keepdim=True) / 448
+    stored.update({"tensor.weight": (small / 0.001).to(torch.float8_e4m3fn), "tensor.weight_scale": torch.tensor(0.001),
+                   "row.weight": (small / per_row).to(torch.float8_e4m3fn), "row.weight_scale": per_row,
+                   "e5m2.weight": (small / 0.002).to(torch.float8_e5m2), "e5m2.weight_scale": torch.tensor(0.002)})
+    logical = {"layers.0.block.weight": blocks["layers.0.block.weight"]}
+    for key in ("tensor", "row", "e5m2"):
+        logical[f"{key}.weight"] = stored[f"{key}.weight"].double() * stored[f"{key}.weight_scale"].double()
+    return stored, logical
+
+
+def test_fp8_statistics_are_the_same_from_safetensors_pt_and_dcp(tmp_path):
+    """Issue 25: a torch.save file (FP8 storages are pickled as torch.storage.UntypedStorage) and a DCP folder
+    gave no statistics; every container now reads the dequantized values torch computes."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    stored, logical = _fp8_set()
+    safetensors_torch.save_file(stored, str(tmp_path / "m.safetensors"))
+    torch.save(stored, tmp_path / "m.pt")
+    with warnings.catch_warnings():  # "torch.distributed is … uninitialized, assuming … a single process"
+        warnings.simplefilter("ignore")
+        dcp.save(stored, checkpoint_id=tmp_path / "dcp")
+    for source in ("m.safetensors", "m.pt", "dcp"):
+        rows = _rows("inspect", tmp_path / source, "--stats")
+        for key, w in logical.items():
+            observed = rows[key]["observed"]
+            assert observed["count"] == w.numel(), (source, key)
+            assert observed["mean"] == pytest.approx(w.double().mean().item(), rel=1e-6, abs=1e-12), (source, key)
+            assert observed["std"] == pytest.approx(w.double().std().item(), rel=1e-6), (source, key)
+
+
+def test_fp8_through_torchs_own_loader_is_dequantized(tmp_path):
+    """With --trust torch.load reads the file: its tensors, not byte ranges, feed the same dequantizer."""
+    stored, logical = _fp8_set()
+    torch.save(stored, tmp_path / "m.pt")
+    rows = _rows("inspect", tmp_path / "m.pt", "--stats", "--trust")
+    for key, w in logical.items():
+        assert rows[key]["observed"]["std"] == pytest.approx(w.double().std().item(), rel=1e-6), key
+        assert not any("strided" in note for note in rows[key]["notes"])
+
+
+def test_fp8_in_dcp_shards_pairs_each_value_with_its_scale(tmp_path):
+    """A block-scaled weight and its scales saved in 2×2 boxes (tensor-parallel over rows and columns), as
+    torch's FileSystemWriter lays out shards; torch's dcp.load reads the folder back to the same tensors."""
+    import pickle
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
+                                                       TensorProperties, TensorStorageMetadata)
+
+    torch.manual_seed(5)
+    spread = torch.arange(1.0, 7.0).reshape(3, 2)  # each block's scale far from the others'
+    weight = torch.randn(300, 200) * 0.05 * _block_expand(spread, (300, 200))
+    stored, logical = _fp8_deepseek({"layers.0.w.weight": weight})
+    boxes = {"layers.0.w.weight": [(0, 0, 256, 128), (0, 128, 256, 72), (256, 0, 44, 128), (256, 128, 44, 72)],
+             "layers.0.w.weight_scale_inv": [(0, 0, 2, 1), (0, 1, 2, 1), (2, 0, 1, 1), (2, 1, 1, 1)]}
+    storage, tensors = {}, {}
+    for key, parts in boxes.items():
+        chunks = []
+        for rank, (row, column, rows, columns) in enumerate(parts):
+            name = f"__{rank}_0.distcp"
+            with open(tmp_path / name, "ab") as stream:
+                offset = stream.tell()
+                torch.save(stored[key][row : row + rows, column : column + columns].clone(), stream)
+                storage[MetadataIndex(key, [row, column], 0)] = _StorageInfo(name, offset, stream.tell() - offset)
+            chunks.append(ChunkStorageMetadata(torch.Size([row, column]), torch.Size([rows, columns])))
+        tensors[key] = TensorStorageMetadata(TensorProperties(dtype=stored[key].dtype), stored[key].shape, chunks)
+    (tmp_path / ".metadata").write_bytes(pickle.dumps(Metadata(tensors, storage_data=storage)))
+    back = {key: torch.zeros_like(t) for key, t in stored.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.load(back, checkpoint_id=tmp_path)
+    assert all(torch.equal(back[key].view(torch.uint8), t.view(torch.uint8)) for key, t in stored.items())
+
+    w = logical["layers.0.w.weight"]
+    observed = _rows("inspect", tmp_path, "--stats")["layers.0.w.weight"]["observed"]
+    assert observed["count"] == w.numel()
+    assert observed["mean"] == pytest.approx(w.double().mean().item(), rel=1e-6, abs=1e-12)
+    assert observed["std"] == pytest.approx(w.double().std().item(), rel=1e-6)

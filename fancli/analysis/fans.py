@@ -119,11 +119,15 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
         eff_out = eff_out / layer.stacked
         if record.stacked_note:
             notes.append(record.stacked_note)
-        else:
+        elif record.gates:
             notes.append(
                 f"{layer.kind.upper()}: {layer.stacked} gates stacked along dim 0; torch's fan_out counts all "
                 f"{layer.stacked}, each gate has hidden_size"
             )
+        else:  # q, k, v of a fused projection: along its output dim, wherever its layout stores that
+            out_dim = {"in_out": 1, "keras": len(shape) - 1}.get(layer.layout, 0)
+            notes.append(f"{layer.stacked} parts stacked along dim {out_dim}, its output dim: each is a projection "
+                         f"of its own, with 1/{layer.stacked} of the outputs (the effective fan_out)")
 
     if layer.dilation and any(d > 1 for d in layer.dilation):
         notes.append("dilated conv: dilation widens the kernel's span, not its taps; the fans are unchanged")

@@ -96,13 +96,13 @@ class InitValues:
 
 
 def fan_for_mode(fan_in: float | None, fan_out: float | None, mode: str) -> float | None:
-    if fan_in is None or fan_out is None:
-        return None
+    """The fan the mode divides by; None only where that fan is unknown (a fused q/k/v projection's
+    effective fan_out leaves its fan_in-mode std known)."""
     if mode == "fan_in":
         return fan_in
     if mode == "fan_out":
         return fan_out
-    return (fan_in + fan_out) / 2
+    return None if fan_in is None or fan_out is None else (fan_in + fan_out) / 2
 
 
 def variance_scaling(

@@ -12,6 +12,8 @@ range, a bounded chunk at a time, like any torch.save archive. A tensor sharded 
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import re
 import struct
@@ -126,6 +128,7 @@ class _DcpData:
     def __init__(self, folder: Path, tensor: DcpTensor) -> None:
         self.folder, self.tensor = folder, tensor
         self.dtype, self.shape = tensor.dtype, tensor.size
+        self.where = f"{folder}: {tensor.fqn[:80]}"
 
     def _ordered(self) -> list[DcpChunk]:
         return sorted(self.tensor.chunks, key=lambda chunk: chunk.offsets)
@@ -152,6 +155,41 @@ class _DcpData:
     def parts(self) -> list[StridedRef]:
         """Each shard's chunk as its own handle: `--stats` splits the work across shards (and files)."""
         return [chunk_ref(self.folder, self.tensor, chunk) for chunk in self.tensor.chunks]
+
+    def rows(self, start: int, count: int) -> Any:
+        """Rows start..start+count of the tensor (dim 0; a 0-D tensor is one row) in logical order, each
+        shard's part read by byte range and put where its box lies: what a dequantizer needs, whose scales
+        go by row and column (a shard's order would pair values with the wrong scales)."""
+        import numpy as np
+
+        shape = self.shape or (1,)
+        out, filled = None, 0
+        for chunk, ref in zip(self.tensor.chunks, self._refs):
+            sizes, offsets = chunk.sizes or (1,), chunk.offsets or (0,)
+            first, last = max(start, offsets[0]), min(start + count, offsets[0] + sizes[0])
+            if first >= last:
+                continue
+            if not ref.contiguous:
+                raise SourceError(f"{self.where}: a shard in {chunk.file[:80]} stored as a "
+                                  "strided view: its rows are not read by range")
+            inner = math.prod(sizes[1:])
+            values = next(ref.range_chunks((first - offsets[0]) * inner, (last - offsets[0]) * inner,
+                                           max((last - first) * inner, 1)))
+            if out is None:
+                out = np.empty((count, *shape[1:]), values.dtype)
+            box = (slice(first - start, last - start),
+                   *(slice(offset, offset + size) for offset, size in zip(offsets[1:], sizes[1:])))
+            out[box] = values.reshape(last - first, *sizes[1:])
+            filled += values.size
+        if out is None or filled != out.size:
+            raise SourceError(f"{self.where}: its shards do not cover rows "
+                              f"{start}..{start + count - 1}")
+        return out
+
+    @functools.cached_property
+    def _refs(self) -> list[StridedRef]:
+        """The shards' handles, located once (each reads a chunk's small pickle)."""
+        return self.parts()
 
 
 class _Window:

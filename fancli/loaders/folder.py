@@ -62,14 +62,17 @@ def _listing(names: list[str]) -> str:
 
 
 def _dcp(folder: Path, source: str, options: LoadOptions) -> Model:
-    """A torch.distributed.checkpoint folder, through its own loader where this fancli has one."""
+    """A torch.distributed.checkpoint folder, through its own loader where this fancli has one, with the
+    folder's own config.json applied (beside `.metadata`, as it is when `.metadata` is the source)."""
     try:
         read = loader("dcp:load_dcp")
     except ModuleNotFoundError as error:
         if error.name != f"{__package__}.dcp":
             raise
         raise SourceError(f"{source}: a torch.distributed.checkpoint folder: not readable by this fancli") from None
-    return read(folder, options)
+    from .hf_config import with_config
+
+    return with_config(read(folder, options), folder / DCP_METADATA)
 
 
 def _with_note(model: Model, source: str, note: str) -> Model:

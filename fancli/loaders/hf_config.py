@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import parse_json_object, read_bounded
-from .hf_facts import apply_library_facts, built_by
+from .hf_facts import TOWERS, apply_library_facts, built_by, section_of
 from .links import cache_repo, leads_outside
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # transformers' configs are a few KB
@@ -50,14 +50,17 @@ def _count(config: dict, *keys: str) -> int | None:
 
 
 def heads_of(config: dict) -> Heads | None:
-    """The heads a transformers config states (a multimodal one's text model's), or None."""
-    if isinstance(config.get("text_config"), dict):
-        config = config["text_config"]
+    """The heads one (sub-)config states, or None. Falcon's `multi_query` means one kv head only in its old
+    decoder: transformers' FalconAttention takes `num_kv_heads if (new_decoder_architecture or not
+    multi_query) else 1`. A vision tower's width is its `embed_dim` where it has one (Qwen2-VL's
+    VisionAttention: head_dim = embed_dim // num_heads; its `hidden_size` is the text model's)."""
     heads = _count(config, "num_attention_heads", "n_head", "num_heads")
     if heads is None:
         return None
-    kv_heads = 1 if config.get("multi_query") is True else _count(config, "num_key_value_heads", "num_kv_heads")
-    hidden = _count(config, "hidden_size", "n_embd", "d_model")
+    multi_query = config.get("multi_query", config.get("model_type") == "falcon")  # FalconConfig's default: True
+    single = multi_query is True and config.get("new_decoder_architecture") is not True
+    kv_heads = 1 if single else _count(config, "num_key_value_heads", "num_kv_heads")
+    hidden = _count(config, "embed_dim", "hidden_size", "n_embd", "d_model")
     head_dim = _count(config, "head_dim") or (hidden // heads if hidden and hidden % heads == 0 else None)
     return Heads(heads, kv_heads or heads, head_dim) if head_dim else None
 
@@ -77,16 +80,37 @@ def with_config(model: Model, weights: Path) -> Model:
     except SourceError as error:
         return replace(model, notes=(*model.notes, f"{NAME} beside the weights not used: {error}"))
     notes = list(model.notes)
-    heads = heads_of(config)
-    layers = model.layers
-    if heads is not None:
-        layers = tuple(_split(layer, heads) for layer in layers)
-        if layers != model.layers:
-            notes.append(f"from {NAME}: {heads} (splits fused q/k/v)")
-    layers, taken = apply_library_facts(layers, config)
+    sections = {section: heads_of(config if section is None else config[section]) for section in
+                (None, "text_config", *TOWERS) if section is None or isinstance(config.get(section), dict)}
+    layers, split = [], {}
+    for layer in model.layers:
+        section = section_of(layer.name, config)
+        heads = sections[section]
+        done = layer if heads is None else _split(layer, heads)
+        if done is not layer:
+            split[f"{section}: {heads}" if section in TOWERS else str(heads)] = None
+        layers.append(done)
+    notes += [f"from {NAME}: {heads} (splits fused q/k/v)" for heads in split]
+    stated = _gptq_group_size(config)
+    if stated is not None:
+        grouped = [replace(layer, data=layer.data.grouped(stated)) if hasattr(layer.data, "grouped") else layer
+                   for layer in layers]
+        if any(new.data is not old.data for new, old in zip(grouped, layers)):
+            layers = grouped
+            notes.append(f"from {NAME}: GPTQ group_size={stated} (for qweights saved without g_idx)")
+    layers, taken = apply_library_facts(tuple(layers), config)
     if taken:
         notes.append(f"from {NAME}: {'; '.join(taken)}")
     return replace(model, layers=layers, notes=tuple(notes), built_by=built_by(config))
+
+
+def _gptq_group_size(config: dict) -> int | None:
+    """transformers' GPTQConfig `group_size` (in `quantization_config`): -1 or a positive count of inputs."""
+    quantization = config.get("quantization_config")
+    if not isinstance(quantization, dict) or quantization.get("quant_method") != "gptq":
+        return None
+    size = quantization.get("group_size")
+    return size if type(size) is int and (size == -1 or 0 < size < 1 << 31) else None
 
 
 def _split(layer: Layer, heads: Heads) -> Layer:

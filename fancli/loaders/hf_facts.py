@@ -31,6 +31,20 @@ _EMBEDDING = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|shared|embed_i
 _LIBRARY_KINDS = ("linear", "embedding")
 
 
+#: A multimodal config's sub-configs for the towers beside its text model, and the words of a module path
+#: that place a module in that tower (transformers names them `visual`, `vision_tower`, `vision_model`,
+#: `audio_tower`…); every other module is the text model's (`text_config`, or the top level).
+TOWERS = {"vision_config": ("vision", "visual"), "audio_config": ("audio",)}
+
+
+def section_of(module: str, config: dict) -> str | None:
+    """The sub-config that owns a module: a tower's, the text model's, or None for the top level."""
+    for section, words in TOWERS.items():
+        if isinstance(config.get(section), dict) and any(word in part for part in module.split(".") for word in words):
+            return section
+    return "text_config" if isinstance(config.get("text_config"), dict) else None
+
+
 def _activation(config: dict) -> tuple[str, str] | None:
     """(the config's name, fancli's) for the MLP activation the config states, or None."""
     for key in _ACT_KEYS:
@@ -75,26 +89,32 @@ def built_by(config: dict[str, Any]) -> BuiltBy:
 
 
 def apply_library_facts(layers: tuple[Layer, ...], config: dict[str, Any]) -> tuple[tuple[Layer, ...], list[str]]:
-    """The layers with the config's activation, tied embedding and library init applied; and what was taken."""
-    if isinstance(config.get("text_config"), dict):
-        config = config["text_config"]
-    activation, std, tied = _activation(config), _range(config), config.get("tie_word_embeddings")
+    """The layers with the config's activation, tied embedding and library init applied, each from the
+    sub-config that owns its module (a vision tower's MLP is not the text model's); and what was taken."""
+    facts: dict[str | None, tuple] = {}
     modules = {layer.name for layer in layers}
     taken: dict[str, None] = {}
     out = []
     for layer in layers:
+        section = section_of(layer.name, config)
+        if section not in facts:
+            owner = config if section is None else config[section]
+            facts[section] = (_activation(owner), _range(owner), owner.get("tie_word_embeddings"),
+                              "" if section in (None, "text_config") else f"{section}: ")
+        activation, std, tied, where = facts[section]
         leaf = layer.param.rpartition(".")[2]
         weight = len(layer.shape) >= 2 and leaf in ("weight", "qweight")
         if activation and weight and layer.kind == "linear" and layer.nonlinearity is None:
             gate = _GATE_OF_UP.get(layer.name.rpartition(".")[2])
             gated = gate and f"{layer.name.rpartition('.')[0]}.{gate}" in modules
             if _GATE.search(layer.name) or (_UP.search(layer.name) and not gated):
-                layer = replace(layer, nonlinearity=activation[1],
-                                notes=(*layer.notes, f"followed by {activation[1]}: config.json {activation[0]}"))
-                taken[f"{activation[0]} after the MLP's up/gate projections"] = None
+                note = f"followed by {activation[1]}: config.json {where}{activation[0]}"
+                layer = replace(layer, nonlinearity=activation[1], notes=(*layer.notes, note))
+                taken[f"{where}{activation[0]} after the MLP's up/gate projections"] = None
         if std is not None and weight and layer.kind in _LIBRARY_KINDS:
             layer = replace(layer, library_std=std)
-            taken[f"initializer_range={std:g} (transformers draws Linear and Embedding weights from N(0, r²))"] = None
+            taken[f"{where}initializer_range={std:g} (transformers draws Linear and Embedding weights from "
+                  "N(0, r²))"] = None
         if tied is True and layer.kind == "embedding" and _EMBEDDING.search(layer.name):
             layer = replace(layer, notes=(*layer.notes, "tie_word_embeddings (config.json): the output head "
                                                         "(lm_head) is this tensor"))

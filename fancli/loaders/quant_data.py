@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 from ..dtypes import DTYPES
 from ..errors import SourceError
@@ -38,24 +38,48 @@ class Unreadable:
         raise SourceError(self.reason)
 
 
-def _rows(ref: StridedRef, start: int, count: int, length: int) -> "np.ndarray":
-    """Rows start..start+count of a contiguous 2-D (or flat) tensor, decoded."""
+class RowData(Protocol):
+    """A handle that is no byte range of one file and reads its own rows in order (a DCP tensor's shards,
+    a tensor torch loaded): what the dequantizers need of it."""
+
+    shape: tuple[int, ...]
+
+    def rows(self, start: int, count: int) -> "np.ndarray":
+        """Rows start..start+count along dim 0 (a 0-D tensor is one row), decoded."""
+        ...
+
+
+def _rows(ref: "StridedRef | RowData", start: int, count: int, length: int) -> "np.ndarray":
+    """Rows start..start+count of a contiguous 2-D (or flat) tensor, decoded; a handle that is no byte
+    range of one file (a DCP tensor's shards, a tensor torch loaded) reads its own rows."""
+    if not isinstance(ref, StridedRef):
+        return ref.rows(start, count).reshape(-1)
     itemsize = DTYPES[ref.dtype][0]
     raw = ref.source.read((ref.offset + start * length) * itemsize, count * length * itemsize)
     return decode(raw, ref.dtype, ref.byteorder)
 
 
-def _whole(ref: StridedRef) -> "np.ndarray":
+def _whole(ref: "StridedRef | RowData") -> "np.ndarray":
     import numpy as np
 
+    if not isinstance(ref, StridedRef):  # its chunks need not come in order (shards): its rows do
+        return _rows(ref, 0, ref.shape[0] if ref.shape else 1, 0).astype(np.float64).reshape(ref.shape or (1,))
     parts = list(ref.chunks())
     return (np.concatenate(parts) if parts else np.empty(0)).astype(np.float64).reshape(ref.shape or (1,))
 
 
+def _where(ref: "StridedRef | RowData") -> str:
+    """The file (or folder and key) a handle reads, for an error."""
+    return str(ref.source.path) if isinstance(ref, StridedRef) else getattr(ref, "where", "the source")
+
+
 def _readable(*refs) -> str | None:
     for ref in refs:
-        if not isinstance(ref, StridedRef) or not ref.contiguous:
-            return "its stored layout (a strided view, or a dtype fancli cannot decode) is not read: no statistics"
+        if isinstance(ref, StridedRef) and not ref.contiguous:
+            return "its stored layout (a strided view) is not read: no statistics"
+        if not isinstance(ref, StridedRef) and not hasattr(ref, "rows"):
+            return getattr(ref, "reason", None) or ("its values are not read row by row, as pairing them with "
+                                                    "their scales needs: no statistics")
     return None
 
 
@@ -121,7 +145,8 @@ class Scaled:
 
     dtype = "float32"
 
-    def __init__(self, weight: StridedRef, scale: StridedRef, blocks: tuple[int, int], factor: float) -> None:
+    def __init__(self, weight: "StridedRef | RowData", scale: "StridedRef | RowData", blocks: tuple[int, int],
+                 factor: float) -> None:
         self.weight, self.scale, self.blocks, self.factor = weight, scale, blocks, factor
         self.shape = weight.shape
 
@@ -149,10 +174,31 @@ class Scaled:
                 yield values[begin : begin + max_elements]
 
 
+def group_size(inputs: int, groups: int, stated: int | None = None) -> int | str:
+    """The group size AutoGPTQ's `g_idx = [i // group_size for i in range(infeatures)]` used, for a qweight
+    saved without g_idx: the stated one (config.json; -1 is one group of all inputs), checked against the
+    ceil(inputs / group_size) groups its QuantLinear gives `scales`; else the one size that makes `groups`
+    groups. A reason, not a guess, where it is not one size: then the values are not read."""
+    if stated is not None:
+        size = inputs if stated == -1 else stated
+        if size > 0 and math.ceil(inputs / size) == groups:
+            return size
+        return (f"group_size {stated} (config.json) does not make the {groups} groups of its scales over "
+                f"{inputs} inputs: no statistics")
+    if groups == 1:
+        return inputs
+    low, high = math.ceil(inputs / groups), math.ceil(inputs / (groups - 1)) - 1  # sizes giving `groups` groups
+    if low == high and math.ceil(inputs / low) == groups:
+        return low
+    fits = f"fit group sizes {low} to {high}" if low < high else "fit no group size"
+    return (f"no g_idx and no group_size stated (config.json quantization_config): {groups} groups of {inputs} "
+            f"inputs {fits}, and which inputs share a scale depends on it: no statistics")
+
+
 def gptq_data(qweight: "Entry", scales: "Entry", zeros: "Entry | None", g_idx: "Entry | None", bits: int,
               shape: tuple[int, int]):
     """GPTQ's documented layout (AutoGPTQ, v1 checkpoints): input i of output j is bits-wide field i % pack
-    of qweight[i // pack, j]; its group g = g_idx[i] (else i // group size); the value is
+    of qweight[i // pack, j]; its group g = g_idx[i] (else i // group size, `group_size`); the value is
     scales[g, j] × (q − (zero[g, j] + 1)), zero points stored less one, packed along out in qzeros."""
     reason = _readable(qweight.data, scales.data, *(e.data for e in (zeros, g_idx) if e is not None))
     if zeros is None:
@@ -168,9 +214,19 @@ class Gptq:
 
     dtype = "float32"
 
-    def __init__(self, qweight, scales, zeros, g_idx, bits: int, shape: tuple[int, int]) -> None:
+    def __init__(self, qweight, scales, zeros, g_idx, bits: int, shape: tuple[int, int],
+                 stated: int | None = None) -> None:
         self.qweight, self.scales, self.zeros, self.g_idx, self.bits = qweight, scales, zeros, g_idx, bits
         self.shape = shape
+        found = None if g_idx is not None else group_size(shape[1], scales.shape[0], stated)
+        self.group_size = found if isinstance(found, int) else None
+        self.reason = found if isinstance(found, str) else None  # `--stats` gives it as the row's note
+
+    def grouped(self, stated: int) -> "Gptq":
+        """The same weight with the group size its config states (where it has no g_idx to say)."""
+        if self.g_idx is not None:
+            return self
+        return Gptq(self.qweight, self.scales, self.zeros, None, self.bits, self.shape, stated)
 
     def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
         return False
@@ -194,9 +250,9 @@ class Gptq:
         if self.g_idx is not None:
             g_idx = _whole(self.g_idx).reshape(-1).astype(np.int64)
         else:
-            g_idx = np.arange(inputs) // math.ceil(inputs / groups)
+            g_idx = np.arange(inputs) // self.group_size
         if g_idx.shape[0] != inputs or g_idx.min(initial=0) < 0 or g_idx.max(initial=0) >= groups:
-            raise SourceError(f"{self.qweight.source.path}: g_idx does not map {inputs} inputs to {groups} groups")
+            raise SourceError(f"{_where(self.qweight)}: g_idx does not map {inputs} inputs to {groups} groups")
         step = max(1, max_elements // (pack * out))
         for start in range(0, self.qweight.shape[0], step):
             count = min(step, self.qweight.shape[0] - start)

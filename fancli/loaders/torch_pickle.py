@@ -33,6 +33,9 @@ STORAGE_DTYPES = {
     # sub-byte quantized storages: named so that a file holding one is refused for its dtype, not as code
     "QUInt4x2Storage": "quint4x2", "QUInt2x4Storage": "quint2x4",
 }
+#: Where torch.save names the storage of a dtype with no typed storage class (FP8, uint16…): bytes, the
+#: tensor's dtype given beside it (torch's weights-only unpickler allows it under this name).
+UNTYPED_STORAGE = ("torch.storage", "UntypedStorage")
 #: Bytes per element of every dtype a torch.save tensor may have here: those `dtypes.DTYPES` decodes, plus
 #: complex (listed, never decoded: a real init's std says nothing of complex values) and quantized codes.
 ITEMSIZE = {**{name: size for name, (size, _) in DTYPES.items()}, "complex64": 8, "complex128": 16,
@@ -210,7 +213,7 @@ class WeightsUnpickler(pickle.Unpickler):
             return getattr(self, self.CALLS[(module, name)])
         if (module, name) in self.NAMES:
             return self.NAMES[(module, name)]
-        if module == "torch" and name in STORAGE_DTYPES:
+        if module == "torch" and name in STORAGE_DTYPES or (module, name) == UNTYPED_STORAGE:
             return _StorageType(STORAGE_DTYPES[name])
         if module == "torch" and name in _TORCH_DTYPES:
             return name  # a torch.dtype, as its name

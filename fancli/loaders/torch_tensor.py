@@ -51,6 +51,11 @@ class TorchTensorData:
         for block in row_blocks(tensor.reshape(1) if tensor.dim() == 0 else tensor, max_elements):
             yield _to_numpy(block)
 
+    def rows(self, start: int, count: int) -> np.ndarray:
+        """Rows start..start+count (dim 0; a 0-D tensor is one row), for a dequantizer whose scales go by row."""
+        tensor = self.tensor.detach()
+        return _to_numpy(tensor.reshape(1) if tensor.dim() == 0 else tensor[start : start + count])
+
 
 def _to_numpy(chunk: torch.Tensor) -> np.ndarray:
     chunk = chunk.cpu()
