@@ -113,18 +113,18 @@ def _with(record, **changes):
 
 
 def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes: dict[str, tuple[int, ...]],
-           shared: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[Layer, Recipe | None]:
-    """The layer of one listed entry, and its recipe where the layer holds for every entry alike (`_kin`);
+           shared: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[Layer, KinTemplate | None]:
+    """The layer of one listed entry, and its template where the layer holds for every entry alike (`_kin`);
     `shared` holds one copy of each distinct notes tuple (90,000 FP8 weights and scales say a few dozen
     things)."""
     module, _, leaf = entry.key.rpartition(".")
     found = auxiliary(entry.key, entry.shape)
     if found is not None:  # alike where the weight it belongs to is beside it (not the module above)
         layer = auxiliary_layer(entry, found, keys, shared)
-        return layer, Recipe(layer) if not found.owner or found.owner.rpartition(".")[0] == module else None
+        return layer, KinTemplate(layer) if not found.owner or found.owner.rpartition(".")[0] == module else None
     if leaf in QUANT_PACKED:
         return packed_layer(entry, by_key, entry.where), None
-    if is_bnb_4bit(entry, keys):  # known by a key outside its module: no recipe
+    if is_bnb_4bit(entry, keys):  # known by a key outside its module: no template
         return auxiliary_layer(entry, BNB_4BIT, keys, shared), None
     scale, factor, note = _quantization(entry, by_key) if leaf == "weight" else (None, 1.0, None)
     layer = _layer_for(entry, shapes)
@@ -132,14 +132,14 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes
     if notes != layer.notes:
         layer = _with(layer, notes=shared.setdefault(notes, notes))
     if scale is None:
-        return layer, Recipe(layer)
+        return layer, KinTemplate(layer)
     from .quant_data import scaled  # only for a quantized weight
 
     layer = _with(layer, data=scaled(entry, scale, factor))
-    return layer, Recipe(layer, scale.key.rpartition(".")[2], factor)
+    return layer, KinTemplate(layer, scale.key.rpartition(".")[2], factor)
 
 
-class Recipe(NamedTuple):
+class KinTemplate(NamedTuple):
     """A layer computed once for all entries alike: each one's copy takes its own names and data, its data
     dequantized by the scale `scale_leaf` beside it where there is one."""
 
@@ -160,7 +160,7 @@ def _kin(entries: list[Entry]) -> list[int | None]:
     """Each entry's kin, in order: one number per distinct (its module's name with the index parts blanked,
     the module's tensors' leaves, shapes and dtypes). Every rule here reads a key's module through its
     names, never its indices, and reads no tensor but the module's own (a tensor whose owner is elsewhere
-    has no recipe), so two entries with one kin, leaf and notes get one layer but for their names and data:
+    has no template), so two entries with one kin, leaf and notes get one layer but for their names and data:
     a 92,000-tensor MoE checkpoint has a few dozen. An entry has no kin (it is computed on its own) where no
     other module's name blanks like its module's, and where one leaf names two of its module's entries
     (`weight` and `.weight` both have the module "", and shards may hold one key twice). A list, not a
@@ -251,7 +251,7 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     layers: list[Layer] = []
     aliases: dict[int, list[str]] = {}
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
-    recipes: dict[tuple, Recipe | None] = {}
+    templates: dict[tuple, KinTemplate | None] = {}
     for entry, kept, number in zip(entries, listed, _kin(entries)):
         if not kept:
             continue
@@ -265,12 +265,12 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
             layers.append(_layer(entry, by_key, keys, shapes, shared)[0])
             continue
         alike = (number, leaf, entry.notes)
-        recipe = recipes.get(alike)
-        if recipe is None:
-            layer, recipes[alike] = _layer(entry, by_key, keys, shapes, shared)
+        template = templates.get(alike)
+        if template is None:
+            layer, templates[alike] = _layer(entry, by_key, keys, shapes, shared)
             layers.append(layer)
         else:
-            layers.append(recipe.apply(entry, module, by_key))
+            layers.append(template.apply(entry, module, by_key))
     for index, names in aliases.items():
         layer = layers[index]
         note = f"shared with {', '.join(names)} (tied weights, reported once)"

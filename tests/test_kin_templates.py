@@ -109,8 +109,8 @@ def test_every_copy_equals_its_entrys_own_layer_safetensors(tmp_path, monkeypatc
     safetensors_torch.save_file(_varied(), str(path))
     seen = _checked(monkeypatch, safetensors_file)
     applied = []
-    apply = flat_keys.Recipe.apply
-    monkeypatch.setattr(flat_keys.Recipe, "apply", lambda *args: applied.append(args[1].key) or apply(*args))
+    apply = flat_keys.KinTemplate.apply
+    monkeypatch.setattr(flat_keys.KinTemplate, "apply", lambda *args: applied.append(args[1].key) or apply(*args))
     loaders.load(str(path))
     (layers, oracle), = seen
     assert len(layers) == len(oracle) > 80
@@ -155,7 +155,7 @@ def test_every_copy_equals_its_entrys_own_layer_torch_zip(tmp_path, monkeypatch)
     {"weight": "fp8", ".weight": "fp8", ".weight_scale_inv": (2, 2)},
 ], ids=["shapes", "scale-beside-the-dotless", "scale-beside-the-dotted"])
 def test_keys_that_share_a_module_and_leaf_are_each_computed_on_their_own(tmp_path, monkeypatch, tensors):
-    """Found in review: `weight` and `.weight` once took one recipe (the wrong shape, another's scale)."""
+    """Found in review: `weight` and `.weight` once took one template (the wrong shape, another's scale)."""
     made = {key: torch.randn(256, 256).to(torch.float8_e4m3fn) if value == "fp8" else torch.randn(*value)
             for key, value in tensors.items()}
     path = tmp_path / "dots.safetensors"
