@@ -50,7 +50,8 @@ KINDS: dict[str, LayerKind] = {
                     "[in_channels, out_channels/groups, {kernel}] (a transposed conv's layout)",
                     spatial_dims=d, transposed=True, runnable=True) for d in (1, 2, 3)),
         LayerKind("embedding", ("Embedding", "EmbeddingBag"), "[num_embeddings, embedding_dim]", "normal_1",
-                  fans_note="embedding: torch initialises it N(0, 1); fan_in/fan_out of [num, dim] are not meaningful"),
+                  fans_note="embedding: fan_in/fan_out of [num, dim] are not meaningful (torch's own init "
+                            "draws N(0, 1) whatever they are)"),
         LayerKind("rnn", ("RNN",), _RECURRENT_LAYOUT, "rnn_hidden", gates=1),
         LayerKind("lstm", ("LSTM",), _RECURRENT_LAYOUT, "rnn_hidden", gates=4),
         LayerKind("gru", ("GRU",), _RECURRENT_LAYOUT, "rnn_hidden", gates=3),

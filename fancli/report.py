@@ -348,9 +348,6 @@ def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed:
             notes.append(values.note)
     if observed is not None and observed.note:
         notes.append(observed.note)
-    if observed is not None and observed.std is not None and layer.library_std:
-        notes.append(f"observed std is {observed.std / layer.library_std:.3g}× the library's init N(0, "
-                     f"{layer.library_std:g}²) (config.json initializer_range)")
     return Row(layer, fans, nonlinearity, param, gain, scheme.name, inits, tuple(notes), observed, scheme_gain)
 
 
