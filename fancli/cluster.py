@@ -64,15 +64,18 @@ def _handshake(distributed: Any, address: str) -> None:
     bounds the TCP connect but then waits for the handshake's reply without a limit (a port that accepts
     and stays silent hung for good), and a port answering anything else makes it raise from deep inside
     (a frame length read from garbage asked for 3 EiB) and print tracebacks from the half-made Client's
-    `__del__`. Every failure here is one line, exit 2."""
+    `__del__`. Every failure here is one line, exit 2. Its own event loop in a thread of its own, so that a
+    caller already running one (a notebook) can still connect."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     async def greet() -> None:
         comm = await distributed.comm.connect(address, timeout=CONNECT_TIMEOUT)
         await comm.close()
 
     try:
-        asyncio.run(asyncio.wait_for(greet(), CONNECT_TIMEOUT))
+        with ThreadPoolExecutor(1, thread_name_prefix="fancli-handshake") as thread:
+            thread.submit(asyncio.run, asyncio.wait_for(greet(), CONNECT_TIMEOUT)).result()
     except asyncio.TimeoutError:
         raise SettingsError(f"--cluster {address}: cannot reach a Dask scheduler there (no answer in "
                             f"{CONNECT_TIMEOUT} s)") from None
