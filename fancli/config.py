@@ -1,7 +1,8 @@
 """The team's init configuration: which scheme, mode and nonlinearity each layer should get.
 
 Read from `fancli.yaml`, or `[tool.fancli]` in pyproject.toml, in the working directory or the nearest
-folder above it up to the repository root (or a file given with --config). Defaults fill what the source leaves open; overrides, matched by glob on the
+folder above it up to the repository root or the home folder, when it is the user's (`config_files`), or
+a file given with --config. Defaults fill what the source leaves open; overrides, matched by glob on the
 layer name or parameter key, replace it, the last matching override winning.
 
     source: mypkg.models:build     # a file, a spec or a factory
