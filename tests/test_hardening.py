@@ -647,6 +647,7 @@ def test_no_marker_was_left_by_any_case(torch_files):
 # --- configs that are not the user's, and what a config may reach (issue 24) -----------------------
 
 OTHER_UID = 54321  # the tests run as root: os.chown gives a file to another user
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="os.chown to another uid needs root, as here and in CI")
 PAYLOAD = "import pathlib\npathlib.Path(__file__).with_name('RAN').touch()\ndef build():\n    return None\n"
 
 
@@ -665,6 +666,7 @@ def shared(tmp_path, monkeypatch) -> Path:
     return folder
 
 
+@as_root
 @pytest.mark.parametrize("config", ['source: "payload:build"\n', "source: model.pt\ntrust: true\n"],
                          ids=["factory", "trusted-pickle"])
 def test_a_config_another_user_planted_in_a_parent_folder_is_refused(shared, config):
@@ -678,6 +680,7 @@ def test_a_config_another_user_planted_in_a_parent_folder_is_refused(shared, con
     assert cli("inspect", SAMPLE, "--no-config").code == 0  # the way out it names
 
 
+@as_root
 @pytest.mark.parametrize("where, mode, words", [("file", 0o664, f"the file is writable by its group (gid {OTHER_UID})"),
                                                 ("file", 0o646, "the file is writable by others"),
                                                 ("folder", 0o777, "its folder is writable by others")])
@@ -692,6 +695,7 @@ def test_a_config_others_can_change_is_refused(tmp_path, monkeypatch, where, mod
     assert not (tmp_path / "RAN").exists()
 
 
+@as_root
 def test_a_config_writable_by_the_users_own_group_is_used(tmp_path, monkeypatch):
     """As umask 002 leaves it where each user has a private group (root's is gid 0)."""
     (tmp_path / "fancli.yaml").write_text("defaults: {scheme: xavier_uniform}\n")
@@ -702,6 +706,7 @@ def test_a_config_writable_by_the_users_own_group_is_used(tmp_path, monkeypatch)
     assert outcome.code == 0 and json.loads(outcome.out)["layers"][0]["scheme"] == "xavier_uniform"
 
 
+@as_root
 def test_a_foreign_pyproject_with_tool_fancli_is_refused_and_one_without_is_passed_over(shared):
     (shared / "pyproject.toml").write_text('[tool.fancli]\nsource = "payload:build"\n')
     (shared / "payload.py").write_text(PAYLOAD)
@@ -712,6 +717,7 @@ def test_a_foreign_pyproject_with_tool_fancli_is_refused_and_one_without_is_pass
     assert not (shared / "RAN").exists()
 
 
+@as_root
 def test_the_config_given_with_config_is_used_whoever_owns_it(shared):
     (shared / "fancli.yaml").write_text("defaults: {scheme: xavier_uniform}\n")
     os.chown(shared / "fancli.yaml", OTHER_UID, OTHER_UID)
