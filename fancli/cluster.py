@@ -85,9 +85,9 @@ def _handshake(distributed: Any, address: str) -> None:
 
 @contextlib.contextmanager
 def _local_client(distributed: Any, workers: int) -> Iterator[Any]:
-    """A Client of a LocalCluster whose workers import nothing from the working directory. Dask spawns each worker with
-    `python -c`, which puts the working directory first on sys.path before any import: a folder one `cd`s
-    into (a downloaded model's) holding `multiprocessing/__init__.py` would run in every worker. So the
+    """A Client of a LocalCluster whose workers import nothing from the working directory. Dask spawns each
+    worker with `python -c`, which puts the working directory first on sys.path before any import: a folder
+    one `cd`s into (a downloaded model's) holding `multiprocessing/__init__.py` would run in every worker. So the
     workers start with PYTHONSAFEPATH=1 (Python 3.11+: no such entry; kept for the workers Dask restarts)
     from an empty private folder (the same on 3.10), and are then moved to the working directory, where
     the relative paths of the files they read lead."""
