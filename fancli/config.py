@@ -1,7 +1,8 @@
 """The team's init configuration: which scheme, mode and nonlinearity each layer should get.
 
 Read from `fancli.yaml`, or `[tool.fancli]` in pyproject.toml, in the working directory or the nearest
-folder above it up to the repository root (or a file given with --config). Defaults fill what the source leaves open; overrides, matched by glob on the
+folder above it up to the repository root or the home folder, when it is the user's (`config_files`), or
+a file given with --config. Defaults fill what the source leaves open; overrides, matched by glob on the
 layer name or parameter key, replace it, the last matching override winning.
 
     source: mypkg.models:build     # a file, a spec or a factory
@@ -18,6 +19,7 @@ layer name or parameter key, replace it, the last matching override winning.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +29,7 @@ from .analysis import gains, schemes
 from .config_files import (
     MAX_CONFIG_BYTES,
     MAX_CONFIG_NODES,
+    config_tree,
     find_config,
     read_pyproject,
 )
@@ -201,14 +204,35 @@ def parse_config(data: Any, path: Path) -> Config:
     trust = top.bool("trust", False)  # bool("false") is True: a quoted word must not turn trust on
     fans = top.one_of("fans", FAN_CONVENTIONS, "fan convention")
     base = path.parent
-    if source and not Path(source).is_absolute() and (base / source).exists():
-        source = str(base / source)
+    if source and not _names_no_file(source, base):
+        source = str(_inside(top, "source", source, base, "give SOURCE on the command line"))
     baseline = top.raw("baseline", DEFAULT_BASELINE)
-    if not isinstance(baseline, str):
+    if not isinstance(baseline, str) or not baseline:
         raise top.error("baseline", "expected a file name")
+    baseline_path = _inside(top, "baseline", baseline, base, "give --baseline FILE")
     defaults = _rule(_mapping(top, "defaults", _INIT_KEYS))
-    return Config(path, source, kwargs, trust, base / baseline, defaults, _overrides(top),
+    return Config(path, source, kwargs, trust, baseline_path, defaults, _overrides(top),
                   numbers["tolerance"], numbers["sigmas"], fans, _safe_globals(top))
+
+
+def _names_no_file(source: str, base: Path) -> bool:
+    """A factory `pkg.module:callable` or a Hugging Face repo id `org/name`, and no file of that name in the
+    config's folder (which would win, as a path that exists wins on the command line)."""
+    from .loaders import is_factory
+    from .loaders.hf_cache import is_repo_id
+
+    return (is_factory(source) or is_repo_id(source)) and not os.path.lexists(base / source)
+
+
+def _inside(top: Fields, key: str, name: str, base: Path, instead: str) -> Path:
+    """`name`, relative to the config's folder `base`, inside its tree (`config_tree`), links followed: a
+    repository's config must not aim `check --update` at `../home/.bash_profile`, nor read files from
+    outside the repository. The command line may name any file."""
+    path, tree = base / name, config_tree(base.absolute())
+    if not path.resolve().is_relative_to(tree.resolve()):
+        raise top.error(key, f"{name!r} is outside the config's folder tree {tree} (a config names only files "
+                             f"in its repository, or under its folder where there is none; to use another, {instead})")
+    return path
 
 
 def _safe_globals(top: Fields) -> tuple[str, ...]:
@@ -234,7 +258,7 @@ def _read_yaml(path: Path) -> Any:
     from .loaders.yaml_lines import LineDict
 
     data = parse_yaml(read_text(path, MAX_CONFIG_BYTES, "a fancli config"), str(path), MAX_CONFIG_NODES,
-                      "a fancli config")
+                      "a fancli config", merge_keys=False)
     return LineDict() if data is None else data
 
 

@@ -83,9 +83,83 @@ def test_compare_check_and_diff_on_the_cluster(small_pieces, cluster, checkpoint
                                                                jobs=1).report.rows[0].observed
 
 
-def test_cluster_local_starts_one_on_this_machine(small_pieces, checkpoint):
-    path = checkpoint / "a.safetensors"
-    local = run("inspect", path, "--stats", "-f", "json", "--jobs", "1")
-    remote = run("inspect", path, "--stats", "-f", "json", "--cluster", "local")
+def test_cluster_local_starts_one_on_this_machine(small_pieces, checkpoint, tmp_path, monkeypatch):
+    """From a folder holding a `multiprocessing` package (a downloaded model's folder), which Dask's
+    `python -c` workers would import first: it never runs, and a relative path still reaches the workers."""
+    (tmp_path / "a.safetensors").write_bytes((checkpoint / "a.safetensors").read_bytes())
+    (tmp_path / "multiprocessing").mkdir()
+    (tmp_path / "multiprocessing" / "__init__.py").write_text(
+        "import pathlib\npathlib.Path(__file__).parent.with_name('RAN').touch()\n")
+    monkeypatch.chdir(tmp_path)
+    local = run("inspect", "a.safetensors", "--stats", "-f", "json", "--jobs", "1")
+    remote = run("inspect", "a.safetensors", "--stats", "-f", "json", "--cluster", "local")
+    assert not (tmp_path / "RAN").exists()
     assert local.code == remote.code == 0, remote.err
     assert local.out == remote.out
+
+
+@pytest.fixture()
+def fake_scheduler():
+    """A port on 127.0.0.1 that accepts connections and then stays silent or answers `reply` (an HTTP server's
+    first line, which Dask reads as a frame length of 3 EiB)."""
+    import socket
+    import threading
+
+    servers = []
+
+    def start(reply: bytes | None) -> str:
+        server = socket.create_server(("127.0.0.1", 0))
+        servers.append(server)
+
+        def serve():
+            held = []
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                held.append(conn)
+                if reply:
+                    conn.sendall(reply)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"tcp://127.0.0.1:{server.getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_a_silent_scheduler_port_is_an_error_after_the_timeout(fake_scheduler, monkeypatch):
+    """In a thread, so that a hang fails the test instead of hanging it."""
+    import threading
+
+    import fancli.cluster
+    from fancli.errors import SettingsError
+
+    monkeypatch.setattr(fancli.cluster, "CONNECT_TIMEOUT", 1)
+    address, raised = fake_scheduler(None), []
+
+    def attempt():
+        try:
+            with fancli.cluster.connect(address):
+                pass
+        except Exception as error:  # noqa: BLE001 - the test looks at what it was
+            raised.append(error)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "still waiting for the silent port after 10 s"
+    assert isinstance(raised[0], SettingsError) and "no answer in 1 s" in str(raised[0])
+
+
+def test_a_port_answering_garbage_is_one_line_and_exit_2(fake_scheduler, checkpoint, capfd):
+    result = run("inspect", checkpoint / "a.safetensors", "--stats", "--cluster",
+                 fake_scheduler(b"HTTP/1.1 400 Bad Request\r\n\r\n"))
+    import gc
+
+    gc.collect()  # a half-made Client printed tracebacks from its __del__
+    assert result.code == 2 and "cannot reach a Dask scheduler" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert "Traceback" not in capfd.readouterr().err

@@ -642,3 +642,172 @@ def torch_files(tmp_path_factory) -> dict[str, Path]:
 
 def test_no_marker_was_left_by_any_case(torch_files):
     assert not (torch_files["evil"].parent / "pwned").exists()
+
+
+# --- configs that are not the user's, and what a config may reach (issue 24) -----------------------
+
+OTHER_UID = 54321  # the tests run as root: os.chown gives a file to another user
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="os.chown to another uid needs root, as here and in CI")
+PAYLOAD = "import pathlib\npathlib.Path(__file__).with_name('RAN').touch()\ndef build():\n    return None\n"
+
+
+def _evil_pickle(path: Path, marker: Path) -> None:
+    torch = pytest.importorskip("torch")
+    torch.save({"fc.weight": torch.ones(2, 2), "x": WritesMarker(marker)}, path)
+
+
+@pytest.fixture
+def shared(tmp_path, monkeypatch) -> Path:
+    """A world-writable sticky folder (as /tmp) holding the user's own folder `b`, the working directory."""
+    folder = tmp_path / "shared"
+    (folder / "b").mkdir(parents=True)
+    folder.chmod(0o1777)
+    monkeypatch.chdir(folder / "b")
+    return folder
+
+
+@as_root
+@pytest.mark.parametrize("config", ['source: "payload:build"\n', "source: model.pt\ntrust: true\n"],
+                         ids=["factory", "trusted-pickle"])
+def test_a_config_another_user_planted_in_a_parent_folder_is_refused(shared, config):
+    (shared / "payload.py").write_text(PAYLOAD)
+    _evil_pickle(shared / "model.pt", shared / "RAN")
+    (shared / "fancli.yaml").write_text(config)
+    for path in ("payload.py", "model.pt", "fancli.yaml"):
+        os.chown(shared / path, OTHER_UID, OTHER_UID)
+    line = refused(cli("check"), shared / "fancli.yaml", f"owned by uid {OTHER_UID}", "--config")
+    assert not (shared / "RAN").exists(), line
+    assert cli("inspect", SAMPLE, "--no-config").code == 0  # the way out it names
+
+
+@as_root
+@pytest.mark.parametrize("where, mode, words", [("file", 0o664, f"the file is writable by its group (gid {OTHER_UID})"),
+                                                ("file", 0o646, "the file is writable by others"),
+                                                ("folder", 0o777, "its folder is writable by others")])
+def test_a_config_others_can_change_is_refused(tmp_path, monkeypatch, where, mode, words):
+    (tmp_path / "payload.py").write_text(PAYLOAD)
+    (tmp_path / "fancli.yaml").write_text('source: "payload:build"\n')
+    (tmp_path / "fancli.yaml" if where == "file" else tmp_path).chmod(mode)
+    os.chown(tmp_path / "fancli.yaml", 0, OTHER_UID)  # a group with no name: not the user's own
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    refused(cli("inspect"), tmp_path / "fancli.yaml", words)
+    assert not (tmp_path / "RAN").exists()
+
+
+@as_root
+def test_a_config_writable_by_the_users_own_group_is_used(tmp_path, monkeypatch):
+    """As umask 002 leaves it where each user has a private group (root's is gid 0)."""
+    (tmp_path / "fancli.yaml").write_text("defaults: {scheme: xavier_uniform}\n")
+    (tmp_path / "fancli.yaml").chmod(0o664)
+    tmp_path.chmod(0o775)
+    monkeypatch.chdir(tmp_path)
+    outcome = cli("inspect", SAMPLE, "-f", "json")
+    assert outcome.code == 0 and json.loads(outcome.out)["layers"][0]["scheme"] == "xavier_uniform"
+
+
+@as_root
+def test_a_foreign_pyproject_with_tool_fancli_is_refused_and_one_without_is_passed_over(shared):
+    (shared / "pyproject.toml").write_text('[tool.fancli]\nsource = "payload:build"\n')
+    (shared / "payload.py").write_text(PAYLOAD)
+    os.chown(shared / "pyproject.toml", OTHER_UID, OTHER_UID)
+    refused(cli("inspect"), shared / "pyproject.toml", f"owned by uid {OTHER_UID}")
+    (shared / "pyproject.toml").write_text('[project]\nname = "theirs"\n')
+    assert cli("inspect", SAMPLE, "-f", "json").code == 0
+    assert not (shared / "RAN").exists()
+
+
+@as_root
+def test_the_config_given_with_config_is_used_whoever_owns_it(shared):
+    (shared / "fancli.yaml").write_text("defaults: {scheme: xavier_uniform}\n")
+    os.chown(shared / "fancli.yaml", OTHER_UID, OTHER_UID)
+    outcome = cli("inspect", SAMPLE, "--config", shared / "fancli.yaml", "-f", "json")
+    assert outcome.code == 0 and json.loads(outcome.out)["layers"][0]["scheme"] == "xavier_uniform"
+
+
+def test_the_search_stops_at_the_home_folder(tmp_path, monkeypatch):
+    (tmp_path / "fancli.yaml").write_text("defaults: {scheme: no_such_scheme}\n")  # above home: not read
+    (tmp_path / "home" / "project").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "home" / "project")
+    outcome = cli("inspect", SAMPLE)
+    assert outcome.code == 0, outcome.err
+
+
+@pytest.mark.parametrize("source", ['"os:system"', '"subprocess:run"', '"fancli_reexports_os:os.system"',
+                                    '"fancli_reexports_os:shell"'])
+def test_a_config_factory_from_the_standard_library_is_refused(tmp_path, monkeypatch, source):
+    marker = tmp_path / "RAN"
+    (tmp_path / "fancli_reexports_os.py").write_text(
+        "import functools, os\nshell = functools.partial(os.system)\n")
+    kwargs = "{args: [touch, RAN]}" if "subprocess" in source else "{command: touch RAN}"
+    (tmp_path / "fancli.yaml").write_text(f"source: {source}\nkwargs: {kwargs}\n")
+    monkeypatch.chdir(tmp_path)
+    refused(cli("check"), source.strip('"'), "standard library")
+    assert not marker.exists()
+
+
+def test_a_factory_shadowing_a_standard_module_name_is_the_users(tmp_path, monkeypatch):
+    """`tabnanny` is a standard module's name, but the user's tabnanny.py is the one imported: not refused."""
+    (tmp_path / "tabnanny.py").write_text("def build():\n    return 3\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "tabnanny", raising=False)
+    try:
+        refused(cli("inspect", "tabnanny:build"), "tabnanny:build", "returned an int")
+    finally:
+        sys.modules.pop("tabnanny", None)
+
+
+KEY = '"$(touch MARKER)".weight'
+
+
+@pytest.fixture
+def repository(tmp_path, monkeypatch) -> Path:
+    """A cloned repository beside the user's home, with a weight key that is a shell command."""
+    st = pytest.importorskip("safetensors.numpy")
+    import numpy as np
+
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (tmp_path / "home").mkdir()
+    st.save_file({KEY: np.ones((4, 4), np.float32)}, str(repo / "model.safetensors"))
+    monkeypatch.chdir(repo)
+    return repo
+
+
+@pytest.mark.parametrize("line, key", [("baseline: ../home/.bash_profile", "baseline"),
+                                       ("baseline: {home}/.bash_profile", "baseline"),
+                                       ("baseline: fancli.lock.json", "baseline"),  # a link out of the repository
+                                       ("source: ../home/model.safetensors", "source")],
+                         ids=["relative", "absolute", "link", "source"])
+def test_a_config_cannot_aim_outside_its_folder(repository, line, key):
+    home = repository.parent / "home"
+    (repository / "fancli.lock.json").symlink_to(home / ".bash_profile")
+    (home / "model.safetensors").write_bytes((repository / "model.safetensors").read_bytes())
+    source = "" if key == "source" else "source: model.safetensors\n"
+    (repository / "fancli.yaml").write_text(source + line.format(home=home) + "\n")
+    line = refused(cli("check", "--update"), repository / "fancli.yaml", f"{key}:", "outside the config's folder tree")
+    assert not (home / ".bash_profile").exists(), line
+
+
+def test_the_command_line_may_name_a_baseline_anywhere(repository):
+    (repository / "fancli.yaml").write_text("source: model.safetensors\n")
+    elsewhere = repository.parent / "home" / "init.lock.json"
+    assert cli("check", "--update", "--baseline", elsewhere).code == 0
+    assert KEY in json.loads(elsewhere.read_text())["layers"]
+    assert cli("check", "--baseline", elsewhere).code == 0
+
+
+def test_a_merge_key_cannot_turn_trust_on(tmp_path, monkeypatch):
+    _evil_pickle(tmp_path / "model.pt", tmp_path / "RAN")
+    (tmp_path / "fancli.yaml").write_text("kwargs: &k {trust: true}\nsource: model.pt\n<<: *k\n")
+    monkeypatch.chdir(tmp_path)
+    refused(cli("inspect"), tmp_path / "fancli.yaml", ":3:", "merge key")
+    assert not (tmp_path / "RAN").exists()
+
+
+def test_a_config_in_a_subfolder_may_name_the_repositorys_files(repository):
+    (repository / "ci").mkdir()
+    (repository / "ci" / "fancli.yaml").write_text("source: ../model.safetensors\n")
+    assert cli("check", "--update", "--config", repository / "ci" / "fancli.yaml").code == 0
+    assert KEY in json.loads((repository / "ci" / "fancli.lock.json").read_text())["layers"]

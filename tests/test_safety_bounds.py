@@ -47,7 +47,8 @@ def test_a_quoted_false_does_not_turn_trust_on(tmp_path, where, value):
 
 def test_a_real_boolean_trust_is_still_read(tmp_path):
     config = tmp_path / "fancli.yaml"
-    config.write_text(f"source: {SAMPLE}\ntrust: false\n")
+    (tmp_path / SAMPLE.name).write_bytes(SAMPLE.read_bytes())  # a config's source lies in its folder tree
+    config.write_text(f"source: {SAMPLE.name}\ntrust: false\n")
     assert cli("inspect", "--config", config).code == 0
 
 
@@ -56,7 +57,8 @@ def test_a_real_boolean_trust_is_still_read(tmp_path):
                                        ("overrides: {match: x}", "overrides")])
 def test_other_config_numbers_and_lists_are_typed(tmp_path, line, key):
     config = tmp_path / "fancli.yaml"
-    config.write_text(f"source: {SAMPLE}\n{line}\n")
+    (tmp_path / SAMPLE.name).write_bytes(SAMPLE.read_bytes())  # a config's source lies in its folder tree
+    config.write_text(f"source: {SAMPLE.name}\n{line}\n")
     refused(cli("inspect", "--config", config), config, key)
 
 

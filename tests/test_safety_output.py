@@ -282,7 +282,8 @@ def test_huge_integers_are_one_line(tmp_path, where):
 
 
 def test_overrides_that_are_not_a_list(tmp_path, monkeypatch):
-    (tmp_path / "fancli.yaml").write_text(f"source: {SPEC}\noverrides: 5\n")
+    (tmp_path / SPEC.name).write_bytes(SPEC.read_bytes())  # a config's source lies in its folder tree
+    (tmp_path / "fancli.yaml").write_text(f"source: {SPEC.name}\noverrides: 5\n")
     monkeypatch.chdir(tmp_path)
     refused(cli("inspect"), "fancli.yaml", "overrides")
 

@@ -52,7 +52,39 @@ def build(spec: str, kwargs: dict | None = None) -> Any:
     if not module_name or not attribute:
         raise SourceError(f"{spec}: expected 'package.module:callable'")
     with importable_cwd():
-        return _call(spec, _resolve(spec, module_name, attribute), kwargs or {})
+        target = _resolve(spec, module_name, attribute)
+        _refuse_standard_library(spec, module_name, target)
+        return _call(spec, target, kwargs or {})
+
+
+def _refuse_standard_library(spec: str, module_name: str, target: Any) -> None:
+    """A factory is the user's code: Python's standard library builds no model, and a config's
+    `source: "os:system"` with `kwargs: {command: …}` would run a shell command on `fancli check`. So
+    neither the module named nor the one that defines the callable (`mypkg:os.system` reaches
+    os.system through the user's module; a partial is judged by what it wraps) may be the standard
+    library's."""
+    import functools
+
+    while isinstance(target, functools.partial):
+        target = target.func
+    defined_in = getattr(target, "__module__", None) or "builtins"  # a C method bound to a str has none
+    for name in (module_name, defined_in):
+        if isinstance(name, str) and _standard_library(name):
+            raise SourceError(f"{spec}: {name} is Python's standard library, not a model factory (a factory is a "
+                              "callable from your own code)")
+
+
+def _standard_library(name: str) -> bool:
+    """Whether module `name` is the standard library's as loaded: built in (posix, builtins) or a file in
+    its folder; the user's own `code.py` on the path shadows the name and is the user's."""
+    import sysconfig
+    from pathlib import Path
+
+    top = name.partition(".")[0]
+    if top not in sys.stdlib_module_names:
+        return False
+    file = getattr(sys.modules.get(top), "__file__", None)
+    return file is None or Path(file).resolve().is_relative_to(Path(sysconfig.get_paths()["stdlib"]).resolve())
 
 
 def _resolve(spec: str, module_name: str, attribute: str) -> Any:

@@ -32,11 +32,15 @@ def check_nodes(text: str, file: str, limit: int, what: str, indicators: str = "
                           f"for {what}")
 
 
-def parse_yaml(text: str, file: str, limit: int, what: str) -> Any:
-    """One YAML document with line numbers (`yaml_lines`), its size checked first; errors one line each."""
+def parse_yaml(text: str, file: str, limit: int, what: str, merge_keys: bool = True) -> Any:
+    """One YAML document with line numbers (`yaml_lines`), its size checked first; errors one line each.
+    Without `merge_keys` a `<<` key is an error: each key must be written out where it applies."""
     check_nodes(text, file, limit, what)
     try:
-        return yaml_lines.load(text)
+        return yaml_lines.load(text, merge_keys)
+    except yaml_lines.MergeKeyError as error:
+        raise SourceError(f"{file}:{error.problem_mark.line + 1}: a merge key (<<) in {what}: write out each key "
+                          "(so that a setting such as `trust: true` is always a line of its own)") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{file}:{mark.line + 1}" if mark else file

@@ -27,15 +27,20 @@ class DuplicateKeyError(yaml.MarkedYAMLError):
     pass
 
 
+class MergeKeyError(yaml.MarkedYAMLError):
+    """A merge key (`<<: *anchor`) where the document must spell out each key."""
+
+
 _Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when present: ~10× faster
 
 
 class _Loader(_Base):  # type: ignore[misc, valid-type]
     """A safe loader plus line numbers, duplicate-key errors and a cap on alias use."""
 
-    def __init__(self, stream: str) -> None:
+    def __init__(self, stream: str, merge_keys: bool = True) -> None:
         super().__init__(stream)
         self.aliases_seen = 0
+        self.merge_keys = merge_keys
 
     def construct_object(self, node, deep=False):  # type: ignore[override]
         if node in self.constructed_objects:  # reached again: an alias
@@ -47,6 +52,10 @@ class _Loader(_Base):  # type: ignore[misc, valid-type]
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
+    if not loader.merge_keys:
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise MergeKeyError(None, None, "a merge key (<<)", key_node.start_mark)
     loader.flatten_mapping(node)
     result = LineDict()
     result.line = node.start_mark.line + 1
@@ -86,9 +95,10 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
-def load(text: str) -> Any:
-    """Parse one YAML document. Raises yaml.YAMLError (with a problem_mark) on bad input."""
-    loader = _Loader(text)
+def load(text: str, merge_keys: bool = True) -> Any:
+    """Parse one YAML document. Raises yaml.YAMLError (with a problem_mark) on bad input; MergeKeyError for a
+    `<<` key unless `merge_keys`."""
+    loader = _Loader(text, merge_keys)
     try:
         return loader.get_single_data()
     except (ValueError, RecursionError) as error:  # a 5000-digit integer, a date like 2024-02-30
