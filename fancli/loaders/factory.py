@@ -53,7 +53,8 @@ def build(spec: str, kwargs: dict | None = None) -> Any:
         raise SourceError(f"{spec}: expected 'package.module:callable'")
     with importable_cwd():
         target = _resolve(spec, module_name, attribute)
-        _refuse_standard_library(spec, module_name, target)
+        if callable(target):  # what is not callable is refused as that, by _call
+            _refuse_standard_library(spec, module_name, target)
         return _call(spec, target, kwargs or {})
 
 
