@@ -220,9 +220,11 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
 @nonlinearity_option()
 @param_option()
 @fans_option()
+@click.option("--recipe", metavar="NAME", shell_complete=complete_recipe,
+              help="Explain what a library's init draws (see inspect --recipe).")
 def explain(src: SourceArgs, layer_names: tuple[str, ...], shape: str | None, kind: str | None, layout: str,
             groups: int | None, stride: str | None, transposed: bool, scheme: str | None, modes: tuple[str, ...],
-            nonlinearity: str | None, param: float | None, fans: str | None) -> None:
+            nonlinearity: str | None, param: float | None, fans: str | None, recipe: str | None) -> None:
     """The derivation of a layer's fans, gain and std, with the numbers filled in."""
     from .errors import SettingsError
     from .layer import Model
@@ -237,7 +239,7 @@ def explain(src: SourceArgs, layer_names: tuple[str, ...], shape: str | None, ki
         model, _ = load_model(src)
     else:
         raise SettingsError("give a SOURCE with --layer NAME, or --shape DIMS")
-    settings = Settings(scheme, modes, nonlinearity, param, fans, None, layer_names if not shape else ())
+    settings = Settings(scheme, modes, nonlinearity, param, fans, None, layer_names if not shape else (), recipe)
     write_stdout(printable_lines(explain_report(analyze(model, settings))))
 
 

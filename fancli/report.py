@@ -477,7 +477,7 @@ def selected_keys(model: Model, filters: tuple[str, ...]) -> list[tuple[str, Lay
 
 def with_inferences(report: Report) -> Report:
     """The report with each row's inferred init, from its observed mean, std, kurtosis and structure."""
-    from .analysis.inference import infer, settle_modes  # only with --infer
+    from .analysis.inference import infer, recipe_candidate, settle_modes  # only with --infer
 
     found = {}
     for row in report.rows:
@@ -485,7 +485,9 @@ def with_inferences(report: Report) -> Report:
         if observed is None:
             continue
         n = observed.count - observed.nonfinite
-        result = infer(row.layer, row.fans, observed.std, observed.kurtosis, n, observed.mean, observed.structure)
+        expected = recipe_candidate(row.recipe, next(iter(row.inits.values()))) if row.recipe else None
+        result = infer(row.layer, row.fans, observed.std, observed.kurtosis, n, observed.mean, observed.structure,
+                       expected)
         if result is not None:
             found[row.layer.param] = result
     found = settle_modes(found)

@@ -72,13 +72,14 @@ def test_stats_and_infer_name_the_library_init(tmp_path):
         if w.dim() < 2:
             continue
         row = rows[key]
-        assert row["inferred"]["label"] == "normal(std=0.006)", (key, row["inferred"])
+        assert row["inferred"]["label"] == "recipe transformers: N, std 0.006", (key, row["inferred"])
         assert row["recipe"] == "transformers" and row["std"] == 0.006  # the expectation is the library's init
         assert row["observed"]["std_ratio"] == pytest.approx(w.double().std().item() / 0.006, rel=1e-6)
     trained, _ = _llama(tmp_path / "t" if (tmp_path / "t").mkdir() is None else None, std=0.03,
                         config={"initializer_range": 0.006})
     rows = {row["param"]: row for row in _inspect(trained, "--infer")["layers"]}
-    assert all(row["inferred"]["label"] != "normal(std=0.006)" for row in rows.values() if row.get("inferred"))
+    assert all("std 0.006" not in row["inferred"]["label"] and row["inferred"]["label"] != "normal(std=0.006)"
+               for row in rows.values() if row.get("inferred"))
 
 
 def test_without_config_nothing_is_assumed(tmp_path):

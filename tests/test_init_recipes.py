@@ -485,3 +485,76 @@ def test_gpt_neox_small_init_and_wang_init(tmp_path, transformers):
     assert len(held) >= 3 * 4
     for key, name in held.items():
         assert _same(rows[key], draws[name]), key
+
+
+# --infer names the recipe's rule -------------------------------------------------------------------------
+
+
+def _inferred(source, *args) -> dict[str, dict]:
+    rows = _inspect(source, "--infer", *args)
+    return {key: row["inferred"] for key, row in rows.items() if row.get("inferred")}
+
+
+def test_infer_names_the_recipes_rule_and_its_scaled_residuals(tmp_path, transformers):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=512, n_positions=64)
+    model, draws = library_draws(lambda: transformers.GPT2LMHeadModel(config))
+    model.save_pretrained(tmp_path)
+    found = _inferred(tmp_path)
+    assert len(found) == 2 + 2 * 4
+    for key, inferred in found.items():
+        (_, std), = [draws[key][:2]]  # the std transformers drew this tensor with
+        assert inferred["label"] == f"recipe gpt2: N, std {std:.4g}" and inferred["confidence"] != "none", key
+    # Weights a training run moved (each row rescaled) are not the recipe's, however close their std
+    sd = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("transformer.")}
+    sd["transformer.h.0.mlp.c_fc.weight"] *= torch.empty(128, 1).uniform_(0.5, 1.5)
+    from safetensors.torch import save_file
+
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "config.json").write_text((tmp_path / "config.json").read_text())
+    save_file(sd, str(tmp_path / "moved" / "model.safetensors"))
+    assert _inferred(tmp_path / "moved")["transformer.h.0.mlp.c_fc.weight"]["label"] == "unknown/trained"
+
+
+def test_a_padding_row_is_the_librarys_not_training(tmp_path):
+    """torch's own nn.Embedding(padding_idx=0) zeroes that row: one row of exact zeros, which also widens the
+    spread of row norms beyond what i.i.d. draws give (tested below without the allowance)."""
+    from fancli.analysis.inference import GATE, checks
+    from fancli.stats import observe
+
+    torch.manual_seed(0)
+    embedding = nn.Embedding(1000, 2048, padding_idx=0)
+    torch.save({"embed.weight": embedding.weight.detach()}, tmp_path / "e.pt")
+    inferred = _inferred(tmp_path / "e.pt")["embed.weight"]
+    assert inferred["label"] == "torch default" and "padding row" in inferred["note"], inferred
+    import fancli
+
+    layer = fancli.load(str(tmp_path / "e.pt")).layers[0]
+    seen = observe(layer.data, structure=True)
+    n = seen.count
+    assert abs(checks(seen.mean, seen.std, n, seen.structure).row_norm_errors) > GATE  # no allowance: refused
+    assert abs(checks(seen.mean, seen.std, n, seen.structure, 2048).row_norm_errors) < GATE
+
+
+def test_a_constant_tensor_is_named_a_constant(tmp_path):
+    head = nn.Linear(64, 10)
+    nn.init.zeros_(head.weight)  # torchvision's ViT head, timm's jax mode
+    torch.save({"head.weight": head.weight.detach()}, tmp_path / "h.pt")
+    assert _inferred(tmp_path / "h.pt")["head.weight"]["label"] == "constant 0"
+
+
+def test_infer_tells_a_cut_at_three_sigma_by_its_recipe(tmp_path):
+    torch.manual_seed(0)
+    model = _copied_torchtitan(dim=256, layers=1, vocab=4000)
+    torch.save(model.state_dict(), tmp_path / "titan.pt")
+    inferred = _inferred(tmp_path / "titan.pt", "--recipe", "torchtitan")
+    assert inferred["output.weight"]["label"] == f"recipe torchtitan: N cut ±3σ, std {256 ** -0.5 * cut_std(3):.4g}"
+    assert inferred["output.weight"]["confidence"] != "none"
+
+
+def test_explain_says_what_the_recipe_draws(tmp_path):
+    torch.save({"output.weight": torch.randn(50, 32)}, tmp_path / "o.pt")
+    result = run("explain", tmp_path / "o.pt", "--layer", "output", "--recipe", "torchtitan")
+    assert result.code == 0, result.err
+    assert "recipe torchtitan" in result.out and f"= {32 ** -0.5 * cut_std(3):.4g}" in result.out
+    assert "cut at ±3σ, not rescaled" in result.out

@@ -63,6 +63,13 @@ def _truncated_kurtosis(a: float = 2.0) -> float:
 KURTOSIS = {"normal": 0.0, "uniform": -1.2, "truncated_normal": _truncated_kurtosis()}
 
 
+def _excess(candidate: Candidate) -> float:
+    """The excess kurtosis its draws have: a normal cut at ±kσ has its own for each k."""
+    if candidate.distribution == "truncated_normal" and candidate.cut != 2.0:
+        return _truncated_kurtosis(candidate.cut)
+    return KURTOSIS[candidate.distribution]
+
+
 @dataclass(frozen=True)
 class Candidate:
     scheme: str
@@ -71,9 +78,14 @@ class Candidate:
     param: float | None
     std: float
     distribution: str
+    cut: float = 2.0  # a truncated normal's, in σ of its sampler
+    recipe: str | None = None  # the library recipe this candidate is the expectation of
 
     @property
     def label(self) -> str:
+        if self.recipe:
+            shape = {"normal": "N", "uniform": "U", "truncated_normal": f"N cut ±{self.cut:g}σ"}[self.distribution]
+            return f"recipe {self.recipe}: {shape}, std {self.std:.4g}"
         if self.scheme == "torch_default":
             return "torch default"
         if self.scheme == "normal":
@@ -178,11 +190,26 @@ def _row_overlap_errors(s: Structure) -> float | None:
     return _wilson_hilferty(s.overlap / (m * s.a2 * s.a2), 2 / variance)
 
 
-def checks(mean: float | None, std: float | None, n: int, structure: Structure | None) -> Checks:
-    """The i.i.d. checks for one tensor's observed values."""
+def _without_a_zero_row(s: Structure) -> Structure:
+    """The row signals with one all-zero row taken out (an embedding's padding row): the mean of the rows'
+    sums of squares over the other R−1, and their sample variance, from the R rows' mean and variance."""
+    rows = s.rows
+    if rows < MIN_ROWS + 1 or s.row_mean is None or s.row_variance is None:
+        return s
+    mean = s.row_mean * rows / (rows - 1)
+    variance = (s.row_variance * (rows - 1) - rows * s.row_mean ** 2 / (rows - 1)) / (rows - 2)
+    return replace(s, rows=rows - 1, row_mean=mean, row_variance=max(variance, 0.0))
+
+
+def checks(mean: float | None, std: float | None, n: int, structure: Structure | None,
+           padding: int = 0) -> Checks:
+    """The i.i.d. checks for one tensor's observed values; `padding`, a row's length where one row may be
+    all zeros (an embedding's padding_idx row, which transformers and nn.Embedding zero)."""
     mean_errors = mean / (std / math.sqrt(n)) if mean is not None and std and n > 1 else None
     if structure is None:
         return Checks(mean_errors)
+    if padding and structure.zeros >= padding:
+        structure = _without_a_zero_row(structure)
     expected = None
     if structure.tiny is not None and std:
         # A draw is stored as 0 when |x| < tiny/2: probability ≤ tiny·(density at 0), and the normal's
@@ -190,14 +217,15 @@ def checks(mean: float | None, std: float | None, n: int, structure: Structure |
         # Weights often pass through float16 (mixed precision, .half() checkpoints) before a wider dtype
         # stores them, so the rounding width is at least float16's: zeros from that rounding are no structure.
         width = max(structure.tiny, FLOAT16_TINY)
-        expected = n * width / (std * math.sqrt(2 * math.pi))
+        expected = n * width / (std * math.sqrt(2 * math.pi)) + padding
     return Checks(mean_errors, structure.zeros, expected, _row_norm_errors(structure), _row_overlap_errors(structure))
 
 
-def candidates(layer: Layer, fans: LayerFans) -> list[Candidate]:
+def candidates(layer: Layer, fans: LayerFans, expected: Candidate | None = None) -> list[Candidate]:
     """Every scheme fancli knows (`schemes.SCHEMES`), with the std it would give this tensor (torch's fans, as
-    torch's init uses), in order of preference where two draw alike: relu first, kaiming before the rest."""
-    found: list[Candidate] = []
+    torch's init uses), in order of preference where two draw alike: the library recipe's `expected` draw
+    first, then relu, kaiming before the rest."""
+    found: list[Candidate] = [expected] if expected is not None else []
     fan_in, fan_out = fans.fan_in, fans.fan_out
 
     def add(scheme: Scheme, mode: str | None, name: str | None, param: float | None, g: float) -> None:
@@ -220,6 +248,8 @@ def candidates(layer: Layer, fans: LayerFans) -> list[Candidate]:
     if layer.library_std and layer.library_std != FIXED_NORMAL_STD:  # config.json's initializer_range
         found.append(Candidate("normal", None, None, None, layer.library_std, "normal"))
     found.append(Candidate("normal", None, None, None, FIXED_NORMAL_STD, "normal"))
+    if expected is not None:  # a plain N(0, σ²) the recipe draws is the recipe's, not a rival of it
+        found = [c for c in found if c is expected or not (c.scheme == "normal" and _same(c, expected))]
     return found
 
 
@@ -228,32 +258,50 @@ def _same(a: Candidate, b: Candidate) -> bool:
 
 
 def _scores(candidate: Candidate, std: float, kurtosis: float | None, n: int) -> tuple[float, float | None]:
-    excess = KURTOSIS[candidate.distribution]
+    excess = _excess(candidate)
     z_std = (std - candidate.std) / (candidate.std * math.sqrt((excess + 2) / (4 * n)))
     z_kurt = None if kurtosis is None else (kurtosis - excess) / math.sqrt(24 / n)
     return z_std, z_kurt
 
 
+def recipe_candidate(recipe: str, values: "InitValues") -> Candidate | None:
+    """What a row's library recipe expects of its tensor, as a candidate (None for a constant or no std)."""
+    if not values.std or values.distribution not in KURTOSIS:
+        return None
+    return Candidate(recipe, None, None, None, values.std, values.distribution, values.cut or 2.0, recipe)
+
+
 def infer(layer: Layer, fans: LayerFans, std: float | None, kurtosis: float | None, n: int,
-          mean: float | None = None, structure: Structure | None = None) -> Inference | None:
+          mean: float | None = None, structure: Structure | None = None,
+          expected: Candidate | None = None) -> Inference | None:
     """The best explanation of one tensor's observed std and kurtosis, if its mean and structure allow
-    i.i.d. zero-mean draws at all (checked when given); None below 2 dims."""
+    i.i.d. zero-mean draws at all (checked when given); None below 2 dims. `expected`, the library recipe's
+    draw for this tensor, is the first candidate."""
     if len(layer.shape) < 2 or fans.fan_in is None or not has_init(layer.kind):
         return None
     if std is None or n < 30:
         return Inference("unknown", "none", note="too few values to judge")
-    found = checks(mean, std, n, structure)
+    if std == 0 and mean is not None:
+        return Inference(f"constant {mean:g}", "high", note="every value is the same: a constant init "
+                                                            "(zeros_, ones_, constant_), not a draw")
+    padding = layer.shape[-1] if layer.kind == "embedding" else 0  # one row a padding_idx zeroes
+    found = checks(mean, std, n, structure, padding)
     failures = found.failures()
     if failures:
         return Inference("unknown/trained", "none", note="not i.i.d. zero-mean draws: " + "; ".join(failures),
                          checks=found)
-    return replace(_best(layer, fans, std, kurtosis, n), checks=found)
+    best = _best(layer, fans, std, kurtosis, n, expected)
+    if padding and found.zeros is not None and found.zeros >= padding:
+        best = replace(best, note="; ".join(filter(None, (best.note, f"{found.zeros} exact zeros: one padding row "
+                                                                      "(padding_idx), zeroed by the library"))))
+    return replace(best, checks=found)
 
 
-def _best(layer: Layer, fans: LayerFans, std: float, kurtosis: float | None, n: int) -> Inference:
+def _best(layer: Layer, fans: LayerFans, std: float, kurtosis: float | None, n: int,
+          expected: Candidate | None = None) -> Inference:
     """The candidate that best explains the std and kurtosis, with the rivals the weights cannot rule out."""
     scored = []
-    for candidate in candidates(layer, fans):  # in order of preference: kaiming before xavier, relu first
+    for candidate in candidates(layer, fans, expected):  # in order of preference: kaiming before xavier, relu first
         z_std, z_kurt = _scores(candidate, std, kurtosis, n)
         score = z_std * z_std + (z_kurt or 0.0) ** 2
         if score <= LIMIT * LIMIT:
@@ -268,7 +316,7 @@ def _best(layer: Layer, fans: LayerFans, std: float, kurtosis: float | None, n: 
             rivals.append((other_score, other))
     group = [c for _, c, _, _ in scored if _same(c, best)]
     twins = _twins(best, group)
-    near = [c for c in candidates(layer, fans) if not _same(c, best) and _within_one_error(c, best, n)]
+    near = [c for c in candidates(layer, fans, expected) if not _same(c, best) and _within_one_error(c, best, n)]
     if twins or near:
         confidence = "low"  # the weights cannot say which of these was used
     else:
@@ -293,7 +341,7 @@ def _twins(best: Candidate, group: list[Candidate]) -> list[Candidate]:
 def _within_one_error(other: Candidate, best: Candidate, n: int) -> bool:
     """Whether `other` predicts a std and kurtosis within one standard error of `best`'s at n values:
     then no sample of this size tells them apart, wherever it falls."""
-    z_std, z_kurt = _scores(best, other.std, KURTOSIS[other.distribution], n)
+    z_std, z_kurt = _scores(best, other.std, _excess(other), n)
     return z_std * z_std + (z_kurt or 0.0) ** 2 <= 1.0
 
 

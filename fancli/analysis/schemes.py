@@ -92,6 +92,7 @@ class InitValues:
     fan: float | None = None  # the n in var = scale / n
     note: str | None = None  # why a value is missing
     distribution: str | None = None  # the draw's where a rule picks it per tensor (a recipe's); else the scheme's
+    cut: float | None = None  # a truncated normal's cut, in σ of the sampler (None: ±2, the schemes' own)
     constant: float | None = None  # the value a tensor is filled with, where it is a constant (std 0)
 
 

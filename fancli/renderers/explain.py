@@ -69,8 +69,31 @@ def _gain_line(row: Row) -> str:
     return f"gain({name}) = {formula} = {row.gain:.4g}" if formula else f"gain({name}) = {row.gain:g}"
 
 
+def _recipe_lines(row: Row) -> list[str]:
+    """What the row's library recipe draws, as its rule says it, with the numbers."""
+    from ..analysis.recipes import RECIPES
+
+    values = next(iter(row.inits.values()))
+    head = f"recipe {row.recipe} ({RECIPES[row.recipe].reproduces}):"
+    if values.std is None:
+        return [f"{head} no std ({values.note or 'not known here'})"]
+    lines = [f"{head} {values.note}" if values.note else head]
+    if values.distribution == "constant":
+        lines.append(f"  constant: every value {values.constant:g} (std 0)")
+    elif values.bound is not None:
+        lines.append(f"  uniform: drawn from U(−{values.bound:.4g}, {values.bound:.4g}), std = {values.std:.4g}")
+    elif values.sampling_std is not None and values.cut is not None:
+        lines.append(f"  normal cut at ±{values.cut:g}σ, not rescaled: σ = {values.sampling_std:.4g}, the values' std "
+                     f"= σ·{values.std / values.sampling_std:.6f} = {values.std:.4g}")
+    else:
+        lines.append(f"  normal: drawn from N(0, {values.std:.4g}²)")
+    return lines
+
+
 def _std_lines(row: Row, fan_in, fan_out, label: str) -> list[str]:
-    """std and bound for each mode, with the formula of the row's scheme."""
+    """std and bound for each mode, with the formula of the row's scheme (or what its recipe draws)."""
+    if row.recipe:
+        return _recipe_lines(row)
     scheme = find_scheme(row.scheme)
     lines = []
     for mode, values in row.inits.items():

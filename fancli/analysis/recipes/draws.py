@@ -77,7 +77,7 @@ def uniform(bound: float, why: str) -> InitValues:
 def cut_normal(sigma: float, k: float, why: str) -> InitValues:
     """N(0, σ²) cut at ±kσ, not rescaled: the values' std is σ·cut_std(k)."""
     return InitValues(sigma * cut_std(k), sampling_std=sigma, note=f"{why} (cut at ±{k:g}σ, not rescaled)",
-                      distribution="truncated_normal")
+                      distribution="truncated_normal", cut=k)
 
 
 def constant(value: float, why: str) -> InitValues:
