@@ -39,6 +39,7 @@ class Layer:
     dtype: str | None = None  # torch's name without "torch.": float32, bfloat16, …
     library_std: float | None = None  # the std the library that wrote it draws with (config.json initializer_range)
     stored_shape: tuple[int, ...] | None = None  # as stored, where `shape` is the logical one (a packed weight)
+    copy_of: str | None = None  # the key whose tensor this is, stored twice (a tie dcp.save wrote under each key)
     aliases: tuple[str, ...] = ()  # other parameter keys that share this tensor (tied weights)
     notes: tuple[str, ...] = ()  # what the loader knows and wants said (e.g. what a state_dict cannot tell)
     data: "TensorData | None" = field(default=None, compare=False, repr=False)  # read only for --stats

@@ -49,7 +49,9 @@ def totals(layers: Iterable[Layer]) -> Totals:
     for layer in layers:
         count = numel(layer)
         tensors += 1
-        if layer.kind == "buffer":
+        if layer.copy_of is not None:  # a tied key stored twice: its tensor's parameters are counted once
+            tied += 1
+        elif layer.kind == "buffer":
             buffers += count
         else:
             parameters += count

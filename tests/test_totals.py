@@ -108,3 +108,27 @@ def _transformers_models():
 def test_transformers_models_count_as_torch_does(tmp_path, name, fmt):
     model = _transformers_models()[name]()
     assert _summary(model, tmp_path, fmt) == _oracle(model)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-tied", "llama-untied", "bert", "t5"])
+def test_transformers_models_in_a_dcp_folder_with_their_config(tmp_path, name):
+    """dcp.save writes a tied tensor under each key; the folder's config.json says `tie_word_embeddings`, so
+    the head is counted once, as torch counts it, and its bytes as stored: twice."""
+    import json
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    import fancli
+    from fancli.renderers import render_text
+
+    model = _transformers_models()[name]()
+    state = model.state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(state, checkpoint_id=tmp_path / "ckpt")
+    model.config.to_json_file(tmp_path / "ckpt" / "config.json")
+    summary = json.loads(render_text(fancli.inspect(str(tmp_path / "ckpt")), "json"))["summary"]
+    want = _oracle(model)
+    assert summary["parameters"] == want["parameters"]
+    assert summary["bytes"] == sum(t.numel() * t.element_size() for t in state.values())  # as dcp.save stored them

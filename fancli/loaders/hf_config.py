@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import parse_json_object, read_bounded
-from .hf_facts import TOWERS, apply_library_facts, built_by, section_of
+from .hf_facts import TOWERS, apply_library_facts, built_by, embedding_name, section_of
 from .links import cache_repo, leads_outside
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # transformers' configs are a few KB
@@ -101,7 +101,58 @@ def with_config(model: Model, weights: Path) -> Model:
     layers, taken = apply_library_facts(tuple(layers), config)
     if taken:
         notes.append(f"from {NAME}: {'; '.join(taken)}")
+    if model.format == "torch-dcp":
+        layers, tie = _stored_twice(layers, config)
+        notes += [tie] if tie else []
     return replace(model, layers=layers, notes=tuple(notes), built_by=built_by(config))
+
+
+#: Modules transformers ties to the input embedding when config.json says `tie_word_embeddings`: the LM
+#: head (`lm_head`, BERT's `cls.predictions.decoder`), and an encoder-decoder's per-stack `embed_tokens`.
+_TIED_HEADS = ("lm_head", "decoder")
+
+
+def _stored_twice(layers: tuple[Layer, ...], config: dict) -> tuple[tuple[Layer, ...], str | None]:
+    """`dcp.save` writes a tied tensor under each key and keeps no record of the tie. Where config.json says
+    `tie_word_embeddings`, the input embeddings and heads of the embedding's shape and dtype are one tensor:
+    its parameters are counted once (its bytes, stored under each key, as stored)."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    if text.get("tie_word_embeddings", config.get("tie_word_embeddings")) is not True:
+        return layers, None
+    first = next((layer for layer in layers if layer.kind == "embedding" and embedding_name(layer.name)), None)
+    if first is None:
+        return layers, None
+
+    def tied(layer: Layer) -> bool:
+        named = (layer.kind == "embedding" and embedding_name(layer.name)) or \
+            layer.name.rpartition(".")[2] in _TIED_HEADS
+        return named and layer.param.endswith("weight") and layer.shape == first.shape and layer.dtype == first.dtype
+
+    out = tuple(replace(layer, copy_of=first.param) if layer is not first and tied(layer) else layer
+                for layer in layers)
+    out = _head_bias_ties(out)
+    copies = [layer.param for layer in out if layer.copy_of]
+    if not copies:
+        return layers, None
+    return out, (f"from {NAME}: tie_word_embeddings, so {', '.join(map(repr, copies[:3]))} "
+                 f"{'is' if len(copies) == 1 else 'are'} {first.param!r}, saved under each key by dcp.save: its "
+                 "parameters counted once")
+
+
+def _head_bias_ties(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
+    """BERT's LM head ties `predictions.decoder.bias` to `predictions.bias` (`self.decoder.bias = self.bias`):
+    a tied decoder's bias of the shape and dtype of its parent's `bias` is that tensor."""
+    by_param = {layer.param: layer for layer in layers}
+    out = []
+    for layer in layers:
+        parent, _, leaf = layer.name.rpartition(".")
+        owner = by_param.get(f"{parent}.bias")
+        head = by_param.get(f"{layer.name}.weight")
+        if leaf == "decoder" and layer.param == f"{layer.name}.bias" and head is not None and head.copy_of and \
+                owner is not None and owner.shape == layer.shape and owner.dtype == layer.dtype:
+            layer = replace(layer, copy_of=owner.param)
+        out.append(layer)
+    return tuple(out)
 
 
 def _gptq_group_size(config: dict) -> int | None:

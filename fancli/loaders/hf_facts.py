@@ -45,6 +45,11 @@ def section_of(module: str, config: dict) -> str | None:
     return "text_config" if isinstance(config.get("text_config"), dict) else None
 
 
+def embedding_name(module: str) -> bool:
+    """Whether a module's name is a transformers model's input embedding (`embed_tokens`, `wte`, `shared`…)."""
+    return bool(_EMBEDDING.search(module))
+
+
 def _activation(config: dict) -> tuple[str, str] | None:
     """(the config's name, fancli's) for the MLP activation the config states, or None."""
     for key in _ACT_KEYS:
