@@ -558,3 +558,32 @@ def test_explain_says_what_the_recipe_draws(tmp_path):
     assert result.code == 0, result.err
     assert "recipe torchtitan" in result.out and f"= {32 ** -0.5 * cut_std(3):.4g}" in result.out
     assert "cut at ±3σ, not rescaled" in result.out
+
+
+def test_moe_experts_fold_and_one_scaled_expert_stands_out(tmp_path, transformers):
+    """Mixtral as transformers 5 saves it (one 2-D tensor per expert): with --stats its experts fold to one
+    group per kind (the recipe expects each alike), and expert 5 of layer 1 scaled ×3 is a group of its own."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=96,
+                                        num_local_experts=8)
+    transformers.MixtralForCausalLM(config).save_pretrained(tmp_path / "fresh")
+    state = load_file(tmp_path / "fresh" / "model.safetensors")
+    scaled = "model.layers.1.block_sparse_moe.experts.5.w1.weight"
+    state[scaled] = state[scaled] * 3
+    (tmp_path / "scaled").mkdir()
+    (tmp_path / "scaled" / "config.json").write_text((tmp_path / "fresh" / "config.json").read_text())
+    save_file(state, str(tmp_path / "scaled" / "model.safetensors"))
+
+    def expert_groups(folder) -> dict[str, int]:
+        result = run("inspect", folder, "--stats", "--format", "json")
+        assert result.code == 0, result.err
+        return {g["pattern"]: g["count"] for g in json.loads(result.out)["groups"] if ".experts." in g["pattern"]}
+
+    fresh = expert_groups(tmp_path / "fresh")
+    assert sorted(fresh.values()) == [16, 16, 16]  # w1, w2, w3: 8 experts × 2 layers each
+    found = expert_groups(tmp_path / "scaled")
+    assert found[scaled] == 1 and sum(found.values()) == 48
+    assert all(count >= 7 for pattern, count in found.items() if pattern != scaled)
