@@ -42,8 +42,9 @@ class Recipe:
 
     def role_key(self, layer: "Layer") -> tuple[str, ...]:
         """What the rule reads of a layer beyond the fields `report` keys its cache on: the module's last two
-        names (`attn.c_proj`), and its block index for a depth-scaled recipe."""
-        parts = layer.name.rsplit(".", 2)[-2:]
+        names (`attn.c_proj`; an index as `#`, which no rule reads: 256 experts share one key), and its block
+        index for a depth-scaled recipe."""
+        parts = ["#" if part.isdigit() else part for part in layer.name.rsplit(".", 2)[-2:]]
         if self.by_depth:
             parts.append(str(RecipeArgs(layer, None, None, {}).block_index))
         return tuple(parts)
