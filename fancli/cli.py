@@ -50,7 +50,7 @@ from .cli_run import (
 from .errors import DISTRIBUTION, FancliError, torch_missing
 from .safe_io import recording_reads
 from .text import printable
-from .vocab import CHECK_FORMATS, LAYOUTS, NORMS
+from .vocab import CHECK_FORMATS, EXPLAIN_FORMATS, LAYOUTS, NORMS
 
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
@@ -222,13 +222,14 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
 @fans_option()
 @click.option("--recipe", metavar="NAME", shell_complete=complete_recipe,
               help="Explain what a library's init draws (see inspect --recipe).")
+@format_option(EXPLAIN_FORMATS, "Output format: the derivation as text, JSON (inspect's row and its lines) or Markdown.")
 def explain(src: SourceArgs, layer_names: tuple[str, ...], shape: str | None, kind: str | None, layout: str,
             groups: int | None, stride: str | None, transposed: bool, scheme: str | None, modes: tuple[str, ...],
-            nonlinearity: str | None, param: float | None, fans: str | None, recipe: str | None) -> None:
+            nonlinearity: str | None, param: float | None, fans: str | None, recipe: str | None, fmt: str) -> None:
     """The derivation of a layer's fans, gain and std, with the numbers filled in."""
     from .errors import SettingsError
     from .layer import Model
-    from .renderers.explain import explain as explain_report
+    from .renderers.explain import FORMATS as RENDER
     from .report import Settings, analyze
 
     if shape:
@@ -240,7 +241,8 @@ def explain(src: SourceArgs, layer_names: tuple[str, ...], shape: str | None, ki
     else:
         raise SettingsError("give a SOURCE with --layer NAME, or --shape DIMS")
     settings = Settings(scheme, modes, nonlinearity, param, fans, None, layer_names if not shape else (), recipe)
-    write_stdout(printable_lines(explain_report(analyze(model, settings))))
+    rendered = RENDER[fmt](analyze(model, settings))
+    write_stdout(printable_lines(rendered) if fmt == "table" else rendered)
 
 
 @cli.command(cls=ModesCommand)

@@ -22,5 +22,7 @@ FORMATS = ("table", "json", "markdown", "csv")
 MACHINE_FORMATS = ("json", "csv")
 #: `fancli check`'s formats: a list of changes has no rows to put in a CSV.
 CHECK_FORMATS = ("table", "json", "markdown")
+#: `fancli explain`'s formats: a derivation is lines of text, not rows for a CSV.
+EXPLAIN_FORMATS = ("table", "json", "markdown")
 #: What `propagate` does with norm layers: leave them out (the init alone) or run them in train mode.
 NORMS = ("identity", "real")

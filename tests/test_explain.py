@@ -65,3 +65,29 @@ def test_one_stride_is_every_kernel_dim_as_in_a_spec(tmp_path):
     assert from_spec[1:] == from_shape[1:] and "fan_out = 36" in from_shape[-3]
     result = run("explain", "--shape", "16,8,3,3", "--stride", "2,2,2")
     assert result.code == 2 and "--stride" in result.err and result.err.count("\n") == 1
+
+
+def test_explain_json_is_inspects_row_with_its_derivation():
+    import json
+
+    spec = REPO / "sample_models" / "lenet5.yaml"
+    explained = run("explain", spec, "--layer", "conv1", "--format", "json")
+    inspected = run("inspect", spec, "--format", "json", "-k", "conv1.weight")
+    assert explained.code == 0 and inspected.code == 0, explained.err + inspected.err
+    (row,) = json.loads(explained.out)["layers"]
+    lines = row.pop("derivation")
+    assert row == json.loads(inspected.out)["layers"][0]
+    assert lines == run("explain", spec, "--layer", "conv1").out.strip().split("\n")
+
+
+def test_explain_markdown_keeps_a_hostile_name_inert(tmp_path):
+    import torch
+    from markdown_it import MarkdownIt
+
+    key = "<img src=x>[a](https://e.example)*b*.weight"
+    torch.save({key: torch.zeros(3, 4)}, tmp_path / "m.pt")
+    result = run("explain", tmp_path / "m.pt", "--layer", key.removesuffix(".weight"), "--format", "markdown")
+    assert result.code == 0, result.err
+    tokens = MarkdownIt("commonmark").parse(result.out)
+    kinds = {child.type for token in tokens for child in (token.children or [])} | {t.type for t in tokens}
+    assert not kinds & {"html_inline", "html_block", "link_open", "image", "em_open"}, kinds

@@ -149,3 +149,34 @@ def explain_row(row: Row, fan_convention: str = "torch") -> list[str]:
 def explain(report: Report) -> str:
     """Every row of a report (usually filtered to one layer), derivations separated by blank lines."""
     return "\n\n".join("\n".join(explain_row(row, report.fan_convention)) for row in report.rows) + "\n"
+
+
+def explain_json(report: Report) -> str:
+    """The rows as inspect's JSON gives them, each with its derivation's lines (`derivation`)."""
+    import json
+
+    from ..text import json_safe
+    from .json_out import layer_dict
+
+    from ..report import SCHEMA_VERSION
+
+    layers = [{**layer_dict(row, "inspect"), "derivation": explain_row(row, report.fan_convention)}
+              for row in report.rows]
+    document = {"fancli": SCHEMA_VERSION, "command": "explain", "source": report.source, "layers": layers}
+    return json_safe(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)) + "\n"
+
+
+def explain_markdown(report: Report) -> str:
+    """Each derivation under its parameter's name, its lines a list, every name escaped."""
+    from ..text import markdown_code, markdown_text
+
+    parts = []
+    for row in report.rows:
+        lines = explain_row(row, report.fan_convention)
+        parts.append("\n".join([f"#### {markdown_code(row.layer.param)}", "",
+                                 *(f"- {markdown_text(line)}" for line in lines[1:])]))
+    return "\n\n".join(parts) + "\n"
+
+
+#: explain's output formats -> renderer.
+FORMATS = {"table": explain, "json": explain_json, "markdown": explain_markdown}
