@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .analysis import fans as fans_mod
-from .analysis import gains, recipes, schemes
+from .analysis import gains, schemes
 from .analysis.fans import LayerFans
 from .analysis.schemes import InitValues
 from .errors import SettingsError
@@ -23,6 +23,7 @@ from .layer import Layer, Model
 from .vocab import FAN_CONVENTIONS
 
 if TYPE_CHECKING:
+    from .analysis import recipes
     from .analysis.inference import Inference
     from .folding import Group
     from .moments import Observed
@@ -49,7 +50,7 @@ class Settings:
         """Canonical names, or SettingsError naming the bad value."""
         try:
             scheme = schemes.scheme(self.scheme).name if self.scheme else None
-            recipe = recipes.recipe(self.recipe).name if self.recipe else None
+            recipe = _recipes().recipe(self.recipe).name if self.recipe else None
             modes = tuple(schemes.check_mode(m) for m in self.modes)
             nonlinearity = gains.canonical(self.nonlinearity) if self.nonlinearity else None
             if nonlinearity:
@@ -148,7 +149,7 @@ class Report:
     def recipe(self) -> "recipes.Recipe | None":
         """The library recipe the rows follow, where they follow one."""
         names = {row.recipe for row in self.rows}
-        return recipes.RECIPES[names.pop()] if len(names) == 1 and None not in names else None
+        return _recipes().RECIPES[names.pop()] if len(names) == 1 and None not in names else None
 
     def __repr__(self) -> str:
         """Short: a notebook cell or a log shows what the report is, not 25,000 characters of rows."""
@@ -261,16 +262,24 @@ class _Context(NamedTuple):
     facts: dict[str, float]  # the config numbers the recipe reads
 
 
+def _recipes() -> Any:
+    """The recipes package, imported where a recipe is asked for or a source names its library (a YAML spec
+    or a bare checkpoint never pays for it)."""
+    from .analysis import recipes
+
+    return recipes
+
+
 def _recipe(model: Model, settings: Settings) -> "tuple[recipes.Recipe | None, dict[str, float]]":
     """The recipe asked for, else the source's own where nothing else is asked (no --scheme, --mode, and no
     layer of the source names a scheme); a recipe whose config facts the source lacks is refused."""
     facts = dict(model.built_by.facts) if model.built_by else {}
     if settings.recipe:
-        chosen = recipes.recipe(settings.recipe)
+        chosen = _recipes().recipe(settings.recipe)
     elif settings.scheme or settings.modes or any(layer.scheme or layer.mode for layer in model.layers):
         return None, facts
     else:
-        chosen = recipes.for_source(model.built_by)
+        chosen = _recipes().for_source(model.built_by) if model.built_by else None
         if chosen is None:
             return None, facts
     if "n_layer" in chosen.needs and "n_layer" not in facts:
@@ -285,7 +294,7 @@ def _recipe(model: Model, settings: Settings) -> "tuple[recipes.Recipe | None, d
 def _blocks(model: Model) -> float:
     """How many blocks the keys number (`layers.0` … `layers.31`: 32), for a recipe scaled by depth where the
     source has no config saying it; 0 where none is numbered."""
-    found = {recipes.RecipeArgs(layer, None, None, {}).block_index for layer in model.layers}
+    found = {_recipes().RecipeArgs(layer, None, None, {}).block_index for layer in model.layers}
     found.discard(None)
     return float(max(found) + 1) if found else 0.0
 
@@ -363,7 +372,7 @@ def _recipe_row(layer: Layer, settings: Settings, context: _Context, recipe: "re
         gain = gains.gain(nonlinearity, param) if nonlinearity else None
     except ValueError as error:
         raise SettingsError(f"{layer.param}: {error}") from None
-    values = recipe.values(recipes.RecipeArgs(layer, fans.fan_in, fans.fan_out, context.facts))
+    values = recipe.values(_recipes().RecipeArgs(layer, fans.fan_in, fans.fan_out, context.facts))
     if values is None or not has_init(layer.kind):
         module = layer.param.rpartition(".")[0]
         values = torch_default(layer, fans.fan_in, fans.fan_out, "fan_in", context.weight_fan_in.get(module))
