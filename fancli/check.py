@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,14 +120,27 @@ def _by_key(layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def baseline_document(report: Report) -> dict[str, Any]:
-    """What `check --update` writes."""
+def baseline_document(report: Report, baseline: Path | None = None) -> dict[str, Any]:
+    """What `check --update` writes to `baseline`."""
     return {
         "fancli": SCHEMA_VERSION,
-        "source": report.source,
+        "source": _stored_source(report.source, baseline),
         "fans": report.fan_convention,
         "layers": {row.layer.param: {**_entry(row), "aliases": list(row.layer.aliases)} for row in report.rows},
     }
+
+
+def _stored_source(source: str, baseline: Path | None) -> str:
+    """A source that is a local path, relative to the baseline's folder: the line is then the same in every
+    clone and from every working directory (an absolute path, or one relative to where `--update` ran, would
+    be rewritten by the next `--update` elsewhere). A factory or repo id, as given. Only a record: a check
+    compares layers, so a baseline holding an absolute path (older fanclis) reads as before."""
+    if baseline is None or not os.path.lexists(source):
+        return source
+    try:
+        return Path(os.path.relpath(os.path.abspath(source), os.path.abspath(baseline.parent))).as_posix()
+    except ValueError:  # another drive (Windows): no relative path to it
+        return source
 
 
 def dumps(document: dict[str, Any]) -> str:

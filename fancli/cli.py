@@ -44,6 +44,7 @@ from .cli_run import (
     load_model,
     printable_lines,
     shape_layer,
+    terminal_width,
     write_stdout,
     wrote,
 )
@@ -145,14 +146,14 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
     if update:
         checked_target(baseline)  # `--baseline model.pth`: "is an input" says more than "not a baseline"
         drift.ensure_replaceable(baseline)
-        write_text(baseline, drift.dumps(drift.baseline_document(report)))
+        write_text(baseline, drift.dumps(drift.baseline_document(report, baseline)))
         wrote(baseline, f" ({len(report.rows)} tensors)")
         return
     expected = drift.read_baseline(baseline)
     changes = drift.compare(expected, report, tolerance)
     found = drift.deviations(report, limit) if stats else []
     bad = drift.nonfinite(report) if stats else []  # NaN/Inf weights fail whatever the baseline says
-    text = RENDERERS[fmt](changes, found, str(baseline), limit, bad)
+    text = RENDERERS[fmt](changes, found, str(baseline), limit, bad, **terminal_width(fmt, output))
     if output and not is_stdout(output):
         write_text(output, text)  # the baseline, read above, is in the read set
     else:
@@ -194,7 +195,7 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
         raise SettingsError(f"--max-change {max_change:g}: expected a finite number >= 0 (a relative norm)")
     model_a, model_b = api.load(source_a, trust=trust), api.load(source_b, trust=trust)
     result = diff_models(model_a, model_b, tuple(filters), jobs=jobs, cluster=cluster)
-    text = RENDERERS[fmt](result, max_change, allow_structural, expand)
+    text = RENDERERS[fmt](result, max_change, allow_structural, expand, **terminal_width(fmt, output))
     if output and not is_stdout(output):
         write_text(output, text)
         wrote(output)

@@ -5,12 +5,13 @@ the run did not read (safe_io's read set)."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import click
 
 from .cli_options import ReportArgs, SourceArgs
-from .errors import FancliError
+from .errors import FancliError, SettingsError
 from .text import printable
 
 PROGRESS_BYTES = 256 * 1024 * 1024
@@ -27,9 +28,29 @@ def load_model(src: SourceArgs) -> tuple[Any, Any]:
         from .config import load_config  # only with a configuration to parse
 
         config = load_config(found)
+    if src.source is None and (config is None or not config.source):
+        raise SettingsError(_no_source(src, config))
     model = api.load_configured(src.source, config, warn=warning, trust=src.trust, kwargs=src.kwargs,
                                 revision=src.revision)
     return model, config
+
+
+def _no_source(src: SourceArgs, config: Any) -> str:
+    """Why there is nothing to read, and how to name it: SOURCE, or a configuration (`--config FILE`, or a
+    fancli.yaml found from here up); the nearest fancli.yaml below the working directory, where there is one,
+    since that is what a repository's example (`sample_models/ci/`) looks like from its root."""
+    if src.no_config:
+        return "no SOURCE given (and --no-config: no configuration to take one from)"
+    if config is not None:
+        return f"no SOURCE given, and {printable(config.path)} has no 'source'; give SOURCE, or add `source:` to it"
+    import shlex
+
+    from .config_files import config_below
+
+    below = config_below(Path())
+    hint = f" (below this folder: --config {printable(shlex.quote(str(below)))})" if below else ""
+    return ("no SOURCE given, and no fancli.yaml or [tool.fancli] here or in a folder above it (up to the "
+            f"repository root); give SOURCE, or a configuration with --config FILE{hint}")
 
 
 def warning(message: str) -> None:
@@ -153,6 +174,18 @@ def emit(report: Any, fmt: str, output: str | None, show_all: bool, expand: bool
         write_stdout(printer=lambda: print_rich(report))
         return
     write_stdout(render_chunks(report, fmt))
+
+
+def terminal_width(fmt: str, output: str | None) -> dict[str, int]:
+    """`{"width": columns}` for a table written to a terminal, which then fits it as inspect's table does
+    (rich's width: the terminal's, or COLUMNS); nothing for other formats, files and pipes (the whole grid)."""
+    from .safe_io import is_stdout
+
+    if fmt != "table" or (output and not is_stdout(output)) or sys.stdout is None or not sys.stdout.isatty():
+        return {}
+    from rich.console import Console
+
+    return {"width": Console().width}
 
 
 def printable_lines(text: str) -> str:

@@ -15,7 +15,7 @@ from .cli_options import ReportArgs, SourceArgs
 
 def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...], infer: bool, fmt: str,
                    output: str | None, show_all: bool, expand: bool, plot_path: str | None) -> None:
-    from .cli_run import check_outputs, load_model, write_stdout, wrote
+    from .cli_run import check_outputs, load_model, terminal_width, write_stdout, wrote
     from .errors import SettingsError
     from .renderers.trajectory_out import RENDERERS, without_small_tensors
     from .safe_io import is_stdout, write_text
@@ -46,7 +46,7 @@ def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...],
     if fmt in ("table", "markdown"):
         found = without_small_tensors(found) if not show_all else found
         found = replace(found, expanded=expand)
-    text = RENDERERS[fmt](found)
+    text = RENDERERS[fmt](found, **terminal_width(fmt, output))
     if written:
         write_text(written, text, [plot_path])
         wrote(written)

@@ -4,6 +4,7 @@ with no configuration to find imports nothing of it."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import stat
@@ -65,6 +66,35 @@ def find_config(start: Path | None = None) -> Path | None:
             return _refuse_foreign(pyproject)
         if (directory / ".git").exists() or directory == home:
             return None
+    return None
+
+
+#: How far `config_below` looks: deep enough for `sample_models/ci/fancli.yaml` from a repository's root,
+#: few enough folder entries that a run from a home folder pays milliseconds for the hint.
+BELOW_DEPTH, BELOW_ENTRIES = 3, 20_000
+
+
+def config_below(start: Path) -> Path | None:
+    """The nearest `fancli.yaml` in a folder below `start` (breadth first, in name order, at most BELOW_DEPTH
+    levels down and BELOW_ENTRIES folder entries read; dot-folders and links skipped), for the hint of a run
+    that found no configuration. Never obeyed: a config below is not the working directory's, so it is only
+    named, for `--config`."""
+    level, budget = [start], BELOW_ENTRIES
+    for _ in range(BELOW_DEPTH):
+        below = []
+        for folder in level:
+            try:
+                with os.scandir(folder) as scan:
+                    entries = list(itertools.islice(scan, budget))
+            except OSError:  # unreadable: nothing to hint from there
+                continue
+            budget -= len(entries)
+            below += sorted(Path(entry.path) for entry in entries
+                            if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False))
+        for folder in below:
+            if (folder / CONFIG_FILE).is_file():
+                return folder / CONFIG_FILE
+        level = below
     return None
 
 

@@ -230,3 +230,82 @@ def test_a_fifo_baseline_is_refused_not_waited_on(project):
     os.mkfifo(project / "fancli.lock.json")
     result = run("check")
     assert result.code == 2 and "not a regular file" in result.err
+
+
+def test_the_baseline_stores_the_source_relative_to_its_folder(tmp_path, monkeypatch):
+    """Issue 26, item 6: one repository cloned in two places, `--update` run from a subfolder (the config
+    found upward: its source an absolute path), from the root, and from outside with --config: the same
+    baseline byte for byte, its source leading from the baseline's folder to the weights."""
+    import shutil
+
+    written = []
+    for clone, cwd, config in (("a/repo", "a/repo/sub", ()), ("b/elsewhere/repo", "b/elsewhere/repo", ()),
+                               ("c/repo", ".", ("--config", "c/repo/fancli.yaml"))):
+        root = tmp_path / clone
+        for folder in (".git", "sub", "weights"):
+            (root / folder).mkdir(parents=True)
+        shutil.copy(REPO / "sample_models" / "lenet5.safetensors", root / "weights" / "model.safetensors")
+        (root / "fancli.yaml").write_text("source: weights/model.safetensors\ndefaults: {scheme: kaiming_normal}\n")
+        monkeypatch.chdir(tmp_path / cwd)
+        assert run("check", "--update", *config).code == 0
+        written.append((root / "fancli.lock.json").read_bytes())
+        assert run("check", *config).code == 0
+    assert written[0] == written[1] == written[2]
+    document = json.loads(written[0])
+    assert (root / document["source"]).samefile(root / "weights" / "model.safetensors")
+    # a baseline an older fancli wrote, with an absolute source from another machine, still reads
+    document["source"] = "/home/someone/userrepo/weights/model.safetensors"
+    (root / "fancli.lock.json").write_text(json.dumps(document))
+    assert run("check", *config).code == 0
+
+
+def test_no_configuration_found_says_how_to_give_one(tmp_path, monkeypatch):
+    """Issue 26, item 7: no SOURCE and no config found up to the repository root is one line saying how to
+    give one, naming the nearest fancli.yaml below (at most 3 folders down, dot-folders skipped)."""
+    (tmp_path / ".git").mkdir()  # the repository root: the search up stops here
+    for folder in ("a/b/c/d", ".hidden", "models/ci"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "fancli.yaml").write_text("source: x.yaml\n")
+    monkeypatch.chdir(tmp_path)
+    result = run("check")
+    assert result.code == 2 and result.out == ""
+    (line,) = result.err.strip().splitlines()
+    assert "--config models/ci/fancli.yaml" in line and ".hidden" not in line, line
+    (tmp_path / "models" / "ci" / "fancli.yaml").unlink()
+    (line,) = run("check").err.strip().splitlines()
+    assert "--config FILE" in line and "a/b/c/d" not in line and "below" not in line, line
+
+
+def test_check_in_the_repository_root_names_the_sample_config(monkeypatch):
+    """The README's "Three questions" from the repository's root: the hint names the bundled config, and
+    what it says runs clean."""
+    monkeypatch.chdir(REPO)
+    result = run("check")
+    assert result.code == 2 and "--config sample_models/ci/fancli.yaml" in result.err, result.err
+    assert run("check", "--config", "sample_models/ci/fancli.yaml").code == 0
+
+
+def test_a_weights_mismatch_says_what_update_records_and_how_to_accept_it(project):
+    """Issue 26, item 7: a `check --stats` mismatch ends with what `--update` records (exactly the baseline's
+    fields), and each way out it names works: --update alone leaves it failing, a larger --sigmas or the
+    configured init the weights follow accepts it."""
+    import re
+
+    kwargs = ("--kwargs", '{"forget_init": "conv2"}')
+    result = run("check", "--stats", *kwargs)
+    assert result.code == 1
+    last = result.out.strip().splitlines()[-1]
+    named = re.search(r"--update` will not accept these weights: it records the configured init \(([^)]*)\)",
+                      last).group(1).split(", ")
+    entry = json.loads((project / "fancli.lock.json").read_text())["layers"]["conv2.weight"]
+    fields = [field for name in named for field in {"fans": ("fan_in", "fan_out")}.get(name, (name,))]
+    assert sorted(fields) == sorted(set(entry) - {"aliases"})
+    assert "--sigmas" in last and "fancli inspect --stats --infer" in last
+    assert last in run("check", "--stats", "--format", "markdown", *kwargs).out
+    assert run("check", "--update", *kwargs).code == 0 and run("check", "--stats", *kwargs).code == 1
+    found = json.loads(run("check", "--stats", "--format", "json", *kwargs).out)["observed"]
+    off = max(abs(d["std_errors"]) for d in found)
+    assert run("check", "--stats", "--sigmas", str(off + 1), *kwargs).code == 0
+    (project / "fancli.yaml").write_text(CONFIG + "  - {match: conv2, scheme: torch_default}\n")
+    assert run("check", "--stats", *kwargs).code == 1  # the config changed: drift until the baseline follows
+    assert run("check", "--update", *kwargs).code == 0 and run("check", "--stats", *kwargs).code == 0

@@ -16,7 +16,7 @@ from ..check import (
 )
 from ..report import SCHEMA_VERSION
 from ..text import markdown_code, markdown_text, printable
-from .table import draw_grid
+from .table import fitted_grid, wrapped
 
 
 def _headline(changes: list[Change], flagged: list[Deviation], baseline: str,
@@ -46,6 +46,14 @@ def _nonfinite_lines(nonfinite: list[Nonfinite]) -> list[str]:
 ACCEPT = "if the change is intended, accept it with `fancli check --update` and commit the new baseline"
 
 
+#: Closes a report with mismatched weights: the baseline holds the configured init, so `--update` alone never
+#: accepts weights (`baseline_document`); the configuration, or the tolerance, has to say what they follow.
+ACCEPT_WEIGHTS = ("`fancli check --update` will not accept these weights: it records the configured init (kind, "
+                  "shape, fans, nonlinearity, gain, scheme, mode, std, bound), not the weights; to accept them, "
+                  "configure the init they follow (`fancli inspect --stats --infer` names it) and run --update, or "
+                  "allow more standard errors (--sigmas)")
+
+
 def _change_rows(changes: list[Change]) -> list[list[str]]:
     """Cells for the changes, one line for keys that changed alike (`fold_changes`); keys and values come
     from the model and the baseline file, so printable."""
@@ -73,18 +81,23 @@ _DEVIATION_HEADERS = ["layer", "observed std", "expected std", "std errors", "ve
 
 
 def render_check_text(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float,
-                      nonfinite: list[Nonfinite] = ()) -> str:
+                      nonfinite: list[Nonfinite] = (), width: int | None = None) -> str:
+    """The report; its tables fitted to a terminal of `width` columns as inspect's table is (`fitted_grid`)."""
     flagged = [d for d in found if d.flagged]
-    lines = [_headline(changes, flagged, baseline, nonfinite)]
+    lines = wrapped(_headline(changes, flagged, baseline, nonfinite), width)
     if nonfinite:
-        lines += ["NaN/Inf values (they fail the check whatever the baseline):", *_nonfinite_lines(nonfinite)]
+        for line in ["NaN/Inf values (they fail the check whatever the baseline):", *_nonfinite_lines(nonfinite)]:
+            lines += wrapped(line, width)
     if changes:
-        lines += draw_grid(_CHANGE_HEADERS, ["left"] * 5, _change_rows(changes))
-    if changes:
-        lines.append(ACCEPT)
+        lines += fitted_grid(_CHANGE_HEADERS, ["left"] * 5, _change_rows(changes), width)
+        lines += wrapped(ACCEPT, width)
     if found:
-        lines.append(f"observed weights (a layer is flagged beyond ±{sigmas:g} standard errors, σ/√(2n)):")
-        lines += draw_grid(_DEVIATION_HEADERS, ["left", "right", "right", "right", "left"], _deviation_rows(found))
+        rule = f"observed weights (a layer is flagged beyond ±{sigmas:g} standard errors, σ/√(2n)):"
+        lines += wrapped(rule, width)
+        lines += fitted_grid(_DEVIATION_HEADERS, ["left", "right", "right", "right", "left"], _deviation_rows(found),
+                             width)
+    if flagged:
+        lines += wrapped(ACCEPT_WEIGHTS, width)
     return "\n".join(lines) + "\n"
 
 
@@ -104,6 +117,8 @@ def render_check_markdown(changes: list[Change], found: list[Deviation], baselin
         lines += [f"Observed weights (flagged beyond ±{sigmas:g} standard errors):", "",
                   "| " + " | ".join(_DEVIATION_HEADERS) + " |", "|:---|---:|---:|---:|:---|"]
         lines += ["| " + " | ".join(map(markdown_text, row)) + " |" for row in _deviation_rows(found)]
+    if flagged:
+        lines += ["", ACCEPT_WEIGHTS + "."]
     return "\n".join(lines) + "\n"
 
 

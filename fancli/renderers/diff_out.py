@@ -94,17 +94,17 @@ def _notes(rows: list[Any]) -> list[str]:
 
 
 def render_diff_table(result: DiffResult, max_change: float | None = None, allow_structural: bool = False,
-                      expand: bool = False) -> str:
-    from .table import draw_grid
+                      expand: bool = False, width: int | None = None) -> str:
+    """The grid, fitted to a terminal of `width` columns as inspect's table is (`fitted_grid`)."""
+    from .table import fitted_grid, wrapped
 
-    lines = [headline(result)]
     rows = shown_rows(result, max_change, expand)
-    if result.tensors:
-        lines += draw_grid(HEADERS, ALIGNS, [_cells(group) for group in rows])
-    lines += _notes(rows)
     gate = verdict(result, max_change, allow_structural)
-    if gate:
-        lines.append(gate)
+    lines = wrapped(headline(result), width)
+    if result.tensors:
+        lines += fitted_grid(HEADERS, ALIGNS, [_cells(group) for group in rows], width)
+    for line in [*_notes(rows), *([gate] if gate else [])]:
+        lines += wrapped(line, width)
     return "\n".join(lines) + "\n"
 
 

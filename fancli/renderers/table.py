@@ -6,6 +6,7 @@ the same grid drawn directly: rich measures every cell, which takes ~35 s for 50
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +39,10 @@ def _cells(report: Report) -> tuple[list[Column], list[list[str]], set[int], Foo
 
 
 def draw_grid(headers: list[str], aligns: list[str], rows: list[list[str]]) -> list[str]:
-    """Lines of a table with rich's heavy-head box, in time linear in the cells."""
-    widths = [max([cell_len(h)] + [cell_len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    """Lines of a table with rich's heavy-head box, in time linear in the cells; a cell holding newlines
+    (a wrapped name) takes as many lines."""
+    widths = [max([cell_len(h)] + [cell_len(part) for r in rows for part in r[i].split("\n")])
+              for i, h in enumerate(headers)]
 
     def line(cells: list[str], edge: str) -> str:
         padded = []
@@ -48,11 +51,44 @@ def draw_grid(headers: list[str], aligns: list[str], rows: list[list[str]]) -> l
             padded.append(f" {cell}{pad} " if align == "left" else f" {pad}{cell} ")
         return edge + edge.join(padded) + edge
 
+    def lines(cells: list[str]) -> list[str]:
+        parts = [cell.split("\n") for cell in cells]
+        height = max(map(len, parts), default=1)
+        return [line([p[i] if i < len(p) else "" for p in parts], "│") for i in range(height)]
+
     def rule(left: str, fill: str, sep: str, right: str) -> str:
         return left + sep.join(fill * (w + 2) for w in widths) + right
 
     return [rule("┏", "━", "┳", "┓"), line(headers, "┃"), rule("┡", "━", "╇", "┩"),
-            *(line(cells, "│") for cells in rows), rule("└", "─", "┴", "┘")]
+            *(text for cells in rows for text in lines(cells)), rule("└", "─", "┴", "┘")]
+
+
+def fitted_grid(headers: list[str], aligns: list[str], rows: list[list[str]], width: int | None) -> list[str]:
+    """A grid of text cells, the first the row's name, fitted to a terminal of `width` columns as inspect's
+    table is (`fit`: columns that may go go, names wrap, then each row is a block of `header value`
+    lines), so that no number is ever cut; the whole grid where `width` is None (a file, a pipe)."""
+    if width is None:
+        return draw_grid(headers, aligns, rows)
+    cols = [Column(header, None, align) for header, align in zip(headers, aligns)]
+    layout = fit(cols, rows, width)
+    kept = [cols[i] for i in layout.columns]
+    if layout.records:
+        return [line for cells in rows for line in records(kept, [cells[i] for i in layout.columns], width)]
+    shown = [[wrap_name(cells[i], layout.name_width) if i == 0 and layout.name_width else cells[i]
+              for i in layout.columns] for cells in rows]
+    return draw_grid([col.header for col in kept], [col.align for col in kept], shown)
+
+
+def wrapped(text: str, width: int | None) -> list[str]:
+    """A line of prose (a title, a note) as lines of at most `width` cells, broken between words as the
+    terminal table's title and notes are (rich's wrap); the line as is where `width` is None."""
+    if width is None:
+        return [text]
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    return [line.plain.rstrip() for line in Text(text).wrap(console, width)]
 
 
 def grid_text(report: Report) -> str:
@@ -150,7 +186,7 @@ def fit(cols: list[Column], rows: list[list[str]], width: int) -> Layout:
             notes_below = notes_below or header == "notes"
         if table_width([widths[i] for i in kept]) <= width:
             return Layout(kept, [widths[i] for i in kept], notes_below)
-    name = headers.index("name")
+    name = 0  # every table's first column names its row
     rest = table_width([widths[i] for i in kept if i != name]) + 3
     if width - rest >= MIN_NAME_WIDTH:
         name_width = min(width - rest, widths[name])

@@ -74,14 +74,16 @@ def _nonfinite_line(trajectory: Trajectory) -> str | None:
                      + (" …" if len(bad) > 5 else ""))
 
 
-def render_table(trajectory: Trajectory) -> str:
-    from .table import draw_grid
+def render_table(trajectory: Trajectory, width: int | None = None) -> str:
+    """The grid, fitted to a terminal of `width` columns as inspect's table is (`fitted_grid`)."""
+    from .table import fitted_grid, wrapped
 
     headers = _headers(trajectory)
-    lines = [_title(trajectory), *map(printable, trajectory.notes)]
-    lines += draw_grid(headers, ["left", "right"] + ["right"] * len(trajectory.checkpoints), _rows(trajectory))
     bad = _nonfinite_line(trajectory)
-    return "\n".join(lines + ([bad] if bad else [])) + "\n"
+    lines = [part for line in (_title(trajectory), *map(printable, trajectory.notes)) for part in wrapped(line, width)]
+    lines += fitted_grid(headers, ["left", "right"] + ["right"] * len(trajectory.checkpoints), _rows(trajectory),
+                         width)
+    return "\n".join(lines + (wrapped(bad, width) if bad else [])) + "\n"
 
 
 def render_markdown(trajectory: Trajectory) -> str:
