@@ -87,9 +87,17 @@ def recipe(name: str) -> Recipe:
 
 
 def for_source(built_by: "BuiltBy | None") -> Recipe | None:
-    """The recipe of the library the source says built it, where its config gives the facts the recipe needs;
-    None otherwise (the default scheme then)."""
-    if built_by is None or built_by.library != "transformers":
+    """The recipe the source names, else that of the library the source says built it (transformers where
+    its config gives the facts the recipe needs; a torchvision or timm model class); None otherwise (the
+    default scheme then)."""
+    if built_by is None:
+        return None
+    if built_by.recipe:
+        return recipe(built_by.recipe)
+    if built_by.library in ("torchvision", "timm"):
+        name = vision.CLASSES.get((built_by.library, built_by.model_type or ""))
+        return RECIPES[name] if name else None
+    if built_by.library != "transformers":
         return None
     found = RECIPES[transformers.MODEL_TYPES.get(built_by.model_type or "", "transformers")]
     facts = dict(built_by.facts)
