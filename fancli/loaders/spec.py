@@ -50,8 +50,8 @@ LAYER_TYPES: dict[str, tuple[str, ...]] = {
     **{t: ("num_features", "normalized_shape", "num_channels", "num_groups", "eps", "affine") for t in NORM_TYPES},
     "raw": ("shape", "layout", "kind", "groups", "stacked", "transposed", "stride", "dilation", "pool"),
 }
-DEFAULT_KEYS = ("scheme", "mode", "nonlinearity", "activation", "param", "negative_slope", "fans", "pool_fan_out", "layout",
-                "recipe")
+DEFAULT_KEYS = ("scheme", "mode", "nonlinearity", "activation", "param", "negative_slope", "fans", "pool_fan_out",
+                "layout", "recipe")
 TOP_KEYS = ("name", "description", "defaults", "layers")
 
 
