@@ -740,10 +740,14 @@ def test_a_configs_recipe_flows_into_check_and_its_stats(tmp_path, monkeypatch):
                                   "current": "torchvision_mobilenet"}.items() <= json.loads(changed.out)["changes"][0].items()
 
 
-@pytest.mark.parametrize("config", ["recipe: gpt3\n", "recipe: megatron\ndefaults: {scheme: xavier_uniform}\n",
-                                    "recipe: megatron\noverrides: [{match: fc, mode: fan_in}]\n"])
-def test_a_configs_bad_recipe_exits_2_naming_its_line(tmp_path, monkeypatch, config):
+@pytest.mark.parametrize(("config", "message"), [
+    ("recipe: gpt3\n", "recipe: unknown recipe 'gpt3'"),
+    ("recipe: megatron\ndefaults: {scheme: xavier_uniform}\n", "recipe: recipe megatron gives each tensor its "
+                                                                 "library's init: defaults may not also name"),
+    ("recipe: megatron\noverrides: [{match: fc, mode: fan_in}]\n", "overrides[0] may not also name a scheme or mode"),
+])
+def test_a_configs_bad_recipe_exits_2_naming_its_line(tmp_path, monkeypatch, config, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fancli.yaml").write_text(config)
     result = run("inspect", tmp_path / "missing.pt")
-    assert result.code == 2 and "fancli.yaml:1: recipe:" in result.err, result.err
+    assert result.code == 2 and "fancli.yaml:1: " in result.err and message in result.err, result.err
