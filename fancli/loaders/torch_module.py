@@ -129,8 +129,8 @@ def _built_by(module: nn.Module) -> BuiltBy | None:
     """The library the root module's class names (`module_library`): a scripted module's TorchScript name,
     else the first class of its MRO that one names (a subclass of torchvision's ResNet runs ResNet's init);
     a transformers model's config read through its `to_dict()`."""
-    if isinstance(module, torch.jit.ScriptModule):
-        return built_by_class(module._c._type().qualified_name())
+    if isinstance(module, torch.jit.ScriptModule):  # its Python class is torch's; the C++ module keeps the name
+        return built_by_class(module._c.qualified_name)
     for cls in type(module).__mro__:
         config = _config(module) if cls.__module__.partition(".")[0] == "transformers" else None
         found = built_by_class(f"{cls.__module__}.{cls.__name__}", config)
