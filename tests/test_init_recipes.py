@@ -734,6 +734,9 @@ def test_a_configs_recipe_flows_into_check_and_its_stats(tmp_path, monkeypatch):
     assert flagged.code == 1
     entry = {e["param"]: e for e in json.loads(flagged.out)["observed"]}["layer1.0.bn2.weight"]
     assert entry["flagged"] and entry["observed_mean"] == 0.5
+    table = run("check", "--stats").out
+    line, = [line for line in table.splitlines() if "layer1.0.bn2.weight" in line]
+    assert "mean 0.5" in line and "constant 1" in line and "MISMATCH" in line, table
     (tmp_path / "fancli.yaml").write_text("source: m.pt\nrecipe: torchvision_mobilenet\n")
     changed = run("check", "--format", "json")
     assert changed.code == 1 and {"field": "scheme", "baseline": "torchvision_resnet",
