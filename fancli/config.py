@@ -226,8 +226,8 @@ def parse_config(data: Any, path: Path) -> Config:
                 where = f"overrides[{overrides.index(rule)}]" if rule.patterns else "defaults"
                 raise top.error("recipe", f"recipe {recipe} gives each tensor its library's init: {where} may "
                                           "not also name a scheme or mode")
-    line = top.at.key_line(data, "recipe")
-    recipe_at = f"{path}{f':{line}' if line else ''} recipe" if recipe else ""
+    line = top.at.key_line(data, "recipe")  # a TOML table has no lines
+    recipe_at = (f"{path}:{line} recipe" if line else f"{path} [tool.fancli] recipe") if recipe else ""
     return Config(path, source, kwargs, trust, baseline_path, defaults, overrides,
                   numbers["tolerance"], numbers["sigmas"], fans, _safe_globals(top), recipe, recipe_at)
 
