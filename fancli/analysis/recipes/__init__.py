@@ -8,7 +8,8 @@ library drew. A rule returns None for a tensor the library leaves alone: it keep
 `reset_parameters()` init, which `report` applies. Pure arithmetic: no torch, no I/O.
 
 To add a recipe: its rule in the module of its family (`transformers`, `vision`, `training`), one `Recipe`
-line in RECIPES, and its library's own init as the oracle in tests/test_init_recipes.py.
+line in RECIPES (and, for a model class that picks it by default, its line in `vision.CLASSES` or
+`transformers.MODEL_TYPES`), and its library's own init as the oracle in tests/test_init_recipes.py.
 """
 
 from __future__ import annotations
