@@ -19,7 +19,9 @@ from .report import SCHEMA_VERSION, Report, Row
 
 #: Fields of a baseline entry, in the order written; strings compare exactly, numbers within a tolerance.
 TEXT_FIELDS = ("kind", "scheme", "mode", "nonlinearity")
-NUMBER_FIELDS = ("fan_in", "fan_out", "gain", "std", "bound")
+NUMBER_FIELDS = ("fan_in", "fan_out", "gain", "std", "bound", "constant")
+#: Fields written since 1.0: compared only where the baseline has them, so an older baseline does not drift.
+ADDED_FIELDS = ("constant",)
 FAN_FIELDS = ("fan_in", "fan_out")  # whole numbers ≥ 0, the others finite floats, each or null
 #: A baseline takes ~250 bytes a layer: 64 MiB is ~250,000 layers, more than any model fancli reads.
 MAX_BASELINE_BYTES = 64 * 1024 * 1024
@@ -43,14 +45,17 @@ class Change:
 
 @dataclass(frozen=True)
 class Deviation:
-    """How far a layer's observed std is from the configured scheme's, in standard errors."""
+    """How far a layer's observed std is from the configured scheme's, in standard errors; or, for a tensor
+    the init fills with a constant (a norm's weight 1, a bias 0), whether it holds that constant."""
 
     param: str
     observed_std: float
     expected_std: float
     count: int
-    sigmas: float  # (observed - expected) / (expected / √(2n))
+    sigmas: float | None  # (observed - expected) / (expected / √(2n)); None for a constant
     flagged: bool
+    constant: float | None = None  # the value expected in every element
+    observed_mean: float | None = None  # given where a constant is expected
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,7 @@ def _entry(row: Row) -> dict[str, Any]:
         "mode": mode,
         "std": values.std,
         "bound": values.bound,
+        "constant": values.constant,
     }
 
 
@@ -264,20 +270,34 @@ def compare(baseline: dict[str, Any], report: Report, tolerance: float) -> list[
         if before.get("shape") != entry["shape"]:
             changes.append(Change(param, "reshaped", "shape", before.get("shape"), entry["shape"]))
         for name in TEXT_FIELDS + NUMBER_FIELDS:
+            if name in ADDED_FIELDS and name not in before:
+                continue
             if _differs(before.get(name), entry[name], tolerance):
                 changes.append(Change(param, "changed", name, before.get(name), entry[name]))
     return changes
 
 
+#: How far a constant's stored values may be from it: bfloat16's rounding of the value (2⁻⁹ relative) with room.
+CONSTANT_TOLERANCE = 2.0 ** -8
+
+
 def deviations(report: Report, sigmas: float) -> list[Deviation]:
-    """Observed std against expected, judged by the standard error of a sample std, σ/√(2n)."""
+    """Observed std against expected, judged by the standard error of a sample std, σ/√(2n); a constant the
+    init fills in, by the tensor's std being 0 and its mean the constant (to its rounding in the dtype)."""
     found = []
     for row in report.rows:
-        expected = next(iter(row.inits.values())).std
-        observed = row.observed
-        if observed is None or observed.std is None or not expected or observed.count - observed.nonfinite < 2:
+        values = next(iter(row.inits.values()))
+        expected, observed = values.std, row.observed
+        if observed is None or observed.std is None or observed.count - observed.nonfinite < 2:
             continue
         n = observed.count - observed.nonfinite
+        if values.constant is not None and observed.mean is not None:
+            limit = CONSTANT_TOLERANCE * abs(values.constant)
+            off = observed.std > limit or abs(observed.mean - values.constant) > limit
+            found.append(Deviation(row.layer.param, observed.std, 0.0, n, None, off, values.constant, observed.mean))
+            continue
+        if not expected:
+            continue
         z = (observed.std - expected) / (expected / math.sqrt(2 * n))
         found.append(Deviation(row.layer.param, observed.std, expected, n, z, abs(z) > sigmas))
     return found
@@ -305,5 +325,5 @@ def fold_deviations(found: list[Deviation]) -> list[tuple[str, int, list[Deviati
     members' observed stds and standard errors as ranges, and a mismatch never folds with a pass."""
     from .folding import fold
 
-    groups = fold(found, lambda d: d.param, lambda d: (d.expected_std, d.flagged))
+    groups = fold(found, lambda d: d.param, lambda d: (d.expected_std, d.constant, d.flagged))
     return [(group.pattern, group.count, list(group.rows)) for group in groups]

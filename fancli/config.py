@@ -9,6 +9,7 @@ layer name or parameter key, replace it, the last matching override winning.
     kwargs: {width: 64}            # for a factory
     baseline: fancli.lock.json     # written by `fancli check --update`
     defaults: {scheme: kaiming_normal, mode: fan_out, nonlinearity: relu}
+    recipe: torchvision_resnet     # instead of a scheme: what a library's init draws (analysis.recipes)
     overrides:
       - {match: "fc*", scheme: xavier_uniform, nonlinearity: linear}
     tolerance: 1.0e-9              # relative change in gain, std and bound that counts as drift
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .analysis import gains, schemes
+from .analysis import gains, recipes, schemes
 from .config_files import (
     MAX_CONFIG_BYTES,
     MAX_CONFIG_NODES,
@@ -34,7 +35,7 @@ from .config_files import (
     read_pyproject,
 )
 from .errors import SourceError
-from .layer import Layer, Model
+from .layer import BuiltBy, Layer, Model
 from .safe_io import read_text
 from .vocab import FAN_CONVENTIONS
 
@@ -46,7 +47,7 @@ DEFAULT_BASELINE = "fancli.lock.json"
 _LARGEST = 1e300
 _INIT_KEYS = ("scheme", "mode", "nonlinearity", "param")
 _TOP_KEYS = ("source", "kwargs", "trust", "baseline", "defaults", "overrides", "tolerance", "sigmas", "fans",
-             "safe_globals")
+             "safe_globals", "recipe")
 #: A global as torch.serialization.add_safe_globals names it: a dotted module path and a name.
 _GLOBAL_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 MAX_SAFE_GLOBALS = 1000
@@ -101,6 +102,8 @@ class Config:
     sigmas: float = 5.0
     fans: str | None = None
     safe_globals: tuple[str, ...] = ()
+    recipe: str | None = None  # the expectation of every layer, where no --scheme/--mode/--recipe is given
+    recipe_at: str = ""  # where the config names it, for the header: "fancli.yaml:3 recipe"
 
     def drift_limits(self, baseline: "str | Path | None" = None, tolerance: float | None = None,
                      sigmas: float | None = None) -> tuple[Path, float, float]:
@@ -119,7 +122,10 @@ class Config:
                 if rule.matches(layer):
                     layer = rule.override(layer)
             layers.append(layer)
-        return replace(model, layers=tuple(layers), fans=self.fans or model.fans)
+        built_by = model.built_by
+        if self.recipe:  # the source's config still gives the numbers the recipe reads
+            built_by = replace(built_by or BuiltBy(""), recipe=self.recipe, where=self.recipe_at)
+        return replace(model, layers=tuple(layers), fans=self.fans or model.fans, built_by=built_by)
 
 
     def unmatched(self, model: Model) -> list[str]:
@@ -211,8 +217,19 @@ def parse_config(data: Any, path: Path) -> Config:
         raise top.error("baseline", "expected a file name")
     baseline_path = _inside(top, "baseline", baseline, base, "give --baseline FILE")
     defaults = _rule(_mapping(top, "defaults", _INIT_KEYS))
-    return Config(path, source, kwargs, trust, baseline_path, defaults, _overrides(top),
-                  numbers["tolerance"], numbers["sigmas"], fans, _safe_globals(top))
+    overrides = _overrides(top)
+    recipe = top.choice("recipe", recipes.recipe)
+    if recipe is not None:
+        recipe = recipes.recipe(recipe).name
+        for rule in (defaults, *overrides):
+            if rule.scheme or rule.mode:
+                where = f"overrides[{overrides.index(rule)}]" if rule.patterns else "defaults"
+                raise top.error("recipe", f"recipe {recipe} gives each tensor its library's init: {where} may "
+                                          "not also name a scheme or mode")
+    line = top.at.key_line(data, "recipe")  # a TOML table has no lines
+    recipe_at = (f"{path}:{line} recipe" if line else f"{path} [tool.fancli] recipe") if recipe else ""
+    return Config(path, source, kwargs, trust, baseline_path, defaults, overrides,
+                  numbers["tolerance"], numbers["sigmas"], fans, _safe_globals(top), recipe, recipe_at)
 
 
 def _names_no_file(source: str, base: Path) -> bool:

@@ -55,12 +55,15 @@ class Layer:
 @dataclass(frozen=True)
 class BuiltBy:
     """The library a source says built the model, and the numbers of its config an init recipe reads
-    (`analysis.recipes`): transformers' config.json gives `model_type` and `initializer_range`."""
+    (`analysis.recipes`): transformers' config.json gives `model_type` and `initializer_range`; a module's
+    class names torchvision's or timm's model (`model_type` is then the class's name). A spec or a config
+    may name the recipe itself (`recipe`), which then wins over what the library would pick."""
 
-    library: str
+    library: str  # "transformers", "torchvision", "timm"; "" where only a recipe is named
     model_type: str | None = None
     facts: tuple[tuple[str, float], ...] = ()
-    where: str = ""  # what said so: "config.json model_type=gpt2"
+    where: str = ""  # what said so: "config.json model_type=gpt2", "module class torchvision.models.resnet.ResNet"
+    recipe: str | None = None  # a recipe named outright (a spec's `defaults: recipe:`, a config's `recipe:`)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ their init code, named where it is copied."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 
@@ -587,3 +588,199 @@ def test_moe_experts_fold_and_one_scaled_expert_stands_out(tmp_path, transformer
     found = expert_groups(tmp_path / "scaled")
     assert found[scaled] == 1 and sum(found.values()) == 48
     assert all(count >= 7 for pattern, count in found.items() if pattern != scaled)
+
+
+# The default is the source's recipe: module classes, TorchScript names, specs, configs -----------------------
+
+
+def _as_library_class(model: nn.Module, module: str, name: str) -> nn.Module:
+    """The model as an instance of a class named as its library names it (`__module__` set to
+    "torchvision.models.resnet", name "ResNet"): torchvision and timm do not install beside this torch."""
+    model.__class__ = type(name, (nn.Module,), {"__module__": module, "forward": lambda self, x: x * 2})
+    return model
+
+
+def _torchvision_resnet() -> nn.Module:
+    return _as_library_class(_resnet_like(False), "torchvision.models.resnet", "ResNet")
+
+
+def _torchvision_mobilenet() -> nn.Module:
+    return _as_library_class(_copied_mobilenet_loop(_small_convnet(), "normal"), "torchvision.models.mobilenetv2",
+                             "MobileNetV2")
+
+
+def _timm_vit() -> nn.Module:
+    return _as_library_class(_copied_timm_vit(), "timm.models.vision_transformer", "VisionTransformer")
+
+
+def _hold_rows_against(rows: dict[str, dict], draws: dict[str, tuple]) -> None:
+    for key, draw in draws.items():
+        if draw[0] == "truncated":  # timm's absolute ±2 at std .02: N(0, .02²)
+            assert rows[key]["std"] == draw[1] and rows[key]["distribution"] == "normal", key
+        else:
+            assert _same(rows[key], draw), key
+
+
+@pytest.mark.parametrize(("factory", "recipe_name", "where"), [
+    ("_torchvision_resnet", "torchvision_resnet", "torchvision.models.resnet.ResNet"),
+    ("_torchvision_mobilenet", "torchvision_mobilenet", "torchvision.models.mobilenetv2.MobileNetV2"),
+    ("_timm_vit", "timm_vit", "timm.models.vision_transformer.VisionTransformer"),
+])
+def test_a_factorys_library_class_picks_its_recipe(factory, recipe_name, where):
+    """A factory (`pkg.module:callable`, here this test module's) building a model of torchvision's or timm's
+    class: its recipe is the default, held against the library's loop copied above."""
+    _, draws = library_draws(globals()[factory])
+    result = run("inspect", f"test_init_recipes:{factory}", "--format", "json", "--all")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    assert document["settings"]["recipe"] == recipe_name
+    assert document["settings"]["recipe_from"] == f"module class {where}"
+    rows = {row["param"]: row for row in document["layers"]}
+    assert all(row["recipe"] == recipe_name for row in rows.values())
+    _hold_rows_against(rows, draws)
+    markdown = html.unescape(run("inspect", f"test_init_recipes:{factory}", "--format", "markdown").out)
+    assert f"recipe {recipe_name} (module class {where}: {recipe(recipe_name).reproduces})" in markdown
+    csv_lines = run("inspect", f"test_init_recipes:{factory}", "--format", "csv").out.splitlines()
+    column = csv_lines[0].split(",").index("recipe")
+    assert {line.split(",")[column] for line in csv_lines[1:]} == {recipe_name}
+
+
+def test_a_live_module_and_its_subclass_pick_the_librarys_recipe():
+    import fancli
+
+    model, draws = library_draws(_torchvision_resnet)
+    report = fancli.inspect(model)
+    assert report.recipe.name == "torchvision_resnet"
+    assert report.recipe_from == "module class torchvision.models.resnet.ResNet"
+    for row in report.rows:
+        if draws.get(row.layer.param, ("",))[0] == "normal":
+            assert row.inits["fan_out"].std == pytest.approx(draws[row.layer.param][1], rel=1e-12)
+    model.__class__ = type("MyResNet", (type(model),), {})  # a user's subclass runs ResNet.__init__'s loop
+    assert fancli.inspect(model).recipe.name == "torchvision_resnet"
+    plain = nn.Sequential(nn.Linear(3, 4))
+    assert fancli.inspect(plain).recipe is None  # today's default stands
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_torchscript_keeps_the_class_name_that_picks_the_recipe(tmp_path, trust):
+    """A traced module's archive names `__torch__.torchvision.models.resnet.ResNet`: read without running
+    anything (and, with --trust, through torch.jit.load), it picks the recipe the live module does."""
+    model, draws = library_draws(_torchvision_resnet)
+    traced = torch.jit.trace(model, torch.ones(1))
+    torch.jit.save(traced, tmp_path / "resnet.ts")
+    result = run("inspect", tmp_path / "resnet.ts", "--format", "json", "--all", *(["--trust"] if trust else []))
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    assert document["settings"]["recipe_from"] == "module class torchvision.models.resnet.ResNet"
+    _hold_rows_against({row["param"]: row for row in document["layers"]}, draws)
+
+
+def _tiny_gpt2() -> nn.Module:
+    import transformers
+
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64,
+                                                                n_positions=16, initializer_range=0.03))
+
+
+def test_a_transformers_model_in_memory_or_from_a_factory_reads_its_config(transformers):
+    import fancli
+
+    model, draws = library_draws(_tiny_gpt2)
+    report = fancli.inspect(model)
+    assert report.recipe.name == "gpt2" and "model_type=gpt2" in report.recipe_from
+    assert report.recipe_from.startswith("module class transformers.models.gpt2.modeling_gpt2.GPT2LMHeadModel")
+    checked = 0
+    for row in report.rows:
+        draw = draws.get(row.layer.param)
+        if draw and draw[0] == "normal":
+            assert row.inits["fan_in"].std == pytest.approx(draw[1], rel=1e-12), row.layer.param
+            checked += 1
+    assert checked == 2 + 2 * 4
+    rows = _inspect("test_init_recipes:_tiny_gpt2")
+    for name, draw in draws.items():
+        assert _same(rows[name], draw), name
+
+
+def test_a_specs_defaults_name_the_recipe(tmp_path):
+    _, draws = library_draws(lambda: _resnet_like(False))
+    spec = tmp_path / "resnet.yaml"
+    spec.write_text("defaults:\n  recipe: torchvision_resnet\nlayers:\n"
+                    "  - {name: conv1, type: conv2d, in_channels: 3, out_channels: 16, kernel_size: 7, bias: false}\n"
+                    "  - {name: bn1, type: batchnorm2d, num_features: 16}\n"
+                    "  - {name: fc, type: linear, in_features: 16, out_features: 10}\n")
+    result = run("inspect", spec, "--format", "json", "--all")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    assert document["settings"]["recipe_from"] == f"{spec}:2 defaults.recipe"
+    rows = {row["param"]: row for row in document["layers"]}
+    for key in ("conv1.weight", "bn1.weight"):
+        assert _same(rows[key], draws[key]), key
+    assert _inspect(spec, "--scheme", "xavier_uniform")["conv1.weight"]["scheme"] == "xavier_uniform"
+
+
+@pytest.mark.parametrize(("defaults", "expected"), [
+    ("  recipe: gpt2\n", "spec.yaml:2: defaults.recipe: recipe gpt2 reads initializer_range from a model's config"),
+    ("  recipe: resnet\n", "spec.yaml:2: defaults.recipe: unknown recipe 'resnet'"),
+    ("  recipe: megatron\n  scheme: xavier_uniform\n", "spec.yaml:3: defaults.scheme: the spec's defaults name recipe "
+                                                        "megatron"),
+])
+def test_a_specs_recipe_errors_name_file_and_line(defaults, expected):
+    from fancli.errors import SourceError
+    from fancli.loaders.spec import parse_spec
+
+    text = f"defaults:\n{defaults}layers:\n  - {{type: linear, in_features: 3, out_features: 4}}\n"
+    with pytest.raises(SourceError) as caught:
+        parse_spec(text, "spec.yaml")
+    assert str(caught.value).startswith(expected), caught.value
+    with pytest.raises(SourceError, match=r"spec.yaml:5: layers\[0\].mode: the spec's defaults name recipe"):
+        parse_spec("defaults:\n  recipe: megatron\nlayers:\n  - type: linear\n    mode: fan_in\n"
+                   "    in_features: 3\n    out_features: 4\n", "spec.yaml")
+
+
+def test_a_configs_recipe_flows_into_check_and_its_stats(tmp_path, monkeypatch):
+    """fancli.yaml's `recipe:` is the expectation `check` records (scheme = the recipe's name, a constant's
+    value) and `check --stats` judges: the copied torchvision loop's weights pass, BN weights included (a
+    constant: std 0 and mean 1), and a BN weight filled with another constant is flagged."""
+    monkeypatch.chdir(tmp_path)
+    model, draws = library_draws(lambda: _resnet_like(False))
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    (tmp_path / "fancli.yaml").write_text("source: m.pt\nrecipe: torchvision_resnet\n")
+    assert run("check", "--update").code == 0
+    baseline = json.loads((tmp_path / "fancli.lock.json").read_text())["layers"]
+    assert baseline["conv1.weight"]["scheme"] == "torchvision_resnet" and baseline["conv1.weight"]["mode"] == "fan_out"
+    assert baseline["conv1.weight"]["std"] == pytest.approx(draws["conv1.weight"][1], rel=1e-12)
+    assert (baseline["bn1.weight"]["constant"], baseline["bn1.bias"]["constant"]) == (1.0, 0.0)
+    assert run("check").code == 0
+    stats = run("check", "--stats", "--format", "json")
+    assert stats.code == 0, stats.out
+    observed = {entry["param"]: entry for entry in json.loads(stats.out)["observed"]}
+    assert observed["bn1.weight"]["constant"] == 1.0 and not observed["bn1.weight"]["flagged"]
+    assert observed["conv1.weight"]["expected_std"] == pytest.approx(draws["conv1.weight"][1], rel=1e-12)
+    state = model.state_dict()
+    state["layer1.0.bn2.weight"] = torch.full((16,), 0.5)  # not what ResNet's loop leaves
+    torch.save(state, tmp_path / "m.pt")
+    flagged = run("check", "--stats", "--format", "json")
+    assert flagged.code == 1
+    entry = {e["param"]: e for e in json.loads(flagged.out)["observed"]}["layer1.0.bn2.weight"]
+    assert entry["flagged"] and entry["observed_mean"] == 0.5
+    table = run("check", "--stats").out
+    line, = [line for line in table.splitlines() if "layer1.0.bn2.weight" in line]
+    assert "mean 0.5" in line and "constant 1" in line and "MISMATCH" in line, table
+    (tmp_path / "fancli.yaml").write_text("source: m.pt\nrecipe: torchvision_mobilenet\n")
+    changed = run("check", "--format", "json")
+    first = json.loads(changed.out)["changes"][0]
+    assert changed.code == 1 and (first["field"], first["baseline"], first["current"]) == (
+        "scheme", "torchvision_resnet", "torchvision_mobilenet")
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ("recipe: gpt3\n", "recipe: unknown recipe 'gpt3'"),
+    ("recipe: megatron\ndefaults: {scheme: xavier_uniform}\n", "recipe: recipe megatron gives each tensor its "
+                                                                 "library's init: defaults may not also name"),
+    ("recipe: megatron\noverrides: [{match: fc, mode: fan_in}]\n", "overrides[0] may not also name a scheme or mode"),
+])
+def test_a_configs_bad_recipe_exits_2_naming_its_line(tmp_path, monkeypatch, config, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fancli.yaml").write_text(config)
+    result = run("inspect", tmp_path / "missing.pt")
+    assert result.code == 2 and "fancli.yaml:1: " in result.err and message in result.err, result.err

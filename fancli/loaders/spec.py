@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..analysis import gains, schemes
+from ..analysis import gains, recipes, schemes
 from ..errors import SourceError
 from ..kinds import KINDS, kind_for_ndim
 from ..kinds import kind as layer_kind
-from ..layer import Layer, Model
+from ..layer import BuiltBy, Layer, Model
 from ..safe_io import read_text
 from ..vocab import FAN_CONVENTIONS, LAYOUTS
 from .typed_yaml import At, Fields, parse_yaml, suggest, yaml_type
@@ -50,7 +50,8 @@ LAYER_TYPES: dict[str, tuple[str, ...]] = {
     **{t: ("num_features", "normalized_shape", "num_channels", "num_groups", "eps", "affine") for t in NORM_TYPES},
     "raw": ("shape", "layout", "kind", "groups", "stacked", "transposed", "stride", "dilation", "pool"),
 }
-DEFAULT_KEYS = ("scheme", "mode", "nonlinearity", "activation", "param", "negative_slope", "fans", "pool_fan_out", "layout")
+DEFAULT_KEYS = ("scheme", "mode", "nonlinearity", "activation", "param", "negative_slope", "fans", "pool_fan_out",
+                "layout", "recipe")
 TOP_KEYS = ("name", "description", "defaults", "layers")
 
 
@@ -218,6 +219,7 @@ def parse_spec(text: str, file: str) -> Model:
     fans = defaults.one_of("fans", FAN_CONVENTIONS, "fan convention")
     pool_fan_out = defaults.bool("pool_fan_out", False)
     default_layout = defaults.one_of("layout", LAYOUTS, "layout", "torch")
+    built_by = _recipe(defaults)
 
     layers_value = top.raw("layers")
     if not isinstance(layers_value, LineList) or not layers_value:
@@ -237,6 +239,8 @@ def parse_spec(text: str, file: str) -> Model:
             raise at.error(f"unknown layer type {yaml_type(type_)}{suggest(type_, list(LAYER_TYPES))}", "type",
                            at.key_line(item, "type"))
         fields = Fields(item, at, COMMON_KEYS + LAYER_TYPES[type_])
+        if built_by is not None:
+            _no_scheme(fields, built_by.recipe)
         name = fields.str("name", f"layers.{index}")
         if name in first_use:
             raise fields.error("name", f"{name!r} is already used by {first_use[name]}")
@@ -249,7 +253,32 @@ def parse_spec(text: str, file: str) -> Model:
         layers.extend(built)
 
     name = top.str("name", None)
-    return Model(source=file, format="yaml-spec", layers=tuple(layers), name=name, fans=fans, pool_fan_out=pool_fan_out)
+    return Model(source=file, format="yaml-spec", layers=tuple(layers), name=name, fans=fans, pool_fan_out=pool_fan_out,
+                 built_by=built_by)
+
+
+def _recipe(defaults: Fields) -> BuiltBy | None:
+    """`defaults: recipe: NAME`: the expectation of every layer. A spec states no config, so a recipe that
+    reads one (transformers' initializer_range…) is refused here; `n_layer` is counted from the names."""
+    name = defaults.choice("recipe", recipes.recipe)
+    if name is None:
+        return None
+    found = recipes.recipe(name)
+    lacking = [need for need in found.needs if need != "n_layer"]
+    if lacking:
+        raise defaults.error("recipe", f"recipe {found.name} reads {', '.join(lacking)} from a model's config, "
+                                       "which a spec does not give")
+    _no_scheme(defaults, found.name)
+    line = defaults.at.key_line(defaults.mapping, "recipe")
+    return BuiltBy("", facts=(), where=f"{defaults.at.file}:{line} defaults.recipe", recipe=found.name)
+
+
+def _no_scheme(fields: Fields, recipe: str | None) -> None:
+    """A recipe gives each tensor its library's init: a scheme or mode beside it would silently replace it."""
+    for key in ("scheme", "mode"):
+        if fields.has(key):
+            raise fields.error(key, f"the spec's defaults name recipe {recipe}, which gives each tensor its "
+                                    f"library's init: no {key} beside it")
 
 
 def load_spec(path: Path, options: LoadOptions | None = None) -> Model:

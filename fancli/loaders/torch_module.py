@@ -19,13 +19,14 @@ from torch import nn
 
 from ..errors import SourceError
 from ..kinds import KIND_OF_CLASS
-from ..layer import Layer, Model
+from ..layer import BuiltBy, Layer, Model
 from ..safe_io import open_regular
 from . import pickle_scan
 from .checkpoint import STATE_DICT_KEYS, NoStateDict, find_state_dict
 from .entry import Entry
 from .factory import a, build, importable_cwd, one_line
 from .flat_keys import layers_from_entries
+from .module_library import built_by_class
 from .module_structure import HF_CONV1D, Owner, ints, is_conv, with_reinit
 from .torch_pickle import (  # one wording whether torch or fancli reads it
     MAX_PICKLE_BYTES,
@@ -121,7 +122,28 @@ def layers_from_module(module: nn.Module) -> tuple[Layer, ...]:
 
 def _model(source: str, format: str, module: nn.Module, notes: tuple[str, ...] = ()) -> Model:
     return Model(source=source, format=format, layers=layers_from_module(module), name=module_class(module),
-                 notes=notes)
+                 notes=notes, built_by=_built_by(module))
+
+
+def _built_by(module: nn.Module) -> BuiltBy | None:
+    """The library the root module's class names (`module_library`): a scripted module's TorchScript name,
+    else the first class of its MRO that one names (a subclass of torchvision's ResNet runs ResNet's init);
+    a transformers model's config read through its `to_dict()`."""
+    if isinstance(module, torch.jit.ScriptModule):  # its Python class is torch's; the C++ module keeps the name
+        return built_by_class(module._c.qualified_name)
+    for cls in type(module).__mro__:
+        config = _config(module) if cls.__module__.partition(".")[0] == "transformers" else None
+        found = built_by_class(f"{cls.__module__}.{cls.__name__}", config)
+        if found is not None:
+            return found
+    return None
+
+
+def _config(module: nn.Module) -> dict | None:
+    """A transformers model's config as a dict (`PretrainedConfig.to_dict()`), or None."""
+    to_dict = getattr(getattr(module, "config", None), "to_dict", None)
+    config = to_dict() if callable(to_dict) else None
+    return config if isinstance(config, dict) else None
 
 
 # --- torch.save files ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any, Hashable, Iterator
 from ..errors import SourceError
 from ..layer import Model
 from ..tensors import StridedRef
+from .module_library import built_by_class
 from .module_structure import (
     HF_CONV1D,
     Owner,
@@ -296,4 +297,4 @@ def read_torchscript(path: Path, archive: TorchZip) -> Model:
     layers = tuple(module_layer(key, ref.shape, ref.dtype, owner, ref, tuple(aliases))
                    for key, ref, owner, aliases in found)
     return Model(source=str(path), format="torchscript", layers=with_reinit(layers, classes.get),
-                 name=root.class_name)
+                 name=root.class_name, built_by=built_by_class(root.qualified))

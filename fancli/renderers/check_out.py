@@ -49,9 +49,9 @@ ACCEPT = "if the change is intended, accept it with `fancli check --update` and 
 #: Closes a report with mismatched weights: the baseline holds the configured init, so `--update` alone never
 #: accepts weights (`baseline_document`); the configuration, or the tolerance, has to say what they follow.
 ACCEPT_WEIGHTS = ("`fancli check --update` will not accept these weights: it records the configured init (kind, "
-                  "shape, fans, nonlinearity, gain, scheme, mode, std, bound), not the weights; to accept them, "
-                  "configure the init they follow (`fancli inspect --stats --infer` names it) and run --update, or "
-                  "allow more standard errors (--sigmas)")
+                  "shape, fans, nonlinearity, gain, scheme, mode, std, bound, constant), not the weights; to accept "
+                  "them, configure the init they follow (`fancli inspect --stats --infer` names it) and run --update, "
+                  "or allow more standard errors (--sigmas)")
 
 
 def _change_rows(changes: list[Change]) -> list[list[str]]:
@@ -69,11 +69,21 @@ def _span(values: list[float], spec: str) -> str:
 
 def _deviation_rows(found: list[Deviation]) -> list[list[str]]:
     """One line per group of keys alike in expected std and verdict (`fold_deviations`), observed stds and
-    standard errors as ranges: 90,000 experts' weights fit on a screen."""
-    return [[printable(pattern if count == 1 else f"{pattern} ×{count:,}"),
-             _span([d.observed_std for d in members], ".4g"), f"{members[0].expected_std:.4g}",
-             _span([d.sigmas for d in members], "+.1f"), "MISMATCH" if members[0].flagged else "ok"]
-            for pattern, count, members in fold_deviations(found)]
+    standard errors as ranges: 90,000 experts' weights fit on a screen. A constant shows its value and the
+    observed mean; it has no standard error."""
+    rows = []
+    for pattern, count, members in fold_deviations(found):
+        first = members[0]
+        observed, expected = _span([d.observed_std for d in members], ".4g"), f"{first.expected_std:.4g}"
+        errors = "—"
+        if first.constant is None:
+            errors = _span([d.sigmas for d in members], "+.1f")
+        else:
+            observed += f", mean {_span([d.observed_mean for d in members], '.4g')}"
+            expected += f" (constant {first.constant:.4g})"
+        rows.append([printable(pattern if count == 1 else f"{pattern} ×{count:,}"), observed, expected, errors,
+                     "MISMATCH" if first.flagged else "ok"])
+    return rows
 
 
 _CHANGE_HEADERS = ["layer", "change", "field", "baseline", "now"]
@@ -135,7 +145,8 @@ def render_check_json(changes: list[Change], found: list[Deviation], baseline: s
         "change_groups": [{"pattern": f.param, "count": f.count, "change": f.change, "field": f.field,
                            "baseline": f.baseline, "current": f.current} for f in fold_changes(changes)],
         "observed": [{"param": d.param, "observed_std": d.observed_std, "expected_std": d.expected_std,
-                      "count": d.count, "std_errors": d.sigmas, "flagged": d.flagged} for d in found],
+                      "count": d.count, "std_errors": d.sigmas, "flagged": d.flagged, "constant": d.constant,
+                      "observed_mean": d.observed_mean} for d in found],
         "sigmas": sigmas,
         "nonfinite": [{"param": n.param, "count": n.count, "nonfinite": n.nonfinite} for n in nonfinite],
     }

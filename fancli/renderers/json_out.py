@@ -161,6 +161,7 @@ def report_dict(report: Report, rows: bool = True) -> dict[str, Any]:
         "settings": {
             "scheme": schemes_used[0] if len(schemes_used) == 1 else settings.scheme,
             "recipe": report.recipe.name if report.recipe else None,
+            "recipe_from": report.recipe_from if report.recipe else None,
             "nonlinearity": settings.nonlinearity,
             "param": _float(settings.param),
             "fans": report.fan_convention,

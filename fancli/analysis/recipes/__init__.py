@@ -8,7 +8,8 @@ library drew. A rule returns None for a tensor the library leaves alone: it keep
 `reset_parameters()` init, which `report` applies. Pure arithmetic: no torch, no I/O.
 
 To add a recipe: its rule in the module of its family (`transformers`, `vision`, `training`), one `Recipe`
-line in RECIPES, and its library's own init as the oracle in tests/test_init_recipes.py.
+line in RECIPES (and, for a model class that picks it by default, its line in `vision.CLASSES` or
+`transformers.MODEL_TYPES`), and its library's own init as the oracle in tests/test_init_recipes.py.
 """
 
 from __future__ import annotations
@@ -88,9 +89,17 @@ def recipe(name: str) -> Recipe:
 
 
 def for_source(built_by: "BuiltBy | None") -> Recipe | None:
-    """The recipe of the library the source says built it, where its config gives the facts the recipe needs;
-    None otherwise (the default scheme then)."""
-    if built_by is None or built_by.library != "transformers":
+    """The recipe the source names, else that of the library the source says built it (transformers where
+    its config gives the facts the recipe needs; a torchvision or timm model class); None otherwise (the
+    default scheme then)."""
+    if built_by is None:
+        return None
+    if built_by.recipe:
+        return recipe(built_by.recipe)
+    if built_by.library in ("torchvision", "timm"):
+        name = vision.CLASSES.get((built_by.library, built_by.model_type or ""))
+        return RECIPES[name] if name else None
+    if built_by.library != "transformers":
         return None
     found = RECIPES[transformers.MODEL_TYPES.get(built_by.model_type or "", "transformers")]
     facts = dict(built_by.facts)

@@ -8,6 +8,11 @@ import math
 from ..schemes import InitValues
 from .draws import RecipeArgs, constant, norm_or_bias, normal, uniform
 
+#: (library, model class) -> the recipe of the loop that class's `__init__` runs.
+CLASSES = {("torchvision", "ResNet"): "torchvision_resnet", ("torchvision", "MobileNetV2"): "torchvision_mobilenet",
+           ("torchvision", "MobileNetV3"): "torchvision_mobilenet", ("torchvision", "VGG"): "torchvision_mobilenet",
+           ("torchvision", "EfficientNet"): "torchvision_efficientnet", ("timm", "VisionTransformer"): "timm_vit"}
+
 
 def _conv_fan_out(args: RecipeArgs, library: str) -> InitValues | None:
     """kaiming_normal_(mode="fan_out"), nonlinearity relu (or leaky_relu's default a = 0: the same √2), with
