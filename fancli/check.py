@@ -292,9 +292,11 @@ def deviations(report: Report, sigmas: float) -> list[Deviation]:
             continue
         n = observed.count - observed.nonfinite
         if values.constant is not None and observed.mean is not None:
-            limit = CONSTANT_TOLERANCE * abs(values.constant)
-            off = observed.std > limit or abs(observed.mean - values.constant) > limit
-            found.append(Deviation(row.layer.param, observed.std, 0.0, n, None, off, values.constant, observed.mean))
+            held = [value for value in (values.constant, values.constant_or) if value is not None and
+                    observed.std <= CONSTANT_TOLERANCE * abs(value) and
+                    abs(observed.mean - value) <= CONSTANT_TOLERANCE * abs(value)]
+            constant = held[0] if held else values.constant
+            found.append(Deviation(row.layer.param, observed.std, 0.0, n, None, not held, constant, observed.mean))
             continue
         if not expected:
             continue

@@ -784,3 +784,18 @@ def test_a_configs_bad_recipe_exits_2_naming_its_line(tmp_path, monkeypatch, con
     (tmp_path / "fancli.yaml").write_text(config)
     result = run("inspect", tmp_path / "missing.pt")
     assert result.code == 2 and "fancli.yaml:1: " in result.err and message in result.err, result.err
+
+
+def test_zero_init_residual_is_the_recipes_too(tmp_path, monkeypatch):
+    """torchvision's `zero_init_residual=True` zeroes each block's last BN weight (the copied loop above):
+    `check --stats` holds those zeros as the recipe's, and other BN weights at 1 still."""
+    monkeypatch.chdir(tmp_path)
+    model = _resnet_like(True)
+    assert float(model.layer1[0].bn2.weight.abs().max()) == 0  # the test's own premise: the loop zeroed it
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    (tmp_path / "fancli.yaml").write_text("source: m.pt\nrecipe: torchvision_resnet\n")
+    assert run("check", "--update").code == 0
+    stats = run("check", "--stats", "--format", "json")
+    observed = {entry["param"]: entry for entry in json.loads(stats.out)["observed"]}
+    assert stats.code == 0 and observed["layer1.0.bn2.weight"]["constant"] == 0.0, stats.out
+    assert observed["layer1.0.bn1.weight"]["constant"] == 1.0 and not observed["layer1.0.bn1.weight"]["flagged"]

@@ -94,6 +94,7 @@ class InitValues:
     distribution: str | None = None  # the draw's where a rule picks it per tensor (a recipe's); else the scheme's
     cut: float | None = None  # a truncated normal's cut, in σ of the sampler (None: ±2, the schemes' own)
     constant: float | None = None  # the value a tensor is filled with, where it is a constant (std 0)
+    constant_or: float | None = None  # the value a constructor flag fills it with instead (zero_init_residual)
 
 
 def fan_for_mode(fan_in: float | None, fan_out: float | None, mode: str) -> float | None:

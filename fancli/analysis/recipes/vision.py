@@ -4,6 +4,7 @@ self.modules()` loop at the end of each `__init__`) and timm 1.0.31 (`models/vis
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from ..schemes import InitValues
 from .draws import RecipeArgs, constant, norm_or_bias, normal, uniform
@@ -34,8 +35,18 @@ def torchvision_resnet(args: RecipeArgs) -> InitValues | None:
     if conv is not None:
         return conv
     if args.layer.kind == "norm":
-        return norm_or_bias(args, "torchvision ResNet (0 for a block's last BN with zero_init_residual)")
+        found = norm_or_bias(args, "torchvision ResNet")
+        if found is not None and args.leaf == "weight" and _last_bn_of_a_block(args):
+            return replace(found, constant_or=0.0, note=f"{found.note}, or 0 with zero_init_residual=True")
+        return found
     return None
+
+
+def _last_bn_of_a_block(args: RecipeArgs) -> bool:
+    """`layerN.M.bn2` or `bn3`: a BasicBlock's last BN, or a Bottleneck's (`zero_init_residual` zeroes
+    BasicBlock.bn2 and Bottleneck.bn3; the weights alone cannot say which block type bn2 is in)."""
+    parts = args.layer.name.split(".")
+    return len(parts) >= 3 and parts[-1] in ("bn2", "bn3") and parts[-2].isdigit() and parts[-3].startswith("layer")
 
 
 def _classifier(args: RecipeArgs, library: str, linear: InitValues | None) -> InitValues | None:
