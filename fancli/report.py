@@ -50,7 +50,7 @@ class Settings:
         """Canonical names, or SettingsError naming the bad value."""
         try:
             scheme = schemes.scheme(self.scheme).name if self.scheme else None
-            recipe = _recipes().recipe(self.recipe).name if self.recipe else None
+            recipe = _recipes().recipe(self.recipe).name if self.recipe is not None else None
             modes = tuple(schemes.check_mode(m) for m in self.modes)
             nonlinearity = gains.canonical(self.nonlinearity) if self.nonlinearity else None
             if nonlinearity:
@@ -284,7 +284,7 @@ def _recipe(model: Model, settings: Settings) -> "tuple[recipes.Recipe | None, d
             return None, facts
     if "n_layer" in chosen.needs and "n_layer" not in facts:
         facts["n_layer"] = _blocks(model)
-    missing = [need for need in chosen.needs if not facts.get(need)]
+    missing = chosen.missing(facts)
     if missing:
         raise SettingsError(f"recipe {chosen.name} reads {', '.join(missing)} from the model's config, which "
                             f"{model.source} does not give")

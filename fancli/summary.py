@@ -46,10 +46,12 @@ def totals(layers: Iterable[Layer]) -> Totals:
     tensors = parameters = buffers = tied = 0
     by_dtype: dict[str, int] = {}
     assumed, unsized = False, []
+    layers = list(layers)
+    present = {layer.param for layer in layers}
     for layer in layers:
         count = numel(layer)
         tensors += 1
-        if layer.copy_of is not None:  # a tied key stored twice: its tensor's parameters are counted once
+        if layer.copy_of in present:  # a tied key stored twice: its tensor's parameters are counted once
             tied += 1
         elif layer.kind == "buffer":
             buffers += count

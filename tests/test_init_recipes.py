@@ -719,7 +719,7 @@ def test_a_specs_defaults_name_the_recipe(tmp_path):
 
 
 @pytest.mark.parametrize(("defaults", "expected"), [
-    ("  recipe: gpt2\n", "spec.yaml:2: defaults.recipe: recipe gpt2 reads initializer_range from a model's config"),
+    ("  recipe: gpt2\n", "spec.yaml:2: defaults.recipe: recipe gpt2 reads initializer_range or init_std or initializer_factor from a model's config"),
     ("  recipe: resnet\n", "spec.yaml:2: defaults.recipe: unknown recipe 'resnet'"),
     ("  recipe: megatron\n  scheme: xavier_uniform\n", "spec.yaml:3: defaults.scheme: the spec's defaults name recipe "
                                                         "megatron"),

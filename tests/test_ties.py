@@ -4,6 +4,8 @@ other. Ties added, removed, untied and re-tied, in `.pt` (one storage under two 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -173,3 +175,20 @@ def test_check_a_baseline_whose_aliases_are_not_keys_is_one_line(tmp_path):
     (tmp_path / "lock.json").write_text(json.dumps(document))
     with pytest.raises(SourceError, match="'aliases' must be a list of keys"):
         read_baseline(tmp_path / "lock.json")
+
+
+def test_diff_of_a_pt_against_its_save_pretrained_folder_is_no_structural_change(tmp_path):
+    """save_pretrained does not store the tied `lm_head.weight` that torch.save keeps as a second name of
+    `wte`; the folder's config.json says the tie, so the key is there, the same tensor, and the diff passes."""
+    from helpers import run
+
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64,
+                                                                 n_positions=16))
+    model.save_pretrained(tmp_path / "folder")
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    result = run("diff", tmp_path / "model.pt", tmp_path / "folder", "--format", "json")
+    assert result.code == 0, result.out + result.err
+    statuses = {row["param"]: row["status"] for row in json.loads(result.out)["tensors"]}
+    assert statuses["lm_head.weight"] == "same" and set(statuses.values()) == {"same"}

@@ -208,8 +208,6 @@ def checks(mean: float | None, std: float | None, n: int, structure: Structure |
     mean_errors = mean / (std / math.sqrt(n)) if mean is not None and std and n > 1 else None
     if structure is None:
         return Checks(mean_errors)
-    if padding and structure.zeros >= padding:
-        structure = _without_a_zero_row(structure)
     expected = None
     if structure.tiny is not None and std:
         # A draw is stored as 0 when |x| < tiny/2: probability ≤ tiny·(density at 0), and the normal's
@@ -217,7 +215,12 @@ def checks(mean: float | None, std: float | None, n: int, structure: Structure |
         # Weights often pass through float16 (mixed precision, .half() checkpoints) before a wider dtype
         # stores them, so the rounding width is at least float16's: zeros from that rounding are no structure.
         width = max(structure.tiny, FLOAT16_TINY)
-        expected = n * width / (std * math.sqrt(2 * math.pi)) + padding
+        expected = n * width / (std * math.sqrt(2 * math.pi))
+    rounding = expected or 0.0
+    if padding and structure.zeros - rounding >= padding - GATE * math.sqrt(rounding + 1):
+        # a row's worth of zeros beyond what rounding gives: the padding row, taken out of the row signals
+        structure = _without_a_zero_row(structure)
+        expected = rounding + padding
     return Checks(mean_errors, structure.zeros, expected, _row_norm_errors(structure), _row_overlap_errors(structure))
 
 
@@ -291,7 +294,8 @@ def infer(layer: Layer, fans: LayerFans, std: float | None, kurtosis: float | No
         return Inference("unknown/trained", "none", note="not i.i.d. zero-mean draws: " + "; ".join(failures),
                          checks=found)
     best = _best(layer, fans, std, kurtosis, n, expected)
-    if padding and found.zeros is not None and found.zeros >= padding:
+    if padding and found.expected_zeros is not None and found.zeros is not None and \
+            found.zeros >= padding and found.expected_zeros >= padding:  # the padding row was allowed for
         best = replace(best, note="; ".join(filter(None, (best.note, f"{found.zeros} exact zeros: one padding row "
                                                                       "(padding_idx), zeroed by the library"))))
     return replace(best, checks=found)

@@ -104,6 +104,9 @@ def with_config(model: Model, weights: Path) -> Model:
     if model.format == "torch-dcp":
         layers, tie = _stored_twice(layers, config)
         notes += [tie] if tie else []
+    else:
+        layers, tie = _unstored_head(layers, config)
+        notes += [tie] if tie else []
     return replace(model, layers=layers, notes=tuple(notes), built_by=built_by(config))
 
 
@@ -137,6 +140,32 @@ def _stored_twice(layers: tuple[Layer, ...], config: dict) -> tuple[tuple[Layer,
     return out, (f"from {NAME}: tie_word_embeddings, so {', '.join(map(repr, copies[:3]))} "
                  f"{'is' if len(copies) == 1 else 'are'} {first.param!r}, saved under each key by dcp.save: its "
                  "parameters counted once")
+
+
+#: Classes whose head transformers names `lm_head` (config.json `architectures`).
+_LM_HEAD_CLASSES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def _unstored_head(layers: tuple[Layer, ...], config: dict) -> tuple[tuple[Layer, ...], str | None]:
+    """`save_pretrained` does not store a tied head: where config.json says `tie_word_embeddings` and its
+    architecture names its head `lm_head`, `lm_head.weight` is the input embedding's second key (as the model
+    torch builds from it has it), so a `.pt` of the same model pairs with it key by key."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    architectures = config.get("architectures")
+    if text.get("tie_word_embeddings", config.get("tie_word_embeddings")) is not True or \
+            not isinstance(architectures, list) or \
+            not any(isinstance(name, str) and name.endswith(_LM_HEAD_CLASSES) for name in architectures):
+        return layers, None
+    if any(layer.param == "lm_head.weight" or "lm_head.weight" in layer.aliases for layer in layers):
+        return layers, None
+    inputs = [layer for layer in layers if layer.kind == "embedding" and embedding_name(layer.name)
+              and layer.param.endswith("weight")]
+    if len(inputs) != 1:
+        return layers, None
+    embedding = inputs[0]
+    out = tuple(replace(layer, aliases=(*layer.aliases, "lm_head.weight")) if layer is embedding else layer
+                for layer in layers)
+    return out, (f"from {NAME}: tie_word_embeddings, so 'lm_head.weight' (not stored) is {embedding.param!r}")
 
 
 def _head_bias_ties(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..analysis import gains, recipes, schemes
+from ..analysis import gains, schemes
 from ..errors import SourceError
 from ..kinds import KINDS, kind_for_ndim
 from ..kinds import kind as layer_kind
@@ -260,11 +260,12 @@ def parse_spec(text: str, file: str) -> Model:
 def _recipe(defaults: Fields) -> BuiltBy | None:
     """`defaults: recipe: NAME`: the expectation of every layer. A spec states no config, so a recipe that
     reads one (transformers' initializer_range…) is refused here; `n_layer` is counted from the names."""
-    name = defaults.choice("recipe", recipes.recipe)
-    if name is None:
+    if "recipe" not in defaults.mapping:  # most specs: the recipes are not imported for them
         return None
-    found = recipes.recipe(name)
-    lacking = [need for need in found.needs if need != "n_layer"]
+    from ..analysis import recipes
+
+    found = recipes.recipe(defaults.choice("recipe", recipes.recipe))
+    lacking = [need for need in found.missing({"n_layer": 1.0})]  # n_layer: counted from the names
     if lacking:
         raise defaults.error("recipe", f"recipe {found.name} reads {', '.join(lacking)} from a model's config, "
                                        "which a spec does not give")

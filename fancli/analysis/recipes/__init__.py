@@ -34,12 +34,18 @@ class Recipe:
     name: str
     reproduces: str  # the library function, as its source names it
     rule: Callable[[RecipeArgs], "InitValues | None"]
-    needs: tuple[str, ...] = ()  # config facts the rule reads (`n_layer` may be counted from the keys)
+    needs: tuple[str | tuple[str, ...], ...] = ()  # config facts it reads (a tuple: any one of them); `n_layer`
+    #: may be counted from the keys
     mode: str = "fan_in"  # the fan its scaled draws read, where any: a row's mode
     by_depth: bool = False  # the rule reads a tensor's block index (a depth-scaled init)
 
     def values(self, args: RecipeArgs) -> InitValues | None:
         return self.rule(args)
+
+    def missing(self, facts: dict[str, float]) -> list[str]:
+        """The config facts the rule needs and `facts` lacks, each as the config names it."""
+        return [" or ".join(need) if isinstance(need, tuple) else need for need in self.needs
+                if not any(facts.get(name) for name in ((need,) if isinstance(need, str) else need))]
 
     def role_key(self, layer: "Layer") -> tuple[str, ...]:
         """What the rule reads of a layer beyond the fields `report` keys its cache on: the module's last two
@@ -51,7 +57,8 @@ class Recipe:
         return tuple(parts)
 
 
-_HF_STD = ("initializer_range",)
+#: transformers' std: `initializer_range`, else `init_std`, else `initializer_factor` (`transformers.std_of`).
+_HF_STD = (("initializer_range", "init_std", "initializer_factor"),)
 
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
@@ -64,6 +71,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("modernbert", "transformers ModernBertPreTrainedModel._init_weights", transformers.modernbert,
                (*_HF_STD, "n_layer", "hidden_size")),
         Recipe("gpt_oss", "transformers GptOssPreTrainedModel._init_weights", transformers.gpt_oss, _HF_STD),
+        Recipe("gemma", "transformers GemmaPreTrainedModel._init_weights", transformers.gemma, _HF_STD),
         Recipe("torchvision_resnet", "torchvision.models.ResNet.__init__", vision.torchvision_resnet, mode="fan_out"),
         Recipe("torchvision_mobilenet", "torchvision.models MobileNetV2/V3 and VGG __init__",
                vision.torchvision_mobilenet, mode="fan_out"),
@@ -81,9 +89,10 @@ RECIPES: dict[str, Recipe] = {
 
 
 def recipe(name: str) -> Recipe:
-    """Look a recipe up by name; ValueError lists the known ones."""
-    key = name.strip().lower().replace("-", "_")
-    if key not in RECIPES:
+    """Look a recipe up by name, its case, `-` and `_` aside (`GPT-2` is gpt2); ValueError lists the known ones."""
+    folded = {known.replace("_", ""): known for known in RECIPES}
+    key = folded.get(name.strip().lower().replace("-", "").replace("_", ""))
+    if key is None:
         raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
     return RECIPES[key]
 
@@ -101,8 +110,8 @@ def for_source(built_by: "BuiltBy | None") -> Recipe | None:
         return RECIPES[name] if name else None
     if built_by.library != "transformers":
         return None
-    found = RECIPES[transformers.MODEL_TYPES.get(built_by.model_type or "", "transformers")]
-    facts = dict(built_by.facts)
-    if transformers.std_of(facts) is None and found.name != "t5":
+    name = transformers.MODEL_TYPES.get(built_by.model_type or "")
+    if name is None:  # an init fancli does not hold: no recipe is assumed for it
         return None
-    return found if all(need in facts for need in found.needs if need not in _HF_STD) else None
+    found = RECIPES[name]
+    return None if found.missing(dict(built_by.facts)) else found

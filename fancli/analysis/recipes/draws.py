@@ -53,7 +53,8 @@ class RecipeArgs:
 
     @property
     def is_bias(self) -> bool:
-        return len(self.layer.shape) == 1 and self.leaf.endswith("bias")
+        """A 1-D bias: `bias`, `in_proj_bias`, an RNN's `bias_ih_l0`."""
+        return len(self.layer.shape) == 1 and (self.leaf.endswith("bias") or self.leaf.startswith("bias_"))
 
     @property
     def is_weight(self) -> bool:

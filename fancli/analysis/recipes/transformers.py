@@ -8,6 +8,7 @@ base rule (parents after children), so a rule below falls back to `base` for wha
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from ..schemes import InitValues
 from .draws import RecipeArgs, constant, cut_normal, norm_or_bias, normal, uniform
@@ -67,7 +68,9 @@ def t5(args: RecipeArgs) -> InitValues | None:
     f·d_model^-½; the MLP's wi (wi_0, wi_1) f·d_model^-½ and wo f·d_ff^-½; the shared embedding and an untied
     lm_head f·1; T5LayerNorm's weight f."""
     facts = args.facts
-    f = facts.get("initializer_factor", 1.0)
+    f = facts.get("initializer_factor", 1.0)  # T5Config's default
+    if "initializer_factor" not in facts:
+        args = replace(args, facts={**facts, "initializer_factor": f})  # what the base step then reads
     d_model, d_kv = facts["d_model"], facts["d_kv"]
     name = args.module
     stds = {"q": (d_model * d_kv) ** -0.5, "k": d_model ** -0.5, "v": d_model ** -0.5,
@@ -128,6 +131,27 @@ def gpt_oss(args: RecipeArgs) -> InitValues | None:
     return base(args)
 
 
-#: `model_type` -> the rule its `_init_weights` follows; a model_type not here follows `base`.
-MODEL_TYPES = {"gpt2": "gpt2", "t5": "t5", "mt5": "t5", "umt5": "t5", "vit": "vit", "modernbert": "modernbert",
-               "gpt_oss": "gpt_oss"}
+def gemma(args: RecipeArgs) -> InitValues | None:
+    """GemmaPreTrainedModel._init_weights (Gemma, Gemma 2, Gemma 3's text model): the base rule, then every
+    RMSNorm's weight 0, as its norm computes x·(1 + weight)."""
+    if args.layer.kind == "norm" and args.leaf == "weight":
+        return constant(0.0, "Gemma _init_weights: an RMSNorm's weight (its norm scales by 1 + weight)")
+    return base(args)
+
+
+#: The `model_type`s whose `_init_weights` is the base rule: text models of transformers 5.25 whose modeling
+#: file defines no `_init_weights` of its own (tests/test_init_recipes.py re-reads the installed files), and
+#: those whose override only adds what `base` already holds (BERT: its LM head's bias 0; Mixtral, Qwen3-MoE:
+#: stacked experts and routers N(0, r²)). A model_type in neither table has an init fancli does not hold: no
+#: recipe is assumed for it (the scheme stands; `--recipe transformers` asks for the base rule).
+BASE_MODEL_TYPES = frozenset({
+    "apertus", "arcee", "biogpt", "bitnet", "bloom", "cohere", "cohere2", "cwm", "ernie4_5", "exaone4", "glm",
+    "glm4", "gpt_neox", "granite", "helium", "hunyuan_v1_dense", "jais2", "llama", "ministral", "ministral3",
+    "mistral", "mpt", "olmo", "olmo2", "opt", "persimmon", "phi", "phi3", "qwen2", "qwen3", "seed_oss", "smollm3",
+    "stablelm", "starcoder2", "bert", "mixtral", "qwen3_moe"})
+#: Base-rule model_types whose own `_init_weights` fancli checked adds nothing `base` does not hold.
+CHECKED_OVERRIDES = frozenset({"bert", "mixtral", "qwen3_moe"})
+#: `model_type` -> the recipe its `_init_weights` follows.
+MODEL_TYPES = {**{model_type: "transformers" for model_type in BASE_MODEL_TYPES}, "gpt2": "gpt2", "t5": "t5",
+               "mt5": "t5", "umt5": "t5", "vit": "vit", "modernbert": "modernbert", "gpt_oss": "gpt_oss",
+               "gemma": "gemma", "gemma2": "gemma", "gemma3_text": "gemma"}
