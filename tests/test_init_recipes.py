@@ -799,3 +799,73 @@ def test_zero_init_residual_is_the_recipes_too(tmp_path, monkeypatch):
     observed = {entry["param"]: entry for entry in json.loads(stats.out)["observed"]}
     assert stats.code == 0 and observed["layer1.0.bn2.weight"]["constant"] == 0.0, stats.out
     assert observed["layer1.0.bn1.weight"]["constant"] == 1.0 and not observed["layer1.0.bn1.weight"]["flagged"]
+
+
+# Review cases ------------------------------------------------------------------------------------------------
+
+
+def test_the_base_rules_model_types_define_no_init_of_their_own(transformers):
+    """Every model_type the base rule is assumed for has no `_init_weights` in its modeling file in the
+    installed transformers, but those whose override fancli checked adds nothing the base rule lacks."""
+    import os
+
+    from fancli.analysis.recipes.transformers import BASE_MODEL_TYPES, CHECKED_OVERRIDES
+
+    root = os.path.join(os.path.dirname(transformers.__file__), "models")
+    for model_type in sorted(BASE_MODEL_TYPES - CHECKED_OVERRIDES):
+        with open(os.path.join(root, model_type, f"modeling_{model_type}.py"), encoding="utf-8") as source:
+            assert "def _init_weights" not in source.read(), model_type
+
+
+def test_init_std_models_and_overrides_fancli_does_not_hold(tmp_path, transformers):
+    """BART's _init_weights is not one fancli holds: no recipe is assumed (it exits 0, as before recipes);
+    `--recipe transformers` asks for the base rule, whose std is BART's `init_std` (transformers' std where a
+    config has no initializer_range). Gemma's RMSNorm weights are 0, as its own _init_weights leaves them."""
+    bart = transformers.BartConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                   decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                   vocab_size=64, max_position_embeddings=32, init_std=0.03)
+    transformers.BartModel(bart).save_pretrained(tmp_path / "bart")
+    plain = run("inspect", tmp_path / "bart", "--format", "json")
+    assert plain.code == 0 and json.loads(plain.out)["settings"]["recipe"] is None, plain.err
+    asked = _inspect(tmp_path / "bart", "--recipe", "transformers")
+    assert asked["encoder.layers.0.fc1.weight"]["std"] == 0.03
+    gemma = transformers.GemmaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1, head_dim=16, vocab_size=64)
+    _check_against_library(tmp_path / "gemma", lambda: transformers.GemmaForCausalLM(gemma), "gemma")
+
+
+def test_rnn_biases_are_biases_to_the_base_rule(tmp_path):
+    state = {name: p.detach() for name, p in nn.LSTM(8, 16).named_parameters()}
+    torch.save(state, tmp_path / "lstm.pt")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "initializer_range": 0.02}))
+    rows = _inspect(tmp_path / "lstm.pt")
+    for name in ("bias_ih_l0", "bias_hh_l0"):
+        assert (rows[name]["distribution"], rows[name]["constant"]) == ("constant", 0.0), rows[name]
+
+
+def test_recipe_names_fold_case_and_dashes_and_an_empty_name_is_refused(tmp_path):
+    assert recipe("GPT-2") is RECIPES["gpt2"] and recipe("Torchvision-ResNet") is RECIPES["torchvision_resnet"]
+    torch.save({"fc.weight": torch.randn(4, 3)}, tmp_path / "m.pt")
+    empty = run("inspect", tmp_path / "m.pt", "--recipe", "")
+    assert empty.code == 2 and "unknown recipe ''" in empty.err
+
+
+def test_an_fp8_embeddings_rounding_zeros_are_not_a_padding_row():
+    """float8 rounds many small draws to 0: a row's worth of zeros from rounding is no padding row, and the
+    row-norm check keeps every row (taking one out would make i.i.d. draws look too even)."""
+    import numpy as np
+
+    from fancli.analysis.inference import GATE, checks
+    from fancli.moments import Structure
+
+    rng = np.random.default_rng(0)
+    w = torch.from_numpy(rng.normal(0, 0.02, (1024, 768)).astype(np.float32)).to(torch.float8_e4m3fn).double()
+    values = w.numpy()
+    squares = (values ** 2).sum(axis=1)
+    s = Structure(zeros=int((values == 0).sum()), tiny=2.0 ** -9, a2=float((values ** 2).mean()),
+                  a4=float((values ** 4).mean()), a6=float((values ** 6).mean()), a8=float((values ** 8).mean()),
+                  rows=1024, row_length=768, row_mean=float(squares.mean()), row_variance=float(squares.var(ddof=1)),
+                  overlap=float(((values[:-1] * values[1:]).sum(axis=1) ** 2).mean()))
+    assert s.zeros > 768  # the premise: rounding alone leaves more than a row's worth of zeros
+    found = checks(float(values.mean()), float(values.std(ddof=1)), values.size, s, padding=768)
+    assert abs(found.row_norm_errors) < GATE, found

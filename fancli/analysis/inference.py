@@ -217,7 +217,8 @@ def checks(mean: float | None, std: float | None, n: int, structure: Structure |
         width = max(structure.tiny, FLOAT16_TINY)
         expected = n * width / (std * math.sqrt(2 * math.pi))
     rounding = expected or 0.0
-    if padding and structure.zeros - rounding >= padding - GATE * math.sqrt(rounding + 1):
+    slack = GATE * math.sqrt(rounding + 1)  # how far rounding's zeros may fall from their expectation
+    if padding and slack < padding / 2 and structure.zeros - rounding >= padding - slack:
         # a row's worth of zeros beyond what rounding gives: the padding row, taken out of the row signals
         structure = _without_a_zero_row(structure)
         expected = rounding + padding
