@@ -93,15 +93,44 @@ def pack_to_int32(value: "torch.Tensor", num_bits: int) -> "torch.Tensor":
     return ((packed + (1 << 31)) % (1 << 32) - (1 << 31)).to(torch.int32)
 
 
-def test_compressed_tensors_int4_weight_packed_is_listed_and_counted(tmp_path):
-    """`PackedQuantizationCompressor`'s keys: weight_packed int32 [out, in/8], weight_scale [out, in/group],
-    weight_shape int64 [2] (metadata, an integer tensor: unlisted)."""
+def _compressed(out: int, inputs: int, bits: int, symmetric: bool = True) -> tuple[dict, "torch.Tensor"]:
+    """`PackedQuantizationCompressor.compress_module`'s keys: weight_packed int32 [out, ⌈in·bits/32⌉], weight_scale
+    [out, in/group], weight_shape int64 [2] (`torch.tensor(module.weight.shape)`), and for an asymmetric scheme
+    weight_zero_point packed along dim 0 (`pack_to_int32(zero_point, num_bits, packed_dim=0)`). Returns the
+    tensors and the quantized weight they stand for."""
     torch.manual_seed(1)
-    q = torch.randint(-8, 8, (32, 64), dtype=torch.int8)
-    tensors = {"m.weight_packed": pack_to_int32(q, 4), "m.weight_scale": torch.rand(32, 4).half(),
-               "m.weight_shape": torch.tensor([32, 64])}
+    low = 1 << (bits - 1)
+    q = torch.randint(-low, low, (out, inputs), dtype=torch.int8)
+    tensors = {"m.weight_packed": pack_to_int32(q, bits), "m.weight_scale": torch.rand(out, inputs // 16).half(),
+               "m.weight_shape": torch.tensor(q.shape)}
+    if not symmetric:
+        zeros = torch.randint(-low, low, (out, inputs // 16), dtype=torch.int8)
+        tensors["m.weight_zero_point"] = pack_to_int32(zeros.T, bits).T.contiguous()
+    return tensors, q
+
+
+@pytest.mark.parametrize("bits, symmetric", [(4, True), (8, False), (4, False)])
+def test_compressed_tensors_weight_packed_has_its_logical_shape(tmp_path, bits, symmetric):
+    """Listed as the weight it stands for (its shape the weight_shape the compressor wrote, its count that
+    weight's), its bytes the packed ones; the bits from its packed zero points, else compressed-tensors' usual 4."""
+    tensors, q = _compressed(32, 64, bits, symmetric)
     document = _inspect(tensors, tmp_path / "ct.safetensors")
     rows = {row["param"]: row for row in document["layers"]}
-    assert rows["m.weight_packed"]["kind"] == "quant_packed" and rows["m.weight_packed"]["shape"] == [32, 8]
+    row = rows["m.weight_packed"]
+    assert (row["kind"], row["shape"], row["params"]) == ("linear", tensors["m.weight_shape"].tolist(), q.numel())
     listed = {key: t for key, t in tensors.items() if key != "m.weight_shape"}
     assert document["summary"]["bytes"] == _stored(listed)
+
+
+def test_compressed_tensors_bits_from_config_json(tmp_path):
+    """8-bit symmetric weights show their bits in no tensor: config.json's quantization_config states them."""
+    tensors, q = _compressed(32, 64, 8)
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    config = {"model_type": "llama", "quantization_config": {
+        "quant_method": "compressed-tensors", "format": "pack-quantized",
+        "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "group_size": 16,
+                                                                         "strategy": "group", "symmetric": True}}}}}
+    (folder / "config.json").write_text(json.dumps(config))
+    row = {row["param"]: row for row in _inspect(tensors, folder / "model.safetensors")["layers"]}["m.weight_packed"]
+    assert (row["shape"], row["params"]) == (list(q.shape), q.numel())

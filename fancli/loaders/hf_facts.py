@@ -120,7 +120,7 @@ def apply_library_facts(layers: tuple[Layer, ...], config: dict[str, Any]) -> tu
             owner = config if section is None else config[section]
             layer = _expert_layout(layer, owner.get("model_type", config.get("model_type")))
         leaf = layer.param.rpartition(".")[2]
-        weight = len(layer.shape) >= 2 and leaf in ("weight", "qweight")
+        weight = len(layer.shape) >= 2 and leaf in ("weight", "qweight", "weight_packed")
         if activation and weight and layer.kind == "linear" and layer.nonlinearity is None:
             gate = _GATE_OF_UP.get(layer.name.rpartition(".")[2])
             gated = gate and f"{layer.name.rpartition('.')[0]}.{gate}" in modules

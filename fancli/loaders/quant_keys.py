@@ -31,6 +31,8 @@ AUXILIARY: tuple[tuple[str, str, str, str], ...] = (
     (r"^(?P<m>.+)\.input_scale$", "quant_scale", "FP8 scale of the input activations", "{m}.weight"),
     (r"^(?P<m>.+)\.[kv]_scale$", "quant_scale", "FP8 key/value-cache scale", "{m}"),
     (r"^(?P<m>.+)\.scales$", "quant_scale", "GPTQ/AWQ group scales", "{m}.qweight"),
+    (r"^(?P<m>.+)\.weight_zero_point$", "quant_aux", "compressed-tensors zero points (packed along dim 0 when "
+     "int32)", "{m}.weight_packed"),
     (r"^(?P<m>.+)\.qzeros$", "quant_aux", "GPTQ/AWQ packed zero points", "{m}.qweight"),
     (r"^(?P<m>.+)\.g_idx$", "quant_aux", "GPTQ group index of each input", "{m}.qweight"),
     (r"^(?P<m>.+)\.SCB$", "quant_scale", "bitsandbytes int8 row scales", "{m}.weight"),
@@ -38,8 +40,6 @@ AUXILIARY: tuple[tuple[str, str, str, str], ...] = (
     (r"^(?P<w>.+\.weight)\.(nested_)?absmax$", "quant_scale", "bitsandbytes 4-bit block absmax", "{w}"),
     (r"^(?P<w>.+\.weight)\.(nested_)?quant_map$", "quant_aux", "bitsandbytes 4-bit codebook", "{w}"),
     (r"^(?P<w>.+\.weight)\.quant_state\..+$", "quant_aux", "bitsandbytes 4-bit quantization state", "{w}"),
-    (r"^(?P<m>.+)\.weight_packed$", "quant_packed", "compressed-tensors packed weight (32/bits values to an int32 "
-     "along dim 1; its [out, in] is in the weight_shape beside it)", ""),
     (r"^(?P<m>(.+\.)?)inv_freq$", "buffer", "rotary embedding frequencies", ""),
     (r"^(?P<m>(.+\.)?)position_ids$", "buffer", "position ids", ""),
     (r"^(?P<m>.+)\.e_score_correction_bias$", "buffer",
@@ -51,11 +51,14 @@ AUXILIARY: tuple[tuple[str, str, str, str], ...] = (
 _AUXILIARY_LEAVES = frozenset((
     "weight_scale_inv", "weight_scale", "input_scale", "k_scale", "v_scale", "scales", "qzeros", "g_idx", "SCB",
     "weight_format", "absmax", "nested_absmax", "quant_map", "nested_quant_map", "inv_freq", "position_ids",
-    "e_score_correction_bias", "masked_bias", "weight_packed",
+    "e_score_correction_bias", "masked_bias", "weight_zero_point",
 ))
 #: Integer tensors that belong to a quantized weight: listed although integers otherwise are not.
-QUANT_PACKED = ("qweight",)
+QUANT_PACKED = ("qweight", "weight_packed")
 GPTQ_DEFAULT_BITS = 4
+#: compressed-tensors' pack-quantized format packs 4- or 8-bit ints; W4A16, its usual scheme, has 4.
+COMPRESSED_BITS = (4, 8)
+COMPRESSED_DEFAULT_BITS = 4
 
 
 class Auxiliary(NamedTuple):
@@ -124,6 +127,44 @@ def auxiliary_layer(entry: "Entry", found: Auxiliary, keys: Collection[str],
 
 
 def packed_layer(entry: "Entry", entries: dict[str, "Entry"], where: str) -> Layer:
+    """A packed quantized weight as the [out, in] Linear weight it stands for: GPTQ/AWQ's `qweight`,
+    compressed-tensors' `weight_packed`."""
+    if entry.key.endswith("weight_packed"):
+        return compressed_layer(entry, entries, where)
+    return _gptq_layer(entry, entries, where)
+
+
+def compressed_layer(entry: "Entry", entries: dict[str, "Entry"], where: str, bits: int | None = None) -> Layer:
+    """compressed-tensors' pack-quantized `weight_packed` int32 [out, ⌈in·bits/32⌉] (`pack_to_int32`: 32/bits
+    values to an int32 along dim 1, a row padded to whole words) as the [out, in] weight it stands for. The
+    exact in is in the `weight_shape` tensor beside it, whose values are not read (no tensor data without
+    --stats): in is the packed columns × 32/bits. The bits are `bits` (config.json's), else those its packed
+    zero points [⌈out·bits/32⌉, groups] (asymmetric schemes) show, else 4."""
+    from .quant_data import Unreadable
+
+    if entry.dtype != "int32" or len(entry.shape) != 2:
+        raise SourceError(f"{where}: {entry.key}: a packed weight_packed must be a 2-D int32 tensor, "
+                          f"not {entry.dtype} {list(entry.shape)}")
+    out, columns = entry.shape
+    said = "bits from config.json"
+    if bits is None:
+        zeros = entries.get(f"{entry.key.removesuffix('_packed')}_zero_point")
+        shown = [b for b in COMPRESSED_BITS if zeros is not None and zeros.dtype == "int32"
+                 and len(zeros.shape) == 2 and zeros.shape[0] == -(-out * b // 32)]
+        bits, said = ((shown[0], "bits from weight_zero_point") if len(shown) == 1 else
+                      (COMPRESSED_DEFAULT_BITS, f"{COMPRESSED_DEFAULT_BITS} bits assumed (W4A16, the usual scheme; "
+                                                "config.json's quantization_config says)"))
+    in_features = columns * (32 // bits)
+    note = (f"compressed-tensors {bits}-bit weight packed {32 // bits} to an int32 as {list(entry.shape)} ({said}): "
+            f"reported as the [out, in] = [{out}, {in_features}] weight it stands for (in rounded up to whole "
+            "int32s; the weight_shape beside it holds the exact one); its values are not read")
+    return Layer(name=entry.key.rpartition(".")[0], param=entry.key, kind="linear", shape=(out, in_features),
+                 dtype="int32", stored_shape=entry.shape, notes=(note,),
+                 data=Unreadable("int32", (out, in_features), "compressed-tensors' packed values are not read: "
+                                                               "no statistics"))
+
+
+def _gptq_layer(entry: "Entry", entries: dict[str, "Entry"], where: str) -> Layer:
     """GPTQ's `qweight [in·bits/32, out]` or AWQ's `[in, out·bits/32]` (int32, 32/bits values per int) as
     the `[out, in]` Linear weight it stands for. `scales [groups, out]` tells out, and so which dim is
     packed; `qzeros [groups, out·bits/32]` tells the bits (else GPTQ's usual 4, said in a note)."""
