@@ -105,3 +105,37 @@ def test_a_lone_stack_takes_its_layout_from_the_model_type(tmp_path, transformer
     (tmp_path / "with" / "config.json").unlink()
     row = _rows(tmp_path / "with")[f"{name}.down_proj"]
     assert row["kind"] == "experts" and row["effective_fan_in"] is None and row["effective_fan_out"] is None, row
+
+
+def test_mxfp4_experts_are_the_stack_transformers_dequantizes(tmp_path, transformers):
+    """gpt-oss's MXFP4 checkpoint: `*_blocks` uint8 [E, R, G, 16] and `*_scales` uint8 [E, R, G] beside each
+    stacked bias. The oracle is transformers' own `convert_moe_packed_tensors` (integrations/mxfp4.py), called
+    here: the stack's shape, its count, its values' mean and std under --stats; each expert's fans are torch's on
+    W[e].T, as gpt-oss multiplies x @ W[e]."""
+    from safetensors.torch import save_file
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    torch.manual_seed(0)
+    hidden, inter, module = 96, 32, "model.layers.0.mlp.experts"
+    tensors = {}
+    for leaf, rows, groups in (("gate_up_proj", 2 * inter, hidden // 32), ("down_proj", hidden, inter // 32)):
+        tensors[f"{module}.{leaf}_blocks"] = torch.randint(0, 256, (E, rows, groups, 16), dtype=torch.uint8)
+        tensors[f"{module}.{leaf}_scales"] = torch.randint(118, 136, (E, rows, groups), dtype=torch.uint8)
+        tensors[f"{module}.{leaf}_bias"] = torch.randn(E, rows).bfloat16()
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    result = run("inspect", tmp_path / "model.safetensors", "--format", "json", "--all", "--stats")
+    assert result.code == 0, result.err
+    rows = {row["param"]: row for row in json.loads(result.out)["layers"]}
+    for leaf in ("gate_up_proj", "down_proj"):
+        values = convert_moe_packed_tensors(tensors[f"{module}.{leaf}_blocks"], tensors[f"{module}.{leaf}_scales"],
+                                            dtype=torch.float32).double()
+        row = rows[f"{module}.{leaf}_blocks"]
+        assert (row["kind"], row["shape"], row["params"]) == ("experts", list(values.shape), values.numel())
+        assert (row["effective_fan_in"], row["effective_fan_out"]) == \
+            torch.nn.init._calculate_fan_in_and_fan_out(values[0].T)
+        assert row["observed"]["mean"] == pytest.approx(values.mean().item(), rel=1e-12)
+        assert row["observed"]["std"] == pytest.approx(values.std().item(), rel=1e-12)
+        assert (row["observed"]["min"], row["observed"]["max"]) == (values.min().item(), values.max().item())
+        assert rows[f"{module}.{leaf}_scales"]["kind"] == "quant_scale"
+        bias = rows[f"{module}.{leaf}_bias"]
+        assert bias["kind"] == "experts" and bias["fan_in"] is None

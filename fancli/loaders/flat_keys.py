@@ -90,8 +90,9 @@ def _experts(module: str, leaf: str, shape: tuple[int, ...], shapes: dict[str, t
         stored = "[experts, out, in]" if layout == "torch" else "[experts, in, out]"
         return dict(kind="experts", stacked=shape[0], layout=layout, notes=(f"stored {stored}, each expert used as "
                                                                              f"{used}: {why}",))
-    matrix = shapes.get(f"{module}.{leaf.removesuffix('_bias')}")
-    if len(shape) == 2 and leaf.endswith("_bias") and matrix and len(matrix) == 3 and matrix[0] == shape[0]:
+    matrix = f"{module}.{leaf.removesuffix('_bias')}"
+    stack = shapes.get(matrix) or shapes.get(f"{matrix}_blocks")  # float, or MXFP4 [E, R, G, 16]
+    if len(shape) == 2 and leaf.endswith("_bias") and stack and len(stack) in (3, 4) and stack[0] == shape[0]:
         return dict(kind="experts", stacked=shape[0])
     return None
 

@@ -33,6 +33,8 @@ AUXILIARY: tuple[tuple[str, str, str, str], ...] = (
     (r"^(?P<m>.+)\.scales$", "quant_scale", "GPTQ/AWQ group scales", "{m}.qweight"),
     (r"^(?P<m>.+)\.weight_zero_point$", "quant_aux", "compressed-tensors zero points (packed along dim 0 when "
      "int32)", "{m}.weight_packed"),
+    (r"^(?P<w>.+\.(gate_up|down)_proj)_scales$", "quant_scale", "MXFP4 scales (2^(s − 127) for each block of 32 "
+     "values)", "{w}_blocks"),
     (r"^(?P<m>.+)\.qzeros$", "quant_aux", "GPTQ/AWQ packed zero points", "{m}.qweight"),
     (r"^(?P<m>.+)\.g_idx$", "quant_aux", "GPTQ group index of each input", "{m}.qweight"),
     (r"^(?P<m>.+)\.SCB$", "quant_scale", "bitsandbytes int8 row scales", "{m}.weight"),
@@ -51,10 +53,10 @@ AUXILIARY: tuple[tuple[str, str, str, str], ...] = (
 _AUXILIARY_LEAVES = frozenset((
     "weight_scale_inv", "weight_scale", "input_scale", "k_scale", "v_scale", "scales", "qzeros", "g_idx", "SCB",
     "weight_format", "absmax", "nested_absmax", "quant_map", "nested_quant_map", "inv_freq", "position_ids",
-    "e_score_correction_bias", "masked_bias", "weight_zero_point",
+    "e_score_correction_bias", "masked_bias", "weight_zero_point", "gate_up_proj_scales", "down_proj_scales",
 ))
 #: Integer tensors that belong to a quantized weight: listed although integers otherwise are not.
-QUANT_PACKED = ("qweight", "weight_packed")
+QUANT_PACKED = ("qweight", "weight_packed", "gate_up_proj_blocks", "down_proj_blocks")
 GPTQ_DEFAULT_BITS = 4
 #: compressed-tensors' pack-quantized format packs 4- or 8-bit ints; W4A16, its usual scheme, has 4.
 COMPRESSED_BITS = (4, 8)
@@ -108,6 +110,8 @@ def _relation(owner: str) -> str:
         return "its module"
     if owner == "{w}":
         return "the weight it is stored under"
+    if owner.startswith("{w}_"):
+        return f"the *{owner[3:]} beside it"
     return f"the {owner.rpartition('.')[2]} beside it" if owner else ""
 
 
@@ -131,7 +135,32 @@ def packed_layer(entry: "Entry", entries: dict[str, "Entry"], where: str) -> Lay
     compressed-tensors' `weight_packed`."""
     if entry.key.endswith("weight_packed"):
         return compressed_layer(entry, entries, where)
+    if entry.key.endswith("_blocks"):
+        return mxfp4_layer(entry, entries, where)
     return _gptq_layer(entry, entries, where)
+
+
+def mxfp4_layer(entry: "Entry", entries: dict[str, "Entry"], where: str) -> Layer:
+    """gpt-oss's MXFP4 experts: `*_blocks` uint8 [E, R, G, 16] (two FP4 e2m1 values to a byte, 32 to a block)
+    with `*_scales` uint8 [E, R, G] beside it, which transformers' `convert_moe_packed_tensors` turns into the
+    [E, G·32, R] stack the model multiplies by (x @ W[e]): reported as that stack."""
+    from .quant_data import mxfp4_data
+
+    if entry.dtype != "uint8" or len(entry.shape) != 4 or entry.shape[3] != 16:
+        raise SourceError(f"{where}: {entry.key}: MXFP4 blocks must be a 4-D uint8 tensor [experts, rows, blocks, "
+                          f"16], not {entry.dtype} {list(entry.shape)}")
+    experts, rows, groups, _ = entry.shape
+    scales = entries.get(entry.key.removesuffix("_blocks") + "_scales")
+    if scales is not None and scales.shape != entry.shape[:3]:
+        raise SourceError(f"{where}: {scales.key}: shape {list(scales.shape)} is not its blocks' "
+                          f"{list(entry.shape[:3])}")
+    shape = (experts, groups * 32, rows)
+    note = (f"MXFP4 blocks {list(entry.shape)} (two FP4 values to a byte, a scale per 32): reported as the "
+            f"[experts, in, out] = {list(shape)} stack transformers dequantizes them to (convert_moe_packed_tensors), "
+            "each expert used as x @ W[e]")
+    return Layer(name=entry.key.rpartition(".")[0], param=entry.key, kind="experts", shape=shape, layout="in_out",
+                 stacked=experts, dtype="uint8", stored_shape=entry.shape, notes=(note,),
+                 data=mxfp4_data(entry, scales, shape))
 
 
 def compressed_layer(entry: "Entry", entries: dict[str, "Entry"], where: str, bits: int | None = None) -> Layer:
