@@ -134,3 +134,62 @@ def test_compressed_tensors_bits_from_config_json(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     row = {row["param"]: row for row in _inspect(tensors, folder / "model.safetensors")["layers"]}["m.weight_packed"]
     assert (row["shape"], row["params"]) == (list(q.shape), q.numel())
+
+
+def mlx_pack(q: "np.ndarray", bits: int) -> "np.ndarray":
+    """A numpy reference of `mlx.core.quantize`'s packing (affine mode, bits dividing 32): value j of a row is
+    stored in bits (j % (32/bits))·bits of uint32 word j // (32/bits), lowest bits first."""
+    import numpy as np
+
+    per = 32 // bits
+    fields = q.astype(np.uint32).reshape(q.shape[0], -1, per)
+    return (fields << (np.arange(per, dtype=np.uint32) * bits)).sum(axis=2, dtype=np.uint64).astype(np.uint32)
+
+
+def _mlx(tmp_path, bits: int, group: int, config: dict | None = None):
+    """MLX's quantized Linear (`weight` uint32 [out, in·bits/32], `scales` and `biases` [out, in/group_size]) in
+    a folder, with mlx-lm's config.json where given; its inspect JSON, the tensors, and the values
+    `mlx.core.dequantize` gives, w = s·q + β per group (its documented affine formula), from the codes."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    out, inputs = 8, 256
+    q = rng.integers(0, 1 << bits, (out, inputs))
+    scales = rng.uniform(0.001, 0.01, (out, inputs // group)).astype(np.float16)
+    biases = rng.uniform(-0.05, 0.05, (out, inputs // group)).astype(np.float16)
+    tensors = {"layers.0.proj.weight": torch.from_numpy(mlx_pack(q, bits).view(np.int32)).view(torch.uint32),
+               "layers.0.proj.scales": torch.from_numpy(scales), "layers.0.proj.biases": torch.from_numpy(biases)}
+    folder = tmp_path / f"mlx-{bits}-{group}"
+    folder.mkdir()
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    safetensors_torch.save_file(tensors, str(folder / "model.safetensors"))
+    result = run("inspect", folder, "--format", "json", "--all", "--stats")
+    assert result.code == 0, result.err
+    values = np.repeat(scales.astype(np.float64), group, 1) * q + np.repeat(biases.astype(np.float64), group, 1)
+    return json.loads(result.out), tensors, values
+
+
+@pytest.mark.parametrize("bits, group, stated", [(4, 64, False), (8, 32, True), (2, 128, True), (2, 32, False),
+                                                 (8, 64, True)])
+def test_mlx_packed_weight_is_the_weight_it_stands_for(tmp_path, bits, group, stated):
+    """Listed with its logical shape, count and bytes, --stats on the dequantized values; the bits and group size
+    from config.json's `quantization` (8-bit groups of 32 pack as 4-bit groups of 64 do), else MLX's defaults
+    where they fit, else the one pair that fits."""
+    config = {"model_type": "llama", "quantization": {"group_size": group, "bits": bits}} if stated else None
+    document, tensors, values = _mlx(tmp_path, bits, group, config)
+    rows = {row["param"]: row for row in document["layers"]}
+    row = rows["layers.0.proj.weight"]
+    assert (row["kind"], row["shape"], row["params"]) == ("linear", list(values.shape), values.size)
+    assert row["observed"]["mean"] == pytest.approx(values.mean(), rel=1e-12)
+    assert row["observed"]["std"] == pytest.approx(values.std(ddof=1), rel=1e-12)
+    assert (rows["layers.0.proj.scales"]["kind"], rows["layers.0.proj.biases"]["kind"]) == ("quant_scale", "quant_aux")
+    assert document["summary"]["bytes"] == _stored(tensors)
+
+
+def test_mlx_weight_whose_bits_nothing_tells_stays_as_stored(tmp_path):
+    """8-bit groups of 64 pack as 4-bit groups of 128 do: without config.json its [out, in] is not guessed."""
+    document, tensors, _ = _mlx(tmp_path, 8, 64)
+    row = {row["param"]: row for row in document["layers"]}["layers.0.proj.weight"]
+    assert (row["kind"], row["shape"]) == ("quant_packed", list(tensors["layers.0.proj.weight"].shape))
+    assert document["summary"]["bytes"] == _stored(tensors)

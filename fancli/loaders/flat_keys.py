@@ -17,7 +17,8 @@ from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
 from .entry import Entry
 from .module_structure import FUSED_QKV_NAME, fused_qkv
-from .quant_keys import BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, packed_layer
+from .quant_keys import (BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, is_mlx, mlx_auxiliary,
+                         mlx_layer, packed_layer)
 
 #: Buffers that torch's modules keep in their state_dict but that are not weights.
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -164,12 +165,17 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes
     `shared` holds one copy of each distinct notes tuple (90,000 FP8 weights and scales say a few dozen
     things)."""
     module, _, leaf = entry.key.rpartition(".")
-    found = auxiliary(entry.key, entry.shape)
+    found = mlx_auxiliary(entry, by_key) or auxiliary(entry.key, entry.shape)
     if found is not None:  # alike where the weight it belongs to is beside it (not the module above)
         layer = auxiliary_layer(entry, found, keys, shared)
         return layer, KinTemplate(layer) if not found.owner or found.owner.rpartition(".")[0] == module else None
     if leaf in QUANT_PACKED:
         return packed_layer(entry, by_key, entry.where), None
+    if is_mlx(entry, keys):  # its data dequantizes with its own scales: no template
+        layer = mlx_layer(entry, by_key, entry.where)
+        if layer.kind == "linear":  # or an embedding, by its name
+            layer = _with(layer, kind=_layer_for(Entry(entry.key, layer.shape, "float32"), shapes).kind)
+        return layer, None
     if is_bnb_4bit(entry, keys):  # known by a key outside its module: no template
         return auxiliary_layer(entry, BNB_4BIT, keys, shared), None
     scale, factor, note = _quantization(entry, by_key) if leaf == "weight" else (None, 1.0, None)
@@ -261,7 +267,7 @@ def _listed(entry: Entry, keys: Collection[str]) -> bool:
         return found.kind != "buffer"
     leaf = _split(entry.key)[1]
     int8 = leaf == "weight" and entry.dtype == "int8" and f"{entry.key[:-6]}SCB" in keys
-    return leaf in QUANT_PACKED or int8 or is_bnb_4bit(entry, keys)
+    return leaf in QUANT_PACKED or int8 or is_bnb_4bit(entry, keys) or is_mlx(entry, keys)
 
 
 def _quantization(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry | None, float, str | None]:

@@ -20,7 +20,7 @@ from ..safe_io import parse_json_object, read_bounded
 from .hf_facts import TOWERS, apply_library_facts, built_by, section_of
 from .entry import Entry
 from .links import cache_repo, leads_outside
-from .quant_keys import COMPRESSED_BITS, compressed_layer
+from .quant_keys import COMPRESSED_BITS, compressed_layer, mlx_restated
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # transformers' configs are a few KB
 NAME = "config.json"
@@ -106,6 +106,12 @@ def with_config(model: Model, weights: Path) -> Model:
         if any(new is not old for new, old in zip(packed, layers)):
             layers = packed
             notes.append(f"from {NAME}: compressed-tensors pack-quantized num_bits={bits}")
+    quantization = config.get("quantization")
+    if isinstance(quantization, dict):  # MLX's (mlx-lm writes it): bits and group_size, per module where they differ
+        restated = [mlx_restated(layer, quantization, str(path)) for layer in layers]
+        if any(new is not old for new, old in zip(restated, layers)):
+            layers = restated
+            notes.append(f"from {NAME}: MLX quantization (bits and group_size)")
     layers, taken = apply_library_facts(tuple(layers), config)
     if taken:
         notes.append(f"from {NAME}: {'; '.join(taken)}")

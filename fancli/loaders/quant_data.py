@@ -318,3 +318,42 @@ class Mxfp4:
             values = np.empty((count, 32))
             values[:, 0::2], values[:, 1::2] = table[codes & 0x0F], table[codes >> 4]
             yield np.ldexp(values, exponents[:, None]).reshape(-1)
+
+
+
+class Mlx:
+    """MLX's affine-quantized weight (`mlx.core.dequantize`: w = scale·q + bias per group), a few rows at a
+    time: value j of a row is the bits-wide field j % (32/bits) of word j // (32/bits), lowest bits first. It
+    keeps its three tensors, so that config.json's bits and group size can re-read it (`restated`); `reason`
+    says why its values are not read, where they are not."""
+
+    dtype = "float32"
+
+    def __init__(self, weight: "Entry", scales: "Entry", biases: "Entry", layout: tuple[int, int] | None,
+                 shape: tuple[int, ...]) -> None:
+        self.weight, self.scales, self.biases, self.layout, self.shape = weight, scales, biases, layout, shape
+        self.reason = ("its bits and group size are unknown: no statistics" if layout is None else
+                       f"MLX's {layout[0]}-bit values cross its uint32 words: not read, no statistics" if 32 % layout[0]
+                       else _readable(weight.data, scales.data, biases.data))
+
+    def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
+        return True
+
+    def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
+        import numpy as np
+
+        if self.reason:
+            raise SourceError(self.reason)
+        (bits, size), (out, inputs) = self.layout, self.shape
+        columns, groups = self.weight.shape[1], self.scales.shape[1]
+        shifts = np.arange(0, 32, bits, dtype=np.uint32)
+        step = max(1, max_elements // max(inputs, 1))
+        for start in range(0, out, step):
+            count = min(step, out - start)
+            words = _rows(self.weight.data, start, count, columns).astype(np.uint32).reshape(count, columns, 1)
+            q = ((words >> shifts) & np.uint32((1 << bits) - 1)).reshape(count, groups, size)
+            scales = _rows(self.scales.data, start, count, groups).astype(np.float64).reshape(count, groups, 1)
+            biases = _rows(self.biases.data, start, count, groups).astype(np.float64).reshape(count, groups, 1)
+            values = (scales * q + biases).reshape(-1)
+            for begin in range(0, values.size, max_elements):
+                yield values[begin : begin + max_elements]

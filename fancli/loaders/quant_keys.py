@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING, Collection, NamedTuple
 
 from ..errors import SourceError
@@ -76,6 +77,83 @@ class Auxiliary(NamedTuple):
 #: `weight.absmax` (and `weight.quant_state.*`) beside it.
 BNB_4BIT = Auxiliary("quant_packed", "bitsandbytes 4-bit weight packed two to a byte (its [out, in] is in its "
                      "quant_state)", "")
+
+
+#: MLX's affine quantization (`mlx.core.quantize`): a uint32 `weight` [out, in·bits/32] with `scales` and `biases`
+#: [out, in/group_size] beside it; bits 2, 3, 4, 5, 6, 8 and group sizes 32, 64, 128, its defaults 4 and 64.
+MLX_BITS = (4, 2, 3, 5, 6, 8)
+MLX_GROUP_SIZES = (64, 32, 128)
+MLX_SCALES = Auxiliary("quant_scale", "MLX group scales (w = scale·q + bias)", "", "the weight beside it")
+MLX_BIASES = Auxiliary("quant_aux", "MLX group biases (w = scale·q + bias)", "", "the weight beside it")
+
+
+def is_mlx(entry: "Entry", keys: Collection[str]) -> bool:
+    """A uint32 `weight` with `scales` and `biases` beside it: MLX's packed affine-quantized weight."""
+    module, _, leaf = entry.key.rpartition(".")
+    return (entry.dtype == "uint32" and leaf == "weight" and len(entry.shape) == 2 and f"{module}.scales" in keys
+            and f"{module}.biases" in keys)
+
+
+def mlx_auxiliary(entry: "Entry", entries: dict[str, "Entry"]) -> Auxiliary | None:
+    """The `scales` or `biases` of an MLX packed weight beside it (whose dtype tells them from GPTQ's)."""
+    module, _, leaf = entry.key.rpartition(".")
+    weight = entries.get(f"{module}.weight") if leaf in ("scales", "biases") else None
+    if weight is None or not is_mlx(weight, entries.keys()):
+        return None
+    return (MLX_SCALES if leaf == "scales" else MLX_BIASES)._replace(owner=weight.key)
+
+
+def mlx_layer(entry: "Entry", entries: dict[str, "Entry"], where: str,
+              stated: tuple[int, int] | None = None) -> Layer:
+    """MLX's packed weight as the [out, in] weight it stands for: in = groups × group_size = columns × 32/bits,
+    with the bits and group size config.json states (`stated`), else MLX's defaults (4, 64) where they fit,
+    else the one pair that does. Where none is known it is listed as stored (kind quant_packed)."""
+    from .quant_data import Mlx
+
+    module = entry.key.rpartition(".")[0]
+    scales, biases = entries[f"{module}.scales"], entries[f"{module}.biases"]
+    out, columns = entry.shape
+    if scales.shape != biases.shape or len(scales.shape) != 2 or scales.shape[0] != out:
+        raise SourceError(f"{where}: {module}: MLX scales {list(scales.shape)} and biases {list(biases.shape)} "
+                          f"must both be [out, groups] = [{out}, …] for its uint32 weight {list(entry.shape)}")
+    groups = scales.shape[1]
+    fits = [(bits, size) for bits in MLX_BITS for size in MLX_GROUP_SIZES
+            if columns * 32 % bits == 0 and columns * 32 // bits == groups * size]
+    if stated is not None:
+        said, fits = "config.json's quantization", [stated] if stated in fits else []
+    else:
+        said = "MLX's defaults, assumed" if fits[:1] == [(4, 64)] else "the only pair that fits"
+    if len(fits) != 1 and fits[:1] != [(4, 64)]:
+        what = f"fit no {'stated ' if stated else ''}(bits, group size) pair" if not fits else \
+            f"fit {len(fits)} (bits, group size) pairs and config.json does not say which"
+        return Layer(name=module, param=entry.key, kind="quant_packed", shape=entry.shape, dtype="uint32",
+                     data=Mlx(entry, scales, biases, None, entry.shape),
+                     notes=(f"MLX packed weight {list(entry.shape)} with {groups} groups of scales: they {what}, so "
+                            "its [out, in] is unknown",))
+    bits, size = fits[0]
+    shape = (out, groups * size)
+    note = (f"MLX {bits}-bit weight in groups of {size} ({said}), packed as {list(entry.shape)}: reported as the "
+            f"[out, in] = {list(shape)} weight it stands for")
+    return Layer(name=module, param=entry.key, kind="linear", shape=shape, dtype="uint32", stored_shape=entry.shape,
+                 notes=(note,), data=Mlx(entry, scales, biases, (bits, size), shape))
+
+
+def mlx_restated(layer: Layer, quantization: dict, where: str) -> Layer:
+    """An MLX packed weight read with the bits and group size config.json's `quantization` states for it (its
+    module's own entry, else the model's)."""
+    from .quant_data import Mlx
+
+    data = layer.data
+    stated = quantization.get(layer.name, quantization)
+    if not isinstance(data, Mlx) or not isinstance(stated, dict):
+        return layer
+    bits, size = stated.get("bits"), stated.get("group_size")
+    if type(bits) is not int or type(size) is not int:
+        return layer
+    module = data.weight.key.rpartition(".")[0]
+    new = mlx_layer(data.weight, {f"{module}.scales": data.scales, f"{module}.biases": data.biases}, where,
+                    (bits, size))
+    return replace(new, kind="embedding") if new.kind == "linear" and layer.kind == "embedding" else new
 
 
 def is_bnb_4bit(entry: "Entry", keys: Collection[str]) -> bool:
