@@ -118,6 +118,7 @@ def test_compressed_tensors_weight_packed_has_its_logical_shape(tmp_path, bits, 
     rows = {row["param"]: row for row in document["layers"]}
     row = rows["m.weight_packed"]
     assert (row["kind"], row["shape"], row["params"]) == ("linear", tensors["m.weight_shape"].tolist(), q.numel())
+    assert rows["m.weight_scale"]["notes"][0].startswith("compressed-tensors scales")  # not FP8's, by its name
     listed = {key: t for key, t in tensors.items() if key != "m.weight_shape"}
     assert document["summary"]["bytes"] == _stored(listed)
 

@@ -17,8 +17,8 @@ from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
 from .entry import Entry
 from .module_structure import FUSED_QKV_NAME, fused_qkv
-from .quant_keys import (BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, is_mlx, mlx_auxiliary,
-                         mlx_layer, packed_layer)
+from .quant_keys import (BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, is_mlx, mlx_layer,
+                         packed_auxiliary, packed_layer)
 
 #: Buffers that torch's modules keep in their state_dict but that are not weights.
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -165,7 +165,7 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes
     `shared` holds one copy of each distinct notes tuple (90,000 FP8 weights and scales say a few dozen
     things)."""
     module, _, leaf = entry.key.rpartition(".")
-    found = mlx_auxiliary(entry, by_key) or auxiliary(entry.key, entry.shape)
+    found = packed_auxiliary(entry, by_key) or auxiliary(entry.key, entry.shape)
     if found is not None:  # alike where the weight it belongs to is beside it (not the module above)
         layer = auxiliary_layer(entry, found, keys, shared)
         return layer, KinTemplate(layer) if not found.owner or found.owner.rpartition(".")[0] == module else None

@@ -94,9 +94,16 @@ def is_mlx(entry: "Entry", keys: Collection[str]) -> bool:
             and f"{module}.biases" in keys)
 
 
-def mlx_auxiliary(entry: "Entry", entries: dict[str, "Entry"]) -> Auxiliary | None:
-    """The `scales` or `biases` of an MLX packed weight beside it (whose dtype tells them from GPTQ's)."""
+COMPRESSED_SCALES = Auxiliary("quant_scale", "compressed-tensors scales (per channel or group)", "",
+                              "the weight_packed beside it")
+
+
+def packed_auxiliary(entry: "Entry", entries: dict[str, "Entry"]) -> Auxiliary | None:
+    """What the packed weight beside a tensor makes of it, where its key alone would mislead: compressed-tensors'
+    `weight_scale` (FP8's by name), MLX's `scales` or `biases` (GPTQ's by name; told by the uint32 weight)."""
     module, _, leaf = entry.key.rpartition(".")
+    if leaf == "weight_scale" and f"{module}.weight_packed" in entries:
+        return COMPRESSED_SCALES._replace(owner=f"{module}.weight_packed")
     weight = entries.get(f"{module}.weight") if leaf in ("scales", "biases") else None
     if weight is None or not is_mlx(weight, entries.keys()):
         return None
