@@ -14,6 +14,7 @@ DTYPES: dict[str, tuple[int, str]] = {
     "int16": (2, "<i2"),
     "int8": (1, "i1"),
     "uint8": (1, "u1"),
+    "uint32": (4, "<u4"),  # MLX's packed quantized weights
     "bool": (1, "?"),
     # one byte each, decoded through a table of their 256 codes (numpy has no such dtypes)
     "float8_e4m3fn": (1, "f8"),

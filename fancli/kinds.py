@@ -61,6 +61,8 @@ KINDS: dict[str, LayerKind] = {
         LayerKind("multihead_attention", ("MultiheadAttention",),
                   "[3 × embed_dim, embed_dim] (q, k, v stacked along dim 0)", "attention",
                   stacked_note="q, k, v stacked in one [3E, E] weight: torch's fan_out counts all three; each has E"),
+        LayerKind("experts", (), "[experts, out, in] (each expert used as F.linear(x, W[e])) or [experts, in, out] "
+                  "(x @ W[e]), its biases [experts, out]", "empty"),
         LayerKind("norm", NORM_CLASSES, "[num_features]", "constant", runnable=True),
         # Tensors that are no layer's weight: torch draws none of them, so no scheme gives them a std.
         LayerKind("quant_scale", (), "a quantized weight's scales (per tensor, channel, group or block)", "none",

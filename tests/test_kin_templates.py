@@ -19,7 +19,9 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 def _varied() -> dict:
     """Repeated modules that differ in what a rule reads: a bias here and not there, one stored [in, out],
     FP8 weights with and without their scales, int8 with SCB, GPTQ, 4-bit absmax with and without its weight, a k_scale, RNN layers,
-    attention, a fused qkv, transposed and plain convs, Sequential indices as the last name."""
+    attention, a fused qkv, transposed and plain convs, Sequential indices as the last name, stacked experts
+    [E, out, in] and [E, in, out] with and without their biases, and one whose layout nothing beside it tells; MXFP4 experts with and without their scales, compressed-tensors
+    and MLX packed weights whose logical shapes differ by their scales or packed width."""
     g = torch.Generator().manual_seed(0)
 
     def w(*shape, dtype=torch.float32):
@@ -57,6 +59,21 @@ def _varied() -> dict:
         t[p + "up.bias"] = w(2) if i < 2 else w(4)  # transposed where the bias has out = 2 ≠ shape[0]
         t[p + f"seq.{2 * i}.weight"] = w(3, 3)
         t[p + "emb_tokens.weight"] = w(10, 4)
+        x = p + "mlp.experts."
+        if i < 3:
+            t[x + "gate_up_proj"], t[x + "down_proj"] = (w(2, 3, 8), w(2, 4, 3)) if i == 2 else (w(2, 6, 8), w(2, 8, 3))
+        else:
+            t[x + "down_proj"] = w(2, 8, 3)
+        if i == 2:
+            t[x + "gate_up_proj_bias"], t[x + "down_proj_bias"] = w(2, 8), w(2, 3)
+        t[p + "mx.experts.down_proj_blocks"] = torch.randint(0, 255, (2, 4, 1, 16), dtype=torch.uint8)
+        if i != 1:  # MXFP4 blocks without their scales: no statistics
+            t[p + "mx.experts.down_proj_scales"] = torch.randint(120, 130, (2, 4, 1), dtype=torch.uint8)
+        t[p + "mx.experts.down_proj_bias"] = w(2, 4)
+        t[p + "ct.weight_packed"] = torch.randint(0, 2**30, (4, 2 + i % 2), dtype=torch.int32)
+        t[p + "ct.weight_scale"] = w(4, 1)
+        t[p + "mlx.weight"] = torch.randint(0, 2**30, (4, 8), dtype=torch.int32).view(torch.uint32)
+        t[p + "mlx.scales"], t[p + "mlx.biases"] = (w(4, 1), w(4, 1)) if i < 2 else (w(4, 4), w(4, 4))
     return t
 
 
@@ -123,8 +140,17 @@ def test_every_copy_equals_its_entrys_own_layer_safetensors(tmp_path, monkeypatc
             "conv2d"} <= kinds, kinds
     transposed = [layer.param for layer in layers if layer.transposed]
     assert transposed == ["blocks.0.up.weight", "blocks.1.up.weight"]
-    in_out = [layer.param for layer in layers if layer.layout == "in_out"]
-    assert in_out == ["blocks.2.proj.weight"]
+    in_out = [layer.param for layer in layers if layer.layout == "in_out" and ".mx." not in layer.param]
+    assert sorted(in_out) == ["blocks.2.mlp.experts.down_proj", "blocks.2.mlp.experts.gate_up_proj",
+                              "blocks.2.proj.weight"]
+    experts = {layer.param: layer.unknown_fans for layer in layers
+               if layer.kind == "experts" and ".mlp." in layer.param}
+    assert len(experts) == 9 and experts.pop("blocks.3.mlp.experts.down_proj") == ("fan_in", "fan_out")
+    assert set(experts.values()) == {()}
+    logical = {layer.param: layer.shape for layer in layers if layer.stored_shape}
+    assert logical["blocks.1.ct.weight_packed"] == (4, 24) and logical["blocks.2.mlx.weight"] == (4, 128)
+    assert logical["blocks.3.mx.experts.down_proj_blocks"] == (2, 32, 4)
+    assert {layer.kind for layer in layers if layer.param.endswith("mx.experts.down_proj_bias")} == {"experts"}
 
 
 def test_every_copy_equals_its_entrys_own_layer_torch_zip(tmp_path, monkeypatch):

@@ -93,15 +93,104 @@ def pack_to_int32(value: "torch.Tensor", num_bits: int) -> "torch.Tensor":
     return ((packed + (1 << 31)) % (1 << 32) - (1 << 31)).to(torch.int32)
 
 
-def test_compressed_tensors_int4_weight_packed_is_listed_and_counted(tmp_path):
-    """`PackedQuantizationCompressor`'s keys: weight_packed int32 [out, in/8], weight_scale [out, in/group],
-    weight_shape int64 [2] (metadata, an integer tensor: unlisted)."""
+def _compressed(out: int, inputs: int, bits: int, symmetric: bool = True) -> tuple[dict, "torch.Tensor"]:
+    """`PackedQuantizationCompressor.compress_module`'s keys: weight_packed int32 [out, ⌈in·bits/32⌉], weight_scale
+    [out, in/group], weight_shape int64 [2] (`torch.tensor(module.weight.shape)`), and for an asymmetric scheme
+    weight_zero_point packed along dim 0 (`pack_to_int32(zero_point, num_bits, packed_dim=0)`). Returns the
+    tensors and the quantized weight they stand for."""
     torch.manual_seed(1)
-    q = torch.randint(-8, 8, (32, 64), dtype=torch.int8)
-    tensors = {"m.weight_packed": pack_to_int32(q, 4), "m.weight_scale": torch.rand(32, 4).half(),
-               "m.weight_shape": torch.tensor([32, 64])}
+    low = 1 << (bits - 1)
+    q = torch.randint(-low, low, (out, inputs), dtype=torch.int8)
+    tensors = {"m.weight_packed": pack_to_int32(q, bits), "m.weight_scale": torch.rand(out, inputs // 16).half(),
+               "m.weight_shape": torch.tensor(q.shape)}
+    if not symmetric:
+        zeros = torch.randint(-low, low, (out, inputs // 16), dtype=torch.int8)
+        tensors["m.weight_zero_point"] = pack_to_int32(zeros.T, bits).T.contiguous()
+    return tensors, q
+
+
+@pytest.mark.parametrize("bits, symmetric", [(4, True), (8, False), (4, False)])
+def test_compressed_tensors_weight_packed_has_its_logical_shape(tmp_path, bits, symmetric):
+    """Listed as the weight it stands for (its shape the weight_shape the compressor wrote, its count that
+    weight's), its bytes the packed ones; the bits from its packed zero points, else compressed-tensors' usual 4."""
+    tensors, q = _compressed(32, 64, bits, symmetric)
     document = _inspect(tensors, tmp_path / "ct.safetensors")
     rows = {row["param"]: row for row in document["layers"]}
-    assert rows["m.weight_packed"]["kind"] == "quant_packed" and rows["m.weight_packed"]["shape"] == [32, 8]
+    row = rows["m.weight_packed"]
+    assert (row["kind"], row["shape"], row["params"]) == ("linear", tensors["m.weight_shape"].tolist(), q.numel())
+    assert rows["m.weight_scale"]["notes"][0].startswith("compressed-tensors scales")  # not FP8's, by its name
     listed = {key: t for key, t in tensors.items() if key != "m.weight_shape"}
     assert document["summary"]["bytes"] == _stored(listed)
+
+
+def test_compressed_tensors_bits_from_config_json(tmp_path):
+    """8-bit symmetric weights show their bits in no tensor: config.json's quantization_config states them."""
+    tensors, q = _compressed(32, 64, 8)
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    config = {"model_type": "llama", "quantization_config": {
+        "quant_method": "compressed-tensors", "format": "pack-quantized",
+        "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "group_size": 16,
+                                                                         "strategy": "group", "symmetric": True}}}}}
+    (folder / "config.json").write_text(json.dumps(config))
+    row = {row["param"]: row for row in _inspect(tensors, folder / "model.safetensors")["layers"]}["m.weight_packed"]
+    assert (row["shape"], row["params"]) == (list(q.shape), q.numel())
+
+
+def mlx_pack(q: "np.ndarray", bits: int) -> "np.ndarray":
+    """A numpy reference of `mlx.core.quantize`'s packing (affine mode, bits dividing 32): value j of a row is
+    stored in bits (j % (32/bits))·bits of uint32 word j // (32/bits), lowest bits first."""
+    import numpy as np
+
+    per = 32 // bits
+    fields = q.astype(np.uint32).reshape(q.shape[0], -1, per)
+    return (fields << (np.arange(per, dtype=np.uint32) * bits)).sum(axis=2, dtype=np.uint64).astype(np.uint32)
+
+
+def _mlx(tmp_path, bits: int, group: int, config: dict | None = None):
+    """MLX's quantized Linear (`weight` uint32 [out, in·bits/32], `scales` and `biases` [out, in/group_size]) in
+    a folder, with mlx-lm's config.json where given; its inspect JSON, the tensors, and the values
+    `mlx.core.dequantize` gives, w = s·q + β per group (its documented affine formula), from the codes."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    out, inputs = 8, 256
+    q = rng.integers(0, 1 << bits, (out, inputs))
+    scales = rng.uniform(0.001, 0.01, (out, inputs // group)).astype(np.float16)
+    biases = rng.uniform(-0.05, 0.05, (out, inputs // group)).astype(np.float16)
+    tensors = {"layers.0.proj.weight": torch.from_numpy(mlx_pack(q, bits).view(np.int32)).view(torch.uint32),
+               "layers.0.proj.scales": torch.from_numpy(scales), "layers.0.proj.biases": torch.from_numpy(biases)}
+    folder = tmp_path / f"mlx-{bits}-{group}"
+    folder.mkdir()
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    safetensors_torch.save_file(tensors, str(folder / "model.safetensors"))
+    result = run("inspect", folder, "--format", "json", "--all", "--stats")
+    assert result.code == 0, result.err
+    values = np.repeat(scales.astype(np.float64), group, 1) * q + np.repeat(biases.astype(np.float64), group, 1)
+    return json.loads(result.out), tensors, values
+
+
+@pytest.mark.parametrize("bits, group, stated", [(4, 64, False), (8, 32, True), (2, 128, True), (2, 32, False),
+                                                 (8, 64, True)])
+def test_mlx_packed_weight_is_the_weight_it_stands_for(tmp_path, bits, group, stated):
+    """Listed with its logical shape, count and bytes, --stats on the dequantized values; the bits and group size
+    from config.json's `quantization` (8-bit groups of 32 pack as 4-bit groups of 64 do), else MLX's defaults
+    where they fit, else the one pair that fits."""
+    config = {"model_type": "llama", "quantization": {"group_size": group, "bits": bits}} if stated else None
+    document, tensors, values = _mlx(tmp_path, bits, group, config)
+    rows = {row["param"]: row for row in document["layers"]}
+    row = rows["layers.0.proj.weight"]
+    assert (row["kind"], row["shape"], row["params"]) == ("linear", list(values.shape), values.size)
+    assert row["observed"]["mean"] == pytest.approx(values.mean(), rel=1e-12)
+    assert row["observed"]["std"] == pytest.approx(values.std(ddof=1), rel=1e-12)
+    assert (rows["layers.0.proj.scales"]["kind"], rows["layers.0.proj.biases"]["kind"]) == ("quant_scale", "quant_aux")
+    assert document["summary"]["bytes"] == _stored(tensors)
+
+
+def test_mlx_weight_whose_bits_nothing_tells_stays_as_stored(tmp_path):
+    """8-bit groups of 64 pack as 4-bit groups of 128 do: without config.json its [out, in] is not guessed."""
+    document, tensors, _ = _mlx(tmp_path, 8, 64)
+    row = {row["param"]: row for row in document["layers"]}["layers.0.proj.weight"]
+    assert (row["kind"], row["shape"]) == ("quant_packed", list(tensors["layers.0.proj.weight"].shape))
+    assert document["summary"]["bytes"] == _stored(tensors)

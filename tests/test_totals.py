@@ -132,3 +132,27 @@ def test_transformers_models_in_a_dcp_folder_with_their_config(tmp_path, name):
     want = _oracle(model)
     assert summary["parameters"] == want["parameters"]
     assert summary["bytes"] == sum(t.numel() * t.element_size() for t in state.values())  # as dcp.save stored them
+
+
+def test_an_index_stated_total_is_held_against_the_count(tmp_path):
+    """transformers writes `metadata.total_parameters` (its `num_parameters()`) in a sharded checkpoint's
+    index: where the tensors the index lists hold another count, a note says both numbers."""
+    import json
+
+    from helpers import run
+
+    model = _transformers_models()["llama-untied"]()
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    index = tmp_path / "model.safetensors.index.json"
+    document = json.loads(index.read_text())
+    assert document["metadata"]["total_parameters"] == model.num_parameters()  # the test's premise
+    agreed = run("inspect", index)
+    assert agreed.code == 0 and f"{model.num_parameters():,} parameters" in agreed.out
+    assert "total_parameters" not in agreed.out
+    dropped = "model.norm.weight"  # an index that lists one tensor fewer than the model it was written for
+    del document["weight_map"][dropped]
+    index.write_text(json.dumps(document))
+    counted = model.num_parameters() - model.get_parameter(dropped).numel()
+    out = run("inspect", index).out
+    assert (f"states metadata.total_parameters = {model.num_parameters():,}, but its tensors hold {counted:,} "
+            "parameters") in " ".join(out.split())

@@ -68,9 +68,30 @@ def _exact(value: float) -> Number:
     return int(value) if float(value).is_integer() else value
 
 
+def _expert_fans(layer: Layer) -> LayerFans:
+    """Stacked experts: torch's function reads the whole [E, a, b] tensor (E as out, b as a kernel); each
+    expert is its own matrix, whose fans are the effective ones. Their stacked biases [E, out] have none."""
+    shape = layer.shape
+    if len(shape) != 3:
+        return LayerFans(None, None, notes=(f"{shape[0]} experts' biases stacked as [experts, out]: torch defines "
+                                            "no fans for a bias",))
+    fan_in, fan_out = torch_fans(shape)
+    if layer.unknown_fans:
+        return LayerFans(fan_in, fan_out, unknown=("fan_in", "fan_out"), notes=(
+            f"{shape[0]} experts stacked along dim 0, stored [experts, out, in] or [experts, in, out]: which one is "
+            "unknown, so each expert's fans are too",))
+    out, inputs = (shape[2], shape[1]) if layer.layout == "in_out" else (shape[1], shape[2])
+    note = (f"{shape[0]} experts stacked along dim 0, each an [out, in] = [{out}, {inputs}] matrix: its fans are "
+            "the effective ones; torch's function reads the whole tensor (dim 0 as out, dim 2 as a kernel)")
+    return LayerFans(fan_in, fan_out, None if inputs == fan_in else inputs, None if out == fan_out else out,
+                     notes=(note,))
+
+
 def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
     """torch's fans for the layer's tensor, plus effective fans and notes from its structure."""
     shape = layer.shape
+    if layer.kind == "experts" and len(shape) in (2, 3):
+        return _expert_fans(layer)
     if len(shape) < 2:
         return LayerFans(None, None, notes=(f"{len(shape)}-D tensor: torch defines no fan_in/fan_out below 2 dims",))
     fan_in, fan_out = layout_fans(shape, layer.layout)

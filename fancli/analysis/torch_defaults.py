@@ -137,11 +137,14 @@ RULES: dict[str, Rule] = {
     "attention": Rule(_attention, lambda args, values: (
         f"attention projections: xavier with gain 1, std = √(2 / (fan_in + fan_out)) = {values.std:.4g}")),
     "xavier_uniform": Rule(_xavier_uniform, lambda args, values: _explain_xavier(args, values)),
+    "empty": Rule(lambda args: InitValues(None, note=_EMPTY), lambda args, values: _EMPTY),
     "none": Rule(lambda args: InitValues(None, note=_NO_INIT.get(args.layer.kind, _NO_INIT["buffer"])),
                  lambda args, values: values.note or _NO_INIT["buffer"]),
 }
 
 
+_EMPTY = ("stacked experts are a bare nn.Parameter(torch.empty(...)): torch draws nothing; the model's library "
+          "does (its recipe)")
 _NO_INIT = {
     "quant_scale": "a quantization scale: computed from the trained weight, never drawn by an init",
     "quant_aux": "quantization metadata (zero points, group indices, codebooks): no init draws it",

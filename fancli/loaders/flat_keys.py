@@ -17,7 +17,8 @@ from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
 from .entry import Entry
 from .module_structure import FUSED_QKV_NAME, fused_qkv
-from .quant_keys import BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, packed_layer
+from .quant_keys import (BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, is_mlx, mlx_layer,
+                         packed_auxiliary, packed_layer)
 
 #: Buffers that torch's modules keep in their state_dict but that are not weights.
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -54,6 +55,49 @@ def _rnn_kind(module: str, shape: tuple[int, ...], shapes: dict[str, tuple[int, 
     return kind, gates if kind != "unknown" and gates > 1 else None
 
 
+#: Stacked experts' matrices (transformers 5's MoE `experts` modules): [E, 2I, H] and [E, H, I] used as
+#: F.linear(x, W[e]), or (gpt-oss, Llama 4, Aria) [E, H, 2I] and [E, I, H] used as x @ W[e].
+EXPERT_MATRICES = ("gate_up_proj", "down_proj", "gate_proj", "up_proj")
+
+
+def _expert_layout(module: str, leaf: str, shape: tuple[int, ...],
+                   shapes: dict[str, tuple[int, ...]]) -> tuple[str | None, str]:
+    """An experts matrix's layout ("torch": [E, out, in]; "in_out": [E, in, out]) and why, from its own
+    module's tensors: its stacked bias [E, out], or the fused gate_up_proj beside down_proj (2I against I).
+    None where they cannot tell (then config.json's model_type may)."""
+    _, rows, columns = shape
+    bias = shapes.get(f"{module}.{leaf}_bias")
+    if bias and len(bias) == 2 and rows != columns and bias[1] in (rows, columns):
+        layout = "torch" if bias[1] == rows else "in_out"
+        return layout, f"its bias {leaf}_bias has {bias[1]} outputs, dim {1 if layout == 'torch' else 2}"
+    gate_up, down = shapes.get(f"{module}.gate_up_proj"), shapes.get(f"{module}.down_proj")
+    if gate_up and down and len(gate_up) == len(down) == 3:
+        if gate_up[1] == 2 * down[2] and gate_up[2] == down[1]:
+            return "torch", f"gate_up_proj {list(gate_up)} is [E, 2I, H] beside down_proj {list(down)} [E, H, I]"
+        if gate_up[2] == 2 * down[1] and gate_up[1] == down[2]:
+            return "in_out", f"gate_up_proj {list(gate_up)} is [E, H, 2I] beside down_proj {list(down)} [E, I, H]"
+    return None, ""
+
+
+def _experts(module: str, leaf: str, shape: tuple[int, ...], shapes: dict[str, tuple[int, ...]]) -> dict | None:
+    """A stacked experts matrix [E, a, b] or stacked bias [E, out] of an `experts` module, as layer fields."""
+    if module.rpartition(".")[2] != "experts":
+        return None
+    if len(shape) == 3 and leaf in EXPERT_MATRICES:
+        layout, why = _expert_layout(module, leaf, shape, shapes)
+        if layout is None:
+            return dict(kind="experts", stacked=shape[0], unknown_fans=("fan_in", "fan_out"))
+        used = "F.linear(x, W[e])" if layout == "torch" else "x @ W[e]"
+        stored = "[experts, out, in]" if layout == "torch" else "[experts, in, out]"
+        return dict(kind="experts", stacked=shape[0], layout=layout, notes=(f"stored {stored}, each expert used as "
+                                                                             f"{used}: {why}",))
+    matrix = f"{module}.{leaf.removesuffix('_bias')}"
+    stack = shapes.get(matrix) or shapes.get(f"{matrix}_blocks")  # float, or MXFP4 [E, R, G, 16]
+    if len(shape) == 2 and leaf.endswith("_bias") and stack and len(stack) in (3, 4) and stack[0] == shape[0]:
+        return dict(kind="experts", stacked=shape[0])
+    return None
+
+
 def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
     module, leaf = _split(entry.key)
     shape = entry.shape
@@ -69,6 +113,9 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
         return Layer(kind=kind, stacked=gates, **common)
     if _RNN_PROJECTION.match(leaf):
         return Layer(kind="lstm", **common)
+    experts = _experts(module, leaf, shape, shapes)
+    if experts is not None:
+        return Layer(**experts, **common)
     if len(shape) == 1:
         kind = "norm" if leaf == "weight" else "unknown"
         if leaf == "bias" and module:
@@ -118,12 +165,17 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes
     `shared` holds one copy of each distinct notes tuple (90,000 FP8 weights and scales say a few dozen
     things)."""
     module, _, leaf = entry.key.rpartition(".")
-    found = auxiliary(entry.key, entry.shape)
+    found = packed_auxiliary(entry, by_key) or auxiliary(entry.key, entry.shape)
     if found is not None:  # alike where the weight it belongs to is beside it (not the module above)
         layer = auxiliary_layer(entry, found, keys, shared)
         return layer, KinTemplate(layer) if not found.owner or found.owner.rpartition(".")[0] == module else None
     if leaf in QUANT_PACKED:
         return packed_layer(entry, by_key, entry.where), None
+    if is_mlx(entry, keys):  # its data dequantizes with its own scales: no template
+        layer = mlx_layer(entry, by_key, entry.where)
+        if layer.kind == "linear":  # or an embedding, by its name
+            layer = _with(layer, kind=_layer_for(Entry(entry.key, layer.shape, "float32"), shapes).kind)
+        return layer, None
     if is_bnb_4bit(entry, keys):  # known by a key outside its module: no template
         return auxiliary_layer(entry, BNB_4BIT, keys, shared), None
     scale, factor, note = _quantization(entry, by_key) if leaf == "weight" else (None, 1.0, None)
@@ -215,7 +267,7 @@ def _listed(entry: Entry, keys: Collection[str]) -> bool:
         return found.kind != "buffer"
     leaf = _split(entry.key)[1]
     int8 = leaf == "weight" and entry.dtype == "int8" and f"{entry.key[:-6]}SCB" in keys
-    return leaf in QUANT_PACKED or int8 or is_bnb_4bit(entry, keys)
+    return leaf in QUANT_PACKED or int8 or is_bnb_4bit(entry, keys) or is_mlx(entry, keys)
 
 
 def _quantization(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry | None, float, str | None]:

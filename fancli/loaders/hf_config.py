@@ -17,8 +17,10 @@ from typing import Any
 from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import parse_json_object, read_bounded
+from .entry import Entry
 from .hf_facts import TOWERS, apply_library_facts, built_by, embedding_name, section_of
 from .links import cache_repo, leads_outside
+from .quant_keys import COMPRESSED_BITS, compressed_layer, mlx_restated
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # transformers' configs are a few KB
 NAME = "config.json"
@@ -98,6 +100,18 @@ def with_config(model: Model, weights: Path) -> Model:
         if any(new.data is not old.data for new, old in zip(grouped, layers)):
             layers = grouped
             notes.append(f"from {NAME}: GPTQ group_size={stated} (for qweights saved without g_idx)")
+    bits = _compressed_bits(config)
+    if bits is not None:
+        packed = [_repacked(layer, bits, path) for layer in layers]
+        if any(new is not old for new, old in zip(packed, layers)):
+            layers = packed
+            notes.append(f"from {NAME}: compressed-tensors pack-quantized num_bits={bits}")
+    quantization = config.get("quantization")
+    if isinstance(quantization, dict):  # MLX's (mlx-lm writes it): bits and group_size, per module where they differ
+        restated = [mlx_restated(layer, quantization, str(path)) for layer in layers]
+        if any(new is not old for new, old in zip(restated, layers)):
+            layers = restated
+            notes.append(f"from {NAME}: MLX quantization (bits and group_size)")
     layers, taken = apply_library_facts(tuple(layers), config)
     if taken:
         notes.append(f"from {NAME}: {'; '.join(taken)}")
@@ -191,6 +205,26 @@ def _gptq_group_size(config: dict) -> int | None:
         return None
     size = quantization.get("group_size")
     return size if type(size) is int and (size == -1 or 0 < size < 1 << 31) else None
+
+
+def _compressed_bits(config: dict) -> int | None:
+    """The bits of compressed-tensors' pack-quantized weights (`quantization_config.config_groups.*.weights
+    .num_bits`), where every group states the same."""
+    quantization = config.get("quantization_config")
+    if not isinstance(quantization, dict) or quantization.get("quant_method") != "compressed-tensors":
+        return None
+    groups = quantization.get("config_groups")
+    stated = {group["weights"].get("num_bits") for group in (groups.values() if isinstance(groups, dict) else ())
+              if isinstance(group, dict) and isinstance(group.get("weights"), dict)}
+    bits = stated.pop() if len(stated) == 1 else None
+    return bits if type(bits) is int and bits in COMPRESSED_BITS else None
+
+
+def _repacked(layer: Layer, bits: int, path: Path) -> Layer:
+    """A compressed-tensors `weight_packed` read with the bits the config states."""
+    if not layer.param.endswith(".weight_packed") or layer.stored_shape is None:
+        return layer
+    return compressed_layer(Entry(layer.param, layer.stored_shape, "int32"), {}, str(path), bits)
 
 
 def _split(layer: Layer, heads: Heads) -> Layer:

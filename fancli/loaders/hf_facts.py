@@ -29,6 +29,9 @@ _UP = re.compile(r"(^|\.)((mlp|feed_forward|ffn|experts\.\d+)\.(up_proj|fc1|c_fc
 _GATE_OF_UP = {"up_proj": "gate_proj", "w3": "w1", "wi_1": "wi_0"}
 _EMBEDDING = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|shared|embed_in|tok_embeddings)$")
 _LIBRARY_KINDS = ("linear", "embedding")
+#: transformers 5's MoE models whose stacked experts are [E, in, out], used as x @ W[e] (`is_transposed`);
+#: every other model's `experts` are [E, out, in], used as F.linear(x, W[e]).
+_EXPERTS_IN_OUT = frozenset({"gpt_oss", "llama4", "llama4_text", "aria", "aria_text", "openai_privacy_filter"})
 
 
 #: A multimodal config's sub-configs for the towers beside its text model, and the words of a module path
@@ -93,6 +96,17 @@ def built_by(config: dict[str, Any]) -> BuiltBy:
                    f"config.json model_type={model_type}" if model_type else "config.json")
 
 
+def _expert_layout(layer: Layer, model_type: Any) -> Layer:
+    """Stacked experts whose own tensors do not tell their layout: the one transformers 5 gives the model type."""
+    if not isinstance(model_type, str) or not model_type.isprintable():
+        return layer
+    transposed = model_type in _EXPERTS_IN_OUT
+    stored, used = ("[experts, in, out]", "x @ W[e]") if transposed else ("[experts, out, in]", "F.linear(x, W[e])")
+    note = (f"stored {stored}, each expert used as {used}: transformers 5's layout for model_type={model_type} "
+            "(config.json)")
+    return replace(layer, layout="in_out" if transposed else "torch", unknown_fans=(), notes=(*layer.notes, note))
+
+
 def apply_library_facts(layers: tuple[Layer, ...], config: dict[str, Any]) -> tuple[tuple[Layer, ...], list[str]]:
     """The layers with the config's activation, tied embedding and library init applied, each from the
     sub-config that owns its module (a vision tower's MLP is not the text model's); and what was taken."""
@@ -107,8 +121,11 @@ def apply_library_facts(layers: tuple[Layer, ...], config: dict[str, Any]) -> tu
             facts[section] = (_activation(owner), _range(owner), owner.get("tie_word_embeddings"),
                               "" if section in (None, "text_config") else f"{section}: ")
         activation, std, tied, where = facts[section]
+        if layer.kind == "experts" and layer.unknown_fans:
+            owner = config if section is None else config[section]
+            layer = _expert_layout(layer, owner.get("model_type", config.get("model_type")))
         leaf = layer.param.rpartition(".")[2]
-        weight = len(layer.shape) >= 2 and leaf in ("weight", "qweight")
+        weight = len(layer.shape) >= 2 and leaf in ("weight", "qweight", "weight_packed")
         if activation and weight and layer.kind == "linear" and layer.nonlinearity is None:
             gate = _GATE_OF_UP.get(layer.name.rpartition(".")[2])
             gated = gate and f"{layer.name.rpartition('.')[0]}.{gate}" in modules

@@ -274,3 +274,86 @@ class Gptq:
         packed = np.concatenate([_rows(self.zeros, int(run[0]), run.size, width) for run in runs])
         zeros = self._unpack(packed.reshape(used.size, width)).transpose(0, 2, 1).reshape(used.size, -1)[:, :out]
         return scales.reshape(used.size, out).astype(np.float64), zeros.astype(np.float64) + 1.0, g
+
+
+#: FP4 e2m1 values by their 4-bit code (transformers' `integrations/mxfp4.py` FP4_VALUES): sign, 2 exponent bits,
+#: 1 mantissa bit.
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def mxfp4_data(blocks: "Entry", scales: "Entry | None", shape: tuple[int, ...]):
+    """The MXFP4 stack's values as transformers' `convert_moe_packed_tensors` computes them, or why not."""
+    if scales is None:
+        return Unreadable("float32", shape, "no *_scales beside the MXFP4 blocks: their values are unknown, "
+                                            "no statistics")
+    if not isinstance(blocks.data, StridedRef) or not isinstance(scales.data, StridedRef):
+        return Unreadable("float32", shape, "MXFP4 blocks are read from a file's bytes only: no statistics")
+    reason = _readable(blocks.data, scales.data)
+    return Unreadable("float32", shape, reason) if reason else Mxfp4(blocks.data, scales.data, shape)
+
+
+class Mxfp4:
+    """transformers' `convert_moe_packed_tensors`: byte b of a block holds value 2b in its low nibble and 2b+1 in
+    its high one (FP4 e2m1 codes), each × 2^(scale − 127); read a few blocks at a time in stored order
+    ([E, R, G·32], the transpose of each expert's [in, out]), so row signals are skipped."""
+
+    dtype = "float32"
+
+    def __init__(self, blocks: StridedRef, scales: StridedRef, shape: tuple[int, ...]) -> None:
+        self.blocks, self.scales, self.shape = blocks, scales, shape
+
+    def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
+        return False
+
+    def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
+        import numpy as np
+
+        table = np.array(FP4_VALUES)
+        total = math.prod(self.blocks.shape[:3])  # blocks of 16 bytes, 32 values
+        step = max(1, max_elements // 32)
+        for start in range(0, total, step):
+            count = min(step, total - start)
+            codes = _rows(self.blocks, start, count, 16).astype(np.uint8).reshape(count, 16)
+            exponents = _rows(self.scales, start, count, 1).astype(np.int64) - 127
+            values = np.empty((count, 32))
+            values[:, 0::2], values[:, 1::2] = table[codes & 0x0F], table[codes >> 4]
+            yield np.ldexp(values, exponents[:, None]).reshape(-1)
+
+
+
+class Mlx:
+    """MLX's affine-quantized weight (`mlx.core.dequantize`: w = scale·q + bias per group), a few rows at a
+    time: value j of a row is the bits-wide field j % (32/bits) of word j // (32/bits), lowest bits first. It
+    keeps its three tensors, so that config.json's bits and group size can re-read it (`restated`); `reason`
+    says why its values are not read, where they are not."""
+
+    dtype = "float32"
+
+    def __init__(self, weight: "Entry", scales: "Entry", biases: "Entry", layout: tuple[int, int] | None,
+                 shape: tuple[int, ...]) -> None:
+        self.weight, self.scales, self.biases, self.layout, self.shape = weight, scales, biases, layout, shape
+        self.reason = ("its bits and group size are unknown: no statistics" if layout is None else
+                       f"MLX's {layout[0]}-bit values cross its uint32 words: not read, no statistics" if 32 % layout[0]
+                       else _readable(weight.data, scales.data, biases.data))
+
+    def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
+        return True
+
+    def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
+        import numpy as np
+
+        if self.reason:
+            raise SourceError(self.reason)
+        (bits, size), (out, inputs) = self.layout, self.shape
+        columns, groups = self.weight.shape[1], self.scales.shape[1]
+        shifts = np.arange(0, 32, bits, dtype=np.uint32)
+        step = max(1, max_elements // max(inputs, 1))
+        for start in range(0, out, step):
+            count = min(step, out - start)
+            words = _rows(self.weight.data, start, count, columns).astype(np.uint32).reshape(count, columns, 1)
+            q = ((words >> shifts) & np.uint32((1 << bits) - 1)).reshape(count, groups, size)
+            scales = _rows(self.scales.data, start, count, groups).astype(np.float64).reshape(count, groups, 1)
+            biases = _rows(self.biases.data, start, count, groups).astype(np.float64).reshape(count, groups, 1)
+            values = (scales * q + biases).reshape(-1)
+            for begin in range(0, values.size, max_elements):
+                yield values[begin : begin + max_elements]

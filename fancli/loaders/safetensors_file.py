@@ -288,8 +288,9 @@ def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
     return Model(source=str(path), format="safetensors", layers=layers, notes=_notes(header.metadata))
 
 
-def read_weight_map(path: Path) -> dict[str, str]:
-    """The index's `weight_map` (key -> shard file name), validated: the file is read and parsed once.
+def read_weight_map(path: Path) -> tuple[dict[str, str], Any]:
+    """The index's `weight_map` (key -> shard file name), validated, and its `metadata.total_parameters` as
+    written (transformers' `num_parameters()`; None where absent): the file is read and parsed once.
     safetensors and `.bin` indexes (`pytorch_model.bin.index.json`) have the same form."""
     document = parse_json(read_bounded(path, MAX_INDEX_BYTES, "a sharded checkpoint's index"), str(path), "the file")
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
@@ -297,7 +298,8 @@ def read_weight_map(path: Path) -> dict[str, str]:
         raise SourceError(f"{path}: a JSON file, but not a sharded checkpoint's index (no 'weight_map')")
     if not all(isinstance(v, str) for v in weight_map.values()):
         raise SourceError(f"{path}: weight_map must be an object mapping tensor keys to shard file names")
-    return weight_map
+    metadata = document.get("metadata")
+    return weight_map, metadata.get("total_parameters") if isinstance(metadata, dict) else None
 
 
 def shard_path(index: Path, shard: str) -> Path:
@@ -319,7 +321,7 @@ def shard_path(index: Path, shard: str) -> Path:
 
 def load_safetensors_index(path: Path, options: LoadOptions | None = None) -> Model:
     """A sharded safetensors checkpoint from its index.json (see `sharded_model`)."""
-    return sharded_model(path, read_weight_map(path))
+    return sharded_model(path, read_weight_map(path)[0])
 
 
 def sharded_model(path: Path, weight_map: dict[str, str]) -> Model:

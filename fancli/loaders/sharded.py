@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import open_regular
+from ..summary import totals
 from . import LOADERS, LoadOptions, loader, sniff
 from .entry import Entry
 from .flat_keys import layers_from_entries
@@ -36,12 +37,30 @@ def _kind(index: Path, shard: str) -> str | None:
 
 
 def load_index(path: Path, options: LoadOptions) -> Model:
-    """Either kind of index: torch.save shards when the first one is a zip or pickle, safetensors otherwise."""
-    weight_map = read_weight_map(path)
+    """Either kind of index: torch.save shards when the first one is a zip or pickle, safetensors otherwise;
+    the parameter count the index states is held against the one fancli counts."""
+    weight_map, stated = read_weight_map(path)
     shards = sorted(dict.fromkeys(weight_map.values()), key=natural_key)
     if shards and _kind(path, shards[0]) in _TORCH_FILES:
-        return torch_shards_model(path, shards, options)
-    return sharded_model(path, weight_map)
+        model = torch_shards_model(path, shards, options)
+    else:
+        model = sharded_model(path, weight_map)
+    note = _stated_total(path, stated, model.layers)
+    return replace(model, notes=(*model.notes, note)) if note else model
+
+
+def _stated_total(index: Path, stated: Any, layers: tuple[Layer, ...]) -> str | None:
+    """A note where the index's `metadata.total_parameters` (transformers writes `num_parameters()`: each
+    parameter once, no buffers) is not a count, or is not the parameter total fancli counts."""
+    if stated is None:
+        return None
+    if type(stated) is not int or stated < 0:
+        return f"{index.name}: metadata.total_parameters is not a count of parameters: not compared"
+    counted = totals(layers).parameters
+    if stated == counted:
+        return None
+    return (f"{index.name} states metadata.total_parameters = {stated:,}, but its tensors hold {counted:,} "
+            f"parameters ({counted - stated:+,})")
 
 
 def _shard_entries(shard: str, layers: tuple[Layer, ...]) -> Iterator[Entry]:

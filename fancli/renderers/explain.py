@@ -29,6 +29,8 @@ def _dims(values: tuple[int, ...]) -> str:
 
 
 def _layout(layer: Layer) -> str:
+    if layer.kind == "experts":
+        return kind("experts").layout
     n = len(layer.kernel)
     kernel = ", ".join(f"k{i + 1}" for i in range(n))
     if layer.layout == "keras":
@@ -130,7 +132,8 @@ def explain_row(row: Row, fan_convention: str = "torch") -> list[str]:
         return lines + [f"{len(layer.shape)}-D: torch defines no fan_in/fan_out below 2 dims"] + \
             [f"note: {note}" for note in row.notes]
     lines.append(f"layout: {_layout(layer)}")
-    lines += _fan_lines(layer)
+    if row.fans.fan_in is not None:  # a stack of biases has none
+        lines += _fan_lines(layer)
     lines.append(_gain_line(row))
     fans = row.fans  # the fans the row's std used (pool_fan_out included), never recomputed
     used = "effective" if fan_convention == "effective" and fans.differs else "torch"

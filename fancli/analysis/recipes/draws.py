@@ -58,7 +58,7 @@ class RecipeArgs:
 
     @property
     def is_weight(self) -> bool:
-        return len(self.layer.shape) >= 2 and self.leaf in ("weight", "qweight")
+        return len(self.layer.shape) >= 2 and self.leaf in ("weight", "qweight", "weight_packed")
 
     @property
     def block_index(self) -> int | None:
