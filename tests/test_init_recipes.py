@@ -869,3 +869,63 @@ def test_an_fp8_embeddings_rounding_zeros_are_not_a_padding_row():
     assert s.zeros > 768  # the premise: rounding alone leaves more than a row's worth of zeros
     found = checks(float(values.mean()), float(values.std(ddof=1)), values.size, s, padding=768)
     assert abs(found.row_norm_errors) < GATE, found
+
+
+def _keras_compute_fans(shape):
+    """keras 3.15.1 `initializers/random_initializers.py` `compute_fans`, copied."""
+    shape = tuple(shape)
+    if len(shape) < 1:
+        fan_in = fan_out = 1
+    elif len(shape) == 1:
+        fan_in = fan_out = shape[0]
+    elif len(shape) == 2:
+        fan_in, fan_out = shape[0], shape[1]
+    else:
+        receptive_field_size = 1
+        for dim in shape[:-2]:
+            receptive_field_size *= dim
+        fan_in = shape[-2] * receptive_field_size
+        fan_out = shape[-1] * receptive_field_size
+    return int(fan_in), int(fan_out)
+
+
+def _keras_glorot_uniform_limit(shape) -> float:
+    """keras 3.15.1 `VarianceScaling.__call__` for GlorotUniform (scale 1, mode fan_avg, uniform), copied."""
+    scale = 1.0
+    fan_in, fan_out = _keras_compute_fans(shape)
+    scale /= max(1.0, (fan_in + fan_out) / 2.0)
+    return math.sqrt(3.0 * scale)
+
+
+def _jax_lecun_normal_std(shape) -> tuple[float, float]:
+    """jax 0.10.2 `nn/initializers.py` `variance_scaling(1.0, "fan_in", "truncated_normal")` (lecun_normal):
+    (the σ its truncated_normal(-2, 2) is scaled by, the values' std), copied (in_axis -2, out_axis -1)."""
+    receptive_field_size = math.prod(shape) / shape[-2] / shape[-1]
+    fan_in = shape[-2] * receptive_field_size
+    variance = 1.0 / max(1.0, fan_in)
+    stddev = math.sqrt(variance) / .87962566103423978
+    return stddev, math.sqrt(variance)
+
+
+def _framework_spec(tmp_path, recipe_name: str) -> dict[str, dict]:
+    (tmp_path / "spec.yaml").write_text(
+        f"name: {recipe_name}-like\ndefaults:\n  recipe: {recipe_name}\n  layout: keras\nlayers:\n"
+        "  - {name: conv, shape: [5, 5, 3, 6]}\n  - {name: dense, shape: [400, 120]}\n"
+        "  - {name: emb, type: embedding, num_embeddings: 50, embedding_dim: 16}\n")
+    return _inspect(tmp_path / "spec.yaml")
+
+
+def test_keras_defaults(tmp_path):
+    rows = _framework_spec(tmp_path, "keras")
+    for key, shape in (("conv.weight", (5, 5, 3, 6)), ("dense.weight", (400, 120))):
+        assert rows[key]["bound"] == pytest.approx(_keras_glorot_uniform_limit(shape), rel=1e-15), key
+    assert rows["emb.weight"]["bound"] == 0.05  # Embedding's "uniform": RandomUniform(-0.05, 0.05)
+
+
+def test_flax_defaults(tmp_path):
+    rows = _framework_spec(tmp_path, "flax")
+    for key, shape in (("conv.weight", (5, 5, 3, 6)), ("dense.weight", (400, 120))):
+        sampling, std = _jax_lecun_normal_std(shape)
+        assert rows[key]["sampling_std"] == pytest.approx(sampling, rel=1e-15), key
+        assert rows[key]["std"] == pytest.approx(std, rel=1e-15) and rows[key]["distribution"] == "truncated_normal"
+    assert rows["emb.weight"]["std"] == pytest.approx(16 ** -0.5)  # Embed: fan_in = features, uncut normal

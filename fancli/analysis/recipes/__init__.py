@@ -7,8 +7,8 @@ transformers draws N(0, initializer_range²) whatever the fan, GPT-2 shrinks its
 library drew. A rule returns None for a tensor the library leaves alone: it keeps torch's own
 `reset_parameters()` init, which `report` applies. Pure arithmetic: no torch, no I/O.
 
-To add a recipe: its rule in the module of its family (`transformers`, `vision`, `training`), one `Recipe`
-line in RECIPES (and, for a model class that picks it by default, its line in `vision.CLASSES` or
+To add a recipe: its rule in the module of its family (`transformers`, `vision`, `training`, `frameworks`),
+one `Recipe` line in RECIPES (and, for a model class that picks it by default, its line in `vision.CLASSES` or
 `transformers.MODEL_TYPES`), and its library's own init as the oracle in tests/test_init_recipes.py.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ..schemes import InitValues
-from . import training, transformers, vision
+from . import frameworks, training, transformers, vision
 from .draws import RecipeArgs
 
 if TYPE_CHECKING:
@@ -84,6 +84,10 @@ RECIPES: dict[str, Recipe] = {
         Recipe("megatron", "Megatron-core init_method_normal / scaled_init_method_normal", training.megatron,
                ("n_layer",)),
         Recipe("gpt_neox", "GPT-NeoX small_init / wang_init", training.gpt_neox, ("hidden_size", "n_layer")),
+        Recipe("keras", "Keras 3 Dense/Conv/Embedding defaults (glorot_uniform, zeros, uniform)", frameworks.keras,
+               mode="fan_avg"),
+        Recipe("flax", "Flax linen Dense/Conv/Embed defaults (lecun_normal, zeros, variance_scaling)",
+               frameworks.flax),
     )
 }
 

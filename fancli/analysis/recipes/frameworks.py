@@ -1,0 +1,54 @@
+"""Other frameworks' layer defaults, read from Keras 3.15.1 (`layers/core/dense.py`, `layers/convolutional/
+base_conv.py`, `layers/core/embedding.py`, `initializers/random_initializers.py`) and Flax 0.12.8
+(`linen/linear.py` `default_kernel_init`, `Embed`; jax `nn/initializers.py` `variance_scaling`).
+
+Their kernels are stored `[*k, in, out]` (a spec's or file's `layout: keras`), and their fans are read off
+that layout as Keras' `compute_fans` and JAX's `_compute_fans` read them: `args.fan_in`/`fan_out` are those.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..schemes import TRUNCATED_NORMAL_STD, InitValues
+from .draws import RecipeArgs, constant, norm_or_bias, normal, uniform
+
+_KERNELS = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+
+
+def keras(args: RecipeArgs) -> InitValues | None:
+    """Dense and Conv kernels `glorot_uniform` (VarianceScaling(1, fan_avg, uniform): U(±√(6/(fan_in +
+    fan_out)))), biases `zeros`; Embedding `uniform` (RandomUniform(−0.05, 0.05)); LayerNormalization and
+    BatchNormalization gamma ones, beta zeros."""
+    kind = args.layer.kind
+    if kind == "embedding" and args.is_weight:
+        return uniform(0.05, "Keras Embedding: RandomUniform(-0.05, 0.05)")
+    if kind in _KERNELS and len(args.layer.shape) >= 2:
+        if not (args.fan_in and args.fan_out):
+            return InitValues(None, note="Keras glorot_uniform: the fans are not known")
+        return uniform(math.sqrt(6.0 / (args.fan_in + args.fan_out)),
+                       "Keras glorot_uniform: VarianceScaling(1, fan_avg, uniform)")
+    return norm_or_bias(args, "Keras")
+
+
+def flax(args: RecipeArgs) -> InitValues | None:
+    """linen's Dense/Conv kernels `lecun_normal` (variance_scaling(1, fan_in, truncated_normal): cut at ±2σ and
+    rescaled, so the values' std is exactly 1/√fan_in), biases `zeros`; Embed
+    variance_scaling(1, fan_in, normal, out_axis=0), whose fan_in is the features: N(0, 1/features), uncut;
+    norms' scale ones, bias zeros."""
+    kind = args.layer.kind
+    if kind == "embedding" and args.is_weight:
+        features = args.layer.shape[-1]
+        return normal(features ** -0.5, f"Flax Embed: variance_scaling(1, fan_in, normal, out_axis=0), fan_in = "
+                                        f"features {features}")
+    if kind in _KERNELS and len(args.layer.shape) >= 2:
+        if not args.fan_in:
+            return InitValues(None, note="Flax lecun_normal: fan_in is not known")
+        std = 1.0 / math.sqrt(args.fan_in)
+        return InitValues(std, sampling_std=std / TRUNCATED_NORMAL_STD, fan=args.fan_in,
+                          distribution="truncated_normal", cut=2.0,
+                          note="Flax lecun_normal: variance_scaling(1, fan_in, truncated_normal), cut at ±2σ and "
+                               "rescaled")
+    if args.is_bias:
+        return constant(0.0, "Flax: biases (zeros_init)")
+    return norm_or_bias(args, "Flax")
