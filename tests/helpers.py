@@ -77,35 +77,32 @@ def torch_std_and_bound(init_fn, tensor, **kwargs) -> tuple[float, float | None]
 def library_draws(build) -> tuple[object, dict[str, tuple]]:
     """Build a model with its library's own init, recording for each parameter the last draw that covered it
     whole: ("normal", std), ("uniform", bound), ("truncated", σ, k) for torch's trunc_normal_ cut at ±kσ, or
-    ("constant", value). This is the library's own number,
-    read from the call into torch's sampler, for a recipe's oracle."""
+    ("constant", value). This is the library's own number, read from its calls into torch, for a recipe's
+    oracle. trunc_normal_ is recorded as the call it is (at torch.nn.init's own `_no_grad_trunc_normal_`,
+    which every holder of a reference to trunc_normal_ reaches), not as the draws it samples through."""
     import torch
 
-    truncated: dict[int, tuple[str, float]] = {}
-    original = torch.nn.init.trunc_normal_
-
-    def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None):
-        """torch's trunc_normal_ samples through uniform_: record the call itself, as ("truncated", σ, k)."""
-        result = original(tensor, mean, std, a, b)
-        truncated[len(calls)] = (tensor, ("truncated", std, b / std))
-        return result
+    original = torch.nn.init._no_grad_trunc_normal_
 
     with sampler_calls(keywords=True) as calls:
-        torch.nn.init.trunc_normal_ = trunc_normal_
+        def truncated(tensor, mean, std, a, b, generator=None):
+            result = original(tensor, mean, std, a, b, generator=generator)
+            calls.append(("truncated", tensor, (std, b / std), {}))
+            return result
+
+        torch.nn.init._no_grad_trunc_normal_ = truncated
         try:
             model = build()
         finally:
-            torch.nn.init.trunc_normal_ = original
-    for at, (tensor, draw) in sorted(truncated.items(), reverse=True):  # after the uniform_ it made
-        calls.insert(at, ("truncated", tensor, draw, {}))
+            torch.nn.init._no_grad_trunc_normal_ = original
     by_storage = {(p.data_ptr(), tuple(p.shape)): name for name, p in model.named_parameters()}
-    draws: dict[str, tuple[str, float]] = {}
+    draws: dict[str, tuple] = {}
     for method, tensor, args, kwargs in calls:
         name = by_storage.get((tensor.data_ptr(), tuple(tensor.shape)))
         if name is None:
             continue  # a part of a tensor (a padding row) or a tensor that is not a parameter
         if method == "truncated":
-            draws[name] = args
+            draws[name] = ("truncated", *args)
         elif method == "normal_":
             draws[name] = ("normal", args[1] if len(args) > 1 else kwargs.get("std", 1.0))
         elif method == "uniform_":

@@ -26,6 +26,8 @@ def _values(values: InitValues) -> dict[str, Any]:
     out: dict[str, Any] = {"std": _float(values.std), "bound": _float(values.bound)}
     if values.sampling_std is not None:
         out["sampling_std"] = values.sampling_std
+    if values.cut is not None:
+        out["cut"] = values.cut
     if values.constant is not None:
         out["constant"] = values.constant
     return out
