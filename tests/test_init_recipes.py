@@ -925,3 +925,20 @@ def test_flax_defaults(tmp_path):
         assert rows[key]["sampling_std"] == pytest.approx(sampling, rel=1e-15), key
         assert rows[key]["std"] == pytest.approx(std, rel=1e-15) and rows[key]["distribution"] == "truncated_normal"
     assert rows["emb.weight"]["std"] == pytest.approx(16 ** -0.5)  # Embed: fan_in = features, uncut normal
+
+
+def _torchtitan_model() -> nn.Module:
+    torch.manual_seed(0)
+    return _as_library_class(_copied_torchtitan(), "torchtitan.models.llama3.model.model", "Transformer")
+
+
+def test_a_torchtitan_model_class_picks_its_recipe():
+    """torchtitan's Transformer (its init_weights copied above) built by a factory: no option names the recipe."""
+    model = _torchtitan_model()
+    result = run("inspect", "test_init_recipes:_torchtitan_model", "--format", "json")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    assert document["settings"]["recipe"] == "torchtitan"
+    rows = {row["param"]: row for row in document["layers"]}
+    assert rows["layers.2.attention.wo.weight"]["std"] == pytest.approx(0.02 / math.sqrt(6), rel=1e-15)
+    assert rows["tok_embeddings.weight"]["std"] == 1.0 and model is not None

@@ -12,7 +12,7 @@ from ..layer import BuiltBy
 from .hf_facts import built_by
 
 #: A class's module prefix -> the library whose models it names.
-_LIBRARIES = {"torchvision.models": "torchvision", "timm.models": "timm"}
+_LIBRARIES = {"torchvision.models": "torchvision", "timm.models": "timm", "torchtitan.models": "torchtitan"}
 _SCRIPT = "__torch__."  # TorchScript's prefix; a name scripting made unique has a `___torch_mangle_N` part
 _MANGLE = "___torch_mangle_"
 

@@ -8,8 +8,9 @@ library drew. A rule returns None for a tensor the library leaves alone: it keep
 `reset_parameters()` init, which `report` applies. Pure arithmetic: no torch, no I/O.
 
 To add a recipe: its rule in the module of its family (`transformers`, `vision`, `training`, `frameworks`),
-one `Recipe` line in RECIPES (and, for a model class that picks it by default, its line in `vision.CLASSES` or
-`transformers.MODEL_TYPES`), and its library's own init as the oracle in tests/test_init_recipes.py.
+one `Recipe` line in RECIPES (and, for a model class that picks it by default, its line in its family's
+`CLASSES` or `transformers.MODEL_TYPES`), and its library's own init as the oracle in
+tests/test_init_recipes.py.
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+#: A model class (its library, its name) -> the recipe its init follows: the families' tables together.
+CLASSES = {**vision.CLASSES, **training.CLASSES}
+
+
 def recipe(name: str) -> Recipe:
     """Look a recipe up by name, its case, `-` and `_` aside (`GPT-2` is gpt2); ValueError lists the known ones."""
     folded = {known.replace("_", ""): known for known in RECIPES}
@@ -109,11 +114,9 @@ def for_source(built_by: "BuiltBy | None") -> Recipe | None:
         return None
     if built_by.recipe:
         return recipe(built_by.recipe)
-    if built_by.library in ("torchvision", "timm"):
-        name = vision.CLASSES.get((built_by.library, built_by.model_type or ""))
-        return RECIPES[name] if name else None
     if built_by.library != "transformers":
-        return None
+        name = CLASSES.get((built_by.library, built_by.model_type or ""))
+        return RECIPES[name] if name else None
     name = transformers.MODEL_TYPES.get(built_by.model_type or "")
     if name is None:  # an init fancli does not hold: no recipe is assumed for it
         return None

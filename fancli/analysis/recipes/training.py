@@ -10,6 +10,8 @@ import math
 from ..schemes import InitValues
 from .draws import RecipeArgs, constant, cut_normal, norm_or_bias, normal
 
+#: (library, model class) -> the recipe its init follows (`module_library` names the library by module prefix).
+CLASSES = {("torchtitan", "Transformer"): "torchtitan"}
 _BASE_STD = 0.02  # init_std / init_method_std: every codebase's default, which a checkpoint does not record
 
 

@@ -10,6 +10,7 @@ from ..schemes import InitValues
 from .draws import RecipeArgs, constant, norm_or_bias, normal, uniform
 
 #: (library, model class) -> the recipe of the loop that class's `__init__` runs.
+#: (library, model class) -> the recipe its init follows (`module_library` names the library by module prefix).
 CLASSES = {("torchvision", "ResNet"): "torchvision_resnet", ("torchvision", "MobileNetV2"): "torchvision_mobilenet",
            ("torchvision", "MobileNetV3"): "torchvision_mobilenet", ("torchvision", "VGG"): "torchvision_mobilenet",
            ("torchvision", "EfficientNet"): "torchvision_efficientnet", ("timm", "VisionTransformer"): "timm_vit"}
