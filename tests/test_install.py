@@ -70,5 +70,35 @@ def test_pre_commit_hooks_offer_a_light_and_a_system_variant():
 
     hooks = {hook["id"]: hook for hook in yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())}
     assert hooks["fancli-check"]["language"] == "python" and hooks["fancli-check-system"]["language"] == "system"
-    readme = (REPO / "README.md").read_text()
-    assert "rev: v" + PYPROJECT["project"]["version"] in readme  # the tag the release steps create
+
+
+def release_workflow() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / ".github" / "workflows" / "release.yml").read_text())
+
+
+def test_a_v_tag_builds_creates_the_github_release_and_publishes_by_trusted_publishing():
+    workflow = release_workflow()
+    assert workflow[True] == {"push": {"tags": ["v*"]}}  # YAML 1.1 reads the key `on` as true
+    build, publish = workflow["jobs"]["build"], workflow["jobs"]["publish"]
+    runs = [step.get("run", "") for step in build["steps"]]
+    assert any(run.endswith("python -m build") for run in runs)
+    assert any(run.startswith("gh release create \"$GITHUB_REF_NAME\" dist/*") for run in runs)
+    assert publish["needs"] == "build" and publish["permissions"] == {"id-token": "write"}
+    action = publish["steps"][-1]  # no password or token: PyPI trusts this workflow's OIDC identity
+    assert action["uses"].startswith("pypa/gh-action-pypi-publish@") and "with" not in action
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the step runs tomllib, on the workflow's Python 3.11")
+@pytest.mark.parametrize("tag, code", [(f"v{PYPROJECT['project']['version']}", 0), ("v0.0.0-not-it", 1)])
+def test_a_tag_that_is_not_the_version_is_refused_before_anything_is_built(tag, code):
+    import os
+
+    steps = {step.get("name"): position for position, step in enumerate(release_workflow()["jobs"]["build"]["steps"])}
+    assert steps["The tag names pyproject.toml's version"] < steps["Build the sdist and wheel"]
+    check = release_workflow()["jobs"]["build"]["steps"][steps["The tag names pyproject.toml's version"]]["run"]
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"  # `python` is this one
+    done = subprocess.run(["bash", "-c", check], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PATH": path, "GITHUB_REF_NAME": tag})
+    assert done.returncode == code, done.stdout + done.stderr
