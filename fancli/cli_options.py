@@ -244,7 +244,7 @@ def parallel_options() -> list[Callable[..., Any]]:
                           "a time; results are identical for every N. Default: the usable cores."),
         click.option("--cluster", metavar="ADDRESS",
                      help="Read the weights on a Dask cluster instead: its scheduler's tcp://host:port, or "
-                          "'local' for one on this machine (pip install 'fancli-init[dask]'). Its workers must "
+                          "'local' for one on this machine (pip install 'dask[distributed]'). Its workers must "
                           "see the files at the same paths. Results are identical to --jobs 1."),
     ]
 

@@ -7,7 +7,7 @@ workers with the same numpy and CPU family). A job carries a data handle (a path
 the bytes): the workers read the files themselves, so they must see them at the same paths (shared
 storage, or the same files copied to each node, e.g. the DCP shards a node wrote).
 
-dask is an optional extra (`pip install 'fancli-init[dask]'`), imported only here, only when asked.
+dask is an optional extra (`pip install 'dask[distributed]'`), imported only here, only when asked.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import contextlib
 import logging
 from typing import Any, Iterator
 
-from .errors import DISTRIBUTION, SettingsError
+from .errors import SettingsError
 
 #: Seconds to wait for the scheduler before giving up with one line (a typo should not hang CI).
 CONNECT_TIMEOUT = 5
@@ -26,8 +26,8 @@ def _dask() -> Any:
     try:
         import distributed
     except ModuleNotFoundError:
-        raise SettingsError(f"--cluster needs Dask's distributed scheduler, which is not installed: "
-                            f"pip install '{DISTRIBUTION}[dask]'") from None
+        raise SettingsError("--cluster needs Dask's distributed scheduler, which is not installed: "
+                            "pip install 'dask[distributed]'") from None
     return distributed
 
 

@@ -23,9 +23,10 @@ DISTRIBUTION = "fancli-init"
 
 def torch_missing(error: ModuleNotFoundError) -> FancliError | None:
     """torch is an optional extra: where a source or command needs it and it is not installed, one line
-    saying what to install, not an internal error. None for any other missing module."""
+    saying what to install, not an internal error. None for any other missing module. The line names torch
+    itself: it works however fancli was installed (the `[torch]` extra needs a published release)."""
     name = error.name or ""
     if name != "torch" and not name.startswith("torch."):
         return None
-    return FancliError(f"this source or command needs torch, which is not installed: pip install "
-                       f"'{DISTRIBUTION}[torch]' (the README says how to get its CPU build)")
+    return FancliError("this source or command needs torch, which is not installed: pip install torch "
+                       "(the README says how to get its CPU build)")

@@ -208,7 +208,7 @@ def test_cluster_without_dask_is_one_line(monkeypatch, checkpoint, sources):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed → ModuleNotFoundError
     result = run("inspect", *(checkpoint / source for source in sources), "--stats", "--cluster", "tcp://127.0.0.1:1")
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1
-    assert "fancli-init[dask]" in result.err
+    assert "pip install 'dask[distributed]'" in result.err
 
 
 def test_cluster_unreachable_is_one_line(monkeypatch, checkpoint):

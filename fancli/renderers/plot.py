@@ -20,7 +20,7 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")  # files only: no display needed
         import matplotlib.pyplot as plt
     except ImportError:
-        raise FancliError("--plot needs matplotlib: pip install 'fancli[plot]'") from None
+        raise FancliError("--plot needs matplotlib: pip install matplotlib") from None
     return plt
 
 
