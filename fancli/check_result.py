@@ -1,11 +1,11 @@
-"""What `fancli.check_init` returns: the drift against the baseline and the judged weights, with their
-rendering. Apart from `check` (the drift logic, which the renderers read), so that neither imports the
-other's dependents."""
+"""What `fancli.check_init` (and `fancli check`) finds: the drift against the baseline and the judged weights.
+Apart from `check` (the drift logic, which the renderers read), so that neither imports the other's
+dependents; rendered by the renderers `fancli.outputs` names for the command "check"."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from .check import Change, Deviation, Nonfinite
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 class CheckResult:
     """What `fancli.check` found: the changes against the baseline and the judged observed stds."""
 
+    command: ClassVar[str] = "check"  # its renderers' key in `fancli.outputs.RENDERERS`
     report: "Report"
     changes: list["Change"]
     deviations: list["Deviation"]
@@ -28,7 +29,8 @@ class CheckResult:
         return not self.changes and not any(d.flagged for d in self.deviations) and not self.nonfinite
 
     def render(self, fmt: str = "table") -> str:
-        """The drift report as `fancli check --format fmt` prints it."""
-        from .renderers.check_out import RENDERERS
+        """The drift report as `fancli check --format fmt` prints it: `fancli.render(result, fmt)`, kept for
+        the callers that had it."""
+        from .outputs import as_text
 
-        return RENDERERS[fmt](self.changes, self.deviations, self.baseline, self.sigmas, self.nonfinite)
+        return as_text(self.command, fmt, self)

@@ -42,7 +42,6 @@ from .cli_run import (
     check_outputs,
     emit,
     load_model,
-    printable_lines,
     shape_layer,
     terminal_width,
     write_stdout,
@@ -51,7 +50,7 @@ from .cli_run import (
 from .errors import DISTRIBUTION, FancliError, torch_missing
 from .safe_io import recording_reads
 from .text import printable
-from .vocab import CHECK_FORMATS, EXPLAIN_FORMATS, LAYOUTS, NORMS
+from .vocab import LAYOUTS, NORMS
 
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
@@ -124,7 +123,7 @@ def compare(src: SourceArgs, settings: ReportArgs, modes: tuple[str, ...], fmt: 
               help="Also check each layer's observed std against the configured scheme (standard errors).")
 @click.option("--tolerance", type=float, help="Relative change in gain, std or bound that counts as drift (>= 0).")
 @click.option("--sigmas", type=float, help="--stats: standard errors an observed std may be off (default 5).")
-@format_option(CHECK_FORMATS, help="Output format (markdown fits a pull-request comment).")
+@format_option("check", help="Output format (markdown fits a pull-request comment).")
 @output_option("Write the result to FILE.")
 @with_parallel
 def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool, tolerance: float | None,
@@ -134,8 +133,9 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
 
     from . import api
     from . import check as drift
+    from .check_result import CheckResult
     from .config import Config
-    from .renderers.check_out import RENDERERS
+    from .outputs import as_text
     from .safe_io import checked_target, is_stdout, write_text
 
     check_limits(tolerance, sigmas)
@@ -153,7 +153,8 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
     changes = drift.compare(expected, report, tolerance)
     found = drift.deviations(report, limit) if stats else []
     bad = drift.nonfinite(report) if stats else []  # NaN/Inf weights fail whatever the baseline says
-    text = RENDERERS[fmt](changes, found, str(baseline), limit, bad, **terminal_width(fmt, output))
+    text = as_text("check", fmt, CheckResult(report, changes, found, str(baseline), limit, bad),
+                   **terminal_width(fmt, output))
     if output and not is_stdout(output):
         write_text(output, text)  # the baseline, read above, is in the read set
     else:
@@ -175,7 +176,7 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
 @click.option("--expand", is_flag=True,
               help="Tables and Markdown: list every tensor instead of folding keys that differ only in their "
                    "indices and agree in status and values (JSON and CSV always list every tensor).")
-@format_option()
+@format_option("diff")
 @output_option()
 @with_parallel
 def diff(source_a: str, source_b: str, max_change: float | None, allow_structural: bool,
@@ -186,7 +187,7 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
     reshaped tensors, so CI can gate a fine-tune."""
     from . import api
     from .diff import diff_models
-    from .renderers.diff_out import RENDERERS
+    from .outputs import as_text
     from .safe_io import is_stdout, write_text
 
     if max_change is not None and not (max_change >= 0 and max_change != float("inf")):
@@ -195,7 +196,8 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
         raise SettingsError(f"--max-change {max_change:g}: expected a finite number >= 0 (a relative norm)")
     model_a, model_b = api.load(source_a, trust=trust), api.load(source_b, trust=trust)
     result = diff_models(model_a, model_b, tuple(filters), jobs=jobs, cluster=cluster)
-    text = RENDERERS[fmt](result, max_change, allow_structural, expand, **terminal_width(fmt, output))
+    text = as_text("diff", fmt, result, max_change=max_change, allow_structural=allow_structural, expand=expand,
+                   **terminal_width(fmt, output))
     if output and not is_stdout(output):
         write_text(output, text)
         wrote(output)
@@ -223,14 +225,14 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
 @fans_option()
 @click.option("--recipe", metavar="NAME", shell_complete=complete_recipe,
               help="Explain what a library's init draws (see inspect --recipe).")
-@format_option(EXPLAIN_FORMATS, "Output format: the derivation as text, JSON (inspect's row and its lines) or Markdown.")
+@format_option("explain", "Output format: the derivation as text, JSON (inspect's row and its lines) or Markdown.")
 def explain(src: SourceArgs, layer_names: tuple[str, ...], shape: str | None, kind: str | None, layout: str,
             groups: int | None, stride: str | None, transposed: bool, scheme: str | None, modes: tuple[str, ...],
             nonlinearity: str | None, param: float | None, fans: str | None, recipe: str | None, fmt: str) -> None:
     """The derivation of a layer's fans, gain and std, with the numbers filled in."""
     from .errors import SettingsError
     from .layer import Model
-    from .renderers.explain import FORMATS as RENDER
+    from .outputs import as_text
     from .report import Settings, analyze
 
     if shape:
@@ -242,8 +244,7 @@ def explain(src: SourceArgs, layer_names: tuple[str, ...], shape: str | None, ki
     else:
         raise SettingsError("give a SOURCE with --layer NAME, or --shape DIMS")
     settings = Settings(scheme, modes, nonlinearity, param, fans, None, layer_names if not shape else (), recipe)
-    rendered = RENDER[fmt](analyze(model, settings))
-    write_stdout(printable_lines(rendered) if fmt == "table" else rendered)
+    write_stdout(as_text("explain", fmt, analyze(model, settings)))
 
 
 @cli.command(cls=ModesCommand)
@@ -262,7 +263,7 @@ def explain(src: SourceArgs, layer_names: tuple[str, ...], shape: str | None, ki
               help="One input's shape without the batch, e.g. 3,32,32 (required for a factory's module).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @kwargs_option()
-@format_option(("table", "json"))
+@format_option("propagate")
 @output_option()
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="Also draw the variances per layer as a chart (needs the 'plot' extra: matplotlib).")
@@ -272,14 +273,11 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
               output: str | None, plot_path: str | None) -> None:
     """Initialise under each mode, push N(0,1) inputs forward and a N(0,1) gradient back, and show each
     layer's activation and gradient variance: fan_in keeps the forward pass, fan_out the backward."""
-    import json
-
     from .errors import FancliError
+    from .outputs import as_text
     from .propagate import load_source
     from .propagate import propagate as run_propagation
-    from .renderers.propagate import render_propagation, to_dict
     from .safe_io import is_stdout, write_text
-    from .text import json_safe
 
     if source is None:
         raise FancliError("give a YAML spec or a pkg.module:factory to propagate through")
@@ -289,8 +287,7 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
     props = run_propagation(loaded, modes or ("fan_in", "fan_out"),
                             scheme=scheme, nonlinearity=nonlinearity, param=param, fans=fans, norms=norms,
                             batch=batch, input_shape=input_shape, seed=seed, draws=draws)
-    text = (printable_lines(render_propagation(props, source)) if fmt == "table"
-            else json_safe(json.dumps(to_dict(props, source), indent=2, ensure_ascii=False)) + "\n")
+    text = as_text("propagate", fmt, props, source=source)
     if plot_path:
         from .renderers.plot import plot_propagation
 
@@ -307,7 +304,7 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
 @click.option("--param", "-p", type=float, metavar="P",
               help="The activation's parameter (leaky_relu's slope, elu's alpha, softplus's beta).")
 @click.option("--list", "list_all", is_flag=True, help="Every known activation, torch's gain beside the numeric one.")
-@format_option(("table", "json"))
+@format_option("gain")
 def gain(name: str | None, param: float | None, list_all: bool, fmt: str) -> None:
     """The gain of an activation: torch's where defined, and 1/√E[f(z)²] for z ~ N(0, 1).
 
@@ -316,7 +313,7 @@ def gain(name: str | None, param: float | None, list_all: bool, fmt: str) -> Non
     """
     from .analysis import activations, gains
     from .errors import SettingsError
-    from .renderers.gain import render_gains
+    from .outputs import as_text
 
     if not list_all and not name:
         raise SettingsError("give an activation NAME, or --list")
@@ -330,7 +327,7 @@ def gain(name: str | None, param: float | None, list_all: bool, fmt: str) -> Non
             raise SettingsError(str(error)) from None
         rows.append({"name": item, "param": param, "torch": torch_value, "numeric": numeric,
                      "used": torch_value if torch_value is not None else numeric})
-    write_stdout(render_gains(rows, fmt))
+    write_stdout(as_text("gain", fmt, rows))
 
 
 #: An error line is cut here: a message quoting a hostile file must not pour its contents onto stderr.

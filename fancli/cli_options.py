@@ -17,7 +17,8 @@ import click
 from .analysis.gains import TORCH_NONLINEARITIES
 from .analysis.schemes import ALIASES as SCHEME_ALIASES
 from .analysis.schemes import SCHEMES
-from .vocab import FAN_CONVENTIONS, FORMATS, MODES
+from .outputs import formats
+from .vocab import FAN_CONVENTIONS, MODES
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -120,9 +121,22 @@ def modes_option(help: str, dest: str = "modes") -> Decorator:
     return click.option("--mode", "-m", dest, type=click.Choice(MODES), multiple=True, help=help)
 
 
-def format_option(formats: tuple[str, ...] = FORMATS, help: str = "Output format.") -> Decorator:
-    return click.option("--format", "-f", "fmt", type=click.Choice(formats), default=formats[0], show_default=True,
-                        help=help)
+class Formats(click.Choice):
+    """A command's formats as `fancli.outputs` has them when it runs: exactly its renderers' keys, a format
+    registered after this module was imported included."""
+
+    def __init__(self, command: str) -> None:  # no fixed tuple of choices: they are read on each use
+        self.command, self.case_sensitive = command, True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        return formats(self.command)
+
+
+def format_option(command: str, help: str = "Output format.") -> Decorator:
+    """--format: the formats `fancli.outputs` has for `command`, its first the default."""
+    return click.option("--format", "-f", "fmt", type=Formats(command), default=formats(command)[0],
+                        show_default=True, help=help)
 
 
 def output_option(help: str = "Write to FILE (atomically) instead of stdout.") -> Decorator:
@@ -223,7 +237,7 @@ def report_options(func: Callable[..., Any] | None = None, *, many: bool = False
                      help="Divide a conv's fan_out by the pool area after it (LeNet tutorial convention)."),
         click.option("--filter", "-k", "filters", multiple=True, metavar="GLOB",
                      help="Only layers whose name or parameter key matches (glob, or substring). Repeatable."),
-        format_option(),
+        format_option(func.__name__),  # "inspect" or "compare": click names the command after the function too
         output_option(),
         click.option("--all", "show_all", is_flag=True,
                      help="Tables and Markdown: also list tensors below 2 dims (JSON always has them)."),

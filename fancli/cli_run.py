@@ -159,13 +159,13 @@ def nbytes(layer: Any) -> int:
 def emit(report: Any, fmt: str, output: str | None, show_all: bool, expand: bool = False) -> None:
     """Render to stdout, or atomically to a file the run did not read; tables and Markdown fold repeated
     layers unless `expand`."""
-    from .renderers import as_read, render_chunks
+    from .outputs import pieces
     from .safe_io import is_stdout, write_text
 
-    report = as_read(report, fmt, show_all, expand)
+    report = report.as_read(fmt, show_all, expand)
 
     if output and not is_stdout(output):
-        write_text(output, render_chunks(report, fmt))
+        write_text(output, pieces(report.command, fmt, report))
         wrote(output)
         return
     if fmt == "table" and sys.stdout is not None and sys.stdout.isatty():
@@ -173,7 +173,7 @@ def emit(report: Any, fmt: str, output: str | None, show_all: bool, expand: bool
 
         write_stdout(printer=lambda: print_rich(report))
         return
-    write_stdout(render_chunks(report, fmt))
+    write_stdout(pieces(report.command, fmt, report))
 
 
 def terminal_width(fmt: str, output: str | None) -> dict[str, int]:
@@ -186,11 +186,6 @@ def terminal_width(fmt: str, output: str | None) -> dict[str, int]:
     from rich.console import Console
 
     return {"width": Console().width}
-
-
-def printable_lines(text: str) -> str:
-    """Text built from names in a file, each line made printable (its newlines are the only ones kept)."""
-    return "\n".join(map(printable, text.split("\n")))
 
 
 def shape_layer(shape: str, kind: str | None, layout: str, groups: int | None, stride: str | None,

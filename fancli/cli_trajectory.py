@@ -17,7 +17,8 @@ def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...],
                    output: str | None, show_all: bool, expand: bool, plot_path: str | None) -> None:
     from .cli_run import check_outputs, load_model, terminal_width, write_stdout, wrote
     from .errors import SettingsError
-    from .renderers.trajectory_out import RENDERERS, without_small_tensors
+    from .outputs import MACHINE_FORMATS, as_text, formats
+    from .renderers.trajectory_out import without_small_tensors
     from .safe_io import is_stdout, write_text
     from .trajectory import natural_order
 
@@ -30,6 +31,9 @@ def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...],
     if refused:
         raise SettingsError(f"{', '.join(refused)}: with several SOURCEs inspect shows each tensor's observed std "
                             "per checkpoint (a trajectory); give one SOURCE for a scheme's numbers")
+    if fmt not in formats("trajectory"):
+        raise SettingsError(f"--format {fmt}: with several SOURCEs inspect writes a trajectory, as "
+                            f"{', '.join(formats('trajectory'))}")
     sources = natural_order(src.sources)
     models = [load_model(replace(src, source=source, sources=(source,)))[0] for source in sources]
     written = output if output and not is_stdout(output) else None
@@ -43,10 +47,10 @@ def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...],
         plot_trajectory(replace(shown, expanded=expand), plot_path, title="observed std per checkpoint",
                         others=[written])
         wrote(plot_path)
-    if fmt in ("table", "markdown"):
+    if fmt not in MACHINE_FORMATS:
         found = without_small_tensors(found) if not show_all else found
         found = replace(found, expanded=expand)
-    text = RENDERERS[fmt](found, **terminal_width(fmt, output))
+    text = as_text("trajectory", fmt, found, **terminal_width(fmt, output))
     if written:
         write_text(written, text, [plot_path])
         wrote(written)

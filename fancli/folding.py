@@ -14,12 +14,11 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import product
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Sequence, TypeVar
-
-if TYPE_CHECKING:
-    from .report import Row
+from typing import Any, Callable, Hashable, Iterable, Sequence, TypeVar
 
 T = TypeVar("T")
+#: A report's row (`fancli.report.Row`): folding reads its fields and never imports the report, which folds.
+Row = Any
 
 #: Observed stds of neighbours (sorted) further apart than this many standard errors start a new group.
 STD_ERRORS = 3.0
@@ -158,11 +157,11 @@ def fold(items: Sequence[T], key: Callable[[T], str], same: Callable[[T], Hashab
 # --- a report's rows ------------------------------------------------------------------------------------
 
 
-def _inits(row: "Row") -> tuple:
+def _inits(row: Row) -> tuple:
     return tuple((mode, v.std, v.bound, v.sampling_std, v.note) for mode, v in row.inits.items())
 
 
-def shown(row: "Row", inits: Callable[["Row"], tuple] = _inits) -> Hashable:
+def shown(row: Row, inits: Callable[[Row], tuple] = _inits) -> Hashable:
     """Everything a table shows of a row but its name and its observed values: rows fold only where all of
     it is equal."""
     layer, fans = row.layer, row.fans
@@ -204,24 +203,24 @@ def by_std(items: list[T], std_of: Callable[[T], tuple[float | None, int]]) -> l
     return chain(items, lambda item: std_of(item)[0], close)
 
 
-def _observed_std(row: "Row") -> tuple[float | None, int]:
+def _observed_std(row: Row) -> tuple[float | None, int]:
     observed = row.observed
     return (None, 0) if observed is None else (observed.std, observed.count - observed.nonfinite)
 
 
-def by_observed_std(rows: list["Row"]) -> list[list["Row"]]:
+def by_observed_std(rows: list[Row]) -> list[list[Row]]:
     """Rows whose observed stds agree (`by_std`); without statistics, all of them as they come."""
     if all(row.observed is None for row in rows):
         return [rows]
     return by_std(rows, _observed_std)
 
 
-def fold_rows(rows: Iterable["Row"]) -> list[Group]:
+def fold_rows(rows: Iterable[Row]) -> list[Group]:
     """The groups a table shows for these rows (singletons included)."""
     rows = list(rows)
     seen: dict[int, tuple] = {}  # rows that share their analysis share its inits dict: one tuple each
 
-    def inits(row: "Row") -> tuple:
+    def inits(row: Row) -> tuple:
         found = seen.get(id(row.inits))
         if found is None:
             found = seen[id(row.inits)] = _inits(row)
@@ -230,6 +229,6 @@ def fold_rows(rows: Iterable["Row"]) -> list[Group]:
     return fold(rows, lambda row: row.layer.param, lambda row: shown(row, inits), by_observed_std)
 
 
-def singletons(rows: Iterable["Row"]) -> list[Group]:
+def singletons(rows: Iterable[Row]) -> list[Group]:
     """One group per row: the table with --expand."""
     return [Group(row.layer.param, (), (row,)) for row in rows]

@@ -160,25 +160,39 @@ class Report:
         count = len(self.rows)
         return f"<Report {self.command} {name}: {count} layer{'s' * (count != 1)}, {init}>"
 
+    def as_read(self, fmt: str = "table", show_all: bool = False, expand: bool = False) -> "Report":
+        """The report as `fmt` shows it: formats read by people fold tensors below 2 dims (biases, norm scales:
+        no fans in torch) into one note unless `show_all` (JSON and CSV keep every tensor), and fold repeated
+        layers unless `expand`."""
+        from .outputs import MACHINE_FORMATS
+
+        report = self
+        kept = self.rows if fmt in MACHINE_FORMATS or show_all else tuple(
+            row for row in self.rows if len(row.layer.shape) >= 2)
+        hidden = len(self.rows) - len(kept)
+        if hidden and kept:
+            note = (f"{hidden} tensors below 2 dims (biases, norm weights: no fans in torch) not shown; --all "
+                    "(show_all=True) shows them")
+            report = replace(report, rows=kept, notes=report.notes + (note,))
+        return replace(report, expanded=True) if expand else report
+
+    def _shown_as(self, fmt: str) -> str:
+        """The report as `fmt` shows it, written by its renderer (`fancli.outputs`, which imports none)."""
+        from .outputs import as_text
+
+        return as_text(self.command, fmt, self.as_read(fmt))
+
     def __str__(self) -> str:
         """`print(report)`: the table as the CLI prints it, as torchinfo's `summary()` prints its own."""
-        from .renderers import render_text
-
-        return render_text(self)
+        return self._shown_as("table")
 
     def _repr_markdown_(self) -> str:
         """Jupyter: the Markdown table, tensors below 2 dims folded as the CLI's table does."""
-        from .renderers import without_small_tensors
-        from .renderers.markdown import render_markdown
-
-        return render_markdown(without_small_tensors(self))
+        return self._shown_as("markdown")
 
     def _repr_html_(self) -> str:
         """Jupyter (preferred over Markdown where both exist): a plain HTML table, every string escaped."""
-        from .renderers import without_small_tensors
-        from .renderers.html import render_html
-
-        return render_html(without_small_tensors(self))
+        return self._shown_as("html")
 
     def most_disagreeing(self, limit: int = 3) -> list[Row]:
         """Rows whose modes disagree most (spread > 1), largest first."""

@@ -2,7 +2,7 @@
 config validators, the analysis and the renderers read them here (as torchinfo keeps its enums.py).
 
 Layer kinds have their own registry (`fancli.kinds`), schemes theirs (`analysis.schemes.SCHEMES`),
-activations theirs (`analysis.activations`).
+activations theirs (`analysis.activations`), output formats theirs, per command (`fancli.outputs`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,5 @@ FAN_CONVENTIONS = ("torch", "effective")
 LAYOUTS = ("torch", "keras", "in_out")
 #: How a scheme draws: the std is exact for each (truncated normal corrects its sampling std).
 DISTRIBUTIONS = ("normal", "uniform", "truncated_normal")
-#: Output formats every report command renders.
-FORMATS = ("table", "json", "markdown", "csv")
-#: Formats for programs: every tensor, small ones too, and nothing but the document on stdout.
-MACHINE_FORMATS = ("json", "csv")
-#: `fancli check`'s formats: a list of changes has no rows to put in a CSV.
-CHECK_FORMATS = ("table", "json", "markdown")
-#: `fancli explain`'s formats: a derivation is lines of text, not rows for a CSV.
-EXPLAIN_FORMATS = ("table", "json", "markdown")
 #: What `propagate` does with norm layers: leave them out (the init alone) or run them in train mode.
 NORMS = ("identity", "real")

@@ -260,10 +260,15 @@ def test_stats_on_a_spec_says_it_read_nothing():
 
 
 def test_every_format_the_cli_offers_has_one_renderer():
-    from fancli.renderers import RENDERERS
-    from fancli.vocab import FORMATS
+    from fancli.cli import cli
+    from fancli.outputs import RENDERERS, formats, renderer
 
-    assert tuple(RENDERERS) == FORMATS
+    for name, command in cli.commands.items():
+        (option,) = [p for p in command.params if p.name == "fmt"] or [None]
+        if option is not None:
+            assert option.type.choices == formats(name) and option.default == formats(name)[0], name
+    for command, fmt in RENDERERS:
+        assert callable(renderer(command, fmt)), (command, fmt)
 
 
 def test_help_names_every_kind_of_source_exit_code_and_activation():

@@ -138,10 +138,9 @@ def test_a_narrow_terminal_wraps_patterns_and_keeps_every_number(checkpoints):
     from rich.console import Console
 
     from fancli import api
-    from fancli.renderers import without_small_tensors
     from fancli.renderers.table import print_rich
 
-    report = without_small_tensors(api.inspect(str(checkpoints["moe"])))
+    report = api.inspect(str(checkpoints["moe"])).as_read("table")
     out = io.StringIO()
     print_rich(report, Console(file=out, width=90, color_system=None))
     text = out.getvalue()

@@ -18,6 +18,7 @@ from helpers import run
 from markdown_it import MarkdownIt
 
 import fancli
+from fancli.outputs import formats
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
@@ -150,9 +151,11 @@ class _Elements(HTMLParser):
         self.text.append(data)
 
 
-def test_jupyter_html_shows_keys_as_written(files):
+@pytest.mark.parametrize("page", ["jupyter", "cli"])
+def test_html_shows_keys_as_written(files, page):
     parser = _Elements()
-    parser.feed(fancli.inspect(files["a"])._repr_html_())
+    parser.feed(fancli.inspect(files["a"])._repr_html_() if page == "jupyter"
+                else run("inspect", files["a"], "-f", "html").out)
     assert parser.tags <= OWN_HTML, parser.tags - OWN_HTML
     for key in map(_printed, MARKUP_KEYS):
         assert key in parser.text
@@ -197,7 +200,7 @@ def _acting(text: str) -> list[str]:
 def test_every_format_character_is_escaped_in_every_format(tmp_path):
     keys = ["ar\u061cb.weight", "rl\u200fm.weight", "sh\u00ady.weight", "zw\u200bj.weight", "tag\U000e0041.weight"]
     source = _save(tmp_path / "cf.safetensors", keys)
-    for fmt in ("table", "markdown", "csv", "json"):
+    for fmt in formats("inspect"):
         result = run("inspect", source, "-f", fmt)
         assert result.code == 0, result.err
         assert not _acting(result.out), (fmt, _acting(result.out))

@@ -16,7 +16,7 @@ from schema_check import errors
 
 import fancli
 from fancli.layer import Layer, Model
-from fancli.renderers import render_text, without_small_tensors
+from fancli.renderers import render_text
 from fancli.report import analyze
 
 SAMPLES = REPO / "sample_models"
@@ -78,7 +78,7 @@ def test_table_keeps_every_number_at_any_width(command, sample, width):
     report = getattr(fancli, command)(str(SAMPLES / sample))
     document = json.loads(render_text(report, "json"))
     console = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
-    print_rich(without_small_tensors(report), console)
+    print_rich(report.as_read("table"), console)
     text = console.file.getvalue()
     assert max(len(line) for line in text.splitlines()) <= width
     assert_every_number(text, document)
@@ -134,7 +134,7 @@ def test_wide_terminal_keeps_the_full_table():
     from fancli.renderers.table import print_rich
 
     console = Console(width=200, file=io.StringIO(), color_system=None)
-    print_rich(without_small_tensors(fancli.inspect(str(SAMPLES / "mobilenet_block.yaml"))), console)
+    print_rich(fancli.inspect(str(SAMPLES / "mobilenet_block.yaml")).as_read("table"), console)
     header = next(line for line in console.file.getvalue().splitlines() if line.startswith("┃"))
     assert [cell.strip() for cell in header.strip("┃").split("┃")] == [
         "name", "kind", "shape", "params", "fan_in", "fan_out", "gain", "std", "bound", "notes"]
@@ -153,7 +153,7 @@ def test_totals_count_a_tied_tensor_once_in_every_format():
     assert summary == {"tensors": 3, "parameters": 64000 + 640 + 10, "tied_keys": 1, "bytes": 128000 + 2600,
                        "bytes_by_dtype": {"bfloat16": 128000, "float32": 2600}, "dtype_assumed": False, "buffers": 0}
     line = "total: 3 tensors · 64,650 parameters (1 tied key counted once) · 130,600 bytes: bfloat16 128,000, float32 2,600"
-    folded = without_small_tensors(report)
+    folded = report.as_read("table")
     assert line in render_text(folded, "table") and line in render_text(folded, "markdown")
 
 

@@ -14,6 +14,7 @@ from ..check import (
     fold_deviations,
     fold_nonfinite,
 )
+from ..check_result import CheckResult
 from ..report import SCHEMA_VERSION
 from ..text import markdown_code, markdown_text, printable
 from .table import fitted_grid, wrapped
@@ -86,13 +87,17 @@ def _deviation_rows(found: list[Deviation]) -> list[list[str]]:
     return rows
 
 
+def _parts(result: CheckResult) -> tuple[list[Change], list[Deviation], str, float, list[Nonfinite]]:
+    return result.changes, result.deviations, result.baseline, result.sigmas, result.nonfinite
+
+
 _CHANGE_HEADERS = ["layer", "change", "field", "baseline", "now"]
 _DEVIATION_HEADERS = ["layer", "observed std", "expected std", "std errors", "verdict"]
 
 
-def render_check_text(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float,
-                      nonfinite: list[Nonfinite] = (), width: int | None = None) -> str:
+def render_check_text(result: CheckResult, width: int | None = None) -> str:
     """The report; its tables fitted to a terminal of `width` columns as inspect's table is (`fitted_grid`)."""
+    changes, found, baseline, sigmas, nonfinite = _parts(result)
     flagged = [d for d in found if d.flagged]
     lines = wrapped(_headline(changes, flagged, baseline, nonfinite), width)
     if nonfinite:
@@ -111,8 +116,8 @@ def render_check_text(changes: list[Change], found: list[Deviation], baseline: s
     return "\n".join(lines) + "\n"
 
 
-def render_check_markdown(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float,
-                          nonfinite: list[Nonfinite] = ()) -> str:
+def render_check_markdown(result: CheckResult) -> str:
+    changes, found, baseline, sigmas, nonfinite = _parts(result)
     flagged = [d for d in found if d.flagged]
     mark = "✅" if not changes and not flagged and not nonfinite else "❌"
     lines = [f"### {mark} fancli check", "", _headline(changes, flagged, markdown_text(baseline), nonfinite), ""]
@@ -132,8 +137,8 @@ def render_check_markdown(changes: list[Change], found: list[Deviation], baselin
     return "\n".join(lines) + "\n"
 
 
-def render_check_json(changes: list[Change], found: list[Deviation], baseline: str, sigmas: float,
-                      nonfinite: list[Nonfinite] = ()) -> str:
+def render_check_json(result: CheckResult) -> str:
+    changes, found, baseline, sigmas, nonfinite = _parts(result)
     document: dict[str, Any] = {
         "fancli": SCHEMA_VERSION,
         "command": "check",
@@ -152,5 +157,3 @@ def render_check_json(changes: list[Change], found: list[Deviation], baseline: s
     }
     return json.dumps(document, indent=2, allow_nan=False) + "\n"
 
-
-RENDERERS = {"table": render_check_text, "markdown": render_check_markdown, "json": render_check_json}

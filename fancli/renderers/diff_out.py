@@ -164,7 +164,3 @@ def render_diff_csv(result: DiffResult, max_change: float | None = None, allow_s
         writer.writerow(["" if row[f] is None else "x".join(map(str, row[f])) if isinstance(row[f], list)
                          else csv_text(row[f]) if isinstance(row[f], str) else repr(row[f]) for f in fields])
     return buffer.getvalue()
-
-
-RENDERERS = {"table": render_diff_table, "json": render_diff_json, "markdown": render_diff_markdown,
-             "csv": render_diff_csv}

@@ -16,6 +16,7 @@ from ..analysis.torch_defaults import explain_torch_default
 from ..kinds import kind, kind_for_ndim
 from ..layer import Layer
 from ..report import Report, Row
+from ..text import printable
 
 
 def _g(value: float | int | None) -> str:
@@ -150,8 +151,10 @@ def explain_row(row: Row, fan_convention: str = "torch") -> list[str]:
 
 
 def explain(report: Report) -> str:
-    """Every row of a report (usually filtered to one layer), derivations separated by blank lines."""
-    return "\n\n".join("\n".join(explain_row(row, report.fan_convention)) for row in report.rows) + "\n"
+    """Every row of a report (usually filtered to one layer), derivations separated by blank lines; each line
+    printable (names come from the file)."""
+    return "\n\n".join("\n".join(map(printable, explain_row(row, report.fan_convention)))
+                       for row in report.rows) + "\n"
 
 
 def explain_json(report: Report) -> str:
@@ -179,7 +182,3 @@ def explain_markdown(report: Report) -> str:
         parts.append("\n".join([f"#### {markdown_code(row.layer.param)}", "",
                                  *(f"- {markdown_text(line)}" for line in lines[1:])]))
     return "\n\n".join(parts) + "\n"
-
-
-#: explain's output formats -> renderer.
-FORMATS = {"table": explain, "json": explain_json, "markdown": explain_markdown}

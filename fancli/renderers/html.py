@@ -1,4 +1,5 @@
-"""HTML for Jupyter's `_repr_html_`: a plain table with the table renderer's columns and footnotes.
+"""HTML for Jupyter's `_repr_html_` and `inspect -f html`: a plain table with the table renderer's columns and
+footnotes.
 
 Every string goes through `html_text`: names, keys and notes come from the file, and a notebook renders
 HTML live (a key holding `<script>` must show as text, not run). The notebook's MathJax is told to leave
@@ -22,4 +23,4 @@ def render_html(report: Report) -> str:
     notes = [*report.notes, *footnotes.lines()]
     foot = "".join(f"<div><small>{html_text(note)}</small></div>" for note in notes)
     return (f'<div class="tex2jax_ignore mathjax_ignore"><strong>{html_text(title(report))}</strong><table>'
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{foot}</div>")
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{foot}</div>\n")

@@ -3,8 +3,11 @@ Formats a list of Propagation (`fancli.propagate`) only; no torch."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Any, Sequence
+
+from ..text import json_safe, printable
 
 if TYPE_CHECKING:
     from ..propagate.signals import Propagation
@@ -65,7 +68,8 @@ def _times(value: float) -> str:
 def render_propagation(props: Sequence[Propagation], source: str | None = None, bar_width: int = 10) -> str:
     """Plain text: one row per weight layer; per mode the forward and backward variance with a bar.
 
-    All bars share one log2 span, so a bar's length compares across columns.
+    All bars share one log2 span, so a bar's length compares across columns. Every line printable: layer
+    names and the source's come from the user's files.
     """
     if not props:
         return ""
@@ -111,7 +115,7 @@ def render_propagation(props: Sequence[Propagation], source: str | None = None, 
     )
     notes = list(dict.fromkeys(n for p in props for n in p.notes))
     lines += notes
-    return "\n".join(lines) + "\n"
+    return "\n".join(map(printable, lines)) + "\n"
 
 
 def _range(ratios: Sequence[float]) -> str:
@@ -119,6 +123,11 @@ def _range(ratios: Sequence[float]) -> str:
     if len(ratios) < 2 or not finite:
         return ""
     return f", single draws {_times(min(finite))}–{_times(max(finite))}"
+
+
+def render_propagation_json(props: Sequence[Propagation], source: str | None = None) -> str:
+    """`to_dict` as JSON text, what a terminal would act on escaped (`json_safe`)."""
+    return json_safe(json.dumps(to_dict(props, source), indent=2, ensure_ascii=False)) + "\n"
 
 
 def _json_float(value: float) -> float | None:

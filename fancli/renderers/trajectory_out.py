@@ -152,6 +152,3 @@ def render_csv(trajectory: Trajectory) -> str:
                              csv_text(track.dtype or ""), csv_text(checkpoint.source),
                              "" if checkpoint.step is None else checkpoint.step, *values])
     return buffer.getvalue()
-
-
-RENDERERS = {"table": render_table, "markdown": render_markdown, "json": render_json, "csv": render_csv}
