@@ -12,6 +12,7 @@ from . import loaders
 from .errors import SettingsError
 from .layer import Model
 from .report import Report, Request, Settings, analyze, selected, with_inferences
+from .vocab import COMPARED_MODES
 
 if TYPE_CHECKING:
     from .check_result import CheckResult
@@ -133,7 +134,7 @@ def inspect(
 
 def compare(
     source: Source,
-    modes: Iterable[str] = ("fan_in", "fan_out"),
+    modes: Iterable[str] = COMPARED_MODES,
     *,
     scheme: str | None = None,
     nonlinearity: str | None = None,

@@ -219,6 +219,7 @@ def explain(src: SourceArgs, layer_names: tuple[str, ...], shape: str | None, ki
     from .renderers.explain import FORMATS as RENDER
     from .report import Settings, analyze
 
+    settings = Settings(scheme, modes, nonlinearity, param, fans, None, layer_names if not shape else (), recipe)
     if shape:
         model = Model("--shape", "shape", (shape_layer(shape, kind, layout, groups, stride, transposed),))
     elif src.source or not src.no_config:
@@ -227,7 +228,6 @@ def explain(src: SourceArgs, layer_names: tuple[str, ...], shape: str | None, ki
         model, _ = load_model(src)
     else:
         raise SettingsError("give a SOURCE with --layer NAME, or --shape DIMS")
-    settings = Settings(scheme, modes, nonlinearity, param, fans, None, layer_names if not shape else (), recipe)
     rendered = RENDER[fmt](analyze(model, settings))
     write_stdout(printable_lines(rendered) if fmt == "table" else rendered)
 

@@ -18,7 +18,7 @@ import click
 from .analysis.gains import TORCH_NONLINEARITIES
 from .analysis.schemes import ALIASES as SCHEME_ALIASES
 from .analysis.schemes import SCHEMES
-from .vocab import FAN_CONVENTIONS, FORMATS, MODES
+from .vocab import COMPARED_MODES, FAN_CONVENTIONS, FORMATS, MODES
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -242,7 +242,7 @@ def report_options(command: str) -> Decorator:
                                   "torchtitan…; see README Recipes). Default: the source's own library where its "
                                   "config says, unless --scheme or --mode is given."),
             ]
-        modes = modes_option(MODES_HELP[command], default=() if inspecting else ("fan_in", "fan_out"))
+        modes = modes_option(MODES_HELP[command], default=() if inspecting else COMPARED_MODES)
         return modes(source_options(many=inspecting)(_apply(asked, options)))
 
     return decorate

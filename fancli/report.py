@@ -1,7 +1,8 @@
 """From a Model and the user's settings to a Report: one row per weight, ready to render.
 
 This is where the three analysis modules meet a layer: its fans, the gain of what follows it, and
-the init values its scheme gives under each mode asked for.
+the init values its scheme gives under each mode asked for. What is asked is one object from the command
+line or the library's keywords to here: a `Settings`, valid once built, inside a `Request`.
 """
 
 from __future__ import annotations
