@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from . import loaders
 from .errors import SettingsError
 from .layer import Model
-from .report import Report, Settings, analyze, selected, with_inferences
+from .report import Report, Request, Settings, analyze, selected, with_inferences
+from .vocab import COMPARED_MODES
 
 if TYPE_CHECKING:
     from .check_result import CheckResult
@@ -84,32 +85,21 @@ def load_configured(source: Any, config: Any, warn: Callable[[str], None] | None
     return config.apply(model)
 
 
-def _report(
-    source: Source,
-    settings: Settings,
-    command: str,
-    stats: bool,
-    trust: bool,
-    kwargs: dict[str, Any] | None,
-    on_chunk: Callable[[int], None] | None,
-    infer: bool = False,
-    jobs: int | None = 1,
-    cluster: Any = None,
-) -> Report:
-    model = load(source, trust=trust, kwargs=kwargs)
-    settings = settings.validated()
-    reading = stats or infer
+def run(model: Model, request: Request, on_chunk: Callable[[int], None] | None = None) -> Report:
+    """The report `request` asks of a loaded model: its weights read where it says so (`on_chunk(nbytes)` as
+    pieces finish), the analysis, and with `infer` the init that best explains each layer's weights. The one
+    path of `inspect`, `compare`, `check_init` and the CLI's commands."""
     observed = None
-    if reading:
+    if request.reads_weights:
         from .stats import observe_all  # only when weights are read
 
-        observed = observe_all(selected(model, settings.filters), on_chunk, kurtosis=infer, structure=infer, jobs=jobs,
-                               cluster=cluster)
-    report = analyze(model, settings, command, observed)
-    if reading and not observed:
+        observed = observe_all(selected(model, request.settings.filters), on_chunk, kurtosis=request.infer,
+                               structure=request.infer, jobs=request.jobs, cluster=request.cluster)
+    report = analyze(model, request.settings, request.command, observed)
+    if request.reads_weights and not observed:
         note = f"--stats: this source ({model.format}) holds no weights to read"
         report = replace(report, notes=report.notes + (note,))
-    return with_inferences(report) if infer else report
+    return with_inferences(report) if request.infer else report
 
 
 def inspect(
@@ -138,12 +128,13 @@ def inspect(
     also the init that best explains them."""
     settings = Settings(scheme, (mode,) if mode else (), nonlinearity, param, fans, pool_fan_out, tuple(filters),
                         recipe)
-    return _report(source, settings, "inspect", stats, trust, kwargs, on_chunk, infer, jobs, cluster)
+    request = Request("inspect", settings, stats, infer, jobs, cluster)
+    return run(load(source, trust=trust, kwargs=kwargs), request, on_chunk)
 
 
 def compare(
     source: Source,
-    modes: Iterable[str] = ("fan_in", "fan_out"),
+    modes: Iterable[str] = COMPARED_MODES,
     *,
     scheme: str | None = None,
     nonlinearity: str | None = None,
@@ -159,11 +150,9 @@ def compare(
     cluster: Any = None,
 ) -> Report:
     """The same layers with one std per mode side by side."""
-    modes = tuple(modes)
-    if len(modes) < 2:
-        raise SettingsError(f"compare needs at least two modes, got {len(modes)}")
-    settings = Settings(scheme, modes, nonlinearity, param, fans, pool_fan_out, tuple(filters))
-    return _report(source, settings, "compare", stats, trust, kwargs, on_chunk, jobs=jobs, cluster=cluster)
+    settings = Settings(scheme, tuple(modes), nonlinearity, param, fans, pool_fan_out, tuple(filters))
+    request = Request("compare", settings, stats, jobs=jobs, cluster=cluster)
+    return run(load(source, trust=trust, kwargs=kwargs), request, on_chunk)
 
 
 def check_init(
@@ -188,18 +177,33 @@ def check_init(
     comparison and leaves only the `stats` check of the weights against the configured init. `jobs` and
     `cluster` read the weights as `inspect`'s do.
     """
-    from . import check as drift
     from .config import Config, load_config
 
     conf = config if isinstance(config, Config) else None if config is False else load_config(config)
     loaded = load_configured(model, conf, trust=trust, kwargs=kwargs)
-    report = _report(loaded, Settings(fans=conf.fans if conf else None), "inspect", stats, trust, kwargs, None,
-                     jobs=jobs, cluster=cluster)
-    path, tolerance, limit = (conf or Config()).drift_limits(baseline or None, tolerance, sigmas)
+    report = run(loaded, Request(stats=stats, jobs=jobs, cluster=cluster))  # the configuration is on the model
+    return check_report(report, conf, baseline, stats=stats, tolerance=tolerance, sigmas=sigmas)
+
+
+def check_report(
+    report: Report,
+    config: "Config | None" = None,
+    baseline: "str | Path | None" = None,
+    *,
+    stats: bool = False,
+    tolerance: float | None = None,
+    sigmas: float | None = None,
+) -> "CheckResult":
+    """`check_init`'s verdict on a report of the configured model already made (`fancli check` makes it with a
+    progress bar): its drift from the baseline, and with `stats` its weights against the configured init.
+    `baseline`, `tolerance` and `sigmas` default to `config`'s; `baseline=False` skips the comparison."""
+    from . import check as drift
+    from .check_result import CheckResult
+    from .config import Config
+
+    path, tolerance, limit = (config or Config()).drift_limits(baseline or None, tolerance, sigmas)
     changes = [] if baseline is False else drift.compare(drift.read_baseline(path), report, tolerance)
     found = drift.deviations(report, limit) if stats else []
-    from .check_result import CheckResult
-
     return CheckResult(report, changes, found, "(no baseline)" if baseline is False else str(path), limit,
                        drift.nonfinite(report) if stats else [])
 

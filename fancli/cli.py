@@ -10,12 +10,12 @@ import errno
 import gc
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from .cli_options import (
     ModesCommand,
-    ReportArgs,
     SourceArgs,
     check_limits,
     complete_activation,
@@ -37,7 +37,6 @@ from .cli_options import (
 from .cli_run import (
     ReaderGone,
     StdoutError,
-    analyse,
     build_report,
     check_outputs,
     emit,
@@ -51,6 +50,9 @@ from .errors import DISTRIBUTION, FancliError, torch_missing
 from .safe_io import recording_reads
 from .text import printable
 from .vocab import LAYOUTS, NORMS
+
+if TYPE_CHECKING:
+    from .report import Request
 
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
@@ -73,45 +75,31 @@ def cli(debug: bool) -> None:
 
 
 @cli.command(cls=ModesCommand)
-@modes_option("fan_in, fan_out or fan_avg. Default: the scheme's.", dest="mode")
-@report_options(many=True)
-@click.option("--infer", is_flag=True,
-              help="Read the weights and name the init that best explains each layer (std and kurtosis).")
+@report_options("inspect")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="With several SOURCEs: draw each layer's observed std against the step (needs matplotlib).")
-@click.option("--recipe", metavar="NAME", shell_complete=complete_recipe,
-              help="Expect what a library's init draws (transformers, gpt2, t5, torchvision_resnet, torchtitan…; "
-                   "see README Recipes). Default: the source's own library where its config says, unless --scheme "
-                   "or --mode is given.")
-def inspect(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...], fmt: str, output: str | None,
-            show_all: bool, expand: bool, infer: bool, plot_path: str | None, recipe: str | None) -> None:
+def inspect(src: SourceArgs, request: Request, fmt: str, output: str | None, show_all: bool, expand: bool,
+            plot_path: str | None) -> None:
     """What each layer gets: fans, gain, std and bound under a scheme and mode.
 
     Several SOURCEs (a run's checkpoints: run/step-*/, in natural order) give each layer's observed std
     per checkpoint instead, a trajectory; they imply --stats."""
-    from . import api
-    from .errors import SettingsError
-
     if len(src.sources) > 1 or plot_path:
         from .cli_trajectory import run_trajectory
 
-        return run_trajectory(src, settings, mode, infer, fmt, output, show_all, expand, plot_path)
-    if len(mode) > 1:
-        raise SettingsError(f"inspect takes one mode, got {' '.join(mode)}; compare sets several side by side")
-    emit(build_report(api.inspect, src, settings, mode=mode[0] if mode else None, infer=infer, recipe=recipe), fmt,
-         output, show_all, expand)
+        return run_trajectory(src, request, fmt, output, show_all, expand, plot_path)
+    model, _ = load_model(src)
+    report = build_report(model, request)
+    emit(report, fmt, output, show_all, expand)
 
 
 @cli.command(cls=ModesCommand)
-@modes_option("Two or three modes to set side by side: --mode fan_in fan_out [fan_avg]. Default: fan_in fan_out.")
-@report_options
-def compare(src: SourceArgs, settings: ReportArgs, modes: tuple[str, ...], fmt: str, output: str | None,
-            show_all: bool, expand: bool) -> None:
+@report_options("compare")
+def compare(src: SourceArgs, request: Request, fmt: str, output: str | None, show_all: bool, expand: bool) -> None:
     """How the modes differ, layer by layer: one std column per mode and their ratio."""
-    from . import api
-
-    emit(build_report(api.compare, src, settings, modes=modes or ("fan_in", "fan_out")), fmt, output, show_all,
-         expand)
+    model, _ = load_model(src)
+    report = build_report(model, request)
+    emit(report, fmt, output, show_all, expand)
 
 
 @cli.command()
@@ -130,36 +118,30 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
           sigmas: float | None, fmt: str, output: str | None, jobs: int | None, cluster: str | None) -> None:
     """CI: has the init configuration drifted from the committed baseline? Exit 0 clean, 1 drift, 2 bad
     usage or unreadable input (no config, no baseline, a source that cannot be read)."""
-
     from . import api
     from . import check as drift
-    from .check_result import CheckResult
     from .config import Config
     from .outputs import as_text
+    from .report import Request
     from .safe_io import checked_target, is_stdout, write_text
 
     check_limits(tolerance, sigmas)
     model, config = load_model(src)
-    baseline, tolerance, limit = (config or Config()).drift_limits(baseline_path, tolerance, sigmas)
-    report = analyse(api.inspect, model, stats and not update, fans=config.fans if config else None, jobs=jobs,
-                     cluster=cluster)
+    report = build_report(model, Request(stats=stats and not update, jobs=jobs, cluster=cluster))
     if update:
+        baseline = (config or Config()).drift_limits(baseline_path)[0]
         checked_target(baseline)  # `--baseline model.pth`: "is an input" says more than "not a baseline"
         drift.ensure_replaceable(baseline)
         write_text(baseline, drift.dumps(drift.baseline_document(report, baseline)))
         wrote(baseline, f" ({len(report.rows)} tensors)")
         return
-    expected = drift.read_baseline(baseline)
-    changes = drift.compare(expected, report, tolerance)
-    found = drift.deviations(report, limit) if stats else []
-    bad = drift.nonfinite(report) if stats else []  # NaN/Inf weights fail whatever the baseline says
-    text = as_text("check", fmt, CheckResult(report, changes, found, str(baseline), limit, bad),
-                   **terminal_width(fmt, output))
+    result = api.check_report(report, config, baseline_path, stats=stats, tolerance=tolerance, sigmas=sigmas)
+    text = as_text("check", fmt, result, **terminal_width(fmt, output))
     if output and not is_stdout(output):
         write_text(output, text)  # the baseline, read above, is in the read set
     else:
         write_stdout(text)
-    if changes or bad or any(d.flagged for d in found):
+    if not result.ok:
         raise click.exceptions.Exit(1)
 
 
@@ -235,6 +217,7 @@ def explain(src: SourceArgs, layer_names: tuple[str, ...], shape: str | None, ki
     from .outputs import as_text
     from .report import Settings, analyze
 
+    settings = Settings(scheme, modes, nonlinearity, param, fans, None, layer_names if not shape else (), recipe)
     if shape:
         model = Model("--shape", "shape", (shape_layer(shape, kind, layout, groups, stride, transposed),))
     elif src.source or not src.no_config:
@@ -243,7 +226,6 @@ def explain(src: SourceArgs, layer_names: tuple[str, ...], shape: str | None, ki
         model, _ = load_model(src)
     else:
         raise SettingsError("give a SOURCE with --layer NAME, or --shape DIMS")
-    settings = Settings(scheme, modes, nonlinearity, param, fans, None, layer_names if not shape else (), recipe)
     write_stdout(as_text("explain", fmt, analyze(model, settings)))
 
 

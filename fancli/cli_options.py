@@ -1,7 +1,8 @@
 """The command line's shared options, each declared once, and the objects they fill.
 
-Commands take a `SourceArgs` (how to read SOURCE) and, for inspect and compare, a `ReportArgs` (what to
-compute), so the path from a flag to the library call is written out, not forwarded as **kwargs.
+Commands take a `SourceArgs` (how to read SOURCE) and, for inspect and compare, one `report.Request` (what to
+compute, validated as it is built here, and how to read the weights), so the path from a flag to the library
+call is one object, not forwarded as **kwargs.
 Choices come from `fancli.vocab`; scheme and activation names from their registries.
 """
 
@@ -18,7 +19,7 @@ from .analysis.gains import TORCH_NONLINEARITIES
 from .analysis.schemes import ALIASES as SCHEME_ALIASES
 from .analysis.schemes import SCHEMES
 from .outputs import formats
-from .vocab import FAN_CONVENTIONS, MODES
+from .vocab import COMPARED_MODES, FAN_CONVENTIONS, MODES
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -117,8 +118,8 @@ def fans_option(help: str = "Which fans the std is computed from.", default: str
                         show_default=default is not None, help=help)
 
 
-def modes_option(help: str, dest: str = "modes") -> Decorator:
-    return click.option("--mode", "-m", dest, type=click.Choice(MODES), multiple=True, help=help)
+def modes_option(help: str, default: tuple[str, ...] = ()) -> Decorator:
+    return click.option("--mode", "-m", "modes", type=click.Choice(MODES), multiple=True, default=default, help=help)
 
 
 class Formats(click.Choice):
@@ -169,21 +170,6 @@ class SourceArgs:
     sources: tuple[str, ...] = ()  # inspect's SOURCE...: several make a trajectory (source is the first)
 
 
-@dataclass(frozen=True)
-class ReportArgs:
-    """What inspect and compare compute: the analysis settings, and whether to read the weights."""
-
-    scheme: str | None = None
-    nonlinearity: str | None = None
-    param: float | None = None
-    fans: str | None = None
-    pool_fan_out: bool | None = None
-    filters: tuple[str, ...] = ()
-    stats: bool = False
-    jobs: int | None = None  # threads reading weights (None: the usable cores)
-    cluster: str | None = None  # a Dask scheduler address (or "local") to read them on instead
-
-
 def source_options(func: Callable[..., Any] | None = None, *, many: bool = False) -> Any:
     """SOURCE and how to read it, as a `SourceArgs` first argument (`src`); `many=True` takes SOURCE...
     (inspect's trajectories: `SourceArgs.sources`, `source` the first)."""
@@ -213,41 +199,67 @@ def source_options(func: Callable[..., Any] | None = None, *, many: bool = False
     ])
 
 
-def report_options(func: Callable[..., Any] | None = None, *, many: bool = False) -> Any:
-    """Options inspect and compare share: a `SourceArgs` (`src`), a `ReportArgs` (`settings`), and how to
-    write the result (`fmt`, `output`, `show_all`, `expand`); `many` as for `source_options`."""
-    if func is None:
-        return functools.partial(report_options, many=many)
+#: --mode's help in each command that takes a `Request`.
+MODES_HELP = {
+    "inspect": "fan_in, fan_out or fan_avg. Default: the scheme's.",
+    "compare": "Two or three modes to set side by side: --mode fan_in fan_out [fan_avg]. Default: fan_in fan_out.",
+}
 
-    @functools.wraps(func)
-    def command(src: SourceArgs, scheme: str | None, nonlinearity: str | None, param: float | None,
-                fans: str | None, pool_fan_out: bool | None, filters: tuple[str, ...], stats: bool,
-                jobs: int | None, cluster: str | None, **rest: Any) -> Any:
-        return func(src, ReportArgs(scheme, nonlinearity, param, fans, pool_fan_out, tuple(filters), stats, jobs,
-                                    cluster), **rest)
 
-    return source_options(many=many)(_apply(command, [
-        scheme_option(f"Init scheme: {', '.join(SCHEMES)} (aliases he_*, glorot_*). "
-                      "Default: the spec's, else kaiming_normal."),
-        nonlinearity_option(f"Nonlinearity after every layer, overriding the source: {', '.join(TORCH_NONLINEARITIES)}, "
-                            "or one torch lacks (gelu, silu, mish, elu, softplus…; `fancli gain --list`)."),
-        param_option("The nonlinearity's parameter (leaky_relu's negative slope, kaiming's `a`)."),
-        fans_option("Compute std from torch's fans (default) or the layer-aware effective fans."),
-        click.option("--pool-fan-out/--no-pool-fan-out", default=None,
-                     help="Divide a conv's fan_out by the pool area after it (LeNet tutorial convention)."),
-        click.option("--filter", "-k", "filters", multiple=True, metavar="GLOB",
-                     help="Only layers whose name or parameter key matches (glob, or substring). Repeatable."),
-        format_option(func.__name__),  # "inspect" or "compare": click names the command after the function too
-        output_option(),
-        click.option("--all", "show_all", is_flag=True,
-                     help="Tables and Markdown: also list tensors below 2 dims (JSON always has them)."),
-        click.option("--stats", is_flag=True,
-                     help="Read the weights and add observed mean and std, and their ratio to the expected std."),
-        *parallel_options(),
-        click.option("--expand", is_flag=True,
-                     help="Tables and Markdown: list every tensor instead of folding repeated layers into one "
-                          "row (JSON and CSV always list every tensor)."),
-    ]))
+def report_options(command: str) -> Decorator:
+    """What inspect or compare is asked, as ONE `report.Request` (`request`): its `Settings`, built and
+    validated here, once, and how to read the weights; beside it a `SourceArgs` (`src`) and how to write the
+    result (`fmt`, `output`, `show_all`, `expand`). inspect alone takes SOURCE... (a trajectory, as
+    `source_options(many=True)`), --recipe and --infer; compare's modes default to fan_in fan_out."""
+    inspecting = command == "inspect"
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def asked(src: SourceArgs, modes: tuple[str, ...], scheme: str | None, nonlinearity: str | None,
+                  param: float | None, fans: str | None, pool_fan_out: bool | None, filters: tuple[str, ...],
+                  stats: bool, jobs: int | None, cluster: str | None, recipe: str | None = None, infer: bool = False,
+                  **rest: Any) -> Any:
+            from .report import Request, Settings
+
+            settings = Settings(scheme, modes, nonlinearity, param, fans, pool_fan_out, filters, recipe)
+            return func(src, Request(command, settings, stats, infer, jobs, cluster), **rest)
+
+        options = [
+            scheme_option(f"Init scheme: {', '.join(SCHEMES)} (aliases he_*, glorot_*). "
+                          "Default: the spec's, else kaiming_normal."),
+            nonlinearity_option(f"Nonlinearity after every layer, overriding the source: "
+                                f"{', '.join(TORCH_NONLINEARITIES)}, or one torch lacks (gelu, silu, mish, elu, "
+                                "softplus…; `fancli gain --list`)."),
+            param_option("The nonlinearity's parameter (leaky_relu's negative slope, kaiming's `a`)."),
+            fans_option("Compute std from torch's fans (default) or the layer-aware effective fans."),
+            click.option("--pool-fan-out/--no-pool-fan-out", default=None,
+                         help="Divide a conv's fan_out by the pool area after it (LeNet tutorial convention)."),
+            click.option("--filter", "-k", "filters", multiple=True, metavar="GLOB",
+                         help="Only layers whose name or parameter key matches (glob, or substring). Repeatable."),
+            format_option(command),
+            output_option(),
+            click.option("--all", "show_all", is_flag=True,
+                         help="Tables and Markdown: also list tensors below 2 dims (JSON always has them)."),
+            click.option("--stats", is_flag=True,
+                         help="Read the weights and add observed mean and std, and their ratio to the expected std."),
+            *parallel_options(),
+            click.option("--expand", is_flag=True,
+                         help="Tables and Markdown: list every tensor instead of folding repeated layers into one "
+                              "row (JSON and CSV always list every tensor)."),
+        ]
+        if inspecting:
+            options += [
+                click.option("--infer", is_flag=True, help="Read the weights and name the init that best explains "
+                                                           "each layer (std and kurtosis)."),
+                click.option("--recipe", metavar="NAME", shell_complete=complete_recipe,
+                             help="Expect what a library's init draws (transformers, gpt2, t5, torchvision_resnet, "
+                                  "torchtitan…; see README Recipes). Default: the source's own library where its "
+                                  "config says, unless --scheme or --mode is given."),
+            ]
+        modes = modes_option(MODES_HELP[command], default=() if inspecting else COMPARED_MODES)
+        return modes(source_options(many=inspecting)(_apply(asked, options)))
+
+    return decorate
 
 
 def parallel_options() -> list[Callable[..., Any]]:

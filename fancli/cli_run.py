@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
 
-from .cli_options import ReportArgs, SourceArgs
+from .cli_options import SourceArgs
 from .errors import FancliError, SettingsError
 from .text import printable
+
+if TYPE_CHECKING:
+    from .layer import Model
+    from .report import Report, Request
 
 PROGRESS_BYTES = 256 * 1024 * 1024
 
@@ -102,18 +106,16 @@ def wrote(path: Any, detail: str = "") -> None:
     click.echo(f"wrote {printable(path)}{detail}", err=True)
 
 
-def analyse(command: Callable[..., Any], model: Any, stats: bool, filters: tuple[str, ...] = (),
-             **arguments: Any) -> Any:
-    """Run a report (`command` with its own `arguments`), reading weights if asked, with a progress bar on
-    stderr for big reads."""
-    reading = stats or arguments.get("infer")
-    if not reading:
-        return command(model, filters=filters, **arguments)
+def build_report(model: Model, request: Request) -> Report:
+    """The report `request` asks of `model` (`api.run`), with a progress bar on stderr for big reads."""
+    from . import api
+
+    if not request.reads_weights:
+        return api.run(model, request)
     from .report import selected
 
-    total = sum(nbytes(layer) for layer in selected(model, filters) if layer.data is not None)
-    return with_progress(total, "reading weights",
-                         lambda on_chunk: command(model, stats=stats, filters=filters, on_chunk=on_chunk, **arguments))
+    total = sum(nbytes(layer) for layer in selected(model, request.settings.filters) if layer.data is not None)
+    return with_progress(total, "reading weights", lambda on_chunk: api.run(model, request, on_chunk))
 
 
 def with_progress(total: int, description: str, work: Callable[[Callable[[int], None] | None], Any]) -> Any:
@@ -135,17 +137,6 @@ def with_progress(total: int, description: str, work: Callable[[Callable[[int], 
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(description, total=total)
         return work(lambda nbytes: progress.advance(task, nbytes))
-
-
-def build_report(command: Callable[..., Any], src: SourceArgs, settings: ReportArgs, **arguments: Any) -> Any:
-    """inspect's or compare's report (`arguments`: the mode or modes, --infer)."""
-    model, _ = load_model(src)
-    if settings.stats or arguments.get("infer"):
-        arguments["jobs"] = settings.jobs  # only where weights are read: the default reads with every core
-        arguments["cluster"] = settings.cluster
-    return analyse(command, model, settings.stats, settings.filters, scheme=settings.scheme,
-                   nonlinearity=settings.nonlinearity, param=settings.param, fans=settings.fans,
-                   pool_fan_out=settings.pool_fan_out, **arguments)
 
 
 def nbytes(layer: Any) -> int:

@@ -8,13 +8,16 @@ with one line and exit 2, rather than ignore them.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .cli_options import ReportArgs, SourceArgs
+from .cli_options import SourceArgs
+
+if TYPE_CHECKING:
+    from .report import Request
 
 
-def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...], infer: bool, fmt: str,
-                   output: str | None, show_all: bool, expand: bool, plot_path: str | None) -> None:
+def run_trajectory(src: SourceArgs, request: Request, fmt: str, output: str | None, show_all: bool, expand: bool,
+                   plot_path: str | None) -> None:
     from .cli_run import check_outputs, load_model, terminal_width, write_stdout, wrote
     from .errors import SettingsError
     from .outputs import MACHINE_FORMATS, as_text, formats
@@ -24,7 +27,9 @@ def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...],
 
     if len(src.sources) < 2:
         raise SettingsError("--plot draws a trajectory: give several SOURCEs (e.g. run/step-*/)")
-    single = {"--infer": infer, "--mode": mode, "--scheme": settings.scheme, "--nonlinearity": settings.nonlinearity,
+    settings = request.settings
+    single = {"--infer": request.infer, "--mode": settings.modes, "--scheme": settings.scheme,
+              "--nonlinearity": settings.nonlinearity,
               "--param": settings.param is not None, "--fans": settings.fans,
               "--pool-fan-out": settings.pool_fan_out is not None}
     refused = [option for option, given in single.items() if given]
@@ -38,7 +43,7 @@ def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...],
     models = [load_model(replace(src, source=source, sources=(source,)))[0] for source in sources]
     written = output if output and not is_stdout(output) else None
     check_outputs(written, plot_path)  # refused before the weights are read, not after
-    found = _read(models, settings)
+    found = _read(models, request)
     del models
     if plot_path:
         from .renderers.plot import plot_trajectory
@@ -59,14 +64,14 @@ def run_trajectory(src: SourceArgs, settings: ReportArgs, mode: tuple[str, ...],
 
 
 
-def _read(models: list[Any], settings: ReportArgs) -> Any:
+def _read(models: list[Any], request: Request) -> Any:
     """The trajectory, with a progress bar on stderr past PROGRESS_BYTES of weights in all (as inspect's)."""
     from .cli_run import nbytes, with_progress
     from .report import selected
     from .trajectory import build
 
-    total = sum(nbytes(layer) for model in models for layer in selected(model, settings.filters)
-                if layer.data is not None)
+    filters = request.settings.filters
+    total = sum(nbytes(layer) for model in models for layer in selected(model, filters) if layer.data is not None)
     return with_progress(total, f"reading {len(models)} checkpoints",
-                         lambda on_chunk: build(models, settings.filters, settings.jobs, on_chunk=on_chunk,
-                                                cluster=settings.cluster))
+                         lambda on_chunk: build(models, filters, request.jobs, on_chunk=on_chunk,
+                                                cluster=request.cluster))

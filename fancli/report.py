@@ -1,7 +1,8 @@
 """From a Model and the user's settings to a Report: one row per weight, ready to render.
 
 This is where the three analysis modules meet a layer: its fans, the gain of what follows it, and
-the init values its scheme gives under each mode asked for.
+the init values its scheme gives under each mode asked for. What is asked is one object from the command
+line or the library's keywords to here: a `Settings`, valid once built, inside a `Request`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ DEFAULT_SCHEME = "kaiming_normal"
 
 @dataclass(frozen=True)
 class Settings:
-    """What the user asked for; None means "what the source or the scheme says"."""
+    """What the user asked the analysis for; None means "what the source or the scheme says". Valid once built:
+    names are made canonical, or SettingsError names the bad value, so whoever holds one need not check it."""
 
     scheme: str | None = None
     modes: tuple[str, ...] = ()  # inspect takes one, compare two or three
@@ -46,8 +48,7 @@ class Settings:
     filters: tuple[str, ...] = ()  # globs (or substrings) on layer names and parameter keys
     recipe: str | None = None  # a library's init (analysis.recipes); None: the source's, unless scheme/modes
 
-    def validated(self) -> "Settings":
-        """Canonical names, or SettingsError naming the bad value."""
+    def __post_init__(self) -> None:
         try:
             scheme = schemes.scheme(self.scheme).name if self.scheme else None
             recipe = _recipes().recipe(self.recipe).name if self.recipe is not None else None
@@ -65,7 +66,36 @@ class Settings:
             raise SettingsError(f"unknown fan convention {self.fans!r}; known: {', '.join(FAN_CONVENTIONS)}")
         if recipe and (scheme or modes):
             raise SettingsError("--recipe gives each tensor its library's init: it takes no --scheme or --mode")
-        return Settings(scheme, modes, nonlinearity, self.param, self.fans, self.pool_fan_out, self.filters, recipe)
+        for name, value in (("scheme", scheme), ("modes", modes), ("nonlinearity", nonlinearity),
+                            ("filters", tuple(self.filters)), ("recipe", recipe)):
+            object.__setattr__(self, name, value)  # frozen: set once, here
+
+
+@dataclass(frozen=True)
+class Request:
+    """One report as asked: the analysis (`settings`) and whether and how the weights are read. Reading is the
+    run's business, not the analysis's: `jobs` and `cluster` never change a number, `stats` and `infer` only add
+    what the weights hold beside the expectation, and explain and propagate use `Settings` with nothing to
+    read; so these stay out of `Settings`, and out of the `Report` that carries it."""
+
+    command: str = "inspect"  # "inspect": one mode (or each layer's own); "compare": several side by side
+    settings: Settings = Settings()
+    stats: bool = False  # read the weights' observed statistics
+    infer: bool = False  # inspect: also name the init that best explains them
+    jobs: int | None = 1  # threads reading them (None: the usable cores)
+    cluster: Any = None  # or a Dask scheduler address ("tcp://host:port", "local") or executor to read them on
+
+    def __post_init__(self) -> None:
+        modes = self.settings.modes
+        if self.command == "inspect" and len(modes) > 1:
+            raise SettingsError(f"inspect takes one mode, got {' '.join(modes)}; compare sets several side by side")
+        if self.command == "compare" and len(modes) < 2:
+            raise SettingsError(f"compare needs at least two modes, got {len(modes)}")
+
+    @property
+    def reads_weights(self) -> bool:
+        """Whether the run reads the weights: decided here alone (the progress bar and `api.run` ask)."""
+        return self.stats or self.infer
 
 
 @dataclass(frozen=True)
@@ -466,7 +496,6 @@ def analyze(
     observed: dict[str, Observed] | None = None,
 ) -> Report:
     """Build the report for a loaded model; `observed` maps parameter keys to read statistics."""
-    settings = settings.validated()
     fan_convention = settings.fans or model.fans or "torch"
     pool_fan_out = settings.pool_fan_out if settings.pool_fan_out is not None else bool(model.pool_fan_out)
     context = _context(model, settings, fan_convention, pool_fan_out)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 #: Which fan an init divides by: He et al.'s fan_in keeps the forward pass, fan_out the backward.
 MODES = ("fan_in", "fan_out", "fan_avg")
+#: The modes `compare` sets side by side when none are given (the command's and the library's default).
+COMPARED_MODES = ("fan_in", "fan_out")
 #: Which fans the std is computed from: torch's shape-only rule, or the layer-aware ones.
 FAN_CONVENTIONS = ("torch", "effective")
 #: How a weight is laid out. torch: `[out, in, *kernel]`; keras: `[*kernel, in, out]` (Dense `[in, out]`,

@@ -245,6 +245,19 @@ def test_bad_settings_exit_2_with_one_line(args, message):
     assert result.code == 2 and message in result.err and len(result.err.strip().splitlines()) == 1, result.err
 
 
+@pytest.mark.parametrize("command,args,message", [
+    ("inspect", ["--scheme", "kaiming"], "unknown scheme 'kaiming'"),
+    ("inspect", ["--recipe", "gpt3"], "gpt3"),
+    ("compare", ["-n", "gelux"], "unknown activation 'gelux'"),
+    ("compare", ["--mode", "fan_in"], "at least two modes"),
+])
+def test_bad_settings_are_refused_before_the_source_is_read(tmp_path: Path, command, args, message):
+    """The settings are validated where the options are parsed: a typo costs no load of a large checkpoint
+    (nor runs a factory); the source here does not even exist."""
+    result = run(command, tmp_path / "absent.safetensors", *args)
+    assert result.code == 2 and message in result.err and "absent" not in result.err, result.err
+
+
 def test_zero_element_tensors_get_no_std():
     import fancli
     from fancli.layer import Layer, Model

@@ -181,6 +181,48 @@ def test_a_drift_report_says_how_to_accept_the_change(tmp_path, monkeypatch):
         assert drift.code == 1 and "accept it with `fancli check --update`" in drift.out
 
 
+def test_settings_are_valid_once_built_and_reach_the_report_whole():
+    """One object from the caller to the analysis: canonical names as it is built, refused there when wrong,
+    and the very object the report carries (nothing rebuilds or validates it again on the way)."""
+    from fancli import api
+    from fancli.report import Request, Settings
+
+    settings = Settings(scheme="he_uniform", modes=["fan_out"], filters=["conv*"])
+    assert (settings.scheme, settings.modes, settings.filters) == ("kaiming_uniform", ("fan_out",), ("conv*",))
+    for wrong, message in (({"scheme": "kaiming"}, "unknown scheme 'kaiming'"), ({"modes": ("fan_in", "fan_in")}, "twice"),
+                           ({"recipe": "gpt2", "scheme": "xavier_normal"}, "takes no --scheme")):
+        with pytest.raises(fancli.SettingsError, match=message):
+            Settings(**wrong)
+    with pytest.raises(fancli.SettingsError, match="at least two modes"):
+        Request("compare", settings)
+    request = Request("compare", Settings(modes=("fan_in", "fan_avg")))
+    report = api.run(fancli.load(LENET), request)
+    assert report.settings is request.settings and list(report.rows[0].inits) == ["fan_in", "fan_avg"]
+
+
+def test_the_cli_and_check_init_give_one_verdict_with_the_configurations_fans(tmp_path, monkeypatch):
+    """`fancli check` makes its report (with a progress bar) and hands it to `api.check_report`, check_init's
+    own verdict; the configuration's choices, `fans: effective` here, are on the configured model either way."""
+    import json
+
+    from fancli import api
+    from fancli.config import load_config
+    from fancli.report import Request
+
+    _project(tmp_path, "source: dcgan.yaml\nfans: effective\n")
+    (tmp_path / "dcgan.yaml").write_text((REPO / "sample_models" / "dcgan_generator.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert run("check", "--update").code == 0
+    assert json.loads((tmp_path / "fancli.lock.json").read_text())["fans"] == "effective"
+    assert fancli.check_init().ok and run("check").code == 0
+    (tmp_path / "fancli.yaml").write_text("source: dcgan.yaml\n")  # torch's fans: the strided convs' std drift
+    config = load_config()
+    result = api.check_report(api.run(api.load_configured(None, config), Request()), config)
+    assert not result.ok and result.changes == fancli.check_init().changes
+    drift = json.loads(run("check", "-f", "json").out)
+    assert drift["changes"] and len(drift["changes"]) == len(result.changes)
+
+
 @pytest.mark.skipif(os.name != "posix", reason="umask")
 def test_written_files_follow_the_umask(tmp_path, monkeypatch):
     _project(tmp_path, "source: lenet5.yaml\n")

@@ -25,7 +25,7 @@ from ..layer import Layer
 from ..moments import Structure
 from .fans import LayerFans
 from .gains import gain
-from .schemes import SCHEMES, Scheme, variance_scaling
+from .schemes import SCHEMES, InitValues, Scheme, variance_scaling
 from .torch_defaults import torch_default
 
 #: A candidate fits when its std and kurtosis errors lie within this radius (in standard errors): a true
@@ -268,7 +268,7 @@ def _scores(candidate: Candidate, std: float, kurtosis: float | None, n: int) ->
     return z_std, z_kurt
 
 
-def recipe_candidate(recipe: str, values: "InitValues") -> Candidate | None:
+def recipe_candidate(recipe: str, values: InitValues) -> Candidate | None:
     """What a row's library recipe expects of its tensor, as a candidate (None for a constant or no std)."""
     if not values.std or values.distribution not in KURTOSIS:
         return None

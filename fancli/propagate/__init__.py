@@ -150,7 +150,7 @@ def propagate(
         input_shape = tuple(int(d) for d in input_shape)
         if not input_shape or any(d < 1 for d in input_shape):
             raise SettingsError(f"{source}: input shape must be positive sizes, got {input_shape}")
-    settings = [Settings(scheme, (mode,), nonlinearity, param, fans).validated() for mode in modes]
+    settings = [Settings(scheme, (mode,), nonlinearity, param, fans) for mode in modes]
 
     if isinstance(model, nn.Module):
         if input_shape is None:
