@@ -22,7 +22,7 @@ def describe(value: object) -> str:
     if isinstance(value, dict):
         return "a dict without tensors"
     noun = {list: "list", tuple: "tuple", int: "int", float: "float", str: "string"}.get(
-        type(value), type(value).__name__.lstrip("_")
+        type(value), getattr(type(value), "noun", type(value).__name__.lstrip("_"))
     )
     return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 

@@ -18,13 +18,13 @@ from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import parse_json_object, read_bounded
 from .entry import Entry
+from .formats import config_applies
 from .hf_facts import TOWERS, apply_library_facts, built_by, embedding_name, section_of
 from .links import cache_repo, leads_outside
 from .quant_keys import COMPRESSED_BITS, compressed_layer, mlx_restated
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # transformers' configs are a few KB
 NAME = "config.json"
-_FORMATS = ("safetensors", "safetensors-sharded", "torch-zip", "torch-pickle", "torch-dcp")  # weights without their modules
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def with_config(model: Model, weights: Path) -> Model:
     """The model with what a config.json beside `weights` states applied to its layers; the model's notes
     say what was taken from it."""
     path = weights.parent / NAME
-    if model.format not in _FORMATS or not path.is_file():
+    if not config_applies(model.format) or not path.is_file():
         return model
     repo = cache_repo(weights.parent)
     if repo is not None and leads_outside(path, repo):
