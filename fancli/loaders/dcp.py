@@ -286,7 +286,8 @@ def _unpickle(where: str, data: bytes) -> SavedTensor:
         raise SourceError(f"{where}: refused: its chunk's pickle names the global "
                           f"{f'{refused.module}.{refused.name}'[:120]!r} (loading it could run code)") from None
     except Exception as error:  # what the allowlisted callables raise on hostile input
-        raise SourceError(f"{where}: its chunk's data.pkl is not a valid torch pickle ({error_phrase(error)})") from None
+        raise SourceError(f"{where}: its chunk's data.pkl is not a valid torch pickle "
+                          f"({error_phrase(error)})") from None
     if not isinstance(saved, SavedTensor):
         raise SourceError(f"{where}: its chunk holds something other than one tensor")
     return saved

@@ -61,7 +61,8 @@ class _Sealed:
     """Refuses the BUILD opcode: a pickle must not rewrite an object after the checks that made it."""
 
     def __setstate__(self, _state: Any) -> None:
-        raise pickle.UnpicklingError(f"the pickle sets the state of a {type(self).__name__.lstrip('_')}")
+        noun = getattr(type(self), "noun", type(self).__name__.lstrip("_"))
+        raise pickle.UnpicklingError(f"the pickle sets the state of a {noun}")
 
 
 @dataclass(frozen=True)

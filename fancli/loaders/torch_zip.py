@@ -153,7 +153,8 @@ class TorchZip:
                 try:
                     order = self._member(info).decode("ascii").strip()
                 except Exception as error:  # a corrupt member, or bytes that are no byte order
-                    raise SourceError(f"{self.path}: cannot read its byteorder record ({error_phrase(error)})") from None
+                    raise SourceError(f"{self.path}: cannot read its byteorder record "
+                                      f"({error_phrase(error)})") from None
                 if order not in ("little", "big"):
                     raise SourceError(f"{self.path}: byteorder {order[:16]!r} is neither little nor big")
             self._byteorder = order

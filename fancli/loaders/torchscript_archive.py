@@ -268,7 +268,8 @@ def _parameters(root: ScriptObject, code: _Code, path: Path,
         owner = _owner(name, obj, info)
         classes[name] = obj.class_name
         state = obj.state
-        own = info.parameters if info.parameters is not None else [k for k, v in state.items() if isinstance(v, SavedTensor)]
+        own = info.parameters if info.parameters is not None else \
+            [k for k, v in state.items() if isinstance(v, SavedTensor)]
         for attribute in own:
             value = state.get(attribute)
             if isinstance(value, SavedTensor):

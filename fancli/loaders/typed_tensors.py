@@ -114,7 +114,8 @@ class StoredValues:
         return self.values.chunks(max_elements)
 
 
-def sparse_entry(path: Path, key: str, tensor: "SavedSparse", tensor_ref: Callable[[str, "SavedTensor"], StridedRef]) -> Entry:
+def sparse_entry(path: Path, key: str, tensor: "SavedSparse",
+                 tensor_ref: Callable[[str, "SavedTensor"], StridedRef]) -> Entry:
     """A sparse tensor by its logical (dense) shape, which torch's fans take; `--stats` over exactly the
     values it stores (coalesced COO, or a compressed layout: each stored value is one element, explicit
     zeros included, and the elements not stored, all zero, are not counted). An uncoalesced COO tensor may
