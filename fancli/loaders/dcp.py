@@ -27,7 +27,7 @@ from ..layer import Layer, Model
 from ..safe_io import FileRange, open_regular, read_bounded
 from ..tensors import CHUNK_ELEMENTS, StridedRef
 from . import LoadOptions, pickle_scan
-from .checkpoint import _NOT_WEIGHTS
+from .checkpoint import NOT_WEIGHTS
 from .dcp_metadata import MAX_METADATA_BYTES, DcpChunk, DcpTensor, read_metadata
 from .entry import Entry
 from .flat_keys import layers_from_entries
@@ -58,7 +58,7 @@ def load_dcp(folder: Path, options: LoadOptions) -> Model:
     entries, ignored, sharded, transformed = [], [], 0, []
     for tensor in meta.tensors:
         top = tensor.fqn.split(".", 1)[0]
-        if top.startswith(_NOT_WEIGHTS):
+        if top.startswith(NOT_WEIGHTS):
             if top not in ignored:
                 ignored.append(top)
             continue
@@ -73,7 +73,7 @@ def load_dcp(folder: Path, options: LoadOptions) -> Model:
     notes = []
     if ignored:
         notes.append(f"ignored (not model weights): {', '.join(repr(name) for name in ignored)}")
-    others = [name for name in meta.others if not name.split(".", 1)[0].startswith(_NOT_WEIGHTS)]
+    others = [name for name in meta.others if not name.split(".", 1)[0].startswith(NOT_WEIGHTS)]
     if others:
         notes.append(f"{len(others)} non-tensor item(s) saved as pickled bytes, never opened: {_names(others)}")
     if sharded:

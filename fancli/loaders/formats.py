@@ -79,6 +79,7 @@ def is_pickle(head: bytes, path: Path, size: int | None) -> bool:
 
 
 def is_zip(head: bytes, path: Path, size: int | None) -> bool:
+    """A zip's local file header, or the end record of an empty one."""
     return head.startswith((b"PK\x03\x04", b"PK\x05\x06"))
 
 
@@ -95,6 +96,7 @@ def is_json(head: bytes, path: Path, size: int | None) -> bool:
 
 
 def any_text(head: bytes, path: Path, size: int | None) -> bool:
+    """YAML's: any UTF-8 text the formats before it did not claim (its reader says what is wrong)."""
     return True
 
 
