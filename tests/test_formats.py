@@ -108,3 +108,25 @@ def test_bin_shards_keep_each_tensors_notes(tmp_path, zipped):
     assert alone.keys() == together.keys() == set(tensors)
     assert alone["qt.weight"] and alone["coo.weight"]  # each a note of its own form
     assert together == alone
+
+
+def test_each_shard_is_sniffed_once(tmp_path, monkeypatch):
+    from fancli import loaders
+    from fancli.loaders import sharded
+
+    tensors = {"a.weight": torch.randn(3, 2), "b.weight": torch.randn(2, 3)}
+    for number, key in enumerate(tensors, 1):
+        torch.save({key: tensors[key]}, tmp_path / f"pytorch_model-0000{number}-of-00002.bin")
+    index = {"weight_map": {key: f"pytorch_model-0000{n}-of-00002.bin" for n, key in enumerate(tensors, 1)}}
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    sniffed = []
+    real = loaders.sniff
+
+    def counted(head, path, size=None):
+        sniffed.append(path.name)
+        return real(head, path, size)
+
+    monkeypatch.setattr(loaders, "sniff", counted)
+    monkeypatch.setattr(sharded, "sniff", counted, raising=False)  # where a module holds its own reference
+    assert {layer.param for layer in load(str(tmp_path / "pytorch_model.bin.index.json")).layers} == set(tensors)
+    assert sorted(sniffed) == sorted(["pytorch_model.bin.index.json", *index["weight_map"].values()])
