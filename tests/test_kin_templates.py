@@ -10,7 +10,7 @@ import pytest
 
 from fancli import loaders
 from fancli.errors import SourceError
-from fancli.loaders import flat_keys, safetensors_file, sharded, torch_module, torch_zip
+from fancli.loaders import flat, flat_keys, safetensors_file, sharded, torch_module
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -164,7 +164,7 @@ def test_every_copy_equals_its_entrys_own_layer_torch_zip(tmp_path, monkeypatch)
         tensors[f"view.{i}.weight"] = base.t() if i == 1 else base.t().contiguous()
     path = tmp_path / "varied.pt"
     torch.save(tensors, path)
-    seen = _checked(monkeypatch, torch_zip, torch_module)
+    seen = _checked(monkeypatch, flat, torch_module)
     loaders.load(str(path))
     (layers, oracle), = seen
     assert len(layers) == len(oracle) > 80

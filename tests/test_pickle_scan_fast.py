@@ -324,7 +324,7 @@ def test_a_view_past_its_storage_is_refused_as_stridedref_measures_it(tmp_path_f
     from test_hardening import torch_zip
 
     from fancli.errors import SourceError
-    from fancli.loaders.torch_pickle import _Storage, _Tensor
+    from fancli.loaders.torch_pickle import SavedStorage, SavedTensor
     from fancli.loaders.torch_zip import TorchZip
     from fancli.tensors import StridedRef
 
@@ -333,7 +333,7 @@ def test_a_view_past_its_storage_is_refused_as_stridedref_measures_it(tmp_path_f
         torch_zip(path, mapping(w=tensor(9, (3, 3))))
     archive = TorchZip(path)
     size, stride = tuple(d for d, _ in dims), tuple(s for _, s in dims)
-    view = _Tensor(_Storage("0", "float32", numel), "float32", offset, size, stride)
+    view = SavedTensor(SavedStorage("0", "float32", numel), "float32", offset, size, stride)
     expected = StridedRef(None, "float32", size, stride, offset, numel)
     past = expected.numel and (offset + expected.span() > numel or numel * 4 > 36)
     try:

@@ -16,7 +16,7 @@ from torch import nn
 from fancli.errors import SourceError
 from fancli.loaders import load
 from fancli.loaders.checkpoint import find_state_dict
-from fancli.loaders.torch_pickle import _Tensor
+from fancli.loaders.torch_pickle import SavedTensor
 from fancli.loaders.torch_zip import TorchZip, read_state_dict
 from fancli.stats import observe
 
@@ -78,7 +78,7 @@ def _dtype_name(tensor: torch.Tensor) -> str:
 def test_every_tensor_equals_torch_load(saved, name):
     """Names, shapes, dtypes and statistics of every tensor, including integer ones, against torch.load."""
     archive = TorchZip(saved[name])
-    ours, _ = find_state_dict(archive.unpickle(), lambda v: isinstance(v, _Tensor))
+    ours, _ = find_state_dict(archive.unpickle(), lambda v: isinstance(v, SavedTensor))
     theirs = _torch_state_dict(saved[name])
     assert list(ours) == list(theirs)
     for key, tensor in theirs.items():

@@ -1,12 +1,14 @@
 """Turn a source (a file path or a `pkg.module:factory`) into a Model.
 
-Formats are detected from content, not only from the extension; each loader is imported only when
-its format is found, so a YAML spec, a safetensors header or a zip state_dict never pays for torch.
+Formats are detected from content, not only from the extension, by the registry in `formats`; each
+loader is imported only when its format is found, so a YAML spec, a safetensors header or a zip
+state_dict never pays for torch.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import stat
@@ -17,8 +19,8 @@ from typing import Any, Callable, Iterable
 from ..errors import SourceError
 from ..layer import Model
 from ..safe_io import open_regular
+from .formats import FORMATS, SNIFF_BYTES, Format
 
-_SNIFF_BYTES = 64
 #: Suffixes of binary checkpoint formats: a text file under one of these names is named as text, not parsed.
 BINARY_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pt2", ".ckpt", ".safetensors", ".gguf", ".onnx", ".h5"})
 #: Suffixes of the files models are saved in: `weights/model.pt` is a path even where it could spell a repo id.
@@ -27,37 +29,36 @@ MODEL_FILE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pt2", ".ckpt", ".tar",
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
-def _is_safetensors(head: bytes, size: int | None) -> bool:
-    """By structure: an 8-byte little-endian header length that fits the file, then a JSON object. A header
-    of 384 bytes starts with `80 01`, which is also how a pickle of protocol 1 starts: this is asked first."""
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    length = int.from_bytes(head[:8], "little")
-    return length > 0 and (size is None or 8 + length <= size)
-
-
 def sniff(head: bytes, path: Path, size: int | None = None) -> str:
-    """Name the format of a file from its first bytes (and its extension where bytes cannot tell); `size`,
-    the file's, lets a safetensors header length be checked against it."""
+    """Name the format of a file (a `formats.FORMATS` name, or "empty", "text", "binary") from its first bytes,
+    and its extension where bytes cannot tell; `size`, the file's, lets a header length be checked against it."""
     if not head:
         return "empty"
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return "zip"
-    if _is_safetensors(head, size):
-        return "safetensors"
-    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
-        return "pickle"
+    binary = [format for format in FORMATS.values() if not format.text]
+    for format in binary:
+        if format.sniff(head, path, size):
+            return format.name
     suffix = path.suffix.lower()
     utf8 = _is_utf8(head)
     if utf8 and suffix in BINARY_SUFFIXES and not any(byte < 0x20 and byte not in b"\t\n\r\f" for byte in head):
         return "text"  # a checkpoint's name on a text file: an LFS pointer, a saved web page, a log
-    if suffix == ".safetensors":
-        return "safetensors"  # malformed: its loader says what is wrong
-    if not utf8:
-        return "binary"
-    if suffix == ".json" or (head.lstrip()[:1] == b"{" and suffix not in (".yaml", ".yml")):
-        return "json"  # a flow-style `{layers: …}` spec named .yaml stays YAML
-    return "yaml"
+    for format in binary:
+        if suffix in format.suffixes:
+            return format.name  # malformed: its loader says what is wrong
+    if utf8:
+        for format in FORMATS.values():
+            if format.text and format.sniff(head, path, size):
+                return format.name
+    return "binary"
+
+
+def sniff_file(path: Path, where: str) -> tuple[str, bytes]:
+    """The format of the file at `path` (opened as a regular file, bounded, recorded in the read set) and
+    its first bytes; OSError as raised, SourceError where it is not a regular file."""
+    with open_regular(path, where) as handle:  # checked again as opened: a FIFO must not block us
+        head = handle.read(SNIFF_BYTES)
+        size = os.fstat(handle.fileno()).st_size
+    return sniff(head, path, size), head
 
 
 def _is_utf8(head: bytes) -> bool:
@@ -96,20 +97,13 @@ class LoadOptions:
 
 #: The entry signature every format's loader has.
 Loader = Callable[[Path, LoadOptions], Model]
-#: Sniffed format -> its loader, as "module:function" in this package: imported only when the format is found.
-LOADERS: dict[str, str] = {
-    "yaml": "spec:load_spec",
-    "zip": "torch_files:load_zip",
-    "pickle": "torch_files:load_pickle",
-    "safetensors": "safetensors_file:load_safetensors",
-    "json": "sharded:load_index",  # the only JSON fancli reads: a sharded checkpoint's index (safetensors or .bin)
-}
 
 
 def loader(name: str) -> Loader:
-    """The function a "module:function" entry of LOADERS (or of a loader's own table) names."""
+    """The function a "module:function" name of a Format (".module" in this package) or of a loader's own
+    table names, imported now."""
     module, _, function = name.partition(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), function)
+    return getattr(importlib.import_module(module, __name__), function)
 
 
 def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = None,
@@ -150,25 +144,34 @@ def load_file(path: Path, options: LoadOptions, source: str | None = None) -> Mo
     _checked_path(str(path))
     _in_its_repo(path, source)
     try:
-        with open_regular(path, source) as handle:  # checked again as opened: a FIFO must not block us
-            head = handle.read(_SNIFF_BYTES)
-            size = os.fstat(handle.fileno()).st_size
+        kind, head = sniff_file(path, source)
     except OSError as error:
         raise SourceError(f"{source}: cannot read: {error.strerror or error}") from None
-    kind = sniff(head, path, size)
     if kind == "empty":
         raise SourceError(f"{source}: empty file")
     if kind == "text":
         raise SourceError(f"{source}: {describe_text(head)}")
-    if kind not in LOADERS:
-        raise SourceError(f"{source}: not a format fancli reads (a binary file that is neither a torch.save zip, "
-                          "a pickle nor safetensors)")
-    model = loader(LOADERS[kind])(path, options)
-    if kind == "yaml" or not (path.parent / "config.json").is_file():
+    if kind not in FORMATS:
+        known = [format.what for format in FORMATS.values() if not format.text]
+        raise SourceError(f"{source}: not a format fancli reads (a binary file that is none of: {', '.join(known)})")
+    format = FORMATS[kind]
+    model = _read_by(format, source)(path, options)
+    if not format.config_formats or not (path.parent / "config.json").is_file():
         return model
     from .hf_config import with_config  # transformers' config.json beside the weights
 
     return with_config(model, path)
+
+
+def _read_by(format: Format, source: str) -> Loader:
+    """A format's loader; one line where this fancli was installed without its module."""
+    module = format.load.partition(":")[0]
+    try:
+        return loader(format.load)
+    except ModuleNotFoundError as error:
+        if error.name != importlib.util.resolve_name(module, __name__):
+            raise
+        raise SourceError(f"{source}: {format.what}: not readable by this fancli") from None
 
 
 def _in_its_repo(path: Path, source: str) -> None:

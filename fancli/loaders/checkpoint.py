@@ -9,7 +9,7 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "
                    "params", "weights")
 
 
-_NOT_WEIGHTS = ("optim", "lr_sched", "scheduler")
+NOT_WEIGHTS = ("optim", "lr_sched", "scheduler")
 _MAX_NAMED = 20  # ignored keys a note names
 
 
@@ -22,7 +22,7 @@ def describe(value: object) -> str:
     if isinstance(value, dict):
         return "a dict without tensors"
     noun = {list: "list", tuple: "tuple", int: "int", float: "float", str: "string"}.get(
-        type(value), type(value).__name__.lstrip("_")
+        type(value), getattr(type(value), "noun", type(value).__name__.lstrip("_"))
     )
     return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
@@ -103,7 +103,7 @@ def find_state_dict(obj: object, is_tensor) -> tuple[dict, tuple[str, ...]]:
         path.append(choice)
         current = current[choice]
         visited.add(id(current))
-    skipped = {k for k in current if key_text(k).startswith(_NOT_WEIGHTS) and has_tensor(current[k])}
+    skipped = {k for k in current if key_text(k).startswith(NOT_WEIGHTS) and has_tensor(current[k])}
     ignored += [key_text(k) for k in skipped]
     flat = _flatten({k: v for k, v in current.items() if k not in skipped}, is_tensor, seen={id(current)})
     notes = []

@@ -27,18 +27,23 @@ from ..layer import Layer, Model
 from ..safe_io import FileRange, open_regular, read_bounded
 from ..tensors import CHUNK_ELEMENTS, StridedRef
 from . import LoadOptions, pickle_scan
-from .checkpoint import _NOT_WEIGHTS
+from .checkpoint import NOT_WEIGHTS
 from .dcp_metadata import MAX_METADATA_BYTES, DcpChunk, DcpTensor, read_metadata
 from .entry import Entry
 from .flat_keys import layers_from_entries
 from .links import leads_outside, link_root
-from .torch_pickle import UnsafeGlobal, WeightsUnpickler, _short, _Tensor, check_claims
+from .torch_pickle import UnsafeGlobal, WeightsUnpickler, error_phrase, SavedTensor, check_claims
 from .zip_bounds import check_zip_claims
 
 METADATA_NAME = ".metadata"
 #: A chunk's data.pkl describes one tensor in ~200 bytes.
 _MAX_ITEM_PICKLE = 1024 * 1024
 _MAX_NAMED = 5
+
+
+def load_metadata(path: Path, options: LoadOptions) -> Model:
+    """A DCP folder given by its `.metadata` file: the folder is what it describes."""
+    return load_dcp(path.parent, options)
 
 
 def load_dcp(folder: Path, options: LoadOptions) -> Model:
@@ -53,7 +58,7 @@ def load_dcp(folder: Path, options: LoadOptions) -> Model:
     entries, ignored, sharded, transformed = [], [], 0, []
     for tensor in meta.tensors:
         top = tensor.fqn.split(".", 1)[0]
-        if top.startswith(_NOT_WEIGHTS):
+        if top.startswith(NOT_WEIGHTS):
             if top not in ignored:
                 ignored.append(top)
             continue
@@ -68,7 +73,7 @@ def load_dcp(folder: Path, options: LoadOptions) -> Model:
     notes = []
     if ignored:
         notes.append(f"ignored (not model weights): {', '.join(repr(name) for name in ignored)}")
-    others = [name for name in meta.others if not name.split(".", 1)[0].startswith(_NOT_WEIGHTS)]
+    others = [name for name in meta.others if not name.split(".", 1)[0].startswith(NOT_WEIGHTS)]
     if others:
         notes.append(f"{len(others)} non-tensor item(s) saved as pickled bytes, never opened: {_names(others)}")
     if sharded:
@@ -248,7 +253,7 @@ def chunk_ref(folder: Path, tensor: DcpTensor, chunk: DcpChunk) -> StridedRef:
         except SourceError:
             raise
         except Exception as error:  # zipfile raises BadZipFile, NotImplementedError, ValueError, OSError…
-            raise SourceError(f"{where}: its chunk is not a readable zip archive ({_short(error)})") from None
+            raise SourceError(f"{where}: its chunk is not a readable zip archive ({error_phrase(error)})") from None
         saved = _unpickle(where, pickled)
         check_claims(path, tensor.fqn[:80], saved)
         if tuple(saved.size) != chunk.sizes or saved.dtype != tensor.dtype:
@@ -270,7 +275,7 @@ def chunk_ref(folder: Path, tensor: DcpTensor, chunk: DcpChunk) -> StridedRef:
     return ref
 
 
-def _unpickle(where: str, data: bytes) -> _Tensor:
+def _unpickle(where: str, data: bytes) -> SavedTensor:
     """A chunk's data.pkl, which torch.save wrote for one tensor, through the pre-scan and the allowlist."""
     try:
         _, cost = pickle_scan.scan(data)
@@ -281,8 +286,9 @@ def _unpickle(where: str, data: bytes) -> _Tensor:
         raise SourceError(f"{where}: refused: its chunk's pickle names the global "
                           f"{f'{refused.module}.{refused.name}'[:120]!r} (loading it could run code)") from None
     except Exception as error:  # what the allowlisted callables raise on hostile input
-        raise SourceError(f"{where}: its chunk's data.pkl is not a valid torch pickle ({_short(error)})") from None
-    if not isinstance(saved, _Tensor):
+        raise SourceError(f"{where}: its chunk's data.pkl is not a valid torch pickle "
+                          f"({error_phrase(error)})") from None
+    if not isinstance(saved, SavedTensor):
         raise SourceError(f"{where}: its chunk holds something other than one tensor")
     return saved
 

@@ -20,7 +20,7 @@ from typing import Any
 from ..dtypes import DTYPES, LOW_PRECISION_FLOATING
 from ..errors import SourceError
 from . import pickle_scan
-from .torch_pickle import UnsafeGlobal, WeightsUnpickler, _is_index, _is_shape, _short
+from .torch_pickle import UnsafeGlobal, WeightsUnpickler, is_index, is_shape, error_phrase
 
 MAX_METADATA_BYTES = 64 * 1024 * 1024  # ~700 bytes a tensor: 90,000 tensors
 #: What one chunk of one tensor costs once checked (a DcpChunk and its place in a tuple), charged per
@@ -185,7 +185,7 @@ def read_metadata(where: str, data: bytes) -> DcpMetadata:
         raise SourceError(f"{where}: refused: its pickle names the global {f'{refused.module}.{refused.name}'[:120]!r}, "
                           "which DCP metadata does not use (loading it could run code; nothing was run)") from None
     except Exception as error:  # the allowlisted callables, given what a hostile pickle passes, raise anything
-        raise SourceError(f"{where}: not valid DCP metadata ({_short(error)})") from None
+        raise SourceError(f"{where}: not valid DCP metadata ({error_phrase(error)})") from None
     if not isinstance(top, _Metadata):
         raise SourceError(f"{where}: a pickle, but not torch.distributed.checkpoint metadata")
     return _checked(where, top, unpickler.allowance)
@@ -202,7 +202,7 @@ def _checked(where: str, top: _Metadata, allowance: int) -> DcpMetadata:
         if not (isinstance(index, _Index) and isinstance(info, _StorageInfo)):
             raise SourceError(f"{where}: a storage table entry that is not DCP's")
         fqn, offset = index.get("fqn"), index.get("offset")
-        if isinstance(fqn, str) and (offset is None or _is_shape(offset)):
+        if isinstance(fqn, str) and (offset is None or is_shape(offset)):
             located[(fqn, tuple(offset or ()))] = info
     tensors, others = [], []
     for fqn, item in items.items():
@@ -232,13 +232,13 @@ def _tensor(where: str, fqn: str, item: _TensorStorage,
     dtype = properties.get("dtype") if isinstance(properties, _TensorProperties) else None
     if not isinstance(dtype, str):
         raise SourceError(f"{where}: {key}: no dtype in its tensor properties")
-    if not _is_shape(size) or not isinstance(chunks, list) or not all(isinstance(c, _Chunk) for c in chunks):
+    if not is_shape(size) or not isinstance(chunks, list) or not all(isinstance(c, _Chunk) for c in chunks):
         raise SourceError(f"{where}: {key}: malformed size or chunks")
     size = tuple(size)
     total, checked = 0, []
     for chunk in chunks:
         offsets, sizes = chunk.get("offsets"), chunk.get("sizes")
-        if not (_is_shape(offsets) and _is_shape(sizes) and len(offsets) == len(sizes) == len(size)
+        if not (is_shape(offsets) and is_shape(sizes) and len(offsets) == len(sizes) == len(size)
                 and all(o + s <= n for o, s, n in zip(offsets, sizes, size))):
             raise SourceError(f"{where}: {key}: a chunk outside the tensor's size {list(size)}")
         info = located.get((fqn, tuple(offsets)))
@@ -280,7 +280,7 @@ def _check_disjoint(where: str, key: str, size: tuple[int, ...], chunks: list[Dc
 
 def _chunk(where: str, key: str, offsets: tuple[int, ...], sizes: tuple[int, ...], info: _StorageInfo) -> DcpChunk:
     name, start, length = info.get("relative_path"), info.get("offset"), info.get("length")
-    if not (isinstance(name, str) and _is_index(start) and _is_index(length)):
+    if not (isinstance(name, str) and is_index(start) and is_index(length)):
         raise SourceError(f"{where}: {key}: a malformed storage record")
     parts = PurePosixPath(name).parts
     if not parts or name.startswith("/") or "\\" in name or ".." in parts or len(name) > _MAX_TEXT:

@@ -23,7 +23,7 @@ from ..tensors import StridedRef
 from .export_ops import Use, conv_arguments, exported_owner, is_conv_weight
 from .module_structure import Owner, module_layer, with_reinit
 from .safetensors_file import MAX_INDEX_BYTES
-from .torch_pickle import MAX_DIMS, _is_index
+from .torch_pickle import MAX_DIMS, is_index
 from .torch_zip import TorchZip, ZipMember
 
 MAX_PROGRAM_BYTES = 128 * 1024 * 1024  # model.json: ~2 KB a graph node with its stack trace
@@ -176,7 +176,7 @@ class _Weight:
         self.dtype = SCALAR_TYPES.get(dtype, f"unknown dtype {str(dtype)[:20]}")
         self.file = _field(entry, "path_name", str, where)
         self.pickled = _field(entry, "use_pickle", bool, where, False)
-        if len(self.stride) != len(self.shape) or not _is_index(self.offset):
+        if len(self.stride) != len(self.shape) or not is_index(self.offset):
             raise SourceError(f"{where}: malformed size, stride or offset")
         self.data: StridedRef | None = None
         if not self.pickled and self.dtype in DTYPES:
@@ -203,7 +203,7 @@ def _ints(value: list[Any], where: str, what: str) -> tuple[int, ...]:
     if len(value) > MAX_DIMS:
         raise SourceError(f"{where}: malformed {what}")
     numbers = tuple(item.get("as_int") if isinstance(item, dict) else None for item in value)
-    if not all(map(_is_index, numbers)):
+    if not all(map(is_index, numbers)):
         raise SourceError(f"{where}: its {what} is symbolic or malformed; a saved weight has concrete sizes")
     return numbers  # type: ignore[return-value]
 

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import parse_json_object, read_bounded
 from .entry import Entry
+from .formats import config_applies
 from .hf_facts import TOWERS, apply_library_facts, built_by, embedding_name, section_of
 from .links import cache_repo, leads_outside
+from .module_structure import unsplit_note
 from .quant_keys import COMPRESSED_BITS, compressed_layer, mlx_restated
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # transformers' configs are a few KB
 NAME = "config.json"
-_FORMATS = ("safetensors", "safetensors-sharded", "torch-zip", "torch-pickle", "torch-dcp")  # weights without their modules
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def with_config(model: Model, weights: Path) -> Model:
     """The model with what a config.json beside `weights` states applied to its layers; the model's notes
     say what was taken from it."""
     path = weights.parent / NAME
-    if model.format not in _FORMATS or not path.is_file():
+    if not config_applies(model.format) or not path.is_file():
         return model
     repo = cache_repo(weights.parent)
     if repo is not None and leads_outside(path, repo):
@@ -236,7 +236,8 @@ def _split(layer: Layer, heads: Heads) -> Layer:
     q, k, v = heads.parts
     if rows != q + k + v:
         return layer
-    notes: Any = tuple(note for note in layer.notes if not note.startswith("fused q/k/v projection"))
+    unsplit = unsplit_note(layer.name)
+    notes = tuple(note for note in layer.notes if note != unsplit)
     if q == k:
         return replace(layer, stacked=3, unknown_fans=(), notes=(*notes, f"q, k, v stacked: split by {NAME}"))
     note = (f"fused q/k/v projection: q {q}, k {k}, v {v} rows ({NAME}: grouped-query attention); each part "

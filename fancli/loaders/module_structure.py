@@ -28,11 +28,16 @@ FUSED_QKV_NAME = re.compile(r"(^|\.)(qkv|qkv_proj|query_key_value|c_attn|wqkv|Wq
 def fused_qkv(module: str) -> dict[str, Any]:
     """Layer fields for a fused q/k/v projection whose split the source does not show: with grouped- or
     multi-query attention, k and v have fewer rows than q, so "three equal thirds" would be a guess."""
+    return dict(unknown_fans=("fan_out",), notes=(unsplit_note(module),))
+
+
+def unsplit_note(module: str) -> str:
+    """The note of a fused q/k/v projection whose split the source does not show (a config.json's heads,
+    where they split it, take its place: `hf_config`)."""
     name = module.rpartition(".")[2]
-    note = (f"fused q/k/v projection {name!r}: how its rows split into q, k and v is not in this source "
+    return (f"fused q/k/v projection {name!r}: how its rows split into q, k and v is not in this source "
             "(grouped-query attention splits them unequally), so the effective fan_out is unknown; "
             "a YAML spec gives it")
-    return dict(unknown_fans=("fan_out",), notes=(note,))
 
 
 def is_conv(class_name: str | None) -> bool:

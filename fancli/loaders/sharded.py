@@ -14,24 +14,23 @@ from typing import Any, Iterator
 
 from ..errors import SourceError
 from ..layer import Layer, Model
-from ..safe_io import open_regular
 from ..summary import totals
-from . import LOADERS, LoadOptions, loader, sniff
+from . import LoadOptions, loader, sniff_file
 from .entry import Entry
+from .flat import Flat
 from .flat_keys import layers_from_entries
+from .formats import FORMATS
 from .key_order import natural_key
 from .safetensors_file import read_weight_map, shard_path, sharded_model
 
 _TORCH_FILES = ("zip", "pickle")
-_SNIFF_BYTES = 64
 
 
 def _kind(index: Path, shard: str) -> str | None:
-    """The first shard's sniffed format, or None where it cannot be opened (its reader then says why)."""
+    """A shard's sniffed format, or None where it cannot be opened (its reader then says why)."""
     path = shard_path(index, shard)
     try:
-        with open_regular(path, str(path)) as handle:
-            return sniff(handle.read(_SNIFF_BYTES), path)
+        return sniff_file(path, str(path))[0]
     except (SourceError, OSError):
         return None
 
@@ -41,8 +40,9 @@ def load_index(path: Path, options: LoadOptions) -> Model:
     the parameter count the index states is held against the one fancli counts."""
     weight_map, stated = read_weight_map(path)
     shards = sorted(dict.fromkeys(weight_map.values()), key=natural_key)
-    if shards and _kind(path, shards[0]) in _TORCH_FILES:
-        model = torch_shards_model(path, shards, options)
+    first = _kind(path, shards[0]) if shards else None
+    if first in _TORCH_FILES:
+        model = torch_shards_model(path, shards, options, first)
     else:
         model = sharded_model(path, weight_map)
     note = _stated_total(path, stated, model.layers)
@@ -63,45 +63,49 @@ def _stated_total(index: Path, stated: Any, layers: tuple[Layer, ...]) -> str | 
             f"parameters ({counted - stated:+,})")
 
 
-def _shard_entries(shard: str, layers: tuple[Layer, ...]) -> Iterator[Entry]:
-    """A shard's layers as the entries they came from, ties kept (one identity for a tensor and its aliases),
-    so that the layers of all shards are built together: a bias may lie in another shard than its weight."""
-    for layer in layers:
+def _model_entries(shard: str, model: Model) -> Iterator[Entry]:
+    """The entries of a shard torch's own loader read (a tensor type fancli's reader does not list, or
+    --trust): its layers as the entries they came from, ties kept (one identity for a tensor and its
+    aliases). Such a Model's layers carry no notes of a reader's own."""
+    for layer in model.layers:
         identity = (shard, layer.param) if layer.aliases else None
         yield Entry(layer.param, layer.shape, layer.dtype or "", layer.data, identity)
         for alias in layer.aliases:
             yield Entry(alias, layer.shape, layer.dtype or "", layer.data, identity)
 
 
-def _load_shard(index: Path, shard: str, options: LoadOptions) -> Model:
-    """One shard, read as the same file given alone would be; its errors name the index and the shard."""
+def _read_shard(index: Path, shard: str, options: LoadOptions, kind: str | None) -> Flat | Model:
+    """One shard's entries, read as the same file given alone would be (`kind`, where already sniffed);
+    its errors name the index and the shard."""
     path = shard_path(index, shard)
     where = f"{index}: shard {shard!r}"
-    try:
-        with open_regular(path, where) as handle:
-            kind = sniff(handle.read(_SNIFF_BYTES), path)
-    except OSError as error:
-        raise SourceError(f"{where}: cannot read: {error.strerror or error}") from None
+    if kind is None:
+        try:
+            kind = sniff_file(path, where)[0]
+        except OSError as error:
+            raise SourceError(f"{where}: cannot read: {error.strerror or error}") from None
     if kind not in _TORCH_FILES:
         raise SourceError(f"{where}: not a torch.save file, as the index's first shard is ({kind})")
     try:
-        return loader(LOADERS[kind])(path, options)
+        return loader(FORMATS[kind].entries)(path, options)
     except SourceError as error:
         message = str(error)
         raise SourceError(f"{where}: {message.removeprefix(f'{path}: ')}") from None
 
 
-def torch_shards_model(index: Path, shards: list[str], options: LoadOptions) -> Model:
+def torch_shards_model(index: Path, shards: list[str], options: LoadOptions, first: str | None = None) -> Model:
     """torch.save shards in the order of their names (`-00001-of-00002` first): sharding splits a state_dict
-    in model order, and each shard keeps its own (pickles keep dict order), so this is the model's order."""
+    in model order, and each shard keeps its own (pickles keep dict order), so this is the model's order.
+    The entries of all shards are built into layers together: a bias may lie in another shard than its
+    weight. `first` is the first shard's format, where the index already sniffed it."""
     entries: list[Entry] = []
     notes: list[str] = []
     format = None
-    for shard in shards:
-        model = _load_shard(index, shard, options)
-        format = format or model.format
-        entries.extend(_shard_entries(shard, model.layers))
-        notes.extend(model.notes)
+    for number, shard in enumerate(shards):
+        read = _read_shard(index, shard, options, first if number == 0 else None)
+        format = format or read.format
+        entries.extend(read.entries if isinstance(read, Flat) else _model_entries(shard, read))
+        notes.extend(read.notes)
     layers = layers_from_entries(entries)
     if not layers:
         raise SourceError(f"{index}: its shards hold no floating-point weights")

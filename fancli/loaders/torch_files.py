@@ -5,31 +5,56 @@ the file; with it, torch's loaders, which run the file's code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SourceError
 from ..layer import Model
 from . import LoadOptions, loader
+from .flat import Flat, built
 
-#: Archive kind -> (its reader without --trust, torch's loader with it), each called `(path, archive)`.
-ARCHIVE_READERS: dict[str, tuple[str, str]] = {
-    "torchscript": ("torchscript_archive:read_torchscript", "torch_module:load_torchscript"),
-    "torch-export": ("export_archive:read_exported", "export_program:load_exported"),
+
+@dataclass(frozen=True)
+class ArchiveReaders:
+    """An archive kind's readers, each ".module:function" called `(path, archive)`: fancli's own, and
+    torch's loader, which runs the archive's code and is used only with --trust."""
+
+    untrusted: str
+    trusted: str
+
+    def reader(self, trust: bool) -> str:
+        return self.trusted if trust else self.untrusted
+
+
+#: Archive kind -> its readers.
+ARCHIVE_READERS: dict[str, ArchiveReaders] = {
+    "torchscript": ArchiveReaders(".torchscript_archive:read_torchscript", ".torch_module:load_torchscript"),
+    "torch-export": ArchiveReaders(".export_archive:read_exported", ".export_program:load_exported"),
 }
 #: A legacy file fancli's own reader cannot list (a torch type outside its allowlist) goes to torch's
 #: weights-only loader, which reads every storage into memory: only up to this size without --trust.
 MAX_LEGACY_TORCH_LOAD = 256 * 1024 * 1024
 
 
+def _model(read: Flat | Model) -> Model:
+    return built(read) if isinstance(read, Flat) else read
+
+
 def load_zip(path: Path, options: LoadOptions) -> Model:
     """torch.save, TorchScript and torch.export archives without torch; with --trust, the last two through
     torch's own loaders, which run the archive's code."""
+    return _model(read_zip(path, options))
+
+
+def read_zip(path: Path, options: LoadOptions) -> Flat | Model:
+    """A torch.save zip's entries where fancli's own reader lists them; a Model where the archive is a
+    module (TorchScript, torch.export, a pickled module with --trust) or torch's weights-only loader read it."""
     from .torch_pickle import UnsafeGlobal, untrusted_message
     from .torch_zip import TorchZip, read_state_dict
 
     archive = TorchZip(path)
     if archive.kind in ARCHIVE_READERS:
-        return loader(ARCHIVE_READERS[archive.kind][options.trust])(path, archive)
+        return loader(ARCHIVE_READERS[archive.kind].reader(options.trust))(path, archive)
     if archive.kind == "zip":
         raise SourceError(f"{path}: a zip archive, but not one written by torch.save (no <name>/data.pkl)")
     try:
@@ -50,8 +75,11 @@ def load_pickle(path: Path, options: LoadOptions) -> Model:
     """A legacy (pre-1.6) torch.save file: read without torch and without its tensor data unless --trust
     asks torch to unpickle a module. Another pickle goes to torch's weights-only loader, which says what
     it is."""
-    if path.name == ".metadata":  # a torch.distributed.checkpoint folder's: the folder is what it describes
-        return loader("dcp:load_dcp")(path.parent, options)
+    return _model(read_pickle(path, options))
+
+
+def read_pickle(path: Path, options: LoadOptions) -> Flat | Model:
+    """A legacy torch.save file's entries where fancli's own reader lists them; a Model where torch read it."""
     if options.trust:
         from .torch_module import load_pickled_module
 

@@ -17,21 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SourceError
-from ..layer import Model
 from ..safe_io import FileRange, open_regular
 from ..tensors import StridedRef
 from . import pickle_scan
+from .flat import Flat
 from .torch_pickle import (
     ITEMSIZE,
     MAX_PICKLE_BYTES,
     QUANTIZED_CODES,
     UnsafeGlobal,
     WeightsUnpickler,
-    _short,
-    _Storage,
+    error_phrase,
+    SavedStorage,
     check_claims,
 )
-from .torch_zip import unpickled_model
+from .torch_zip import unpickled_entries
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -47,7 +47,7 @@ class _LegacyUnpickler(WeightsUnpickler):
     """torch_zip's allowlist; a legacy storage record has a sixth field, a view of another storage, which
     torch has not written since 0.4 (storages are no longer views) and is refused."""
 
-    def persistent_load(self, pid: Any) -> _Storage:
+    def persistent_load(self, pid: Any) -> SavedStorage:
         if isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage":
             if pid[5] is not None:
                 raise pickle.UnpicklingError("a storage that is a view of another (torch < 0.4)")
@@ -55,18 +55,18 @@ class _LegacyUnpickler(WeightsUnpickler):
         return super().persistent_load(pid)
 
 
-def read_legacy(path: Path, safe_globals: frozenset[str] = frozenset()) -> Model:
-    """A legacy state_dict or checkpoint as a Model. Raises NotLegacy for another pickle and UnsafeGlobal
+def read_legacy(path: Path, safe_globals: frozenset[str] = frozenset()) -> Flat:
+    """A legacy state_dict or checkpoint's entries. Raises NotLegacy for another pickle and UnsafeGlobal
     for a global outside the allowlist (as torch_zip does), SourceError for anything malformed;
     `safe_globals` (the config's) are read as inert records."""
     try:
         with open_regular(path, str(path)) as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             return _read(path, data, safe_globals)
     except (OSError, ValueError) as error:  # mmap of an empty or vanished file
-        raise SourceError(f"{path}: cannot read: {_short(error)}") from None
+        raise SourceError(f"{path}: cannot read: {error_phrase(error)}") from None
 
 
-def _read(path: Path, data: mmap.mmap, safe_globals: frozenset[str]) -> Model:
+def _read(path: Path, data: mmap.mmap, safe_globals: frozenset[str]) -> Flat:
     pos = 0
     header = []
     for _ in range(3):
@@ -75,13 +75,13 @@ def _read(path: Path, data: mmap.mmap, safe_globals: frozenset[str]) -> Model:
         if len(header) == 1 and header[0] != MAGIC_NUMBER:
             raise NotLegacy
     if header[1] != PROTOCOL_VERSION or not isinstance(header[2], dict):
-        raise SourceError(f"{path}: a legacy torch.save file of an unknown protocol ({_short(header[1])})")
+        raise SourceError(f"{path}: a legacy torch.save file of an unknown protocol ({error_phrase(header[1])})")
     if header[2].get("little_endian") is not True:
         raise SourceError(f"{path}: a big-endian legacy torch.save file; fancli reads little-endian ones")
     obj, storages, pos = _object(path, data, pos, safe_globals)
     keys, pos = _small_pickle(path, data, pos, limit=MAX_PICKLE_BYTES)
     sources = _storage_table(path, data, pos, keys, storages)
-    return unpickled_model(path, obj, lambda key, tensor: _tensor_ref(path, key, tensor, sources), "torch-pickle")
+    return unpickled_entries(path, obj, lambda key, tensor: _tensor_ref(path, key, tensor, sources), "torch-pickle")
 
 
 def _scan(path: Path, data: mmap.mmap, pos: int, limit: int) -> tuple[int, int]:
@@ -105,11 +105,11 @@ def _small_pickle(path: Path, data: mmap.mmap, pos: int, limit: int = _MAX_HEADE
     except UnsafeGlobal:
         raise
     except Exception as error:  # whatever a hostile pickle makes the allowlisted callables raise
-        raise SourceError(f"{path}: not a valid torch.save file ({_short(error)})") from None
+        raise SourceError(f"{path}: not a valid torch.save file ({error_phrase(error)})") from None
 
 
 def _object(path: Path, data: mmap.mmap, pos: int,
-            safe_globals: frozenset[str]) -> tuple[Any, dict[str, _Storage], int]:
+            safe_globals: frozenset[str]) -> tuple[Any, dict[str, SavedStorage], int]:
     """The saved object, with placeholders for its tensors and the storages they name."""
     end, cost = _scan(path, data, pos, MAX_PICKLE_BYTES)
     unpickler = _LegacyUnpickler(data[pos:end], pickle_scan.MAX_MEMORY - cost, safe_globals)
@@ -118,11 +118,11 @@ def _object(path: Path, data: mmap.mmap, pos: int,
     except UnsafeGlobal:
         raise
     except Exception as error:  # the allowlisted callables, given what a hostile pickle passes, raise anything
-        raise SourceError(f"{path}: not a valid torch pickle ({_short(error)})") from None
+        raise SourceError(f"{path}: not a valid torch pickle ({error_phrase(error)})") from None
 
 
 def _storage_table(path: Path, data: mmap.mmap, pos: int, keys: Any,
-                   storages: dict[str, _Storage]) -> dict[str, FileRange]:
+                   storages: dict[str, SavedStorage]) -> dict[str, FileRange]:
     """Where each storage's bytes lie: an int64 element count, then the bytes, in the order of `keys`."""
     if not isinstance(keys, list) or not all(isinstance(key, (str, int)) for key in keys):
         raise SourceError(f"{path}: its storage keys are not a list of names")

@@ -14,7 +14,7 @@ import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..dtypes import DTYPES
 from ..errors import SourceError
@@ -61,7 +61,8 @@ class _Sealed:
     """Refuses the BUILD opcode: a pickle must not rewrite an object after the checks that made it."""
 
     def __setstate__(self, _state: Any) -> None:
-        raise pickle.UnpicklingError(f"the pickle sets the state of a {type(self).__name__.lstrip('_')}")
+        noun = getattr(type(self), "noun", type(self).__name__.lstrip("_"))
+        raise pickle.UnpicklingError(f"the pickle sets the state of a {noun}")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,10 @@ class _Name(_Sealed):
 
 
 @dataclass(frozen=True, eq=False)
-class _Storage(_Sealed):
+class SavedStorage(_Sealed):
+    """A storage a pickle names: its key in the file, its dtype and its size."""
+
+    noun: ClassVar[str] = "Storage"  # what `checkpoint.describe` calls it
     key: str
     dtype: str
     numel: int  # elements of `dtype` (bytes for an untyped storage)
@@ -100,17 +104,19 @@ def paused_gc() -> Any:
         gc.enable()
 
 
-def _short(error: BaseException) -> str:
+def error_phrase(error: BaseException) -> str:
     """An exception as a short phrase for a one-line message."""
     text = " ".join(str(error).split())[:80]
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: a pickle may use them as keys
-class _Tensor(_Sealed):
+class SavedTensor(_Sealed):
     """A tensor as the pickle describes it; validated into a StridedRef once its storage is known."""
 
-    storage: _Storage
+    noun: ClassVar[str] = "Tensor"  # what `checkpoint.describe` calls it
+
+    storage: SavedStorage
     dtype: str
     offset: Any
     size: Any
@@ -121,13 +127,15 @@ class _Tensor(_Sealed):
 
 
 @dataclass(frozen=True, eq=False)
-class _Sparse(_Sealed):
+class SavedSparse(_Sealed):
     """A sparse tensor as `_rebuild_sparse_tensor` gets it: its layout, logical (dense) size, the stored
     values and index tensors (never read), and for COO whether torch recorded it coalesced."""
 
+    noun: ClassVar[str] = "Sparse"  # what `checkpoint.describe` calls it
+
     layout: str
     size: tuple
-    values: _Tensor
+    values: SavedTensor
     indices: tuple
     coalesced: Any = None
 
@@ -197,7 +205,7 @@ class WeightsUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, allowance: int = pickle_scan.MAX_MEMORY,
                  safe_globals: frozenset[str] = frozenset()) -> None:
         super().__init__(io.BytesIO(data))
-        self.storages: dict[str, _Storage] = {}
+        self.storages: dict[str, SavedStorage] = {}
         self.allowance = allowance
         self.safe_globals = safe_globals  # "module.Name"s the user allows as inert records (config)
         self.inert: dict[str, type[Inert]] = {}
@@ -228,17 +236,17 @@ class WeightsUnpickler(pickle.Unpickler):
             self.inert[qualified] = type("Inert", (Inert,), {"qualified": qualified})
         return self.inert[qualified]
 
-    def persistent_load(self, pid: Any) -> _Storage:
+    def persistent_load(self, pid: Any) -> SavedStorage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unexpected persistent id (a {type(pid).__name__})")
         _, storage_type, key, _location, numel = pid
-        if not (isinstance(storage_type, _StorageType) and _is_index(numel) and isinstance(key, (str, int))
+        if not (isinstance(storage_type, _StorageType) and is_index(numel) and isinstance(key, (str, int))
                 and _scalar(key)):  # torch names storages "0", "1"…
             raise pickle.UnpicklingError("malformed storage record")
         key = str(key)
         if key not in self.storages:
             self.charge(256 + len(key))
-            self.storages[key] = _Storage(key, storage_type.dtype, numel)
+            self.storages[key] = SavedStorage(key, storage_type.dtype, numel)
         return self.storages[key]
 
     def charge(self, nbytes: int) -> None:
@@ -253,17 +261,17 @@ class WeightsUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError("OrderedDict called with arguments")
         return collections.OrderedDict()
 
-    def rebuild_tensor(self, storage: _Storage, offset: int, size: Any, stride: Any, *_rest: Any) -> _Tensor:
-        return _Tensor(storage, storage.dtype, offset, size, stride)
+    def rebuild_tensor(self, storage: SavedStorage, offset: int, size: Any, stride: Any, *_rest: Any) -> SavedTensor:
+        return SavedTensor(storage, storage.dtype, offset, size, stride)
 
-    def rebuild_tensor_v3(self, storage: _Storage, offset: int, size: Any, stride: Any, _grad: Any, _hooks: Any,
-                          dtype: Any, *_rest: Any) -> _Tensor:
+    def rebuild_tensor_v3(self, storage: SavedStorage, offset: int, size: Any, stride: Any, _grad: Any, _hooks: Any,
+                          dtype: Any, *_rest: Any) -> SavedTensor:
         if not isinstance(dtype, str):
             raise pickle.UnpicklingError("a tensor's dtype is not a torch dtype")
-        return _Tensor(storage, dtype, offset, size, stride)
+        return SavedTensor(storage, dtype, offset, size, stride)
 
-    def rebuild_qtensor(self, storage: _Storage, offset: int, size: Any, stride: Any, params: Any,
-                        *_rest: Any) -> _Tensor:
+    def rebuild_qtensor(self, storage: SavedStorage, offset: int, size: Any, stride: Any, params: Any,
+                        *_rest: Any) -> SavedTensor:
         """A quantized tensor: its codes' storage and the scheme's parameters, type-checked here (torch checks
         them when it rebuilds), the per-channel ones against the size when the tensor is read."""
         if not (isinstance(params, tuple) and params and isinstance(params[0], _Name)):
@@ -272,17 +280,17 @@ class WeightsUnpickler(pickle.Unpickler):
         if params[0].name == "per_tensor_affine":
             ok = len(params) == 3 and number(params[1]) and type(params[2]) is int and _scalar(params[2])
         else:
-            ok = len(params) == 4 and all(isinstance(p, _Tensor) for p in params[1:3]) and _is_index(params[3])
+            ok = len(params) == 4 and all(isinstance(p, SavedTensor) for p in params[1:3]) and is_index(params[3])
         if not ok:
             raise pickle.UnpicklingError(f"{params[0].name} parameters of the wrong types")
-        return _Tensor(storage, storage.dtype, offset, size, stride, params)
+        return SavedTensor(storage, storage.dtype, offset, size, stride, params)
 
     def layout(self, name: Any) -> _Name:
         if name not in SPARSE_LAYOUTS:
             raise pickle.UnpicklingError("a layout other than torch's sparse ones")
         return _Name(name)
 
-    def rebuild_sparse_tensor(self, layout: Any, data: Any) -> _Sparse:
+    def rebuild_sparse_tensor(self, layout: Any, data: Any) -> SavedSparse:
         """COO: (indices, values, size[, is_coalesced]); CSR/CSC/BSR/BSC: (compressed, plain, values, size)."""
         if not (isinstance(layout, _Name) and layout.name in SPARSE_LAYOUTS and isinstance(data, tuple)):
             raise pickle.UnpicklingError("a sparse tensor of an unknown layout")
@@ -294,10 +302,10 @@ class WeightsUnpickler(pickle.Unpickler):
             indices, values, size = data[:2], data[2], data[3]
         else:
             raise pickle.UnpicklingError(f"a {layout.name} tensor of {len(data)} parts")
-        if not (all(isinstance(t, _Tensor) for t in (*indices, values)) and _is_shape(size)
+        if not (all(isinstance(t, SavedTensor) for t in (*indices, values)) and is_shape(size)
                 and coalesced in (None, True, False)):
             raise pickle.UnpicklingError(f"a {layout.name} tensor of parts of the wrong types")
-        return _Sparse(layout.name.removeprefix("torch."), tuple(size), values, indices, coalesced)
+        return SavedSparse(layout.name.removeprefix("torch."), tuple(size), values, indices, coalesced)
 
     def rebuild_parameter(self, data: Any, *_rest: Any) -> Any:
         return data
@@ -306,12 +314,12 @@ class WeightsUnpickler(pickle.Unpickler):
         return func(*args)  # func is one of these methods; the subclass state is not needed
 
     def size(self, dims: Any = ()) -> tuple:
-        if not (isinstance(dims, (tuple, list)) and len(dims) <= MAX_DIMS and all(map(_is_index, dims))):
+        if not (isinstance(dims, (tuple, list)) and len(dims) <= MAX_DIMS and all(map(is_index, dims))):
             raise pickle.UnpicklingError("torch.Size of something other than a few sizes")
         return tuple(dims)
 
     def device(self, kind: Any, index: Any = None) -> str:
-        if not (isinstance(kind, str) and len(kind) <= 64 and (index is None or _is_index(index))):
+        if not (isinstance(kind, str) and len(kind) <= 64 and (index is None or is_index(index))):
             raise pickle.UnpicklingError("torch.device of something other than a device name")
         return kind if index is None else f"{kind}:{index}"
 
@@ -341,24 +349,24 @@ class WeightsUnpickler(pickle.Unpickler):
         return text.encode("latin-1")
 
 
-def _is_index(value: Any) -> bool:
+def is_index(value: Any) -> bool:
     """A size, stride, offset or element count: an int64 that is not negative, as torch keeps them."""
     return type(value) is int and 0 <= value < 1 << 63
 
 
-def _is_shape(value: Any) -> bool:
-    return isinstance(value, (tuple, list)) and len(value) <= MAX_DIMS and all(map(_is_index, value))
+def is_shape(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) <= MAX_DIMS and all(map(is_index, value))
 
 
-def check_claims(path: Path, key: str, tensor: _Tensor) -> None:
+def check_claims(path: Path, key: str, tensor: SavedTensor) -> None:
     """What a pickle claims of a tensor that can be checked before its storage is found: a storage record,
     a dtype fancli reads, and a size, stride and offset that are lists of counts."""
-    if not isinstance(tensor.storage, _Storage):
+    if not isinstance(tensor.storage, SavedStorage):
         raise SourceError(f"{path}: {key}: its storage is not a storage record")
     if tensor.dtype not in ITEMSIZE:
         raise SourceError(f"{path}: {key}: unsupported dtype {str(tensor.dtype)[:40]!r}")
-    if not (_is_shape(tensor.size) and _is_shape(tensor.stride) and len(tensor.size) == len(tensor.stride)
-            and _is_index(tensor.offset)):
+    if not (is_shape(tensor.size) and is_shape(tensor.stride) and len(tensor.size) == len(tensor.stride)
+            and is_index(tensor.offset)):
         raise SourceError(f"{path}: {key}: malformed size, stride or offset")
 
 

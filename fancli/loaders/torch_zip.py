@@ -18,21 +18,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import SourceError
-from ..layer import Model
 from ..safe_io import open_regular
 from ..tensors import StridedRef
 from . import pickle_scan
 from .checkpoint import NoStateDict, find_state_dict
-from .flat_keys import layers_from_entries
+from .flat import Flat
 from .torch_pickle import (
     ITEMSIZE,
     MAX_PICKLE_BYTES,
     QUANTIZED_CODES,
     UnsafeGlobal,
     WeightsUnpickler,
-    _short,
-    _Sparse,
-    _Tensor,
+    error_phrase,
+    SavedSparse,
+    SavedTensor,
     check_claims,
     paused_gc,
 )
@@ -63,7 +62,7 @@ class ZipMember:
         except SourceError:
             raise
         except Exception as error:  # zipfile and its codecs raise many types for a corrupt member
-            raise SourceError(f"{self.path}: cannot read {self.info.filename} ({_short(error)})") from None
+            raise SourceError(f"{self.path}: cannot read {self.info.filename} ({error_phrase(error)})") from None
         if len(data) != size:
             raise SourceError(f"{self.path}: {self.info.filename} is truncated")
         return data
@@ -81,7 +80,7 @@ class ZipMember:
                     self._start(handle)
             return self.path, self._data_start + start
         except OSError as error:
-            raise SourceError(f"{self.path}: cannot read {self.info.filename} ({_short(error)})") from None
+            raise SourceError(f"{self.path}: cannot read {self.info.filename} ({error_phrase(error)})") from None
 
     def _read(self, start: int, size: int) -> bytes:
         if self.info.compress_type != zipfile.ZIP_STORED:
@@ -115,7 +114,7 @@ class TorchZip:
                 self.prefix = pickles[0].rsplit("/", 1)[0] if len(pickles) == 1 else None
                 self._read_early(archive)
         except Exception as error:  # zipfile raises BadZipFile, NotImplementedError, ValueError, OSError…
-            raise SourceError(f"{path}: not a readable zip archive ({_short(error)})") from None
+            raise SourceError(f"{path}: not a readable zip archive ({error_phrase(error)})") from None
         self._byteorder: str | None = None
 
     def _read_early(self, archive: zipfile.ZipFile) -> None:
@@ -154,7 +153,8 @@ class TorchZip:
                 try:
                     order = self._member(info).decode("ascii").strip()
                 except Exception as error:  # a corrupt member, or bytes that are no byte order
-                    raise SourceError(f"{self.path}: cannot read its byteorder record ({_short(error)})") from None
+                    raise SourceError(f"{self.path}: cannot read its byteorder record "
+                                      f"({error_phrase(error)})") from None
                 if order not in ("little", "big"):
                     raise SourceError(f"{self.path}: byteorder {order[:16]!r} is neither little nor big")
             self._byteorder = order
@@ -180,7 +180,7 @@ class TorchZip:
         try:
             return self._member(info)
         except Exception as error:  # a corrupt member: BadZipFile (CRC), zlib.error, NotImplementedError…
-            raise SourceError(f"{self.path}: cannot read {short} ({_short(error)})") from None
+            raise SourceError(f"{self.path}: cannot read {short} ({error_phrase(error)})") from None
 
     def unpickle(self, unpickler: type[WeightsUnpickler] = WeightsUnpickler, **options: Any) -> Any:
         """data.pkl through the pre-scan and the allow-list `unpickler` (given `options`, e.g. the config's
@@ -195,9 +195,9 @@ class TorchZip:
         except UnsafeGlobal:
             raise
         except Exception as error:  # the allowlisted callables, given what a hostile pickle passes, raise anything
-            raise SourceError(f"{self.path}: data.pkl is not a valid torch pickle ({_short(error)})") from None
+            raise SourceError(f"{self.path}: data.pkl is not a valid torch pickle ({error_phrase(error)})") from None
 
-    def tensor_ref(self, key: str, tensor: _Tensor) -> StridedRef:
+    def tensor_ref(self, key: str, tensor: SavedTensor) -> StridedRef:
         """Check the pickle's claims against the archive and make a lazy handle."""
         check_claims(self.path, key, tensor)
         storage, dtype = tensor.storage, tensor.dtype
@@ -215,30 +215,30 @@ class TorchZip:
                           elements, self.byteorder)
 
 
-def read_state_dict(path: Path, archive: TorchZip | None = None, safe_globals: frozenset[str] = frozenset()) -> Model:
-    """A state_dict or wrapped checkpoint as a Model; raises UnsafeGlobal for anything else. `safe_globals`
+def read_state_dict(path: Path, archive: TorchZip | None = None, safe_globals: frozenset[str] = frozenset()) -> Flat:
+    """A state_dict or wrapped checkpoint's entries; raises UnsafeGlobal for anything else. `safe_globals`
     (the config's) are read as inert records."""
     archive = archive or TorchZip(path)
-    return unpickled_model(path, archive.unpickle(safe_globals=safe_globals), archive.tensor_ref, "torch-zip")
+    return unpickled_entries(path, archive.unpickle(safe_globals=safe_globals), archive.tensor_ref, "torch-zip")
 
 
-def unpickled_model(path: Path, obj: Any, tensor_ref: Callable[[str, _Tensor], StridedRef], format: str) -> Model:
-    """A Model from what the restricted unpickler built (a state_dict, or a checkpoint holding one); each
+def unpickled_entries(path: Path, obj: Any, tensor_ref: Callable[[str, SavedTensor], StridedRef], format: str) -> Flat:
+    """The entries of what the restricted unpickler built (a state_dict, or a checkpoint holding one); each
     tensor's claims are checked by `tensor_ref` against the file before they are used."""
     with paused_gc():  # a few objects a tensor, none of them garbage: collections would only walk them
-        return _unpickled_model(path, obj, tensor_ref, format)
+        return _unpickled_entries(path, obj, tensor_ref, format)
 
 
-def _unpickled_model(path: Path, obj: Any, tensor_ref: Callable[[str, _Tensor], StridedRef], format: str) -> Model:
+def _unpickled_entries(path: Path, obj: Any, tensor_ref: Callable[[str, SavedTensor], StridedRef], format: str) -> Flat:
     try:
-        mapping, notes = find_state_dict(obj, lambda v: isinstance(v, (_Tensor, _Sparse)))
+        mapping, notes = find_state_dict(obj, lambda v: isinstance(v, (SavedTensor, SavedSparse)))
     except NoStateDict as error:
         raise SourceError(f"{path}: holds {error}, not a state_dict or model") from None
     from .typed_tensors import dense_entry, quantized_entry, sparse_entry
 
     entries = []
     for key, tensor in mapping.items():
-        if isinstance(tensor, _Sparse):
+        if isinstance(tensor, SavedSparse):
             entries.append(sparse_entry(path, str(key), tensor, tensor_ref))
             continue
         ref = tensor_ref(str(key), tensor)
@@ -247,7 +247,4 @@ def _unpickled_model(path: Path, obj: Any, tensor_ref: Callable[[str, _Tensor], 
             entries.append(quantized_entry(path, str(key), tensor, ref, identity, tensor_ref))
         else:
             entries.append(dense_entry(str(key), tensor, ref, identity))
-    layers = layers_from_entries(entries)
-    if not layers:
-        raise SourceError(f"{path}: holds no floating-point weights")
-    return Model(source=str(path), format=format, layers=layers, notes=notes)
+    return Flat(str(path), format, tuple(entries), tuple(notes))

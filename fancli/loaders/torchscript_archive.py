@@ -29,7 +29,7 @@ from .module_structure import (
     module_layer,
     with_reinit,
 )
-from .torch_pickle import WeightsUnpickler, _Tensor
+from .torch_pickle import WeightsUnpickler, SavedTensor
 from .torch_zip import TorchZip
 
 MAX_CODE_BYTES = 4 * 1024 * 1024  # one class file; torch writes a few KB per class
@@ -251,7 +251,7 @@ def _is_ints(value: Any) -> bool:
 
 
 def _parameters(root: ScriptObject, code: _Code, path: Path,
-                classes: dict[str, str]) -> Iterator[tuple[str, _Tensor, Owner]]:
+                classes: dict[str, str]) -> Iterator[tuple[str, SavedTensor, Owner]]:
     """(key, tensor, owner) in `named_parameters()` order: a module's own, then each child's, depth first;
     `classes` fills with each module's class by path."""
     stack: list[tuple[str, ScriptObject]] = [("", root)]
@@ -268,10 +268,11 @@ def _parameters(root: ScriptObject, code: _Code, path: Path,
         owner = _owner(name, obj, info)
         classes[name] = obj.class_name
         state = obj.state
-        own = info.parameters if info.parameters is not None else [k for k, v in state.items() if isinstance(v, _Tensor)]
+        own = info.parameters if info.parameters is not None else \
+            [k for k, v in state.items() if isinstance(v, SavedTensor)]
         for attribute in own:
             value = state.get(attribute)
-            if isinstance(value, _Tensor):
+            if isinstance(value, SavedTensor):
                 yield (f"{name}.{attribute}" if name else str(attribute)), value, owner
         children = [(f"{name}.{key}" if name else str(key), value) for key, value in state.items()
                     if isinstance(value, ScriptObject)]

@@ -22,7 +22,7 @@ from .quant_data import Unreadable
 if TYPE_CHECKING:
     import numpy as np
 
-    from .torch_pickle import _Sparse, _Tensor
+    from .torch_pickle import SavedSparse, SavedTensor
 
 COMPLEX = ("complex64", "complex128")
 #: Why a complex tensor has no statistics (the row's `--stats` note).
@@ -32,14 +32,14 @@ COMPLEX_REASON = ("complex values: a real init's mean and std do not describe th
 MAX_CHANNELS = 1 << 24
 
 
-def dense_entry(key: str, tensor: "_Tensor", ref: StridedRef, identity: Hashable) -> Entry:
+def dense_entry(key: str, tensor: "SavedTensor", ref: StridedRef, identity: Hashable) -> Entry:
     """A real tensor with its handle; a complex one listed with the reason it has no statistics."""
     data = ref if tensor.dtype in DTYPES else Unreadable(tensor.dtype, ref.shape, COMPLEX_REASON)
     return Entry(key, ref.shape, tensor.dtype, data, identity)
 
 
-def quantized_entry(path: Path, key: str, tensor: "_Tensor", codes: StridedRef, identity: Hashable,
-                    tensor_ref: Callable[[str, "_Tensor"], StridedRef]) -> Entry:
+def quantized_entry(path: Path, key: str, tensor: "SavedTensor", codes: StridedRef, identity: Hashable,
+                    tensor_ref: Callable[[str, "SavedTensor"], StridedRef]) -> Entry:
     """A quantized tensor (`qint8`, `quint8`, `qint32`) whose `--stats` are torch's `dequantize()` values:
     `(q - zero_point) * scale`, per tensor or per channel along `axis` (with float zero points for
     `per_channel_affine_float_qparams` too: torch's dequantize computes the same, checked in the tests)."""
@@ -114,7 +114,8 @@ class StoredValues:
         return self.values.chunks(max_elements)
 
 
-def sparse_entry(path: Path, key: str, tensor: "_Sparse", tensor_ref: Callable[[str, "_Tensor"], StridedRef]) -> Entry:
+def sparse_entry(path: Path, key: str, tensor: "SavedSparse",
+                 tensor_ref: Callable[[str, "SavedTensor"], StridedRef]) -> Entry:
     """A sparse tensor by its logical (dense) shape, which torch's fans take; `--stats` over exactly the
     values it stores (coalesced COO, or a compressed layout: each stored value is one element, explicit
     zeros included, and the elements not stored, all zero, are not counted). An uncoalesced COO tensor may
