@@ -74,6 +74,10 @@ KINDS: dict[str, LayerKind] = {
                   fans_note="packed codes, not the [out, in] weight they stand for: the fans of its shape mean nothing"),
         LayerKind("buffer", (), "a buffer (rotary frequencies, position ids, a causal mask, router biases)", "none",
                   fans_note="a buffer, not a layer's weight: the fans of its shape mean nothing"),
+        # transformers' MambaMixer: A_log = log(arange(1, d_state + 1)) per channel, D = ones: set, not drawn.
+        LayerKind("ssm_param", (), "a state-space layer's A_log [d_inner, d_state] or D [d_inner] (Mamba)", "none",
+                  fans="none", fans_note="a state-space parameter (Mamba's A_log or D), set by a formula "
+                                         "(A_log = log(1…d_state), D = 1), not drawn: it has no fans"),
         LayerKind("unknown"),
     )
 }

@@ -41,3 +41,43 @@ def test_a_new_kind_gets_its_fans_from_the_rule_its_record_names(monkeypatch):
     whole, one = torch.empty(4, 6, 8), torch.empty(6, 8)  # torch's fans of the stack, and of one expert's matrix
     assert (got.fan_in, got.fan_out) == torch.nn.init._calculate_fan_in_and_fan_out(whole)
     assert (got.effective_fan_in, got.effective_fan_out) == torch.nn.init._calculate_fan_in_and_fan_out(one)
+
+
+@pytest.fixture(scope="module")
+def mamba():
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    config = transformers.MambaConfig(vocab_size=32, hidden_size=8, state_size=4, num_hidden_layers=2, expand=2,
+                                      conv_kernel=3, time_step_rank=2)
+    return transformers.MambaForCausalLM(config)
+
+
+def test_mamba_a_log_and_d_are_set_not_drawn_and_have_no_fans(mamba):
+    mixer = mamba.backbone.layers[0].mixer
+    d_inner, d_state = mixer.A_log.shape
+    # The premise, from transformers' MambaMixer itself: A_log is log(1…d_state) on every channel, D is ones.
+    torch.testing.assert_close(mixer.A_log.detach(), torch.log(torch.arange(1, d_state + 1.0)).expand(d_inner, -1))
+    torch.testing.assert_close(mixer.D.detach(), torch.ones(d_inner))
+
+    rows = {row.layer.param: row for row in fancli.inspect(mamba.state_dict()).rows}
+    for layer in (0, 1):
+        prefix = f"backbone.layers.{layer}.mixer"
+        for leaf in ("A_log", "D"):
+            row = rows[f"{prefix}.{leaf}"]
+            assert row.layer.kind == "ssm_param"
+            assert (row.fans.fan_in, row.fans.fan_out) == (None, None)
+            assert any("not drawn" in note for note in row.notes)
+            assert all(values.std is None for values in row.inits.values())
+        weight = mixer.in_proj.weight
+        assert rows[f"{prefix}.in_proj.weight"].layer.kind == "linear"
+        assert ((rows[f"{prefix}.in_proj.weight"].fans.fan_in, rows[f"{prefix}.in_proj.weight"].fans.fan_out)
+                == torch.nn.init._calculate_fan_in_and_fan_out(weight))
+
+
+def test_a_2d_parameter_that_is_no_weight_is_not_read_as_a_linear():
+    """SAM's relative position tables [2·size − 1, head_dim] sit beside its attention's Linear weights."""
+    state = {"attn.rel_pos_h": torch.zeros(13, 16), "attn.qkv.weight": torch.zeros(48, 16)}
+    rows = {row.layer.param: row for row in fancli.inspect(state).rows}
+    assert rows["attn.rel_pos_h"].layer.kind == "unknown"
+    assert any("'rel_pos_h' is a parameter, not a layer's weight" in note for note in rows["attn.rel_pos_h"].notes)
+    assert rows["attn.qkv.weight"].layer.kind == "linear"

@@ -117,12 +117,18 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
     experts = _experts(module, leaf, shape, shapes)
     if experts is not None:
         return Layer(**experts, **common)
+    if leaf == "A_log" and len(shape) in (1, 2) or leaf == "D" and len(shape) == 1 and f"{module}.A_log" in shapes:
+        return Layer(kind="ssm_param", **common)  # a Mamba mixer's: set by a formula, not drawn
     if len(shape) == 1:
         kind = "norm" if leaf == "weight" else "unknown"
         if leaf == "bias" and module:
             sibling = shapes.get(f"{module}.weight")
             kind = _layer_for(Entry(f"{module}.weight", sibling, entry.dtype), shapes).kind if sibling else "unknown"
         return Layer(kind=kind, **common)
+    if 2 <= len(shape) <= 5 and leaf != "weight":
+        note = (f"{leaf!r} is a parameter, not a layer's weight (a class token, position embedding or layer "
+                "scale?): no layer type is known, the fans follow from the shape alone")
+        return Layer(kind="unknown", notes=(note,), **common)
     if len(shape) == 2:
         if _EMBEDDING_NAME.search(module.rpartition(".")[2] or module) and bias is None:
             return Layer(kind="embedding", **common)
@@ -136,10 +142,6 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
             fused = fused_qkv(module)
             notes += fused.pop("notes")
         return Layer(kind="linear", layout=layout, notes=notes, **fused, **common)
-    if 3 <= len(shape) <= 5 and leaf != "weight":
-        note = (f"{leaf!r} is a parameter, not a layer's weight (a class token, position embedding or layer "
-                "scale?): no layer type is known, the fans follow from the shape alone")
-        return Layer(kind="unknown", notes=(note,), **common)
     if len(shape) == 3 and _BILINEAR_NAME.search(module.rpartition(".")[2]):
         return Layer(kind="bilinear", notes=("a Bilinear [out, in1, in2]: inferred from the name",), **common)
     if 3 <= len(shape) <= 5:
