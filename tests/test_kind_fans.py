@@ -81,3 +81,19 @@ def test_a_2d_parameter_that_is_no_weight_is_not_read_as_a_linear():
     assert rows["attn.rel_pos_h"].layer.kind == "unknown"
     assert any("'rel_pos_h' is a parameter, not a layer's weight" in note for note in rows["attn.rel_pos_h"].notes)
     assert rows["attn.qkv.weight"].layer.kind == "linear"
+
+
+@pytest.mark.parametrize("build", [lambda: nn.LazyLinear(4), lambda: nn.Sequential(nn.Linear(2, 3), nn.LazyConv2d(4, 3)),
+                                   lambda: nn.LazyLinear(4).state_dict()])
+def test_a_lazy_module_before_its_first_call_is_one_clear_error(build):
+    with pytest.raises(SourceError, match=r"(LazyLinear|LazyConv2d) parameter '(1\.)?weight' is uninitialized|"
+                                          r"tensor 'weight' is uninitialized") as raised:
+        fancli.inspect(build())
+    assert "first call" in str(raised.value)
+
+
+def test_a_lazy_module_after_its_first_call_is_inspected_as_torch_built_it():
+    module = nn.LazyLinear(4)
+    module(torch.zeros(1, 3))
+    (row, _) = fancli.inspect(module).rows
+    assert (row.fans.fan_in, row.fans.fan_out) == torch.nn.init._calculate_fan_in_and_fan_out(module.weight)
