@@ -3,7 +3,8 @@ propagate read it here.
 
 Adding a kind is one record below (and its tests): the torch classes that are it, how torch stores its
 weight, the gates stacked in it, and which of torch's `reset_parameters()` rules initialises it
-(`fancli.analysis.torch_defaults` holds each rule's arithmetic and its explanation).
+(`fancli.analysis.torch_defaults` holds each rule's arithmetic and its explanation), and which fan rule reads
+its shape (`fancli.analysis.fans.RULES` holds each rule, and refuses at import a record naming none of them).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ class LayerKind:
     transposed: bool = False
     cell: bool = False  # one recurrent step (weight_ih, weight_hh), not a stack of layers (weight_ih_l0…)
     runnable: bool = False  # propagate builds it in a spec's stack
+    fans: str = "weight"  # the rule that gives its fans: a key of fans.RULES
     fans_note: str | None = None  # what the fans of this kind's weight mean, said on every row
-    stacked_note: str | None = None  # what blocks stacked along dim 0 are, when they are
 
     @property
     def is_conv(self) -> bool:
@@ -48,21 +49,20 @@ KINDS: dict[str, LayerKind] = {
                     runnable=True) for d in (1, 2, 3)),
         *(LayerKind(f"conv_transpose{d}d", (f"ConvTranspose{d}d",),
                     "[in_channels, out_channels/groups, {kernel}] (a transposed conv's layout)",
-                    spatial_dims=d, transposed=True, runnable=True) for d in (1, 2, 3)),
+                    spatial_dims=d, transposed=True, runnable=True, fans="transposed") for d in (1, 2, 3)),
         LayerKind("embedding", ("Embedding", "EmbeddingBag"), "[num_embeddings, embedding_dim]", "normal_1",
                   fans_note="embedding: fan_in/fan_out of [num, dim] are not meaningful (torch's own init "
                             "draws N(0, 1) whatever they are)"),
-        LayerKind("rnn", ("RNN",), _RECURRENT_LAYOUT, "rnn_hidden", gates=1),
-        LayerKind("lstm", ("LSTM",), _RECURRENT_LAYOUT, "rnn_hidden", gates=4),
-        LayerKind("gru", ("GRU",), _RECURRENT_LAYOUT, "rnn_hidden", gates=3),
-        LayerKind("rnn_cell", ("RNNCell",), _RECURRENT_LAYOUT, "rnn_hidden", gates=1, cell=True),
-        LayerKind("lstm_cell", ("LSTMCell",), _RECURRENT_LAYOUT, "rnn_hidden", gates=4, cell=True),
-        LayerKind("gru_cell", ("GRUCell",), _RECURRENT_LAYOUT, "rnn_hidden", gates=3, cell=True),
+        LayerKind("rnn", ("RNN",), _RECURRENT_LAYOUT, "rnn_hidden", gates=1, fans="gates"),
+        LayerKind("lstm", ("LSTM",), _RECURRENT_LAYOUT, "rnn_hidden", gates=4, fans="gates"),
+        LayerKind("gru", ("GRU",), _RECURRENT_LAYOUT, "rnn_hidden", gates=3, fans="gates"),
+        LayerKind("rnn_cell", ("RNNCell",), _RECURRENT_LAYOUT, "rnn_hidden", gates=1, fans="gates", cell=True),
+        LayerKind("lstm_cell", ("LSTMCell",), _RECURRENT_LAYOUT, "rnn_hidden", gates=4, fans="gates", cell=True),
+        LayerKind("gru_cell", ("GRUCell",), _RECURRENT_LAYOUT, "rnn_hidden", gates=3, fans="gates", cell=True),
         LayerKind("multihead_attention", ("MultiheadAttention",),
-                  "[3 × embed_dim, embed_dim] (q, k, v stacked along dim 0)", "attention",
-                  stacked_note="q, k, v stacked in one [3E, E] weight: torch's fan_out counts all three; each has E"),
+                  "[3 × embed_dim, embed_dim] (q, k, v stacked along dim 0)", "attention", fans="qkv"),
         LayerKind("experts", (), "[experts, out, in] (each expert used as F.linear(x, W[e])) or [experts, in, out] "
-                  "(x @ W[e]), its biases [experts, out]", "empty"),
+                  "(x @ W[e]), its biases [experts, out]", "empty", fans="experts"),
         LayerKind("norm", NORM_CLASSES, "[num_features]", "constant", runnable=True),
         # Tensors that are no layer's weight: torch draws none of them, so no scheme gives them a std.
         LayerKind("quant_scale", (), "a quantized weight's scales (per tensor, channel, group or block)", "none",
@@ -74,6 +74,10 @@ KINDS: dict[str, LayerKind] = {
                   fans_note="packed codes, not the [out, in] weight they stand for: the fans of its shape mean nothing"),
         LayerKind("buffer", (), "a buffer (rotary frequencies, position ids, a causal mask, router biases)", "none",
                   fans_note="a buffer, not a layer's weight: the fans of its shape mean nothing"),
+        # transformers' MambaMixer: A_log = log(arange(1, d_state + 1)) per channel, D = ones: set, not drawn.
+        LayerKind("ssm_param", (), "a state-space layer's A_log [d_inner, d_state] or D [d_inner] (Mamba)", "none",
+                  fans="none", fans_note="a state-space parameter (Mamba's A_log or D), set by a formula "
+                                         "(A_log = log(1…d_state), D = 1), not drawn: it has no fans"),
         LayerKind("unknown"),
     )
 }

@@ -4,14 +4,16 @@ A frozen dataclass's `__init__` sets each field through `object.__setattr__` (it
 `__setattr__`): a 24-field `Layer` costs 4 µs to build, a fifth of a header-only inspect of a large MoE
 checkpoint. `record` is `dataclass(frozen=True)` with an `__init__` of the same signature and defaults that
 fills the instance's `__dict__` directly (0.8 µs); the record is as immutable afterwards as before.
+`replaced` is `dataclasses.replace` the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, fields
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T", bound=type)
+R = TypeVar("R")
 
 
 #: Names the generated __init__ uses itself: a field of one of these names would be shadowed.
@@ -44,3 +46,13 @@ def record(cls: T) -> T:
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     cls.__init__ = init
     return cls
+
+
+def replaced(instance: R, **changes: Any) -> R:
+    """`dataclasses.replace` at a fifth of its cost (5 µs a `Layer` or a report `Row`): a copy whose `__dict__`
+    is the instance's with `changes`, its fields not checked, its `__init__` not run. Only for frozen
+    dataclasses with no `__post_init__` and no init-only fields, such as `record`'s: a 92,000-tensor FP8
+    checkpoint copies a few records per weight."""
+    copy = object.__new__(type(instance))
+    copy.__dict__.update(instance.__dict__, **changes)
+    return copy

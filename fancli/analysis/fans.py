@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
-from ..kinds import kind
+from ..kinds import KINDS, LayerKind, kind
 from ..layer import Layer
 
 Number = int | float
@@ -68,30 +68,17 @@ def _exact(value: float) -> Number:
     return int(value) if float(value).is_integer() else value
 
 
-def _expert_fans(layer: Layer) -> LayerFans:
-    """Stacked experts: torch's function reads the whole [E, a, b] tensor (E as out, b as a kernel); each
-    expert is its own matrix, whose fans are the effective ones. Their stacked biases [E, out] have none."""
-    shape = layer.shape
-    if len(shape) != 3:
-        return LayerFans(None, None, notes=(f"{shape[0]} experts' biases stacked as [experts, out]: torch defines "
-                                            "no fans for a bias",))
-    fan_in, fan_out = torch_fans(shape)
-    if layer.unknown_fans:
-        return LayerFans(fan_in, fan_out, unknown=("fan_in", "fan_out"), notes=(
-            f"{shape[0]} experts stacked along dim 0, stored [experts, out, in] or [experts, in, out]: which one is "
-            "unknown, so each expert's fans are too",))
-    out, inputs = (shape[2], shape[1]) if layer.layout == "in_out" else (shape[1], shape[2])
-    note = (f"{shape[0]} experts stacked along dim 0, each an [out, in] = [{out}, {inputs}] matrix: its fans are "
-            "the effective ones; torch's function reads the whole tensor (dim 0 as out, dim 2 as a kernel)")
-    return LayerFans(fan_in, fan_out, None if inputs == fan_in else inputs, None if out == fan_out else out,
-                     notes=(note,))
-
-
 def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
-    """torch's fans for the layer's tensor, plus effective fans and notes from its structure."""
+    """torch's fans for the layer's tensor, plus effective fans and notes from its structure: its kind's rule."""
+    record = kind(layer.kind)
+    return RULES[record.fans](layer, record, pool_fan_out)
+
+
+def _structured(layer: Layer, record: LayerKind, pool_fan_out: bool, transposed: bool,
+                stacked_note: str) -> LayerFans:
+    """The fans every weight shares the rules of: its layout, a conv's groups, stride, transposition and
+    dilation, blocks stacked along its output dim (what they are: `stacked_note`), the pool after it."""
     shape = layer.shape
-    if layer.kind == "experts" and len(shape) in (2, 3):
-        return _expert_fans(layer)
     if len(shape) < 2:
         return LayerFans(None, None, notes=(f"{len(shape)}-D tensor: torch defines no fan_in/fan_out below 2 dims",))
     fan_in, fan_out = layout_fans(shape, layer.layout)
@@ -101,14 +88,13 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
     unknown = list(layer.unknown_fans)
     rf = math.prod(layer.kernel)
     groups = layer.groups or 1
-    record = kind(layer.kind)
 
     if layer.layout == "in_out":
         eff_in, eff_out = shape[0] * rf, shape[1] * rf
         notes.append("stored [in, out] (HF Conv1D, Paddle Linear): torch's function reads the fans swapped")
-    elif (layer.transposed or record.transposed) and layer.groups is None:
+    elif transposed and layer.groups is None:
         notes.append("transposed conv with unknown groups: torch's fans are swapped, effective fans unknown")
-    elif layer.transposed or record.transposed:
+    elif transposed:
         in_channels, out_per_group = shape[0], shape[1]
         eff_out = out_per_group * rf
         eff_in = in_channels // groups * rf
@@ -138,17 +124,7 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
 
     if layer.stacked and layer.stacked > 1:
         eff_out = eff_out / layer.stacked
-        if record.stacked_note:
-            notes.append(record.stacked_note)
-        elif record.gates:
-            notes.append(
-                f"{layer.kind.upper()}: {layer.stacked} gates stacked along dim 0; torch's fan_out counts all "
-                f"{layer.stacked}, each gate has hidden_size"
-            )
-        else:  # q, k, v of a fused projection: along its output dim, wherever its layout stores that
-            out_dim = {"in_out": 1, "keras": len(shape) - 1}.get(layer.layout, 0)
-            notes.append(f"{layer.stacked} parts stacked along dim {out_dim}, its output dim: each is a projection "
-                         f"of its own, with 1/{layer.stacked} of the outputs (the effective fan_out)")
+        notes.append(stacked_note)
 
     if layer.dilation and any(d > 1 for d in layer.dilation):
         notes.append("dilated conv: dilation widens the kernel's span, not its taps; the fans are unchanged")
@@ -169,3 +145,73 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
         notes=tuple(notes),
         unknown=tuple(unknown),
     )
+
+
+def _parts_note(layer: Layer) -> str:
+    """Parts stacked along a weight's output dim (q, k, v of a fused projection), wherever its layout stores it."""
+    out_dim = {"in_out": 1, "keras": len(layer.shape) - 1}.get(layer.layout, 0)
+    return (f"{layer.stacked} parts stacked along dim {out_dim}, its output dim: each is a projection of its own, "
+            f"with 1/{layer.stacked} of the outputs (the effective fan_out)")
+
+
+def _weight_fans(layer: Layer, record: LayerKind, pool_fan_out: bool) -> LayerFans:
+    """A weight read by its own structure (transposed where the source says so)."""
+    return _structured(layer, record, pool_fan_out, bool(layer.transposed), _parts_note(layer))
+
+
+def _transposed_fans(layer: Layer, record: LayerKind, pool_fan_out: bool) -> LayerFans:
+    """A transposed conv: stored [in, out/groups, *k], whatever the source says."""
+    return _structured(layer, record, pool_fan_out, True, _parts_note(layer))
+
+
+def _gate_fans(layer: Layer, record: LayerKind, pool_fan_out: bool) -> LayerFans:
+    """A recurrent weight: its gates stacked along dim 0, each of hidden_size rows."""
+    note = (f"{layer.kind.upper()}: {layer.stacked} gates stacked along dim 0; torch's fan_out counts all "
+            f"{layer.stacked}, each gate has hidden_size")
+    return _structured(layer, record, pool_fan_out, bool(layer.transposed), note)
+
+
+def _qkv_fans(layer: Layer, record: LayerKind, pool_fan_out: bool) -> LayerFans:
+    """nn.MultiheadAttention's in_proj_weight: q, k and v stacked in one [3E, E] weight."""
+    note = "q, k, v stacked in one [3E, E] weight: torch's fan_out counts all three; each has E"
+    return _structured(layer, record, pool_fan_out, bool(layer.transposed), note)
+
+
+def _expert_fans(layer: Layer, record: LayerKind, pool_fan_out: bool) -> LayerFans:
+    """Stacked experts: torch's function reads the whole [E, a, b] tensor (E as out, b as a kernel); each
+    expert is its own matrix, whose fans are the effective ones. Their stacked biases [E, out] have none."""
+    shape = layer.shape
+    if len(shape) not in (2, 3):
+        return _weight_fans(layer, record, pool_fan_out)
+    if len(shape) == 2:
+        return LayerFans(None, None, notes=(f"{shape[0]} experts' biases stacked as [experts, out]: torch defines "
+                                            "no fans for a bias",))
+    fan_in, fan_out = torch_fans(shape)
+    if layer.unknown_fans:
+        return LayerFans(fan_in, fan_out, unknown=("fan_in", "fan_out"), notes=(
+            f"{shape[0]} experts stacked along dim 0, stored [experts, out, in] or [experts, in, out]: which one is "
+            "unknown, so each expert's fans are too",))
+    out, inputs = (shape[2], shape[1]) if layer.layout == "in_out" else (shape[1], shape[2])
+    note = (f"{shape[0]} experts stacked along dim 0, each an [out, in] = [{out}, {inputs}] matrix: its fans are "
+            "the effective ones; torch's function reads the whole tensor (dim 0 as out, dim 2 as a kernel)")
+    return LayerFans(fan_in, fan_out, None if inputs == fan_in else inputs, None if out == fan_out else out,
+                     notes=(note,))
+
+
+def _no_fans(layer: Layer, record: LayerKind, pool_fan_out: bool) -> LayerFans:
+    """A tensor that is no layer's weight and that no fan-scaled init draws: its shape's fans would mislead."""
+    return LayerFans(None, None, notes=(record.fans_note,) if record.fans_note else ())
+
+
+#: A kind's fan rule (`LayerKind.fans`) -> its function of (layer, its kind's record, pool_fan_out).
+RULES: dict[str, Callable[[Layer, LayerKind, bool], LayerFans]] = {
+    "weight": _weight_fans,
+    "transposed": _transposed_fans,
+    "gates": _gate_fans,
+    "qkv": _qkv_fans,
+    "experts": _expert_fans,
+    "none": _no_fans,
+}
+_UNRULED = sorted(f"{record.name}: {record.fans!r}" for record in KINDS.values() if record.fans not in RULES)
+if _UNRULED:  # a kind naming no rule here would fail on its first row; fail at import instead
+    raise ImportError(f"fancli.kinds names fan rules that fancli.analysis.fans lacks: {', '.join(_UNRULED)}")

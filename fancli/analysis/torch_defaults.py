@@ -150,6 +150,7 @@ _NO_INIT = {
     "quant_aux": "quantization metadata (zero points, group indices, codebooks): no init draws it",
     "quant_packed": "a quantized weight's packed codes: quantized from the trained weight, never drawn by an init",
     "buffer": "a buffer, not a parameter: computed (frequencies, positions, masks) or updated, never drawn by an init",
+    "ssm_param": "set by its module's formula (Mamba: A_log = log(1…d_state), D = 1), never drawn by an init",
 }
 
 

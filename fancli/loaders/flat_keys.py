@@ -15,6 +15,7 @@ from typing import Collection, Hashable, Iterable, NamedTuple
 from ..dtypes import FLOATING, LOW_PRECISION_FLOATING
 from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
+from ..records import replaced
 from .entry import Entry
 from .module_structure import FUSED_QKV_NAME, fused_qkv
 from .quant_keys import (BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, is_mlx, mlx_layer,
@@ -116,12 +117,18 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
     experts = _experts(module, leaf, shape, shapes)
     if experts is not None:
         return Layer(**experts, **common)
+    if leaf == "A_log" and len(shape) in (1, 2) or leaf == "D" and len(shape) == 1 and f"{module}.A_log" in shapes:
+        return Layer(kind="ssm_param", **common)  # a Mamba mixer's: set by a formula, not drawn
     if len(shape) == 1:
         kind = "norm" if leaf == "weight" else "unknown"
         if leaf == "bias" and module:
             sibling = shapes.get(f"{module}.weight")
             kind = _layer_for(Entry(f"{module}.weight", sibling, entry.dtype), shapes).kind if sibling else "unknown"
         return Layer(kind=kind, **common)
+    if 2 <= len(shape) <= 5 and leaf != "weight":
+        note = (f"{leaf!r} is a parameter, not a layer's weight (a class token, position embedding or layer "
+                "scale?): no layer type is known, the fans follow from the shape alone")
+        return Layer(kind="unknown", notes=(note,), **common)
     if len(shape) == 2:
         if _EMBEDDING_NAME.search(module.rpartition(".")[2] or module) and bias is None:
             return Layer(kind="embedding", **common)
@@ -135,10 +142,6 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
             fused = fused_qkv(module)
             notes += fused.pop("notes")
         return Layer(kind="linear", layout=layout, notes=notes, **fused, **common)
-    if 3 <= len(shape) <= 5 and leaf != "weight":
-        note = (f"{leaf!r} is a parameter, not a layer's weight (a class token, position embedding or layer "
-                "scale?): no layer type is known, the fans follow from the shape alone")
-        return Layer(kind="unknown", notes=(note,), **common)
     if len(shape) == 3 and _BILINEAR_NAME.search(module.rpartition(".")[2]):
         return Layer(kind="bilinear", notes=("a Bilinear [out, in1, in2]: inferred from the name",), **common)
     if 3 <= len(shape) <= 5:
@@ -149,14 +152,6 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
         notes = (NO_STRUCTURE, BILINEAR_OR_CONV) if len(shape) == 3 else (NO_STRUCTURE,)
         return Layer(kind=kind_for_ndim(len(shape)), notes=notes, **common)
     return Layer(kind="unknown", **common)
-
-
-def _with(record, **changes):
-    """`dataclasses.replace` for the frozen records here (no __post_init__, no init-only fields) at a fifth
-    of its cost: a 92,000-tensor FP8 checkpoint replaces two records per weight."""
-    copy = object.__new__(type(record))
-    copy.__dict__.update(record.__dict__, **changes)
-    return copy
 
 
 def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes: dict[str, tuple[int, ...]],
@@ -174,7 +169,7 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes
     if is_mlx(entry, keys):  # its data dequantizes with its own scales: no template
         layer = mlx_layer(entry, by_key, entry.where)
         if layer.kind == "linear":  # or an embedding, by its name
-            layer = _with(layer, kind=_layer_for(Entry(entry.key, layer.shape, "float32"), shapes).kind)
+            layer = replaced(layer, kind=_layer_for(Entry(entry.key, layer.shape, "float32"), shapes).kind)
         return layer, None
     if is_bnb_4bit(entry, keys):  # known by a key outside its module: no template
         return auxiliary_layer(entry, BNB_4BIT, keys, shared), None
@@ -182,12 +177,12 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes
     layer = _layer_for(entry, shapes)
     notes = (*layer.notes, *entry.notes, *((note,) if note else ()))
     if notes != layer.notes:
-        layer = _with(layer, notes=shared.setdefault(notes, notes))
+        layer = replaced(layer, notes=shared.setdefault(notes, notes))
     if scale is None:
         return layer, KinTemplate(layer)
     from .quant_data import scaled  # only for a quantized weight
 
-    layer = _with(layer, data=scaled(entry, scale, factor))
+    layer = replaced(layer, data=scaled(entry, scale, factor))
     return layer, KinTemplate(layer, scale.key.rpartition(".")[2], factor)
 
 
@@ -205,7 +200,7 @@ class KinTemplate(NamedTuple):
             from .quant_data import scaled
 
             data = scaled(entry, by_key[entry.key.removesuffix("weight") + self.scale_leaf], self.factor)
-        return _with(self.layer, name=module or entry.key, param=entry.key, data=data)
+        return replaced(self.layer, name=module or entry.key, param=entry.key, data=data)
 
 
 def _kin(entries: list[Entry]) -> list[int | None]:

@@ -38,6 +38,8 @@ from .torch_zip import TorchZip
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _WEIGHTS_UNPICKLER = re.compile(r"WeightsUnpickler error:\s*(.+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: Why a lazy module's parameter (nn.LazyLinear, nn.LazyConv2d…) cannot be listed before the module's first call.
+_LAZY = "is uninitialized: a lazy module's parameter has no shape until the module's first call (run the model once)"
 _NO_STRUCTURE = "TorchScript: groups, stride and dilation are not recorded for this conv; only torch's fans are given"
 
 
@@ -105,8 +107,9 @@ def _constant(value: torch._C.Value) -> Any:
     return value.toIValue()
 
 
-def layers_from_module(module: nn.Module) -> tuple[Layer, ...]:
-    """One Layer per parameter in `named_parameters()` order; a tied parameter once, its other keys as aliases."""
+def layers_from_module(module: nn.Module, source: str | None = None) -> tuple[Layer, ...]:
+    """One Layer per parameter in `named_parameters()` order; a tied parameter once, its other keys as aliases.
+    A lazy module's parameter before its first call is refused, naming `source` (the module's class if None)."""
     keys: dict[int, list[str]] = {}
     for key, param in module.named_parameters(remove_duplicate=False):
         keys.setdefault(id(param), []).append(key)
@@ -114,6 +117,9 @@ def layers_from_module(module: nn.Module) -> tuple[Layer, ...]:
     layers = []
     for key, param in module.named_parameters():
         owner_name = key.rpartition(".")[0]
+        if nn.parameter.is_lazy(param):
+            raise SourceError(f"{source or _label(module)}: {type(modules[owner_name]).__name__} parameter {key!r} "
+                              f"{_LAZY}")
         owner = _module_owner(owner_name, modules[owner_name])
         aliases = tuple(other for other in keys[id(param)] if other != key)
         layers.append(tensor_layer(key, param, owner, aliases))
@@ -121,7 +127,7 @@ def layers_from_module(module: nn.Module) -> tuple[Layer, ...]:
 
 
 def _model(source: str, format: str, module: nn.Module, notes: tuple[str, ...] = ()) -> Model:
-    return Model(source=source, format=format, layers=layers_from_module(module), name=module_class(module),
+    return Model(source=source, format=format, layers=layers_from_module(module, source), name=module_class(module),
                  notes=notes, built_by=_built_by(module))
 
 
@@ -178,7 +184,10 @@ def _module_in(obj: Any) -> tuple[nn.Module, tuple[str, ...]] | None:
 
 def _dense(path: Path, key: Any, tensor: torch.Tensor) -> torch.Tensor:
     """A weight fancli can describe: strided (dense). Sparse and nested tensors have no single weight
-    shape to take fans from, and torch raises on their storage; they are refused with one line."""
+    shape to take fans from, and torch raises on their storage; they are refused with one line, as is a lazy
+    module's parameter (no shape at all)."""
+    if nn.parameter.is_lazy(tensor):
+        raise SourceError(f"{path}: tensor {str(key)[:100]!r} {_LAZY}")
     if tensor.is_nested:
         what = "a nested tensor (tensors of different shapes: no single shape to take fans from)"
     elif tensor.layout != torch.strided:
