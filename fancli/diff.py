@@ -102,7 +102,7 @@ def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (), max_elements:
     tensors (a tie kept in both) are compared once."""
     from .parallel import executor, ordered
     from .report import selected_keys
-    from .stats import _nbytes
+    from .stats import data_nbytes
 
     keys_a, keys_b = _keys(a), _keys(b)
     rows: list[TensorDiff | None] = []
@@ -120,7 +120,7 @@ def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (), max_elements:
         else:
             pairs.append((len(rows), (key, layer, other, max_elements)))
         rows.append(None)
-    nbytes = sum(_nbytes(layer.data) for _, (_, layer, other, _) in pairs if layer.data is not None
+    nbytes = sum(data_nbytes(layer.data) for _, (_, layer, other, _) in pairs if layer.data is not None
                  and other.data is not None)
     with executor(jobs, cluster, len(pairs), 2 * nbytes) as (running, window):
         for (index, _), row in zip(pairs, ordered(running, window, diff_pair, [args for _, args in pairs])):
@@ -184,10 +184,10 @@ def _stream(data_a: Any, data_b: Any, max_elements: int) -> tuple | str:
     import numpy as np
 
     from .moments import BLOCK_ELEMENTS, Moments
-    from .stats import _logical
+    from .stats import in_logical_order
 
     for data in (data_a, data_b):
-        if not _logical(data, max_elements):
+        if not in_logical_order(data, max_elements):
             return "a permuted view wider than a chunk is read in storage order: values cannot be paired"
     moments_a, moments_b = Moments(False), Moments(False)
     norm_a = diff2 = 0.0

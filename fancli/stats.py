@@ -70,7 +70,7 @@ def pieces(data: TensorData, kurtosis: bool = False, structure: bool = False, ma
                 for piece in pieces(handle, kurtosis, structure, max_elements, piece_bytes)]
     shape = tuple(data.shape)
     numel = math.prod(shape)
-    logical = _logical(data, max_elements)
+    logical = in_logical_order(data, max_elements)
     if not (getattr(data, "contiguous", False) and hasattr(data, "range_chunks")) or numel == 0:
         return [Piece(data, 0, numel, True, kurtosis, structure, max_elements, logical)]
     itemsize = DTYPES[data.dtype][0] if data.dtype in DTYPES else 1
@@ -167,7 +167,7 @@ def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS, kurto
         results[layer.param] = None  # keeps model order
         todo.append((layer, pieces(layer.data, kurtosis, structure, max_elements, piece_bytes)))
     jobs_ = [(layer, index == len(parts) - 1, piece) for layer, parts in todo for index, piece in enumerate(parts)]
-    with executor(jobs, cluster, len(jobs_), sum(_nbytes(layer.data) for layer, _ in todo)) as (running, window):
+    with executor(jobs, cluster, len(jobs_), sum(data_nbytes(layer.data) for layer, _ in todo)) as (running, window):
         _run(jobs_, running, on_chunk, kurtosis, structure, results, window)
     return results
 
@@ -213,7 +213,8 @@ def reduce_pieces(batch: tuple) -> list[Partial]:
     return [reduce_piece(piece) for piece in batch]
 
 
-def _nbytes(data: TensorData) -> int:
+def data_nbytes(data: TensorData) -> int:
+    """The bytes a tensor's data holds (its dtype's size × elements; 1 byte each for a dtype not in DTYPES)."""
     return math.prod(data.shape) * (DTYPES[data.dtype][0] if data.dtype in DTYPES else 1)
 
 
@@ -224,7 +225,7 @@ def _undecodable(layer) -> str | None:
     return None
 
 
-def _logical(data: TensorData, max_elements: int) -> bool:
+def in_logical_order(data: TensorData, max_elements: int) -> bool:
     """Whether the data's chunks come in logical order (every source's do, but for wide permuted views)."""
     logical = getattr(data, "logical", None)
     return logical(max_elements) if logical is not None else True
