@@ -293,14 +293,14 @@ def test_progress_bar_path_and_sources_named_without_steps(made, tmp_path, monke
     columns by name, shown escaped (a name is text from the file system)."""
     import shutil
 
-    import fancli.cli_run
+    import fancli.cli.run
 
     first, second = tmp_path / "base\x1b[J", tmp_path / "tuned"
     shutil.copytree(made[5][0], first)
     shutil.copytree(made[100][0], second)
     quiet = json.loads(run("inspect", first, second, "-f", "json").out)
     assert [s["step"] for s in quiet["sources"]] == [None, None]
-    monkeypatch.setattr(fancli.cli_run, "PROGRESS_BYTES", 0)
+    monkeypatch.setattr(fancli.cli.run, "PROGRESS_BYTES", 0)
     assert json.loads(run("inspect", first, second, "-f", "json").out) == quiet
     for fmt in ("table", "markdown"):
         shown = run("inspect", first, second, "-f", fmt)

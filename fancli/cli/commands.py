@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .cli_options import (
+from .options import (
     ModesCommand,
     SourceArgs,
     check_limits,
@@ -34,7 +34,7 @@ from .cli_options import (
     source_options,
     with_parallel,
 )
-from .cli_run import (
+from .run import (
     ReaderGone,
     StdoutError,
     build_report,
@@ -46,13 +46,13 @@ from .cli_run import (
     write_stdout,
     wrote,
 )
-from .errors import DISTRIBUTION, FancliError, torch_missing
-from .safe_io import recording_reads
-from .text import printable
-from .vocab import LAYOUTS, NORMS
+from ..errors import DISTRIBUTION, FancliError, torch_missing
+from ..safe_io import recording_reads
+from ..text import printable
+from ..vocab import LAYOUTS, NORMS
 
 if TYPE_CHECKING:
-    from .report import Request
+    from ..report import Request
 
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
@@ -85,7 +85,7 @@ def inspect(src: SourceArgs, request: Request, fmt: str, output: str | None, sho
     Several SOURCEs (a run's checkpoints: run/step-*/, in natural order) give each layer's observed std
     per checkpoint instead, a trajectory; they imply --stats."""
     if len(src.sources) > 1 or plot_path:
-        from .cli_trajectory import run_trajectory
+        from .trajectory import run_trajectory
 
         return run_trajectory(src, request, fmt, output, show_all, expand, plot_path)
     model, _ = load_model(src)
@@ -118,12 +118,12 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
           sigmas: float | None, fmt: str, output: str | None, jobs: int | None, cluster: str | None) -> None:
     """CI: has the init configuration drifted from the committed baseline? Exit 0 clean, 1 drift, 2 bad
     usage or unreadable input (no config, no baseline, a source that cannot be read)."""
-    from . import api
-    from . import check as drift
-    from .config import Config
-    from .outputs import as_text
-    from .report import Request
-    from .safe_io import checked_target, is_stdout, write_text
+    from .. import api
+    from .. import check as drift
+    from ..config import Config
+    from ..outputs import as_text
+    from ..report import Request
+    from ..safe_io import checked_target, is_stdout, write_text
 
     check_limits(tolerance, sigmas)
     model, config = load_model(src)
@@ -167,13 +167,13 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
     """What changed from checkpoint A to B, tensor by tensor (streamed): added, removed, reshaped, dtype,
     and the relative change of std, of mean, and ‖B−A‖/‖A‖. Exit 1 past --max-change or on added/removed/
     reshaped tensors, so CI can gate a fine-tune."""
-    from . import api
-    from .diff import diff_models
-    from .outputs import as_text
-    from .safe_io import is_stdout, write_text
+    from .. import api
+    from ..diff import diff_models
+    from ..outputs import as_text
+    from ..safe_io import is_stdout, write_text
 
     if max_change is not None and not (max_change >= 0 and max_change != float("inf")):
-        from .errors import SettingsError
+        from ..errors import SettingsError
 
         raise SettingsError(f"--max-change {max_change:g}: expected a finite number >= 0 (a relative norm)")
     model_a, model_b = api.load(source_a, trust=trust), api.load(source_b, trust=trust)
@@ -212,10 +212,10 @@ def explain(src: SourceArgs, layer_names: tuple[str, ...], shape: str | None, ki
             groups: int | None, stride: str | None, transposed: bool, scheme: str | None, modes: tuple[str, ...],
             nonlinearity: str | None, param: float | None, fans: str | None, recipe: str | None, fmt: str) -> None:
     """The derivation of a layer's fans, gain and std, with the numbers filled in."""
-    from .errors import SettingsError
-    from .layer import Model
-    from .outputs import as_text
-    from .report import Settings, analyze
+    from ..errors import SettingsError
+    from ..layer import Model
+    from ..outputs import as_text
+    from ..report import Settings, analyze
 
     settings = Settings(scheme, modes, nonlinearity, param, fans, None, layer_names if not shape else (), recipe)
     if shape:
@@ -255,11 +255,11 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
               output: str | None, plot_path: str | None) -> None:
     """Initialise under each mode, push N(0,1) inputs forward and a N(0,1) gradient back, and show each
     layer's activation and gradient variance: fan_in keeps the forward pass, fan_out the backward."""
-    from .errors import FancliError
-    from .outputs import as_text
-    from .propagate import load_source
-    from .propagate import propagate as run_propagation
-    from .safe_io import is_stdout, write_text
+    from ..errors import FancliError
+    from ..outputs import as_text
+    from ..propagate import load_source
+    from ..propagate import propagate as run_propagation
+    from ..safe_io import is_stdout, write_text
 
     if source is None:
         raise FancliError("give a YAML spec or a pkg.module:factory to propagate through")
@@ -271,7 +271,7 @@ def propagate(source: str | None, modes: tuple[str, ...], scheme: str | None, no
                             batch=batch, input_shape=input_shape, seed=seed, draws=draws)
     text = as_text("propagate", fmt, props, source=source)
     if plot_path:
-        from .renderers.plot import plot_propagation
+        from ..renderers.plot import plot_propagation
 
         plot_propagation(props, plot_path, title=f"{source} · {props[0].scheme}", others=[written])
         wrote(plot_path)
@@ -293,9 +293,9 @@ def gain(name: str | None, param: float | None, list_all: bool, fmt: str) -> Non
     NAME is torch's name (relu, tanh, leaky_relu…), one torch lacks (gelu, silu/swish, mish, elu,
     softplus, hardswish…), or a dotted torch function (torch.nn.functional.rrelu).
     """
-    from .analysis import activations, gains
-    from .errors import SettingsError
-    from .outputs import as_text
+    from ..analysis import activations, gains
+    from ..errors import SettingsError
+    from ..outputs import as_text
 
     if not list_all and not name:
         raise SettingsError("give an activation NAME, or --list")

@@ -15,11 +15,11 @@ from typing import Any, Callable
 
 import click
 
-from .analysis.gains import TORCH_NONLINEARITIES
-from .analysis.schemes import ALIASES as SCHEME_ALIASES
-from .analysis.schemes import SCHEMES
-from .outputs import formats
-from .vocab import COMPARED_MODES, FAN_CONVENTIONS, MODES
+from ..analysis.gains import TORCH_NONLINEARITIES
+from ..analysis.schemes import ALIASES as SCHEME_ALIASES
+from ..analysis.schemes import SCHEMES
+from ..outputs import formats
+from ..vocab import COMPARED_MODES, FAN_CONVENTIONS, MODES
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -86,14 +86,14 @@ def complete_scheme(_ctx: click.Context, _param: click.Parameter, incomplete: st
 def complete_activation(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
     """torch's nonlinearities and every activation fancli computes a gain for, with their aliases
     (imported here, when the shell asks, not when the CLI starts)."""
-    from .analysis import activations
+    from ..analysis import activations
 
     return _starting([*TORCH_NONLINEARITIES, *activations.ACTIVATIONS, *activations.ALIASES], incomplete)
 
 
 def complete_recipe(_ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
     """The init recipes (imported when the shell asks)."""
-    from .analysis.recipes import RECIPES
+    from ..analysis.recipes import RECIPES
 
     return _starting(list(RECIPES), incomplete)
 
@@ -219,7 +219,7 @@ def report_options(command: str) -> Decorator:
                   param: float | None, fans: str | None, pool_fan_out: bool | None, filters: tuple[str, ...],
                   stats: bool, jobs: int | None, cluster: str | None, recipe: str | None = None, infer: bool = False,
                   **rest: Any) -> Any:
-            from .report import Request, Settings
+            from ..report import Request, Settings
 
             settings = Settings(scheme, modes, nonlinearity, param, fans, pool_fan_out, filters, recipe)
             return func(src, Request(command, settings, stats, infer, jobs, cluster), **rest)
@@ -284,7 +284,7 @@ def check_limits(tolerance: float | None, sigmas: float | None) -> None:
     """--tolerance is a relative change (0 = exact), --sigmas a count of standard errors (> 0)."""
     import math
 
-    from .errors import SettingsError
+    from ..errors import SettingsError
 
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         raise SettingsError(f"--tolerance {tolerance:g}: expected a finite number >= 0 (a relative change)")

@@ -10,20 +10,20 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .cli_options import SourceArgs
+from .options import SourceArgs
 
 if TYPE_CHECKING:
-    from .report import Request
+    from ..report import Request
 
 
 def run_trajectory(src: SourceArgs, request: Request, fmt: str, output: str | None, show_all: bool, expand: bool,
                    plot_path: str | None) -> None:
-    from .cli_run import check_outputs, load_model, terminal_width, write_stdout, wrote
-    from .errors import SettingsError
-    from .outputs import MACHINE_FORMATS, as_text, formats
-    from .renderers.trajectory_out import without_small_tensors
-    from .safe_io import is_stdout, write_text
-    from .trajectory import natural_order
+    from .run import check_outputs, load_model, terminal_width, write_stdout, wrote
+    from ..errors import SettingsError
+    from ..outputs import MACHINE_FORMATS, as_text, formats
+    from ..renderers.trajectory_out import without_small_tensors
+    from ..safe_io import is_stdout, write_text
+    from ..trajectory import natural_order
 
     if len(src.sources) < 2:
         raise SettingsError("--plot draws a trajectory: give several SOURCEs (e.g. run/step-*/)")
@@ -46,7 +46,7 @@ def run_trajectory(src: SourceArgs, request: Request, fmt: str, output: str | No
     found = _read(models, request)
     del models
     if plot_path:
-        from .renderers.plot import plot_trajectory
+        from ..renderers.plot import plot_trajectory
 
         shown = found if show_all else without_small_tensors(found)
         plot_trajectory(replace(shown, expanded=expand), plot_path, title="observed std per checkpoint",
@@ -66,9 +66,9 @@ def run_trajectory(src: SourceArgs, request: Request, fmt: str, output: str | No
 
 def _read(models: list[Any], request: Request) -> Any:
     """The trajectory, with a progress bar on stderr past PROGRESS_BYTES of weights in all (as inspect's)."""
-    from .cli_run import nbytes, with_progress
-    from .report import selected
-    from .trajectory import build
+    from .run import nbytes, with_progress
+    from ..report import selected
+    from ..trajectory import build
 
     filters = request.settings.filters
     total = sum(nbytes(layer) for model in models for layer in selected(model, filters) if layer.data is not None)

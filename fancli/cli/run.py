@@ -10,26 +10,26 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
 
-from .cli_options import SourceArgs
-from .errors import FancliError, SettingsError
-from .text import printable
+from .options import SourceArgs
+from ..errors import FancliError, SettingsError
+from ..text import printable
 
 if TYPE_CHECKING:
-    from .layer import Model
-    from .report import Report, Request
+    from ..layer import Model
+    from ..report import Report, Request
 
 PROGRESS_BYTES = 256 * 1024 * 1024
 
 
 def load_model(src: SourceArgs) -> tuple[Any, Any]:
     """The model, with the init configuration applied when there is one; and the configuration."""
-    from . import api
-    from .config_files import find_config
+    from .. import api
+    from ..config_files import find_config
 
     found = None if src.no_config else src.config_path or find_config()
     config = None
     if found is not None:
-        from .config import load_config  # only with a configuration to parse
+        from ..config import load_config  # only with a configuration to parse
 
         config = load_config(found)
     if src.source is None and (config is None or not config.source):
@@ -49,7 +49,7 @@ def _no_source(src: SourceArgs, config: Any) -> str:
         return f"no SOURCE given, and {printable(config.path)} has no 'source'; give SOURCE, or add `source:` to it"
     import shlex
 
-    from .config_files import config_below
+    from ..config_files import config_below
 
     below = config_below(Path())
     hint = f" (below this folder: --config {printable(shlex.quote(str(below)))})" if below else ""
@@ -92,12 +92,12 @@ def write_stdout(text: str | Iterable[str] | None = None, printer: Callable[[], 
 def check_outputs(output: str | None, plot_path: str | None) -> None:
     """Refuse, before the long part of a run, an output or a plot onto a file the run reads, onto each
     other, or a plot without an image suffix it can write."""
-    from .safe_io import checked_target
+    from ..safe_io import checked_target
 
     if output:
         checked_target(output, [plot_path])
     if plot_path:
-        from .renderers.plot import checked_plot
+        from ..renderers.plot import checked_plot
 
         checked_plot(plot_path, [output])
 
@@ -108,11 +108,11 @@ def wrote(path: Any, detail: str = "") -> None:
 
 def build_report(model: Model, request: Request) -> Report:
     """The report `request` asks of `model` (`api.run`), with a progress bar on stderr for big reads."""
-    from . import api
+    from .. import api
 
     if not request.reads_weights:
         return api.run(model, request)
-    from .report import selected
+    from ..report import selected
 
     total = sum(nbytes(layer) for layer in selected(model, request.settings.filters) if layer.data is not None)
     return with_progress(total, "reading weights", lambda on_chunk: api.run(model, request, on_chunk))
@@ -142,7 +142,7 @@ def with_progress(total: int, description: str, work: Callable[[Callable[[int], 
 def nbytes(layer: Any) -> int:
     import math
 
-    from .dtypes import DTYPES
+    from ..dtypes import DTYPES
 
     return math.prod(layer.shape) * DTYPES.get(layer.dtype or "float32", (4,))[0]
 
@@ -150,8 +150,8 @@ def nbytes(layer: Any) -> int:
 def emit(report: Any, fmt: str, output: str | None, show_all: bool, expand: bool = False) -> None:
     """Render to stdout, or atomically to a file the run did not read; tables and Markdown fold repeated
     layers unless `expand`."""
-    from .outputs import pieces
-    from .safe_io import is_stdout, write_text
+    from ..outputs import pieces
+    from ..safe_io import is_stdout, write_text
 
     report = report.as_read(fmt, show_all, expand)
 
@@ -160,7 +160,7 @@ def emit(report: Any, fmt: str, output: str | None, show_all: bool, expand: bool
         wrote(output)
         return
     if fmt == "table" and sys.stdout is not None and sys.stdout.isatty():
-        from .renderers.table import print_rich
+        from ..renderers.table import print_rich
 
         write_stdout(printer=lambda: print_rich(report))
         return
@@ -170,7 +170,7 @@ def emit(report: Any, fmt: str, output: str | None, show_all: bool, expand: bool
 def terminal_width(fmt: str, output: str | None) -> dict[str, int]:
     """`{"width": columns}` for a table written to a terminal, which then fits it as inspect's table does
     (rich's width: the terminal's, or COLUMNS); nothing for other formats, files and pipes (the whole grid)."""
-    from .safe_io import is_stdout
+    from ..safe_io import is_stdout
 
     if fmt != "table" or (output and not is_stdout(output)) or sys.stdout is None or not sys.stdout.isatty():
         return {}
@@ -182,9 +182,9 @@ def terminal_width(fmt: str, output: str | None) -> dict[str, int]:
 def shape_layer(shape: str, kind: str | None, layout: str, groups: int | None, stride: str | None,
                  transposed: bool) -> Any:
     """A Layer from `--shape 64,3,7,7` and what the user says about it."""
-    from .errors import SettingsError
-    from .kinds import KINDS, kind_for_ndim
-    from .layer import Layer
+    from ..errors import SettingsError
+    from ..kinds import KINDS, kind_for_ndim
+    from ..layer import Layer
 
     try:
         dims = tuple(int(part) for part in shape.replace("x", ",").replace("×", ",").split(","))
