@@ -22,7 +22,7 @@ _EXPORTS = {
     "torch_fans": "analysis.fans", "keras_fans": "analysis.fans", "layer_fans": "analysis.fans",
     "calculate_gain": "analysis.gains", "gain": "analysis.gains",
     "SCHEMES": "analysis.schemes", "variance_scaling": "analysis.schemes",
-    "observe": "stats", "Observed": "stats",
+    "observe": "weights.stats", "Observed": "weights.stats",
     "FancliError": "errors", "SettingsError": "errors", "SourceError": "errors",
 }
 __all__ = sorted(_EXPORTS) + ["render", "__version__"]

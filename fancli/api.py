@@ -91,7 +91,7 @@ def run(model: Model, request: Request, on_chunk: Callable[[int], None] | None =
     path of `inspect`, `compare`, `check_init` and the CLI's commands."""
     observed = None
     if request.reads_weights:
-        from .stats import observe_all  # only when weights are read
+        from .weights.stats import observe_all  # only when weights are read
 
         observed = observe_all(selected(model, request.settings.filters), on_chunk, kurtosis=request.infer,
                                structure=request.infer, jobs=request.jobs, cluster=request.cluster)

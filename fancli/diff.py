@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
 
 from .layer import Layer, Model
-from .tensors import CHUNK_ELEMENTS
+from .weights.tensors import CHUNK_ELEMENTS
 
 #: Statuses, in the order a reader scans for trouble.
 STATUSES = ("added", "removed", "reshaped", "dtype", "changed", "same", "unread")
@@ -100,9 +100,9 @@ def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (), max_elements:
     worker). Pairs run as `--stats` pieces do (`parallel.executor`: `jobs` threads, or a Dask `cluster`),
     each pair whole in one job, so the numbers are the same for any `jobs`; keys that pair the same two
     tensors (a tie kept in both) are compared once."""
-    from .parallel import executor, ordered
+    from .weights.parallel import executor, ordered
     from .report import selected_keys
-    from .stats import data_nbytes
+    from .weights.stats import data_nbytes
 
     keys_a, keys_b = _keys(a), _keys(b)
     rows: list[TensorDiff | None] = []
@@ -183,8 +183,8 @@ def _stream(data_a: Any, data_b: Any, max_elements: int) -> tuple | str:
     """Moments of A and B, ‖A‖², ‖B − A‖², max |B − A| and whether any value is NaN/Inf; or why not."""
     import numpy as np
 
-    from .moments import BLOCK_ELEMENTS, Moments
-    from .stats import in_logical_order
+    from .weights.moments import BLOCK_ELEMENTS, Moments
+    from .weights.stats import in_logical_order
 
     for data in (data_a, data_b):
         if not in_logical_order(data, max_elements):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .records import record
 
 if TYPE_CHECKING:
-    from .tensors import TensorData
+    from .weights.tensors import TensorData
 
 @record
 class Layer:

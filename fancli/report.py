@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .analysis import recipes
     from .analysis.inference import Inference
     from .folding import Group
-    from .moments import Observed
+    from .weights.moments import Observed
     from .summary import Totals
 
 SCHEMA_VERSION = "1.0"

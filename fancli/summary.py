@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-from .dtypes import DTYPES
+from .weights.dtypes import DTYPES
 from .layer import Layer
 
 #: What a source without dtypes (a YAML spec, a factory's shapes) is counted as, and said to be.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Sequence
 if TYPE_CHECKING:
     from .folding import Group
     from .layer import Model
-    from .moments import Observed
+    from .weights.moments import Observed
 
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -107,7 +107,7 @@ def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | 
     from .report import selected_keys
 
     if observe is None:
-        from .stats import observe_all as observe
+        from .weights.stats import observe_all as observe
     labels = steps([model.source for model in models])
     checkpoints = tuple(Checkpoint(model.source, model.format, step) for model, step in zip(models, labels))
     described: dict[str, tuple[str, tuple[int, ...], str | None]] = {}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import run
 
-import fancli.stats
+import fancli.weights.stats
 
 distributed = pytest.importorskip("distributed")
 
@@ -44,14 +44,14 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture()
 def small_pieces(monkeypatch):
-    monkeypatch.setattr(fancli.stats, "PIECE_BYTES", SMALL)
+    monkeypatch.setattr(fancli.weights.stats, "PIECE_BYTES", SMALL)
 
 
 @pytest.mark.parametrize("name", ["a.safetensors", "a.pt"])
 def test_cluster_json_equals_jobs_1_and_2(small_pieces, cluster, checkpoint, name):
     path = checkpoint / name
     layers = fancli.load(path).layers
-    assert sum(len(fancli.stats.pieces(layer.data)) for layer in layers) > 10
+    assert sum(len(fancli.weights.stats.pieces(layer.data)) for layer in layers) > 10
     local = run("inspect", path, "--stats", "--infer", "-f", "json", "--jobs", "1")
     two = run("inspect", path, "--stats", "--infer", "-f", "json", "--jobs", "2")
     remote = run("inspect", path, "--stats", "--infer", "-f", "json", "--cluster", cluster)
@@ -66,7 +66,7 @@ def test_cluster_json_equals_jobs_1_and_2(small_pieces, cluster, checkpoint, nam
 def test_the_workers_did_the_work(small_pieces, cluster, checkpoint):
     with distributed.Client(cluster) as client:
         before = sum(len(log) for log in client.run(lambda dask_worker: list(dask_worker.state.log)).values())
-        fancli.stats.observe_all(fancli.load(checkpoint / "a.pt").layers, cluster=client)
+        fancli.weights.stats.observe_all(fancli.load(checkpoint / "a.pt").layers, cluster=client)
         after = client.run(lambda dask_worker: len(dask_worker.state.log))
     assert len(after) == 2 and sum(after.values()) > before
 
@@ -134,15 +134,15 @@ def test_a_silent_scheduler_port_is_an_error_after_the_timeout(fake_scheduler, m
     """In a thread, so that a hang fails the test instead of hanging it."""
     import threading
 
-    import fancli.cluster
+    import fancli.weights.cluster
     from fancli.errors import SettingsError
 
-    monkeypatch.setattr(fancli.cluster, "CONNECT_TIMEOUT", 1)
+    monkeypatch.setattr(fancli.weights.cluster, "CONNECT_TIMEOUT", 1)
     address, raised = fake_scheduler(None), []
 
     def attempt():
         try:
-            with fancli.cluster.connect(address):
+            with fancli.weights.cluster.connect(address):
                 pass
         except Exception as error:  # noqa: BLE001 - the test looks at what it was
             raised.append(error)

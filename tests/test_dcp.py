@@ -29,7 +29,7 @@ from fancli.analysis.fans import layer_fans
 from fancli.errors import SourceError
 from fancli.loaders import LoadOptions, load
 from fancli.loaders.dcp import load_dcp
-from fancli.stats import observe
+from fancli.weights.stats import observe
 
 
 def _net() -> nn.Module:

@@ -151,7 +151,7 @@ def test_sharded_bin_has_torch_fans_in_model_order(tmp_path, state_dict, legacy)
 
 
 def test_sharded_bin_reads_weights_lazily_and_equals_torch(tmp_path, state_dict):
-    from fancli.stats import observe
+    from fancli.weights.stats import observe
 
     model = load(str(_bin_sharded(tmp_path, state_dict)))
     for layer in model.layers:

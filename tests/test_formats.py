@@ -13,7 +13,7 @@ import torch
 from helpers import run
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
-from fancli.dtypes import DTYPES, LOW_PRECISION_FLOATING
+from fancli.weights.dtypes import DTYPES, LOW_PRECISION_FLOATING
 from fancli.loaders import LoadOptions, load, loader, sniff
 from fancli.loaders.entry import Entry
 from fancli.loaders.flat import Flat, built

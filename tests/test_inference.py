@@ -15,7 +15,7 @@ from fancli.analysis.inference import Candidate, _same, infer
 from fancli.analysis.schemes import variance_scaling
 from fancli.layer import Layer
 from fancli.loaders.torch_tensor import TorchTensorData
-from fancli.stats import observe
+from fancli.weights.stats import observe
 
 SHAPES = [(256, 128), (128, 64, 3, 3), (64, 3, 7, 7), (512, 256, 1, 1), (300, 100), (96, 48, 5)]
 NONLINEARITIES = ["relu", "linear", "tanh"]

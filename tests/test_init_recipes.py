@@ -517,7 +517,7 @@ def test_a_padding_row_is_the_librarys_not_training(tmp_path):
     """torch's own nn.Embedding(padding_idx=0) zeroes that row: one row of exact zeros, which also widens the
     spread of row norms beyond what i.i.d. draws give (tested below without the allowance)."""
     from fancli.analysis.inference import GATE, checks
-    from fancli.stats import observe
+    from fancli.weights.stats import observe
 
     torch.manual_seed(0)
     embedding = nn.Embedding(1000, 2048, padding_idx=0)
@@ -852,7 +852,7 @@ def test_an_fp8_embeddings_rounding_zeros_are_not_a_padding_row():
     import numpy as np
 
     from fancli.analysis.inference import GATE, checks
-    from fancli.moments import Structure
+    from fancli.weights.moments import Structure
 
     rng = np.random.default_rng(0)
     w = torch.from_numpy(rng.normal(0, 0.02, (1024, 768)).astype(np.float32)).to(torch.float8_e4m3fn).double()

@@ -8,9 +8,9 @@ from helpers import REPO, run
 
 @pytest.mark.parametrize("source", ["tinynet_state_dict.pt", "lenet5.safetensors.index.json", "tinynet_bf16.safetensors"])
 def test_jobs_1_and_2_give_identical_json(monkeypatch, source):
-    import fancli.parallel
+    import fancli.weights.parallel
 
-    monkeypatch.setattr(fancli.parallel, "PARALLEL_BYTES", 0)  # pool even for a small sample
+    monkeypatch.setattr(fancli.weights.parallel, "PARALLEL_BYTES", 0)  # pool even for a small sample
     path = REPO / "sample_models" / source
     one = run("inspect", path, "--stats", "--infer", "-f", "json", "--jobs", "1")
     two = run("inspect", path, "--stats", "--infer", "-f", "json", "--jobs", "2")
@@ -20,9 +20,9 @@ def test_jobs_1_and_2_give_identical_json(monkeypatch, source):
 
 def test_the_pool_is_used_and_its_results_are_the_serial_ones(monkeypatch):
     import fancli
-    from fancli.stats import observe_all
+    from fancli.weights.stats import observe_all
 
-    monkeypatch.setattr(fancli.parallel, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(fancli.weights.parallel, "PARALLEL_BYTES", 0)
     layers = fancli.load(REPO / "sample_models" / "tinynet_state_dict.pt").layers
     seen: list[int] = []
     pooled = observe_all(layers, on_chunk=seen.append, kurtosis=True, structure=True, jobs=3)

@@ -14,9 +14,9 @@ import torch
 from helpers import REPO, run
 
 import fancli
-import fancli.parallel
-import fancli.stats
-from fancli.stats import observe, observe_all, pieces
+import fancli.weights.parallel
+import fancli.weights.stats
+from fancli.weights.stats import observe, observe_all, pieces
 
 SMALL = 16 * 1024  # bytes per piece: the fixture's tensors split into many pieces
 
@@ -107,7 +107,7 @@ def test_nan_in_one_piece_drops_row_signals_only(tmp_path):
 
 @pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
 def test_observe_all_is_identical_for_any_jobs(monkeypatch, checkpoint, name):
-    monkeypatch.setattr(fancli.parallel, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(fancli.weights.parallel, "PARALLEL_BYTES", 0)
     layers = fancli.load(checkpoint / name).layers
     seen: list[int] = []
     one = observe_all(layers, kurtosis=True, structure=True, jobs=1, piece_bytes=SMALL)
@@ -119,15 +119,15 @@ def test_observe_all_is_identical_for_any_jobs(monkeypatch, checkpoint, name):
 def test_the_pool_runs_pieces_on_other_threads(monkeypatch, checkpoint):
     import threading
 
-    monkeypatch.setattr(fancli.parallel, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(fancli.weights.parallel, "PARALLEL_BYTES", 0)
     names: set[str] = set()
-    original = fancli.stats.reduce_piece
+    original = fancli.weights.stats.reduce_piece
 
     def spy(piece):
         names.add(threading.current_thread().name)
         return original(piece)
 
-    monkeypatch.setattr(fancli.stats, "reduce_piece", spy)
+    monkeypatch.setattr(fancli.weights.stats, "reduce_piece", spy)
     observe_all(fancli.load(checkpoint / "model.pt").layers, jobs=2, piece_bytes=SMALL)
     assert names and all(name.startswith("fancli-stats") for name in names)
     names.clear()
@@ -136,8 +136,8 @@ def test_the_pool_runs_pieces_on_other_threads(monkeypatch, checkpoint):
 
 
 def _small_pieces(monkeypatch):
-    monkeypatch.setattr(fancli.parallel, "PARALLEL_BYTES", 0)
-    monkeypatch.setattr(fancli.stats, "PIECE_BYTES", SMALL)
+    monkeypatch.setattr(fancli.weights.parallel, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(fancli.weights.stats, "PIECE_BYTES", SMALL)
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
@@ -190,14 +190,14 @@ def test_diff_takes_jobs_and_is_identical(monkeypatch, checkpoint, tensors, tmp_
 def test_jobs_default_is_the_usable_cores(monkeypatch, checkpoint):
     _small_pieces(monkeypatch)
     asked: list[int] = []
-    original = fancli.parallel.pool
+    original = fancli.weights.parallel.pool
 
     def spy(workers):
         asked.append(workers)
         return original(workers)
 
-    monkeypatch.setattr(fancli.parallel, "usable_cores", lambda: 3)
-    monkeypatch.setattr(fancli.parallel, "pool", spy)
+    monkeypatch.setattr(fancli.weights.parallel, "usable_cores", lambda: 3)
+    monkeypatch.setattr(fancli.weights.parallel, "pool", spy)
     assert run("inspect", checkpoint / "model.pt", "--stats", "-f", "json").code == 0
     assert asked == [3]
 
@@ -213,9 +213,9 @@ def test_cluster_without_dask_is_one_line(monkeypatch, checkpoint, sources):
 
 def test_cluster_unreachable_is_one_line(monkeypatch, checkpoint):
     pytest.importorskip("distributed")
-    import fancli.cluster
+    import fancli.weights.cluster
 
-    monkeypatch.setattr(fancli.cluster, "CONNECT_TIMEOUT", 1)
+    monkeypatch.setattr(fancli.weights.cluster, "CONNECT_TIMEOUT", 1)
     result = run("inspect", checkpoint / "model.pt", "--stats", "--cluster", "tcp://127.0.0.1:9")
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
     assert "tcp://127.0.0.1:9" in result.err
@@ -299,7 +299,7 @@ def test_dcp_shards_are_split_across_workers_and_merged_exactly(monkeypatch, tmp
     parts = pieces(layer.data, structure=True, piece_bytes=SMALL)
     assert {piece.data.source.path.name for piece in parts} == {"__0_0.distcp", "__1_0.distcp", "__2_0.distcp"}
     assert len(parts) > 3 and not any(piece.logical for piece in parts)  # rows do not run across shards
-    monkeypatch.setattr(fancli.parallel, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(fancli.weights.parallel, "PARALLEL_BYTES", 0)
     one = observe_all([layer], kurtosis=True, structure=True, jobs=1, piece_bytes=SMALL)["w.weight"]
     assert observe_all([layer], kurtosis=True, structure=True, jobs=2, piece_bytes=SMALL)["w.weight"] == one
     exact = full.double()

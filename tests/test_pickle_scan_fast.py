@@ -326,7 +326,7 @@ def test_a_view_past_its_storage_is_refused_as_stridedref_measures_it(tmp_path_f
     from fancli.errors import SourceError
     from fancli.loaders.torch_pickle import SavedStorage, SavedTensor
     from fancli.loaders.torch_zip import TorchZip
-    from fancli.tensors import StridedRef
+    from fancli.weights.tensors import StridedRef
 
     path = tmp_path_factory.getbasetemp() / "view.pt"
     if not path.exists():

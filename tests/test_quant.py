@@ -15,8 +15,8 @@ from helpers import run  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fancli.loaders import load  # noqa: E402
-from fancli.stats import observe  # noqa: E402
-from fancli.tensors import FP8, fp8_table  # noqa: E402
+from fancli.weights.stats import observe  # noqa: E402
+from fancli.weights.tensors import FP8, fp8_table  # noqa: E402
 
 BLOCK = 128
 

@@ -262,7 +262,7 @@ def test_strided_views_are_read_a_bounded_block_at_a_time(view):
     torch = pytest.importorskip("torch")
     import numpy as np
 
-    from fancli.tensors import StridedRef
+    from fancli.weights.tensors import StridedRef
 
     base = torch.arange(60 * 50, dtype=torch.float32).reshape(60, 50)
     tensor = {"transposed": base.t(), "column-slice": base[:, 7:9], "permuted-3d": base.reshape(6, 10, 50).permute(2, 0, 1),
@@ -278,7 +278,7 @@ def test_a_transposed_tensor_is_not_read_in_one_piece(tmp_path, monkeypatch):
     """4.5 M values stored transposed: the region they span was read whole (577 MB for 512 MiB)."""
     torch = pytest.importorskip("torch")
     from fancli.loaders.torch_zip import ZipMember
-    from fancli.tensors import CHUNK_ELEMENTS
+    from fancli.weights.tensors import CHUNK_ELEMENTS
 
     weight = torch.randn(3000, 1500).t()
     torch.save({"fc.weight": weight}, tmp_path / "transposed.pt")

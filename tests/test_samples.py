@@ -12,7 +12,7 @@ from torch.nn.init import _calculate_fan_in_and_fan_out as torch_fans
 from fancli.analysis.fans import layer_fans
 from fancli.loaders import load
 from fancli.report import Settings, analyze
-from fancli.stats import observe
+from fancli.weights.stats import observe
 
 SAMPLES = REPO / "sample_models"
 TINYNET = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fancli.loaders.torch_tensor import TorchTensorData
-from fancli.stats import observe
+from fancli.weights.stats import observe
 
 
 def _cases():

@@ -17,7 +17,7 @@ from helpers import REPO, run
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
 from fancli.loaders import load
-from fancli.stats import observe
+from fancli.weights.stats import observe
 
 
 def _tensors() -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ from fancli.loaders.torch_module import (
     untrusted_message,
 )
 from fancli.loaders.torch_tensor import TorchTensorData
-from fancli.stats import observe
+from fancli.weights.stats import observe
 
 FACTORY_MODULE = "fancli_test_factories"
 FACTORY_SOURCE = f"""

@@ -18,7 +18,7 @@ from fancli.loaders import load
 from fancli.loaders.checkpoint import find_state_dict
 from fancli.loaders.torch_pickle import SavedTensor
 from fancli.loaders.torch_zip import TorchZip, read_state_dict
-from fancli.stats import observe
+from fancli.weights.stats import observe
 
 
 def _net(dtype=torch.float32) -> nn.Module:

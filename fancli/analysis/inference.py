@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 from ..kinds import has_init
 from ..layer import Layer
-from ..moments import Structure
+from ..weights.moments import Structure
 from .fans import LayerFans
 from .gains import gain
 from .schemes import SCHEMES, InitValues, Scheme, variance_scaling

@@ -142,7 +142,7 @@ def with_progress(total: int, description: str, work: Callable[[Callable[[int], 
 def nbytes(layer: Any) -> int:
     import math
 
-    from ..dtypes import DTYPES
+    from ..weights.dtypes import DTYPES
 
     return math.prod(layer.shape) * DTYPES.get(layer.dtype or "float32", (4,))[0]
 

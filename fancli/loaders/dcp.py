@@ -21,11 +21,11 @@ import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from ..dtypes import DTYPES
+from ..weights.dtypes import DTYPES
 from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import FileRange, open_regular, read_bounded
-from ..tensors import CHUNK_ELEMENTS, StridedRef
+from ..weights.tensors import CHUNK_ELEMENTS, StridedRef
 from . import LoadOptions, pickle_scan
 from .checkpoint import NOT_WEIGHTS
 from .dcp_metadata import MAX_METADATA_BYTES, DcpChunk, DcpTensor, read_metadata

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Hashable
 
 from ..records import record
-from ..tensors import TensorData
+from ..weights.tensors import TensorData
 
 
 @record

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Collection, Hashable, Iterable, NamedTuple
 
-from ..dtypes import FLOATING, LOW_PRECISION_FLOATING
+from ..weights.dtypes import FLOATING, LOW_PRECISION_FLOATING
 from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
 from ..records import replaced

@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Protocol
 
-from ..dtypes import DTYPES
+from ..weights.dtypes import DTYPES
 from ..errors import SourceError
-from ..tensors import CHUNK_ELEMENTS, StridedRef, decode
+from ..weights.tensors import CHUNK_ELEMENTS, StridedRef, decode
 
 if TYPE_CHECKING:
     import numpy as np

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import SourceError
 from ..safe_io import FileRange, open_regular
-from ..tensors import StridedRef
+from ..weights.tensors import StridedRef
 from . import pickle_scan
 from .flat import Flat
 from .torch_pickle import (

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..dtypes import DTYPES
+from ..weights.dtypes import DTYPES
 from ..errors import SourceError
 from . import pickle_scan
 

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import SourceError
 from ..layer import Layer
-from ..tensors import CHUNK_ELEMENTS, MAX_REPEATS, row_blocks
+from ..weights.tensors import CHUNK_ELEMENTS, MAX_REPEATS, row_blocks
 from .module_structure import Owner, module_layer
 
 _NUMPY_DTYPES = (torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16,

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..errors import SourceError
 from ..safe_io import open_regular
-from ..tensors import StridedRef
+from ..weights.tensors import StridedRef
 from . import pickle_scan
 from .checkpoint import NoStateDict, find_state_dict
 from .flat import Flat

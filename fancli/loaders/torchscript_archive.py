@@ -19,7 +19,7 @@ from typing import Any, Hashable, Iterator
 
 from ..errors import SourceError
 from ..layer import Model
-from ..tensors import StridedRef
+from ..weights.tensors import StridedRef
 from .module_library import built_by_class
 from .module_structure import (
     HF_CONV1D,

@@ -16,7 +16,7 @@ import contextlib
 import logging
 from typing import Any, Iterator
 
-from .errors import SettingsError
+from ..errors import SettingsError
 
 #: Seconds to wait for the scheduler before giving up with one line (a typo should not hang CI).
 CONNECT_TIMEOUT = 5

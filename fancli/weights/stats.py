@@ -154,7 +154,7 @@ def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS, kurto
     (`reduce_piece`) and a tensor's pieces merged in a fixed tree (`Tree`): the results are identical bit for
     bit for every N and on a cluster. `jobs` > 1 (None: the usable cores) runs the pieces in a pool (`pool`);
     `cluster` (a Dask scheduler address, `"local"`, or any executor with `submit`) runs them there instead
-    (`fancli.cluster`). Data handles hold paths and offsets, not open files, so a piece travels by pickle."""
+    (`fancli.weights.cluster`). Data handles hold paths and offsets, not open files, so a piece travels by pickle."""
     results: dict[str, Observed] = {}
     todo = []
     for layer in layers:

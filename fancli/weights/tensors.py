@@ -177,8 +177,8 @@ class StridedRef:
 
     def _read_into(self, where: tuple[Any, int], start: int, stop: int, max_elements: int,
                    buffer: bytearray) -> Iterator["np.ndarray"]:
-        from .errors import SourceError
-        from .safe_io import open_regular
+        from ..errors import SourceError
+        from ..safe_io import open_regular
 
         path, offset = where
         itemsize = DTYPES[self.dtype][0]
@@ -210,7 +210,7 @@ class StridedRef:
             return
         span = self.span()
         if self.numel > MAX_REPEATS * max(span, max_elements):
-            from .errors import SourceError
+            from ..errors import SourceError
 
             raise SourceError(f"{getattr(self.source, 'path', 'source')}: a view of {self.numel} values over "
                               f"{span} stored ones (stride 0?); its statistics would read each value "
