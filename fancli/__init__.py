@@ -16,7 +16,7 @@ from typing import Any
 
 _EXPORTS = {
     "load": "api", "inspect": "api", "compare": "api", "check_init": "api", "assert_init": "api",
-    "CheckResult": "check_result", "Config": "config", "load_config": "config",
+    "CheckResult": "checks.check_result", "Config": "config", "load_config": "config",
     "analyze": "report", "Report": "report", "Row": "report", "Settings": "report",
     "Layer": "layer", "Model": "layer",
     "torch_fans": "analysis.fans", "keras_fans": "analysis.fans", "layer_fans": "analysis.fans",

@@ -15,7 +15,7 @@ from .report import Report, Request, Settings, analyze, selected, with_inference
 from .vocab import COMPARED_MODES
 
 if TYPE_CHECKING:
-    from .check_result import CheckResult
+    from .checks.check_result import CheckResult
     from .config import Config
 
 #: What a source may be: a path or name (a file, folder, repo id, `pkg.module:factory`), a loaded Model, or an
@@ -168,7 +168,7 @@ def check_init(
     jobs: int | None = 1,
     cluster: Any = None,
 ) -> "CheckResult":
-    """`fancli check` as a function (not named `check`: that is the `fancli.check` module, which an import
+    """`fancli check` as a function (not named `check`: that is the `fancli.checks.check` module, which an import
     would put back over a function of that name): today's init (the config applied to `model`) against the baseline.
 
     `model` is anything `load` takes, or None for the configuration's `source`. `config` is a file, a
@@ -197,8 +197,8 @@ def check_report(
     """`check_init`'s verdict on a report of the configured model already made (`fancli check` makes it with a
     progress bar): its drift from the baseline, and with `stats` its weights against the configured init.
     `baseline`, `tolerance` and `sigmas` default to `config`'s; `baseline=False` skips the comparison."""
-    from . import check as drift
-    from .check_result import CheckResult
+    from .checks import check as drift
+    from .checks.check_result import CheckResult
     from .config import Config
 
     path, tolerance, limit = (config or Config()).drift_limits(baseline or None, tolerance, sigmas)

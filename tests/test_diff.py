@@ -68,7 +68,7 @@ def _check(result, a: dict, b: dict, rel: float = 1e-9, skip: tuple[str, ...] = 
 
 
 def test_fp32_pt_against_safetensors_matches_torch(tmp_path):
-    from fancli.diff import diff
+    from fancli.checks.diff import diff
 
     a, b = _pair()
     torch.save(a, tmp_path / "a.pt")
@@ -85,7 +85,7 @@ def test_fp32_pt_against_safetensors_matches_torch(tmp_path):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn"])
 def test_low_precision_checkpoints_match_torch(tmp_path, dtype):
     """bf16 and FP8 values as stored (decoded without torch), compared with torch's float64 of the same."""
-    from fancli.diff import diff
+    from fancli.checks.diff import diff
 
     a, b = _pair()
     a = {k: v.to(getattr(torch, dtype)) for k, v in a.items()}
@@ -99,7 +99,7 @@ def test_low_precision_checkpoints_match_torch(tmp_path, dtype):
 
 def test_a_dtype_change_is_compared_value_by_value(tmp_path):
     """fp32 → bf16: status `dtype`, and ‖B − A‖/‖A‖ is bf16's rounding error (< 2⁻⁸), as torch computes it."""
-    from fancli.diff import diff
+    from fancli.checks.diff import diff
 
     a, _ = _pair()
     b = {k: v.to(torch.bfloat16) for k, v in a.items()}
@@ -115,7 +115,7 @@ def test_sharded_against_single_file_in_small_chunks(tmp_path):
     """Shards against one .pt, in chunks of 7 values: each pair is re-blocked, the numbers unchanged. A
     transposed view read in storage order (wider than a chunk) cannot be paired value by value: a note."""
     import fancli
-    from fancli.diff import diff_models
+    from fancli.checks.diff import diff_models
 
     a, b = _pair()
     a["enc.weight"] = a["enc.weight"].t().contiguous().t()  # stored transposed: a strided view in the .pt
@@ -137,7 +137,7 @@ def test_sharded_against_single_file_in_small_chunks(tmp_path):
 def test_chunks_of_different_lengths_are_paired_in_order():
     import numpy as np
 
-    from fancli.diff import _aligned
+    from fancli.checks.diff import _aligned
 
     values = np.arange(23.0)
     xs = iter([values[:5], values[5:5], values[5:17], values[17:]])

@@ -51,7 +51,7 @@ def fmt(request) -> str:
 
 def test_diff_an_untied_key_is_compared(tmp_path, fmt):
     """A: head tied to emb. B: head untied and doubled. torch: head changed, ‖B−A‖/‖A‖ = 1.0; a gate fails."""
-    from fancli.diff import diff
+    from fancli.checks.diff import diff
 
     from helpers import run
 
@@ -73,7 +73,7 @@ def test_diff_an_untied_key_is_compared(tmp_path, fmt):
 
 def test_diff_a_re_tied_key_and_a_tie_kept(tmp_path, fmt):
     """A untied (head = 3·emb), B re-tied: head's change is against B's emb; a tie kept in both is 'same'."""
-    from fancli.diff import diff
+    from fancli.checks.diff import diff
 
     a, b = Net().tie().untie(3.0), Net().tie()
     for name, net in (("a", a), ("b", b), ("c", Net().tie())):
@@ -90,7 +90,7 @@ def test_diff_a_re_tied_key_and_a_tie_kept(tmp_path, fmt):
 
 def test_diff_a_tied_key_added_and_removed(tmp_path, fmt):
     """A key that exists only through a tie is added where B gains it and removed where B loses it."""
-    from fancli.diff import diff
+    from fancli.checks.diff import diff
 
     class NoHead(torch.nn.Module):
         def __init__(self) -> None:
@@ -110,7 +110,7 @@ def test_diff_a_tied_key_added_and_removed(tmp_path, fmt):
 
 def test_trajectory_a_tied_key_has_its_tensors_statistics(tmp_path, fmt):
     """Tied at steps 1 and 3, apart (and trained) at step 2: head.weight has a std at every step, torch's."""
-    from fancli.trajectory import trajectory
+    from fancli.checks.trajectory import trajectory
 
     nets = {1: Net().tie(), 2: Net().tie().untie(0.5), 3: Net(seed=3).tie()}
     sources = []
@@ -129,7 +129,7 @@ def test_check_a_tie_untied_or_re_tied_is_neither_added_nor_removed(tmp_path, fm
     """check's baseline names every key: untying head from emb (same shape) or tying it again is no
     structural change (the fields of the layer it is read as may change); dropping the tied key is a removal."""
     from fancli.api import inspect
-    from fancli.check import baseline_document, compare
+    from fancli.checks.check import baseline_document, compare
 
     class NoHead(torch.nn.Module):
         def __init__(self) -> None:
@@ -153,7 +153,7 @@ def test_check_a_tie_untied_or_re_tied_is_neither_added_nor_removed(tmp_path, fm
 def test_check_a_baseline_from_before_aliases_does_not_call_a_tied_key_added(tmp_path):
     """Baselines written before entries named their aliases lack the tied keys: today's tie is no drift."""
     from fancli.api import inspect
-    from fancli.check import baseline_document, compare
+    from fancli.checks.check import baseline_document, compare
 
     report = inspect(_save(Net().tie(), tmp_path, "pt"))
     legacy = baseline_document(report)
@@ -167,7 +167,7 @@ def test_check_a_baseline_whose_aliases_are_not_keys_is_one_line(tmp_path):
     import json
 
     from fancli.api import inspect
-    from fancli.check import baseline_document, read_baseline
+    from fancli.checks.check import baseline_document, read_baseline
     from fancli.errors import SourceError
 
     document = baseline_document(inspect(_save(Net().tie(), tmp_path, "pt")))

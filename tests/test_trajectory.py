@@ -59,7 +59,7 @@ def _shuffled(made) -> list[str]:
 
 
 def test_step_and_natural_order():
-    from fancli.trajectory import natural_order, step_of, steps
+    from fancli.checks.trajectory import natural_order, step_of, steps
 
     assert natural_order(["run/step-10", "run/step-2", "run/step-1"]) == ["run/step-1", "run/step-2", "run/step-10"]
     assert step_of("run/step-120/") == 120
@@ -270,7 +270,7 @@ def test_the_library_check_fails_on_nan_too(gated):
 
 
 def test_the_library_function_gives_the_same_trajectory(made):
-    from fancli.trajectory import trajectory
+    from fancli.checks.trajectory import trajectory
 
     found = trajectory(_shuffled(made))
     assert [c.step for c in found.checkpoints] == [5, 20, 100]

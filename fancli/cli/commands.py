@@ -119,7 +119,7 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
     """CI: has the init configuration drifted from the committed baseline? Exit 0 clean, 1 drift, 2 bad
     usage or unreadable input (no config, no baseline, a source that cannot be read)."""
     from .. import api
-    from .. import check as drift
+    from ..checks import check as drift
     from ..config import Config
     from ..outputs import as_text
     from ..report import Request
@@ -168,7 +168,7 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
     and the relative change of std, of mean, and ‖B−A‖/‖A‖. Exit 1 past --max-change or on added/removed/
     reshaped tensors, so CI can gate a fine-tune."""
     from .. import api
-    from ..diff import diff_models
+    from ..checks.diff import diff_models
     from ..outputs import as_text
     from ..safe_io import is_stdout, write_text
 

@@ -23,7 +23,7 @@ def run_trajectory(src: SourceArgs, request: Request, fmt: str, output: str | No
     from ..outputs import MACHINE_FORMATS, as_text, formats
     from ..renderers.trajectory_out import without_small_tensors
     from ..safe_io import is_stdout, write_text
-    from ..trajectory import natural_order
+    from ..checks.trajectory import natural_order
 
     if len(src.sources) < 2:
         raise SettingsError("--plot draws a trajectory: give several SOURCEs (e.g. run/step-*/)")
@@ -68,7 +68,7 @@ def _read(models: list[Any], request: Request) -> Any:
     """The trajectory, with a progress bar on stderr past PROGRESS_BYTES of weights in all (as inspect's)."""
     from .run import nbytes, with_progress
     from ..report import selected
-    from ..trajectory import build
+    from ..checks.trajectory import build
 
     filters = request.settings.filters
     total = sum(nbytes(layer) for model in models for layer in selected(model, filters) if layer.data is not None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..check import (
+from ..checks.check import (
     Change,
     Deviation,
     Nonfinite,
@@ -14,7 +14,7 @@ from ..check import (
     fold_deviations,
     fold_nonfinite,
 )
-from ..check_result import CheckResult
+from ..checks.check_result import CheckResult
 from ..report import SCHEMA_VERSION
 from ..text import markdown_code, markdown_text, printable
 from .table import fitted_grid, wrapped

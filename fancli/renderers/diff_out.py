@@ -1,6 +1,6 @@
 """`fancli diff` results: a table, Markdown for a pull-request comment, JSON and CSV for programs.
 
-Only formatting: the numbers are `fancli.diff`'s. Keys come from the files, so every cell is printable.
+Only formatting: the numbers are `fancli.checks.diff`'s. Keys come from the files, so every cell is printable.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import io
 import json
 from typing import Any
 
-from ..diff import DiffResult, TensorDiff, fold_diffs, numel
+from ..checks.diff import DiffResult, TensorDiff, fold_diffs, numel
 from ..report import SCHEMA_VERSION
 from ..text import csv_text, json_safe, markdown_text, printable
 from .common import name, shape
@@ -40,7 +40,7 @@ def _range(items: tuple[TensorDiff, ...], field: str, signed: bool = False) -> s
 
 
 def _cells(group: Any) -> list[str]:
-    """A shown row: one tensor, or a folded group (`fancli.diff.fold_diffs`: its members share status,
+    """A shown row: one tensor, or a folded group (`fancli.checks.diff.fold_diffs`: its members share status,
     shape, dtype and note; their numbers are shown as ranges)."""
     item, items = group.row, group.rows
     dims = item.shape_a if item.shape_b is None else item.shape_b

@@ -10,7 +10,7 @@ from ..errors import FancliError
 
 if TYPE_CHECKING:
     from ..propagate import Propagation
-    from ..trajectory import Trajectory
+    from ..checks.trajectory import Trajectory
 
 
 def _pyplot() -> Any:

@@ -1,6 +1,6 @@
 """A trajectory (`fancli inspect A B C --stats`): per tensor (folded), the observed std per checkpoint.
 
-Only formatting: the numbers are `fancli.trajectory`'s. Keys and source names come from files, so every
+Only formatting: the numbers are `fancli.checks.trajectory`'s. Keys and source names come from files, so every
 cell is printable. Tables and Markdown fold as inspect does (`--expand` lists every tensor) and leave out
 tensors below 2 dims unless `--all`; JSON and CSV always list every tensor.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from ..report import SCHEMA_VERSION
 from ..text import csv_text, json_safe, markdown_text, printable
-from ..trajectory import Track, Trajectory
+from ..checks.trajectory import Track, Trajectory
 from .common import name, number, shape
 
 #: The statistics each checkpoint gets, in the JSON and CSV.

@@ -18,16 +18,16 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Sequence
 
 if TYPE_CHECKING:
-    from .folding import Group
-    from .layer import Model
-    from .weights.moments import Observed
+    from ..folding import Group
+    from ..layer import Model
+    from ..weights.moments import Observed
 
 _DIGITS = re.compile(r"[0-9]+")
 
 
 def natural_order(sources: Iterable[str]) -> list[str]:
     """Sources as a run lists them: `step-2` before `step-10` (digit runs compare as numbers)."""
-    from .loaders.key_order import natural_key
+    from ..loaders.key_order import natural_key
 
     return sorted(sources, key=natural_key)
 
@@ -92,7 +92,7 @@ class Trajectory:
 
     @property
     def shown(self) -> "list[Group]":
-        from .folding import Group
+        from ..folding import Group
 
         if self.expanded:
             return [Group(track.param, (), (track,)) for track in self.tracks]
@@ -104,10 +104,10 @@ def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | 
           on_chunk: Callable[[int], None] | None = None, cluster: Any = None) -> Trajectory:
     """The trajectory of `models` (in the order given): each one's weights read, one model at a time, with
     `jobs` threads or on a Dask `cluster` as inspect's are; `on_chunk(nbytes)` reports progress."""
-    from .report import selected_keys
+    from ..report import selected_keys
 
     if observe is None:
-        from .weights.stats import observe_all as observe
+        from ..weights.stats import observe_all as observe
     labels = steps([model.source for model in models])
     checkpoints = tuple(Checkpoint(model.source, model.format, step) for model, step in zip(models, labels))
     described: dict[str, tuple[str, tuple[int, ...], str | None]] = {}
@@ -127,7 +127,7 @@ def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | 
             notes.append(f"{model.source}: this source ({model.format}) holds no weights to read")
         per_checkpoint.append({key: read[layer.param] for key, layer in keys if layer.param in read})
     if filters and not described:
-        from .errors import SettingsError
+        from ..errors import SettingsError
 
         raise SettingsError(f"no layer matches {' or '.join(repr(f) for f in filters)} in any checkpoint")
     tracks = tuple(Track(param, kind, shape, dtype, tuple(read.get(param) for read in per_checkpoint))
@@ -143,7 +143,7 @@ def trajectory(sources: Sequence[Any], *, filters: Iterable[str] = (), trust: bo
                jobs: int | None = 1, cluster: Any = None) -> Trajectory:
     """`fancli inspect A B C --stats` as a function: the sources (paths in natural order, or loaded
     models in the order given) and each tensor's observed statistics per checkpoint."""
-    from .api import load
+    from ..api import load
 
     if all(isinstance(source, str) for source in sources):
         sources = natural_order(sources)
@@ -163,7 +163,7 @@ def _same(track: Track) -> Hashable:
 
 def _chain(tracks: list[Track], index: int) -> list[list[Track]]:
     """`tracks` parted by their std at checkpoint `index` (`folding.by_std`: inspect's rule)."""
-    from .folding import by_std
+    from ..folding import by_std
 
     def std_of(track: Track) -> tuple[float | None, int]:
         observed = track.observed[index]
@@ -182,6 +182,6 @@ def agreeing(tracks: list[Track]) -> list[list[Track]]:
 
 
 def fold_tracks(tracks: Sequence[Track]) -> "list[Group]":
-    from .folding import fold
+    from ..folding import fold
 
     return fold(list(tracks), lambda track: track.param, _same, agreeing)

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from .check import Change, Deviation, Nonfinite
-    from .report import Report
+    from ..report import Report
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    """What `fancli.check` found: the changes against the baseline and the judged observed stds."""
+    """What `fancli.checks.check` found: the changes against the baseline and the judged observed stds."""
 
     command: ClassVar[str] = "check"  # its renderers' key in `fancli.outputs.RENDERERS`
     report: "Report"
@@ -31,6 +31,6 @@ class CheckResult:
     def render(self, fmt: str = "table") -> str:
         """The drift report as `fancli check --format fmt` prints it: `fancli.render(result, fmt)`, kept for
         the callers that had it."""
-        from .outputs import as_text
+        from ..outputs import as_text
 
         return as_text(self.command, fmt, self)

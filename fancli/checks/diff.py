@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
 
-from .layer import Layer, Model
-from .weights.tensors import CHUNK_ELEMENTS
+from ..layer import Layer, Model
+from ..weights.tensors import CHUNK_ELEMENTS
 
 #: Statuses, in the order a reader scans for trouble.
 STATUSES = ("added", "removed", "reshaped", "dtype", "changed", "same", "unread")
@@ -100,9 +100,9 @@ def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (), max_elements:
     worker). Pairs run as `--stats` pieces do (`parallel.executor`: `jobs` threads, or a Dask `cluster`),
     each pair whole in one job, so the numbers are the same for any `jobs`; keys that pair the same two
     tensors (a tie kept in both) are compared once."""
-    from .weights.parallel import executor, ordered
-    from .report import selected_keys
-    from .weights.stats import data_nbytes
+    from ..weights.parallel import executor, ordered
+    from ..report import selected_keys
+    from ..weights.stats import data_nbytes
 
     keys_a, keys_b = _keys(a), _keys(b)
     rows: list[TensorDiff | None] = []
@@ -183,8 +183,8 @@ def _stream(data_a: Any, data_b: Any, max_elements: int) -> tuple | str:
     """Moments of A and B, ‖A‖², ‖B − A‖², max |B − A| and whether any value is NaN/Inf; or why not."""
     import numpy as np
 
-    from .weights.moments import BLOCK_ELEMENTS, Moments
-    from .weights.stats import in_logical_order
+    from ..weights.moments import BLOCK_ELEMENTS, Moments
+    from ..weights.stats import in_logical_order
 
     for data in (data_a, data_b):
         if not in_logical_order(data, max_elements):
@@ -253,7 +253,7 @@ def diff(a: Any, b: Any, *, filters: Iterable[str] = (), trust: bool = False,
          max_elements: int = CHUNK_ELEMENTS, jobs: int | None = 1, cluster: Any = None) -> DiffResult:
     """`fancli diff` as a function: any two sources `fancli.load` reads (paths, Models, state_dicts…);
     `jobs` threads (None: the usable cores) or a Dask `cluster` compare the pairs."""
-    from .api import load
+    from ..api import load
 
     return diff_models(load(a, trust=trust), load(b, trust=trust), tuple(filters), max_elements, jobs, cluster)
 
@@ -278,7 +278,7 @@ def _norm_close(a: TensorDiff, b: TensorDiff) -> bool:
 def agreeing(items: list[TensorDiff]) -> list[list[TensorDiff]]:
     """Tensors whose values agree: std A and std B each within inspect's standard-error rule, and
     ‖B−A‖/‖A‖ within a factor NORM_RATIO of its sorted neighbour."""
-    from .folding import by_std, chain
+    from ..folding import by_std, chain
 
     parts = [items]
     for which in ("std_a", "std_b"):  # n: the tensor's values (NaN/Inf among them are not counted apart here)
@@ -290,7 +290,7 @@ def fold_diffs(tensors: Iterable[TensorDiff], max_change: float | None = None) -
     """The rows a diff table shows (`fancli.folding.Group`s of TensorDiffs): keys that differ only in their
     numeric components, of one status, shape, dtype and note, on the same side of the --max-change gate, and
     whose values agree (`agreeing`), fold into one; every tensor is in exactly one group."""
-    from .folding import fold
+    from ..folding import fold
 
     def same(t: TensorDiff) -> Any:
         gated = max_change is not None and t.exceeds(max_change)

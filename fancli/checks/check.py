@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import SourceError
-from .report import SCHEMA_VERSION, Report, Row
+from ..errors import SourceError
+from ..report import SCHEMA_VERSION, Report, Row
 
 #: Fields of a baseline entry, in the order written; strings compare exactly, numbers within a tolerance.
 TEXT_FIELDS = ("kind", "scheme", "mode", "nonlinearity")
@@ -83,7 +83,7 @@ class FoldedChange:
 def fold_changes(changes: list[Change]) -> list[FoldedChange]:
     """Changes folded by the index patterns of their keys (fancli.folding), in the order of the first of
     each; a change no other key shares stays on its own line."""
-    from .folding import fold
+    from ..folding import fold
 
     same = lambda c: (c.change, c.field, json.dumps(c.baseline), json.dumps(c.current))  # noqa: E731
     return [FoldedChange(group.pattern, group.count, group.row.change, group.row.field, group.row.baseline,
@@ -167,7 +167,7 @@ def ensure_replaceable(path: Path) -> None:
     """`check --update` may replace a previous fancli baseline, nothing else: `--baseline model.pth` or
     a typo naming another file must not destroy it. SourceError (exit 2) unless `path` is absent or a
     readable fancli baseline of a known schema."""
-    from .safe_io import open_regular, unrecorded
+    from ..safe_io import open_regular, unrecorded
 
     if not path.exists():  # nothing there, or a dangling link: nothing to lose
         return
@@ -200,7 +200,7 @@ def read_baseline(path: Path) -> dict[str, Any]:
 
 def _baseline_document(path: Path) -> dict[str, Any]:
     """A baseline's JSON, with its schema version and each layer's shape checked."""
-    from .safe_io import check_json_size, read_bounded
+    from ..safe_io import check_json_size, read_bounded
 
     if not path.exists():
         raise SourceError(f"{path}: no baseline; write one with `fancli check --update`")
@@ -315,7 +315,7 @@ def nonfinite(report: Report) -> list[Nonfinite]:
 def fold_nonfinite(found: list[Nonfinite]) -> list[tuple[str, int, int, int]]:
     """(pattern, tensors, NaN/Inf values, values) per group of keys that differ only in their indices
     (fancli.folding), in the order of the first of each."""
-    from .folding import fold
+    from ..folding import fold
 
     return [(group.pattern, group.count, sum(n.nonfinite for n in group.rows), sum(n.count for n in group.rows))
             for group in fold(found, lambda n: n.param, lambda n: None)]
@@ -325,7 +325,7 @@ def fold_deviations(found: list[Deviation]) -> list[tuple[str, int, list[Deviati
     """(pattern, tensors, members) per group of keys that differ only in their indices and share the
     expected std and the verdict (fancli.folding), in the order of the first of each: a table shows the
     members' observed stds and standard errors as ranges, and a mismatch never folds with a pass."""
-    from .folding import fold
+    from ..folding import fold
 
     groups = fold(found, lambda d: d.param, lambda d: (d.expected_std, d.constant, d.flagged))
     return [(group.pattern, group.count, list(group.rows)) for group in groups]
