@@ -40,7 +40,7 @@ from .safe_io import read_text
 from .vocab import FAN_CONVENTIONS
 
 if TYPE_CHECKING:
-    from .loaders.typed_yaml import At, Fields
+    from .typed_yaml import At, Fields
 
 DEFAULT_BASELINE = "fancli.lock.json"
 #: Numbers a config may give: finite floats (a 400-digit integer would overflow float()).
@@ -153,7 +153,7 @@ def _rule(fields: Fields, patterns: tuple[str, ...] = (), at: At | None = None) 
 
 
 def _mapping(fields: Fields, key: str, allowed: tuple[str, ...]) -> Fields:
-    from .loaders.typed_yaml import (  # not at the top: yaml is imported only with a config
+    from .typed_yaml import (  # not at the top: yaml is imported only with a config
         At,
         Fields,
         yaml_type,
@@ -165,7 +165,7 @@ def _mapping(fields: Fields, key: str, allowed: tuple[str, ...]) -> Fields:
 
 
 def _overrides(top: Fields) -> tuple[InitRule, ...]:
-    from .loaders.typed_yaml import (  # not at the top: yaml is imported only with a config
+    from .typed_yaml import (  # not at the top: yaml is imported only with a config
         At,
         Fields,
         yaml_type,
@@ -192,7 +192,7 @@ def parse_config(data: Any, path: Path) -> Config:
     """Validate a configuration mapping; errors name the file, the line (YAML) and the key."""
     if not isinstance(data, dict):
         raise SourceError(f"{path}: expected a mapping of fancli settings")
-    from .loaders.typed_yaml import (  # not at the top: yaml is imported only with a config
+    from .typed_yaml import (  # not at the top: yaml is imported only with a config
         At,
         Fields,
     )
@@ -255,7 +255,7 @@ def _inside(top: Fields, key: str, name: str, base: Path, instead: str) -> Path:
 def _safe_globals(top: Fields) -> tuple[str, ...]:
     """`safe_globals`: "module.Name" strings, checked by form only; fancli never imports them (a pickle's
     object of one of these classes becomes an inert record of its arguments and state)."""
-    from .loaders.typed_yaml import (
+    from .typed_yaml import (
         yaml_type,  # not at the top: yaml is imported only with a config
     )
     items = top.raw("safe_globals", [])
@@ -269,10 +269,10 @@ def _safe_globals(top: Fields) -> tuple[str, ...]:
 
 
 def _read_yaml(path: Path) -> Any:
-    from .loaders.typed_yaml import (
+    from .typed_yaml import (
         parse_yaml,  # not at the top: yaml is imported only with a config
     )
-    from .loaders.yaml_lines import LineDict
+    from .yaml_lines import LineDict
 
     data = parse_yaml(read_text(path, MAX_CONFIG_BYTES, "a fancli config"), str(path), MAX_CONFIG_NODES,
                       "a fancli config", merge_keys=False)

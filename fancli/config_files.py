@@ -32,7 +32,7 @@ def read_pyproject(path: Path) -> Any | None:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
-    from .loaders.typed_yaml import (
+    from .typed_yaml import (
         check_nodes,  # not at the top: yaml is imported only with a config
     )
     check_nodes(text, str(path), MAX_CONFIG_NODES, "a fancli config", "[{,:-=\n")

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ..errors import SourceError
+from .errors import SourceError
 from . import yaml_lines
 
 #: Sizes are torch's int64; a list of sizes (a raw shape, normalized_shape) has at most torch_zip's MAX_DIMS.
