@@ -40,7 +40,7 @@ class Change:
     def describe(self) -> str:
         if self.change in ("added", "removed"):
             return f"{self.param}: {self.change}"
-        return f"{self.param}: {self.field} {_show(self.baseline)} → {_show(self.current)}"
+        return f"{self.param}: {self.field} {shown_value(self.baseline)} → {shown_value(self.current)}"
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ def fold_changes(changes: list[Change]) -> list[FoldedChange]:
                          group.row.current) for group in fold(changes, lambda c: c.param, same)]
 
 
-def _show(value: Any) -> str:
+def shown_value(value: Any) -> str:
+    """A baseline field as a person reads it: floats to 6 digits, shapes as 3×3."""
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, list):

@@ -9,10 +9,10 @@ from ..checks.check import (
     Change,
     Deviation,
     Nonfinite,
-    _show,
     fold_changes,
     fold_deviations,
     fold_nonfinite,
+    shown_value,
 )
 from ..checks.check_result import CheckResult
 from ..report import SCHEMA_VERSION
@@ -59,8 +59,8 @@ def _change_rows(changes: list[Change]) -> list[list[str]]:
     """Cells for the changes, one line for keys that changed alike (`fold_changes`); keys and values come
     from the model and the baseline file, so printable."""
     return [[printable(c.param if c.count == 1 else f"{c.param} ×{c.count:,}"), c.change, c.field or "",
-             "" if c.baseline is None else printable(_show(c.baseline)),
-             "" if c.current is None else printable(_show(c.current))] for c in fold_changes(changes)]
+             "" if c.baseline is None else printable(shown_value(c.baseline)),
+             "" if c.current is None else printable(shown_value(c.current))] for c in fold_changes(changes)]
 
 
 def _span(values: list[float], spec: str) -> str:
