@@ -16,6 +16,7 @@ from typing import Any
 
 _EXPORTS = {
     "load": "api", "inspect": "api", "compare": "api", "check_init": "api", "assert_init": "api",
+    "diff": "api", "trajectory": "api",
     "CheckResult": "checks.check_result", "Config": "config", "load_config": "config",
     "analyze": "report", "Report": "report", "Row": "report", "Settings": "report",
     "Layer": "layer", "Model": "layer",

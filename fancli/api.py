@@ -6,16 +6,19 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from . import loaders
 from .errors import SettingsError
 from .layer import Model
 from .report import Report, Request, Settings, analyze, selected, with_inferences
 from .vocab import COMPARED_MODES
+from .weights.tensors import CHUNK_ELEMENTS
 
 if TYPE_CHECKING:
     from .checks.check_result import CheckResult
+    from .checks.diff import DiffResult
+    from .checks.trajectory import Trajectory
     from .config import Config
 
 #: What a source may be: a path or name (a file, folder, repo id, `pkg.module:factory`), a loaded Model, or an
@@ -153,6 +156,26 @@ def compare(
     settings = Settings(scheme, tuple(modes), nonlinearity, param, fans, pool_fan_out, tuple(filters))
     request = Request("compare", settings, stats, jobs=jobs, cluster=cluster)
     return run(load(source, trust=trust, kwargs=kwargs), request, on_chunk)
+
+
+def diff(a: Source, b: Source, *, filters: Iterable[str] = (), trust: bool = False,
+         max_elements: int = CHUNK_ELEMENTS, jobs: int | None = 1, cluster: Any = None) -> DiffResult:
+    """`fancli diff` as a function: any two sources `load` reads (paths, Models, state_dicts…);
+    `jobs` threads (None: the usable cores) or a Dask `cluster` compare the pairs."""
+    from .checks.diff import diff_models
+
+    return diff_models(load(a, trust=trust), load(b, trust=trust), tuple(filters), max_elements, jobs, cluster)
+
+
+def trajectory(sources: Sequence[Source], *, filters: Iterable[str] = (), trust: bool = False,
+               jobs: int | None = 1, cluster: Any = None) -> Trajectory:
+    """`fancli inspect A B C --stats` as a function: the sources (paths in natural order, or loaded
+    models in the order given) and each tensor's observed statistics per checkpoint."""
+    from .checks.trajectory import build, natural_order
+
+    if all(isinstance(source, str) for source in sources):
+        sources = natural_order(sources)
+    return build([load(source, trust=trust) for source in sources], tuple(filters), jobs, cluster=cluster)
 
 
 def check_init(

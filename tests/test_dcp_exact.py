@@ -47,7 +47,7 @@ def _sharded(folder: Path, full: "torch.Tensor", boxes: list[tuple[tuple[int, in
 def test_diff_of_row_sharded_tensors_matches_torch(tmp_path):
     """A in two row shards, B in three listed out of order: the rows read in order, the numbers torch's;
     column shards still say why they cannot be paired."""
-    from fancli.checks.diff import diff
+    from fancli import diff
 
     torch.manual_seed(4)
     a = torch.randn(9, 6)

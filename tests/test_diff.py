@@ -68,7 +68,7 @@ def _check(result, a: dict, b: dict, rel: float = 1e-9, skip: tuple[str, ...] = 
 
 
 def test_fp32_pt_against_safetensors_matches_torch(tmp_path):
-    from fancli.checks.diff import diff
+    from fancli import diff
 
     a, b = _pair()
     torch.save(a, tmp_path / "a.pt")
@@ -85,7 +85,7 @@ def test_fp32_pt_against_safetensors_matches_torch(tmp_path):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn"])
 def test_low_precision_checkpoints_match_torch(tmp_path, dtype):
     """bf16 and FP8 values as stored (decoded without torch), compared with torch's float64 of the same."""
-    from fancli.checks.diff import diff
+    from fancli import diff
 
     a, b = _pair()
     a = {k: v.to(getattr(torch, dtype)) for k, v in a.items()}
@@ -99,7 +99,7 @@ def test_low_precision_checkpoints_match_torch(tmp_path, dtype):
 
 def test_a_dtype_change_is_compared_value_by_value(tmp_path):
     """fp32 → bf16: status `dtype`, and ‖B − A‖/‖A‖ is bf16's rounding error (< 2⁻⁸), as torch computes it."""
-    from fancli.checks.diff import diff
+    from fancli import diff
 
     a, _ = _pair()
     b = {k: v.to(torch.bfloat16) for k, v in a.items()}

@@ -51,7 +51,7 @@ def fmt(request) -> str:
 
 def test_diff_an_untied_key_is_compared(tmp_path, fmt):
     """A: head tied to emb. B: head untied and doubled. torch: head changed, ‖B−A‖/‖A‖ = 1.0; a gate fails."""
-    from fancli.checks.diff import diff
+    from fancli import diff
 
     from helpers import run
 
@@ -73,7 +73,7 @@ def test_diff_an_untied_key_is_compared(tmp_path, fmt):
 
 def test_diff_a_re_tied_key_and_a_tie_kept(tmp_path, fmt):
     """A untied (head = 3·emb), B re-tied: head's change is against B's emb; a tie kept in both is 'same'."""
-    from fancli.checks.diff import diff
+    from fancli import diff
 
     a, b = Net().tie().untie(3.0), Net().tie()
     for name, net in (("a", a), ("b", b), ("c", Net().tie())):
@@ -90,7 +90,7 @@ def test_diff_a_re_tied_key_and_a_tie_kept(tmp_path, fmt):
 
 def test_diff_a_tied_key_added_and_removed(tmp_path, fmt):
     """A key that exists only through a tie is added where B gains it and removed where B loses it."""
-    from fancli.checks.diff import diff
+    from fancli import diff
 
     class NoHead(torch.nn.Module):
         def __init__(self) -> None:
@@ -110,7 +110,7 @@ def test_diff_a_tied_key_added_and_removed(tmp_path, fmt):
 
 def test_trajectory_a_tied_key_has_its_tensors_statistics(tmp_path, fmt):
     """Tied at steps 1 and 3, apart (and trained) at step 2: head.weight has a std at every step, torch's."""
-    from fancli.checks.trajectory import trajectory
+    from fancli import trajectory
 
     nets = {1: Net().tie(), 2: Net().tie().untie(0.5), 3: Net(seed=3).tie()}
     sources = []

@@ -270,7 +270,7 @@ def test_the_library_check_fails_on_nan_too(gated):
 
 
 def test_the_library_function_gives_the_same_trajectory(made):
-    from fancli.checks.trajectory import trajectory
+    from fancli import trajectory
 
     found = trajectory(_shuffled(made))
     assert [c.step for c in found.checkpoints] == [5, 20, 100]

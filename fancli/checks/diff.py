@@ -249,15 +249,6 @@ def _result(param: str, kind: str | None, shape: tuple[int, ...], dtype_a: str |
                       rel_std, rel_mean, rel_norm, largest_shown, note, unbounded)
 
 
-def diff(a: Any, b: Any, *, filters: Iterable[str] = (), trust: bool = False,
-         max_elements: int = CHUNK_ELEMENTS, jobs: int | None = 1, cluster: Any = None) -> DiffResult:
-    """`fancli diff` as a function: any two sources `fancli.load` reads (paths, Models, state_dicts…);
-    `jobs` threads (None: the usable cores) or a Dask `cluster` compare the pairs."""
-    from ..api import load
-
-    return diff_models(load(a, trust=trust), load(b, trust=trust), tuple(filters), max_elements, jobs, cluster)
-
-
 # --- folding, as inspect folds ---------------------------------------------------------------------------
 
 #: Sorted neighbours' ‖B−A‖/‖A‖ further apart than this factor start a new group: a tensor that moved

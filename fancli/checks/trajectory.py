@@ -139,17 +139,6 @@ def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | 
     return Trajectory(checkpoints, tracks, filters, tuple(notes))
 
 
-def trajectory(sources: Sequence[Any], *, filters: Iterable[str] = (), trust: bool = False,
-               jobs: int | None = 1, cluster: Any = None) -> Trajectory:
-    """`fancli inspect A B C --stats` as a function: the sources (paths in natural order, or loaded
-    models in the order given) and each tensor's observed statistics per checkpoint."""
-    from ..api import load
-
-    if all(isinstance(source, str) for source in sources):
-        sources = natural_order(sources)
-    return build([load(source, trust=trust) for source in sources], tuple(filters), jobs, cluster=cluster)
-
-
 # --- folding ---------------------------------------------------------------------------------------------
 
 
