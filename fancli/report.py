@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from .analysis import recipes
     from .analysis.inference import Inference
     from .folding import Group
-    from .weights.moments import Observed
     from .summary import Totals
+    from .weights.moments import Observed
 
 SCHEMA_VERSION = "1.0"
 DEFAULT_SCHEME = "kaiming_normal"

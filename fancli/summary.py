@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-from .weights.dtypes import DTYPES
 from .layer import Layer
+from .weights.dtypes import DTYPES
 
 #: What a source without dtypes (a YAML spec, a factory's shapes) is counted as, and said to be.
 ASSUMED_DTYPE = "float32"

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import SourceError
 from . import yaml_lines
+from .errors import SourceError
 
 #: Sizes are torch's int64; a list of sizes (a raw shape, normalized_shape) has at most torch_zip's MAX_DIMS.
 MAX_SIZE = 2**63 - 1

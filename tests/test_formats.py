@@ -13,12 +13,12 @@ import torch
 from helpers import run
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
-from fancli.weights.dtypes import DTYPES, LOW_PRECISION_FLOATING
 from fancli.loaders import LoadOptions, load, loader, sniff
 from fancli.loaders.entry import Entry
 from fancli.loaders.flat import Flat, built
 from fancli.loaders.formats import FORMATS, Format, FolderRank, register
 from fancli.safe_io import read_bounded
+from fancli.weights.dtypes import DTYPES, LOW_PRECISION_FLOATING
 
 
 def load_toy(path: Path, options: LoadOptions):

@@ -20,8 +20,8 @@ def _commands(tmp_path: Path) -> dict[str, tuple]:
     """Each command that has --format, with arguments that run it (exit 0), and the type its renderer gets."""
     from fancli.checks.check_result import CheckResult
     from fancli.checks.diff import DiffResult
-    from fancli.report import Report
     from fancli.checks.trajectory import Trajectory
+    from fancli.report import Report
 
     baseline = tmp_path / "lock.json"
     assert run("check", LENET, "--update", "--baseline", baseline, "--no-config").code == 0

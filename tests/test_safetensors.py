@@ -16,7 +16,6 @@ from safetensors import safe_open  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fancli.analysis.fans import layer_fans  # noqa: E402
-from fancli.weights.dtypes import DTYPES, FLOATING  # noqa: E402
 from fancli.errors import SourceError  # noqa: E402
 from fancli.loaders import safetensors_file  # noqa: E402
 from fancli.loaders.flat_keys import BUFFERS  # noqa: E402
@@ -25,6 +24,7 @@ from fancli.loaders.safetensors_file import (  # noqa: E402
     load_safetensors,
     load_safetensors_index,
 )
+from fancli.weights.dtypes import DTYPES, FLOATING  # noqa: E402
 from fancli.weights.stats import observe  # noqa: E402
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from .check import Change, Deviation, Nonfinite
     from ..report import Report
+    from .check import Change, Deviation, Nonfinite
 
 
 @dataclass(frozen=True)

@@ -100,8 +100,8 @@ def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (), max_elements:
     worker). Pairs run as `--stats` pieces do (`parallel.executor`: `jobs` threads, or a Dask `cluster`),
     each pair whole in one job, so the numbers are the same for any `jobs`; keys that pair the same two
     tensors (a tie kept in both) are compared once."""
-    from ..weights.parallel import executor, ordered
     from ..report import selected_keys
+    from ..weights.parallel import executor, ordered
     from ..weights.stats import data_nbytes
 
     keys_a, keys_b = _keys(a), _keys(b)

@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..errors import DISTRIBUTION, FancliError, torch_missing
+from ..safe_io import recording_reads
+from ..text import printable
+from ..vocab import LAYOUTS, NORMS
 from .options import (
     ModesCommand,
     SourceArgs,
@@ -46,10 +50,6 @@ from .run import (
     write_stdout,
     wrote,
 )
-from ..errors import DISTRIBUTION, FancliError, torch_missing
-from ..safe_io import recording_reads
-from ..text import printable
-from ..vocab import LAYOUTS, NORMS
 
 if TYPE_CHECKING:
     from ..report import Request

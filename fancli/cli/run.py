@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
 
-from .options import SourceArgs
 from ..errors import FancliError, SettingsError
 from ..text import printable
+from .options import SourceArgs
 
 if TYPE_CHECKING:
     from ..layer import Model

@@ -18,12 +18,12 @@ if TYPE_CHECKING:
 
 def run_trajectory(src: SourceArgs, request: Request, fmt: str, output: str | None, show_all: bool, expand: bool,
                    plot_path: str | None) -> None:
-    from .run import check_outputs, load_model, terminal_width, write_stdout, wrote
+    from ..checks.trajectory import natural_order
     from ..errors import SettingsError
     from ..outputs import MACHINE_FORMATS, as_text, formats
     from ..renderers.trajectory_out import without_small_tensors
     from ..safe_io import is_stdout, write_text
-    from ..checks.trajectory import natural_order
+    from .run import check_outputs, load_model, terminal_width, write_stdout, wrote
 
     if len(src.sources) < 2:
         raise SettingsError("--plot draws a trajectory: give several SOURCEs (e.g. run/step-*/)")
@@ -66,9 +66,9 @@ def run_trajectory(src: SourceArgs, request: Request, fmt: str, output: str | No
 
 def _read(models: list[Any], request: Request) -> Any:
     """The trajectory, with a progress bar on stderr past PROGRESS_BYTES of weights in all (as inspect's)."""
-    from .run import nbytes, with_progress
-    from ..report import selected
     from ..checks.trajectory import build
+    from ..report import selected
+    from .run import nbytes, with_progress
 
     filters = request.settings.filters
     total = sum(nbytes(layer) for model in models for layer in selected(model, filters) if layer.data is not None)

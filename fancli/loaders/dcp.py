@@ -21,10 +21,10 @@ import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from ..weights.dtypes import DTYPES
 from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import FileRange, open_regular, read_bounded
+from ..weights.dtypes import DTYPES
 from ..weights.tensors import CHUNK_ELEMENTS, StridedRef
 from . import LoadOptions, pickle_scan
 from .checkpoint import NOT_WEIGHTS

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from ..weights.dtypes import DTYPES, LOW_PRECISION_FLOATING
 from ..errors import SourceError
+from ..weights.dtypes import DTYPES, LOW_PRECISION_FLOATING
 from . import pickle_scan
 from .torch_pickle import UnsafeGlobal, WeightsUnpickler, is_index, is_shape, error_phrase
 

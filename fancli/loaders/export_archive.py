@@ -15,10 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Hashable, Iterator
 
-from ..weights.dtypes import DTYPES
 from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import parse_json_object
+from ..weights.dtypes import DTYPES
 from ..weights.tensors import StridedRef
 from .export_ops import Use, conv_arguments, exported_owner, is_conv_weight
 from .module_structure import Owner, module_layer, with_reinit

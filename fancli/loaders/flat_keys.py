@@ -12,10 +12,10 @@ from collections import Counter
 from dataclasses import replace
 from typing import Collection, Hashable, Iterable, NamedTuple
 
-from ..weights.dtypes import FLOATING, LOW_PRECISION_FLOATING
 from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
 from ..records import replaced
+from ..weights.dtypes import FLOATING, LOW_PRECISION_FLOATING
 from .entry import Entry
 from .module_structure import FUSED_QKV_NAME, fused_qkv
 from .quant_keys import (BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, is_mlx, mlx_layer,

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Protocol
 
-from ..weights.dtypes import DTYPES
 from ..errors import SourceError
+from ..weights.dtypes import DTYPES
 from ..weights.tensors import CHUNK_ELEMENTS, StridedRef, decode
 
 if TYPE_CHECKING:

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
-from ..weights.dtypes import DTYPES
 from ..errors import SourceError
 from ..layer import Model
 from ..safe_io import (
@@ -23,6 +22,7 @@ from ..safe_io import (
     parse_json_object,
     read_bounded,
 )
+from ..weights.dtypes import DTYPES
 from ..weights.tensors import StridedRef, row_major_strides
 from .entry import Entry
 from .flat_keys import layers_from_entries

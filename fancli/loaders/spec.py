@@ -16,8 +16,8 @@ from ..kinds import KINDS, kind_for_ndim
 from ..kinds import kind as layer_kind
 from ..layer import BuiltBy, Layer, Model
 from ..safe_io import read_text
-from ..vocab import FAN_CONVENTIONS, LAYOUTS
 from ..typed_yaml import At, Fields, parse_yaml, suggest, yaml_type
+from ..vocab import FAN_CONVENTIONS, LAYOUTS
 from ..yaml_lines import LineDict, LineList
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..weights.dtypes import DTYPES
 from ..errors import SourceError
+from ..weights.dtypes import DTYPES
 from . import pickle_scan
 
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a state_dict's data.pkl is ~120 bytes a tensor

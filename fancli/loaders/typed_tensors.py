@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator
 
-from ..weights.dtypes import DTYPES, FLOATING
 from ..errors import SourceError
+from ..weights.dtypes import DTYPES, FLOATING
 from ..weights.tensors import CHUNK_ELEMENTS, StridedRef
 from .entry import Entry
 from .quant_data import Unreadable

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from ..errors import FancliError
 
 if TYPE_CHECKING:
-    from ..propagate import Propagation
     from ..checks.trajectory import Trajectory
+    from ..propagate import Propagation
 
 
 def _pyplot() -> Any:

@@ -14,9 +14,9 @@ import math
 from dataclasses import replace
 from typing import Any
 
+from ..checks.trajectory import Track, Trajectory
 from ..report import SCHEMA_VERSION
 from ..text import csv_text, json_safe, markdown_text, printable
-from ..checks.trajectory import Track, Trajectory
 from .common import name, number, shape
 
 #: The statistics each checkpoint gets, in the JSON and CSV.
