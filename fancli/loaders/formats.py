@@ -83,6 +83,11 @@ def is_zip(head: bytes, path: Path, size: int | None) -> bool:
     return head.startswith((b"PK\x03\x04", b"PK\x05\x06"))
 
 
+def is_gguf(head: bytes, path: Path, size: int | None) -> bool:
+    """llama.cpp's GGUF: its magic."""
+    return head.startswith(b"GGUF")
+
+
 def is_dcp_metadata(head: bytes, path: Path, size: int | None) -> bool:
     """A torch.distributed.checkpoint folder's `.metadata`, by name (its reader says where it is not one):
     the folder is what it describes."""
@@ -109,6 +114,7 @@ register(Format("safetensors", "safetensors", is_safetensors, ".safetensors_file
 register(Format("dcp", "a torch.distributed.checkpoint", is_dcp_metadata, ".dcp:load_metadata",
                 ranks=(FolderRank(50, ".metadata", "a torch.distributed.checkpoint"),),
                 config_formats=("torch-dcp",)))
+register(Format("gguf", "a GGUF file", is_gguf, ".gguf_file:load_gguf", suffixes=(".gguf",)))
 register(Format("pickle", "a pickle", is_pickle, ".torch_files:load_pickle", ".torch_files:read_pickle",
                 config_formats=("torch-pickle",)))
 # the only JSON fancli reads: a sharded checkpoint's index (safetensors or .bin shards)

@@ -1,0 +1,133 @@
+"""GGUF files (llama.cpp's format), read through the `gguf` package (an optional extra, pure Python + numpy).
+
+A tensor's `ne` lists its dims fastest first: the numpy (and torch) shape is `ne` reversed, so token_embd's
+ne [128, 512] is the [512, 128] embedding and a linear's ne [in, out] is torch's [out, in]. Names stay
+llama.cpp's (`blk.0.attn_q.weight`): gguf's tensor mapping goes from the many HF spellings to one GGUF name
+and gives no single name back. Kinds come from those names as for any flat source (2-D weights are linear,
+`token_embd` an embedding). No tensor byte is read without `--stats`, which dequantizes a few rows at a
+time with gguf's own `gguf.quants.dequantize`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ..errors import SourceError
+from ..layer import Model
+from ..records import replaced
+from ..safe_io import FileRange, open_regular
+from ..weights.tensors import CHUNK_ELEMENTS
+from .entry import Entry
+from .flat_keys import layers_from_entries
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from . import LoadOptions
+
+#: GGML types read as a plain dtype; every other type is blocks that gguf dequantizes to float32.
+_PLAIN = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+          "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8"}
+
+
+def _reader(path: Path):
+    """gguf's GGUFReader on the file (it memory-maps it and parses the header, touching no tensor page); a
+    truncated or malformed file is one SourceError line."""
+    try:
+        import gguf
+    except ImportError:
+        raise SourceError(f"{path}: a GGUF file: reading it needs the gguf package: pip install gguf") from None
+    with open_regular(path, str(path)) as handle:  # a FIFO or folder is refused before numpy maps it
+        size = os.fstat(handle.fileno()).st_size
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OverflowError, OSError, UnicodeDecodeError) as error:
+        raise SourceError(f"{path}: not a readable GGUF file ({size} bytes): {error}") from None
+    return reader
+
+
+class GgufData:
+    """A GGUF tensor's values as float32, whole rows (ne[0] values) at a time, in the torch layout's order:
+    its plain values decoded, or its blocks dequantized by gguf."""
+
+    dtype = "float32"
+
+    def __init__(self, source: FileRange, qtype: Any, shape: tuple[int, ...], row_bytes: int) -> None:
+        self.source, self.qtype, self.shape, self.row_bytes = source, qtype, shape, row_bytes
+
+    @property
+    def stored(self) -> tuple[int, ...] | None:
+        """The bytes as stored, [rows, bytes per row], for blocks (a report's byte totals); None for plain values."""
+        if self.qtype.name in _PLAIN:
+            return None
+        return (*self.shape[:-1], self.row_bytes)
+
+    def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
+        return True
+
+    def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
+        import numpy as np
+        from gguf.quants import dequantize
+
+        width = self.shape[-1] if self.shape else 1
+        rows = math.prod(self.shape[:-1]) if self.shape else 1
+        if not width or not rows:
+            return
+        step = max(1, max_elements // width)
+        for start in range(0, rows, step):
+            count = min(step, rows - start)
+            raw = np.frombuffer(self.source.read(start * self.row_bytes, count * self.row_bytes), dtype=np.uint8)
+            try:
+                values = dequantize(raw.reshape(count, self.row_bytes), self.qtype).reshape(-1)
+            except NotImplementedError:  # llama.cpp knows types gguf's numpy code does not
+                raise SourceError(f"gguf cannot dequantize {self.qtype.name}: no statistics") from None
+            for begin in range(0, values.size, max_elements):
+                yield values[begin : begin + max_elements].astype(np.float32, copy=False)
+
+
+def _entry(path: Path, tensor: Any) -> Entry:
+    from gguf import GGML_QUANT_SIZES
+
+    qtype = tensor.tensor_type
+    shape = tuple(int(dim) for dim in reversed(tensor.shape.tolist()))  # ne is fastest-first
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    width = shape[-1] if shape else 1
+    row_bytes = width // block * type_size
+    dtype = _PLAIN.get(qtype.name)
+    notes: tuple[str, ...] = ()
+    if dtype is None:  # listed as a float weight; its Layer then says uint8, as its bytes are stored
+        dtype = "float32"
+        notes = (f"GGUF {qtype.name}: blocks of {block} values in {type_size} bytes "
+                 f"({8 * type_size / block:g} bits each); --stats reads gguf's dequantized values",)
+    data = GgufData(FileRange(path, int(tensor.data_offset), int(tensor.n_bytes)), qtype, shape, row_bytes)
+    return Entry(tensor.name, shape, dtype, data=data, notes=notes)
+
+
+def load_gguf(path: Path, options: LoadOptions | None = None) -> Model:
+    """A GGUF file: layers from its tensor infos, in file order, each in torch's layout; no tensor data read."""
+    reader = _reader(path)
+    entries = [_entry(path, tensor) for tensor in reader.tensors]
+    stored = {entry.key: entry.data.stored for entry in entries if entry.data.stored is not None}
+    layers = tuple(replaced(layer, dtype="uint8", stored_shape=stored[layer.param]) if layer.param in stored else layer
+                   for layer in layers_from_entries(entries))
+    return Model(source=str(path), format="gguf", layers=layers, notes=_notes(reader))
+
+
+def _field(reader: Any, key: str) -> Any:
+    field = reader.get_field(key)
+    return None if field is None else field.contents()
+
+
+def _notes(reader: Any) -> tuple[str, ...]:
+    """The architecture and the attention heads the file's metadata states."""
+    arch = _field(reader, "general.architecture")
+    if not isinstance(arch, str):
+        return ()
+    facts = [f"{name} {value}" for name, value in (
+        ("block_count", _field(reader, f"{arch}.block_count")),
+        ("head_count", _field(reader, f"{arch}.attention.head_count")),
+        ("head_count_kv", _field(reader, f"{arch}.attention.head_count_kv"))) if value is not None]
+    return (f"GGUF {arch}" + (f": {', '.join(facts)}" if facts else "") + "; names are llama.cpp's",)
