@@ -43,6 +43,7 @@ def model(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray], dict[str, np.n
         "token_embd.weight": rng.standard_normal((512, 128)).astype(np.float32),
         "blk.0.attn_q.weight": rng.standard_normal((128, 128)).astype(np.float16),
         "blk.0.attn_norm.weight": np.ones(128, np.float32),
+        "blk.0.ffn_gate_exps.weight": rng.standard_normal((4, 96, 128)).astype(np.float32),  # ne [128, 96, 4]
     }
     quantized = {
         "blk.0.attn_k.weight": (Q.Q8_0, quantize(rng.standard_normal((64, 128)).astype(np.float32), Q.Q8_0)),
@@ -89,6 +90,12 @@ def test_ne_is_reversed_and_fans_are_torchs(model):
             if written[name].ndim == 2} == {"linear"}
     assert report["summary"]["parameters"] == sum(t.n_elements for t in gguf.GGUFReader(path).tensors)
     assert report["summary"]["bytes"] == sum(t.n_bytes for t in gguf.GGUFReader(path).tensors)
+    experts = rows["blk.0.ffn_gate_exps.weight"]
+    assert experts["kind"] == "experts" and (experts["effective_fan_in"], experts["effective_fan_out"]) == \
+        torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(written["blk.0.ffn_gate_exps.weight"].shape[1:]))
+    assert not any("conv" in note for note in experts["notes"])
+    assert "4 heads of 32 rows (head_count" in rows["blk.0.attn_q.weight"]["notes"][0]
+    assert "2 heads of 32 rows (head_count_kv" in rows["blk.0.attn_k.weight"]["notes"][1]  # after its Q8_0 note
     assert report["source"]["format"] == "gguf"
     assert "block_count 1, head_count 4, head_count_kv 2" in report["source"]["notes"][0]
 

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import SourceError
-from ..layer import Model
+from ..layer import Layer, Model
 from ..records import replaced
 from ..safe_io import FileRange, open_regular
 from ..weights.tensors import CHUNK_ELEMENTS
 from .entry import Entry
-from .flat_keys import layers_from_entries
+from .flat_keys import BILINEAR_OR_CONV, NO_STRUCTURE, layers_from_entries
 
 if TYPE_CHECKING:
     import numpy as np
@@ -111,14 +112,50 @@ def load_gguf(path: Path, options: LoadOptions | None = None) -> Model:
     reader = _reader(path)
     entries = [_entry(path, tensor) for tensor in reader.tensors]
     stored = {entry.key: entry.data.stored for entry in entries if entry.data.stored is not None}
-    layers = tuple(replaced(layer, dtype="uint8", stored_shape=stored[layer.param]) if layer.param in stored else layer
-                   for layer in layers_from_entries(entries))
+    heads = _heads(reader)
+    layers = tuple(_layer(layer, stored.get(layer.param), heads) for layer in layers_from_entries(entries))
     return Model(source=str(path), format="gguf", layers=layers, notes=_notes(reader))
+
+
+def _layer(layer: Layer, stored: tuple[int, ...] | None, heads: tuple[int, int] | None) -> Layer:
+    """What llama.cpp's names say beyond a flat source's: stacked experts (`ffn_*_exps`, ne [in, out, E],
+    each expert used as ggml_mul_mat(W[e], x), torch's F.linear), the heads of attn_q/k/v; and a block
+    type's bytes as stored."""
+    if stored is not None:
+        layer = replaced(layer, dtype="uint8", stored_shape=stored)
+    match = _ROLE.match(layer.param)
+    role = match.group(1) if match else None
+    if role in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps") and len(layer.shape) == 3:
+        conv = (NO_STRUCTURE, BILINEAR_OR_CONV)  # a flat source's guesses for a 3-D weight: the name says
+        return replaced(layer, kind="experts", stacked=layer.shape[0], layout="torch", notes=(
+            *(note for note in layer.notes if note not in conv), "stored [experts, out, in] (ne [in, out, experts]), each expert used as F.linear(x, W[e])"))
+    if role in ("attn_q", "attn_k", "attn_v") and heads and len(layer.shape) == 2:
+        count = heads[0] if role == "attn_q" else heads[1]
+        rows = layer.shape[0]
+        which = "head_count" if role == "attn_q" else "head_count_kv"
+        if count and rows % count == 0:
+            return replaced(layer, notes=(*layer.notes, f"{count} heads of {rows // count} rows ({which}, GGUF metadata)"))
+    return layer
+
+
+#: A llama.cpp tensor's role in its block: `blk.3.attn_q.weight` -> attn_q.
+_ROLE = re.compile(r"^blk\.\d+\.(\w+)\.weight$")
 
 
 def _field(reader: Any, key: str) -> Any:
     field = reader.get_field(key)
     return None if field is None else field.contents()
+
+
+def _heads(reader: Any) -> tuple[int, int] | None:
+    """(head_count, head_count_kv) as the metadata states them (kv defaults to head_count, as in llama.cpp);
+    None where not stated or per layer (a list)."""
+    arch = _field(reader, "general.architecture")
+    heads = _field(reader, f"{arch}.attention.head_count") if isinstance(arch, str) else None
+    if not isinstance(heads, int):
+        return None
+    kv = _field(reader, f"{arch}.attention.head_count_kv")
+    return heads, kv if isinstance(kv, int) else heads
 
 
 def _notes(reader: Any) -> tuple[str, ...]:
