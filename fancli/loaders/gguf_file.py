@@ -23,6 +23,7 @@ from ..safe_io import FileRange, open_regular
 from ..weights.tensors import CHUNK_ELEMENTS
 from .entry import Entry
 from .flat_keys import BILINEAR_OR_CONV, NO_STRUCTURE, layers_from_entries
+from .quant_data import Unreadable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,7 +47,8 @@ def _reader(path: Path):
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, IndexError, KeyError, OverflowError, OSError, UnicodeDecodeError) as error:
-        raise SourceError(f"{path}: not a readable GGUF file ({size} bytes): {error}") from None
+        detail = str(error) if len(str(error)) <= 200 else str(error)[:200] + "…"  # it may quote a name
+        raise SourceError(f"{path}: not a readable GGUF file ({size} bytes): {detail}") from None
     return reader
 
 
@@ -58,13 +60,6 @@ class GgufData:
 
     def __init__(self, source: FileRange, qtype: Any, shape: tuple[int, ...], row_bytes: int) -> None:
         self.source, self.qtype, self.shape, self.row_bytes = source, qtype, shape, row_bytes
-
-    @property
-    def stored(self) -> tuple[int, ...] | None:
-        """The bytes as stored, [rows, bytes per row], for blocks (a report's byte totals); None for plain values."""
-        if self.qtype.name in _PLAIN:
-            return None
-        return (*self.shape[:-1], self.row_bytes)
 
     def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
         return True
@@ -89,7 +84,7 @@ class GgufData:
                 yield values[begin : begin + max_elements].astype(np.float32, copy=False)
 
 
-def _entry(path: Path, tensor: Any) -> Entry:
+def _entry(path: Path, tensor: Any, swapped: bool) -> Entry:
     from gguf import GGML_QUANT_SIZES
 
     qtype = tensor.tensor_type
@@ -103,15 +98,18 @@ def _entry(path: Path, tensor: Any) -> Entry:
         dtype = "float32"
         notes = (f"GGUF {qtype.name}: blocks of {block} values in {type_size} bytes "
                  f"({8 * type_size / block:g} bits each); --stats reads gguf's dequantized values",)
-    data = GgufData(FileRange(path, int(tensor.data_offset), int(tensor.n_bytes)), qtype, shape, row_bytes)
+    data: Any = GgufData(FileRange(path, int(tensor.data_offset), int(tensor.n_bytes)), qtype, shape, row_bytes)
+    if swapped:  # gguf's dequantization reads the host's byte order
+        data = Unreadable("float32", shape, "a GGUF file of the other byte order: its values are not read")
     return Entry(tensor.name, shape, dtype, data=data, notes=notes)
 
 
 def load_gguf(path: Path, options: LoadOptions | None = None) -> Model:
     """A GGUF file: layers from its tensor infos, in file order, each in torch's layout; no tensor data read."""
     reader = _reader(path)
-    entries = [_entry(path, tensor) for tensor in reader.tensors]
-    stored = {entry.key: entry.data.stored for entry in entries if entry.data.stored is not None}
+    entries = [_entry(path, tensor, reader.byte_order != "I") for tensor in reader.tensors]
+    stored = {entry.key: (*entry.shape[:-1], int(tensor.n_bytes) // max(1, math.prod(entry.shape[:-1])))
+              for entry, tensor in zip(entries, reader.tensors) if tensor.tensor_type.name not in _PLAIN}
     heads = _heads(reader)
     layers = tuple(_layer(layer, stored.get(layer.param), heads) for layer in layers_from_entries(entries))
     return Model(source=str(path), format="gguf", layers=layers, notes=_notes(reader))
@@ -128,13 +126,15 @@ def _layer(layer: Layer, stored: tuple[int, ...] | None, heads: tuple[int, int] 
     if role in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps") and len(layer.shape) == 3:
         conv = (NO_STRUCTURE, BILINEAR_OR_CONV)  # a flat source's guesses for a 3-D weight: the name says
         return replaced(layer, kind="experts", stacked=layer.shape[0], layout="torch", notes=(
-            *(note for note in layer.notes if note not in conv), "stored [experts, out, in] (ne [in, out, experts]), each expert used as F.linear(x, W[e])"))
+            *(note for note in layer.notes if note not in conv),
+            "stored [experts, out, in] (ne [in, out, experts]), each expert used as F.linear(x, W[e])"))
     if role in ("attn_q", "attn_k", "attn_v") and heads and len(layer.shape) == 2:
         count = heads[0] if role == "attn_q" else heads[1]
         rows = layer.shape[0]
         which = "head_count" if role == "attn_q" else "head_count_kv"
         if count and rows % count == 0:
-            return replaced(layer, notes=(*layer.notes, f"{count} heads of {rows // count} rows ({which}, GGUF metadata)"))
+            note = f"{count} heads of {rows // count} rows ({which}, GGUF metadata)"
+            return replaced(layer, notes=(*layer.notes, note))
     return layer
 
 
