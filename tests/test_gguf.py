@@ -146,3 +146,28 @@ def test_without_gguf_is_one_line(model):
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "needs the gguf package: pip install gguf" in result.stderr
+
+
+def _fused_file(path: Path, heads: int, kv_heads: int) -> Path:
+    """A Falcon-like GGUF block: one fused attn_qkv of q + k + v rows, heads of 32 over a width of 128."""
+    writer = gguf.GGUFWriter(str(path), "falcon")
+    writer.add_embedding_length(128)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    rows = (heads + 2 * kv_heads) * 32
+    writer.add_tensor("blk.0.attn_qkv.weight", np.zeros((rows, 128), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_fused_qkv_is_split_by_the_metadata_heads(tmp_path):
+    q = torch.empty(4 * 32, 128)  # the q part: what each of three equal parts is
+    row = _rows("inspect", _fused_file(tmp_path / "mha.gguf", 4, 4))["layers"][0]
+    assert (row["fan_in"], row["fan_out"]) == torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(3 * 128, 128))
+    assert (row["effective_fan_in"], row["effective_fan_out"]) == torch.nn.init._calculate_fan_in_and_fan_out(q)
+    row = _rows("inspect", _fused_file(tmp_path / "gqa.gguf", 4, 1))["layers"][0]
+    assert "effective_fan_out" in row and row["effective_fan_out"] is None
+    assert "q 128, k 32, v 32 rows" in " ".join(row["notes"])

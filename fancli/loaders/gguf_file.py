@@ -23,6 +23,7 @@ from ..safe_io import FileRange, open_regular
 from ..weights.tensors import CHUNK_ELEMENTS
 from .entry import Entry
 from .flat_keys import BILINEAR_OR_CONV, NO_STRUCTURE, layers_from_entries
+from .module_structure import unsplit_note
 from .quant_data import Unreadable
 
 if TYPE_CHECKING:
@@ -115,10 +116,10 @@ def load_gguf(path: Path, options: LoadOptions | None = None) -> Model:
     return Model(source=str(path), format="gguf", layers=layers, notes=_notes(reader))
 
 
-def _layer(layer: Layer, stored: tuple[int, ...] | None, heads: tuple[int, int] | None) -> Layer:
+def _layer(layer: Layer, stored: tuple[int, ...] | None, heads: tuple[int, int, int | None] | None) -> Layer:
     """What llama.cpp's names say beyond a flat source's: stacked experts (`ffn_*_exps`, ne [in, out, E],
-    each expert used as ggml_mul_mat(W[e], x), torch's F.linear), the heads of attn_q/k/v; and a block
-    type's bytes as stored."""
+    each expert used as ggml_mul_mat(W[e], x), torch's F.linear), the heads of attn_q/k/v and of a fused
+    attn_qkv; and a block type's bytes as stored."""
     if stored is not None:
         layer = replaced(layer, dtype="uint8", stored_shape=stored)
     match = _ROLE.match(layer.param)
@@ -128,6 +129,8 @@ def _layer(layer: Layer, stored: tuple[int, ...] | None, heads: tuple[int, int] 
         return replaced(layer, kind="experts", stacked=layer.shape[0], layout="torch", notes=(
             *(note for note in layer.notes if note not in conv),
             "stored [experts, out, in] (ne [in, out, experts]), each expert used as F.linear(x, W[e])"))
+    if role == "attn_qkv" and layer.kind == "linear" and len(layer.shape) == 2:
+        return _fused(layer, heads)
     if role in ("attn_q", "attn_k", "attn_v") and heads and len(layer.shape) == 2:
         count = heads[0] if role == "attn_q" else heads[1]
         rows = layer.shape[0]
@@ -136,6 +139,24 @@ def _layer(layer: Layer, stored: tuple[int, ...] | None, heads: tuple[int, int] 
             note = f"{count} heads of {rows // count} rows ({which}, GGUF metadata)"
             return replaced(layer, notes=(*layer.notes, note))
     return layer
+
+
+def _fused(layer: Layer, heads: tuple[int, int, int | None] | None) -> Layer:
+    """A fused attn_qkv [q + k + v, in]: split by the metadata's heads where its rows are theirs (equal
+    parts are three stacked blocks; grouped-query parts each have their own fan_out, so the tensor has
+    none); otherwise its split is unknown, as for any unsplit fused projection."""
+    rows = layer.shape[0]
+    if heads and heads[2]:
+        q, kv = heads[0] * heads[2], heads[1] * heads[2]
+        if rows == q + 2 * kv and q == kv:
+            return replaced(layer, stacked=3, notes=(
+                *layer.notes, f"q, k, v stacked: split by the GGUF metadata ({heads[0]} heads of {heads[2]})"))
+        if rows == q + 2 * kv:
+            return replaced(layer, unknown_fans=("fan_out",), notes=(
+                *layer.notes, f"fused q/k/v projection: q {q}, k {kv}, v {kv} rows (GGUF metadata: head_count "
+                              f"{heads[0]}, head_count_kv {heads[1]}); each part has its own fan_out, so the "
+                              "tensor has no one effective fan_out"))
+    return replaced(layer, unknown_fans=("fan_out",), notes=(*layer.notes, unsplit_note(layer.name)))
 
 
 #: A llama.cpp tensor's role in its block: `blk.3.attn_q.weight` -> attn_q.
@@ -147,15 +168,20 @@ def _field(reader: Any, key: str) -> Any:
     return None if field is None else field.contents()
 
 
-def _heads(reader: Any) -> tuple[int, int] | None:
-    """(head_count, head_count_kv) as the metadata states them (kv defaults to head_count, as in llama.cpp);
-    None where not stated or per layer (a list)."""
+def _heads(reader: Any) -> tuple[int, int, int | None] | None:
+    """(head_count, head_count_kv, head size) as the metadata states them, as llama.cpp reads them: kv
+    defaults to head_count, the head size to `attention.key_length`, else embedding_length / head_count.
+    None where not stated, zero, or per layer (a list)."""
     arch = _field(reader, "general.architecture")
     heads = _field(reader, f"{arch}.attention.head_count") if isinstance(arch, str) else None
-    if not isinstance(heads, int):
+    if not isinstance(heads, int) or heads <= 0:
         return None
     kv = _field(reader, f"{arch}.attention.head_count_kv")
-    return heads, kv if isinstance(kv, int) else heads
+    size = _field(reader, f"{arch}.attention.key_length")
+    width = _field(reader, f"{arch}.embedding_length")
+    if not isinstance(size, int):
+        size = width // heads if isinstance(width, int) and width % heads == 0 else None
+    return heads, kv if isinstance(kv, int) and kv > 0 else heads, size or None
 
 
 def _notes(reader: Any) -> tuple[str, ...]:
