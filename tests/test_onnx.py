@@ -155,7 +155,16 @@ def test_external_data_outside_the_models_folder_is_refused(tmp_path):
     (tmp_path.parent / "outside.data").write_bytes((tmp_path / "net.onnx.data").read_bytes())
     onnx.save_model(proto, path)
     result = run("inspect", path)
-    assert result.code == 2 and "../outside.data" in result.err and len(result.err.strip().splitlines()) == 1
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+    assert "external data '../outside.data' must be a file name beside the model" in result.err
+    (tmp_path / "link.data").symlink_to(tmp_path.parent / "outside.data")
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "link.data"
+    onnx.save_model(proto, path)
+    result = run("inspect", path)
+    assert result.code == 2 and "external data 'link.data' links outside the model's folder" in result.err
 
 
 def test_a_truncated_onnx_file_is_one_line_and_exit_2(tmp_path):
@@ -165,7 +174,19 @@ def test_a_truncated_onnx_file_is_one_line_and_exit_2(tmp_path):
         path.write_bytes(raw[:cut])
         result = run("inspect", path)
         assert result.code == 2, (cut, result.err)
-        assert len(result.err.strip().splitlines()) == 1 and str(path) in result.err
+        assert len(result.err.strip().splitlines()) == 1 and str(path) in result.err and "ONNX" in result.err
+
+
+def test_without_the_onnx_package_or_past_the_size_limit_it_is_one_line(tmp_path, monkeypatch):
+    from fancli.loaders import onnx_file
+
+    path = _export(_Net(), torch.randn(1, 4, 11, 11), tmp_path / "net.onnx")
+    monkeypatch.setattr(onnx_file, "MAX_ONNX_BYTES", 1000)
+    result = run("inspect", path)
+    assert result.code == 2 and "larger than 1000 bytes" in result.err and len(result.err.strip().splitlines()) == 1
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    result = run("inspect", path)
+    assert result.code == 2 and "pip install onnx" in result.err and len(result.err.strip().splitlines()) == 1
 
 
 def test_an_onnx_file_is_read_without_importing_torch(tmp_path):

@@ -104,7 +104,7 @@ def _parse(path: Path) -> Any:
         from google.protobuf.message import DecodeError
     except ImportError:
         raise SourceError(f"{path}: an ONNX model: reading it needs the onnx package "
-                          "(pip install 'fancli-init[onnx]')") from None
+                          "(pip install onnx)") from None
     raw = read_bounded(path, MAX_ONNX_BYTES, "an ONNX model")
     try:
         model = onnx.ModelProto.FromString(raw)
