@@ -189,6 +189,18 @@ def test_without_the_onnx_package_or_past_the_size_limit_it_is_one_line(tmp_path
     assert result.code == 2 and "pip install onnx" in result.err and len(result.err.strip().splitlines()) == 1
 
 
+def test_a_conv_whose_group_is_no_integer_is_noted_not_a_crash(tmp_path):
+    path = _export(_Net(), torch.randn(1, 4, 11, 11), tmp_path / "net.onnx")
+    proto = onnx.load(path, load_external_data=False)
+    conv = next(node for node in proto.graph.node if node.op_type == "Conv")
+    group = next(attribute for attribute in conv.attribute if attribute.name == "group")
+    conv.attribute.remove(group)
+    conv.attribute.append(onnx.helper.make_attribute("group", "two"))
+    onnx.save_model(proto, path)
+    row = _rows(path)["conv.weight"]
+    assert "structure" not in row and any("not positive integers" in note for note in row["notes"])
+
+
 def test_an_onnx_file_is_read_without_importing_torch(tmp_path):
     path = _export(_Net(), torch.randn(1, 4, 11, 11), tmp_path / "net.onnx")
     code = ("import sys, fancli; m = fancli.load(sys.argv[1]); "

@@ -230,11 +230,7 @@ def _layers(name: str, shape: tuple[int, ...], dtype: str | None, data: StridedR
     if use is None:
         owner, leaf = Owner(name.rpartition(".")[0], None, note="used by no op fancli knows"), "weight"
     elif use.op in ("Conv", "ConvTranspose"):
-        dims = len(use.attributes.get("kernel_shape") or ()) or max(len(shape) - 2, 1)
-        owner = Owner(use.prefix if ANONYMOUS.match(name) else name.rpartition(".")[0],
-                      f"{'ConvTranspose' if use.op == 'ConvTranspose' else 'Conv'}{dims}d",
-                      int(use.attributes.get("group", 1)), expand(use.attributes.get("strides", 1), dims),
-                      expand(use.attributes.get("dilations", 1), dims))
+        owner = _conv_owner(use.prefix if ANONYMOUS.match(name) else name.rpartition(".")[0], use, shape)
         leaf = "weight" if use.position == 1 else "bias"
     else:  # Gemm, MatMul
         owner = Owner(use.prefix if ANONYMOUS.match(name) else name.rpartition(".")[0], "Linear")
@@ -245,8 +241,24 @@ def _layers(name: str, shape: tuple[int, ...], dtype: str | None, data: StridedR
         return
     layer = module_layer(key, shape, dtype, owner, data)
     if use is not None and leaf == "weight":
-        layer = replace(layer, **_weight_structure(use, shape))
+        layer = replace(layer, **_weight_structure(use, owner, shape))
     yield layer
+
+
+def _conv_owner(module: str, use: _Use, shape: tuple[int, ...]) -> Owner:
+    """A Conv/ConvTranspose node as torch's module, its structure from the node's attributes."""
+    kernel = use.attributes.get("kernel_shape")
+    dims = len(kernel) if isinstance(kernel, list) and kernel else max(len(shape) - 2, 1)
+    class_name = f"{use.op}{dims}d"
+    try:
+        groups = int(use.attributes.get("group", 1))
+        stride = expand(use.attributes.get("strides", 1), dims)
+        dilation = expand(use.attributes.get("dilations", 1), dims)
+    except (TypeError, ValueError):
+        groups = 0
+    if groups < 1:
+        return Owner(module, class_name, note="its group, strides or dilations are not positive integers")
+    return Owner(module, class_name, groups, stride, dilation)
 
 
 def _transposed_linear(key: str, shape: tuple[int, ...], dtype: str | None, data: StridedRef | None,
@@ -260,10 +272,12 @@ def _transposed_linear(key: str, shape: tuple[int, ...], dtype: str | None, data
                    notes=(f"stored transposed, [in, out] {list(shape)}, as the MatMul computes x @ W",))
 
 
-def _weight_structure(use: _Use, shape: tuple[int, ...]) -> dict[str, Any]:
-    """What module_layer cannot tell from a key: the weight's conv structure and its [in, out] layout."""
+def _weight_structure(use: _Use, owner: Owner, shape: tuple[int, ...]) -> dict[str, Any]:
+    """What module_layer cannot tell from a key (a root weight not named `weight`): the conv structure and
+    the [in, out] layout."""
     if use.op in ("Conv", "ConvTranspose"):
-        return dict(groups=int(use.attributes.get("group", 1)), transposed=use.op == "ConvTranspose")
+        return dict(groups=owner.groups, stride=owner.stride, dilation=owner.dilation,
+                    transposed=use.op == "ConvTranspose")
     in_out = use.op == "MatMul" or not use.attributes.get("transB", 0)
     return dict(layout="in_out") if in_out and len(shape) == 2 else {}
 
