@@ -100,6 +100,11 @@ def is_json(head: bytes, path: Path, size: int | None) -> bool:
     return suffix == ".json" or (head.lstrip()[:1] == b"{" and suffix not in (".yaml", ".yml"))
 
 
+def is_onnx(head: bytes, path: Path, size: int | None) -> bool:
+    """Named .onnx and starting as a ModelProto does (field 1, ir_version, a varint): the protobuf has no magic."""
+    return path.suffix.lower() == ".onnx" and head[:1] == b"\x08"
+
+
 def any_text(head: bytes, path: Path, size: int | None) -> bool:
     """YAML's: any UTF-8 text the formats before it did not claim (its reader says what is wrong)."""
     return True
@@ -115,6 +120,7 @@ register(Format("dcp", "a torch.distributed.checkpoint", is_dcp_metadata, ".dcp:
                 ranks=(FolderRank(50, ".metadata", "a torch.distributed.checkpoint"),),
                 config_formats=("torch-dcp",)))
 register(Format("gguf", "a GGUF file", is_gguf, ".gguf_file:load_gguf", suffixes=(".gguf",)))
+register(Format("onnx", "an ONNX model", is_onnx, ".onnx_file:load_onnx", suffixes=(".onnx",)))
 register(Format("pickle", "a pickle", is_pickle, ".torch_files:load_pickle", ".torch_files:read_pickle",
                 config_formats=("torch-pickle",)))
 # the only JSON fancli reads: a sharded checkpoint's index (safetensors or .bin shards)
