@@ -67,7 +67,8 @@ def cli(debug: bool) -> None:
     SOURCE is a YAML layer spec (docs/spec.md), a torch.save file (.pt/.pth/.bin: state_dict, checkpoint,
     pickled module with --trust), TorchScript, a torch.export .pt2, a .safetensors file or a sharded
     checkpoint's index.json, a model folder (Hugging Face layout) or a DCP checkpoint folder, a repo id
-    org/name from the local Hugging Face cache, or a factory pkg.module:callable.
+    org/name from the local Hugging Face cache, a GGUF file or an ONNX model (with the gguf or onnx
+    package), or a factory pkg.module:callable.
 
     Exit codes: 0 success, 1 drift or a violated expectation (check, diff), 2 bad usage or unreadable input,
     3 internal error.
