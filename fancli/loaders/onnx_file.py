@@ -1,4 +1,4 @@
-"""ONNX models (`.onnx`) read with the `onnx` package (the optional extra `fancli-init[onnx]`), never torch.
+"""ONNX models (`.onnx`) read with the `onnx` package (`pip install onnx`; the `onnx` extra once released), never torch.
 
 An ONNX file is one protobuf: the graph and its initializers, whose bytes are inline (`raw_data`) or in
 external files named by (location, offset, length). The file is read bounded before it is parsed, and
