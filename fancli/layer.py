@@ -49,6 +49,8 @@ class Layer:
         """Kernel dims of a conv weight (empty for 2-D weights), read according to the layout."""
         if len(self.shape) <= 2:
             return ()
+        if self.layout == "channels_last":
+            return self.shape[1:-1]
         return self.shape[:-2] if self.layout == "keras" else self.shape[2:]
 
 

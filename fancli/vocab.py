@@ -14,8 +14,9 @@ COMPARED_MODES = ("fan_in", "fan_out")
 #: Which fans the std is computed from: torch's shape-only rule, or the layer-aware ones.
 FAN_CONVENTIONS = ("torch", "effective")
 #: How a weight is laid out. torch: `[out, in, *kernel]`; keras: `[*kernel, in, out]` (Dense `[in, out]`,
-#: also JAX/Flax); in_out: a torch tensor stored `[in, out]` (HF GPT-2 `Conv1D`, Paddle `Linear`).
-LAYOUTS = ("torch", "keras", "in_out")
+#: also JAX/Flax); in_out: a torch tensor stored `[in, out]` (HF GPT-2 `Conv1D`, Paddle `Linear`); channels_last:
+#: `[out, *kernel, in]` (MLX's Conv and ConvTranspose; its Linear is `[out, in]`, as torch's).
+LAYOUTS = ("torch", "keras", "in_out", "channels_last")
 #: How a scheme draws: the std is exact for each (truncated normal corrects its sampling std).
 DISTRIBUTIONS = ("normal", "uniform", "truncated_normal")
 #: What `propagate` does with norm layers: leave them out (the init alone) or run them in train mode.

@@ -33,8 +33,17 @@ def keras_fans(shape: Sequence[int]) -> tuple[int, int]:
     return shape[-2] * receptive_field, shape[-1] * receptive_field
 
 
+def channels_first(shape: Sequence[int], transposed: bool = False) -> tuple[int, ...]:
+    """A channels-last weight `[out, *k, in]` (MLX's Conv and ConvTranspose) as torch lays the same weight out:
+    `[out, in, *k]`, a transposed conv's `[in, out, *k]`."""
+    if len(shape) < 3:
+        return tuple(shape)
+    return (shape[-1], shape[0], *shape[1:-1]) if transposed else (shape[0], shape[-1], *shape[1:-1])
+
+
 def layout_fans(shape: Sequence[int], layout: str) -> tuple[int, int]:
-    """The fans the framework that owns this layout computes for the tensor as stored."""
+    """The fans the framework that owns this layout computes for the tensor as stored (torch's for torch's
+    layouts: `_structured` lays a channels-last weight out channels first before it reads them)."""
     return keras_fans(shape) if layout == "keras" else torch_fans(shape)
 
 
@@ -81,10 +90,14 @@ def _structured(layer: Layer, record: LayerKind, pool_fan_out: bool, transposed:
     shape = layer.shape
     if len(shape) < 2:
         return LayerFans(None, None, notes=(f"{len(shape)}-D tensor: torch defines no fan_in/fan_out below 2 dims",))
+    notes: list[str] = []
+    if layer.layout == "channels_last" and len(shape) >= 3:
+        shape = channels_first(shape, transposed)
+        notes.append(f"stored [out, *k, in] (MLX, channels last): the fans are torch's for the same weight laid "
+                     f"out {list(shape)}; torch's function on the stored shape would read a kernel dim as in")
     fan_in, fan_out = layout_fans(shape, layer.layout)
     eff_in: float = fan_in
     eff_out: float = fan_out
-    notes: list[str] = []
     unknown = list(layer.unknown_fans)
     rf = math.prod(layer.kernel)
     groups = layer.groups or 1

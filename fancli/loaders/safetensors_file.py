@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 from ..errors import SourceError
-from ..layer import Model
+from ..kinds import kind
+from ..layer import Layer, Model
 from ..safe_io import (
     FileRange,
     open_regular,
@@ -273,19 +275,39 @@ def _entries(path: Path, header: _Header, keys: Iterable[str]) -> Iterator[Entry
             yield _entry(path, header, tensor, alias, key)
 
 
+#: `__metadata__` format -> the layout its conv weights are stored in: MLX's `save_safetensors` writes
+#: {"format": "mlx"}, and its Conv and ConvTranspose weights are [out, *k, in] (`mlx.nn.Conv1d`, `ConvTranspose1d`).
+CONV_LAYOUTS = {"mlx": "channels_last"}
+
+
 def _notes(metadata: dict[str, str]) -> tuple[str, ...]:
     """Say so when the file was written by another framework: its kernels may be [*k, in, out]."""
     written_by = metadata.get("format")
+    if written_by in CONV_LAYOUTS:
+        return (f"written by {written_by} (__metadata__ format): conv weights are read {CONV_LAYOUTS[written_by]}, "
+                "[out, *k, in]; a transposed conv is stored so too, and its keys do not tell it from a conv",)
     if written_by and written_by != "pt":
         return (f"written by {_show(written_by)} (__metadata__ format); weights are read in torch's layout",)
     return ()
+
+
+def _in_layout(layers: tuple[Layer, ...], headers: Iterable[_Header]) -> tuple[Layer, ...]:
+    """Conv weights in the layout the framework that wrote the file stores them in (MLX's channels last)."""
+    layout = next((CONV_LAYOUTS[h.metadata["format"]] for h in headers if h.metadata.get("format") in CONV_LAYOUTS),
+                  None)
+    if layout is None:
+        return layers
+    return tuple(replace(layer, layout=layout) if kind(layer.kind).is_conv and len(layer.shape) >= 3
+                 and layer.layout == "torch" else layer
+                 for layer in layers)
 
 
 def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
     """A single `.safetensors` file: layers from its header, in natural key order; no tensor data is read."""
     header = _read_header(path, str(path))
     layers = layers_from_entries(_entries(path, header, sorted(header.tensors, key=natural_key)))
-    return Model(source=str(path), format="safetensors", layers=layers, notes=_notes(header.metadata))
+    return Model(source=str(path), format="safetensors", layers=_in_layout(layers, [header]),
+                 notes=_notes(header.metadata))
 
 
 def read_weight_map(path: Path) -> tuple[dict[str, str], Any]:
@@ -349,4 +371,5 @@ def sharded_model(path: Path, weight_map: dict[str, str]) -> Model:
         else:  # no tied keys in this shard: one entry, no generator (92,000 keys)
             entries.append(_entry(file, header, tensor, key, None))
     notes = tuple(dict.fromkeys(note for _, header in headers.values() for note in _notes(header.metadata)))
-    return Model(source=str(path), format="safetensors-sharded", layers=layers_from_entries(entries), notes=notes)
+    return Model(source=str(path), format="safetensors-sharded", notes=notes,
+                 layers=_in_layout(layers_from_entries(entries), [header for _, header in headers.values()]))

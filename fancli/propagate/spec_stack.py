@@ -14,6 +14,7 @@ from torch import nn
 
 from .. import kinds
 from ..analysis import activations
+from ..analysis.fans import channels_first
 from ..layer import Layer, Model
 from ..report import Row
 from .signals import (
@@ -61,6 +62,8 @@ def _torch_shape(layer: Layer) -> tuple[int, ...]:
         return (shape[-1], shape[-2], *shape[:-2])
     if layer.layout == "in_out" and len(shape) == 2:
         return (shape[1], shape[0])
+    if layer.layout == "channels_last" and len(shape) >= 3:  # MLX's [out, *k, in], its ConvTranspose's too
+        return channels_first(shape, bool(layer.transposed))
     return shape
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from ..analysis.fans import channels_first
 from ..analysis.gains import torch_defines
 from ..analysis.schemes import TRUNCATED_NORMAL_STD
 from ..analysis.schemes import scheme as find_scheme
@@ -38,6 +39,8 @@ def _layout(layer: Layer) -> str:
         return f"[{kernel + ', ' if n else ''}in, out] (Keras/JAX layout)"
     if layer.layout == "in_out":
         return "[in, out] (stored transposed, like HF Conv1D)"
+    if layer.layout == "channels_last" and n:
+        return f"[out, {kernel}, in] (MLX layout, channels last)"
     record = kind(layer.kind)
     if (layer.transposed and not record.transposed) or (n and not record.is_conv):
         record = kind(kind_for_ndim(len(layer.shape), transposed=bool(layer.transposed)))
@@ -54,6 +57,10 @@ def _fan_lines(layer: Layer) -> list[str]:
     if layer.layout == "keras":
         fan_in, fan_out = shape[-2] * rf, shape[-1] * rf
         return [f"fan_in  = in {shape[-2]}{rf_text}{fan_in}", f"fan_out = out {shape[-1]}{rf_text}{fan_out}"]
+    if layer.layout == "channels_last" and kernel:
+        first = channels_first(shape, bool(layer.transposed or kind(layer.kind).transposed))
+        return [f"fan_in  = {first[1]}{rf_text}{first[1] * rf}   (torch's, on the weight laid out {list(first)})",
+                f"fan_out = {first[0]}{rf_text}{first[0] * rf}   (torch's, on the weight laid out {list(first)})"]
     fan_in, fan_out = shape[1] * rf, shape[0] * rf
     return [f"fan_in  = shape[1] {shape[1]}{rf_text}{fan_in}   (torch: tensor.size(1) × receptive field)",
             f"fan_out = shape[0] {shape[0]}{rf_text}{fan_out}   (torch: tensor.size(0) × receptive field)"]
