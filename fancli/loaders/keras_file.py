@@ -1,0 +1,191 @@
+"""Keras 3 weights (`.weights.h5`, and the `.keras` zip holding `model.weights.h5` + `config.json`), read with
+`h5py` (the `keras` extra), never Keras.
+
+Keras 3.15's `saving_lib` (`H5IOStore`, `_save_container_state`) writes each layer's variables as datasets
+`layers/<snake_case class name, _1, _2…>/vars/<i>` (a nested layer's under its attribute: an LSTM's
+`layers/lstm/cell/vars/0`), in the order the layer created them. The class-based name tells the kind where
+no `config.json` does. Kernels are `[*k, in, out]` (Dense `[in, out]`; DepthwiseConv2D `[*k, in, mult]`;
+Conv2DTranspose `[*k, out, in]`; LSTM kernel `[in, 4H]` and recurrent `[H, 4H]`). Values are read only for
+`--stats`: a contiguous dataset by byte range (its offset from h5py), a `.keras` archive's from its member.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import SourceError
+from ..layer import BuiltBy, Layer, Model
+from ..safe_io import FileRange, read_bounded
+from ..weights.tensors import StridedRef, row_major_strides
+
+if TYPE_CHECKING:
+    from . import LoadOptions
+
+#: The largest `.keras` archive or member read whole.
+MAX_KERAS_BYTES = 4 << 30
+WEIGHTS_MEMBER, CONFIG_MEMBER = "model.weights.h5", "config.json"
+#: numpy dtype names fancli reads for --stats.
+_FLOATS = ("float16", "float32", "float64")
+#: Keras class (snake case, as `saving_lib` names groups) -> fancli kind.
+KERAS_KINDS = {
+    "dense": "linear", "einsum_dense": "linear", "conv1d": "conv1d", "conv2d": "conv2d", "conv3d": "conv3d",
+    "depthwise_conv1d": "conv1d", "depthwise_conv2d": "conv2d", "conv1d_transpose": "conv_transpose1d",
+    "conv2d_transpose": "conv_transpose2d", "conv3d_transpose": "conv_transpose3d", "embedding": "embedding",
+    "lstm": "lstm", "lstm_cell": "lstm", "layer_normalization": "norm", "batch_normalization": "norm",
+}
+_SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
+_NUMBERED = re.compile(r"^(.*?)(_\d+)?$")
+
+
+class _Member:
+    """A `.keras` archive's weights file, held in memory, read by range."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def read(self, start: int, size: int) -> bytes:
+        return self.raw[start : start + size]
+
+
+def _h5py(path: Path) -> Any:
+    try:
+        import h5py
+    except ImportError:
+        raise SourceError(f"{path}: Keras weights (HDF5): reading them needs the h5py package "
+                          "(pip install h5py)") from None
+    return h5py
+
+
+def load_keras_h5(path: Path, options: LoadOptions | None = None) -> Model:
+    """A `.weights.h5`: one layer per ≥1-D dataset under `layers/`, kinds from the class-based group names."""
+    h5py = _h5py(path)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise SourceError(f"{path}: not a readable HDF5 file (truncated or not one: {error})") from None
+    with handle:
+        layers = _layers(path, handle, None, lambda dataset: _file_range(path, dataset))
+    return _model(path, "keras-h5", layers)
+
+
+def load_keras_archive(path: Path, options: LoadOptions | None = None) -> Model:
+    """A `.keras` zip: its `model.weights.h5`, the classes named by its `config.json`."""
+    h5py = _h5py(path)
+    try:
+        with zipfile.ZipFile(io.BytesIO(read_bounded(path, MAX_KERAS_BYTES, "a .keras archive"))) as archive:
+            names = set(archive.namelist())
+            if WEIGHTS_MEMBER not in names or CONFIG_MEMBER not in names:
+                raise SourceError(f"{path}: a .keras archive holds {WEIGHTS_MEMBER} and {CONFIG_MEMBER}; "
+                                  "this zip lacks them")
+            raw, config = archive.read(WEIGHTS_MEMBER), json.loads(archive.read(CONFIG_MEMBER))
+    except (zipfile.BadZipFile, EOFError, ValueError, UnicodeDecodeError) as error:
+        raise SourceError(f"{path}: not a readable .keras archive (truncated or not one: {error})") from None
+    member = _Member(raw)
+    try:
+        handle = h5py.File(io.BytesIO(raw), "r")
+    except OSError as error:
+        raise SourceError(f"{path}: {WEIGHTS_MEMBER} is not a readable HDF5 file: {error}") from None
+    with handle:
+        layers = _layers(path, handle, _classes(config), lambda dataset: _in_member(member, dataset))
+    return _model(path, "keras", layers)
+
+
+def _model(path: Path, format: str, layers: list[Layer]) -> Model:
+    return Model(source=str(path), format=format, layers=tuple(layers),
+                 built_by=BuiltBy("", where="a Keras weights file", recipe="keras"))
+
+
+def _classes(config: Any) -> list[str]:
+    """The snake-case classes of a functional or sequential model's layers, in `model.layers` order."""
+    inner = config.get("config", {}) if isinstance(config, dict) else {}
+    entries = inner.get("layers", []) if isinstance(inner, dict) else []
+    classes = [_SNAKE.sub("_", entry["class_name"]).lower() for entry in entries
+               if isinstance(entry, dict) and isinstance(entry.get("class_name"), str)]
+    return [name for name in classes if name != "input_layer"]
+
+
+def _file_range(path: Path, dataset: Any) -> FileRange | None:
+    offset = dataset.id.get_offset()
+    return None if offset is None or dataset.chunks is not None else FileRange(path, offset, dataset.nbytes)
+
+
+def _in_member(member: _Member, dataset: Any) -> _Window | None:
+    offset = dataset.id.get_offset()
+    return None if offset is None or dataset.chunks is not None else _Window(member, offset, dataset.nbytes)
+
+
+class _Window:
+    """`nbytes` bytes at `start` of an in-memory member."""
+
+    __slots__ = ("member", "start", "nbytes")
+
+    def __init__(self, member: _Member, start: int, nbytes: int) -> None:
+        self.member, self.start, self.nbytes = member, start, nbytes
+
+    def read(self, start: int, size: int) -> bytes:
+        if start < 0 or start + size > self.nbytes:
+            raise SourceError("a Keras dataset is shorter than its tensor needs")
+        return self.member.read(self.start + start, size)
+
+
+def _datasets(handle: Any) -> list[tuple[str, Any]]:
+    """(path, dataset) of every variable under `layers/`, in the order HDF5 indexes them (by name: Keras does not
+    track creation order); the optimizer's are no weights."""
+    found: list[tuple[str, Any]] = []
+    if "layers" in handle:
+        handle["layers"].visititems(lambda name, item: found.append((f"layers/{name}", item))
+                                    if hasattr(item, "shape") and name.split("/")[-2:-1] == ["vars"] else None)
+    return found
+
+
+def _layers(path: Path, handle: Any, classes: list[str] | None, source: Any) -> list[Layer]:
+    layers: list[Layer] = []
+    for key, dataset in _datasets(handle):
+        parts = key.split("/")
+        group = parts[1]
+        owner = "/".join(parts[:-2])
+        klass = _NUMBERED.match(group).group(1) if classes is None else _class_of(group, classes)
+        index = int(parts[-1]) if parts[-1].isdigit() else -1
+        shape = tuple(int(dim) for dim in dataset.shape)
+        dtype = dataset.dtype.name
+        layers.append(_layer(owner, key, klass, index, shape, dtype, source(dataset)))
+    return layers
+
+
+def _class_of(group: str, classes: list[str]) -> str:
+    """The class a group's name was made from: its snake-case name, with or without the `_N` Keras added."""
+    return group if group in classes else _NUMBERED.match(group).group(1)
+
+
+def _layer(owner: str, key: str, klass: str, index: int, shape: tuple[int, ...], dtype: str, source: Any) -> Layer:
+    kind = KERAS_KINDS.get(klass, "linear" if len(shape) == 2 else "unknown")
+    data = None
+    if source is not None and dtype in _FLOATS:
+        data = StridedRef(source, dtype, shape, row_major_strides(shape), 0, math.prod(shape))
+    name = owner.replace("/", ".")
+    param = key.replace("/", ".")
+    fields: dict[str, Any] = {}
+    notes: tuple[str, ...] = ()
+    if kind in ("conv1d", "conv2d") and klass.startswith("depthwise") and len(shape) >= 3 and index == 0:
+        fields["groups"] = shape[-2]
+        notes = (f"Keras {klass}: stored [*k, in, multiplier]; each channel convolved alone (groups = in)",)
+    elif kind.startswith("conv_transpose") and index == 0:
+        fields["groups"] = 1
+        notes = (f"Keras {klass}: stored [*k, out, in]",)
+    elif kind == "lstm" and len(shape) == 2 and index in (0, 1):
+        fields["stacked"] = 4
+        notes = ("Keras LSTM: " + ("kernel [in, 4H]" if index == 0 else "recurrent kernel [H, 4H]") +
+                 ", gates i, f, c, o along dim 1",)
+    elif len(shape) >= 3 and kind == "linear":
+        fields["unknown_fans"] = ("fan_in", "fan_out")
+        notes = (f"Keras {klass} kernel {list(shape)}: which dims are inputs its equation says, not the file",)
+    return Layer(name=name, param=param, kind=kind, shape=shape, layout="keras", dtype=dtype, notes=notes,
+                 data=data, **fields)
