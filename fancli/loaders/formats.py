@@ -115,6 +115,11 @@ def is_hdf5(head: bytes, path: Path, size: int | None) -> bool:
     return head.startswith(b"\x89HDF\r\n\x1a\n")
 
 
+def is_flax_msgpack(head: bytes, path: Path, size: int | None) -> bool:
+    """Named .msgpack and starting with a msgpack map (Flax's state dict): msgpack has no magic."""
+    return path.suffix.lower() == ".msgpack" and (0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF))
+
+
 def any_text(head: bytes, path: Path, size: int | None) -> bool:
     """YAML's: any UTF-8 text the formats before it did not claim (its reader says what is wrong)."""
     return True
@@ -133,6 +138,8 @@ register(Format("dcp", "a torch.distributed.checkpoint", is_dcp_metadata, ".dcp:
                 config_formats=("torch-dcp",)))
 register(Format("gguf", "a GGUF file", is_gguf, ".gguf_file:load_gguf", suffixes=(".gguf",)))
 register(Format("keras-h5", "Keras weights (HDF5)", is_hdf5, ".keras_file:load_keras_h5", suffixes=(".h5",)))
+register(Format("flax", "a Flax msgpack checkpoint", is_flax_msgpack, ".flax_file:load_flax",
+                suffixes=(".msgpack",)))
 register(Format("onnx", "an ONNX model", is_onnx, ".onnx_file:load_onnx", suffixes=(".onnx",)))
 register(Format("pickle", "a pickle", is_pickle, ".torch_files:load_pickle", ".torch_files:read_pickle",
                 config_formats=("torch-pickle",)))
