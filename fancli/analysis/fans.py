@@ -89,9 +89,9 @@ def _as_torch(layer: Layer, transposed: bool) -> tuple[int, ...]:
 def _keras_structured(layer: Layer, record: LayerKind, pool_fan_out: bool, transposed: bool,
                       stacked_note: str) -> LayerFans:
     """A Keras-layout weight: Keras' `compute_fans` on the stored shape as the framework's fans, the layer-aware
-    ones from the same layer as torch would store it (Keras' rule misreads depthwise, transposed and gated
-    weights as torch's does, differently)."""
-    fan_in, fan_out = keras_fans(layer.shape)
+    ones from the same layer as torch would store it (Keras' rule misreads depthwise, transposed, gated and
+    attention weights, differently from torch's)."""
+    fan_in, fan_out = keras_fans(layer.stored_shape or layer.shape)  # as stored: an attention kernel [E, H, D]
     view = _structured(replaced(layer, layout="torch", shape=_as_torch(layer, transposed)), record, pool_fan_out,
                        transposed, stacked_note)
     eff_in, eff_out = view.pick(True)
@@ -109,7 +109,8 @@ def _structured(layer: Layer, record: LayerKind, pool_fan_out: bool, transposed:
     shape = layer.shape
     if len(shape) < 2:
         return LayerFans(None, None, notes=(f"{len(shape)}-D tensor: torch defines no fan_in/fan_out below 2 dims",))
-    if layer.layout == "keras" and (transposed or (layer.groups or 1) > 1 or (layer.stacked or 1) > 1):
+    reshaped = layer.stored_shape is not None and len(layer.stored_shape) != len(shape)
+    if layer.layout == "keras" and (transposed or (layer.groups or 1) > 1 or (layer.stacked or 1) > 1 or reshaped):
         return _keras_structured(layer, record, pool_fan_out, transposed, stacked_note)
     fan_in, fan_out = layout_fans(shape, layer.layout)
     eff_in: float = fan_in

@@ -39,6 +39,9 @@ KERAS_KINDS = {
     "conv2d_transpose": "conv_transpose2d", "conv3d_transpose": "conv_transpose3d", "embedding": "embedding",
     "lstm": "lstm", "lstm_cell": "lstm", "layer_normalization": "norm", "batch_normalization": "norm",
 }
+#: MultiHeadAttention's EinsumDense sublayers -> how many leading dims of their kernel are its inputs: q/k/v
+#: (and the gate) `[E, H, D]`, the output `[H, D, E]` (`_build_proj_equation`, `_make_output_dense`).
+_ATTENTION = {"_query_dense": 1, "_key_dense": 1, "_value_dense": 1, "_gate_dense": 1, "_output_dense": -1}
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
 _NUMBERED = re.compile(r"^(.*?)(_\d+)?$")
 
@@ -156,7 +159,11 @@ def _layers(path: Path, handle: Any, classes: list[str] | None, source: Any) -> 
         index = int(parts[-1]) if parts[-1].isdigit() else -1
         shape = tuple(int(dim) for dim in dataset.shape)
         dtype = dataset.dtype.name
-        layers.append(_layer(owner, key, klass, index, shape, dtype, source(dataset)))
+        sub = parts[-3] if len(parts) > 4 else ""
+        if klass == "multi_head_attention" and sub in _ATTENTION:
+            layers.append(_attention(owner, key, sub, index, shape, dtype, source(dataset)))
+        else:
+            layers.append(_layer(owner, key, klass, index, shape, dtype, source(dataset)))
     return layers
 
 
@@ -189,3 +196,21 @@ def _layer(owner: str, key: str, klass: str, index: int, shape: tuple[int, ...],
         notes = (f"Keras {klass} kernel {list(shape)}: which dims are inputs its equation says, not the file",)
     return Layer(name=name, param=param, kind=kind, shape=shape, layout="keras", dtype=dtype, notes=notes,
                  data=data, **fields)
+
+
+def _attention(owner: str, key: str, sub: str, index: int, shape: tuple[int, ...], dtype: str,
+               source: Any) -> Layer:
+    """A MultiHeadAttention projection: its kernel by its logical `[in, out]` (Keras' `compute_fans` reads the
+    stored `[E, H, D]` or `[H, D, E]` as a conv's), its bias flattened."""
+    inputs = _ATTENTION[sub] if _ATTENTION[sub] > 0 else len(shape) - 1
+    if index == 0 and len(shape) >= 3:
+        logical: tuple[int, ...] = (math.prod(shape[:inputs]), math.prod(shape[inputs:]))
+        note = (f"Keras MultiHeadAttention {sub.strip('_')}: stored {list(shape)}, the projection "
+                f"[in, out] = {list(logical)}",)
+    else:
+        logical, note = (math.prod(shape),), ()
+    data = None
+    if source is not None and dtype in _FLOATS:
+        data = StridedRef(source, dtype, logical, row_major_strides(logical), 0, math.prod(shape))
+    return Layer(name=owner.replace("/", "."), param=key.replace("/", "."), kind="linear", shape=logical,
+                 layout="keras", dtype=dtype, stored_shape=shape if logical != shape else None, notes=note, data=data)
