@@ -202,3 +202,29 @@ def test_without_h5py_is_one_line_and_keras_never_imported(weights_h5):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stderr
+
+
+def test_legacy_h5_is_read_by_its_layer_names(tmp_path):
+    """Keras 2's `legacy/saving/legacy_h5_format.py` `save_model_to_hdf5`: `model_weights` with attrs `layer_names`,
+    each layer's group with `weight_names`, datasets `<layer>/<layer>/<name>:0`; the optimizer's beside."""
+    path = tmp_path / "model.h5"
+    rng = np.random.default_rng(2)
+    written = {"dense/kernel": rng.standard_normal((4, 5)).astype(np.float32),
+               "dense/bias": rng.standard_normal(5).astype(np.float32),
+               "depthwise_conv2d/depthwise_kernel": rng.standard_normal((3, 3, 5, 2)).astype(np.float32)}
+    with h5py.File(path, "w") as handle:
+        weights = handle.create_group("model_weights")
+        weights.attrs["layer_names"] = [b"dense", b"depthwise_conv2d"]
+        for key, values in written.items():
+            layer, name = key.split("/")
+            weights.require_group(layer).require_group(layer).create_dataset(f"{name}:0", data=values)
+        handle.create_group("optimizer_weights").create_dataset("iter:0", data=np.zeros(1))
+    report = _report("inspect", path, "--all", "--stats")
+    rows = {row["param"]: row for row in report["layers"]}
+    assert sorted(rows) == sorted(f"layers.{key.split('/')[0]}.vars.{key.split('/')[1]}" for key in written)
+    assert report["summary"]["parameters"] == sum(values.size for values in written.values())
+    depthwise = rows["layers.depthwise_conv2d.vars.depthwise_kernel"]
+    assert (depthwise["fan_in"], depthwise["fan_out"]) == _keras_compute_fans((3, 3, 5, 2))
+    assert depthwise["effective_fan_in"] == 9  # each output channel sees one input channel's 3×3 taps
+    observed = rows["layers.dense.vars.kernel"]["observed"]
+    assert observed["mean"] == pytest.approx(written["dense/kernel"].astype(np.float64).mean(), rel=1e-6)

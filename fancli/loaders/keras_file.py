@@ -42,6 +42,8 @@ KERAS_KINDS = {
 #: MultiHeadAttention's EinsumDense sublayers -> how many leading dims of their kernel are its inputs: q/k/v
 #: (and the gate) `[E, H, D]`, the output `[H, D, E]` (`_build_proj_equation`, `_make_output_dense`).
 _ATTENTION = {"_query_dense": 1, "_key_dense": 1, "_value_dense": 1, "_gate_dense": 1, "_output_dense": -1}
+#: A legacy file's variable names -> their index in a Keras 3 layer's `vars`, where the kind needs it.
+_LEGACY_INDEX = {"kernel": 0, "depthwise_kernel": 0, "embeddings": 0, "recurrent_kernel": 1}
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
 _NUMBERED = re.compile(r"^(.*?)(_\d+)?$")
 
@@ -68,7 +70,8 @@ def _h5py(path: Path) -> Any:
 
 
 def load_keras_h5(path: Path, options: LoadOptions | None = None) -> Model:
-    """A `.weights.h5`: one layer per ≥1-D dataset under `layers/`, kinds from the class-based group names."""
+    """A `.weights.h5` (or a legacy `.h5`): one layer per dataset under `layers/`, kinds from the class-based group
+    names."""
     h5py = _h5py(path)
     try:
         handle = h5py.File(path, "r")
@@ -141,11 +144,22 @@ class _Window:
 
 def _datasets(handle: Any) -> list[tuple[str, Any]]:
     """(path, dataset) of every variable under `layers/`, in the order HDF5 indexes them (by name: Keras does not
-    track creation order); the optimizer's are no weights."""
+    track creation order); the optimizer's are no weights. A legacy (Keras 2, `h5_format`) file's
+    `[model_weights/]<layer>/<layer>/<name>:0` are given as `layers/<layer>/vars/<name>`."""
     found: list[tuple[str, Any]] = []
     if "layers" in handle:
         handle["layers"].visititems(lambda name, item: found.append((f"layers/{name}", item))
                                     if hasattr(item, "shape") and name.split("/")[-2:-1] == ["vars"] else None)
+        return found
+    legacy = handle["model_weights"] if "model_weights" in handle else handle
+    for layer in legacy.attrs.get("layer_names", []):
+        layer = layer.decode() if isinstance(layer, bytes) else str(layer)
+        group = legacy.get(layer)
+        if group is None:
+            continue
+        group.visititems(lambda name, item: found.append(
+            (f"layers/{layer}/vars/{name.rpartition('/')[2].partition(':')[0]}", item))
+            if hasattr(item, "shape") else None)
     return found
 
 
@@ -156,7 +170,7 @@ def _layers(path: Path, handle: Any, classes: list[str] | None, source: Any) -> 
         group = parts[1]
         owner = "/".join(parts[:-2])
         klass = _NUMBERED.match(group).group(1) if classes is None else _class_of(group, classes)
-        index = int(parts[-1]) if parts[-1].isdigit() else -1
+        index = int(parts[-1]) if parts[-1].isdigit() else _LEGACY_INDEX.get(parts[-1], -1)
         shape = tuple(int(dim) for dim in dataset.shape)
         dtype = dataset.dtype.name
         sub = parts[-3] if len(parts) > 4 else ""
