@@ -93,7 +93,8 @@ def archive(tmp_path_factory):
     written = _write_h5(buffer, np.random.default_rng(1))
     config = {"module": "keras", "class_name": "Sequential", "config": {"name": "sequential", "layers": [
         {"module": "keras.layers", "class_name": "InputLayer", "config": {}},
-        *({"module": "keras.layers", "class_name": klass, "config": {"name": group.split("/")[0]}}
+        *({"module": "keras.layers", "class_name": klass,
+           "config": {"name": group.split("/")[0], **({"strides": [3, 3]} if klass == "Conv2DTranspose" else {})}}
           for group, klass, _ in MODEL if "/_" not in group or group.endswith("_key_dense"))]}}
     path = tmp_path_factory.mktemp("keras") / "model.keras"
     with zipfile.ZipFile(path, "w") as zf:
@@ -136,8 +137,11 @@ def test_every_weight_listed_with_keras_and_layer_aware_fans(which, request):
     # the layer-aware fans: what each output sums and each input feeds
     assert effective("layers.depthwise_conv2d.vars.0") == (3 * 3, 3 * 3 * 2)  # one channel's taps; mult outputs
     transpose = rows["layers.conv2d_transpose.vars.0"]  # [kh, kw, out 4, in 16]: each input feeds out·k outputs
-    assert transpose["effective_fan_out"] == 4 * 9 and transpose["effective_fan_in"] is None  # the stride is unknown
-    assert any("unknown stride" in note for note in transpose["notes"])
+    assert transpose["effective_fan_out"] == 4 * 9
+    if which == "archive":  # its config.json's strides [3, 3]: each output sums 16·9 taps over 3·3 positions
+        assert transpose["effective_fan_in"] == 16 * 9 / 9
+    else:
+        assert transpose["effective_fan_in"] is None and any("unknown stride" in note for note in transpose["notes"])
     assert effective("layers.lstm.cell.vars.0") == (5, H) and effective("layers.lstm.cell.vars.1") == (H, H)
     assert effective("layers.dense.vars.0") == (H, 7) and effective("layers.conv2d.vars.0") == (27, 72)
     for name, (inputs, outputs) in ATTENTION.items():  # Keras' fans read the stored [E, H, D] as a conv's

@@ -44,7 +44,6 @@ KERAS_KINDS = {
 _ATTENTION = {"_query_dense": 1, "_key_dense": 1, "_value_dense": 1, "_gate_dense": 1, "_output_dense": -1}
 #: A legacy file's variable names -> their index in a Keras 3 layer's `vars`, where the kind needs it.
 _LEGACY_INDEX = {"kernel": 0, "depthwise_kernel": 0, "embeddings": 0, "recurrent_kernel": 1}
-_SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
 _NUMBERED = re.compile(r"^(.*?)(_\d+)?$")
 
 
@@ -100,7 +99,7 @@ def load_keras_archive(path: Path, options: LoadOptions | None = None) -> Model:
     except OSError as error:
         raise SourceError(f"{path}: {WEIGHTS_MEMBER} is not a readable HDF5 file: {error}") from None
     with handle:
-        layers = _layers(path, handle, _classes(config), lambda dataset: _in_member(member, dataset))
+        layers = _layers(path, handle, _configs(config), lambda dataset: _in_member(member, dataset))
     return _model(path, "keras", layers)
 
 
@@ -109,13 +108,29 @@ def _model(path: Path, format: str, layers: list[Layer]) -> Model:
                  built_by=BuiltBy("", where="a Keras weights file", recipe="keras"))
 
 
-def _classes(config: Any) -> list[str]:
-    """The snake-case classes of a functional or sequential model's layers, in `model.layers` order."""
+def _configs(config: Any) -> dict[str, tuple[str, dict]]:
+    """Each weights group's name -> (its layer's snake-case class, its config), named as `saving_lib`'s
+    `_save_container_state` names them: a functional or sequential model's layers in `model.layers` order."""
     inner = config.get("config", {}) if isinstance(config, dict) else {}
     entries = inner.get("layers", []) if isinstance(inner, dict) else []
-    classes = [_SNAKE.sub("_", entry["class_name"]).lower() for entry in entries
-               if isinstance(entry, dict) and isinstance(entry.get("class_name"), str)]
-    return [name for name in classes if name != "input_layer"]
+    used: dict[str, int] = {}
+    found: dict[str, tuple[str, dict]] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
+            continue
+        klass = snake_case(entry["class_name"])
+        used[klass] = used.get(klass, -1) + 1  # saving_lib._get_unique_name: dense, dense_1, …
+        layer_config = entry.get("config")
+        found[klass if used[klass] == 0 else f"{klass}_{used[klass]}"] = (
+            klass, layer_config if isinstance(layer_config, dict) else {})
+    return found
+
+
+def snake_case(name: str) -> str:
+    """keras 3.15.1 `utils/naming.py` `to_snake_case`: `Conv2DTranspose` -> `conv2d_transpose`, `LSTM` -> `lstm`."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _file_range(path: Path, dataset: Any) -> FileRange | None:
@@ -163,13 +178,15 @@ def _datasets(handle: Any) -> list[tuple[str, Any]]:
     return found
 
 
-def _layers(path: Path, handle: Any, classes: list[str] | None, source: Any) -> list[Layer]:
+def _layers(path: Path, handle: Any, configs: dict[str, tuple[str, dict]] | None, source: Any) -> list[Layer]:
     layers: list[Layer] = []
     for key, dataset in _datasets(handle):
         parts = key.split("/")
         group = parts[1]
         owner = "/".join(parts[:-2])
-        klass = _NUMBERED.match(group).group(1) if classes is None else _class_of(group, classes)
+        klass, layer_config = (configs or {}).get(group, (_NUMBERED.match(group).group(1), {}))
+        strides = layer_config.get("strides")
+        stride = tuple(strides) if isinstance(strides, list) and all(type(step) is int for step in strides) else None
         index = int(parts[-1]) if parts[-1].isdigit() else _LEGACY_INDEX.get(parts[-1], -1)
         shape = tuple(int(dim) for dim in dataset.shape)
         dtype = dataset.dtype.name
@@ -177,16 +194,12 @@ def _layers(path: Path, handle: Any, classes: list[str] | None, source: Any) -> 
         if klass == "multi_head_attention" and sub in _ATTENTION:
             layers.append(_attention(owner, key, sub, index, shape, dtype, source(dataset)))
         else:
-            layers.append(_layer(owner, key, klass, index, shape, dtype, source(dataset)))
+            layers.append(_layer(owner, key, klass, index, shape, dtype, source(dataset), stride))
     return layers
 
 
-def _class_of(group: str, classes: list[str]) -> str:
-    """The class a group's name was made from: its snake-case name, with or without the `_N` Keras added."""
-    return group if group in classes else _NUMBERED.match(group).group(1)
-
-
-def _layer(owner: str, key: str, klass: str, index: int, shape: tuple[int, ...], dtype: str, source: Any) -> Layer:
+def _layer(owner: str, key: str, klass: str, index: int, shape: tuple[int, ...], dtype: str, source: Any,
+           stride: tuple[int, ...] | None = None) -> Layer:
     kind = KERAS_KINDS.get(klass, "linear" if len(shape) == 2 else "unknown")
     data = None
     if source is not None and dtype in _FLOATS:
@@ -195,6 +208,8 @@ def _layer(owner: str, key: str, klass: str, index: int, shape: tuple[int, ...],
     param = key.replace("/", ".")
     fields: dict[str, Any] = {}
     notes: tuple[str, ...] = ()
+    if kind.startswith("conv") and index == 0 and stride is not None and len(stride) == len(shape) - 2:
+        fields["stride"] = stride  # a .keras config's `strides`
     if kind in ("conv1d", "conv2d") and klass.startswith("depthwise") and len(shape) >= 3 and index == 0:
         fields["groups"] = shape[-2]
         notes = (f"Keras {klass}: stored [*k, in, multiplier]; each channel convolved alone (groups = in)",)
