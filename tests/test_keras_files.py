@@ -232,3 +232,12 @@ def test_legacy_h5_is_read_by_its_layer_names(tmp_path):
     assert depthwise["effective_fan_in"] == 9  # each output channel sees one input channel's 3×3 taps
     observed = rows["layers.dense.vars.kernel"]["observed"]
     assert observed["mean"] == pytest.approx(written["dense/kernel"].astype(np.float64).mean(), rel=1e-6)
+
+
+def test_a_big_endian_dataset_is_not_read_as_little_endian(tmp_path):
+    path = tmp_path / "big.weights.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_group("layers/dense/vars").create_dataset("0", data=np.full((4, 3), 1.5, dtype=">f4"))
+    row = _report("inspect", path, "--stats")["layers"][0]
+    assert row["shape"] == [4, 3]
+    assert row.get("observed") is None or row["observed"]["mean"] == pytest.approx(1.5)

@@ -133,14 +133,21 @@ def snake_case(name: str) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
+def _contiguous(dataset: Any) -> int | None:
+    """Where a dataset's values lie in its file, little-endian and contiguous; None where fancli cannot read them
+    by range (chunked or compressed, big-endian, not yet written)."""
+    little = dataset.dtype == dataset.dtype.newbyteorder("<")
+    return dataset.id.get_offset() if dataset.chunks is None and little else None
+
+
 def _file_range(path: Path, dataset: Any) -> FileRange | None:
-    offset = dataset.id.get_offset()
-    return None if offset is None or dataset.chunks is not None else FileRange(path, offset, dataset.nbytes)
+    offset = _contiguous(dataset)
+    return None if offset is None else FileRange(path, offset, dataset.nbytes)
 
 
 def _in_member(member: _Member, dataset: Any) -> _Window | None:
-    offset = dataset.id.get_offset()
-    return None if offset is None or dataset.chunks is not None else _Window(member, offset, dataset.nbytes)
+    offset = _contiguous(dataset)
+    return None if offset is None else _Window(member, offset, dataset.nbytes)
 
 
 class _Window:
