@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from ..kinds import KINDS, LayerKind, kind
 from ..layer import Layer
+from ..records import replaced
 
 Number = int | float
 
@@ -83,6 +84,33 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
     return RULES[record.fans](layer, record, pool_fan_out)
 
 
+def _as_torch(layer: Layer, transposed: bool) -> tuple[int, ...]:
+    """A `[*k, a, b]` Keras weight as torch stores the same layer: Conv2DTranspose's `[*k, out, in]` as
+    `[in, out, *k]`, DepthwiseConv2D's `[*k, in, mult]` as `[in·mult, 1, *k]`, the rest `[b, a, *k]`."""
+    *kernel, a, b = layer.shape
+    if transposed:
+        return (b, a, *kernel)
+    if layer.groups and layer.groups > 1 and layer.groups == a:
+        return (a * b, 1, *kernel)
+    return (b, a, *kernel)
+
+
+def _keras_structured(layer: Layer, record: LayerKind, pool_fan_out: bool, transposed: bool,
+                      stacked_note: str) -> LayerFans:
+    """A Keras-layout weight: Keras' `compute_fans` on the stored shape as the framework's fans, the layer-aware
+    ones from the same layer as torch would store it (Keras' rule misreads depthwise, transposed, gated and
+    attention weights, differently from torch's)."""
+    fan_in, fan_out = keras_fans(layer.stored_shape or layer.shape)  # as stored: an attention kernel [E, H, D]
+    view = _structured(replaced(layer, layout="torch", shape=_as_torch(layer, transposed)), record, pool_fan_out,
+                       transposed, stacked_note)
+    eff_in, eff_out = view.pick(True)
+    unknown = view.unknown
+    return LayerFans(fan_in, fan_out,
+                     effective_fan_in=None if eff_in == fan_in and not unknown or "fan_in" in unknown else eff_in,
+                     effective_fan_out=None if eff_out == fan_out and not unknown or "fan_out" in unknown
+                     else eff_out, notes=view.notes, unknown=unknown)
+
+
 def _structured(layer: Layer, record: LayerKind, pool_fan_out: bool, transposed: bool,
                 stacked_note: str) -> LayerFans:
     """The fans every weight shares the rules of: its layout, a conv's groups, stride, transposition and
@@ -90,6 +118,9 @@ def _structured(layer: Layer, record: LayerKind, pool_fan_out: bool, transposed:
     shape = layer.shape
     if len(shape) < 2:
         return LayerFans(None, None, notes=(f"{len(shape)}-D tensor: torch defines no fan_in/fan_out below 2 dims",))
+    reshaped = layer.stored_shape is not None and len(layer.stored_shape) != len(shape)
+    if layer.layout == "keras" and (transposed or (layer.groups or 1) > 1 or (layer.stacked or 1) > 1 or reshaped):
+        return _keras_structured(layer, record, pool_fan_out, transposed, stacked_note)
     notes: list[str] = []
     if layer.layout == "channels_last" and len(shape) >= 3:
         shape = channels_first(shape, transposed)

@@ -105,11 +105,28 @@ def is_onnx(head: bytes, path: Path, size: int | None) -> bool:
     return path.suffix.lower() == ".onnx" and head[:1] == b"\x08"
 
 
+def is_keras_archive(head: bytes, path: Path, size: int | None) -> bool:
+    """A zip named `.keras` (Keras 3's `model.save`: `model.weights.h5` + `config.json`); asked before torch's zip."""
+    return is_zip(head, path, size) and path.suffix.lower() == ".keras"
+
+
+def is_hdf5(head: bytes, path: Path, size: int | None) -> bool:
+    """HDF5's signature at the file's start (Keras writes no user block)."""
+    return head.startswith(b"\x89HDF\r\n\x1a\n")
+
+
+def is_flax_msgpack(head: bytes, path: Path, size: int | None) -> bool:
+    """Named .msgpack and starting with a msgpack map (Flax's state dict): msgpack has no magic."""
+    return path.suffix.lower() == ".msgpack" and (0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF))
+
+
 def any_text(head: bytes, path: Path, size: int | None) -> bool:
     """YAML's: any UTF-8 text the formats before it did not claim (its reader says what is wrong)."""
     return True
 
 
+register(Format("keras", "a .keras archive", is_keras_archive, ".keras_file:load_keras_archive",
+                suffixes=(".keras",)))
 register(Format("zip", "a torch.save zip", is_zip, ".torch_files:load_zip", ".torch_files:read_zip",
                 ranks=(FolderRank(40, "pytorch_model.bin", "pytorch_model.bin"),),
                 config_formats=("torch-zip",)))
@@ -120,6 +137,9 @@ register(Format("dcp", "a torch.distributed.checkpoint", is_dcp_metadata, ".dcp:
                 ranks=(FolderRank(50, ".metadata", "a torch.distributed.checkpoint"),),
                 config_formats=("torch-dcp",)))
 register(Format("gguf", "a GGUF file", is_gguf, ".gguf_file:load_gguf", suffixes=(".gguf",)))
+register(Format("keras-h5", "Keras weights (HDF5)", is_hdf5, ".keras_file:load_keras_h5", suffixes=(".h5",)))
+register(Format("flax", "a Flax msgpack checkpoint", is_flax_msgpack, ".flax_file:load_flax",
+                suffixes=(".msgpack",)))
 register(Format("onnx", "an ONNX model", is_onnx, ".onnx_file:load_onnx", suffixes=(".onnx",)))
 register(Format("pickle", "a pickle", is_pickle, ".torch_files:load_pickle", ".torch_files:read_pickle",
                 config_formats=("torch-pickle",)))

@@ -1,0 +1,252 @@
+"""Keras 3 weights (`.weights.h5`, and the `.keras` zip holding `model.weights.h5` + `config.json`), read with
+`h5py` (the `keras` extra), never Keras.
+
+Keras 3.15's `saving_lib` (`H5IOStore`, `_save_container_state`) writes each layer's variables as datasets
+`layers/<snake_case class name, _1, _2…>/vars/<i>` (a nested layer's under its attribute: an LSTM's
+`layers/lstm/cell/vars/0`), in the order the layer created them. The class-based name tells the kind where
+no `config.json` does. Kernels are `[*k, in, out]` (Dense `[in, out]`; DepthwiseConv2D `[*k, in, mult]`;
+Conv2DTranspose `[*k, out, in]`; LSTM kernel `[in, 4H]` and recurrent `[H, 4H]`). Values are read only for
+`--stats`: a contiguous dataset by byte range (its offset from h5py), a `.keras` archive's from its member.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import SourceError
+from ..layer import BuiltBy, Layer, Model
+from ..safe_io import FileRange, read_bounded
+from ..weights.tensors import StridedRef, row_major_strides
+
+if TYPE_CHECKING:
+    from . import LoadOptions
+
+#: The largest `.keras` archive or member read whole.
+MAX_KERAS_BYTES = 4 << 30
+WEIGHTS_MEMBER, CONFIG_MEMBER = "model.weights.h5", "config.json"
+#: numpy dtype names fancli reads for --stats.
+_FLOATS = ("float16", "float32", "float64")
+#: Keras class (snake case, as `saving_lib` names groups) -> fancli kind.
+KERAS_KINDS = {
+    "dense": "linear", "einsum_dense": "linear", "conv1d": "conv1d", "conv2d": "conv2d", "conv3d": "conv3d",
+    "depthwise_conv1d": "conv1d", "depthwise_conv2d": "conv2d", "conv1d_transpose": "conv_transpose1d",
+    "conv2d_transpose": "conv_transpose2d", "conv3d_transpose": "conv_transpose3d", "embedding": "embedding",
+    "lstm": "lstm", "lstm_cell": "lstm", "layer_normalization": "norm", "batch_normalization": "norm",
+}
+#: MultiHeadAttention's EinsumDense sublayers -> how many leading dims of their kernel are its inputs: q/k/v
+#: (and the gate) `[E, H, D]`, the output `[H, D, E]` (`_build_proj_equation`, `_make_output_dense`).
+_ATTENTION = {"_query_dense": 1, "_key_dense": 1, "_value_dense": 1, "_gate_dense": 1, "_output_dense": -1}
+#: A legacy file's variable names -> their index in a Keras 3 layer's `vars`, where the kind needs it.
+_LEGACY_INDEX = {"kernel": 0, "depthwise_kernel": 0, "embeddings": 0, "recurrent_kernel": 1}
+_NUMBERED = re.compile(r"^(.*?)(_\d+)?$")
+
+
+class _Member:
+    """A `.keras` archive's weights file, held in memory, read by range."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def read(self, start: int, size: int) -> bytes:
+        return self.raw[start : start + size]
+
+
+def _h5py(path: Path) -> Any:
+    try:
+        import h5py
+    except ImportError:
+        raise SourceError(f"{path}: Keras weights (HDF5): reading them needs the h5py package "
+                          "(pip install h5py)") from None
+    return h5py
+
+
+def load_keras_h5(path: Path, options: LoadOptions | None = None) -> Model:
+    """A `.weights.h5` (or a legacy `.h5`): one layer per dataset under `layers/`, kinds from the class-based group
+    names."""
+    h5py = _h5py(path)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise SourceError(f"{path}: not a readable HDF5 file (truncated or not one: {error})") from None
+    with handle:
+        layers = _layers(path, handle, None, lambda dataset: _file_range(path, dataset))
+    return _model(path, "keras-h5", layers)
+
+
+def load_keras_archive(path: Path, options: LoadOptions | None = None) -> Model:
+    """A `.keras` zip: its `model.weights.h5`, the classes named by its `config.json`."""
+    h5py = _h5py(path)
+    try:
+        with zipfile.ZipFile(io.BytesIO(read_bounded(path, MAX_KERAS_BYTES, "a .keras archive"))) as archive:
+            names = set(archive.namelist())
+            if WEIGHTS_MEMBER not in names or CONFIG_MEMBER not in names:
+                raise SourceError(f"{path}: a .keras archive holds {WEIGHTS_MEMBER} and {CONFIG_MEMBER}; "
+                                  "this zip lacks them")
+            raw, config = archive.read(WEIGHTS_MEMBER), json.loads(archive.read(CONFIG_MEMBER))
+    except (zipfile.BadZipFile, EOFError, ValueError, UnicodeDecodeError) as error:
+        raise SourceError(f"{path}: not a readable .keras archive (truncated or not one: {error})") from None
+    member = _Member(raw)
+    try:
+        handle = h5py.File(io.BytesIO(raw), "r")
+    except OSError as error:
+        raise SourceError(f"{path}: {WEIGHTS_MEMBER} is not a readable HDF5 file: {error}") from None
+    with handle:
+        layers = _layers(path, handle, _configs(config), lambda dataset: _in_member(member, dataset))
+    return _model(path, "keras", layers)
+
+
+def _model(path: Path, format: str, layers: list[Layer]) -> Model:
+    return Model(source=str(path), format=format, layers=tuple(layers),
+                 built_by=BuiltBy("", where="a Keras weights file", recipe="keras"))
+
+
+def _configs(config: Any) -> dict[str, tuple[str, dict]]:
+    """Each weights group's name -> (its layer's snake-case class, its config), named as `saving_lib`'s
+    `_save_container_state` names them: a functional or sequential model's layers in `model.layers` order."""
+    inner = config.get("config", {}) if isinstance(config, dict) else {}
+    entries = inner.get("layers", []) if isinstance(inner, dict) else []
+    used: dict[str, int] = {}
+    found: dict[str, tuple[str, dict]] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
+            continue
+        klass = snake_case(entry["class_name"])
+        used[klass] = used.get(klass, -1) + 1  # saving_lib._get_unique_name: dense, dense_1, …
+        layer_config = entry.get("config")
+        found[klass if used[klass] == 0 else f"{klass}_{used[klass]}"] = (
+            klass, layer_config if isinstance(layer_config, dict) else {})
+    return found
+
+
+def snake_case(name: str) -> str:
+    """keras 3.15.1 `utils/naming.py` `to_snake_case`: `Conv2DTranspose` -> `conv2d_transpose`, `LSTM` -> `lstm`."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _contiguous(dataset: Any) -> int | None:
+    """Where a dataset's values lie in its file, little-endian and contiguous; None where fancli cannot read them
+    by range (chunked or compressed, big-endian, not yet written)."""
+    little = dataset.dtype == dataset.dtype.newbyteorder("<")
+    return dataset.id.get_offset() if dataset.chunks is None and little else None
+
+
+def _file_range(path: Path, dataset: Any) -> FileRange | None:
+    offset = _contiguous(dataset)
+    return None if offset is None else FileRange(path, offset, dataset.nbytes)
+
+
+def _in_member(member: _Member, dataset: Any) -> _Window | None:
+    offset = _contiguous(dataset)
+    return None if offset is None else _Window(member, offset, dataset.nbytes)
+
+
+class _Window:
+    """`nbytes` bytes at `start` of an in-memory member."""
+
+    __slots__ = ("member", "start", "nbytes")
+
+    def __init__(self, member: _Member, start: int, nbytes: int) -> None:
+        self.member, self.start, self.nbytes = member, start, nbytes
+
+    def read(self, start: int, size: int) -> bytes:
+        if start < 0 or start + size > self.nbytes:
+            raise SourceError("a Keras dataset is shorter than its tensor needs")
+        return self.member.read(self.start + start, size)
+
+
+def _datasets(handle: Any) -> list[tuple[str, Any]]:
+    """(path, dataset) of every variable under `layers/`, in the order HDF5 indexes them (by name: Keras does not
+    track creation order); the optimizer's are no weights. A legacy (Keras 2, `h5_format`) file's
+    `[model_weights/]<layer>/<layer>/<name>:0` are given as `layers/<layer>/vars/<name>`."""
+    found: list[tuple[str, Any]] = []
+    if "layers" in handle:
+        handle["layers"].visititems(lambda name, item: found.append((f"layers/{name}", item))
+                                    if hasattr(item, "shape") and name.split("/")[-2:-1] == ["vars"] else None)
+        return found
+    legacy = handle["model_weights"] if "model_weights" in handle else handle
+    for layer in legacy.attrs.get("layer_names", []):
+        layer = layer.decode() if isinstance(layer, bytes) else str(layer)
+        group = legacy.get(layer)
+        if group is None:
+            continue
+        group.visititems(lambda name, item: found.append(
+            (f"layers/{layer}/vars/{name.rpartition('/')[2].partition(':')[0]}", item))
+            if hasattr(item, "shape") else None)
+    return found
+
+
+def _layers(path: Path, handle: Any, configs: dict[str, tuple[str, dict]] | None, source: Any) -> list[Layer]:
+    layers: list[Layer] = []
+    for key, dataset in _datasets(handle):
+        parts = key.split("/")
+        group = parts[1]
+        owner = "/".join(parts[:-2])
+        klass, layer_config = (configs or {}).get(group, (_NUMBERED.match(group).group(1), {}))
+        strides = layer_config.get("strides")
+        stride = tuple(strides) if isinstance(strides, list) and all(type(step) is int for step in strides) else None
+        index = int(parts[-1]) if parts[-1].isdigit() else _LEGACY_INDEX.get(parts[-1], -1)
+        shape = tuple(int(dim) for dim in dataset.shape)
+        dtype = dataset.dtype.name
+        sub = parts[-3] if len(parts) > 4 else ""
+        if klass == "multi_head_attention" and sub in _ATTENTION:
+            layers.append(_attention(owner, key, sub, index, shape, dtype, source(dataset)))
+        else:
+            layers.append(_layer(owner, key, klass, index, shape, dtype, source(dataset), stride))
+    return layers
+
+
+def _layer(owner: str, key: str, klass: str, index: int, shape: tuple[int, ...], dtype: str, source: Any,
+           stride: tuple[int, ...] | None = None) -> Layer:
+    kind = KERAS_KINDS.get(klass, "linear" if len(shape) == 2 else "unknown")
+    data = None
+    if source is not None and dtype in _FLOATS:
+        data = StridedRef(source, dtype, shape, row_major_strides(shape), 0, math.prod(shape))
+    name = owner.replace("/", ".")
+    param = key.replace("/", ".")
+    fields: dict[str, Any] = {}
+    notes: tuple[str, ...] = ()
+    if kind.startswith("conv") and index == 0 and stride is not None and len(stride) == len(shape) - 2:
+        fields["stride"] = stride  # a .keras config's `strides`
+    if kind in ("conv1d", "conv2d") and klass.startswith("depthwise") and len(shape) >= 3 and index == 0:
+        fields["groups"] = shape[-2]
+        notes = (f"Keras {klass}: stored [*k, in, multiplier]; each channel convolved alone (groups = in)",)
+    elif kind.startswith("conv_transpose") and index == 0:
+        fields["groups"] = 1
+        notes = (f"Keras {klass}: stored [*k, out, in]",)
+    elif kind == "lstm" and len(shape) == 2 and index in (0, 1):
+        fields["stacked"] = 4
+        notes = ("Keras LSTM: " + ("kernel [in, 4H]" if index == 0 else "recurrent kernel [H, 4H]") +
+                 ", gates i, f, c, o along dim 1",)
+    elif len(shape) >= 3 and kind == "linear":
+        fields["unknown_fans"] = ("fan_in", "fan_out")
+        notes = (f"Keras {klass} kernel {list(shape)}: which dims are inputs its equation says, not the file",)
+    return Layer(name=name, param=param, kind=kind, shape=shape, layout="keras", dtype=dtype, notes=notes,
+                 data=data, **fields)
+
+
+def _attention(owner: str, key: str, sub: str, index: int, shape: tuple[int, ...], dtype: str,
+               source: Any) -> Layer:
+    """A MultiHeadAttention projection: its kernel by its logical `[in, out]` (Keras' `compute_fans` reads the
+    stored `[E, H, D]` or `[H, D, E]` as a conv's), its bias flattened."""
+    inputs = _ATTENTION[sub] if _ATTENTION[sub] > 0 else len(shape) - 1
+    if index == 0 and len(shape) >= 3:
+        logical: tuple[int, ...] = (math.prod(shape[:inputs]), math.prod(shape[inputs:]))
+        note = (f"Keras MultiHeadAttention {sub.strip('_')}: stored {list(shape)}, the projection "
+                f"[in, out] = {list(logical)}",)
+    else:
+        logical, note = (math.prod(shape),), ()
+    data = None
+    if source is not None and dtype in _FLOATS:
+        data = StridedRef(source, dtype, logical, row_major_strides(logical), 0, math.prod(shape))
+    return Layer(name=owner.replace("/", "."), param=key.replace("/", "."), kind="linear", shape=logical,
+                 layout="keras", dtype=dtype, stored_shape=shape if logical != shape else None, notes=note, data=data)

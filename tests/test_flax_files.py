@@ -1,0 +1,132 @@
+"""Flax msgpack checkpoints, built from bytes: JAX and Flax are too heavy for CI, so msgpack writes what Flax
+0.12.8's `serialization.to_bytes` writes (`msgpack_serialize(to_state_dict(variables))`: nested maps, each
+array the extension type 1 `_MsgpackExtType.ndarray` of `_ndarray_to_bytes`, the msgpack of (shape, dtype
+name, C-order bytes)); modules named as linen names them (`Dense_0`, `Conv_1`). Oracles: JAX 0.10.2's
+`nn/initializers.py` `_compute_fans` (copied, with its axes), the values written, their count."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import REPO, run
+
+msgpack = pytest.importorskip("msgpack")
+
+
+def _compute_fans(shape, in_axis=-2, out_axis=-1, batch_axis=()):
+    """jax 0.10.2 `nn/initializers.py` `_compute_fans`, copied."""
+    if isinstance(in_axis, int) and in_axis == -2 and len(shape) <= 1:
+        raise ValueError("Can't compute input and output sizes")
+    in_size = shape[in_axis] if isinstance(in_axis, int) else math.prod([shape[i] for i in in_axis])
+    out_size = shape[out_axis] if isinstance(out_axis, int) else math.prod([shape[i] for i in out_axis])
+    batch_size = shape[batch_axis] if isinstance(batch_axis, int) else math.prod([shape[i] for i in batch_axis])
+    receptive_field_size = math.prod(shape) / in_size / out_size / batch_size
+    fan_in = in_size * receptive_field_size
+    fan_out = out_size * receptive_field_size
+    return fan_in, fan_out
+
+
+def _ndarray(values: np.ndarray) -> msgpack.ExtType:
+    """flax.serialization `_msgpack_ext_pack` of an ndarray."""
+    return msgpack.ExtType(1, msgpack.packb((values.shape, values.dtype.name, values.tobytes("C")), use_bin_type=True))
+
+
+SHAPES = {
+    "Conv_0": {"kernel": (3, 3, 3, 8), "bias": (8,)},
+    "BatchNorm_0": {"scale": (8,), "bias": (8,)},
+    "ConvTranspose_0": {"kernel": (3, 3, 8, 4), "bias": (4,)},
+    "Embed_0": {"embedding": (40, 6)},
+    "DenseGeneral_0": {"kernel": (6, 2, 3), "bias": (2, 3)},
+    "Dense_0": {"kernel": (6, 5), "bias": (5,)},
+    "LayerNorm_0": {"scale": (5,), "bias": (5,)},
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    written, params = {}, {}
+    for module, variables in SHAPES.items():
+        params[module] = {}
+        for leaf, shape in variables.items():
+            values = rng.standard_normal(shape).astype(np.float32)
+            params[module][leaf] = _ndarray(values)
+            written[f"{module}.{leaf}"] = values
+    state = {"params": params, "batch_stats": {"BatchNorm_0": {"mean": _ndarray(np.zeros(8, np.float32)),
+                                                               "var": _ndarray(np.ones(8, np.float32))}}}
+    path = tmp_path_factory.mktemp("flax") / "model.msgpack"
+    path.write_bytes(msgpack.packb(state, use_bin_type=True))
+    return path, written
+
+
+def _report(*args) -> dict:
+    result = run(*args, "--format", "json")
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def test_every_param_listed_with_jax_fans(checkpoint):
+    path, written = checkpoint
+    report = _report("inspect", path, "--all")
+    rows = {row["param"]: row for row in report["layers"]}
+    assert list(rows) == list(written)  # params only, in the map's order; batch_stats are no parameters
+    assert report["summary"]["parameters"] == sum(values.size for values in written.values())
+    assert report["source"]["format"] == "flax"
+    for name, values in written.items():
+        assert rows[name]["shape"] == list(values.shape)
+        if name.endswith("kernel") and values.ndim >= 2 or name.endswith("embedding"):
+            assert (rows[name]["fan_in"], rows[name]["fan_out"]) == _compute_fans(values.shape)
+    kinds = {name: rows[name]["kind"] for name in written if name.endswith(("kernel", "embedding", "scale"))}
+    assert kinds == {"Conv_0.kernel": "conv2d", "BatchNorm_0.scale": "norm", "ConvTranspose_0.kernel":
+                     "conv_transpose2d", "Embed_0.embedding": "embedding", "DenseGeneral_0.kernel": "linear",
+                     "Dense_0.kernel": "linear", "LayerNorm_0.scale": "norm"}
+    # DenseGeneral [6, (2, 3)]: its init sees [6, 6], which the file cannot tell from [(6, 2), 3]
+    general = rows["DenseGeneral_0.kernel"]
+    assert _compute_fans((6, 2, 3), in_axis=0, out_axis=(1, 2)) == (6, 6)
+    assert general["effective_fan_in"] is None and general["effective_fan_out"] is None
+    assert any("flattened" in note for note in general["notes"])
+
+
+def test_stats_are_the_values_written(checkpoint):
+    path, written = checkpoint
+    rows = {row["param"]: row for row in _report("inspect", path, "--stats", "--all")["layers"]}
+    for name, values in written.items():
+        observed = rows[name]["observed"]
+        assert observed["count"] == values.size
+        assert observed["mean"] == pytest.approx(values.astype(np.float64).mean(), rel=1e-6, abs=1e-9)
+        assert observed["std"] == pytest.approx(values.astype(np.float64).std(ddof=1), rel=1e-6)
+
+
+def test_default_recipe_is_flax_lecun_normal(checkpoint):
+    rows = {row["param"]: row for row in _report("inspect", checkpoint[0], "--all")["layers"]}
+    fan_in, _ = _compute_fans((3, 3, 3, 8))
+    assert rows["Conv_0.kernel"]["std"] == pytest.approx(1 / math.sqrt(fan_in))
+
+
+def test_truncated_file_is_one_line(checkpoint, tmp_path):
+    raw = checkpoint[0].read_bytes()
+    for size in (1, len(raw) // 2, len(raw) - 3):
+        cut = tmp_path / f"cut{size}.msgpack"
+        cut.write_bytes(raw[:size])
+        result = run("inspect", cut)
+        assert result.code == 2, result.err
+        assert result.err.count("\n") == 1 and f"{cut}: not a readable Flax msgpack checkpoint" in result.err
+
+
+def test_without_msgpack_is_one_line(checkpoint):
+    code = (
+        "import sys\nsys.modules['msgpack'] = None\nfrom fancli.cli import main\n"
+        f"try:\n    main(['inspect', {str(checkpoint[0])!r}])\n"
+        "except SystemExit as done:\n    assert done.code == 2, done.code\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("\n") == 1 and "pip install msgpack" in result.stderr

@@ -1,0 +1,243 @@
+"""Keras 3 weights files, built from bytes: Keras is too heavy for CI, so h5py writes the exact layout Keras
+3.15.1's `saving/saving_lib.py` writes (`H5IOStore.make`/`_create_h5_group`: a group `<path>/vars` whose attrs
+name the saveable, datasets `0, 1, …` in variable order; `_save_container_state`: a model's layers under
+`layers/<naming.to_snake_case(class name)>` made unique by `_get_unique_name` as `dense`, `dense_1`…; an LSTM's
+variables under its `cell`), and a `.keras` archive as `saving_lib._save_model_to_fileobj` zips it
+(`config.json`, `metadata.json`, `model.weights.h5`). Oracles: Keras' own `compute_fans` (copied), the values
+written, their count."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from helpers import REPO, run
+
+h5py = pytest.importorskip("h5py")
+
+
+def _keras_compute_fans(shape):
+    """keras 3.15.1 `initializers/random_initializers.py` `compute_fans`, copied."""
+    shape = tuple(shape)
+    if len(shape) < 1:
+        fan_in = fan_out = 1
+    elif len(shape) == 1:
+        fan_in = fan_out = shape[0]
+    elif len(shape) == 2:
+        fan_in, fan_out = shape[0], shape[1]
+    else:
+        receptive_field_size = 1
+        for dim in shape[:-2]:
+            receptive_field_size *= dim
+        fan_in = shape[-2] * receptive_field_size
+        fan_out = shape[-1] * receptive_field_size
+    return int(fan_in), int(fan_out)
+
+
+H = 6
+#: (group under layers/, Keras class, its variables in creation order); a Sequential of these.
+MODEL = [
+    ("conv2d", "Conv2D", [(3, 3, 3, 8), (8,)]),
+    ("depthwise_conv2d", "DepthwiseConv2D", [(3, 3, 8, 2), (16,)]),
+    ("conv2d_transpose", "Conv2DTranspose", [(3, 3, 4, 16), (4,)]),
+    ("batch_normalization", "BatchNormalization", [(4,), (4,), (4,), (4,)]),
+    ("embedding", "Embedding", [(50, 5)]),
+    ("lstm/cell", "LSTM", [(5, 4 * H), (H, 4 * H), (4 * H,)]),
+    ("dense", "Dense", [(H, 7), (7,)]),
+    ("dense_1", "Dense", [(7, 3), (3,)]),
+    ("layer_normalization", "LayerNormalization", [(3,), (3,)]),
+    # MultiHeadAttention(num_heads=2, key_dim=4) on E = 3: its EinsumDense sublayers, under their attributes
+    ("multi_head_attention/_key_dense", "MultiHeadAttention", [(3, 2, 4), (2, 4)]),
+    ("multi_head_attention/_output_dense", "MultiHeadAttention", [(2, 4, 3), (3,)]),
+    ("multi_head_attention/_query_dense", "MultiHeadAttention", [(3, 2, 4), (2, 4)]),
+    ("multi_head_attention/_value_dense", "MultiHeadAttention", [(3, 2, 4), (2, 4)]),
+]
+#: The logical [in, out] of MultiHeadAttention's kernels: q/k/v [E, H·D], the output [H·D, E].
+ATTENTION = {"layers.multi_head_attention._query_dense.vars.0": (3, 8),
+             "layers.multi_head_attention._output_dense.vars.0": (8, 3)}
+
+
+def _write_h5(target, rng) -> dict[str, np.ndarray]:
+    """The variables of MODEL as `H5IOStore` writes them (`target` a path or BytesIO)."""
+    written: dict[str, np.ndarray] = {}
+    with h5py.File(target, "w") as handle:
+        handle.create_group("vars").attrs["name"] = "sequential"  # the model's own (empty) entry
+        for group, _, shapes in MODEL:
+            entry = handle.create_group(f"layers/{group}").create_group("vars")
+            entry.attrs["name"] = group.split("/")[0]
+            for index, shape in enumerate(shapes):
+                values = rng.standard_normal(shape).astype(np.float32)
+                entry[str(index)] = values
+                written[f"layers.{group.replace('/', '.')}.vars.{index}"] = values
+        handle.create_group("optimizer/vars").create_dataset("0", data=np.zeros(1, np.int64))  # iterations
+    return written
+
+
+@pytest.fixture(scope="module")
+def weights_h5(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keras") / "model.weights.h5"
+    return path, _write_h5(path, np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    buffer = io.BytesIO()
+    written = _write_h5(buffer, np.random.default_rng(1))
+    config = {"module": "keras", "class_name": "Sequential", "config": {"name": "sequential", "layers": [
+        {"module": "keras.layers", "class_name": "InputLayer", "config": {}},
+        *({"module": "keras.layers", "class_name": klass,
+           "config": {"name": group.split("/")[0], **({"strides": [3, 3]} if klass == "Conv2DTranspose" else {})}}
+          for group, klass, _ in MODEL if "/_" not in group or group.endswith("_key_dense"))]}}
+    path = tmp_path_factory.mktemp("keras") / "model.keras"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
+        zf.writestr("config.json", json.dumps(config))
+        zf.writestr("model.weights.h5", buffer.getvalue())
+    return path, written
+
+
+def _report(*args) -> dict:
+    result = run(*args, "--format", "json")
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+@pytest.mark.parametrize("which", ["weights_h5", "archive"])
+def test_every_weight_listed_with_keras_and_layer_aware_fans(which, request):
+    path, written = request.getfixturevalue(which)
+    report = _report("inspect", path, "--all")
+    rows = {row["param"]: row for row in report["layers"]}
+    # each once (HDF5 indexes a group's links by name: h5py visits them so); the optimizer's are none
+    assert len(rows) == len(report["layers"]) and sorted(rows) == sorted(written)
+    assert report["summary"]["parameters"] == sum(values.size for values in written.values())
+    for name, values in written.items():
+        assert math.prod(rows[name]["shape"]) == values.size
+        if values.ndim >= 2 and ".multi_head_attention." not in name:
+            assert rows[name]["shape"] == list(values.shape)
+        if values.ndim >= 2 and name not in (*ATTENTION, *(key for key in written if key.endswith("dense.vars.1"))):
+            assert (rows[name]["fan_in"], rows[name]["fan_out"]) == _keras_compute_fans(values.shape)
+    kinds = {name.split(".")[1]: rows[name]["kind"] for name in written}
+    assert kinds == {"conv2d": "conv2d", "depthwise_conv2d": "conv2d", "conv2d_transpose": "conv_transpose2d",
+                     "batch_normalization": "norm", "embedding": "embedding", "lstm": "lstm", "dense": "linear",
+                     "dense_1": "linear", "layer_normalization": "norm", "multi_head_attention": "linear"}
+
+    def effective(name):
+        row = rows[name]
+        return (row.get("effective_fan_in") or row["fan_in"],
+                row.get("effective_fan_out") or row["fan_out"])
+
+    # the layer-aware fans: what each output sums and each input feeds
+    assert effective("layers.depthwise_conv2d.vars.0") == (3 * 3, 3 * 3 * 2)  # one channel's taps; mult outputs
+    transpose = rows["layers.conv2d_transpose.vars.0"]  # [kh, kw, out 4, in 16]: each input feeds out·k outputs
+    assert transpose["effective_fan_out"] == 4 * 9
+    if which == "archive":  # its config.json's strides [3, 3]: each output sums 16·9 taps over 3·3 positions
+        assert transpose["effective_fan_in"] == 16 * 9 / 9
+    else:
+        assert transpose["effective_fan_in"] is None and any("unknown stride" in note for note in transpose["notes"])
+    assert effective("layers.lstm.cell.vars.0") == (5, H) and effective("layers.lstm.cell.vars.1") == (H, H)
+    assert effective("layers.dense.vars.0") == (H, 7) and effective("layers.conv2d.vars.0") == (27, 72)
+    for name, (inputs, outputs) in ATTENTION.items():  # Keras' fans read the stored [E, H, D] as a conv's
+        assert rows[name]["shape"] == [inputs, outputs] and effective(name) == (inputs, outputs)
+        assert (rows[name]["fan_in"], rows[name]["fan_out"]) == _keras_compute_fans(written[name].shape)
+    assert rows["layers.multi_head_attention._query_dense.vars.1"]["shape"] == [8]  # a bias [H, D]: no fans
+    assert report["source"]["format"] == ("keras-h5" if which == "weights_h5" else "keras")
+
+
+def test_stats_are_the_values_written(weights_h5, archive):
+    for path, written in (weights_h5, archive):
+        rows = {row["param"]: row for row in _report("inspect", path, "--stats", "--all")["layers"]}
+        for name, values in written.items():
+            observed = rows[name]["observed"]
+            assert observed["count"] == values.size
+            assert observed["mean"] == pytest.approx(values.astype(np.float64).mean(), rel=1e-6, abs=1e-9)
+            assert observed["std"] == pytest.approx(values.astype(np.float64).std(ddof=1), rel=1e-6)
+
+
+def test_default_recipe_is_keras(weights_h5):
+    rows = {row["param"]: row for row in _report("inspect", weights_h5[0], "--all")["layers"]}
+    kernel = rows["layers.dense_1.vars.0"]
+    fan_in, fan_out = _keras_compute_fans((7, 3))
+    assert kernel["bound"] == pytest.approx(math.sqrt(6.0 / (fan_in + fan_out)))
+
+
+def test_truncated_file_is_one_line(weights_h5, archive, tmp_path):
+    for path in (weights_h5[0], archive[0]):
+        raw = path.read_bytes()
+        for size in (20, len(raw) // 2, len(raw) - 50):
+            cut = tmp_path / f"cut{size}{''.join(path.suffixes)}"
+            cut.write_bytes(raw[:size])
+            result = run("inspect", cut)
+            assert result.code == 2, result.err
+            assert result.err.count("\n") == 1 and str(cut) in result.err, result.err
+
+
+def test_a_zip_named_keras_without_weights_is_one_line(tmp_path):
+    path = tmp_path / "other.keras"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", "{}")
+    result = run("inspect", path)
+    assert result.code == 2 and result.err.count("\n") == 1 and "model.weights.h5" in result.err, result.err
+
+
+def test_without_h5py_is_one_line_and_keras_never_imported(weights_h5):
+    code = (
+        "import sys\nsys.modules['h5py'] = None\nfrom fancli.cli import main\n"
+        f"try:\n    main(['inspect', {str(weights_h5[0])!r}])\n"
+        "except SystemExit as done:\n    assert done.code == 2, done.code\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("\n") == 1 and "pip install h5py" in result.stderr
+    code = (
+        "import sys\nfrom fancli.cli import main\n"
+        f"try:\n    main(['inspect', {str(weights_h5[0])!r}, '--stats'])\n"
+        "except SystemExit as done:\n    assert done.code == 0, done.code\n"
+        "assert not {'torch', 'keras', 'tensorflow', 'jax'} & set(sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr
+
+
+def test_legacy_h5_is_read_by_its_layer_names(tmp_path):
+    """Keras 2's `legacy/saving/legacy_h5_format.py` `save_model_to_hdf5`: `model_weights` with attrs `layer_names`,
+    each layer's group with `weight_names`, datasets `<layer>/<layer>/<name>:0`; the optimizer's beside."""
+    path = tmp_path / "model.h5"
+    rng = np.random.default_rng(2)
+    written = {"dense/kernel": rng.standard_normal((4, 5)).astype(np.float32),
+               "dense/bias": rng.standard_normal(5).astype(np.float32),
+               "depthwise_conv2d/depthwise_kernel": rng.standard_normal((3, 3, 5, 2)).astype(np.float32)}
+    with h5py.File(path, "w") as handle:
+        weights = handle.create_group("model_weights")
+        weights.attrs["layer_names"] = [b"dense", b"depthwise_conv2d"]
+        for key, values in written.items():
+            layer, name = key.split("/")
+            weights.require_group(layer).require_group(layer).create_dataset(f"{name}:0", data=values)
+        handle.create_group("optimizer_weights").create_dataset("iter:0", data=np.zeros(1))
+    report = _report("inspect", path, "--all", "--stats")
+    rows = {row["param"]: row for row in report["layers"]}
+    assert sorted(rows) == sorted(f"layers.{key.split('/')[0]}.vars.{key.split('/')[1]}" for key in written)
+    assert report["summary"]["parameters"] == sum(values.size for values in written.values())
+    depthwise = rows["layers.depthwise_conv2d.vars.depthwise_kernel"]
+    assert (depthwise["fan_in"], depthwise["fan_out"]) == _keras_compute_fans((3, 3, 5, 2))
+    assert depthwise["effective_fan_in"] == 9  # each output channel sees one input channel's 3×3 taps
+    observed = rows["layers.dense.vars.kernel"]["observed"]
+    assert observed["mean"] == pytest.approx(written["dense/kernel"].astype(np.float64).mean(), rel=1e-6)
+
+
+def test_a_big_endian_dataset_is_not_read_as_little_endian(tmp_path):
+    path = tmp_path / "big.weights.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_group("layers/dense/vars").create_dataset("0", data=np.full((4, 3), 1.5, dtype=">f4"))
+    row = _report("inspect", path, "--stats")["layers"][0]
+    assert row["shape"] == [4, 3]
+    assert row.get("observed") is None or row["observed"]["mean"] == pytest.approx(1.5)
