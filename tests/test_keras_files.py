@@ -241,3 +241,16 @@ def test_a_big_endian_dataset_is_not_read_as_little_endian(tmp_path):
     row = _report("inspect", path, "--stats")["layers"][0]
     assert row["shape"] == [4, 3]
     assert row.get("observed") is None or row["observed"]["mean"] == pytest.approx(1.5)
+
+
+def test_the_keras_recipe_reads_the_files_own_variable_names(weights_h5):
+    """A `.weights.h5` names variables by index (`vars/0`, `vars/1`): Keras' defaults (keras 3.15.1
+    `layers/core/embedding.py` `embeddings_initializer="uniform"` = RandomUniform(-0.05, 0.05); Dense
+    `bias_initializer="zeros"`; BatchNormalization gamma "ones", beta/moving_mean "zeros", moving_variance
+    "ones") are found on them."""
+    rows = {row["param"]: row for row in _report("inspect", weights_h5[0], "--all")["layers"]}
+    assert rows["layers.embedding.vars.0"]["bound"] == 0.05 and rows["layers.embedding.vars.0"]["recipe"] == "keras"
+    assert (rows["layers.dense.vars.1"]["distribution"], rows["layers.dense.vars.1"]["constant"]) == ("constant", 0.0)
+    assert rows["layers.batch_normalization.vars.0"]["constant"] == 1.0
+    assert rows["layers.batch_normalization.vars.1"]["constant"] == 0.0
+    assert rows["layers.batch_normalization.vars.3"]["constant"] == 1.0

@@ -11,9 +11,27 @@ from __future__ import annotations
 import math
 
 from ..schemes import TRUNCATED_NORMAL_STD, InitValues
-from .draws import RecipeArgs, constant, norm_or_bias, normal, uniform
+from .draws import RecipeArgs, constant, normal, uniform
 
 _KERNELS = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+#: A norm's scale by the names the frameworks give it: Keras' `gamma` (its `.weights.h5` numbers a
+#: LayerNormalization's or BatchNormalization's variables, gamma first: `0`), Flax's `scale`, torch's `weight`.
+_NORM_SCALES = ("weight", "gamma", "scale", "0")
+
+
+def _framework_norm_or_bias(args: RecipeArgs, library: str) -> InitValues | None:
+    """A norm's scale 1 and its other 1-D variables 0; a layer's 1-D variable beside its kernel (its bias,
+    whatever the file calls it: `bias`, Keras' variable `1`) 0."""
+    kind = args.layer.kind
+    if len(args.layer.shape) != 1:
+        return None
+    if kind == "norm":
+        if args.leaf in _NORM_SCALES:
+            return constant(1.0, f"{library}: a norm's scale")
+        return constant(0.0, f"{library}: a norm's offset or moving statistic")
+    if kind in _KERNELS or kind == "embedding":
+        return constant(0.0, f"{library}: biases (zeros)")
+    return None
 
 
 def keras(args: RecipeArgs) -> InitValues | None:
@@ -21,14 +39,16 @@ def keras(args: RecipeArgs) -> InitValues | None:
     fan_out)))), biases `zeros`; Embedding `uniform` (RandomUniform(−0.05, 0.05)); LayerNormalization and
     BatchNormalization gamma ones, beta zeros."""
     kind = args.layer.kind
-    if kind == "embedding" and args.is_weight:
+    if kind == "embedding" and len(args.layer.shape) >= 2:
         return uniform(0.05, "Keras Embedding: RandomUniform(-0.05, 0.05)")
     if kind in _KERNELS and len(args.layer.shape) >= 2:
         if not (args.fan_in and args.fan_out):
             return InitValues(None, note="Keras glorot_uniform: the fans are not known")
         return uniform(math.sqrt(6.0 / (args.fan_in + args.fan_out)),
                        "Keras glorot_uniform: VarianceScaling(1, fan_avg, uniform)")
-    return norm_or_bias(args, "Keras")
+    if kind == "norm" and args.leaf == "3":  # BatchNormalization's variables: gamma, beta, moving_mean, then this
+        return constant(1.0, "Keras BatchNormalization: moving_variance (ones)")
+    return _framework_norm_or_bias(args, "Keras")
 
 
 def flax(args: RecipeArgs) -> InitValues | None:
@@ -37,7 +57,7 @@ def flax(args: RecipeArgs) -> InitValues | None:
     variance_scaling(1, fan_in, normal, out_axis=0), whose fan_in is the features: N(0, 1/features), uncut;
     norms' scale ones, bias zeros."""
     kind = args.layer.kind
-    if kind == "embedding" and args.is_weight:
+    if kind == "embedding" and len(args.layer.shape) >= 2:
         features = args.layer.shape[-1]
         return normal(features ** -0.5, f"Flax Embed: variance_scaling(1, fan_in, normal, out_axis=0), fan_in = "
                                         f"features {features}")
@@ -49,6 +69,4 @@ def flax(args: RecipeArgs) -> InitValues | None:
                           distribution="truncated_normal", cut=2.0,
                           note="Flax lecun_normal: variance_scaling(1, fan_in, truncated_normal), cut at ±2σ and "
                                "rescaled")
-    if args.is_bias:
-        return constant(0.0, "Flax: biases (zeros_init)")
-    return norm_or_bias(args, "Flax")
+    return _framework_norm_or_bias(args, "Flax")
