@@ -110,3 +110,21 @@ def library_draws(build) -> tuple[object, dict[str, tuple]]:
         else:
             draws[name] = ("constant", args[0] if method == "fill_" else 0.0)
     return model, draws
+
+
+def keras_compute_fans(shape) -> tuple[int, int]:
+    """keras 3.15.1 `initializers/random_initializers.py` `compute_fans`, copied."""
+    shape = tuple(shape)
+    if len(shape) < 1:
+        fan_in = fan_out = 1
+    elif len(shape) == 1:
+        fan_in = fan_out = shape[0]
+    elif len(shape) == 2:
+        fan_in, fan_out = shape[0], shape[1]
+    else:
+        receptive_field_size = 1
+        for dim in shape[:-2]:
+            receptive_field_size *= dim
+        fan_in = shape[-2] * receptive_field_size
+        fan_out = shape[-1] * receptive_field_size
+    return int(fan_in), int(fan_out)

@@ -12,7 +12,7 @@ import math
 import pytest
 
 torch = pytest.importorskip("torch")
-from helpers import library_draws, run  # noqa: E402
+from helpers import keras_compute_fans, library_draws, run  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fancli.analysis.recipes import RECIPES, recipe  # noqa: E402
@@ -867,28 +867,10 @@ def test_an_fp8_embeddings_rounding_zeros_are_not_a_padding_row():
     assert abs(found.row_norm_errors) < GATE, found
 
 
-def _keras_compute_fans(shape):
-    """keras 3.15.1 `initializers/random_initializers.py` `compute_fans`, copied."""
-    shape = tuple(shape)
-    if len(shape) < 1:
-        fan_in = fan_out = 1
-    elif len(shape) == 1:
-        fan_in = fan_out = shape[0]
-    elif len(shape) == 2:
-        fan_in, fan_out = shape[0], shape[1]
-    else:
-        receptive_field_size = 1
-        for dim in shape[:-2]:
-            receptive_field_size *= dim
-        fan_in = shape[-2] * receptive_field_size
-        fan_out = shape[-1] * receptive_field_size
-    return int(fan_in), int(fan_out)
-
-
 def _keras_glorot_uniform_limit(shape) -> float:
     """keras 3.15.1 `VarianceScaling.__call__` for GlorotUniform (scale 1, mode fan_avg, uniform), copied."""
     scale = 1.0
-    fan_in, fan_out = _keras_compute_fans(shape)
+    fan_in, fan_out = keras_compute_fans(shape)
     scale /= max(1.0, (fan_in + fan_out) / 2.0)
     return math.sqrt(3.0 * scale)
 

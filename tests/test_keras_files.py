@@ -19,27 +19,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from helpers import REPO, run
+from helpers import REPO, keras_compute_fans, run
 
 h5py = pytest.importorskip("h5py")
-
-
-def _keras_compute_fans(shape):
-    """keras 3.15.1 `initializers/random_initializers.py` `compute_fans`, copied."""
-    shape = tuple(shape)
-    if len(shape) < 1:
-        fan_in = fan_out = 1
-    elif len(shape) == 1:
-        fan_in = fan_out = shape[0]
-    elif len(shape) == 2:
-        fan_in, fan_out = shape[0], shape[1]
-    else:
-        receptive_field_size = 1
-        for dim in shape[:-2]:
-            receptive_field_size *= dim
-        fan_in = shape[-2] * receptive_field_size
-        fan_out = shape[-1] * receptive_field_size
-    return int(fan_in), int(fan_out)
 
 
 H = 6
@@ -123,7 +105,7 @@ def test_every_weight_listed_with_keras_and_layer_aware_fans(which, request):
         if values.ndim >= 2 and ".multi_head_attention." not in name:
             assert rows[name]["shape"] == list(values.shape)
         if values.ndim >= 2 and name not in (*ATTENTION, *(key for key in written if key.endswith("dense.vars.1"))):
-            assert (rows[name]["fan_in"], rows[name]["fan_out"]) == _keras_compute_fans(values.shape)
+            assert (rows[name]["fan_in"], rows[name]["fan_out"]) == keras_compute_fans(values.shape)
     kinds = {name.split(".")[1]: rows[name]["kind"] for name in written}
     assert kinds == {"conv2d": "conv2d", "depthwise_conv2d": "conv2d", "conv2d_transpose": "conv_transpose2d",
                      "batch_normalization": "norm", "embedding": "embedding", "lstm": "lstm", "dense": "linear",
@@ -146,7 +128,7 @@ def test_every_weight_listed_with_keras_and_layer_aware_fans(which, request):
     assert effective("layers.dense.vars.0") == (H, 7) and effective("layers.conv2d.vars.0") == (27, 72)
     for name, (inputs, outputs) in ATTENTION.items():  # Keras' fans read the stored [E, H, D] as a conv's
         assert rows[name]["shape"] == [inputs, outputs] and effective(name) == (inputs, outputs)
-        assert (rows[name]["fan_in"], rows[name]["fan_out"]) == _keras_compute_fans(written[name].shape)
+        assert (rows[name]["fan_in"], rows[name]["fan_out"]) == keras_compute_fans(written[name].shape)
     assert rows["layers.multi_head_attention._query_dense.vars.1"]["shape"] == [8]  # a bias [H, D]: no fans
     assert report["source"]["format"] == ("keras-h5" if which == "weights_h5" else "keras")
 
@@ -164,7 +146,7 @@ def test_stats_are_the_values_written(weights_h5, archive):
 def test_default_recipe_is_keras(weights_h5):
     rows = {row["param"]: row for row in _report("inspect", weights_h5[0], "--all")["layers"]}
     kernel = rows["layers.dense_1.vars.0"]
-    fan_in, fan_out = _keras_compute_fans((7, 3))
+    fan_in, fan_out = keras_compute_fans((7, 3))
     assert kernel["bound"] == pytest.approx(math.sqrt(6.0 / (fan_in + fan_out)))
 
 
@@ -228,7 +210,7 @@ def test_legacy_h5_is_read_by_its_layer_names(tmp_path):
     assert sorted(rows) == sorted(f"layers.{key.split('/')[0]}.vars.{key.split('/')[1]}" for key in written)
     assert report["summary"]["parameters"] == sum(values.size for values in written.values())
     depthwise = rows["layers.depthwise_conv2d.vars.depthwise_kernel"]
-    assert (depthwise["fan_in"], depthwise["fan_out"]) == _keras_compute_fans((3, 3, 5, 2))
+    assert (depthwise["fan_in"], depthwise["fan_out"]) == keras_compute_fans((3, 3, 5, 2))
     assert depthwise["effective_fan_in"] == 9  # each output channel sees one input channel's 3×3 taps
     observed = rows["layers.dense.vars.kernel"]["observed"]
     assert observed["mean"] == pytest.approx(written["dense/kernel"].astype(np.float64).mean(), rel=1e-6)
