@@ -128,3 +128,20 @@ def keras_compute_fans(shape) -> tuple[int, int]:
         fan_in = shape[-2] * receptive_field_size
         fan_out = shape[-1] * receptive_field_size
     return int(fan_in), int(fan_out)
+
+
+def run_child(args, code: int = 0, hidden: tuple[str, ...] = (), absent: tuple[str, ...] = ()):
+    """fancli's entry point in a fresh Python (what a newcomer's process imports, nothing this test process
+    has loaded): `hidden` packages made unimportable (`sys.modules[name] = None`), the exit code asserted to be
+    `code` and none of `absent` imported by the end. Returns the finished process (stdout, stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in hidden)
+              + "from fancli.cli import main\n"
+              + f"try:\n    main({[str(a) for a in args]!r})\n"
+              + f"except SystemExit as done:\n    assert done.code == {code}, done.code\n"
+              + f"assert not {set(absent)!r} & set(sys.modules), set({set(absent)!r}) & set(sys.modules)\n")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))

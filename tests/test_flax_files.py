@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from helpers import REPO, run
+from helpers import run, run_child
 
 msgpack = pytest.importorskip("msgpack")
 
@@ -121,12 +118,6 @@ def test_truncated_file_is_one_line(checkpoint, tmp_path):
 
 
 def test_without_msgpack_is_one_line(checkpoint):
-    code = (
-        "import sys\nsys.modules['msgpack'] = None\nfrom fancli.cli import main\n"
-        f"try:\n    main(['inspect', {str(checkpoint[0])!r}])\n"
-        "except SystemExit as done:\n    assert done.code == 2, done.code\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    result = run_child(["inspect", checkpoint[0]], code=2, hidden=("msgpack",))
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("\n") == 1 and "pip install msgpack" in result.stderr

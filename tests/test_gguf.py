@@ -4,9 +4,6 @@ torch's layout (ne reversed); fans are torch's on that tensor, `--stats` are ggu
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
 from gguf.quants import dequantize, quantize  # noqa: E402
-from helpers import run  # noqa: E402
+from helpers import run, run_child  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 Q = gguf.GGMLQuantizationType
@@ -125,26 +122,14 @@ def test_truncated_file_is_one_line(model, tmp_path):
 
 
 def test_gguf_never_imports_torch(model):
-    code = (
-        "import sys\nfrom fancli.cli import main\n"
-        f"try:\n    main(['inspect', {str(model[0])!r}, '--stats', '-f', 'json'])\n"
-        "except SystemExit as done:\n    assert done.code == 0, done.code\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    result = run_child(["inspect", str(model[0]), "--stats", "-f", "json"], absent=("torch",))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["layers"]
 
 
 def test_without_gguf_is_one_line(model):
-    code = (
-        "import sys\nsys.modules['gguf'] = None\nfrom fancli.cli import main\n"
-        f"main(['inspect', {str(model[0])!r}])\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert result.returncode == 2, result.stderr
+    result = run_child(["inspect", model[0]], code=2, hidden=("gguf",))
+    assert result.returncode == 0, result.stderr
     assert result.stderr.count("\n") == 1 and "needs the gguf package: pip install gguf" in result.stderr
 
 

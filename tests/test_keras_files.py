@@ -11,15 +11,12 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
 import pytest
 
-from helpers import REPO, keras_compute_fans, run
+from helpers import keras_compute_fans, run, run_child
 
 h5py = pytest.importorskip("h5py")
 
@@ -170,23 +167,10 @@ def test_a_zip_named_keras_without_weights_is_one_line(tmp_path):
 
 
 def test_without_h5py_is_one_line_and_keras_never_imported(weights_h5):
-    code = (
-        "import sys\nsys.modules['h5py'] = None\nfrom fancli.cli import main\n"
-        f"try:\n    main(['inspect', {str(weights_h5[0])!r}])\n"
-        "except SystemExit as done:\n    assert done.code == 2, done.code\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    result = run_child(["inspect", weights_h5[0]], code=2, hidden=("h5py",))
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("\n") == 1 and "pip install h5py" in result.stderr
-    code = (
-        "import sys\nfrom fancli.cli import main\n"
-        f"try:\n    main(['inspect', {str(weights_h5[0])!r}, '--stats'])\n"
-        "except SystemExit as done:\n    assert done.code == 0, done.code\n"
-        "assert not {'torch', 'keras', 'tensorflow', 'jax'} & set(sys.modules)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    result = run_child(["inspect", weights_h5[0], "--stats"], absent=("torch", "keras", "tensorflow", "jax"))
     assert result.returncode == 0, result.stderr
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, run
+from helpers import run, run_child
 from torch import nn
 
 from fancli.errors import SourceError
@@ -134,14 +132,7 @@ def test_state_dict_convs_have_unknown_structure(saved):
 
 @pytest.mark.parametrize("name", ["state_dict", "lightning"])
 def test_inspect_never_imports_torch(saved, name):
-    code = (
-        "import sys\nfrom fancli.cli import main\n"
-        f"try:\n    main(['inspect', {str(saved[name])!r}, '--stats', '-f', 'json'])\n"
-        "except SystemExit as done:\n    assert done.code == 0, done.code\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    result = run_child(["inspect", str(saved[name]), "--stats", "-f", "json"], absent=("torch",))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["layers"]
 
