@@ -29,12 +29,12 @@ class RangedHfFileSystem(HfFileSystem):
             return super().cat_file(path, start, end, **kwargs)
         if end <= start:
             return b""
-        resolved = self.resolve_path(path)
-        url = hf_hub_url(resolved.repo_id, resolved.path_in_repo, repo_type=resolved.repo_type,
-                         revision=resolved.revision, endpoint=self.endpoint)
-        headers = {**build_hf_headers(token=self.token), "Range": f"bytes={start}-{end - 1}"}
         timeout = constants.HF_HUB_DOWNLOAD_TIMEOUT
         try:
+            resolved = self.resolve_path(path)  # once per repo and revision: the Hub's answer is kept
+            url = hf_hub_url(resolved.repo_id, resolved.path_in_repo, repo_type=resolved.repo_type,
+                             revision=resolved.revision, endpoint=self.endpoint)
+            headers = {**build_hf_headers(token=self.token), "Range": f"bytes={start}-{end - 1}"}
             with http_stream_backoff("GET", url, headers=headers, timeout=timeout, max_retries=RETRIES) as response:
                 if response.status_code == 416:  # starts past the end: a read past EOF
                     return b""
@@ -43,7 +43,8 @@ class RangedHfFileSystem(HfFileSystem):
                     raise OSError(f"{path}: the server ignored the byte range {start}-{end - 1}")
                 return _first_bytes(response, end - start)
         except httpx2.TimeoutException as error:
-            raise TimeoutError(f"{path}: no answer from {self.endpoint} within {timeout} s") from error
+            raise TimeoutError(f"{path}: no answer from {self.endpoint} in time (HF_HUB_ETAG_TIMEOUT, "
+                               f"HF_HUB_DOWNLOAD_TIMEOUT: {timeout} s)") from error
         except httpx2.TransportError as error:
             raise ConnectionError(f"{path}: cannot read from {self.endpoint}: {error}") from error
 
