@@ -7,7 +7,7 @@ hf_file_system.py): `/api/models/{repo}[/revision/{rev}]` (model_info, the revis
 Content-Length and X-Repo-Commit. Errors carry the Hub's `X-Error-Code` (RepoNotFound, RevisionNotFound,
 EntryNotFound, GatedRepo), which is how huggingface_hub picks its exception class. Every response's body
 bytes are recorded per request, so tests can assert what a client fetched; `stall()` makes the server accept
-connections and never answer (timeout tests).
+connections and never answer (timeout tests), `cut_short()` end files' bodies halfway.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class HubServer:
         self._busy = 0  # requests being answered: a client may go on before the server has counted them
         self._release = threading.Event()
         self._stalled = False
+        self._cut_short = False
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
@@ -123,6 +124,15 @@ class HubServer:
         finally:
             self._stalled = False
             self._release.set()
+
+    @contextlib.contextmanager
+    def cut_short(self) -> Iterator[None]:
+        """Within the block, a file's body stops halfway and the connection closes (a truncated transfer)."""
+        self._cut_short = True
+        try:
+            yield
+        finally:
+            self._cut_short = False
 
     def _begin(self) -> None:
         with self._lock:
@@ -296,6 +306,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             written = 0
+            if hub._cut_short and "X-Repo-Commit" in headers:
+                body, self.close_connection = body[:len(body) // 2], True
             try:
                 if self.method != "HEAD":
                     for offset in range(0, len(body), CHUNK):

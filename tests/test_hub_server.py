@@ -248,6 +248,18 @@ def test_a_read_that_never_answers_is_an_oserror(hub, monkeypatch):
         fs.cat_file(f"{root}/model.safetensors", start=0, end=8)
 
 
+def test_read_faults_are_the_oserrors_fsspec_filesystems_raise(hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fs, root = hub_filesystem("org/gated", None)
+    with pytest.raises(FileNotFoundError):
+        fs.cat_file(f"{root}/absent.bin", start=0, end=8)
+    with hub.cut_short(), pytest.raises(ConnectionError, match="cut off after 512 of 1024 bytes"):
+        fs.cat_file(f"{root}/model.safetensors", start=0, end=1024)
+    monkeypatch.delenv("HF_TOKEN")  # access lost after the revision was resolved
+    with pytest.raises(PermissionError, match=r"refused access \(401\)"):
+        fs.cat_file(f"{root}/model.safetensors", start=0, end=8)
+
+
 def test_offline_is_todays_uncached_error(hub, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert one_line_error("org/model") == str(not_cached("org/model"))
@@ -258,4 +270,4 @@ def test_without_huggingface_hub_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     monkeypatch.delitem(sys.modules, "fancli.loaders.hub_files", raising=False)
     message = one_line_error("org/model")
-    assert message.startswith(str(not_cached("org/model"))) and "pip install huggingface_hub" in message
+    assert message.startswith(str(not_cached("org/model"))) and message.endswith("pip install huggingface_hub")

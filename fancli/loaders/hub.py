@@ -23,9 +23,6 @@ from .hf_cache import not_cached
 if TYPE_CHECKING:
     import fsspec
 
-#: What to install to read repo ids from the Hub (the package itself: it works however fancli was installed).
-INSTALL = "pip install huggingface_hub"
-
 
 def hub_filesystem(repo_id: str, revision: str | None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The Hub as a filesystem and the root of `repo_id` at `revision` (default: the default branch)."""
@@ -39,8 +36,8 @@ def hub_filesystem(repo_id: str, revision: str | None) -> tuple[fsspec.AbstractF
     except ModuleNotFoundError as error:
         if (error.name or "").partition(".")[0] not in ("huggingface_hub", "httpx2"):
             raise
-        raise SourceError(f"{not_cached(repo_id)}; or, to read it from the Hub by byte range without "
-                          f"downloading it, install huggingface_hub (`{INSTALL}`)") from None
+        raise SourceError(f"{not_cached(repo_id)}; or read it from the Hub by byte range, without downloading "
+                          "it, with huggingface_hub: pip install huggingface_hub") from None
     if constants.is_offline_mode():
         raise not_cached(repo_id)
     # The endpoint in the fs itself, so that a pickled copy (a cluster worker) reads the same Hub; the token
