@@ -40,7 +40,15 @@ def hub(tmp_path_factory):
     (folder / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 512}))
     (folder / "extra").mkdir()
     (folder / "extra" / "notes.txt").write_text("notes")
+    sharded = tmp_path_factory.mktemp("sharded")
+    weight_map = {}
+    for number, name in enumerate(WEIGHTS, 1):
+        shard = f"model-{number:05d}-of-{len(WEIGHTS):05d}.safetensors"
+        save_file({name: WEIGHTS[name]}, str(sharded / shard))
+        weight_map[name] = shard
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     repos = {"org/model": Repo(folder, refs={"main": "a" * 40, "v1": BRANCH_COMMIT}),
+             "org/sharded": Repo(sharded),
              "org/gated": Repo(folder, access="gated", tokens=frozenset({TOKEN})),
              "org/private": Repo(folder, access="private", tokens=frozenset({TOKEN}))}
     with HubServer(repos) as server:
@@ -81,6 +89,9 @@ def test_model_info_and_revisions(hub):
     assert api.model_info("org/model", revision="v1").sha == BRANCH_COMMIT
     assert api.model_info("org/model", revision=BRANCH_COMMIT).sha == BRANCH_COMMIT
     assert sorted(api.list_repo_files("org/model")) == ["config.json", "extra/notes.txt", "model.safetensors"]
+    info = {entry.path: entry for entry in api.get_paths_info("org/model", ["config.json", "extra", "absent"])}
+    assert sorted(info) == ["config.json", "extra"]
+    assert info["config.json"].size == (hub.repos["org/model"].folder / "config.json").stat().st_size
     with pytest.raises(RevisionNotFoundError):
         api.model_info("org/model", revision="v9")
     with pytest.raises(RepositoryNotFoundError):
@@ -89,7 +100,8 @@ def test_model_info_and_revisions(hub):
 
 def test_filesystem_ls_info_and_ranges(hub):
     fs = HfFileSystem(endpoint=hub.url, token=False, skip_instance_cache=True)
-    assert fs.ls("org/model", detail=False) == ["org/model/config.json", "org/model/extra", "org/model/model.safetensors"]
+    assert fs.ls("org/model", detail=False) == [f"org/model/{name}" for name in ("config.json", "extra",
+                                                                              "model.safetensors")]
     assert fs.ls("org/model/extra", detail=False) == ["org/model/extra/notes.txt"]
     data = model_bytes(hub)
     assert fs.info("org/model/model.safetensors")["size"] == len(data)
@@ -116,6 +128,14 @@ def test_download_and_safetensors_metadata(hub, tmp_path):
         assert tensors[name].shape == list(array.shape) == header[name]["shape"]
         assert list(tensors[name].data_offsets) == header[name]["data_offsets"]
     assert [r.range for r in hub.requests("/resolve/main/model.safetensors") if r.method == "GET"] == ["bytes=0-100000"]
+    sharded = HfApi(endpoint=hub.url, token=False).get_safetensors_metadata("org/sharded")  # index, then shards
+    folder = hub.repos["org/sharded"].folder
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert sharded.sharded and sharded.weight_map == index["weight_map"]
+    for shard, meta in sharded.files_metadata.items():
+        header = safetensors_header((folder / shard).read_bytes())
+        assert {name: info.data_offsets for name, info in meta.tensors.items()} == {
+            name: tuple(entry["data_offsets"]) for name, entry in header.items() if name != "__metadata__"}
 
 
 def test_errors_are_huggingface_hubs_own(hub, tmp_path):
