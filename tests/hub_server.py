@@ -1,7 +1,8 @@
 """A minimal Hugging Face Hub endpoint on 127.0.0.1 serving local folders as model repos, for `HF_ENDPOINT`.
 
 It answers what huggingface_hub's own calls ask (read from its 2.4 source: hf_api.py, file_download.py,
-hf_file_system.py): `/api/models/{repo}[/revision/{rev}]` (model_info, the revision's commit), `.../auth-check`,
+hf_file_system.py, utils/_detect_agent.py): `/api/agent-harnesses` (fetched for the user-agent unless
+HF_HUB_DISABLE_TELEMETRY), `/api/models/{repo}[/revision/{rev}]` (model_info, the commit), `.../auth-check`,
 `.../tree/{rev}[/{path}]` (list_repo_tree, HfFileSystem.ls), `POST .../paths-info/{rev}` (get_paths_info), and
 `/{repo}/resolve/{rev}/{file}` with HEAD and GET, one `Range` (206 + Content-Range, 416 past the end), ETag,
 Content-Length and X-Repo-Commit. Errors carry the Hub's `X-Error-Code` (RepoNotFound, RevisionNotFound,
@@ -182,6 +183,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
         # -- routing ---------------------------------------------------------------------------------------
         def _route(self, path: str) -> None:
             parts = path.strip("/").split("/")
+            if parts == ["api", "agent-harnesses"]:  # huggingface_hub's user-agent asks for it (telemetry)
+                return self._json({"standardEnvVars": ["AI_AGENT"], "harnesses": {}})
             if parts[:2] == ["api", "models"] and len(parts) >= 4:
                 repo_id, rest = "/".join(parts[2:4]), parts[4:]
                 if not rest:

@@ -194,21 +194,26 @@ def test_header_read_is_ranged(hub):
     assert fs.cat_file(path, start=-4, end=None) == data[-4:]
 
 
-def test_header_read_in_a_fresh_process_writes_nothing(hub, tmp_path):
+@pytest.mark.parametrize("telemetry, written", [("1", []), ("", [".agent_harnesses.json"])])
+def test_header_read_in_a_fresh_process_writes_no_cache(hub, tmp_path, telemetry, written):
     """The settings from the environment as a user sets them: HF_ENDPOINT names the server, HF_HOME an empty
-    folder that must stay empty after resolving the revision and reading a header."""
+    folder. Resolving the revision and reading a header writes nothing there, and imports no torch; only
+    huggingface_hub's telemetry, unless HF_HUB_DISABLE_TELEMETRY, keeps the Hub's agent list there (its
+    user-agent asks for it with any request)."""
     home = tmp_path / "hf_home"
     home.mkdir()
-    script = ("from fancli.loaders.hub import hub_filesystem\n"
+    script = ("import sys\n"
+              "from fancli.loaders.hub import hub_filesystem\n"
               "fs, root = hub_filesystem('org/model', None)\n"
-              "print(len(fs.cat_file(root + '/model.safetensors', start=0, end=1000)), root)\n")
+              "print(len(fs.cat_file(root + '/model.safetensors', start=0, end=1000)), root)\n"
+              "assert 'torch' not in sys.modules\n")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING"))}
-    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), PYTHONPATH=str(REPO))
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY=telemetry, PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1000", "org/model@" + "a" * 40]
     assert hub.body_bytes("model.safetensors") == 1000
-    assert list(home.rglob("*")) == []
+    assert [path.name for path in home.rglob("*")] == written
 
 
 def test_gated_repo_reads_with_the_users_token(hub, monkeypatch):
