@@ -8,7 +8,7 @@ HF_HUB_DISABLE_TELEMETRY), `/api/models/{repo}[/revision/{rev}]` (model_info, th
 Content-Length and X-Repo-Commit. Errors carry the Hub's `X-Error-Code` (RepoNotFound, RevisionNotFound,
 EntryNotFound, GatedRepo), which is how huggingface_hub picks its exception class. Every response's body
 bytes are recorded per request, so tests can assert what a client fetched; `stall()` makes the server accept
-connections and never answer (timeout tests), `cut_short()` end files' bodies halfway.
+connections and never answer (timeout tests), `cut_short()` ends files' bodies halfway.
 """
 
 from __future__ import annotations
@@ -139,11 +139,14 @@ class HubServer:
         with self._lock:
             self._busy += 1
 
+    def _end(self) -> None:
+        with self._lock:
+            self._busy -= 1
+            self._lock.notify_all()
+
     def _record(self, sent: Sent) -> None:
         with self._lock:
             self.sent.append(sent)
-            self._busy -= 1
-            self._lock.notify_all()
 
 
 def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
@@ -179,6 +182,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 self._route(url.path)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
+            finally:
+                hub._end()
 
         # -- routing ---------------------------------------------------------------------------------------
         def _route(self, path: str) -> None:
@@ -290,7 +295,11 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                     return self._send(416, b"", headers)
                 (start, end), status = span, 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-            self._send(status, data[start:end], headers)
+            body = data[start:end]
+            if hub._cut_short:  # the length announced, half the body sent, the connection closed
+                headers["Content-Length"] = str(len(body))
+                body, self.close_connection = body[:len(body) // 2], True
+            self._send(status, body, headers)
 
         # -- responses ---------------------------------------------------------------------------------------
         def _json(self, value: object) -> None:
@@ -306,11 +315,10 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
+            if "Content-Length" not in headers:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             written = 0
-            if hub._cut_short and "X-Repo-Commit" in headers:
-                body, self.close_connection = body[:len(body) // 2], True
             try:
                 if self.method != "HEAD":
                     for offset in range(0, len(body), CHUNK):
@@ -326,7 +334,7 @@ def _range(header: str, size: int) -> tuple[int, int] | None:
     """[start, end) of one `bytes=a-b`, `bytes=a-` or `bytes=-n` range within `size`; None if unsatisfiable."""
     unit, _, spec = header.partition("=")
     first, dash, last = spec.strip().partition("-")
-    if unit.strip() != "bytes" or not dash or "," in spec:
+    if unit.strip() != "bytes" or not dash or not (first + last).isdigit():
         return None
     if not first:
         start, end = max(0, size - int(last)), size

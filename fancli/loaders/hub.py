@@ -5,12 +5,14 @@ Contract: `hub_filesystem(repo_id, revision)` returns `(fs, root)` for `load_rem
 resolved to a commit, "org/name@<commit>" as HfFileSystem spells it, so every read of one inspection sees
 one commit. `fs.cat_file(f"{root}/{name}", start, end)` is one ranged GET of exactly those bytes;
 `fs.ls(root)` / `fs.info(...)` list through the Hub's tree API. It downloads nothing and writes nothing to the
-Hugging Face cache. All settings are huggingface_hub's own: the endpoint (HF_ENDPOINT), the token (HF_TOKEN,
-or the file `hf auth login` writes; never printed), offline mode (HF_HUB_OFFLINE: then the error is the one
-for a repo id the cache lacks) and the timeouts (HF_HUB_ETAG_TIMEOUT for resolving the revision,
-HF_HUB_DOWNLOAD_TIMEOUT per read). A missing, private or gated repo, a missing revision, a refused
-connection and a timeout are each a one-line SourceError naming the repo. huggingface_hub is the optional
-`hub` extra, imported only here.
+Hugging Face cache (huggingface_hub's telemetry, unless HF_HUB_DISABLE_TELEMETRY, keeps the Hub's list of AI
+agents in HF_HOME, for its user-agent). All settings are huggingface_hub's own: the endpoint (HF_ENDPOINT),
+the token (HF_TOKEN, or the file `hf auth login` writes; never printed), offline mode (HF_HUB_OFFLINE: then
+the error is the one for a repo id the cache lacks) and the timeouts (HF_HUB_ETAG_TIMEOUT for resolving the
+revision, HF_HUB_DOWNLOAD_TIMEOUT per read; huggingface_hub 2.4 sets none on its tree listings and its
+auth-check, which only a server that answered the revision request is asked). A missing, private or gated
+repo, a missing revision, a refused connection and a timeout are each a one-line SourceError naming the repo.
+huggingface_hub is the optional `hub` extra, imported only here.
 """
 
 from __future__ import annotations
