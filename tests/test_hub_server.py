@@ -58,14 +58,17 @@ def hub(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def settings(hub, monkeypatch, tmp_path):
     """huggingface_hub's settings for this test, as HF_ENDPOINT / HF_HOME / the timeouts set them at import:
-    this server, no token (none of the user's), an empty cache, short timeouts."""
+    this server, no token (none of the user's), an empty cache, no telemetry (it would keep the server's agent
+    list in the user's HF_HOME), 5 s timeouts (the timeout tests shorten them)."""
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "home" / "token"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "home" / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 5)  # the timeout tests shorten them
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "home" / ".agent_harnesses.json"))
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 5)
     monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 5)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     hub.clear()
