@@ -42,15 +42,24 @@ def cache_dir() -> Path:
     return base / "huggingface" / "hub"
 
 
+def _repo_folder(repo_id: str) -> Path:
+    """The cache folder of `repo_id` (it may not exist)."""
+    return cache_dir() / f"models--{repo_id.replace('/', '--')}"
+
+
+def not_cached(repo_id: str) -> SourceError:
+    """The error for a repo id the cache does not hold (loaders/hub.py raises it too, under HF_HUB_OFFLINE)."""
+    return SourceError(f"{repo_id}: no such file, and not in the Hugging Face cache (looked in "
+                       f"{_repo_folder(repo_id)}); download it with `{DOWNLOAD} {repo_id}`")
+
+
 def snapshot(repo_id: str, revision: str | None = None) -> Path:
     """The snapshot folder of `repo_id` at `revision` (a branch or tag under refs/, or a commit hash)."""
     revision = revision or DEFAULT_REVISION
-    cache = cache_dir()
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    repo = _repo_folder(repo_id)
     download = f"download it with `{DOWNLOAD} {repo_id}`"
     if not repo.is_dir():
-        raise SourceError(f"{repo_id}: no such file, and not in the Hugging Face cache (looked in {repo}); "
-                          f"{download}")
+        raise not_cached(repo_id)
     if not _REVISION.match(revision) or {".", ".."} & set(revision.split("/")):
         raise SourceError(f"{repo_id}: {revision!r} is not a revision: give a branch or tag name, or a commit hash")
     commit = revision if _COMMIT.match(revision) else _commit(repo, repo_id, revision, download)

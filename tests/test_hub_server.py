@@ -1,0 +1,301 @@
+"""The Hub endpoint of tests/hub_server.py, checked with huggingface_hub's own calls (the oracle that it is a
+Hub), and fancli's `hub_filesystem` against it: ranged reads, the byte economy, and each fault one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("huggingface_hub")
+from huggingface_hub import HfApi, HfFileSystem, constants, hf_hub_download  # noqa: E402
+from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, RepositoryNotFoundError,  # noqa: E402
+                                    RevisionNotFoundError)
+from hub_server import HubServer, Repo  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+
+from fancli.errors import SourceError  # noqa: E402
+from fancli.loaders.hf_cache import not_cached  # noqa: E402
+from fancli.loaders.hub import hub_filesystem  # noqa: E402
+from helpers import REPO  # noqa: E402
+
+TOKEN = "hf_grantedtesttoken"
+BRANCH_COMMIT = "b" * 40
+WEIGHTS = {"layer.weight": np.arange(512 * 512, dtype=np.float32).reshape(512, 512),  # 1 MiB: a whole-file
+           "layer.bias": np.ones(512, dtype=np.float32)}                              # read shows in bytes
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("repo")
+    save_file(WEIGHTS, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 512}))
+    (folder / "extra").mkdir()
+    (folder / "extra" / "notes.txt").write_text("notes")
+    sharded = tmp_path_factory.mktemp("sharded")
+    weight_map = {}
+    for number, name in enumerate(WEIGHTS, 1):
+        shard = f"model-{number:05d}-of-{len(WEIGHTS):05d}.safetensors"
+        save_file({name: WEIGHTS[name]}, str(sharded / shard))
+        weight_map[name] = shard
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    repos = {"org/model": Repo(folder, refs={"main": "a" * 40, "v1": BRANCH_COMMIT}),
+             "org/sharded": Repo(sharded),
+             "org/gated": Repo(folder, access="gated", tokens=frozenset({TOKEN})),
+             "org/private": Repo(folder, access="private", tokens=frozenset({TOKEN}))}
+    with HubServer(repos) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def settings(hub, monkeypatch, tmp_path):
+    """huggingface_hub's settings for this test, as HF_ENDPOINT / HF_HOME / the timeouts set them at import:
+    this server, no token (none of the user's), an empty cache, no telemetry (it would keep the server's agent
+    list in the user's HF_HOME), 5 s timeouts (the timeout tests shorten them)."""
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "home" / "token"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "home" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "home" / ".agent_harnesses.json"))
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 5)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 5)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub.clear()
+
+
+def safetensors_header(data: bytes) -> dict:
+    """The header as the format defines it: an 8-byte little-endian length, then that much JSON."""
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + length])
+
+
+def model_bytes(hub) -> bytes:
+    return (hub.repos["org/model"].folder / "model.safetensors").read_bytes()
+
+
+# -- the server, as huggingface_hub sees it ------------------------------------------------------------------
+
+def test_model_info_and_revisions(hub):
+    api = HfApi(endpoint=hub.url, token=False)
+    assert api.model_info("org/model").sha == "a" * 40
+    assert api.model_info("org/model", revision="v1").sha == BRANCH_COMMIT
+    assert api.model_info("org/model", revision=BRANCH_COMMIT).sha == BRANCH_COMMIT
+    assert sorted(api.list_repo_files("org/model")) == ["config.json", "extra/notes.txt", "model.safetensors"]
+    info = {entry.path: entry for entry in api.get_paths_info("org/model", ["config.json", "extra", "absent"])}
+    assert sorted(info) == ["config.json", "extra"]
+    assert info["config.json"].size == (hub.repos["org/model"].folder / "config.json").stat().st_size
+    with pytest.raises(RevisionNotFoundError):
+        api.model_info("org/model", revision="v9")
+    with pytest.raises(RepositoryNotFoundError):
+        api.model_info("org/missing")
+
+
+def test_filesystem_ls_info_and_ranges(hub):
+    fs = HfFileSystem(endpoint=hub.url, token=False, skip_instance_cache=True)
+    assert fs.ls("org/model", detail=False) == [f"org/model/{name}" for name in ("config.json", "extra",
+                                                                              "model.safetensors")]
+    assert fs.ls("org/model/extra", detail=False) == ["org/model/extra/notes.txt"]
+    data = model_bytes(hub)
+    assert fs.info("org/model/model.safetensors")["size"] == len(data)
+    assert fs.info("org/model/extra")["type"] == "directory"
+    assert fs.cat_file("org/model/model.safetensors", start=100, end=164) == data[100:164]
+    assert fs.cat_file("org/model@v1/config.json") == (hub.repos["org/model"].folder / "config.json").read_bytes()
+    with pytest.raises(FileNotFoundError):
+        fs.info("org/model/absent.bin")
+    # HfFileSystem's own ranged read goes through fsspec's 5 MiB read-ahead: the rest of the 1 MiB file for
+    # 64 bytes (why fancli's hub_files.py reads by exact range)
+    assert hub.requests("model.safetensors")[-1].body_bytes == len(data) - 100
+
+
+def test_download_and_safetensors_metadata(hub, tmp_path):
+    cache = tmp_path / "cache"
+    path = hf_hub_download("org/model", "config.json", cache_dir=cache, endpoint=hub.url, token=False)
+    assert open(path, "rb").read() == (hub.repos["org/model"].folder / "config.json").read_bytes()
+    assert "a" * 40 in path  # the snapshot of the commit X-Repo-Commit named
+    meta = HfApi(endpoint=hub.url, token=False).get_safetensors_metadata("org/model")
+    header = safetensors_header(model_bytes(hub))
+    tensors = meta.files_metadata["model.safetensors"].tensors
+    assert meta.files_metadata["model.safetensors"].metadata == header["__metadata__"] == {"format": "pt"}
+    for name, array in WEIGHTS.items():
+        assert tensors[name].shape == list(array.shape) == header[name]["shape"]
+        assert list(tensors[name].data_offsets) == header[name]["data_offsets"]
+    assert [r.range for r in hub.requests("/resolve/main/model.safetensors") if r.method == "GET"] == ["bytes=0-100000"]
+    sharded = HfApi(endpoint=hub.url, token=False).get_safetensors_metadata("org/sharded")  # index, then shards
+    folder = hub.repos["org/sharded"].folder
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert sharded.sharded and sharded.weight_map == index["weight_map"]
+    for shard, meta in sharded.files_metadata.items():
+        header = safetensors_header((folder / shard).read_bytes())
+        assert {name: info.data_offsets for name, info in meta.tensors.items()} == {
+            name: tuple(entry["data_offsets"]) for name, entry in header.items() if name != "__metadata__"}
+
+
+def test_errors_are_huggingface_hubs_own(hub, tmp_path):
+    def download(repo: str, name: str = "config.json", token: str | bool = False) -> str:
+        return hf_hub_download(repo, name, cache_dir=tmp_path, endpoint=hub.url, token=token)
+
+    with pytest.raises(RepositoryNotFoundError):
+        download("org/missing")
+    with pytest.raises(RepositoryNotFoundError):
+        download("org/private")
+    with pytest.raises(EntryNotFoundError):
+        download("org/model", "absent.json")
+    with pytest.raises(GatedRepoError) as unauthenticated:
+        download("org/gated")
+    with pytest.raises(GatedRepoError) as refused:
+        download("org/gated", token="hf_someoneelse")
+    assert (unauthenticated.value.response.status_code, refused.value.response.status_code) == (401, 403)
+    assert download("org/gated", token=TOKEN) and download("org/private", token=TOKEN)
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download("org/model", "config.json", revision="v9", cache_dir=tmp_path, endpoint=hub.url, token=False)
+
+
+# -- fancli's hub_filesystem ---------------------------------------------------------------------------------
+
+def test_hub_filesystem_resolves_the_revision_to_a_commit(hub):
+    fs, root = hub_filesystem("org/model", None)
+    assert isinstance(fs, HfFileSystem) and fs.endpoint == hub.url
+    assert root == "org/model@" + "a" * 40
+    assert hub_filesystem("org/model", "v1")[1] == f"org/model@{BRANCH_COMMIT}"
+    assert fs.ls(root, detail=False) == [f"{root}/config.json", f"{root}/extra", f"{root}/model.safetensors"]
+    assert fs.info(f"{root}/model.safetensors")["size"] == len(model_bytes(hub))
+    copy = pickle.loads(pickle.dumps(fs))  # as a cluster task carries it: the same Hub, the same exact reads
+    assert copy.endpoint == hub.url and copy.cat_file(f"{root}/model.safetensors", 0, 8) == model_bytes(hub)[:8]
+
+
+def test_header_read_is_ranged(hub):
+    """The 8-byte length, then the header: exactly those bytes from the server, nothing of the tensors."""
+    fs, root = hub_filesystem("org/model", None)
+    data = model_bytes(hub)
+    path = f"{root}/model.safetensors"
+    hub.clear()
+    assert fs.cat_file(path, start=0, end=8) == data[:8]
+    (length,) = struct.unpack("<Q", data[:8])
+    assert hub.body_bytes("model.safetensors") == 8
+    assert fs.cat_file(path, start=8, end=8 + length) == data[8:8 + length]
+    assert hub.body_bytes("model.safetensors") == 8 + length
+    assert [r.range for r in hub.requests("model.safetensors")] == ["bytes=0-7", f"bytes=8-{7 + length}"]
+    # one request for both when the header fits a first range, as get_safetensors_metadata reads it
+    hub.clear()
+    first = fs.cat_file(path, start=0, end=64 * 1024)
+    assert safetensors_header(first) == safetensors_header(data)
+    assert hub.body_bytes("model.safetensors") == 64 * 1024 < len(data) // 16
+    assert len(hub.requests("model.safetensors")) == 1
+    assert fs.cat_file(path, start=len(data) - 4, end=len(data) + 100) == data[-4:]  # clipped at the end
+    assert fs.cat_file(path, start=len(data) + 10, end=len(data) + 20) == b""
+    assert fs.cat_file(path, start=-4, end=None) == data[-4:]
+
+
+@pytest.mark.parametrize("telemetry, written", [("1", []), ("", [".agent_harnesses.json"])])
+def test_header_read_in_a_fresh_process_writes_no_cache(hub, tmp_path, telemetry, written):
+    """The settings from the environment as a user sets them: HF_ENDPOINT names the server, HF_HOME an empty
+    folder. Resolving the revision and reading a header writes nothing there, and imports no torch; only
+    huggingface_hub's telemetry, unless HF_HUB_DISABLE_TELEMETRY, keeps the Hub's agent list there (its
+    user-agent asks for it with any request)."""
+    home = tmp_path / "hf_home"
+    home.mkdir()
+    script = ("import sys\n"
+              "from fancli.loaders.hub import hub_filesystem\n"
+              "fs, root = hub_filesystem('org/model', None)\n"
+              "print(len(fs.cat_file(root + '/model.safetensors', start=0, end=1000)), root)\n"
+              "assert 'torch' not in sys.modules\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY=telemetry, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1000", "org/model@" + "a" * 40]
+    assert hub.body_bytes("model.safetensors") == 1000
+    assert [path.name for path in home.rglob("*")] == written
+
+
+def test_gated_repo_reads_with_the_users_token(hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fs, root = hub_filesystem("org/gated", None)
+    assert fs.cat_file(f"{root}/model.safetensors", start=0, end=8) == model_bytes(hub)[:8]
+    assert hub_filesystem("org/private", None)[1].startswith("org/private@")
+
+
+def one_line_error(repo_id: str, revision: str | None = None) -> str:
+    with pytest.raises(SourceError) as raised:
+        hub_filesystem(repo_id, revision)
+    message = str(raised.value)
+    assert raised.value.exit_code == 2 and "\n" not in message and message.startswith(f"{repo_id}: ")
+    return message
+
+
+@pytest.mark.parametrize("repo_id, revision, says", [
+    ("org/missing", None, "no such repo"),
+    ("org/private", None, "no such repo on the Hugging Face Hub (http://127.0.0.1:"),
+    ("org/gated", None, "a gated repo"),
+    ("org/model", "v9", "no revision 'v9'"),
+])
+def test_hub_refusals_are_one_line(hub, repo_id, revision, says):
+    assert says in one_line_error(repo_id, revision)
+
+
+def test_gated_with_a_token_not_granted_never_prints_it(hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_notgrantedsecret")
+    message = one_line_error("org/gated")
+    assert "a gated repo" in message and "hf_notgrantedsecret" not in message
+    assert hub.requests("/auth-check")[-1].status == 403
+
+
+def test_connection_refused_is_one_line(monkeypatch):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    assert "cannot reach the Hugging Face Hub" in one_line_error("org/model")
+
+
+def test_a_server_that_never_answers_times_out(hub, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 0.25)
+    started = time.monotonic()
+    with hub.stall():
+        assert "did not answer within 0.25 s (HF_HUB_ETAG_TIMEOUT)" in one_line_error("org/model")
+    assert time.monotonic() - started < 3
+
+
+def test_a_read_that_never_answers_is_an_oserror(hub, monkeypatch):
+    monkeypatch.setattr("fancli.loaders.hub_files.RETRIES", 0)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.25)
+    fs, root = hub_filesystem("org/model", None)
+    fs.ls(root)  # as a reader lists a folder first: the read below is what stalls
+    with hub.stall(), pytest.raises(TimeoutError, match="no answer from http://127.0.0.1:.* in time"):
+        fs.cat_file(f"{root}/model.safetensors", start=0, end=8)
+
+
+def test_read_faults_are_the_oserrors_fsspec_filesystems_raise(hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fs, root = hub_filesystem("org/gated", None)
+    with pytest.raises(FileNotFoundError):
+        fs.cat_file(f"{root}/absent.bin", start=0, end=8)
+    with hub.cut_short(), pytest.raises(ConnectionError, match="cut off after 512 of 1024 bytes"):
+        fs.cat_file(f"{root}/model.safetensors", start=0, end=1024)
+    monkeypatch.delenv("HF_TOKEN")  # access lost after the revision was resolved
+    with pytest.raises(PermissionError, match=r"refused access \(401\)"):
+        fs.cat_file(f"{root}/model.safetensors", start=0, end=8)
+
+
+def test_offline_is_todays_uncached_error(hub, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert one_line_error("org/model") == str(not_cached("org/model"))
+    assert hub.sent == []
+
+
+def test_without_huggingface_hub_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    monkeypatch.delitem(sys.modules, "fancli.loaders.hub_files", raising=False)
+    message = one_line_error("org/model")
+    assert message.startswith(str(not_cached("org/model"))) and message.endswith("pip install huggingface_hub")
