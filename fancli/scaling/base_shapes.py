@@ -77,9 +77,8 @@ def static_check(base: BaseShapes, widths: Sequence[int], params: Sequence[dict[
     names = set(params[0])
     extra, missing = sorted(set(base.shapes) - names), sorted(names - set(base.shapes))
     if extra or missing:
-        what = "; ".join(part for part in (
-            f"not in the model: {', '.join(extra[:3])}{' …' if len(extra) > 3 else ''}" if extra else "",
-            f"not in the file: {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}" if missing else "") if part)
+        what = "; ".join(f"{label}: {_some(names_)}" for label, names_ in (("not in the model", extra),
+                                                                          ("not in the file", missing)) if names_)
         raise SourceError(f"{base.path}: its parameters are not the model's ({printable(what)})")
     out = []
     for name, base_shape in base.shapes.items():
@@ -100,6 +99,10 @@ def static_check(base: BaseShapes, widths: Sequence[int], params: Sequence[dict[
             result = "matches" if abs(slope - expected) <= tolerance else "differs"
         out.append(ParamScaling(name, base_shape, shapes, infinite, role, stds, slope, expected, result))
     return tuple(out)
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (" …" if len(names) > 3 else "")
 
 
 def _role(rank: int, infinite: tuple[int, ...]) -> str:

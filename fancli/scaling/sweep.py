@@ -30,7 +30,7 @@ from .slopes import FAIL_ON, fit_slope, overall, verdict
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
 OPTIMIZERS = tuple(DEFAULT_LR)
 #: A sweep's bounds: each width is a model built and trained; more widths or steps only take longer.
-MAX_WIDTHS, MAX_STEPS = 64, 1000
+MAX_WIDTHS, MAX_STEPS, MAX_SEEDS = 64, 1000, 100
 DEFAULT_BATCH = 64
 #: The name the model's own output (the root module) is recorded under.
 OUTPUT = "(output)"
@@ -63,6 +63,7 @@ class WidthSweep:
     lr: float
     batch: int
     seed: int
+    seeds: int  # runs averaged per width, with seeds seed … seed+seeds-1
     input_shape: tuple[int, ...]
     tolerance: float
     fail_on: str
@@ -82,19 +83,25 @@ class WidthSweep:
 def width_sweep(factory: str | Callable[..., nn.Module], widths: Sequence[int], *, width_key: str = "width",
                 kwargs: dict[str, Any] | None = None, steps: int = 3, optimizer: str = "adam",
                 lr: float | None = None, batch: int | None = None, input_shape: Sequence[int] | None = None,
-                seed: int = 0, tolerance: float = 0.1, fail_on: str = "any",
+                seed: int = 0, seeds: int = 1, tolerance: float = 0.1, fail_on: str = "any",
                 base_shapes: BaseShapes | None = None,
                 on_width: Callable[[int, int], None] | None = None) -> WidthSweep:
     """Build `factory(**kwargs, width_key=w)` for each width w, train it `steps` steps and fit the curves.
 
     `factory` is a "pkg.module:callable" (the user's code, imported as every factory source is) or a
     callable. Each width starts from `seed` (torch.manual_seed before the factory runs, so the inits are
-    seeded). `optimizer` "adam" or "sgd" at `lr` (default: mup's, DEFAULT_LR); a parameter with a float
-    attribute `lr_scale` trains at lr·lr_scale (how a μP model says its hidden and readout weights train at
-    lr/width_mult, as mup's MuAdam does). `input_shape` is one example's shape (default: (in_features,)
+    seeded); `seeds` > 1 repeats the run with seeds seed, seed+1, … and averages the statistic, as mup's
+    `nseeds` does (one draw's curve wanders by O(1/√width) at small widths). `optimizer` "adam" or "sgd"
+    at `lr` (default: mup's, DEFAULT_LR); a parameter with a float attribute `lr_scale` trains at
+    lr·lr_scale (how a μP model says its hidden and readout weights train at lr/width_mult, as mup's MuAdam
+    does). `input_shape` is one example's shape (default: (in_features,)
     of the first Linear module registered). `on_width(i, w)` is called before each width is built.
     """
     widths, source = _checked(widths, steps, optimizer, lr, batch, tolerance, fail_on), _name(factory)
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise SettingsError(f"seeds must be from 1 to {MAX_SEEDS}, got {seeds:,}")
+    if kwargs and width_key in kwargs:
+        raise SettingsError(f"{source}: the keyword arguments set {width_key!r}, which the sweep sets to each width")
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     batch = batch or DEFAULT_BATCH
     shape: tuple[int, ...] | None = tuple(int(d) for d in input_shape) if input_shape is not None else None
@@ -106,15 +113,20 @@ def width_sweep(factory: str | Callable[..., nn.Module], widths: Sequence[int], 
         for index, width in enumerate(widths):
             if on_width is not None:
                 on_width(index, width)
-            torch.manual_seed(seed)
-            net = _build(factory, source, {**(kwargs or {}), width_key: width}, width_key)
-            if shape is None:
-                shape = _input_shape(net, source)
-            params.append({name: (tuple(p.shape), _std(p)) for name, p in net.named_parameters()})
-            records.append(_train(net, source, width, shape, batch, steps, optimizer, lr, seed))
+            runs, inits = [], []
+            for draw in range(seed, seed + seeds):
+                torch.manual_seed(draw)
+                net = _build(factory, source, {**(kwargs or {}), width_key: width})
+                if shape is None:
+                    shape = _input_shape(net, source)
+                inits.append({name: (tuple(p.shape), _std(p)) for name, p in net.named_parameters()})
+                runs.append(_train(net, source, width, shape, batch, steps, optimizer, lr, draw))
+            records.append(_mean_records(runs))
+            params.append({name: (shape_, _mean([i[name][1] for i in inits]))
+                           for name, (shape_, _) in inits[0].items()})
     layers, notes = _curves(records, widths, steps, tolerance)
     static = static_check(base_shapes, widths, params, tolerance) if base_shapes is not None else None
-    return WidthSweep(source, width_key, widths, steps, optimizer, lr, batch, seed, shape or (), tolerance,
+    return WidthSweep(source, width_key, widths, steps, optimizer, lr, batch, seed, seeds, shape or (), tolerance,
                       fail_on, layers, static, notes)
 
 
@@ -144,8 +156,9 @@ def _name(factory: str | Callable[..., nn.Module]) -> str:
     return factory if isinstance(factory, str) else getattr(factory, "__qualname__", type(factory).__name__)
 
 
-def _build(factory: str | Callable[..., nn.Module], source: str, kwargs: dict[str, Any], width_key: str) -> nn.Module:
-    """The module the factory builds at one width; a factory that takes no `width_key` is one line."""
+def _build(factory: str | Callable[..., nn.Module], source: str, kwargs: dict[str, Any]) -> nn.Module:
+    """The module the factory builds at one width; whatever the factory raises (a width keyword it does not
+    take) is one line."""
     from .. import loaders
 
     if isinstance(factory, str):
@@ -156,8 +169,8 @@ def _build(factory: str | Callable[..., nn.Module], source: str, kwargs: dict[st
     else:
         try:
             built = factory(**kwargs)
-        except TypeError as error:
-            raise SourceError(f"{source}: {one_line(error)}") from None
+        except Exception as error:  # noqa: BLE001 - whatever the user's factory raises is the source's problem
+            raise SourceError(f"{source}: raised {type(error).__name__}: {one_line(error)}") from None
     if not isinstance(built, nn.Module):
         raise SourceError(f"{source}: returned a {type(built).__name__}, not a torch.nn.Module")
     return built
@@ -223,6 +236,17 @@ def _train(net: nn.Module, source: str, width: int, shape: tuple[int, ...], batc
         opt.step()
     return {name: (type(module).__name__, means) for (name, module), coord in zip(hooked, coords)
             if (means := coord.means()) is not None}
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def _mean_records(runs: list[dict[str, tuple[str, list[float]]]]) -> dict[str, tuple[str, list[float]]]:
+    """One width's runs (one per seed) as one: each module's statistic averaged over the runs that have it."""
+    names = [name for name in runs[0] if all(name in run for run in runs)]
+    return {name: (runs[0][name][0], [_mean(values) for values in zip(*(run[name][1] for run in runs))])
+            for name in names}
 
 
 def _forward(net: nn.Module, x: torch.Tensor, source: str, width: int) -> torch.Tensor:
