@@ -37,7 +37,7 @@ def _widths(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[i
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--seeds", type=click.IntRange(1, 100), default=1, show_default=True,
               help="Runs averaged per width (seeds SEED, SEED+1, …), as mup's nseeds: steadier curves.")
-@click.option("--tolerance", type=float, default=0.1, show_default=True,
+@click.option("--tolerance", type=float, default=0.2, show_default=True,
               help="Largest |slope| (log2 change of mean |output| per doubling of width) that is flat.")
 @click.option("--fail-on", type=click.Choice(("any", "grows")), default="any", show_default=True,
               help="Exit 1 on any slope out of tolerance, or only on growth (and NaN/inf).")
@@ -63,12 +63,17 @@ def scale(factory: str, widths: tuple[int, ...], width_key: str, factory_kwargs:
     written = output if output and not is_stdout(output) else None
     check_outputs(written, plot_path)  # refused before the sweep, not after
 
-    def progress(index: int, width: int) -> None:
-        click.echo(f"fancli: scale: width {width} ({index + 1} of {len(widths)})", err=True)
+    from rich.console import Console
+    from rich.progress import Progress
 
-    result = width_sweep(factory, widths, width_key=width_key, kwargs=factory_kwargs, steps=steps,
-                         optimizer=optimizer, lr=lr, batch=batch, input_shape=input_shape, seed=seed, seeds=seeds,
-                         tolerance=tolerance, fail_on=fail_on, base_shapes=base, on_width=progress)
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("width sweep", total=len(set(widths)))
+        result = width_sweep(factory, widths, width_key=width_key, kwargs=factory_kwargs, steps=steps,
+                             optimizer=optimizer, lr=lr, batch=batch, input_shape=input_shape, seed=seed, seeds=seeds,
+                             tolerance=tolerance, fail_on=fail_on, base_shapes=base,
+                             on_width=lambda index, width: bar.update(task, completed=index,
+                                                                      description=f"width {width}"))
     text = as_text("scale", fmt, result)
     if plot_path:
         from ..renderers.plot import plot_scale
