@@ -187,7 +187,7 @@ def plot_scale(sweep: WidthSweep, path: str | Path, title: str | None = None,
         for layer in sweep.layers:
             ys = [v if math.isfinite(v) and v > 0 else float("nan") for v in layer.values[step]]
             anything = anything or any(y == y for y in ys)
-            ax.plot(sweep.widths, ys, marker=".", label=literal(layer.name))
+            ax.plot(sweep.widths, ys, marker=".", label=literal(f"{layer.name} ({layer.kind})"))
         ax.set_xscale("log", base=2)
         ax.set_title(f"step {step}")
         ax.set_xlabel(literal(sweep.width_key))

@@ -49,6 +49,9 @@ def render_scale(sweep: WidthSweep) -> str:
                      + ", ".join(f"{layer.name} ({layer.verdict})" for layer in failed))
     else:
         lines.append(f"all {len(sweep.layers)} modules pass (--fail-on {sweep.fail_on})")
+    if any(slope is None for layer in sweep.layers for slope in layer.slopes):
+        lines.append("—: no slope: the output is 0 at every width (zero, as a zero-initialised readout's at step 0), "
+                     "or 0, infinite or NaN at some (undefined)")
     if sweep.base_shapes is not None:
         lines += ["", "μP base shapes: init std against width (from the weights alone: a multiplier in the forward "
                   "is not seen)"]

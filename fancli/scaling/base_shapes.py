@@ -90,8 +90,8 @@ def static_check(base: BaseShapes, widths: Sequence[int], params: Sequence[dict[
         stds = tuple(p[name][1] for p in params)
         role = _role(len(base_shape), infinite)
         fan_ins = [math.prod(s[1:]) for s in shapes] if len(base_shape) >= 2 else [1] * len(shapes)
-        fan_slope = fit_slope(widths, fan_ins) or 0.0
-        expected = EXPONENTS[role] * fan_slope if len(base_shape) >= 2 else 0.0
+        fan_slope = fit_slope(widths, fan_ins) if len(set(fan_ins)) > 1 else None
+        expected = EXPONENTS[role] * fan_slope if fan_slope else 0.0  # a fixed fan_in: a fixed std
         slope = fit_slope(widths, stds)
         if slope is None:
             result = "zero" if all(s == 0 for s in stds) else "undefined"
