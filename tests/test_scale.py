@@ -242,3 +242,31 @@ def test_the_table_names_each_module_and_its_verdict(factory):
     assert lines[9] == "all 6 modules pass (--fail-on any)"
     assert all(math.isfinite(float(cell)) for cell in rows["2"][2:6])
     assert result.err == ""  # progress is drawn on a terminal only
+
+
+def test_a_source_that_is_not_a_factory_is_one_line():
+    from helpers import REPO
+
+    result = run("scale", REPO / "sample_models" / "lenet5.yaml", "--width", "32,64")
+    assert result.code == 2 and result.out == ""
+    line, = result.err.strip().splitlines()
+    assert "give a factory" in line
+
+
+def test_module_names_from_the_users_code_are_inert():
+    """A module named with a terminal escape is shown escaped in the table and kept exact in JSON."""
+    from fancli.renderers.scale import render_scale, render_scale_json
+    from fancli.scaling.sweep import width_sweep
+
+    name = "\x1b[2Jevil\u202e"
+
+    def build(width):
+        net = nn.Sequential()
+        net.add_module(name, nn.Linear(4, width))
+        return net
+
+    sweep = width_sweep(build, (8, 16), steps=1, batch=4)
+    table = render_scale(sweep)
+    assert "\x1b" not in table and "\u202e" not in table and "\\x1b[2Jevil" in table
+    document = render_scale_json(sweep)
+    assert "\u202e" not in document and json.loads(document)["layers"][1]["name"] == name

@@ -115,6 +115,7 @@ def width_sweep(factory: str | Callable[..., nn.Module], widths: Sequence[int], 
         raise SettingsError(f"{source}: input shape must be positive sizes, got {shape}")
     records: list[dict[str, tuple[str, list[float]]]] = []
     params: list[dict[str, tuple[tuple[int, ...], float]]] = []
+    silent: set[str] = set()  # modules hooked but never recorded at some width
     with torch.random.fork_rng(devices=[]), torch.enable_grad(), memory_refused(source):
         for index, width in enumerate(widths):
             if on_width is not None:
@@ -126,11 +127,16 @@ def width_sweep(factory: str | Callable[..., nn.Module], widths: Sequence[int], 
                 if shape is None:
                     shape = _input_shape(net, source)
                 inits.append({name: (tuple(p.shape), _std(p)) for name, p in net.named_parameters()})
-                runs.append(_train(net, source, width, shape, batch, steps, optimizer, lr, draw))
+                run, unrecorded = _train(net, source, width, shape, batch, steps, optimizer, lr, draw)
+                runs.append(run)
+                silent |= unrecorded
             records.append(_mean_records(runs))
             params.append({name: (shape_, _mean([i[name][1] for i in inits]))
                            for name, (shape_, _) in inits[0].items()})
     layers, notes = _curves(records, widths, steps, tolerance)
+    if silent:
+        notes += (f"not called at every step, or no floating-point tensor output, so not recorded: "
+                  f"{', '.join(sorted(silent))}",)
     static = static_check(base_shapes, widths, params, tolerance) if base_shapes is not None else None
     return WidthSweep(source, width_key, widths, steps, optimizer, lr, batch, seed, seeds, shape or (), tolerance,
                       fail_on, layers, static, notes)
@@ -215,8 +221,9 @@ class _Coords:
 
 
 def _train(net: nn.Module, source: str, width: int, shape: tuple[int, ...], batch: int, steps: int,
-           optimizer: str, lr: float, seed: int) -> dict[str, tuple[str, list[float]]]:
-    """Module name -> (class, mean |output| at steps 0..steps) for one width."""
+           optimizer: str, lr: float, seed: int) -> tuple[dict[str, tuple[str, list[float]]], set[str]]:
+    """Module name -> (class, mean |output| at steps 0..steps) for one width; and the modules hooked but not
+    recorded (not called at every step, or with no floating-point tensor output)."""
     net.train()
     hooked = [(OUTPUT, net)] + [(name, m) for name, m in net.named_modules() if name and not any(m.children())]
     coords = [_Coords(steps) for _ in hooked]
@@ -240,8 +247,9 @@ def _train(net: nn.Module, source: str, width: int, shape: tuple[int, ...], batc
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return {name: (type(module).__name__, means) for (name, module), coord in zip(hooked, coords)
-            if (means := coord.means()) is not None}
+    recorded = {name: (type(module).__name__, means) for (name, module), coord in zip(hooked, coords)
+                if (means := coord.means()) is not None}
+    return recorded, {name for name, _ in hooked} - set(recorded)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -286,7 +294,7 @@ def _curves(records: list[dict[str, tuple[str, list[float]]]], widths: tuple[int
             tolerance: float) -> tuple[tuple[LayerCurve, ...], tuple[str, ...]]:
     """Each module recorded at every width, in the first width's order; the others named in a note."""
     names = [name for name in records[0] if all(name in r for r in records)]
-    missing = sorted({name for r in records for name in r} - set(names))
+    missing = sorted({name for r in records for name in r} - set(names))  # recorded at some widths only
     layers = []
     for name in names:
         values = tuple(tuple(r[name][1][step] for r in records) for step in range(steps + 1))
