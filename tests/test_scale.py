@@ -255,6 +255,7 @@ def test_a_source_that_is_not_a_factory_is_one_line():
 
 def test_module_names_from_the_users_code_are_inert():
     """A module named with a terminal escape is shown escaped in the table and kept exact in JSON."""
+    import fancli
     from fancli.renderers.scale import render_scale, render_scale_json
     from fancli.scaling.sweep import width_sweep
 
@@ -267,6 +268,7 @@ def test_module_names_from_the_users_code_are_inert():
 
     sweep = width_sweep(build, (8, 16), steps=1, batch=4)
     table = render_scale(sweep)
+    assert fancli.render(sweep, "table") == table
     assert "\x1b" not in table and "\u202e" not in table and "\\x1b[2Jevil" in table
     document = render_scale_json(sweep)
     assert "\u202e" not in document and json.loads(document)["layers"][1]["name"] == name

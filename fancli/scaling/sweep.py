@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -61,6 +61,7 @@ class LayerCurve:
 class WidthSweep:
     """A coordinate check's result: what was run, each module's curves, and the static base-shape check."""
 
+    command: ClassVar[str] = "scale"  # its renderers' key in fancli.outputs (`fancli.render(sweep, "json")`)
     source: str
     width_key: str
     widths: tuple[int, ...]
