@@ -272,3 +272,10 @@ def test_module_names_from_the_users_code_are_inert():
     assert "\x1b" not in table and "\u202e" not in table and "\\x1b[2Jevil" in table
     document = render_scale_json(sweep)
     assert "\u202e" not in document and json.loads(document)["layers"][1]["name"] == name
+
+
+def test_an_input_past_the_memory_bound_is_refused_before_it_is_drawn(factory):
+    result = run("scale", factory, "--width", "32,64", "--input-shape", "65536,65536", "--batch", "8")
+    assert result.code == 2 and result.out == ""
+    line, = result.err.strip().splitlines()
+    assert "GiB" in line and "smaller batch" in line

@@ -21,8 +21,8 @@ from torch import nn
 
 from ..errors import SettingsError, SourceError
 from ..loaders.factory import one_line
-from ..propagate import MAX_BATCH, load_source
-from ..propagate.signals import memory_refused
+from ..propagate import MAX_BATCH, MAX_BYTES, load_source
+from ..propagate.signals import gib, memory_refused
 from .base_shapes import BaseShapes, ParamScaling, static_check
 from .slopes import FAIL_ON, fit_slope, overall, verdict
 
@@ -232,6 +232,9 @@ def _train(net: nn.Module, source: str, width: int, shape: tuple[int, ...], batc
         module.register_forward_hook(coord)
     first = next((p for p in net.parameters() if p.is_floating_point()), None)
     dtype, device = (first.dtype, first.device) if first is not None else (torch.float32, torch.device("cpu"))
+    if 2 * 4 * batch * math.prod(shape) > MAX_BYTES:  # the input and its activations' first copy, as propagate
+        raise SettingsError(f"{source}: an input of {batch}×{'×'.join(map(str, shape))} would need "
+                            f"{gib(2 * 4 * batch * math.prod(shape))}; give a smaller batch or input shape")
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((batch, *shape), generator=generator).to(device=device, dtype=dtype)
     opt = _optimizer(net, source, optimizer, lr)
