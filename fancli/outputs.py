@@ -25,7 +25,7 @@ Renderer = Callable[..., "str | Iterable[str]"]
 #: (command, format) -> "module:function" in `fancli.renderers`, or a Renderer. A command's first format is its
 #: default. inspect and compare render a Report; trajectory (inspect with several SOURCEs) a Trajectory;
 #: check a CheckResult; diff a DiffResult; explain a Report, as derivations; gain a list of rows; propagate a
-#: list of Propagation.
+#: list of Propagation; scale a WidthSweep.
 RENDERERS: dict[tuple[str, str], "str | Renderer"] = {
     **{(command, fmt): function for command in ("inspect", "compare") for fmt, function in (
         ("table", "table:grid_text"), ("json", "json_out:json_chunks"), ("markdown", "markdown:render_markdown"),
@@ -48,6 +48,8 @@ RENDERERS: dict[tuple[str, str], "str | Renderer"] = {
     ("gain", "json"): "gain:render_gains_json",
     ("propagate", "table"): "propagate:render_propagation",
     ("propagate", "json"): "propagate:render_propagation_json",
+    ("scale", "table"): "scale:render_scale",
+    ("scale", "json"): "scale:render_scale_json",
 }
 
 #: Formats for programs: every tensor, small ones too, and nothing but the document on stdout. The others

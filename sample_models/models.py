@@ -6,6 +6,11 @@
 `tinynet` packs every layer whose fans torch's convention gets wrong into a few thousand weights:
 a depthwise and a grouped conv, a strided transposed conv, an LSTM (4 stacked gates), attention
 (stacked q/k/v) and an embedding tied to the output head.
+
+`mlp` takes a `width` for `fancli scale` (the coordinate check):
+
+    fancli scale sample_models.models:mlp --width 64,128,256,512 --lr 0.02
+    fancli scale sample_models.models:mlp --width 64,128,256,512 --lr 0.02 --kwargs '{"mup": false}'
 """
 
 from __future__ import annotations
@@ -73,3 +78,24 @@ def tinynet(seed: int = 0, width: int = 16) -> TinyNet:
 def lenet5(seed: int = 0) -> LeNet5:
     torch.manual_seed(seed)
     return LeNet5().eval()
+
+
+def mlp(width: int = 64, mup: bool = True, d_in: int = 16, d_out: int = 16, base: int = 64) -> nn.Sequential:
+    """A 2-hidden-layer ReLU MLP in μP (Yang et al., Tensor Programs V, Table 3, for Adam) or, with
+    mup=False, in the standard parametrization (every std 1/√fan_in, one learning rate).
+
+    μP: input and hidden weights std 1/√fan_in, the readout zero-initialised (mup's readout_zero_init);
+    the hidden and readout weights train at lr·base/width (their `lr_scale`, which `fancli scale` reads
+    as mup's MuAdam scales them). Not seeded here: `fancli scale --seed` seeds torch before each width.
+    """
+    net = nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                        nn.Linear(width, d_out, bias=False))
+    for layer in (net[0], net[2], net[4]):
+        nn.init.normal_(layer.weight, 0.0, layer.in_features ** -0.5)
+    for layer in (net[0], net[2]):
+        nn.init.zeros_(layer.bias)
+    if mup:
+        nn.init.zeros_(net[4].weight)
+        for layer in (net[2], net[4]):
+            layer.weight.lr_scale = base / width
+    return net

@@ -419,3 +419,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, no traceback
         _internal(error, debug)
     sys.exit(code if isinstance(code, int) else 0)  # click returns a command's Exit code here
+
+
+from .scale import scale  # noqa: E402 - a command in its own module, added to the group defined above
+
+cli.add_command(scale)

@@ -11,6 +11,7 @@ from ..errors import FancliError
 if TYPE_CHECKING:
     from ..checks.trajectory import Trajectory
     from ..propagate import Propagation
+    from ..scaling.sweep import WidthSweep
 
 
 def _pyplot() -> Any:
@@ -161,5 +162,41 @@ def plot_trajectory(trajectory: "Trajectory", path: str | Path, title: str | Non
         axes.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     if title:
         axes.set_title(literal(title))
+    figure.tight_layout()
+    _save(plt, figure, path, others, dpi=80)
+
+
+#: Panels a width sweep's chart draws at most: the first and last steps and ones evenly between.
+MAX_PANELS = 8
+
+
+def plot_scale(sweep: WidthSweep, path: str | Path, title: str | None = None,
+               others: Iterable[str | Path | None] = ()) -> None:
+    """mup's coordinate-check chart: one panel per step, each module's mean |output| against width, log2
+    axes; a flat line scales. A value that is 0 or not finite leaves a gap."""
+    import math
+
+    others = list(others)
+    checked_plot(path, others)
+    plt = _pyplot()
+    count = min(sweep.steps + 1, MAX_PANELS)
+    steps = sorted({round(i * sweep.steps / max(count - 1, 1)) for i in range(count)})
+    figure, axes = plt.subplots(1, len(steps), figsize=(2.2 + 3.2 * len(steps), 3.8), sharey=True, squeeze=False)
+    anything = False
+    for step, ax in zip(steps, axes[0]):
+        for layer in sweep.layers:
+            ys = [v if math.isfinite(v) and v > 0 else float("nan") for v in layer.values[step]]
+            anything = anything or any(y == y for y in ys)
+            ax.plot(sweep.widths, ys, marker=".", label=literal(f"{layer.name} ({layer.kind})"))
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"step {step}")
+        ax.set_xlabel(literal(sweep.width_key))
+    if anything:  # a log axis with no positive value would only warn
+        axes[0][0].set_yscale("log", base=2)
+    axes[0][0].set_ylabel("mean |output|")
+    if len(sweep.layers) <= LEGEND_LINES:
+        axes[0][-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if title:
+        figure.suptitle(literal(title))
     figure.tight_layout()
     _save(plt, figure, path, others, dpi=80)
