@@ -61,7 +61,9 @@ EXIT_INTERRUPTED = 130
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name=DISTRIBUTION)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def cli(debug: bool) -> None:
+@click.option("--offline", is_flag=True,
+              help="Refuse every remote source (s3://, gs://, http(s)://) with one line; nothing is fetched.")
+def cli(debug: bool, offline: bool) -> None:
     """fan_in, fan_out, gain and init std of every layer of a network, as torch computes them.
 
     SOURCE is a YAML layer spec (docs/spec.md), a torch.save file (.pt/.pth/.bin: state_dict, checkpoint,
@@ -73,6 +75,8 @@ def cli(debug: bool) -> None:
     Exit codes: 0 success, 1 drift or a violated expectation (check, diff), 2 bad usage or unreadable input,
     3 internal error.
     """
+    if offline:  # the library's own switch (`remote_io.offline`), so every source of this run obeys it
+        os.environ["FANCLI_OFFLINE"] = "1"
 
 
 @cli.command(cls=ModesCommand)

@@ -1,0 +1,198 @@
+"""Remote bytes through fsspec: which filesystem a URL names, exact byte ranges, and every failure as one line.
+
+fsspec is imported only here, only for a remote source; s3fs and gcsfs only for their scheme. Reads are
+`fs.cat_file(path, start, end)`, exact ranges: a buffered file object would read ahead by its block size
+(5 MiB for s3fs). Every filesystem fancli makes has connect and read timeouts and bounded retries;
+credentials come from each library's own mechanisms (AWS's env and config files, Google's application
+default credentials, an HTTP URL's own) and no message shows them: a URL is shown without its user info
+and its query string (a presigned URL's signature).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import SourceError
+
+#: Seconds to wait for a connection, and for each read of an answer: a server that never answers is one
+#: line, exit 2, within a minute (S3's client tries at most RETRIES times, each up to READ_TIMEOUT).
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 20
+RETRIES = 2
+#: URL scheme -> (fsspec protocol, the package that implements it).
+SCHEMES = {"s3": ("s3", "s3fs"), "gs": ("gcs", "gcsfs"), "gcs": ("gcs", "gcsfs"),
+           "http": ("http", "aiohttp"), "https": ("https", "aiohttp")}
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_ANY_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+EXTRA = "pip install 'fancli-init[remote]'"
+
+
+def is_url(source: str) -> bool:
+    """Whether `source` is a URL of a scheme fancli reads remotely (s3://, gs://, http(s)://)."""
+    found = _URL.match(source)
+    return bool(found) and found.group(1).lower() in SCHEMES
+
+
+def shown(url: str) -> str:
+    """A URL as messages and reports show it: no user info (a password), no query (a signature), no fragment."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<a URL that does not parse>"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def offline() -> bool:
+    """Whether fancli is kept offline: `--offline`, or FANCLI_OFFLINE set (to anything but 0 or empty)."""
+    return os.environ.get("FANCLI_OFFLINE", "") not in ("", "0")
+
+
+def refuse_offline(source: str) -> None:
+    """One line where a remote source is given while fancli is offline."""
+    if offline():
+        raise SourceError(f"{shown(source)}: a remote source, and fancli is offline (--offline or FANCLI_OFFLINE); "
+                          "nothing was fetched")
+
+
+def _timeouts() -> Any:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
+
+
+def _options(protocol: str) -> dict[str, Any]:
+    """The storage options that bound time and retries, in each library's own terms."""
+    if protocol == "s3":
+        return {"config_kwargs": {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT,
+                                  "retries": {"max_attempts": RETRIES, "mode": "standard"}}}
+    if protocol == "gcs":
+        return {"session_kwargs": {"timeout": _timeouts()}}
+    return {"client_kwargs": {"timeout": _timeouts()}}  # http(s): aiohttp's; it follows redirects itself
+
+
+def filesystem(source: str) -> tuple[Any, str]:
+    """The fsspec filesystem a URL names, and the path within it; one line where its package is missing."""
+    refuse_offline(source)
+    where = shown(source)
+    scheme = _URL.match(source).group(1).lower()  # type: ignore[union-attr]
+    protocol, package = SCHEMES[scheme]
+    for needed in ("fsspec", package):
+        if importlib.util.find_spec(needed) is None:
+            extra = "pip install gcsfs" if needed == "gcsfs" else EXTRA
+            raise SourceError(f"{where}: reading {scheme}:// needs {needed}, which is not installed: {extra}")
+    from fsspec.core import url_to_fs
+
+    with remote_errors(where):
+        fs, path = url_to_fs(source, **_options(protocol))
+    if scheme in ("s3", "gs", "gcs"):
+        _s3_retries(fs)
+    return fs, path
+
+
+def _s3_retries(fs: Any) -> None:
+    """s3fs and gcsfs retry a failed call 5 and 6 times on top of their clients' own retries; once is enough
+    here, so a server that never answers is a line within a minute (an attribute, not a storage option)."""
+    if hasattr(fs, "retries"):
+        fs.retries = 1
+
+
+def _status(error: BaseException) -> int | None:
+    """The HTTP status an error or its cause carries (fsspec's HTTP `info` turns a 403 into FileNotFoundError
+    from the aiohttp error that says 403)."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return None
+        status = getattr(seen, "status", None) or getattr(getattr(seen, "response", None), "status_code", None)
+        if type(status) is int:
+            return status
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _reason(error: BaseException) -> str:
+    """What went wrong, in a few words that name no URL, credential or signature."""
+    status = _status(error)
+    while isinstance(error, FileNotFoundError) and error.__cause__ is not None:
+        error = error.__cause__  # fsspec's HTTP `info` says "not found" for any failure: the cause says which
+    name = type(error).__name__
+    if status in (401, 403) or isinstance(error, PermissionError):
+        return f"access denied ({status or 403}): check the credentials the library finds (never printed)"
+    if isinstance(error, FileNotFoundError) or status == 404:
+        return "not found (404)"
+    if isinstance(error, TimeoutError) or "Timeout" in name:
+        return f"no answer within {max(CONNECT_TIMEOUT, READ_TIMEOUT)} s"
+    if isinstance(error, ConnectionRefusedError) or "Connect" in name:
+        return "cannot connect (refused or unreachable)"
+    if "Payload" in name or "IncompleteRead" in name:
+        return "the server's answer ended early (a truncated transfer)"
+    if isinstance(status, int):
+        return f"the server answered {status}"
+    text = _ANY_URL.sub(lambda found: shown(found.group(0)), str(error).splitlines()[0] if str(error) else "")
+    return f"cannot read ({name}{': ' + text[:200] if text else ''})"
+
+
+@contextlib.contextmanager
+def remote_errors(where: str) -> Iterator[None]:
+    """Any failure of a remote read as one SourceError line starting with `where`."""
+    try:
+        yield
+    except SourceError:
+        raise
+    except Exception as error:  # noqa: BLE001 - aiohttp, botocore, fsspec, huggingface_hub each raise their own
+        raise SourceError(f"{where}: {_reason(error)}") from None
+
+
+def fetch(fs: Any, path: str, start: int, end: int, where: str) -> bytes:
+    """Bytes [start, end) of a remote file, in one ranged request; exactly those, or one line."""
+    if end <= start:
+        return b""
+    with remote_errors(where):
+        data = fs.cat_file(path, start=start, end=end)
+    if len(data) != end - start:
+        raise SourceError(f"{where}: asked for bytes {start}–{end}, got {len(data)} bytes (a truncated file, or a "
+                          "server that ignores byte ranges)")
+    return data
+
+
+def file_size(fs: Any, path: str, where: str, info: dict | None = None) -> int:
+    """A remote file's size, from its metadata (`info`, or a HEAD request: not its bytes)."""
+    if info is None:
+        with remote_errors(where):
+            info = fs.info(path)
+    size = info.get("size")
+    if info.get("type") == "directory":
+        raise SourceError(f"{where}: is a directory; give a model file")
+    if type(size) is not int or size < 0:
+        raise SourceError(f"{where}: the server does not say the file's size; fancli reads remote files by range")
+    return size
+
+
+class RemoteRange:
+    """The bytes at [start, start + nbytes) of a remote file, read by range when asked (a tensors.ByteSource).
+
+    It carries the filesystem (fsspec pickles one as its class and storage options, so a `--cluster` worker
+    makes its own and reads its own ranges), the path, and the range: never the bytes. Slotted: a
+    checkpoint holds one per tensor."""
+
+    __slots__ = ("fs", "path", "start", "nbytes", "where")
+
+    def __init__(self, fs: Any, path: str, where: str, start: int, nbytes: int) -> None:
+        self.fs, self.path, self.where, self.start, self.nbytes = fs, path, where, start, nbytes
+
+    def read(self, start: int, size: int) -> bytes:
+        if start < 0 or start + size > self.nbytes:
+            raise SourceError(f"{self.where}: a storage is shorter than its tensors need")
+        return fetch(self.fs, self.path, self.start + start, self.start + start + size, self.where)
+
+    def __getstate__(self) -> tuple:
+        return self.fs, self.path, self.where, self.start, self.nbytes
+
+    def __setstate__(self, state: tuple) -> None:
+        self.fs, self.path, self.where, self.start, self.nbytes = state

@@ -1,0 +1,193 @@
+"""Issue 30: safetensors read by byte range from S3 (moto's server) and HTTP (a server with Range), both on
+127.0.0.1 and started here: the same JSON as the local files, header-only and with --stats, in as many bytes
+as the issue allows (counted by the servers), and every bad remote one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from helpers import run
+from remote_servers import CountingProxy, HttpFiles, moto_s3, refused_port, silent_port
+
+import fancli.loaders.remote_io
+import fancli.weights.parallel
+import fancli.weights.stats
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+KIB = 1024
+SLACK = 128 * KIB  # per shard (header-only) or per file (--stats): requests' headers, a first range
+BUCKET = "models"
+SECRET = "s3cr3t-token"
+
+
+def _header_bytes(path) -> int:
+    with open(path, "rb") as handle:
+        return 8 + int.from_bytes(handle.read(8), "little")
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """A sharded checkpoint (one shard's header longer than the first range) with config.json, and one file."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(3)
+    folder = tmp_path_factory.mktemp("remote")
+    first = {"embed.weight": torch.randn(2000, 256, generator=generator),
+             "layers.0.q.weight": torch.randn(64, 64, generator=generator) * 0.1,
+             "layers.0.q.bias": torch.randn(64, generator=generator)}
+    second = {"layers.1.experts.weight": torch.randn(8, 64, 32, generator=generator),
+              "head.weight": torch.randn(10, 256, generator=generator).to(torch.bfloat16)}
+    save_file(first, str(folder / "model-00001-of-00002.safetensors"))
+    save_file(second, str(folder / "model-00002-of-00002.safetensors"), metadata={"notes": "n" * 120_000})
+    weight_map = {key: "model-00001-of-00002.safetensors" for key in first}
+    weight_map |= {key: "model-00002-of-00002.safetensors" for key in second}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64,
+                                                    "num_attention_heads": 4, "initializer_range": 0.02}))
+    assert _header_bytes(folder / "model-00002-of-00002.safetensors") > 100_000  # a second request is needed
+    single = tmp_path_factory.mktemp("single")
+    save_file(first, str(single / "model.safetensors"))
+    return folder, single
+
+
+@pytest.fixture(scope="module")
+def http(local):
+    folder, single = local
+    with HttpFiles() as server:
+        for path in [*folder.iterdir(), *single.iterdir()]:
+            server.files[f"/{path.parent.name}/{path.name}"] = path.read_bytes()
+        server.files["/bad/garbage.safetensors"] = (40).to_bytes(8, "little") + b"{this is no json at all, no;" + b"!" * 12
+        server.folder, server.single = f"{server.url}/{folder.name}", f"{server.url}/{single.name}"
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3(local):
+    """moto's S3 server holding the checkpoint, reached through a proxy that counts its bytes; the endpoint
+    and dummy credentials given as AWS's own environment variables."""
+    import boto3
+
+    folder, _ = local
+    with moto_s3() as (host, port), CountingProxy((host, port)) as proxy, pytest.MonkeyPatch.context() as env:
+        for name, value in {"AWS_ENDPOINT_URL": proxy.url, "AWS_ACCESS_KEY_ID": "testing",
+                            "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            env.setenv(name, value)
+        client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
+        client.create_bucket(Bucket=BUCKET)
+        for path in folder.iterdir():
+            client.upload_file(str(path), BUCKET, f"ckpt/{path.name}")
+        yield proxy
+
+
+@pytest.fixture(autouse=True)
+def online(monkeypatch):
+    monkeypatch.delenv("FANCLI_OFFLINE", raising=False)  # and `--offline`'s setting undone after each test
+
+
+def _json(*args) -> dict:
+    result = run("inspect", *args, "-f", "json")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    return {"layers": document["layers"], "summary": document["summary"]}
+
+
+def _sizes(folder) -> tuple[int, int]:
+    """(index + config + (8 + header + SLACK) per shard, the shards' tensor bytes)."""
+    shards = sorted(folder.glob("*.safetensors"))
+    small = sum((folder / name).stat().st_size for name in ("model.safetensors.index.json", "config.json"))
+    headers = sum(_header_bytes(shard) + SLACK for shard in shards)
+    return small + headers, sum(shard.stat().st_size - _header_bytes(shard) for shard in shards)
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_header_only_equals_local_within_the_byte_budget(local, http, s3, scheme):
+    folder, _ = local
+    server, url = (http, http.folder + "/model.safetensors.index.json") if scheme == "http" \
+        else (s3, f"s3://{BUCKET}/ckpt/")
+    expected = _json(folder)
+    server.counter.reset()
+    assert _json(url) == expected
+    budget, tensors = _sizes(folder)
+    assert 0 < server.counter.total <= budget < tensors
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_stats_equal_local_for_jobs_1_and_2_reading_each_byte_once(local, http, s3, scheme, monkeypatch):
+    monkeypatch.setattr(fancli.weights.parallel, "PARALLEL_BYTES", 0)  # a pool even for a small checkpoint
+    monkeypatch.setattr(fancli.weights.stats, "PIECE_BYTES", 16 * KIB)  # tensors read in several ranges
+    folder, _ = local
+    server, url = (http, http.folder + "/model.safetensors.index.json") if scheme == "http" \
+        else (s3, f"s3://{BUCKET}/ckpt/")
+    expected = _json(folder, "--stats")
+    budget, tensors = _sizes(folder)
+    for jobs in ("1", "2"):
+        server.counter.reset()
+        assert _json(url, "--stats", "--jobs", jobs) == expected
+        assert tensors < server.counter.total <= budget + tensors + 2 * SLACK
+
+
+def test_single_file_with_query_string_and_credentials_never_shown(local, http):
+    _, single = local
+    url = http.single.replace("http://", "http://user:pa55@") + "/model.safetensors?X-Amz-Signature=abc123"
+    assert _json(url, "--stats") == _json(single / "model.safetensors", "--stats")
+    result = run("inspect", url, "-f", "json")
+    assert "pa55" not in result.out and "abc123" not in result.out
+
+
+@pytest.mark.parametrize("case", ["404", "403", "refused", "truncated", "garbage", "silent"])
+def test_bad_remote_is_one_line_exit_2(http, case, monkeypatch):
+    monkeypatch.setattr(fancli.loaders.remote_io, "CONNECT_TIMEOUT", 1)
+    monkeypatch.setattr(fancli.loaders.remote_io, "READ_TIMEOUT", 1)
+    expected = {"404": "not found", "403": "access denied", "refused": "cannot connect",
+                "truncated": "ended early", "garbage": "header", "silent": "no answer"}[case]
+    creds = "http://user:pa55@"
+    with silent_port() as silent:
+        url = {"404": f"{http.single}/none.safetensors", "403": f"{http.url}/403/model.safetensors",
+               "refused": f"http://127.0.0.1:{refused_port()}/model.safetensors",
+               "truncated": http.single.replace(http.url, http.url + "/cut") + "/model.safetensors",
+               "garbage": f"{http.url}/bad/garbage.safetensors",
+               "silent": f"http://127.0.0.1:{silent}/model.safetensors"}[case]
+        result = run("inspect", url.replace("http://", creds) + "?sig=abc123", "--stats")
+    assert result.code == 2, result.err
+    assert len(result.err.strip().splitlines()) == 1 and expected in result.err, result.err
+    assert url.removeprefix("http://") in result.err and "pa55" not in result.err and "abc123" not in result.err
+
+
+def test_s3_missing_key_is_one_line_exit_2(s3):
+    result = run("inspect", f"s3://{BUCKET}/ckpt/nothing.safetensors")
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1 and "not found" in result.err
+    assert SECRET not in result.err
+
+
+def test_offline_refuses_every_remote_source_before_any_request(http):
+    http.counter.reset()
+    result = run("--offline", "inspect", http.single + "/model.safetensors")
+    assert result.code == 2 and "offline" in result.err and len(result.err.strip().splitlines()) == 1
+    assert http.counter.sent == []
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("gcsfs") is not None, reason="gcsfs is installed")
+def test_gs_without_gcsfs_says_what_to_install():
+    result = run("inspect", "gs://bucket/model.safetensors")
+    assert result.code == 2 and "gcsfs" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_diff_of_a_remote_and_its_local_copy_is_all_unchanged(local, http):
+    folder, _ = local
+    result = run("diff", folder, http.folder + "/model.safetensors.index.json", "-f", "json")
+    assert result.code == 0, result.err
+    tensors = json.loads(result.out)["tensors"]
+    assert len(tensors) == 5 and all(row["status"] == "same" for row in tensors), tensors[:2]
+
+
+def test_no_file_is_written_by_a_header_only_inspect(http, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert run("inspect", http.folder + "/model.safetensors.index.json").code == 0
+    assert list(tmp_path.iterdir()) == [] and os.listdir(tmp_path) == []
