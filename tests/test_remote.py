@@ -119,7 +119,7 @@ def test_header_only_equals_local_within_the_byte_budget(local, http, s3, scheme
 @pytest.mark.parametrize("scheme", ["http", "s3"])
 def test_stats_equal_local_for_jobs_1_and_2_reading_each_byte_once(local, http, s3, scheme, monkeypatch):
     monkeypatch.setattr(fancli.weights.parallel, "PARALLEL_BYTES", 0)  # a pool even for a small checkpoint
-    monkeypatch.setattr(fancli.weights.stats, "PIECE_BYTES", 16 * KIB)  # tensors read in several ranges
+    monkeypatch.setattr(fancli.weights.stats, "PIECE_BYTES", 256 * KIB)  # a tensor read in several ranges
     folder, _ = local
     server, url = (http, http.folder + "/model.safetensors.index.json") if scheme == "http" \
         else (s3, f"s3://{BUCKET}/ckpt/")
@@ -141,8 +141,8 @@ def test_single_file_with_query_string_and_credentials_never_shown(local, http):
 
 @pytest.mark.parametrize("case", ["404", "403", "refused", "truncated", "garbage", "silent"])
 def test_bad_remote_is_one_line_exit_2(http, case, monkeypatch):
-    monkeypatch.setattr(fancli.loaders.remote_io, "CONNECT_TIMEOUT", 1)
-    monkeypatch.setattr(fancli.loaders.remote_io, "READ_TIMEOUT", 1)
+    monkeypatch.setattr(fancli.loaders.remote_io, "CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(fancli.loaders.remote_io, "READ_TIMEOUT", 0.5)
     expected = {"404": "not found", "403": "access denied", "refused": "cannot connect",
                 "truncated": "ended early", "garbage": "header", "silent": "no answer"}[case]
     creds = "http://user:pa55@"
@@ -164,10 +164,15 @@ def test_s3_missing_key_is_one_line_exit_2(s3):
     assert SECRET not in result.err
 
 
-def test_offline_refuses_every_remote_source_before_any_request(http):
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_offline_refuses_every_remote_source_before_any_request(http, how, monkeypatch):
+    url = http.single + "/model.safetensors"
+    if how == "env":
+        monkeypatch.setenv("FANCLI_OFFLINE", "1")
     http.counter.reset()
-    result = run("--offline", "inspect", http.single + "/model.safetensors")
-    assert result.code == 2 and "offline" in result.err and len(result.err.strip().splitlines()) == 1
+    result = run(*(["--offline"] if how == "flag" else []), "diff", url, url)
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+    assert f"{url}: a remote source, and fancli is offline" in result.err
     assert http.counter.sent == []
 
 
