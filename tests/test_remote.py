@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -180,6 +181,13 @@ def test_offline_refuses_every_remote_source_before_any_request(http, how, monke
 def test_gs_without_gcsfs_says_what_to_install():
     result = run("inspect", "gs://bucket/model.safetensors")
     assert result.code == 2 and "gcsfs" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_a_missing_package_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # import -> ModuleNotFoundError
+    result = run("inspect", f"s3://{BUCKET}/ckpt/")
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+    assert result.err.rstrip().endswith("needs s3fs, which is not installed: pip install s3fs"), result.err
 
 
 def test_diff_of_a_remote_and_its_local_copy_is_all_unchanged(local, http):

@@ -11,7 +11,7 @@ and its query string (a presigned URL's signature).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 import os
 import re
 from typing import Any, Iterator
@@ -27,9 +27,11 @@ RETRIES = 2
 #: URL scheme -> (fsspec protocol, the package that implements it).
 SCHEMES = {"s3": ("s3", "s3fs"), "gs": ("gcs", "gcsfs"), "gcs": ("gcs", "gcsfs"),
            "http": ("http", "aiohttp"), "https": ("https", "aiohttp")}
+#: A missing package -> what installs it (the `remote` extra's pieces; gcsfs is left to those who use GCS).
+INSTALL = {"fsspec": "pip install 'fsspec[http]'", "aiohttp": "pip install 'fsspec[http]'",
+           "s3fs": "pip install s3fs", "gcsfs": "pip install gcsfs"}
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _ANY_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-EXTRA = "pip install 'fancli-init[remote]'"
 
 
 def is_url(source: str) -> bool:
@@ -82,11 +84,16 @@ def filesystem(source: str) -> tuple[Any, str]:
     where = shown(source)
     scheme = _URL.match(source).group(1).lower()  # type: ignore[union-attr]
     protocol, package = SCHEMES[scheme]
-    for needed in ("fsspec", package):
-        if importlib.util.find_spec(needed) is None:
-            extra = "pip install gcsfs" if needed == "gcsfs" else EXTRA
-            raise SourceError(f"{where}: reading {scheme}:// needs {needed}, which is not installed: {extra}")
-    from fsspec.core import url_to_fs
+    try:
+        from fsspec.core import url_to_fs
+
+        importlib.import_module(package)
+    except ModuleNotFoundError as error:
+        needed = (error.name or "").partition(".")[0]
+        if needed not in INSTALL:
+            raise
+        raise SourceError(f"{where}: reading {scheme}:// needs {needed}, which is not installed: "
+                          f"{INSTALL[needed]}") from None
 
     with remote_errors(where):
         fs, path = url_to_fs(source, **_options(protocol))
