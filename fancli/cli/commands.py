@@ -70,7 +70,7 @@ def cli(debug: bool, offline: bool) -> None:
     pickled module with --trust), TorchScript, a torch.export .pt2, a .safetensors file or a sharded
     checkpoint's index.json, a model folder (Hugging Face layout) or a DCP checkpoint folder, a repo id
     org/name from the local Hugging Face cache, a GGUF file or an ONNX model (with the gguf or onnx
-    package), or a factory pkg.module:callable.
+    package), a factory pkg.module:callable, or an s3://, gs:// or http(s):// URL of safetensors (by range).
 
     Exit codes: 0 success, 1 drift or a violated expectation (check, diff), 2 bad usage or unreadable input,
     3 internal error.
