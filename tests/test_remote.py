@@ -159,6 +159,24 @@ def test_bad_remote_is_one_line_exit_2(http, case, monkeypatch):
     assert url.removeprefix("http://") in result.err and "pa55" not in result.err and "abc123" not in result.err
 
 
+@pytest.mark.parametrize("case", ["refused", "silent"])
+def test_bad_s3_endpoint_is_one_line_exit_2_whatever_its_client_retries(s3, case, monkeypatch):
+    import s3fs
+
+    monkeypatch.setattr(fancli.loaders.remote_io, "CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(fancli.loaders.remote_io, "READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(fancli.loaders.remote_io, "DEADLINE", 1 if case == "silent" else 5)  # a refusal comes back
+    monkeypatch.setattr(fancli.loaders.remote_io, "RETRIES", 1)  # botocore's back-off would outlast DEADLINE
+    s3fs.S3FileSystem.clear_instance_cache()  # a client for this endpoint, not the last test's
+    with silent_port() as silent:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{silent if case == 'silent' else refused_port()}")
+        result = run("inspect", f"s3://{BUCKET}/ckpt/")
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert f"s3://{BUCKET}/ckpt/: " in result.err and ("cannot connect" if case == "refused" else "no answer") \
+        in result.err and SECRET not in result.err
+
+
 def test_s3_missing_key_is_one_line_exit_2(s3):
     result = run("inspect", f"s3://{BUCKET}/ckpt/nothing.safetensors")
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1 and "not found" in result.err

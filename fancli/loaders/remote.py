@@ -25,7 +25,7 @@ from . import LoadOptions, describe_text, sniff
 from .folder import model_file, with_note
 from .formats import FORMATS, SNIFF_BYTES, config_applies
 from .hf_config import MAX_CONFIG_BYTES, NAME, apply_config
-from .remote_io import RemoteRange, fetch, file_size, filesystem, refuse_offline, remote_errors, shown
+from .remote_io import RemoteRange, call, fetch, file_size, filesystem, refuse_offline, shown
 from .safetensors_file import (
     MAX_INDEX_BYTES,
     header_length,
@@ -54,12 +54,10 @@ def load_remote(fs: Any, root: str, source: str, options: LoadOptions) -> Model:
     folder whose layout names one), reported as `source` (shown without credentials or query)."""
     refuse_offline(source)
     where = shown(source)
-    with remote_errors(where):
-        info = fs.info(root)
+    info = call(where, fs.info, root)
     if info.get("type") != "directory":
         return _load_file(fs, root, where, info)
-    with remote_errors(where):
-        listing = fs.ls(root, detail=True)
+    listing = call(where, fs.ls, root, detail=True)
     files = {posixpath.basename(entry["name"].rstrip("/")): entry for entry in listing if entry.get("type") == "file"}
     name, note = model_file(sorted(files), where)
     path = f"{root.rstrip('/')}/{name}"
@@ -134,16 +132,23 @@ def _index(fs: Any, path: str, where: str, first: bytes, size: int) -> Model:
     return replace(model, notes=(*model.notes, note)) if note else model
 
 
+def _info_if_any(fs: Any, path: str) -> dict | None:
+    """A file's metadata, or None where it is not there (fsspec's HTTP also says so for a server gone)."""
+    try:
+        return fs.info(path)
+    except FileNotFoundError:
+        return None
+
+
 def _with_config(model: Model, fs: Any, path: str, where: str) -> Model:
     """The model with a config.json beside the weights applied, where there is one (read within the local cap)."""
     if not config_applies(model.format):
         return model
     try:
-        with remote_errors(where):
-            try:
-                size = fs.info(path).get("size")
-            except FileNotFoundError:
-                return model
+        found = call(where, _info_if_any, fs, path)
+        if found is None:
+            return model
+        size = found.get("size")
         if type(size) is not int or size > MAX_CONFIG_BYTES:
             raise SourceError(f"{where}: larger than {MAX_CONFIG_BYTES} bytes, too large for a config.json")
         config = parse_json_object(fetch(fs, path, 0, size, where), where, NAME)

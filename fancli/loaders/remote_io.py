@@ -10,11 +10,11 @@ and its query string (a presigned URL's signature).
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import re
-from typing import Any, Iterator
+import threading
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import SourceError
@@ -24,6 +24,8 @@ from ..errors import SourceError
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 20
 RETRIES = 2
+#: The longest one call (a size, a listing, a range) may take, retries and their back-off included.
+DEADLINE = 50
 #: URL scheme -> (fsspec protocol, the package that implements it).
 SCHEMES = {"s3": ("s3", "s3fs"), "gs": ("gcs", "gcsfs"), "gcs": ("gcs", "gcsfs"),
            "http": ("http", "aiohttp"), "https": ("https", "aiohttp")}
@@ -95,8 +97,10 @@ def filesystem(source: str) -> tuple[Any, str]:
         raise SourceError(f"{where}: reading {scheme}:// needs {needed}, which is not installed: "
                           f"{INSTALL[needed]}") from None
 
-    with remote_errors(where):
+    try:  # here, not in `call`'s thread: fsspec keeps one filesystem per thread and options
         fs, path = url_to_fs(source, **_options(protocol))
+    except Exception as error:  # noqa: BLE001 - a URL its library cannot take
+        raise SourceError(f"{where}: {_reason(error)}") from None
     if scheme in ("s3", "gs", "gcs"):
         _s3_retries(fs)
     return fs, path
@@ -109,59 +113,72 @@ def _s3_retries(fs: Any) -> None:
         fs.retries = 1
 
 
-def _status(error: BaseException) -> int | None:
-    """The HTTP status an error or its cause carries (fsspec's HTTP `info` turns a 403 into FileNotFoundError
-    from the aiohttp error that says 403)."""
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and its causes (fsspec's HTTP `info` says FileNotFoundError for any failure, botocore wraps
+    aiohttp's, which wraps the OSError: the innermost says what happened)."""
+    found: list[BaseException] = []
     seen: BaseException | None = error
-    for _ in range(8):
-        if seen is None:
-            return None
-        status = getattr(seen, "status", None) or getattr(getattr(seen, "response", None), "status_code", None)
-        if type(status) is int:
-            return status
+    while seen is not None and len(found) < 8:
+        found.append(seen)
         seen = seen.__cause__ or seen.__context__
-    return None
+    return found
 
 
 def _reason(error: BaseException) -> str:
     """What went wrong, in a few words that name no URL, credential or signature."""
-    status = _status(error)
-    while isinstance(error, FileNotFoundError) and error.__cause__ is not None:
-        error = error.__cause__  # fsspec's HTTP `info` says "not found" for any failure: the cause says which
-    name = type(error).__name__
-    if status in (401, 403) or isinstance(error, PermissionError):
+    chain = _chain(error)
+    names = " ".join(type(each).__name__ for each in chain)
+    status = next((code for each in chain for code in (getattr(each, "status", None),
+                   getattr(getattr(each, "response", None), "status_code", None)) if type(code) is int), None)
+    if status in (401, 403) or any(isinstance(each, PermissionError) for each in chain):
         return f"access denied ({status or 403}): check the credentials the library finds (never printed)"
-    if isinstance(error, FileNotFoundError) or status == 404:
+    if status == 404:
         return "not found (404)"
-    if isinstance(error, TimeoutError) or "Timeout" in name:
-        return f"no answer within {max(CONNECT_TIMEOUT, READ_TIMEOUT)} s"
-    if isinstance(error, ConnectionRefusedError) or "Connect" in name:
+    if any(isinstance(each, ConnectionRefusedError) for each in chain) or "Connector" in names \
+            or "EndpointConnection" in names:
         return "cannot connect (refused or unreachable)"
-    if "Payload" in name or "IncompleteRead" in name:
+    if any(isinstance(each, TimeoutError) for each in chain) or "Timeout" in names:
+        return f"no answer in time (connect {CONNECT_TIMEOUT} s, read {READ_TIMEOUT} s)"
+    if "Payload" in names or "IncompleteRead" in names:
         return "the server's answer ended early (a truncated transfer)"
-    if isinstance(status, int):
+    if isinstance(error, FileNotFoundError):
+        return "not found"
+    if status is not None:
         return f"the server answered {status}"
     text = _ANY_URL.sub(lambda found: shown(found.group(0)), str(error).splitlines()[0] if str(error) else "")
-    return f"cannot read ({name}{': ' + text[:200] if text else ''})"
+    return f"cannot read ({type(error).__name__}{': ' + text[:200] if text else ''})"
 
 
-@contextlib.contextmanager
-def remote_errors(where: str) -> Iterator[None]:
-    """Any failure of a remote read as one SourceError line starting with `where`."""
-    try:
-        yield
-    except SourceError:
-        raise
-    except Exception as error:  # noqa: BLE001 - aiohttp, botocore, fsspec, huggingface_hub each raise their own
-        raise SourceError(f"{where}: {_reason(error)}") from None
+def call(where: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)` (a filesystem's info, ls or cat_file) within DEADLINE seconds, its client's
+    own retries included; any failure one SourceError line starting with `where`. Past the deadline the
+    call is given up: its thread, left to the client's timeouts, keeps no process alive."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function(*args, **kwargs)
+        except BaseException as error:  # noqa: BLE001 - handed to the calling thread below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name="fancli-remote", daemon=True)
+    worker.start()
+    worker.join(DEADLINE)
+    if worker.is_alive():
+        raise SourceError(f"{where}: no answer within {DEADLINE} s")
+    error = outcome.get("error")
+    if error is None:
+        return outcome["value"]
+    if isinstance(error, SourceError) or not isinstance(error, Exception):
+        raise error
+    raise SourceError(f"{where}: {_reason(error)}") from None
 
 
 def fetch(fs: Any, path: str, start: int, end: int, where: str) -> bytes:
     """Bytes [start, end) of a remote file, in one ranged request; exactly those, or one line."""
     if end <= start:
         return b""
-    with remote_errors(where):
-        data = fs.cat_file(path, start=start, end=end)
+    data = call(where, fs.cat_file, path, start=start, end=end)
     if len(data) != end - start:
         raise SourceError(f"{where}: asked for bytes {start}–{end}, got {len(data)} bytes (a truncated file, or a "
                           "server that ignores byte ranges)")
@@ -171,8 +188,7 @@ def fetch(fs: Any, path: str, start: int, end: int, where: str) -> bytes:
 def file_size(fs: Any, path: str, where: str, info: dict | None = None) -> int:
     """A remote file's size, from its metadata (`info`, or a HEAD request: not its bytes)."""
     if info is None:
-        with remote_errors(where):
-            info = fs.info(path)
+        info = call(where, fs.info, path)
     size = info.get("size")
     if info.get("type") == "directory":
         raise SourceError(f"{where}: is a directory; give a model file")
