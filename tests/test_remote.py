@@ -222,3 +222,20 @@ def test_no_file_is_written_by_a_header_only_inspect(http, tmp_path, monkeypatch
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert run("inspect", http.folder + "/model.safetensors.index.json").code == 0
     assert list(tmp_path.iterdir()) == [] and os.listdir(tmp_path) == []
+
+
+def test_a_trajectory_of_remote_checkpoints_is_the_local_one(local, http):
+    folder, single = local
+    remote = run("inspect", http.folder + "/model.safetensors.index.json", http.single + "/model.safetensors",
+                 "-f", "json")
+    here = run("inspect", folder, single / "model.safetensors", "-f", "json")
+    assert remote.code == here.code == 0, remote.err
+    assert json.loads(remote.out)["layers"] == json.loads(here.out)["layers"]
+
+
+def test_a_configuration_may_name_a_remote_source(local, http, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fancli.yaml").write_text(f"source: {http.single}/model.safetensors\n")
+    assert run("check", "--update").code == 0
+    lock = json.loads((tmp_path / "fancli.lock.json").read_text())
+    assert run("check").code == 0 and "embed.weight" in json.dumps(lock)
