@@ -142,8 +142,8 @@ def test_single_file_with_query_string_and_credentials_never_shown(local, http):
 
 @pytest.mark.parametrize("case", ["404", "403", "refused", "truncated", "garbage", "silent"])
 def test_bad_remote_is_one_line_exit_2(http, case, monkeypatch):
-    monkeypatch.setattr(fancli.loaders.remote_io, "CONNECT_TIMEOUT", 0.5)
-    monkeypatch.setattr(fancli.loaders.remote_io, "READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(fancli.loaders.remote_io, "CONNECT_TIMEOUT", 0.25)
+    monkeypatch.setattr(fancli.loaders.remote_io, "READ_TIMEOUT", 0.25)
     expected = {"404": "not found", "403": "access denied", "refused": "cannot connect",
                 "truncated": "ended early", "garbage": "header", "silent": "no answer"}[case]
     creds = "http://user:pa55@"
@@ -163,9 +163,9 @@ def test_bad_remote_is_one_line_exit_2(http, case, monkeypatch):
 def test_bad_s3_endpoint_is_one_line_exit_2_whatever_its_client_retries(s3, case, monkeypatch):
     import s3fs
 
-    monkeypatch.setattr(fancli.loaders.remote_io, "CONNECT_TIMEOUT", 0.5)
-    monkeypatch.setattr(fancli.loaders.remote_io, "READ_TIMEOUT", 0.5)
-    monkeypatch.setattr(fancli.loaders.remote_io, "DEADLINE", 1 if case == "silent" else 5)  # a refusal comes back
+    monkeypatch.setattr(fancli.loaders.remote_io, "CONNECT_TIMEOUT", 0.25)
+    monkeypatch.setattr(fancli.loaders.remote_io, "READ_TIMEOUT", 0.25)
+    monkeypatch.setattr(fancli.loaders.remote_io, "DEADLINE", 0.5 if case == "silent" else 5)  # a refusal comes back
     monkeypatch.setattr(fancli.loaders.remote_io, "RETRIES", 1)  # botocore's back-off would outlast DEADLINE
     s3fs.S3FileSystem.clear_instance_cache()  # a client for this endpoint, not the last test's
     with silent_port() as silent:
