@@ -37,7 +37,8 @@ class Counter:
 
 class HttpFiles:
     """Files served at http://127.0.0.1:port/<name>, GET with Range and HEAD; every byte sent counted
-    (headers too). `/403/...` answers 403; `/cut/<name>` states the whole length and sends half."""
+    (headers too). `/403/...` answers 403; `/cut/<name>` states the whole length and sends half;
+    `/whole/<name>` says `Accept-Ranges: none` and sends the whole file whatever the range."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -62,10 +63,12 @@ class HttpFiles:
                 path = self.path.split("?", 1)[0]
                 if path.startswith("/403/"):
                     return self._send(403, {}, b"forbidden")
-                cut = path.startswith("/cut/")
-                body = files.get(path.removeprefix("/cut") if cut else path)
+                cut, whole = path.startswith("/cut/"), path.startswith("/whole/")
+                body = files.get(path.removeprefix("/cut") if cut else path.removeprefix("/whole"))
                 if body is None:
                     return self._send(404, {}, b"not found")
+                if whole:
+                    return self._send(200, {"Accept-Ranges": "none"}, body)
                 wanted = _RANGE.match(self.headers.get("Range", ""))
                 status, start, end = 200, 0, len(body)
                 if wanted:

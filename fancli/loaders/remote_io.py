@@ -102,13 +102,13 @@ def filesystem(source: str) -> tuple[Any, str]:
     except Exception as error:  # noqa: BLE001 - a URL its library cannot take
         raise SourceError(f"{where}: {_reason(error)}") from None
     if scheme in ("s3", "gs", "gcs"):
-        _s3_retries(fs)
+        _tries_once(fs)
     return fs, path
 
 
-def _s3_retries(fs: Any) -> None:
-    """s3fs and gcsfs retry a failed call 5 and 6 times on top of their clients' own retries; once is enough
-    here, so a server that never answers is a line within a minute (an attribute, not a storage option)."""
+def _tries_once(fs: Any) -> None:
+    """s3fs (gcsfs likewise) repeats a failed call, with back-off, on top of its client's own RETRIES: once is
+    enough here (an attribute of the filesystem, not a storage option; a worker's copy keeps its default)."""
     if hasattr(fs, "retries"):
         fs.retries = 1
 
@@ -194,6 +194,9 @@ def file_size(fs: Any, path: str, where: str, info: dict | None = None) -> int:
         raise SourceError(f"{where}: is a directory; give a model file")
     if type(size) is not int or size < 0:
         raise SourceError(f"{where}: the server does not say the file's size; fancli reads remote files by range")
+    if info.get("partial") is False:  # fsspec's HTTP: `Accept-Ranges: none`; a range would bring the whole file
+        raise SourceError(f"{where}: the server serves no byte ranges (Accept-Ranges: none); download the file "
+                          "to read it")
     return size
 
 
