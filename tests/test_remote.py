@@ -10,9 +10,11 @@ import sys
 
 import pytest
 import torch
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from helpers import run
 from remote_servers import CountingProxy, HttpFiles, moto_s3, refused_port, silent_port
 
+import fancli
 import fancli.loaders.remote_io
 import fancli.weights.parallel
 import fancli.weights.stats
@@ -243,3 +245,49 @@ def test_a_configuration_may_name_a_remote_source(local, http, tmp_path, monkeyp
     assert run("check", "--update").code == 0
     lock = json.loads((tmp_path / "fancli.lock.json").read_text())
     assert run("check").code == 0 and "embed.weight" in json.dumps(lock)
+
+
+class BlockFiles(AbstractFileSystem):
+    """A filesystem with fsspec's generic `cat_file` and buffered files (5 MiB blocks), as HfFileSystem has,
+    over a local folder; it counts the bytes its files fetch."""
+
+    protocol = "blocks"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fetched: list[int] = []
+
+    def info(self, path, **kwargs) -> dict:
+        return {"name": path, "size": os.stat(path).st_size, "type": "directory" if os.path.isdir(path) else "file"}
+
+    def ls(self, path, detail=True, **kwargs) -> list:
+        return [self.info(os.path.join(path, name)) for name in sorted(os.listdir(path))]
+
+    def _open(self, path, mode="rb", block_size=None, cache_type="readahead", **kwargs):
+        fs = self
+
+        class Counted(AbstractBufferedFile):
+            def _fetch_range(self, start, end) -> bytes:
+                fs.fetched.append(end - start)
+                with open(path, "rb") as handle:
+                    handle.seek(start)
+                    return handle.read(end - start)
+
+        return Counted(self, path, mode, block_size=block_size or 5 * 1024 * KIB, cache_type=cache_type,
+                       size=self.info(path)["size"])
+
+
+def test_load_remote_takes_any_fsspec_filesystem_and_reads_exact_ranges_from_buffered_ones(local):
+    """The Hub's HfFileSystem comes through this entry: fsspec's generic `cat_file` would read 5 MiB blocks."""
+    from fancli.loaders import LoadOptions
+    from fancli.loaders.remote import load_remote
+
+    folder, _ = local
+    fs = BlockFiles(skip_instance_cache=True)
+    model = load_remote(fs, str(folder), "org/name", LoadOptions())
+    budget, tensors = _sizes(folder)
+    assert 0 < sum(fs.fetched) <= budget < tensors
+    here, there = fancli.inspect(folder, stats=True), fancli.inspect(model, stats=True)
+    assert [(row.layer.param, row.observed) for row in here.rows] == [(row.layer.param, row.observed)
+                                                                       for row in there.rows]
+    assert budget + tensors >= sum(fs.fetched) > tensors and model.source == "org/name"

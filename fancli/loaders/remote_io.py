@@ -174,11 +174,23 @@ def call(where: str, function: Callable[..., Any], *args: Any, **kwargs: Any) ->
     raise SourceError(f"{where}: {_reason(error)}") from None
 
 
+def _exactly(fs: Any) -> dict[str, Any]:
+    """What makes `fs.cat_file` fetch the range and nothing more: fsspec's generic `cat_file` (HfFileSystem's)
+    opens a buffered file, which would read a whole block ahead (MBs) unless its cache is "none"; the async
+    ones (s3fs, gcsfs, HTTP) ask for the exact range themselves, and would pass such a keyword on as a
+    request option."""
+    from fsspec import AbstractFileSystem
+    from fsspec.asyn import AsyncFileSystem
+
+    generic = not isinstance(fs, AsyncFileSystem) and type(fs).cat_file is AbstractFileSystem.cat_file
+    return {"cache_type": "none"} if generic else {}
+
+
 def fetch(fs: Any, path: str, start: int, end: int, where: str) -> bytes:
     """Bytes [start, end) of a remote file, in one ranged request; exactly those, or one line."""
     if end <= start:
         return b""
-    data = call(where, fs.cat_file, path, start=start, end=end)
+    data = call(where, fs.cat_file, path, start=start, end=end, **_exactly(fs))
     if len(data) != end - start:
         raise SourceError(f"{where}: asked for bytes {start}–{end}, got {len(data)} bytes (a truncated file, or a "
                           "server that ignores byte ranges)")
