@@ -22,7 +22,7 @@ from ..errors import SourceError
 from ..layer import Model
 from ..safe_io import parse_json_object
 from . import LoadOptions, describe_text, sniff
-from .folder import model_file, with_note
+from .folder import MAX_ENTRIES, model_file, with_note
 from .formats import FORMATS, SNIFF_BYTES, config_applies
 from .hf_config import MAX_CONFIG_BYTES, NAME, apply_config
 from .remote_io import RemoteRange, call, fetch, file_size, filesystem, refuse_offline, shown
@@ -51,13 +51,16 @@ def load_url(source: str, options: LoadOptions) -> Model:
 
 def load_remote(fs: Any, root: str, source: str, options: LoadOptions) -> Model:
     """The model at `root` in the fsspec filesystem `fs` (a safetensors file, an index with its shards, or a
-    folder whose layout names one), reported as `source` (shown without credentials or query)."""
+    folder whose layout names one), reported as `source` (shown without credentials or query). `options`
+    as every loader gets them: safetensors holds no code, so nothing in them changes what is read."""
     refuse_offline(source)
     where = shown(source)
     info = call(where, fs.info, root)
     if info.get("type") != "directory":
         return _load_file(fs, root, where, info)
     listing = call(where, fs.ls, root, detail=True)
+    if len(listing) > MAX_ENTRIES:
+        raise SourceError(f"{where}: a folder of more than {MAX_ENTRIES} entries; give the model file")
     files = {posixpath.basename(entry["name"].rstrip("/")): entry for entry in listing if entry.get("type") == "file"}
     name, note = model_file(sorted(files), where)
     path = f"{root.rstrip('/')}/{name}"
