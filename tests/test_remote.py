@@ -64,7 +64,8 @@ def http(local):
     with HttpFiles() as server:
         for path in [*folder.iterdir(), *single.iterdir()]:
             server.files[f"/{path.parent.name}/{path.name}"] = path.read_bytes()
-        server.files["/bad/garbage.safetensors"] = (40).to_bytes(8, "little") + b"{this is no json at all, no;" + b"!" * 12
+        garbage = b"{this is no json at all, no;" + b"!" * 12
+        server.files["/bad/garbage.safetensors"] = len(garbage).to_bytes(8, "little") + garbage
         server.folder, server.single = f"{server.url}/{folder.name}", f"{server.url}/{single.name}"
         yield server
 

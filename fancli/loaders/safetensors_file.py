@@ -3,8 +3,9 @@
 The header is parsed here, not by `safetensors.safe_open`: that imports numpy and hides the byte offsets
 (`data_offsets`) that streamed statistics need. Only the header is read at load time; tensor bytes are
 read on demand through `FileRange` (a remote file's: `remote_io.RemoteRange`, its header read by
-`remote.py` and validated here by `parse_header`). safetensors writers sort tensors by dtype and name, so a file does not
-record the model's order: tensors come in the natural order of their keys (`layers.2` before `layers.10`).
+`remote.py` and validated here by `parse_header`). safetensors writers sort tensors by dtype and name, so a
+file does not record the model's order: tensors come in the natural order of their keys (`layers.2` before
+`layers.10`).
 """
 
 from __future__ import annotations
