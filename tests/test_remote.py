@@ -292,3 +292,10 @@ def test_load_remote_takes_any_fsspec_filesystem_and_reads_exact_ranges_from_buf
     assert [(row.layer.param, row.observed) for row in here.rows] == [(row.layer.param, row.observed)
                                                                        for row in there.rows]
     assert budget + tensors >= sum(fs.fetched) > tensors and model.source == "org/name"
+
+
+def test_an_http_source_imports_neither_s3fs_nor_torch_nor_numpy(http):
+    from helpers import run_child
+
+    done = run_child(["inspect", http.single + "/model.safetensors"], absent=("s3fs", "botocore", "torch", "numpy"))
+    assert done.returncode == 0, done.stderr
