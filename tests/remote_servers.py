@@ -35,10 +35,16 @@ class Counter:
             self.sent.clear()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up mid-answer (as fancli does on a range answered with the whole file)."""
+
+
 class HttpFiles:
     """Files served at http://127.0.0.1:port/<name>, GET with Range and HEAD; every byte sent counted
     (headers too). `/403/...` answers 403; `/cut/<name>` states the whole length and sends half;
-    `/whole/<name>` says `Accept-Ranges: none` and sends the whole file whatever the range."""
+    `/whole/<name>` says `Accept-Ranges: none` and sends the whole file whatever the range; `/deaf/<name>`
+    sends the whole file whatever the range, and says nothing of ranges."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -63,12 +69,13 @@ class HttpFiles:
                 path = self.path.split("?", 1)[0]
                 if path.startswith("/403/"):
                     return self._send(403, {}, b"forbidden")
-                cut, whole = path.startswith("/cut/"), path.startswith("/whole/")
-                body = files.get(path.removeprefix("/cut") if cut else path.removeprefix("/whole"))
+                prefix = next((p for p in ("/cut/", "/whole/", "/deaf/") if path.startswith(p)), "/")
+                body = files.get(path.removeprefix(prefix[:-1]))
                 if body is None:
                     return self._send(404, {}, b"not found")
-                if whole:
-                    return self._send(200, {"Accept-Ranges": "none"}, body)
+                if prefix != "/cut/" and prefix != "/":
+                    return self._send(200, {"Accept-Ranges": "none"} if prefix == "/whole/" else {}, body)
+                cut = prefix == "/cut/"
                 wanted = _RANGE.match(self.headers.get("Range", ""))
                 status, start, end = 200, 0, len(body)
                 if wanted:
@@ -87,7 +94,7 @@ class HttpFiles:
 
             do_GET = do_HEAD = _answer
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 

@@ -70,6 +70,35 @@ def _timeouts() -> Any:
     return aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
 
 
+class RangeIgnored(Exception):
+    """A server answered a byte range with more than the range (the whole file, 200): refused unread."""
+
+
+_ASKED = re.compile(r"bytes=(\d+)-(\d+)$")
+
+
+async def _on_answer(_session: Any, _context: Any, params: Any) -> None:
+    """Before an answer's body is read: one to a byte range must hold at most that range."""
+    asked = _ASKED.match(params.headers.get("Range", ""))
+    if asked is None or params.response.status == 206:
+        return
+    length = params.response.headers.get("Content-Length")
+    if params.response.status < 300 and not (length and int(length) <= int(asked[2]) - int(asked[1]) + 1):
+        params.response.close()
+        raise RangeIgnored(f"answered {params.response.status}")
+
+
+async def ranged_client(**kwargs: Any) -> Any:
+    """aiohttp's session, as fsspec's HTTP filesystem makes it (its `get_client`), which refuses an answer to
+    a byte range that is not one before its body is read: a server that ignores ranges would send the whole
+    file (fsspec's `cat_file` reads whatever comes)."""
+    import aiohttp
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(_on_answer)
+    return aiohttp.ClientSession(trace_configs=[trace], **kwargs)
+
+
 def _options(protocol: str) -> dict[str, Any]:
     """The storage options that bound time and retries, in each library's own terms."""
     if protocol == "s3":
@@ -77,7 +106,8 @@ def _options(protocol: str) -> dict[str, Any]:
                                   "retries": {"max_attempts": RETRIES, "mode": "standard"}}}
     if protocol == "gcs":
         return {"session_kwargs": {"timeout": _timeouts()}}
-    return {"client_kwargs": {"timeout": _timeouts()}}  # http(s): aiohttp's; it follows redirects itself
+    # http(s): aiohttp's, which follows redirects itself
+    return {"client_kwargs": {"timeout": _timeouts()}, "get_client": ranged_client}
 
 
 def filesystem(source: str) -> tuple[Any, str]:
@@ -139,6 +169,8 @@ def _reason(error: BaseException) -> str:
         return "cannot connect (refused or unreachable)"
     if any(isinstance(each, TimeoutError) for each in chain) or "Timeout" in names:
         return f"no answer in time (connect {CONNECT_TIMEOUT} s, read {READ_TIMEOUT} s)"
+    if "RangeIgnored" in names:
+        return "the server answered a byte range with the whole file (it ignores ranges); download the file"
     if "Payload" in names or "IncompleteRead" in names:
         return "the server's answer ended early (a truncated transfer)"
     if isinstance(error, FileNotFoundError):
