@@ -239,7 +239,7 @@ def _names_no_file(source: str, base: Path) -> bool:
     from .loaders.hf_cache import is_repo_id
     from .loaders.remote_io import is_url
 
-    return is_url(source) or (is_factory(source) or is_repo_id(source)) and not os.path.lexists(base / source)
+    return is_url(source) or ((is_factory(source) or is_repo_id(source)) and not os.path.lexists(base / source))
 
 
 def _inside(top: Fields, key: str, name: str, base: Path, instead: str) -> Path:
