@@ -29,8 +29,8 @@ Source = Any
 def load(source: Source, *, trust: bool = False, kwargs: dict[str, Any] | None = None,
          revision: str | None = None, safe_globals: Iterable[str] = ()) -> Model:
     """Read a source (spec, torch file, safetensors, a folder, a cached `org/name` at `revision`,
-    `pkg.module:factory`) into a Model; or describe an object in memory (an `nn.Module`, a state_dict,
-    an `ExportedProgram`), as a notebook or a test has its model.
+    `pkg.module:factory`, an s3://, gs:// or http(s):// URL of safetensors) into a Model; or describe an
+    object in memory (an `nn.Module`, a state_dict, an `ExportedProgram`), as a notebook or a test has its model.
 
     `trust=True` is the only way a pickled module is unpickled (it runs code from the file);
     `safe_globals` ("module.Name"s, the config's) are read from a torch.save pickle as inert records.

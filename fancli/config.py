@@ -233,12 +233,13 @@ def parse_config(data: Any, path: Path) -> Config:
 
 
 def _names_no_file(source: str, base: Path) -> bool:
-    """A factory `pkg.module:callable` or a Hugging Face repo id `org/name`, and no file of that name in the
-    config's folder (which would win, as a path that exists wins on the command line)."""
+    """A URL (s3://, https://…), or a factory `pkg.module:callable` or a Hugging Face repo id `org/name` and no
+    file of that name in the config's folder (which would win, as a path that exists wins on the command line)."""
     from .loaders import is_factory
     from .loaders.hf_cache import is_repo_id
+    from .loaders.remote_io import is_url
 
-    return (is_factory(source) or is_repo_id(source)) and not os.path.lexists(base / source)
+    return is_url(source) or ((is_factory(source) or is_repo_id(source)) and not os.path.lexists(base / source))
 
 
 def _inside(top: Fields, key: str, name: str, base: Path, instead: str) -> Path:

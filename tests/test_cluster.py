@@ -163,3 +163,19 @@ def test_a_port_answering_garbage_is_one_line_and_exit_2(fake_scheduler, checkpo
     assert result.code == 2 and "cannot reach a Dask scheduler" in result.err
     assert len(result.err.strip().splitlines()) == 1
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_remote_source_on_the_cluster_is_read_by_the_workers_as_locally(cluster, checkpoint):
+    """Issue 30: each task carries the URL and its byte range; the workers fetch their own ranges."""
+    from remote_servers import HttpFiles
+
+    def layers(result) -> list:
+        assert result.code == 0, result.err
+        document = json.loads(result.out)
+        return [document["layers"], document["summary"]]
+
+    with HttpFiles() as server:
+        server.files["/a.safetensors"] = (checkpoint / "a.safetensors").read_bytes()
+        remote = run("inspect", f"{server.url}/a.safetensors", "--stats", "--infer", "-f", "json", "--cluster", cluster)
+        assert server.counter.total > len(server.files["/a.safetensors"])  # headers, then every tensor by range
+    assert layers(remote) == layers(run("inspect", checkpoint / "a.safetensors", "--stats", "--infer", "-f", "json"))

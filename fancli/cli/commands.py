@@ -61,18 +61,22 @@ EXIT_INTERRUPTED = 130
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name=DISTRIBUTION)
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def cli(debug: bool) -> None:
+@click.option("--offline", is_flag=True,
+              help="Refuse every remote source (s3://, gs://, http(s)://) with one line; nothing is fetched.")
+def cli(debug: bool, offline: bool) -> None:
     """fan_in, fan_out, gain and init std of every layer of a network, as torch computes them.
 
     SOURCE is a YAML layer spec (docs/spec.md), a torch.save file (.pt/.pth/.bin: state_dict, checkpoint,
     pickled module with --trust), TorchScript, a torch.export .pt2, a .safetensors file or a sharded
     checkpoint's index.json, a model folder (Hugging Face layout) or a DCP checkpoint folder, a repo id
     org/name from the local Hugging Face cache, a GGUF file or an ONNX model (with the gguf or onnx
-    package), or a factory pkg.module:callable.
+    package), a factory pkg.module:callable, or an s3://, gs:// or http(s):// URL of safetensors (by range).
 
     Exit codes: 0 success, 1 drift or a violated expectation (check, diff), 2 bad usage or unreadable input,
     3 internal error.
     """
+    if offline:  # the library's own switch (`remote_io.offline`), so every source of this run obeys it
+        os.environ["FANCLI_OFFLINE"] = "1"
 
 
 @cli.command(cls=ModesCommand)

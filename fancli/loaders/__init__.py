@@ -111,10 +111,19 @@ def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = No
     """Load a model from a source; SourceError (exit 2) names the source and the problem.
 
     A source is a file, a folder (its layout names the file: `loaders/folder.py`), a repo id `org/name`
-    in the local Hugging Face cache at `revision` (default main; a path that exists wins), or a factory.
+    in the local Hugging Face cache at `revision` (default main; a path that exists wins), a factory, or
+    an s3://, gs:// or http(s):// URL of safetensors (`loaders/remote.py`, read by byte range).
     `trust` allows unpickling code from a file (a pickled nn.Module); `kwargs` go to a factory;
     `safe_globals` are globals a torch.save pickle may name, read as inert records.
     """
+    from .remote_io import is_url, shown
+
+    if is_url(source):  # before any path logic: `s3://b/k` is no file here
+        if revision is not None:
+            raise SourceError(f"{shown(source)}: --revision names a revision of a Hugging Face repo id, not of a URL")
+        from .remote import load_url
+
+        return load_url(source, LoadOptions(trust=trust, safe_globals=frozenset(safe_globals)))
     if is_factory(source):
         from .torch_module import load_factory
 

@@ -57,7 +57,7 @@ def _listing(names: list[str]) -> str:
     return f"it holds {', '.join(names[:_SHOWN])}{more}"
 
 
-def _with_note(model: Model, source: str, note: str) -> Model:
+def with_note(model: Model, source: str, note: str) -> Model:
     return replace(model, source=source, notes=(note, *model.notes))
 
 
@@ -67,19 +67,23 @@ def load_folder(folder: Path, source: str, options: LoadOptions) -> Model:
     if repo is not None and leads_outside(folder, repo):
         raise SourceError(f"{source}: a Hugging Face cache snapshot that links outside its repo's cache folder "
                           f"({repo}); refused")
-    names = _files(folder, source)
+    name, note = model_file(_files(folder, source), source)
+    return with_note(load_file(folder / name, options), source, note)
+
+
+def model_file(names: list[str], source: str) -> tuple[str, str]:
+    """Which of a folder's files (`names`, local or remote) is the model, and the note that says so."""
     for rank in folder_ranks():
         candidates = [name for name in names if fnmatchcase(name, rank.pattern) and name not in PEFT_WEIGHTS]
         if len(candidates) > 1:
             raise SourceError(f"{source}: is a directory with {len(candidates)} candidates of one kind "
                               f"({rank.what}): {', '.join(candidates[:_SHOWN])}; give one of them as SOURCE")
         if candidates:
-            return _with_note(load_file(folder / candidates[0], options), source,
-                              f"read {candidates[0]} ({rank.what})")
+            return candidates[0], f"read {candidates[0]} ({rank.what})"
     if PEFT_CONFIG in names:
         weights = [name for name in PEFT_WEIGHTS if name in names]
         if weights:  # the safetensors one first, as PEFT itself prefers it
             note = f"a PEFT adapter ({PEFT_CONFIG}): the adapter's weights only, not its base model's"
-            return _with_note(load_file(folder / weights[0], options), source, f"read {weights[0]}; {note}")
+            return weights[0], f"read {weights[0]}; {note}"
     raise SourceError(f"{source}: is a directory with no model file fancli reads (looked for {_looked_for()}); "
                       f"{_listing(names)}")

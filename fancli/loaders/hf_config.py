@@ -81,6 +81,11 @@ def with_config(model: Model, weights: Path) -> Model:
         config = parse_json_object(read_bounded(path, MAX_CONFIG_BYTES, "a config.json"), str(path), NAME)
     except SourceError as error:
         return replace(model, notes=(*model.notes, f"{NAME} beside the weights not used: {error}"))
+    return apply_config(model, config, str(path))
+
+
+def apply_config(model: Model, config: dict, where: str) -> Model:
+    """The model with what the parsed config.json `config` (read at `where`, local or remote) states applied."""
     notes = list(model.notes)
     sections = {section: heads_of(config if section is None else config[section]) for section in
                 (None, "text_config", *TOWERS) if section is None or isinstance(config.get(section), dict)}
@@ -102,13 +107,13 @@ def with_config(model: Model, weights: Path) -> Model:
             notes.append(f"from {NAME}: GPTQ group_size={stated} (for qweights saved without g_idx)")
     bits = _compressed_bits(config)
     if bits is not None:
-        packed = [_repacked(layer, bits, path) for layer in layers]
+        packed = [_repacked(layer, bits, where) for layer in layers]
         if any(new is not old for new, old in zip(packed, layers)):
             layers = packed
             notes.append(f"from {NAME}: compressed-tensors pack-quantized num_bits={bits}")
     quantization = config.get("quantization")
     if isinstance(quantization, dict):  # MLX's (mlx-lm writes it): bits and group_size, per module where they differ
-        restated = [mlx_restated(layer, quantization, str(path)) for layer in layers]
+        restated = [mlx_restated(layer, quantization, where) for layer in layers]
         if any(new is not old for new, old in zip(restated, layers)):
             layers = restated
             notes.append(f"from {NAME}: MLX quantization (bits and group_size)")
@@ -220,11 +225,11 @@ def _compressed_bits(config: dict) -> int | None:
     return bits if type(bits) is int and bits in COMPRESSED_BITS else None
 
 
-def _repacked(layer: Layer, bits: int, path: Path) -> Layer:
+def _repacked(layer: Layer, bits: int, where: str) -> Layer:
     """A compressed-tensors `weight_packed` read with the bits the config states."""
     if not layer.param.endswith(".weight_packed") or layer.stored_shape is None:
         return layer
-    return compressed_layer(Entry(layer.param, layer.stored_shape, "int32"), {}, str(path), bits)
+    return compressed_layer(Entry(layer.param, layer.stored_shape, "int32"), {}, where, bits)
 
 
 def _split(layer: Layer, heads: Heads) -> Layer:

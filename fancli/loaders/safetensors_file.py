@@ -2,8 +2,10 @@
 
 The header is parsed here, not by `safetensors.safe_open`: that imports numpy and hides the byte offsets
 (`data_offsets`) that streamed statistics need. Only the header is read at load time; tensor bytes are
-read on demand through `FileRange`. safetensors writers sort tensors by dtype and name, so a file does not
-record the model's order: tensors come in the natural order of their keys (`layers.2` before `layers.10`).
+read on demand through `FileRange` (a remote file's: `remote_io.RemoteRange`, its header read by
+`remote.py` and validated here by `parse_header`). safetensors writers sort tensors by dtype and name, so a
+file does not record the model's order: tensors come in the natural order of their keys (`layers.2` before
+`layers.10`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from ..errors import SourceError
 from ..kinds import kind
@@ -25,7 +28,7 @@ from ..safe_io import (
     read_bounded,
 )
 from ..weights.dtypes import DTYPES
-from ..weights.tensors import StridedRef, row_major_strides
+from ..weights.tensors import ByteSource, StridedRef, row_major_strides
 from .entry import Entry
 from .flat_keys import layers_from_entries
 from .key_order import is_sorted, natural_key
@@ -125,22 +128,28 @@ def _bytes(bits: int | None) -> str:
     return f"{bits // 8} bytes" if bits % 8 == 0 else f"{bits / 8} bytes"
 
 
+def header_length(prefix: bytes, size: int, where: str) -> int:
+    """The header length the first 8 bytes of a `size`-byte file state, checked against the caps and the size
+    (local files and remote ones alike)."""
+    if len(prefix) < _LENGTH_BYTES:
+        raise SourceError(f"{where}: {size} bytes: too short for a safetensors file (8-byte header length)")
+    length = int.from_bytes(prefix[:_LENGTH_BYTES], "little")
+    if length > size and prefix[:_LENGTH_BYTES].isascii() and prefix[:_LENGTH_BYTES].decode("ascii").isprintable():
+        # text, not a length: its bytes as a number would quote the file (`root:x:0` of /etc/passwd)
+        raise SourceError(f"{where}: not a safetensors file (it starts with text, not a header length)")
+    if length > MAX_HEADER_BYTES:
+        raise SourceError(f"{where}: header length {length} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if _LENGTH_BYTES + length > size:
+        raise SourceError(f"{where}: header length {length} runs past the end of the {size}-byte file")
+    return length
+
+
 def _read_raw_header(path: Path, where: str) -> tuple[bytes, int]:
     """The header's bytes and the file's size, reading nothing past the header."""
     try:
         with open_regular(path, where) as handle:  # a shard named by an index may be a FIFO
             size = os.fstat(handle.fileno()).st_size
-            prefix = handle.read(_LENGTH_BYTES)
-            if len(prefix) < _LENGTH_BYTES:
-                raise SourceError(f"{where}: {size} bytes: too short for a safetensors file (8-byte header length)")
-            length = int.from_bytes(prefix, "little")
-            if length > size and prefix.isascii() and prefix.decode("ascii").isprintable():
-                # text, not a length: its bytes as a number would quote the file (`root:x:0` of /etc/passwd)
-                raise SourceError(f"{where}: not a safetensors file (it starts with text, not a header length)")
-            if length > MAX_HEADER_BYTES:
-                raise SourceError(f"{where}: header length {length} exceeds the {MAX_HEADER_BYTES}-byte limit")
-            if _LENGTH_BYTES + length > size:
-                raise SourceError(f"{where}: header length {length} runs past the end of the {size}-byte file")
+            length = header_length(handle.read(_LENGTH_BYTES), size, where)
             raw = handle.read(length)
     except OSError as error:
         raise SourceError(f"{where}: cannot read: {error.strerror or error}") from None
@@ -245,7 +254,11 @@ def _check_coverage(tensors: Iterable[_Tensor], data_size: int, where: str) -> N
 
 def _read_header(path: Path, where: str) -> _Header:
     """Read and validate a safetensors header; every problem is one SourceError line starting with `where`."""
-    raw, size = _read_raw_header(path, where)
+    return parse_header(*_read_raw_header(path, where), where)
+
+
+def parse_header(raw: bytes, size: int, where: str) -> _Header:
+    """Validate the header bytes `raw` of a `size`-byte file, however they were read (a file, a byte range)."""
     header = parse_json_object(raw, where, "header")
     data_start = _LENGTH_BYTES + len(raw)
     data_size = size - data_start
@@ -255,24 +268,28 @@ def _read_header(path: Path, where: str) -> _Header:
     return _Header(tensors, metadata, data_start, _ties(metadata, tensors))
 
 
-def _entry(path: Path, header: _Header, tensor: _Tensor, key: str, identity: str | None) -> Entry:
+#: (file offset, byte count) -> a handle on those bytes of one file (`FileRange` of a path; a remote range).
+Ranges = Callable[[int, int], ByteSource]
+
+
+def _entry(ranges: Ranges, header: _Header, tensor: _Tensor, key: str, identity: str | None) -> Entry:
     """An Entry with a lazy handle on the tensor's bytes; None where fancli cannot decode the dtype."""
     data = None
     if tensor.dtype in DTYPES:
         shape = tensor.shape
-        data = StridedRef(FileRange(path, header.data_start + tensor.begin, tensor.end - tensor.begin), tensor.dtype,
+        data = StridedRef(ranges(header.data_start + tensor.begin, tensor.end - tensor.begin), tensor.dtype,
                           shape, row_major_strides(shape), 0, math.prod(shape))
     return Entry(key, tensor.shape, tensor.dtype, data=data, identity=identity)
 
 
-def _entries(path: Path, header: _Header, keys: Iterable[str]) -> Iterator[Entry]:
+def _entries(ranges: Ranges, header: _Header, keys: Iterable[str]) -> Iterator[Entry]:
     """Entries for `keys`, each followed by the keys tied to it (same identity, so reported as aliases)."""
     for key in keys:
         tensor = header.tensors[key]
         dropped = header.ties.get(key, [])
-        yield _entry(path, header, tensor, key, key if dropped else None)
+        yield _entry(ranges, header, tensor, key, key if dropped else None)
         for alias in dropped:
-            yield _entry(path, header, tensor, alias, key)
+            yield _entry(ranges, header, tensor, alias, key)
 
 
 #: `__metadata__` format -> the layout its conv weights are stored in: MLX's `save_safetensors` writes
@@ -304,9 +321,13 @@ def _in_layout(layers: tuple[Layer, ...], headers: Iterable[_Header]) -> tuple[L
 
 def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
     """A single `.safetensors` file: layers from its header, in natural key order; no tensor data is read."""
-    header = _read_header(path, str(path))
-    layers = layers_from_entries(_entries(path, header, sorted(header.tensors, key=natural_key)))
-    return Model(source=str(path), format="safetensors", layers=_in_layout(layers, [header]),
+    return model_from_header(str(path), partial(FileRange, path), _read_header(path, str(path)))
+
+
+def model_from_header(source: str, ranges: Ranges, header: _Header) -> Model:
+    """One safetensors file's Model from its validated header (`parse_header`), its bytes read by `ranges`."""
+    layers = layers_from_entries(_entries(ranges, header, sorted(header.tensors, key=natural_key)))
+    return Model(source=source, format="safetensors", layers=_in_layout(layers, [header]),
                  notes=_notes(header.metadata))
 
 
@@ -314,24 +335,34 @@ def read_weight_map(path: Path) -> tuple[dict[str, str], Any]:
     """The index's `weight_map` (key -> shard file name), validated, and its `metadata.total_parameters` as
     written (transformers' `num_parameters()`; None where absent): the file is read and parsed once.
     safetensors and `.bin` indexes (`pytorch_model.bin.index.json`) have the same form."""
-    document = parse_json(read_bounded(path, MAX_INDEX_BYTES, "a sharded checkpoint's index"), str(path), "the file")
+    return parse_weight_map(read_bounded(path, MAX_INDEX_BYTES, "a sharded checkpoint's index"), str(path))
+
+
+def parse_weight_map(raw: bytes, where: str) -> tuple[dict[str, str], Any]:
+    """`read_weight_map` of an index's bytes, however they were read."""
+    document = parse_json(raw, where, "the file")
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict):
-        raise SourceError(f"{path}: a JSON file, but not a sharded checkpoint's index (no 'weight_map')")
+        raise SourceError(f"{where}: a JSON file, but not a sharded checkpoint's index (no 'weight_map')")
     if not all(isinstance(v, str) for v in weight_map.values()):
-        raise SourceError(f"{path}: weight_map must be an object mapping tensor keys to shard file names")
+        raise SourceError(f"{where}: weight_map must be an object mapping tensor keys to shard file names")
     metadata = document.get("metadata")
     return weight_map, metadata.get("total_parameters") if isinstance(metadata, dict) else None
+
+
+def shard_name(shard: str, where: str) -> str:
+    """A shard's name as an index gives it, where it names a file beside the index (no `..`, not absolute)."""
+    relative = Path(shard)
+    if not shard or "\0" in shard or not _is_unicode(shard) or relative.is_absolute() or ".." in relative.parts:
+        raise SourceError(f"{where}: shard {_show(shard)} must be a file name beside the index")
+    return shard
 
 
 def shard_path(index: Path, shard: str) -> Path:
     """Shards lie beside the index; a name that climbs out of its folder, or a symlink that leads out of
     it (out of the repo's folder, in the Hugging Face cache), is refused: an index from the internet must
     not make fancli read (and quote) another file."""
-    relative = Path(shard)
-    if not shard or "\0" in shard or not _is_unicode(shard) or relative.is_absolute() or ".." in relative.parts:
-        raise SourceError(f"{index}: shard {_show(shard)} must be a file name beside the index")
-    path = index.parent / relative
+    path = index.parent / shard_name(shard, str(index))
     try:
         root = link_root(index.parent)
     except (OSError, RuntimeError) as error:  # a symlink loop
@@ -347,6 +378,17 @@ def load_safetensors_index(path: Path, options: LoadOptions | None = None) -> Mo
 
 
 def sharded_model(path: Path, weight_map: dict[str, str]) -> Model:
+    """A sharded checkpoint beside its index `path` (see `model_from_shards`)."""
+
+    def read(shard: str) -> tuple[Ranges, _Header]:
+        file = shard_path(path, shard)
+        return partial(FileRange, file), _read_header(file, f"{path}: shard {_show(shard)}")
+
+    return model_from_shards(str(path), weight_map, read)
+
+
+def model_from_shards(source: str, weight_map: dict[str, str],
+                      read: Callable[[str], tuple[Ranges, _Header]]) -> Model:
     """A sharded checkpoint from its index's weight_map: tensors in weight_map order, each from its shard's
     header.
 
@@ -356,20 +398,17 @@ def sharded_model(path: Path, weight_map: dict[str, str]) -> Model:
     """
     if is_sorted(list(weight_map)):
         weight_map = {key: weight_map[key] for key in sorted(weight_map, key=natural_key)}
-    headers: dict[str, tuple[Path, _Header]] = {}
-    for shard in dict.fromkeys(weight_map.values()):
-        file = shard_path(path, shard)
-        headers[shard] = (file, _read_header(file, f"{path}: shard {_show(shard)}"))
+    headers = {shard: read(shard) for shard in dict.fromkeys(weight_map.values())}
     entries: list[Entry] = []
     for key, shard in weight_map.items():
-        file, header = headers[shard]
+        ranges, header = headers[shard]
         tensor = header.tensors.get(key)
         if tensor is None:
-            raise SourceError(f"{path}: {_show(key)} is mapped to shard {_show(shard)}, which has no such tensor")
+            raise SourceError(f"{source}: {_show(key)} is mapped to shard {_show(shard)}, which has no such tensor")
         if header.ties:
-            entries.extend(_entries(file, header, [key]))
+            entries.extend(_entries(ranges, header, [key]))
         else:  # no tied keys in this shard: one entry, no generator (92,000 keys)
-            entries.append(_entry(file, header, tensor, key, None))
+            entries.append(_entry(ranges, header, tensor, key, None))
     notes = tuple(dict.fromkeys(note for _, header in headers.values() for note in _notes(header.metadata)))
-    return Model(source=str(path), format="safetensors-sharded", notes=notes,
+    return Model(source=source, format="safetensors-sharded", notes=notes,
                  layers=_in_layout(layers_from_entries(entries), [header for _, header in headers.values()]))

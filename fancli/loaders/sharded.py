@@ -45,11 +45,11 @@ def load_index(path: Path, options: LoadOptions) -> Model:
         model = torch_shards_model(path, shards, options, first)
     else:
         model = sharded_model(path, weight_map)
-    note = _stated_total(path, stated, model.layers)
+    note = stated_total(path, stated, model.layers)
     return replace(model, notes=(*model.notes, note)) if note else model
 
 
-def _stated_total(index: Path, stated: Any, layers: tuple[Layer, ...]) -> str | None:
+def stated_total(index: Path, stated: Any, layers: tuple[Layer, ...]) -> str | None:
     """A note where the index's `metadata.total_parameters` (transformers writes `num_parameters()`: each
     parameter once, no buffers) is not a count, or is not the parameter total fancli counts."""
     if stated is None:

@@ -5,7 +5,8 @@ so the very jobs the local pool runs (`stats.reduce_piece`, `diff.diff_job`) are
 results merged here in the same fixed order: the numbers are identical to `--jobs 1`, bit for bit (on
 workers with the same numpy and CPU family). A job carries a data handle (a path and byte offsets, never
 the bytes): the workers read the files themselves, so they must see them at the same paths (shared
-storage, or the same files copied to each node, e.g. the DCP shards a node wrote).
+storage, or the same files copied to each node, e.g. the DCP shards a node wrote), or a URL's filesystem
+and byte range (`loaders/remote_io.RemoteRange`: each worker fetches its own ranges from object storage).
 
 dask is an optional extra (`pip install 'dask[distributed]'`), imported only here, only when asked.
 """
