@@ -25,7 +25,7 @@ from safetensors.numpy import save_file  # noqa: E402
 from fancli.errors import SourceError  # noqa: E402
 from fancli.loaders.hf_cache import not_cached  # noqa: E402
 from fancli.loaders.hub import hub_filesystem  # noqa: E402
-from helpers import REPO  # noqa: E402
+from helpers import REPO, run  # noqa: E402
 
 TOKEN = "hf_grantedtesttoken"
 BRANCH_COMMIT = "b" * 40
@@ -299,3 +299,73 @@ def test_without_huggingface_hub_says_how_to_install_it(monkeypatch):
     monkeypatch.delitem(sys.modules, "fancli.loaders.hub_files", raising=False)
     message = one_line_error("org/model")
     assert message.startswith(str(not_cached("org/model"))) and message.endswith("pip install huggingface_hub")
+
+
+# -- fancli reading a repo id the cache lacks from the Hub -----------------------------------------------------
+
+SLACK = 128 * 1024  # per shard (header-only) or per file (--stats), as issue 30 allows
+
+
+def inspect_json(*args: str) -> dict:
+    result = run("inspect", *args, "-f", "json")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    return {"layers": document["layers"], "summary": document["summary"]}
+
+
+@pytest.fixture
+def uncached(monkeypatch, tmp_path):
+    """fancli's own cache lookup finds nothing (its HF_HUB_CACHE is an empty folder), and fancli is online."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("FANCLI_OFFLINE", "")
+
+
+def header_bytes(path) -> int:
+    return 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+
+@pytest.mark.parametrize("repo_id", ["org/model", "org/sharded"])
+def test_an_uncached_repo_id_is_read_from_the_hub_as_its_local_copy(hub, uncached, repo_id):
+    folder = hub.repos[repo_id].folder
+    expected = inspect_json(folder)
+    hub.clear()
+    assert inspect_json(repo_id) == expected
+    shards = sorted(folder.glob("*.safetensors"))
+    small = sum((folder / name).stat().st_size for name in ("config.json", "model.safetensors.index.json")
+                if (folder / name).exists())
+    assert hub.body_bytes(".safetensors") <= sum(header_bytes(shard) + SLACK for shard in shards)
+    assert hub.body_bytes() <= small + sum(header_bytes(shard) + SLACK for shard in shards) + SLACK
+    assert not (hub.repos[repo_id].folder.parent / "empty-cache").exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_stats_from_the_hub_equal_local_reading_each_byte_once(hub, uncached, jobs):
+    folder = hub.repos["org/sharded"].folder
+    expected = inspect_json(folder, "--stats")
+    hub.clear()
+    assert inspect_json("org/sharded", "--stats", "--jobs", jobs) == expected
+    shards = sorted(folder.glob("*.safetensors"))
+    tensors = sum(shard.stat().st_size - header_bytes(shard) for shard in shards)
+    assert tensors <= hub.body_bytes(".safetensors") <= tensors + 2 * SLACK * len(shards)
+
+
+def test_a_revision_of_an_uncached_repo_is_read_at_its_commit(hub, uncached):
+    assert inspect_json("org/model", "--revision", "v1") == inspect_json(hub.repos["org/model"].folder)
+    assert any(BRANCH_COMMIT in sent.path for sent in hub.sent)
+
+
+@pytest.mark.parametrize("how", ["flag", "huggingface_hub"])
+def test_offline_an_uncached_repo_id_is_todays_error_and_nothing_is_asked(hub, uncached, monkeypatch, how):
+    if how == "huggingface_hub":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    result = run(*(["--offline"] if how == "flag" else []), "inspect", "org/model")
+    assert result.code == 2
+    assert len(result.err.strip().splitlines()) == 1
+    assert result.err.strip().endswith(str(not_cached("org/model")))
+    assert hub.sent == []
+
+
+def test_a_missing_repo_is_one_line_exit_2(hub, uncached):
+    result = run("inspect", "org/absent")
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1
+    assert "org/absent" in result.err and "no such repo" in result.err

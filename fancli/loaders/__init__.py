@@ -111,12 +111,13 @@ def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = No
     """Load a model from a source; SourceError (exit 2) names the source and the problem.
 
     A source is a file, a folder (its layout names the file: `loaders/folder.py`), a repo id `org/name`
-    in the local Hugging Face cache at `revision` (default main; a path that exists wins), a factory, or
+    at `revision` (default main; a path that exists wins) from the local Hugging Face cache, else from the
+    Hub by byte range unless fancli or huggingface_hub is offline (`loaders/hub.py`), a factory, or
     an s3://, gs:// or http(s):// URL of safetensors (`loaders/remote.py`, read by byte range).
     `trust` allows unpickling code from a file (a pickled nn.Module); `kwargs` go to a factory;
     `safe_globals` are globals a torch.save pickle may name, read as inert records.
     """
-    from .remote_io import is_url, shown
+    from .remote_io import is_url, offline, shown
 
     if is_url(source):  # before any path logic: `s3://b/k` is no file here
         if revision is not None:
@@ -131,12 +132,17 @@ def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = No
     options = LoadOptions(trust=trust, safe_globals=frozenset(safe_globals))
     path = Path(source)
     if not os.path.lexists(path):
-        from .hf_cache import is_repo_id, snapshot
+        from .hf_cache import is_cached, is_repo_id, snapshot
 
         if is_repo_id(source) and path.suffix.lower() not in MODEL_FILE_SUFFIXES:
-            from .folder import load_folder
+            if is_cached(source) or offline():
+                from .folder import load_folder
 
-            return load_folder(snapshot(source, revision), source, options)
+                return load_folder(snapshot(source, revision), source, options)
+            from .hub import hub_filesystem
+            from .remote import load_remote
+
+            return load_remote(*hub_filesystem(source, revision), source, options)
     if revision is not None:
         raise SourceError(f"{source}: --revision names a revision of a Hugging Face repo id (org/name), "
                           "not of a file or folder")

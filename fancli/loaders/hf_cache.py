@@ -47,6 +47,11 @@ def _repo_folder(repo_id: str) -> Path:
     return cache_dir() / f"models--{repo_id.replace('/', '--')}"
 
 
+def is_cached(repo_id: str) -> bool:
+    """Whether the cache holds a folder for `repo_id` (its revisions are `snapshot`'s to find)."""
+    return _repo_folder(repo_id).is_dir()
+
+
 def not_cached(repo_id: str) -> SourceError:
     """The error for a repo id the cache does not hold (loaders/hub.py raises it too, under HF_HUB_OFFLINE)."""
     return SourceError(f"{repo_id}: no such file, and not in the Hugging Face cache (looked in "
