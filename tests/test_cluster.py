@@ -165,9 +165,11 @@ def test_a_port_answering_garbage_is_one_line_and_exit_2(fake_scheduler, checkpo
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_a_remote_source_on_the_cluster_is_read_by_the_workers_as_locally(cluster, checkpoint):
+def test_a_remote_source_on_the_cluster_is_read_by_the_workers_as_locally(cluster, checkpoint, monkeypatch):
     """Issue 30: each task carries the URL and its byte range; the workers fetch their own ranges."""
     from remote_servers import HttpFiles
+
+    monkeypatch.setenv("FANCLI_OFFLINE", "")  # this test's own server on 127.0.0.1
 
     def layers(result) -> list:
         assert result.code == 0, result.err

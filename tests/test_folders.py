@@ -298,8 +298,9 @@ def test_repo_id_at_a_revision(in_cache, tmp_path, monkeypatch):
     assert [layer.param for layer in load("org/sharded", revision=TAG_COMMIT).layers] == ["only.weight"]
 
 
-def test_repo_id_not_cached_is_one_line(in_cache, tmp_path, monkeypatch):
+def test_repo_id_not_cached_is_one_line_offline(in_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FANCLI_OFFLINE", "1")  # online, it is read from the Hub (tests/test_hub_server.py)
     _one_line_exit_2(["nobody/nothing"], "nobody/nothing", str(in_cache), "`hf download nobody/nothing`")
 
 
