@@ -100,7 +100,7 @@ def _keras_structured(layer: Layer, record: LayerKind, pool_fan_out: bool, trans
     """A Keras-layout weight: Keras' `compute_fans` on the stored shape as the framework's fans, the layer-aware
     ones from the same layer as torch would store it (Keras' rule misreads depthwise, transposed, gated and
     attention weights, differently from torch's)."""
-    fan_in, fan_out = keras_fans(layer.stored_shape or layer.shape)  # as stored: an attention kernel [E, H, D]
+    fan_in, fan_out = keras_fans(layer.shape)
     view = _structured(replaced(layer, layout="torch", shape=_as_torch(layer, transposed)), record, pool_fan_out,
                        transposed, stacked_note)
     eff_in, eff_out = view.pick(True)
@@ -118,8 +118,7 @@ def _structured(layer: Layer, record: LayerKind, pool_fan_out: bool, transposed:
     shape = layer.shape
     if len(shape) < 2:
         return LayerFans(None, None, notes=(f"{len(shape)}-D tensor: torch defines no fan_in/fan_out below 2 dims",))
-    reshaped = layer.stored_shape is not None and len(layer.stored_shape) != len(shape)
-    if layer.layout == "keras" and (transposed or (layer.groups or 1) > 1 or (layer.stacked or 1) > 1 or reshaped):
+    if layer.layout == "keras" and (transposed or (layer.groups or 1) > 1 or (layer.stacked or 1) > 1):
         return _keras_structured(layer, record, pool_fan_out, transposed, stacked_note)
     notes: list[str] = []
     if layer.layout == "channels_last" and len(shape) >= 3:
