@@ -20,7 +20,7 @@ _EXPORTS = {
     "CheckResult": "checks.check_result", "Config": "config", "load_config": "config",
     "analyze": "report", "Report": "report", "Row": "report", "Settings": "report",
     "Layer": "layer", "Model": "layer",
-    "torch_fans": "analysis.fans", "keras_fans": "analysis.fans", "layer_fans": "analysis.fans",
+    "torch_fans": "analysis.fans", "keras_fans": "analysis.fans", "jax_fans": "analysis.fans", "layer_fans": "analysis.fans",
     "calculate_gain": "analysis.gains", "gain": "analysis.gains",
     "SCHEMES": "analysis.schemes", "variance_scaling": "analysis.schemes",
     "observe": "weights.stats", "Observed": "weights.stats",

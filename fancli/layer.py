@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .records import record
+from .vocab import KERNEL_LAST
 
 if TYPE_CHECKING:
     from .weights.tensors import TensorData
@@ -51,7 +52,7 @@ class Layer:
             return ()
         if self.layout == "channels_last":
             return self.shape[1:-1]
-        return self.shape[:-2] if self.layout == "keras" else self.shape[2:]
+        return self.shape[:-2] if self.layout in KERNEL_LAST else self.shape[2:]
 
 
 @dataclass(frozen=True)

@@ -288,8 +288,9 @@ def _torch_refuses(scheme: schemes.Scheme, context: "_Context") -> str | None:
     if scheme.name == "torch_default":
         return (f"torch_default ignores --mode {'/'.join(asked)}: each module's reset_parameters() draws as torch "
                 "does (Linear and Conv from fan_in)")
-    if scheme.name.startswith("kaiming") and "fan_avg" in asked:
-        return f"torch's {scheme.name}_ has no mode fan_avg (it raises); this is variance scaling's fan_avg"
+    if scheme.name.startswith("kaiming") and {"fan_avg", "fan_geo_avg"} & set(asked):
+        return (f"torch's {scheme.name}_ has no mode {'/'.join(m for m in asked if m.startswith('fan_'))} "
+                "(it raises); this is variance scaling's (JAX's)")
     if scheme.name.startswith("xavier"):
         return f"torch's {scheme.name}_ has no mode (always fan_avg); {'/'.join(asked)} is variance scaling's"
     return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from ..fans import jax_fans
 from ..schemes import TRUNCATED_NORMAL_STD, InitValues
 from .draws import RecipeArgs, constant, normal, uniform
 
@@ -58,9 +59,9 @@ def flax(args: RecipeArgs) -> InitValues | None:
     norms' scale ones, bias zeros."""
     kind = args.layer.kind
     if kind == "embedding" and len(args.layer.shape) >= 2:
-        features = args.layer.shape[-1]
-        return normal(features ** -0.5, f"Flax Embed: variance_scaling(1, fan_in, normal, out_axis=0), fan_in = "
-                                        f"features {features}")
+        fan_in, _ = jax_fans(args.layer.shape, out_axis=0)  # [num, features]: in_axis -2 is axis 0 too
+        return normal(fan_in ** -0.5, f"Flax Embed: variance_scaling(1, fan_in, normal, out_axis=0), fan_in = "
+                                      f"features {fan_in:g}")
     if kind in _KERNELS and len(args.layer.shape) >= 2:
         if not args.fan_in:
             return InitValues(None, note="Flax lecun_normal: fan_in is not known")
