@@ -147,3 +147,11 @@ def test_without_msgpack_is_one_line(checkpoint):
     result = run_child(["inspect", checkpoint[0]], code=2, hidden=("msgpack",))
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("\n") == 1 and "pip install msgpack" in result.stderr
+
+
+def test_header_names_the_jax_convention(checkpoint):
+    """The fans columns are JAX's `_compute_fans` (not torch's): the table's and the Markdown's header say so."""
+    for fmt in ("table", "markdown"):
+        result = run("inspect", checkpoint[0], "--format", fmt)
+        assert result.code == 0, result.err
+        assert "fans: jax" in result.out.splitlines()[0] and "fans: torch" not in result.out

@@ -221,3 +221,11 @@ def test_the_keras_recipe_reads_the_files_own_variable_names(weights_h5):
     assert rows["layers.batch_normalization.vars.0"]["constant"] == 1.0
     assert rows["layers.batch_normalization.vars.1"]["constant"] == 0.0
     assert rows["layers.batch_normalization.vars.3"]["constant"] == 1.0
+
+
+def test_header_names_the_keras_convention(weights_h5):
+    """The fans columns are Keras' `compute_fans` (not torch's): the table's and the Markdown's header say so."""
+    for fmt in ("table", "markdown"):
+        result = run("inspect", weights_h5[0], "--format", fmt)
+        assert result.code == 0, result.err
+        assert "fans: keras" in result.out.splitlines()[0] and "fans: torch" not in result.out

@@ -57,6 +57,12 @@ def channels_first(shape: Sequence[int], transposed: bool = False) -> tuple[int,
     return (shape[-1], shape[0], *shape[1:-1]) if transposed else (shape[0], shape[-1], *shape[1:-1])
 
 
+def convention_of(layout: str) -> str:
+    """Whose fan function gives a tensor of this layout its (non-effective) fans: Keras' `compute_fans`, JAX's
+    `_compute_fans`, else torch's (a channels-last or `[in, out]` tensor is read as torch lays it out)."""
+    return layout if layout in KERNEL_LAST else "torch"
+
+
 def layout_fans(shape: Sequence[int], layout: str) -> tuple[int, int]:
     """The fans the framework that owns this layout computes for the tensor as stored (torch's for torch's
     layouts: `_structured` lays a channels-last weight out channels first before it reads them)."""
