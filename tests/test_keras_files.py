@@ -229,3 +229,14 @@ def test_header_names_the_keras_convention(weights_h5):
         result = run("inspect", weights_h5[0], "--format", fmt)
         assert result.code == 0, result.err
         assert "fans: keras" in result.out.splitlines()[0] and "fans: torch" not in result.out
+
+
+@pytest.mark.parametrize("which", ["weights_h5", "archive"])
+def test_rows_in_the_order_keras_wrote_the_layers(which, request):
+    """`saving_lib._save_container_state` writes a model's layers in `model.layers` order (MODEL's, here): the rows
+    follow it, not HDF5's order of names (batch_normalization, conv2d, …); a layer's variables 0, 1, 2…"""
+    rows = [row["param"] for row in _report("inspect", request.getfixturevalue(which)[0], "--all")["layers"]]
+    layers = list(dict.fromkeys(param.split(".")[1] for param in rows))
+    assert layers == list(dict.fromkeys(group.split("/")[0] for group, _, _ in MODEL))
+    assert [param for param in rows if param.startswith("layers.batch_normalization.")] == [
+        f"layers.batch_normalization.vars.{index}" for index in range(4)]

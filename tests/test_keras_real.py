@@ -146,6 +146,9 @@ def test_files_keras_wrote(saved, name):
                 shape = (1, 6, 6, channels) if len(variable.shape) == 4 else (1, variable.shape[0])
             assert effective == pytest.approx(_jacobian_fans(layer, shape)), row["param"]
     assert sorted(seen) == sorted(variable.path for variable in model.weights)  # each once
+    # in the model's layer order (Keras writes a layer's sublayers in its own order: MultiHeadAttention's by name)
+    order = [layer.name for layer in model.layers if layer.weights]
+    assert list(dict.fromkeys(path.split("/")[0] for path in seen)) == order
 
 
 _KINDS = {"Conv2D": "conv2d", "DepthwiseConv2D": "conv2d", "Conv2DTranspose": "conv_transpose2d",

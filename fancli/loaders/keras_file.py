@@ -168,15 +168,18 @@ class _Window:
 
 
 def _datasets(handle: Any) -> list[tuple[str, Any]]:
-    """(path, dataset) of every variable under `layers/`, in the order HDF5 indexes them (by name: Keras does not
-    track creation order); the optimizer's are no weights. A legacy (`legacy_h5_format`) file's
+    """(path, dataset) of every variable under `layers/`, in the order Keras wrote them, which is the model's layer
+    order (`_save_container_state` walks `model.layers`): HDF5 indexes links by name (Keras does not track
+    creation order), but it allocates each object's header after the last, so the headers' addresses keep the
+    write order. The optimizer's are no weights. A legacy (`legacy_h5_format`) file's
     `[model_weights/]<layer>/<weight name>` are given as `layers/<layer>/<sublayers…>/vars/<name>`, in its
     `layer_names` and `weight_names` order (the model's)."""
     found: list[tuple[str, Any]] = []
     if "layers" in handle:
         handle["layers"].visititems(lambda name, item: found.append((f"layers/{name}", item))
                                     if hasattr(item, "shape") and name.split("/")[-2:-1] == ["vars"] else None)
-        return found
+        h5o = _h5py(Path(handle.filename)).h5o
+        return sorted(found, key=lambda pair: h5o.get_info(pair[1].id).addr)
     legacy = handle["model_weights"] if "model_weights" in handle else handle
     for layer in legacy.attrs.get("layer_names", []):
         layer = _text(layer)
