@@ -42,6 +42,7 @@ class Layer:
     stored_shape: tuple[int, ...] | None = None  # as stored, where `shape` is the logical one (a packed weight)
     copy_of: str | None = None  # the key whose tensor this is, stored twice (a tie dcp.save wrote under each key)
     aliases: tuple[str, ...] = ()  # other parameter keys that share this tensor (tied weights)
+    hf_name: str | None = None  # a converted file's tensor under its HF name, where the converter's map gives one
     notes: tuple[str, ...] = ()  # what the loader knows and wants said (e.g. what a state_dict cannot tell)
     data: "TensorData | None" = field(default=None, compare=False, repr=False)  # read only for --stats
 

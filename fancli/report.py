@@ -433,9 +433,11 @@ def _recipe_row(layer: Layer, settings: Settings, context: _Context, recipe: "re
                None, recipe=recipe.name)
 
 
-#: Every field of a Layer that analysis reads, except its names, notes and data: two layers equal in these
-#: get the same row but for the layer's own notes (a 92,000-tensor MoE checkpoint has a few hundred).
-_ANALYSED = operator.attrgetter(*(f.name for f in fields(Layer) if f.name not in ("name", "param", "notes", "data")))
+#: Every field of a Layer that analysis reads, except its names (its HF name too), notes and data: two layers
+#: equal in these get the same row but for the layer's own notes (a 92,000-tensor MoE checkpoint has a few
+#: hundred).
+_UNREAD = ("name", "param", "hf_name", "notes", "data")
+_ANALYSED = operator.attrgetter(*(f.name for f in fields(Layer) if f.name not in _UNREAD))
 
 
 def _analyze_all(layers: list[Layer], settings: Settings, context: _Context,

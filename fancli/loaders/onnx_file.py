@@ -202,7 +202,7 @@ def _uses(graph: Any) -> tuple[dict[str, _Use], set[str]]:
         if node.op_type in QDQ_OPS:
             states.update(name for name in node.input[1:] if name)
             if node.op_type == "DequantizeLinear" and node.output and node.input:
-                attributes = {attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in node.attribute}
+                attributes = {item.name: onnx.helper.get_attribute_value(item) for item in node.attribute}
                 inputs = [*node.input[1:3], "", ""][:2]
                 dequantized[node.output[0]] = (node.input[0], (inputs[0] or None, inputs[1] or None,
                                                                int(attributes.get("axis", 1)),

@@ -59,7 +59,7 @@ class _Step:
 def _torch_shape(layer: Layer) -> tuple[int, ...]:
     """The weight's shape in torch's layout ([out, in, *k]; transposed [in, out/g, *k])."""
     shape = layer.shape
-    if layer.layout == "jax" and (layer.transposed or kinds.kind(layer.kind).transposed):  # Flax's ConvTranspose [*k, in, out]
+    if layer.layout == "jax" and (layer.transposed or kinds.kind(layer.kind).transposed):  # Flax's [*k, in, out]
         return (shape[-2], shape[-1], *shape[:-2])
     if layer.layout in KERNEL_LAST:
         return (shape[-1], shape[-2], *shape[:-2])
