@@ -89,6 +89,8 @@ def test_every_param_listed_with_jax_fans(checkpoint):
     assert _compute_fans((6, 2, 3), in_axis=0, out_axis=(1, 2)) == (6, 6)
     assert general["effective_fan_in"] is None and general["effective_fan_out"] is None
     assert any("flattened" in note for note in general["notes"])
+    # so lecun_normal's std, 1/√fan_in of the flattened shape, is not known either (not 1/√(6·2) of a conv's)
+    assert general["std"] is None and any("fan_in is not known" in note for note in general["notes"])
 
 
 def test_layer_aware_fans_of_attention_and_conv_transpose(checkpoint, tmp_path):

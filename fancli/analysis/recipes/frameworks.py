@@ -39,6 +39,13 @@ def _framework_norm_or_bias(args: RecipeArgs, library: str) -> InitValues | None
     return None
 
 
+def _axes_unknown(args: RecipeArgs) -> bool:
+    """A Keras EinsumDense or Flax DenseGeneral kernel of ≥3 dims whose input axes its file does not say: its
+    initializer saw it by those axes (EinsumDense's einsum axes, DenseGeneral's flattened shape), not as a conv,
+    so the fans read off the stored shape are not the ones it drew with."""
+    return args.layer.kind == "linear" and len(args.layer.shape) >= 3 and "fan_in" in args.layer.unknown_fans
+
+
 def keras(args: RecipeArgs) -> InitValues | None:
     """Dense and Conv kernels `glorot_uniform` (VarianceScaling(1, fan_avg, uniform): U(±√(6/(fan_in +
     fan_out)))), biases `zeros`; Embedding `uniform` (RandomUniform(−0.05, 0.05)); LayerNormalization and
@@ -47,7 +54,7 @@ def keras(args: RecipeArgs) -> InitValues | None:
     if kind == "embedding" and len(args.layer.shape) >= 2:
         return uniform(0.05, "Keras Embedding: RandomUniform(-0.05, 0.05)")
     if kind in _KERNELS and len(args.layer.shape) >= 2:
-        if not (args.fan_in and args.fan_out):
+        if not (args.fan_in and args.fan_out) or _axes_unknown(args):
             return InitValues(None, note="Keras glorot_uniform: the fans are not known")
         return uniform(math.sqrt(6.0 / (args.fan_in + args.fan_out)),
                        "Keras glorot_uniform: VarianceScaling(1, fan_avg, uniform)")
@@ -67,7 +74,7 @@ def flax(args: RecipeArgs) -> InitValues | None:
         return normal(fan_in ** -0.5, f"Flax Embed: variance_scaling(1, fan_in, normal, out_axis=0), fan_in = "
                                       f"features {fan_in:g}")
     if kind in _KERNELS and len(args.layer.shape) >= 2:
-        if not args.fan_in:
+        if not args.fan_in or _axes_unknown(args):
             return InitValues(None, note="Flax lecun_normal: fan_in is not known")
         std = 1.0 / math.sqrt(args.fan_in)
         return InitValues(std, sampling_std=std / TRUNCATED_NORMAL_STD, fan=args.fan_in,
