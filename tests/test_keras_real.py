@@ -153,3 +153,21 @@ def test_files_keras_wrote(saved, name):
 
 _KINDS = {"Conv2D": "conv2d", "DepthwiseConv2D": "conv2d", "Conv2DTranspose": "conv_transpose2d",
           "LSTMCell": "lstm", "EinsumDense": "linear", "Dense": "linear", "Embedding": "embedding"}
+
+
+def test_keras_lstm_defaults(tmp_path):
+    """An LSTM as Keras initialises it (no values assigned): the kernel's glorot_uniform bound holds every value
+    and is nearly reached; the recurrent kernel is orthogonal, [H, 4H] with orthonormal rows, whose values' RMS
+    fancli gives; the bias is zeros with the forget gate's ones, which no one std describes."""
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3, 5)), keras.layers.LSTM(6)])
+    model.save_weights(tmp_path / "lstm.weights.h5")
+    rows = {row["param"]: row for row in _rows(tmp_path / "lstm.weights.h5")[1]}
+    cell = model.layers[0].cell
+    kernel, recurrent, bias = (np.asarray(variable.numpy(), np.float64) for variable in cell.weights)
+    bound = rows["layers.lstm.cell.vars.0"]["bound"]
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
+    assert np.allclose(recurrent @ recurrent.T, np.eye(6), atol=1e-5)  # the premise: orthonormal rows
+    assert rows["layers.lstm.cell.vars.1"]["std"] == pytest.approx(np.sqrt(np.mean(recurrent ** 2)), rel=1e-5)
+    assert list(bias) == [0] * 6 + [1] * 6 + [0] * 12  # gates i, f, c, o
+    assert rows["layers.lstm.cell.vars.2"]["std"] is None

@@ -46,6 +46,22 @@ def _axes_unknown(args: RecipeArgs) -> bool:
     return args.layer.kind == "linear" and len(args.layer.shape) >= 3 and "fan_in" in args.layer.unknown_fans
 
 
+def _keras_lstm(args: RecipeArgs) -> InitValues | None:
+    """keras 3.15.1 `layers/rnn/lstm.py` LSTMCell: kernel `glorot_uniform` on its [in, 4H], recurrent kernel
+    `orthogonal` (gain 1: [H, 4H] with orthonormal rows, so its values' RMS is exactly 1/√(4H)), bias zeros with
+    the forget gate's H ones (`unit_forget_bias=True`), which no one constant or draw is."""
+    shape, leaf = args.layer.shape, args.leaf
+    if len(shape) == 2 and leaf in ("0", "kernel") and args.fan_in and args.fan_out:
+        return uniform(math.sqrt(6.0 / (args.fan_in + args.fan_out)),
+                       "Keras LSTM kernel glorot_uniform: VarianceScaling(1, fan_avg, uniform)")
+    if len(shape) == 2 and leaf in ("1", "recurrent_kernel"):
+        return InitValues(shape[1] ** -0.5, note=f"Keras LSTM recurrent kernel orthogonal: {shape[0]} orthonormal "
+                                                 f"rows of {shape[1]}, RMS 1/√{shape[1]}")
+    if len(shape) == 1:
+        return InitValues(None, note="Keras LSTM bias: zeros and the forget gate's ones (unit_forget_bias)")
+    return None
+
+
 def keras(args: RecipeArgs) -> InitValues | None:
     """Dense and Conv kernels `glorot_uniform` (VarianceScaling(1, fan_avg, uniform): U(±√(6/(fan_in +
     fan_out)))), biases `zeros`; Embedding `uniform` (RandomUniform(−0.05, 0.05)); LayerNormalization and
@@ -53,6 +69,8 @@ def keras(args: RecipeArgs) -> InitValues | None:
     kind = args.layer.kind
     if kind == "embedding" and len(args.layer.shape) >= 2:
         return uniform(0.05, "Keras Embedding: RandomUniform(-0.05, 0.05)")
+    if kind == "lstm":
+        return _keras_lstm(args)
     if kind in _KERNELS and len(args.layer.shape) >= 2:
         if not (args.fan_in and args.fan_out) or _axes_unknown(args):
             return InitValues(None, note="Keras glorot_uniform: the fans are not known")
