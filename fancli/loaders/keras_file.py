@@ -178,7 +178,8 @@ def _datasets(handle: Any) -> list[tuple[str, Any]]:
     if "layers" in handle:
         handle["layers"].visititems(lambda name, item: found.append((f"layers/{name}", item))
                                     if hasattr(item, "shape") and name.split("/")[-2:-1] == ["vars"] else None)
-        h5o = _h5py(Path(handle.filename)).h5o
+        from h5py import h5o  # the handle is open: h5py is there
+
         return sorted(found, key=lambda pair: h5o.get_info(pair[1].id).addr)
     legacy = handle["model_weights"] if "model_weights" in handle else handle
     for layer in legacy.attrs.get("layer_names", []):
