@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .records import record
+from .vocab import KERNEL_LAST
 
 if TYPE_CHECKING:
     from .weights.tensors import TensorData
@@ -41,6 +42,7 @@ class Layer:
     stored_shape: tuple[int, ...] | None = None  # as stored, where `shape` is the logical one (a packed weight)
     copy_of: str | None = None  # the key whose tensor this is, stored twice (a tie dcp.save wrote under each key)
     aliases: tuple[str, ...] = ()  # other parameter keys that share this tensor (tied weights)
+    hf_name: str | None = None  # a converted file's tensor under its HF name, where the converter's map gives one
     notes: tuple[str, ...] = ()  # what the loader knows and wants said (e.g. what a state_dict cannot tell)
     data: "TensorData | None" = field(default=None, compare=False, repr=False)  # read only for --stats
 
@@ -51,7 +53,7 @@ class Layer:
             return ()
         if self.layout == "channels_last":
             return self.shape[1:-1]
-        return self.shape[:-2] if self.layout == "keras" else self.shape[2:]
+        return self.shape[:-2] if self.layout in KERNEL_LAST else self.shape[2:]
 
 
 @dataclass(frozen=True)

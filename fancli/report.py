@@ -288,8 +288,9 @@ def _torch_refuses(scheme: schemes.Scheme, context: "_Context") -> str | None:
     if scheme.name == "torch_default":
         return (f"torch_default ignores --mode {'/'.join(asked)}: each module's reset_parameters() draws as torch "
                 "does (Linear and Conv from fan_in)")
-    if scheme.name.startswith("kaiming") and "fan_avg" in asked:
-        return f"torch's {scheme.name}_ has no mode fan_avg (it raises); this is variance scaling's fan_avg"
+    if scheme.name.startswith("kaiming") and {"fan_avg", "fan_geo_avg"} & set(asked):
+        return (f"torch's {scheme.name}_ has no mode {'/'.join(m for m in asked if m.startswith('fan_'))} "
+                "(it raises); this is variance scaling's (JAX's)")
     if scheme.name.startswith("xavier"):
         return f"torch's {scheme.name}_ has no mode (always fan_avg); {'/'.join(asked)} is variance scaling's"
     return None
@@ -432,9 +433,11 @@ def _recipe_row(layer: Layer, settings: Settings, context: _Context, recipe: "re
                None, recipe=recipe.name)
 
 
-#: Every field of a Layer that analysis reads, except its names, notes and data: two layers equal in these
-#: get the same row but for the layer's own notes (a 92,000-tensor MoE checkpoint has a few hundred).
-_ANALYSED = operator.attrgetter(*(f.name for f in fields(Layer) if f.name not in ("name", "param", "notes", "data")))
+#: Every field of a Layer that analysis reads, except its names (its HF name too), notes and data: two layers
+#: equal in these get the same row but for the layer's own notes (a 92,000-tensor MoE checkpoint has a few
+#: hundred).
+_UNREAD = ("name", "param", "hf_name", "notes", "data")
+_ANALYSED = operator.attrgetter(*(f.name for f in fields(Layer) if f.name not in _UNREAD))
 
 
 def _analyze_all(layers: list[Layer], settings: Settings, context: _Context,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -112,9 +113,12 @@ def library_draws(build) -> tuple[object, dict[str, tuple]]:
     return model, draws
 
 
-def keras_compute_fans(shape) -> tuple[int, int]:
-    """keras 3.15.1 `initializers/random_initializers.py` `compute_fans`, copied."""
+def keras_compute_fans(shape, input_axes=None, output_axes=None) -> tuple[int, int]:
+    """keras 3.15.1 `initializers/random_initializers.py` `compute_fans`, copied (EinsumDense gives it the
+    einsum's axes)."""
     shape = tuple(shape)
+    if input_axes is not None and output_axes is not None:
+        return math.prod(shape[axis] for axis in input_axes), math.prod(shape[axis] for axis in output_axes)
     if len(shape) < 1:
         fan_in = fan_out = 1
     elif len(shape) == 1:

@@ -76,8 +76,8 @@ def test_every_param_listed_with_jax_fans(checkpoint):
     assert list(rows) == list(written)  # params only, in the map's order; batch_stats are no parameters
     assert report["summary"]["parameters"] == sum(values.size for values in written.values())
     assert report["source"]["format"] == "flax"
-    for name, values in written.items():
-        assert rows[name]["shape"] == list(values.shape)
+    for name, values in written.items():  # a DenseGeneral's bias [2, 3] is a bias: listed flat, no fans
+        assert rows[name]["shape"] == ([values.size] if name.endswith("bias") else list(values.shape))
         if name.endswith("kernel") and values.ndim >= 2 or name.endswith("embedding"):
             assert (rows[name]["fan_in"], rows[name]["fan_out"]) == _compute_fans(values.shape)
     kinds = {name: rows[name]["kind"] for name in written if name.endswith(("kernel", "embedding", "scale"))}
@@ -89,6 +89,34 @@ def test_every_param_listed_with_jax_fans(checkpoint):
     assert _compute_fans((6, 2, 3), in_axis=0, out_axis=(1, 2)) == (6, 6)
     assert general["effective_fan_in"] is None and general["effective_fan_out"] is None
     assert any("flattened" in note for note in general["notes"])
+    # so lecun_normal's std, 1/√fan_in of the flattened shape, is not known either (not 1/√(6·2) of a conv's)
+    assert general["std"] is None and any("fan_in is not known" in note for note in general["notes"])
+
+
+def test_layer_aware_fans_of_attention_and_conv_transpose(checkpoint, tmp_path):
+    """flax 0.12.8 `linen/attention.py`: MultiHeadDotProductAttention's query/key/value are
+    DenseGeneral(features=(H, D)) kernels [E, H, D], its out DenseGeneral(axis=(-2, -1)) [H, D, E]; DenseGeneral
+    hands its initializer the flattened [prod(in), prod(out)] (`kernel_init_wrap`). ConvTranspose's kernel is
+    [kh, kw, in, out]: each input feeds out·k outputs, each output sums in·k/stride² taps."""
+    rng = np.random.default_rng(3)
+    heads = {name: {"kernel": _ndarray(rng.standard_normal(shape).astype(np.float32)),
+                    "bias": _ndarray(rng.standard_normal(shape[-2:] if name != "out" else shape[-1:]).astype(
+                        np.float32))}
+             for name, shape in (("query", (6, 2, 3)), ("key", (6, 2, 3)), ("value", (6, 2, 3)), ("out", (2, 3, 6)))}
+    path = tmp_path / "attention.msgpack"
+    path.write_bytes(msgpack.packb({"params": {"MultiHeadDotProductAttention_0": heads}}, use_bin_type=True))
+    rows = {row["param"]: row for row in _report("inspect", path, "--all")["layers"]}
+    for name, flat in (("query", (6, 6)), ("out", (6, 6))):
+        row = rows[f"MultiHeadDotProductAttention_0.{name}.kernel"]
+        assert row["kind"] == "linear" and row["shape"] == list(flat)
+        assert (row["fan_in"], row["fan_out"]) == _compute_fans(flat)  # what its initializer sees
+        assert "effective_fan_in" not in row and "effective_fan_out" not in row  # the same
+    assert rows["MultiHeadDotProductAttention_0.query.bias"]["shape"] == [6]
+    transpose = {row["param"]: row for row in _report("inspect", checkpoint[0], "--all")["layers"]}[
+        "ConvTranspose_0.kernel"]  # [3, 3, in 8, out 4]
+    assert (transpose["fan_in"], transpose["fan_out"]) == _compute_fans((3, 3, 8, 4))
+    assert transpose["fan_out"] == (transpose["effective_fan_out"] or 0) == 4 * 9  # JAX's is the layer's
+    assert "effective_fan_in" in transpose and transpose["effective_fan_in"] is None  # unknown: the stride
 
 
 def test_stats_are_the_values_written(checkpoint):
@@ -121,3 +149,11 @@ def test_without_msgpack_is_one_line(checkpoint):
     result = run_child(["inspect", checkpoint[0]], code=2, hidden=("msgpack",))
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("\n") == 1 and "pip install msgpack" in result.stderr
+
+
+def test_header_names_the_jax_convention(checkpoint):
+    """The fans columns are JAX's `_compute_fans` (not torch's): the table's and the Markdown's header say so."""
+    for fmt in ("table", "markdown"):
+        result = run("inspect", checkpoint[0], "--format", fmt)
+        assert result.code == 0, result.err
+        assert "fans: jax" in result.out.splitlines()[0] and "fans: torch" not in result.out

@@ -156,3 +156,34 @@ def test_fused_qkv_is_split_by_the_metadata_heads(tmp_path):
     row = _rows("inspect", _fused_file(tmp_path / "gqa.gguf", 4, 1))["layers"][0]
     assert "effective_fan_out" in row and row["effective_fan_out"] is None
     assert "q 128, k 32, v 32 rows" in " ".join(row["notes"])
+
+
+def test_hf_names_where_ggufs_map_gives_exactly_one(tmp_path):
+    """gguf's own `get_tensor_name_map(arch, block_count)`: a GGUF name that one HF name maps to for the file's
+    architecture (qwen2moe's shared-expert gate) gets it as `hf_name`; one that several map to (attn_q: 13
+    spellings across model families) gets none; so does a file of an architecture gguf does not know."""
+    mapping = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2MOE, 1).mapping
+    spellings = {}
+    for key, (_, name) in mapping.items():
+        if key != name:
+            spellings.setdefault(name, set()).add(key)
+    assert len(spellings["blk.0.ffn_gate_inp_shexp"]) == 1 and len(spellings["blk.0.attn_q"]) > 1
+    rng = np.random.default_rng(5)
+    rows = {}
+    for arch in ("qwen2moe", "no-such-arch"):
+        path = tmp_path / f"{arch}.gguf"
+        writer = gguf.GGUFWriter(str(path), arch)
+        writer.add_block_count(1)
+        for name, shape in (("blk.0.ffn_gate_inp_shexp.weight", (1, 32)), ("blk.0.attn_q.weight", (32, 32))):
+            writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        result = run("inspect", path, "--all", "--format", "json")
+        assert result.code == 0, result.err
+        rows[arch] = {row["param"]: row for row in json.loads(result.out)["layers"]}
+    (hf,) = spellings["blk.0.ffn_gate_inp_shexp"]
+    assert rows["qwen2moe"]["blk.0.ffn_gate_inp_shexp.weight"]["hf_name"] == f"{hf}.weight"
+    assert "hf_name" not in rows["qwen2moe"]["blk.0.attn_q.weight"]
+    assert not any("hf_name" in row for row in rows["no-such-arch"].values())

@@ -34,14 +34,14 @@ MODEL = [
     ("dense_1", "Dense", [(7, 3), (3,)]),
     ("layer_normalization", "LayerNormalization", [(3,), (3,)]),
     # MultiHeadAttention(num_heads=2, key_dim=4) on E = 3: its EinsumDense sublayers, under their attributes
-    ("multi_head_attention/_key_dense", "MultiHeadAttention", [(3, 2, 4), (2, 4)]),
-    ("multi_head_attention/_output_dense", "MultiHeadAttention", [(2, 4, 3), (3,)]),
-    ("multi_head_attention/_query_dense", "MultiHeadAttention", [(3, 2, 4), (2, 4)]),
-    ("multi_head_attention/_value_dense", "MultiHeadAttention", [(3, 2, 4), (2, 4)]),
+    ("multi_head_attention/key_dense", "MultiHeadAttention", [(3, 2, 4), (2, 4)]),
+    ("multi_head_attention/output_dense", "MultiHeadAttention", [(2, 4, 3), (3,)]),
+    ("multi_head_attention/query_dense", "MultiHeadAttention", [(3, 2, 4), (2, 4)]),
+    ("multi_head_attention/value_dense", "MultiHeadAttention", [(3, 2, 4), (2, 4)]),
 ]
 #: The logical [in, out] of MultiHeadAttention's kernels: q/k/v [E, H·D], the output [H·D, E].
-ATTENTION = {"layers.multi_head_attention._query_dense.vars.0": (3, 8),
-             "layers.multi_head_attention._output_dense.vars.0": (8, 3)}
+ATTENTION = {"layers.multi_head_attention.query_dense.vars.0": (3, 8),
+             "layers.multi_head_attention.output_dense.vars.0": (8, 3)}
 
 
 def _write_h5(target, rng) -> dict[str, np.ndarray]:
@@ -74,7 +74,7 @@ def archive(tmp_path_factory):
         {"module": "keras.layers", "class_name": "InputLayer", "config": {}},
         *({"module": "keras.layers", "class_name": klass,
            "config": {"name": group.split("/")[0], **({"strides": [3, 3]} if klass == "Conv2DTranspose" else {})}}
-          for group, klass, _ in MODEL if "/_" not in group or group.endswith("_key_dense"))]}}
+          for group, klass, _ in MODEL if "attention/" not in group or group.endswith("/key_dense"))]}}
     path = tmp_path_factory.mktemp("keras") / "model.keras"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
@@ -101,7 +101,7 @@ def test_every_weight_listed_with_keras_and_layer_aware_fans(which, request):
         assert math.prod(rows[name]["shape"]) == values.size
         if values.ndim >= 2 and ".multi_head_attention." not in name:
             assert rows[name]["shape"] == list(values.shape)
-        if values.ndim >= 2 and name not in (*ATTENTION, *(key for key in written if key.endswith("dense.vars.1"))):
+        if values.ndim >= 2 and ".multi_head_attention." not in name:
             assert (rows[name]["fan_in"], rows[name]["fan_out"]) == keras_compute_fans(values.shape)
     kinds = {name.split(".")[1]: rows[name]["kind"] for name in written}
     assert kinds == {"conv2d": "conv2d", "depthwise_conv2d": "conv2d", "conv2d_transpose": "conv_transpose2d",
@@ -123,10 +123,11 @@ def test_every_weight_listed_with_keras_and_layer_aware_fans(which, request):
         assert transpose["effective_fan_in"] is None and any("unknown stride" in note for note in transpose["notes"])
     assert effective("layers.lstm.cell.vars.0") == (5, H) and effective("layers.lstm.cell.vars.1") == (H, H)
     assert effective("layers.dense.vars.0") == (H, 7) and effective("layers.conv2d.vars.0") == (27, 72)
-    for name, (inputs, outputs) in ATTENTION.items():  # Keras' fans read the stored [E, H, D] as a conv's
+    for name, (inputs, outputs) in ATTENTION.items():  # EinsumDense gives compute_fans its einsum's axes
         assert rows[name]["shape"] == [inputs, outputs] and effective(name) == (inputs, outputs)
-        assert (rows[name]["fan_in"], rows[name]["fan_out"]) == keras_compute_fans(written[name].shape)
-    assert rows["layers.multi_head_attention._query_dense.vars.1"]["shape"] == [8]  # a bias [H, D]: no fans
+        axes = ((0,), (1, 2)) if "query" in name else ((0, 1), (2,))
+        assert (rows[name]["fan_in"], rows[name]["fan_out"]) == keras_compute_fans(written[name].shape, *axes)
+    assert rows["layers.multi_head_attention.query_dense.vars.1"]["shape"] == [8]  # a bias [H, D]: no fans
     assert report["source"]["format"] == ("keras-h5" if which == "weights_h5" else "keras")
 
 
@@ -220,3 +221,22 @@ def test_the_keras_recipe_reads_the_files_own_variable_names(weights_h5):
     assert rows["layers.batch_normalization.vars.0"]["constant"] == 1.0
     assert rows["layers.batch_normalization.vars.1"]["constant"] == 0.0
     assert rows["layers.batch_normalization.vars.3"]["constant"] == 1.0
+
+
+def test_header_names_the_keras_convention(weights_h5):
+    """The fans columns are Keras' `compute_fans` (not torch's): the table's and the Markdown's header say so."""
+    for fmt in ("table", "markdown"):
+        result = run("inspect", weights_h5[0], "--format", fmt)
+        assert result.code == 0, result.err
+        assert "fans: keras" in result.out.splitlines()[0] and "fans: torch" not in result.out
+
+
+@pytest.mark.parametrize("which", ["weights_h5", "archive"])
+def test_rows_in_the_order_keras_wrote_the_layers(which, request):
+    """`saving_lib._save_container_state` writes a model's layers in `model.layers` order (MODEL's, here): the rows
+    follow it, not HDF5's order of names (batch_normalization, conv2d, …); a layer's variables 0, 1, 2…"""
+    rows = [row["param"] for row in _report("inspect", request.getfixturevalue(which)[0], "--all")["layers"]]
+    layers = list(dict.fromkeys(param.split(".")[1] for param in rows))
+    assert layers == list(dict.fromkeys(group.split("/")[0] for group, _, _ in MODEL))
+    assert [param for param in rows if param.startswith("layers.batch_normalization.")] == [
+        f"layers.batch_normalization.vars.{index}" for index in range(4)]

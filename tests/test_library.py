@@ -251,7 +251,8 @@ def test_completion_keeps_paths_and_completes_names():
     assert _complete("propagate", "sam") == ["file,sam"]
     assert _complete("inspect", "--scheme", "xav") == ["plain,xavier_normal", "plain,xavier_uniform"]
     assert "plain,glorot_uniform" in _complete("compare", "-s", "glo")
-    assert _complete("compare", "x", "--mode", "fan_") == ["plain,fan_in", "plain,fan_out", "plain,fan_avg"]
+    assert _complete("compare", "x", "--mode", "fan_") == ["plain,fan_in", "plain,fan_out", "plain,fan_avg",
+                                                          "plain,fan_geo_avg"]
     assert {"plain,gelu", "plain,relu"} <= set(_complete("inspect", "-n", ""))
     assert _complete("gain", "si") == ["plain,sigmoid", "plain,silu"]
     assert "plain,swish" in _complete("gain", "sw")

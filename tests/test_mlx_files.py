@@ -94,3 +94,26 @@ def test_spec_channels_last_transposed_conv(tmp_path):
     up = torch.nn.ConvTranspose1d(8, 16, 4, stride=2)
     assert (row["fan_in"], row["fan_out"]) == torch.nn.init._calculate_fan_in_and_fan_out(up.weight)
     assert (row["effective_fan_in"], row["effective_fan_out"]) == (8 * 4 / 2, 16 * 4)
+
+
+def test_an_mlx_file_gets_mlxs_own_defaults(tmp_path):
+    """{"format": "mlx"} names the `mlx` recipe: mlx 0.32.4 `nn/layers/linear.py` `scale = math.sqrt(1.0 /
+    input_dims)` U(±scale) for weight and bias; `convolution.py` `math.sqrt(1 / (in_channels // groups *
+    kernel_size))`, bias `mx.zeros`; `embedding.py` N(0, 1/dims); `normalization.py` weight ones, bias zeros
+    (copied)."""
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file({"fc.weight": torch.randn(32, 48), "fc.bias": torch.randn(32),
+                                 "conv.weight": torch.randn(16, 5, 12), "conv.bias": torch.zeros(16),
+                                 "emb.weight": torch.randn(100, 24), "norm.weight": torch.ones(24),
+                                 "norm.bias": torch.zeros(24)}, str(path), metadata=MLX)
+    result = run("inspect", path, "--all", "--format", "json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    rows = {row["param"]: row for row in report["layers"]}
+    assert report["settings"]["recipe"] == "mlx"
+    assert rows["fc.weight"]["bound"] == pytest.approx((1.0 / 48) ** 0.5)
+    assert rows["fc.bias"]["bound"] == pytest.approx((1.0 / 48) ** 0.5)
+    assert rows["conv.weight"]["bound"] == pytest.approx((1 / (12 * 5)) ** 0.5)  # [out, k, in]: in 12, k 5
+    assert rows["conv.bias"]["constant"] == 0.0
+    assert (rows["emb.weight"]["distribution"], rows["emb.weight"]["std"]) == ("normal", pytest.approx(24 ** -0.5))
+    assert (rows["norm.weight"]["constant"], rows["norm.bias"]["constant"]) == (1.0, 0.0)

@@ -154,3 +154,19 @@ def test_torch_default_embedding_is_standard_normal():
     values = torch_default(Layer("e", "e.weight", "embedding", (1000, 64)), 64, 1000, "fan_in")
     assert values.bound is None
     assert abs(weight.std().item() - values.std) < 3 * standard_error(1.0, weight.numel())
+
+
+def test_mode_fan_geo_avg_is_jaxs(tmp_path):
+    """jax 0.10.2 `nn/initializers.py` `variance_scaling`: mode "fan_geo_avg" divides by (fan_in * fan_out) ** 0.5
+    (copied); the fans of a `layout: jax` kernel [3, 3, 4, 8] are JAX's `_compute_fans`: in 4·9, out 8·9."""
+    import json
+
+    from helpers import run
+
+    spec = tmp_path / "jax.yaml"
+    spec.write_text("layers:\n  - {name: conv, shape: [3, 3, 4, 8], layout: jax, kind: conv2d}\n")
+    result = run("inspect", spec, "--scheme", "lecun_normal", "--mode", "fan_geo_avg", "--format", "json")
+    assert result.code == 0, result.err
+    row = json.loads(result.out)["layers"][0]
+    assert (row["fan_in"], row["fan_out"]) == (36, 72)
+    assert row["std"] == pytest.approx(math.sqrt(1.0 / (36 * 72) ** 0.5))

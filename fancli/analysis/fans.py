@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 from ..kinds import KINDS, LayerKind, kind
 from ..layer import Layer
 from ..records import replaced
+from ..vocab import KERNEL_LAST
 
 Number = int | float
 
@@ -34,6 +35,20 @@ def keras_fans(shape: Sequence[int]) -> tuple[int, int]:
     return shape[-2] * receptive_field, shape[-1] * receptive_field
 
 
+def jax_fans(shape: Sequence[int], in_axis: int | Sequence[int] = -2, out_axis: int | Sequence[int] = -1,
+             batch_axis: int | Sequence[int] = ()) -> tuple[float, float]:
+    """JAX 0.10.2 `jax.nn.initializers._compute_fans`, what its `variance_scaling(in_axis=, out_axis=,
+    batch_axis=)` divides by: the dims off those axes are the receptive field (floats, as JAX's)."""
+    def size(axes: int | Sequence[int]) -> int:
+        return shape[axes] if isinstance(axes, int) else math.prod(shape[axis] for axis in axes)
+
+    if isinstance(in_axis, int) and in_axis == -2 and len(shape) <= 1:
+        raise ValueError(f"Can't compute input and output sizes of a {len(shape)}-dimensional weights tensor "
+                         "with default in_axis")
+    receptive_field = math.prod(shape) / size(in_axis) / size(out_axis) / size(batch_axis)
+    return size(in_axis) * receptive_field, size(out_axis) * receptive_field
+
+
 def channels_first(shape: Sequence[int], transposed: bool = False) -> tuple[int, ...]:
     """A channels-last weight `[out, *k, in]` (MLX's Conv and ConvTranspose) as torch lays the same weight out:
     `[out, in, *k]`, a transposed conv's `[in, out, *k]`."""
@@ -42,10 +57,16 @@ def channels_first(shape: Sequence[int], transposed: bool = False) -> tuple[int,
     return (shape[-1], shape[0], *shape[1:-1]) if transposed else (shape[0], shape[-1], *shape[1:-1])
 
 
+def convention_of(layout: str) -> str:
+    """Whose fan function gives a tensor of this layout its (non-effective) fans: Keras' `compute_fans`, JAX's
+    `_compute_fans`, else torch's (a channels-last or `[in, out]` tensor is read as torch lays it out)."""
+    return layout if layout in KERNEL_LAST else "torch"
+
+
 def layout_fans(shape: Sequence[int], layout: str) -> tuple[int, int]:
     """The fans the framework that owns this layout computes for the tensor as stored (torch's for torch's
     layouts: `_structured` lays a channels-last weight out channels first before it reads them)."""
-    return keras_fans(shape) if layout == "keras" else torch_fans(shape)
+    return keras_fans(shape) if layout in KERNEL_LAST else torch_fans(shape)
 
 
 @dataclass(frozen=True)
@@ -85,11 +106,12 @@ def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
 
 
 def _as_torch(layer: Layer, transposed: bool) -> tuple[int, ...]:
-    """A `[*k, a, b]` Keras weight as torch stores the same layer: Conv2DTranspose's `[*k, out, in]` as
-    `[in, out, *k]`, DepthwiseConv2D's `[*k, in, mult]` as `[in·mult, 1, *k]`, the rest `[b, a, *k]`."""
+    """A `[*k, a, b]` Keras or JAX weight as torch stores the same layer: Conv2DTranspose's `[*k, out, in]`
+    (Flax's ConvTranspose `[*k, in, out]`) as `[in, out, *k]`, DepthwiseConv2D's `[*k, in, mult]` as
+    `[in·mult, 1, *k]`, the rest `[b, a, *k]`."""
     *kernel, a, b = layer.shape
     if transposed:
-        return (b, a, *kernel)
+        return (a, b, *kernel) if layer.layout == "jax" else (b, a, *kernel)
     if layer.groups and layer.groups > 1 and layer.groups == a:
         return (a * b, 1, *kernel)
     return (b, a, *kernel)
@@ -100,7 +122,7 @@ def _keras_structured(layer: Layer, record: LayerKind, pool_fan_out: bool, trans
     """A Keras-layout weight: Keras' `compute_fans` on the stored shape as the framework's fans, the layer-aware
     ones from the same layer as torch would store it (Keras' rule misreads depthwise, transposed, gated and
     attention weights, differently from torch's)."""
-    fan_in, fan_out = keras_fans(layer.stored_shape or layer.shape)  # as stored: an attention kernel [E, H, D]
+    fan_in, fan_out = keras_fans(layer.shape)
     view = _structured(replaced(layer, layout="torch", shape=_as_torch(layer, transposed)), record, pool_fan_out,
                        transposed, stacked_note)
     eff_in, eff_out = view.pick(True)
@@ -118,8 +140,7 @@ def _structured(layer: Layer, record: LayerKind, pool_fan_out: bool, transposed:
     shape = layer.shape
     if len(shape) < 2:
         return LayerFans(None, None, notes=(f"{len(shape)}-D tensor: torch defines no fan_in/fan_out below 2 dims",))
-    reshaped = layer.stored_shape is not None and len(layer.stored_shape) != len(shape)
-    if layer.layout == "keras" and (transposed or (layer.groups or 1) > 1 or (layer.stacked or 1) > 1 or reshaped):
+    if layer.layout in KERNEL_LAST and (transposed or (layer.groups or 1) > 1 or (layer.stacked or 1) > 1):
         return _keras_structured(layer, record, pool_fan_out, transposed, stacked_note)
     notes: list[str] = []
     if layer.layout == "channels_last" and len(shape) >= 3:
@@ -193,7 +214,7 @@ def _structured(layer: Layer, record: LayerKind, pool_fan_out: bool, transposed:
 
 def _parts_note(layer: Layer) -> str:
     """Parts stacked along a weight's output dim (q, k, v of a fused projection), wherever its layout stores it."""
-    out_dim = {"in_out": 1, "keras": len(layer.shape) - 1}.get(layer.layout, 0)
+    out_dim = {"in_out": 1, "keras": len(layer.shape) - 1, "jax": len(layer.shape) - 1}.get(layer.layout, 0)
     return (f"{layer.stacked} parts stacked along dim {out_dim}, its output dim: each is a projection of its own, "
             f"with 1/{layer.stacked} of the outputs (the effective fan_out)")
 

@@ -104,7 +104,11 @@ def fan_for_mode(fan_in: float | None, fan_out: float | None, mode: str) -> floa
         return fan_in
     if mode == "fan_out":
         return fan_out
-    return None if fan_in is None or fan_out is None else (fan_in + fan_out) / 2
+    if fan_in is None or fan_out is None:
+        return None
+    if mode == "fan_geo_avg":  # jax.nn.initializers.variance_scaling's `(fan_in * fan_out) ** 0.5`
+        return (fan_in * fan_out) ** 0.5
+    return (fan_in + fan_out) / 2
 
 
 def variance_scaling(

@@ -201,7 +201,7 @@ def source_options(func: Callable[..., Any] | None = None, *, many: bool = False
 
 #: --mode's help in each command that takes a `Request`.
 MODES_HELP = {
-    "inspect": "fan_in, fan_out or fan_avg. Default: the scheme's.",
+    "inspect": "fan_in, fan_out, fan_avg or fan_geo_avg (JAX's). Default: the scheme's.",
     "compare": "Two or three modes to set side by side: --mode fan_in fan_out [fan_avg]. Default: fan_in fan_out.",
 }
 

@@ -3,8 +3,9 @@
 Flax 0.12.8's `serialization.py` packs the state dict as nested maps and each array as msgpack extension
 type 1 holding the msgpack of (shape, dtype name, C-order bytes); a model's variables are under "params"
 (the "batch_stats" and other collections are no parameters). Modules are named by class and index
-(`Dense_0`, `Conv_1`) unless named outright; kernels are `[*k, in, out]` (Dense `[in, out]`), read with
-JAX's `variance_scaling` fans (in_axis -2, out_axis -1: `fans` layout `keras`). The file is read whole
+(`Dense_0`, `Conv_1`) unless named outright; kernels are `[*k, in, out]` (Dense `[in, out]`; ConvTranspose
+`[*k, in, out]` too, unlike Keras'), read with JAX's `variance_scaling` fans (in_axis -2, out_axis -1:
+`fans` layout `jax`). The file is read whole
 (msgpack has no index), bounded; `--stats` reads each array's bytes from it.
 """
 
@@ -29,6 +30,11 @@ _NDARRAY = 1  # flax.serialization._MsgpackExtType.ndarray
 _FLOATS = ("float16", "float32", "float64")
 _CLASS = re.compile(r"^(.*?)(_\d+)?$")
 #: Flax module class -> fancli kind (a conv's by its kernel's rank).
+#: linen's attention modules, and their DenseGeneral projections -> how many leading kernel dims are inputs:
+#: query/key/value `[E, H, D]` (`features=(H, D)`), out `[H, D, E]` (`axis=(-2, -1)`) (flax 0.12.8
+#: `linen/attention.py` `MultiHeadDotProductAttention.__call__`).
+_ATTENTION_CLASSES = ("MultiHeadDotProductAttention", "MultiHeadAttention", "SelfAttention")
+_ATTENTION = {"query": 1, "key": 1, "value": 1, "out": -1}
 FLAX_KINDS = {"Dense": "linear", "DenseGeneral": "linear", "Einsum": "linear", "Embed": "embedding",
               "LayerNorm": "norm", "BatchNorm": "norm", "RMSNorm": "norm", "GroupNorm": "norm"}
 
@@ -101,13 +107,24 @@ def _layer(path: Path, here: tuple[str, ...], array: _Array) -> Layer:
     kind = FLAX_KINDS.get(klass)
     notes: tuple[str, ...] = ()
     fields: dict[str, Any] = {}
+    logical = shape
     rank = len(shape) - 2 if leaf == "kernel" and len(shape) >= 3 else 0
-    if kind is None:
+    parent = _CLASS.match(here[-3]).group(1) if len(here) > 2 else ""
+    if parent in _ATTENTION_CLASSES and module in _ATTENTION and leaf in ("kernel", "bias") and len(shape) >= 2:
+        kind = "linear"
+        if leaf == "kernel" and len(shape) >= 3:
+            inputs = _ATTENTION[module] if _ATTENTION[module] > 0 else len(shape) - 1
+            logical = (math.prod(shape[:inputs]), math.prod(shape[inputs:]))
+            notes = (f"Flax {parent} {module}: stored {list(shape)}, the projection [in, out] = {list(logical)}, "
+                     "as its DenseGeneral's init sees it flattened",)
+        else:
+            logical = (math.prod(shape),)
+    elif kind is None:
         if klass == "ConvTranspose" and rank:
             kind = f"conv_transpose{rank}d"
-            fields["unknown_fans"] = ("fan_in", "fan_out")
+            fields["groups"] = 1
             notes = ("Flax ConvTranspose: stored [*k, in, out] (Keras' is [*k, out, in]); JAX's fans read it as a "
-                     "conv's, the layer-aware ones need the stride, which the file does not keep",)
+                     "conv's",)
         elif rank:
             kind = f"conv{rank}d" if rank <= 3 else "unknown"
         elif leaf == "embedding":
@@ -120,8 +137,11 @@ def _layer(path: Path, here: tuple[str, ...], array: _Array) -> Layer:
         fields["unknown_fans"] = ("fan_in", "fan_out")
         notes = (f"Flax {klass} kernel {list(shape)}: its init sees the shape flattened to [prod(in axes), "
                  "prod(out axes)], and which axes are inputs the module's `axis` says, not the file",)
+    if leaf == "bias" and len(shape) >= 2:  # a DenseGeneral's bias [*features]: a bias, no fans
+        logical = (math.prod(shape),)
     data = None
     if dtype in _FLOATS:
-        data = StridedRef(array, dtype, shape, row_major_strides(shape), 0, math.prod(shape))
-    return Layer(name=".".join(here[:-1]), param=".".join(here), kind=kind, shape=shape, layout="keras",
+        data = StridedRef(array, dtype, logical, row_major_strides(logical), 0, math.prod(shape))
+    fields["stored_shape"] = shape if logical != shape else None
+    return Layer(name=".".join(here[:-1]), param=".".join(here), kind=kind, shape=logical, layout="jax",
                  dtype=dtype, notes=notes, data=data, **fields)

@@ -2,8 +2,9 @@
 
 A tensor's `ne` lists its dims fastest first: the numpy (and torch) shape is `ne` reversed, so token_embd's
 ne [128, 512] is the [512, 128] embedding and a linear's ne [in, out] is torch's [out, in]. Names stay
-llama.cpp's (`blk.0.attn_q.weight`): gguf's tensor mapping goes from the many HF spellings to one GGUF name
-and gives no single name back. Kinds come from those names as for any flat source (2-D weights are linear,
+llama.cpp's (`blk.0.attn_q.weight`); gguf's tensor mapping goes from the many HF spellings to one GGUF name,
+and where only one spelling maps to a name for the file's architecture that is the row's `hf_name` (for
+llama's attn_q it lists 13: none is given). Kinds come from those names as for any flat source (2-D weights are linear,
 `token_embd` an embedding). No tensor byte is read without `--stats`, which dequantizes a few rows at a
 time with gguf's own `gguf.quants.dequantize`.
 """
@@ -112,16 +113,43 @@ def load_gguf(path: Path, options: LoadOptions | None = None) -> Model:
     stored = {entry.key: (*entry.shape[:-1], int(tensor.n_bytes) // max(1, math.prod(entry.shape[:-1])))
               for entry, tensor in zip(entries, reader.tensors) if tensor.tensor_type.name not in _PLAIN}
     heads = _heads(reader)
-    layers = tuple(_layer(layer, stored.get(layer.param), heads) for layer in layers_from_entries(entries))
+    hf = _hf_names(reader)
+    layers = tuple(_layer(layer, stored.get(layer.param), heads, hf) for layer in layers_from_entries(entries))
     return Model(source=str(path), format="gguf", layers=layers, notes=_notes(reader))
 
 
-def _layer(layer: Layer, stored: tuple[int, ...] | None, heads: tuple[int, int, int | None] | None) -> Layer:
+#: The most blocks gguf's name map is built for (a file's block_count is not trusted to size a loop).
+MAX_BLOCKS = 4096
+
+
+def _hf_names(reader: Any) -> dict[str, str]:
+    """GGUF tensor name (no suffix) -> the one HF name gguf's `get_tensor_name_map(arch, block_count)` maps to
+    it, for the file's architecture; a name several HF spellings map to (most: gguf's table serves every
+    model family) gets none, as does an architecture gguf does not know."""
+    import gguf
+
+    arch = _field(reader, "general.architecture")
+    blocks = _field(reader, f"{arch}.block_count") if isinstance(arch, str) else None
+    member = next((member for member, name in gguf.MODEL_ARCH_NAMES.items() if name == arch), None)
+    if member is None or not isinstance(blocks, int) or not 0 <= blocks <= MAX_BLOCKS:
+        return {}
+    spellings: dict[str, set[str]] = {}
+    for key, (_, name) in gguf.get_tensor_name_map(member, blocks).mapping.items():
+        if key != name:
+            spellings.setdefault(name, set()).add(key)
+    return {name: next(iter(keys)) for name, keys in spellings.items() if len(keys) == 1}
+
+
+def _layer(layer: Layer, stored: tuple[int, ...] | None, heads: tuple[int, int, int | None] | None,
+           hf: dict[str, str]) -> Layer:
     """What llama.cpp's names say beyond a flat source's: stacked experts (`ffn_*_exps`, ne [in, out, E],
     each expert used as ggml_mul_mat(W[e], x), torch's F.linear), the heads of attn_q/k/v and of a fused
-    attn_qkv; and a block type's bytes as stored."""
+    attn_qkv; a block type's bytes as stored; its HF name where gguf's map gives one."""
     if stored is not None:
         layer = replaced(layer, dtype="uint8", stored_shape=stored)
+    base, _, suffix = layer.param.rpartition(".")
+    if base in hf and suffix in ("weight", "bias"):
+        layer = replaced(layer, hf_name=f"{hf[base]}.{suffix}")
     match = _ROLE.match(layer.param)
     role = match.group(1) if match else None
     if role in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps") and len(layer.shape) == 3:

@@ -40,8 +40,11 @@ KERAS_KINDS = {
     "lstm": "lstm", "lstm_cell": "lstm", "layer_normalization": "norm", "batch_normalization": "norm",
 }
 #: MultiHeadAttention's EinsumDense sublayers -> how many leading dims of their kernel are its inputs: q/k/v
-#: (and the gate) `[E, H, D]`, the output `[H, D, E]` (`_build_proj_equation`, `_make_output_dense`).
-_ATTENTION = {"_query_dense": 1, "_key_dense": 1, "_value_dense": 1, "_gate_dense": 1, "_output_dense": -1}
+#: (and the gate) `[E, H, D]`, the output `[H, D, E]` (`_build_proj_equation`, `_make_output_dense`). Keras 3.15.1
+#: writes them under their attribute names less the underscore (`query_dense`), a legacy `.h5` under the
+#: sublayers' own names (`query`, `attention_output`).
+_ATTENTION = {"query_dense": 1, "key_dense": 1, "value_dense": 1, "gate_dense": 1, "output_dense": -1,
+              "query": 1, "key": 1, "value": 1, "attention_output": -1}
 #: A legacy file's variable names -> their index in a Keras 3 layer's `vars`, where the kind needs it.
 _LEGACY_INDEX = {"kernel": 0, "depthwise_kernel": 0, "embeddings": 0, "recurrent_kernel": 1}
 _NUMBERED = re.compile(r"^(.*?)(_\d+)?$")
@@ -165,24 +168,40 @@ class _Window:
 
 
 def _datasets(handle: Any) -> list[tuple[str, Any]]:
-    """(path, dataset) of every variable under `layers/`, in the order HDF5 indexes them (by name: Keras does not
-    track creation order); the optimizer's are no weights. A legacy (Keras 2, `h5_format`) file's
-    `[model_weights/]<layer>/<layer>/<name>:0` are given as `layers/<layer>/vars/<name>`."""
+    """(path, dataset) of every variable under `layers/`, in the order Keras wrote them, which is the model's layer
+    order (`_save_container_state` walks `model.layers`): HDF5 indexes links by name (Keras does not track
+    creation order), but it allocates each object's header after the last, so the headers' addresses keep the
+    write order. The optimizer's are no weights. A legacy (`legacy_h5_format`) file's
+    `[model_weights/]<layer>/<weight name>` are given as `layers/<layer>/<sublayers…>/vars/<name>`, in its
+    `layer_names` and `weight_names` order (the model's)."""
     found: list[tuple[str, Any]] = []
     if "layers" in handle:
         handle["layers"].visititems(lambda name, item: found.append((f"layers/{name}", item))
                                     if hasattr(item, "shape") and name.split("/")[-2:-1] == ["vars"] else None)
-        return found
+        from h5py import h5o  # the handle is open: h5py is there
+
+        return sorted(found, key=lambda pair: h5o.get_info(pair[1].id).addr)
     legacy = handle["model_weights"] if "model_weights" in handle else handle
     for layer in legacy.attrs.get("layer_names", []):
-        layer = layer.decode() if isinstance(layer, bytes) else str(layer)
+        layer = _text(layer)
         group = legacy.get(layer)
         if group is None:
             continue
-        group.visititems(lambda name, item: found.append(
-            (f"layers/{layer}/vars/{name.rpartition('/')[2].partition(':')[0]}", item))
-            if hasattr(item, "shape") else None)
+        names = [_text(name) for name in group.attrs.get("weight_names", [])]
+        if not names:
+            group.visititems(lambda name, item: names.append(name) if hasattr(item, "shape") else None)
+        for name in names:
+            dataset = group.get(name)
+            if dataset is None or not hasattr(dataset, "shape"):
+                continue
+            *middle, leaf = name.split("/")
+            middle = middle[1:] if middle[:1] == [layer] else middle
+            found.append(("/".join(["layers", layer, *middle, "vars", leaf.partition(":")[0]]), dataset))
     return found
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _layers(path: Path, handle: Any, configs: dict[str, tuple[str, dict]] | None, source: Any) -> list[Layer]:
@@ -236,12 +255,13 @@ def _layer(owner: str, key: str, klass: str, index: int, shape: tuple[int, ...],
 
 def _attention(owner: str, key: str, sub: str, index: int, shape: tuple[int, ...], dtype: str,
                source: Any) -> Layer:
-    """A MultiHeadAttention projection: its kernel by its logical `[in, out]` (Keras' `compute_fans` reads the
-    stored `[E, H, D]` or `[H, D, E]` as a conv's), its bias flattened."""
+    """A MultiHeadAttention projection: its kernel by its logical `[in, out]`, whose fans Keras' initializer reads
+    (keras 3.15.1 `EinsumDense.build` passes the einsum's input and output axes to `compute_fans`), its bias
+    flattened."""
     inputs = _ATTENTION[sub] if _ATTENTION[sub] > 0 else len(shape) - 1
     if index == 0 and len(shape) >= 3:
         logical: tuple[int, ...] = (math.prod(shape[:inputs]), math.prod(shape[inputs:]))
-        note = (f"Keras MultiHeadAttention {sub.strip('_')}: stored {list(shape)}, the projection "
+        note = (f"Keras MultiHeadAttention {sub}: stored {list(shape)}, the projection "
                 f"[in, out] = {list(logical)}",)
     else:
         logical, note = (math.prod(shape),), ()

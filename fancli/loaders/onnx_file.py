@@ -1,7 +1,8 @@
 """ONNX models (`.onnx`) read with the `onnx` package (`pip install onnx`; the `onnx` extra once released), never torch.
 
-An ONNX file is one protobuf: the graph and its initializers, whose bytes are inline (`raw_data`) or in
-external files named by (location, offset, length). The file is read bounded before it is parsed, and
+An ONNX file is one protobuf: the graph and its initializers, whose bytes are inline (`raw_data`, or the
+typed field of their dtype: `float_data`, `int32_data`…) or in external files named by (location, offset,
+length). The file is read bounded before it is parsed, and
 external data only by range, for `--stats`, from files inside the model's folder (links followed).
 
 Initializers carry no module: the graph's nodes tell what each weight is. Conv and ConvTranspose keep
@@ -9,7 +10,10 @@ torch's layouts with `group`, `strides` and `dilations` as attributes; Gemm's B 
 `transB=1`, else [in, out]; MatMul's initializer is [in, out]; LSTM/GRU/RNN stack W [dirs, G·H, in],
 R [dirs, G·H, H] and B [dirs, 2·G·H], split here into torch's weight_ih/weight_hh/bias_ih/bias_hh per
 direction (ONNX orders the gates i, o, f, c and z, r, h; fans do not depend on the order). Exporters name
-some initializers anonymously (`val_115`, `onnx::MatMul_224`): those are named from their node.
+some initializers anonymously (`val_115`, `onnx::MatMul_224`): those are named from their node. A quantized
+weight (a DequantizeLinear's input feeding Conv/MatMul/Gemm; QLinearConv's w, QLinearMatMul's b,
+MatMulInteger's B) is that op's weight, its statistics dequantized (`onnx_quant`); scales and zero points are
+no parameters.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ..safe_io import FileRange, read_bounded
 from ..weights.dtypes import DTYPES
 from ..weights.tensors import StridedRef, row_major_strides
 from .links import leads_outside, link_root
+from .onnx_quant import Dequantized
 from .module_structure import Owner, expand, module_layer
 
 if TYPE_CHECKING:
@@ -49,10 +54,45 @@ RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 #: The dynamo exporter's record of the module path a node runs in, a Python list literal.
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 MAX_SCOPES_CHARS = 4096
-#: Inputs of each op that hold weights: the rest (a recurrent op's initial state) are no parameters.
+#: Inputs of each op that hold weights: the rest (a recurrent op's initial state, a quantized op's scales and
+#: zero points) are no parameters.
 WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "LSTM": (1, 2, 3),
-                 "GRU": (1, 2, 3), "RNN": (1, 2, 3)}
+                 "GRU": (1, 2, 3), "RNN": (1, 2, 3), "QLinearConv": (3, 8), "QLinearMatMul": (3,),
+                 "MatMulInteger": (1,)}
+#: A quantized op -> the float op it computes, its weight's input position -> (the position that weight has in
+#: that op, its scale's and zero point's positions (None: none), the axis they run along).
+QUANTIZED_OPS: dict[str, tuple[str, dict[int, tuple[int, int | None, int | None, int]]]] = {
+    "QLinearConv": ("Conv", {3: (1, 4, 5, 0), 8: (2, None, None, 0)}),
+    "QLinearMatMul": ("MatMul", {3: (1, 4, 5, -1)}),
+    "MatMulInteger": ("MatMul", {1: (1, None, 3, -1)}),
+}
+#: Ops whose inputs past the first are a scale and a zero point, no parameters.
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+
+
+#: onnx.TensorProto.DataType -> the repeated field that holds its values where there is no raw_data (onnx.proto:
+#: float_data for FLOAT, double_data for DOUBLE, int64_data for INT64, uint64_data for UINT32 and UINT64;
+#: int32_data for the rest: INT32, the smaller ints and BOOL, FLOAT16/BFLOAT16/FLOAT8 as their bits).
+TYPED_FIELDS = {1: "float_data", 11: "double_data", 7: "int64_data", 12: "uint64_data", 13: "uint64_data"}
+
+
+class _Typed:
+    """An initializer's values held in a typed field, as bytes: decoded by onnx's own `numpy_helper.to_array`
+    when --stats first asks."""
+
+    __slots__ = ("tensor", "raw")
+
+    def __init__(self, tensor: Any) -> None:
+        self.tensor, self.raw = tensor, None
+
+    def read(self, start: int, size: int) -> bytes:
+        if self.raw is None:
+            from onnx import numpy_helper
+
+            values = numpy_helper.to_array(self.tensor)
+            self.raw = values.astype(values.dtype.newbyteorder("<")).tobytes()
+        return self.raw[start : start + size]
 
 
 class _Inline:
@@ -78,6 +118,7 @@ class _Use:
     module: str  # "" for the root
     node: str
     layer: int = 0  # a recurrent node's index among its module's (torch's `_l1` of a two-layer LSTM)
+    quantized: tuple[str | None, str | None, int, int] | None = None  # scale, zero point, axis, block size
 
     @property
     def prefix(self) -> str:
@@ -89,13 +130,26 @@ def load_onnx(path: Path, options: LoadOptions | None = None) -> Model:
     """An ONNX model: one layer per initializer (recurrent ones per torch parameter), in graph order."""
     model = _parse(path)
     uses, states = _uses(model.graph)
+    tensors = {tensor.name: _tensor(path, tensor) for tensor in model.graph.initializer}
     layers: list[Layer] = []
-    for tensor in model.graph.initializer:
-        dtype, shape, data = _tensor(path, tensor)
-        if dtype in _INTEGER and len(shape) <= 1 or tensor.name in states:
-            continue  # a shape, an index or an initial state the exporter folded, no parameter
-        layers.extend(_layers(tensor.name, shape, dtype, data, uses.get(tensor.name)))
+    for name, (dtype, shape, data) in tensors.items():
+        if dtype in _INTEGER and len(shape) <= 1 or name in states:
+            continue  # a shape, an index, an initial state or a quantization scale: no parameter
+        use = uses.get(name)
+        if use is not None and use.quantized is not None and data is not None:
+            data = _dequantized(data, use.quantized, tensors)
+        layers.extend(_layers(name, shape, dtype, data, use))
     return Model(source=str(path), format="onnx", layers=tuple(layers), name=model.graph.name or None)
+
+
+def _dequantized(data: StridedRef, quantized: tuple[str | None, str | None, int, int],
+                 tensors: dict[str, tuple[str | None, tuple[int, ...], StridedRef | None]]) -> Dequantized | None:
+    """A quantized weight's values as its op computes with them; None where a scale or zero point is unread."""
+    scale, zero_point, axis, block = quantized
+    refs = [tensors[name][2] if name in tensors else None for name in (scale, zero_point)]
+    if any(name is not None and ref is None for name, ref in zip((scale, zero_point), refs)):
+        return None  # a scale computed in the graph, or in a dtype fancli does not decode
+    return Dequantized(data, refs[0], refs[1], axis, block)
 
 
 def _parse(path: Path) -> Any:
@@ -143,6 +197,16 @@ def _uses(graph: Any) -> tuple[dict[str, _Use], set[str]]:
     states: set[str] = set()
     matmul_outputs: dict[str, _Use] = {}
     recurrent: dict[str, int] = {}  # module -> its recurrent nodes so far
+    dequantized: dict[str, tuple[str, tuple[str | None, str | None, int, int]]] = {}  # a DequantizeLinear's output
+    for node in graph.node:
+        if node.op_type in QDQ_OPS:
+            states.update(name for name in node.input[1:] if name)
+            if node.op_type == "DequantizeLinear" and node.output and node.input:
+                attributes = {item.name: onnx.helper.get_attribute_value(item) for item in node.attribute}
+                inputs = [*node.input[1:3], "", ""][:2]
+                dequantized[node.output[0]] = (node.input[0], (inputs[0] or None, inputs[1] or None,
+                                                               int(attributes.get("axis", 1)),
+                                                               int(attributes.get("block_size", 0))))
     for node in graph.node:
         if node.op_type in WEIGHT_INPUTS:
             attributes = {attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in node.attribute}
@@ -150,9 +214,16 @@ def _uses(graph: Any) -> tuple[dict[str, _Use], set[str]]:
             layer = 0
             if node.op_type in RECURRENT_OPS:
                 layer = recurrent[module] = recurrent.get(module, -1) + 1
+            op, quantized_inputs = QUANTIZED_OPS.get(node.op_type, (node.op_type, {}))
             for position, name in enumerate(node.input):
                 if name and position in WEIGHT_INPUTS[node.op_type]:
-                    uses.setdefault(name, _Use(node.op_type, position, attributes, module, name_of_node, layer))
+                    quantized = None
+                    if name in dequantized:  # a QDQ model: the weight is the DequantizeLinear's input
+                        name, quantized = dequantized[name]
+                    if position in quantized_inputs:
+                        position, scale, zero_point, axis = quantized_inputs[position]
+                        quantized = (_input(node, scale), _input(node, zero_point), axis, 0)
+                    uses.setdefault(name, _Use(op, position, attributes, module, name_of_node, layer, quantized))
                 elif name and position > 0:
                     states.add(name)
             if node.op_type == "MatMul" and node.output:
@@ -162,6 +233,10 @@ def _uses(graph: Any) -> tuple[dict[str, _Use], set[str]]:
                 if other in matmul_outputs:
                     uses.setdefault(bias, matmul_outputs[other])
     return uses, states - set(uses)
+
+
+def _input(node: Any, position: int | None) -> str | None:
+    return node.input[position] or None if position is not None and position < len(node.input) else None
 
 
 def _tensor(path: Path, tensor: Any) -> tuple[str | None, tuple[int, ...], StridedRef | None]:
@@ -183,8 +258,13 @@ def _tensor(path: Path, tensor: Any) -> tuple[str | None, tuple[int, ...], Strid
             raise SourceError(f"{where}: holds {len(raw)} bytes but shape {list(shape)} of {dtype} "
                               f"needs {nbytes} (a truncated file?)")
         source = _Inline(raw)
-    else:
-        return dtype, shape, None  # values in typed fields (float_data…): listed, not read
+    else:  # values in the typed field their dtype names (float_data, int32_data…)
+        field = TYPED_FIELDS.get(tensor.data_type, "int32_data")
+        count = len(getattr(tensor, field))
+        if count != math.prod(shape):
+            raise SourceError(f"{where}: {field} holds {count} values but shape {list(shape)} needs "
+                              f"{math.prod(shape)} (a truncated file?)")
+        source = _Typed(tensor)
     if dtype not in DTYPES:
         return dtype, shape, None
     return dtype, shape, StridedRef(source, dtype, shape, row_major_strides(shape), 0, math.prod(shape))
@@ -223,7 +303,7 @@ def _key(name: str, use: _Use | None, leaf: str) -> str:
     return f"{use.prefix}.{leaf}"
 
 
-def _layers(name: str, shape: tuple[int, ...], dtype: str | None, data: StridedRef | None,
+def _layers(name: str, shape: tuple[int, ...], dtype: str | None, data: StridedRef | Dequantized | None,
             use: _Use | None) -> Iterator[Layer]:
     if use is not None and use.op in RECURRENT_OPS:
         yield from _recurrent(name, shape, dtype, data, use)
@@ -262,12 +342,13 @@ def _conv_owner(module: str, use: _Use, shape: tuple[int, ...]) -> Owner:
     return Owner(module, class_name, groups, stride, dilation)
 
 
-def _transposed_linear(key: str, shape: tuple[int, ...], dtype: str | None, data: StridedRef | None,
+def _transposed_linear(key: str, shape: tuple[int, ...], dtype: str | None, data: StridedRef | Dequantized | None,
                        owner: Owner) -> Layer:
     """An exporter's anonymous MatMul initializer is a Linear's weight it transposed to [in, out]: listed as
-    the module's own [out, in] weight (its values read through the transposed view)."""
+    the module's own [out, in] weight (its values read through the transposed view; a dequantized one's
+    statistics, which do not depend on the order, as they come)."""
     logical = (shape[1], shape[0])
-    if data is not None:
+    if isinstance(data, StridedRef):
         data = StridedRef(data.source, data.dtype, logical, (1, shape[1]), 0, data.storage_elements)
     return replace(module_layer(key, logical, dtype, owner, data), stored_shape=shape,
                    notes=(f"stored transposed, [in, out] {list(shape)}, as the MatMul computes x @ W",))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from ..errors import SourceError
 from ..kinds import kind
-from ..layer import Layer, Model
+from ..layer import BuiltBy, Layer, Model
 from ..safe_io import (
     FileRange,
     open_regular,
@@ -308,6 +308,19 @@ def _notes(metadata: dict[str, str]) -> tuple[str, ...]:
     return ()
 
 
+#: `__metadata__` format -> the recipe of the framework that wrote it (its own layer defaults).
+FORMAT_RECIPES = {"mlx": "mlx"}
+
+
+def _built_by(headers: Iterable[_Header]) -> BuiltBy | None:
+    """The framework's own init where the file says which wrote it (MLX's `save_safetensors`); a folder's
+    config.json, where there is one, says more and wins."""
+    written_by = next((h.metadata["format"] for h in headers if h.metadata.get("format") in FORMAT_RECIPES), None)
+    if written_by is None:
+        return None
+    return BuiltBy("", where=f"__metadata__ format {written_by}", recipe=FORMAT_RECIPES[written_by])
+
+
 def _in_layout(layers: tuple[Layer, ...], headers: Iterable[_Header]) -> tuple[Layer, ...]:
     """Conv weights in the layout the framework that wrote the file stores them in (MLX's channels last)."""
     layout = next((CONV_LAYOUTS[h.metadata["format"]] for h in headers if h.metadata.get("format") in CONV_LAYOUTS),
@@ -328,7 +341,7 @@ def model_from_header(source: str, ranges: Ranges, header: _Header) -> Model:
     """One safetensors file's Model from its validated header (`parse_header`), its bytes read by `ranges`."""
     layers = layers_from_entries(_entries(ranges, header, sorted(header.tensors, key=natural_key)))
     return Model(source=source, format="safetensors", layers=_in_layout(layers, [header]),
-                 notes=_notes(header.metadata))
+                 notes=_notes(header.metadata), built_by=_built_by([header]))
 
 
 def read_weight_map(path: Path) -> tuple[dict[str, str], Any]:
@@ -411,4 +424,5 @@ def model_from_shards(source: str, weight_map: dict[str, str],
             entries.append(_entry(ranges, header, tensor, key, None))
     notes = tuple(dict.fromkeys(note for _, header in headers.values() for note in _notes(header.metadata)))
     return Model(source=source, format="safetensors-sharded", notes=notes,
-                 layers=_in_layout(layers_from_entries(entries), [header for _, header in headers.values()]))
+                 layers=_in_layout(layers_from_entries(entries), [header for _, header in headers.values()]),
+                 built_by=_built_by([header for _, header in headers.values()]))

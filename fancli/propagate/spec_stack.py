@@ -16,6 +16,7 @@ from .. import kinds
 from ..analysis import activations
 from ..analysis.fans import channels_first
 from ..layer import Layer, Model
+from ..vocab import KERNEL_LAST
 from ..report import Row
 from .signals import (
     MAX_BYTES,
@@ -58,7 +59,9 @@ class _Step:
 def _torch_shape(layer: Layer) -> tuple[int, ...]:
     """The weight's shape in torch's layout ([out, in, *k]; transposed [in, out/g, *k])."""
     shape = layer.shape
-    if layer.layout == "keras":
+    if layer.layout == "jax" and (layer.transposed or kinds.kind(layer.kind).transposed):  # Flax's [*k, in, out]
+        return (shape[-2], shape[-1], *shape[:-2])
+    if layer.layout in KERNEL_LAST:
         return (shape[-1], shape[-2], *shape[:-2])
     if layer.layout == "in_out" and len(shape) == 2:
         return (shape[1], shape[0])

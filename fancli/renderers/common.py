@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..analysis.fans import convention_of
 from ..folding import Group
 from ..report import Report, Row
 from ..summary import numel
@@ -97,9 +98,18 @@ def title(report: Report) -> str:
         f"{report.source}{name}",
         report.format,
         *expectation,
-        f"fans: {report.fan_convention}" + (", pool÷fan_out" if report.pool_fan_out else ""),
+        f"fans: {_fans_named(report)}" + (", pool÷fan_out" if report.pool_fan_out else ""),
     ]
     return " · ".join(parts)
+
+
+def _fans_named(report: Report) -> str:
+    """The convention the fans columns follow: "effective", else the framework whose function reads them (keras,
+    jax, torch; several where the layers mix layouts)."""
+    if report.fan_convention != "torch":
+        return report.fan_convention
+    named = sorted({convention_of(row.layer.layout) for row in report.rows if len(row.layer.shape) >= 2})
+    return "/".join(named) or "torch"
 
 
 def ratio_columns(report: Report) -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ from ..kinds import kind, kind_for_ndim
 from ..layer import Layer
 from ..report import Report, Row
 from ..text import printable
+from ..vocab import KERNEL_LAST
 
 
 def _g(value: float | int | None) -> str:
@@ -35,7 +36,9 @@ def _layout(layer: Layer) -> str:
         return kind("experts").layout
     n = len(layer.kernel)
     kernel = ", ".join(f"k{i + 1}" for i in range(n))
-    if layer.layout == "keras":
+    if layer.layout == "jax" and (layer.transposed or kind(layer.kind).transposed):
+        return f"[{kernel + ', ' if n else ''}in, out] (Flax ConvTranspose layout)"
+    if layer.layout in KERNEL_LAST:
         return f"[{kernel + ', ' if n else ''}in, out] (Keras/JAX layout)"
     if layer.layout == "in_out":
         return "[in, out] (stored transposed, like HF Conv1D)"
@@ -54,7 +57,7 @@ def _fan_lines(layer: Layer) -> list[str]:
     shape, kernel = layer.shape, layer.kernel
     rf = math.prod(kernel)
     rf_text = f" × receptive field {_dims(kernel)} = " if kernel else " = "
-    if layer.layout == "keras":
+    if layer.layout in KERNEL_LAST:
         fan_in, fan_out = shape[-2] * rf, shape[-1] * rf
         return [f"fan_in  = in {shape[-2]}{rf_text}{fan_in}", f"fan_out = out {shape[-1]}{rf_text}{fan_out}"]
     if layer.layout == "channels_last" and kernel:

@@ -96,6 +96,8 @@ def layer_dict(row: Row, command: str) -> dict[str, Any]:
         out.update(_values(values))
     if layer.aliases:
         out["aliases"] = list(layer.aliases)
+    if layer.hf_name:
+        out["hf_name"] = layer.hf_name
     if row.observed is not None:
         observed = row.observed
         out["observed"] = {
@@ -209,8 +211,9 @@ def _layer_lines(report: Report) -> Iterator[str]:
             rest = json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])
         else:
             key = (id(row.fans), id(row.inits), row.nonlinearity, row.nonlinearity_param, row.gain,
-                   row.scheme_gain, row.scheme, layer.kind, layer.shape, layer.dtype, layer.aliases, layer.layout,
-                   layer.groups, layer.transposed, layer.stacked, layer.stride, layer.dilation, layer.pool)
+                   row.scheme_gain, row.scheme, layer.kind, layer.shape, layer.dtype, layer.aliases, layer.hf_name,
+                   layer.layout, layer.groups, layer.transposed, layer.stacked, layer.stride, layer.dilation,
+                   layer.pool)
             middle = middles.get(key)
             if middle is None:
                 out = layer_dict(row, report.command)

@@ -89,6 +89,8 @@ RECIPES: dict[str, Recipe] = {
                mode="fan_avg"),
         Recipe("flax", "Flax linen Dense/Conv/Embed defaults (lecun_normal, zeros, variance_scaling)",
                frameworks.flax),
+        Recipe("mlx", "mlx.nn Linear/Conv/Embedding/RNN defaults (uniform √(1/fan_in), normal √(1/dims))",
+               frameworks.mlx),
     )
 }
 
