@@ -145,3 +145,17 @@ def test_without_scipy_one_line_names_the_extra():
 def test_lanczos_start_vector_is_fixed():
     matrix = np.random.default_rng(4).standard_normal((700, 600)).astype(np.float32)
     assert spectral_mod.spectrum(matrix) == spectral_mod.spectrum(matrix.copy())
+
+
+def test_json_fields_are_in_the_published_schema():
+    from schema_check import errors
+
+    schema = json.loads((REPO / "docs" / "schema" / "report.schema.json").read_text())
+    result = run("inspect", REPO / "sample_models" / "tinynet.safetensors", "--spectral", "-f", "json")
+    document = json.loads(result.out)
+    assert errors(document, schema) == []
+    declared = schema["$defs"]["layer"]["properties"]
+    fused = next(row for row in document["layers"] if row["param"] == "attn.in_proj_weight")
+    assert {"spectral_norm", "stable_rank", "spectral_ratio", "expected_spectral_norm", "spectral_parts"} <= set(fused)
+    assert set(fused) <= set(declared)
+    assert set(fused["spectral_parts"]) <= set(declared["spectral_parts"]["properties"])
