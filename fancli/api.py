@@ -176,12 +176,15 @@ def compare(
 
 
 def diff(a: Source, b: Source, *, filters: Iterable[str] = (), trust: bool = False,
-         max_elements: int = CHUNK_ELEMENTS, jobs: int | None = 1, cluster: Any = None) -> DiffResult:
+         max_elements: int = CHUNK_ELEMENTS, jobs: int | None = 1, cluster: Any = None,
+         spectral: bool = False) -> DiffResult:
     """`fancli diff` as a function: any two sources `load` reads (paths, Models, state_dicts…);
-    `jobs` threads (None: the usable cores) or a Dask `cluster` compare the pairs."""
+    `jobs` threads (None: the usable cores) or a Dask `cluster` compare the pairs; `spectral` adds each
+    changed weight's ‖B − A‖₂ and its ratio to √(fan_out/fan_in)."""
     from .checks.diff import diff_models
 
-    return diff_models(load(a, trust=trust), load(b, trust=trust), tuple(filters), max_elements, jobs, cluster)
+    return diff_models(load(a, trust=trust), load(b, trust=trust), tuple(filters), max_elements, jobs, cluster,
+                       spectral)
 
 
 def trajectory(sources: Sequence[Source], *, filters: Iterable[str] = (), trust: bool = False,

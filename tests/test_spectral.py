@@ -159,3 +159,25 @@ def test_json_fields_are_in_the_published_schema():
     assert {"spectral_norm", "stable_rank", "spectral_ratio", "expected_spectral_norm", "spectral_parts"} <= set(fused)
     assert set(fused) <= set(declared)
     assert set(fused["spectral_parts"]) <= set(declared["spectral_parts"]["properties"])
+
+
+def test_diff_gives_the_spectral_norm_of_the_update(tmp_path):
+    generator = torch.Generator().manual_seed(5)
+    a = {"fc.weight": torch.randn(64, 32, generator=generator), "conv.weight": torch.randn(8, 4, 3, 3, generator=generator),
+         "frozen.weight": torch.randn(16, 16, generator=generator)}
+    b = {key: value + 0.01 * torch.randn(value.shape, generator=generator) if key != "frozen.weight" else value
+         for key, value in a.items()}
+    save_file(a, str(tmp_path / "a.safetensors"))
+    save_file(b, str(tmp_path / "b.safetensors"))
+    result = run("diff", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "--spectral", "-f", "json")
+    assert result.code == 0, result.err
+    found = {item["param"]: item for item in json.loads(result.out)["tensors"]}
+    for key in ("fc.weight", "conv.weight"):
+        delta = (_as_numpy(b[key]) - _as_numpy(a[key])).reshape(a[key].shape[0], -1)
+        norm = np.linalg.norm(delta, 2)
+        fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(a[key])
+        assert found[key]["delta_spectral_norm"] == pytest.approx(norm, rel=1e-6)
+        assert found[key]["delta_spectral_ratio"] == pytest.approx(norm / math.sqrt(fan_out / fan_in), rel=1e-6)
+    assert found["frozen.weight"]["delta_spectral_norm"] == 0
+    plain = run("diff", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "-f", "json")
+    assert "delta_spectral_norm" not in plain.out  # only where asked for

@@ -209,8 +209,20 @@ def combine(parts: list[Spectrum], rows: int, cols: int) -> Spectrum:
 
 def spectral_of(data: TensorData, how: Plan) -> Spectral:
     """A tensor's spectral view as `how` cuts it: one job, run wherever `--jobs` or a cluster puts it."""
+    return spectral_of_matrix(read_matrix(data, *how.matrix), how)
+
+
+def delta_norm(a: TensorData, b: TensorData, how: Plan) -> float:
+    """‖B − A‖₂ of two tensors of one shape (`diff --spectral`), the difference taken in float32 in place of
+    B's copy: the two tensors' float32 size in memory, as `how` cuts them (a block-diagonal operator's max)."""
+    changed = read_matrix(b, *how.matrix)
+    changed -= read_matrix(a, *how.matrix)
+    return spectral_of_matrix(changed, how).whole.norm
+
+
+def spectral_of_matrix(matrix: Any, how: Plan) -> Spectral:
+    """The spectral view of a matrix already read, as `how` cuts it."""
     rows, cols = how.matrix
-    matrix = read_matrix(data, rows, cols)
     if how.count == 1:
         return Spectral(spectrum(matrix))
     size = (rows if how.axis == 0 else cols) // how.count
