@@ -188,14 +188,16 @@ def diff(a: Source, b: Source, *, filters: Iterable[str] = (), trust: bool = Fal
 
 
 def trajectory(sources: Sequence[Source], *, filters: Iterable[str] = (), trust: bool = False,
-               jobs: int | None = 1, cluster: Any = None) -> Trajectory:
+               jobs: int | None = 1, cluster: Any = None, spectral: bool = False) -> Trajectory:
     """`fancli inspect A B C --stats` as a function: the sources (paths in natural order, or loaded
-    models in the order given) and each tensor's observed statistics per checkpoint."""
+    models in the order given) and each tensor's observed statistics per checkpoint (with `spectral`, its
+    ‖W‖₂ and stable rank too)."""
     from .checks.trajectory import build, natural_order
 
     if all(isinstance(source, str) for source in sources):
         sources = natural_order(sources)
-    return build([load(source, trust=trust) for source in sources], tuple(filters), jobs, cluster=cluster)
+    return build([load(source, trust=trust) for source in sources], tuple(filters), jobs, cluster=cluster,
+                 spectral=spectral)
 
 
 def check_init(

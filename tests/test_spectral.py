@@ -181,3 +181,24 @@ def test_diff_gives_the_spectral_norm_of_the_update(tmp_path):
     assert found["frozen.weight"]["delta_spectral_norm"] == 0
     plain = run("diff", tmp_path / "a.safetensors", tmp_path / "b.safetensors", "-f", "json")
     assert "delta_spectral_norm" not in plain.out  # only where asked for
+
+
+def test_trajectories_give_the_norm_per_checkpoint(tmp_path):
+    from schema_check import errors
+
+    generator = torch.Generator().manual_seed(6)
+    weights = [torch.randn(32, 24, generator=generator) * (1 + step) for step in range(3)]
+    for step, weight in enumerate(weights):
+        save_file({"fc.weight": weight, "fc.bias": torch.zeros(32)}, str(tmp_path / f"step-{step}.safetensors"))
+    paths = [tmp_path / f"step-{step}.safetensors" for step in range(3)]
+    result = run("inspect", *paths, "--spectral", "-f", "json")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    schema = json.loads((REPO / "docs" / "schema" / "trajectory.schema.json").read_text())
+    assert errors(document, schema) == []
+    tracks = {track["param"]: track for track in document["layers"]}
+    assert tracks["fc.weight"]["spectral_norm"] == pytest.approx(
+        [np.linalg.norm(_as_numpy(w), 2) for w in weights], rel=1e-6)
+    assert tracks["fc.bias"]["spectral_norm"] == [None, None, None]
+    table = run("inspect", *paths, "--spectral")
+    assert "‖W‖₂ step 2" in table.out
