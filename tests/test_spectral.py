@@ -163,8 +163,8 @@ def test_json_fields_are_in_the_published_schema():
 
 def test_diff_gives_the_spectral_norm_of_the_update(tmp_path):
     generator = torch.Generator().manual_seed(5)
-    a = {"fc.weight": torch.randn(64, 32, generator=generator), "conv.weight": torch.randn(8, 4, 3, 3, generator=generator),
-         "frozen.weight": torch.randn(16, 16, generator=generator)}
+    a = {key: torch.randn(*shape, generator=generator)
+         for key, shape in (("fc.weight", (64, 32)), ("conv.weight", (8, 4, 3, 3)), ("frozen.weight", (16, 16)))}
     b = {key: value + 0.01 * torch.randn(value.shape, generator=generator) if key != "frozen.weight" else value
          for key, value in a.items()}
     save_file(a, str(tmp_path / "a.safetensors"))
