@@ -82,6 +82,7 @@ def read_spectra(layers: "list[Layer]", jobs: int | None = 1, cluster: Any = Non
 
 
 def _ratio(norm: float | None, fan_in: float | None, fan_out: float | None) -> float | None:
+    """‖W‖₂ / √(fan_out/fan_in): Θ(1) under the spectral condition; None where a fan is unknown."""
     if norm is None or not fan_in or not fan_out:
         return None
     return norm / math.sqrt(fan_out / fan_in)
@@ -97,7 +98,9 @@ def _expected(row: "Row", rows: int, cols: int) -> float | None:
     return values.std * (math.sqrt(rows) + math.sqrt(cols))
 
 
-def _values(row: "Row", found: "Spectrum", fan_in, fan_out, dims: tuple[int, int]) -> SpectralValues:
+def _values(row: "Row", found: "Spectrum", fan_in: float | None, fan_out: float | None,
+            dims: tuple[int, int]) -> SpectralValues:
+    """One matrix's numbers; none but the expectation where its values are not finite."""
     norm = found.norm if math.isfinite(found.norm) else None
     return SpectralValues(norm, found.stable_rank if norm else None, _ratio(norm, fan_in, fan_out),
                           _expected(row, *dims))
