@@ -135,9 +135,10 @@ def test_compare_and_csv_and_table_show_the_columns():
     assert csv.code == 0 and "spectral_norm" in csv.out.splitlines()[0]
 
 
-def test_without_scipy_one_line_names_the_extra():
+@pytest.mark.parametrize("missing", ["scipy", "threadpoolctl"])
+def test_without_the_extra_one_line_names_it(missing):
     done = run_child(["inspect", REPO / "sample_models" / "lenet5.safetensors", "--spectral"], code=2,
-                     hidden=("scipy",))
+                     hidden=(missing,))
     assert done.returncode == 0, done.stderr
     assert "fancli[spectral]" in done.stderr and "Traceback" not in done.stderr
 

@@ -16,6 +16,7 @@ A dtype change (a bf16 or FP8 copy) is still compared value by value, as float64
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
@@ -129,7 +130,7 @@ def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (), max_elements:
         rows.append(None)
     nbytes = sum(data_nbytes(layer.data) for _, (_, layer, other, *_) in pairs if layer.data is not None
                  and other.data is not None)
-    with executor(jobs, cluster, len(pairs), 2 * nbytes) as (running, window):
+    with blas_limit(spectral), executor(jobs, cluster, len(pairs), 2 * nbytes) as (running, window):
         for (index, _), row in zip(pairs, ordered(running, window, diff_pair, [args for _, args in pairs])):
             rows[index] = row
     for index, seen, key in repeats:
@@ -138,6 +139,15 @@ def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (), max_elements:
         if key not in keys_a:
             rows.append(TensorDiff(key, "added", None, layer.shape, None, layer.dtype))
     return DiffResult(a.source, a.format, b.source, b.format, tuple(rows), spectral)
+
+
+def blas_limit(spectral: bool) -> Any:
+    """`--spectral`'s one BLAS thread for the run (`weights.spectral.one_blas_thread`), else nothing."""
+    if not spectral:
+        return contextlib.nullcontext()
+    from ..weights.spectral import one_blas_thread
+
+    return one_blas_thread()
 
 
 def diff_pair(param: str, a: Layer, b: Layer, max_elements: int = CHUNK_ELEMENTS,
