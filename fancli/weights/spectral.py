@@ -5,8 +5,9 @@ A tensor is read whole (bounded chunks decoded into one float32 matrix: the tens
 as the matrix [out, in·k] (a convolution's taps are columns, so its norm is that matrix's, not the
 operator's on an image of a given size). Small matrices (the short side ≤ EXACT_DIM) get every singular
 value from the eigenvalues of their float64 Gram matrix; larger ones ‖W‖₂ from Lanczos (scipy's ARPACK
-`eigsh` on WᵀW as a `LinearOperator`, float32 products, tolerance TOLERANCE) from a fixed start vector, so
-every `--jobs` and a cluster compute the same bits: one tensor is one job, computed by this one function.
+`eigsh` on WᵀW as a `LinearOperator`, float32 products in one pass over W, tolerance TOLERANCE) from a fixed
+start vector, BLAS on one thread, so every `--jobs` and a cluster compute the same bits: one tensor is one
+job, computed by this one function.
 """
 
 from __future__ import annotations
