@@ -520,13 +520,74 @@ def per_tensor(cache: Path, repeat: int, quick: bool) -> list[Result]:
     return results
 
 
+def random_matrix_code(side: int) -> str:
+    """A program writing one [side, side] float32 safetensors tensor of N(0, 0.02²) values (numpy's generator,
+    seed 0) to argv[1], without torch or safetensors (the header and the raw bytes), and with a second
+    argument printing numpy's ‖W‖₂ of it (`np.linalg.norm(W, 2)`: the oracle)."""
+    code = (
+        "import json, struct, sys\nimport numpy as np\n"
+        f"w = np.random.default_rng(0).standard_normal(({side}, {side}), dtype=np.float32) * np.float32(0.02)\n"
+        "header = json.dumps({'w.weight': {'dtype': 'F32', 'shape': list(w.shape), "
+        "'data_offsets': [0, w.nbytes]}}).encode()\n"
+        "with open(sys.argv[1], 'wb') as out:\n"
+        "    out.write(struct.pack('<Q', len(header)) + header)\n    out.write(w.tobytes())\n"
+        "if len(sys.argv) > 2:\n    print(repr(float(np.linalg.norm(w, 2))))\n"
+    )
+    return code
+
+
+def spectral(cache: Path, repeat: int, quick: bool) -> list[Result]:
+    """Issue 32: `--spectral` on one [8192, 8192] float32 tensor (4096 with --quick) against `--stats` on the
+    same file in the same rounds: ‖W‖₂ within 1e-6 of numpy's `np.linalg.norm(W, 2)` (an exact SVD, minutes
+    on 2 cores: computed once and kept beside the file), time ≤ 10× --stats', peak RSS ≤ --stats' + 2× the
+    tensor; and the ratio to `--stats` on torch_file's 1.6 GB checkpoint (24 tensors, every usable core)."""
+    side = 4096 if quick else 8192
+    path = cache / f"spectral_{side}.safetensors"
+    reference = cache / f"spectral_{side}.norm"
+    if not path.exists() or not reference.exists():  # the same values every time: a kept reference holds
+        done = subprocess.run(python_code(random_matrix_code(side)) + [str(path)] + ["norm"] * (
+            not reference.exists()), check=True, capture_output=True, text=True)
+        if not reference.exists():
+            reference.write_text(done.stdout.strip())
+    expected = float(reference.read_text())
+    stats, ours = measure_together([FANCLI + ["inspect", str(path), "-f", "json", "--stats"],
+                                    FANCLI + ["inspect", str(path), "-f", "json", "--spectral"]], repeat)
+    done = subprocess.run(FANCLI + ["inspect", str(path), "-f", "json", "--spectral"], check=True,
+                          capture_output=True, text=True)
+    found = json.loads(done.stdout)["layers"][0]["spectral_norm"]
+    error = abs(found - expected) / expected
+    tensor = side * side * 4
+    budget = stats.rss + 2 * tensor
+    count = 6 if quick else 24  # torch_file's state_dict: tensors of 4096×4096 fp32, 64 MiB each
+    checkpoint = cache / f"state_dict_{count}.pt"
+    if not checkpoint.exists():
+        write_state_dict(checkpoint, {f"blocks.{i}.weight": (4096, 4096) for i in range(count)})
+    stats_pt, ours_pt = measure_together([FANCLI + ["inspect", str(checkpoint), "-f", "json", "--stats"],
+                                          FANCLI + ["inspect", str(checkpoint), "-f", "json", "--spectral"]],
+                                         max(repeat // 2, 1))
+    gb = checkpoint.stat().st_size / 1e9
+    return [
+        Result(f"--spectral [{side}, {side}] fp32: ‖W‖₂ error", f"{found!r} vs numpy {expected!r}",
+               error / 1e-6, "≤ 1 (of 1e-6)", error <= 1e-6),
+        Result(f"--spectral [{side}, {side}] fp32: time", f"{ours.seconds:.2f} s vs --stats {stats.seconds:.2f} s",
+               ours.seconds / stats.seconds, "≤ 10×", ours.seconds <= 10 * stats.seconds),
+        Result(f"--spectral [{side}, {side}] fp32: peak RSS", f"{ours.rss / MiB:.0f} MiB; budget {budget / MiB:.0f} "
+               f"MiB (--stats {stats.rss / MiB:.0f} + 2×{tensor / MiB:.0f})", ours.rss / budget, "≤ 1 (of budget)",
+               ours.rss <= budget),
+        Result(f"--spectral .pt {gb:.1f} GB ({count} × [4096, 4096])", f"{ours_pt.seconds:.2f} s vs --stats "
+               f"{stats_pt.seconds:.2f} s; peak RSS {ours_pt.rss / MiB:.0f} MiB", ours_pt.seconds / stats_pt.seconds,
+               "≤ 10×", ours_pt.seconds <= 10 * stats_pt.seconds),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer repeats")
     parser.add_argument("--repeat", type=int, default=None, help="runs per command (default 5, quick 3)")
     parser.add_argument("--cache", type=Path, default=None, help="where to keep generated inputs")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="workloads: startup safetensors torch_file scale peer todays_scale per_tensor")
+                        help="workloads: startup safetensors torch_file scale peer todays_scale per_tensor "
+                             "spectral")
     args = parser.parse_args()
     repeat = args.repeat or (3 if args.quick else 5)
     cache = args.cache or Path(tempfile.gettempdir()) / "fancli-bench"
@@ -545,6 +606,7 @@ def main() -> int:
         "peer": lambda: peer(cache, repeat),
         "todays_scale": lambda: todays_scale(cache, repeat, args.quick),
         "per_tensor": lambda: per_tensor(cache, repeat, args.quick),
+        "spectral": lambda: spectral(cache, repeat, args.quick),
     }
     results: list[Result] = []
     began = time.perf_counter()

@@ -92,16 +92,30 @@ def run(model: Model, request: Request, on_chunk: Callable[[int], None] | None =
     """The report `request` asks of a loaded model: its weights read where it says so (`on_chunk(nbytes)` as
     pieces finish), the analysis, and with `infer` the init that best explains each layer's weights. The one
     path of `inspect`, `compare`, `check_init` and the CLI's commands."""
-    observed = None
-    if request.reads_weights:
+    observed = spectra = None
+    if request.spectral:
+        from .weights.spectral import require_scipy
+
+        require_scipy()  # one line naming the extra, before anything is read
+    if request.stats or request.infer:
         from .weights.stats import observe_all  # only when weights are read
 
         observed = observe_all(selected(model, request.settings.filters), on_chunk, kurtosis=request.infer,
                                structure=request.infer, jobs=request.jobs, cluster=request.cluster)
+    if request.spectral:
+        from .spectral import read_spectra
+
+        spectra = read_spectra(selected(model, request.settings.filters), request.jobs, request.cluster,
+                               None if observed else on_chunk)
     report = analyze(model, request.settings, request.command, observed)
-    if request.reads_weights and not observed:
-        note = f"--stats: this source ({model.format}) holds no weights to read"
+    if request.reads_weights and not (observed or spectra):
+        option = "--stats" if request.stats or request.infer else "--spectral"
+        note = f"{option}: this source ({model.format}) holds no weights to read"
         report = replace(report, notes=report.notes + (note,))
+    if spectra:
+        from .spectral import with_spectra
+
+        report = with_spectra(report, spectra)
     return with_inferences(report) if request.infer else report
 
 
@@ -123,15 +137,17 @@ def inspect(
     jobs: int | None = 1,
     cluster: Any = None,
     recipe: str | None = None,
+    spectral: bool = False,
 ) -> Report:
     """Per layer: fans, gain, the std and bound the scheme gives under one mode — or, with `recipe` (or where the
     source says which library built it and no scheme or mode is given), what that library's init draws; with
     `stats=True` the weights' observed statistics (read in fixed pieces by `jobs` threads, None: the usable
     cores, or on a Dask `cluster`: "tcp://host:port", "local"; the same numbers either way); with `infer=True`
-    also the init that best explains them."""
+    also the init that best explains them; with `spectral=True` each weight's ‖W‖₂, stable rank, ‖W‖₂ against
+    √(fan_out/fan_in) and against its init's (needs scipy: the `spectral` extra)."""
     settings = Settings(scheme, (mode,) if mode else (), nonlinearity, param, fans, pool_fan_out, tuple(filters),
                         recipe)
-    request = Request("inspect", settings, stats, infer, jobs, cluster)
+    request = Request("inspect", settings, stats, infer, jobs, cluster, spectral)
     return run(load(source, trust=trust, kwargs=kwargs), request, on_chunk)
 
 
@@ -151,31 +167,37 @@ def compare(
     on_chunk: Callable[[int], None] | None = None,
     jobs: int | None = 1,
     cluster: Any = None,
+    spectral: bool = False,
 ) -> Report:
-    """The same layers with one std per mode side by side."""
+    """The same layers with one std per mode side by side (`spectral` as `inspect`'s)."""
     settings = Settings(scheme, tuple(modes), nonlinearity, param, fans, pool_fan_out, tuple(filters))
-    request = Request("compare", settings, stats, jobs=jobs, cluster=cluster)
+    request = Request("compare", settings, stats, spectral=spectral, jobs=jobs, cluster=cluster)
     return run(load(source, trust=trust, kwargs=kwargs), request, on_chunk)
 
 
 def diff(a: Source, b: Source, *, filters: Iterable[str] = (), trust: bool = False,
-         max_elements: int = CHUNK_ELEMENTS, jobs: int | None = 1, cluster: Any = None) -> DiffResult:
+         max_elements: int = CHUNK_ELEMENTS, jobs: int | None = 1, cluster: Any = None,
+         spectral: bool = False) -> DiffResult:
     """`fancli diff` as a function: any two sources `load` reads (paths, Models, state_dicts…);
-    `jobs` threads (None: the usable cores) or a Dask `cluster` compare the pairs."""
+    `jobs` threads (None: the usable cores) or a Dask `cluster` compare the pairs; `spectral` adds each
+    changed weight's ‖B − A‖₂ and its ratio to √(fan_out/fan_in)."""
     from .checks.diff import diff_models
 
-    return diff_models(load(a, trust=trust), load(b, trust=trust), tuple(filters), max_elements, jobs, cluster)
+    return diff_models(load(a, trust=trust), load(b, trust=trust), tuple(filters), max_elements, jobs, cluster,
+                       spectral)
 
 
 def trajectory(sources: Sequence[Source], *, filters: Iterable[str] = (), trust: bool = False,
-               jobs: int | None = 1, cluster: Any = None) -> Trajectory:
+               jobs: int | None = 1, cluster: Any = None, spectral: bool = False) -> Trajectory:
     """`fancli inspect A B C --stats` as a function: the sources (paths in natural order, or loaded
-    models in the order given) and each tensor's observed statistics per checkpoint."""
+    models in the order given) and each tensor's observed statistics per checkpoint (with `spectral`, its
+    ‖W‖₂ and stable rank too)."""
     from .checks.trajectory import build, natural_order
 
     if all(isinstance(source, str) for source in sources):
         sources = natural_order(sources)
-    return build([load(source, trust=trust) for source in sources], tuple(filters), jobs, cluster=cluster)
+    return build([load(source, trust=trust) for source in sources], tuple(filters), jobs, cluster=cluster,
+                 spectral=spectral)
 
 
 def check_init(

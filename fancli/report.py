@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .analysis import recipes
     from .analysis.inference import Inference
     from .folding import Group
+    from .spectral import SpectralRow
     from .summary import Totals
     from .weights.moments import Observed
 
@@ -85,6 +86,7 @@ class Request:
     infer: bool = False  # inspect: also name the init that best explains them
     jobs: int | None = 1  # threads reading them (None: the usable cores)
     cluster: Any = None  # or a Dask scheduler address ("tcp://host:port", "local") or executor to read them on
+    spectral: bool = False  # read each ≥2-D weight's singular values (‖W‖₂, stable rank): `fancli.spectral`
 
     def __post_init__(self) -> None:
         modes = self.settings.modes
@@ -96,7 +98,7 @@ class Request:
     @property
     def reads_weights(self) -> bool:
         """Whether the run reads the weights: decided here alone (the progress bar and `api.run` ask)."""
-        return self.stats or self.infer
+        return self.stats or self.infer or self.spectral
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class Row:
     scheme_gain: float | None = None  # the gain the std is computed with (lecun: 1, torch_default: √(1/3))
     inferred: "Inference | None" = None  # with --infer: the init that best explains the weights
     recipe: str | None = None  # the library recipe the expectation follows (then `scheme` is its name)
+    spectral: "SpectralRow | None" = None  # with --spectral: ‖W‖₂, stable rank, against fans and init
 
     @property
     def observed_ratio(self) -> float | None:

@@ -83,6 +83,19 @@ def test_compare_check_and_diff_on_the_cluster(small_pieces, cluster, checkpoint
                                                                jobs=1).report.rows[0].observed
 
 
+def test_spectral_on_the_cluster_equals_jobs_1(cluster, tmp_path):
+    """--spectral's one job per tensor on the workers: the same bits as here, Lanczos-sized tensor included."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(8)
+    save_file({"big.weight": torch.randn(600, 520, generator=generator),
+               "experts": torch.randn(3, 40, 24, generator=generator)}, str(tmp_path / "s.safetensors"))
+    args = ("inspect", tmp_path / "s.safetensors", "--spectral", "-f", "json")
+    local, remote = run(*args, "--jobs", "1"), run(*args, "--cluster", cluster)
+    assert local.code == remote.code == 0, remote.err
+    assert local.out == remote.out and '"spectral_norm"' in local.out
+
+
 def test_cluster_local_starts_one_on_this_machine(small_pieces, checkpoint, tmp_path, monkeypatch):
     """From a folder holding a `multiprocessing` package (a downloaded model's folder), which Dask's
     `python -c` workers would import first: it never runs, and a relative path still reaches the workers."""

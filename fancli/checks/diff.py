@@ -16,6 +16,7 @@ A dtype change (a bf16 or FP8 copy) is still compared value by value, as float64
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
@@ -49,6 +50,8 @@ class TensorDiff:
     note: str | None = None
     #: A zero A with a non-zero difference: the relative norm is infinite (reported as None, gated as past any limit).
     unbounded: bool = False
+    delta_spectral_norm: float | None = None  # with --spectral: ‖B − A‖₂ (of the matrix [out, in·k])
+    delta_spectral_ratio: float | None = None  # ‖B − A‖₂ / √(fan_out/fan_in): the spectral condition on updates
 
     def exceeds(self, max_change: float) -> bool:
         """Past the --max-change gate: a relative difference norm above it (or from an all-zero A)."""
@@ -64,6 +67,7 @@ class DiffResult:
     source_b: str
     format_b: str
     tensors: tuple[TensorDiff, ...]
+    spectral: bool = False  # ‖B − A‖₂ was asked for (`delta_spectral_norm`)
 
     def counts(self) -> dict[str, int]:
         found = {status: 0 for status in STATUSES}
@@ -95,11 +99,15 @@ def _keys(model: Model) -> dict[str, Layer]:
 
 
 def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (), max_elements: int = CHUNK_ELEMENTS,
-                jobs: int | None = 1, cluster: Any = None) -> DiffResult:
+                jobs: int | None = 1, cluster: Any = None, spectral: bool = False) -> DiffResult:
     """Pair the two models' keys (tied keys too) and compare each pair's tensors (one pair in memory per
     worker). Pairs run as `--stats` pieces do (`parallel.executor`: `jobs` threads, or a Dask `cluster`),
     each pair whole in one job, so the numbers are the same for any `jobs`; keys that pair the same two
-    tensors (a tie kept in both) are compared once."""
+    tensors (a tie kept in both) are compared once. `spectral` adds ‖B − A‖₂ of each changed ≥2-D pair."""
+    if spectral:
+        from ..weights.spectral import require_scipy
+
+        require_scipy()
     from ..report import selected_keys
     from ..weights.parallel import executor, ordered
     from ..weights.stats import data_nbytes
@@ -118,11 +126,11 @@ def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (), max_elements:
         if seen != len(rows):
             repeats.append((len(rows), seen, key))
         else:
-            pairs.append((len(rows), (key, layer, other, max_elements)))
+            pairs.append((len(rows), (key, layer, other, max_elements, spectral)))
         rows.append(None)
-    nbytes = sum(data_nbytes(layer.data) for _, (_, layer, other, _) in pairs if layer.data is not None
+    nbytes = sum(data_nbytes(layer.data) for _, (_, layer, other, *_) in pairs if layer.data is not None
                  and other.data is not None)
-    with executor(jobs, cluster, len(pairs), 2 * nbytes) as (running, window):
+    with blas_limit(spectral), executor(jobs, cluster, len(pairs), 2 * nbytes) as (running, window):
         for (index, _), row in zip(pairs, ordered(running, window, diff_pair, [args for _, args in pairs])):
             rows[index] = row
     for index, seen, key in repeats:
@@ -130,11 +138,39 @@ def diff_models(a: Model, b: Model, filters: tuple[str, ...] = (), max_elements:
     for key, layer in selected_keys(b, filters):
         if key not in keys_a:
             rows.append(TensorDiff(key, "added", None, layer.shape, None, layer.dtype))
-    return DiffResult(a.source, a.format, b.source, b.format, tuple(rows))
+    return DiffResult(a.source, a.format, b.source, b.format, tuple(rows), spectral)
 
 
-def diff_pair(param: str, a: Layer, b: Layer, max_elements: int = CHUNK_ELEMENTS) -> TensorDiff:
-    """One key present in both: reshaped (no numbers), or its values compared."""
+def blas_limit(spectral: bool) -> Any:
+    """`--spectral`'s one BLAS thread for the run (`weights.spectral.one_blas_thread`), else nothing."""
+    if not spectral:
+        return contextlib.nullcontext()
+    from ..weights.spectral import one_blas_thread
+
+    return one_blas_thread()
+
+
+def diff_pair(param: str, a: Layer, b: Layer, max_elements: int = CHUNK_ELEMENTS,
+              spectral: bool = False) -> TensorDiff:
+    """One key present in both: reshaped (no numbers), or its values compared (and with `spectral`, a changed
+    ≥2-D pair's ‖B − A‖₂)."""
+    found = _compared(param, a, b, max_elements)
+    if not spectral or found.status not in ("changed", "dtype", "same") or found.rel_diff_norm is None:
+        return found
+    from ..analysis.fans import layer_fans
+    from ..spectral import plan_for
+    from ..weights.spectral import delta_norm
+
+    how = plan_for(b)
+    if how is None:
+        return found
+    norm = delta_norm(a.data, b.data, how) if found.status != "same" else 0.0
+    fan_in, fan_out = layer_fans(b).pick(False)
+    ratio = norm / math.sqrt(fan_out / fan_in) if fan_in and fan_out else None
+    return replace(found, delta_spectral_norm=norm, delta_spectral_ratio=ratio)
+
+
+def _compared(param: str, a: Layer, b: Layer, max_elements: int) -> TensorDiff:
     shape_a, shape_b = tuple(a.shape), tuple(b.shape)
     dtype_a, dtype_b = a.dtype, b.dtype
     if shape_a != shape_b:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..folding import Group
     from ..layer import Model
     from ..weights.moments import Observed
+    from ..weights.spectral import Spectrum
 
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -75,6 +76,7 @@ class Track:
     shape: tuple[int, ...]
     dtype: str | None
     observed: tuple["Observed | None", ...]
+    spectral: tuple["Spectrum | None", ...] = ()  # with --spectral: ‖W‖₂ and ‖W‖_F² per checkpoint
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class Trajectory:
     filters: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     expanded: bool = False  # tables: one row per tensor (--expand)
+    spectral: bool = False  # each track's ‖W‖₂ per checkpoint was read (--spectral)
 
     @property
     def groups(self) -> "list[Group]":
@@ -101,10 +104,18 @@ class Trajectory:
 
 def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | None = 1,
           observe: Callable[..., dict[str, "Observed"]] | None = None,
-          on_chunk: Callable[[int], None] | None = None, cluster: Any = None) -> Trajectory:
+          on_chunk: Callable[[int], None] | None = None, cluster: Any = None, spectral: bool = False) -> Trajectory:
     """The trajectory of `models` (in the order given): each one's weights read, one model at a time, with
-    `jobs` threads or on a Dask `cluster` as inspect's are; `on_chunk(nbytes)` reports progress."""
+    `jobs` threads or on a Dask `cluster` as inspect's are; `on_chunk(nbytes)` reports progress. `spectral`
+    adds each ≥2-D tensor's ‖W‖₂ and stable rank per checkpoint (`fancli.spectral`)."""
     from ..report import selected_keys
+
+    if spectral:
+        from ..spectral import read_spectra
+        from ..weights.spectral import require_scipy
+
+        require_scipy()
+    spectra: list[dict[str, Any]] = []
 
     if observe is None:
         from ..weights.stats import observe_all as observe
@@ -126,17 +137,21 @@ def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | 
         if layers and not read:
             notes.append(f"{model.source}: this source ({model.format}) holds no weights to read")
         per_checkpoint.append({key: read[layer.param] for key, layer in keys if layer.param in read})
+        if spectral:
+            found = read_spectra(layers, jobs, cluster) if layers else {}
+            spectra.append({key: found[layer.param].whole for key, layer in keys if layer.param in found})
     if filters and not described:
         from ..errors import SettingsError
 
         raise SettingsError(f"no layer matches {' or '.join(repr(f) for f in filters)} in any checkpoint")
-    tracks = tuple(Track(param, kind, shape, dtype, tuple(read.get(param) for read in per_checkpoint))
+    tracks = tuple(Track(param, kind, shape, dtype, tuple(read.get(param) for read in per_checkpoint),
+                         tuple(found.get(param) for found in spectra))
                    for param, (kind, shape, dtype) in described.items())
     notes += [f"{change} (its statistics on either side are of different tensors)" for change in reshaped.values()]
     gaps = sum(1 for track in tracks if None in track.observed)
     if gaps:
         notes.append(f"{gaps} tensor{'s' * (gaps != 1)} missing from some checkpoints (shown as —)")
-    return Trajectory(checkpoints, tracks, filters, tuple(notes))
+    return Trajectory(checkpoints, tracks, filters, tuple(notes), spectral=spectral)
 
 
 # --- folding ---------------------------------------------------------------------------------------------

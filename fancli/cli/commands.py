@@ -36,6 +36,7 @@ from .options import (
     report_options,
     scheme_option,
     source_options,
+    spectral_option,
     with_parallel,
 )
 from .run import (
@@ -165,10 +166,11 @@ def check(src: SourceArgs, update: bool, baseline_path: str | None, stats: bool,
                    "indices and agree in status and values (JSON and CSV always list every tensor).")
 @format_option("diff")
 @output_option()
+@spectral_option()
 @with_parallel
 def diff(source_a: str, source_b: str, max_change: float | None, allow_structural: bool,
-         filters: tuple[str, ...], trust: bool, expand: bool, fmt: str, output: str | None, jobs: int | None,
-         cluster: str | None) -> None:
+         filters: tuple[str, ...], trust: bool, expand: bool, fmt: str, output: str | None, spectral: bool,
+         jobs: int | None, cluster: str | None) -> None:
     """What changed from checkpoint A to B, tensor by tensor (streamed): added, removed, reshaped, dtype,
     and the relative change of std, of mean, and ‖B−A‖/‖A‖. Exit 1 past --max-change or on added/removed/
     reshaped tensors, so CI can gate a fine-tune."""
@@ -182,7 +184,7 @@ def diff(source_a: str, source_b: str, max_change: float | None, allow_structura
 
         raise SettingsError(f"--max-change {max_change:g}: expected a finite number >= 0 (a relative norm)")
     model_a, model_b = api.load(source_a, trust=trust), api.load(source_b, trust=trust)
-    result = diff_models(model_a, model_b, tuple(filters), jobs=jobs, cluster=cluster)
+    result = diff_models(model_a, model_b, tuple(filters), jobs=jobs, cluster=cluster, spectral=spectral)
     text = as_text("diff", fmt, result, max_change=max_change, allow_structural=allow_structural, expand=expand,
                    **terminal_width(fmt, output))
     if output and not is_stdout(output):

@@ -217,12 +217,12 @@ def report_options(command: str) -> Decorator:
         @functools.wraps(func)
         def asked(src: SourceArgs, modes: tuple[str, ...], scheme: str | None, nonlinearity: str | None,
                   param: float | None, fans: str | None, pool_fan_out: bool | None, filters: tuple[str, ...],
-                  stats: bool, jobs: int | None, cluster: str | None, recipe: str | None = None, infer: bool = False,
-                  **rest: Any) -> Any:
+                  stats: bool, jobs: int | None, cluster: str | None, spectral: bool, recipe: str | None = None,
+                  infer: bool = False, **rest: Any) -> Any:
             from ..report import Request, Settings
 
             settings = Settings(scheme, modes, nonlinearity, param, fans, pool_fan_out, filters, recipe)
-            return func(src, Request(command, settings, stats, infer, jobs, cluster), **rest)
+            return func(src, Request(command, settings, stats, infer, jobs, cluster, spectral), **rest)
 
         options = [
             scheme_option(f"Init scheme: {', '.join(SCHEMES)} (aliases he_*, glorot_*). "
@@ -242,6 +242,7 @@ def report_options(command: str) -> Decorator:
                          help="Tables and Markdown: also list tensors below 2 dims (JSON always has them)."),
             click.option("--stats", is_flag=True,
                          help="Read the weights and add observed mean and std, and their ratio to the expected std."),
+            spectral_option(),
             *parallel_options(),
             click.option("--expand", is_flag=True,
                          help="Tables and Markdown: list every tensor instead of folding repeated layers into one "
@@ -260,6 +261,14 @@ def report_options(command: str) -> Decorator:
         return modes(source_options(many=inspecting)(_apply(asked, options)))
 
     return decorate
+
+
+def spectral_option() -> Callable[..., Any]:
+    """--spectral, for every command that reads weights (a `spectral` keyword argument)."""
+    return click.option("--spectral", is_flag=True,
+                        help="Read the weights and add each ≥2-D weight's ‖W‖₂ (a conv's as the matrix [out, "
+                             "in·k]), stable rank, ‖W‖₂/√(fan_out/fan_in) and ‖W‖₂ expected at init (needs "
+                             "scipy: pip install 'fancli[spectral]').")
 
 
 def parallel_options() -> list[Callable[..., Any]]:

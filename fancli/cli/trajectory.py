@@ -74,4 +74,4 @@ def _read(models: list[Any], request: Request) -> Any:
     total = sum(nbytes(layer) for model in models for layer in selected(model, filters) if layer.data is not None)
     return with_progress(total, f"reading {len(models)} checkpoints",
                          lambda on_chunk: build(models, filters, request.jobs, on_chunk=on_chunk,
-                                                cluster=request.cluster))
+                                                cluster=request.cluster, spectral=request.spectral))

@@ -200,6 +200,8 @@ def columns(report: Report, footnotes: Footnotes) -> list[Column]:
             Column("obs std", lambda g: observed_range(g, lambda r: r.observed.std if r.observed else None)),
             Column("obs/exp", lambda g: observed_range(g, lambda r: r.observed_ratio)),
         ]
+    if any(row.spectral is not None for row in report.rows):
+        cols += spectral_columns()
     if any(row.inferred is not None for row in report.rows):
         cols += [
             Column("inferred init", _shared(lambda r: r.inferred.label if r.inferred else ""), "left"),
@@ -207,6 +209,22 @@ def columns(report: Report, footnotes: Footnotes) -> list[Column]:
         ]
     cols.append(Column("notes", _shared(footnotes.marks), "left"))
     return cols
+
+
+def spectral_columns() -> list[Column]:
+    """--spectral: ‖W‖₂, its ratio to the init's expected ‖W‖₂ and to √(fan_out/fan_in), the stable rank
+    ("orth" where every singular value is equal); a group's range where its members differ."""
+    def whole(value):
+        return lambda g: observed_range(g, lambda r: value(r.spectral.whole) if r.spectral else None)
+
+    def rank(group: Group) -> str:
+        shown = observed_range(group, lambda r: r.spectral.whole.stable_rank if r.spectral else None)
+        return f"{shown} orth" if all(r.spectral and r.spectral.orthogonal for r in group.rows) else shown
+
+    return [Column("‖W‖₂", whole(lambda v: v.norm)),
+            Column("‖W‖₂ obs/exp", whole(lambda v: v.observed_ratio)),
+            Column("‖W‖₂/√(out/in)", whole(lambda v: v.ratio)),
+            Column("stable rank", rank)]
 
 
 def highlighted(report: Report) -> set[int]:

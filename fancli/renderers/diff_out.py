@@ -18,6 +18,14 @@ from .json_out import groups_dict
 
 HEADERS = ["key", "status", "shape", "dtype", "std A", "std B", "Δstd", "Δmean", "‖B−A‖/‖A‖"]
 ALIGNS = ["left", "left", "right", "left", "right", "right", "right", "right", "right"]
+#: --spectral's columns: ‖B − A‖₂ and its ratio to √(fan_out/fan_in) (the spectral condition on an update).
+SPECTRAL = {"‖B−A‖₂": "delta_spectral_norm", "‖B−A‖₂/√(out/in)": "delta_spectral_ratio"}
+
+
+def _headers(result: DiffResult) -> tuple[list[str], list[str]]:
+    """The columns and their alignment: --spectral's two after the rest."""
+    extra = list(SPECTRAL) if result.spectral else []
+    return HEADERS + extra, ALIGNS + ["right"] * len(extra)
 
 
 def _number(value: float | None, signed: bool = False) -> str:
@@ -39,7 +47,7 @@ def _range(items: tuple[TensorDiff, ...], field: str, signed: bool = False) -> s
     return shown if len(known) == len(values) else f"{shown} (and —)"
 
 
-def _cells(group: Any) -> list[str]:
+def _cells(group: Any, spectral: bool = False) -> list[str]:
     """A shown row: one tensor, or a folded group (`fancli.checks.diff.fold_diffs`: its members share status,
     shape, dtype and note; their numbers are shown as ranges)."""
     item, items = group.row, group.rows
@@ -53,7 +61,8 @@ def _cells(group: Any) -> list[str]:
     return [printable(name(group)), item.status, shown, dtypes or "",
             _range(items, "std_a") if numbers else "", _range(items, "std_b") if numbers else "",
             _range(items, "rel_std_change", True) if numbers else "",
-            _range(items, "rel_mean_change", True) if numbers else "", norm if numbers else ""]
+            _range(items, "rel_mean_change", True) if numbers else "", norm if numbers else "",
+            *([_range(items, field) if numbers else "" for field in SPECTRAL.values()] if spectral else [])]
 
 
 def shown_rows(result: DiffResult, max_change: float | None = None, expand: bool = False) -> list[Any]:
@@ -102,7 +111,8 @@ def render_diff_table(result: DiffResult, max_change: float | None = None, allow
     gate = verdict(result, max_change, allow_structural)
     lines = wrapped(headline(result), width)
     if result.tensors:
-        lines += fitted_grid(HEADERS, ALIGNS, [_cells(group) for group in rows], width)
+        headers, aligns = _headers(result)
+        lines += fitted_grid(headers, aligns, [_cells(group, result.spectral) for group in rows], width)
     for line in [*_notes(rows), *([gate] if gate else [])]:
         lines += wrapped(line, width)
     return "\n".join(lines) + "\n"
@@ -115,9 +125,10 @@ def render_diff_markdown(result: DiffResult, max_change: float | None = None, al
     lines = [f"### {mark} fancli diff", "", markdown_text(headline(result), starts_line=True), ""]
     rows = shown_rows(result, max_change, expand)
     if result.tensors:
-        lines += ["| " + " | ".join(HEADERS) + " |",
-                  "|" + "|".join(":---" if align == "left" else "---:" for align in ALIGNS) + "|"]
-        lines += ["| " + " | ".join(map(markdown_text, _cells(group))) + " |" for group in rows]
+        headers, aligns = _headers(result)
+        lines += ["| " + " | ".join(headers) + " |",
+                  "|" + "|".join(":---" if align == "left" else "---:" for align in aligns) + "|"]
+        lines += ["| " + " | ".join(map(markdown_text, _cells(group, result.spectral))) + " |" for group in rows]
         lines.append("")
     lines += [f"- {markdown_text(note)}" for note in _notes(rows)]
     if gate:
@@ -125,14 +136,18 @@ def render_diff_markdown(result: DiffResult, max_change: float | None = None, al
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def tensor_dict(item: TensorDiff) -> dict[str, Any]:
-    return {"param": item.param, "status": item.status,
+def tensor_dict(item: TensorDiff, spectral: bool = False) -> dict[str, Any]:
+    """A tensor's JSON object (and CSV row); with --spectral, ‖B − A‖₂ and its ratio before the note."""
+    found = {"param": item.param, "status": item.status,
             "shape_a": list(item.shape_a) if item.shape_a is not None else None,
             "shape_b": list(item.shape_b) if item.shape_b is not None else None,
             "dtype_a": item.dtype_a, "dtype_b": item.dtype_b, "mean_a": item.mean_a, "mean_b": item.mean_b,
             "std_a": item.std_a, "std_b": item.std_b, "rel_std_change": item.rel_std_change,
             "rel_mean_change": item.rel_mean_change, "rel_diff_norm": item.rel_diff_norm,
-            "max_abs_diff": item.max_abs_diff, "note": item.note}
+            "max_abs_diff": item.max_abs_diff}
+    if spectral:
+        found |= {field: getattr(item, field) for field in SPECTRAL.values()}
+    return found | {"note": item.note}
 
 
 def render_diff_json(result: DiffResult, max_change: float | None = None, allow_structural: bool = False,
@@ -147,7 +162,7 @@ def render_diff_json(result: DiffResult, max_change: float | None = None, allow_
         "ok": not failed,
         "counts": result.counts(),
         "failed": [t.param for t in failed],
-        "tensors": [tensor_dict(t) for t in result.tensors],
+        "tensors": [tensor_dict(t, result.spectral) for t in result.tensors],
         "groups": [groups_dict(group, numel) for group in fold_diffs(result.tensors, max_change)],
     }
     return json_safe(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)) + "\n"
@@ -157,10 +172,10 @@ def render_diff_csv(result: DiffResult, max_change: float | None = None, allow_s
                     expand: bool = False) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    fields = list(tensor_dict(TensorDiff("", "same", (), ())))
+    fields = list(tensor_dict(TensorDiff("", "same", (), ()), result.spectral))
     writer.writerow(fields)
     for item in result.tensors:
-        row = tensor_dict(item)
+        row = tensor_dict(item, result.spectral)
         writer.writerow(["" if row[f] is None else "x".join(map(str, row[f])) if isinstance(row[f], list)
                          else csv_text(row[f]) if isinstance(row[f], str) else repr(row[f]) for f in fields])
     return buffer.getvalue()

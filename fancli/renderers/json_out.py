@@ -10,6 +10,7 @@ from ..analysis.schemes import InitValues
 from ..analysis.schemes import scheme as find_scheme
 from ..folding import Group
 from ..report import SCHEMA_VERSION, Report, Row
+from ..spectral import SpectralRow
 from ..summary import numel
 from ..text import json_safe
 
@@ -109,6 +110,8 @@ def layer_dict(row: Row, command: str) -> dict[str, Any]:
             "nonfinite": observed.nonfinite,
             "std_ratio": row.observed_ratio,
         }
+    if row.spectral is not None:
+        out |= spectral_dict(row.spectral)
     if row.inferred is not None:
         found = row.inferred
         best = found.best
@@ -130,6 +133,29 @@ def layer_dict(row: Row, command: str) -> dict[str, Any]:
     if row.observed is not None and row.observed.structure is not None:
         out["observed"]["zeros"] = row.observed.structure.zeros
     out["notes"] = list(row.notes)
+    return out
+
+
+def spectral_dict(found: SpectralRow) -> dict[str, Any]:
+    """--spectral's fields of a row: the whole weight's numbers, σ_min/σ_max where known, whether it is
+    orthogonal, and a split row's parts (experts, groups, stacked parts) as lists in stored order."""
+    whole = found.whole
+    out: dict[str, Any] = {
+        "spectral_norm": _float(whole.norm),
+        "stable_rank": _float(whole.stable_rank),
+        "spectral_ratio": _float(whole.ratio),
+        "expected_spectral_norm": _float(whole.expected),
+        "spectral_norm_ratio": _float(whole.observed_ratio),
+        "singular_spread": _float(found.spread),
+        "orthogonal": found.orthogonal,
+    }
+    if found.parts:
+        out["spectral_parts"] = {
+            "spectral_norm": [_float(part.norm) for part in found.parts],
+            "stable_rank": [_float(part.stable_rank) for part in found.parts],
+            "spectral_ratio": [_float(part.ratio) for part in found.parts],
+            "expected_spectral_norm": [_float(part.expected) for part in found.parts],
+        }
     return out
 
 
@@ -205,7 +231,7 @@ def _layer_lines(report: Report) -> Iterator[str]:
     notes_json: dict[tuple[str, ...], str] = {}
     for row in report.rows:
         layer = row.layer
-        if row.observed is not None or row.inferred is not None:
+        if row.observed is not None or row.inferred is not None or row.spectral is not None:
             out = layer_dict(row, report.command)
             del out["name"], out["param"]
             rest = json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])

@@ -49,14 +49,26 @@ def _cell(tracks: tuple[Track, ...], index: int) -> str:
     return f"{text} ⚠{bad:,} NaN/Inf" if bad else text
 
 
+def _norm_cell(tracks: tuple[Track, ...], index: int) -> str:
+    """A group's ‖W‖₂ at one checkpoint (--spectral): one value or the members' range; `—` where none."""
+    norms = [found.norm for track in tracks if (found := track.spectral[index]) is not None]
+    if not norms:
+        return "—"
+    low, high = number(min(norms)), number(max(norms))
+    return low if low == high else f"{low}…{high}"
+
+
 def _headers(trajectory: Trajectory) -> list[str]:
     steps = trajectory.checkpoints[0].step is not None
-    return ["name", "shape"] + [f"step {c.label}" if steps else printable(c.label) for c in trajectory.checkpoints]
+    labels = [f"step {c.label}" if steps else printable(c.label) for c in trajectory.checkpoints]
+    return ["name", "shape"] + labels + ([f"‖W‖₂ {label}" for label in labels] if trajectory.spectral else [])
 
 
 def _rows(trajectory: Trajectory) -> list[list[str]]:
+    count = len(trajectory.checkpoints)
     return [[printable(name(group)), shape(group.row.shape)]
-            + [_cell(group.rows, index) for index in range(len(trajectory.checkpoints))]
+            + [_cell(group.rows, index) for index in range(count)]
+            + ([_norm_cell(group.rows, index) for index in range(count)] if trajectory.spectral else [])
             for group in trajectory.shown]
 
 
@@ -81,8 +93,7 @@ def render_table(trajectory: Trajectory, width: int | None = None) -> str:
     headers = _headers(trajectory)
     bad = _nonfinite_line(trajectory)
     lines = [part for line in (_title(trajectory), *map(printable, trajectory.notes)) for part in wrapped(line, width)]
-    lines += fitted_grid(headers, ["left", "right"] + ["right"] * len(trajectory.checkpoints), _rows(trajectory),
-                         width)
+    lines += fitted_grid(headers, ["left"] + ["right"] * (len(headers) - 1), _rows(trajectory), width)
     return "\n".join(lines + (wrapped(bad, width) if bad else [])) + "\n"
 
 
@@ -106,6 +117,17 @@ def _observed(observed: Any) -> dict[str, Any] | None:
     return {field: getattr(observed, field) for field in FIELDS}
 
 
+def _track_dict(track: Track, spectral: bool) -> dict[str, Any]:
+    """A track's JSON object; with --spectral its ‖W‖₂ and stable rank per checkpoint (null where missing)."""
+    out = {"param": track.param, "kind": track.kind, "shape": list(track.shape), "dtype": track.dtype,
+           "observed": [_observed(o) for o in track.observed]}
+    if spectral:
+        out["spectral_norm"] = [None if found is None or not math.isfinite(found.norm) else found.norm
+                                for found in track.spectral]
+        out["stable_rank"] = [None if found is None else found.stable_rank for found in track.spectral]
+    return out
+
+
 def trajectory_dict(trajectory: Trajectory) -> dict[str, Any]:
     from .json_out import groups_dict
 
@@ -115,8 +137,7 @@ def trajectory_dict(trajectory: Trajectory) -> dict[str, Any]:
         "command": "trajectory",
         "sources": [{"path": c.source, "format": c.format, "step": c.step} for c in trajectory.checkpoints],
         "settings": {"filters": list(trajectory.filters)},
-        "layers": [{"param": track.param, "kind": track.kind, "shape": list(track.shape), "dtype": track.dtype,
-                    "observed": [_observed(o) for o in track.observed]} for track in trajectory.tracks],
+        "layers": [_track_dict(track, trajectory.spectral) for track in trajectory.tracks],
         "groups": groups,
         "notes": list(trajectory.notes),
     }
@@ -142,12 +163,17 @@ def render_csv(trajectory: Trajectory) -> str:
     checkpoint without the key has no line."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["param", "kind", "shape", "dtype", "source", "step", *FIELDS])
+    spectral = ("spectral_norm", "stable_rank") if trajectory.spectral else ()
+    writer.writerow(["param", "kind", "shape", "dtype", "source", "step", *FIELDS, *spectral])
     for track in trajectory.tracks:
-        for checkpoint, observed in zip(trajectory.checkpoints, track.observed):
+        for index, (checkpoint, observed) in enumerate(zip(trajectory.checkpoints, track.observed)):
             if observed is None:
                 continue
             values = ["" if v is None else repr(v) for v in (getattr(observed, f) for f in FIELDS)]
+            if spectral:
+                found = track.spectral[index]
+                values += ["", ""] if found is None else ["" if v is None else repr(v)
+                                                          for v in (found.norm, found.stable_rank)]
             writer.writerow([csv_text(track.param), csv_text(track.kind), "x".join(map(str, track.shape)),
                              csv_text(track.dtype or ""), csv_text(checkpoint.source),
                              "" if checkpoint.step is None else checkpoint.step, *values])

@@ -158,7 +158,7 @@ def observe_all(layers, on_chunk=None, max_elements: int = CHUNK_ELEMENTS, kurto
     results: dict[str, Observed] = {}
     todo = []
     for layer in layers:
-        reason = getattr(layer.data, "reason", None) or _undecodable(layer)
+        reason = unread_reason(layer)
         if reason:
             results[layer.param] = Observed(math.prod(layer.shape), None, None, None, None, unread=reason)
             continue
@@ -216,6 +216,11 @@ def reduce_pieces(batch: tuple) -> list[Partial]:
 def data_nbytes(data: TensorData) -> int:
     """The bytes a tensor's data holds (its dtype's size × elements; 1 byte each for a dtype not in DTYPES)."""
     return math.prod(data.shape) * (DTYPES[data.dtype][0] if data.dtype in DTYPES else 1)
+
+
+def unread_reason(layer) -> str | None:
+    """Why a listed tensor's values are not read (its handle's reason, or a dtype fancli does not decode)."""
+    return getattr(layer.data, "reason", None) or _undecodable(layer)
 
 
 def _undecodable(layer) -> str | None:

@@ -1,0 +1,139 @@
+"""The spectral view of each row (`--spectral`): ‖W‖₂, the stable rank, ‖W‖₂ against the spectral condition
+√(fan_out/fan_in) (Yang, Simon & Bernstein 2023), and ‖W‖₂ as the row's init would draw it.
+
+The expectation: an i.i.d. init of std σ on an [m, n] matrix has ‖W‖₂ ≈ σ(√m + √n) (the Bai–Yin edge, for
+any distribution of that std: normal, uniform of bound b = σ√3, truncated); a constant c has |c|·√(mn); none
+where the row has no std. An orthogonal matrix (times a gain) has every singular value equal: `orthogonal`
+says so from σ_min/σ_max, or from the stable rank at its largest where σ_min is not computed. The numbers
+come from `weights.spectral`; this module only puts them beside the row's fans and init.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable
+
+from .kinds import kind
+
+if TYPE_CHECKING:
+    from .layer import Layer
+    from .report import Report, Row
+    from .weights.spectral import Plan, Spectral, Spectrum
+
+CONV_NOTE = ("--spectral: a convolution's ‖W‖₂ is that of the matrix [out, in·k] (taps as columns), not of the "
+             "convolution on an input of a given size")
+UNCONVERGED_NOTE = "--spectral: Lanczos stopped before its tolerance: ‖W‖₂ is its last estimate (a lower bound)"
+
+
+@dataclass(frozen=True)
+class SpectralValues:
+    """One matrix's numbers, as a row shows them."""
+
+    norm: float | None
+    stable_rank: float | None
+    ratio: float | None  # ‖W‖₂ / √(fan_out/fan_in)
+    expected: float | None  # ‖W‖₂ at init under the row's expectation
+
+    @property
+    def observed_ratio(self) -> float | None:
+        """‖W‖₂ observed over expected: 1 where the weights are as the init draws them."""
+        return self.norm / self.expected if self.norm is not None and self.expected else None
+
+
+@dataclass(frozen=True)
+class SpectralRow:
+    """A row's spectral view: the whole weight, its parts (experts, groups, stacked q/k/v or gates: in the
+    order they are stored), the spread σ_min/σ_max where computed, and whether it is orthogonal."""
+
+    whole: SpectralValues
+    parts: tuple[SpectralValues, ...] = ()
+    spread: float | None = None
+    orthogonal: bool = False
+    unread: str | None = None
+
+
+def plan_for(layer: "Layer") -> "Plan | None":
+    """How `weights.spectral` cuts a layer's tensor into matrices (None: a tensor below 2 dims)."""
+    from .weights.spectral import plan
+
+    return plan(tuple(layer.shape), layer.layout, layer.stacked, layer.groups, kind(layer.kind).fans == "experts")
+
+
+def read_spectra(layers: "list[Layer]", jobs: int | None = 1, cluster: Any = None,
+                 on_chunk: Callable[[int], None] | None = None) -> "dict[str, Spectral]":
+    """Each ≥2-D weight's spectra, read as `--stats` reads (`jobs` threads or a cluster); a tensor whose
+    values are not decoded gets the reason instead."""
+    from .weights.spectral import Spectral, spectral_all
+    from .weights.stats import unread_reason
+
+    found: dict[str, Spectral] = {}
+    todo = []
+    for layer in layers:
+        how = plan_for(layer)
+        reason = unread_reason(layer)
+        if how is None or (layer.data is None and not reason):
+            continue
+        if reason:
+            found[layer.param] = Spectral(None, unread=reason)
+        else:
+            todo.append((layer.param, layer.data, how))
+    return found | spectral_all(todo, jobs, cluster, on_chunk)
+
+
+def _ratio(norm: float | None, fan_in: float | None, fan_out: float | None) -> float | None:
+    """‖W‖₂ / √(fan_out/fan_in): Θ(1) under the spectral condition; None where a fan is unknown."""
+    if norm is None or not fan_in or not fan_out:
+        return None
+    return norm / math.sqrt(fan_out / fan_in)
+
+
+def _expected(row: "Row", rows: int, cols: int) -> float | None:
+    """‖W‖₂ at init of an [rows, cols] matrix under the row's first mode (None where it has no std)."""
+    values = next(iter(row.inits.values()))
+    if values.constant is not None and not values.std:
+        return abs(values.constant) * math.sqrt(rows * cols)
+    if values.std is None:
+        return None
+    return values.std * (math.sqrt(rows) + math.sqrt(cols))
+
+
+def _values(row: "Row", found: "Spectrum", fan_in: float | None, fan_out: float | None,
+            dims: tuple[int, int]) -> SpectralValues:
+    """One matrix's numbers; none but the expectation where its values are not finite."""
+    norm = found.norm if math.isfinite(found.norm) else None
+    return SpectralValues(norm, found.stable_rank if norm else None, _ratio(norm, fan_in, fan_out),
+                          _expected(row, *dims))
+
+
+def spectral_row(row: "Row", found: "Spectral", effective: bool) -> SpectralRow:
+    """The row's spectral view from its tensor's spectra: the whole with the fans the row's expectation
+    uses, each part with its effective fans (a part's own)."""
+    if found.whole is None:
+        return SpectralRow(SpectralValues(None, None, None, None), unread=found.unread)
+    whole = found.whole
+    fan_in, fan_out = row.fans.pick(effective)
+    dims = found.block or (whole.rows, whole.cols)  # a block-diagonal operator's edge is each block's
+    part_in, part_out = row.fans.pick(True)
+    parts = tuple(_values(row, part, part_in, part_out, (part.rows, part.cols)) for part in found.parts)
+    return SpectralRow(_values(row, whole, fan_in, fan_out, dims), parts, whole.spread, whole.orthogonal)
+
+
+def with_spectra(report: "Report", spectra: dict[str, "Spectral"]) -> "Report":
+    """The report with each read row's spectral view and the notes that say what its numbers mean."""
+    effective = report.fan_convention == "effective"
+    rows = []
+    for row in report.rows:
+        found = spectra.get(row.layer.param)
+        if found is None:
+            rows.append(row)
+            continue
+        notes = list(row.notes)
+        if found.unread and found.unread not in notes:
+            notes.append(found.unread)
+        if found.whole is not None and not found.whole.converged:
+            notes.append(UNCONVERGED_NOTE)
+        if row.layer.kernel and found.whole is not None:
+            notes.append(CONV_NOTE)
+        rows.append(replace(row, spectral=spectral_row(row, found, effective), notes=tuple(notes)))
+    return replace(report, rows=tuple(rows))
