@@ -19,6 +19,7 @@ from ..kinds import kind
 from ..layer import Layer, Model
 from ..safe_io import (
     FileRange,
+    check_json_size,
     open_regular,
     parse_json,
     parse_json_object,
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 MAX_INDEX_BYTES = 64 * 1024 * 1024
+#: Headers at least this long are decoded by msgspec (`safetensors_typed`), which checks each entry's types in C
+#: while it parses; shorter ones by the stdlib's json, already imported: below this size importing msgspec
+#: (~11 ms) costs more than it saves.
+TYPED_PARSE_BYTES = 32 * 1024
 _LENGTH_BYTES = 8
 _MAX_BITS = 8 << 63  # no file holds more: a shape beyond it is reported without its exact size
 _FIELDS = ("dtype", "shape", "data_offsets")
@@ -79,7 +84,7 @@ class _Tensor(NamedTuple):
     end: int
 
 
-class _Header(NamedTuple):
+class Header(NamedTuple):
     """A validated header (a tuple, not a dataclass: cheaper to define at start-up)."""
 
     tensors: dict[str, _Tensor]  # in header order
@@ -174,15 +179,23 @@ def _well_formed(key: str, value: Any, data_size: int) -> _Tensor | None:
     if type(value) is not dict or len(value) != 3 or not key.isascii() and not _is_unicode(key):
         return None
     dtype, shape, offsets = value.get("dtype"), value.get("shape"), value.get("data_offsets")
-    known = SAFETENSORS_DTYPES.get(dtype) if type(dtype) is str else None
-    if known is None or type(shape) is not list or type(offsets) is not list or len(offsets) != 2:
+    if type(dtype) is not str or type(shape) is not list or type(offsets) is not list or len(offsets) != 2:
         return None
     begin, end = offsets
-    if type(begin) is not int or type(end) is not int or not 0 <= begin <= end <= data_size:
+    if type(begin) is not int or type(end) is not int or any(type(dim) is not int for dim in shape):
+        return None
+    return _fits(key, dtype, shape, begin, end, data_size)
+
+
+def _fits(key: str, dtype: str, shape: list[int], begin: int, end: int, data_size: int) -> _Tensor | None:
+    """The entry, where its dtype is known, its ints are non-negative and its offsets lie in the data and hold
+    exactly shape × itemsize; None otherwise."""
+    known = SAFETENSORS_DTYPES.get(dtype)
+    if known is None or not 0 <= begin <= end <= data_size:
         return None
     needed = known[1]
     for dim in shape:
-        if type(dim) is not int or dim < 0:
+        if dim < 0:
             return None
         needed *= dim
         if needed > _MAX_BITS:
@@ -243,19 +256,52 @@ def _check_coverage(tensors: Iterable[_Tensor], data_size: int, where: str) -> N
         raise SourceError(f"{where}: data bytes {position}–{data_size} belong to no tensor")
 
 
-def _read_header(path: Path, where: str) -> _Header:
-    """Read and validate a safetensors header; every problem is one SourceError line starting with `where`."""
-    raw, size = _read_raw_header(path, where)
-    header = parse_json_object(raw, where, "header")
+def _typed_tensors(raw: bytes, data_size: int, where: str) -> tuple[dict[str, str], dict[str, _Tensor]] | None:
+    """The metadata and tensors of a header msgspec decodes and every entry of which `_fits`; None else."""
+    from .safetensors_typed import decode_entries  # msgspec: imported only for a long header
+
+    check_json_size(raw, where, "header")
+    decoded = decode_entries(raw)
+    if decoded is None:
+        return None
+    metadata, entries = decoded
+    tensors = {}
+    for key, entry in entries.items():
+        tensor = _fits(key, entry.dtype, entry.shape, *entry.data_offsets, data_size)
+        if tensor is None:
+            return None
+        tensors[key] = tensor
+    return metadata, tensors
+
+
+def parse_header(raw: bytes, file_size: int, where: str) -> Header:
+    """Validate a safetensors header from its bytes (those after the 8-byte length) and the whole file's
+    size, for a local file or one read remotely; every problem is one SourceError line starting with `where`.
+
+    A long header is decoded by msgspec, which accepts only valid entries; one it refuses is read again by the
+    stdlib, whose checks say which key is wrong and how (the same checks: both paths accept the same headers).
+    """
     data_start = _LENGTH_BYTES + len(raw)
-    data_size = size - data_start
-    metadata = _metadata(header.pop("__metadata__", None), where)
-    tensors = {key: _tensor(key, value, data_size, where) for key, value in header.items()}
+    data_size = file_size - data_start
+    if data_size < 0:
+        raise SourceError(f"{where}: header length {len(raw)} runs past the end of the {file_size}-byte file")
+    tensors = _typed_tensors(raw, data_size, where) if len(raw) >= TYPED_PARSE_BYTES else None
+    if tensors is None:
+        header = parse_json_object(raw, where, "header")
+        metadata = _metadata(header.pop("__metadata__", None), where)
+        tensors = {key: _tensor(key, value, data_size, where) for key, value in header.items()}
+    else:
+        metadata, tensors = tensors
     _check_coverage(tensors.values(), data_size, where)
-    return _Header(tensors, metadata, data_start, _ties(metadata, tensors))
+    return Header(tensors, metadata, data_start, _ties(metadata, tensors))
 
 
-def _entry(path: Path, header: _Header, tensor: _Tensor, key: str, identity: str | None) -> Entry:
+def _read_header(path: Path, where: str) -> Header:
+    """Read and validate a local file's header."""
+    return parse_header(*_read_raw_header(path, where), where)
+
+
+def _entry(path: Path, header: Header, tensor: _Tensor, key: str, identity: str | None) -> Entry:
     """An Entry with a lazy handle on the tensor's bytes; None where fancli cannot decode the dtype."""
     data = None
     if tensor.dtype in DTYPES:
@@ -265,7 +311,7 @@ def _entry(path: Path, header: _Header, tensor: _Tensor, key: str, identity: str
     return Entry(key, tensor.shape, tensor.dtype, data=data, identity=identity)
 
 
-def _entries(path: Path, header: _Header, keys: Iterable[str]) -> Iterator[Entry]:
+def _entries(path: Path, header: Header, keys: Iterable[str]) -> Iterator[Entry]:
     """Entries for `keys`, each followed by the keys tied to it (same identity, so reported as aliases)."""
     for key in keys:
         tensor = header.tensors[key]
@@ -291,7 +337,7 @@ def _notes(metadata: dict[str, str]) -> tuple[str, ...]:
     return ()
 
 
-def _in_layout(layers: tuple[Layer, ...], headers: Iterable[_Header]) -> tuple[Layer, ...]:
+def _in_layout(layers: tuple[Layer, ...], headers: Iterable[Header]) -> tuple[Layer, ...]:
     """Conv weights in the layout the framework that wrote the file stores them in (MLX's channels last)."""
     layout = next((CONV_LAYOUTS[h.metadata["format"]] for h in headers if h.metadata.get("format") in CONV_LAYOUTS),
                   None)
@@ -356,7 +402,7 @@ def sharded_model(path: Path, weight_map: dict[str, str]) -> Model:
     """
     if is_sorted(list(weight_map)):
         weight_map = {key: weight_map[key] for key in sorted(weight_map, key=natural_key)}
-    headers: dict[str, tuple[Path, _Header]] = {}
+    headers: dict[str, tuple[Path, Header]] = {}
     for shard in dict.fromkeys(weight_map.values()):
         file = shard_path(path, shard)
         headers[shard] = (file, _read_header(file, f"{path}: shard {_show(shard)}"))
