@@ -24,6 +24,7 @@ from fancli.loaders.safetensors_file import (  # noqa: E402
     load_safetensors,
     load_safetensors_index,
     parse_header,
+    read_weight_map,
 )
 from fancli.weights.dtypes import DTYPES, FLOATING  # noqa: E402
 from fancli.weights.stats import observe  # noqa: E402
@@ -451,3 +452,32 @@ def test_parse_header_names_the_source_and_key(monkeypatch, entry, message):
     with pytest.raises(SourceError) as error:
         parse_header(raw, 8 + len(raw) + 4 + 4 * 500, "https://host/x.safetensors")
     assert str(error.value).startswith("https://host/x.safetensors: tensor 'odd.weight': ") and message in str(error.value)
+
+
+INDEXES = [b"not json", b"[]", b'{"metadata": {}}', b'{"weight_map": {"a": 1}}', b'{"weight_map": {"a": "../x"}}',
+           b'{"weight_map": {"a": "x"}, "metadata": {"total_parameters": NaN}}', b'{"weight_map": []}']
+
+
+@pytest.mark.parametrize("content", INDEXES)
+def test_typed_decoder_refuses_a_malformed_index_with_the_same_line(tmp_path, monkeypatch, content):
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_bytes(content)
+    with pytest.raises(SourceError) as plain:
+        load_safetensors_index(index)
+    monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 0)
+    with pytest.raises(SourceError) as typed:
+        load_safetensors_index(index)
+    assert str(typed.value) == str(plain.value)
+
+
+@pytest.mark.parametrize("metadata", [{}, {"total_parameters": 2**70}, {"total_parameters": 1.5}, [], None])
+def test_typed_decoder_reads_an_index_as_json_does(tmp_path, monkeypatch, metadata):
+    raw = json.dumps({"metadata": metadata, "weight_map": {f"layers.{i}.weight": "x.safetensors" for i in range(9)},
+                      "other": {"a": [1]}}, indent=2).encode()
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_bytes(raw)
+    monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 0)
+    document = json.loads(raw)
+    assert read_weight_map(index) == (document["weight_map"], (metadata or {}).get("total_parameters")
+                                      if isinstance(metadata, dict) else None)
+    assert safetensors_typed.decode_index(raw) is not None  # msgspec read it, not the stdlib

@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 MAX_INDEX_BYTES = 64 * 1024 * 1024
-#: Headers at least this long are decoded by msgspec (`safetensors_typed`), which checks each entry's types in C
-#: while it parses; shorter ones by the stdlib's json, already imported: below this size importing msgspec
-#: (~11 ms) costs more than it saves.
+#: Headers and indexes at least this long are decoded by msgspec (`safetensors_typed`), which checks each entry's
+#: types in C while it parses; shorter ones by the stdlib's json, already imported: below this size importing
+#: msgspec (~11 ms) costs more than it saves.
 TYPED_PARSE_BYTES = 32 * 1024
 _LENGTH_BYTES = 8
 _MAX_BITS = 8 << 63  # no file holds more: a shape beyond it is reported without its exact size
@@ -360,7 +360,15 @@ def read_weight_map(path: Path) -> tuple[dict[str, str], Any]:
     """The index's `weight_map` (key -> shard file name), validated, and its `metadata.total_parameters` as
     written (transformers' `num_parameters()`; None where absent): the file is read and parsed once.
     safetensors and `.bin` indexes (`pytorch_model.bin.index.json`) have the same form."""
-    document = parse_json(read_bounded(path, MAX_INDEX_BYTES, "a sharded checkpoint's index"), str(path), "the file")
+    raw = read_bounded(path, MAX_INDEX_BYTES, "a sharded checkpoint's index")
+    if len(raw) >= TYPED_PARSE_BYTES:
+        from .safetensors_typed import decode_index  # msgspec: imported only for a long index
+
+        check_json_size(raw, str(path), "the file")
+        typed = decode_index(raw)
+        if typed is not None:
+            return typed
+    document = parse_json(raw, str(path), "the file")
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict):
         raise SourceError(f"{path}: a JSON file, but not a sharded checkpoint's index (no 'weight_map')")

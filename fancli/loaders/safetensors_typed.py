@@ -1,4 +1,4 @@
-"""safetensors header entries decoded by msgspec, which checks each entry's types in C while it parses: a
+"""safetensors header entries (and a sharded checkpoint's index) decoded by msgspec, which checks each entry's types in C while it parses: a
 known dtype, a shape of non-negative ints, two non-negative offsets (other fields are ignored, as the stdlib
 path ignores them). What needs the file's size (offsets within the data, holding exactly shape × itemsize)
 is checked by `safetensors_file`, on both paths."""
@@ -37,3 +37,25 @@ def decode_entries(raw: bytes) -> tuple[dict[str, str], dict[str, TensorEntry]] 
         return _METADATA.decode(metadata) or {}, {key: _ENTRY.decode(value) for key, value in entries.items()}
     except (msgspec.DecodeError, RecursionError):  # a ValidationError is a DecodeError
         return None
+
+
+class Index(msgspec.Struct, gc=False):
+    """A sharded checkpoint's index: the weight_map, and its metadata as written (any JSON; other fields
+    ignored, as the stdlib path ignores them)."""
+
+    weight_map: dict[str, str]
+    metadata: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_INDEX = msgspec.json.Decoder(Index)
+
+
+def decode_index(raw: bytes) -> tuple[dict[str, str], object] | None:
+    """The index's weight_map and its `metadata.total_parameters` (None where absent); None where msgspec
+    refuses anything (the stdlib path then says what)."""
+    try:
+        index = _INDEX.decode(raw)
+        metadata = msgspec.json.decode(index.metadata)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return index.weight_map, metadata.get("total_parameters") if isinstance(metadata, dict) else None
