@@ -8,6 +8,7 @@ record the model's order: tensors come in the natural order of their keys (`laye
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import replace
@@ -44,6 +45,7 @@ TYPED_PARSE_BYTES = 32 * 1024
 _LENGTH_BYTES = 8
 _MAX_BITS = 8 << 63  # no file holds more: a shape beyond it is reported without its exact size
 _FIELDS = ("dtype", "shape", "data_offsets")
+_INT = frozenset((int,))
 
 #: safetensors dtype -> (torch's name without "torch.", bits per element). Names outside
 #: `dtypes.DTYPES` (float8, float6, float4, complex) are listed but cannot be read for statistics.
@@ -182,16 +184,17 @@ def _well_formed(key: str, value: Any, data_size: int) -> _Tensor | None:
     if type(dtype) is not str or type(shape) is not list or type(offsets) is not list or len(offsets) != 2:
         return None
     begin, end = offsets
-    if type(begin) is not int or type(end) is not int or any(type(dim) is not int for dim in shape):
+    if type(begin) is not int or type(end) is not int or not _INT.issuperset(map(type, shape)):  # no bool, no float
         return None
-    return _fits(key, dtype, shape, begin, end, data_size)
+    return _fits(key, dtype, tuple(shape), begin, end, data_size)
 
 
-def _fits(key: str, dtype: str, shape: list[int], begin: int, end: int, data_size: int) -> _Tensor | None:
-    """The entry, where its dtype is known, its ints are non-negative and its offsets lie in the data and hold
-    exactly shape × itemsize; None otherwise."""
+@functools.lru_cache(maxsize=4096)
+def _size(dtype: str, shape: tuple[int, ...]) -> tuple[str, int] | None:
+    """Torch's name for a known dtype and the bits a shape of non-negative dims holds (at most _MAX_BITS);
+    None otherwise. Cached: a checkpoint has a few hundred (dtype, shape) pairs among 90,000 tensors."""
     known = SAFETENSORS_DTYPES.get(dtype)
-    if known is None or not 0 <= begin <= end <= data_size:
+    if known is None:
         return None
     needed = known[1]
     for dim in shape:
@@ -200,9 +203,16 @@ def _fits(key: str, dtype: str, shape: list[int], begin: int, end: int, data_siz
         needed *= dim
         if needed > _MAX_BITS:
             return None
-    if needed != 8 * (end - begin):
+    return known[0], needed
+
+
+def _fits(key: str, dtype: str, shape: tuple[int, ...], begin: int, end: int, data_size: int) -> _Tensor | None:
+    """The entry, where its dtype is known, its ints are non-negative and its offsets lie in the data and hold
+    exactly shape × itemsize; None otherwise."""
+    size = _size(dtype, shape)
+    if size is None or not 0 <= begin <= end <= data_size or size[1] != 8 * (end - begin):
         return None
-    return _Tensor(key, known[0], tuple(shape), begin, end)
+    return _Tensor(key, size[0], shape, begin, end)
 
 
 def _tensor(key: str, value: Any, data_size: int, where: str) -> _Tensor:

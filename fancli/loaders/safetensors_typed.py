@@ -18,7 +18,7 @@ class TensorEntry(msgspec.Struct, gc=False):
     """One tensor's entry in a header, as the format defines it."""
 
     dtype: Literal[tuple(SAFETENSORS_DTYPES)]  # type: ignore[valid-type]
-    shape: list[Count]
+    shape: tuple[Count, ...]
     data_offsets: tuple[Count, Count]
 
 
