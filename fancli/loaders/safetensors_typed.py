@@ -1,7 +1,7 @@
-"""safetensors header entries (and a sharded checkpoint's index) decoded by msgspec, which checks each entry's types in C while it parses: a
-known dtype, a shape of non-negative ints, two non-negative offsets (other fields are ignored, as the stdlib
-path ignores them). What needs the file's size (offsets within the data, holding exactly shape × itemsize)
-is checked by `safetensors_file`, on both paths."""
+"""safetensors headers and sharded checkpoints' indexes decoded by msgspec, which checks each header entry's
+types in C while it parses: a known dtype, a shape of non-negative ints, two non-negative offsets (other
+fields are ignored, as the stdlib path ignores them). What needs the file's size (offsets within the data,
+holding exactly shape × itemsize) is checked by `safetensors_file`, on both paths."""
 
 from __future__ import annotations
 
