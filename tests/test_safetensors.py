@@ -17,12 +17,14 @@ from torch import nn  # noqa: E402
 
 from fancli.analysis.fans import layer_fans  # noqa: E402
 from fancli.errors import SourceError  # noqa: E402
-from fancli.loaders import safetensors_file  # noqa: E402
+from fancli.loaders import safetensors_file, safetensors_typed  # noqa: E402
 from fancli.loaders.flat_keys import BUFFERS  # noqa: E402
 from fancli.loaders.safetensors_file import (  # noqa: E402
     SAFETENSORS_DTYPES,
     load_safetensors,
     load_safetensors_index,
+    parse_header,
+    read_weight_map,
 )
 from fancli.weights.dtypes import DTYPES, FLOATING  # noqa: E402
 from fancli.weights.stats import observe  # noqa: E402
@@ -380,3 +382,114 @@ def test_other_frameworks_get_a_note(tmp_path):
     path.write_bytes(_file({"__metadata__": {"format": "tf"}, "w": _spec([2, 1], [0, 8])}, bytes(8)))
     (note,) = load_safetensors(path).notes
     assert note.startswith("written by 'tf'")
+
+
+# 6. long headers are decoded by msgspec: the same files accepted, the same one-line errors
+
+
+def _through_typed_decoder(monkeypatch) -> list:
+    """Send every header through msgspec (`decode_entries`), recording what it returned."""
+    returned, decode = [], safetensors_typed.decode_entries
+
+    def spy(raw: bytes):
+        returned.append(decode(raw))
+        return returned[-1]
+
+    monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 0)
+    monkeypatch.setattr(safetensors_typed, "decode_entries", spy)
+    return returned
+
+
+def _error(path: Path) -> str:
+    with pytest.raises(SourceError) as error:
+        load_safetensors(path)
+    return str(error.value)
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_typed_decoder_refuses_what_the_checks_refuse_with_the_same_line(tmp_path, monkeypatch, name):
+    path = tmp_path / f"{name}.safetensors"
+    path.write_bytes(MALFORMED[name][0])
+    plain = _error(path)
+    returned = _through_typed_decoder(monkeypatch)
+    typed = _error(path)
+    assert typed == plain and MALFORMED[name][1] in typed
+    assert type(typed) is str and "\n" not in typed and typed.startswith(f"{path}: ")
+    if name not in ("too-short", "length-past-end", "length-absurd"):  # refused before the header is read
+        assert len(returned) == 1
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_typed_decoder_reads_valid_files_as_the_library_does(tmp_path, monkeypatch, name):
+    path = tmp_path / f"{name}.safetensors"
+    path.write_bytes(VALID[name])
+    returned = _through_typed_decoder(monkeypatch)
+    raw = VALID[name][8:8 + struct.unpack("<Q", VALID[name][:8])[0]]
+    header = parse_header(raw, len(VALID[name]), "s3://bucket/x.safetensors")
+    assert returned and returned[-1] is not None  # msgspec decoded it: no fallback to the stdlib
+    with safe_open(str(path), framework="numpy") as handle:
+        library = {key: (tuple(handle.get_slice(key).get_shape()), handle.get_slice(key).get_dtype())
+                   for key in handle.keys()}
+    dtypes = {name: torch_name for name, (torch_name, _) in SAFETENSORS_DTYPES.items()}
+    assert {key: (t.shape, t.dtype) for key, t in header.tensors.items()} == {
+        key: (shape, dtypes[dtype]) for key, (shape, dtype) in library.items()}
+    assert header.metadata == (json.loads(raw).get("__metadata__") or {})
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_without_msgspec_a_long_header_is_read_by_the_stdlib_alike(tmp_path, monkeypatch, name):
+    """msgspec is the `fast` extra: where it is missing, the same header gives the same tensors."""
+    path = tmp_path / f"{name}.safetensors"
+    path.write_bytes(VALID[name])
+    monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 0)
+    typed = load_safetensors(path)
+    monkeypatch.setitem(sys.modules, "msgspec", None)
+    monkeypatch.delitem(sys.modules, "fancli.loaders.safetensors_typed")
+    assert load_safetensors(path) == typed
+
+
+@pytest.mark.parametrize("entry, message", [
+    (5, "expected an object"),
+    ({"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}, "shape must be a list of non-negative integers"),
+    ({"dtype": "F32", "shape": [1], "data_offsets": [0, 4, 4]}, "data_offsets must be [begin, end]"),
+    ({"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]}, "data_offsets must be [begin, end]"),
+    ({"dtype": "F32", "shape": [2**64], "data_offsets": [0, 4]}, "needs more than 2**63 bytes"),
+    ({"dtype": "f32", "shape": [1], "data_offsets": [0, 4]}, "unknown dtype 'f32'"),
+])
+def test_parse_header_names_the_source_and_key(monkeypatch, entry, message):
+    """Remote sources hand `parse_header` the bytes; each refusal is one line naming them and the key."""
+    valid = {f"layers.{i}.weight": _spec([1], [4 + 4 * i, 8 + 4 * i]) for i in range(500)}
+    raw = json.dumps({"odd.weight": entry, **valid}).encode()
+    _through_typed_decoder(monkeypatch)
+    with pytest.raises(SourceError) as error:
+        parse_header(raw, 8 + len(raw) + 4 + 4 * 500, "https://host/x.safetensors")
+    assert str(error.value).startswith("https://host/x.safetensors: tensor 'odd.weight': ") and message in str(error.value)
+
+
+INDEXES = [b"not json", b"[]", b'{"metadata": {}}', b'{"weight_map": {"a": 1}}', b'{"weight_map": {"a": "../x"}}',
+           b'{"weight_map": {"a": "x"}, "metadata": {"total_parameters": NaN}}', b'{"weight_map": []}']
+
+
+@pytest.mark.parametrize("content", INDEXES)
+def test_typed_decoder_refuses_a_malformed_index_with_the_same_line(tmp_path, monkeypatch, content):
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_bytes(content)
+    with pytest.raises(SourceError) as plain:
+        load_safetensors_index(index)
+    monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 0)
+    with pytest.raises(SourceError) as typed:
+        load_safetensors_index(index)
+    assert str(typed.value) == str(plain.value)
+
+
+@pytest.mark.parametrize("metadata", [{}, {"total_parameters": 2**70}, {"total_parameters": 1.5}, [], None])
+def test_typed_decoder_reads_an_index_as_json_does(tmp_path, monkeypatch, metadata):
+    raw = json.dumps({"metadata": metadata, "weight_map": {f"layers.{i}.weight": "x.safetensors" for i in range(9)},
+                      "other": {"a": [1]}}, indent=2).encode()
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_bytes(raw)
+    monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 0)
+    document = json.loads(raw)
+    assert read_weight_map(index) == (document["weight_map"], (metadata or {}).get("total_parameters")
+                                      if isinstance(metadata, dict) else None)
+    assert safetensors_typed.decode_index(raw) is not None  # msgspec read it, not the stdlib

@@ -10,6 +10,7 @@ file does not record the model's order: tensors come in the natural order of the
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import replace
@@ -22,6 +23,7 @@ from ..kinds import kind
 from ..layer import BuiltBy, Layer, Model
 from ..safe_io import (
     FileRange,
+    check_json_size,
     open_regular,
     parse_json,
     parse_json_object,
@@ -39,9 +41,14 @@ if TYPE_CHECKING:
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 MAX_INDEX_BYTES = 64 * 1024 * 1024
+#: Headers and indexes at least this long are decoded by msgspec (`safetensors_typed`; the `fast` extra) where it
+#: is installed, which checks each entry's types in C while it parses; shorter ones by the stdlib's json, already
+#: imported: below this size importing msgspec (~11 ms) costs more than it saves.
+TYPED_PARSE_BYTES = 32 * 1024
 _LENGTH_BYTES = 8
 _MAX_BITS = 8 << 63  # no file holds more: a shape beyond it is reported without its exact size
 _FIELDS = ("dtype", "shape", "data_offsets")
+_INT = frozenset((int,))
 
 #: safetensors dtype -> (torch's name without "torch.", bits per element). Names outside
 #: `dtypes.DTYPES` (float8, float6, float4, complex) are listed but cannot be read for statistics.
@@ -82,7 +89,7 @@ class _Tensor(NamedTuple):
     end: int
 
 
-class _Header(NamedTuple):
+class Header(NamedTuple):
     """A validated header (a tuple, not a dataclass: cheaper to define at start-up)."""
 
     tensors: dict[str, _Tensor]  # in header order
@@ -183,22 +190,38 @@ def _well_formed(key: str, value: Any, data_size: int) -> _Tensor | None:
     if type(value) is not dict or len(value) != 3 or not key.isascii() and not _is_unicode(key):
         return None
     dtype, shape, offsets = value.get("dtype"), value.get("shape"), value.get("data_offsets")
-    known = SAFETENSORS_DTYPES.get(dtype) if type(dtype) is str else None
-    if known is None or type(shape) is not list or type(offsets) is not list or len(offsets) != 2:
+    if type(dtype) is not str or type(shape) is not list or type(offsets) is not list or len(offsets) != 2:
         return None
     begin, end = offsets
-    if type(begin) is not int or type(end) is not int or not 0 <= begin <= end <= data_size:
+    if type(begin) is not int or type(end) is not int or not _INT.issuperset(map(type, shape)):  # no bool, no float
+        return None
+    return _fits(key, dtype, tuple(shape), begin, end, data_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _size(dtype: str, shape: tuple[int, ...]) -> tuple[str, int] | None:
+    """Torch's name for a known dtype and the bits a shape of non-negative dims holds (at most _MAX_BITS);
+    None otherwise. Cached: a checkpoint has a few hundred (dtype, shape) pairs among 90,000 tensors."""
+    known = SAFETENSORS_DTYPES.get(dtype)
+    if known is None:
         return None
     needed = known[1]
     for dim in shape:
-        if type(dim) is not int or dim < 0:
+        if dim < 0:
             return None
         needed *= dim
         if needed > _MAX_BITS:
             return None
-    if needed != 8 * (end - begin):
+    return known[0], needed
+
+
+def _fits(key: str, dtype: str, shape: tuple[int, ...], begin: int, end: int, data_size: int) -> _Tensor | None:
+    """The entry, where its dtype is known, its ints are non-negative and its offsets lie in the data and hold
+    exactly shape × itemsize; None otherwise."""
+    size = _size(dtype, shape)
+    if size is None or not 0 <= begin <= end <= data_size or size[1] != 8 * (end - begin):
         return None
-    return _Tensor(key, known[0], tuple(shape), begin, end)
+    return _Tensor(key, size[0], shape, begin, end)
 
 
 def _tensor(key: str, value: Any, data_size: int, where: str) -> _Tensor:
@@ -252,27 +275,68 @@ def _check_coverage(tensors: Iterable[_Tensor], data_size: int, where: str) -> N
         raise SourceError(f"{where}: data bytes {position}–{data_size} belong to no tensor")
 
 
-def _read_header(path: Path, where: str) -> _Header:
+def _read_header(path: Path, where: str) -> Header:
     """Read and validate a safetensors header; every problem is one SourceError line starting with `where`."""
     return parse_header(*_read_raw_header(path, where), where)
 
 
-def parse_header(raw: bytes, size: int, where: str) -> _Header:
-    """Validate the header bytes `raw` of a `size`-byte file, however they were read (a file, a byte range)."""
-    header = parse_json_object(raw, where, "header")
+def _typed() -> Any:
+    """The msgspec decoders (`safetensors_typed`) where msgspec is installed, else None: the stdlib path reads."""
+    try:
+        from . import safetensors_typed
+    except ModuleNotFoundError as error:
+        if error.name != "msgspec":
+            raise
+        return None
+    return safetensors_typed
+
+
+def _typed_tensors(raw: bytes, data_size: int, where: str) -> tuple[dict[str, str], dict[str, _Tensor]] | None:
+    """The metadata and tensors of a header msgspec decodes and every entry of which `_fits`; None else."""
+    typed = _typed()  # imported only for a long header
+    if typed is None:
+        return None
+    check_json_size(raw, where, "header")
+    decoded = typed.decode_entries(raw)
+    if decoded is None:
+        return None
+    metadata, entries = decoded
+    tensors = {}
+    for key, entry in entries.items():
+        tensor = _fits(key, entry.dtype, entry.shape, *entry.data_offsets, data_size)
+        if tensor is None:
+            return None
+        tensors[key] = tensor
+    return metadata, tensors
+
+
+def parse_header(raw: bytes, file_size: int, where: str) -> Header:
+    """Validate a safetensors header from its bytes (those after the 8-byte length) and the whole file's
+    size, for a local file or one read remotely; every problem is one SourceError line starting with `where`.
+
+    A long header is decoded by msgspec, which accepts only valid entries; one it refuses is read again by the
+    stdlib, whose checks say which key is wrong and how (the same checks: both paths accept the same headers).
+    """
     data_start = _LENGTH_BYTES + len(raw)
-    data_size = size - data_start
-    metadata = _metadata(header.pop("__metadata__", None), where)
-    tensors = {key: _tensor(key, value, data_size, where) for key, value in header.items()}
+    data_size = file_size - data_start
+    if data_size < 0:
+        raise SourceError(f"{where}: header length {len(raw)} runs past the end of the {file_size}-byte file")
+    tensors = _typed_tensors(raw, data_size, where) if len(raw) >= TYPED_PARSE_BYTES else None
+    if tensors is None:
+        header = parse_json_object(raw, where, "header")
+        metadata = _metadata(header.pop("__metadata__", None), where)
+        tensors = {key: _tensor(key, value, data_size, where) for key, value in header.items()}
+    else:
+        metadata, tensors = tensors
     _check_coverage(tensors.values(), data_size, where)
-    return _Header(tensors, metadata, data_start, _ties(metadata, tensors))
+    return Header(tensors, metadata, data_start, _ties(metadata, tensors))
 
 
 #: (file offset, byte count) -> a handle on those bytes of one file (`FileRange` of a path; a remote range).
 Ranges = Callable[[int, int], ByteSource]
 
 
-def _entry(ranges: Ranges, header: _Header, tensor: _Tensor, key: str, identity: str | None) -> Entry:
+def _entry(ranges: Ranges, header: Header, tensor: _Tensor, key: str, identity: str | None) -> Entry:
     """An Entry with a lazy handle on the tensor's bytes; None where fancli cannot decode the dtype."""
     data = None
     if tensor.dtype in DTYPES:
@@ -282,7 +346,7 @@ def _entry(ranges: Ranges, header: _Header, tensor: _Tensor, key: str, identity:
     return Entry(key, tensor.shape, tensor.dtype, data=data, identity=identity)
 
 
-def _entries(ranges: Ranges, header: _Header, keys: Iterable[str]) -> Iterator[Entry]:
+def _entries(ranges: Ranges, header: Header, keys: Iterable[str]) -> Iterator[Entry]:
     """Entries for `keys`, each followed by the keys tied to it (same identity, so reported as aliases)."""
     for key in keys:
         tensor = header.tensors[key]
@@ -312,7 +376,7 @@ def _notes(metadata: dict[str, str]) -> tuple[str, ...]:
 FORMAT_RECIPES = {"mlx": "mlx"}
 
 
-def _built_by(headers: Iterable[_Header]) -> BuiltBy | None:
+def _built_by(headers: Iterable[Header]) -> BuiltBy | None:
     """The framework's own init where the file says which wrote it (MLX's `save_safetensors`); a folder's
     config.json, where there is one, says more and wins."""
     written_by = next((h.metadata["format"] for h in headers if h.metadata.get("format") in FORMAT_RECIPES), None)
@@ -321,7 +385,7 @@ def _built_by(headers: Iterable[_Header]) -> BuiltBy | None:
     return BuiltBy("", where=f"__metadata__ format {written_by}", recipe=FORMAT_RECIPES[written_by])
 
 
-def _in_layout(layers: tuple[Layer, ...], headers: Iterable[_Header]) -> tuple[Layer, ...]:
+def _in_layout(layers: tuple[Layer, ...], headers: Iterable[Header]) -> tuple[Layer, ...]:
     """Conv weights in the layout the framework that wrote the file stores them in (MLX's channels last)."""
     layout = next((CONV_LAYOUTS[h.metadata["format"]] for h in headers if h.metadata.get("format") in CONV_LAYOUTS),
                   None)
@@ -337,7 +401,7 @@ def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
     return model_from_header(str(path), partial(FileRange, path), _read_header(path, str(path)))
 
 
-def model_from_header(source: str, ranges: Ranges, header: _Header) -> Model:
+def model_from_header(source: str, ranges: Ranges, header: Header) -> Model:
     """One safetensors file's Model from its validated header (`parse_header`), its bytes read by `ranges`."""
     layers = layers_from_entries(_entries(ranges, header, sorted(header.tensors, key=natural_key)))
     return Model(source=source, format="safetensors", layers=_in_layout(layers, [header]),
@@ -353,6 +417,12 @@ def read_weight_map(path: Path) -> tuple[dict[str, str], Any]:
 
 def parse_weight_map(raw: bytes, where: str) -> tuple[dict[str, str], Any]:
     """`read_weight_map` of an index's bytes, however they were read."""
+    typed = _typed() if len(raw) >= TYPED_PARSE_BYTES else None  # imported only for a long index
+    if typed is not None:
+        check_json_size(raw, where, "the file")
+        decoded = typed.decode_index(raw)
+        if decoded is not None:
+            return decoded
     document = parse_json(raw, where, "the file")
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict):
@@ -393,7 +463,7 @@ def load_safetensors_index(path: Path, options: LoadOptions | None = None) -> Mo
 def sharded_model(path: Path, weight_map: dict[str, str]) -> Model:
     """A sharded checkpoint beside its index `path` (see `model_from_shards`)."""
 
-    def read(shard: str) -> tuple[Ranges, _Header]:
+    def read(shard: str) -> tuple[Ranges, Header]:
         file = shard_path(path, shard)
         return partial(FileRange, file), _read_header(file, f"{path}: shard {_show(shard)}")
 
@@ -401,7 +471,7 @@ def sharded_model(path: Path, weight_map: dict[str, str]) -> Model:
 
 
 def model_from_shards(source: str, weight_map: dict[str, str],
-                      read: Callable[[str], tuple[Ranges, _Header]]) -> Model:
+                      read: Callable[[str], tuple[Ranges, Header]]) -> Model:
     """A sharded checkpoint from its index's weight_map: tensors in weight_map order, each from its shard's
     header.
 

@@ -1,0 +1,106 @@
+"""A header-only report is computed once per template (keys less their indices: `flat_keys._kin`, rows in
+`report._analyze_all`, JSON lines in `json_out._layer_lines`) and its header decoded by msgspec: every output
+must be the one computed key by key, by the stdlib's header checks, on a DeepSeek-V3-shaped checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import run
+
+from fancli import report
+from fancli.loaders import flat_keys, safetensors_file
+from fancli.renderers import json_out
+from fancli.text import json_safe
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+FORMATS = ("json", "table", "csv", "markdown")
+
+
+def _deepseek_like() -> dict:
+    """DeepSeek-V3's tensors in small: a dense layer 0, MoE layers 1-4 with a gap (layer 3 lacks expert 2)
+    and one wider expert; FP8 weights each with a float32 `weight_scale_inv`, bf16 norms and router, a
+    float32 router bias, a shared expert, embeddings and head."""
+    g = torch.Generator().manual_seed(0)
+
+    def fp8(t: dict, key: str, out: int, inp: int) -> None:
+        t[f"{key}.weight"] = (torch.randn(out, inp, generator=g) * 0.02).to(torch.float8_e4m3fn)
+        t[f"{key}.weight_scale_inv"] = torch.rand(-(-out // 128), -(-inp // 128), generator=g) + 0.5
+
+    t = {"model.embed_tokens.weight": torch.randn(100, 64, generator=g).to(torch.bfloat16)}
+    for i in range(5):
+        p = f"model.layers.{i}"
+        t[f"{p}.input_layernorm.weight"] = torch.ones(64, dtype=torch.bfloat16)
+        fp8(t, f"{p}.self_attn.q_a_proj", 32, 64)
+        t[f"{p}.self_attn.q_a_layernorm.weight"] = torch.ones(32, dtype=torch.bfloat16)
+        fp8(t, f"{p}.self_attn.q_b_proj", 64, 32)
+        fp8(t, f"{p}.self_attn.o_proj", 64, 64)
+        t[f"{p}.post_attention_layernorm.weight"] = torch.ones(64, dtype=torch.bfloat16)
+        if i == 0:
+            for name, (out, inp) in (("gate", (160, 64)), ("up", (160, 64)), ("down", (64, 160))):
+                fp8(t, f"{p}.mlp.{name}_proj", out, inp)
+            continue
+        t[f"{p}.mlp.gate.weight"] = torch.randn(4, 64, generator=g).to(torch.bfloat16)
+        t[f"{p}.mlp.gate.e_score_correction_bias"] = torch.zeros(4)
+        for e in [f"experts.{j}" for j in range(4) if (i, j) != (3, 2)] + ["shared_experts"]:
+            wide = (i, e) == (2, "experts.1")
+            fp8(t, f"{p}.mlp.{e}.gate_proj", 48 if wide else 32, 64)
+            fp8(t, f"{p}.mlp.{e}.up_proj", 32, 64)
+            fp8(t, f"{p}.mlp.{e}.down_proj", 64, 32)
+    t["model.norm.weight"] = torch.ones(64, dtype=torch.bfloat16)
+    t["lm_head.weight"] = torch.randn(100, 64, generator=g).to(torch.bfloat16)
+    return t
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """Two shards and an index sorted by key, as transformers writes them."""
+    folder = tmp_path_factory.mktemp("deepseek")
+    tensors = _deepseek_like()
+    keys = list(tensors)
+    weight_map = {}
+    for s, chunk in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        name = f"model-0000{s + 1}-of-00002.safetensors"
+        safetensors_torch.save_file({key: tensors[key] for key in chunk}, str(folder / name),
+                                    metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(chunk, name))
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}))
+    return index
+
+
+def _outputs(index) -> dict[str, str]:
+    outputs = {}
+    for fmt in FORMATS:
+        done = run("inspect", index, "--format", fmt)
+        assert done.code == 0, done.err
+        outputs[fmt] = done.out
+    return outputs
+
+
+def _key_by_key(monkeypatch) -> None:
+    """Every template off: each entry's layer, row and JSON line computed on its own; headers by the stdlib."""
+    monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 1 << 62)
+    monkeypatch.setattr(flat_keys, "_kin", lambda entries: [None] * len(entries))
+    monkeypatch.setattr(report, "_analyze_all", lambda layers, settings, context, observed: [
+        report.analyze_layer(layer, settings, context, observed.get(layer.param)) for layer in layers])
+    monkeypatch.setattr(json_out, "_layer_lines", lambda done: (
+        "    " + json_safe(json.dumps(json_out.layer_dict(row, done.command), ensure_ascii=False, allow_nan=False))
+        for row in done.rows))
+
+
+def test_every_output_equals_the_one_computed_key_by_key(checkpoint, monkeypatch):
+    monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 0)  # msgspec for every header
+    templated = _outputs(checkpoint)
+    with monkeypatch.context() as patched:
+        _key_by_key(patched)
+        by_key = _outputs(checkpoint)
+    for fmt in FORMATS:
+        assert templated[fmt] == by_key[fmt], fmt
+    document = json.loads(templated["json"])
+    assert len(document["layers"]) > 100 and len(document["groups"]) < len(document["layers"]) / 3
+    assert "model.layers.{1,2,4}.mlp.experts.{0..3}.down_proj.weight ×12" in templated["table"]  # the gap kept
+    assert "model.layers.{1,4}.mlp.experts.{0..3}.gate_proj.weight ×8" in templated["table"]  # the wide one apart
