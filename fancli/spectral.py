@@ -2,8 +2,8 @@
 √(fan_out/fan_in) (Yang, Simon & Bernstein 2023), and ‖W‖₂ as the row's init would draw it.
 
 The expectation: an i.i.d. init of std σ on an [m, n] matrix has ‖W‖₂ ≈ σ(√m + √n) (the Bai–Yin edge, for
-any distribution of that std: normal, uniform of bound b = σ√3, truncated); a constant c has |c|·√(mn); none
-where the row has no std. An orthogonal matrix (times a gain) has every singular value equal: `orthogonal`
+any distribution of that std: normal, uniform of bound b = σ√3, truncated); an orthogonal one of RMS σ has
+every singular value σ·√max(m, n); a constant c has |c|·√(mn); none where the row has no std. An orthogonal matrix (times a gain) has every singular value equal: `orthogonal`
 says so from σ_min/σ_max, or from the stable rank at its largest where σ_min is not computed. The numbers
 come from `weights.spectral`; this module only puts them beside the row's fans and init.
 """
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 CONV_NOTE = ("--spectral: a convolution's ‖W‖₂ is that of the matrix [out, in·k] (taps as columns), not of the "
              "convolution on an input of a given size")
 UNCONVERGED_NOTE = "--spectral: Lanczos stopped before its tolerance: ‖W‖₂ is its last estimate (a lower bound)"
+NONFINITE_NOTE = "--spectral: the tensor holds NaN or inf: it has no ‖W‖₂"
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ def _expected(row: "Row", rows: int, cols: int) -> float | None:
         return abs(values.constant) * math.sqrt(rows * cols)
     if values.std is None:
         return None
+    if values.distribution == "orthogonal":  # every singular value the gain; the values' RMS is gain/√max side
+        return values.std * math.sqrt(max(rows, cols))
     return values.std * (math.sqrt(rows) + math.sqrt(cols))
 
 
@@ -133,6 +136,8 @@ def with_spectra(report: "Report", spectra: dict[str, "Spectral"]) -> "Report":
             notes.append(found.unread)
         if found.whole is not None and not found.whole.converged:
             notes.append(UNCONVERGED_NOTE)
+        elif found.whole is not None and not math.isfinite(found.whole.norm):
+            notes.append(NONFINITE_NOTE)
         if row.layer.kernel and found.whole is not None:
             notes.append(CONV_NOTE)
         rows.append(replace(row, spectral=spectral_row(row, found, effective), notes=tuple(notes)))

@@ -203,3 +203,73 @@ def test_trajectories_give_the_norm_per_checkpoint(tmp_path):
     assert tracks["fc.bias"]["spectral_norm"] == [None, None, None]
     table = run("inspect", *paths, "--spectral")
     assert "‖W‖₂ step 2" in table.out
+
+
+# -- the independent review's findings: other layouts, values that are not finite, zero layers ---------------
+
+def _weights_h5(path, layers: dict[str, list[np.ndarray]]) -> None:
+    """Keras 3's `.weights.h5` layout, `layers/<name>/vars/<i>`, as tests/test_keras_files.py writes it."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w") as handle:
+        handle.create_group("vars").attrs["name"] = "sequential"
+        for name, values in layers.items():
+            entry = handle.create_group(f"layers/{name}").create_group("vars")
+            entry.attrs["name"] = name
+            for index, value in enumerate(values):
+                entry[str(index)] = value
+
+
+def test_a_flax_conv_kernel_is_the_matrix_of_its_taps_and_inputs_by_outputs(tmp_path):
+    msgpack = pytest.importorskip("msgpack")
+    kernel = np.random.default_rng(0).standard_normal((3, 3, 16, 32)).astype(np.float32)  # [kh, kw, in, out]
+    array = msgpack.ExtType(1, msgpack.packb((kernel.shape, kernel.dtype.name, kernel.tobytes("C")), use_bin_type=True))
+    path = tmp_path / "flax.msgpack"
+    path.write_bytes(msgpack.packb({"params": {"Conv_0": {"kernel": array}}}, use_bin_type=True))
+    row = _rows(path)["Conv_0.kernel"]
+    norm, rank = _oracle(kernel.reshape(-1, 32).astype(np.float64))
+    assert row["spectral_norm"] == pytest.approx(norm, rel=1e-6)
+    assert row["stable_rank"] == pytest.approx(rank, rel=1e-6)
+
+
+def test_a_keras_depthwise_kernel_is_block_diagonal_by_channel(tmp_path):
+    kernel = np.random.default_rng(0).standard_normal((3, 3, 8, 2)).astype(np.float32)  # [kh, kw, in, mult]
+    path = tmp_path / "dw.weights.h5"
+    _weights_h5(path, {"depthwise_conv2d": [kernel, np.zeros(16, np.float32)]})
+    row = _rows(path)["layers.depthwise_conv2d.vars.0"]
+    blocks = [float(np.linalg.norm(kernel[:, :, c, :].reshape(9, 2).astype(np.float64), 2)) for c in range(8)]
+    assert row["spectral_norm"] == pytest.approx(max(blocks), rel=1e-6)
+    assert row["spectral_parts"]["spectral_norm"] == pytest.approx(blocks, rel=1e-6)
+
+
+def test_an_orthogonal_init_is_expected_at_its_gain(tmp_path):
+    """Keras' LSTM recurrent kernel is `orthogonal`: [H, 4H] with orthonormal rows, every singular value 1."""
+    units = 64
+    recurrent = np.linalg.qr(np.random.default_rng(1).standard_normal((4 * units, units)))[0].T.astype(np.float32)
+    kernel = np.random.default_rng(2).uniform(-0.1, 0.1, (32, 4 * units)).astype(np.float32)
+    path = tmp_path / "lstm.weights.h5"
+    _weights_h5(path, {"lstm/cell": [kernel, recurrent, np.zeros(4 * units, np.float32)]})
+    row = _rows(path)["layers.lstm.cell.vars.1"]
+    assert row["spectral_norm"] == pytest.approx(1.0, rel=1e-5)
+    assert row["expected_spectral_norm"] == pytest.approx(1.0, rel=1e-9)
+    assert row["orthogonal"] is True
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_a_tensor_holding_nan_or_inf_is_a_row_without_a_norm(tmp_path, bad):
+    weight = torch.randn(64, 32)
+    weight[0, 0] = bad
+    path = tmp_path / "diverged.safetensors"
+    save_file({"fc.weight": weight, "ok.weight": torch.randn(8, 8)}, str(path))
+    rows = _rows(path)
+    assert rows["fc.weight"]["spectral_norm"] is None and rows["fc.weight"]["orthogonal"] is False
+    assert any("NaN or inf" in note for note in rows["fc.weight"]["notes"])
+    assert not any("Lanczos" in note for note in rows["fc.weight"]["notes"])
+    assert rows["ok.weight"]["spectral_norm"] > 0  # the other tensors of the file keep theirs
+
+
+@pytest.mark.parametrize("shape", [(64, 32), (600, 700)])  # the exact path, and the one that runs Lanczos
+def test_a_zero_initialised_layer_has_norm_zero(tmp_path, shape):
+    path = tmp_path / "zero.safetensors"
+    save_file({"fc.weight": torch.zeros(*shape)}, str(path))
+    row = _rows(path)["fc.weight"]
+    assert row["spectral_norm"] == 0.0

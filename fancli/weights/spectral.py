@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import SettingsError
+from ..vocab import KERNEL_LAST
 from .tensors import CHUNK_ELEMENTS, TensorData
 
 #: A matrix whose short side is at most this gets all its singular values (eigvalsh of its Gram matrix):
@@ -53,18 +54,19 @@ class Spectrum:
     @property
     def stable_rank(self) -> float | None:
         """‖W‖_F² / ‖W‖₂²: between 1 (rank one) and min(rows, cols) (every singular value equal)."""
-        return self.frobenius_sq / self.norm**2 if self.norm > 0 else None
+        return self.frobenius_sq / self.norm**2 if self.norm > 0 and math.isfinite(self.norm) else None
 
     @property
     def spread(self) -> float | None:
         """σ_min/σ_max where every singular value is known; 1 for an orthogonal (times a gain) matrix."""
-        return self.smallest / self.norm if self.smallest is not None and self.norm > 0 else None
+        return self.smallest / self.norm if self.smallest is not None and self.norm > 0 and math.isfinite(self.norm) \
+            else None
 
     @property
     def orthogonal(self) -> bool:
         """Every singular value equal (an orthogonal init times its gain): σ_min = σ_max, or where σ_min is
         not computed, the stable rank at its largest, min(rows, cols)."""
-        if self.norm <= 0:
+        if not self.norm > 0:  # zero, or NaN where the values are not finite
             return False
         if self.spread is not None:
             return self.spread >= 1 - ORTHOGONAL_SPREAD
@@ -81,6 +83,9 @@ class Plan:
     count: int = 1
     axis: int = 0
     block_diagonal: bool = False
+    #: A kernel-last depthwise kernel [*k, channels, multiplier]: its rows are (tap, channel) pairs, so they
+    #: are put in (channel, tap) order before the parts (one channel's taps each) are cut.
+    channels: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,11 +115,14 @@ def plan(shape: tuple[int, ...], layout: str, stacked: int | None, groups: int |
     numel = math.prod(shape)
     if experts and len(shape) == 3:
         return Plan((shape[0] * shape[1], shape[2]), shape[0], 0, True)
-    cols = shape[-1] if layout == "keras" else numel // shape[0]
+    kernel_last = layout in KERNEL_LAST
+    cols = shape[-1] if kernel_last else numel // shape[0]
     matrix = (numel // cols, cols)
-    out_axis = 1 if layout in ("keras", "in_out") else 0
-    if groups and groups > 1 and layout != "keras" and matrix[0] % groups == 0:
-        return Plan(matrix, groups, 0, True)
+    out_axis = 1 if kernel_last or layout == "in_out" else 0
+    if groups and groups > 1 and kernel_last and len(shape) >= 3 and shape[-2] == groups:
+        return Plan(matrix, groups, 0, True, channels=groups)  # depthwise [*k, in, multiplier]
+    if groups and groups > 1 and matrix[out_axis] % groups == 0:
+        return Plan(matrix, groups, out_axis, True)  # [out, in/g·k] (or its transpose): out cut in g blocks
     if stacked and stacked > 1 and matrix[out_axis] % stacked == 0:
         return Plan(matrix, stacked, out_axis, False)
     return Plan(matrix)
@@ -147,7 +155,9 @@ def spectrum(matrix: Any) -> Spectrum:
     rows, cols = matrix.shape
     frobenius_sq = _sum_squares(matrix)
     if not math.isfinite(frobenius_sq):
-        return Spectrum(rows, cols, math.nan, frobenius_sq, converged=False)
+        return Spectrum(rows, cols, math.nan, frobenius_sq)  # NaN or inf among the values: no norm
+    if frobenius_sq == 0:  # every value 0 (a zero-initialised layer): no Lanczos start vector would do
+        return Spectrum(rows, cols, 0.0, 0.0, 0.0)
     tall = matrix if rows >= cols else matrix.T
     if min(rows, cols) <= EXACT_DIM:
         values = np.linalg.eigvalsh(_gram(tall))
@@ -187,7 +197,7 @@ def _lanczos(tall: Any) -> tuple[float, bool]:
     """The largest singular value of a tall float32 matrix: ARPACK's largest eigenvalue of WᵀW, the products
     in float32 (what the matrix holds), the Lanczos vectors in float64, from a fixed start vector."""
     import numpy as np
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
     cols = tall.shape[1]
     step = max(GRAM_BLOCK_BYTES // (4 * cols), 1)
@@ -211,6 +221,8 @@ def _lanczos(tall: Any) -> tuple[float, bool]:
     except ArpackNoConvergence as stopped:
         value = stopped.eigenvalues[0] if len(stopped.eigenvalues) else math.nan
         converged = False
+    except ArpackError:  # ARPACK's own failure (a start vector WᵀW maps to 0): no estimate, said in a note
+        value, converged = math.nan, False
     return math.sqrt(max(float(value), 0.0)), converged
 
 
@@ -250,6 +262,8 @@ def spectral_of_matrix(matrix: Any, how: Plan) -> Spectral:
     rows, cols = how.matrix
     if how.count == 1:
         return Spectral(spectrum(matrix))
+    if how.channels:  # (tap, channel) rows to (channel, tap): a copy, so at most twice the tensor's float32
+        matrix = matrix.reshape(-1, how.channels, cols).transpose(1, 0, 2).reshape(rows, cols)
     size = (rows if how.axis == 0 else cols) // how.count
     parts = [spectrum(matrix[i * size : (i + 1) * size] if how.axis == 0 else matrix[:, i * size : (i + 1) * size])
              for i in range(how.count)]

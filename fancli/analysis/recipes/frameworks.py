@@ -55,8 +55,9 @@ def _keras_lstm(args: RecipeArgs) -> InitValues | None:
         return uniform(math.sqrt(6.0 / (args.fan_in + args.fan_out)),
                        "Keras LSTM kernel glorot_uniform: VarianceScaling(1, fan_avg, uniform)")
     if len(shape) == 2 and leaf in ("1", "recurrent_kernel"):
-        return InitValues(shape[1] ** -0.5, note=f"Keras LSTM recurrent kernel orthogonal: {shape[0]} orthonormal "
-                                                 f"rows of {shape[1]}, RMS 1/√{shape[1]}")
+        return InitValues(shape[1] ** -0.5, distribution="orthogonal",
+                          note=f"Keras LSTM recurrent kernel orthogonal: {shape[0]} orthonormal rows of {shape[1]}, "
+                               f"RMS 1/√{shape[1]}")
     if len(shape) == 1:
         return InitValues(None, note="Keras LSTM bias: zeros and the forget gate's ones (unit_forget_bias)")
     return None
