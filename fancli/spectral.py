@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 CONV_NOTE = ("--spectral: a convolution's ‖W‖₂ is that of the matrix [out, in·k] (taps as columns), not of the "
              "convolution on an input of a given size")
 UNCONVERGED_NOTE = "--spectral: Lanczos stopped before its tolerance: ‖W‖₂ is its last estimate (a lower bound)"
+#: Kinds whose tensors are no layer's weight (quantization scales and metadata, buffers): no operator norm.
+NOT_WEIGHTS = frozenset({"quant_scale", "quant_aux", "buffer"})
 NONFINITE_NOTE = "--spectral: the tensor holds NaN or inf: it has no ‖W‖₂"
 
 
@@ -71,6 +73,8 @@ def read_spectra(layers: "list[Layer]", jobs: int | None = 1, cluster: Any = Non
     found: dict[str, Spectral] = {}
     todo = []
     for layer in layers:
+        if layer.kind in NOT_WEIGHTS:
+            continue
         how = plan_for(layer)
         reason = unread_reason(layer)
         if how is None or (layer.data is None and not reason):

@@ -273,3 +273,19 @@ def test_a_zero_initialised_layer_has_norm_zero(tmp_path, shape):
     save_file({"fc.weight": torch.zeros(*shape)}, str(path))
     row = _rows(path)["fc.weight"]
     assert row["spectral_norm"] == 0.0
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-17, 1e18])
+def test_lanczos_is_exact_for_tiny_and_huge_weights(scale):
+    """Lanczos' float32 products would underflow (1e-30) or overflow (1e18) on W's own squares."""
+    matrix = np.random.default_rng(1).standard_normal((700, 900)).astype(np.float32) * np.float32(scale)
+    found = spectral_mod.spectrum(matrix)
+    assert found.norm == pytest.approx(np.linalg.norm(matrix.astype(np.float64), 2), rel=1e-6)
+
+
+def test_quantization_scales_have_no_operator_norm():
+    scales = torch.rand(16, 2)
+    report = fancli.inspect(_model([("proj.scales", "quant_scale", scales, {}),
+                                    ("proj.weight", "linear", torch.randn(16, 8), {})]), spectral=True)
+    scale_row, weight_row = report.rows
+    assert scale_row.spectral is None and weight_row.spectral is not None

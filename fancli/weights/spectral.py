@@ -201,15 +201,17 @@ def _lanczos(tall: Any) -> tuple[float, bool]:
 
     cols = tall.shape[1]
     step = max(GRAM_BLOCK_BYTES // (4 * cols), 1)
+    scale = float(np.max(np.abs(tall)))  # > 0: a zero matrix never gets here
 
     def gram_times(vector: Any) -> Any:
-        """WᵀW v in one pass over W: each block of rows is used twice while it is in cache (B v, then Bᵀ(B v)),
-        summed in float64 in a fixed order."""
+        """(W/s)ᵀ(W/s) v in one pass over W: each block of rows is used twice while it is in cache (B v, then
+        Bᵀ(B v)), summed in float64 in a fixed order. Dividing by s = max|w| after each product keeps float32
+        from underflowing (weights of 1e-30) or overflowing (1e18) where W's own squares would."""
         x = vector.astype(np.float32).ravel()
         out = np.zeros(cols)
         for start in range(0, tall.shape[0], step):
             block = tall[start : start + step]
-            out += (block @ x) @ block
+            out += ((block @ x) / np.float32(scale)) @ block / scale
         return out
 
     operator = LinearOperator((cols, cols), matvec=gram_times, dtype=np.float64)
@@ -223,7 +225,7 @@ def _lanczos(tall: Any) -> tuple[float, bool]:
         converged = False
     except ArpackError:  # ARPACK's own failure (a start vector WᵀW maps to 0): no estimate, said in a note
         value, converged = math.nan, False
-    return math.sqrt(max(float(value), 0.0)), converged
+    return scale * math.sqrt(max(float(value), 0.0)), converged
 
 
 def one_blas_thread() -> Any:
