@@ -8,7 +8,8 @@ HF_HUB_DISABLE_TELEMETRY), `/api/models/{repo}[/revision/{rev}]` (model_info, th
 Content-Length and X-Repo-Commit. Errors carry the Hub's `X-Error-Code` (RepoNotFound, RevisionNotFound,
 EntryNotFound, GatedRepo), which is how huggingface_hub picks its exception class. Every response's body
 bytes are recorded per request, so tests can assert what a client fetched; `stall()` makes the server accept
-connections and never answer (timeout tests), `cut_short()` ends files' bodies halfway.
+connections and never answer (timeout tests), all requests or those of some endpoints, `cut_short()` ends
+files' bodies halfway.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class HubServer:
         self._lock = threading.Condition()
         self._busy = 0  # requests being answered: a client may go on before the server has counted them
         self._release = threading.Event()
-        self._stalled = False
+        self._stalled: tuple[str, ...] | None = None
         self._cut_short = False
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
@@ -116,15 +117,24 @@ class HubServer:
             return [s for s in self.sent if s.path.endswith(path_end)]
 
     @contextlib.contextmanager
-    def stall(self) -> Iterator[None]:
-        """Within the block, every request is accepted and never answered (until the block or server ends)."""
+    def stall(self, *endpoints: str) -> Iterator[None]:
+        """Within the block, every request (or every one to an API endpoint named, as "tree", "paths-info",
+        "auth-check") is accepted and never answered (until the block or server ends)."""
         self._release.clear()
-        self._stalled = True
+        self._stalled = endpoints
         try:
             yield
         finally:
-            self._stalled = False
+            self._stalled = None
             self._release.set()
+
+    def _stalls(self, path: str) -> bool:
+        """Whether a request for the URL `path` is left unanswered now."""
+        if self._stalled is None:
+            return False
+        parts = urlsplit(path).path.strip("/").split("/")
+        return not self._stalled or (parts[:2] == ["api", "models"] and len(parts) > 4
+                                     and parts[4] in self._stalled)
 
     @contextlib.contextmanager
     def cut_short(self) -> Iterator[None]:
@@ -170,7 +180,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self._serve("POST")
 
         def _serve(self, method: str) -> None:
-            if hub._stalled:
+            if hub._stalls(self.path):
                 hub._release.wait()
                 self.close_connection = True
                 return

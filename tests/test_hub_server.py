@@ -3,6 +3,7 @@ Hub), and fancli's `hub_filesystem` against it: ranged reads, the byte economy, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -10,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -47,12 +49,36 @@ def hub(tmp_path_factory):
         save_file({name: WEIGHTS[name]}, str(sharded / shard))
         weight_map[name] = shard
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    repos = {"org/model": Repo(folder, refs={"main": "a" * 40, "v1": BRANCH_COMMIT}),
+    repos = {"org/phi": Repo(phi_repo(tmp_path_factory.mktemp("phi"))),
+             "org/model": Repo(folder, refs={"main": "a" * 40, "v1": BRANCH_COMMIT}),
              "org/sharded": Repo(sharded),
              "org/gated": Repo(folder, access="gated", tokens=frozenset({TOKEN})),
              "org/private": Repo(folder, access="private", tokens=frozenset({TOKEN}))}
     with HubServer(repos) as server:
         yield server
+
+
+def phi_repo(folder):
+    """The common case on the Hub: an index, two shards and the config.json that names the heads of a fused
+    q/k/v and the init's std (transformers' `initializer_range`)."""
+    generator = np.random.default_rng(5)
+
+    def normal(*shape: int) -> np.ndarray:
+        return (generator.standard_normal(shape) * 0.02).astype(np.float32)
+
+    shards = [{"model.embed_tokens.weight": normal(100, 64),
+               "model.layers.0.self_attn.qkv_proj.weight": normal(192, 64)},
+              {"model.layers.0.mlp.gate_up_proj.weight": normal(256, 64),
+               "model.layers.0.mlp.down_proj.weight": normal(64, 128), "lm_head.weight": normal(100, 64)}]
+    weight_map = {}
+    for number, tensors in enumerate(shards, 1):
+        name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        save_file(tensors, str(folder / name))
+        weight_map |= dict.fromkeys(tensors, name)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "phi3", "hidden_size": 64, "num_attention_heads": 4,
+                                                    "num_key_value_heads": 4, "initializer_range": 0.02}))
+    return folder
 
 
 @pytest.fixture(autouse=True)
@@ -369,3 +395,76 @@ def test_a_missing_repo_is_one_line_exit_2(hub, uncached):
     result = run("inspect", "org/absent")
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1
     assert "org/absent" in result.err and "no such repo" in result.err
+
+
+def test_a_sharded_repo_with_a_config_is_read_with_it_as_its_local_copy(hub, uncached):
+    """The index, the shards and config.json beside them: the heads split the fused q/k/v, the recipe and its
+    std come from `initializer_range`, as for the local folder."""
+    def document(source) -> dict:
+        result = run("inspect", source, "--stats", "--infer", "-f", "json")
+        assert result.code == 0, result.err
+        found = json.loads(result.out)
+        return {"layers": found["layers"], "summary": found["summary"], "settings": found["settings"],
+                "notes": found["source"]["notes"], "format": found["source"]["format"]}
+
+    remote = document("org/phi")
+    assert remote == document(hub.repos["org/phi"].folder)
+    assert remote["settings"]["recipe_from"] == "config.json model_type=phi3"
+    assert any("initializer_range=0.02" in note for note in remote["notes"])
+    qkv = next(row for row in remote["layers"] if row["name"].endswith("qkv_proj"))
+    assert qkv["structure"] == {"stacked": 3} and qkv["std"] == 0.02
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    """Every time limit short: a request's (huggingface_hub's), a read's retries, and a call's (remote_io's)."""
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 0.25)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.25)
+    monkeypatch.setattr("fancli.loaders.hub_files.RETRIES", 0)
+    monkeypatch.setattr("fancli.loaders.remote_io.DEADLINE", 1)
+
+
+def run_within(seconds: float, *args: str):
+    """`run(*args)` in a thread, so that a hang fails the test instead of hanging it."""
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(run(*args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return worker, done
+
+
+@pytest.mark.parametrize("case, says", [
+    ("404", "org/absent: no such repo"),
+    ("401", "org/gated: a gated repo"),
+    ("403", "org/gated: a gated repo"),
+    ("refused", "org/model: cannot reach the Hugging Face Hub"),
+    ("truncated", "org/model/model.safetensors: the server's answer ended early"),
+    ("silent", "org/model: the Hugging Face Hub (http://127.0.0.1:"),
+    ("silent listing", "org/model: no answer within 1 s"),
+    ("silent auth-check", "org/gated: the Hugging Face Hub (http://127.0.0.1:"),
+])
+def test_bad_hub_remotes_are_one_line_exit_2_through_the_cli(hub, uncached, quick, monkeypatch, case, says):
+    """Issue 30's five bad remotes for a repo id: 404, 401/403, refused, truncated, and a server that never
+    answers: its first request, or only the listings (the tree, paths-info) or the gated repo's auth-check
+    that follow, which huggingface_hub asks without a timeout."""
+    repo = {"404": "org/absent", "401": "org/gated", "403": "org/gated", "silent auth-check": "org/gated"}.get(
+        case, "org/model")
+    monkeypatch.setenv("HF_TOKEN", "hf_notgrantedsecret" if case == "403" else TOKEN)
+    if case in ("401", "404"):
+        monkeypatch.delenv("HF_TOKEN")
+    if case == "refused":
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{unused.getsockname()[1]}")
+    faults = {"truncated": hub.cut_short(), "silent": hub.stall(), "silent listing": hub.stall("tree", "paths-info"),
+              "silent auth-check": hub.stall("auth-check")}
+    started = time.monotonic()
+    with faults.get(case, contextlib.nullcontext()):
+        worker, done = run_within(10, "inspect", repo, "--stats")
+    worker.join(5)
+    assert done, f"fancli still waiting after {time.monotonic() - started:.0f} s"
+    (result,) = done
+    assert time.monotonic() - started < 5
+    assert result.code == 2, result.err
+    assert len(result.err.strip().splitlines()) == 1 and says in result.err, result.err
+    assert "hf_notgrantedsecret" not in result.err and TOKEN not in result.err and result.out == ""

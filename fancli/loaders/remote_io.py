@@ -171,7 +171,7 @@ def _reason(error: BaseException) -> str:
         return f"no answer in time (connect {CONNECT_TIMEOUT} s, read {READ_TIMEOUT} s)"
     if "RangeIgnored" in names:
         return "the server answered a byte range with the whole file (it ignores ranges); download the file"
-    if "Payload" in names or "IncompleteRead" in names:
+    if "Payload" in names or "IncompleteRead" in names or "RemoteProtocolError" in names:  # aiohttp, urllib3, httpx
         return "the server's answer ended early (a truncated transfer)"
     if isinstance(error, FileNotFoundError):
         return "not found"
