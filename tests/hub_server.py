@@ -22,8 +22,11 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
+
+if TYPE_CHECKING:
+    import pytest
 
 CHUNK = 64 * 1024
 
@@ -157,6 +160,25 @@ class HubServer:
     def _record(self, sent: Sent) -> None:
         with self._lock:
             self.sent.append(sent)
+
+
+def use_hub(monkeypatch: pytest.MonkeyPatch, url: str, home: Path) -> None:
+    """huggingface_hub's settings in this process, as HF_ENDPOINT / HF_HOME / the timeouts set them at import:
+    the server at `url`, no token (none of the user's), `home` for its files, no telemetry (it would keep the
+    server's agent list in the user's HF_HOME), 5 s timeouts (the timeout tests shorten them)."""
+    from huggingface_hub import constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / ".agent_harnesses.json"))
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 5)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 5)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
 def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:

@@ -21,7 +21,7 @@ pytest.importorskip("huggingface_hub")
 from huggingface_hub import HfApi, HfFileSystem, constants, hf_hub_download  # noqa: E402
 from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, RepositoryNotFoundError,  # noqa: E402
                                     RevisionNotFoundError)
-from hub_server import HubServer, Repo  # noqa: E402
+from hub_server import HubServer, Repo, use_hub  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
 from fancli.errors import SourceError  # noqa: E402
@@ -83,20 +83,8 @@ def phi_repo(folder):
 
 @pytest.fixture(autouse=True)
 def settings(hub, monkeypatch, tmp_path):
-    """huggingface_hub's settings for this test, as HF_ENDPOINT / HF_HOME / the timeouts set them at import:
-    this server, no token (none of the user's), an empty cache, no telemetry (it would keep the server's agent
-    list in the user's HF_HOME), 5 s timeouts (the timeout tests shorten them)."""
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "home" / "token"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "home" / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "home" / ".agent_harnesses.json"))
-    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 5)
-    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 5)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    """huggingface_hub's settings for this test (`hub_server.use_hub`): this server, no token, an empty home."""
+    use_hub(monkeypatch, hub.url, tmp_path / "home")
     hub.clear()
 
 
@@ -364,14 +352,39 @@ def test_an_uncached_repo_id_is_read_from_the_hub_as_its_local_copy(hub, uncache
     assert not (hub.repos[repo_id].folder.parent / "empty-cache").exists()
 
 
+@pytest.fixture
+def in_pieces(monkeypatch):
+    """A thread pool for `--jobs 2` even for these small files, and each tensor read in several ranges."""
+    monkeypatch.setattr("fancli.weights.parallel.PARALLEL_BYTES", 0)
+    monkeypatch.setattr("fancli.weights.stats.PIECE_BYTES", 256 * 1024)
+
+
+def tensor_bytes(folder) -> int:
+    return sum(shard.stat().st_size - header_bytes(shard) for shard in folder.glob("*.safetensors"))
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
-def test_stats_from_the_hub_equal_local_reading_each_byte_once(hub, uncached, jobs):
+def test_stats_from_the_hub_equal_local_reading_each_byte_once(hub, uncached, in_pieces, jobs):
     folder = hub.repos["org/sharded"].folder
     expected = inspect_json(folder, "--stats")
     hub.clear()
     assert inspect_json("org/sharded", "--stats", "--jobs", jobs) == expected
     shards = sorted(folder.glob("*.safetensors"))
-    tensors = sum(shard.stat().st_size - header_bytes(shard) for shard in shards)
+    tensors = tensor_bytes(folder)
+    assert tensors <= hub.body_bytes(".safetensors") <= tensors + 2 * SLACK * len(shards)
+    assert len(hub.requests(".safetensors")) > 2 * len(shards)  # the header's range, then the tensors' pieces
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_diff_of_a_hub_repo_and_its_local_copy_reads_each_byte_once(hub, uncached, in_pieces, jobs):
+    folder = hub.repos["org/sharded"].folder
+    hub.clear()
+    result = run("diff", "org/sharded", folder, "--jobs", jobs, "-f", "json")
+    assert result.code == 0, result.err
+    rows = json.loads(result.out)["tensors"]
+    assert sorted(row["param"] for row in rows) == sorted(WEIGHTS) and {row["status"] for row in rows} == {"same"}
+    shards = sorted(folder.glob("*.safetensors"))
+    tensors = tensor_bytes(folder)
     assert tensors <= hub.body_bytes(".safetensors") <= tensors + 2 * SLACK * len(shards)
 
 
@@ -421,7 +434,7 @@ def quick(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 0.25)
     monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.25)
     monkeypatch.setattr("fancli.loaders.hub_files.RETRIES", 0)
-    monkeypatch.setattr("fancli.loaders.remote_io.DEADLINE", 1)
+    monkeypatch.setattr("fancli.loaders.remote_io.DEADLINE", 5)
 
 
 def run_within(seconds: float, *args: str):
@@ -440,7 +453,7 @@ def run_within(seconds: float, *args: str):
     ("refused", "org/model: cannot reach the Hugging Face Hub"),
     ("truncated", "org/model/model.safetensors: the server's answer ended early"),
     ("silent", "org/model: the Hugging Face Hub (http://127.0.0.1:"),
-    ("silent listing", "org/model: no answer within 1 s"),
+    ("silent listing", "org/model: no answer within 0.5 s"),
     ("silent auth-check", "org/gated: the Hugging Face Hub (http://127.0.0.1:"),
 ])
 def test_bad_hub_remotes_are_one_line_exit_2_through_the_cli(hub, uncached, quick, monkeypatch, case, says):
@@ -456,6 +469,8 @@ def test_bad_hub_remotes_are_one_line_exit_2_through_the_cli(hub, uncached, quic
         with socket.socket() as unused:
             unused.bind(("127.0.0.1", 0))
             monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{unused.getsockname()[1]}")
+    if case.startswith("silent "):  # what only the deadline of remote_io's `call` ends
+        monkeypatch.setattr("fancli.loaders.remote_io.DEADLINE", 0.5)
     faults = {"truncated": hub.cut_short(), "silent": hub.stall(), "silent listing": hub.stall("tree", "paths-info"),
               "silent auth-check": hub.stall("auth-check")}
     started = time.monotonic()
@@ -468,3 +483,15 @@ def test_bad_hub_remotes_are_one_line_exit_2_through_the_cli(hub, uncached, quic
     assert result.code == 2, result.err
     assert len(result.err.strip().splitlines()) == 1 and says in result.err, result.err
     assert "hf_notgrantedsecret" not in result.err and TOKEN not in result.err and result.out == ""
+
+
+def test_the_token_never_appears_in_any_output(hub, uncached, monkeypatch):
+    """HF_TOKEN reads the gated repo; it is in no output, JSON's source, table, notes, diff or error."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    runs = [run("inspect", "org/gated", "--stats", "--infer", "-f", "json"), run("inspect", "org/gated", "--stats"),
+            run("diff", "org/gated", "org/private", "-f", "json"), run("inspect", "org/gated", "--revision", "v9")]
+    assert [each.code for each in runs] == [0, 0, 0, 2], runs[0].err
+    document = json.loads(runs[0].out)
+    assert document["source"]["path"] == "org/gated" and document["source"]["notes"]
+    assert hub.requests("/auth-check")[-1].status == 200
+    assert all(TOKEN not in each.out + each.err for each in runs)
