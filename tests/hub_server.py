@@ -121,8 +121,8 @@ class HubServer:
 
     @contextlib.contextmanager
     def stall(self, *endpoints: str) -> Iterator[None]:
-        """Within the block, every request (or every one to an API endpoint named, as "tree", "paths-info",
-        "auth-check") is accepted and never answered (until the block or server ends)."""
+        """Within the block, every request (or every one to an endpoint named: "tree", "paths-info",
+        "auth-check", "resolve"...) is accepted and never answered (until the block or server ends)."""
         self._release.clear()
         self._stalled = endpoints
         try:
@@ -136,8 +136,8 @@ class HubServer:
         if self._stalled is None:
             return False
         parts = urlsplit(path).path.strip("/").split("/")
-        return not self._stalled or (parts[:2] == ["api", "models"] and len(parts) > 4
-                                     and parts[4] in self._stalled)
+        endpoint = parts[4] if parts[:2] == ["api", "models"] and len(parts) > 4 else parts[2:3] and parts[2]
+        return not self._stalled or endpoint in self._stalled
 
     @contextlib.contextmanager
     def cut_short(self) -> Iterator[None]:

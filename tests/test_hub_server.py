@@ -455,6 +455,7 @@ def run_within(seconds: float, *args: str):
     ("silent", "org/model: the Hugging Face Hub (http://127.0.0.1:"),
     ("silent listing", "org/model: no answer within 0.5 s"),
     ("silent auth-check", "org/gated: the Hugging Face Hub (http://127.0.0.1:"),
+    ("silent read", "org/model/model.safetensors: no answer from http://127.0.0.1:"),
 ])
 def test_bad_hub_remotes_are_one_line_exit_2_through_the_cli(hub, uncached, quick, monkeypatch, case, says):
     """Issue 30's five bad remotes for a repo id: 404, 401/403, refused, truncated, and a server that never
@@ -469,10 +470,10 @@ def test_bad_hub_remotes_are_one_line_exit_2_through_the_cli(hub, uncached, quic
         with socket.socket() as unused:
             unused.bind(("127.0.0.1", 0))
             monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{unused.getsockname()[1]}")
-    if case.startswith("silent "):  # what only the deadline of remote_io's `call` ends
+    if case in ("silent listing", "silent auth-check"):  # what only the deadline of remote_io's `call` ends
         monkeypatch.setattr("fancli.loaders.remote_io.DEADLINE", 0.5)
     faults = {"truncated": hub.cut_short(), "silent": hub.stall(), "silent listing": hub.stall("tree", "paths-info"),
-              "silent auth-check": hub.stall("auth-check")}
+              "silent auth-check": hub.stall("auth-check"), "silent read": hub.stall("resolve")}
     started = time.monotonic()
     with faults.get(case, contextlib.nullcontext()):
         worker, done = run_within(10, "inspect", repo, "--stats")
@@ -482,6 +483,7 @@ def test_bad_hub_remotes_are_one_line_exit_2_through_the_cli(hub, uncached, quic
     assert time.monotonic() - started < 5
     assert result.code == 2, result.err
     assert len(result.err.strip().splitlines()) == 1 and says in result.err, result.err
+    assert case != "silent read" or "(HF_HUB_ETAG_TIMEOUT, HF_HUB_DOWNLOAD_TIMEOUT: 0.25 s)" in result.err
     assert "hf_notgrantedsecret" not in result.err and TOKEN not in result.err and result.out == ""
 
 
