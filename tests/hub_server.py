@@ -8,7 +8,8 @@ HF_HUB_DISABLE_TELEMETRY), `/api/models/{repo}[/revision/{rev}]` (model_info, th
 Content-Length and X-Repo-Commit. Errors carry the Hub's `X-Error-Code` (RepoNotFound, RevisionNotFound,
 EntryNotFound, GatedRepo), which is how huggingface_hub picks its exception class. Every response's body
 bytes are recorded per request, so tests can assert what a client fetched; `stall()` makes the server accept
-connections and never answer (timeout tests), `cut_short()` ends files' bodies halfway.
+connections and never answer (timeout tests), all requests or those of some endpoints, `cut_short()` ends
+files' bodies halfway.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
+
+if TYPE_CHECKING:
+    import pytest
 
 CHUNK = 64 * 1024
 
@@ -81,7 +85,7 @@ class HubServer:
         self._lock = threading.Condition()
         self._busy = 0  # requests being answered: a client may go on before the server has counted them
         self._release = threading.Event()
-        self._stalled = False
+        self._stalled: tuple[str, ...] | None = None
         self._cut_short = False
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
@@ -116,15 +120,24 @@ class HubServer:
             return [s for s in self.sent if s.path.endswith(path_end)]
 
     @contextlib.contextmanager
-    def stall(self) -> Iterator[None]:
-        """Within the block, every request is accepted and never answered (until the block or server ends)."""
+    def stall(self, *endpoints: str) -> Iterator[None]:
+        """Within the block, every request (or every one to an endpoint named: "tree", "paths-info",
+        "auth-check", "resolve"...) is accepted and never answered (until the block or server ends)."""
         self._release.clear()
-        self._stalled = True
+        self._stalled = endpoints
         try:
             yield
         finally:
-            self._stalled = False
+            self._stalled = None
             self._release.set()
+
+    def _stalls(self, path: str) -> bool:
+        """Whether a request for the URL `path` is left unanswered now."""
+        if self._stalled is None:
+            return False
+        parts = urlsplit(path).path.strip("/").split("/")
+        endpoint = parts[4] if parts[:2] == ["api", "models"] and len(parts) > 4 else parts[2:3] and parts[2]
+        return not self._stalled or endpoint in self._stalled
 
     @contextlib.contextmanager
     def cut_short(self) -> Iterator[None]:
@@ -149,6 +162,25 @@ class HubServer:
             self.sent.append(sent)
 
 
+def use_hub(monkeypatch: pytest.MonkeyPatch, url: str, home: Path) -> None:
+    """huggingface_hub's settings in this process, as HF_ENDPOINT / HF_HOME / the timeouts set them at import:
+    the server at `url`, no token (none of the user's), `home` for its files, no telemetry (it would keep the
+    server's agent list in the user's HF_HOME), 5 s timeouts (the timeout tests shorten them)."""
+    from huggingface_hub import constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / ".agent_harnesses.json"))
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 5)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 5)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
 def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the Hub: httpx reuses connections
@@ -170,7 +202,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self._serve("POST")
 
         def _serve(self, method: str) -> None:
-            if hub._stalled:
+            if hub._stalls(self.path):
                 hub._release.wait()
                 self.close_connection = True
                 return

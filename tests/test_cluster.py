@@ -3,11 +3,16 @@ processes on this machine), and the result is the local one, bit for bit (the JS
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+from typing import Any, Iterator
 
 import pytest
 import torch
 from helpers import run
+from remote_servers import HttpFiles
 
 import fancli.weights.stats
 
@@ -17,9 +22,19 @@ SMALL = 16 * 1024  # bytes per piece: each tensor is several pieces, spread over
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def workers_hf_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("workers-hf-home")
+
+
+@pytest.fixture(scope="module")
+def cluster(workers_hf_home):
+    """Two worker processes whose huggingface_hub (a Hub source's tasks import it) starts with an empty HF_HOME
+    of the test's, no telemetry (it would ask the real Hub for its agent list and keep it in HF_HOME) and none
+    of the user's tokens: it reads at import what the environment says, and a worker has its own."""
+    hub_settings = {"HF_HOME": str(workers_hf_home), "HF_HUB_DISABLE_TELEMETRY": "1", "HF_TOKEN": "",
+                    "HUGGING_FACE_HUB_TOKEN": "", "HF_TOKEN_PATH": str(workers_hf_home / "token")}
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0",
-                                  silence_logs=50) as local:
+                                  silence_logs=50, env=hub_settings) as local:
         yield local.scheduler_address
 
 
@@ -178,10 +193,54 @@ def test_a_port_answering_garbage_is_one_line_and_exit_2(fake_scheduler, checkpo
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_a_remote_source_on_the_cluster_is_read_by_the_workers_as_locally(cluster, checkpoint, monkeypatch):
-    """Issue 30: each task carries the URL and its byte range; the workers fetch their own ranges."""
-    from remote_servers import HttpFiles
+@contextlib.contextmanager
+def served(scheme: str, data: bytes, cluster: str, monkeypatch, tmp_path) -> Iterator[tuple[str, Any]]:
+    """`data` as a safetensors file on a server of `scheme` on 127.0.0.1: its source for fancli, and the bytes
+    the server has sent so far (a function). S3 is moto's server, its endpoint and dummy credentials in AWS's
+    environment variables, here and in the workers (each worker's s3fs reads its own environment); the Hub
+    is tests/hub_server.py's, whose address the tasks carry (the pickled filesystem keeps its endpoint)."""
+    if scheme == "http":
+        with HttpFiles() as server:
+            server.files["/a.safetensors"] = data
+            yield f"{server.url}/a.safetensors", lambda: server.counter.total
+    elif scheme == "s3":
+        s3fs = pytest.importorskip("s3fs")
+        pytest.importorskip("moto")
+        from remote_servers import CountingProxy, moto_s3
 
+        aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        with moto_s3() as (host, port), CountingProxy((host, port)) as proxy, distributed.Client(cluster) as client:
+            aws["AWS_ENDPOINT_URL"] = proxy.url
+            for name, value in aws.items():
+                monkeypatch.setenv(name, value)
+            s3fs.S3FileSystem.clear_instance_cache()  # a client for this endpoint, not another test's
+            s3fs.S3FileSystem().mkdir("models")
+            s3fs.S3FileSystem().pipe_file("models/a.safetensors", data)
+            proxy.counter.reset()
+            client.run(lambda: os.environ.update(aws))
+            try:
+                yield "s3://models/a.safetensors", lambda: proxy.counter.total
+            finally:
+                client.run(lambda: [os.environ.pop(name, None) for name in aws]
+                           + [s3fs.S3FileSystem.clear_instance_cache()])
+                s3fs.S3FileSystem.clear_instance_cache()
+    else:
+        pytest.importorskip("huggingface_hub")
+        from hub_server import HubServer, use_hub
+
+        (tmp_path / "repo").mkdir()
+        (tmp_path / "repo" / "model.safetensors").write_bytes(data)
+        with HubServer({"org/cluster": tmp_path / "repo"}) as hub:
+            use_hub(monkeypatch, hub.url, tmp_path / "home")
+            monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-cache"))  # fancli's cache lookup finds nothing
+            yield "org/cluster", hub.body_bytes
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3", "hub"])
+def test_a_remote_source_on_the_cluster_is_read_by_the_workers_as_locally(cluster, checkpoint, workers_hf_home,
+                                                                          monkeypatch, tmp_path, scheme):
+    """Issue 30: each task carries the URL (the Hub's filesystem) and its byte range; the workers fetch their own
+    ranges, and the JSON is the local one."""
     monkeypatch.setenv("FANCLI_OFFLINE", "")  # this test's own server on 127.0.0.1
 
     def layers(result) -> list:
@@ -189,8 +248,22 @@ def test_a_remote_source_on_the_cluster_is_read_by_the_workers_as_locally(cluste
         document = json.loads(result.out)
         return [document["layers"], document["summary"]]
 
-    with HttpFiles() as server:
-        server.files["/a.safetensors"] = (checkpoint / "a.safetensors").read_bytes()
-        remote = run("inspect", f"{server.url}/a.safetensors", "--stats", "--infer", "-f", "json", "--cluster", cluster)
-        assert server.counter.total > len(server.files["/a.safetensors"])  # headers, then every tensor by range
-    assert layers(remote) == layers(run("inspect", checkpoint / "a.safetensors", "--stats", "--infer", "-f", "json"))
+    data = (checkpoint / "a.safetensors").read_bytes()
+    with served(scheme, data, cluster, monkeypatch, tmp_path) as (source, sent):
+        remote = run("inspect", source, "--stats", "--infer", "-f", "json", "--cluster", cluster)
+        assert layers(remote) == layers(run("inspect", checkpoint / "a.safetensors", "--stats", "--infer", "-f",
+                                            "json"))
+        assert len(data) < sent() <= len(data) + 2 * 128 * 1024  # the header, then each tensor's bytes once
+    with distributed.Client(cluster) as client:  # the workers' own client for the scheme read the ranges
+        modules = client.run(lambda: sorted({"aiohttp", "s3fs", "huggingface_hub"} & set(sys.modules)))
+        package = {"http": "aiohttp", "s3": "s3fs", "hub": "huggingface_hub"}[scheme]
+        assert any(package in found for found in modules.values())
+        if scheme == "hub":  # each worker's huggingface_hub had the test's settings, none of the user's
+            def settings() -> tuple:
+                from huggingface_hub import constants, get_token
+
+                return constants.HF_HOME, constants.HF_HUB_DISABLE_TELEMETRY, get_token()
+
+            found = client.run(settings)
+            assert set(found.values()) == {(str(workers_hf_home), True, None)}
+            assert list(workers_hf_home.iterdir()) == []

@@ -3,6 +3,7 @@ Hub), and fancli's `hub_filesystem` against it: ranged reads, the byte economy, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -10,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -19,7 +21,7 @@ pytest.importorskip("huggingface_hub")
 from huggingface_hub import HfApi, HfFileSystem, constants, hf_hub_download  # noqa: E402
 from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, RepositoryNotFoundError,  # noqa: E402
                                     RevisionNotFoundError)
-from hub_server import HubServer, Repo  # noqa: E402
+from hub_server import HubServer, Repo, use_hub  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
 from fancli.errors import SourceError  # noqa: E402
@@ -47,7 +49,8 @@ def hub(tmp_path_factory):
         save_file({name: WEIGHTS[name]}, str(sharded / shard))
         weight_map[name] = shard
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    repos = {"org/model": Repo(folder, refs={"main": "a" * 40, "v1": BRANCH_COMMIT}),
+    repos = {"org/phi": Repo(phi_repo(tmp_path_factory.mktemp("phi"))),
+             "org/model": Repo(folder, refs={"main": "a" * 40, "v1": BRANCH_COMMIT}),
              "org/sharded": Repo(sharded),
              "org/gated": Repo(folder, access="gated", tokens=frozenset({TOKEN})),
              "org/private": Repo(folder, access="private", tokens=frozenset({TOKEN}))}
@@ -55,22 +58,33 @@ def hub(tmp_path_factory):
         yield server
 
 
+def phi_repo(folder):
+    """The common case on the Hub: an index, two shards and the config.json that names the heads of a fused
+    q/k/v and the init's std (transformers' `initializer_range`)."""
+    generator = np.random.default_rng(5)
+
+    def normal(*shape: int) -> np.ndarray:
+        return (generator.standard_normal(shape) * 0.02).astype(np.float32)
+
+    shards = [{"model.embed_tokens.weight": normal(100, 64),
+               "model.layers.0.self_attn.qkv_proj.weight": normal(192, 64)},
+              {"model.layers.0.mlp.gate_up_proj.weight": normal(256, 64),
+               "model.layers.0.mlp.down_proj.weight": normal(64, 128), "lm_head.weight": normal(100, 64)}]
+    weight_map = {}
+    for number, tensors in enumerate(shards, 1):
+        name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        save_file(tensors, str(folder / name))
+        weight_map |= dict.fromkeys(tensors, name)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "phi3", "hidden_size": 64, "num_attention_heads": 4,
+                                                    "num_key_value_heads": 4, "initializer_range": 0.02}))
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def settings(hub, monkeypatch, tmp_path):
-    """huggingface_hub's settings for this test, as HF_ENDPOINT / HF_HOME / the timeouts set them at import:
-    this server, no token (none of the user's), an empty cache, no telemetry (it would keep the server's agent
-    list in the user's HF_HOME), 5 s timeouts (the timeout tests shorten them)."""
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "home" / "token"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "home" / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "home" / ".agent_harnesses.json"))
-    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 5)
-    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 5)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    """huggingface_hub's settings for this test (`hub_server.use_hub`): this server, no token, an empty home."""
+    use_hub(monkeypatch, hub.url, tmp_path / "home")
     hub.clear()
 
 
@@ -338,14 +352,39 @@ def test_an_uncached_repo_id_is_read_from_the_hub_as_its_local_copy(hub, uncache
     assert not (hub.repos[repo_id].folder.parent / "empty-cache").exists()
 
 
+@pytest.fixture
+def in_pieces(monkeypatch):
+    """A thread pool for `--jobs 2` even for these small files, and each tensor read in several ranges."""
+    monkeypatch.setattr("fancli.weights.parallel.PARALLEL_BYTES", 0)
+    monkeypatch.setattr("fancli.weights.stats.PIECE_BYTES", 256 * 1024)
+
+
+def tensor_bytes(folder) -> int:
+    return sum(shard.stat().st_size - header_bytes(shard) for shard in folder.glob("*.safetensors"))
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
-def test_stats_from_the_hub_equal_local_reading_each_byte_once(hub, uncached, jobs):
+def test_stats_from_the_hub_equal_local_reading_each_byte_once(hub, uncached, in_pieces, jobs):
     folder = hub.repos["org/sharded"].folder
     expected = inspect_json(folder, "--stats")
     hub.clear()
     assert inspect_json("org/sharded", "--stats", "--jobs", jobs) == expected
     shards = sorted(folder.glob("*.safetensors"))
-    tensors = sum(shard.stat().st_size - header_bytes(shard) for shard in shards)
+    tensors = tensor_bytes(folder)
+    assert tensors <= hub.body_bytes(".safetensors") <= tensors + 2 * SLACK * len(shards)
+    assert len(hub.requests(".safetensors")) > 2 * len(shards)  # the header's range, then the tensors' pieces
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_diff_of_a_hub_repo_and_its_local_copy_reads_each_byte_once(hub, uncached, in_pieces, jobs):
+    folder = hub.repos["org/sharded"].folder
+    hub.clear()
+    result = run("diff", "org/sharded", folder, "--jobs", jobs, "-f", "json")
+    assert result.code == 0, result.err
+    rows = json.loads(result.out)["tensors"]
+    assert sorted(row["param"] for row in rows) == sorted(WEIGHTS) and {row["status"] for row in rows} == {"same"}
+    shards = sorted(folder.glob("*.safetensors"))
+    tensors = tensor_bytes(folder)
     assert tensors <= hub.body_bytes(".safetensors") <= tensors + 2 * SLACK * len(shards)
 
 
@@ -369,3 +408,92 @@ def test_a_missing_repo_is_one_line_exit_2(hub, uncached):
     result = run("inspect", "org/absent")
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1
     assert "org/absent" in result.err and "no such repo" in result.err
+
+
+def test_a_sharded_repo_with_a_config_is_read_with_it_as_its_local_copy(hub, uncached):
+    """The index, the shards and config.json beside them: the heads split the fused q/k/v, the recipe and its
+    std come from `initializer_range`, as for the local folder."""
+    def document(source) -> dict:
+        result = run("inspect", source, "--stats", "--infer", "-f", "json")
+        assert result.code == 0, result.err
+        found = json.loads(result.out)
+        return {"layers": found["layers"], "summary": found["summary"], "settings": found["settings"],
+                "notes": found["source"]["notes"], "format": found["source"]["format"]}
+
+    remote = document("org/phi")
+    assert remote == document(hub.repos["org/phi"].folder)
+    assert remote["settings"]["recipe_from"] == "config.json model_type=phi3"
+    assert any("initializer_range=0.02" in note for note in remote["notes"])
+    qkv = next(row for row in remote["layers"] if row["name"].endswith("qkv_proj"))
+    assert qkv["structure"] == {"stacked": 3} and qkv["std"] == 0.02
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    """Every time limit short: a request's (huggingface_hub's), a read's retries, and a call's (remote_io's)."""
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 0.25)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.25)
+    monkeypatch.setattr("fancli.loaders.hub_files.RETRIES", 0)
+    monkeypatch.setattr("fancli.loaders.remote_io.DEADLINE", 5)
+
+
+def run_within(seconds: float, *args: str):
+    """`run(*args)` in a thread, so that a hang fails the test instead of hanging it."""
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(run(*args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return worker, done
+
+
+@pytest.mark.parametrize("case, says", [
+    ("404", "org/absent: no such repo"),
+    ("401", "org/gated: a gated repo"),
+    ("403", "org/gated: a gated repo"),
+    ("refused", "org/model: cannot reach the Hugging Face Hub"),
+    ("truncated", "org/model/model.safetensors: the server's answer ended early"),
+    ("silent", "org/model: the Hugging Face Hub (http://127.0.0.1:"),
+    ("silent listing", "org/model: no answer within 0.5 s"),
+    ("silent auth-check", "org/gated: the Hugging Face Hub (http://127.0.0.1:"),
+    ("silent read", "org/model/model.safetensors: no answer from http://127.0.0.1:"),
+])
+def test_bad_hub_remotes_are_one_line_exit_2_through_the_cli(hub, uncached, quick, monkeypatch, case, says):
+    """Issue 30's five bad remotes for a repo id: 404, 401/403, refused, truncated, and a server that never
+    answers: its first request, or only the listings (the tree, paths-info) or the gated repo's auth-check
+    that follow, which huggingface_hub asks without a timeout."""
+    repo = {"404": "org/absent", "401": "org/gated", "403": "org/gated", "silent auth-check": "org/gated"}.get(
+        case, "org/model")
+    monkeypatch.setenv("HF_TOKEN", "hf_notgrantedsecret" if case == "403" else TOKEN)
+    if case in ("401", "404"):
+        monkeypatch.delenv("HF_TOKEN")
+    if case == "refused":
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{unused.getsockname()[1]}")
+    if case in ("silent listing", "silent auth-check"):  # what only the deadline of remote_io's `call` ends
+        monkeypatch.setattr("fancli.loaders.remote_io.DEADLINE", 0.5)
+    faults = {"truncated": hub.cut_short(), "silent": hub.stall(), "silent listing": hub.stall("tree", "paths-info"),
+              "silent auth-check": hub.stall("auth-check"), "silent read": hub.stall("resolve")}
+    started = time.monotonic()
+    with faults.get(case, contextlib.nullcontext()):
+        worker, done = run_within(10, "inspect", repo, "--stats")
+    worker.join(5)
+    assert done, f"fancli still waiting after {time.monotonic() - started:.0f} s"
+    (result,) = done
+    assert time.monotonic() - started < 5
+    assert result.code == 2, result.err
+    assert len(result.err.strip().splitlines()) == 1 and says in result.err, result.err
+    assert case != "silent read" or "(HF_HUB_ETAG_TIMEOUT, HF_HUB_DOWNLOAD_TIMEOUT: 0.25 s)" in result.err
+    assert "hf_notgrantedsecret" not in result.err and TOKEN not in result.err and result.out == ""
+
+
+def test_the_token_never_appears_in_any_output(hub, uncached, monkeypatch):
+    """HF_TOKEN reads the gated repo; it is in no output, JSON's source, table, notes, diff or error."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    runs = [run("inspect", "org/gated", "--stats", "--infer", "-f", "json"), run("inspect", "org/gated", "--stats"),
+            run("diff", "org/gated", "org/private", "-f", "json"), run("inspect", "org/gated", "--revision", "v9")]
+    assert [each.code for each in runs] == [0, 0, 0, 2], runs[0].err
+    document = json.loads(runs[0].out)
+    assert document["source"]["path"] == "org/gated" and document["source"]["notes"]
+    assert hub.requests("/auth-check")[-1].status == 200
+    assert all(TOKEN not in each.out + each.err for each in runs)

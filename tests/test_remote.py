@@ -143,6 +143,26 @@ def test_single_file_with_query_string_and_credentials_never_shown(local, http):
     assert "pa55" not in result.out and "abc123" not in result.out
 
 
+@pytest.mark.parametrize("name", ["single/model.safetensors", "remote/model.safetensors.index.json"])
+def test_a_presigned_url_never_appears_in_any_output(local, http, name):
+    """Its signature and user info in no output: JSON's source, the notes (a config.json beside it, a shard's
+    name), the table, stderr, nor an error about a file beside it."""
+    folder, single = local
+    base = {"single": http.single, "remote": http.folder}[name.partition("/")[0]]
+    url = f"{base.replace('http://', 'http://user:pa55@')}/{name.partition('/')[2]}?X-Amz-Signature=abc123"
+    shown = f"{base}/{name.partition('/')[2]}"
+    runs = [run("inspect", url, "--stats", "--infer", "-f", "json"), run("inspect", url, "--stats"),
+            run("diff", url, url, "-f", "json"), run("inspect", url.replace(".safetensors", ".bin"))]
+    assert [each.code for each in runs] == [0, 0, 0, 2], runs[-1].err
+    document = json.loads(runs[0].out)
+    assert document["source"]["path"] == shown
+    assert bool(document["source"]["notes"]) == name.endswith(".json")  # from config.json, beside the index
+    assert runs[-1].err.startswith(f"fancli: error: {shown.replace('.safetensors', '.bin')}: not found")
+    for each in runs:
+        assert "pa55" not in each.out + each.err and "abc123" not in each.out + each.err
+        assert "X-Amz" not in each.out + each.err and "user:" not in each.out + each.err
+
+
 @pytest.mark.parametrize("case", ["404", "403", "refused", "truncated", "garbage", "silent", "no ranges",
                                   "ranges ignored"])
 def test_bad_remote_is_one_line_exit_2(http, case, monkeypatch):

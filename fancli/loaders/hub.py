@@ -9,8 +9,8 @@ Hugging Face cache (huggingface_hub's telemetry, unless HF_HUB_DISABLE_TELEMETRY
 agents in HF_HOME, for its user-agent). All settings are huggingface_hub's own: the endpoint (HF_ENDPOINT),
 the token (HF_TOKEN, or the file `hf auth login` writes; never printed), offline mode (HF_HUB_OFFLINE: then
 the error is the one for a repo id the cache lacks) and the timeouts (HF_HUB_ETAG_TIMEOUT for resolving the
-revision, HF_HUB_DOWNLOAD_TIMEOUT per read; huggingface_hub 2.4 sets none on its tree listings and its
-auth-check, which only a server that answered the revision request is asked). A missing, private or gated
+revision, HF_HUB_DOWNLOAD_TIMEOUT per read; huggingface_hub 2.4 sets none on its tree listings and its auth-check:
+these, as every remote call, are bounded by `remote_io.call`'s DEADLINE). A missing, private or gated
 repo, a missing revision, a refused connection and a timeout are each a one-line SourceError naming the repo.
 huggingface_hub is the optional `hub` extra, imported only here.
 """
@@ -21,18 +21,17 @@ from typing import TYPE_CHECKING
 
 from ..errors import SourceError
 from .hf_cache import not_cached
+from .remote_io import call
 
 if TYPE_CHECKING:
     import fsspec
+    from huggingface_hub import HfApi, ModelInfo
 
 
 def hub_filesystem(repo_id: str, revision: str | None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The Hub as a filesystem and the root of `repo_id` at `revision` (default: the default branch)."""
     try:
-        import httpx2
         from huggingface_hub import HfApi, constants
-        from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError,
-                                            RepositoryNotFoundError, RevisionNotFoundError)
 
         from .hub_files import RangedHfFileSystem
     except ModuleNotFoundError as error:
@@ -47,6 +46,22 @@ def hub_filesystem(repo_id: str, revision: str | None) -> tuple[fsspec.AbstractF
     fs = RangedHfFileSystem(endpoint=constants.ENDPOINT, skip_instance_cache=True)
     api = HfApi(endpoint=fs.endpoint, token=fs.token)
     where = f"the Hugging Face Hub ({fs.endpoint})"
+    info = call(f"{repo_id}: {where}", _resolved, api, repo_id, revision, where)
+    if not info.sha:
+        raise SourceError(f"{repo_id}: {where} did not say which commit revision {revision or 'main'!r} is")
+    return fs, f"{repo_id}@{info.sha}"
+
+
+def _resolved(api: HfApi, repo_id: str, revision: str | None, where: str) -> ModelInfo:
+    """The repo's info at `revision` (its commit), once a gated repo's files are known to be readable; each
+    refusal one line. In `remote_io.call`'s thread: huggingface_hub bounds the info request by
+    HF_HUB_ETAG_TIMEOUT but its auth-check by nothing, so a server that answers the one and never the other
+    would hang the run."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
     try:
         info = api.model_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
         if info.gated:  # its info is public, its files may not be: ask before reading any
@@ -68,7 +83,4 @@ def hub_filesystem(repo_id: str, revision: str | None) -> tuple[fsspec.AbstractF
                           "(HF_HUB_ETAG_TIMEOUT)") from None
     except httpx2.TransportError as error:
         raise SourceError(f"{repo_id}: cannot reach {where}: {error}") from None
-    if not info.sha:
-        raise SourceError(f"{repo_id}: {where} did not say which commit revision {revision or 'main'!r} is")
-    return fs, f"{repo_id}@{info.sha}"
-
+    return info

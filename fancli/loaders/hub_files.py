@@ -5,9 +5,10 @@ a 5 MiB block (the whole file when smaller), and each read first lists the file'
 Here `cat_file(path, start, end)` is one GET with `Range: bytes=start-(end-1)`, of at most `end - start`
 bytes kept (a server that ignores the range is cut off, not read to the end), within huggingface_hub's
 HF_HUB_DOWNLOAD_TIMEOUT, retried at most RETRIES times; its faults are OSErrors as other fsspec
-filesystems raise them: FileNotFoundError (404), PermissionError (401/403), TimeoutError, ConnectionError
-(refused, cut off), other HTTP statuses huggingface_hub's HfHubHTTPError (an OSError). Everything else
-(ls, info, open, whole-file reads) is HfFileSystem's own.
+filesystems raise them: FileNotFoundError (404), PermissionError (401/403), TimeoutError (remote_io's
+`TimedOut`: its message names huggingface_hub's settings), ConnectionError (refused, cut off), other HTTP
+statuses huggingface_hub's HfHubHTTPError (an OSError). Everything else (ls, info, open, whole-file reads)
+is HfFileSystem's own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import httpx2
 from huggingface_hub import HfFileSystem, constants, hf_hub_url
 from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
+
+from .remote_io import TimedOut
 
 #: Retries of a read that timed out or lost its connection (huggingface_hub's default is 5, with up to
 #: 23 s of waiting between them): with the default 10 s timeout a server that never answers fails in ~33 s.
@@ -52,8 +55,8 @@ class RangedHfFileSystem(HfFileSystem):
                 raise PermissionError(f"{path}: the Hub refused access ({error.response.status_code})") from error
             raise
         except httpx2.TimeoutException as error:
-            raise TimeoutError(f"{path}: no answer from {self.endpoint} in time (HF_HUB_ETAG_TIMEOUT, "
-                               f"HF_HUB_DOWNLOAD_TIMEOUT: {timeout} s)") from error
+            raise TimedOut(path, f"no answer from {self.endpoint} in time (HF_HUB_ETAG_TIMEOUT, "
+                                 f"HF_HUB_DOWNLOAD_TIMEOUT: {timeout} s)") from error
         except httpx2.TransportError as error:
             raise ConnectionError(f"{path}: cannot read from {self.endpoint}: {error}") from error
 
@@ -69,7 +72,8 @@ def _first_bytes(response: httpx2.Response, count: int, path: str) -> bytes:
             if len(data) >= count:
                 break
     except httpx2.TimeoutException as error:
-        raise TimeoutError(f"{path}: the server stopped sending after {len(data)} of {count} bytes") from error
+        raise TimedOut(path, f"the server stopped sending after {len(data)} of {count} bytes (HF_HUB_DOWNLOAD_TIMEOUT: "
+                             f"{constants.HF_HUB_DOWNLOAD_TIMEOUT} s)") from error
     except httpx2.TransportError as error:
         raise ConnectionError(f"{path}: cut off after {len(data)} of {count} bytes: {error}") from error
     return bytes(data[:count])

@@ -70,6 +70,15 @@ def _timeouts() -> Any:
     return aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
 
 
+class TimedOut(TimeoutError):
+    """A timeout of a filesystem with time limits of its own (the Hub's: huggingface_hub's settings), its
+    `reason` saying which (messages would otherwise name this module's)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
 class RangeIgnored(Exception):
     """A server answered a byte range with more than the range (the whole file, 200): refused unread."""
 
@@ -167,11 +176,14 @@ def _reason(error: BaseException) -> str:
     if any(isinstance(each, ConnectionRefusedError) for each in chain) or "Connector" in names \
             or "EndpointConnection" in names:
         return "cannot connect (refused or unreachable)"
+    explained = next((each for each in chain if isinstance(each, TimedOut)), None)
+    if explained is not None:
+        return _ANY_URL.sub(lambda found: shown(found.group(0)), explained.reason)
     if any(isinstance(each, TimeoutError) for each in chain) or "Timeout" in names:
         return f"no answer in time (connect {CONNECT_TIMEOUT} s, read {READ_TIMEOUT} s)"
     if "RangeIgnored" in names:
         return "the server answered a byte range with the whole file (it ignores ranges); download the file"
-    if "Payload" in names or "IncompleteRead" in names:
+    if "Payload" in names or "IncompleteRead" in names or "RemoteProtocolError" in names:  # aiohttp, urllib3, httpx
         return "the server's answer ended early (a truncated transfer)"
     if isinstance(error, FileNotFoundError):
         return "not found"
