@@ -44,7 +44,8 @@ class HttpFiles:
     """Files served at http://127.0.0.1:port/<name>, GET with Range and HEAD; every byte sent counted
     (headers too). `/403/...` answers 403; `/cut/<name>` states the whole length and sends half;
     `/whole/<name>` says `Accept-Ranges: none` and sends the whole file whatever the range; `/deaf/<name>`
-    sends the whole file whatever the range, and says nothing of ranges."""
+    sends the whole file whatever the range, and says nothing of ranges; `/long/<name>` answers a range 206
+    with its Content-Range, but with the whole file as the body."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -69,11 +70,11 @@ class HttpFiles:
                 path = self.path.split("?", 1)[0]
                 if path.startswith("/403/"):
                     return self._send(403, {}, b"forbidden")
-                prefix = next((p for p in ("/cut/", "/whole/", "/deaf/") if path.startswith(p)), "/")
+                prefix = next((p for p in ("/cut/", "/whole/", "/deaf/", "/long/") if path.startswith(p)), "/")
                 body = files.get(path.removeprefix(prefix[:-1]))
                 if body is None:
                     return self._send(404, {}, b"not found")
-                if prefix != "/cut/" and prefix != "/":
+                if prefix in ("/whole/", "/deaf/"):
                     return self._send(200, {"Accept-Ranges": "none"} if prefix == "/whole/" else {}, body)
                 cut = prefix == "/cut/"
                 wanted = _RANGE.match(self.headers.get("Range", ""))
@@ -85,7 +86,7 @@ class HttpFiles:
                 headers = {"Accept-Ranges": "bytes"}
                 if status == 206:
                     headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(body)}"
-                part = body[start:end]
+                part = body if prefix == "/long/" else body[start:end]
                 if cut and self.command == "GET":
                     self._send(status, headers, part[: len(part) // 2], length=len(part))
                     self.close_connection = True

@@ -164,13 +164,14 @@ def test_a_presigned_url_never_appears_in_any_output(local, http, name):
 
 
 @pytest.mark.parametrize("case", ["404", "403", "refused", "truncated", "garbage", "silent", "no ranges",
-                                  "ranges ignored"])
+                                  "ranges ignored", "range overrun"])
 def test_bad_remote_is_one_line_exit_2(http, case, monkeypatch):
     monkeypatch.setattr(fancli.loaders.remote_io, "CONNECT_TIMEOUT", 0.25)
     monkeypatch.setattr(fancli.loaders.remote_io, "READ_TIMEOUT", 0.25)
     expected = {"404": "not found", "403": "access denied", "refused": "cannot connect",
                 "truncated": "ended early", "garbage": "header", "silent": "no answer",
-                "no ranges": "serves no byte ranges", "ranges ignored": "a byte range with the whole file"}[case]
+                "no ranges": "serves no byte ranges", "ranges ignored": "a byte range with the whole file",
+                "range overrun": "more bytes than the range"}[case]
     creds = "http://user:pa55@"
     with silent_port() as silent:
         url = {"404": f"{http.single}/none.safetensors", "403": f"{http.url}/403/model.safetensors",
@@ -179,13 +180,14 @@ def test_bad_remote_is_one_line_exit_2(http, case, monkeypatch):
                "garbage": f"{http.url}/bad/garbage.safetensors",
                "silent": f"http://127.0.0.1:{silent}/model.safetensors",
                "no ranges": http.single.replace(http.url, http.url + "/whole") + "/model.safetensors",
-               "ranges ignored": http.single.replace(http.url, http.url + "/deaf") + "/model.safetensors"}[case]
+               "ranges ignored": http.single.replace(http.url, http.url + "/deaf") + "/model.safetensors",
+               "range overrun": http.single.replace(http.url, http.url + "/long") + "/model.safetensors"}[case]
         http.counter.reset()
         result = run("inspect", url.replace("http://", creds) + "?sig=abc123", "--stats")
     assert result.code == 2, result.err
     assert len(result.err.strip().splitlines()) == 1 and expected in result.err, result.err
     assert url.removeprefix("http://") in result.err and "pa55" not in result.err and "abc123" not in result.err
-    if case != "ranges ignored":  # there the server pushes the whole file while fancli hangs up
+    if case not in ("ranges ignored", "range overrun"):  # there the server pushes the whole file while fancli hangs up
         assert http.counter.total < 100_000 + 64 * KIB  # at most the first range and the requests' headers
 
 

@@ -80,7 +80,12 @@ class TimedOut(TimeoutError):
 
 
 class RangeIgnored(Exception):
-    """A server answered a byte range with more than the range (the whole file, 200): refused unread."""
+    """A server answered a byte range with more than the range (the whole file, 200; or a 206 whose
+    Content-Length is longer than the range, or not given): refused unread. `partial` for a 206."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"answered {status}")
+        self.partial = status == 206
 
 
 _ASKED = re.compile(r"bytes=(\d+)-(\d+)$")
@@ -89,12 +94,12 @@ _ASKED = re.compile(r"bytes=(\d+)-(\d+)$")
 async def _on_answer(_session: Any, _context: Any, params: Any) -> None:
     """Before an answer's body is read: one to a byte range must hold at most that range."""
     asked = _ASKED.match(params.headers.get("Range", ""))
-    if asked is None or params.response.status == 206:
+    if asked is None:
         return
-    length = params.response.headers.get("Content-Length")
-    if params.response.status < 300 and not (length and int(length) <= int(asked[2]) - int(asked[1]) + 1):
+    length = params.response.headers.get("Content-Length", "")
+    if params.response.status < 300 and not (length.isdigit() and int(length) <= int(asked[2]) - int(asked[1]) + 1):
         params.response.close()
-        raise RangeIgnored(f"answered {params.response.status}")
+        raise RangeIgnored(params.response.status)
 
 
 async def ranged_client(**kwargs: Any) -> Any:
@@ -181,7 +186,10 @@ def _reason(error: BaseException) -> str:
         return _ANY_URL.sub(lambda found: shown(found.group(0)), explained.reason)
     if any(isinstance(each, TimeoutError) for each in chain) or "Timeout" in names:
         return f"no answer in time (connect {CONNECT_TIMEOUT} s, read {READ_TIMEOUT} s)"
-    if "RangeIgnored" in names:
+    ignored = next((each for each in chain if isinstance(each, RangeIgnored)), None)
+    if ignored is not None and ignored.partial:
+        return "the server answered a byte range with more bytes than the range (or an unstated length); refused unread"
+    if ignored is not None:
         return "the server answered a byte range with the whole file (it ignores ranges); download the file"
     if "Payload" in names or "IncompleteRead" in names or "RemoteProtocolError" in names:  # aiohttp, urllib3, httpx
         return "the server's answer ended early (a truncated transfer)"
