@@ -12,22 +12,10 @@ import math
 import numpy as np
 import pytest
 
+from helpers import jax_compute_fans as _compute_fans
 from helpers import run, run_child
 
 msgpack = pytest.importorskip("msgpack")
-
-
-def _compute_fans(shape, in_axis=-2, out_axis=-1, batch_axis=()):
-    """jax 0.10.2 `nn/initializers.py` `_compute_fans`, copied."""
-    if isinstance(in_axis, int) and in_axis == -2 and len(shape) <= 1:
-        raise ValueError("Can't compute input and output sizes")
-    in_size = shape[in_axis] if isinstance(in_axis, int) else math.prod([shape[i] for i in in_axis])
-    out_size = shape[out_axis] if isinstance(out_axis, int) else math.prod([shape[i] for i in out_axis])
-    batch_size = shape[batch_axis] if isinstance(batch_axis, int) else math.prod([shape[i] for i in batch_axis])
-    receptive_field_size = math.prod(shape) / in_size / out_size / batch_size
-    fan_in = in_size * receptive_field_size
-    fan_out = out_size * receptive_field_size
-    return fan_in, fan_out
 
 
 def _ndarray(values: np.ndarray) -> msgpack.ExtType:
@@ -157,3 +145,29 @@ def test_header_names_the_jax_convention(checkpoint):
         result = run("inspect", checkpoint[0], "--format", fmt)
         assert result.code == 0, result.err
         assert "fans: jax" in result.out.splitlines()[0] and "fans: torch" not in result.out
+
+
+def test_einsum_kernel_has_jaxs_fans_of_its_stored_shape(tmp_path):
+    """flax 0.12.8 linen `Einsum` hands its kernel_init the stored shape (`self.param('kernel', self.kernel_init,
+    self.shape)`, unflattened): lecun_normal's fan_in is JAX's `_compute_fans` of it, so its std is known; which
+    dims the layer contracts, its einsum_str says, not the file: the layer-aware fans stay unknown."""
+    path = tmp_path / "einsum.msgpack"
+    kernel = np.random.default_rng(4).standard_normal((5, 6, 7)).astype(np.float32)
+    path.write_bytes(msgpack.packb({"params": {"Einsum_0": {"kernel": _ndarray(kernel)}}}, use_bin_type=True))
+    (row,) = _report("inspect", path, "--all")["layers"]
+    fan_in, fan_out = _compute_fans((5, 6, 7))
+    assert (row["fan_in"], row["fan_out"]) == (fan_in, fan_out)
+    assert row["std"] == pytest.approx(1 / math.sqrt(fan_in))
+    assert row["effective_fan_in"] is None and row["effective_fan_out"] is None
+    assert "fans: jax" in run("inspect", path).out.splitlines()[0]
+
+
+def test_spectral_norm_of_a_jax_conv_kernel_is_numpys(checkpoint):
+    """A JAX conv kernel [kh, kw, in, out] is the matrix [k·in, out] (torch's [out, in·k] transposed): ‖W‖₂ is
+    numpy's of that, not of [kh, kw·in·out]."""
+    pytest.importorskip("scipy")
+    path, written = checkpoint
+    rows = {row["param"]: row for row in _report("inspect", path, "--spectral", "--all")["layers"]}
+    values = written["Conv_0.kernel"].astype(np.float64)
+    assert rows["Conv_0.kernel"]["spectral_norm"] == pytest.approx(
+        np.linalg.norm(values.reshape(-1, values.shape[-1]), 2), rel=1e-5)

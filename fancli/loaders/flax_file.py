@@ -123,8 +123,8 @@ def _layer(path: Path, here: tuple[str, ...], array: _Array) -> Layer:
         if klass == "ConvTranspose" and rank:
             kind = f"conv_transpose{rank}d"
             fields["groups"] = 1
-            notes = ("Flax ConvTranspose: stored [*k, in, out] (Keras' is [*k, out, in]); JAX's fans read it as a "
-                     "conv's",)
+            notes = ("Flax ConvTranspose: stored [*k, in, out] (Keras' is [*k, out, in]); its init reads JAX's fans "
+                     "of it as a conv's: fan_in = in·k, whatever the stride",)
         elif rank:
             kind = f"conv{rank}d" if rank <= 3 else "unknown"
         elif leaf == "embedding":
@@ -133,6 +133,12 @@ def _layer(path: Path, here: tuple[str, ...], array: _Array) -> Layer:
             kind = "norm"
         else:
             kind = "linear" if len(shape) == 2 or leaf == "bias" else "unknown"
+    elif klass == "Einsum" and leaf == "kernel" and len(shape) >= 3:
+        # flax 0.12.8 linen `Einsum.__call__`: `self.param('kernel', self.kernel_init, self.shape)`, unflattened
+        fields.update(unknown_fans=("fan_in", "fan_out"), fan_axes=((-2,), (-1,), ()))
+        notes = (f"Flax Einsum kernel {list(shape)}: its init reads the stored shape with JAX's default axes (in -2, "
+                 "out -1, the rest a receptive field); which dims the layer contracts, its einsum_str says, not the "
+                 "file",)
     elif kind == "linear" and len(shape) >= 3:
         fields["unknown_fans"] = ("fan_in", "fan_out")
         notes = (f"Flax {klass} kernel {list(shape)}: its init sees the shape flattened to [prod(in axes), "

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import SettingsError
+from ..vocab import KERNEL_LAST
 from .tensors import CHUNK_ELEMENTS, TensorData
 
 #: A matrix whose short side is at most this gets all its singular values (eigvalsh of its Gram matrix):
@@ -110,10 +111,10 @@ def plan(shape: tuple[int, ...], layout: str, stacked: int | None, groups: int |
     numel = math.prod(shape)
     if experts and len(shape) == 3:
         return Plan((shape[0] * shape[1], shape[2]), shape[0], 0, True)
-    cols = shape[-1] if layout == "keras" else numel // shape[0]
+    cols = shape[-1] if layout in KERNEL_LAST else numel // shape[0]
     matrix = (numel // cols, cols)
-    out_axis = 1 if layout in ("keras", "in_out") else 0
-    if groups and groups > 1 and layout != "keras" and matrix[0] % groups == 0:
+    out_axis = 1 if layout in (*KERNEL_LAST, "in_out") else 0
+    if groups and groups > 1 and layout not in KERNEL_LAST and matrix[0] % groups == 0:
         return Plan(matrix, groups, 0, True)
     if stacked and stacked > 1 and matrix[out_axis] % stacked == 0:
         return Plan(matrix, stacked, out_axis, False)
