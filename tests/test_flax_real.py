@@ -77,10 +77,6 @@ def test_flax_file_against_jax(saved):
             continue
         (shape,) = drawn
         fans = (row["fan_in"], row["fan_out"])
-        if len(shape) == 2 and values.ndim > 2 and "DenseGeneral_" in name:
-            # a DenseGeneral outside attention: which dims are inputs its `axis` said, not the file
-            assert row.get("effective_fan_in") is None and any("flattened" in note for note in row["notes"])
-            continue
         assert fans == _compute_fans(shape), name  # JAX's, on the shape its initializer saw
         assert row["shape"] == list(shape) or (values.ndim >= 3 and "Conv" in name)
         if "ConvTranspose" in name:  # [kh, kw, in 4, out 5]: each input feeds out·k outputs; fan_in needs the stride
