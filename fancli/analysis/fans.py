@@ -251,8 +251,9 @@ def _transposed_fans(layer: Layer, record: LayerKind, pool_fan_out: bool) -> Lay
 def _gate_fans(layer: Layer, record: LayerKind, pool_fan_out: bool) -> LayerFans:
     """A recurrent weight: its gates stacked along its output dim (torch's dim 0, Keras' last), each hidden_size."""
     whose = {"keras": "Keras'", "jax": "JAX's"}.get(layer.layout, "torch's")
-    note = (f"{layer.kind.upper()}: {layer.stacked} gates stacked along dim {output_dim(layer.layout, len(layer.shape))}"
-            f", its output dim; {whose} fan_out counts all {layer.stacked}, each gate has hidden_size")
+    dim = output_dim(layer.layout, len(layer.shape))
+    note = (f"{layer.kind.upper()}: {layer.stacked} gates stacked along dim {dim}, its output dim; {whose} fan_out "
+            f"counts all {layer.stacked}, each gate has hidden_size")
     return _structured(layer, record, pool_fan_out, bool(layer.transposed), note)
 
 
