@@ -26,7 +26,10 @@ class Layer:
     layout: str = "torch"
     groups: int | None = None
     transposed: bool | None = None
-    stacked: int | None = None  # blocks stacked along dim 0: 3 for q/k/v and GRU gates, 4 for LSTM gates
+    stacked: int | None = None  # blocks stacked along the output dim (torch's 0): 3 for q/k/v and GRU gates, 4 LSTM
+    #: JAX `variance_scaling`'s (in_axis, out_axis, batch_axis) where the source says what its init reads (a spec's
+    #: `axes`; Flax's Einsum hands it the stored kernel): the fans are JAX's `_compute_fans` with those axes.
+    fan_axes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
     unknown_fans: tuple[str, ...] = ()  # effective fans the source cannot show (a fused projection's split)
     reinit_by: str | None = None  # a module above that re-initialises it after torch's own init (nn.Transformer)
     stride: tuple[int, ...] | None = None

@@ -20,6 +20,8 @@ FAN_CONVENTIONS = ("torch", "effective")
 LAYOUTS = ("torch", "keras", "jax", "in_out", "channels_last")
 #: The layouts whose fans are read `[*kernel, in, out]` (Keras' `compute_fans`, JAX's `_compute_fans`).
 KERNEL_LAST = ("keras", "jax")
+#: A spec's `axes` keys: JAX `variance_scaling`'s in_axis, out_axis and batch_axis, in that order.
+AXES_ROLES = ("in", "out", "batch")
 #: How a scheme draws: the std is exact for each (truncated normal corrects its sampling std).
 DISTRIBUTIONS = ("normal", "uniform", "truncated_normal")
 #: What `propagate` does with norm layers: leave them out (the init alone) or run them in train mode.

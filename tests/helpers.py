@@ -113,6 +113,20 @@ def library_draws(build) -> tuple[object, dict[str, tuple]]:
     return model, draws
 
 
+def jax_compute_fans(shape, in_axis=-2, out_axis=-1, batch_axis=()):
+    """jax 0.10.2 `nn/initializers.py` `_compute_fans`, copied (what `variance_scaling(in_axis=, out_axis=,
+    batch_axis=)` divides by)."""
+    if isinstance(in_axis, int) and in_axis == -2 and len(shape) <= 1:
+        raise ValueError("Can't compute input and output sizes")
+    in_size = shape[in_axis] if isinstance(in_axis, int) else math.prod([shape[i] for i in in_axis])
+    out_size = shape[out_axis] if isinstance(out_axis, int) else math.prod([shape[i] for i in out_axis])
+    batch_size = shape[batch_axis] if isinstance(batch_axis, int) else math.prod([shape[i] for i in batch_axis])
+    receptive_field_size = math.prod(shape) / in_size / out_size / batch_size
+    fan_in = in_size * receptive_field_size
+    fan_out = out_size * receptive_field_size
+    return fan_in, fan_out
+
+
 def keras_compute_fans(shape, input_axes=None, output_axes=None) -> tuple[int, int]:
     """keras 3.15.1 `initializers/random_initializers.py` `compute_fans`, copied (EinsumDense gives it the
     einsum's axes)."""

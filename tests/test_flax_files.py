@@ -12,22 +12,10 @@ import math
 import numpy as np
 import pytest
 
+from helpers import jax_compute_fans as _compute_fans
 from helpers import run, run_child
 
 msgpack = pytest.importorskip("msgpack")
-
-
-def _compute_fans(shape, in_axis=-2, out_axis=-1, batch_axis=()):
-    """jax 0.10.2 `nn/initializers.py` `_compute_fans`, copied."""
-    if isinstance(in_axis, int) and in_axis == -2 and len(shape) <= 1:
-        raise ValueError("Can't compute input and output sizes")
-    in_size = shape[in_axis] if isinstance(in_axis, int) else math.prod([shape[i] for i in in_axis])
-    out_size = shape[out_axis] if isinstance(out_axis, int) else math.prod([shape[i] for i in out_axis])
-    batch_size = shape[batch_axis] if isinstance(batch_axis, int) else math.prod([shape[i] for i in batch_axis])
-    receptive_field_size = math.prod(shape) / in_size / out_size / batch_size
-    fan_in = in_size * receptive_field_size
-    fan_out = out_size * receptive_field_size
-    return fan_in, fan_out
 
 
 def _ndarray(values: np.ndarray) -> msgpack.ExtType:
@@ -76,21 +64,43 @@ def test_every_param_listed_with_jax_fans(checkpoint):
     assert list(rows) == list(written)  # params only, in the map's order; batch_stats are no parameters
     assert report["summary"]["parameters"] == sum(values.size for values in written.values())
     assert report["source"]["format"] == "flax"
+    flat = {"DenseGeneral_0.kernel": (6, 6)}  # what its init sees (below)
     for name, values in written.items():  # a DenseGeneral's bias [2, 3] is a bias: listed flat, no fans
-        assert rows[name]["shape"] == ([values.size] if name.endswith("bias") else list(values.shape))
+        shape = flat.get(name, values.shape)
+        assert rows[name]["shape"] == ([values.size] if name.endswith("bias") else list(shape))
         if name.endswith("kernel") and values.ndim >= 2 or name.endswith("embedding"):
-            assert (rows[name]["fan_in"], rows[name]["fan_out"]) == _compute_fans(values.shape)
+            assert (rows[name]["fan_in"], rows[name]["fan_out"]) == _compute_fans(shape)
     kinds = {name: rows[name]["kind"] for name in written if name.endswith(("kernel", "embedding", "scale"))}
     assert kinds == {"Conv_0.kernel": "conv2d", "BatchNorm_0.scale": "norm", "ConvTranspose_0.kernel":
                      "conv_transpose2d", "Embed_0.embedding": "embedding", "DenseGeneral_0.kernel": "linear",
                      "Dense_0.kernel": "linear", "LayerNorm_0.scale": "norm"}
-    # DenseGeneral [6, (2, 3)]: its init sees [6, 6], which the file cannot tell from [(6, 2), 3]
+    # DenseGeneral [6, (2, 3)]: its init sees [6, 6] (flax 0.12.8 `kernel_init_wrap`), its bias [2, 3] the features
     general = rows["DenseGeneral_0.kernel"]
     assert _compute_fans((6, 2, 3), in_axis=0, out_axis=(1, 2)) == (6, 6)
-    assert general["effective_fan_in"] is None and general["effective_fan_out"] is None
-    assert any("flattened" in note for note in general["notes"])
-    # so lecun_normal's std, 1/√fan_in of the flattened shape, is not known either (not 1/√(6·2) of a conv's)
-    assert general["std"] is None and any("fan_in is not known" in note for note in general["notes"])
+    assert "effective_fan_in" not in general and general["std"] == pytest.approx(1 / math.sqrt(6))
+
+
+@pytest.mark.parametrize("kernel,bias,flat", [
+    ((2, 3, 6), (6,), (6, 6)),  # DenseGeneral(6, axis=(-2, -1)): in (2, 3)
+    ((4, 5, 6), (4, 6), (20, 6)),  # batch_dims=(0,): kernel batch + in + features, bias batch + features
+    ((3, 3, 4), (3, 4), None),  # features (3, 4), or batch 3 and features 4: [3, 12] or [9, 4]
+    ((6, 2, 3), None, None),  # use_bias=False: the split is in no file
+])
+def test_dense_general_split_by_its_bias(tmp_path, kernel, bias, flat):
+    """linen DenseGeneral hands its init [prod(batch)·prod(in), prod(features)] (`kernel_init_wrap`) and makes its
+    bias batch + features: where the bias reads one way, the row is that [in, out] with JAX's fans of it (copied
+    `_compute_fans`) and lecun_normal's std; else the fans stay unknown."""
+    module = {"kernel": _ndarray(np.ones(kernel, np.float32))}
+    if bias:
+        module["bias"] = _ndarray(np.zeros(bias, np.float32))
+    path = tmp_path / "dense.msgpack"
+    path.write_bytes(msgpack.packb({"params": {"DenseGeneral_0": module}}, use_bin_type=True))
+    row = {row["param"]: row for row in _report("inspect", path, "--all")["layers"]}["DenseGeneral_0.kernel"]
+    if flat:
+        assert row["shape"] == list(flat) and (row["fan_in"], row["fan_out"]) == _compute_fans(flat)
+        assert row["std"] == pytest.approx(1 / math.sqrt(_compute_fans(flat)[0]))
+    else:
+        assert row["shape"] == list(kernel) and row["effective_fan_in"] is None and row["std"] is None
 
 
 def test_layer_aware_fans_of_attention_and_conv_transpose(checkpoint, tmp_path):
@@ -157,3 +167,29 @@ def test_header_names_the_jax_convention(checkpoint):
         result = run("inspect", checkpoint[0], "--format", fmt)
         assert result.code == 0, result.err
         assert "fans: jax" in result.out.splitlines()[0] and "fans: torch" not in result.out
+
+
+def test_einsum_kernel_has_jaxs_fans_of_its_stored_shape(tmp_path):
+    """flax 0.12.8 linen `Einsum` hands its kernel_init the stored shape (`self.param('kernel', self.kernel_init,
+    self.shape)`, unflattened): lecun_normal's fan_in is JAX's `_compute_fans` of it, so its std is known; which
+    dims the layer contracts, its einsum_str says, not the file: the layer-aware fans stay unknown."""
+    path = tmp_path / "einsum.msgpack"
+    kernel = np.random.default_rng(4).standard_normal((5, 6, 7)).astype(np.float32)
+    path.write_bytes(msgpack.packb({"params": {"Einsum_0": {"kernel": _ndarray(kernel)}}}, use_bin_type=True))
+    (row,) = _report("inspect", path, "--all")["layers"]
+    fan_in, fan_out = _compute_fans((5, 6, 7))
+    assert (row["fan_in"], row["fan_out"]) == (fan_in, fan_out)
+    assert row["std"] == pytest.approx(1 / math.sqrt(fan_in))
+    assert row["effective_fan_in"] is None and row["effective_fan_out"] is None
+    assert "fans: jax" in run("inspect", path).out.splitlines()[0]
+
+
+def test_spectral_norm_of_a_jax_conv_kernel_is_numpys(checkpoint):
+    """A JAX conv kernel [kh, kw, in, out] is the matrix [k·in, out] (torch's [out, in·k] transposed): ‖W‖₂ is
+    numpy's of that, not of [kh, kw·in·out]."""
+    pytest.importorskip("scipy")
+    path, written = checkpoint
+    rows = {row["param"]: row for row in _report("inspect", path, "--spectral", "--all")["layers"]}
+    values = written["Conv_0.kernel"].astype(np.float64)
+    assert rows["Conv_0.kernel"]["spectral_norm"] == pytest.approx(
+        np.linalg.norm(values.reshape(-1, values.shape[-1]), 2), rel=1e-5)

@@ -77,16 +77,13 @@ def test_flax_file_against_jax(saved):
             continue
         (shape,) = drawn
         fans = (row["fan_in"], row["fan_out"])
-        if len(shape) == 2 and values.ndim > 2 and "DenseGeneral_" in name:
-            # a DenseGeneral outside attention: which dims are inputs its `axis` said, not the file
-            assert row.get("effective_fan_in") is None and any("flattened" in note for note in row["notes"])
-            continue
         assert fans == _compute_fans(shape), name  # JAX's, on the shape its initializer saw
         assert row["shape"] == list(shape) or (values.ndim >= 3 and "Conv" in name)
         if "ConvTranspose" in name:  # [kh, kw, in 4, out 5]: each input feeds out·k outputs; fan_in needs the stride
             assert row["kind"] == "conv_transpose2d"
             assert (row.get("effective_fan_out") or row["fan_out"]) == 5 * 9
             assert "effective_fan_in" in row and row["effective_fan_in"] is None  # unknown: no stride in the file
+            assert row["fan_in"] == shape[-2] * 9 and any("whatever the stride" in note for note in row["notes"])
         else:
             assert "effective_fan_in" not in row and "effective_fan_out" not in row  # the same
         assert row["std"] == pytest.approx(1 / np.sqrt(_compute_fans(shape)[0]))  # lecun_normal's, the recipe's
@@ -109,3 +106,51 @@ def test_jax_fans_and_fan_geo_avg_are_jaxs():
     fan_in, fan_out = fancli.jax_fans(shape, in_axis=0, out_axis=1)
     assert variance_scaling(2.0 ** 0.5, fan_in, fan_out, "fan_geo_avg", "normal").std == pytest.approx(
         float(np.asarray(drawn).std()), rel=0.02)
+
+
+def test_spec_axes_std_is_jax_variance_scalings(tmp_path, monkeypatch):
+    """A spec's `axes: {in, out, batch}` with mode fan_geo_avg: fancli's std is the one JAX's own
+    `variance_scaling(1, "fan_geo_avg", "normal", in_axis=1, out_axis=3, batch_axis=0)` multiplies its draws by
+    (its `random.normal` replaced by ones, so each value it returns is that std, with no sampling to compile)."""
+    from types import SimpleNamespace
+
+    from jax._src.nn import initializers
+
+    shape = (4, 5, 6, 7)
+    spec = tmp_path / "axes.yaml"
+    spec.write_text(f"layers:\n  - {{shape: {list(shape)}, axes: {{in: 1, out: 3, batch: 0}}}}\n")
+    result = run("inspect", spec, "--scheme", "lecun_normal", "--mode", "fan_geo_avg", "--format", "json")
+    assert result.code == 0, result.err
+    (row,) = json.loads(result.out)["layers"]
+    assert (row["fan_in"], row["fan_out"]) == _compute_fans(shape, 1, 3, 0)
+    ones = SimpleNamespace(normal=lambda key, shape, dtype, out_sharding=None: jnp.ones(shape, dtype))
+    monkeypatch.setattr(initializers, "random", ones)
+    drawn = np.asarray(nn.initializers.variance_scaling(1.0, "fan_geo_avg", "normal", in_axis=1, out_axis=3,
+                                                        batch_axis=0)(None, shape))
+    assert np.ptp(drawn) == 0 and row["std"] == pytest.approx(float(drawn.flat[0]), rel=1e-6)
+
+
+def test_einsum_std_is_its_lecun_normals(tmp_path):
+    """linen `Einsum` hands its kernel_init the stored shape: fancli's fans and std are JAX's `_compute_fans` of the
+    shape Flax gave the initializer (recorded), the layer's own fans unknown (its einsum_str is not in the file)."""
+    seen = []
+
+    def recorded(key, shape, dtype=jnp.float32):
+        seen.append(tuple(shape))
+        return jnp.asarray(np.random.default_rng(5).standard_normal(shape).astype(np.float32))
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Einsum((5, 6, 7), "abc,cde->abde", kernel_init=recorded, use_bias=False)(x)
+
+    variables = Model().lazy_init(jax.random.key(0), jax.ShapeDtypeStruct((3, 4, 5), jnp.float32))
+    path = tmp_path / "einsum.msgpack"
+    path.write_bytes(serialization.to_bytes(variables))
+    result = run("inspect", path, "--all", "--format", "json")
+    assert result.code == 0, result.err
+    (row,) = json.loads(result.out)["layers"]
+    (shape,) = seen
+    assert (row["fan_in"], row["fan_out"]) == _compute_fans(shape)
+    assert row["std"] == pytest.approx(1 / np.sqrt(_compute_fans(shape)[0]))
+    assert row["effective_fan_in"] is None and row["effective_fan_out"] is None

@@ -240,3 +240,15 @@ def test_rows_in_the_order_keras_wrote_the_layers(which, request):
     assert layers == list(dict.fromkeys(group.split("/")[0] for group, _, _ in MODEL))
     assert [param for param in rows if param.startswith("layers.batch_normalization.")] == [
         f"layers.batch_normalization.vars.{index}" for index in range(4)]
+
+
+def test_lstm_gates_are_along_keras_last_dim(weights_h5):
+    """keras 3.15.1 `LSTMCell.call`: `z = ops.matmul(inputs, self.kernel) + ops.matmul(h, self.recurrent_kernel)`,
+    then `ops.split(z, 4, axis=1)`: the gates i, f, c, o lie along dim 1 of the kernel [in, 4H] and of the
+    recurrent kernel [H, 4H]; no note may send a reader to dim 0, the input's."""
+    rows = {row["param"]: row for row in _report("inspect", weights_h5[0], "--all")["layers"]}
+    for name in ("layers.lstm.cell.vars.0", "layers.lstm.cell.vars.1"):
+        notes = rows[name]["notes"]
+        assert not any("dim 0" in note for note in notes), notes
+        assert any("4 gates stacked along dim 1" in note for note in notes), notes
+        assert rows[name]["effective_fan_out"] == H  # one gate's units

@@ -170,3 +170,21 @@ def test_mode_fan_geo_avg_is_jaxs(tmp_path):
     row = json.loads(result.out)["layers"][0]
     assert (row["fan_in"], row["fan_out"]) == (36, 72)
     assert row["std"] == pytest.approx(math.sqrt(1.0 / (36 * 72) ** 0.5))
+
+
+def test_spec_axes_reach_the_std(tmp_path):
+    """A spec's `axes: {in, out, batch}` are JAX `variance_scaling`'s in_axis, out_axis, batch_axis: mode fan_geo_avg
+    divides by √(fan_in·fan_out) of `_compute_fans` with them (jax 0.10.2, copied in helpers)."""
+    import json
+
+    from helpers import jax_compute_fans, run
+
+    spec = tmp_path / "axes.yaml"
+    spec.write_text("layers:\n  - {name: k, shape: [4, 5, 6, 7], axes: {in: 1, out: 3, batch: 0}}\n")
+    result = run("inspect", spec, "--scheme", "lecun_normal", "--mode", "fan_geo_avg", "--format", "json")
+    assert result.code == 0, result.err
+    (row,) = json.loads(result.out)["layers"]
+    fan_in, fan_out = jax_compute_fans((4, 5, 6, 7), 1, 3, 0)
+    assert (row["fan_in"], row["fan_out"]) == (fan_in, fan_out)
+    assert row["std"] == pytest.approx(math.sqrt(1.0 / (fan_in * fan_out) ** 0.5))
+    assert row["structure"] == {"in_axis": [1], "out_axis": [3], "batch_axis": [0]}

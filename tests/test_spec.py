@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import SAMPLES
+from helpers import SAMPLES, jax_compute_fans
 from torch.nn.init import _calculate_fan_in_and_fan_out as torch_fans
 from torch_from_spec import build
 
@@ -82,6 +82,20 @@ CONV = "  - {{name: c, type: conv2d, in_channels: {i}, out_channels: {o}, kernel
          "spec.yaml:2: layers[0].num_heads: 3 does not divide embed_dim=10"),
         ("layers:\n  - {type: conv2d, in_channels: 3, out_channels: 4, kernel_size: [3, 3, 3]}\n",
          "spec.yaml:2: layers[0].kernel_size: expected 2 values, got 3"),
+        ("layers:\n  - {shape: [5, 24], layout: keras, stacked: 5}\n",
+         "spec.yaml:2: layers[0].stacked: 5 does not divide shape[1]=24, its output dim"),
+        ("layers:\n  - shape: [4, 5, 6]\n    axes:\n      in: 0\n      out: [1, -3]\n",
+         "spec.yaml:5: layers[0].axes.out: axis -3 is dim 0, already in in: each dim has one role"),
+        ("layers:\n  - {shape: [4, 5, 6], axes: {in: 0, batch: [3]}}\n",
+         "spec.yaml:2: layers[0].axes.batch: axis 3 is beyond the 3 dims of shape [4, 5, 6]"),
+        ("layers:\n  - {shape: [4, 5, 6], axes: {inn: 0}}\n",
+         "spec.yaml:2: layers[0].axes.inn: unknown key (did you mean 'in'?)"),
+        ("layers:\n  - {shape: [4, 5, 6], axes: [0, 1]}\n",
+         "spec.yaml:2: layers[0].axes: expected a mapping of in, out, batch, got a list"),
+        ("layers:\n  - {shape: [4, 6], axes: {in: 0}, stacked: 2}\n",
+         "spec.yaml:2: layers[0].axes: the axes give the fans outright: no stacked beside them"),
+        ("layers:\n  - {shape: [4], axes: {in: 0}}\n",
+         "spec.yaml:2: layers[0].axes: JAX's fans need at least 2 dims; shape has 1"),
     ],
 )
 def test_bad_specs_name_file_line_and_key(text, expected):
@@ -137,3 +151,28 @@ def test_a_flow_style_spec_named_yaml_is_read_as_yaml(tmp_path):
     path = tmp_path / "flow.yaml"
     path.write_text("{layers: [{type: linear, in_features: 3, out_features: 4}]}")
     assert load(str(path)).layers[0].shape == (4, 3)
+
+
+def test_keras_layout_stacks_along_its_last_dim():
+    """`stacked` splits a weight's output dim, the last of a `layout: keras` one: Keras' LSTM kernel [in, 4H] (its
+    `LSTMCell.call` splits `inputs @ kernel` into 4 along axis 1), each gate H = 6 outputs."""
+    (layer,) = parse_spec("layers:\n  - {shape: [5, 24], layout: keras, kind: lstm, stacked: 4}\n", "spec.yaml").layers
+    fans = layer_fans(layer)
+    assert (fans.fan_in, fans.fan_out, fans.effective_fan_out) == (5, 24, 6)
+    assert any("along dim 1" in note for note in fans.notes) and not any("dim 0" in note for note in fans.notes)
+
+
+@pytest.mark.parametrize("shape,axes,jax_axes", [
+    ((4, 5, 6, 7), "{in: 1, out: 3, batch: 0}", {"in_axis": 1, "out_axis": 3, "batch_axis": 0}),
+    ((6, 2, 3), "{in: 0, out: [1, 2]}", {"in_axis": 0, "out_axis": (1, 2)}),
+    ((3, 3, 4, 8), "{}", {}),
+    ((2, 3, 4, 5), "{in: [-3, -2], out: -4}", {"in_axis": (-3, -2), "out_axis": -4}),
+])
+def test_axes_give_jaxs_fans(shape, axes, jax_axes):
+    """`axes: {in, out, batch}` are JAX `variance_scaling`'s in_axis, out_axis, batch_axis: the fans are its
+    `_compute_fans` with them (jax 0.10.2, copied in helpers), whatever the layout says."""
+    spec = f"layers:\n  - {{shape: {list(shape)}, axes: {axes}}}\n"
+    (layer,) = parse_spec(spec, "spec.yaml").layers
+    fans = layer_fans(layer)
+    assert (fans.fan_in, fans.fan_out) == jax_compute_fans(shape, **jax_axes)
+    assert not fans.differs  # the axes say which dims are inputs: the layer's own fans too

@@ -57,10 +57,11 @@ def channels_first(shape: Sequence[int], transposed: bool = False) -> tuple[int,
     return (shape[-1], shape[0], *shape[1:-1]) if transposed else (shape[0], shape[-1], *shape[1:-1])
 
 
-def convention_of(layout: str) -> str:
-    """Whose fan function gives a tensor of this layout its (non-effective) fans: Keras' `compute_fans`, JAX's
-    `_compute_fans`, else torch's (a channels-last or `[in, out]` tensor is read as torch lays it out)."""
-    return layout if layout in KERNEL_LAST else "torch"
+def convention_of(layer: Layer) -> str:
+    """Whose fan function gives this tensor its (non-effective) fans: JAX's `_compute_fans` with the axes a spec
+    states, Keras' `compute_fans` or JAX's by the layout, else torch's (a channels-last or `[in, out]` tensor is
+    read as torch lays it out)."""
+    return "jax" if layer.fan_axes else layer.layout if layer.layout in KERNEL_LAST else "torch"
 
 
 def layout_fans(shape: Sequence[int], layout: str) -> tuple[int, int]:
@@ -101,8 +102,21 @@ def _exact(value: float) -> Number:
 
 def layer_fans(layer: Layer, pool_fan_out: bool = False) -> LayerFans:
     """torch's fans for the layer's tensor, plus effective fans and notes from its structure: its kind's rule."""
+    if layer.fan_axes is not None:
+        return _axes_fans(layer)
     record = kind(layer.kind)
     return RULES[record.fans](layer, record, pool_fan_out)
+
+
+def _axes_fans(layer: Layer) -> LayerFans:
+    """The fans JAX's `variance_scaling(in_axis=, out_axis=, batch_axis=)` divides by, with the axes the source
+    gives: the layer's own too (a spec's axes say which dims are inputs and outputs), unless it says they are
+    unknown (a Flax Einsum, whose equation is not in the file)."""
+    in_axis, out_axis, batch_axis = layer.fan_axes
+    fan_in, fan_out = jax_fans(layer.shape, in_axis, out_axis, batch_axis)
+    return LayerFans(_exact(fan_in), _exact(fan_out), unknown=layer.unknown_fans, notes=(
+        f"JAX's _compute_fans with in_axis {list(in_axis)}, out_axis {list(out_axis)}, batch_axis "
+        f"{list(batch_axis)}: the dims on none of them are the receptive field, the batch dims count in neither",))
 
 
 def _as_torch(layer: Layer, transposed: bool) -> tuple[int, ...]:
@@ -212,11 +226,16 @@ def _structured(layer: Layer, record: LayerKind, pool_fan_out: bool, transposed:
     )
 
 
+def output_dim(layout: str, ndim: int) -> int:
+    """The dim a layout stores a weight's outputs along, which stacked parts (q/k/v, gates) split: torch's and
+    MLX's dim 0, `in_out`'s dim 1, Keras' and JAX's last (an LSTM's kernel [in, 4H])."""
+    return ndim - 1 if layout in KERNEL_LAST else 1 if layout == "in_out" else 0
+
+
 def _parts_note(layer: Layer) -> str:
     """Parts stacked along a weight's output dim (q, k, v of a fused projection), wherever its layout stores it."""
-    out_dim = {"in_out": 1, "keras": len(layer.shape) - 1, "jax": len(layer.shape) - 1}.get(layer.layout, 0)
-    return (f"{layer.stacked} parts stacked along dim {out_dim}, its output dim: each is a projection of its own, "
-            f"with 1/{layer.stacked} of the outputs (the effective fan_out)")
+    return (f"{layer.stacked} parts stacked along dim {output_dim(layer.layout, len(layer.shape))}, its output dim: "
+            f"each is a projection of its own, with 1/{layer.stacked} of the outputs (the effective fan_out)")
 
 
 def _weight_fans(layer: Layer, record: LayerKind, pool_fan_out: bool) -> LayerFans:
@@ -230,9 +249,11 @@ def _transposed_fans(layer: Layer, record: LayerKind, pool_fan_out: bool) -> Lay
 
 
 def _gate_fans(layer: Layer, record: LayerKind, pool_fan_out: bool) -> LayerFans:
-    """A recurrent weight: its gates stacked along dim 0, each of hidden_size rows."""
-    note = (f"{layer.kind.upper()}: {layer.stacked} gates stacked along dim 0; torch's fan_out counts all "
-            f"{layer.stacked}, each gate has hidden_size")
+    """A recurrent weight: its gates stacked along its output dim (torch's dim 0, Keras' last), each hidden_size."""
+    whose = {"keras": "Keras'", "jax": "JAX's"}.get(layer.layout, "torch's")
+    dim = output_dim(layer.layout, len(layer.shape))
+    note = (f"{layer.kind.upper()}: {layer.stacked} gates stacked along dim {dim}, its output dim; {whose} fan_out "
+            f"counts all {layer.stacked}, each gate has hidden_size")
     return _structured(layer, record, pool_fan_out, bool(layer.transposed), note)
 
 

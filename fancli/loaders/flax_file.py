@@ -5,7 +5,8 @@ type 1 holding the msgpack of (shape, dtype name, C-order bytes); a model's vari
 (the "batch_stats" and other collections are no parameters). Modules are named by class and index
 (`Dense_0`, `Conv_1`) unless named outright; kernels are `[*k, in, out]` (Dense `[in, out]`; ConvTranspose
 `[*k, in, out]` too, unlike Keras'), read with JAX's `variance_scaling` fans (in_axis -2, out_axis -1:
-`fans` layout `jax`). The file is read whole
+`fans` layout `jax`; a DenseGeneral kernel as the `[batch·in, features]` its init sees where its bias tells the
+split, an Einsum kernel as stored, which its init reads). The file is read whole
 (msgpack has no index), bounded; `--stats` reads each array's bytes from it.
 """
 
@@ -92,10 +93,24 @@ def _walk(path: Path, node: dict, where: tuple[str, ...], layers: list[Layer]) -
                 raise SourceError(f"{path}: {'.'.join(here)} is an array Flax chunked (over 1 GiB): not read")
             _walk(path, value, here, layers)
         elif isinstance(value, _Array):
-            layers.append(_layer(path, here, value))
+            layers.append(_layer(path, here, value, node))
 
 
-def _layer(path: Path, here: tuple[str, ...], array: _Array) -> Layer:
+def _dense_general_split(kernel: tuple[int, ...], bias: Any) -> tuple[int, int] | None:
+    """The [in, out] a linen DenseGeneral's init sees its kernel `batch + in + features` as (flax 0.12.8
+    `kernel_init_wrap`: [prod(batch)·prod(in), prod(features)]), told by its bias `batch + features`; None without
+    a bias, or where it reads two ways (as many leading batch dims as kernel and bias share)."""
+    if not isinstance(bias, _Array) or not 1 <= len(bias.shape) < len(kernel):
+        return None
+    found = set()
+    for batch in range(len(bias.shape)):
+        features = bias.shape[batch:]
+        if kernel[:batch] == bias.shape[:batch] and kernel[len(kernel) - len(features):] == features:
+            found.add((math.prod(kernel) // math.prod(features), math.prod(features)))
+    return found.pop() if len(found) == 1 else None
+
+
+def _layer(path: Path, here: tuple[str, ...], array: _Array, module_arrays: dict) -> Layer:
     shape, dtype = array.shape, array.dtype
     known_bits = {"float16": 16, "float32": 32, "float64": 64, "bfloat16": 16}.get(dtype)
     if known_bits and len(array.raw) != math.prod(shape) * known_bits // 8:
@@ -110,6 +125,8 @@ def _layer(path: Path, here: tuple[str, ...], array: _Array) -> Layer:
     logical = shape
     rank = len(shape) - 2 if leaf == "kernel" and len(shape) >= 3 else 0
     parent = _CLASS.match(here[-3]).group(1) if len(here) > 2 else ""
+    split = (_dense_general_split(shape, module_arrays.get("bias")) if klass == "DenseGeneral" and leaf == "kernel"
+             else None)
     if parent in _ATTENTION_CLASSES and module in _ATTENTION and leaf in ("kernel", "bias") and len(shape) >= 2:
         kind = "linear"
         if leaf == "kernel" and len(shape) >= 3:
@@ -123,8 +140,8 @@ def _layer(path: Path, here: tuple[str, ...], array: _Array) -> Layer:
         if klass == "ConvTranspose" and rank:
             kind = f"conv_transpose{rank}d"
             fields["groups"] = 1
-            notes = ("Flax ConvTranspose: stored [*k, in, out] (Keras' is [*k, out, in]); JAX's fans read it as a "
-                     "conv's",)
+            notes = ("Flax ConvTranspose: stored [*k, in, out] (Keras' is [*k, out, in]); its init reads JAX's fans "
+                     "of it as a conv's: fan_in = in·k, whatever the stride",)
         elif rank:
             kind = f"conv{rank}d" if rank <= 3 else "unknown"
         elif leaf == "embedding":
@@ -133,6 +150,16 @@ def _layer(path: Path, here: tuple[str, ...], array: _Array) -> Layer:
             kind = "norm"
         else:
             kind = "linear" if len(shape) == 2 or leaf == "bias" else "unknown"
+    elif klass == "Einsum" and leaf == "kernel" and len(shape) >= 3:
+        # flax 0.12.8 linen `Einsum.__call__`: `self.param('kernel', self.kernel_init, self.shape)`, unflattened
+        fields.update(unknown_fans=("fan_in", "fan_out"), fan_axes=((-2,), (-1,), ()))
+        notes = (f"Flax Einsum kernel {list(shape)}: its init reads the stored shape with JAX's default axes (in -2, "
+                 "out -1, the rest a receptive field); which dims the layer contracts, its einsum_str says, not the "
+                 "file",)
+    elif split:
+        logical = split
+        notes = (f"Flax DenseGeneral: stored {list(shape)}, the [batch·in, features] = {list(logical)} its init sees "
+                 f"(its bias {list(module_arrays['bias'].shape)} gives the features)",)
     elif kind == "linear" and len(shape) >= 3:
         fields["unknown_fans"] = ("fan_in", "fan_out")
         notes = (f"Flax {klass} kernel {list(shape)}: its init sees the shape flattened to [prod(in axes), "

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..analysis import gains, schemes
+from ..analysis.fans import output_dim
 from ..errors import SourceError
 from ..kinds import KINDS, kind_for_ndim
 from ..kinds import kind as layer_kind
 from ..layer import BuiltBy, Layer, Model
 from ..safe_io import read_text
 from ..typed_yaml import At, Fields, parse_yaml, suggest, yaml_type
-from ..vocab import FAN_CONVENTIONS, LAYOUTS
+from ..vocab import AXES_ROLES, FAN_CONVENTIONS, LAYOUTS
 from ..yaml_lines import LineDict, LineList
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ LAYER_TYPES: dict[str, tuple[str, ...]] = {
     "gru": _RNN_KEYS,
     "multihead_attention": ("embed_dim", "num_heads", "bias", "kdim", "vdim", "dropout", "batch_first"),
     **{t: ("num_features", "normalized_shape", "num_channels", "num_groups", "eps", "affine") for t in NORM_TYPES},
-    "raw": ("shape", "layout", "kind", "groups", "stacked", "transposed", "stride", "dilation", "pool"),
+    "raw": ("shape", "layout", "kind", "groups", "stacked", "transposed", "stride", "dilation", "pool", "axes"),
 }
 DEFAULT_KEYS = ("scheme", "mode", "nonlinearity", "activation", "param", "negative_slope", "fans", "pool_fan_out",
                 "layout", "recipe")
@@ -182,10 +183,41 @@ def _raw(f: Fields, type_: str, name: str, init: _Init, default_layout: str) -> 
         "stride": f.ints("stride", kernel_dims or None, None),
         "dilation": f.ints("dilation", kernel_dims or None, None),
         "pool": f.ints("pool", kernel_dims or None, None),
+        "fan_axes": _axes(f, shape),
     }
-    if structure["stacked"] and len(shape) >= 1 and shape[0] % structure["stacked"]:
-        raise f.error("stacked", f"{structure['stacked']} does not divide shape[0]={shape[0]}")
+    clashing = [key for key in ("groups", "stacked", "transposed") if f.has(key)]
+    if structure["fan_axes"] and clashing:
+        raise f.error("axes", f"the axes give the fans outright: no {', '.join(clashing)} beside them")
+    out = output_dim(layout, len(shape))
+    if structure["stacked"] and len(shape) >= 1 and shape[out] % structure["stacked"]:
+        raise f.error("stacked", f"{structure['stacked']} does not divide shape[{out}]={shape[out]}, its output dim")
     return [_layer(name, "weight", kind, shape, init, **structure)]
+
+
+def _axes(f: Fields, shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...] | None:
+    """`axes: {in: [...], out: [...], batch: [...]}`: JAX `variance_scaling`'s in_axis, out_axis, batch_axis (an
+    int or a list each; JAX's defaults -2, -1 and none), each axis of the shape in at most one of them."""
+    if not f.has("axes"):
+        return None
+    value = f.raw("axes")
+    if not isinstance(value, LineDict):
+        raise f.error("axes", f"expected a mapping of in, out, batch, got {yaml_type(value)}")
+    at = f.at
+    axes = Fields(value, At(at.file, f"{at.path}.axes", at.key_line(f.mapping, "axes")), AXES_ROLES)
+    if len(shape) < 2:
+        raise f.error("axes", f"JAX's fans need at least 2 dims; shape has {len(shape)}")
+    given = [axes.ints(role, None, default, minimum=-len(shape))
+             for role, default in zip(AXES_ROLES, ((-2,), (-1,), ()))]
+    seen: dict[int, str] = {}
+    for role, roles_axes in zip(AXES_ROLES, given):
+        for axis in roles_axes:
+            if axis >= len(shape):
+                raise axes.error(role, f"axis {axis} is beyond the {len(shape)} dims of shape {list(shape)}")
+            if axis % len(shape) in seen:
+                raise axes.error(role, f"axis {axis} is dim {axis % len(shape)}, already in "
+                                       f"{seen[axis % len(shape)]}: each dim has one role")
+            seen[axis % len(shape)] = role
+    return tuple(given)
 
 
 _BUILDERS: dict[str, Callable[..., list[Layer]]] = {

@@ -108,7 +108,7 @@ def _fans_named(report: Report) -> str:
     jax, torch; several where the layers mix layouts)."""
     if report.fan_convention != "torch":
         return report.fan_convention
-    named = sorted({convention_of(row.layer.layout) for row in report.rows if len(row.layer.shape) >= 2})
+    named = sorted({convention_of(row.layer) for row in report.rows if len(row.layer.shape) >= 2})
     return "/".join(named) or "torch"
 
 

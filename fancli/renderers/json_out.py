@@ -55,6 +55,7 @@ def _structure(row: Row) -> dict[str, Any]:
         "stride": list(layer.stride) if layer.stride and any(s > 1 for s in layer.stride) else None,
         "dilation": list(layer.dilation) if layer.dilation and any(d > 1 for d in layer.dilation) else None,
         "pool": list(layer.pool) if layer.pool else None,
+        **dict(zip(("in_axis", "out_axis", "batch_axis"), map(list, layer.fan_axes or ()))),  # JAX's, where given
     }
     return {key: value for key, value in found.items() if value is not None}
 

@@ -42,8 +42,11 @@ def _framework_norm_or_bias(args: RecipeArgs, library: str) -> InitValues | None
 def _axes_unknown(args: RecipeArgs) -> bool:
     """A Keras EinsumDense or Flax DenseGeneral kernel of ≥3 dims whose input axes its file does not say: its
     initializer saw it by those axes (EinsumDense's einsum axes, DenseGeneral's flattened shape), not as a conv,
-    so the fans read off the stored shape are not the ones it drew with."""
-    return args.layer.kind == "linear" and len(args.layer.shape) >= 3 and "fan_in" in args.layer.unknown_fans
+    so the fans read off the stored shape are not the ones it drew with. (A Flax Einsum's init reads the stored
+    kernel with JAX's default axes: the loader gives them, `fan_axes`.)"""
+    layer = args.layer
+    return (layer.kind == "linear" and len(layer.shape) >= 3 and "fan_in" in layer.unknown_fans
+            and layer.fan_axes is None)
 
 
 def _keras_lstm(args: RecipeArgs) -> InitValues | None:
