@@ -270,7 +270,8 @@ def test_connection_refused_is_one_line(monkeypatch):
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
-    assert "cannot reach the Hugging Face Hub" in one_line_error("org/model")
+    assert "the Hugging Face Hub (http://127.0.0.1:" in (message := one_line_error("org/model"))
+    assert "cannot be reached" in message and "hf download org/model" in message
 
 
 def test_a_server_that_never_answers_times_out(hub, monkeypatch):
@@ -450,7 +451,7 @@ def run_within(seconds: float, *args: str):
     ("404", "org/absent: no such repo"),
     ("401", "org/gated: a gated repo"),
     ("403", "org/gated: a gated repo"),
-    ("refused", "org/model: cannot reach the Hugging Face Hub"),
+    ("refused", "not in the Hugging Face cache (looked in"),
     ("truncated", "org/model/model.safetensors: the server's answer ended early"),
     ("silent", "org/model: the Hugging Face Hub (http://127.0.0.1:"),
     ("silent listing", "org/model: no answer within 0.5 s"),
@@ -497,3 +498,24 @@ def test_the_token_never_appears_in_any_output(hub, uncached, monkeypatch):
     assert document["source"]["path"] == "org/gated" and document["source"]["notes"]
     assert hub.requests("/auth-check")[-1].status == 200
     assert all(TOKEN not in each.out + each.err for each in runs)
+
+
+@pytest.mark.parametrize("fault", ["404", "silent read"])
+def test_an_endpoints_user_info_and_the_hubs_retries_never_show(hub, uncached, quick, monkeypatch, tmp_path, fault,
+                                                                 capfd):
+    """HF_ENDPOINT with a password in it, and reads retried (huggingface_hub logs each retry with its URL):
+    one line, naming the endpoint without its user info."""
+    from hub_server import use_hub
+
+    use_hub(monkeypatch, hub.url.replace("http://", "http://user:SECRETPW@"), tmp_path / "home")
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.25)
+    monkeypatch.setattr("fancli.loaders.hub_files.RETRIES", 1)
+    with hub.stall("resolve") if fault == "silent read" else contextlib.nullcontext():
+        worker, done = run_within(10, "inspect", "org/absent" if fault == "404" else "org/model", "--stats")
+    worker.join(5)
+    (result,) = done
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert "SECRETPW" not in result.err and "user:" not in result.err and hub.url in result.err
+    logged = capfd.readouterr().err  # huggingface_hub's own log handler writes to the process's stderr
+    assert "Retry" not in logged and "SECRETPW" not in logged
+    assert fault != "silent read" or "HF_HUB_DOWNLOAD_TIMEOUT" in result.err, result.err

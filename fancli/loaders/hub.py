@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import SourceError
 from .hf_cache import not_cached
-from .remote_io import call
+from .remote_io import call, shown
 
 if TYPE_CHECKING:
     import fsspec
@@ -45,7 +45,7 @@ def hub_filesystem(repo_id: str, revision: str | None) -> tuple[fsspec.AbstractF
     # is not: each process finds its own by huggingface_hub's rules.
     fs = RangedHfFileSystem(endpoint=constants.ENDPOINT, skip_instance_cache=True)
     api = HfApi(endpoint=fs.endpoint, token=fs.token)
-    where = f"the Hugging Face Hub ({fs.endpoint})"
+    where = f"the Hugging Face Hub ({shown(fs.endpoint)})"  # an endpoint's user info is never shown
     info = call(f"{repo_id}: {where}", _resolved, api, repo_id, revision, where)
     if not info.sha:
         raise SourceError(f"{repo_id}: {where} did not say which commit revision {revision or 'main'!r} is")
@@ -81,6 +81,6 @@ def _resolved(api: HfApi, repo_id: str, revision: str | None, where: str) -> Mod
     except httpx2.TimeoutException:
         raise SourceError(f"{repo_id}: {where} did not answer within {constants.HF_HUB_ETAG_TIMEOUT} s "
                           "(HF_HUB_ETAG_TIMEOUT)") from None
-    except httpx2.TransportError as error:
-        raise SourceError(f"{repo_id}: cannot reach {where}: {error}") from None
+    except httpx2.TransportError:
+        raise SourceError(f"{not_cached(repo_id)}; and {where} cannot be reached") from None
     return info

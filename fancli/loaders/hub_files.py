@@ -13,18 +13,46 @@ is HfFileSystem's own.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import logging
+import threading
+from typing import Any, Iterator
 
 import httpx2
 from huggingface_hub import HfFileSystem, constants, hf_hub_url
 from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
 
-from .remote_io import TimedOut
+from .remote_io import TimedOut, shown
 
 #: Retries of a read that timed out or lost its connection (huggingface_hub's default is 5, with up to
 #: 23 s of waiting between them): with the default 10 s timeout a server that never answers fails in ~33 s.
 RETRIES = 2
+
+
+class _QuietReads(logging.Filter):
+    """Drops huggingface_hub's retry warnings ("'timed out' thrown while requesting GET <url>", "Retrying in
+    1s") logged in a thread while it is inside `cat_file` below: they name the URL asked (with an endpoint's
+    user info), and fancli's one line says what failed. Its other logging, and other threads', passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.reading, "on", False)
+
+    @contextlib.contextmanager
+    def during(self) -> Iterator[None]:
+        self.reading.on = True
+        try:
+            yield
+        finally:
+            self.reading.on = False
+
+
+_QUIET = _QuietReads()
+logging.getLogger("huggingface_hub.utils._http").addFilter(_QUIET)
 
 
 class RangedHfFileSystem(HfFileSystem):
@@ -41,7 +69,8 @@ class RangedHfFileSystem(HfFileSystem):
             url = hf_hub_url(resolved.repo_id, resolved.path_in_repo, repo_type=resolved.repo_type,
                              revision=resolved.revision, endpoint=self.endpoint)
             headers = {**build_hf_headers(token=self.token), "Range": f"bytes={start}-{end - 1}"}
-            with http_stream_backoff("GET", url, headers=headers, timeout=timeout, max_retries=RETRIES) as response:
+            with _QUIET.during(), \
+                    http_stream_backoff("GET", url, headers=headers, timeout=timeout, max_retries=RETRIES) as response:
                 if response.status_code == 416:  # starts past the end: a read past EOF
                     return b""
                 hf_raise_for_status(response)
@@ -55,10 +84,10 @@ class RangedHfFileSystem(HfFileSystem):
                 raise PermissionError(f"{path}: the Hub refused access ({error.response.status_code})") from error
             raise
         except httpx2.TimeoutException as error:
-            raise TimedOut(path, f"no answer from {self.endpoint} in time (HF_HUB_ETAG_TIMEOUT, "
+            raise TimedOut(path, f"no answer from {shown(self.endpoint)} in time (HF_HUB_ETAG_TIMEOUT, "
                                  f"HF_HUB_DOWNLOAD_TIMEOUT: {timeout} s)") from error
         except httpx2.TransportError as error:
-            raise ConnectionError(f"{path}: cannot read from {self.endpoint}: {error}") from error
+            raise ConnectionError(f"{path}: cannot read from {shown(self.endpoint)}") from error
 
 
 def _first_bytes(response: httpx2.Response, count: int, path: str) -> bytes:
