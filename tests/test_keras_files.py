@@ -252,3 +252,20 @@ def test_lstm_gates_are_along_keras_last_dim(weights_h5):
         assert not any("dim 0" in note for note in notes), notes
         assert any("4 gates stacked along dim 1" in note for note in notes), notes
         assert rows[name]["effective_fan_out"] == H  # one gate's units
+
+
+def test_a_damaged_weights_file_is_one_line_never_a_traceback(tmp_path):
+    """8 bytes overwritten at every 397th offset of a written file (and where a name is stored): each run reads it or says in one line what is
+    wrong (h5py raises RuntimeError, KeyError… from deep in a damaged object header)."""
+    good = tmp_path / "good.weights.h5"
+    _write_h5(good, np.random.default_rng(0))
+    data = good.read_bytes()
+    codes = set()
+    for offset in [*range(0, len(data) - 8, 397), 23546]:
+        bad = tmp_path / f"bad{offset}.weights.h5"
+        bad.write_bytes(data[:offset] + b"\xff" * 8 + data[offset + 8:])
+        result = run("inspect", bad, "--stats")
+        codes.add(result.code)
+        assert result.code in (0, 2), (offset, result.err)
+        assert result.code == 0 or len(result.err.strip().splitlines()) == 1, (offset, result.err)
+    assert 2 in codes

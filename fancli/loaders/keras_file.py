@@ -11,13 +11,14 @@ Conv2DTranspose `[*k, out, in]`; LSTM kernel `[in, 4H]` and recurrent `[H, 4H]`)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import re
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import SourceError
 from ..layer import BuiltBy, Layer, Model
@@ -79,7 +80,7 @@ def load_keras_h5(path: Path, options: LoadOptions | None = None) -> Model:
         handle = h5py.File(path, "r")
     except OSError as error:
         raise SourceError(f"{path}: not a readable HDF5 file (truncated or not one: {error})") from None
-    with handle:
+    with handle, _damaged(path):
         layers = _layers(path, handle, None, lambda dataset: _file_range(path, dataset))
     return _model(path, "keras-h5", layers)
 
@@ -101,9 +102,20 @@ def load_keras_archive(path: Path, options: LoadOptions | None = None) -> Model:
         handle = h5py.File(io.BytesIO(raw), "r")
     except OSError as error:
         raise SourceError(f"{path}: {WEIGHTS_MEMBER} is not a readable HDF5 file: {error}") from None
-    with handle:
+    with handle, _damaged(path):
         layers = _layers(path, handle, _configs(config), lambda dataset: _in_member(member, dataset))
     return _model(path, "keras", layers)
+
+
+@contextlib.contextmanager
+def _damaged(path: Path) -> Iterator[None]:
+    """h5py's errors while walking a damaged file (its object headers, links or attributes: RuntimeError,
+    OSError, KeyError, ValueError; a name of undecodable bytes: TypeError), each one line naming the file."""
+    try:
+        yield
+    except (RuntimeError, OSError, KeyError, ValueError, TypeError) as error:
+        raise SourceError(f"{path}: a damaged HDF5 file ({str(error).splitlines()[0] if str(error) else error!r})") \
+            from None
 
 
 def _model(path: Path, format: str, layers: list[Layer]) -> Model:
