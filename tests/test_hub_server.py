@@ -519,3 +519,21 @@ def test_an_endpoints_user_info_and_the_hubs_retries_never_show(hub, uncached, q
     logged = capfd.readouterr().err  # huggingface_hub's own log handler writes to the process's stderr
     assert "Retry" not in logged and "SECRETPW" not in logged
     assert fault != "silent read" or "HF_HUB_DOWNLOAD_TIMEOUT" in result.err, result.err
+
+
+def test_a_revision_the_cache_lacks_is_read_from_the_hub(hub, monkeypatch, tmp_path):
+    """The cache holds org/model at main only: main is read from it, asking nothing; v1 from the Hub."""
+    cache = tmp_path / "cache"
+    repo = cache / "models--org--model"
+    snapshot = repo / "snapshots" / ("c" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c" * 40)
+    (snapshot / "model.safetensors").write_bytes(model_bytes(hub))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("FANCLI_OFFLINE", "")
+    expected = inspect_json(hub.repos["org/model"].folder / "model.safetensors")
+    hub.clear()
+    assert inspect_json("org/model") == expected and hub.sent == []
+    assert inspect_json("org/model", "--revision", "v1") == expected
+    assert any(BRANCH_COMMIT in sent.path for sent in hub.sent)

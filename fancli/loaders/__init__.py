@@ -132,10 +132,10 @@ def load(source: str, *, trust: bool = False, kwargs: dict[str, Any] | None = No
     options = LoadOptions(trust=trust, safe_globals=frozenset(safe_globals))
     path = Path(source)
     if not os.path.lexists(path):
-        from .hf_cache import is_cached, is_repo_id, snapshot
+        from .hf_cache import has_snapshot, is_repo_id, snapshot
 
         if is_repo_id(source) and path.suffix.lower() not in MODEL_FILE_SUFFIXES:
-            if is_cached(source) or offline():
+            if offline() or has_snapshot(source, revision):
                 from .folder import load_folder
 
                 return load_folder(snapshot(source, revision), source, options)

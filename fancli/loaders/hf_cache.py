@@ -47,9 +47,14 @@ def _repo_folder(repo_id: str) -> Path:
     return cache_dir() / f"models--{repo_id.replace('/', '--')}"
 
 
-def is_cached(repo_id: str) -> bool:
-    """Whether the cache holds a folder for `repo_id` (its revisions are `snapshot`'s to find)."""
-    return _repo_folder(repo_id).is_dir()
+def has_snapshot(repo_id: str, revision: str | None = None) -> bool:
+    """Whether the cache holds `repo_id` at `revision` as `snapshot` finds it (a repo or revision it lacks, or
+    a ref it refuses, is read from the Hub instead, where fancli is online)."""
+    try:
+        snapshot(repo_id, revision)
+    except SourceError:
+        return False
+    return True
 
 
 def not_cached(repo_id: str) -> SourceError:
