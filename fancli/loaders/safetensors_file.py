@@ -33,7 +33,7 @@ from ..weights.dtypes import DTYPES
 from ..weights.tensors import ByteSource, StridedRef, row_major_strides
 from .entry import Entry
 from .flat_keys import layers_from_entries
-from .key_order import is_sorted, natural_key
+from .key_order import is_sorted, natural_sorted
 from .links import leads_outside, link_root
 
 if TYPE_CHECKING:
@@ -403,7 +403,7 @@ def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
 
 def model_from_header(source: str, ranges: Ranges, header: Header) -> Model:
     """One safetensors file's Model from its validated header (`parse_header`), its bytes read by `ranges`."""
-    layers = layers_from_entries(_entries(ranges, header, sorted(header.tensors, key=natural_key)))
+    layers = layers_from_entries(_entries(ranges, header, natural_sorted(header.tensors)))
     return Model(source=source, format="safetensors", layers=_in_layout(layers, [header]),
                  notes=_notes(header.metadata), built_by=_built_by([header]))
 
@@ -480,7 +480,7 @@ def model_from_shards(source: str, weight_map: dict[str, str],
     does not reorder a report.
     """
     if is_sorted(list(weight_map)):
-        weight_map = {key: weight_map[key] for key in sorted(weight_map, key=natural_key)}
+        weight_map = {key: weight_map[key] for key in natural_sorted(weight_map)}
     headers = {shard: read(shard) for shard in dict.fromkeys(weight_map.values())}
     entries: list[Entry] = []
     for key, shard in weight_map.items():
