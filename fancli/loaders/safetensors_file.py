@@ -493,6 +493,8 @@ def model_from_shards(source: str, weight_map: dict[str, str],
         else:  # no tied keys in this shard: one entry, no generator (92,000 keys)
             entries.append(_entry(ranges, header, tensor, key, None))
     notes = tuple(dict.fromkeys(note for _, header in headers.values() for note in _notes(header.metadata)))
+    # The headers' metadata alone from here: their 90,000 entries are freed before the layers are built
+    written = [header._replace(tensors={}, ties={}) for _, header in headers.values()]
+    del headers
     return Model(source=source, format="safetensors-sharded", notes=notes,
-                 layers=_in_layout(layers_from_entries(entries), [header for _, header in headers.values()]),
-                 built_by=_built_by([header for _, header in headers.values()]))
+                 layers=_in_layout(layers_from_entries(entries), written), built_by=_built_by(written))
