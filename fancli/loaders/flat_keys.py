@@ -299,6 +299,7 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     aliases: dict[int, list[str]] = {}
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     templates: dict[tuple, KinTemplate | None] = {}
+    modules: dict[str, str] = {}  # one string per module name: a weight and its scale share their layers' name
     for entry, kept, number in zip(entries, listed, _kin(entries)):
         if not kept:
             continue
@@ -317,7 +318,7 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
             layer, templates[alike] = _layer(entry, by_key, keys, shapes, shared)
             layers.append(layer)
         else:
-            layers.append(template.apply(entry, module, by_key))
+            layers.append(template.apply(entry, modules.setdefault(module, module), by_key))
     for index, names in aliases.items():
         layer = layers[index]
         note = f"shared with {', '.join(names)} (tied weights, reported once)"
