@@ -131,8 +131,10 @@ def fold(items: Sequence[T], key: Callable[[T], str], same: Callable[[T], Hashab
     Each candidate keeps its members' orders, items and indices side by side (no dict by item): where
     `split` keeps the members whole, they are in model order already, and one product is the whole set."""
     candidates: dict[tuple, tuple[list[int], list[T], list[tuple[int, ...]]]] = {}
-    for order, item in enumerate(items):
+    seen: dict[tuple[int, ...], tuple[int, ...]] = {}  # one tuple per distinct indices: a layer's and expert's
+    for order, item in enumerate(items):  # (3, 17) are those of its 6 weights and scales
         template, indices = split_key(key(item))
+        indices = seen.setdefault(indices, indices)
         candidate = (template, same(item))
         found = candidates.get(candidate)
         if found is None:
