@@ -199,9 +199,10 @@ def _well_formed(key: str, value: Any, data_size: int) -> _Tensor | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _size(dtype: str, shape: tuple[int, ...]) -> tuple[str, int] | None:
-    """Torch's name for a known dtype and the bits a shape of non-negative dims holds (at most _MAX_BITS);
-    None otherwise. Cached: a checkpoint has a few hundred (dtype, shape) pairs among 90,000 tensors."""
+def _size(dtype: str, shape: tuple[int, ...]) -> tuple[str, int, tuple[int, ...]] | None:
+    """Torch's name for a known dtype, the bits a shape of non-negative dims holds (at most _MAX_BITS) and
+    the first equal shape seen, which tensors alike then share; None otherwise. Cached: a checkpoint has a
+    few hundred (dtype, shape) pairs among 90,000 tensors."""
     known = SAFETENSORS_DTYPES.get(dtype)
     if known is None:
         return None
@@ -212,7 +213,7 @@ def _size(dtype: str, shape: tuple[int, ...]) -> tuple[str, int] | None:
         needed *= dim
         if needed > _MAX_BITS:
             return None
-    return known[0], needed
+    return known[0], needed, shape
 
 
 def _fits(key: str, dtype: str, shape: tuple[int, ...], begin: int, end: int, data_size: int) -> _Tensor | None:
@@ -221,7 +222,7 @@ def _fits(key: str, dtype: str, shape: tuple[int, ...], begin: int, end: int, da
     size = _size(dtype, shape)
     if size is None or not 0 <= begin <= end <= data_size or size[1] != 8 * (end - begin):
         return None
-    return _Tensor(key, size[0], shape, begin, end)
+    return _Tensor(key, size[0], size[2], begin, end)
 
 
 def _tensor(key: str, value: Any, data_size: int, where: str) -> _Tensor:
