@@ -244,11 +244,12 @@ def _blanked(module: str) -> str | tuple:
 #: Dtypes of weights besides the floating ones: torch's quantized tensors (listed by their logical values)
 #: and complex ones (fans from the shape; no statistics).
 QUANTIZED_OR_COMPLEX = ("qint8", "quint8", "qint32", "complex64", "complex128")
+_WEIGHT_DTYPES = frozenset(FLOATING + LOW_PRECISION_FLOATING + QUANTIZED_OR_COMPLEX)
 
 
 def is_weight(entry: Entry) -> bool:
     """Floating tensors (quantized and complex ones too) that are not known buffers: what init concerns."""
-    return entry.dtype in FLOATING + LOW_PRECISION_FLOATING + QUANTIZED_OR_COMPLEX and _split(entry.key)[1] not in BUFFERS
+    return entry.dtype in _WEIGHT_DTYPES and entry.key.rpartition(".")[2] not in BUFFERS
 
 
 def _listed(entry: Entry, keys: Collection[str]) -> bool:
