@@ -126,32 +126,62 @@ def fold(items: Sequence[T], key: Callable[[T], str], same: Callable[[T], Hashab
          split: Callable[[list[T]], list[list[T]]] = lambda members: [members]) -> list[Group]:
     """Groups of `items` (in order of their first member) whose keys share a template and whose `same`
     values are equal; `split` may part such a set further (observed values that disagree). Every item is
-    in exactly one group; a group's pattern expands to exactly its members' keys."""
-    candidates: dict[tuple, list[tuple[int, T]]] = defaultdict(list)
-    indices: dict[int, tuple[int, ...]] = {}  # id(item) -> the indices in its key, split once
-    for order, item in enumerate(items):
-        template, indices[id(item)] = split_key(key(item))
-        candidates[(template, same(item))].append((order, item))
+    in exactly one group; a group's pattern expands to exactly its members' keys.
+
+    Each candidate keeps its first member's order and its members and indices side by side: where `split`
+    keeps the members whole, they are in model order already, and one product is the whole set; the other
+    members' orders are looked up only where a group may start past the first (`order`)."""
+    candidates: dict[tuple, tuple[int, list[T], list[tuple[int, ...]]]] = {}
+    seen: dict[tuple[int, ...], tuple[int, ...]] = {}  # one tuple per distinct indices: a layer and expert's
+    for first, item in enumerate(items):  # (3, 17) are those of its 6 weights and scales
+        template, indices = split_key(key(item))
+        indices = seen.setdefault(indices, indices)
+        candidate = (template, same(item))
+        found = candidates.get(candidate)
+        if found is None:
+            candidates[candidate] = (first, [item], [indices])
+        else:
+            found[1].append(item)
+            found[2].append(indices)
+    positions: dict[int, int] = {}  # id(item) -> its order, filled at the first lookup
+
+    def order(item: T) -> int:
+        if not positions:
+            positions.update((id(each), position) for position, each in enumerate(items))
+        return positions[id(item)]
+
     groups: list[tuple[int, Group]] = []
-    for (template, _), members in candidates.items():
+    for (template, _), (first, members, indices) in candidates.items():
         if len(members) == 1:  # most candidates of a large model: its key is its pattern (indices as written)
-            order, item = members[0]
-            groups.append((order, Group(key(item), tuple((i,) for i in indices[id(item)]), (item,))))
+            groups.append((first, Group(key(members[0]), tuple((i,) for i in indices[0]), (members[0],))))
             continue
-        by_item = {id(item): order for order, item in members}
-        for part in split([item for _, item in members]):
-            indexed = {indices[id(item)]: item for item in part}
-            if len(indexed) < len(part):  # two keys with one template and indices: not foldable, keep each
-                groups += [(by_item[id(item)], Group(key(item), (), (item,))) for item in part]
-                continue
-            found = products(set(indexed))
-            for sets in found:
-                # one product is the whole part: no product to enumerate, and no sort where it came in order
-                rows = part if len(found) == 1 else [indexed[t] for t in product(*sets)]
-                if any(by_item[id(a)] > by_item[id(b)] for a, b in zip(rows, rows[1:])):
-                    rows = sorted(rows, key=lambda item: by_item[id(item)])
-                groups.append((by_item[id(rows[0])], Group(pattern(template, sets), sets, tuple(rows))))
+        parts = split(members)
+        if len(parts) == 1 and parts[0] is members:  # kept whole: in model order, indices as listed
+            groups += _product_groups(template, first, members, indices, key, order)
+            continue
+        index_of = {id(item): index for item, index in zip(members, indices)}
+        for part in parts:
+            part = sorted(part, key=order)
+            groups += _product_groups(template, order(part[0]), part, [index_of[id(item)] for item in part], key,
+                                      order)
     return [group for _, group in sorted(groups, key=lambda pair: pair[0])]
+
+
+def _product_groups(template: Template, first: int, members: list[T], indices: list[tuple[int, ...]],
+                    key: Callable[[T], str], order: Callable[[T], int]) -> list[tuple[int, Group]]:
+    """The groups of members of one template in model order (`first`: the first one's order), with their
+    `indices`: one per exact product of index sets, each with the order of its first member."""
+    indexed = dict(zip(indices, members))
+    if len(indexed) < len(members):  # two keys with one template and indices: not foldable, keep each
+        return [(order(item), Group(key(item), (), (item,))) for item in members]
+    found = products(set(indexed))
+    if len(found) == 1:  # one product is the whole set: no product to enumerate, already in order
+        return [(first, Group(pattern(template, found[0]), found[0], tuple(members)))]
+    groups = []
+    for sets in found:
+        rows = sorted((order(indexed[t]), indexed[t]) for t in product(*sets))
+        groups.append((rows[0][0], Group(pattern(template, sets), sets, tuple(item for _, item in rows))))
+    return groups
 
 
 # --- a report's rows ------------------------------------------------------------------------------------

@@ -453,10 +453,12 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context,
     Rows with observed statistics are always computed. Rows share the analysis (fans, inits) and carry
     their own layer: analysing each of 92,000 tensors was half of a header-only inspect."""
     done: dict[tuple, tuple[Row, tuple[str, ...]]] = {}
-    joined: dict[tuple[int, int], tuple[str, ...]] = {}  # ids of objects the layers and `done` keep alive
+    # (id(layer notes), id(tail)) -> the row's notes, None where the tail repeats one of the layer's; ids of
+    # objects the layers and `done` keep alive
+    joined: dict[tuple[int, int], tuple[str, ...] | None] = {}
     rows = []
     for layer in layers:
-        seen = observed.get(layer.param)
+        seen = observed.get(layer.param) if observed else None
         if seen is not None:
             rows.append(analyze_layer(layer, settings, context, seen))
             continue
@@ -472,15 +474,16 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context,
             bare = analyze_layer(replaced(layer, notes=()), settings, context)
             found = done[key] = (bare, bare.notes)
         template, tail = found
-        if layer.notes and any(note in layer.notes for note in tail):
-            rows.append(analyze_layer(layer, settings, context))
-            continue
         notes = tail
         if layer.notes:  # one tuple for each pair (the layers' notes are shared by their loader): folding
             pair = (id(layer.notes), id(tail))  # and JSON then see equal notes as one object
-            notes = joined.get(pair)
+            if pair in joined:
+                notes = joined[pair]
+            else:
+                notes = joined[pair] = None if any(note in layer.notes for note in tail) else layer.notes + tail
             if notes is None:
-                notes = joined[pair] = layer.notes + tail
+                rows.append(analyze_layer(layer, settings, context))
+                continue
         rows.append(replaced(template, layer=layer, notes=notes))  # a copy with this layer
     return rows
 

@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fancli.loaders.key_order import LONGEST_NUMBER, natural_key
+from fancli.loaders.key_order import LONGEST_NUMBER, natural_key, natural_sorted
 
 KEYS = st.text(alphabet="ab.019", max_size=12)
 
@@ -30,3 +30,16 @@ def test_numbers_compare_as_numbers_and_a_key_that_ends_first_sorts_first():
 def test_digit_runs_past_int_limits_sort_by_length():
     huge, longer = "9" * (LONGEST_NUMBER + 1), "1" * (LONGEST_NUMBER + 2)
     assert sorted([f"x{longer}", f"x{huge}", "x5"], key=natural_key) == ["x5", f"x{huge}", f"x{longer}"]
+
+
+@given(st.lists(st.text(alphabet="ab.0190\x00 ~é", max_size=12), max_size=30))
+def test_natural_sorted_is_the_order_of_natural_key(keys):
+    """The one-string-per-key sort (NUL before any text, a number's length before its digits, leading zeros
+    dropped) orders any keys as natural_key does, NULs and ties of `07` and `7` included."""
+    assert natural_sorted(keys) == sorted(keys, key=natural_key)
+
+
+def test_natural_sorted_sorts_runs_past_int_limits_by_length_as_natural_key_does():
+    long = "9" * (LONGEST_NUMBER + 1)
+    keys = [f"a{long}", "a7", f"a{'0' * LONGEST_NUMBER}5", f"a{long}0", "a07"]
+    assert natural_sorted(keys) == sorted(keys, key=natural_key)

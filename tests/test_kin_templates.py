@@ -97,7 +97,8 @@ def _data(layer) -> tuple:
     data = layer.data
     if data is None or dataclasses.is_dataclass(data):
         return type(data).__name__, data
-    return type(data).__name__, {k: v for k, v in vars(data).items()}
+    slots = getattr(type(data), "__slots__", None)  # a slotted handle (quant_data.Scaled) has no __dict__
+    return type(data).__name__, {k: getattr(data, k) for k in slots} if slots else dict(vars(data))
 
 
 def _checked(monkeypatch, *modules) -> list:

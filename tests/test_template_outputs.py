@@ -9,8 +9,9 @@ import json
 import pytest
 from helpers import run
 
-from fancli import report
+from fancli import api, report
 from fancli.loaders import flat_keys, safetensors_file
+from fancli.loaders.key_order import natural_key
 from fancli.renderers import json_out
 from fancli.text import json_safe
 
@@ -84,6 +85,7 @@ def _outputs(index) -> dict[str, str]:
 def _key_by_key(monkeypatch) -> None:
     """Every template off: each entry's layer, row and JSON line computed on its own; headers by the stdlib."""
     monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 1 << 62)
+    monkeypatch.setattr(safetensors_file, "natural_sorted", lambda keys: sorted(keys, key=natural_key))
     monkeypatch.setattr(flat_keys, "_kin", lambda entries: [None] * len(entries))
     monkeypatch.setattr(report, "_analyze_all", lambda layers, settings, context, observed: [
         report.analyze_layer(layer, settings, context, observed.get(layer.param)) for layer in layers])
@@ -104,3 +106,15 @@ def test_every_output_equals_the_one_computed_key_by_key(checkpoint, monkeypatch
     assert len(document["layers"]) > 100 and len(document["groups"]) < len(document["layers"]) / 3
     assert "model.layers.{1,2,4}.mlp.experts.{0..3}.down_proj.weight ×12" in templated["table"]  # the gap kept
     assert "model.layers.{1,4}.mlp.experts.{0..3}.gate_proj.weight ×8" in templated["table"]  # the wide one apart
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["msgspec", "stdlib"])
+def test_tensors_alike_share_one_shape_and_keys_one_shard_name(checkpoint, monkeypatch, typed):
+    """What keeps a 90,000-tensor header-only load near the floor's memory: one shape tuple per (dtype,
+    shape) however many tensors have it, and one string per shard name however many keys it holds."""
+    monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 0 if typed else 1 << 62)
+    layers = api.load(str(checkpoint)).layers
+    assert len(layers) > 100
+    assert len({id(layer.shape) for layer in layers}) <= len({(layer.dtype, layer.shape) for layer in layers}) < 30
+    weight_map = safetensors_file.read_weight_map(checkpoint)[0]
+    assert len({id(shard) for shard in weight_map.values()}) == len(set(weight_map.values())) == 2

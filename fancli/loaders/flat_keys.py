@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import replace
-from typing import Collection, Hashable, Iterable, NamedTuple
+from typing import Collection, Hashable, Iterable, Iterator, Mapping, NamedTuple
 
 from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
@@ -41,7 +41,7 @@ def _split(key: str) -> tuple[str, str]:
     return module, leaf
 
 
-def _rnn_kind(module: str, shape: tuple[int, ...], shapes: dict[str, tuple[int, ...]],
+def _rnn_kind(module: str, shape: tuple[int, ...], shapes: Mapping[str, tuple[int, ...]],
               cell: bool) -> tuple[str, int | None]:
     """lstm/gru/rnn (or their cells) from the ratio of gate rows to hidden size (weight_hh_l0 is [G·H, H],
     or weight_hr gives H)."""
@@ -62,7 +62,7 @@ EXPERT_MATRICES = ("gate_up_proj", "down_proj", "gate_proj", "up_proj")
 
 
 def _expert_layout(module: str, leaf: str, shape: tuple[int, ...],
-                   shapes: dict[str, tuple[int, ...]]) -> tuple[str | None, str]:
+                   shapes: Mapping[str, tuple[int, ...]]) -> tuple[str | None, str]:
     """An experts matrix's layout ("torch": [E, out, in]; "in_out": [E, in, out]) and why, from its own
     module's tensors: its stacked bias [E, out], or the fused gate_up_proj beside down_proj (2I against I).
     None where they cannot tell (then config.json's model_type may)."""
@@ -80,7 +80,7 @@ def _expert_layout(module: str, leaf: str, shape: tuple[int, ...],
     return None, ""
 
 
-def _experts(module: str, leaf: str, shape: tuple[int, ...], shapes: dict[str, tuple[int, ...]]) -> dict | None:
+def _experts(module: str, leaf: str, shape: tuple[int, ...], shapes: Mapping[str, tuple[int, ...]]) -> dict | None:
     """A stacked experts matrix [E, a, b] or stacked bias [E, out] of an `experts` module, as layer fields."""
     if module.rpartition(".")[2] != "experts":
         return None
@@ -99,7 +99,7 @@ def _experts(module: str, leaf: str, shape: tuple[int, ...], shapes: dict[str, t
     return None
 
 
-def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
+def _layer_for(entry: Entry, shapes: Mapping[str, tuple[int, ...]]) -> Layer:
     module, leaf = _split(entry.key)
     shape = entry.shape
     bias = shapes.get(f"{module}.bias" if module else "bias")
@@ -154,7 +154,7 @@ def _layer_for(entry: Entry, shapes: dict[str, tuple[int, ...]]) -> Layer:
     return Layer(kind="unknown", **common)
 
 
-def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes: dict[str, tuple[int, ...]],
+def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes: Mapping[str, tuple[int, ...]],
            shared: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[Layer, KinTemplate | None]:
     """The layer of one listed entry, and its template where the layer holds for every entry alike (`_kin`);
     `shared` holds one copy of each distinct notes tuple (90,000 FP8 weights and scales say a few dozen
@@ -244,11 +244,12 @@ def _blanked(module: str) -> str | tuple:
 #: Dtypes of weights besides the floating ones: torch's quantized tensors (listed by their logical values)
 #: and complex ones (fans from the shape; no statistics).
 QUANTIZED_OR_COMPLEX = ("qint8", "quint8", "qint32", "complex64", "complex128")
+_WEIGHT_DTYPES = frozenset(FLOATING + LOW_PRECISION_FLOATING + QUANTIZED_OR_COMPLEX)
 
 
 def is_weight(entry: Entry) -> bool:
     """Floating tensors (quantized and complex ones too) that are not known buffers: what init concerns."""
-    return entry.dtype in FLOATING + LOW_PRECISION_FLOATING + QUANTIZED_OR_COMPLEX and _split(entry.key)[1] not in BUFFERS
+    return entry.dtype in _WEIGHT_DTYPES and entry.key.rpartition(".")[2] not in BUFFERS
 
 
 def _listed(entry: Entry, keys: Collection[str]) -> bool:
@@ -286,6 +287,32 @@ def _quantization(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry | None
     return scale, factor, f"{what}: --stats reads the dequantized values"
 
 
+class _Shapes(Mapping):
+    """Key -> shape of the last listed entry of that key, read through `by_key` (the last entry of each key):
+    no second 90,000-key dict. Keys with an unlisted entry (buffers, shards holding one key twice) are held
+    apart."""
+
+    def __init__(self, entries: list[Entry], listed: list[bool], by_key: dict[str, Entry]) -> None:
+        self.by_key = by_key
+        odd = {entry.key for entry, kept in zip(entries, listed) if not kept}
+        self.odd = {key: None for key in odd}
+        if odd:
+            self.odd.update((entry.key, entry.shape) for entry, kept in zip(entries, listed)
+                            if kept and entry.key in odd)
+
+    def __getitem__(self, key: str) -> tuple[int, ...]:
+        shape = self.odd[key] if key in self.odd else self.by_key[key].shape
+        if shape is None:
+            raise KeyError(key)
+        return shape
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key in self.by_key if key not in self.odd or self.odd[key] is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     """Layers in source order; tied tensors reported once, the other keys as aliases. Quantization scales,
     metadata and buffers get kinds of their own (`quant_keys`); quantized weights their logical shape."""
@@ -293,12 +320,13 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     by_key = {entry.key: entry for entry in entries}
     keys = by_key.keys()  # a view: no second 92,000-key set
     listed = [_listed(entry, keys) for entry in entries]
-    shapes = {entry.key: entry.shape for entry, kept in zip(entries, listed) if kept}
+    shapes = _Shapes(entries, listed, by_key)
     first: dict[Hashable, int] = {}
     layers: list[Layer] = []
     aliases: dict[int, list[str]] = {}
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     templates: dict[tuple, KinTemplate | None] = {}
+    modules: dict[str, str] = {}  # one string per module name: a weight and its scale share their layers' name
     for entry, kept, number in zip(entries, listed, _kin(entries)):
         if not kept:
             continue
@@ -317,7 +345,7 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
             layer, templates[alike] = _layer(entry, by_key, keys, shapes, shared)
             layers.append(layer)
         else:
-            layers.append(template.apply(entry, module, by_key))
+            layers.append(template.apply(entry, modules.setdefault(module, module), by_key))
     for index, names in aliases.items():
         layer = layers[index]
         note = f"shared with {', '.join(names)} (tied weights, reported once)"

@@ -141,8 +141,10 @@ def _blocks(weight: tuple[int, ...], scale: tuple[int, ...]) -> tuple[int, int] 
 
 
 class Scaled:
-    """weight[r, c] × scale[r // block_rows, c // block_columns] × factor, a few rows at a time, in order."""
+    """weight[r, c] × scale[r // block_rows, c // block_columns] × factor, a few rows at a time, in order.
+    Slotted: a DeepSeek-V3 checkpoint holds one per FP8 weight (45,000)."""
 
+    __slots__ = ("weight", "scale", "blocks", "factor", "shape")
     dtype = "float32"
 
     def __init__(self, weight: "StridedRef | RowData", scale: "StridedRef | RowData", blocks: tuple[int, int],

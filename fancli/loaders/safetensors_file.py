@@ -33,7 +33,7 @@ from ..weights.dtypes import DTYPES
 from ..weights.tensors import ByteSource, StridedRef, row_major_strides
 from .entry import Entry
 from .flat_keys import layers_from_entries
-from .key_order import is_sorted, natural_key
+from .key_order import is_sorted, natural_sorted
 from .links import leads_outside, link_root
 
 if TYPE_CHECKING:
@@ -199,9 +199,10 @@ def _well_formed(key: str, value: Any, data_size: int) -> _Tensor | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _size(dtype: str, shape: tuple[int, ...]) -> tuple[str, int] | None:
-    """Torch's name for a known dtype and the bits a shape of non-negative dims holds (at most _MAX_BITS);
-    None otherwise. Cached: a checkpoint has a few hundred (dtype, shape) pairs among 90,000 tensors."""
+def _size(dtype: str, shape: tuple[int, ...]) -> tuple[str, int, tuple[int, ...]] | None:
+    """Torch's name for a known dtype, the bits a shape of non-negative dims holds (at most _MAX_BITS) and
+    the first equal shape seen, which tensors alike then share; None otherwise. Cached: a checkpoint has a
+    few hundred (dtype, shape) pairs among 90,000 tensors."""
     known = SAFETENSORS_DTYPES.get(dtype)
     if known is None:
         return None
@@ -212,7 +213,7 @@ def _size(dtype: str, shape: tuple[int, ...]) -> tuple[str, int] | None:
         needed *= dim
         if needed > _MAX_BITS:
             return None
-    return known[0], needed
+    return known[0], needed, shape
 
 
 def _fits(key: str, dtype: str, shape: tuple[int, ...], begin: int, end: int, data_size: int) -> _Tensor | None:
@@ -221,7 +222,7 @@ def _fits(key: str, dtype: str, shape: tuple[int, ...], begin: int, end: int, da
     size = _size(dtype, shape)
     if size is None or not 0 <= begin <= end <= data_size or size[1] != 8 * (end - begin):
         return None
-    return _Tensor(key, size[0], shape, begin, end)
+    return _Tensor(key, size[0], size[2], begin, end)
 
 
 def _tensor(key: str, value: Any, data_size: int, where: str) -> _Tensor:
@@ -336,13 +337,21 @@ def parse_header(raw: bytes, file_size: int, where: str) -> Header:
 Ranges = Callable[[int, int], ByteSource]
 
 
+@functools.lru_cache(maxsize=4096)
+def _extent(shape: tuple[int, ...], nbytes: int) -> tuple[tuple[int, ...], int, int]:
+    """A contiguous tensor's strides, elements and bytes, cached: the 90,000 handles of a checkpoint with a
+    few hundred shapes share these int objects (two fewer per handle)."""
+    return row_major_strides(shape), math.prod(shape), nbytes
+
+
 def _entry(ranges: Ranges, header: Header, tensor: _Tensor, key: str, identity: str | None) -> Entry:
     """An Entry with a lazy handle on the tensor's bytes; None where fancli cannot decode the dtype."""
     data = None
     if tensor.dtype in DTYPES:
         shape = tensor.shape
-        data = StridedRef(ranges(header.data_start + tensor.begin, tensor.end - tensor.begin), tensor.dtype,
-                          shape, row_major_strides(shape), 0, math.prod(shape))
+        strides, elements, nbytes = _extent(shape, tensor.end - tensor.begin)
+        data = StridedRef(ranges(header.data_start + tensor.begin, nbytes), tensor.dtype, shape, strides, 0,
+                          elements)
     return Entry(key, tensor.shape, tensor.dtype, data=data, identity=identity)
 
 
@@ -403,7 +412,7 @@ def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
 
 def model_from_header(source: str, ranges: Ranges, header: Header) -> Model:
     """One safetensors file's Model from its validated header (`parse_header`), its bytes read by `ranges`."""
-    layers = layers_from_entries(_entries(ranges, header, sorted(header.tensors, key=natural_key)))
+    layers = layers_from_entries(_entries(ranges, header, natural_sorted(header.tensors)))
     return Model(source=source, format="safetensors", layers=_in_layout(layers, [header]),
                  notes=_notes(header.metadata), built_by=_built_by([header]))
 
@@ -422,7 +431,7 @@ def parse_weight_map(raw: bytes, where: str) -> tuple[dict[str, str], Any]:
         check_json_size(raw, where, "the file")
         decoded = typed.decode_index(raw)
         if decoded is not None:
-            return decoded
+            return _shared_names(decoded[0]), decoded[1]
     document = parse_json(raw, where, "the file")
     weight_map = document.get("weight_map") if isinstance(document, dict) else None
     if not isinstance(weight_map, dict):
@@ -430,7 +439,13 @@ def parse_weight_map(raw: bytes, where: str) -> tuple[dict[str, str], Any]:
     if not all(isinstance(v, str) for v in weight_map.values()):
         raise SourceError(f"{where}: weight_map must be an object mapping tensor keys to shard file names")
     metadata = document.get("metadata")
-    return weight_map, metadata.get("total_parameters") if isinstance(metadata, dict) else None
+    return _shared_names(weight_map), metadata.get("total_parameters") if isinstance(metadata, dict) else None
+
+
+def _shared_names(weight_map: dict[str, str]) -> dict[str, str]:
+    """The weight_map with one string per shard name: a parser makes one per key (90,000 copies of 163 names)."""
+    names: dict[str, str] = {}
+    return {key: names.setdefault(shard, shard) for key, shard in weight_map.items()}
 
 
 def shard_name(shard: str, where: str) -> str:
@@ -480,7 +495,7 @@ def model_from_shards(source: str, weight_map: dict[str, str],
     does not reorder a report.
     """
     if is_sorted(list(weight_map)):
-        weight_map = {key: weight_map[key] for key in sorted(weight_map, key=natural_key)}
+        weight_map = {key: weight_map[key] for key in natural_sorted(weight_map)}
     headers = {shard: read(shard) for shard in dict.fromkeys(weight_map.values())}
     entries: list[Entry] = []
     for key, shard in weight_map.items():
@@ -493,6 +508,8 @@ def model_from_shards(source: str, weight_map: dict[str, str],
         else:  # no tied keys in this shard: one entry, no generator (92,000 keys)
             entries.append(_entry(ranges, header, tensor, key, None))
     notes = tuple(dict.fromkeys(note for _, header in headers.values() for note in _notes(header.metadata)))
+    # The headers' metadata alone from here: their 90,000 entries are freed before the layers are built
+    written = [header._replace(tensors={}, ties={}) for _, header in headers.values()]
+    del headers, weight_map  # the sorted copy, where there is one
     return Model(source=source, format="safetensors-sharded", notes=notes,
-                 layers=_in_layout(layers_from_entries(entries), [header for _, header in headers.values()]),
-                 built_by=_built_by([header for _, header in headers.values()]))
+                 layers=_in_layout(layers_from_entries(entries), written), built_by=_built_by(written))
