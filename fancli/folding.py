@@ -50,13 +50,18 @@ class Group:
         return self.count * size(self.row)
 
 
+#: Digits an index part may have (an int64's); a longer run of digits is a name.
+MAX_INDEX_DIGITS = 18
+
+
 def split_key(key: str) -> tuple[Template, tuple[int, ...]]:
-    """`layers.3.mlp.weight` -> (("layers", None, "mlp", "weight"), (3,)). An index is a part of ASCII digits
-    without a leading zero (`007` is a name, not 7). One loop, no call per part: it runs once per row."""
+    """`layers.3.mlp.weight` -> (("layers", None, "mlp", "weight"), (3,)). An index is a part of at most
+    MAX_INDEX_DIGITS ASCII digits without a leading zero (`007` is a name, not 7; so is a run of thousands of
+    digits, which `int` refuses). One loop, no call per part: it runs once per row."""
     parts: list = key.split(".")
     indices = []
     for position, part in enumerate(parts):
-        if part.isdigit() and part.isascii() and (part[0] != "0" or len(part) == 1):
+        if part.isdigit() and part.isascii() and (part[0] != "0" or len(part) == 1) and len(part) <= MAX_INDEX_DIGITS:
             indices.append(int(part))
             parts[position] = None
     return tuple(parts), tuple(indices)

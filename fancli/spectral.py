@@ -3,8 +3,9 @@
 
 The expectation: an i.i.d. init of std σ on an [m, n] matrix has ‖W‖₂ ≈ σ(√m + √n) (the Bai–Yin edge, for
 any distribution of that std: normal, uniform of bound b = σ√3, truncated); an orthogonal one of RMS σ has
-every singular value σ·√max(m, n); a constant c has |c|·√(mn); none where the row has no std. An orthogonal matrix (times a gain) has every singular value equal: `orthogonal`
-says so from σ_min/σ_max, or from the stable rank at its largest where σ_min is not computed. The numbers
+every singular value σ·√max(m, n) (a block of it, a gate, Wachter's edge below); a constant c has |c|·√(mn);
+none where the row has no std. A matrix whose singular values are all equal is `orthogonal`, as told by
+σ_min/σ_max, or by the stable rank at its largest where σ_min is not computed. The numbers
 come from `weights.spectral`; this module only puts them beside the row's fans and init.
 """
 
@@ -93,24 +94,39 @@ def _ratio(norm: float | None, fan_in: float | None, fan_out: float | None) -> f
     return norm / math.sqrt(fan_out / fan_in)
 
 
-def _expected(row: "Row", rows: int, cols: int) -> float | None:
-    """‖W‖₂ at init of an [rows, cols] matrix under the row's first mode (None where it has no std)."""
+def _expected(row: "Row", rows: int, cols: int, whole: tuple[int, int] | None = None) -> float | None:
+    """‖W‖₂ at init of an [rows, cols] matrix, a part of a `whole` one where given, under the row's first mode
+    (None where it has no std)."""
     values = next(iter(row.inits.values()))
     if values.constant is not None and not values.std:
         return abs(values.constant) * math.sqrt(rows * cols)
     if values.std is None:
         return None
-    if values.distribution == "orthogonal":  # every singular value the gain; the values' RMS is gain/√max side
-        return values.std * math.sqrt(max(rows, cols))
+    if values.distribution == "orthogonal":
+        return _orthogonal_edge(values.std, rows, cols, whole or (rows, cols))
     return values.std * (math.sqrt(rows) + math.sqrt(cols))
 
 
+def _orthogonal_edge(rms: float, rows: int, cols: int, whole: tuple[int, int]) -> float:
+    """‖W‖₂ of a [rows, cols] block of an orthogonal init of RMS `rms` on `whole`: the whole is N = max(whole)
+    rows or columns of an N×N Haar orthogonal matrix times its gain rms·√N. A block with rows + cols > N keeps
+    singular values equal to the gain; a smaller one's largest is at Wachter's edge √(α(1−β)) + √(β(1−α)) of
+    the gain (α = rows/N, β = cols/N): a gate [H, H] of an LSTM's [H, 4H] recurrent kernel, √3/2."""
+    size = max(whole)
+    gain = rms * math.sqrt(size)
+    if rows + cols > size:
+        return gain
+    alpha, beta = rows / size, cols / size
+    return gain * (math.sqrt(alpha * (1 - beta)) + math.sqrt(beta * (1 - alpha)))
+
+
 def _values(row: "Row", found: "Spectrum", fan_in: float | None, fan_out: float | None,
-            dims: tuple[int, int]) -> SpectralValues:
-    """One matrix's numbers; none but the expectation where its values are not finite."""
+            dims: tuple[int, int], whole: tuple[int, int] | None = None) -> SpectralValues:
+    """One matrix's numbers (a part of a `whole` one's where given); none but the expectation where its values
+    are not finite."""
     norm = found.norm if math.isfinite(found.norm) else None
     return SpectralValues(norm, found.stable_rank if norm else None, _ratio(norm, fan_in, fan_out),
-                          _expected(row, *dims))
+                          _expected(row, *dims, whole))
 
 
 def spectral_row(row: "Row", found: "Spectral", effective: bool) -> SpectralRow:
@@ -122,7 +138,8 @@ def spectral_row(row: "Row", found: "Spectral", effective: bool) -> SpectralRow:
     fan_in, fan_out = row.fans.pick(effective)
     dims = found.block or (whole.rows, whole.cols)  # a block-diagonal operator's edge is each block's
     part_in, part_out = row.fans.pick(True)
-    parts = tuple(_values(row, part, part_in, part_out, (part.rows, part.cols)) for part in found.parts)
+    parts = tuple(_values(row, part, part_in, part_out, (part.rows, part.cols), (whole.rows, whole.cols))
+                  for part in found.parts)
     return SpectralRow(_values(row, whole, fan_in, fan_out, dims), parts, whole.spread, whole.orthogonal)
 
 

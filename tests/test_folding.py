@@ -209,3 +209,15 @@ def test_check_stats_folds_deviations_alike_and_shows_the_observed_range(checkpo
     document = json.loads(run("check", checkpoints["odd"], "--no-config", "--baseline", baseline, "--stats",
                               "--format", "json").out)
     assert sum(1 for d in document["observed"] if ".experts." in d["param"] and "gate_proj" in d["param"]) == 56
+
+
+def test_a_run_of_thousands_of_digits_is_a_name(tmp_path):
+    """`int` refuses more than 4,300 digits: such a part is a name, not an index (it was exit 3)."""
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    path = tmp_path / "long.safetensors"
+    save_file({f"layers.{'1' * 5000}.weight": np.zeros((2, 2), np.float32),
+               "layers.3.weight": np.zeros((2, 2), np.float32)}, str(path))
+    result = run("inspect", path)
+    assert result.code == 0, result.err

@@ -523,17 +523,42 @@ def test_an_endpoints_user_info_and_the_hubs_retries_never_show(hub, uncached, q
 
 def test_a_revision_the_cache_lacks_is_read_from_the_hub(hub, monkeypatch, tmp_path):
     """The cache holds org/model at main only: main is read from it, asking nothing; v1 from the Hub."""
-    cache = tmp_path / "cache"
-    repo = cache / "models--org--model"
-    snapshot = repo / "snapshots" / ("c" * 40)
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("c" * 40)
-    (snapshot / "model.safetensors").write_bytes(model_bytes(hub))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("FANCLI_OFFLINE", "")
+    _cached_main(tmp_path, hub, monkeypatch)
     expected = inspect_json(hub.repos["org/model"].folder / "model.safetensors")
     hub.clear()
     assert inspect_json("org/model") == expected and hub.sent == []
     assert inspect_json("org/model", "--revision", "v1") == expected
     assert any(BRANCH_COMMIT in sent.path for sent in hub.sent)
+
+
+def _cached_main(tmp_path, hub, monkeypatch):
+    """A cache holding org/model at main only (refs/main, its snapshot)."""
+    repo = tmp_path / "cache" / "models--org--model"
+    snapshot = repo / "snapshots" / ("c" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c" * 40)
+    (snapshot / "model.safetensors").write_bytes(model_bytes(hub))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FANCLI_OFFLINE", "")
+    return repo
+
+
+def test_a_refused_cache_is_reported_never_sent_to_the_hub(hub, monkeypatch, tmp_path):
+    repo = _cached_main(tmp_path, hub, monkeypatch)
+    (tmp_path / "elsewhere").write_text("c" * 40)
+    (repo / "refs" / "main").unlink()
+    (repo / "refs" / "main").symlink_to(tmp_path / "elsewhere")
+    hub.clear()
+    result = run("inspect", "org/model")
+    assert result.code == 2 and "links outside the repo's refs folder; refused" in result.err, result.err
+    assert hub.sent == []
+
+
+def test_offline_a_revision_the_cache_lacks_is_named(hub, monkeypatch, tmp_path):
+    _cached_main(tmp_path, hub, monkeypatch)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    result = run("inspect", "org/model", "--revision", "v9")
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert "no revision 'v9' in the Hugging Face cache" in result.err and "--revision v9" in result.err
+    assert hub.sent == []

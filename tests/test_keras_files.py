@@ -269,3 +269,16 @@ def test_a_damaged_weights_file_is_one_line_never_a_traceback(tmp_path):
         assert result.code in (0, 2), (offset, result.err)
         assert result.code == 0 or len(result.err.strip().splitlines()) == 1, (offset, result.err)
     assert 2 in codes
+
+
+def test_a_variable_named_by_a_non_ascii_digit_is_a_name(tmp_path):
+    """`'²'.isdigit()` is True but `int('²')` fails: such a variable is read as a name, not an index."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "odd.weights.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_group("vars").attrs["name"] = "sequential"
+        entry = handle.create_group("layers/dense").create_group("vars")
+        entry["0"], entry["²"] = np.ones((4, 3), np.float32), np.ones(3, np.float32)
+    result = run("inspect", path, "--all", "-f", "json")
+    assert result.code == 0, result.err
+    assert [row["param"] for row in json.loads(result.out)["layers"]] == ["layers.dense.vars.0", "layers.dense.vars.²"]

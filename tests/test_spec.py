@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-from helpers import SAMPLES, jax_compute_fans
+from helpers import SAMPLES, jax_compute_fans, run
 from torch.nn.init import _calculate_fan_in_and_fan_out as torch_fans
 from torch_from_spec import build
 
@@ -176,3 +177,14 @@ def test_axes_give_jaxs_fans(shape, axes, jax_axes):
     fans = layer_fans(layer)
     assert (fans.fan_in, fans.fan_out) == jax_compute_fans(shape, **jax_axes)
     assert not fans.differs  # the axes say which dims are inputs: the layer's own fans too
+
+
+@pytest.mark.parametrize("shape, axes", [([0, 4], "{in: 0, out: 1}"), ([3, 0, 4], "{}"), ([0, 0], "{}")])
+def test_axes_on_a_zero_size_dim_give_zero_fans_not_a_traceback(tmp_path, shape, axes):
+    """JAX divides by the axes' sizes (a ZeroDivisionError on a zero-size dim); fancli's fans are 0 there."""
+    spec = tmp_path / "zero.yaml"
+    spec.write_text(f"layers:\n  - {{shape: {shape}, axes: {axes}}}\n")
+    result = run("inspect", spec, "-f", "json")
+    assert result.code == 0, result.err
+    (row,) = json.loads(result.out)["layers"]
+    assert 0 in (row["fan_in"], row["fan_out"])

@@ -252,6 +252,11 @@ def test_an_orthogonal_init_is_expected_at_its_gain(tmp_path):
     assert row["spectral_norm"] == pytest.approx(1.0, rel=1e-5)
     assert row["expected_spectral_norm"] == pytest.approx(1.0, rel=1e-9)
     assert row["orthogonal"] is True
+    # each gate [H, H] is a block of a Haar orthogonal matrix, not orthogonal itself: Wachter's edge, √3/2
+    gates = [float(np.linalg.norm(recurrent[:, g * units:(g + 1) * units].astype(np.float64), 2)) for g in range(4)]
+    assert row["spectral_parts"]["spectral_norm"] == pytest.approx(gates, rel=1e-6)
+    for gate, expected in zip(gates, row["spectral_parts"]["expected_spectral_norm"]):
+        assert expected == pytest.approx(math.sqrt(3) / 2) and gate == pytest.approx(expected, rel=0.05)
 
 
 @pytest.mark.parametrize("bad", [math.inf, math.nan])

@@ -45,7 +45,10 @@ def jax_fans(shape: Sequence[int], in_axis: int | Sequence[int] = -2, out_axis: 
     if isinstance(in_axis, int) and in_axis == -2 and len(shape) <= 1:
         raise ValueError(f"Can't compute input and output sizes of a {len(shape)}-dimensional weights tensor "
                          "with default in_axis")
-    receptive_field = math.prod(shape) / size(in_axis) / size(out_axis) / size(batch_axis)
+    divisor = size(in_axis) * size(out_axis) * size(batch_axis)
+    # JAX's own division (axes may overlap: in_axis = out_axis); a zero-size dim among them, where JAX raises
+    # ZeroDivisionError, has no elements and 0 fans
+    receptive_field = math.prod(shape) / size(in_axis) / size(out_axis) / size(batch_axis) if divisor else 0.0
     return size(in_axis) * receptive_field, size(out_axis) * receptive_field
 
 

@@ -100,7 +100,7 @@ def _dense_general_split(kernel: tuple[int, ...], bias: Any) -> tuple[int, int] 
     """The [in, out] a linen DenseGeneral's init sees its kernel `batch + in + features` as (flax 0.12.8
     `kernel_init_wrap`: [prod(batch)·prod(in), prod(features)]), told by its bias `batch + features`; None without
     a bias, or where it reads two ways (as many leading batch dims as kernel and bias share)."""
-    if not isinstance(bias, _Array) or not 1 <= len(bias.shape) < len(kernel):
+    if not isinstance(bias, _Array) or not 1 <= len(bias.shape) < len(kernel) or 0 in kernel:
         return None
     found = set()
     for batch in range(len(bias.shape)):

@@ -47,20 +47,32 @@ def _repo_folder(repo_id: str) -> Path:
     return cache_dir() / f"models--{repo_id.replace('/', '--')}"
 
 
+class NotCached(SourceError):
+    """The cache lacks the repo, the revision's ref or its snapshot: what the Hub may still serve (a ref or link
+    the cache has but `snapshot` refuses is a SourceError of its own, never sent to the network)."""
+
+
 def has_snapshot(repo_id: str, revision: str | None = None) -> bool:
-    """Whether the cache holds `repo_id` at `revision` as `snapshot` finds it (a repo or revision it lacks, or
-    a ref it refuses, is read from the Hub instead, where fancli is online)."""
+    """Whether the cache holds `repo_id` at `revision`; False only where it lacks it (`NotCached`): a refused
+    or broken cache is the cache's to report."""
+    return missing(repo_id, revision) is None
+
+
+def missing(repo_id: str, revision: str | None = None) -> NotCached | None:
+    """What the cache lacks of `repo_id` at `revision`, as `snapshot` says it (None where nothing)."""
     try:
         snapshot(repo_id, revision)
+    except NotCached as error:
+        return error
     except SourceError:
-        return False
-    return True
+        return None
+    return None
 
 
-def not_cached(repo_id: str) -> SourceError:
-    """The error for a repo id the cache does not hold (loaders/hub.py raises it too, under HF_HUB_OFFLINE)."""
-    return SourceError(f"{repo_id}: no such file, and not in the Hugging Face cache (looked in "
-                       f"{_repo_folder(repo_id)}); download it with `{DOWNLOAD} {repo_id}`")
+def not_cached(repo_id: str) -> NotCached:
+    """The error for a repo id the cache does not hold."""
+    return NotCached(f"{repo_id}: no such file, and not in the Hugging Face cache (looked in "
+                     f"{_repo_folder(repo_id)}); download it with `{DOWNLOAD} {repo_id}`")
 
 
 def snapshot(repo_id: str, revision: str | None = None) -> Path:
@@ -75,7 +87,7 @@ def snapshot(repo_id: str, revision: str | None = None) -> Path:
     commit = revision if _COMMIT.match(revision) else _commit(repo, repo_id, revision, download)
     folder = repo / "snapshots" / commit
     if not folder.is_dir():
-        raise SourceError(f"{repo_id}: revision {revision!r} (commit {commit}) has no snapshot in {repo}; {download}")
+        raise NotCached(f"{repo_id}: revision {revision!r} (commit {commit}) has no snapshot in {repo}; {download}")
     return folder
 
 
@@ -85,7 +97,7 @@ def _commit(repo: Path, repo_id: str, revision: str, download: str) -> str:
     if leads_outside(ref, (repo / "refs").resolve()):
         raise SourceError(f"{repo_id}: {ref} links outside the repo's refs folder; refused")
     if not ref.is_file():
-        raise SourceError(f"{repo_id}: no revision {revision!r} in the Hugging Face cache ({ref} is missing); "
+        raise NotCached(f"{repo_id}: no revision {revision!r} in the Hugging Face cache ({ref} is missing); "
                           f"download it with `{DOWNLOAD} {repo_id} --revision {revision}`")
     text = read_bounded(ref, MAX_REF_BYTES, "a cache ref").decode("ascii", "replace").strip()
     if not _COMMIT.match(text):

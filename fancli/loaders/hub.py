@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import SourceError
-from .hf_cache import not_cached
+from .hf_cache import missing, not_cached
 from .remote_io import call, shown
 
 if TYPE_CHECKING:
@@ -37,10 +37,10 @@ def hub_filesystem(repo_id: str, revision: str | None) -> tuple[fsspec.AbstractF
     except ModuleNotFoundError as error:
         if (error.name or "").partition(".")[0] not in ("huggingface_hub", "httpx2"):
             raise
-        raise SourceError(f"{not_cached(repo_id)}; or read it from the Hub by byte range, without downloading "
-                          "it, with huggingface_hub: pip install huggingface_hub") from None
+        raise SourceError(f"{_lacking(repo_id, revision)}; or read it from the Hub by byte range, without "
+                          "downloading it, with huggingface_hub: pip install huggingface_hub") from None
     if constants.is_offline_mode():
-        raise not_cached(repo_id)
+        raise _lacking(repo_id, revision)
     # The endpoint in the fs itself, so that a pickled copy (a cluster worker) reads the same Hub; the token
     # is not: each process finds its own by huggingface_hub's rules.
     fs = RangedHfFileSystem(endpoint=constants.ENDPOINT, skip_instance_cache=True)
@@ -50,6 +50,11 @@ def hub_filesystem(repo_id: str, revision: str | None) -> tuple[fsspec.AbstractF
     if not info.sha:
         raise SourceError(f"{repo_id}: {where} did not say which commit revision {revision or 'main'!r} is")
     return fs, f"{repo_id}@{info.sha}"
+
+
+def _lacking(repo_id: str, revision: str | None) -> SourceError:
+    """What the local cache lacks of the repo at the revision (the repo, or only that revision), in its words."""
+    return missing(repo_id, revision) or not_cached(repo_id)
 
 
 def _resolved(api: HfApi, repo_id: str, revision: str | None, where: str) -> ModelInfo:
@@ -82,5 +87,5 @@ def _resolved(api: HfApi, repo_id: str, revision: str | None, where: str) -> Mod
         raise SourceError(f"{repo_id}: {where} did not answer within {constants.HF_HUB_ETAG_TIMEOUT} s "
                           "(HF_HUB_ETAG_TIMEOUT)") from None
     except httpx2.TransportError:
-        raise SourceError(f"{not_cached(repo_id)}; and {where} cannot be reached") from None
+        raise SourceError(f"{_lacking(repo_id, revision)}; and {where} cannot be reached") from None
     return info

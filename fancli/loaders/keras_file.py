@@ -110,12 +110,23 @@ def load_keras_archive(path: Path, options: LoadOptions | None = None) -> Model:
 @contextlib.contextmanager
 def _damaged(path: Path) -> Iterator[None]:
     """h5py's errors while walking a damaged file (its object headers, links or attributes: RuntimeError,
-    OSError, KeyError, ValueError; a name of undecodable bytes: TypeError), each one line naming the file."""
+    OSError, KeyError, ValueError, TypeError), each one line naming the file; raised by fancli's own code, they
+    are bugs and stay exit 3."""
     try:
         yield
     except (RuntimeError, OSError, KeyError, ValueError, TypeError) as error:
+        if not _raised_in_h5py(error):
+            raise
         raise SourceError(f"{path}: a damaged HDF5 file ({str(error).splitlines()[0] if str(error) else error!r})") \
             from None
+
+
+def _raised_in_h5py(error: BaseException) -> bool:
+    """Whether the innermost frame of the error's traceback is h5py's (its Python or Cython modules)."""
+    trace = error.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    return trace is not None and "h5py" in trace.tb_frame.f_code.co_filename
 
 
 def _model(path: Path, format: str, layers: list[Layer]) -> Model:
@@ -188,8 +199,8 @@ def _datasets(handle: Any) -> list[tuple[str, Any]]:
     `layer_names` and `weight_names` order (the model's)."""
     found: list[tuple[str, Any]] = []
     if "layers" in handle:
-        handle["layers"].visititems(lambda name, item: found.append((f"layers/{name}", item))
-                                    if hasattr(item, "shape") and name.split("/")[-2:-1] == ["vars"] else None)
+        handle["layers"].visititems(lambda name, item: found.append((f"layers/{_text(name)}", item))
+                                    if hasattr(item, "shape") and _text(name).split("/")[-2:-1] == ["vars"] else None)
         from h5py import h5o  # the handle is open: h5py is there
 
         return sorted(found, key=lambda pair: h5o.get_info(pair[1].id).addr)
@@ -201,7 +212,7 @@ def _datasets(handle: Any) -> list[tuple[str, Any]]:
             continue
         names = [_text(name) for name in group.attrs.get("weight_names", [])]
         if not names:
-            group.visititems(lambda name, item: names.append(name) if hasattr(item, "shape") else None)
+            group.visititems(lambda name, item: names.append(_text(name)) if hasattr(item, "shape") else None)
         for name in names:
             dataset = group.get(name)
             if dataset is None or not hasattr(dataset, "shape"):
@@ -213,7 +224,8 @@ def _datasets(handle: Any) -> list[tuple[str, Any]]:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """A name h5py gives as str, or as bytes where they do not decode (a damaged name: shown replaced)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _layers(path: Path, handle: Any, configs: dict[str, tuple[str, dict]] | None, source: Any) -> list[Layer]:
@@ -225,7 +237,7 @@ def _layers(path: Path, handle: Any, configs: dict[str, tuple[str, dict]] | None
         klass, layer_config = (configs or {}).get(group, (_NUMBERED.match(group).group(1), {}))
         strides = layer_config.get("strides")
         stride = tuple(strides) if isinstance(strides, list) and all(type(step) is int for step in strides) else None
-        index = int(parts[-1]) if parts[-1].isdigit() else _LEGACY_INDEX.get(parts[-1], -1)
+        index = int(parts[-1]) if parts[-1].isascii() and parts[-1].isdigit() else _LEGACY_INDEX.get(parts[-1], -1)
         shape = tuple(int(dim) for dim in dataset.shape)
         dtype = dataset.dtype.name
         sub = parts[-3] if len(parts) > 4 else ""
