@@ -246,6 +246,37 @@ def test_bad_s3_endpoint_is_one_line_exit_2_whatever_its_client_retries(s3, case
         in result.err and SECRET not in result.err
 
 
+@pytest.mark.parametrize("bucket, expected", [("deaf", "a byte range with the whole file"),
+                                              ("long", "more bytes than the range")])
+def test_an_s3_range_answered_with_more_is_refused_before_its_body_is_read(local, http, bucket, expected,
+                                                                           monkeypatch):
+    """An S3 endpoint (here the HTTP server, path-style: bucket `deaf` answers every range 200 with the whole
+    object, `long` 206 with it) whose answer is longer than the range: refused on its ContentLength, never
+    read into memory (s3fs alone reads the body whole, and fancli's length check came after)."""
+    import s3fs
+
+    _, single = local
+    http.files["/ckpt/model.safetensors"] = (single / "model.safetensors").read_bytes()
+    s3fs.S3FileSystem.clear_instance_cache()  # a client for this endpoint, not the last test's
+    for name, value in {"AWS_ENDPOINT_URL": http.url, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    from aiobotocore.response import StreamingBody
+
+    reads, read = [], StreamingBody.read
+
+    async def counted(self, *args):
+        reads.append(args)
+        return await read(self, *args)
+
+    monkeypatch.setattr(StreamingBody, "read", counted)
+    result = run("inspect", f"s3://{bucket}/ckpt/model.safetensors")
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert f"s3://{bucket}/ckpt/model.safetensors: " in result.err and expected in result.err, result.err
+    assert reads == []
+
+
 def test_s3_missing_key_is_one_line_exit_2(s3):
     result = run("inspect", f"s3://{BUCKET}/ckpt/nothing.safetensors")
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1 and "not found" in result.err
