@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Iterable
 
 from .dtypes import DTYPES, LOW_PRECISION_FLOATING
 from .moments import (
@@ -147,14 +147,13 @@ def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool
     """Mean, std, min, max (and excess kurtosis, and the zero and row signals of `Structure`, if asked)
     over the finite values of a tensor: its pieces reduced in order and merged in their fixed tree, as
     `observe_all` does with any number of workers."""
-    tree = Tree()
-    for piece in pieces(data, kurtosis, structure, max_elements, piece_bytes):
-        tree.add(reduce_piece(piece))
-    return to_observed(tree.result(), kurtosis, structure)
+    return merged((reduce_piece(piece) for piece in pieces(data, kurtosis, structure, max_elements, piece_bytes)),
+                  kurtosis, structure)
 
 
-def merged(parts: list[Partial], kurtosis: bool, structure: bool) -> Observed:
-    """A tensor's statistics from its pieces' partials, merged in their fixed tree (as `_run` merges them)."""
+def merged(parts: Iterable[Partial], kurtosis: bool, structure: bool) -> Observed:
+    """A tensor's statistics from its pieces' partials, in order, merged in their fixed tree (as `_run` merges
+    them) as they come."""
     tree = Tree()
     for part in parts:
         tree.add(part)
