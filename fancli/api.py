@@ -97,16 +97,19 @@ def run(model: Model, request: Request, on_chunk: Callable[[int], None] | None =
         from .weights.spectral import require_scipy
 
         require_scipy()  # one line naming the extra, before anything is read
-    if request.stats or request.infer:
-        from .weights.stats import observe_all  # only when weights are read
-
-        observed = observe_all(selected(model, request.settings.filters), on_chunk, kurtosis=request.infer,
-                               structure=request.infer, jobs=request.jobs, cluster=request.cluster)
-    if request.spectral:
+    layers = selected(model, request.settings.filters)
+    stats = (request.infer, request.infer) if request.stats or request.infer else None  # kurtosis, structure
+    read: dict = {}
+    if request.spectral:  # with --stats too, each tensor read once: its statistics from the same chunks
         from .spectral import read_spectra
 
-        spectra = read_spectra(selected(model, request.settings.filters), request.jobs, request.cluster,
-                               None if observed else on_chunk)
+        spectra, read = read_spectra(layers, request.jobs, request.cluster, on_chunk, stats)
+    if stats:
+        from .weights.stats import observe_all  # only when weights are read
+
+        read |= observe_all([layer for layer in layers if layer.param not in read], on_chunk, kurtosis=stats[0],
+                            structure=stats[1], jobs=request.jobs, cluster=request.cluster)
+        observed = {layer.param: read[layer.param] for layer in layers if layer.param in read}  # model order
     report = analyze(model, request.settings, request.command, observed)
     if request.reads_weights and not (observed or spectra):
         option = "--stats" if request.stats or request.infer else "--spectral"

@@ -20,6 +20,7 @@ from .kinds import kind
 if TYPE_CHECKING:
     from .layer import Layer
     from .report import Report, Row
+    from .weights.moments import Observed
     from .weights.spectral import Plan, Spectral, Spectrum
 
 CONV_NOTE = ("--spectral: a convolution's ‖W‖₂ is that of the matrix [out, in·k] (taps as columns), not of the "
@@ -65,11 +66,15 @@ def plan_for(layer: "Layer") -> "Plan | None":
 
 
 def read_spectra(layers: "list[Layer]", jobs: int | None = 1, cluster: Any = None,
-                 on_chunk: Callable[[int], None] | None = None) -> "dict[str, Spectral]":
+                 on_chunk: Callable[[int], None] | None = None,
+                 stats: tuple[bool, bool] | None = None) -> "tuple[dict[str, Spectral], dict[str, Observed]]":
     """Each ≥2-D weight's spectra, read as `--stats` reads (`jobs` threads or a cluster); a tensor whose
-    values are not decoded gets the reason instead."""
+    values are not decoded gets the reason instead. With `stats` (kurtosis, structure: `--stats` is read in
+    the same run) a tensor whose pieces come in logical order has its statistics computed from the chunks
+    its matrix is filled from (`weights.spectral.spectral_of`) and returned too, so it is read once: the
+    caller leaves those to `observe_all` no more. Only those tensors' bytes are reported to `on_chunk` then."""
     from .weights.spectral import Spectral, spectral_all
-    from .weights.stats import unread_reason
+    from .weights.stats import data_nbytes, merged, pieces, unread_reason
 
     found: dict[str, Spectral] = {}
     todo = []
@@ -82,9 +87,14 @@ def read_spectra(layers: "list[Layer]", jobs: int | None = 1, cluster: Any = Non
             continue
         if reason:
             found[layer.param] = Spectral(None, unread=reason)
-        else:
-            todo.append((layer.param, layer.data, how))
-    return found | spectral_all(todo, jobs, cluster, on_chunk)
+            continue
+        parts = tuple(pieces(layer.data, *stats)) if stats else ()
+        if not all(part.logical for part in parts):  # a wide transposed view or shards: read again, alone
+            parts = ()
+        todo.append((layer.param, layer.data, how, parts, data_nbytes(layer.data) if parts or not stats else 0))
+    spectra, partials = spectral_all(todo, jobs, cluster, on_chunk)
+    observed = {key: merged(parts, *stats) for key, parts in partials.items()} if stats else {}
+    return found | spectra, observed
 
 
 def _ratio(norm: float | None, fan_in: float | None, fan_out: float | None) -> float | None:

@@ -163,3 +163,22 @@ def run_child(args, code: int = 0, hidden: tuple[str, ...] = (), absent: tuple[s
               + f"assert not {set(absent)!r} & set(sys.modules), set({set(absent)!r}) & set(sys.modules)\n")
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def union_of_runs(stats: list[dict], spectral: list[dict]) -> list[dict]:
+    """The JSON layers a `--stats --spectral` run should give, from a `--stats` run's and a `--spectral` run's:
+    field by field the one that is set (where both are, they must agree), a row's notes --stats's then the
+    ones --spectral adds."""
+    assert [row["param"] for row in stats] == [row["param"] for row in spectral]
+    union = []
+    for one, other in zip(stats, spectral):
+        row = {}
+        for key in one | other:
+            a, b = one.get(key), other.get(key)
+            if key == "notes":
+                row[key] = a + [note for note in b if note not in a]
+            else:
+                assert a is None or b is None or a == b, (one["param"], key, a, b)
+                row[key] = b if a is None else a
+        union.append(row)
+    return union

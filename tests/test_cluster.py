@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 import torch
-from helpers import run
+from helpers import run, union_of_runs
 from remote_servers import HttpFiles
 
 import fancli.weights.stats
@@ -109,6 +109,27 @@ def test_spectral_on_the_cluster_equals_jobs_1(cluster, tmp_path):
     local, remote = run(*args, "--jobs", "1"), run(*args, "--cluster", cluster)
     assert local.code == remote.code == 0, remote.err
     assert local.out == remote.out and '"spectral_norm"' in local.out
+
+
+def test_stats_with_spectral_from_http_on_the_cluster_reads_once_and_equals_each_alone(small_pieces, cluster,
+                                                                                      checkpoint, monkeypatch):
+    """Issue 30's byte economy with --spectral: each tensor's one job on a worker computes its statistics (row
+    signals and kurtosis too) from the chunks its matrix is filled from, bit for bit --stats's own."""
+    monkeypatch.setenv("FANCLI_OFFLINE", "")  # this test's own server on 127.0.0.1
+    path = checkpoint / "a.safetensors"
+    data = path.read_bytes()
+
+    def layers(*args) -> list:
+        result = run("inspect", *args, "-f", "json")
+        assert result.code == 0, result.err
+        return json.loads(result.out)["layers"]
+
+    expected = union_of_runs(layers(path, "--stats", "--infer"), layers(path, "--spectral"))
+    with HttpFiles() as server:
+        server.files["/a.safetensors"] = data
+        both = layers(server.url + "/a.safetensors", "--stats", "--infer", "--spectral", "--cluster", cluster)
+        assert both == expected
+        assert len(data) < server.counter.total <= len(data) + 2 * 128 * 1024
 
 
 def test_cluster_local_starts_one_on_this_machine(small_pieces, checkpoint, tmp_path, monkeypatch):

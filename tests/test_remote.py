@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
-from helpers import run
+from helpers import run, union_of_runs
 from remote_servers import CountingProxy, HttpFiles, moto_s3, refused_port, silent_port
 
 import fancli
@@ -135,6 +135,43 @@ def test_stats_equal_local_for_jobs_1_and_2_reading_each_byte_once(local, http, 
         assert tensors < server.counter.total <= budget + tensors + 2 * SLACK
 
 
+def test_stats_with_spectral_read_each_byte_once_and_equal_each_alone(local, http, monkeypatch):
+    """One read feeds both: the observed statistics bit for bit --stats's and the spectra --spectral's, for
+    --jobs 1 and 2, here and over HTTP, each tensor byte fetched once (a tensor in 8 pieces, a bf16 one)."""
+    monkeypatch.setattr(fancli.weights.parallel, "PARALLEL_BYTES", 0)  # a pool even for a small checkpoint
+    monkeypatch.setattr(fancli.weights.stats, "PIECE_BYTES", 256 * KIB)  # embed.weight read in 8 ranges
+    folder, _ = local
+    expected = union_of_runs(_json(folder, "--stats")["layers"], _json(folder, "--spectral")["layers"])
+    assert sum(row.get("spectral_norm") is not None for row in expected) == 4 and "bfloat16" in json.dumps(expected)
+    budget, tensors = _sizes(folder)
+    for jobs in ("1", "2"):
+        assert _json(folder, "--stats", "--spectral", "--jobs", jobs)["layers"] == expected
+        http.counter.reset()
+        both = _json(http.folder + "/model.safetensors.index.json", "--stats", "--spectral", "--jobs", jobs)
+        assert both["layers"] == expected
+        assert tensors < http.counter.total <= budget + tensors + 2 * SLACK
+
+
+def test_a_spectral_trajectory_of_remote_checkpoints_reads_each_byte_once(local, http, monkeypatch):
+    monkeypatch.setattr(fancli.weights.stats, "PIECE_BYTES", 256 * KIB)
+    folder, single = local
+    remote = (http.folder + "/model.safetensors.index.json", http.single + "/model.safetensors")
+    here = (folder, single / "model.safetensors")
+
+    def tracks(*args) -> list:
+        result = run("inspect", *args, "-f", "json")
+        assert result.code == 0, result.err
+        return json.loads(result.out)["layers"]
+
+    expected = union_of_runs(tracks(*here), tracks(*here, "--spectral"))
+    assert sum(any(track.get("spectral_norm") or ()) for track in expected) == 4
+    http.counter.reset()
+    assert tracks(*remote, "--spectral") == expected
+    budget, tensors = _sizes(folder)
+    single_bytes = (single / "model.safetensors").stat().st_size
+    assert tensors < http.counter.total <= budget + tensors + single_bytes + 3 * SLACK
+
+
 def test_single_file_with_query_string_and_credentials_never_shown(local, http):
     _, single = local
     url = http.single.replace("http://", "http://user:pa55@") + "/model.safetensors?X-Amz-Signature=abc123"
@@ -207,6 +244,37 @@ def test_bad_s3_endpoint_is_one_line_exit_2_whatever_its_client_retries(s3, case
     assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
     assert f"s3://{BUCKET}/ckpt/: " in result.err and ("cannot connect" if case == "refused" else "no answer") \
         in result.err and SECRET not in result.err
+
+
+@pytest.mark.parametrize("bucket, expected", [("deaf", "a byte range with the whole file"),
+                                              ("long", "more bytes than the range")])
+def test_an_s3_range_answered_with_more_is_refused_before_its_body_is_read(local, http, bucket, expected,
+                                                                           monkeypatch):
+    """An S3 endpoint (here the HTTP server, path-style: bucket `deaf` answers every range 200 with the whole
+    object, `long` 206 with it) whose answer is longer than the range: refused on its ContentLength, never
+    read into memory (s3fs alone reads the body whole, and fancli's length check came after)."""
+    import s3fs
+
+    _, single = local
+    http.files["/ckpt/model.safetensors"] = (single / "model.safetensors").read_bytes()
+    s3fs.S3FileSystem.clear_instance_cache()  # a client for this endpoint, not the last test's
+    for name, value in {"AWS_ENDPOINT_URL": http.url, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    from aiobotocore.response import StreamingBody
+
+    reads, read = [], StreamingBody.read
+
+    async def counted(self, *args):
+        reads.append(args)
+        return await read(self, *args)
+
+    monkeypatch.setattr(StreamingBody, "read", counted)
+    result = run("inspect", f"s3://{bucket}/ckpt/model.safetensors")
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert f"s3://{bucket}/ckpt/model.safetensors: " in result.err and expected in result.err, result.err
+    assert reads == []
 
 
 def test_s3_missing_key_is_one_line_exit_2(s3):

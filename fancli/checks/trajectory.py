@@ -133,12 +133,16 @@ def build(models: Sequence["Model"], filters: tuple[str, ...] = (), jobs: int | 
                 where = checkpoint.source if checkpoint.step is None else f"step {checkpoint.step}"
                 reshaped[key] = f"{key}: {list(first[1])} becomes {list(layer.shape)} at {where}"
         layers = list({id(layer): layer for _, layer in keys}.values())  # a tied tensor read once
-        read = observe(layers, on_chunk, jobs=jobs, cluster=cluster) if layers else {}
+        found: dict = {}
+        read: dict = {}
+        if spectral and layers:  # each ≥2-D tensor read once: its statistics from its spectral job's chunks
+            found, read = read_spectra(layers, jobs, cluster, on_chunk, (False, False))
+        rest = [layer for layer in layers if layer.param not in read]
+        read |= observe(rest, on_chunk, jobs=jobs, cluster=cluster) if rest else {}
         if layers and not read:
             notes.append(f"{model.source}: this source ({model.format}) holds no weights to read")
         per_checkpoint.append({key: read[layer.param] for key, layer in keys if layer.param in read})
         if spectral:
-            found = read_spectra(layers, jobs, cluster) if layers else {}
             spectra.append({key: found[layer.param].whole for key, layer in keys if layer.param in found})
     if filters and not described:
         from ..errors import SettingsError

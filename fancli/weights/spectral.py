@@ -246,9 +246,20 @@ def combine(parts: list[Spectrum], rows: int, cols: int) -> Spectrum:
                     None if None in smallest else min(smallest), all(part.converged for part in parts))
 
 
-def spectral_of(data: TensorData, how: Plan) -> Spectral:
-    """A tensor's spectral view as `how` cuts it: one job, run wherever `--jobs` or a cluster puts it."""
-    return spectral_of_matrix(read_matrix(data, *how.matrix), how)
+def spectral_of(data: TensorData, how: Plan, pieces: tuple = ()) -> tuple[Spectral, list]:
+    """A tensor's spectral view as `how` cuts it: one job, run wherever `--jobs` or a cluster puts it. With
+    `pieces` (its `--stats` pieces, all in logical order) the matrix is filled by `stats.reduce_piece` from
+    the very chunks it reduces, piece after piece, and their partials come back too: the statistics bit for
+    bit `observe_all`'s, the matrix value for value `read_matrix`'s, each byte read once."""
+    if not pieces:
+        return spectral_of_matrix(read_matrix(data, *how.matrix), how), []
+    import numpy as np
+
+    from .stats import reduce_piece
+
+    matrix = np.empty(how.matrix[0] * how.matrix[1], dtype=np.float32)
+    parts = [reduce_piece(piece, matrix) for piece in pieces]
+    return spectral_of_matrix(matrix.reshape(how.matrix), how), parts
 
 
 def delta_norm(a: TensorData, b: TensorData, how: Plan) -> float:
@@ -275,21 +286,26 @@ def spectral_of_matrix(matrix: Any, how: Plan) -> Spectral:
     return Spectral(spectrum(matrix), tuple(parts) if how.count <= MAX_PARTS else ())
 
 
-def spectral_all(jobs_: list[tuple[str, TensorData, Plan]], jobs: int | None = 1, cluster: Any = None,
-                 on_chunk: Callable[[int], None] | None = None) -> dict[str, Spectral]:
-    """Each key's spectral view: one job per tensor on `jobs` threads or a cluster, as `--stats` runs its
-    pieces (`parallel.executor`), results taken in order; the numbers do not depend on where they ran. A
-    local pool holds at most one tensor per thread in flight (each job holds its tensor's float32 copy)."""
+def spectral_all(jobs_: list[tuple[str, TensorData, Plan, tuple, int]], jobs: int | None = 1, cluster: Any = None,
+                 on_chunk: Callable[[int], None] | None = None) -> tuple[dict[str, Spectral], dict[str, list]]:
+    """Each key's spectral view (and, for a job given its `--stats` pieces, their partials): one job per
+    tensor on `jobs` threads or a cluster, as `--stats` runs its pieces (`parallel.executor`), results taken
+    in order; the numbers do not depend on where they ran. Each job is (key, data, plan, pieces, the bytes
+    `on_chunk` counts for it). A local pool holds at most one tensor per thread in flight (each job holds its
+    tensor's float32 copy)."""
     from .parallel import executor, ordered
     from .stats import data_nbytes
 
     found: dict[str, Spectral] = {}
-    sizes = [data_nbytes(data) for _, data, _ in jobs_]
+    partials: dict[str, list] = {}
+    sizes = [data_nbytes(data) for _, data, _, _, _ in jobs_]
     with one_blas_thread(), executor(jobs, cluster, len(jobs_), sum(sizes)) as (running, window):
         window = window and max(window // 2, 1)
-        results = ordered(running, window, spectral_of, [(data, how) for _, data, how in jobs_])
-        for (key, _, _), size, result in zip(jobs_, sizes, results):
+        results = ordered(running, window, spectral_of, [(data, how, pieces) for _, data, how, pieces, _ in jobs_])
+        for (key, _, _, pieces, counted), (result, parts) in zip(jobs_, results):
             found[key] = result
-            if on_chunk is not None:
-                on_chunk(size)
-    return found
+            if pieces:
+                partials[key] = parts
+            if on_chunk is not None and counted:
+                on_chunk(counted)
+    return found, partials

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Iterable
 
 from .dtypes import DTYPES, LOW_PRECISION_FLOATING
 from .moments import (
@@ -104,9 +104,11 @@ def _read_buffer(nbytes: int) -> bytearray:
 _THREAD = threading.local()
 
 
-def reduce_piece(piece: Piece) -> Partial:
+def reduce_piece(piece: Piece, into: Any = None) -> Partial:
     """One piece's moments (and structure sums): chunks as read, reduced in cache-sized blocks. Runs in this
-    process, a thread, a spawned worker or a Dask worker alike: the same function, the same bits."""
+    process, a thread, a spawned worker or a Dask worker alike: the same function, the same bits. `into` (a
+    flat float32 array of the whole tensor: `--spectral`'s matrix) also gets the piece's values at their place
+    from the same chunks, so `--stats --spectral` reads each byte once (a piece in logical order only)."""
     import numpy as np
 
     data = piece.data
@@ -121,13 +123,19 @@ def reduce_piece(piece: Piece) -> Partial:
         itemsize = DTYPES[data.dtype][0]
         buffer = _read_buffer(min(piece.max_elements, piece.stop - piece.start) * itemsize)
         chunks = data.range_chunks(piece.start, piece.stop, piece.max_elements, buffer)
+    at = piece.start
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):  # float64 overflow → a note
         for chunk in chunks:
+            if into is not None:
+                into[at : at + chunk.size] = chunk
+                at += chunk.size
             for start in range(0, chunk.size, BLOCK_ELEMENTS):
                 block = chunk[start : start + BLOCK_ELEMENTS]
                 moments.add(block, scratch)
                 if rows is not None:
                     rows.add(block)
+    if into is not None and at != piece.stop:
+        raise ValueError(f"read {at - piece.start} values of a piece of {piece.stop - piece.start}")
     part = from_moments(moments)
     if rows is not None:
         part.rows = from_signals(rows)
@@ -139,9 +147,16 @@ def observe(data: TensorData, max_elements: int = CHUNK_ELEMENTS, kurtosis: bool
     """Mean, std, min, max (and excess kurtosis, and the zero and row signals of `Structure`, if asked)
     over the finite values of a tensor: its pieces reduced in order and merged in their fixed tree, as
     `observe_all` does with any number of workers."""
+    return merged((reduce_piece(piece) for piece in pieces(data, kurtosis, structure, max_elements, piece_bytes)),
+                  kurtosis, structure)
+
+
+def merged(parts: Iterable[Partial], kurtosis: bool, structure: bool) -> Observed:
+    """A tensor's statistics from its pieces' partials, in order, merged in their fixed tree (as `_run` merges
+    them) as they come."""
     tree = Tree()
-    for piece in pieces(data, kurtosis, structure, max_elements, piece_bytes):
-        tree.add(reduce_piece(piece))
+    for part in parts:
+        tree.add(part)
     return to_observed(tree.result(), kurtosis, structure)
 
 
