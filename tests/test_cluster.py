@@ -235,12 +235,12 @@ def served(scheme: str, data: bytes, cluster: str, monkeypatch, tmp_path) -> Ite
             for name, value in aws.items():
                 monkeypatch.setenv(name, value)
             s3fs.S3FileSystem.clear_instance_cache()  # a client for this endpoint, not another test's
-            s3fs.S3FileSystem().mkdir("models")
-            s3fs.S3FileSystem().pipe_file("models/a.safetensors", data)
+            s3fs.S3FileSystem().mkdir("cluster")  # moto keeps its buckets per process: not test_remote.py's "models"
+            s3fs.S3FileSystem().pipe_file("cluster/a.safetensors", data)
             proxy.counter.reset()
             client.run(lambda: os.environ.update(aws))
             try:
-                yield "s3://models/a.safetensors", lambda: proxy.counter.total
+                yield "s3://cluster/a.safetensors", lambda: proxy.counter.total
             finally:
                 client.run(lambda: [os.environ.pop(name, None) for name in aws]
                            + [s3fs.S3FileSystem.clear_instance_cache()])
