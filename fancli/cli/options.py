@@ -268,7 +268,7 @@ def spectral_option() -> Callable[..., Any]:
     return click.option("--spectral", is_flag=True,
                         help="Read the weights and add each ≥2-D weight's ‖W‖₂ (a conv's as the matrix [out, "
                              "in·k]), stable rank, ‖W‖₂/√(fan_out/fan_in) and ‖W‖₂ expected at init (needs "
-                             "scipy: pip install 'fancli[spectral]').")
+                             "scipy: pip install scipy threadpoolctl).")
 
 
 def parallel_options() -> list[Callable[..., Any]]:

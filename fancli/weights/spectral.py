@@ -37,7 +37,8 @@ MAX_PARTS = 1024
 #: Whether σ_min/σ_max (or mean σ²/σ_max² where σ_min is not computed) says "all singular values equal".
 ORTHOGONAL_SPREAD = 1e-3
 
-MISSING_SCIPY = "--spectral needs scipy and threadpoolctl: pip install 'fancli[spectral]'"
+MISSING_SCIPY = ("--spectral needs scipy and threadpoolctl: pip install scipy threadpoolctl (the `spectral` extra "
+                 "once released)")
 
 
 @dataclass(frozen=True)
