@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .analysis import recipes
     from .analysis.inference import Inference
     from .folding import Group
-    from .spectral import SpectralRow
+    from .spectral_row import SpectralRow
     from .summary import Totals
     from .weights.moments import Observed
 

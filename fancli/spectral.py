@@ -12,10 +12,11 @@ come from `weights.spectral`; this module only puts them beside the row's fans a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from .kinds import kind
+from .spectral_row import SpectralRow, SpectralValues
 
 if TYPE_CHECKING:
     from .layer import Layer
@@ -29,33 +30,6 @@ UNCONVERGED_NOTE = "--spectral: Lanczos stopped before its tolerance: ‖W‖₂
 #: Kinds whose tensors are no layer's weight (quantization scales and metadata, buffers): no operator norm.
 NOT_WEIGHTS = frozenset({"quant_scale", "quant_aux", "buffer"})
 NONFINITE_NOTE = "--spectral: the tensor holds NaN or inf: it has no ‖W‖₂"
-
-
-@dataclass(frozen=True)
-class SpectralValues:
-    """One matrix's numbers, as a row shows them."""
-
-    norm: float | None
-    stable_rank: float | None
-    ratio: float | None  # ‖W‖₂ / √(fan_out/fan_in)
-    expected: float | None  # ‖W‖₂ at init under the row's expectation
-
-    @property
-    def observed_ratio(self) -> float | None:
-        """‖W‖₂ observed over expected: 1 where the weights are as the init draws them."""
-        return self.norm / self.expected if self.norm is not None and self.expected else None
-
-
-@dataclass(frozen=True)
-class SpectralRow:
-    """A row's spectral view: the whole weight, its parts (experts, groups, stacked q/k/v or gates: in the
-    order they are stored), the spread σ_min/σ_max where computed, and whether it is orthogonal."""
-
-    whole: SpectralValues
-    parts: tuple[SpectralValues, ...] = ()
-    spread: float | None = None
-    orthogonal: bool = False
-    unread: str | None = None
 
 
 def plan_for(layer: "Layer") -> "Plan | None":

@@ -10,7 +10,7 @@ from ..analysis.schemes import InitValues
 from ..analysis.schemes import scheme as find_scheme
 from ..folding import Group
 from ..report import SCHEMA_VERSION, Report, Row
-from ..spectral import SpectralRow
+from ..spectral_row import SpectralRow
 from ..summary import numel
 from ..text import json_safe
 
