@@ -452,19 +452,20 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context,
     and reused where none of the tail is among the layer's notes (`analyze_layer` would drop a repeat).
     Rows with observed statistics are always computed. Rows share the analysis (fans, inits) and carry
     their own layer: analysing each of 92,000 tensors was half of a header-only inspect."""
-    done: dict[tuple, tuple[Row, tuple[str, ...]]] = {}
+    done: dict[tuple, tuple[dict[str, Any], tuple[str, ...]]] = {}  # key -> the bare row's fields, its notes
     # (id(layer notes), id(tail)) -> the row's notes, None where the tail repeats one of the layer's; ids of
     # objects the layers and `done` keep alive
     joined: dict[tuple[int, int], tuple[str, ...] | None] = {}
     rows = []
+    attention, fan_in_of, recipe = context.attention, context.weight_fan_in.get, context.recipe
     for layer in layers:
         seen = observed.get(layer.param) if observed else None
         if seen is not None:
             rows.append(analyze_layer(layer, settings, context, seen))
             continue
         module, _, leaf = layer.param.rpartition(".")
-        key = (_ANALYSED(layer), leaf, module.rpartition(".")[0] in context.attention,
-               context.weight_fan_in.get(module), context.recipe and context.recipe.role_key(layer))
+        key = (_ANALYSED(layer), leaf, module.rpartition(".")[0] in attention, fan_in_of(module),
+               recipe and recipe.role_key(layer))
         try:
             found = done.get(key)
         except TypeError:  # a loader left a list where a tuple belongs: no key, computed as it is
@@ -472,19 +473,22 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context,
             continue
         if found is None:
             bare = analyze_layer(replaced(layer, notes=()), settings, context)
-            found = done[key] = (bare, bare.notes)
-        template, tail = found
+            found = done[key] = (bare.__dict__, bare.notes)
+        fields, tail = found
         notes = tail
         if layer.notes:  # one tuple for each pair (the layers' notes are shared by their loader): folding
             pair = (id(layer.notes), id(tail))  # and JSON then see equal notes as one object
-            if pair in joined:
-                notes = joined[pair]
-            else:
+            notes = joined.get(pair, joined)
+            if notes is joined:
                 notes = joined[pair] = None if any(note in layer.notes for note in tail) else layer.notes + tail
             if notes is None:
                 rows.append(analyze_layer(layer, settings, context))
                 continue
-        rows.append(replaced(template, layer=layer, notes=notes))  # a copy with this layer
+        row = object.__new__(Row)  # `replaced(template, layer=…, notes=…)` without its call and keywords
+        copy = row.__dict__
+        copy.update(fields)
+        copy["layer"], copy["notes"] = layer, notes
+        rows.append(row)
     return rows
 
 

@@ -47,7 +47,8 @@ def totals(layers: Iterable[Layer]) -> Totals:
     by_dtype: dict[str, int] = {}
     assumed, unsized = False, []
     layers = list(layers)
-    present = {layer.param for layer in layers}
+    # the keys, only where a layer is a copy of one (90,000 keys hashed for none, otherwise)
+    present = {layer.param for layer in layers} if any(layer.copy_of is not None for layer in layers) else ()
     for layer in layers:
         count = numel(layer)
         tensors += 1

@@ -39,6 +39,7 @@ from .options import (
     spectral_option,
     with_parallel,
 )
+from . import run as run_module
 from .run import (
     ReaderGone,
     StdoutError,
@@ -376,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns every failure into one line and an exit code."""
     args = _debug_first(sys.argv[1:] if argv is None else argv)
     debug = args[:1] == ["--debug"]
+    run_module.ends_process = argv is None
     # A short-lived process whose objects form no cycles worth collecting: the cyclic collector's
     # full passes over 50,000 layers' objects made time grow faster than the layer count.
     gc.disable()

@@ -200,7 +200,11 @@ class KinTemplate(NamedTuple):
             from .quant_data import scaled
 
             data = scaled(entry, by_key[entry.key.removesuffix("weight") + self.scale_leaf], self.factor)
-        return replaced(self.layer, name=module or entry.key, param=entry.key, data=data)
+        layer = object.__new__(Layer)  # `replaced(self.layer, name=…, param=…, data=…)` without its keywords
+        copy = layer.__dict__
+        copy.update(self.layer.__dict__)
+        copy["name"], copy["param"], copy["data"] = module or entry.key, entry.key, data
+        return layer
 
 
 def _kin(entries: list[Entry]) -> list[int | None]:
@@ -213,8 +217,15 @@ def _kin(entries: list[Entry]) -> list[int | None]:
     (`weight` and `.weight` both have the module "", and shards may hold one key twice). A list, not a
     dict by module: the 46,000 module names are not kept while the layers are built."""
     members: dict[str, list[int]] = {}
+    leaves = []
     for index, entry in enumerate(entries):
-        members.setdefault(entry.key.rpartition(".")[0], []).append(index)
+        module, _, leaf = entry.key.rpartition(".")
+        leaves.append(leaf)
+        indices = members.get(module)
+        if indices is None:
+            members[module] = [index]
+        else:
+            indices.append(index)
     blanked = {module: _blanked(module) for module in members}
     alike = Counter(blanked.values())
     numbers: dict[tuple, int] = {}
@@ -222,8 +233,8 @@ def _kin(entries: list[Entry]) -> list[int | None]:
     for module, indices in members.items():
         if alike[blanked[module]] < 2:
             continue
-        tensors = tuple((entries[i].key.rpartition(".")[2], entries[i].shape, entries[i].dtype) for i in indices)
-        if len({leaf for leaf, _, _ in tensors}) == len(tensors):
+        tensors = tuple([(leaves[i], entries[i].shape, entries[i].dtype) for i in indices])
+        if len(indices) == 1 or len({leaves[i] for i in indices}) == len(indices):
             number = numbers.setdefault((blanked[module], tensors), len(numbers))
             for i in indices:
                 kin[i] = number
