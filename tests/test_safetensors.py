@@ -19,8 +19,8 @@ from fancli.analysis.fans import layer_fans  # noqa: E402
 from fancli.errors import SourceError  # noqa: E402
 from fancli.loaders import safetensors_file, safetensors_typed  # noqa: E402
 from fancli.loaders.flat_keys import BUFFERS  # noqa: E402
+from fancli.loaders.safetensors_dtypes import SAFETENSORS_DTYPES  # noqa: E402
 from fancli.loaders.safetensors_file import (  # noqa: E402
-    SAFETENSORS_DTYPES,
     load_safetensors,
     load_safetensors_index,
     parse_header,

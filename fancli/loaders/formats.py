@@ -132,7 +132,7 @@ register(Format("zip", "a torch.save zip", is_zip, ".torch_files:load_zip", ".to
                 config_formats=("torch-zip",)))
 register(Format("safetensors", "safetensors", is_safetensors, ".safetensors_file:load_safetensors",
                 suffixes=(".safetensors",), ranks=(FolderRank(20, "*.safetensors", "a safetensors file"),),
-                config_formats=("safetensors",), dtypes=".safetensors_file:SAFETENSORS_DTYPES"))
+                config_formats=("safetensors",), dtypes=".safetensors_dtypes:SAFETENSORS_DTYPES"))
 register(Format("dcp", "a torch.distributed.checkpoint", is_dcp_metadata, ".dcp:load_metadata",
                 ranks=(FolderRank(50, ".metadata", "a torch.distributed.checkpoint"),),
                 config_formats=("torch-dcp",)))

@@ -9,7 +9,7 @@ from typing import Annotated, Literal, Optional
 
 import msgspec
 
-from .safetensors_file import SAFETENSORS_DTYPES
+from .safetensors_dtypes import SAFETENSORS_DTYPES
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
