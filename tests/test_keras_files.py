@@ -282,3 +282,27 @@ def test_a_variable_named_by_a_non_ascii_digit_is_a_name(tmp_path):
     result = run("inspect", path, "--all", "-f", "json")
     assert result.code == 0, result.err
     assert [row["param"] for row in json.loads(result.out)["layers"]] == ["layers.dense.vars.0", "layers.dense.vars.²"]
+
+
+def test_a_grouped_conv_takes_its_groups_from_the_keras_config(tmp_path):
+    """Conv2D(filters=8, groups=2) on 8 channels: kernel [3, 3, 4, 8]; each output channel sees in/groups of the
+    inputs, each input feeds out/groups of the outputs (the effective fan_out), as torch's grouped conv; its
+    ‖W‖₂ is the block-diagonal operator's, the largest of the two groups' [k·in/g, out/g] blocks."""
+    kernel = np.random.default_rng(0).standard_normal((3, 3, 4, 8)).astype(np.float32)
+    buffer = io.BytesIO()
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(buffer, "w") as handle:
+        handle.create_group("vars").attrs["name"] = "sequential"
+        entry = handle.create_group("layers/conv2d").create_group("vars")
+        entry["0"], entry["1"] = kernel, np.zeros(8, np.float32)
+    config = {"class_name": "Sequential", "config": {"layers": [
+        {"class_name": "Conv2D", "config": {"name": "conv2d", "filters": 8, "groups": 2}}]}}
+    path = tmp_path / "grouped.keras"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("config.json", json.dumps(config))
+        zf.writestr("model.weights.h5", buffer.getvalue())
+    (row, _) = _report("inspect", path, "--spectral", "--all", "--fans", "effective")["layers"]
+    assert row["structure"]["groups"] == 2
+    assert (row["fan_in"], row["effective_fan_out"]) == (4 * 9, 8 // 2 * 9)
+    blocks = [np.linalg.norm(kernel[..., g * 4:(g + 1) * 4].reshape(36, 4).astype(np.float64), 2) for g in range(2)]
+    assert row["spectral_norm"] == pytest.approx(max(blocks), rel=1e-6)

@@ -237,6 +237,7 @@ def _layers(path: Path, handle: Any, configs: dict[str, tuple[str, dict]] | None
         klass, layer_config = (configs or {}).get(group, (_NUMBERED.match(group).group(1), {}))
         strides = layer_config.get("strides")
         stride = tuple(strides) if isinstance(strides, list) and all(type(step) is int for step in strides) else None
+        groups = layer_config.get("groups")
         index = int(parts[-1]) if parts[-1].isascii() and parts[-1].isdigit() else _LEGACY_INDEX.get(parts[-1], -1)
         shape = tuple(int(dim) for dim in dataset.shape)
         dtype = dataset.dtype.name
@@ -244,12 +245,13 @@ def _layers(path: Path, handle: Any, configs: dict[str, tuple[str, dict]] | None
         if klass == "multi_head_attention" and sub in _ATTENTION:
             layers.append(_attention(owner, key, sub, index, shape, dtype, source(dataset)))
         else:
-            layers.append(_layer(owner, key, klass, index, shape, dtype, source(dataset), stride))
+            layers.append(_layer(owner, key, klass, index, shape, dtype, source(dataset), stride,
+                                 groups if type(groups) is int and groups > 1 else None))
     return layers
 
 
 def _layer(owner: str, key: str, klass: str, index: int, shape: tuple[int, ...], dtype: str, source: Any,
-           stride: tuple[int, ...] | None = None) -> Layer:
+           stride: tuple[int, ...] | None = None, groups: int | None = None) -> Layer:
     kind = KERAS_KINDS.get(klass, "linear" if len(shape) == 2 else "unknown")
     data = None
     if source is not None and dtype in _FLOATS:
@@ -263,6 +265,13 @@ def _layer(owner: str, key: str, klass: str, index: int, shape: tuple[int, ...],
     if kind in ("conv1d", "conv2d") and klass.startswith("depthwise") and len(shape) >= 3 and index == 0:
         fields["groups"] = shape[-2]
         notes = (f"Keras {klass}: stored [*k, in, multiplier]; each channel convolved alone (groups = in)",)
+    elif kind.startswith("conv") and groups and index == 0 and len(shape) >= 3 and shape[-1] % groups == 0:
+        if shape[-2] != groups:  # a .keras config's `groups`: [*k, in/groups, out]
+            fields["groups"] = groups
+            notes = (f"Keras {klass}: {groups} groups (its .keras config): stored [*k, in/groups, out]",)
+        else:  # [*k, g, ·] with g groups is how fancli's Keras layout tells a depthwise kernel: not claimed
+            notes = (f"Keras {klass}: {groups} groups (its .keras config) of {groups} input channels each: its "
+                     "fans are read as an ungrouped conv's, which fancli cannot tell from a depthwise kernel",)
     elif kind.startswith("conv_transpose") and index == 0:
         fields["groups"] = 1
         notes = (f"Keras {klass}: stored [*k, out, in]",)
