@@ -182,3 +182,13 @@ def union_of_runs(stats: list[dict], spectral: list[dict]) -> list[dict]:
                 row[key] = b if a is None else a
         union.append(row)
     return union
+
+
+def assert_observed_is(observed: dict, values) -> None:
+    """A row's `--stats` (`observed`) against numpy on the values written: count, mean and sample std."""
+    import numpy as np
+    import pytest
+
+    assert observed["count"] == values.size
+    assert observed["mean"] == pytest.approx(values.astype(np.float64).mean(), rel=1e-6, abs=1e-9)
+    assert observed["std"] == pytest.approx(values.astype(np.float64).std(ddof=1), rel=1e-6)

@@ -16,7 +16,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from helpers import keras_compute_fans, run, run_child
+from helpers import assert_observed_is, keras_compute_fans, run, run_child
 
 h5py = pytest.importorskip("h5py")
 
@@ -135,10 +135,7 @@ def test_stats_are_the_values_written(weights_h5, archive):
     for path, written in (weights_h5, archive):
         rows = {row["param"]: row for row in _report("inspect", path, "--stats", "--all")["layers"]}
         for name, values in written.items():
-            observed = rows[name]["observed"]
-            assert observed["count"] == values.size
-            assert observed["mean"] == pytest.approx(values.astype(np.float64).mean(), rel=1e-6, abs=1e-9)
-            assert observed["std"] == pytest.approx(values.astype(np.float64).std(ddof=1), rel=1e-6)
+            assert_observed_is(rows[name]["observed"], values)
 
 
 def test_default_recipe_is_keras(weights_h5):

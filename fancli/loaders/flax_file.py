@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SourceError
 from ..layer import BuiltBy, Layer, Model
 from ..safe_io import read_bounded
-from ..weights.tensors import StridedRef, row_major_strides
+from ..weights.tensors import InMemory, StridedRef, row_major_strides
 
 if TYPE_CHECKING:
     from . import LoadOptions
@@ -40,16 +40,14 @@ FLAX_KINDS = {"Dense": "linear", "DenseGeneral": "linear", "Einsum": "linear", "
               "LayerNorm": "norm", "BatchNorm": "norm", "RMSNorm": "norm", "GroupNorm": "norm"}
 
 
-class _Array:
+class _Array(InMemory):
     """An array's shape, dtype and bytes as Flax packed them; read by range for --stats."""
 
-    __slots__ = ("shape", "dtype", "raw")
+    __slots__ = ("shape", "dtype")
 
     def __init__(self, shape: tuple[int, ...], dtype: str, raw: bytes) -> None:
-        self.shape, self.dtype, self.raw = shape, dtype, raw
-
-    def read(self, start: int, size: int) -> bytes:
-        return self.raw[start : start + size]
+        super().__init__(raw)
+        self.shape, self.dtype = shape, dtype
 
 
 def _unpack(path: Path) -> Any:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from ..errors import SourceError
 from ..layer import BuiltBy, Layer, Model
 from ..safe_io import FileRange, read_bounded
-from ..weights.tensors import StridedRef, row_major_strides
+from ..weights.tensors import InMemory, StridedRef, row_major_strides
 
 if TYPE_CHECKING:
     from . import LoadOptions
@@ -49,18 +49,6 @@ _ATTENTION = {"query_dense": 1, "key_dense": 1, "value_dense": 1, "gate_dense": 
 #: A legacy file's variable names -> their index in a Keras 3 layer's `vars`, where the kind needs it.
 _LEGACY_INDEX = {"kernel": 0, "depthwise_kernel": 0, "embeddings": 0, "recurrent_kernel": 1}
 _NUMBERED = re.compile(r"^(.*?)(_\d+)?$")
-
-
-class _Member:
-    """A `.keras` archive's weights file, held in memory, read by range."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-
-    def read(self, start: int, size: int) -> bytes:
-        return self.raw[start : start + size]
 
 
 def _h5py(path: Path) -> Any:
@@ -97,7 +85,7 @@ def load_keras_archive(path: Path, options: LoadOptions | None = None) -> Model:
             raw, config = archive.read(WEIGHTS_MEMBER), json.loads(archive.read(CONFIG_MEMBER))
     except (zipfile.BadZipFile, EOFError, ValueError, UnicodeDecodeError) as error:
         raise SourceError(f"{path}: not a readable .keras archive (truncated or not one: {error})") from None
-    member = _Member(raw)
+    member = InMemory(raw)
     try:
         handle = h5py.File(io.BytesIO(raw), "r")
     except OSError as error:
@@ -171,7 +159,7 @@ def _file_range(path: Path, dataset: Any) -> FileRange | None:
     return None if offset is None else FileRange(path, offset, dataset.nbytes)
 
 
-def _in_member(member: _Member, dataset: Any) -> _Window | None:
+def _in_member(member: InMemory, dataset: Any) -> _Window | None:
     offset = _contiguous(dataset)
     return None if offset is None else _Window(member, offset, dataset.nbytes)
 
@@ -181,7 +169,7 @@ class _Window:
 
     __slots__ = ("member", "start", "nbytes")
 
-    def __init__(self, member: _Member, start: int, nbytes: int) -> None:
+    def __init__(self, member: InMemory, start: int, nbytes: int) -> None:
         self.member, self.start, self.nbytes = member, start, nbytes
 
     def read(self, start: int, size: int) -> bytes:

@@ -29,7 +29,7 @@ from ..errors import SourceError
 from ..layer import Layer, Model
 from ..safe_io import FileRange, read_bounded
 from ..weights.dtypes import DTYPES
-from ..weights.tensors import StridedRef, row_major_strides
+from ..weights.tensors import InMemory, StridedRef, row_major_strides
 from .links import leads_outside, link_root
 from .onnx_quant import Dequantized
 from .module_structure import Owner, expand, module_layer
@@ -92,18 +92,6 @@ class _Typed:
 
             values = numpy_helper.to_array(self.tensor)
             self.raw = values.astype(values.dtype.newbyteorder("<")).tobytes()
-        return self.raw[start : start + size]
-
-
-class _Inline:
-    """An inline initializer's bytes (onnx does not expose their place in the file), read by range."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-
-    def read(self, start: int, size: int) -> bytes:
         return self.raw[start : start + size]
 
 
@@ -257,7 +245,7 @@ def _tensor(path: Path, tensor: Any) -> tuple[str | None, tuple[int, ...], Strid
         if len(raw) != nbytes:
             raise SourceError(f"{where}: holds {len(raw)} bytes but shape {list(shape)} of {dtype} "
                               f"needs {nbytes} (a truncated file?)")
-        source = _Inline(raw)
+        source = InMemory(raw)  # inline: onnx does not expose its place in the file
     else:  # values in the typed field their dtype names (float_data, int32_data…)
         field = TYPED_FIELDS.get(tensor.data_type, "int32_data")
         count = len(getattr(tensor, field))

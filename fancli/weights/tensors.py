@@ -101,6 +101,19 @@ class ByteSource(Protocol):
         ...
 
 
+class InMemory:
+    """Bytes held in memory (an ONNX initializer stored inline, a `.keras` archive's weights file), read by
+    range as a file's are: a ByteSource."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def read(self, start: int, size: int) -> bytes:
+        return self.raw[start : start + size]
+
+
 @functools.lru_cache(maxsize=4096)
 def row_major_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     """A contiguous tensor's strides, in elements; cached, as a checkpoint has a few hundred shapes among
