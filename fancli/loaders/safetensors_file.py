@@ -15,8 +15,10 @@ import math
 import os
 from dataclasses import replace
 from functools import partial
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter, mul, sub
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, NamedTuple
 
 from ..errors import SourceError
 from ..kinds import kind
@@ -233,8 +235,16 @@ def _tensor(key: str, value: Any, data_size: int, where: str) -> _Tensor:
     return _Tensor(key, name, tuple(shape), begin, end)
 
 
-def _check_coverage(tensors: Iterable[_Tensor], data_size: int, where: str) -> None:
-    """Tensors may neither overlap nor leave bytes unclaimed: the format forbids both (no polyglot files)."""
+_SPAN = attrgetter("begin", "end")
+
+
+def _check_coverage(tensors: Collection[_Tensor], data_size: int, where: str) -> None:
+    """Tensors may neither overlap nor leave bytes unclaimed: the format forbids both (no polyglot files).
+    Sorted by offsets, each must begin where the one before ends, the first at 0 and the last at the end
+    (checked on the flat list of offsets, in C); where not, the walk below says where."""
+    flat = list(chain.from_iterable(sorted(map(_SPAN, tensors))))
+    if (flat[0] == 0 and flat[-1] == data_size and flat[1:-1:2] == flat[2::2]) if flat else data_size == 0:
+        return
     position = 0
     last: _Tensor | None = None
     for tensor in sorted(tensors, key=lambda t: (t.begin, t.end)):
@@ -277,13 +287,36 @@ def _typed_tensors(raw: bytes, data_size: int, where: str) -> tuple[dict[str, st
     if decoded is None:
         return None
     metadata, entries = decoded
-    tensors = {}
-    for key, entry in entries.items():
-        tensor = _fits(key, entry.dtype, entry.shape, *entry.data_offsets, data_size)
-        if tensor is None:
-            return None
-        tensors[key] = tensor
+    tensors = _all_fit(entries, data_size)
+    if tensors is None:
+        tensors = {}
+        for key, entry in entries.items():
+            tensor = _fits(key, entry.dtype, entry.shape, *entry.data_offsets, data_size)
+            if tensor is None:
+                return None
+            tensors[key] = tensor
     return metadata, tensors
+
+
+_DTYPE_SHAPE = attrgetter("dtype", "shape")
+_OFFSETS = attrgetter("data_offsets")
+
+
+def _all_fit(entries: dict[str, Any], data_size: int) -> dict[str, _Tensor] | None:
+    """`_fits` of every msgspec entry (known dtype, non-negative ints: msgspec checked), list by list in C: each
+    holds exactly shape × itemsize bytes (so begin <= end) and none ends past the data; None where any does
+    not (then `_fits`, entry by entry)."""
+    if not entries:
+        return {}
+    keys = list(entries)
+    sizes = list(map(_size, *zip(*map(_DTYPE_SHAPE, entries.values()))))
+    if None in sizes:
+        return None
+    begins, ends = zip(*map(_OFFSETS, entries.values()))
+    if max(ends) > data_size or list(map(mul, map(sub, ends, begins), repeat(8))) != list(map(itemgetter(1), sizes)):
+        return None
+    return dict(zip(keys, map(tuple.__new__, repeat(_Tensor), zip(
+        keys, map(itemgetter(0), sizes), map(itemgetter(2), sizes), begins, ends))))
 
 
 def parse_header(raw: bytes, file_size: int, where: str) -> Header:

@@ -24,17 +24,17 @@ class TensorEntry(msgspec.Struct, gc=False):
 
 #: The header as raw entries: `__metadata__` is an object of another type, so each entry is decoded on its own.
 _HEADER = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_ENTRY = msgspec.json.Decoder(TensorEntry)
+_ENTRIES = msgspec.json.Decoder(list[TensorEntry])
 _METADATA = msgspec.json.Decoder(Optional[dict[str, str]])
 
 
 def decode_entries(raw: bytes) -> tuple[dict[str, str], dict[str, TensorEntry]] | None:
     """The header's `__metadata__` and entries in header order; None where msgspec refuses anything (the
-    stdlib path then says what and where)."""
+    stdlib path then says what and where). The entries, found as raw JSON, are decoded by one call: as a list."""
     try:
         entries = _HEADER.decode(raw)
         metadata = entries.pop("__metadata__", b"null")
-        return _METADATA.decode(metadata) or {}, {key: _ENTRY.decode(value) for key, value in entries.items()}
+        return _METADATA.decode(metadata) or {}, dict(zip(entries, _ENTRIES.decode(b"[%s]" % b",".join(entries.values()))))
     except (msgspec.DecodeError, RecursionError):  # a ValidationError is a DecodeError
         return None
 
