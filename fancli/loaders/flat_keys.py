@@ -10,7 +10,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import replace
-from typing import Collection, Hashable, Iterable, Iterator, Mapping, NamedTuple
+from functools import partial
+import itertools
+from itertools import repeat
+from operator import attrgetter, itemgetter
+from typing import TYPE_CHECKING, Callable, Collection, Hashable, Iterable, Iterator, Mapping, NamedTuple
 
 from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
@@ -18,6 +22,8 @@ from ..records import replaced
 from ..weights.dtypes import FLOATING, LOW_PRECISION_FLOATING
 from .entry import Entry
 from .module_structure import FUSED_QKV_NAME, fused_qkv
+if TYPE_CHECKING:
+    from ..weights.tensors import TensorData
 from .quant_keys import (BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, is_mlx, mlx_layer,
                          packed_auxiliary, packed_layer)
 
@@ -183,23 +189,21 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes
     from .quant_data import scaled  # only for a quantized weight
 
     layer = replaced(layer, data=scaled(entry, scale, factor))
-    return layer, KinTemplate(layer, scale.key.rpartition(".")[2], factor)
+    return layer, KinTemplate(layer, scale.key.rpartition(".")[2], partial(scaled, factor=factor))
 
 
 class KinTemplate(NamedTuple):
     """A layer computed once for all entries alike: each one's copy takes its own names and data, its data
-    dequantized by the scale `scale_leaf` beside it where there is one."""
+    dequantized (`quant_data.scaled`) by the scale `scale_leaf` beside it where there is one."""
 
     layer: Layer
     scale_leaf: str | None = None
-    factor: float = 1.0
+    scaled: Callable[[Entry, Entry], TensorData] | None = None
 
     def apply(self, entry: Entry, module: str, by_key: dict[str, Entry]) -> Layer:
         data = entry.data
-        if self.scale_leaf is not None:  # a weight's: its scale is its key with "weight" replaced
-            from .quant_data import scaled
-
-            data = scaled(entry, by_key[entry.key.removesuffix("weight") + self.scale_leaf], self.factor)
+        if self.scaled is not None:  # a weight's: its scale is its key with "weight" replaced
+            data = self.scaled(entry, by_key[entry.key.removesuffix("weight") + self.scale_leaf])
         layer = object.__new__(Layer)  # `replaced(self.layer, name=…, param=…, data=…)` without its keywords
         copy = layer.__dict__
         copy.update(self.layer.__dict__)
@@ -207,38 +211,40 @@ class KinTemplate(NamedTuple):
         return layer
 
 
-def _kin(entries: list[Entry]) -> list[int | None]:
+def _kin(entries: list[Entry], modules: list[str], leaves: list[str]) -> list[int | None]:
     """Each entry's kin, in order: one number per distinct (its module's name with the index parts blanked,
     the module's tensors' leaves, shapes and dtypes). Every rule here reads a key's module through its
     names, never its indices, and reads no tensor but the module's own (a tensor whose owner is elsewhere
     has no template), so two entries with one kin, leaf and notes get one layer but for their names and data:
     a 92,000-tensor MoE checkpoint has a few dozen. An entry has no kin (it is computed on its own) where no
     other module's name blanks like its module's, and where one leaf names two of its module's entries
-    (`weight` and `.weight` both have the module "", and shards may hold one key twice). A list, not a
-    dict by module: the 46,000 module names are not kept while the layers are built."""
+    (`weight` and `.weight` both have the module "", and shards may hold one key twice). `modules` and
+    `leaves` are the entries' keys split at their last dot."""
     members: dict[str, list[int]] = {}
-    leaves = []
-    for index, entry in enumerate(entries):
-        module, _, leaf = entry.key.rpartition(".")
-        leaves.append(leaf)
+    for index, module in enumerate(modules):
         indices = members.get(module)
         if indices is None:
             members[module] = [index]
         else:
             indices.append(index)
-    blanked = {module: _blanked(module) for module in members}
+    blanked = dict(zip(members, map(_blanked, members)))
     alike = Counter(blanked.values())
+    facts = list(zip(leaves, map(_SHAPE, entries), map(_DTYPE, entries)))
     numbers: dict[tuple, int] = {}
     kin: list[int | None] = [None] * len(entries)
     for module, indices in members.items():
         if alike[blanked[module]] < 2:
             continue
-        tensors = tuple([(leaves[i], entries[i].shape, entries[i].dtype) for i in indices])
-        if len(indices) == 1 or len({leaves[i] for i in indices}) == len(indices):
-            number = numbers.setdefault((blanked[module], tensors), len(numbers))
+        if len(indices) == 1:
+            kin[indices[0]] = numbers.setdefault((blanked[module], (facts[indices[0]],)), len(numbers))
+        elif len(set(map(leaves.__getitem__, indices))) == len(indices):
+            number = numbers.setdefault((blanked[module], tuple(map(facts.__getitem__, indices))), len(numbers))
             for i in indices:
                 kin[i] = number
     return kin
+
+
+_SHAPE, _DTYPE, _KEY = attrgetter("shape"), attrgetter("dtype"), attrgetter("key")
 
 
 _INDEX_PART = re.compile(r"(?<![^.])[0-9]+(?![^.])")
@@ -337,16 +343,23 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     aliases: dict[int, list[str]] = {}
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     templates: dict[tuple, KinTemplate | None] = {}
-    modules: dict[str, str] = {}  # one string per module name: a weight and its scale share their layers' name
-    for entry, kept, number in zip(entries, listed, _kin(entries)):
+    # Each key split once, at its last dot, into one string per module name (a weight and its scale share
+    # their layers' name) and per leaf
+    splits = list(map(str.rpartition, map(_KEY, entries), repeat(".")))
+    names: dict[str, str] = {}
+    modules = list(map(names.setdefault, *itertools.tee(map(itemgetter(0), splits))))
+    names = {}
+    leaves = list(map(names.setdefault, *itertools.tee(map(itemgetter(2), splits))))
+    del splits, names
+    for entry, kept, number, module, leaf in zip(entries, listed, _kin(entries, modules, leaves), modules, leaves):
         if not kept:
             continue
-        if entry.identity is not None and entry.identity in first:
-            aliases.setdefault(first[entry.identity], []).append(entry.key)
-            continue
-        if entry.identity is not None:
-            first[entry.identity] = len(layers)
-        module, _, leaf = entry.key.rpartition(".")
+        identity = entry.identity
+        if identity is not None:
+            if identity in first:
+                aliases.setdefault(first[identity], []).append(entry.key)
+                continue
+            first[identity] = len(layers)
         if number is None:
             layers.append(_layer(entry, by_key, keys, shapes, shared)[0])
             continue
@@ -356,7 +369,7 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
             layer, templates[alike] = _layer(entry, by_key, keys, shapes, shared)
             layers.append(layer)
         else:
-            layers.append(template.apply(entry, modules.setdefault(module, module), by_key))
+            layers.append(template.apply(entry, module, by_key))
     for index, names in aliases.items():
         layer = layers[index]
         note = f"shared with {', '.join(names)} (tied weights, reported once)"

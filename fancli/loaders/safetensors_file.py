@@ -32,7 +32,7 @@ from ..safe_io import (
     read_bounded,
 )
 from ..weights.dtypes import DTYPES
-from ..weights.tensors import ByteSource, StridedRef, row_major_strides
+from ..weights.tensors import ByteSource, contiguous_ref, row_major_strides
 from .entry import Entry
 from .flat_keys import layers_from_entries
 from .key_order import is_sorted, natural_sorted
@@ -358,9 +358,8 @@ def _entry(ranges: Ranges, header: Header, tensor: _Tensor, key: str, identity: 
     if tensor.dtype in DTYPES:
         shape = tensor.shape
         strides, elements, nbytes = _extent(shape, tensor.end - tensor.begin)
-        data = StridedRef(ranges(header.data_start + tensor.begin, nbytes), tensor.dtype, shape, strides, 0,
-                          elements)
-    return Entry(key, tensor.shape, tensor.dtype, data=data, identity=identity)
+        data = contiguous_ref(ranges(header.data_start + tensor.begin, nbytes), tensor.dtype, shape, strides, elements)
+    return Entry(key, tensor.shape, tensor.dtype, data, identity)
 
 
 def _entries(ranges: Ranges, header: Header, keys: Iterable[str]) -> Iterator[Entry]:
