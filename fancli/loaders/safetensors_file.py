@@ -73,6 +73,7 @@ class Header(NamedTuple):
     metadata: dict[str, str]
     data_start: int  # file offset of the data section: 8 + header length
     ties: dict[str, list[str]]  # kept key -> keys dropped as its duplicates
+    data_size: int  # bytes in the data section
 
 
 def _ties(metadata: dict[str, str], tensors: dict[str, _Tensor]) -> dict[str, list[str]]:
@@ -338,7 +339,7 @@ def parse_header(raw: bytes, file_size: int, where: str) -> Header:
     else:
         metadata, tensors = tensors
     _check_coverage(tensors.values(), data_size, where)
-    return Header(tensors, metadata, data_start, _ties(metadata, tensors))
+    return Header(tensors, metadata, data_start, _ties(metadata, tensors), data_size)
 
 
 #: (file offset, byte count) -> a handle on those bytes of one file (`FileRange` of a path; a remote range).
@@ -346,30 +347,50 @@ Ranges = Callable[[int, int], ByteSource]
 
 
 @functools.lru_cache(maxsize=4096)
-def _extent(shape: tuple[int, ...], nbytes: int) -> tuple[tuple[int, ...], int, int]:
-    """A contiguous tensor's strides, elements and bytes, cached: the 90,000 handles of a checkpoint with a
-    few hundred shapes share these int objects (two fewer per handle)."""
-    return row_major_strides(shape), math.prod(shape), nbytes
+def _extent(shape: tuple[int, ...], dtype: str) -> tuple[tuple[int, ...], int, int]:
+    """A contiguous tensor's strides, elements and itemsize, cached: the 90,000 handles of a checkpoint with
+    a few hundred shapes share these int objects."""
+    return row_major_strides(shape), math.prod(shape), DTYPES[dtype][0]
 
 
-def _entry(ranges: Ranges, header: Header, tensor: _Tensor, key: str, identity: str | None) -> Entry:
-    """An Entry with a lazy handle on the tensor's bytes; None where fancli cannot decode the dtype."""
+@functools.lru_cache(maxsize=4096)
+def _elements(nbytes: int, itemsize: int) -> int:
+    """Whole elements in a data section: the storage size of its tensors' handles, one int a file and dtype."""
+    return nbytes // itemsize
+
+
+def _section(ranges: Ranges, header: Header) -> ByteSource:
+    """The file's data section, which the tensors' handles share: one byte source a file, not one a tensor."""
+    return ranges(header.data_start, header.data_size)
+
+
+def _entry(ranges: Ranges, section: ByteSource, header: Header, tensor: _Tensor, key: str,
+           identity: str | None) -> Entry:
+    """An Entry with a lazy handle on the tensor's bytes (at its offset in `section`, or in a range of its own
+    where it does not begin on a whole element); None where fancli cannot decode the dtype."""
     data = None
-    if tensor.dtype in DTYPES:
+    dtype = tensor.dtype
+    if dtype in DTYPES:
         shape = tensor.shape
-        strides, elements, nbytes = _extent(shape, tensor.end - tensor.begin)
-        data = contiguous_ref(ranges(header.data_start + tensor.begin, nbytes), tensor.dtype, shape, strides, elements)
-    return Entry(key, tensor.shape, tensor.dtype, data, identity)
+        strides, elements, itemsize = _extent(shape, dtype)
+        begin = tensor.begin
+        if begin % itemsize:
+            data = contiguous_ref(ranges(header.data_start + begin, tensor.end - begin), dtype, shape, strides, 0,
+                                  elements)
+        else:
+            data = contiguous_ref(section, dtype, shape, strides, begin // itemsize, _elements(header.data_size,
+                                                                                             itemsize))
+    return Entry(key, tensor.shape, dtype, data, identity)
 
 
-def _entries(ranges: Ranges, header: Header, keys: Iterable[str]) -> Iterator[Entry]:
+def _entries(ranges: Ranges, section: ByteSource, header: Header, keys: Iterable[str]) -> Iterator[Entry]:
     """Entries for `keys`, each followed by the keys tied to it (same identity, so reported as aliases)."""
     for key in keys:
         tensor = header.tensors[key]
         dropped = header.ties.get(key, [])
-        yield _entry(ranges, header, tensor, key, key if dropped else None)
+        yield _entry(ranges, section, header, tensor, key, key if dropped else None)
         for alias in dropped:
-            yield _entry(ranges, header, tensor, alias, key)
+            yield _entry(ranges, section, header, tensor, alias, key)
 
 
 #: `__metadata__` format -> the layout its conv weights are stored in: MLX's `save_safetensors` writes
@@ -419,7 +440,7 @@ def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
 
 def model_from_header(source: str, ranges: Ranges, header: Header) -> Model:
     """One safetensors file's Model from its validated header (`parse_header`), its bytes read by `ranges`."""
-    layers = layers_from_entries(_entries(ranges, header, natural_sorted(header.tensors)))
+    layers = layers_from_entries(_entries(ranges, _section(ranges, header), header, natural_sorted(header.tensors)))
     return Model(source=source, format="safetensors", layers=_in_layout(layers, [header]),
                  notes=_notes(header.metadata), built_by=_built_by([header]))
 
@@ -503,20 +524,23 @@ def model_from_shards(source: str, weight_map: dict[str, str],
     """
     if is_sorted(list(weight_map)):
         weight_map = {key: weight_map[key] for key in natural_sorted(weight_map)}
-    headers = {shard: read(shard) for shard in dict.fromkeys(weight_map.values())}
+    headers = {}
+    for shard in dict.fromkeys(weight_map.values()):
+        ranges, header = read(shard)
+        headers[shard] = ranges, _section(ranges, header), header
     entries: list[Entry] = []
     for key, shard in weight_map.items():
-        ranges, header = headers[shard]
+        ranges, section, header = headers[shard]
         tensor = header.tensors.get(key)
         if tensor is None:
             raise SourceError(f"{source}: {_show(key)} is mapped to shard {_show(shard)}, which has no such tensor")
         if header.ties:
-            entries.extend(_entries(ranges, header, [key]))
+            entries.extend(_entries(ranges, section, header, [key]))
         else:  # no tied keys in this shard: one entry, no generator (92,000 keys)
-            entries.append(_entry(ranges, header, tensor, key, None))
-    notes = tuple(dict.fromkeys(note for _, header in headers.values() for note in _notes(header.metadata)))
+            entries.append(_entry(ranges, section, header, tensor, key, None))
+    notes = tuple(dict.fromkeys(note for _, _, header in headers.values() for note in _notes(header.metadata)))
     # The headers' metadata alone from here: their 90,000 entries are freed before the layers are built
-    written = [header._replace(tensors={}, ties={}) for _, header in headers.values()]
+    written = [header._replace(tensors={}, ties={}) for _, _, header in headers.values()]
     del headers, weight_map  # the sorted copy, where there is one
     return Model(source=source, format="safetensors-sharded", notes=notes,
                  layers=_in_layout(layers_from_entries(entries), written), built_by=_built_by(written))
