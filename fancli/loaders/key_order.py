@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import re
 import sys
-from operator import itemgetter
+from itertools import islice
+from operator import itemgetter, le
 from typing import Callable, Iterable
 
 _DIGITS = re.compile(r"([0-9]+)")
@@ -39,7 +40,7 @@ def natural_key(key: str) -> tuple[list, str]:
 
 def is_sorted(keys: list[str]) -> bool:
     """Whether `keys` are in plain sorted order: what a writer that sorts, not the model, decided."""
-    return all(a <= b for a, b in zip(keys, keys[1:]))
+    return all(map(le, keys, islice(keys, 1, None)))
 
 
 class _TooLong(Exception):

@@ -473,7 +473,7 @@ def parse_weight_map(raw: bytes, where: str) -> tuple[dict[str, str], Any]:
 def _shared_names(weight_map: dict[str, str]) -> dict[str, str]:
     """The weight_map with one string per shard name: a parser makes one per key (90,000 copies of 163 names)."""
     names: dict[str, str] = {}
-    return {key: names.setdefault(shard, shard) for key, shard in weight_map.items()}
+    return dict(zip(weight_map, map(names.setdefault, weight_map.values(), weight_map.values())))
 
 
 def shard_name(shard: str, where: str) -> str:
@@ -484,18 +484,22 @@ def shard_name(shard: str, where: str) -> str:
     return shard
 
 
-def shard_path(index: Path, shard: str) -> Path:
+def shard_path(index: Path, shard: str, root: Path | None = None) -> Path:
     """Shards lie beside the index; a name that climbs out of its folder, or a symlink that leads out of
     it (out of the repo's folder, in the Hugging Face cache), is refused: an index from the internet must
-    not make fancli read (and quote) another file."""
+    not make fancli read (and quote) another file. `root`: the index's `shards_root`, where already found."""
     path = index.parent / shard_name(shard, str(index))
-    try:
-        root = link_root(index.parent)
-    except (OSError, RuntimeError) as error:  # a symlink loop
-        raise SourceError(f"{index}: cannot resolve its folder ({error})") from None
-    if leads_outside(path, root):
+    if leads_outside(path, shards_root(index) if root is None else root):
         raise SourceError(f"{index}: shard {_show(shard)} links outside the index's folder; refused")
     return path
+
+
+def shards_root(index: Path) -> Path:
+    """Where the index's shards may lead (`links.link_root` of its folder): found once for all its shards."""
+    try:
+        return link_root(index.parent)
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise SourceError(f"{index}: cannot resolve its folder ({error})") from None
 
 
 def load_safetensors_index(path: Path, options: LoadOptions | None = None) -> Model:
@@ -506,8 +510,10 @@ def load_safetensors_index(path: Path, options: LoadOptions | None = None) -> Mo
 def sharded_model(path: Path, weight_map: dict[str, str]) -> Model:
     """A sharded checkpoint beside its index `path` (see `model_from_shards`)."""
 
+    root = shards_root(path)  # once, not per shard
+
     def read(shard: str) -> tuple[Ranges, Header]:
-        file = shard_path(path, shard)
+        file = shard_path(path, shard, root)
         return partial(FileRange, file), _read_header(file, f"{path}: shard {_show(shard)}")
 
     return model_from_shards(str(path), weight_map, read)
@@ -522,14 +528,16 @@ def model_from_shards(source: str, weight_map: dict[str, str],
     model order: a sorted weight_map is read in natural key order, as one unsharded file is, so sharding
     does not reorder a report.
     """
-    if is_sorted(list(weight_map)):
-        weight_map = {key: weight_map[key] for key in natural_sorted(weight_map)}
+    keys = list(weight_map)
+    if is_sorted(keys):
+        keys = natural_sorted(keys)
     headers = {}
-    for shard in dict.fromkeys(weight_map.values()):
+    for shard in dict.fromkeys(map(weight_map.__getitem__, keys)):  # in the order the keys are read
         ranges, header = read(shard)
         headers[shard] = ranges, _section(ranges, header), header
     entries: list[Entry] = []
-    for key, shard in weight_map.items():
+    for key in keys:
+        shard = weight_map[key]
         ranges, section, header = headers[shard]
         tensor = header.tensors.get(key)
         if tensor is None:
@@ -541,6 +549,6 @@ def model_from_shards(source: str, weight_map: dict[str, str],
     notes = tuple(dict.fromkeys(note for _, _, header in headers.values() for note in _notes(header.metadata)))
     # The headers' metadata alone from here: their 90,000 entries are freed before the layers are built
     written = [header._replace(tensors={}, ties={}) for _, _, header in headers.values()]
-    del headers, weight_map  # the sorted copy, where there is one
+    del headers, keys
     return Model(source=source, format="safetensors-sharded", notes=notes,
                  layers=_in_layout(layers_from_entries(entries), written), built_by=_built_by(written))
