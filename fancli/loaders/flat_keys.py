@@ -21,6 +21,7 @@ from ..layer import Layer
 from ..records import replaced
 from ..weights.dtypes import FLOATING, LOW_PRECISION_FLOATING
 from .entry import Entry
+from .key_order import digit_templates
 from .module_structure import FUSED_QKV_NAME, fused_qkv
 if TYPE_CHECKING:
     from ..weights.tensors import TensorData
@@ -227,7 +228,7 @@ def _kin(entries: list[Entry], modules: list[str], leaves: list[str]) -> list[in
             members[module] = [index]
         else:
             indices.append(index)
-    blanked = dict(zip(members, map(_blanked, members)))
+    blanked = dict(zip(members, _all_blanked(list(members))))
     alike = Counter(blanked.values())
     facts = list(zip(leaves, map(_SHAPE, entries), map(_DTYPE, entries)))
     numbers: dict[tuple, int] = {}
@@ -248,6 +249,23 @@ _SHAPE, _DTYPE, _KEY = attrgetter("shape"), attrgetter("dtype"), attrgetter("key
 
 
 _INDEX_PART = re.compile(r"(?<![^.])[0-9]+(?![^.])")
+
+
+def _all_blanked(modules: list[str]) -> list[str | tuple]:
+    """`_blanked` of each module, once per digit template (`key_order.digit_templates`) whose every run of
+    digits is a whole part of the name: there `_blanked` is the template with each run one NUL, whatever the
+    digits (so one result serves every module of the template); other modules are blanked one by one."""
+    templates = digit_templates(modules)
+    if templates is None:
+        return list(map(_blanked, modules))
+    memo: dict[str, str | None] = {}
+    for template in templates:
+        if template not in memo:
+            parts = template.split(".")
+            whole = not any("\0" in part and part.strip("\0") for part in parts)
+            memo[template] = (".".join("\0" if part and not part.strip("\0") else part for part in parts) if whole
+                              else None)
+    return [memo[template] or _blanked(module) for module, template in zip(modules, templates)]
 
 
 def _blanked(module: str) -> str | tuple:

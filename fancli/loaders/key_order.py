@@ -66,18 +66,14 @@ def natural_sorted(keys: Iterable[str]) -> list[str]:
     the other a number, or one ends, the order is natural_key's; both write a number at the same place only
     after the same text. A key holding a NUL, or a run natural_key compares by length, sorts by natural_key.
 
-    Keys are grouped by their template (each digit turned into NUL, one bytes.translate for all): in a group
+    Keys are grouped by their template (`digit_templates`): in a group
     every key has its runs at the same places and of the same lengths, so where none starts with a 0 their
     strings are the key with `\\0` and the run's length put before each run (what `_Runs` writes), built by
     one format string per group, not a regex call per key."""
     keys = list(keys)
-    text = "\n".join(keys)
-    if "\0" in text:
+    split = digit_templates(keys)
+    if split is None:
         return sorted(keys, key=natural_key)
-    templates = text.encode("utf-8", "surrogatepass").translate(_NUL_DIGITS).decode("utf-8", "surrogatepass")
-    split = templates.split("\n")
-    if len(split) != len(keys):  # a key holds a newline
-        split = [key.translate(_NUL_DIGITS_TEXT) for key in keys]
     groups: dict[str, list[str]] = {}
     for template, key in zip(split, keys):
         members = groups.get(template)
@@ -99,6 +95,19 @@ def natural_sorted(keys: Iterable[str]) -> list[str]:
 
 _NUL_DIGITS = bytes.maketrans(b"0123456789", b"\0" * 10)
 _NUL_DIGITS_TEXT = str.maketrans("0123456789", "\0" * 10)
+
+
+def digit_templates(keys: list[str]) -> list[str] | None:
+    """Each key with every digit turned into NUL, one bytes.translate for all (keys with a newline one by one):
+    keys alike but for their numbers' digits have one template. None where a key holds a NUL itself."""
+    text = "\n".join(keys)
+    if "\0" in text:
+        return None
+    encoded = text.encode("utf-8", "surrogatepass").translate(_NUL_DIGITS)
+    templates = encoded.decode("utf-8", "surrogatepass").split("\n")
+    if len(templates) != len(keys):  # a key holds a newline
+        return [key.translate(_NUL_DIGITS_TEXT) for key in keys]
+    return templates
 _RUN = re.compile("\0+")
 
 

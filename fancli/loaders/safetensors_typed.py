@@ -34,7 +34,8 @@ def decode_entries(raw: bytes) -> tuple[dict[str, str], dict[str, TensorEntry]] 
     try:
         entries = _HEADER.decode(raw)
         metadata = entries.pop("__metadata__", b"null")
-        return _METADATA.decode(metadata) or {}, dict(zip(entries, _ENTRIES.decode(b"[%s]" % b",".join(entries.values()))))
+        values = _ENTRIES.decode(b"[%s]" % b",".join(entries.values()))
+        return _METADATA.decode(metadata) or {}, dict(zip(entries, values))
     except (msgspec.DecodeError, RecursionError):  # a ValidationError is a DecodeError
         return None
 
