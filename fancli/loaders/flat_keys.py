@@ -352,7 +352,7 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     """Layers in source order; tied tensors reported once, the other keys as aliases. Quantization scales,
     metadata and buffers get kinds of their own (`quant_keys`); quantized weights their logical shape."""
     entries = list(entries)
-    by_key = {entry.key: entry for entry in entries}
+    by_key = dict(zip(map(_KEY, entries), entries))
     keys = by_key.keys()  # a view: no second 92,000-key set
     listed = [_listed(entry, keys) for entry in entries]
     shapes = _Shapes(entries, listed, by_key)

@@ -61,15 +61,15 @@ class _Runs(dict):
 
 
 def natural_sorted(keys: Iterable[str]) -> list[str]:
-    """`sorted(keys, key=natural_key)`, three times faster on 90,000 keys: each key compares as one string with
+    """`sorted(keys, key=natural_key)`, twice as fast on 90,000 keys: each key compares as one string with
     every digit run written by `_Runs`. NUL sorts before any text character, so where one key has text and
     the other a number, or one ends, the order is natural_key's; both write a number at the same place only
     after the same text. A key holding a NUL, or a run natural_key compares by length, sorts by natural_key.
 
-    Keys are grouped by their template (`digit_templates`): in a group
-    every key has its runs at the same places and of the same lengths, so where none starts with a 0 their
-    strings are the key with `\\0` and the run's length put before each run (what `_Runs` writes), built by
-    one format string per group, not a regex call per key."""
+    Keys are grouped by their template (`digit_templates`): in a group every key has its runs at the same
+    places and of the same lengths, so where none starts with a 0 their strings are the key with `\\0` and
+    the run's length put before each run (what `_Runs` writes), built by one format string per group, not a
+    regex call per key."""
     keys = list(keys)
     split = digit_templates(keys)
     if split is None:
