@@ -7,11 +7,11 @@ Such a source knows names, shapes and dtypes only. Kinds come from key names (`i
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import replace
 from functools import partial
-import itertools
 from itertools import repeat
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Callable, Collection, Hashable, Iterable, Iterator, Mapping, NamedTuple
@@ -23,10 +23,11 @@ from ..weights.dtypes import FLOATING, LOW_PRECISION_FLOATING
 from .entry import Entry
 from .key_order import digit_templates
 from .module_structure import FUSED_QKV_NAME, fused_qkv
-if TYPE_CHECKING:
-    from ..weights.tensors import TensorData
 from .quant_keys import (BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, is_mlx, mlx_layer,
                          packed_auxiliary, packed_layer)
+
+if TYPE_CHECKING:
+    from ..weights.tensors import TensorData
 
 #: Buffers that torch's modules keep in their state_dict but that are not weights.
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -366,11 +367,11 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     # Each key split once, at its last dot, into one string per module name (a weight and its scale share
     # their layers' name) and per leaf
     splits = list(map(str.rpartition, map(_KEY, entries), repeat(".")))
-    names: dict[str, str] = {}
-    modules = list(map(names.setdefault, *itertools.tee(map(itemgetter(0), splits))))
-    names = {}
-    leaves = list(map(names.setdefault, *itertools.tee(map(itemgetter(2), splits))))
-    del splits, names
+    module_names: dict[str, str] = {}
+    leaf_names: dict[str, str] = {}
+    modules = list(map(module_names.setdefault, *itertools.tee(map(itemgetter(0), splits))))
+    leaves = list(map(leaf_names.setdefault, *itertools.tee(map(itemgetter(2), splits))))
+    del splits, module_names, leaf_names
     for entry, kept, number, module, leaf in zip(entries, listed, _kin(entries, modules, leaves), modules, leaves):
         if not kept:
             continue

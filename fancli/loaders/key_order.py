@@ -108,6 +108,8 @@ def digit_templates(keys: list[str]) -> list[str] | None:
     if len(templates) != len(keys):  # a key holds a newline
         return [key.translate(_NUL_DIGITS_TEXT) for key in keys]
     return templates
+
+
 _RUN = re.compile("\0+")
 
 

@@ -274,8 +274,8 @@ _SET_FIELDS = tuple(getattr(StridedRef, name).__set__ for name in ("source", "dt
 
 def contiguous_ref(source: ByteSource, dtype: str, shape: tuple[int, ...], stride: tuple[int, ...], offset: int,
                    storage_elements: int) -> StridedRef:
-    """`StridedRef(source, dtype, shape, stride, offset, storage_elements)` for a contiguous view (stride
-    row-major) at half the cost: its slots set directly, not through the frozen dataclass's
+    """`StridedRef(source, dtype, shape, stride, offset, storage_elements)` (little-endian) for a contiguous
+    view (stride row-major) at half the cost: its slots set directly, not through the frozen dataclass's
     `object.__setattr__` per field; a checkpoint's loader builds one per tensor (90,000)."""
     ref = object.__new__(StridedRef)
     set_source, set_dtype, set_shape, set_stride, set_offset, set_elements, set_byteorder = _SET_FIELDS
