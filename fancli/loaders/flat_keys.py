@@ -287,7 +287,11 @@ _WEIGHT_DTYPES = frozenset(FLOATING + LOW_PRECISION_FLOATING + QUANTIZED_OR_COMP
 
 def is_weight(entry: Entry) -> bool:
     """Floating tensors (quantized and complex ones too) that are not known buffers: what init concerns."""
-    return entry.dtype in _WEIGHT_DTYPES and entry.key.rpartition(".")[2] not in BUFFERS
+    return _is_weight(entry.dtype, entry.key.rpartition(".")[2])
+
+
+def _is_weight(dtype: str, leaf: str) -> bool:
+    return dtype in _WEIGHT_DTYPES and leaf not in BUFFERS
 
 
 def _listed(entry: Entry, keys: Collection[str]) -> bool:
@@ -357,13 +361,6 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     entries = list(entries)
     by_key = dict(zip(map(_KEY, entries), entries))
     keys = by_key.keys()  # a view: no second 92,000-key set
-    listed = [_listed(entry, keys) for entry in entries]
-    shapes = _Shapes(entries, listed, by_key)
-    first: dict[Hashable, int] = {}
-    layers: list[Layer] = []
-    aliases: dict[int, list[str]] = {}
-    shared: dict[tuple[str, ...], tuple[str, ...]] = {}
-    templates: dict[tuple, KinTemplate | None] = {}
     # Each key split once, at its last dot, into one string per module name (a weight and its scale share
     # their layers' name) and per leaf
     splits = list(map(str.rpartition, map(_KEY, entries), repeat(".")))
@@ -372,6 +369,14 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     modules = list(map(module_names.setdefault, *itertools.tee(map(itemgetter(0), splits))))
     leaves = list(map(leaf_names.setdefault, *itertools.tee(map(itemgetter(2), splits))))
     del splits, module_names, leaf_names
+    listed = [weight or _listed(entry, keys)  # `_listed`, its first test (`is_weight`) made on the split keys
+              for weight, entry in zip(map(_is_weight, map(_DTYPE, entries), leaves), entries)]
+    shapes = _Shapes(entries, listed, by_key)
+    first: dict[Hashable, int] = {}
+    layers: list[Layer] = []
+    aliases: dict[int, list[str]] = {}
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+    templates: dict[tuple, KinTemplate | None] = {}
     for entry, kept, number, module, leaf in zip(entries, listed, _kin(entries, modules, leaves), modules, leaves):
         if not kept:
             continue
