@@ -163,9 +163,13 @@ def json_memory(raw: bytes) -> int:
     character for ASCII without `\\u` escapes, else up to 4: one astral character, raw or escaped, stores
     a whole string in 4 bytes a character), each `{` a dict of up to 256 bytes, each `[` a list of up to 64,
     and each string (two `"`) or other item (after a `,`: a number, a dict entry) an object of up to 96."""
-    width = 1 if raw.isascii() and b"\\u" not in raw else 4
-    containers = 256 * raw.count(b"{") + 64 * raw.count(b"[")
-    return 2 * width * len(raw) + containers + 48 * (raw.count(b'"') + 2 * raw.count(b","))
+    marks = raw.translate(None, _NOT_MARKS)  # the bytes counted, in one pass; counted in far fewer bytes
+    width = 1 if raw.isascii() and (b"\\" not in marks or b"\\u" not in raw) else 4
+    containers = 256 * marks.count(b"{") + 64 * marks.count(b"[")
+    return 2 * width * len(raw) + containers + 48 * (marks.count(b'"') + 2 * marks.count(b","))
+
+
+_NOT_MARKS = bytes(set(range(256)) - set(b'{[",\\'))
 
 
 def check_json_size(raw: bytes, where: str, what: str) -> None:

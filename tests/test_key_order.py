@@ -39,6 +39,13 @@ def test_natural_sorted_is_the_order_of_natural_key(keys):
     assert natural_sorted(keys) == sorted(keys, key=natural_key)
 
 
+@given(st.lists(st.text(alphabet="ab.0190\n %~é", max_size=12), max_size=30))
+def test_natural_sorted_by_template_is_the_order_of_natural_key(keys):
+    """Keys with no NUL take the template path (runs of one length at one place, written by a format string;
+    a run with a leading 0 written by `_Runs`; a key with a newline grouped on its own)."""
+    assert natural_sorted(keys) == sorted(keys, key=natural_key)
+
+
 def test_natural_sorted_sorts_runs_past_int_limits_by_length_as_natural_key_does():
     long = "9" * (LONGEST_NUMBER + 1)
     keys = [f"a{long}", "a7", f"a{'0' * LONGEST_NUMBER}5", f"a{long}0", "a07"]

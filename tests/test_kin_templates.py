@@ -7,6 +7,8 @@ import dataclasses
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fancli import loaders
 from fancli.errors import SourceError
@@ -217,3 +219,9 @@ def test_one_key_in_two_shards_keeps_each_its_own_layer(tmp_path, monkeypatch):
     assert layers == tuple(oracle)
     assert [(layer.param, layer.kind, layer.shape) for layer in model.layers] == [
         ("a.weight", "linear", (4, 4)), ("a.weight", "norm", (8,)), ("b.weight", "linear", (3, 3))]
+
+
+@given(st.lists(st.text(alphabet="a1.0\n\x00é", max_size=10), max_size=20))
+def test_modules_blanked_by_template_as_one_by_one(modules):
+    """`_all_blanked` blanks once per digit template: the same as `_blanked` module by module."""
+    assert flat_keys._all_blanked(modules) == [flat_keys._blanked(module) for module in modules]

@@ -305,6 +305,22 @@ def _spec(shape: object, offsets: list, dtype: str = "F32") -> dict:
     return {"dtype": dtype, "shape": shape, "data_offsets": offsets}
 
 
+def test_a_tensor_off_its_element_boundary_reads_its_own_bytes(tmp_path):
+    """Handles share the data section, offset in elements; a tensor that begins off a whole element (after 13
+    bytes here) cannot, and must still read its own bytes, as safetensors' library does."""
+    import numpy as np
+
+    even, odd = np.array([0.5, 4.0], dtype="<f4"), np.array([1.5, -2.25, 3.0], dtype="<f4")
+    data = bytes([7, 8, 9, 10]) + even.tobytes() + bytes([11]) + odd.tobytes()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(_file({"codes": _spec([4], [0, 4], "U8"), "even.weight": _spec([2], [4, 12]),
+                            "code": _spec([1], [12, 13], "U8"), "odd.weight": _spec([3], [13, 25])}, data))
+    layers = {layer.param: layer for layer in load_safetensors(path).layers}
+    with safe_open(str(path), framework="numpy") as handle:
+        for key in ("odd.weight", "even.weight"):
+            assert np.concatenate(list(layers[key].data.chunks(2))).tolist() == handle.get_tensor(key).tolist()
+
+
 MALFORMED = {
     "too-short": (b"\x05\x00\x00", "too short"),
     "length-past-end": (struct.pack("<Q", 1000) + b"{}", "runs past the end"),

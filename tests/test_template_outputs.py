@@ -86,7 +86,7 @@ def _key_by_key(monkeypatch) -> None:
     """Every template off: each entry's layer, row and JSON line computed on its own; headers by the stdlib."""
     monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 1 << 62)
     monkeypatch.setattr(safetensors_file, "natural_sorted", lambda keys: sorted(keys, key=natural_key))
-    monkeypatch.setattr(flat_keys, "_kin", lambda entries: [None] * len(entries))
+    monkeypatch.setattr(flat_keys, "_kin", lambda entries, modules, leaves: [None] * len(entries))
     monkeypatch.setattr(report, "_analyze_all", lambda layers, settings, context, observed: [
         report.analyze_layer(layer, settings, context, observed.get(layer.param)) for layer in layers])
     monkeypatch.setattr(json_out, "_layer_lines", lambda done: (

@@ -7,19 +7,27 @@ Such a source knows names, shapes and dtypes only. Kinds come from key names (`i
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import replace
-from typing import Collection, Hashable, Iterable, Iterator, Mapping, NamedTuple
+from functools import partial
+from itertools import repeat
+from operator import attrgetter, itemgetter
+from typing import TYPE_CHECKING, Callable, Collection, Hashable, Iterable, Iterator, Mapping, NamedTuple
 
 from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
 from ..layer import Layer
 from ..records import replaced
 from ..weights.dtypes import FLOATING, LOW_PRECISION_FLOATING
 from .entry import Entry
+from .key_order import digit_templates
 from .module_structure import FUSED_QKV_NAME, fused_qkv
 from .quant_keys import (BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, is_mlx, mlx_layer,
                          packed_auxiliary, packed_layer)
+
+if TYPE_CHECKING:
+    from ..weights.tensors import TensorData
 
 #: Buffers that torch's modules keep in their state_dict but that are not weights.
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -183,65 +191,84 @@ def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes
     from .quant_data import scaled  # only for a quantized weight
 
     layer = replaced(layer, data=scaled(entry, scale, factor))
-    return layer, KinTemplate(layer, scale.key.rpartition(".")[2], factor)
+    return layer, KinTemplate(layer, scale.key.rpartition(".")[2], partial(scaled, factor=factor))
 
 
 class KinTemplate(NamedTuple):
     """A layer computed once for all entries alike: each one's copy takes its own names and data, its data
-    dequantized by the scale `scale_leaf` beside it where there is one."""
+    dequantized (`quant_data.scaled`) by the scale `scale_leaf` beside it where there is one."""
 
     layer: Layer
     scale_leaf: str | None = None
-    factor: float = 1.0
+    scaled: Callable[[Entry, Entry], TensorData] | None = None
 
     def apply(self, entry: Entry, module: str, by_key: dict[str, Entry]) -> Layer:
         data = entry.data
-        if self.scale_leaf is not None:  # a weight's: its scale is its key with "weight" replaced
-            from .quant_data import scaled
-
-            data = scaled(entry, by_key[entry.key.removesuffix("weight") + self.scale_leaf], self.factor)
-        layer = object.__new__(Layer)  # `replaced(self.layer, name=…, param=…, data=…)` without its keywords
-        copy = layer.__dict__
-        copy.update(self.layer.__dict__)
-        copy["name"], copy["param"], copy["data"] = module or entry.key, entry.key, data
+        if self.scaled is not None:  # a weight's: its scale is its key with "weight" replaced
+            data = self.scaled(entry, by_key[entry.key.removesuffix("weight") + self.scale_leaf])
+        # `replaced(self.layer, name=…, param=…, data=…)` at half its cost: the template's __dict__ copied whole
+        # (a copy that shares the class's keys, as the instance's own dict does: no more memory)
+        fields = self.layer.__dict__.copy()
+        fields["name"], fields["param"], fields["data"] = module or entry.key, entry.key, data
+        layer = object.__new__(Layer)
+        object.__setattr__(layer, "__dict__", fields)
         return layer
 
 
-def _kin(entries: list[Entry]) -> list[int | None]:
+def _kin(entries: list[Entry], modules: list[str], leaves: list[str]) -> list[int | None]:
     """Each entry's kin, in order: one number per distinct (its module's name with the index parts blanked,
     the module's tensors' leaves, shapes and dtypes). Every rule here reads a key's module through its
     names, never its indices, and reads no tensor but the module's own (a tensor whose owner is elsewhere
     has no template), so two entries with one kin, leaf and notes get one layer but for their names and data:
     a 92,000-tensor MoE checkpoint has a few dozen. An entry has no kin (it is computed on its own) where no
     other module's name blanks like its module's, and where one leaf names two of its module's entries
-    (`weight` and `.weight` both have the module "", and shards may hold one key twice). A list, not a
-    dict by module: the 46,000 module names are not kept while the layers are built."""
+    (`weight` and `.weight` both have the module "", and shards may hold one key twice). `modules` and
+    `leaves` are the entries' keys split at their last dot."""
     members: dict[str, list[int]] = {}
-    leaves = []
-    for index, entry in enumerate(entries):
-        module, _, leaf = entry.key.rpartition(".")
-        leaves.append(leaf)
+    for index, module in enumerate(modules):
         indices = members.get(module)
         if indices is None:
             members[module] = [index]
         else:
             indices.append(index)
-    blanked = {module: _blanked(module) for module in members}
+    blanked = dict(zip(members, _all_blanked(list(members))))
     alike = Counter(blanked.values())
+    facts = list(zip(leaves, map(_SHAPE, entries), map(_DTYPE, entries)))
     numbers: dict[tuple, int] = {}
     kin: list[int | None] = [None] * len(entries)
     for module, indices in members.items():
         if alike[blanked[module]] < 2:
             continue
-        tensors = tuple([(leaves[i], entries[i].shape, entries[i].dtype) for i in indices])
-        if len(indices) == 1 or len({leaves[i] for i in indices}) == len(indices):
-            number = numbers.setdefault((blanked[module], tensors), len(numbers))
+        if len(indices) == 1:
+            kin[indices[0]] = numbers.setdefault((blanked[module], (facts[indices[0]],)), len(numbers))
+        elif len(set(map(leaves.__getitem__, indices))) == len(indices):
+            number = numbers.setdefault((blanked[module], tuple(map(facts.__getitem__, indices))), len(numbers))
             for i in indices:
                 kin[i] = number
     return kin
 
 
+_SHAPE, _DTYPE, _KEY = attrgetter("shape"), attrgetter("dtype"), attrgetter("key")
+
+
 _INDEX_PART = re.compile(r"(?<![^.])[0-9]+(?![^.])")
+
+
+def _all_blanked(modules: list[str]) -> list[str | tuple]:
+    """`_blanked` of each module, once per digit template (`key_order.digit_templates`) whose every run of
+    digits is a whole part of the name: there `_blanked` is the template with each run one NUL, whatever the
+    digits (so one result serves every module of the template); other modules are blanked one by one."""
+    templates = digit_templates(modules)
+    if templates is None:
+        return list(map(_blanked, modules))
+    memo: dict[str, str | None] = {}
+    for template in templates:
+        if template not in memo:
+            parts = template.split(".")
+            whole = not any("\0" in part and part.strip("\0") for part in parts)
+            memo[template] = (".".join("\0" if part and not part.strip("\0") else part for part in parts) if whole
+                              else None)
+    return [memo[template] or _blanked(module) for module, template in zip(modules, templates)]
 
 
 def _blanked(module: str) -> str | tuple:
@@ -260,7 +287,11 @@ _WEIGHT_DTYPES = frozenset(FLOATING + LOW_PRECISION_FLOATING + QUANTIZED_OR_COMP
 
 def is_weight(entry: Entry) -> bool:
     """Floating tensors (quantized and complex ones too) that are not known buffers: what init concerns."""
-    return entry.dtype in _WEIGHT_DTYPES and entry.key.rpartition(".")[2] not in BUFFERS
+    return _is_weight(entry.dtype, entry.key.rpartition(".")[2])
+
+
+def _is_weight(dtype: str, leaf: str) -> bool:
+    return dtype in _WEIGHT_DTYPES and leaf not in BUFFERS
 
 
 def _listed(entry: Entry, keys: Collection[str]) -> bool:
@@ -328,25 +359,33 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     """Layers in source order; tied tensors reported once, the other keys as aliases. Quantization scales,
     metadata and buffers get kinds of their own (`quant_keys`); quantized weights their logical shape."""
     entries = list(entries)
-    by_key = {entry.key: entry for entry in entries}
+    by_key = dict(zip(map(_KEY, entries), entries))
     keys = by_key.keys()  # a view: no second 92,000-key set
-    listed = [_listed(entry, keys) for entry in entries]
+    # Each key split once, at its last dot, into one string per module name (a weight and its scale share
+    # their layers' name) and per leaf
+    splits = list(map(str.rpartition, map(_KEY, entries), repeat(".")))
+    module_names: dict[str, str] = {}
+    leaf_names: dict[str, str] = {}
+    modules = list(map(module_names.setdefault, *itertools.tee(map(itemgetter(0), splits))))
+    leaves = list(map(leaf_names.setdefault, *itertools.tee(map(itemgetter(2), splits))))
+    del splits, module_names, leaf_names
+    listed = [weight or _listed(entry, keys)  # `_listed`, its first test (`is_weight`) made on the split keys
+              for weight, entry in zip(map(_is_weight, map(_DTYPE, entries), leaves), entries)]
     shapes = _Shapes(entries, listed, by_key)
     first: dict[Hashable, int] = {}
     layers: list[Layer] = []
     aliases: dict[int, list[str]] = {}
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     templates: dict[tuple, KinTemplate | None] = {}
-    modules: dict[str, str] = {}  # one string per module name: a weight and its scale share their layers' name
-    for entry, kept, number in zip(entries, listed, _kin(entries)):
+    for entry, kept, number, module, leaf in zip(entries, listed, _kin(entries, modules, leaves), modules, leaves):
         if not kept:
             continue
-        if entry.identity is not None and entry.identity in first:
-            aliases.setdefault(first[entry.identity], []).append(entry.key)
-            continue
-        if entry.identity is not None:
-            first[entry.identity] = len(layers)
-        module, _, leaf = entry.key.rpartition(".")
+        identity = entry.identity
+        if identity is not None:
+            if identity in first:
+                aliases.setdefault(first[identity], []).append(entry.key)
+                continue
+            first[identity] = len(layers)
         if number is None:
             layers.append(_layer(entry, by_key, keys, shapes, shared)[0])
             continue
@@ -356,7 +395,7 @@ def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
             layer, templates[alike] = _layer(entry, by_key, keys, shapes, shared)
             layers.append(layer)
         else:
-            layers.append(template.apply(entry, modules.setdefault(module, module), by_key))
+            layers.append(template.apply(entry, module, by_key))
     for index, names in aliases.items():
         layer = layers[index]
         note = f"shared with {', '.join(names)} (tied weights, reported once)"

@@ -95,18 +95,16 @@ def block_of(size: int, scales: int) -> int | None:
     return None
 
 
-def scaled(weight: "Entry", scale: "Entry", factor: float = 1.0):
+def scaled(weight: "Entry", scale: "Entry", factor: float = 1.0) -> "Scaled":
     """The weight × its scales (per tensor, per row or per block) as a data handle; a scale whose shape fits
-    no layout is a SourceError naming both (one line, exit 2)."""
+    no layout is a SourceError naming both (one line, exit 2). Whether their handles can be read so is its
+    `reason`, asked only by `--stats`."""
     blocks = _blocks(weight.shape, scale.shape)
     if blocks is None:
         out, inner = weight.shape[0], math.prod(weight.shape[1:])
         raise SourceError(f"{scale.where}: {scale.key}: shape {list(scale.shape)} fits no scale layout of "
                           f"{weight.key} {list(weight.shape)} (one scale, one per row, or one per "
                           f"{FP8_BLOCK}×{FP8_BLOCK} block: {[math.ceil(out / FP8_BLOCK), math.ceil(inner / FP8_BLOCK)]})")
-    reason = _readable(weight.data, scale.data)
-    if reason:
-        return Unreadable("float32", weight.shape, reason)
     return Scaled(weight.data, scale.data, blocks, factor)
 
 
@@ -152,12 +150,21 @@ class Scaled:
         self.weight, self.scale, self.blocks, self.factor = weight, scale, blocks, factor
         self.shape = weight.shape
 
+    @property
+    def reason(self) -> str | None:
+        """Why the values are not read (a strided view, a handle with no rows), or None: computed when
+        `--stats` asks, not once per FP8 weight at load (the handles do not change)."""
+        return _readable(self.weight, self.scale)
+
     def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:
         return True
 
     def chunks(self, max_elements: int = CHUNK_ELEMENTS) -> Iterator["np.ndarray"]:
         import numpy as np
 
+        reason = self.reason
+        if reason:
+            raise SourceError(reason)
         out = self.shape[0] if self.shape else 0
         inner = math.prod(self.shape[1:])
         if not out or not inner:

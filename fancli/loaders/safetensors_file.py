@@ -15,8 +15,10 @@ import math
 import os
 from dataclasses import replace
 from functools import partial
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter, mul, sub
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, NamedTuple
 
 from ..errors import SourceError
 from ..kinds import kind
@@ -30,7 +32,7 @@ from ..safe_io import (
     read_bounded,
 )
 from ..weights.dtypes import DTYPES
-from ..weights.tensors import ByteSource, StridedRef, row_major_strides
+from ..weights.tensors import ByteSource, contiguous_ref, row_major_strides
 from .entry import Entry
 from .flat_keys import layers_from_entries
 from .key_order import is_sorted, natural_sorted
@@ -71,6 +73,7 @@ class Header(NamedTuple):
     metadata: dict[str, str]
     data_start: int  # file offset of the data section: 8 + header length
     ties: dict[str, list[str]]  # kept key -> keys dropped as its duplicates
+    data_size: int  # bytes in the data section
 
 
 def _ties(metadata: dict[str, str], tensors: dict[str, _Tensor]) -> dict[str, list[str]]:
@@ -233,8 +236,16 @@ def _tensor(key: str, value: Any, data_size: int, where: str) -> _Tensor:
     return _Tensor(key, name, tuple(shape), begin, end)
 
 
-def _check_coverage(tensors: Iterable[_Tensor], data_size: int, where: str) -> None:
-    """Tensors may neither overlap nor leave bytes unclaimed: the format forbids both (no polyglot files)."""
+_SPAN = attrgetter("begin", "end")
+
+
+def _check_coverage(tensors: Collection[_Tensor], data_size: int, where: str) -> None:
+    """Tensors may neither overlap nor leave bytes unclaimed: the format forbids both (no polyglot files).
+    Sorted by offsets, each must begin where the one before ends, the first at 0 and the last at the end
+    (checked on the flat list of offsets, in C); where not, the walk below says where."""
+    flat = list(chain.from_iterable(sorted(map(_SPAN, tensors))))
+    if (flat[0] == 0 and flat[-1] == data_size and flat[1:-1:2] == flat[2::2]) if flat else data_size == 0:
+        return
     position = 0
     last: _Tensor | None = None
     for tensor in sorted(tensors, key=lambda t: (t.begin, t.end)):
@@ -277,13 +288,36 @@ def _typed_tensors(raw: bytes, data_size: int, where: str) -> tuple[dict[str, st
     if decoded is None:
         return None
     metadata, entries = decoded
-    tensors = {}
-    for key, entry in entries.items():
-        tensor = _fits(key, entry.dtype, entry.shape, *entry.data_offsets, data_size)
-        if tensor is None:
-            return None
-        tensors[key] = tensor
+    tensors = _all_fit(entries, data_size)
+    if tensors is None:
+        tensors = {}
+        for key, entry in entries.items():
+            tensor = _fits(key, entry.dtype, entry.shape, *entry.data_offsets, data_size)
+            if tensor is None:
+                return None
+            tensors[key] = tensor
     return metadata, tensors
+
+
+_DTYPE_SHAPE = attrgetter("dtype", "shape")
+_OFFSETS = attrgetter("data_offsets")
+
+
+def _all_fit(entries: dict[str, Any], data_size: int) -> dict[str, _Tensor] | None:
+    """`_fits` of every msgspec entry (known dtype, non-negative ints: msgspec checked), list by list in C: each
+    holds exactly shape × itemsize bytes (so begin <= end) and none ends past the data; None where any does
+    not (then `_fits`, entry by entry)."""
+    if not entries:
+        return {}
+    keys = list(entries)
+    sizes = list(map(_size, *zip(*map(_DTYPE_SHAPE, entries.values()))))
+    if None in sizes:
+        return None
+    begins, ends = zip(*map(_OFFSETS, entries.values()))
+    if max(ends) > data_size or list(map(mul, map(sub, ends, begins), repeat(8))) != list(map(itemgetter(1), sizes)):
+        return None
+    return dict(zip(keys, map(tuple.__new__, repeat(_Tensor), zip(
+        keys, map(itemgetter(0), sizes), map(itemgetter(2), sizes), begins, ends))))
 
 
 def parse_header(raw: bytes, file_size: int, where: str) -> Header:
@@ -305,7 +339,7 @@ def parse_header(raw: bytes, file_size: int, where: str) -> Header:
     else:
         metadata, tensors = tensors
     _check_coverage(tensors.values(), data_size, where)
-    return Header(tensors, metadata, data_start, _ties(metadata, tensors))
+    return Header(tensors, metadata, data_start, _ties(metadata, tensors), data_size)
 
 
 #: (file offset, byte count) -> a handle on those bytes of one file (`FileRange` of a path; a remote range).
@@ -313,31 +347,50 @@ Ranges = Callable[[int, int], ByteSource]
 
 
 @functools.lru_cache(maxsize=4096)
-def _extent(shape: tuple[int, ...], nbytes: int) -> tuple[tuple[int, ...], int, int]:
-    """A contiguous tensor's strides, elements and bytes, cached: the 90,000 handles of a checkpoint with a
-    few hundred shapes share these int objects (two fewer per handle)."""
-    return row_major_strides(shape), math.prod(shape), nbytes
+def _extent(shape: tuple[int, ...], dtype: str) -> tuple[tuple[int, ...], int, int]:
+    """A contiguous tensor's strides, elements and itemsize, cached: the 90,000 handles of a checkpoint with
+    a few hundred shapes share these int objects."""
+    return row_major_strides(shape), math.prod(shape), DTYPES[dtype][0]
 
 
-def _entry(ranges: Ranges, header: Header, tensor: _Tensor, key: str, identity: str | None) -> Entry:
-    """An Entry with a lazy handle on the tensor's bytes; None where fancli cannot decode the dtype."""
+@functools.lru_cache(maxsize=4096)
+def _elements(nbytes: int, itemsize: int) -> int:
+    """Whole elements in a data section: the storage size of its tensors' handles, one int a file and dtype."""
+    return nbytes // itemsize
+
+
+def _section(ranges: Ranges, header: Header) -> ByteSource:
+    """The file's data section, which the tensors' handles share: one byte source a file, not one a tensor."""
+    return ranges(header.data_start, header.data_size)
+
+
+def _entry(ranges: Ranges, section: ByteSource, header: Header, tensor: _Tensor, key: str,
+           identity: str | None) -> Entry:
+    """An Entry with a lazy handle on the tensor's bytes (at its offset in `section`, or in a range of its own
+    where it does not begin on a whole element); None where fancli cannot decode the dtype."""
     data = None
-    if tensor.dtype in DTYPES:
+    dtype = tensor.dtype
+    if dtype in DTYPES:
         shape = tensor.shape
-        strides, elements, nbytes = _extent(shape, tensor.end - tensor.begin)
-        data = StridedRef(ranges(header.data_start + tensor.begin, nbytes), tensor.dtype, shape, strides, 0,
-                          elements)
-    return Entry(key, tensor.shape, tensor.dtype, data=data, identity=identity)
+        strides, elements, itemsize = _extent(shape, dtype)
+        begin = tensor.begin
+        if begin % itemsize:
+            data = contiguous_ref(ranges(header.data_start + begin, tensor.end - begin), dtype, shape, strides, 0,
+                                  elements)
+        else:
+            data = contiguous_ref(section, dtype, shape, strides, begin // itemsize, _elements(header.data_size,
+                                                                                             itemsize))
+    return Entry(key, tensor.shape, dtype, data, identity)
 
 
-def _entries(ranges: Ranges, header: Header, keys: Iterable[str]) -> Iterator[Entry]:
+def _entries(ranges: Ranges, section: ByteSource, header: Header, keys: Iterable[str]) -> Iterator[Entry]:
     """Entries for `keys`, each followed by the keys tied to it (same identity, so reported as aliases)."""
     for key in keys:
         tensor = header.tensors[key]
         dropped = header.ties.get(key, [])
-        yield _entry(ranges, header, tensor, key, key if dropped else None)
+        yield _entry(ranges, section, header, tensor, key, key if dropped else None)
         for alias in dropped:
-            yield _entry(ranges, header, tensor, alias, key)
+            yield _entry(ranges, section, header, tensor, alias, key)
 
 
 #: `__metadata__` format -> the layout its conv weights are stored in: MLX's `save_safetensors` writes
@@ -387,7 +440,7 @@ def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
 
 def model_from_header(source: str, ranges: Ranges, header: Header) -> Model:
     """One safetensors file's Model from its validated header (`parse_header`), its bytes read by `ranges`."""
-    layers = layers_from_entries(_entries(ranges, header, natural_sorted(header.tensors)))
+    layers = layers_from_entries(_entries(ranges, _section(ranges, header), header, natural_sorted(header.tensors)))
     return Model(source=source, format="safetensors", layers=_in_layout(layers, [header]),
                  notes=_notes(header.metadata), built_by=_built_by([header]))
 
@@ -420,7 +473,7 @@ def parse_weight_map(raw: bytes, where: str) -> tuple[dict[str, str], Any]:
 def _shared_names(weight_map: dict[str, str]) -> dict[str, str]:
     """The weight_map with one string per shard name: a parser makes one per key (90,000 copies of 163 names)."""
     names: dict[str, str] = {}
-    return {key: names.setdefault(shard, shard) for key, shard in weight_map.items()}
+    return dict(zip(weight_map, map(names.setdefault, weight_map.values(), weight_map.values())))
 
 
 def shard_name(shard: str, where: str) -> str:
@@ -431,18 +484,22 @@ def shard_name(shard: str, where: str) -> str:
     return shard
 
 
-def shard_path(index: Path, shard: str) -> Path:
+def shard_path(index: Path, shard: str, root: Path | None = None) -> Path:
     """Shards lie beside the index; a name that climbs out of its folder, or a symlink that leads out of
     it (out of the repo's folder, in the Hugging Face cache), is refused: an index from the internet must
-    not make fancli read (and quote) another file."""
+    not make fancli read (and quote) another file. `root`: the index's `shards_root`, where already found."""
     path = index.parent / shard_name(shard, str(index))
-    try:
-        root = link_root(index.parent)
-    except (OSError, RuntimeError) as error:  # a symlink loop
-        raise SourceError(f"{index}: cannot resolve its folder ({error})") from None
-    if leads_outside(path, root):
+    if leads_outside(path, shards_root(index) if root is None else root):
         raise SourceError(f"{index}: shard {_show(shard)} links outside the index's folder; refused")
     return path
+
+
+def shards_root(index: Path) -> Path:
+    """Where the index's shards may lead (`links.link_root` of its folder): found once for all its shards."""
+    try:
+        return link_root(index.parent)
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise SourceError(f"{index}: cannot resolve its folder ({error})") from None
 
 
 def load_safetensors_index(path: Path, options: LoadOptions | None = None) -> Model:
@@ -453,8 +510,10 @@ def load_safetensors_index(path: Path, options: LoadOptions | None = None) -> Mo
 def sharded_model(path: Path, weight_map: dict[str, str]) -> Model:
     """A sharded checkpoint beside its index `path` (see `model_from_shards`)."""
 
+    root = shards_root(path)  # once, not per shard
+
     def read(shard: str) -> tuple[Ranges, Header]:
-        file = shard_path(path, shard)
+        file = shard_path(path, shard, root)
         return partial(FileRange, file), _read_header(file, f"{path}: shard {_show(shard)}")
 
     return model_from_shards(str(path), weight_map, read)
@@ -469,22 +528,27 @@ def model_from_shards(source: str, weight_map: dict[str, str],
     model order: a sorted weight_map is read in natural key order, as one unsharded file is, so sharding
     does not reorder a report.
     """
-    if is_sorted(list(weight_map)):
-        weight_map = {key: weight_map[key] for key in natural_sorted(weight_map)}
-    headers = {shard: read(shard) for shard in dict.fromkeys(weight_map.values())}
+    keys = list(weight_map)
+    if is_sorted(keys):
+        keys = natural_sorted(keys)
+    headers = {}
+    for shard in dict.fromkeys(map(weight_map.__getitem__, keys)):  # in the order the keys are read
+        ranges, header = read(shard)
+        headers[shard] = ranges, _section(ranges, header), header
     entries: list[Entry] = []
-    for key, shard in weight_map.items():
-        ranges, header = headers[shard]
+    for key in keys:
+        shard = weight_map[key]
+        ranges, section, header = headers[shard]
         tensor = header.tensors.get(key)
         if tensor is None:
             raise SourceError(f"{source}: {_show(key)} is mapped to shard {_show(shard)}, which has no such tensor")
         if header.ties:
-            entries.extend(_entries(ranges, header, [key]))
+            entries.extend(_entries(ranges, section, header, [key]))
         else:  # no tied keys in this shard: one entry, no generator (92,000 keys)
-            entries.append(_entry(ranges, header, tensor, key, None))
-    notes = tuple(dict.fromkeys(note for _, header in headers.values() for note in _notes(header.metadata)))
+            entries.append(_entry(ranges, section, header, tensor, key, None))
+    notes = tuple(dict.fromkeys(note for _, _, header in headers.values() for note in _notes(header.metadata)))
     # The headers' metadata alone from here: their 90,000 entries are freed before the layers are built
-    written = [header._replace(tensors={}, ties={}) for _, header in headers.values()]
-    del headers, weight_map  # the sorted copy, where there is one
+    written = [header._replace(tensors={}, ties={}) for _, _, header in headers.values()]
+    del headers, keys
     return Model(source=source, format="safetensors-sharded", notes=notes,
                  layers=_in_layout(layers_from_entries(entries), written), built_by=_built_by(written))

@@ -22,19 +22,20 @@ class TensorEntry(msgspec.Struct, gc=False):
     data_offsets: tuple[Count, Count]
 
 
-#: The header as raw entries: `__metadata__` is an object of another type, so each entry is decoded on its own.
+#: The header as raw entries: `__metadata__` is an object of another type, so the entries are decoded apart.
 _HEADER = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_ENTRY = msgspec.json.Decoder(TensorEntry)
+_ENTRIES = msgspec.json.Decoder(list[TensorEntry])
 _METADATA = msgspec.json.Decoder(Optional[dict[str, str]])
 
 
 def decode_entries(raw: bytes) -> tuple[dict[str, str], dict[str, TensorEntry]] | None:
     """The header's `__metadata__` and entries in header order; None where msgspec refuses anything (the
-    stdlib path then says what and where)."""
+    stdlib path then says what and where). The entries, found as raw JSON, are decoded by one call, as a list."""
     try:
         entries = _HEADER.decode(raw)
         metadata = entries.pop("__metadata__", b"null")
-        return _METADATA.decode(metadata) or {}, {key: _ENTRY.decode(value) for key, value in entries.items()}
+        values = _ENTRIES.decode(b"[%s]" % b",".join(entries.values()))
+        return _METADATA.decode(metadata) or {}, dict(zip(entries, values))
     except (msgspec.DecodeError, RecursionError):  # a ValidationError is a DecodeError
         return None
 
