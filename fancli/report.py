@@ -12,7 +12,7 @@ import math
 import operator
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Hashable
 
 from .analysis import fans as fans_mod
 from .analysis import gains, schemes
@@ -299,16 +299,35 @@ def _torch_refuses(scheme: schemes.Scheme, context: "_Context") -> str | None:
     return None
 
 
-class _Context(NamedTuple):
-    """What one row needs from the rest of the model and the settings."""
+@dataclass(frozen=True)
+class _Context:
+    """What one row needs from the rest of the model and the settings. The maps of modules are built at their
+    first read: only torch_default's rules and recipes read them (`_names_read`), and a header-only inspect
+    of 92,000 tensors under a scheme would otherwise walk every key for nothing."""
 
     modes: tuple[str, ...]
     fan_convention: str
     pool_fan_out: bool
-    weight_fan_in: dict[str, float]  # module name -> the fan_in torch's bias init reads from its weight
-    attention: frozenset[str]  # modules with attention parameters: their out_proj's bias is drawn 0
+    layers: tuple[Layer, ...]  # the model's, whose modules the maps below describe
     recipe: "recipes.Recipe | None"  # the library's init every layer expects, where one is in force
     facts: dict[str, float]  # the config numbers the recipe reads
+
+    @cached_property
+    def weight_fan_in(self) -> dict[str, float]:
+        """Module name -> the fan_in torch's bias init reads from its weight."""
+        found = {}
+        for layer in self.layers:
+            module, _, leaf = layer.param.rpartition(".")
+            if leaf == "weight" and len(layer.shape) >= 2 and layer.layout == "torch":
+                found[module] = layer.shape[1] if layer.kind == "bilinear" else fans_mod.torch_fans(layer.shape)[0]
+        return found
+
+    @cached_property
+    def attention(self) -> frozenset[str]:
+        """Modules with attention parameters (any of them says so, whatever the key order): their out_proj's
+        bias is drawn 0."""
+        return frozenset(layer.param.rpartition(".")[0] for layer in self.layers
+                         if layer.kind == "multihead_attention")
 
 
 def _recipes() -> Any:
@@ -319,13 +338,16 @@ def _recipes() -> Any:
     return recipes
 
 
+_SCHEME_OF, _MODE_OF = operator.attrgetter("scheme"), operator.attrgetter("mode")
+
+
 def _recipe(model: Model, settings: Settings) -> "tuple[recipes.Recipe | None, dict[str, float]]":
     """The recipe asked for, else the source's own where nothing else is asked (no --scheme, --mode, and no
     layer of the source names a scheme); a recipe whose config facts the source lacks is refused."""
     facts = dict(model.built_by.facts) if model.built_by else {}
     if settings.recipe:
         chosen = _recipes().recipe(settings.recipe)
-    elif settings.scheme or settings.modes or any(layer.scheme or layer.mode for layer in model.layers):
+    elif settings.scheme or settings.modes or any(map(_SCHEME_OF, model.layers)) or any(map(_MODE_OF, model.layers)):
         return None, facts
     else:
         chosen = _recipes().for_source(model.built_by) if model.built_by else None
@@ -349,15 +371,8 @@ def _blocks(model: Model) -> float:
 
 
 def _context(model: Model, settings: Settings, fan_convention: str, pool_fan_out: bool) -> _Context:
-    weight_fan_in, attention = {}, set()
-    for layer in model.layers:
-        module, _, leaf = layer.param.rpartition(".")
-        if layer.kind == "multihead_attention":  # any of its parameters says so, whatever the key order
-            attention.add(module)
-        if leaf == "weight" and len(layer.shape) >= 2 and layer.layout == "torch":
-            weight_fan_in[module] = layer.shape[1] if layer.kind == "bilinear" else fans_mod.torch_fans(layer.shape)[0]
     recipe, facts = _recipe(model, settings)
-    return _Context(settings.modes, fan_convention, pool_fan_out, weight_fan_in, frozenset(attention), recipe, facts)
+    return _Context(settings.modes, fan_convention, pool_fan_out, model.layers, recipe, facts)
 
 
 def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed: Observed | None = None) -> Row:
@@ -438,58 +453,126 @@ def _recipe_row(layer: Layer, settings: Settings, context: _Context, recipe: "re
 
 #: Every field of a Layer that analysis reads, except its names (its HF name too), notes and data: two layers
 #: equal in these get the same row but for the layer's own notes (a 92,000-tensor MoE checkpoint has a few
-#: hundred).
+#: hundred) and what `_names_read` says the row reads of their names.
 _UNREAD = ("name", "param", "hf_name", "notes", "data")
-_ANALYSED = operator.attrgetter(*(f.name for f in fields(Layer) if f.name not in _UNREAD))
+_ANALYSED = tuple(f.name for f in fields(Layer) if f.name not in _UNREAD)
+#: The analysed fields, then the notes (last: `[:-1]` is the analysed ones), in one C call per layer.
+_KEYED = operator.attrgetter(*_ANALYSED, "notes")
+#: What `analyze_layer` reads of a layer's names (`_names_read`).
+NO_NAMES, LEAF, MODULE = 0, 1, 2
+
+
+def _names_read(layer: Layer, settings: Settings, context: _Context) -> int:
+    """What `analyze_layer` reads of the layer's names, decided by fields `_ANALYSED` covers (kind, scheme)
+    and by the settings: nothing where a scheme's variance scaling gives the values (from the fans, gains and
+    fields alone); the parameter's LEAF where torch's rule for a tensor no init draws does (`torch_default`,
+    no sibling read: is it a bias?); its MODULE too under torch_default's and a recipe's rules (the sibling
+    weight's fan_in, whether an attention module's bias, the recipe's role). Names in an error raised are
+    the layer's own: the first layer of a key is analysed whole."""
+    if context.recipe is not None:
+        return MODULE
+    try:
+        if schemes.scheme(settings.scheme or layer.scheme or DEFAULT_SCHEME).name == "torch_default":
+            return MODULE
+    except ValueError:  # analyze_layer says so, naming the layer
+        return MODULE
+    return NO_NAMES if has_init(layer.kind) else LEAF
 
 
 def _analyze_all(layers: list[Layer], settings: Settings, context: _Context,
                  observed: dict[str, Observed]) -> list[Row]:
     """`analyze_layer` for each layer, computed once per distinct layer: a row depends on the layer's
-    fields, not on its name, except for torch_default's rules, which read the parameter's leaf name, whether
-    it is an attention module's bias, and its sibling weight's fan_in; those are in the key too. The layer's
-    own notes only come first in the row's notes: the rest (`tail`) is analysed on the layer without them,
-    and reused where none of the tail is among the layer's notes (`analyze_layer` would drop a repeat).
-    Rows with observed statistics are always computed. Rows share the analysis (fans, inits) and carry
-    their own layer: analysing each of 92,000 tensors was half of a header-only inspect."""
-    done: dict[tuple, tuple[dict[str, Any], tuple[str, ...]]] = {}  # key -> the bare row's fields, its notes
-    # (id(layer notes), id(tail)) -> the row's notes, None where the tail repeats one of the layer's; ids of
-    # objects the layers and `done` keep alive
-    joined: dict[tuple[int, int], tuple[str, ...] | None] = {}
+    `_ANALYSED` fields and, as `_names_read` says from those, on nothing of its names, its leaf name, or its
+    leaf, whether it is an attention module's bias, its sibling weight's fan_in and the recipe's role; those
+    are the key (`names`). The layer's own notes only come first in the row's notes: the rest (`tail`) is
+    analysed on the layer without them (once per analysed fields and names), and reused where none of the
+    tail is among the layer's notes (`analyze_layer` would drop a repeat). Rows with observed statistics are
+    always computed. Rows share the analysis (fans, inits, notes) and carry their own layer: analysing each
+    of 92,000 tensors was half of a header-only inspect; a layer costs one C call for its key, one lookup
+    per level and its Row."""
+    codes = _numbered(layers)  # in C loops: each layer's key's number, no bytecode (the keys are not kept)
+    entries: dict[int, tuple[int, dict]] = {}  # key's number -> what its rows read of their names, and those
+    # names -> the row's fields (its notes the layer's then the tail), None where the tail repeats one
+    bare: dict[tuple, tuple[dict[str, Any], tuple[str, ...]]] = {}  # (analysed fields, names) -> row, tail
+    attention: Any = None  # with fan_in_of, the context's maps of modules, read at the first row that reads them
+    fan_in_of: Any = None
+    recipe = context.recipe
     rows = []
-    attention, fan_in_of, recipe = context.attention, context.weight_fan_in.get, context.recipe
-    for layer in layers:
+    for layer, code in zip(layers, codes):
         seen = observed.get(layer.param) if observed else None
-        if seen is not None:
+        if seen is not None or code is None:  # None: a loader left a list where a tuple belongs, no key
             rows.append(analyze_layer(layer, settings, context, seen))
             continue
-        module, _, leaf = layer.param.rpartition(".")
-        key = (_ANALYSED(layer), leaf, module.rpartition(".")[0] in attention, fan_in_of(module),
-               recipe and recipe.role_key(layer))
-        try:
-            found = done.get(key)
-        except TypeError:  # a loader left a list where a tuple belongs: no key, computed as it is
+        entry = entries.get(code)
+        if entry is None:
+            entry = entries[code] = (_names_read(layer, settings, context), {})
+        reads, by_names = entry
+        names: Any = None
+        if reads == LEAF:
+            names = layer.param.rpartition(".")[2]
+        elif reads == MODULE:
+            if attention is None:
+                attention, fan_in_of = context.attention, context.weight_fan_in.get
+            module, _, leaf = layer.param.rpartition(".")
+            names = (leaf, module.rpartition(".")[0] in attention, fan_in_of(module), recipe and recipe.role_key(layer))
+        found = by_names.get(names, by_names)
+        if found is by_names:
+            found = by_names[names] = _shared_fields(layer, names, bare, settings, context)
+        if found is None:
             rows.append(analyze_layer(layer, settings, context))
             continue
-        if found is None:
-            bare = analyze_layer(replaced(layer, notes=()), settings, context)
-            found = done[key] = (bare.__dict__, bare.notes)
-        fields, tail = found
-        notes = tail
-        if layer.notes:  # one tuple for each pair (the layers' notes are shared by their loader): folding
-            pair = (id(layer.notes), id(tail))  # and JSON then see equal notes as one object
-            notes = joined.get(pair, joined)
-            if notes is joined:
-                notes = joined[pair] = None if any(note in layer.notes for note in tail) else layer.notes + tail
-            if notes is None:
-                rows.append(analyze_layer(layer, settings, context))
-                continue
-        row = object.__new__(Row)  # `replaced(template, layer=…, notes=…)` without its call and keywords
+        row = object.__new__(Row)  # `replaced(template, layer=…)` without its call and keywords
         copy = row.__dict__
-        copy.update(fields)
-        copy["layer"], copy["notes"] = layer, notes
+        copy.update(found)
+        copy["layer"] = layer
         rows.append(row)
     return rows
+
+
+class _Numbering(dict):
+    """Key -> its number, in order of first appearance (a miss numbers the key)."""
+
+    def __missing__(self, key: Hashable) -> int:
+        number = self[key] = len(self)
+        return number
+
+
+def _numbered(layers: list[Layer]) -> list[int | None]:
+    """The number of each layer's `_KEYED` fields (`_Numbering`) in one C loop; None where they cannot be
+    hashed."""
+    numbers = _Numbering()
+    try:
+        return list(map(numbers.__getitem__, map(_KEYED, layers)))
+    except TypeError:
+        numbers.clear()
+        found: list[int | None] = []
+        for key in map(_KEYED, layers):
+            try:
+                found.append(numbers[key])
+            except TypeError:
+                found.append(None)
+        return found
+
+
+def _shared_fields(layer: Layer, names: Any, bare: dict, settings: Settings,
+                   context: _Context) -> dict[str, Any] | None:
+    """The fields of the row of `layer` that every layer of its key shares (all but `layer`): the analysis
+    of its key without the layer's notes (`bare`, computed once per analysed fields and names), its notes
+    then the analysis's; None where one of those repeats one of the layer's."""
+    analysed = _KEYED(layer)[:-1]
+    found = bare.get((analysed, names))
+    if found is None:
+        row = analyze_layer(replaced(layer, notes=()), settings, context)
+        found = bare[analysed, names] = (row.__dict__, row.notes)
+    fields, tail = found
+    if not layer.notes:
+        return fields
+    if any(note in layer.notes for note in tail):
+        return None
+    joined = object.__new__(Row).__dict__  # a Row's own: the rows' dicts filled from it share their keys
+    joined.update(fields)
+    joined["notes"] = layer.notes + tail
+    return joined
 
 
 def analyze(
@@ -519,6 +602,8 @@ def analyze(
 
 def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:
     """The layers a name filter keeps, in model order."""
+    if not filters:  # `_matches` keeps each: no call per layer
+        return list(model.layers)
     return [layer for layer in model.layers if _matches(layer.name, layer.param, filters)]
 
 
