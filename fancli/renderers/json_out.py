@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import asdict
 from typing import Any, Callable, Iterable, Iterator
 
@@ -221,36 +222,49 @@ def report_dict(report: Report, rows: bool = True) -> dict[str, Any]:
 LINES_PER_CHUNK = 1000
 
 
+#: All that `layer_dict` reads of a row but its layer, notes, fans and inits (keyed by identity: rows that share
+#: their analysis, `report._analyze_all`, share those objects, which the report keeps alive) and what --stats,
+#: --infer and --spectral add; then all it reads of the layer but its names: one C call each.
+_ROW_READ = operator.attrgetter("nonlinearity", "nonlinearity_param", "gain", "scheme_gain", "scheme", "recipe")
+_LAYER_READ = operator.attrgetter("kind", "shape", "dtype", "aliases", "hf_name", "layout", "groups", "transposed",
+                                  "stacked", "stride", "dilation", "pool", "fan_axes")
+
+
 def _layer_lines(report: Report) -> Iterator[str]:
-    """Each row's JSON line, made safe (`json_safe`). Rows that share their analysis
-    (`report._analyze_all`: same fans and init objects, same layer fields but the names and notes) differ
-    only in "name" and "param", the first two keys, and "notes", the last one without --stats: the middle of
-    the line is serialised (and made safe) once per distinct row, not once per tensor (92,000 dumps of a
-    MoE checkpoint)."""
+    """Each row's JSON line, made safe (`json_safe`). Rows alike in all `layer_dict` reads (`_ROW_READ`,
+    `_LAYER_READ`, the same fans and inits objects) but their names and notes differ only in "name" and
+    "param", the first two keys, and "notes", the last one without --stats: the middle of the line is
+    serialised (and made safe) once per distinct row, the notes once per distinct notes, not once per tensor
+    (92,000 dumps of a MoE checkpoint)."""
     encode = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) writes
     middles: dict[tuple, str] = {}
     notes_json: dict[tuple[str, ...], str] = {}
     for row in report.rows:
         layer = row.layer
-        if row.observed is not None or row.inferred is not None or row.spectral is not None:
+        name, param = encode(layer.name), encode(layer.param)
+        if not (name.isascii() and param.isascii()):  # json_safe's own first test, without its two calls
+            name, param = json_safe(name), json_safe(param)
+        middle = key = None
+        if row.observed is None and row.inferred is None and row.spectral is None:
+            key = (id(row.fans), id(row.inits), _ROW_READ(row), _LAYER_READ(layer))
+            try:
+                middle = middles.get(key)
+            except TypeError:  # a loader left a list where a tuple belongs: computed as it is
+                key = None
+        if key is None:
             out = layer_dict(row, report.command)
             del out["name"], out["param"]
-            rest = json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])
-        else:
-            key = (id(row.fans), id(row.inits), row.nonlinearity, row.nonlinearity_param, row.gain,
-                   row.scheme_gain, row.scheme, layer.kind, layer.shape, layer.dtype, layer.aliases, layer.hf_name,
-                   layer.layout, layer.groups, layer.transposed, layer.stacked, layer.stride, layer.dilation,
-                   layer.pool)
-            middle = middles.get(key)
-            if middle is None:
-                out = layer_dict(row, report.command)
-                del out["name"], out["param"], out["notes"]  # notes is the last key: appended below
-                middle = middles[key] = json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:-1])
-            notes = notes_json.get(row.notes)
-            if notes is None:
-                notes = notes_json[row.notes] = json_safe(json.dumps(list(row.notes), ensure_ascii=False))
-            rest = f'{middle}, "notes": {notes}}}'
-        yield f'    {{"name": {json_safe(encode(layer.name))}, "param": {json_safe(encode(layer.param))}, {rest}'
+            yield f'    {{"name": {name}, "param": {param}, ' + json_safe(
+                json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])
+            continue
+        if middle is None:
+            out = layer_dict(row, report.command)
+            del out["name"], out["param"], out["notes"]  # notes is the last key: written below
+            middle = middles[key] = json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:-1])
+        notes = notes_json.get(row.notes)
+        if notes is None:
+            notes = notes_json[row.notes] = json_safe(json.dumps(list(row.notes), ensure_ascii=False))
+        yield f'    {{"name": {name}, "param": {param}, {middle}, "notes": {notes}}}'
 
 
 def json_array(key: str, lines: Iterable[str]) -> Iterator[str]:
