@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import operator
 from dataclasses import asdict
+from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 from ..analysis.schemes import InitValues
 from ..analysis.schemes import scheme as find_scheme
 from ..folding import Group
-from ..report import SCHEMA_VERSION, Report, Row
+from ..report import SCHEMA_VERSION, Report, Row, modes_used, schemes_used
 from ..spectral_row import SpectralRow
 from ..summary import numel
 from ..text import json_safe
@@ -183,17 +184,18 @@ def groups_dict(group: Group, elements: Callable[[Any], int] = lambda row: numel
 def report_dict(report: Report, rows: bool = True) -> dict[str, Any]:
     """The whole report as the JSON contract's object (`layers` empty with rows=False, for json_chunks)."""
     settings = report.settings
-    schemes_used = sorted({row.scheme for row in report.rows})
-    modes_used = sorted({mode for row in report.rows for mode in row.inits})
+    schemes = schemes_used(report.rows)
+    modes = modes_used(report.rows)
+    recipe = report.recipe
     out: dict[str, Any] = {
         "fancli": SCHEMA_VERSION,
         "command": report.command,
         "source": {"path": report.source, "format": report.format, "name": report.model_name,
                    "notes": list(report.notes)},
         "settings": {
-            "scheme": schemes_used[0] if len(schemes_used) == 1 else settings.scheme,
-            "recipe": report.recipe.name if report.recipe else None,
-            "recipe_from": report.recipe_from if report.recipe else None,
+            "scheme": schemes[0] if len(schemes) == 1 else settings.scheme,
+            "recipe": recipe.name if recipe else None,
+            "recipe_from": report.recipe_from if recipe else None,
             "nonlinearity": settings.nonlinearity,
             "param": _float(settings.param),
             "fans": report.fan_convention,
@@ -203,7 +205,7 @@ def report_dict(report: Report, rows: bool = True) -> dict[str, Any]:
     if report.command == "compare":
         out["settings"]["modes"] = list(report.modes)
     else:
-        out["settings"]["mode"] = modes_used[0] if len(modes_used) == 1 else None
+        out["settings"]["mode"] = modes[0] if len(modes) == 1 else None
     out["layers"] = [layer_dict(row, report.command) for row in report.rows] if rows else []
     out["groups"] = [groups_dict(group) for group in report.groups]
     out["summary"] = totals_dict(report)
@@ -268,20 +270,22 @@ def _layer_lines(report: Report) -> Iterator[str]:
 
 
 def json_array(key: str, lines: Iterable[str]) -> Iterator[str]:
-    """`"key": [` and its items, one per line, a chunk of LINES_PER_CHUNK at a time."""
-    batch: list[str] = []
+    """`"key": [` and its items, one per line, a chunk of LINES_PER_CHUNK at a time (taken in C)."""
+    lines = iter(lines)
     opened = False
-    for line in lines:
-        batch.append(line)
+    while True:
+        batch = list(islice(lines, LINES_PER_CHUNK))
         if len(batch) == LINES_PER_CHUNK:
             yield (",\n" if opened else f',\n  "{key}": [\n') + ",\n".join(batch)
-            batch, opened = [], True
-    if batch:
-        yield (",\n" if opened else f',\n  "{key}": [\n') + ",\n".join(batch) + "\n  ]"
-    elif opened:  # the last batch was full: close the array
-        yield "\n  ]"
-    else:
-        yield f',\n  "{key}": []'
+            opened = True
+            continue
+        if batch:
+            yield (",\n" if opened else f',\n  "{key}": [\n') + ",\n".join(batch) + "\n  ]"
+        elif opened:  # the last batch was full: close the array
+            yield "\n  ]"
+        else:
+            yield f',\n  "{key}": []'
+        return
 
 
 def json_chunks(report: Report) -> Iterator[str]:
