@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import operator
+from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Hashable
@@ -499,8 +500,8 @@ def _names_read(layer: Layer, settings: Settings, context: _Context) -> int:
     return NO_NAMES if has_init(layer.kind) else LEAF
 
 
-def _analyze_all(layers: list[Layer], settings: Settings, context: _Context,
-                 observed: dict[str, Observed]) -> list[Row]:
+def _analyze_all(layers: list[Layer], settings: Settings, context: _Context, observed: dict[str, Observed],
+                 codes: list[int | None]) -> list[Row]:
     """`analyze_layer` for each layer, computed once per distinct layer: a row depends on the layer's
     `_ANALYSED` fields and, as `_names_read` says from those, on nothing of its names, its leaf name, or its
     leaf, whether it is an attention module's bias, its sibling weight's fan_in and the recipe's role; those
@@ -509,8 +510,7 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context,
     tail is among the layer's notes (`analyze_layer` would drop a repeat). Rows with observed statistics are
     always computed. Rows share the analysis (fans, inits, notes) and carry their own layer: analysing each
     of 92,000 tensors was half of a header-only inspect; a layer costs one C call for its key, one lookup
-    per level and its Row."""
-    codes = _numbered(layers)  # in C loops: each layer's key's number, no bytecode (the keys are not kept)
+    per level and its Row. `codes`: each layer's `_numbered` key."""
     entries: dict[int, tuple[int, dict]] = {}  # key's number -> what its rows read of their names, and those
     # names -> the row's fields (its notes the layer's then the tail), None where the tail repeats one
     bare: dict[tuple, tuple[dict[str, Any], tuple[str, ...]]] = {}  # (analysed fields, names) -> row, tail
@@ -558,8 +558,9 @@ class _Numbering(dict):
 
 
 def _numbered(layers: list[Layer]) -> list[int | None]:
-    """The number of each layer's `_KEYED` fields (`_Numbering`) in one C loop; None where they cannot be
-    hashed."""
+    """The number of each layer's `_KEYED` fields (`_Numbering`) in one C loop (the keys are not kept); None
+    where they cannot be hashed. Layers of one number count alike in the totals: `summary.COUNTED` are
+    analysed fields."""
     numbers = _Numbering()
     try:
         return list(map(numbers.__getitem__, map(_KEYED, layers)))
@@ -610,14 +611,20 @@ def analyze(
     if settings.filters and model.layers and not layers:
         raise SettingsError(f"no layer matches {' or '.join(repr(f) for f in settings.filters)} "
                             f"(the first layers: {', '.join(layer.param for layer in model.layers[:3])})")
-    rows = tuple(_analyze_all(layers, settings, context, observed))
-    from .summary import totals
+    codes = _numbered(layers)
+    rows = tuple(_analyze_all(layers, settings, context, observed, codes))
+    from .summary import COUNTED, totals
+
+    alike = None
+    if None not in codes:  # the layers of one key count alike: each key once, with how many have it
+        first = dict(zip(codes, layers))
+        alike = [(COUNTED(first[code]), times) for code, times in Counter(codes).items()]
 
     recipe_from = None
     if context.recipe is not None:
         recipe_from = "--recipe" if settings.recipe else model.built_by.where if model.built_by else None
     return Report(command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out, rows,
-                  model.notes, totals(row.layer for row in rows), recipe_from=recipe_from)
+                  model.notes, totals(layers, alike), recipe_from=recipe_from)
 
 
 def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:

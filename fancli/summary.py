@@ -45,17 +45,20 @@ def numel(layer: Layer) -> int:
 
 
 #: What a layer adds to the totals: layers equal in these add alike (`totals` sums each distinct tuple once).
-_COUNTED = operator.attrgetter("shape", "stored_shape", "dtype", "kind", "copy_of", "aliases")
+COUNTED = operator.attrgetter("shape", "stored_shape", "dtype", "kind", "copy_of", "aliases")
 
 
-def totals(layers: Iterable[Layer]) -> Totals:
-    """The totals of `layers`, summed once per distinct `_COUNTED` fields × how many layers have them (in one C
-    loop: 92,000 tensors of a MoE checkpoint are a few dozen), in order of first appearance, so dtypes are too."""
+def totals(layers: Iterable[Layer], alike: list[tuple[tuple, int]] | None = None) -> Totals:
+    """The totals of `layers`, summed once per distinct `COUNTED` fields × how many layers have them (in one C
+    loop: 92,000 tensors of a MoE checkpoint are a few dozen), in order of first appearance, so dtypes are too.
+    `alike`: those fields and counts, where the caller has them (a report's analysis numbers its layers by
+    fields that include them), in the layers' order of first appearance."""
     layers = list(layers)
-    try:
-        alike = list(Counter(map(_COUNTED, layers)).items())
-    except TypeError:  # a loader left a list where a tuple belongs: each layer on its own
-        alike = [(key, 1) for key in map(_COUNTED, layers)]
+    if alike is None:
+        try:
+            alike = list(Counter(map(COUNTED, layers)).items())
+        except TypeError:  # a loader left a list where a tuple belongs: each layer on its own
+            alike = [(key, 1) for key in map(COUNTED, layers)]
     tensors = parameters = buffers = tied = 0
     by_dtype: dict[str, int] = {}
     assumed, unsized = False, []
