@@ -15,7 +15,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import islice, product, repeat
-from typing import Any, Callable, Hashable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 #: A report's row (`fancli.report.Row`): folding reads its fields and never imports the report, which folds.
@@ -77,22 +77,30 @@ class _Templates(dict):
         return found
 
 
-def split_keys(keys: list[str]) -> list[tuple[Template, tuple[int, ...]]]:
-    """`split_key` of each key, in one regular-expression pass over all keys as lines (a call per key costs
-    more than the pass): the text around the indices, joined by a mark, gives each line's template, once per
-    distinct line, and the indices come in order; keys holding a newline or the mark are split one by one.
-    Equal indices share one tuple (a layer and expert's (3, 17) is that of its 6 weights and scales)."""
-    text = "." + "\n.".join(keys) + "\n"
-    if text.count("\n") != len(keys) or _MARK in text:
-        return list(map(split_key, keys))
-    parts = _INDEX_IN_LINES.split(text)
-    lines = _MARK.join(parts[::2]).split("\n")
-    lines.pop()  # after the last newline
-    templates, counts = zip(*map(_Templates().__getitem__, lines))
-    values = iter(map(_Ints().__getitem__, parts[1::2]))
-    indices = list(map(tuple, map(islice, repeat(values), counts)))  # each line's, in C loops
-    seen: dict[tuple[int, ...], tuple[int, ...]] = {}
-    return list(zip(templates, map(seen.setdefault, indices, indices)))
+#: Keys split in one pass: its text and pieces stay a few hundred KB (all 92,000 keys at once were 40 MB).
+KEYS_PER_PASS = 2048
+
+
+def split_keys(keys: list[str]) -> Iterator[tuple[Template, tuple[int, ...]]]:
+    """`split_key` of each key, in one regular-expression pass per KEYS_PER_PASS keys joined as lines (a call
+    per key costs more than the pass): the text around the indices, joined by a mark, gives each line's
+    template, once per distinct line, and the indices come in order; keys holding a newline or the mark are
+    split one by one. Equal templates and indices share one tuple (a layer and expert's (3, 17) is that of
+    its 6 weights and scales). Yielded a pass at a time: what a pass makes is only kept as long as it is read."""
+    templates, ints, seen = _Templates(), _Ints(), {}
+    for start in range(0, len(keys), KEYS_PER_PASS):
+        some = keys[start:start + KEYS_PER_PASS]
+        text = "." + "\n.".join(some) + "\n"
+        if text.count("\n") != len(some) or _MARK in text:
+            yield from map(split_key, some)
+            continue
+        parts = _INDEX_IN_LINES.split(text)
+        lines = _MARK.join(parts[::2]).split("\n")
+        lines.pop()  # after the last newline
+        shared, counts = zip(*map(templates.__getitem__, lines))
+        values = iter(map(ints.__getitem__, parts[1::2]))
+        indices = list(map(tuple, map(islice, repeat(values), counts)))  # each line's, in C loops
+        yield from zip(shared, map(seen.setdefault, indices, indices))
 
 
 class _Ints(dict):

@@ -541,10 +541,10 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context, obs
         if found is None:
             rows.append(analyze_layer(layer, settings, context))
             continue
-        row = object.__new__(Row)  # `replaced(template, layer=…)` without its call and keywords
-        copy = row.__dict__
-        copy.update(found)
+        copy = found.copy()  # a Row's dict: the copy shares its keys too, copied whole (not key by key)
         copy["layer"] = layer
+        row = object.__new__(Row)  # `replaced(template, layer=…)` without its call and keywords
+        object.__setattr__(row, "__dict__", copy)  # frozen: set as dataclasses set fields
         rows.append(row)
     return rows
 

@@ -85,7 +85,7 @@ def test_keys_split_into_the_indices_the_rule_names(keys):
     """A part is an index where it is at most MAX_INDEX_DIGITS ASCII digits without a leading zero; all keys
     split in one pass (or one by one, where one holds a newline or NUL) as each would alone, and `pattern`
     writes each key back."""
-    found = split_keys(keys)
+    found = list(split_keys(keys))
     assert len(found) == len(keys)
     for key, (template, indices) in zip(keys, found):
         parts = key.split(".")
@@ -94,7 +94,7 @@ def test_keys_split_into_the_indices_the_rule_names(keys):
         assert list(indices) == expected
         assert len(template) == len(indices) + 1
         assert pattern(template, tuple((i,) for i in indices)) == key
-        assert (template, indices) == split_keys([key])[0]
+        assert [(template, indices)] == list(split_keys([key]))
 
 
 def test_keys_that_are_not_indices_do_not_fold():
