@@ -9,6 +9,7 @@ report's rows, computed once per report (`Report.groups`); renderers only format
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import re
@@ -86,29 +87,24 @@ def split_keys(keys: list[str]) -> Iterator[tuple[Template, tuple[int, ...]]]:
     per key costs more than the pass): the text around the indices, joined by a mark, gives each line's
     template, once per distinct line, and the indices come in order; keys holding a newline or the mark are
     split one by one. Equal templates and indices share one tuple (a layer and expert's (3, 17) is that of
-    its 6 weights and scales). Yielded a pass at a time: what a pass makes is only kept as long as it is read."""
-    templates, ints, seen = _Templates(), _Ints(), {}
-    for start in range(0, len(keys), KEYS_PER_PASS):
+    its 6 weights and scales). A pass is made as its keys are read: what it makes is kept only that long."""
+    templates: _Templates = _Templates()
+    seen: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    def one_pass(start: int) -> Iterator[tuple[Template, tuple[int, ...]]]:
         some = keys[start:start + KEYS_PER_PASS]
         text = "." + "\n.".join(some) + "\n"
         if text.count("\n") != len(some) or _MARK in text:
-            yield from map(split_key, some)
-            continue
+            return map(split_key, some)
         parts = _INDEX_IN_LINES.split(text)
         lines = _MARK.join(parts[::2]).split("\n")
         lines.pop()  # after the last newline
         shared, counts = zip(*map(templates.__getitem__, lines))
-        values = iter(map(ints.__getitem__, parts[1::2]))
+        values = iter(map(int, parts[1::2]))
         indices = list(map(tuple, map(islice, repeat(values), counts)))  # each line's, in C loops
-        yield from zip(shared, map(seen.setdefault, indices, indices))
+        return zip(shared, map(seen.setdefault, indices, indices))
 
-
-class _Ints(dict):
-    """An index part's digits -> its value (an index takes a few hundred values across 90,000 keys)."""
-
-    def __missing__(self, digits: str) -> int:
-        value = self[digits] = int(digits)
-        return value
+    return itertools.chain.from_iterable(map(one_pass, range(0, len(keys), KEYS_PER_PASS)))
 
 
 def ranges(values: Sequence[int]) -> str:
@@ -156,7 +152,7 @@ def products(tuples: set[tuple[int, ...]]) -> list[IndexSets]:
     if width == 0:
         return [()]
     if width == 1:
-        return [(tuple(sorted(t[0] for t in tuples)),)]
+        return [(tuple(sorted(map(operator.itemgetter(0), tuples))),)]
     sets = [set(map(operator.itemgetter(position), tuples)) for position in range(width)]
     if math.prod(map(len, sets)) == len(tuples):  # as many as the product of their values: that product
         return [tuple(tuple(sorted(values)) for values in sets)]
