@@ -480,32 +480,32 @@ _ANALYSED = tuple(f.name for f in fields(Layer) if f.name not in _UNREAD)
 #: The analysed fields, then the notes (last: `[:-1]` is the analysed ones), in one C call per layer.
 _KEYED = operator.attrgetter(*_ANALYSED, "notes")
 #: What `analyze_layer` reads of a layer's names (`_names_read`).
-NO_NAMES, LEAF, MODULE = 0, 1, 2
+_NO_NAMES, _LEAF, _MODULE = 0, 1, 2
 
 
 def _names_read(layer: Layer, settings: Settings, context: _Context) -> int:
     """What `analyze_layer` reads of the layer's names, decided by fields `_ANALYSED` covers (kind, scheme)
     and by the settings: nothing where a scheme's variance scaling gives the values (from the fans, gains and
-    fields alone); the parameter's LEAF where torch's rule for a tensor no init draws does (`torch_default`,
-    no sibling read: is it a bias?); its MODULE too under torch_default's and a recipe's rules (the sibling
-    weight's fan_in, whether an attention module's bias, the recipe's role). Names in an error raised are
-    the layer's own: the first layer of a key is analysed whole."""
+    fields alone); the parameter's leaf (`_LEAF`) where torch's rule for a tensor no init draws does
+    (`torch_default`, no sibling read: is it a bias?); its module too (`_MODULE`) under torch_default's and a
+    recipe's rules (the sibling weight's fan_in, whether an attention module's bias, the recipe's role).
+    Names in an error raised are the layer's own: the first layer of a key is analysed whole."""
     if context.recipe is not None:
-        return MODULE
+        return _MODULE
     try:
         if schemes.scheme(settings.scheme or layer.scheme or DEFAULT_SCHEME).name == "torch_default":
-            return MODULE
+            return _MODULE
     except ValueError:  # analyze_layer says so, naming the layer
-        return MODULE
-    return NO_NAMES if has_init(layer.kind) else LEAF
+        return _MODULE
+    return _NO_NAMES if has_init(layer.kind) else _LEAF
 
 
 def _analyze_all(layers: list[Layer], settings: Settings, context: _Context, observed: dict[str, Observed],
                  codes: list[int | None]) -> list[Row]:
     """`analyze_layer` for each layer, computed once per distinct layer: a row depends on the layer's
-    `_ANALYSED` fields and, as `_names_read` says from those, on nothing of its names, its leaf name, or its
-    leaf, whether it is an attention module's bias, its sibling weight's fan_in and the recipe's role; those
-    are the key (`names`). The layer's own notes only come first in the row's notes: the rest (`tail`) is
+    `_ANALYSED` fields and, as `_names_read` says from those, on none of its names, on its leaf name, or on
+    its leaf, whether it is an attention module's bias, its sibling weight's fan_in and the recipe's role;
+    those are the key's second level (`names`). The layer's own notes only come first in the row's notes: the rest (`tail`) is
     analysed on the layer without them (once per analysed fields and names), and reused where none of the
     tail is among the layer's notes (`analyze_layer` would drop a repeat). Rows with observed statistics are
     always computed. Rows share the analysis (fans, inits, notes) and carry their own layer: analysing each
@@ -528,9 +528,9 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context, obs
             entry = entries[code] = (_names_read(layer, settings, context), {})
         reads, by_names = entry
         names: Any = None
-        if reads == LEAF:
+        if reads == _LEAF:
             names = layer.param.rpartition(".")[2]
-        elif reads == MODULE:
+        elif reads == _MODULE:
             if attention is None:
                 attention, fan_in_of = context.attention, context.weight_fan_in.get
             module, _, leaf = layer.param.rpartition(".")
