@@ -477,8 +477,10 @@ def _recipe_row(layer: Layer, settings: Settings, context: _Context, recipe: "re
 #: hundred) and what `_names_read` says the row reads of their names.
 _UNREAD = ("name", "param", "hf_name", "notes", "data")
 _ANALYSED = tuple(f.name for f in fields(Layer) if f.name not in _UNREAD)
-#: The analysed fields, then the notes (last: `[:-1]` is the analysed ones), in one C call per layer.
+#: The analysed fields, then the notes (last: `[:-1]` is the analysed ones), in one C call per layer; read from
+#: a layer's `__dict__`, where a record keeps its fields (`records.record`), a quarter faster.
 _KEYED = operator.attrgetter(*_ANALYSED, "notes")
+_KEYED_ITEMS = operator.itemgetter(*_ANALYSED, "notes")
 #: What `analyze_layer` reads of a layer's names (`_names_read`).
 _NO_NAMES, _LEAF, _MODULE = 0, 1, 2
 
@@ -563,8 +565,8 @@ def _numbered(layers: list[Layer]) -> list[int | None]:
     analysed fields."""
     numbers = _Numbering()
     try:
-        return list(map(numbers.__getitem__, map(_KEYED, layers)))
-    except TypeError:
+        return list(map(numbers.__getitem__, map(_KEYED_ITEMS, map(vars, layers))))
+    except (TypeError, KeyError):  # a key that cannot be hashed; a layer whose fields are not all in its dict
         numbers.clear()
         found: list[int | None] = []
         for key in map(_KEYED, layers):
