@@ -9,12 +9,14 @@ report's rows, computed once per report (`Report.groups`); renderers only format
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from itertools import product
-from typing import Any, Callable, Hashable, Iterable, Sequence, TypeVar
+from itertools import islice, product, repeat
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 #: A report's row (`fancli.report.Row`): folding reads its fields and never imports the report, which folds.
@@ -23,7 +25,7 @@ Row = Any
 #: Observed stds of neighbours (sorted) further apart than this many standard errors start a new group.
 STD_ERRORS = 3.0
 
-Template = tuple  # the key's components, None where an index stands
+Template = tuple  # the text of "." + key between its index parts (one more than the indices)
 IndexSets = tuple  # one sorted tuple of ints per index position
 
 
@@ -52,19 +54,57 @@ class Group:
 
 #: Digits an index part may have (an int64's); a longer run of digits is a name.
 MAX_INDEX_DIGITS = 18
+#: An index part: at most MAX_INDEX_DIGITS ASCII digits without a leading zero (`007` is a name, not 7; so is a
+#: run of thousands of digits, which `int` refuses), between two dots of "." + key or after its last one.
+_INDEX = rf"\.(0|[1-9][0-9]{{0,{MAX_INDEX_DIGITS - 1}}})"
+_INDEX_IN_KEY = re.compile(_INDEX + r"(?=\.|\Z)")
+_INDEX_IN_LINES = re.compile(_INDEX + r"(?=[.\n])")  # in keys joined as lines, none holding a newline
+_MARK = "\0"  # stands for an index in a line of `split_keys`, where no key holds one
 
 
 def split_key(key: str) -> tuple[Template, tuple[int, ...]]:
-    """`layers.3.mlp.weight` -> (("layers", None, "mlp", "weight"), (3,)). An index is a part of at most
-    MAX_INDEX_DIGITS ASCII digits without a leading zero (`007` is a name, not 7; so is a run of thousands of
-    digits, which `int` refuses). One loop, no call per part: it runs once per row."""
-    parts: list = key.split(".")
-    indices = []
-    for position, part in enumerate(parts):
-        if part.isdigit() and part.isascii() and (part[0] != "0" or len(part) == 1) and len(part) <= MAX_INDEX_DIGITS:
-            indices.append(int(part))
-            parts[position] = None
-    return tuple(parts), tuple(indices)
+    """`layers.3.mlp.weight` -> ((".layers", ".mlp.weight"), (3,)): the text of "." + key around its index
+    parts, and their values; two keys fold only where the first is equal."""
+    parts = _INDEX_IN_KEY.split("." + key)
+    return tuple(parts[::2]), tuple(map(int, parts[1::2]))
+
+
+class _Templates(dict):
+    """A line of `split_keys` (its indices marked) -> its template and how many indices it has."""
+
+    def __missing__(self, line: str) -> tuple[Template, int]:
+        template = tuple(line.split(_MARK))
+        found = self[line] = (template, len(template) - 1)
+        return found
+
+
+#: Keys split in one pass: its text and pieces stay a few hundred KB (all 92,000 keys at once were 40 MB).
+KEYS_PER_PASS = 2048
+
+
+def split_keys(keys: list[str]) -> Iterator[tuple[Template, tuple[int, ...]]]:
+    """`split_key` of each key, in one regular-expression pass per KEYS_PER_PASS keys joined as lines (a call
+    per key costs more than the pass): the text around the indices, joined by a mark, gives each line's
+    template, once per distinct line, and the indices come in order; keys holding a newline or the mark are
+    split one by one. Equal templates and indices share one tuple (a layer and expert's (3, 17) is that of
+    its 6 weights and scales). A pass is made as its keys are read: what it makes is kept only that long."""
+    templates: _Templates = _Templates()
+    seen: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    def one_pass(start: int) -> Iterator[tuple[Template, tuple[int, ...]]]:
+        some = keys[start:start + KEYS_PER_PASS]
+        text = "." + "\n.".join(some) + "\n"
+        if text.count("\n") != len(some) or _MARK in text:
+            return map(split_key, some)
+        parts = _INDEX_IN_LINES.split(text)
+        lines = _MARK.join(parts[::2]).split("\n")
+        lines.pop()  # after the last newline
+        shared, counts = zip(*map(templates.__getitem__, lines))
+        values = iter(map(int, parts[1::2]))
+        indices = list(map(tuple, map(islice, repeat(values), counts)))  # each line's, in C loops
+        return zip(shared, map(seen.setdefault, indices, indices))
+
+    return itertools.chain.from_iterable(map(one_pass, range(0, len(keys), KEYS_PER_PASS)))
 
 
 def ranges(values: Sequence[int]) -> str:
@@ -79,16 +119,12 @@ def ranges(values: Sequence[int]) -> str:
 
 
 def pattern(template: Template, indices: IndexSets) -> str:
-    """The template with each index position written as its value, or `{ranges}` where it has several."""
-    sets = iter(indices)
-    parts = []
-    for part in template:
-        if part is not None:
-            parts.append(part)
-            continue
-        values = next(sets)
-        parts.append(str(values[0]) if len(values) == 1 else "{" + ranges(values) + "}")
-    return ".".join(parts)
+    """The key of `template` with each index position written as its value, or `{ranges}` where it has
+    several."""
+    parts = [template[0]]
+    for values, text in zip(indices, template[1:]):
+        parts.append("." + (str(values[0]) if len(values) == 1 else "{" + ranges(values) + "}") + text)
+    return "".join(parts)[1:]
 
 
 def expand(text: str) -> list[str]:
@@ -116,7 +152,10 @@ def products(tuples: set[tuple[int, ...]]) -> list[IndexSets]:
     if width == 0:
         return [()]
     if width == 1:
-        return [(tuple(sorted(t[0] for t in tuples)),)]
+        return [(tuple(sorted(map(operator.itemgetter(0), tuples))),)]
+    sets = [set(map(operator.itemgetter(position), tuples)) for position in range(width)]
+    if math.prod(map(len, sets)) == len(tuples):  # as many as the product of their values: that product
+        return [tuple(tuple(sorted(values)) for values in sets)]
     rests: dict[int, set] = defaultdict(set)
     for t in tuples:
         rests[t[0]].add(t[1:])
@@ -137,11 +176,9 @@ def fold(items: Sequence[T], key: Callable[[T], str], same: Callable[[T], Hashab
     keeps the members whole, they are in model order already, and one product is the whole set; the other
     members' orders are looked up only where a group may start past the first (`order`)."""
     candidates: dict[tuple, tuple[int, list[T], list[tuple[int, ...]]]] = {}
-    seen: dict[tuple[int, ...], tuple[int, ...]] = {}  # one tuple per distinct indices: a layer and expert's
-    for first, item in enumerate(items):  # (3, 17) are those of its 6 weights and scales
-        template, indices = split_key(key(item))
-        indices = seen.setdefault(indices, indices)
-        candidate = (template, same(item))
+    split_all = split_keys(list(map(key, items)))
+    for first, (item, (template, indices), value) in enumerate(zip(items, split_all, map(same, items))):
+        candidate = (template, value)
         found = candidates.get(candidate)
         if found is None:
             candidates[candidate] = (first, [item], [indices])
@@ -196,11 +233,16 @@ def _inits(row: Row) -> tuple:
     return tuple((mode, v.std, v.bound, v.sampling_std, v.note) for mode, v in row.inits.items())
 
 
-def shown(row: Row, inits: Callable[[Row], tuple] = _inits) -> Hashable:
+def shown(row: Row, inits_of: dict[int, tuple] | None = None) -> Hashable:
     """Everything a table shows of a row but its name and its observed values: rows fold only where all of
-    it is equal."""
+    it is equal. `inits_of` keeps each inits dict's tuple by its id: rows that share their analysis share
+    that dict, which they keep alive."""
     layer, fans = row.layer, row.fans
-    inits = inits(row)
+    inits = None if inits_of is None else inits_of.get(id(row.inits))
+    if inits is None:
+        inits = _inits(row)
+        if inits_of is not None:
+            inits_of[id(row.inits)] = inits
     inferred = (row.inferred.label, row.inferred.confidence, row.inferred.note) if row.inferred else None
     return (layer.kind, layer.shape, layer.dtype, fans.fan_in, fans.fan_out, fans.effective_fan_in,
             fans.effective_fan_out, fans.unknown, row.nonlinearity, row.gain, row.scheme, inits, row.notes,
@@ -243,25 +285,23 @@ def _observed_std(row: Row) -> tuple[float | None, int]:
     return (None, 0) if observed is None else (observed.std, observed.count - observed.nonfinite)
 
 
+_OBSERVED = operator.attrgetter("observed")
+
+
 def by_observed_std(rows: list[Row]) -> list[list[Row]]:
     """Rows whose observed stds agree (`by_std`); without statistics, all of them as they come."""
-    if all(row.observed is None for row in rows):
+    if all(map(operator.is_, map(_OBSERVED, rows), repeat(None))):  # in C: 90,000 rows of one group
         return [rows]
     return by_std(rows, _observed_std)
 
 
 def fold_rows(rows: Iterable[Row]) -> list[Group]:
     """The groups a table shows for these rows (singletons included)."""
-    rows = list(rows)
-    seen: dict[int, tuple] = {}  # rows that share their analysis share its inits dict: one tuple each
+    inits_of: dict[int, tuple] = {}
+    return fold(list(rows), _PARAM, lambda row: shown(row, inits_of), by_observed_std)
 
-    def inits(row: Row) -> tuple:
-        found = seen.get(id(row.inits))
-        if found is None:
-            found = seen[id(row.inits)] = _inits(row)
-        return found
 
-    return fold(rows, lambda row: row.layer.param, lambda row: shown(row, inits), by_observed_std)
+_PARAM = operator.attrgetter("layer.param")
 
 
 def singletons(rows: Iterable[Row]) -> list[Group]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import fnmatch
 import math
 import operator
+from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Hashable
 
 from .analysis import fans as fans_mod
 from .analysis import gains, schemes
@@ -182,13 +183,13 @@ class Report:
     @property
     def recipe(self) -> "recipes.Recipe | None":
         """The library recipe the rows follow, where they follow one."""
-        names = {row.recipe for row in self.rows}
+        names = set(map(_RECIPE_OF, self.rows))
         return _recipes().RECIPES[names.pop()] if len(names) == 1 and None not in names else None
 
     def __repr__(self) -> str:
         """Short: a notebook cell or a log shows what the report is, not 25,000 characters of rows."""
-        schemes = sorted({row.scheme for row in self.rows})
-        modes = self.modes or tuple(sorted({m for row in self.rows for m in row.inits}))
+        schemes = schemes_used(self.rows)
+        modes = self.modes or tuple(modes_used(self.rows))
         init = f"{'/'.join(schemes) or 'no layers'} {' vs '.join(modes)}".strip()
         name = self.source.rsplit("/", 1)[-1]
         count = len(self.rows)
@@ -232,6 +233,26 @@ class Report:
         """Rows whose modes disagree most (spread > 1), largest first."""
         ranked = sorted((r for r in self.rows if r.spread and r.spread > 1 + 1e-9), key=lambda r: -r.spread)
         return ranked[:limit]
+
+
+_SCHEME_OF_ROW, _RECIPE_OF, _INITS_OF = (operator.attrgetter(name) for name in ("scheme", "recipe", "inits"))
+
+
+def schemes_used(rows: tuple[Row, ...]) -> list[str]:
+    """The schemes the rows follow, sorted (one C pass over 90,000 rows)."""
+    return sorted(set(map(_SCHEME_OF_ROW, rows)))
+
+
+def distinct_inits(rows: tuple[Row, ...]) -> list[dict[str, InitValues]]:
+    """Each inits dict of the rows once, by identity (rows that share their analysis share theirs; the rows
+    keep them alive): what is asked of every row's modes, asked of a few dozen."""
+    found = list(map(_INITS_OF, rows))
+    return list(dict(zip(map(id, found), found)).values())
+
+
+def modes_used(rows: tuple[Row, ...]) -> list[str]:
+    """The modes of the rows' init values, sorted."""
+    return sorted({mode for inits in distinct_inits(rows) for mode in inits})
 
 
 def _matches(name: str, param: str, patterns: tuple[str, ...]) -> bool:
@@ -299,16 +320,35 @@ def _torch_refuses(scheme: schemes.Scheme, context: "_Context") -> str | None:
     return None
 
 
-class _Context(NamedTuple):
-    """What one row needs from the rest of the model and the settings."""
+@dataclass(frozen=True)
+class _Context:
+    """What one row needs from the rest of the model and the settings. The maps of modules are built at their
+    first read: only torch_default's rules and recipes read them (`_names_read`), and a header-only inspect
+    of 92,000 tensors under a scheme would otherwise walk every key for nothing."""
 
     modes: tuple[str, ...]
     fan_convention: str
     pool_fan_out: bool
-    weight_fan_in: dict[str, float]  # module name -> the fan_in torch's bias init reads from its weight
-    attention: frozenset[str]  # modules with attention parameters: their out_proj's bias is drawn 0
+    layers: tuple[Layer, ...]  # the model's, whose modules the maps below describe
     recipe: "recipes.Recipe | None"  # the library's init every layer expects, where one is in force
     facts: dict[str, float]  # the config numbers the recipe reads
+
+    @cached_property
+    def weight_fan_in(self) -> dict[str, float]:
+        """Module name -> the fan_in torch's bias init reads from its weight."""
+        found = {}
+        for layer in self.layers:
+            module, _, leaf = layer.param.rpartition(".")
+            if leaf == "weight" and len(layer.shape) >= 2 and layer.layout == "torch":
+                found[module] = layer.shape[1] if layer.kind == "bilinear" else fans_mod.torch_fans(layer.shape)[0]
+        return found
+
+    @cached_property
+    def attention(self) -> frozenset[str]:
+        """Modules with attention parameters (any of them says so, whatever the key order): their out_proj's
+        bias is drawn 0."""
+        return frozenset(layer.param.rpartition(".")[0] for layer in self.layers
+                         if layer.kind == "multihead_attention")
 
 
 def _recipes() -> Any:
@@ -319,13 +359,16 @@ def _recipes() -> Any:
     return recipes
 
 
+_SCHEME_OF, _MODE_OF = operator.attrgetter("scheme"), operator.attrgetter("mode")
+
+
 def _recipe(model: Model, settings: Settings) -> "tuple[recipes.Recipe | None, dict[str, float]]":
     """The recipe asked for, else the source's own where nothing else is asked (no --scheme, --mode, and no
     layer of the source names a scheme); a recipe whose config facts the source lacks is refused."""
     facts = dict(model.built_by.facts) if model.built_by else {}
     if settings.recipe:
         chosen = _recipes().recipe(settings.recipe)
-    elif settings.scheme or settings.modes or any(layer.scheme or layer.mode for layer in model.layers):
+    elif settings.scheme or settings.modes or any(map(_SCHEME_OF, model.layers)) or any(map(_MODE_OF, model.layers)):
         return None, facts
     else:
         chosen = _recipes().for_source(model.built_by) if model.built_by else None
@@ -349,15 +392,8 @@ def _blocks(model: Model) -> float:
 
 
 def _context(model: Model, settings: Settings, fan_convention: str, pool_fan_out: bool) -> _Context:
-    weight_fan_in, attention = {}, set()
-    for layer in model.layers:
-        module, _, leaf = layer.param.rpartition(".")
-        if layer.kind == "multihead_attention":  # any of its parameters says so, whatever the key order
-            attention.add(module)
-        if leaf == "weight" and len(layer.shape) >= 2 and layer.layout == "torch":
-            weight_fan_in[module] = layer.shape[1] if layer.kind == "bilinear" else fans_mod.torch_fans(layer.shape)[0]
     recipe, facts = _recipe(model, settings)
-    return _Context(settings.modes, fan_convention, pool_fan_out, weight_fan_in, frozenset(attention), recipe, facts)
+    return _Context(settings.modes, fan_convention, pool_fan_out, model.layers, recipe, facts)
 
 
 def analyze_layer(layer: Layer, settings: Settings, context: _Context, observed: Observed | None = None) -> Row:
@@ -438,58 +474,128 @@ def _recipe_row(layer: Layer, settings: Settings, context: _Context, recipe: "re
 
 #: Every field of a Layer that analysis reads, except its names (its HF name too), notes and data: two layers
 #: equal in these get the same row but for the layer's own notes (a 92,000-tensor MoE checkpoint has a few
-#: hundred).
+#: hundred) and what `_names_read` says the row reads of their names.
 _UNREAD = ("name", "param", "hf_name", "notes", "data")
-_ANALYSED = operator.attrgetter(*(f.name for f in fields(Layer) if f.name not in _UNREAD))
+_ANALYSED = tuple(f.name for f in fields(Layer) if f.name not in _UNREAD)
+#: The analysed fields, then the notes (last: `[:-1]` is the analysed ones), in one C call per layer; read from
+#: a layer's `__dict__`, where a record keeps its fields (`records.record`), a quarter faster.
+_KEYED = operator.attrgetter(*_ANALYSED, "notes")
+_KEYED_ITEMS = operator.itemgetter(*_ANALYSED, "notes")
+#: What `analyze_layer` reads of a layer's names (`_names_read`).
+_NO_NAMES, _LEAF, _MODULE = 0, 1, 2
 
 
-def _analyze_all(layers: list[Layer], settings: Settings, context: _Context,
-                 observed: dict[str, Observed]) -> list[Row]:
+def _names_read(layer: Layer, settings: Settings, context: _Context) -> int:
+    """What `analyze_layer` reads of the layer's names, decided by fields `_ANALYSED` covers (kind, scheme)
+    and by the settings: nothing where a scheme's variance scaling gives the values (from the fans, gains and
+    fields alone); the parameter's leaf (`_LEAF`) where torch's rule for a tensor no init draws does
+    (`torch_default`, no sibling read: is it a bias?); its module too (`_MODULE`) under torch_default's and a
+    recipe's rules (the sibling weight's fan_in, whether an attention module's bias, the recipe's role).
+    Names in an error raised are the layer's own: the first layer of a key is analysed whole."""
+    if context.recipe is not None:
+        return _MODULE
+    try:
+        if schemes.scheme(settings.scheme or layer.scheme or DEFAULT_SCHEME).name == "torch_default":
+            return _MODULE
+    except ValueError:  # analyze_layer says so, naming the layer
+        return _MODULE
+    return _NO_NAMES if has_init(layer.kind) else _LEAF
+
+
+def _analyze_all(layers: list[Layer], settings: Settings, context: _Context, observed: dict[str, Observed],
+                 codes: list[int | None]) -> list[Row]:
     """`analyze_layer` for each layer, computed once per distinct layer: a row depends on the layer's
-    fields, not on its name, except for torch_default's rules, which read the parameter's leaf name, whether
-    it is an attention module's bias, and its sibling weight's fan_in; those are in the key too. The layer's
-    own notes only come first in the row's notes: the rest (`tail`) is analysed on the layer without them,
-    and reused where none of the tail is among the layer's notes (`analyze_layer` would drop a repeat).
-    Rows with observed statistics are always computed. Rows share the analysis (fans, inits) and carry
-    their own layer: analysing each of 92,000 tensors was half of a header-only inspect."""
-    done: dict[tuple, tuple[dict[str, Any], tuple[str, ...]]] = {}  # key -> the bare row's fields, its notes
-    # (id(layer notes), id(tail)) -> the row's notes, None where the tail repeats one of the layer's; ids of
-    # objects the layers and `done` keep alive
-    joined: dict[tuple[int, int], tuple[str, ...] | None] = {}
+    `_ANALYSED` fields and, as `_names_read` says from those, on none of its names, on its leaf name, or on
+    its leaf, whether it is an attention module's bias, its sibling weight's fan_in and the recipe's role;
+    those are the key's second level (`names`). The layer's own notes only come first in the row's notes: the rest (`tail`) is
+    analysed on the layer without them (once per analysed fields and names), and reused where none of the
+    tail is among the layer's notes (`analyze_layer` would drop a repeat). Rows with observed statistics are
+    always computed. Rows share the analysis (fans, inits, notes) and carry their own layer: analysing each
+    of 92,000 tensors was half of a header-only inspect; a layer costs one C call for its key, one lookup
+    per level and its Row. `codes`: each layer's `_numbered` key."""
+    entries: dict[int, tuple[int, dict]] = {}  # key's number -> what its rows read of their names, and those
+    # names -> the row's fields (its notes the layer's then the tail), None where the tail repeats one
+    bare: dict[tuple, tuple[dict[str, Any], tuple[str, ...]]] = {}  # (analysed fields, names) -> row, tail
+    attention: Any = None  # with fan_in_of, the context's maps of modules, read at the first row that reads them
+    fan_in_of: Any = None
+    recipe = context.recipe
     rows = []
-    attention, fan_in_of, recipe = context.attention, context.weight_fan_in.get, context.recipe
-    for layer in layers:
+    for layer, code in zip(layers, codes):
         seen = observed.get(layer.param) if observed else None
-        if seen is not None:
+        if seen is not None or code is None:  # None: a loader left a list where a tuple belongs, no key
             rows.append(analyze_layer(layer, settings, context, seen))
             continue
-        module, _, leaf = layer.param.rpartition(".")
-        key = (_ANALYSED(layer), leaf, module.rpartition(".")[0] in attention, fan_in_of(module),
-               recipe and recipe.role_key(layer))
-        try:
-            found = done.get(key)
-        except TypeError:  # a loader left a list where a tuple belongs: no key, computed as it is
+        entry = entries.get(code)
+        if entry is None:
+            entry = entries[code] = (_names_read(layer, settings, context), {})
+        reads, by_names = entry
+        names: Any = None
+        if reads == _LEAF:
+            names = layer.param.rpartition(".")[2]
+        elif reads == _MODULE:
+            if attention is None:
+                attention, fan_in_of = context.attention, context.weight_fan_in.get
+            module, _, leaf = layer.param.rpartition(".")
+            names = (leaf, module.rpartition(".")[0] in attention, fan_in_of(module), recipe and recipe.role_key(layer))
+        found = by_names.get(names, by_names)
+        if found is by_names:
+            found = by_names[names] = _shared_fields(layer, names, bare, settings, context)
+        if found is None:
             rows.append(analyze_layer(layer, settings, context))
             continue
-        if found is None:
-            bare = analyze_layer(replaced(layer, notes=()), settings, context)
-            found = done[key] = (bare.__dict__, bare.notes)
-        fields, tail = found
-        notes = tail
-        if layer.notes:  # one tuple for each pair (the layers' notes are shared by their loader): folding
-            pair = (id(layer.notes), id(tail))  # and JSON then see equal notes as one object
-            notes = joined.get(pair, joined)
-            if notes is joined:
-                notes = joined[pair] = None if any(note in layer.notes for note in tail) else layer.notes + tail
-            if notes is None:
-                rows.append(analyze_layer(layer, settings, context))
-                continue
-        row = object.__new__(Row)  # `replaced(template, layer=…, notes=…)` without its call and keywords
-        copy = row.__dict__
-        copy.update(fields)
-        copy["layer"], copy["notes"] = layer, notes
+        copy = found.copy()  # a Row's dict: the copy shares its keys too, copied whole (not key by key)
+        copy["layer"] = layer
+        row = object.__new__(Row)  # `replaced(template, layer=…)` without its call and keywords
+        object.__setattr__(row, "__dict__", copy)  # frozen: set as dataclasses set fields
         rows.append(row)
     return rows
+
+
+class _Numbering(dict):
+    """Key -> its number, in order of first appearance (a miss numbers the key)."""
+
+    def __missing__(self, key: Hashable) -> int:
+        number = self[key] = len(self)
+        return number
+
+
+def _numbered(layers: list[Layer]) -> list[int | None]:
+    """The number of each layer's `_KEYED` fields (`_Numbering`) in one C loop (the keys are not kept); None
+    where they cannot be hashed. Layers of one number count alike in the totals: `summary.COUNTED` are
+    analysed fields."""
+    numbers = _Numbering()
+    try:
+        return list(map(numbers.__getitem__, map(_KEYED_ITEMS, map(vars, layers))))
+    except (TypeError, KeyError):  # a key that cannot be hashed; a layer whose fields are not all in its dict
+        numbers.clear()
+        found: list[int | None] = []
+        for key in map(_KEYED, layers):
+            try:
+                found.append(numbers[key])
+            except TypeError:
+                found.append(None)
+        return found
+
+
+def _shared_fields(layer: Layer, names: Any, bare: dict, settings: Settings,
+                   context: _Context) -> dict[str, Any] | None:
+    """The fields of the row of `layer` that every layer of its key shares (all but `layer`): the analysis
+    of its key without the layer's notes (`bare`, computed once per analysed fields and names), its notes
+    then the analysis's; None where one of those repeats one of the layer's."""
+    analysed = _KEYED(layer)[:-1]
+    found = bare.get((analysed, names))
+    if found is None:
+        row = analyze_layer(replaced(layer, notes=()), settings, context)
+        found = bare[analysed, names] = (row.__dict__, row.notes)
+    fields, tail = found
+    if not layer.notes:
+        return fields
+    if any(note in layer.notes for note in tail):
+        return None
+    joined = object.__new__(Row).__dict__  # a Row's own: the rows' dicts filled from it share their keys
+    joined.update(fields)
+    joined["notes"] = layer.notes + tail
+    return joined
 
 
 def analyze(
@@ -507,18 +613,26 @@ def analyze(
     if settings.filters and model.layers and not layers:
         raise SettingsError(f"no layer matches {' or '.join(repr(f) for f in settings.filters)} "
                             f"(the first layers: {', '.join(layer.param for layer in model.layers[:3])})")
-    rows = tuple(_analyze_all(layers, settings, context, observed))
-    from .summary import totals
+    codes = _numbered(layers)
+    rows = tuple(_analyze_all(layers, settings, context, observed, codes))
+    from .summary import COUNTED, totals
+
+    alike = None
+    if None not in codes:  # the layers of one key count alike: each key once, with how many have it
+        first = dict(zip(codes, layers))
+        alike = [(COUNTED(first[code]), times) for code, times in Counter(codes).items()]
 
     recipe_from = None
     if context.recipe is not None:
         recipe_from = "--recipe" if settings.recipe else model.built_by.where if model.built_by else None
     return Report(command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out, rows,
-                  model.notes, totals(row.layer for row in rows), recipe_from=recipe_from)
+                  model.notes, totals(layers, alike), recipe_from=recipe_from)
 
 
 def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:
     """The layers a name filter keeps, in model order."""
+    if not filters:  # `_matches` keeps each: no call per layer
+        return list(model.layers)
     return [layer for layer in model.layers if _matches(layer.name, layer.param, filters)]
 
 

@@ -9,7 +9,10 @@ import json
 import pytest
 from helpers import run
 
-from fancli.folding import expand, fold, products, ranges
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fancli.folding import MAX_INDEX_DIGITS, expand, fold, pattern, products, ranges, split_keys
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -70,6 +73,28 @@ def test_ranges_and_products_are_exact():
     found = products(ragged)
     assert found == [((0, 3), (0, 1, 2, 3)), ((1,), (0, 1, 3))]
     assert sorted(t for sets in found for t in __import__("itertools").product(*sets)) == sorted(ragged)
+
+
+_PARTS = st.one_of(st.sampled_from(["0", "7", "00", "007", "12", "1" * MAX_INDEX_DIGITS, "9" * (MAX_INDEX_DIGITS + 1),
+                                    "", "w", "a1", "٣", "3\n", "\n", "\x00", "4\x00"]), st.text(max_size=3))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(_PARTS, min_size=1, max_size=5).map(".".join), max_size=8))
+def test_keys_split_into_the_indices_the_rule_names(keys):
+    """A part is an index where it is at most MAX_INDEX_DIGITS ASCII digits without a leading zero; all keys
+    split in one pass (or one by one, where one holds a newline or NUL) as each would alone, and `pattern`
+    writes each key back."""
+    found = list(split_keys(keys))
+    assert len(found) == len(keys)
+    for key, (template, indices) in zip(keys, found):
+        parts = key.split(".")
+        expected = [int(p) for p in parts if p.isascii() and p.isdigit() and len(p) <= MAX_INDEX_DIGITS
+                    and (p == "0" or p[0] != "0")]
+        assert list(indices) == expected
+        assert len(template) == len(indices) + 1
+        assert pattern(template, tuple((i,) for i in indices)) == key
+        assert [(template, indices)] == list(split_keys([key]))
 
 
 def test_keys_that_are_not_indices_do_not_fold():

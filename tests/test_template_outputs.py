@@ -73,12 +73,18 @@ def checkpoint(tmp_path_factory):
     return index
 
 
+#: Settings under which a row reads its names (torch_default's rules, a recipe's) or several modes.
+VARIANTS = {"torch_default": ("inspect", "--format", "json", "--scheme", "torch_default"),
+            "megatron": ("inspect", "--format", "json", "--recipe", "megatron"),
+            "compare": ("compare", "--mode", "fan_in", "fan_out", "--format", "json")}
+
+
 def _outputs(index) -> dict[str, str]:
     outputs = {}
-    for fmt in FORMATS:
-        done = run("inspect", index, "--format", fmt)
+    for name, args in [(fmt, ("inspect", "--format", fmt)) for fmt in FORMATS] + list(VARIANTS.items()):
+        done = run(args[0], index, *args[1:])
         assert done.code == 0, done.err
-        outputs[fmt] = done.out
+        outputs[name] = done.out
     return outputs
 
 
@@ -87,8 +93,9 @@ def _key_by_key(monkeypatch) -> None:
     monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 1 << 62)
     monkeypatch.setattr(safetensors_file, "natural_sorted", lambda keys: sorted(keys, key=natural_key))
     monkeypatch.setattr(flat_keys, "_kin", lambda entries, modules, leaves: [None] * len(entries))
-    monkeypatch.setattr(report, "_analyze_all", lambda layers, settings, context, observed: [
+    monkeypatch.setattr(report, "_analyze_all", lambda layers, settings, context, observed, codes: [
         report.analyze_layer(layer, settings, context, observed.get(layer.param)) for layer in layers])
+    monkeypatch.setattr(report, "_numbered", lambda layers: [None] * len(layers))  # totals layer by layer too
     monkeypatch.setattr(json_out, "_layer_lines", lambda done: (
         "    " + json_safe(json.dumps(json_out.layer_dict(row, done.command), ensure_ascii=False, allow_nan=False))
         for row in done.rows))
@@ -100,8 +107,8 @@ def test_every_output_equals_the_one_computed_key_by_key(checkpoint, monkeypatch
     with monkeypatch.context() as patched:
         _key_by_key(patched)
         by_key = _outputs(checkpoint)
-    for fmt in FORMATS:
-        assert templated[fmt] == by_key[fmt], fmt
+    for name in templated:
+        assert templated[name] == by_key[name], name
     document = json.loads(templated["json"])
     assert len(document["layers"]) > 100 and len(document["groups"]) < len(document["layers"]) / 3
     assert "model.layers.{1,2,4}.mlp.experts.{0..3}.down_proj.weight ×12" in templated["table"]  # the gap kept
@@ -118,3 +125,24 @@ def test_tensors_alike_share_one_shape_and_keys_one_shard_name(checkpoint, monke
     assert len({id(layer.shape) for layer in layers}) <= len({(layer.dtype, layer.shape) for layer in layers}) < 30
     weight_map = safetensors_file.read_weight_map(checkpoint)[0]
     assert len({id(shard) for shard in weight_map.values()}) == len(set(weight_map.values())) == 2
+
+
+def test_rows_that_read_their_names_equal_the_ones_computed_key_by_key(tmp_path, monkeypatch):
+    """torch_default draws a bias from its sibling weight's fan_in (and an attention module's bias as 0):
+    biases alike in every field but their module's weight must not share a row, as they would if the
+    analysis were keyed by the layers' fields alone."""
+    tensors = {}
+    for i in range(3):
+        tensors[f"blocks.{i}.fc.weight"] = torch.zeros(32, 16 * (i + 1))
+        tensors[f"blocks.{i}.fc.bias"] = torch.zeros(32)
+    path = tmp_path / "biases.safetensors"
+    safetensors_torch.save_file(tensors, str(path))
+    args = ("inspect", path, "--format", "json", "--scheme", "torch_default")
+    templated = run(*args)
+    with monkeypatch.context() as patched:
+        _key_by_key(patched)
+        by_key = run(*args)
+    assert templated.code == by_key.code == 0, templated.err
+    assert templated.out == by_key.out
+    stds = {layer["param"]: layer["std"] for layer in json.loads(templated.out)["layers"]}
+    assert len({stds[f"blocks.{i}.fc.bias"] for i in range(3)}) == 3  # 1/√(16·(i+1)) / √3 each

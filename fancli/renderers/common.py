@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import operator
+from itertools import compress, repeat
+
 from ..analysis.fans import convention_of
 from ..folding import Group
-from ..report import Report, Row
+from ..report import Report, Row, distinct_inits, modes_used, schemes_used
 from ..summary import numel
 
 
@@ -78,17 +81,20 @@ class Footnotes:
 
 def varies(report: Report, attribute: str) -> bool:
     """Whether rows differ in a per-layer choice (scheme, mode), so it needs a column."""
-    return len({_per_row(row, attribute) for row in report.rows}) > 1
+    if attribute == "mode":
+        return len({",".join(inits) for inits in distinct_inits(report.rows)}) > 1
+    return len(set(map(operator.attrgetter(attribute), report.rows))) > 1
 
 
-def _per_row(row: Row, attribute: str) -> str:
-    return ",".join(row.inits) if attribute == "mode" else getattr(row, attribute)
+def _any(report: Report, attribute: str) -> bool:
+    """Whether a row has the attribute (--stats' observed, --spectral's, --infer's), checked in C."""
+    return not all(map(operator.is_, map(operator.attrgetter(attribute), report.rows), repeat(None)))
 
 
 def title(report: Report) -> str:
     name = f" ({report.model_name})" if report.model_name else ""
-    schemes = sorted({row.scheme for row in report.rows})
-    modes = report.modes or tuple(sorted({m for row in report.rows for m in row.inits}))
+    schemes = schemes_used(report.rows)
+    modes = report.modes or tuple(modes_used(report.rows))
     recipe = report.recipe
     expectation = [f"recipe {recipe.name} ({report.recipe_from}: {recipe.reproduces})"] if recipe else [
         f"scheme {'/'.join(schemes) if schemes else report.settings.scheme or '—'}",
@@ -103,12 +109,16 @@ def title(report: Report) -> str:
     return " · ".join(parts)
 
 
+_LAYER, _SHAPE = operator.attrgetter("layer"), operator.attrgetter("shape")
+
+
 def _fans_named(report: Report) -> str:
     """The convention the fans columns follow: "effective", else the framework whose function reads them (keras,
     jax, torch; several where the layers mix layouts)."""
     if report.fan_convention != "torch":
         return report.fan_convention
-    named = sorted({convention_of(row.layer) for row in report.rows if len(row.layer.shape) >= 2})
+    layers = list(map(_LAYER, report.rows))
+    named = sorted(set(map(convention_of, compress(layers, map((2).__le__, map(len, map(_SHAPE, layers)))))))
     return "/".join(named) or "torch"
 
 
@@ -194,15 +204,15 @@ def columns(report: Report, footnotes: Footnotes) -> list[Column]:
         only = lambda r: next(iter(r.inits.values()))  # noqa: E731 - inspect has one mode per row
         cols += [Column("std", _shared(lambda r: number(only(r).std))),
                  Column("bound", _shared(lambda r: number(only(r).bound)))]
-    if any(row.observed is not None for row in report.rows):
+    if _any(report, "observed"):
         cols += [
             Column("obs mean", lambda g: observed_range(g, lambda r: r.observed.mean if r.observed else None)),
             Column("obs std", lambda g: observed_range(g, lambda r: r.observed.std if r.observed else None)),
             Column("obs/exp", lambda g: observed_range(g, lambda r: r.observed_ratio)),
         ]
-    if any(row.spectral is not None for row in report.rows):
+    if _any(report, "spectral"):
         cols += spectral_columns()
-    if any(row.inferred is not None for row in report.rows):
+    if _any(report, "inferred"):
         cols += [
             Column("inferred init", _shared(lambda r: r.inferred.label if r.inferred else ""), "left"),
             Column("conf", _shared(lambda r: r.inferred.confidence if r.inferred else ""), "left"),

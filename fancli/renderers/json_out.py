@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import asdict
+from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
 from ..analysis.schemes import InitValues
 from ..analysis.schemes import scheme as find_scheme
 from ..folding import Group
-from ..report import SCHEMA_VERSION, Report, Row
+from ..report import SCHEMA_VERSION, Report, Row, modes_used, schemes_used
 from ..spectral_row import SpectralRow
 from ..summary import numel
 from ..text import json_safe
@@ -182,17 +184,18 @@ def groups_dict(group: Group, elements: Callable[[Any], int] = lambda row: numel
 def report_dict(report: Report, rows: bool = True) -> dict[str, Any]:
     """The whole report as the JSON contract's object (`layers` empty with rows=False, for json_chunks)."""
     settings = report.settings
-    schemes_used = sorted({row.scheme for row in report.rows})
-    modes_used = sorted({mode for row in report.rows for mode in row.inits})
+    schemes = schemes_used(report.rows)
+    modes = modes_used(report.rows)
+    recipe = report.recipe
     out: dict[str, Any] = {
         "fancli": SCHEMA_VERSION,
         "command": report.command,
         "source": {"path": report.source, "format": report.format, "name": report.model_name,
                    "notes": list(report.notes)},
         "settings": {
-            "scheme": schemes_used[0] if len(schemes_used) == 1 else settings.scheme,
-            "recipe": report.recipe.name if report.recipe else None,
-            "recipe_from": report.recipe_from if report.recipe else None,
+            "scheme": schemes[0] if len(schemes) == 1 else settings.scheme,
+            "recipe": recipe.name if recipe else None,
+            "recipe_from": report.recipe_from if recipe else None,
             "nonlinearity": settings.nonlinearity,
             "param": _float(settings.param),
             "fans": report.fan_convention,
@@ -202,7 +205,7 @@ def report_dict(report: Report, rows: bool = True) -> dict[str, Any]:
     if report.command == "compare":
         out["settings"]["modes"] = list(report.modes)
     else:
-        out["settings"]["mode"] = modes_used[0] if len(modes_used) == 1 else None
+        out["settings"]["mode"] = modes[0] if len(modes) == 1 else None
     out["layers"] = [layer_dict(row, report.command) for row in report.rows] if rows else []
     out["groups"] = [groups_dict(group) for group in report.groups]
     out["summary"] = totals_dict(report)
@@ -221,53 +224,68 @@ def report_dict(report: Report, rows: bool = True) -> dict[str, Any]:
 LINES_PER_CHUNK = 1000
 
 
+#: All that `layer_dict` reads of a row but its layer, notes, fans and inits (keyed by identity: rows that share
+#: their analysis, `report._analyze_all`, share those objects, which the report keeps alive) and what --stats,
+#: --infer and --spectral add; then all it reads of the layer but its names: one C call each.
+_ROW_READ = operator.attrgetter("nonlinearity", "nonlinearity_param", "gain", "scheme_gain", "scheme", "recipe")
+_LAYER_READ = operator.attrgetter("kind", "shape", "dtype", "aliases", "hf_name", "layout", "groups", "transposed",
+                                  "stacked", "stride", "dilation", "pool", "fan_axes")
+
+
 def _layer_lines(report: Report) -> Iterator[str]:
-    """Each row's JSON line, made safe (`json_safe`). Rows that share their analysis
-    (`report._analyze_all`: same fans and init objects, same layer fields but the names and notes) differ
-    only in "name" and "param", the first two keys, and "notes", the last one without --stats: the middle of
-    the line is serialised (and made safe) once per distinct row, not once per tensor (92,000 dumps of a
-    MoE checkpoint)."""
+    """Each row's JSON line, made safe (`json_safe`). Rows alike in all `layer_dict` reads (`_ROW_READ`,
+    `_LAYER_READ`, the same fans and inits objects) but their names and notes differ only in "name" and
+    "param", the first two keys, and "notes", the last one without --stats: the middle of the line is
+    serialised (and made safe) once per distinct row, the notes once per distinct notes, not once per tensor
+    (92,000 dumps of a MoE checkpoint)."""
     encode = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) writes
     middles: dict[tuple, str] = {}
     notes_json: dict[tuple[str, ...], str] = {}
     for row in report.rows:
         layer = row.layer
-        if row.observed is not None or row.inferred is not None or row.spectral is not None:
+        name, param = encode(layer.name), encode(layer.param)
+        if not (name.isascii() and param.isascii()):  # json_safe's own first test, without its two calls
+            name, param = json_safe(name), json_safe(param)
+        middle = key = None
+        if row.observed is None and row.inferred is None and row.spectral is None:
+            key = (id(row.fans), id(row.inits), _ROW_READ(row), _LAYER_READ(layer))
+            try:
+                middle = middles.get(key)
+            except TypeError:  # a loader left a list where a tuple belongs: computed as it is
+                key = None
+        if key is None:
             out = layer_dict(row, report.command)
             del out["name"], out["param"]
-            rest = json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])
-        else:
-            key = (id(row.fans), id(row.inits), row.nonlinearity, row.nonlinearity_param, row.gain,
-                   row.scheme_gain, row.scheme, layer.kind, layer.shape, layer.dtype, layer.aliases, layer.hf_name,
-                   layer.layout, layer.groups, layer.transposed, layer.stacked, layer.stride, layer.dilation,
-                   layer.pool)
-            middle = middles.get(key)
-            if middle is None:
-                out = layer_dict(row, report.command)
-                del out["name"], out["param"], out["notes"]  # notes is the last key: appended below
-                middle = middles[key] = json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:-1])
-            notes = notes_json.get(row.notes)
-            if notes is None:
-                notes = notes_json[row.notes] = json_safe(json.dumps(list(row.notes), ensure_ascii=False))
-            rest = f'{middle}, "notes": {notes}}}'
-        yield f'    {{"name": {json_safe(encode(layer.name))}, "param": {json_safe(encode(layer.param))}, {rest}'
+            yield f'    {{"name": {name}, "param": {param}, ' + json_safe(
+                json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])
+            continue
+        if middle is None:
+            out = layer_dict(row, report.command)
+            del out["name"], out["param"], out["notes"]  # notes is the last key: written below
+            middle = middles[key] = json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:-1])
+        notes = notes_json.get(row.notes)
+        if notes is None:
+            notes = notes_json[row.notes] = json_safe(json.dumps(list(row.notes), ensure_ascii=False))
+        yield f'    {{"name": {name}, "param": {param}, {middle}, "notes": {notes}}}'
 
 
 def json_array(key: str, lines: Iterable[str]) -> Iterator[str]:
-    """`"key": [` and its items, one per line, a chunk of LINES_PER_CHUNK at a time."""
-    batch: list[str] = []
+    """`"key": [` and its items, one per line, a chunk of LINES_PER_CHUNK at a time (taken in C)."""
+    lines = iter(lines)
     opened = False
-    for line in lines:
-        batch.append(line)
+    while True:
+        batch = list(islice(lines, LINES_PER_CHUNK))
         if len(batch) == LINES_PER_CHUNK:
             yield (",\n" if opened else f',\n  "{key}": [\n') + ",\n".join(batch)
-            batch, opened = [], True
-    if batch:
-        yield (",\n" if opened else f',\n  "{key}": [\n') + ",\n".join(batch) + "\n  ]"
-    elif opened:  # the last batch was full: close the array
-        yield "\n  ]"
-    else:
-        yield f',\n  "{key}": []'
+            opened = True
+            continue
+        if batch:
+            yield (",\n" if opened else f',\n  "{key}": [\n') + ",\n".join(batch) + "\n  ]"
+        elif opened:  # the last batch was full: close the array
+            yield "\n  ]"
+        else:
+            yield f',\n  "{key}": []'
+        return
 
 
 def json_chunks(report: Report) -> Iterator[str]:
