@@ -619,8 +619,8 @@ def analyze(
 
     alike = None
     if None not in codes:  # the layers of one key count alike: each key once, with how many have it
-        first = dict(zip(codes, layers))
-        alike = [(COUNTED(first[code]), times) for code, times in Counter(codes).items()]
+        one = dict(zip(codes, layers))  # a layer of each key (the last: any counts as all of them do)
+        alike = [(COUNTED(one[code]), times) for code, times in Counter(codes).items()]
 
     recipe_from = None
     if context.recipe is not None:

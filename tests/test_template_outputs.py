@@ -146,3 +146,26 @@ def test_rows_that_read_their_names_equal_the_ones_computed_key_by_key(tmp_path,
     assert templated.out == by_key.out
     stds = {layer["param"]: layer["std"] for layer in json.loads(templated.out)["layers"]}
     assert len({stds[f"blocks.{i}.fc.bias"] for i in range(3)}) == 3  # 1/√(16·(i+1)) / √3 each
+
+
+def test_a_recipe_rule_reading_a_third_name_keeps_rows_apart(tmp_path, monkeypatch):
+    """torchvision's zero_init_residual zeroes the last BN of a `layerN.M` block: the rule reads the module's
+    third-last name, so `abc.0.bn2` and `layer1.0.bn2` (alike in every field and their last two names) must
+    not share a row, whichever comes first."""
+    tensors = {}
+    for block in ("abc.0", "layer1.0"):
+        tensors[f"{block}.conv2.weight"] = torch.zeros(8, 8, 3, 3)
+        tensors[f"{block}.bn2.weight"] = torch.ones(8)
+        tensors[f"{block}.bn2.bias"] = torch.zeros(8)
+    path = tmp_path / "resnetish.safetensors"
+    safetensors_torch.save_file(tensors, str(path))
+    args = ("inspect", path, "--format", "json", "--recipe", "torchvision_resnet")
+    templated = run(*args)
+    with monkeypatch.context() as patched:
+        _key_by_key(patched)
+        by_key = run(*args)
+    assert templated.code == by_key.code == 0, templated.err
+    assert templated.out == by_key.out
+    notes = {layer["param"]: " ".join(layer["notes"]) for layer in json.loads(templated.out)["layers"]}
+    assert "zero_init_residual" in notes["layer1.0.bn2.weight"]
+    assert "zero_init_residual" not in notes["abc.0.bn2.weight"]

@@ -67,7 +67,7 @@ def natural_sorted(keys: Iterable[str]) -> list[str]:
     after the same text. A key holding a NUL, or a run natural_key compares by length, sorts by natural_key.
 
     Keys are grouped by their template (`digit_templates`): in a group every key has its runs at the same
-    places and of the same lengths, so where none starts with a 0 their strings are the key with `\\0` and
+    places and of the same lengths, so where no run of two or more digits starts with a 0 their strings are the key with `\\0` and
     the run's length put before each run (what `_Runs` writes), built by one format string per group, not a
     regex call per key."""
     keys = list(keys)
@@ -114,8 +114,8 @@ _RUN = re.compile("\0+")
 
 
 def _written(template: str, members: list[str], written: Callable[[str], str]) -> Iterable[str]:
-    """The strings `_Runs` writes for keys of one template: a format string fills in their runs, unless one
-    starts with a 0 (its value is shorter than its run) or is longer than LONGEST_NUMBER."""
+    """The strings `_Runs` writes for keys of one template: a format string fills in their runs, unless a run of
+    two or more digits starts with a 0 (its value is shorter than its run) or is longer than LONGEST_NUMBER."""
     spans = [match.span() for match in _RUN.finditer(template)]
     if not spans:
         return members

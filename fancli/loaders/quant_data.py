@@ -98,7 +98,7 @@ def block_of(size: int, scales: int) -> int | None:
 def scaled(weight: "Entry", scale: "Entry", factor: float = 1.0) -> "Scaled":
     """The weight × its scales (per tensor, per row or per block) as a data handle; a scale whose shape fits
     no layout is a SourceError naming both (one line, exit 2). Whether their handles can be read so is its
-    `reason`, asked only by `--stats`."""
+    `reason`, asked where the values are read (`--stats`, `--spectral`, `--infer`, diff, check)."""
     blocks = _blocks(weight.shape, scale.shape)
     if blocks is None:
         out, inner = weight.shape[0], math.prod(weight.shape[1:])
@@ -153,7 +153,7 @@ class Scaled:
     @property
     def reason(self) -> str | None:
         """Why the values are not read (a strided view, a handle with no rows), or None: computed when
-        `--stats` asks, not once per FP8 weight at load (the handles do not change)."""
+        a reader asks (`--stats`, `--spectral`…), not once per FP8 weight at load (the handles do not change)."""
         return _readable(self.weight, self.scale)
 
     def logical(self, max_elements: int = CHUNK_ELEMENTS) -> bool:

@@ -49,10 +49,10 @@ class Recipe:
                 if not any(facts.get(name) for name in ((need,) if isinstance(need, str) else need))]
 
     def role_key(self, layer: "Layer") -> tuple[str, ...]:
-        """What the rule reads of a layer beyond the fields `report` keys its cache on: the module's last two
-        names (`attn.c_proj`; an index as `#`, which no rule reads: 256 experts share one key), and its block
-        index for a depth-scaled recipe."""
-        parts = ["#" if part.isdigit() else part for part in layer.name.rsplit(".", 2)[-2:]]
+        """What the rule reads of a layer beyond the fields `report` keys its cache on: the module's last three
+        names (`attn.c_proj`; torchvision's `layer1.0.bn2`; an index as `#`, which no rule reads but as an
+        index: 256 experts share one key), and its block index for a depth-scaled recipe."""
+        parts = ["#" if part.isdigit() else part for part in layer.name.rsplit(".", 3)[-3:]]
         if self.by_depth:
             parts.append(str(RecipeArgs(layer, None, None, {}).block_index))
         return tuple(parts)
