@@ -240,14 +240,16 @@ class WeightsUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unexpected persistent id (a {type(pid).__name__})")
         _, storage_type, key, _location, numel = pid
-        if not (isinstance(storage_type, _StorageType) and is_index(numel) and isinstance(key, (str, int))
-                and _scalar(key)):  # torch names storages "0", "1"…
+        # torch names storages "0", "1"…: a str, which _scalar passes, tested first
+        if not (isinstance(storage_type, _StorageType) and is_index(numel)
+                and (type(key) is str or isinstance(key, (str, int)) and _scalar(key))):
             raise pickle.UnpicklingError("malformed storage record")
         key = str(key)
-        if key not in self.storages:
+        storage = self.storages.get(key)
+        if storage is None:
             self.charge(256 + len(key))
-            self.storages[key] = SavedStorage(key, storage_type.dtype, numel)
-        return self.storages[key]
+            storage = self.storages[key] = SavedStorage(key, storage_type.dtype, numel)
+        return storage
 
     def charge(self, nbytes: int) -> None:
         self.allowance -= nbytes
