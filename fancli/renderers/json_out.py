@@ -6,15 +6,17 @@ import json
 import operator
 from dataclasses import asdict
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ..analysis.schemes import InitValues
 from ..analysis.schemes import scheme as find_scheme
 from ..folding import Group
 from ..report import SCHEMA_VERSION, Report, Row, modes_used, schemes_used
-from ..spectral_row import SpectralRow
 from ..summary import numel
 from ..text import json_safe
+
+if TYPE_CHECKING:
+    from ..spectral_row import SpectralRow
 
 
 def _float(value: float | int | None) -> float | None:
