@@ -127,6 +127,17 @@ def test_tensors_alike_share_one_shape_and_keys_one_shard_name(checkpoint, monke
     assert len({id(shard) for shard in weight_map.values()}) == len(set(weight_map.values())) == 2
 
 
+def _as_key_by_key(monkeypatch, *args):
+    """The run of `args`, after checking that it succeeds and prints what it prints computed key by key."""
+    templated = run(*args)
+    with monkeypatch.context() as patched:
+        _key_by_key(patched)
+        by_key = run(*args)
+    assert templated.code == by_key.code == 0, templated.err
+    assert templated.out == by_key.out
+    return templated
+
+
 def test_rows_that_read_their_names_equal_the_ones_computed_key_by_key(tmp_path, monkeypatch):
     """torch_default draws a bias from its sibling weight's fan_in (and an attention module's bias as 0):
     biases alike in every field but their module's weight must not share a row, as they would if the
@@ -137,13 +148,7 @@ def test_rows_that_read_their_names_equal_the_ones_computed_key_by_key(tmp_path,
         tensors[f"blocks.{i}.fc.bias"] = torch.zeros(32)
     path = tmp_path / "biases.safetensors"
     safetensors_torch.save_file(tensors, str(path))
-    args = ("inspect", path, "--format", "json", "--scheme", "torch_default")
-    templated = run(*args)
-    with monkeypatch.context() as patched:
-        _key_by_key(patched)
-        by_key = run(*args)
-    assert templated.code == by_key.code == 0, templated.err
-    assert templated.out == by_key.out
+    templated = _as_key_by_key(monkeypatch, "inspect", path, "--format", "json", "--scheme", "torch_default")
     stds = {layer["param"]: layer["std"] for layer in json.loads(templated.out)["layers"]}
     assert len({stds[f"blocks.{i}.fc.bias"] for i in range(3)}) == 3  # 1/√(16·(i+1)) / √3 each
 
@@ -159,13 +164,7 @@ def test_a_recipe_rule_reading_a_third_name_keeps_rows_apart(tmp_path, monkeypat
         tensors[f"{block}.bn2.bias"] = torch.zeros(8)
     path = tmp_path / "resnetish.safetensors"
     safetensors_torch.save_file(tensors, str(path))
-    args = ("inspect", path, "--format", "json", "--recipe", "torchvision_resnet")
-    templated = run(*args)
-    with monkeypatch.context() as patched:
-        _key_by_key(patched)
-        by_key = run(*args)
-    assert templated.code == by_key.code == 0, templated.err
-    assert templated.out == by_key.out
+    templated = _as_key_by_key(monkeypatch, "inspect", path, "--format", "json", "--recipe", "torchvision_resnet")
     notes = {layer["param"]: " ".join(layer["notes"]) for layer in json.loads(templated.out)["layers"]}
     assert "zero_init_residual" in notes["layer1.0.bn2.weight"]
     assert "zero_init_residual" not in notes["abc.0.bn2.weight"]
