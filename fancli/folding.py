@@ -13,7 +13,7 @@ import itertools
 import math
 import operator
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from itertools import islice, product, repeat
 from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence, TypeVar
@@ -166,25 +166,31 @@ def products(tuples: set[tuple[int, ...]]) -> list[IndexSets]:
     return sorted(found, key=lambda sets: tuple(s[0] for s in sets))
 
 
-def fold(items: Sequence[T], key: Callable[[T], str], same: Callable[[T], Hashable],
+def fold(items: Sequence[T], key: Callable[[T], str], same: Callable[[T], Hashable] | Iterable[Hashable],
          split: Callable[[list[T]], list[list[T]]] = lambda members: [members]) -> list[Group]:
     """Groups of `items` (in order of their first member) whose keys share a template and whose `same`
-    values are equal; `split` may part such a set further (observed values that disagree). Every item is
-    in exactly one group; a group's pattern expands to exactly its members' keys.
+    values are equal (`same`: a function of an item, or the items' values in order); `split` may part such a
+    set further (observed values that disagree). Every item is in exactly one group; a group's pattern
+    expands to exactly its members' keys.
 
-    Each candidate keeps its first member's order and its members and indices side by side: where `split`
-    keeps the members whole, they are in model order already, and one product is the whole set; the other
-    members' orders are looked up only where a group may start past the first (`order`)."""
-    candidates: dict[tuple, tuple[int, list[T], list[tuple[int, ...]]]] = {}
-    split_all = split_keys(list(map(key, items)))
-    for first, (item, (template, indices), value) in enumerate(zip(items, split_all, map(same, items))):
-        candidate = (template, value)
-        found = candidates.get(candidate)
-        if found is None:
-            candidates[candidate] = (first, [item], [indices])
-        else:
-            found[1].append(item)
-            found[2].append(indices)
+    A candidate (a template and a value) is numbered in order of its first member, each item's number in
+    one C pass; one stable sort of the positions by number lists each candidate's members in model order,
+    side by side with their indices. Where `split` keeps the members whole, one product is the whole set;
+    the other members' orders are looked up only where a group may start past the first (`order`)."""
+    items = list(items)
+    if not items:
+        return []
+    templates, all_indices = zip(*split_keys(list(map(key, items))))
+    values = map(same, items) if callable(same) else same
+    numbering: dict[tuple, int] = {}  # candidate -> its number: increasing in order of first appearance
+    numbers = list(map(numbering.setdefault, zip(templates, values), itertools.count()))
+    by_candidate = sorted(range(len(items)), key=numbers.__getitem__)
+    candidates: list[tuple[Template, int, list[T], list[tuple[int, ...]]]] = []
+    start = 0
+    for (template, _), size in zip(numbering, map(Counter(numbers).__getitem__, numbering.values())):
+        at = by_candidate[start:start + size]
+        start += size
+        candidates.append((template, at[0], list(map(items.__getitem__, at)), list(map(all_indices.__getitem__, at))))
     positions: dict[int, int] = {}  # id(item) -> its order, filled at the first lookup
 
     def order(item: T) -> int:
@@ -193,7 +199,7 @@ def fold(items: Sequence[T], key: Callable[[T], str], same: Callable[[T], Hashab
         return positions[id(item)]
 
     groups: list[tuple[int, Group]] = []
-    for (template, _), (first, members, indices) in candidates.items():
+    for template, first, members, indices in candidates:
         if len(members) == 1:  # most candidates of a large model: its key is its pattern (indices as written)
             groups.append((first, Group(key(members[0]), tuple((i,) for i in indices[0]), (members[0],))))
             continue
@@ -295,10 +301,17 @@ def by_observed_std(rows: list[Row]) -> list[list[Row]]:
     return by_std(rows, _observed_std)
 
 
-def fold_rows(rows: Iterable[Row]) -> list[Group]:
-    """The groups a table shows for these rows (singletons included)."""
+def fold_rows(rows: Iterable[Row], kin: list[int] | None = None) -> list[Group]:
+    """The groups a table shows for these rows (singletons included); `kin`: the rows' `report.Kin` numbers,
+    where known: rows of one number show alike, so `shown` is read once per number."""
+    rows = list(rows)
     inits_of: dict[int, tuple] = {}
-    return fold(list(rows), _PARAM, lambda row: shown(row, inits_of), by_observed_std)
+    if kin is None:
+        return fold(rows, _PARAM, lambda row: shown(row, inits_of), by_observed_std)
+    first = dict(zip(reversed(kin), reversed(rows)))  # a row of each number
+    alike: dict[Hashable, Hashable] = {}  # numbers that show alike fold together: one value for them all
+    value = {number: alike.setdefault(shown(row, inits_of), number) for number, row in first.items()}
+    return fold(rows, _PARAM, map(value.__getitem__, kin), by_observed_std)
 
 
 _PARAM = operator.attrgetter("layer.param")

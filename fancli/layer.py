@@ -7,8 +7,9 @@ shapes, a module also knows groups and transposition. Analysis never guesses a m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+from .columns import LazyTuple
 from .records import record
 from .vocab import KERNEL_LAST
 
@@ -59,6 +60,20 @@ class Layer:
         return self.shape[:-2] if self.layout in KERNEL_LAST else self.shape[2:]
 
 
+class LayerTable(LazyTuple[Layer]):
+    """A model's layers as columns (`fancli.columns`): each layer's key (`params`), name and template (`kin`, a
+    number into `templates`, each template's first layer); the others of a template are copies that differ in
+    their names and data alone. A loader of many alike tensors returns it (`flat_keys.layers_from_columns`);
+    analysis reads the templates, every other reader the Layers, made when read (`make`)."""
+
+    __slots__ = ("params", "names", "kin", "templates")
+
+    def __init__(self, params: list[str], names: list[str], kin: list[int], templates: list[Layer],
+                 make: Callable[[int], Layer]) -> None:
+        super().__init__(len(params), make)
+        self.params, self.names, self.kin, self.templates = params, names, kin, templates
+
+
 @dataclass(frozen=True)
 class BuiltBy:
     """The library a source says built the model, and the numbers of its config an init recipe reads
@@ -79,7 +94,7 @@ class Model:
 
     source: str
     format: str
-    layers: tuple[Layer, ...]
+    layers: tuple[Layer, ...] | LayerTable  # a LayerTable reads as a tuple of Layers
     name: str | None = None
     fans: str | None = None  # fan convention the source asks for ("torch" or "effective")
     pool_fan_out: bool | None = None  # opt-in LeNet tutorial convention

@@ -8,6 +8,7 @@ line or the library's keywords to here: a `Settings`, valid once built, inside a
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import math
 import operator
 from collections import Counter
@@ -153,13 +154,21 @@ class Report:
     totals: "Totals | None" = None  # of every row analysed: kept when a table folds small tensors away
     expanded: bool = False  # tables and Markdown list every row (--expand) instead of folded groups
     recipe_from: str | None = None  # what chose the recipe the rows follow: "--recipe", or what the source says
+    kin: "Kin | None" = field(default=None, compare=False, repr=False)  # which rows are alike, where analysis knows
+
+    @property
+    def kin_ids(self) -> "list[int] | None":
+        """Each row's `Kin` number, where the report knows them for these very rows (a report remade with
+        other rows, `replace(report, rows=…)`, does not: its rows are then read one by one)."""
+        kin = self.kin
+        return kin.ids if kin is not None and kin.rows is self.rows else None
 
     @cached_property
     def groups(self) -> "list[Group]":
         """The rows folded where they differ only in their keys' indices (fancli.folding), computed once."""
         from .folding import fold_rows
 
-        return fold_rows(self.rows)
+        return fold_rows(self.rows, self.kin_ids)
 
     @property
     def shown(self) -> "list[Group]":
@@ -202,13 +211,15 @@ class Report:
         from .outputs import MACHINE_FORMATS
 
         report = self
-        kept = self.rows if fmt in MACHINE_FORMATS or show_all else tuple(
-            row for row in self.rows if len(row.layer.shape) >= 2)
+        if fmt in MACHINE_FORMATS or show_all:
+            kept, kin = self.rows, self.kin
+        else:
+            kept, kin = _with_fans(self.rows, self.kin_ids)
         hidden = len(self.rows) - len(kept)
         if hidden and kept:
             note = (f"{hidden} tensors below 2 dims (biases, norm weights: no fans in torch) not shown; --all "
                     "(show_all=True) shows them")
-            report = replace(report, rows=kept, notes=report.notes + (note,))
+            report = replace(report, rows=kept, notes=report.notes + (note,), kin=kin)
         return replace(report, expanded=True) if expand else report
 
     def _shown_as(self, fmt: str) -> str:
@@ -233,6 +244,29 @@ class Report:
         """Rows whose modes disagree most (spread > 1), largest first."""
         ranked = sorted((r for r in self.rows if r.spread and r.spread > 1 + 1e-9), key=lambda r: -r.spread)
         return ranked[:limit]
+
+
+@dataclass(frozen=True)
+class Kin:
+    """Which rows are alike: rows of one number in `ids` share every field but their layer, whose fields but
+    its names and data (`_UNREAD`) are equal too (`_analyze_all` made them from one analysis). Folding and
+    the JSON lines read each number's row once, not each of 90,000 rows. Valid for `rows`, the tuple it was
+    made with (`Report.kin_ids`)."""
+
+    rows: tuple[Row, ...]
+    ids: list[int]
+
+
+def _with_fans(rows: tuple[Row, ...], ids: list[int] | None) -> tuple[tuple[Row, ...], Kin | None]:
+    """The rows of 2 dims or more (what tables show by default), and their Kin where `ids` are known: the
+    test made once per number."""
+    if ids is None:
+        return tuple(row for row in rows if len(row.layer.shape) >= 2), None
+    first = dict(zip(reversed(ids), reversed(rows)))  # a row of each number
+    shown = {number: len(row.layer.shape) >= 2 for number, row in first.items()}
+    kept_ids = list(filter(shown.__getitem__, ids))
+    kept = tuple(itertools.compress(rows, map(shown.__getitem__, ids)))
+    return kept, Kin(kept, kept_ids)
 
 
 _SCHEME_OF_ROW, _RECIPE_OF, _INITS_OF = (operator.attrgetter(name) for name in ("scheme", "recipe", "inits"))
@@ -503,7 +537,7 @@ def _names_read(layer: Layer, settings: Settings, context: _Context) -> int:
 
 
 def _analyze_all(layers: list[Layer], settings: Settings, context: _Context, observed: dict[str, Observed],
-                 codes: list[int | None]) -> list[Row]:
+                 codes: list[int | None]) -> tuple[list[Row], list[int]]:
     """`analyze_layer` for each layer, computed once per distinct layer: a row depends on the layer's
     `_ANALYSED` fields and, as `_names_read` says from those, on none of its names, on its leaf name, or on
     its leaf, whether it is an attention module's bias, its sibling weight's fan_in and the recipe's role;
@@ -512,7 +546,8 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context, obs
     tail is among the layer's notes (`analyze_layer` would drop a repeat). Rows with observed statistics are
     always computed. Rows share the analysis (fans, inits, notes) and carry their own layer: analysing each
     of 92,000 tensors was half of a header-only inspect; a layer costs one C call for its key, one lookup
-    per level and its Row. `codes`: each layer's `_numbered` key."""
+    per level and its Row. `codes`: each layer's `_numbered` key. With the rows, their `Kin` numbers: one per
+    shared analysis, one of its own for a row computed alone."""
     entries: dict[int, tuple[int, dict]] = {}  # key's number -> what its rows read of their names, and those
     # names -> the row's fields (its notes the layer's then the tail), None where the tail repeats one
     bare: dict[tuple, tuple[dict[str, Any], tuple[str, ...]]] = {}  # (analysed fields, names) -> row, tail
@@ -520,10 +555,13 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context, obs
     fan_in_of: Any = None
     recipe = context.recipe
     rows = []
+    ids: list[int] = []
+    kin = _Numbering()  # id of a shared analysis's fields (kept alive in `entries`) -> its Kin number
     for layer, code in zip(layers, codes):
         seen = observed.get(layer.param) if observed else None
         if seen is not None or code is None:  # None: a loader left a list where a tuple belongs, no key
             rows.append(analyze_layer(layer, settings, context, seen))
+            ids.append(kin[len(rows), None])  # alike no other row
             continue
         entry = entries.get(code)
         if entry is None:
@@ -542,13 +580,15 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context, obs
             found = by_names[names] = _shared_fields(layer, names, bare, settings, context)
         if found is None:
             rows.append(analyze_layer(layer, settings, context))
+            ids.append(kin[len(rows), None])
             continue
+        ids.append(kin[id(found)])
         copy = found.copy()  # a Row's dict: the copy shares its keys too, copied whole (not key by key)
         copy["layer"] = layer
         row = object.__new__(Row)  # `replaced(template, layer=…)` without its call and keywords
         object.__setattr__(row, "__dict__", copy)  # frozen: set as dataclasses set fields
         rows.append(row)
-    return rows
+    return rows, ids
 
 
 class _Numbering(dict):
@@ -614,7 +654,8 @@ def analyze(
         raise SettingsError(f"no layer matches {' or '.join(repr(f) for f in settings.filters)} "
                             f"(the first layers: {', '.join(layer.param for layer in model.layers[:3])})")
     codes = _numbered(layers)
-    rows = tuple(_analyze_all(layers, settings, context, observed, codes))
+    analysed, ids = _analyze_all(layers, settings, context, observed, codes)
+    rows = tuple(analysed)
     from .summary import COUNTED, totals
 
     alike = None
@@ -626,7 +667,7 @@ def analyze(
     if context.recipe is not None:
         recipe_from = "--recipe" if settings.recipe else model.built_by.where if model.built_by else None
     return Report(command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out, rows,
-                  model.notes, totals(layers, alike), recipe_from=recipe_from)
+                  model.notes, totals(layers, alike), recipe_from=recipe_from, kin=Kin(rows, ids))
 
 
 def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:

@@ -104,7 +104,8 @@ def _data(layer) -> tuple:
 
 
 def _checked(monkeypatch, *modules) -> list:
-    """Run the real `layers_from_entries` in the loader `modules` and record (its layers, the oracle's)."""
+    """Run the real `layers_from_entries` (and `layers_from_columns`, the LayerTable read whole) in the loader
+    `modules` and record (its layers, the oracle's)."""
     seen = []
 
     def both(entries):
@@ -113,8 +114,15 @@ def _checked(monkeypatch, *modules) -> list:
         seen.append((layers, _one_by_one(entries)))
         return layers
 
+    def from_columns(columns):
+        layers = flat_keys.layers_from_columns(columns)
+        seen.append((tuple(layers), _one_by_one(map(columns.entry, range(len(columns.keys))))))
+        return layers
+
     for module in modules:
         monkeypatch.setattr(module, "layers_from_entries", both)
+        if hasattr(module, "layers_from_columns"):
+            monkeypatch.setattr(module, "layers_from_columns", from_columns)
     return seen
 
 
@@ -130,7 +138,7 @@ def test_every_copy_equals_its_entrys_own_layer_safetensors(tmp_path, monkeypatc
     seen = _checked(monkeypatch, safetensors_file)
     applied = []
     apply = flat_keys.KinTemplate.apply
-    monkeypatch.setattr(flat_keys.KinTemplate, "apply", lambda *args: applied.append(args[1].key) or apply(*args))
+    monkeypatch.setattr(flat_keys.KinTemplate, "apply", lambda *args: applied.append(args[1]) or apply(*args))
     loaders.load(str(path))
     (layers, oracle), = seen
     assert len(layers) == len(oracle) > 80

@@ -240,7 +240,8 @@ def test_float8_entries_are_decoded_as_torch_does(tmp_path, monkeypatch):
     tensors = {"q.weight": torch.randn(4, 8).to(torch.float8_e4m3fn), "fc.weight": torch.ones(4, 8)}
     safetensors_torch.save_file(tensors, str(path))
     seen = []
-    monkeypatch.setattr(safetensors_file, "layers_from_entries", lambda entries: seen.extend(entries) or ())
+    monkeypatch.setattr(safetensors_file, "layers_from_columns",
+                        lambda columns: seen.extend(map(columns.entry, range(len(columns.keys)))) or ())
     load_safetensors(path)
     fp8, fp32 = sorted(seen, key=lambda entry: entry.key != "q.weight")
     assert (fp8.key, fp8.dtype, fp8.shape) == ("q.weight", "float8_e4m3fn", (4, 8))

@@ -1,6 +1,7 @@
 """A header-only report is computed once per template (keys less their indices: `flat_keys._kin`, rows in
-`report._analyze_all`, JSON lines in `json_out._layer_lines`) and its header decoded by msgspec: every output
-must be the one computed key by key, by the stdlib's header checks, on a DeepSeek-V3-shaped checkpoint."""
+`report._analyze_all`, which says which rows are alike, `report.Kin`, for folding and the JSON lines) and its
+header decoded by msgspec: every output must be the one computed key by key, by the stdlib's header checks, on
+a DeepSeek-V3-shaped checkpoint."""
 
 from __future__ import annotations
 
@@ -92,9 +93,10 @@ def _key_by_key(monkeypatch) -> None:
     """Every template off: each entry's layer, row and JSON line computed on its own; headers by the stdlib."""
     monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 1 << 62)
     monkeypatch.setattr(safetensors_file, "natural_sorted", lambda keys: sorted(keys, key=natural_key))
-    monkeypatch.setattr(flat_keys, "_kin", lambda entries, modules, leaves: [None] * len(entries))
-    monkeypatch.setattr(report, "_analyze_all", lambda layers, settings, context, observed, codes: [
-        report.analyze_layer(layer, settings, context, observed.get(layer.param)) for layer in layers])
+    monkeypatch.setattr(flat_keys, "_kin", lambda shapes, dtypes, modules, leaves: [None] * len(modules))
+    monkeypatch.setattr(report, "_analyze_all", lambda layers, settings, context, observed, codes: (
+        [report.analyze_layer(layer, settings, context, observed.get(layer.param)) for layer in layers],
+        list(range(len(layers)))))  # each row alike no other: folded and written row by row
     monkeypatch.setattr(report, "_numbered", lambda layers: [None] * len(layers))  # totals layer by layer too
     monkeypatch.setattr(json_out, "_layer_lines", lambda done: (
         "    " + json_safe(json.dumps(json_out.layer_dict(row, done.command), ensure_ascii=False, allow_nan=False))

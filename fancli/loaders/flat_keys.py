@@ -8,6 +8,7 @@ Such a source knows names, shapes and dtypes only. Kinds come from key names (`i
 from __future__ import annotations
 
 import itertools
+import operator
 import re
 from collections import Counter
 from dataclasses import replace
@@ -17,10 +18,11 @@ from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Callable, Collection, Hashable, Iterable, Iterator, Mapping, NamedTuple
 
 from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
-from ..layer import Layer
+from ..columns import Numbering
+from ..layer import Layer, LayerTable
 from ..records import replaced
 from ..weights.dtypes import FLOATING, LOW_PRECISION_FLOATING
-from .entry import Entry
+from .entry import Entry, EntryColumns
 from .key_order import digit_templates
 from .module_structure import FUSED_QKV_NAME, fused_qkv
 from .quant_keys import (BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, is_mlx, mlx_layer,
@@ -162,7 +164,7 @@ def _layer_for(entry: Entry, shapes: Mapping[str, tuple[int, ...]]) -> Layer:
     return Layer(kind="unknown", **common)
 
 
-def _layer(entry: Entry, by_key: dict[str, Entry], keys: Collection[str], shapes: Mapping[str, tuple[int, ...]],
+def _layer(entry: Entry, by_key: Mapping[str, Entry], keys: Collection[str], shapes: Mapping[str, tuple[int, ...]],
            shared: dict[tuple[str, ...], tuple[str, ...]]) -> tuple[Layer, KinTemplate | None]:
     """The layer of one listed entry, and its template where the layer holds for every entry alike (`_kin`);
     `shared` holds one copy of each distinct notes tuple (90,000 FP8 weights and scales say a few dozen
@@ -202,20 +204,23 @@ class KinTemplate(NamedTuple):
     scale_leaf: str | None = None
     scaled: Callable[[Entry, Entry], TensorData] | None = None
 
-    def apply(self, entry: Entry, module: str, by_key: dict[str, Entry]) -> Layer:
-        data = entry.data
-        if self.scaled is not None:  # a weight's: its scale is its key with "weight" replaced
-            data = self.scaled(entry, by_key[entry.key.removesuffix("weight") + self.scale_leaf])
+    def apply(self, key: str, module: str, data: TensorData | None) -> Layer:
+        """The layer of `key` (in `module`) holding `data` (`data_of` for a weight with a scale)."""
         # `replaced(self.layer, name=…, param=…, data=…)` at half its cost: the template's __dict__ copied whole
         # (a copy that shares the class's keys, as the instance's own dict does: no more memory)
         fields = self.layer.__dict__.copy()
-        fields["name"], fields["param"], fields["data"] = module or entry.key, entry.key, data
+        fields["name"], fields["param"], fields["data"] = module or key, key, data
         layer = object.__new__(Layer)
         object.__setattr__(layer, "__dict__", fields)
         return layer
 
+    def data_of(self, key: str, by_key: Mapping[str, Entry]) -> TensorData:
+        """A weight's data dequantized by its scale, whose key is the weight's with "weight" replaced."""
+        assert self.scaled is not None and self.scale_leaf is not None
+        return self.scaled(by_key[key], by_key[key.removesuffix("weight") + self.scale_leaf])
 
-def _kin(entries: list[Entry], modules: list[str], leaves: list[str]) -> list[int | None]:
+
+def _kin(shapes: list[tuple[int, ...]], dtypes: list[str], modules: list[str], leaves: list[str]) -> list[int | None]:
     """Each entry's kin, in order: one number per distinct (its module's name with the index parts blanked,
     the module's tensors' leaves, shapes and dtypes). Every rule here reads a key's module through its
     names, never its indices, and reads no tensor but the module's own (a tensor whose owner is elsewhere
@@ -223,32 +228,30 @@ def _kin(entries: list[Entry], modules: list[str], leaves: list[str]) -> list[in
     a 92,000-tensor MoE checkpoint has a few dozen. An entry has no kin (it is computed on its own) where no
     other module's name blanks like its module's, and where one leaf names two of its module's entries
     (`weight` and `.weight` both have the module "", and shards may hold one key twice). `modules` and
-    `leaves` are the entries' keys split at their last dot."""
-    members: dict[str, list[int]] = {}
-    for index, module in enumerate(modules):
-        indices = members.get(module)
-        if indices is None:
-            members[module] = [index]
-        else:
-            indices.append(index)
-    blanked = dict(zip(members, _all_blanked(list(members))))
-    alike = Counter(blanked.values())
-    facts = list(zip(leaves, map(_SHAPE, entries), map(_DTYPE, entries)))
-    numbers: dict[tuple, int] = {}
-    kin: list[int | None] = [None] * len(entries)
-    for module, indices in members.items():
-        if alike[blanked[module]] < 2:
-            continue
-        if len(indices) == 1:
-            kin[indices[0]] = numbers.setdefault((blanked[module], (facts[indices[0]],)), len(numbers))
-        elif len(set(map(leaves.__getitem__, indices))) == len(indices):
-            number = numbers.setdefault((blanked[module], tuple(map(facts.__getitem__, indices))), len(numbers))
-            for i in indices:
-                kin[i] = number
-    return kin
+    `leaves` are the entries' keys split at their last dot; `shapes` and `dtypes` theirs."""
+    module_ids = Numbering()
+    of_module = list(map(module_ids.__getitem__, modules))  # each entry's module, numbered
+    facts = Numbering()
+    signatures: list[tuple[int, ...]] = [()] * len(module_ids)  # per module, its entries' facts, numbered
+    for module, fact in zip(of_module, map(facts.__getitem__, zip(leaves, shapes, dtypes))):
+        signatures[module] += (fact,)
+    blanked = _all_blanked(list(module_ids))
+    alike = Counter(blanked)
+    twice: set[int] = set()  # modules where one leaf names two entries
+    if len(set(zip(of_module, leaves))) < len(leaves):
+        seen: set[tuple[int, str]] = set()
+        for pair in zip(of_module, leaves):
+            if pair in seen:
+                twice.add(pair[0])
+            seen.add(pair)
+    numbers = Numbering()
+    kin_of = [numbers[name, signature] if alike[name] > 1 and module not in twice else None
+              for module, (name, signature) in enumerate(zip(blanked, signatures))]
+    return list(map(kin_of.__getitem__, of_module))
 
 
-_SHAPE, _DTYPE, _KEY = attrgetter("shape"), attrgetter("dtype"), attrgetter("key")
+_SHAPE, _DTYPE, _KEY, _DATA = attrgetter("shape"), attrgetter("dtype"), attrgetter("key"), attrgetter("data")
+_IDENTITY, _NOTES = attrgetter("identity"), attrgetter("notes")
 
 
 _INDEX_PART = re.compile(r"(?<![^.])[0-9]+(?![^.])")
@@ -308,7 +311,7 @@ def _listed(entry: Entry, keys: Collection[str]) -> bool:
     return leaf in QUANT_PACKED or int8 or is_bnb_4bit(entry, keys) or is_mlx(entry, keys)
 
 
-def _quantization(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry | None, float, str | None]:
+def _quantization(entry: Entry, entries: Mapping[str, Entry]) -> tuple[Entry | None, float, str | None]:
     """The scale beside an FP8 or int8 weight that dequantizes it, the factor, and the row's note; none for
     other weights."""
     module = entry.key[: -len("weight")]
@@ -330,72 +333,164 @@ def _quantization(entry: Entry, entries: dict[str, Entry]) -> tuple[Entry | None
 
 
 class _Shapes(Mapping):
-    """Key -> shape of the last listed entry of that key, read through `by_key` (the last entry of each key):
-    no second 90,000-key dict. Keys with an unlisted entry (buffers, shards holding one key twice) are held
-    apart."""
+    """Key -> shape of the last listed entry of that key (a dict of the last entry's shape of each key, and
+    the keys with an unlisted entry held apart: buffers, shards holding one key twice)."""
 
-    def __init__(self, entries: list[Entry], listed: list[bool], by_key: dict[str, Entry]) -> None:
-        self.by_key = by_key
-        odd = {entry.key for entry, kept in zip(entries, listed) if not kept}
+    def __init__(self, keys: list[str], shapes: list[tuple[int, ...]], listed: list[bool]) -> None:
+        self.last = dict(zip(keys, shapes))
+        odd = set(itertools.compress(keys, map(operator.not_, listed)))
         self.odd = {key: None for key in odd}
         if odd:
-            self.odd.update((entry.key, entry.shape) for entry, kept in zip(entries, listed)
-                            if kept and entry.key in odd)
+            self.odd.update((key, shape) for key, shape, kept in zip(keys, shapes, listed) if kept and key in odd)
 
     def __getitem__(self, key: str) -> tuple[int, ...]:
-        shape = self.odd[key] if key in self.odd else self.by_key[key].shape
+        shape = self.odd[key] if key in self.odd else self.last[key]
         if shape is None:
             raise KeyError(key)
         return shape
 
     def __iter__(self) -> Iterator[str]:
-        return (key for key in self.by_key if key not in self.odd or self.odd[key] is not None)
+        return (key for key in self.last if key not in self.odd or self.odd[key] is not None)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+class _ByKey(Mapping):
+    """Key -> the Entry of its last position in `columns`, made when it is read (a template's entry, a scale
+    read for its weight): 90,000 keys, a few hundred Entries."""
+
+    def __init__(self, columns: EntryColumns) -> None:
+        self.columns = columns
+        self.positions = dict(zip(columns.keys, range(len(columns.keys))))
+
+    def __getitem__(self, key: str) -> Entry:
+        return self.columns.entry(self.positions[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.positions)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def keys(self) -> Collection[str]:  # type: ignore[override]  # the positions' keys: `in` in C
+        return self.positions.keys()
 
 
 def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
     """Layers in source order; tied tensors reported once, the other keys as aliases. Quantization scales,
     metadata and buffers get kinds of their own (`quant_keys`); quantized weights their logical shape."""
     entries = list(entries)
-    by_key = dict(zip(map(_KEY, entries), entries))
-    keys = by_key.keys()  # a view: no second 92,000-key set
-    # Each key split once, at its last dot, into one string per module name (a weight and its scale share
-    # their layers' name) and per leaf
-    splits = list(map(str.rpartition, map(_KEY, entries), repeat(".")))
+    columns = EntryColumns(list(map(_KEY, entries)), list(map(_SHAPE, entries)), list(map(_DTYPE, entries)),
+                           entries.__getitem__, lambda position: entries[position].data)
+    identities = list(map(_IDENTITY, entries))
+    notes = list(map(_NOTES, entries))
+    return _layers(columns, dict(zip(columns.keys, entries)),
+                   None if identities.count(None) == len(identities) else identities,
+                   None if notes.count(()) == len(notes) else notes)
+
+
+def _split_all(keys: list[str]) -> tuple[list[str], list[str]]:
+    """Each key split once, at its last dot, into its module's name and its leaf, one string per distinct name
+    (a weight and its scale share their layers' name)."""
+    splits = list(map(str.rpartition, keys, repeat(".")))
     module_names: dict[str, str] = {}
     leaf_names: dict[str, str] = {}
     modules = list(map(module_names.setdefault, *itertools.tee(map(itemgetter(0), splits))))
     leaves = list(map(leaf_names.setdefault, *itertools.tee(map(itemgetter(2), splits))))
-    del splits, module_names, leaf_names
-    listed = [weight or _listed(entry, keys)  # `_listed`, its first test (`is_weight`) made on the split keys
-              for weight, entry in zip(map(_is_weight, map(_DTYPE, entries), leaves), entries)]
-    shapes = _Shapes(entries, listed, by_key)
+    return modules, leaves
+
+
+def _listed_all(columns: EntryColumns, leaves: list[str], key_set: Collection[str]) -> list[bool]:
+    """`_listed` of each tensor: its first test (`is_weight`) on the columns, the rest on its Entry."""
+    listed = list(map(_is_weight, columns.dtypes, leaves))
+    for position in itertools.compress(range(len(leaves)), map(operator.not_, listed)):
+        listed[position] = _listed(columns.entry(position), key_set)
+    return listed
+
+
+def layers_from_columns(columns: EntryColumns) -> LayerTable | tuple[Layer, ...]:
+    """`layers_from_entries` of tensors given as columns, as a LayerTable: one layer computed per template (the
+    entries of one `_kin` and leaf; an entry of no kin is a template of its own) from its first entry, the
+    others copied when read. Where one of a kin has no template (a packed or bnb 4-bit weight, a scale whose
+    weight is elsewhere: `_layer`), the layers of every entry, computed as `layers_from_entries` does."""
+    keys = columns.keys
+    by_key = _ByKey(columns)
+    key_set = by_key.keys()
+    modules, leaves = _split_all(keys)
+    listed = _listed_all(columns, leaves, key_set)
+    shapes = _Shapes(keys, columns.shapes, listed)
+    kin = _kin(columns.shapes, columns.dtypes, modules, leaves)
+    at = list(itertools.compress(range(len(keys)), listed))  # each layer's position
+    alike = [(number, leaves[position]) if number is not None else position
+             for position, number in zip(at, map(kin.__getitem__, at))]
+    numbering = Numbering()
+    numbers = list(map(numbering.__getitem__, alike))
+    firsts = [0] * len(numbering)
+    for index in range(len(numbers) - 1, -1, -1):  # each template's first layer
+        firsts[numbers[index]] = index
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+    templates: list[Layer] = []
+    copiers: list[KinTemplate | None] = []
+    for index in firsts:
+        layer, template = _layer(columns.entry(at[index]), by_key, key_set, shapes, shared)
+        if template is None and isinstance(alike[index], tuple):  # alike entries it cannot copy to
+            return _layers(columns, by_key, None, None)
+        templates.append(layer)
+        copiers.append(template)
+    params = list(map(keys.__getitem__, at))
+    names = [module or key for module, key in zip(map(modules.__getitem__, at), params)]
+    data_at = columns.data
+
+    def make(index: int) -> Layer:
+        number = numbers[index]
+        if firsts[number] == index:
+            return templates[number]
+        template, key = copiers[number], params[index]
+        assert template is not None  # a template of its own has one layer, its first
+        data = data_at(at[index]) if template.scaled is None else template.data_of(key, by_key)
+        return template.apply(key, names[index], data)
+
+    return LayerTable(params, names, numbers, templates, make)
+
+
+def _layers(columns: EntryColumns, by_key: Mapping[str, Entry], identities: list[Hashable] | None,
+            notes: list[tuple[str, ...]] | None) -> tuple[Layer, ...]:
+    """The layers of `columns` (`by_key`: key -> its last Entry), each entry's `identities` and `notes` where
+    any has one: a layer computed per distinct entry (`_kin`), copied for the rest."""
+    keys = columns.keys
+    key_set = by_key.keys()  # a view: no second 92,000-key set
+    modules, leaves = _split_all(keys)
+    listed = _listed_all(columns, leaves, key_set)
+    shapes = _Shapes(keys, columns.shapes, listed)
     first: dict[Hashable, int] = {}
     layers: list[Layer] = []
     aliases: dict[int, list[str]] = {}
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     templates: dict[tuple, KinTemplate | None] = {}
-    for entry, kept, number, module, leaf in zip(entries, listed, _kin(entries, modules, leaves), modules, leaves):
+    entry_at, data_at = columns.entry, columns.data
+    kin = _kin(columns.shapes, columns.dtypes, modules, leaves)
+    for position, key, kept, number, module, leaf in zip(itertools.count(), keys, listed, kin, modules, leaves):
         if not kept:
             continue
-        identity = entry.identity
+        identity = None if identities is None else identities[position]
         if identity is not None:
             if identity in first:
-                aliases.setdefault(first[identity], []).append(entry.key)
+                aliases.setdefault(first[identity], []).append(key)
                 continue
             first[identity] = len(layers)
         if number is None:
-            layers.append(_layer(entry, by_key, keys, shapes, shared)[0])
+            layers.append(_layer(entry_at(position), by_key, key_set, shapes, shared)[0])
             continue
-        alike = (number, leaf, entry.notes)
+        alike = (number, leaf, () if notes is None else notes[position])
         template = templates.get(alike)
         if template is None:
-            layer, templates[alike] = _layer(entry, by_key, keys, shapes, shared)
+            layer, templates[alike] = _layer(entry_at(position), by_key, key_set, shapes, shared)
             layers.append(layer)
+        elif template.scaled is None:
+            layers.append(template.apply(key, module, data_at(position)))
         else:
-            layers.append(template.apply(entry, module, by_key))
+            layers.append(template.apply(key, module, template.data_of(key, by_key)))
     for index, names in aliases.items():
         layer = layers[index]
         note = f"shared with {', '.join(names)} (tied weights, reported once)"

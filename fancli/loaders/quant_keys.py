@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import replace
-from typing import TYPE_CHECKING, Collection, NamedTuple
+from typing import TYPE_CHECKING, Collection, Mapping, NamedTuple
 
 from ..errors import SourceError
 from ..layer import Layer
@@ -98,7 +98,7 @@ COMPRESSED_SCALES = Auxiliary("quant_scale", "compressed-tensors scales (per cha
                               "the weight_packed beside it")
 
 
-def packed_auxiliary(entry: "Entry", entries: dict[str, "Entry"]) -> Auxiliary | None:
+def packed_auxiliary(entry: "Entry", entries: Mapping[str, "Entry"]) -> Auxiliary | None:
     """What the packed weight beside a tensor makes of it, where its key alone would mislead: compressed-tensors'
     `weight_scale` (FP8's by name), MLX's `scales` or `biases` (GPTQ's by name; told by the uint32 weight)."""
     module, _, leaf = entry.key.rpartition(".")
@@ -110,7 +110,7 @@ def packed_auxiliary(entry: "Entry", entries: dict[str, "Entry"]) -> Auxiliary |
     return (MLX_SCALES if leaf == "scales" else MLX_BIASES)._replace(owner=weight.key)
 
 
-def mlx_layer(entry: "Entry", entries: dict[str, "Entry"], where: str,
+def mlx_layer(entry: "Entry", entries: Mapping[str, "Entry"], where: str,
               stated: tuple[int, int] | None = None) -> Layer:
     """MLX's packed weight as the [out, in] weight it stands for: in = groups × group_size = columns × 32/bits,
     with the bits and group size config.json states (`stated`), else MLX's defaults (4, 64) where they fit,
@@ -215,7 +215,7 @@ def auxiliary_layer(entry: "Entry", found: Auxiliary, keys: Collection[str],
                  data=entry.data, notes=notes)
 
 
-def packed_layer(entry: "Entry", entries: dict[str, "Entry"], where: str) -> Layer:
+def packed_layer(entry: "Entry", entries: Mapping[str, "Entry"], where: str) -> Layer:
     """A packed quantized weight as the [out, in] Linear weight it stands for: GPTQ/AWQ's `qweight`,
     compressed-tensors' `weight_packed`."""
     if entry.key.endswith("weight_packed"):

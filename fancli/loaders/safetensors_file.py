@@ -18,7 +18,7 @@ from functools import partial
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter, mul, sub
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, NamedTuple, Sequence
 
 from ..errors import SourceError
 from ..kinds import kind
@@ -32,9 +32,9 @@ from ..safe_io import (
     read_bounded,
 )
 from ..weights.dtypes import DTYPES
-from ..weights.tensors import ByteSource, contiguous_ref, row_major_strides
-from .entry import Entry
-from .flat_keys import layers_from_entries
+from ..weights.tensors import ByteSource, StridedRef, contiguous_ref, row_major_strides
+from .entry import Entry, EntryColumns
+from .flat_keys import layers_from_columns, layers_from_entries
 from .key_order import is_sorted, natural_sorted
 from .safetensors_dtypes import SAFETENSORS_DTYPES
 from .links import leads_outside, link_root
@@ -366,21 +366,23 @@ def _section(ranges: Ranges, header: Header) -> ByteSource:
 
 def _entry(ranges: Ranges, section: ByteSource, header: Header, tensor: _Tensor, key: str,
            identity: str | None) -> Entry:
-    """An Entry with a lazy handle on the tensor's bytes (at its offset in `section`, or in a range of its own
-    where it does not begin on a whole element); None where fancli cannot decode the dtype."""
-    data = None
+    """An Entry with a lazy handle on the tensor's bytes (`_data`)."""
+    return Entry(key, tensor.shape, tensor.dtype, _data(ranges, section, header, tensor), identity)
+
+
+def _data(ranges: Ranges, section: ByteSource, header: Header, tensor: _Tensor) -> StridedRef | None:
+    """A lazy handle on the tensor's bytes (at its offset in `section`, or in a range of its own where it does
+    not begin on a whole element); None where fancli cannot decode the dtype."""
     dtype = tensor.dtype
-    if dtype in DTYPES:
-        shape = tensor.shape
-        strides, elements, itemsize = _extent(shape, dtype)
-        begin = tensor.begin
-        if begin % itemsize:
-            data = contiguous_ref(ranges(header.data_start + begin, tensor.end - begin), dtype, shape, strides, 0,
-                                  elements)
-        else:
-            data = contiguous_ref(section, dtype, shape, strides, begin // itemsize, _elements(header.data_size,
-                                                                                             itemsize))
-    return Entry(key, tensor.shape, dtype, data, identity)
+    if dtype not in DTYPES:
+        return None
+    shape = tensor.shape
+    strides, elements, itemsize = _extent(shape, dtype)
+    begin = tensor.begin
+    if begin % itemsize:
+        return contiguous_ref(ranges(header.data_start + begin, tensor.end - begin), dtype, shape, strides, 0,
+                              elements)
+    return contiguous_ref(section, dtype, shape, strides, begin // itemsize, _elements(header.data_size, itemsize))
 
 
 def _entries(ranges: Ranges, section: ByteSource, header: Header, keys: Iterable[str]) -> Iterator[Entry]:
@@ -440,7 +442,11 @@ def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
 
 def model_from_header(source: str, ranges: Ranges, header: Header) -> Model:
     """One safetensors file's Model from its validated header (`parse_header`), its bytes read by `ranges`."""
-    layers = layers_from_entries(_entries(ranges, _section(ranges, header), header, natural_sorted(header.tensors)))
+    keys = natural_sorted(header.tensors)
+    section = _section(ranges, header)
+    n = len(keys)
+    layers = layers_from_columns(_columns(keys, [ranges] * n, [section] * n, [header] * n)) if not header.ties \
+        else layers_from_entries(_entries(ranges, section, header, keys))
     return Model(source=source, format="safetensors", layers=_in_layout(layers, [header]),
                  notes=_notes(header.metadata), built_by=_built_by([header]))
 
@@ -535,6 +541,23 @@ def model_from_shards(source: str, weight_map: dict[str, str],
     for shard in dict.fromkeys(map(weight_map.__getitem__, keys)):  # in the order the keys are read
         ranges, header = read(shard)
         headers[shard] = ranges, _section(ranges, header), header
+    notes = tuple(dict.fromkeys(note for _, _, header in headers.values() for note in _notes(header.metadata)))
+    # The headers' metadata alone past the layers: their 90,000 entries are freed once the layers are built
+    written = [header._replace(tensors={}, ties={}) for _, _, header in headers.values()]
+    columns = _mapped_columns(keys, weight_map, headers)
+    layers = layers_from_entries(_mapped_entries(source, keys, weight_map, headers)) if columns is None else \
+        layers_from_columns(columns)
+    del headers, keys, columns
+    return Model(source=source, format="safetensors-sharded", notes=notes, layers=_in_layout(layers, written),
+                 built_by=_built_by(written))
+
+
+Shard = tuple[Ranges, ByteSource, Header]  # a shard's byte ranges, data section and validated header
+
+
+def _mapped_entries(source: str, keys: list[str], weight_map: dict[str, str], headers: dict[str, Shard]) -> list[Entry]:
+    """Each key's Entry from the shard the index maps it to, a tied key's followed by the keys tied to it; a
+    key its shard lacks is a SourceError."""
     entries: list[Entry] = []
     for key in keys:
         shard = weight_map[key]
@@ -546,9 +569,39 @@ def model_from_shards(source: str, weight_map: dict[str, str],
             entries.extend(_entries(ranges, section, header, [key]))
         else:  # no tied keys in this shard: one entry, no generator (92,000 keys)
             entries.append(_entry(ranges, section, header, tensor, key, None))
-    notes = tuple(dict.fromkeys(note for _, _, header in headers.values() for note in _notes(header.metadata)))
-    # The headers' metadata alone from here: their 90,000 entries are freed before the layers are built
-    written = [header._replace(tensors={}, ties={}) for _, _, header in headers.values()]
-    del headers, keys
-    return Model(source=source, format="safetensors-sharded", notes=notes,
-                 layers=_in_layout(layers_from_entries(entries), written), built_by=_built_by(written))
+    return entries
+
+
+def _mapped_columns(keys: list[str], weight_map: dict[str, str], headers: dict[str, Shard]) -> EntryColumns | None:
+    """The keys' tensors as columns, each from the shard the index maps it to, that checked by comparing two
+    lists in C; None where a shard has tied keys, or where a key is not in its shard, or in a later one too
+    (`_mapped_entries` then says which, or reads each key from its own shard)."""
+    if any(header.ties for _, _, header in headers.values()):
+        return None
+    holder: dict[str, str] = {}  # key -> the last shard that has it
+    for shard, (_, _, header) in headers.items():
+        holder.update(dict.fromkeys(header.tensors, shard))
+    shards = list(map(weight_map.__getitem__, keys))
+    if list(map(holder.get, keys)) != shards:
+        return None
+    del holder
+    return _columns(keys, *zip(*map(headers.__getitem__, shards)))
+
+
+def _columns(keys: list[str], ranges: Sequence[Ranges], sections: Sequence[ByteSource],
+             headers: Sequence[Header]) -> EntryColumns:
+    """Columns of the tensors of `keys`, the key at each position in `headers` at that position (a shard's,
+    with its ranges and data section, `Shard`)."""
+    tensors = list(map(dict.__getitem__, map(attrgetter("tensors"), headers), keys))
+
+    def data(position: int) -> StridedRef | None:
+        return _data(ranges[position], sections[position], headers[position], tensors[position])
+
+    def entry(position: int) -> Entry:
+        return _entry(ranges[position], sections[position], headers[position], tensors[position], keys[position],
+                      None)
+
+    return EntryColumns(keys, list(map(_SHAPE, tensors)), list(map(_DTYPE, tensors)), entry, data)
+
+
+_SHAPE, _DTYPE = attrgetter("shape"), attrgetter("dtype")

@@ -235,7 +235,39 @@ _LAYER_READ = operator.attrgetter("kind", "shape", "dtype", "aliases", "hf_name"
 
 
 def _layer_lines(report: Report) -> Iterator[str]:
-    """Each row's JSON line, made safe (`json_safe`). Rows alike in all `layer_dict` reads (`_ROW_READ`,
+    """Each row's JSON line, made safe (`json_safe`): by `Kin` where the report knows which rows are alike and
+    none names its HF key, else row by row."""
+    ids = report.kin_ids
+    if ids is None or any(map(_HF_NAME, report.rows)):
+        return _row_lines(report)
+    return _kin_lines(report, ids)
+
+
+_NAME, _PARAM, _HF_NAME = (operator.attrgetter(f"layer.{name}") for name in ("name", "param", "hf_name"))
+
+
+def _kin_lines(report: Report, ids: list[int]) -> Iterator[str]:
+    """The lines of rows whose `Kin` numbers are `ids`: rows of one number differ in "name" and "param" alone
+    (neither names an HF key), the first two keys; the rest of the line is serialised (and made safe) once per
+    number, the names are written LINES_PER_CHUNK rows at a time."""
+    rows = report.rows
+    tails = {}  # number -> its line after the param's
+    for number, row in dict(zip(reversed(ids), reversed(rows))).items():
+        out = layer_dict(row, report.command)
+        del out["name"], out["param"]
+        tails[number] = json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])
+    encode = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) writes
+    for start in range(0, len(rows), LINES_PER_CHUNK):
+        some = rows[start:start + LINES_PER_CHUNK]
+        names, params = list(map(encode, map(_NAME, some))), list(map(encode, map(_PARAM, some)))
+        if not ("".join(names).isascii() and "".join(params).isascii()):  # json_safe's own first test
+            names, params = list(map(json_safe, names)), list(map(json_safe, params))
+        yield from [f'    {{"name": {name}, "param": {param}, {tail}' for name, param, tail
+                    in zip(names, params, map(tails.__getitem__, ids[start:start + LINES_PER_CHUNK]))]
+
+
+def _row_lines(report: Report) -> Iterator[str]:
+    """The lines row by row. Rows alike in all `layer_dict` reads (`_ROW_READ`,
     `_LAYER_READ`, the same fans and inits objects) but their names and notes differ only in "name" and
     "param", the first two keys, and "notes", the last one without --stats: the middle of the line is
     serialised (and made safe) once per distinct row, the notes once per distinct notes, not once per tensor
