@@ -97,8 +97,8 @@ def run(model: Model, request: Request, on_chunk: Callable[[int], None] | None =
         from .weights.spectral import require_scipy
 
         require_scipy()  # one line naming the extra, before anything is read
-    layers = selected(model, request.settings.filters)
     stats = (request.infer, request.infer) if request.stats or request.infer else None  # kurtosis, structure
+    layers = selected(model, request.settings.filters) if request.reads_weights else []
     read: dict = {}
     if request.spectral:  # with --stats too, each tensor read once: its statistics from the same chunks
         from .spectral import read_spectra

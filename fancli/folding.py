@@ -36,7 +36,7 @@ class Group:
 
     pattern: str
     indices: tuple[tuple[int, ...], ...]  # per index position of the pattern, its values ascending
-    rows: tuple[Any, ...]
+    rows: Sequence[Any]  # a tuple, or a report's rows made when read (`report.RowTable.take`)
 
     @property
     def row(self) -> Any:
@@ -301,17 +301,20 @@ def by_observed_std(rows: list[Row]) -> list[list[Row]]:
     return by_std(rows, _observed_std)
 
 
-def fold_rows(rows: Iterable[Row], kin: list[int] | None = None) -> list[Group]:
-    """The groups a table shows for these rows (singletons included); `kin`: the rows' `report.Kin` numbers,
-    where known: rows of one number show alike, so `shown` is read once per number."""
-    rows = list(rows)
+def fold_rows(rows: Iterable[Row]) -> list[Group]:
+    """The groups a table shows for these rows (singletons included)."""
     inits_of: dict[int, tuple] = {}
-    if kin is None:
-        return fold(rows, _PARAM, lambda row: shown(row, inits_of), by_observed_std)
-    first = dict(zip(reversed(kin), reversed(rows)))  # a row of each number
-    alike: dict[Hashable, Hashable] = {}  # numbers that show alike fold together: one value for them all
-    value = {number: alike.setdefault(shown(row, inits_of), number) for number, row in first.items()}
-    return fold(rows, _PARAM, map(value.__getitem__, kin), by_observed_std)
+    return fold(list(rows), _PARAM, lambda row: shown(row, inits_of), by_observed_std)
+
+
+def fold_alike(params: list[str], kin: list[int], firsts: dict[int, Row]) -> list[Group]:
+    """`fold_rows` of rows without observed values given as their keys and `report.Kin` numbers (`firsts`: a
+    row of each number): rows of one number show alike, so `shown` is read once per number. The groups hold
+    the rows' positions, which the report turns into its rows."""
+    inits_of: dict[int, tuple] = {}
+    alike: dict[Hashable, int] = {}  # numbers that show alike fold together: one value for them all
+    value = {number: alike.setdefault(shown(row, inits_of), number) for number, row in firsts.items()}
+    return fold(range(len(params)), params.__getitem__, map(value.__getitem__, kin))
 
 
 _PARAM = operator.attrgetter("layer.param")

@@ -14,7 +14,7 @@ import operator
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Hashable
+from typing import TYPE_CHECKING, Any, Hashable, Iterable
 
 from .analysis import fans as fans_mod
 from .analysis import gains, schemes
@@ -22,7 +22,8 @@ from .analysis.fans import LayerFans
 from .analysis.schemes import InitValues
 from .errors import SettingsError
 from .kinds import has_init
-from .layer import Layer, Model
+from .columns import LazyTuple, Numbering
+from .layer import Layer, LayerTable, Model
 from .records import replaced
 from .vocab import FAN_CONVENTIONS
 
@@ -157,18 +158,33 @@ class Report:
     kin: "Kin | None" = field(default=None, compare=False, repr=False)  # which rows are alike, where analysis knows
 
     @property
-    def kin_ids(self) -> "list[int] | None":
-        """Each row's `Kin` number, where the report knows them for these very rows (a report remade with
-        other rows, `replace(report, rows=…)`, does not: its rows are then read one by one)."""
+    def alike(self) -> "Kin | None":
+        """Which rows are alike, where the report knows it for these very rows (a report remade with other
+        rows, `replace(report, rows=…)`, does not: its rows are then read one by one)."""
         kin = self.kin
-        return kin.ids if kin is not None and kin.rows is self.rows else None
+        return kin if kin is not None and kin.rows is self.rows else None
+
+    @property
+    def distinct_rows(self) -> "Iterable[Row]":
+        """A row of each kind the report has (`Kin.firsts`), else every row: what is asked of every row's
+        fields but its names (its scheme, modes, recipe) is asked of these."""
+        alike = self.alike
+        return self.rows if alike is None else alike.firsts().values()
 
     @cached_property
     def groups(self) -> "list[Group]":
         """The rows folded where they differ only in their keys' indices (fancli.folding), computed once."""
-        from .folding import fold_rows
+        from .folding import Group, fold_alike, fold_rows
 
-        return fold_rows(self.rows, self.kin_ids)
+        rows, alike = self.rows, self.alike
+        if alike is None or (not isinstance(rows, RowTable) and any(map(_OBSERVED_OF, rows))):
+            return fold_rows(rows)  # observed values part a group by their stds: read row by row
+        if isinstance(rows, RowTable):
+            params, take = rows.params, rows.take
+        else:
+            params, take = list(map(_PARAM_OF, rows)), lambda at: tuple(map(rows.__getitem__, at))
+        return [Group(group.pattern, group.indices, take(group.rows))
+                for group in fold_alike(params, alike.ids, alike.firsts())]
 
     @property
     def shown(self) -> "list[Group]":
@@ -192,13 +208,13 @@ class Report:
     @property
     def recipe(self) -> "recipes.Recipe | None":
         """The library recipe the rows follow, where they follow one."""
-        names = set(map(_RECIPE_OF, self.rows))
+        names = set(map(_RECIPE_OF, self.distinct_rows))
         return _recipes().RECIPES[names.pop()] if len(names) == 1 and None not in names else None
 
     def __repr__(self) -> str:
         """Short: a notebook cell or a log shows what the report is, not 25,000 characters of rows."""
-        schemes = schemes_used(self.rows)
-        modes = self.modes or tuple(modes_used(self.rows))
+        schemes = schemes_used(self.distinct_rows)
+        modes = self.modes or tuple(modes_used(self.distinct_rows))
         init = f"{'/'.join(schemes) or 'no layers'} {' vs '.join(modes)}".strip()
         name = self.source.rsplit("/", 1)[-1]
         count = len(self.rows)
@@ -214,7 +230,7 @@ class Report:
         if fmt in MACHINE_FORMATS or show_all:
             kept, kin = self.rows, self.kin
         else:
-            kept, kin = _with_fans(self.rows, self.kin_ids)
+            kept, kin = _with_fans(self.rows, self.alike)
         hidden = len(self.rows) - len(kept)
         if hidden and kept:
             note = (f"{hidden} tensors below 2 dims (biases, norm weights: no fans in torch) not shown; --all "
@@ -249,26 +265,92 @@ class Report:
 @dataclass(frozen=True)
 class Kin:
     """Which rows are alike: rows of one number in `ids` share every field but their layer, whose fields but
-    its names and data (`_UNREAD`) are equal too (`_analyze_all` made them from one analysis). Folding and
-    the JSON lines read each number's row once, not each of 90,000 rows. Valid for `rows`, the tuple it was
-    made with (`Report.kin_ids`)."""
+    its names and data (`_UNREAD`) are equal too (`_analyze_all` made them from one analysis, or a RowTable
+    from one template). Folding and the JSON lines read each number's row once, not each of 90,000 rows.
+    Valid for `rows`, the very sequence it was made with (`Report.alike`). Numbers count up in order of
+    their first row."""
 
-    rows: tuple[Row, ...]
+    rows: "tuple[Row, ...] | RowTable"
     ids: list[int]
 
+    def firsts(self) -> dict[int, Row]:
+        """A row of each number, in order of the number's first row: a RowTable's template rows, which
+        differ from the first row of theirs in their names alone."""
+        rows = self.rows
+        if isinstance(rows, RowTable):
+            return {number: rows.templates[number] for number in sorted(set(self.ids))}
+        first = dict(zip(reversed(self.ids), reversed(rows)))  # reversed: each number's first row wins
+        return {number: first[number] for number in sorted(first)}
 
-def _with_fans(rows: tuple[Row, ...], ids: list[int] | None) -> tuple[tuple[Row, ...], Kin | None]:
-    """The rows of 2 dims or more (what tables show by default), and their Kin where `ids` are known: the
-    test made once per number."""
-    if ids is None:
+
+class RowTable(LazyTuple[Row]):
+    """A report's rows as columns (`fancli.columns`): each row's layer, a position in its model's LayerTable
+    (`at`), and its template (`kin`), whose row in `templates` it copies but for the layer. What folding, the
+    JSON lines and `as_read` read; every other reader reads Rows, made when read, one by one through `made`
+    (shared with the tables `subset` and `take` make, so that a row read twice is the same object)."""
+
+    __slots__ = ("layers", "at", "kin", "templates", "made")
+
+    def __init__(self, layers: LayerTable, at: list[int], kin: list[int], templates: list[Row],
+                 made: LazyTuple[Row] | None = None) -> None:
+        if made is None:
+            made = LazyTuple(len(layers), lambda position: self._row(position))
+        super().__init__(len(at), lambda index: made[at[index]])
+        self.layers, self.at, self.kin, self.templates, self.made = layers, at, kin, templates, made
+
+    def _row(self, position: int) -> Row:
+        """The row of the layer at `position`: its template's row, the layer put in (or the row itself, for the
+        template's own layer)."""
+        layer = self.layers[position]
+        template = self.templates[self.layers.kin[position]]
+        if template.layer is layer:
+            return template
+        fields = template.__dict__.copy()  # as `_analyze_all` copies a row: the dict whole, the layer put in
+        fields["layer"] = layer
+        row = object.__new__(Row)
+        object.__setattr__(row, "__dict__", fields)
+        return row
+
+    def whole(self) -> tuple[Row, ...]:
+        if len(self.at) == len(self.made):  # every row: made at once, the layers first
+            self.layers.whole()
+            return self.made.whole()
+        return super().whole()
+
+    @property
+    def params(self) -> list[str]:
+        """Each row's parameter key."""
+        return list(map(self.layers.params.__getitem__, self.at))
+
+    @property
+    def names(self) -> list[str]:
+        """Each row's layer name."""
+        return list(map(self.layers.names.__getitem__, self.at))
+
+    def subset(self, keep: Iterable[bool]) -> RowTable:
+        """The rows `keep` says, in order, as a table."""
+        keep = list(keep)
+        return RowTable(self.layers, list(itertools.compress(self.at, keep)),
+                        list(itertools.compress(self.kin, keep)), self.templates, self.made)
+
+    def take(self, indices: Iterable[int]) -> LazyTuple[Row]:
+        """The rows at `indices`, made when read."""
+        at = list(map(self.at.__getitem__, indices))
+        return LazyTuple(len(at), lambda index: self.made[at[index]])
+
+
+def _with_fans(rows: tuple[Row, ...], kin: Kin | None) -> tuple[tuple[Row, ...] | RowTable, Kin | None]:
+    """The rows of 2 dims or more (what tables show by default), and their Kin where it is known: the test
+    made once per number."""
+    if kin is None:
         return tuple(row for row in rows if len(row.layer.shape) >= 2), None
-    first = dict(zip(reversed(ids), reversed(rows)))  # a row of each number
-    shown = {number: len(row.layer.shape) >= 2 for number, row in first.items()}
-    kept_ids = list(filter(shown.__getitem__, ids))
-    kept = tuple(itertools.compress(rows, map(shown.__getitem__, ids)))
-    return kept, Kin(kept, kept_ids)
+    shown = {number: len(row.layer.shape) >= 2 for number, row in kin.firsts().items()}
+    keep = list(map(shown.__getitem__, kin.ids))
+    kept = rows.subset(keep) if isinstance(rows, RowTable) else tuple(itertools.compress(rows, keep))
+    return kept, Kin(kept, list(itertools.compress(kin.ids, keep)))
 
 
+_OBSERVED_OF, _PARAM_OF = operator.attrgetter("observed"), operator.attrgetter("layer.param")
 _SCHEME_OF_ROW, _RECIPE_OF, _INITS_OF = (operator.attrgetter(name) for name in ("scheme", "recipe", "inits"))
 
 
@@ -402,7 +484,8 @@ def _recipe(model: Model, settings: Settings) -> "tuple[recipes.Recipe | None, d
     facts = dict(model.built_by.facts) if model.built_by else {}
     if settings.recipe:
         chosen = _recipes().recipe(settings.recipe)
-    elif settings.scheme or settings.modes or any(map(_SCHEME_OF, model.layers)) or any(map(_MODE_OF, model.layers)):
+    elif settings.scheme or settings.modes or any(map(_SCHEME_OF, _distinct_layers(model))) or \
+            any(map(_MODE_OF, _distinct_layers(model))):
         return None, facts
     else:
         chosen = _recipes().for_source(model.built_by) if model.built_by else None
@@ -556,7 +639,7 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context, obs
     recipe = context.recipe
     rows = []
     ids: list[int] = []
-    kin = _Numbering()  # id of a shared analysis's fields (kept alive in `entries`) -> its Kin number
+    kin = Numbering()  # id of a shared analysis's fields (kept alive in `entries`) -> its Kin number
     for layer, code in zip(layers, codes):
         seen = observed.get(layer.param) if observed else None
         if seen is not None or code is None:  # None: a loader left a list where a tuple belongs, no key
@@ -591,19 +674,11 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context, obs
     return rows, ids
 
 
-class _Numbering(dict):
-    """Key -> its number, in order of first appearance (a miss numbers the key)."""
-
-    def __missing__(self, key: Hashable) -> int:
-        number = self[key] = len(self)
-        return number
-
-
 def _numbered(layers: list[Layer]) -> list[int | None]:
-    """The number of each layer's `_KEYED` fields (`_Numbering`) in one C loop (the keys are not kept); None
+    """The number of each layer's `_KEYED` fields (`Numbering`) in one C loop (the keys are not kept); None
     where they cannot be hashed. Layers of one number count alike in the totals: `summary.COUNTED` are
     analysed fields."""
-    numbers = _Numbering()
+    numbers = Numbering()
     try:
         return list(map(numbers.__getitem__, map(_KEYED_ITEMS, map(vars, layers))))
     except (TypeError, KeyError):  # a key that cannot be hashed; a layer whose fields are not all in its dict
@@ -649,6 +724,15 @@ def analyze(
     pool_fan_out = settings.pool_fan_out if settings.pool_fan_out is not None else bool(model.pool_fan_out)
     context = _context(model, settings, fan_convention, pool_fan_out)
     observed = observed or {}
+    recipe_from = None
+    if context.recipe is not None:
+        recipe_from = "--recipe" if settings.recipe else model.built_by.where if model.built_by else None
+    table = model.layers if isinstance(model.layers, LayerTable) and not observed and not settings.filters else None
+    found = None if table is None else _table_report(table, settings, context)
+    if found is not None:
+        rows, counted = found
+        return Report(command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out,
+                      rows, model.notes, counted, recipe_from=recipe_from, kin=Kin(rows, rows.kin))
     layers = selected(model, settings.filters)
     if settings.filters and model.layers and not layers:
         raise SettingsError(f"no layer matches {' or '.join(repr(f) for f in settings.filters)} "
@@ -662,12 +746,30 @@ def analyze(
     if None not in codes:  # the layers of one key count alike: each key once, with how many have it
         one = dict(zip(codes, layers))  # a layer of each key (the last: any counts as all of them do)
         alike = [(COUNTED(one[code]), times) for code, times in Counter(codes).items()]
-
-    recipe_from = None
-    if context.recipe is not None:
-        recipe_from = "--recipe" if settings.recipe else model.built_by.where if model.built_by else None
     return Report(command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out, rows,
                   model.notes, totals(layers, alike), recipe_from=recipe_from, kin=Kin(rows, ids))
+
+
+def _table_report(table: LayerTable, settings: Settings, context: _Context) -> "tuple[RowTable, Totals] | None":
+    """The rows of a LayerTable as a RowTable, each template's layer analysed once (`_analyze_all`), and their
+    totals, each template's counted once × its layers; None where a template's row would read its layers'
+    module names (torch_default's rules, a recipe's: `_names_read`), which differ in its copies: then the
+    layers are analysed one by one, as any model's are."""
+    from .summary import COUNTED, totals
+
+    templates = table.templates
+    if any(_names_read(layer, settings, context) == _MODULE for layer in templates):
+        return None
+    rows, _ = _analyze_all(templates, settings, context, {}, _numbered(templates))
+    counts = Counter(table.kin)
+    alike = [(COUNTED(layer), counts[number]) for number, layer in enumerate(templates)]
+    return RowTable(table, list(range(len(table))), table.kin, rows), totals(templates, alike)
+
+
+def _distinct_layers(model: Model) -> Iterable[Layer]:
+    """A layer of each kind the model has where it knows them (a LayerTable's templates), else every layer:
+    what is asked of every layer's fields but its names."""
+    return model.layers.templates if isinstance(model.layers, LayerTable) else model.layers
 
 
 def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:

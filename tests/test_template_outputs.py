@@ -98,6 +98,7 @@ def _key_by_key(monkeypatch) -> None:
         [report.analyze_layer(layer, settings, context, observed.get(layer.param)) for layer in layers],
         list(range(len(layers)))))  # each row alike no other: folded and written row by row
     monkeypatch.setattr(report, "_numbered", lambda layers: [None] * len(layers))  # totals layer by layer too
+    monkeypatch.setattr(report, "_table_report", lambda table, settings, context: None)  # no RowTable
     monkeypatch.setattr(json_out, "_layer_lines", lambda done: (
         "    " + json_safe(json.dumps(json_out.layer_dict(row, done.command), ensure_ascii=False, allow_nan=False))
         for row in done.rows))
@@ -170,3 +171,30 @@ def test_a_recipe_rule_reading_a_third_name_keeps_rows_apart(tmp_path, monkeypat
     notes = {layer["param"]: " ".join(layer["notes"]) for layer in json.loads(templated.out)["layers"]}
     assert "zero_init_residual" in notes["layer1.0.bn2.weight"]
     assert "zero_init_residual" not in notes["abc.0.bn2.weight"]
+
+
+def test_a_table_reads_as_the_tuple_of_layers_and_rows_computed_one_by_one(checkpoint):
+    """`fancli.load` of a sharded checkpoint gives a LayerTable and `inspect` a RowTable: each must equal the
+    tuple the per-layer path gives, read whole or item by item, and a row read twice is one object."""
+    from dataclasses import replace
+
+    from fancli.layer import LayerTable
+
+    model = api.load(str(checkpoint))
+    assert isinstance(model.layers, LayerTable) and len(model.layers.templates) < len(model.layers) / 3
+    one_by_one = replace(model, layers=tuple(api.load(str(checkpoint)).layers))
+    tabled = api.run(model, report.Request())
+    assert isinstance(tabled.rows, report.RowTable)
+    plain = api.run(one_by_one, report.Request())
+    assert not isinstance(plain.rows, report.RowTable)
+    some = [tabled.rows[i] for i in (5, -1, 0, 5)]  # item by item first: the table is not read whole
+    assert some[0] is some[3] and some[1] is tabled.rows[len(plain.rows) - 1]
+    assert tabled.rows == plain.rows and tuple(tabled.rows) == tuple(plain.rows) and len(tabled.rows) == len(plain.rows)
+    assert tabled.rows[5] is some[0] and tabled.rows[2:4] == plain.rows[2:4]
+    assert model.layers == one_by_one.layers and model.layers[7] is model.layers[7]
+    assert tabled.summary == plain.summary
+    for shown, kept in ((tabled.as_read("table"), plain.as_read("table")), (tabled, plain)):
+        assert [(g.pattern, g.indices, tuple(g.rows)) for g in shown.groups] == \
+            [(g.pattern, g.indices, g.rows) for g in kept.groups]
+        members = {id(row) for group in shown.groups for row in group.rows}
+        assert members == {id(row) for row in shown.rows}  # the groups hold the report's own rows

@@ -82,19 +82,19 @@ class Footnotes:
 def varies(report: Report, attribute: str) -> bool:
     """Whether rows differ in a per-layer choice (scheme, mode), so it needs a column."""
     if attribute == "mode":
-        return len({",".join(inits) for inits in distinct_inits(report.rows)}) > 1
-    return len(set(map(operator.attrgetter(attribute), report.rows))) > 1
+        return len({",".join(inits) for inits in distinct_inits(report.distinct_rows)}) > 1
+    return len(set(map(operator.attrgetter(attribute), report.distinct_rows))) > 1
 
 
 def _any(report: Report, attribute: str) -> bool:
     """Whether a row has the attribute (--stats' observed, --spectral's, --infer's), checked in C."""
-    return not all(map(operator.is_, map(operator.attrgetter(attribute), report.rows), repeat(None)))
+    return not all(map(operator.is_, map(operator.attrgetter(attribute), report.distinct_rows), repeat(None)))
 
 
 def title(report: Report) -> str:
     name = f" ({report.model_name})" if report.model_name else ""
-    schemes = schemes_used(report.rows)
-    modes = report.modes or tuple(modes_used(report.rows))
+    schemes = schemes_used(report.distinct_rows)
+    modes = report.modes or tuple(modes_used(report.distinct_rows))
     recipe = report.recipe
     expectation = [f"recipe {recipe.name} ({report.recipe_from}: {recipe.reproduces})"] if recipe else [
         f"scheme {'/'.join(schemes) if schemes else report.settings.scheme or '—'}",
@@ -117,7 +117,7 @@ def _fans_named(report: Report) -> str:
     jax, torch; several where the layers mix layouts)."""
     if report.fan_convention != "torch":
         return report.fan_convention
-    layers = list(map(_LAYER, report.rows))
+    layers = list(map(_LAYER, report.distinct_rows))
     named = sorted(set(map(convention_of, compress(layers, map((2).__le__, map(len, map(_SHAPE, layers)))))))
     return "/".join(named) or "torch"
 

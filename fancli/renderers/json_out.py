@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from ..analysis.schemes import InitValues
 from ..analysis.schemes import scheme as find_scheme
 from ..folding import Group
-from ..report import SCHEMA_VERSION, Report, Row, modes_used, schemes_used
+from ..report import SCHEMA_VERSION, Kin, Report, Row, RowTable, modes_used, schemes_used
 from ..summary import numel
 from ..text import json_safe
 
@@ -186,8 +186,8 @@ def groups_dict(group: Group, elements: Callable[[Any], int] = lambda row: numel
 def report_dict(report: Report, rows: bool = True) -> dict[str, Any]:
     """The whole report as the JSON contract's object (`layers` empty with rows=False, for json_chunks)."""
     settings = report.settings
-    schemes = schemes_used(report.rows)
-    modes = modes_used(report.rows)
+    schemes = schemes_used(report.distinct_rows)
+    modes = modes_used(report.distinct_rows)
     recipe = report.recipe
     out: dict[str, Any] = {
         "fancli": SCHEMA_VERSION,
@@ -237,33 +237,39 @@ _LAYER_READ = operator.attrgetter("kind", "shape", "dtype", "aliases", "hf_name"
 def _layer_lines(report: Report) -> Iterator[str]:
     """Each row's JSON line, made safe (`json_safe`): by `Kin` where the report knows which rows are alike and
     none names its HF key, else row by row."""
-    ids = report.kin_ids
-    if ids is None or any(map(_HF_NAME, report.rows)):
+    alike, rows = report.alike, report.rows
+    if alike is None:
         return _row_lines(report)
-    return _kin_lines(report, ids)
+    if isinstance(rows, RowTable):  # names from its columns: no Row made
+        if any(map(_HF_NAME, rows.templates)):
+            return _row_lines(report)
+        return _kin_lines(report.command, alike, rows.names, rows.params)
+    if any(map(_HF_NAME, rows)):
+        return _row_lines(report)
+    return _kin_lines(report.command, alike, list(map(_NAME, rows)), list(map(_PARAM, rows)))
 
 
 _NAME, _PARAM, _HF_NAME = (operator.attrgetter(f"layer.{name}") for name in ("name", "param", "hf_name"))
 
 
-def _kin_lines(report: Report, ids: list[int]) -> Iterator[str]:
-    """The lines of rows whose `Kin` numbers are `ids`: rows of one number differ in "name" and "param" alone
-    (neither names an HF key), the first two keys; the rest of the line is serialised (and made safe) once per
-    number, the names are written LINES_PER_CHUNK rows at a time."""
-    rows = report.rows
+def _kin_lines(command: str, alike: Kin, names: list[str], params: list[str]) -> Iterator[str]:
+    """The lines of rows alike as `alike` says, with these names and keys: rows of one number differ in "name"
+    and "param" alone (neither names an HF key), the first two keys; the rest of the line is serialised (and
+    made safe) once per number, the names are written LINES_PER_CHUNK rows at a time."""
     tails = {}  # number -> its line after the param's
-    for number, row in dict(zip(reversed(ids), reversed(rows))).items():
-        out = layer_dict(row, report.command)
+    for number, row in alike.firsts().items():
+        out = layer_dict(row, command)
         del out["name"], out["param"]
         tails[number] = json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])
     encode = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) writes
-    for start in range(0, len(rows), LINES_PER_CHUNK):
-        some = rows[start:start + LINES_PER_CHUNK]
-        names, params = list(map(encode, map(_NAME, some))), list(map(encode, map(_PARAM, some)))
-        if not ("".join(names).isascii() and "".join(params).isascii()):  # json_safe's own first test
-            names, params = list(map(json_safe, names)), list(map(json_safe, params))
+    ids = alike.ids
+    for start in range(0, len(ids), LINES_PER_CHUNK):
+        stop = start + LINES_PER_CHUNK
+        some_names, some_params = list(map(encode, names[start:stop])), list(map(encode, params[start:stop]))
+        if not ("".join(some_names).isascii() and "".join(some_params).isascii()):  # json_safe's first test
+            some_names, some_params = list(map(json_safe, some_names)), list(map(json_safe, some_params))
         yield from [f'    {{"name": {name}, "param": {param}, {tail}' for name, param, tail
-                    in zip(names, params, map(tails.__getitem__, ids[start:start + LINES_PER_CHUNK]))]
+                    in zip(some_names, some_params, map(tails.__getitem__, ids[start:stop]))]
 
 
 def _row_lines(report: Report) -> Iterator[str]:
