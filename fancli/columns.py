@@ -92,3 +92,7 @@ class LazyTuple(Sequence[T]):
 
     def __repr__(self) -> str:
         return repr(self.whole())
+
+    def __reduce__(self) -> tuple[type, tuple[tuple[T, ...]]]:
+        """Pickled (and copied) as the tuple it reads as: what makes the items stays behind."""
+        return tuple, (self.whole(),)

@@ -54,3 +54,11 @@ def test_numbering_counts_in_order_of_first_appearance():
     numbering = Numbering()
     assert list(map(numbering.__getitem__, "abacb")) == [0, 1, 0, 2, 1]
     assert list(numbering) == ["a", "b", "c"]
+
+
+def test_pickled_and_copied_as_its_tuple():
+    import copy
+    import pickle
+
+    lazy = LazyTuple(3, lambda index: index * 2)  # its maker, a lambda, cannot be pickled: the tuple is
+    assert pickle.loads(pickle.dumps(lazy)) == (0, 2, 4) and copy.deepcopy(lazy) == (0, 2, 4)

@@ -377,14 +377,18 @@ class _ByKey(Mapping):
         return self.positions.keys()
 
 
-def layers_from_entries(entries: Iterable[Entry]) -> tuple[Layer, ...]:
+def layers_from_entries(entries: Iterable[Entry]) -> LayerTable | tuple[Layer, ...]:
     """Layers in source order; tied tensors reported once, the other keys as aliases. Quantization scales,
-    metadata and buffers get kinds of their own (`quant_keys`); quantized weights their logical shape."""
+    metadata and buffers get kinds of their own (`quant_keys`); quantized weights their logical shape. Where
+    no two entries are one tensor and none has notes of its own, a LayerTable (`layers_from_columns`)."""
     entries = list(entries)
     columns = EntryColumns(list(map(_KEY, entries)), list(map(_SHAPE, entries)), list(map(_DTYPE, entries)),
                            entries.__getitem__, lambda position: entries[position].data)
     identities = list(map(_IDENTITY, entries))
     notes = list(map(_NOTES, entries))
+    known = [identity for identity in identities if identity is not None]
+    if len(set(known)) == len(known) and notes.count(()) == len(notes):  # no tie, no notes of an entry's own
+        return layers_from_columns(columns)
     return _layers(columns, dict(zip(columns.keys, entries)),
                    None if identities.count(None) == len(identities) else identities,
                    None if notes.count(()) == len(notes) else notes)
