@@ -333,18 +333,19 @@ def _quantization(entry: Entry, entries: Mapping[str, Entry]) -> tuple[Entry | N
 
 
 class _Shapes(Mapping):
-    """Key -> shape of the last listed entry of that key (a dict of the last entry's shape of each key, and
-    the keys with an unlisted entry held apart: buffers, shards holding one key twice)."""
+    """Key -> shape of the last listed entry of that key (the shape at each key's last position, and the keys
+    with an unlisted entry held apart: buffers, shards holding one key twice)."""
 
-    def __init__(self, keys: list[str], shapes: list[tuple[int, ...]], listed: list[bool]) -> None:
-        self.last = dict(zip(keys, shapes))
+    def __init__(self, keys: list[str], shapes: list[tuple[int, ...]], listed: list[bool],
+                 last: dict[str, int]) -> None:
+        self.last, self.shapes = last, shapes
         odd = set(itertools.compress(keys, map(operator.not_, listed)))
         self.odd = {key: None for key in odd}
         if odd:
             self.odd.update((key, shape) for key, shape, kept in zip(keys, shapes, listed) if kept and key in odd)
 
     def __getitem__(self, key: str) -> tuple[int, ...]:
-        shape = self.odd[key] if key in self.odd else self.last[key]
+        shape = self.odd[key] if key in self.odd else self.shapes[self.last[key]]
         if shape is None:
             raise KeyError(key)
         return shape
@@ -360,9 +361,8 @@ class _ByKey(Mapping):
     """Key -> the Entry of its last position in `columns`, made when it is read (a template's entry, a scale
     read for its weight): 90,000 keys, a few hundred Entries."""
 
-    def __init__(self, columns: EntryColumns) -> None:
-        self.columns = columns
-        self.positions = dict(zip(columns.keys, range(len(columns.keys))))
+    def __init__(self, columns: EntryColumns, positions: dict[str, int]) -> None:
+        self.columns, self.positions = columns, positions
 
     def __getitem__(self, key: str) -> Entry:
         return self.columns.entry(self.positions[key])
@@ -394,6 +394,11 @@ def layers_from_entries(entries: Iterable[Entry]) -> LayerTable | tuple[Layer, .
                    None if notes.count(()) == len(notes) else notes)
 
 
+def _last_positions(keys: list[str]) -> dict[str, int]:
+    """Each key's last position (one key may be in two shards)."""
+    return dict(zip(keys, range(len(keys))))
+
+
 def _split_all(keys: list[str]) -> tuple[list[str], list[str]]:
     """Each key split once, at its last dot, into its module's name and its leaf, one string per distinct name
     (a weight and its scale share their layers' name)."""
@@ -419,15 +424,18 @@ def layers_from_columns(columns: EntryColumns) -> LayerTable | tuple[Layer, ...]
     others copied when read. Where one of a kin has no template (a packed or bnb 4-bit weight, a scale whose
     weight is elsewhere: `_layer`), the layers of every entry, computed as `layers_from_entries` does."""
     keys = columns.keys
-    by_key = _ByKey(columns)
+    positions = _last_positions(keys)
+    by_key = _ByKey(columns, positions)
     key_set = by_key.keys()
     modules, leaves = _split_all(keys)
     listed = _listed_all(columns, leaves, key_set)
-    shapes = _Shapes(keys, columns.shapes, listed)
+    shapes = _Shapes(keys, columns.shapes, listed, positions)
     kin = _kin(columns.shapes, columns.dtypes, modules, leaves)
     at = list(itertools.compress(range(len(keys)), listed))  # each layer's position
-    alike = [(number, leaves[position]) if number is not None else position
-             for position, number in zip(at, map(kin.__getitem__, at))]
+    alike: list[Hashable] = list(zip(map(kin.__getitem__, at), map(leaves.__getitem__, at)))
+    if None in kin:  # an entry of no kin: a template of its own
+        alike = [position if number is None else pair for position, (number, pair) in zip(at, zip(map(
+            kin.__getitem__, at), alike))]
     numbering = Numbering()
     numbers = list(map(numbering.__getitem__, alike))
     firsts = [0] * len(numbering)
@@ -443,7 +451,9 @@ def layers_from_columns(columns: EntryColumns) -> LayerTable | tuple[Layer, ...]
         templates.append(layer)
         copiers.append(template)
     params = list(map(keys.__getitem__, at))
-    names = [module or key for module, key in zip(map(modules.__getitem__, at), params)]
+    names = list(map(modules.__getitem__, at))
+    if "" in names:  # a key without a dot is its own layer's name
+        names = [module or key for module, key in zip(names, params)]
     data_at = columns.data
 
     def make(index: int) -> Layer:
@@ -466,7 +476,7 @@ def _layers(columns: EntryColumns, by_key: Mapping[str, Entry], identities: list
     key_set = by_key.keys()  # a view: no second 92,000-key set
     modules, leaves = _split_all(keys)
     listed = _listed_all(columns, leaves, key_set)
-    shapes = _Shapes(keys, columns.shapes, listed)
+    shapes = _Shapes(keys, columns.shapes, listed, _last_positions(keys))
     first: dict[Hashable, int] = {}
     layers: list[Layer] = []
     aliases: dict[int, list[str]] = {}

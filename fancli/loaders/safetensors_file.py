@@ -445,7 +445,8 @@ def model_from_header(source: str, ranges: Ranges, header: Header) -> Model:
     keys = natural_sorted(header.tensors)
     section = _section(ranges, header)
     n = len(keys)
-    layers = layers_from_columns(_columns(keys, [ranges] * n, [section] * n, [header] * n)) if not header.ties \
+    layers = layers_from_columns(_columns(keys, list(map(header.tensors.__getitem__, keys)), [ranges] * n,
+                                          [section] * n, [header] * n)) if not header.ties \
         else layers_from_entries(_entries(ranges, section, header, keys))
     return Model(source=source, format="safetensors", layers=_in_layout(layers, [header]),
                  notes=_notes(header.metadata), built_by=_built_by([header]))
@@ -573,26 +574,21 @@ def _mapped_entries(source: str, keys: list[str], weight_map: dict[str, str], he
 
 
 def _mapped_columns(keys: list[str], weight_map: dict[str, str], headers: dict[str, Shard]) -> EntryColumns | None:
-    """The keys' tensors as columns, each from the shard the index maps it to, that checked by comparing two
-    lists in C; None where a shard has tied keys, or where a key is not in its shard, or in a later one too
-    (`_mapped_entries` then says which, or reads each key from its own shard)."""
+    """The keys' tensors as columns, each from the shard the index maps it to (looked up in C); None where a
+    shard has tied keys, or where a key is not in its shard (`_mapped_entries` then says which)."""
     if any(header.ties for _, _, header in headers.values()):
         return None
-    holder: dict[str, str] = {}  # key -> the last shard that has it
-    for shard, (_, _, header) in headers.items():
-        holder.update(dict.fromkeys(header.tensors, shard))
-    shards = list(map(weight_map.__getitem__, keys))
-    if list(map(holder.get, keys)) != shards:
+    places = list(map(headers.__getitem__, map(weight_map.__getitem__, keys)))
+    tensors = list(map(dict.get, map(_TENSORS, map(itemgetter(2), places)), keys))
+    if None in tensors:
         return None
-    del holder
-    return _columns(keys, *zip(*map(headers.__getitem__, shards)))
+    return _columns(keys, tensors, *zip(*places)) if keys else _columns(keys, tensors, (), (), ())
 
 
-def _columns(keys: list[str], ranges: Sequence[Ranges], sections: Sequence[ByteSource],
+def _columns(keys: list[str], tensors: list[_Tensor], ranges: Sequence[Ranges], sections: Sequence[ByteSource],
              headers: Sequence[Header]) -> EntryColumns:
-    """Columns of the tensors of `keys`, the key at each position in `headers` at that position (a shard's,
-    with its ranges and data section, `Shard`)."""
-    tensors = list(map(dict.__getitem__, map(attrgetter("tensors"), headers), keys))
+    """Columns of the tensors of `keys`, each from the file whose ranges, data section and header are at its
+    position in those (a shard's: `Shard`)."""
 
     def data(position: int) -> StridedRef | None:
         return _data(ranges[position], sections[position], headers[position], tensors[position])
@@ -604,4 +600,4 @@ def _columns(keys: list[str], ranges: Sequence[Ranges], sections: Sequence[ByteS
     return EntryColumns(keys, list(map(_SHAPE, tensors)), list(map(_DTYPE, tensors)), entry, data)
 
 
-_SHAPE, _DTYPE = attrgetter("shape"), attrgetter("dtype")
+_SHAPE, _DTYPE, _TENSORS = attrgetter("shape"), attrgetter("dtype"), attrgetter("tensors")
