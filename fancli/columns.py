@@ -13,6 +13,23 @@ from typing import Any, Callable, Hashable, Iterator, Sequence, TypeVar, overloa
 T = TypeVar("T")
 
 
+_NUL_DIGITS = bytes.maketrans(b"0123456789", b"\0" * 10)
+_NUL_DIGITS_TEXT = str.maketrans("0123456789", "\0" * 10)
+
+
+def digit_templates(keys: list[str]) -> list[str] | None:
+    """Each key with every digit turned into NUL, one bytes.translate for all (keys with a newline one by one):
+    keys alike but for their numbers' digits have one template. None where a key holds a NUL itself."""
+    text = "\n".join(keys)
+    if "\0" in text:
+        return None
+    encoded = text.encode("utf-8", "surrogatepass").translate(_NUL_DIGITS)
+    templates = encoded.decode("utf-8", "surrogatepass").split("\n")
+    if len(templates) != len(keys):  # a key holds a newline
+        return [key.translate(_NUL_DIGITS_TEXT) for key in keys]
+    return templates
+
+
 class Numbering(dict):
     """Key -> its number, in order of first appearance (a miss numbers the key): `map(numbering.__getitem__,
     keys)` numbers a column in C."""

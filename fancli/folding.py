@@ -14,9 +14,12 @@ import math
 import operator
 import re
 from collections import Counter, defaultdict
+from operator import itemgetter
 from dataclasses import dataclass
 from itertools import islice, product, repeat
 from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence, TypeVar
+
+from .columns import Numbering, digit_templates
 
 T = TypeVar("T")
 #: A report's row (`fancli.report.Row`): folding reads its fields and never imports the report, which folds.
@@ -309,12 +312,96 @@ def fold_rows(rows: Iterable[Row]) -> list[Group]:
 
 def fold_alike(params: list[str], kin: list[int], firsts: dict[int, Row]) -> list[Group]:
     """`fold_rows` of rows without observed values given as their keys and `report.Kin` numbers (`firsts`: a
-    row of each number): rows of one number show alike, so `shown` is read once per number. The groups hold
-    the rows' positions, which the report turns into its rows."""
+    row of each number): rows of one number show alike, so `shown` is read once per number, and keys are split
+    once per digit template (`_fold_by_template`). The groups hold the rows' positions, which the report turns
+    into its rows."""
     inits_of: dict[int, tuple] = {}
     alike: dict[Hashable, int] = {}  # numbers that show alike fold together: one value for them all
     value = {number: alike.setdefault(shown(row, inits_of), number) for number, row in firsts.items()}
-    return fold(range(len(params)), params.__getitem__, map(value.__getitem__, kin))
+    values = list(map(value.__getitem__, kin))
+    digits = digit_templates(params)
+    if digits is None:  # a key holds a NUL
+        return fold(range(len(params)), params.__getitem__, values)
+    return _fold_by_template(params, digits, values)
+
+
+class _IndexRuns(dict):
+    """A digit template (`columns.digit_templates`) -> its keys' split template (`split_key`'s first item) and
+    the spans of their index parts, where every run of digits is a whole part of at most MAX_INDEX_DIGITS; None
+    where one is not (a digit in a name, `fc1`: its keys are split one by one)."""
+
+    def __missing__(self, digits: str) -> tuple[Template, list[tuple[int, int]]] | None:
+        dotted = "." + digits
+        runs = [match.span() for match in _NULS.finditer(dotted)]
+        whole = all(dotted[start - 1] == "." and (end == len(dotted) or dotted[end] == ".")
+                    and end - start <= MAX_INDEX_DIGITS for start, end in runs)
+        cuts = [0, *(edge for start, end in runs for edge in (start - 1, end)), len(dotted)]
+        found = self[digits] = ((tuple(dotted[a:b] for a, b in zip(cuts[::2], cuts[1::2])),
+                                 [(start - 1, end - 1) for start, end in runs]) if whole else None)
+        return found
+
+
+_NULS = re.compile("\0+")
+
+
+def _fold_by_template(keys: list[str], digits: list[str], values: list[Hashable]) -> list[Group]:
+    """`fold(keys' positions, …)` in passes over columns, not a call per key: keys of one digit template and
+    value are split alike (`_IndexRuns`), their index parts cut by one slice per part; a candidate (a split
+    template and a value) whose index sets' product has as many keys as it has is one group, its members in
+    model order by one sort. Others (a leading zero, a digit in a name; a set that is no full product) are
+    split and grouped as `fold` does."""
+    gids = Numbering()
+    of_group = list(map(gids.__getitem__, zip(digits, values)))
+    order = sorted(range(len(keys)), key=of_group.__getitem__)  # stable: each group's keys in model order
+    sizes = Counter(of_group)
+    runs = _IndexRuns()
+    candidates = Numbering()  # (split template, value) -> number
+    found: list[list[tuple[list[int], list[list[str]]]]] = []  # per candidate: its groups' positions and parts
+    start = 0
+    for (digit, value), group in gids.items():
+        at = order[start:start + sizes[group]]
+        start += len(at)
+        template, spans = runs[digit] or (None, [])
+        some = list(map(keys.__getitem__, at))
+        if template is None or any(end - begin > 1 and "0" in map(itemgetter(begin), some) for begin, end in spans):
+            for position, key in zip(at, some):  # split as `split_key` splits it: indices written back as text
+                split, indices = split_key(key)
+                _add(found, candidates[split, value], [position], [[str(index)] for index in indices])
+            continue
+        _add(found, candidates[template, value], at, [list(map(itemgetter(slice(*span)), some)) for span in spans])
+    groups: list[tuple[int, Group]] = []
+    for (template, _), parts in zip(candidates, found):
+        groups += _candidate_groups(template, parts, keys)
+    return [group for _, group in sorted(groups, key=itemgetter(0))]
+
+
+def _add(found: list, candidate: int, at: list[int], columns: list[list[str]]) -> None:
+    """Keys at `at`, their index parts in `columns` (one list per part), to candidate number `candidate`."""
+    if candidate == len(found):
+        found.append([])
+    found[candidate].append((at, columns))
+
+
+def _candidate_groups(template: Template, parts: list[tuple[list[int], list[list[str]]]],
+                      keys: list[str]) -> list[tuple[int, Group]]:
+    """The groups of one candidate's keys (`parts`: positions and index parts, a digit template's at a time): one
+    where their index sets' product is exactly them, else `_product_groups`'."""
+    members = sorted(itertools.chain.from_iterable(at for at, _ in parts))
+    width = len(template) - 1
+    if len(members) == 1:
+        return [(members[0], Group(keys[members[0]], tuple((int(column[0]),) for column in parts[0][1]),
+                                   (members[0],)))]
+    if width:
+        sets = [set(itertools.chain.from_iterable(columns[p] for _, columns in parts)) for p in range(width)]
+        tuples = set(itertools.chain.from_iterable(zip(*columns) for _, columns in parts))
+        if len(tuples) == len(members) == math.prod(map(len, sets)):
+            indices = tuple(tuple(sorted(map(int, values))) for values in sets)
+            return [(members[0], Group(pattern(template, indices), indices, tuple(members)))]
+    by_position = {}
+    for at, columns in parts:
+        by_position.update(zip(at, (tuple(map(int, texts)) for texts in zip(*columns)) if width else repeat(())))
+    return _product_groups(template, members[0], members, list(map(by_position.__getitem__, members)),
+                           keys.__getitem__, lambda position: position)
 
 
 _PARAM = operator.attrgetter("layer.param")

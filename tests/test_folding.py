@@ -9,7 +9,7 @@ import json
 import pytest
 from helpers import run
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fancli.folding import MAX_INDEX_DIGITS, expand, fold, pattern, products, ranges, split_keys
@@ -246,3 +246,24 @@ def test_a_run_of_thousands_of_digits_is_a_name(tmp_path):
                "layers.3.weight": np.zeros((2, 2), np.float32)}, str(path))
     result = run("inspect", path)
     assert result.code == 0, result.err
+
+
+_PARTS = st.sampled_from(["layers", "mlp", "0", "1", "2", "10", "007", "00", "fc1", "w", "1234567890123456789", "",
+                          "12345678901234567"])
+
+
+@given(st.lists(st.tuples(st.lists(_PARTS, min_size=1, max_size=4).map(".".join), st.integers(0, 2)),
+                max_size=40))
+@example([("a.1.1", 0), ("a.1.1", 0), ("a.2.2", 0), ("a.2.2", 0)])  # as many keys as a product, but repeated
+@example([("a.1.2", 0), ("a.2.1", 0), ("a.10.1", 0), ("a.1.10", 0), ("a.07.1", 0)])  # no full product; 07
+def test_folding_by_digit_template_equals_folding_key_by_key(keyed):
+    """`_fold_by_template` (the keys of a report whose rows are known alike) against `fold` of the same keys and
+    values: leading zeros, digits in names, runs past MAX_INDEX_DIGITS, gaps, repeated keys, empty parts."""
+    from fancli.columns import digit_templates
+    from fancli.folding import _fold_by_template
+
+    keys = [key for key, _ in keyed]
+    values = [value for _, value in keyed]
+    ours = _fold_by_template(keys, digit_templates(keys), values)
+    theirs = fold(range(len(keys)), keys.__getitem__, values)
+    assert ours == theirs

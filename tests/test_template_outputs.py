@@ -99,6 +99,7 @@ def _key_by_key(monkeypatch) -> None:
         list(range(len(layers)))))  # each row alike no other: folded and written row by row
     monkeypatch.setattr(report, "_numbered", lambda layers: [None] * len(layers))  # totals layer by layer too
     monkeypatch.setattr(report, "_table_report", lambda table, settings, context: None)  # no RowTable
+    monkeypatch.setattr(report, "Kin", lambda rows, ids: None)  # no rows known alike: folded row by row
     monkeypatch.setattr(json_out, "_layer_lines", lambda done: (
         "    " + json_safe(json.dumps(json_out.layer_dict(row, done.command), ensure_ascii=False, allow_nan=False))
         for row in done.rows))

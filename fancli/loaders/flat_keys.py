@@ -18,12 +18,11 @@ from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Callable, Collection, Hashable, Iterable, Iterator, Mapping, NamedTuple
 
 from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
-from ..columns import Numbering
+from ..columns import Numbering, digit_templates
 from ..layer import Layer, LayerTable
 from ..records import replaced
 from ..weights.dtypes import FLOATING, LOW_PRECISION_FLOATING
 from .entry import Entry, EntryColumns
-from .key_order import digit_templates
 from .module_structure import FUSED_QKV_NAME, fused_qkv
 from .quant_keys import (BNB_4BIT, QUANT_PACKED, auxiliary, auxiliary_layer, is_bnb_4bit, is_mlx, mlx_layer,
                          packed_auxiliary, packed_layer)
@@ -258,7 +257,7 @@ _INDEX_PART = re.compile(r"(?<![^.])[0-9]+(?![^.])")
 
 
 def _all_blanked(modules: list[str]) -> list[str | tuple]:
-    """`_blanked` of each module, once per digit template (`key_order.digit_templates`) whose every run of
+    """`_blanked` of each module, once per digit template (`columns.digit_templates`) whose every run of
     digits is a whole part of the name: there `_blanked` is the template with each run one NUL, whatever the
     digits (so one result serves every module of the template); other modules are blanked one by one."""
     templates = digit_templates(modules)

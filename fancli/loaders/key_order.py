@@ -14,6 +14,8 @@ from itertools import islice
 from operator import itemgetter, le
 from typing import Callable, Iterable
 
+from ..columns import digit_templates
+
 _DIGITS = re.compile(r"([0-9]+)")
 
 
@@ -91,23 +93,6 @@ def natural_sorted(keys: Iterable[str]) -> list[str]:
         return sorted(keys, key=natural_key)
     pairs.sort()
     return [key for _, key in pairs]
-
-
-_NUL_DIGITS = bytes.maketrans(b"0123456789", b"\0" * 10)
-_NUL_DIGITS_TEXT = str.maketrans("0123456789", "\0" * 10)
-
-
-def digit_templates(keys: list[str]) -> list[str] | None:
-    """Each key with every digit turned into NUL, one bytes.translate for all (keys with a newline one by one):
-    keys alike but for their numbers' digits have one template. None where a key holds a NUL itself."""
-    text = "\n".join(keys)
-    if "\0" in text:
-        return None
-    encoded = text.encode("utf-8", "surrogatepass").translate(_NUL_DIGITS)
-    templates = encoded.decode("utf-8", "surrogatepass").split("\n")
-    if len(templates) != len(keys):  # a key holds a newline
-        return [key.translate(_NUL_DIGITS_TEXT) for key in keys]
-    return templates
 
 
 _RUN = re.compile("\0+")
