@@ -93,14 +93,14 @@ def _key_by_key(monkeypatch) -> None:
     """Every template off: each entry's layer, row and JSON line computed on its own; headers by the stdlib."""
     monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 1 << 62)
     monkeypatch.setattr(safetensors_file, "natural_sorted", lambda keys: sorted(keys, key=natural_key))
-    monkeypatch.setattr(flat_keys, "_kin", lambda shapes, dtypes, modules, leaves: [None] * len(modules))
+    monkeypatch.setattr(flat_keys, "_kin", lambda shapes, dtypes, modules, leaves, distinct: [None] * len(modules))
     monkeypatch.setattr(report, "_analyze_all", lambda layers, settings, context, observed, codes: (
         [report.analyze_layer(layer, settings, context, observed.get(layer.param)) for layer in layers],
         list(range(len(layers)))))  # each row alike no other: folded and written row by row
     monkeypatch.setattr(report, "_numbered", lambda layers: [None] * len(layers))  # totals layer by layer too
     monkeypatch.setattr(report, "_table_report", lambda table, settings, context: None)  # no RowTable
     monkeypatch.setattr(report, "Kin", lambda rows, ids: None)  # no rows known alike: folded row by row
-    monkeypatch.setattr(json_out, "_layer_lines", lambda done: (
+    monkeypatch.setattr(json_out, "_layer_chunks", lambda done: json_out._joined(
         "    " + json_safe(json.dumps(json_out.layer_dict(row, done.command), ensure_ascii=False, allow_nan=False))
         for row in done.rows))
 

@@ -83,9 +83,11 @@ def write_stdout(text: str | Iterable[str] | None = None, printer: Callable[[], 
     try:
         if printer is not None:
             printer()
-        else:
-            for piece in [text] if isinstance(text, str) or text is None else text:
-                click.echo(piece, nl=False)
+        else:  # as they are: the renderers escape what a terminal would act on (click.echo would scan 60 MB of
+            # JSON for colour codes to strip, which none holds)
+            write = sys.stdout.write
+            for piece in [text] if isinstance(text, str) else text or ():
+                write(piece)
         sys.stdout.flush()
     except BrokenPipeError:
         raise ReaderGone from None  # the reader went away (`| head`) after a piece: main ends quietly

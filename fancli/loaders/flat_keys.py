@@ -219,7 +219,8 @@ class KinTemplate(NamedTuple):
         return self.scaled(by_key[key], by_key[key.removesuffix("weight") + self.scale_leaf])
 
 
-def _kin(shapes: list[tuple[int, ...]], dtypes: list[str], modules: list[str], leaves: list[str]) -> list[int | None]:
+def _kin(shapes: list[tuple[int, ...]], dtypes: list[str], modules: list[str], leaves: list[str],
+         distinct: bool = False) -> list[int | None]:
     """Each entry's kin, in order: one number per distinct (its module's name with the index parts blanked,
     the module's tensors' leaves, shapes and dtypes). Every rule here reads a key's module through its
     names, never its indices, and reads no tensor but the module's own (a tensor whose owner is elsewhere
@@ -227,7 +228,8 @@ def _kin(shapes: list[tuple[int, ...]], dtypes: list[str], modules: list[str], l
     a 92,000-tensor MoE checkpoint has a few dozen. An entry has no kin (it is computed on its own) where no
     other module's name blanks like its module's, and where one leaf names two of its module's entries
     (`weight` and `.weight` both have the module "", and shards may hold one key twice). `modules` and
-    `leaves` are the entries' keys split at their last dot; `shapes` and `dtypes` theirs."""
+    `leaves` are the entries' keys split at their last dot; `shapes` and `dtypes` theirs; `distinct`: whether
+    no key is there twice (then only the module "" can have a leaf twice)."""
     module_ids = Numbering()
     of_module = list(map(module_ids.__getitem__, modules))  # each entry's module, numbered
     facts = Numbering()
@@ -237,7 +239,7 @@ def _kin(shapes: list[tuple[int, ...]], dtypes: list[str], modules: list[str], l
     blanked = _all_blanked(list(module_ids))
     alike = Counter(blanked)
     twice: set[int] = set()  # modules where one leaf names two entries
-    if len(set(zip(of_module, leaves))) < len(leaves):
+    if (not distinct or "" in module_ids) and len(set(zip(of_module, leaves))) < len(leaves):
         seen: set[tuple[int, str]] = set()
         for pair in zip(of_module, leaves):
             if pair in seen:
@@ -399,14 +401,12 @@ def _last_positions(keys: list[str]) -> dict[str, int]:
 
 
 def _split_all(keys: list[str]) -> tuple[list[str], list[str]]:
-    """Each key split once, at its last dot, into its module's name and its leaf, one string per distinct name
-    (a weight and its scale share their layers' name)."""
+    """Each key split once, at its last dot, into its module's name, one string per distinct name (a weight
+    and its scale share their layers' name, which the layers keep), and its leaf."""
     splits = list(map(str.rpartition, keys, repeat(".")))
     module_names: dict[str, str] = {}
-    leaf_names: dict[str, str] = {}
     modules = list(map(module_names.setdefault, *itertools.tee(map(itemgetter(0), splits))))
-    leaves = list(map(leaf_names.setdefault, *itertools.tee(map(itemgetter(2), splits))))
-    return modules, leaves
+    return modules, list(map(itemgetter(2), splits))
 
 
 def _listed_all(columns: EntryColumns, leaves: list[str], key_set: Collection[str]) -> list[bool]:
@@ -429,7 +429,7 @@ def layers_from_columns(columns: EntryColumns) -> LayerTable | tuple[Layer, ...]
     modules, leaves = _split_all(keys)
     listed = _listed_all(columns, leaves, key_set)
     shapes = _Shapes(keys, columns.shapes, listed, positions)
-    kin = _kin(columns.shapes, columns.dtypes, modules, leaves)
+    kin = _kin(columns.shapes, columns.dtypes, modules, leaves, len(positions) == len(keys))
     at = list(itertools.compress(range(len(keys)), listed))  # each layer's position
     alike: list[Hashable] = list(zip(map(kin.__getitem__, at), map(leaves.__getitem__, at)))
     if None in kin:  # an entry of no kin: a template of its own
@@ -437,9 +437,8 @@ def layers_from_columns(columns: EntryColumns) -> LayerTable | tuple[Layer, ...]
             kin.__getitem__, at), alike))]
     numbering = Numbering()
     numbers = list(map(numbering.__getitem__, alike))
-    firsts = [0] * len(numbering)
-    for index in range(len(numbers) - 1, -1, -1):  # each template's first layer
-        firsts[numbers[index]] = index
+    first = dict(zip(reversed(numbers), range(len(numbers) - 1, -1, -1)))  # reversed: the first layer wins
+    firsts = list(map(first.__getitem__, range(len(numbering))))
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     templates: list[Layer] = []
     copiers: list[KinTemplate | None] = []

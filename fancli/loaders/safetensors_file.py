@@ -443,11 +443,9 @@ def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
 def model_from_header(source: str, ranges: Ranges, header: Header) -> Model:
     """One safetensors file's Model from its validated header (`parse_header`), its bytes read by `ranges`."""
     keys = natural_sorted(header.tensors)
-    section = _section(ranges, header)
-    n = len(keys)
-    layers = layers_from_columns(_columns(keys, list(map(header.tensors.__getitem__, keys)), [ranges] * n,
-                                          [section] * n, [header] * n)) if not header.ties \
-        else layers_from_entries(_entries(ranges, section, header, keys))
+    place = ranges, _section(ranges, header), header
+    layers = layers_from_columns(_columns(keys, list(map(header.tensors.__getitem__, keys)), [place] * len(keys))) \
+        if not header.ties else layers_from_entries(_entries(*place, keys))
     return Model(source=source, format="safetensors", layers=_in_layout(layers, [header]),
                  notes=_notes(header.metadata), built_by=_built_by([header]))
 
@@ -582,20 +580,18 @@ def _mapped_columns(keys: list[str], weight_map: dict[str, str], headers: dict[s
     tensors = list(map(dict.get, map(_TENSORS, map(itemgetter(2), places)), keys))
     if None in tensors:
         return None
-    return _columns(keys, tensors, *zip(*places)) if keys else _columns(keys, tensors, (), (), ())
+    return _columns(keys, tensors, places)
 
 
-def _columns(keys: list[str], tensors: list[_Tensor], ranges: Sequence[Ranges], sections: Sequence[ByteSource],
-             headers: Sequence[Header]) -> EntryColumns:
+def _columns(keys: list[str], tensors: list[_Tensor], places: Sequence[Shard]) -> EntryColumns:
     """Columns of the tensors of `keys`, each from the file whose ranges, data section and header are at its
-    position in those (a shard's: `Shard`)."""
+    position in `places` (a shard's)."""
 
     def data(position: int) -> StridedRef | None:
-        return _data(ranges[position], sections[position], headers[position], tensors[position])
+        return _data(*places[position], tensors[position])
 
     def entry(position: int) -> Entry:
-        return _entry(ranges[position], sections[position], headers[position], tensors[position], keys[position],
-                      None)
+        return _entry(*places[position], tensors[position], keys[position], None)
 
     return EntryColumns(keys, list(map(_SHAPE, tensors)), list(map(_DTYPE, tensors)), entry, data)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import operator
 from dataclasses import asdict
-from itertools import islice
+from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ..analysis.schemes import InitValues
@@ -234,33 +234,32 @@ _LAYER_READ = operator.attrgetter("kind", "shape", "dtype", "aliases", "hf_name"
                                   "stacked", "stride", "dilation", "pool", "fan_axes")
 
 
-def _layer_lines(report: Report) -> Iterator[str]:
-    """Each row's JSON line, made safe (`json_safe`): by `Kin` where the report knows which rows are alike and
-    none names its HF key, else row by row."""
+def _layer_chunks(report: Report) -> Iterator[str]:
+    """The rows' JSON lines, made safe (`json_safe`), LINES_PER_CHUNK at a time joined by ",\n": by `Kin` where
+    the report knows which rows are alike and none names its HF key, else row by row."""
     alike, rows = report.alike, report.rows
-    if alike is None:
-        return _row_lines(report)
-    if isinstance(rows, RowTable):  # names from its columns: no Row made
-        if any(map(_HF_NAME, rows.templates)):
-            return _row_lines(report)
-        return _kin_lines(report.command, alike, rows.names, rows.params)
-    if any(map(_HF_NAME, rows)):
-        return _row_lines(report)
-    return _kin_lines(report.command, alike, list(map(_NAME, rows)), list(map(_PARAM, rows)))
+    if alike is not None and isinstance(rows, RowTable):  # names from its columns: no Row made
+        if not any(map(_HF_NAME, rows.templates)):
+            return _kin_chunks(report.command, alike, rows.names, rows.params)
+    elif alike is not None and not any(map(_HF_NAME, rows)):
+        return _kin_chunks(report.command, alike, list(map(_NAME, rows)), list(map(_PARAM, rows)))
+    return _joined(_row_lines(report))
 
 
 _NAME, _PARAM, _HF_NAME = (operator.attrgetter(f"layer.{name}") for name in ("name", "param", "hf_name"))
 
 
-def _kin_lines(command: str, alike: Kin, names: list[str], params: list[str]) -> Iterator[str]:
-    """The lines of rows alike as `alike` says, with these names and keys: rows of one number differ in "name"
-    and "param" alone (neither names an HF key), the first two keys; the rest of the line is serialised (and
-    made safe) once per number, the names are written LINES_PER_CHUNK rows at a time."""
-    tails = {}  # number -> its line after the param's
+def _kin_chunks(command: str, alike: Kin, names: list[str], params: list[str]) -> Iterator[str]:
+    """The lines of rows alike as `alike` says, with these names and keys, in chunks: rows of one number differ
+    in "name" and "param" alone (neither names an HF key), the first two keys; the rest of the line is
+    serialised (and made safe) once per number, and a chunk is one join of its names, keys and those rests."""
+    rests = {}  # number -> its line after the param's, then the next line up to its name
+    last = {}  # number -> its line after the param's, where it ends a chunk
     for number, row in alike.firsts().items():
         out = layer_dict(row, command)
         del out["name"], out["param"]
-        tails[number] = json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])
+        last[number] = ", " + json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])
+        rests[number] = last[number] + ',\n    {"name": '
     encode = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) writes
     ids = alike.ids
     for start in range(0, len(ids), LINES_PER_CHUNK):
@@ -268,8 +267,13 @@ def _kin_lines(command: str, alike: Kin, names: list[str], params: list[str]) ->
         some_names, some_params = list(map(encode, names[start:stop])), list(map(encode, params[start:stop]))
         if not ("".join(some_names).isascii() and "".join(some_params).isascii()):  # json_safe's first test
             some_names, some_params = list(map(json_safe, some_names)), list(map(json_safe, some_params))
-        yield from [f'    {{"name": {name}, "param": {param}, {tail}' for name, param, tail
-                    in zip(some_names, some_params, map(tails.__getitem__, ids[start:stop]))]
+        parts: list[str] = [""] * (4 * len(some_names))
+        parts[0::4] = some_names
+        parts[1::4] = repeat(', "param": ', len(some_names))
+        parts[2::4] = some_params
+        parts[3::4] = map(rests.__getitem__, ids[start:stop])
+        parts[-1] = last[ids[start:stop][-1]]
+        yield '    {"name": ' + "".join(parts)
 
 
 def _row_lines(report: Report) -> Iterator[str]:
@@ -311,21 +315,22 @@ def _row_lines(report: Report) -> Iterator[str]:
 
 def json_array(key: str, lines: Iterable[str]) -> Iterator[str]:
     """`"key": [` and its items, one per line, a chunk of LINES_PER_CHUNK at a time (taken in C)."""
+    return json_array_of_chunks(key, _joined(lines))
+
+
+def _joined(lines: Iterable[str]) -> Iterator[str]:
+    """The lines LINES_PER_CHUNK at a time, joined by ",\n" (none is empty: each is an item)."""
     lines = iter(lines)
+    return iter(lambda: ",\n".join(islice(lines, LINES_PER_CHUNK)), "")
+
+
+def json_array_of_chunks(key: str, chunks: Iterable[str]) -> Iterator[str]:
+    """`"key": [` and its items, one per line, given as chunks of lines joined by ",\n"."""
     opened = False
-    while True:
-        batch = list(islice(lines, LINES_PER_CHUNK))
-        if len(batch) == LINES_PER_CHUNK:
-            yield (",\n" if opened else f',\n  "{key}": [\n') + ",\n".join(batch)
-            opened = True
-            continue
-        if batch:
-            yield (",\n" if opened else f',\n  "{key}": [\n') + ",\n".join(batch) + "\n  ]"
-        elif opened:  # the last batch was full: close the array
-            yield "\n  ]"
-        else:
-            yield f',\n  "{key}": []'
-        return
+    for chunk in chunks:
+        yield (",\n" if opened else f',\n  "{key}": [\n') + chunk
+        opened = True
+    yield "\n  ]" if opened else f',\n  "{key}": []'
 
 
 def json_chunks(report: Report) -> Iterator[str]:
@@ -337,7 +342,7 @@ def json_chunks(report: Report) -> Iterator[str]:
     groups = document.pop("groups")
     summary = document.pop("summary")
     yield json_safe(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)[:-2])
-    yield from json_array("layers", _layer_lines(report))
+    yield from json_array_of_chunks("layers", _layer_chunks(report))
     yield from json_array("groups", (f"    {json_safe(json.dumps(item, ensure_ascii=False, allow_nan=False))}"
                                  for item in groups))
     yield f',\n  "summary": {json_safe(json.dumps(summary, ensure_ascii=False, allow_nan=False))}\n}}\n'
