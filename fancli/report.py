@@ -319,13 +319,15 @@ class RowTable(LazyTuple[Row]):
 
     @property
     def params(self) -> list[str]:
-        """Each row's parameter key."""
-        return list(map(self.layers.params.__getitem__, self.at))
+        """Each row's parameter key (not to be changed: the layers' own list, where the rows are all of them)."""
+        return self.layers.params if len(self.at) == len(self.layers) else list(map(self.layers.params.__getitem__,
+                                                                                    self.at))
 
     @property
     def names(self) -> list[str]:
-        """Each row's layer name."""
-        return list(map(self.layers.names.__getitem__, self.at))
+        """Each row's layer name (not to be changed, as `params`)."""
+        return self.layers.names if len(self.at) == len(self.layers) else list(map(self.layers.names.__getitem__,
+                                                                                   self.at))
 
     def subset(self, keep: Iterable[bool]) -> RowTable:
         """The rows `keep` says, in order, as a table."""

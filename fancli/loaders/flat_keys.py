@@ -7,6 +7,7 @@ Such a source knows names, shapes and dtypes only. Kinds come from key names (`i
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 import re
@@ -246,8 +247,10 @@ def _kin(shapes: list[tuple[int, ...]], dtypes: list[str], modules: list[str], l
                 twice.add(pair[0])
             seen.add(pair)
     numbers = Numbering()
-    kin_of = [numbers[name, signature] if alike[name] > 1 and module not in twice else None
-              for module, (name, signature) in enumerate(zip(blanked, signatures))]
+    kin_of: list[int | None] = list(map(numbers.__getitem__, zip(blanked, signatures)))
+    for module in twice.union(itertools.compress(range(len(blanked)), map((2).__gt__, map(alike.__getitem__,
+                                                                                          blanked)))):
+        kin_of[module] = None  # alike no other module, or a leaf twice
     return list(map(kin_of.__getitem__, of_module))
 
 
@@ -296,6 +299,8 @@ def is_weight(entry: Entry) -> bool:
 
 def _is_weight(dtype: str, leaf: str) -> bool:
     return dtype in _WEIGHT_DTYPES and leaf not in BUFFERS
+
+_BUFFER_LEAVES = frozenset(BUFFERS)
 
 
 def _listed(entry: Entry, keys: Collection[str]) -> bool:
@@ -411,7 +416,8 @@ def _split_all(keys: list[str]) -> tuple[list[str], list[str]]:
 
 def _listed_all(columns: EntryColumns, leaves: list[str], key_set: Collection[str]) -> list[bool]:
     """`_listed` of each tensor: its first test (`is_weight`) on the columns, the rest on its Entry."""
-    listed = list(map(_is_weight, columns.dtypes, leaves))
+    listed = list(map(operator.and_, map(_WEIGHT_DTYPES.__contains__, columns.dtypes),
+                      map(operator.not_, map(_BUFFER_LEAVES.__contains__, leaves))))  # `_is_weight`, in C
     for position in itertools.compress(range(len(leaves)), map(operator.not_, listed)):
         listed[position] = _listed(columns.entry(position), key_set)
     return listed
@@ -431,10 +437,14 @@ def layers_from_columns(columns: EntryColumns) -> LayerTable | tuple[Layer, ...]
     shapes = _Shapes(keys, columns.shapes, listed, positions)
     kin = _kin(columns.shapes, columns.dtypes, modules, leaves, len(positions) == len(keys))
     at = list(itertools.compress(range(len(keys)), listed))  # each layer's position
-    alike: list[Hashable] = list(zip(map(kin.__getitem__, at), map(leaves.__getitem__, at)))
-    if None in kin:  # an entry of no kin: a template of its own
-        alike = [position if number is None else pair for position, (number, pair) in zip(at, zip(map(
-            kin.__getitem__, at), alike))]
+    kin_at = list(map(kin.__getitem__, at))
+    alike: list[Hashable] = list(zip(kin_at, map(leaves.__getitem__, at)))
+    if None in kin_at:  # an entry of no kin: a template of its own (each found by a search in C)
+        index = -1
+        with contextlib.suppress(ValueError):  # past the last one
+            while True:
+                index = kin_at.index(None, index + 1)
+                alike[index] = at[index]
     numbering = Numbering()
     numbers = list(map(numbering.__getitem__, alike))
     first = dict(zip(reversed(numbers), range(len(numbers) - 1, -1, -1)))  # reversed: the first layer wins

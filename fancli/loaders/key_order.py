@@ -92,7 +92,7 @@ def natural_sorted(keys: Iterable[str]) -> list[str]:
     except _TooLong:
         return sorted(keys, key=natural_key)
     pairs.sort()
-    return [key for _, key in pairs]
+    return list(map(itemgetter(1), pairs))
 
 
 _RUN = re.compile("\0+")
