@@ -14,9 +14,9 @@ import math
 import operator
 import re
 from collections import Counter, defaultdict
-from operator import itemgetter
 from dataclasses import dataclass
 from itertools import islice, product, repeat
+from operator import itemgetter
 from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence, TypeVar
 
 from .columns import Numbering, digit_templates

@@ -14,7 +14,7 @@ import operator
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .analysis import fans as fans_mod
 from .analysis import gains, schemes

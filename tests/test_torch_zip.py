@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 import torch
 from helpers import run, run_child
 from torch import nn
@@ -230,3 +232,14 @@ def test_storage_shorter_than_its_tensor_is_refused(tmp_path, saved):
             new.writestr(info, data)
     with pytest.raises(SourceError, match="runs past|shorter"):
         read_state_dict(broken)
+
+
+@given(st.one_of(st.none(), st.text(max_size=2), st.lists(st.one_of(
+    st.integers(-2, (1 << 63) + 1), st.sampled_from([(1 << 63) - 1, 1 << 63, True, 1.0, "1", None])), max_size=70)
+    .flatmap(lambda items: st.sampled_from([items, tuple(items)]))))
+def test_a_size_or_stride_is_checked_as_each_of_its_values_is(value):
+    """`is_shape` checks a pickle's size and stride in C: the same verdict as `is_index` of each value."""
+    from fancli.loaders.torch_pickle import MAX_DIMS, is_index, is_shape
+
+    expected = isinstance(value, (tuple, list)) and len(value) <= MAX_DIMS and all(map(is_index, value))
+    assert is_shape(value) == expected

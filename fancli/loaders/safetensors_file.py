@@ -32,7 +32,7 @@ from ..safe_io import (
     read_bounded,
 )
 from ..weights.dtypes import DTYPES
-from ..weights.tensors import ByteSource, StridedRef, contiguous_ref, row_major_strides
+from ..weights.tensors import ByteSource, StridedRef, row_major_strides, strided_ref
 from .entry import Entry, EntryColumns
 from .flat_keys import layers_from_columns, layers_from_entries
 from .key_order import is_sorted, natural_sorted
@@ -380,9 +380,9 @@ def _data(ranges: Ranges, section: ByteSource, header: Header, tensor: _Tensor) 
     strides, elements, itemsize = _extent(shape, dtype)
     begin = tensor.begin
     if begin % itemsize:
-        return contiguous_ref(ranges(header.data_start + begin, tensor.end - begin), dtype, shape, strides, 0,
+        return strided_ref(ranges(header.data_start + begin, tensor.end - begin), dtype, shape, strides, 0,
                               elements)
-    return contiguous_ref(section, dtype, shape, strides, begin // itemsize, _elements(header.data_size, itemsize))
+    return strided_ref(section, dtype, shape, strides, begin // itemsize, _elements(header.data_size, itemsize))
 
 
 def _entries(ranges: Ranges, section: ByteSource, header: Header, keys: Iterable[str]) -> Iterator[Entry]:
@@ -536,17 +536,18 @@ def model_from_shards(source: str, weight_map: dict[str, str],
     keys = list(weight_map)
     if is_sorted(keys):
         keys = natural_sorted(keys)
+    shards = list(map(weight_map.__getitem__, keys))
     headers = {}
-    for shard in dict.fromkeys(map(weight_map.__getitem__, keys)):  # in the order the keys are read
+    for shard in dict.fromkeys(shards):  # in the order the keys are read
         ranges, header = read(shard)
         headers[shard] = ranges, _section(ranges, header), header
     notes = tuple(dict.fromkeys(note for _, _, header in headers.values() for note in _notes(header.metadata)))
     # The headers' metadata alone past the layers: their 90,000 entries are freed once the layers are built
     written = [header._replace(tensors={}, ties={}) for _, _, header in headers.values()]
-    columns = _mapped_columns(keys, weight_map, headers)
+    columns = _mapped_columns(keys, shards, headers)
     layers = layers_from_entries(_mapped_entries(source, keys, weight_map, headers)) if columns is None else \
         layers_from_columns(columns)
-    del headers, keys, columns
+    del headers, keys, shards, columns
     return Model(source=source, format="safetensors-sharded", notes=notes, layers=_in_layout(layers, written),
                  built_by=_built_by(written))
 
@@ -571,12 +572,12 @@ def _mapped_entries(source: str, keys: list[str], weight_map: dict[str, str], he
     return entries
 
 
-def _mapped_columns(keys: list[str], weight_map: dict[str, str], headers: dict[str, Shard]) -> EntryColumns | None:
-    """The keys' tensors as columns, each from the shard the index maps it to (looked up in C); None where a
-    shard has tied keys, or where a key is not in its shard (`_mapped_entries` then says which)."""
+def _mapped_columns(keys: list[str], shards: list[str], headers: dict[str, Shard]) -> EntryColumns | None:
+    """The keys' tensors as columns, each from the shard the index maps it to (`shards`, looked up in C); None
+    where a shard has tied keys, or where a key is not in its shard (`_mapped_entries` then says which)."""
     if any(header.ties for _, _, header in headers.values()):
         return None
-    places = list(map(headers.__getitem__, map(weight_map.__getitem__, keys)))
+    places = list(map(headers.__getitem__, shards))
     tensors = list(map(dict.get, map(_TENSORS, map(itemgetter(2), places)), keys))
     if None in tensors:
         return None

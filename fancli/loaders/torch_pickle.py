@@ -357,7 +357,12 @@ def is_index(value: Any) -> bool:
 
 
 def is_shape(value: Any) -> bool:
-    return isinstance(value, (tuple, list)) and len(value) <= MAX_DIMS and all(map(is_index, value))
+    """A size or stride: at most MAX_DIMS `is_index` values (checked in C: a pickle holds two per tensor)."""
+    return isinstance(value, (tuple, list)) and len(value) <= MAX_DIMS and (
+        not value or set(map(type, value)) == _INT and 0 <= min(value) and max(value) < 1 << 63)
+
+
+_INT = {int}
 
 
 def check_claims(path: Path, key: str, tensor: SavedTensor) -> None:

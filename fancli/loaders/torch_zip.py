@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from ..errors import SourceError
 from ..safe_io import open_regular
-from ..weights.tensors import StridedRef
+from ..weights.tensors import StridedRef, strided_ref
 from . import pickle_scan
 from .checkpoint import NoStateDict, find_state_dict
 from .flat import Flat
@@ -214,8 +214,8 @@ class TorchZip:
         if math.prod(shape) and (offset + 1 + sum(map(operator.mul, shape, stride)) - sum(stride) > elements
                                  or elements * itemsize > member.file_size):
             raise SourceError(f"{self.path}: {key}: tensor runs past the end of its storage")
-        return StridedRef(ZipMember(self.path, member), QUANTIZED_CODES.get(dtype, dtype), shape, stride, offset,
-                          elements, self.byteorder)
+        return strided_ref(ZipMember(self.path, member), QUANTIZED_CODES.get(dtype, dtype), shape, stride, offset,
+                           elements, self.byteorder)
 
 
 def read_state_dict(path: Path, archive: TorchZip | None = None, safe_globals: frozenset[str] = frozenset()) -> Flat:

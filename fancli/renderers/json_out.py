@@ -328,7 +328,8 @@ def json_array_of_chunks(key: str, chunks: Iterable[str]) -> Iterator[str]:
     """`"key": [` and its items, one per line, given as chunks of lines joined by ",\n"."""
     opened = False
     for chunk in chunks:
-        yield (",\n" if opened else f',\n  "{key}": [\n') + chunk
+        yield ",\n" if opened else f',\n  "{key}": [\n'
+        yield chunk  # as it is: not copied to put the separator before it
         opened = True
     yield "\n  ]" if opened else f',\n  "{key}": []'
 

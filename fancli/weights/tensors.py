@@ -272,11 +272,11 @@ _SET_FIELDS = tuple(getattr(StridedRef, name).__set__ for name in ("source", "dt
                                                                    "storage_elements", "byteorder"))
 
 
-def contiguous_ref(source: ByteSource, dtype: str, shape: tuple[int, ...], stride: tuple[int, ...], offset: int,
-                   storage_elements: int) -> StridedRef:
-    """`StridedRef(source, dtype, shape, stride, offset, storage_elements)` (little-endian) for a contiguous
-    view (stride row-major) at half the cost: its slots set directly, not through the frozen dataclass's
-    `object.__setattr__` per field; a checkpoint's loader builds one per tensor (90,000)."""
+def strided_ref(source: ByteSource, dtype: str, shape: tuple[int, ...], stride: tuple[int, ...], offset: int,
+                storage_elements: int, byteorder: str = "little") -> StridedRef:
+    """`StridedRef(source, dtype, shape, stride, offset, storage_elements, byteorder)` at half the cost: its slots
+    set directly, not through the frozen dataclass's `object.__setattr__` per field; a checkpoint's loader builds
+    one per tensor (90,000)."""
     ref = object.__new__(StridedRef)
     set_source, set_dtype, set_shape, set_stride, set_offset, set_elements, set_byteorder = _SET_FIELDS
     set_source(ref, source)
@@ -285,7 +285,7 @@ def contiguous_ref(source: ByteSource, dtype: str, shape: tuple[int, ...], strid
     set_stride(ref, stride)
     set_offset(ref, offset)
     set_elements(ref, storage_elements)
-    set_byteorder(ref, "little")
+    set_byteorder(ref, byteorder)
     return ref
 
 
