@@ -34,7 +34,15 @@ def load(source: Source, *, trust: bool = False, kwargs: dict[str, Any] | None =
 
     `trust=True` is the only way a pickled module is unpickled (it runs code from the file);
     `safe_globals` ("module.Name"s, the config's) are read from a torch.save pickle as inert records.
+    The layers are a tuple (`loaded` keeps a LayerTable as the loader made it).
     """
+    return loaded(source, trust=trust, kwargs=kwargs, revision=revision, safe_globals=safe_globals).with_layers_made()
+
+
+def loaded(source: Source, *, trust: bool = False, kwargs: dict[str, Any] | None = None,
+           revision: str | None = None, safe_globals: Iterable[str] = ()) -> Model:
+    """`load`, the layers as the loader gave them: a LayerTable for a source of many alike tensors, which `run`
+    analyses once per template (what the CLI reads; `load`, `inspect` and `compare` hand back tuples)."""
     if isinstance(source, Model):
         return source
     if isinstance(source, (str, os.PathLike)):
@@ -80,7 +88,7 @@ def load_configured(source: Any, config: Any, warn: Callable[[str], None] | None
 
     folder = config.path.parent if from_config and config.path and isinstance(source, str) and is_factory(source) else None
     with importable_cwd(folder) if folder else nullcontext():
-        model = load(source, trust=trust, kwargs=kwargs, **options)
+        model = loaded(source, trust=trust, kwargs=kwargs, **options)
     if config is None:
         return model
     for message in config.unmatched(model):
@@ -151,7 +159,7 @@ def inspect(
     settings = Settings(scheme, (mode,) if mode else (), nonlinearity, param, fans, pool_fan_out, tuple(filters),
                         recipe)
     request = Request("inspect", settings, stats, infer, jobs, cluster, spectral)
-    return run(load(source, trust=trust, kwargs=kwargs), request, on_chunk)
+    return run(loaded(source, trust=trust, kwargs=kwargs), request, on_chunk).with_rows_made()
 
 
 def compare(
@@ -175,7 +183,7 @@ def compare(
     """The same layers with one std per mode side by side (`spectral` as `inspect`'s)."""
     settings = Settings(scheme, tuple(modes), nonlinearity, param, fans, pool_fan_out, tuple(filters))
     request = Request("compare", settings, stats, spectral=spectral, jobs=jobs, cluster=cluster)
-    return run(load(source, trust=trust, kwargs=kwargs), request, on_chunk)
+    return run(loaded(source, trust=trust, kwargs=kwargs), request, on_chunk).with_rows_made()
 
 
 def diff(a: Source, b: Source, *, filters: Iterable[str] = (), trust: bool = False,
@@ -228,9 +236,9 @@ def check_init(
     from .config import Config, load_config
 
     conf = config if isinstance(config, Config) else None if config is False else load_config(config)
-    loaded = load_configured(model, conf, trust=trust, kwargs=kwargs)
-    report = run(loaded, Request(stats=stats, jobs=jobs, cluster=cluster))  # the configuration is on the model
-    return check_report(report, conf, baseline, stats=stats, tolerance=tolerance, sigmas=sigmas)
+    configured = load_configured(model, conf, trust=trust, kwargs=kwargs)
+    report = run(configured, Request(stats=stats, jobs=jobs, cluster=cluster))  # the configuration is on the model
+    return check_report(report.with_rows_made(), conf, baseline, stats=stats, tolerance=tolerance, sigmas=sigmas)
 
 
 def check_report(

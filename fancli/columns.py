@@ -39,6 +39,10 @@ class Numbering(dict):
         return number
 
 
+def _MADE(index: int) -> Any:
+    raise AssertionError("a LazyTuple made whole makes no item")
+
+
 class LazyTuple(Sequence[T]):
     """A tuple of `size` items, item i being `make(i)`: made one by one where one is read by index (kept, so
     that it is the same object when read again), all at once where the whole is read (iterated, sliced,
@@ -52,12 +56,13 @@ class LazyTuple(Sequence[T]):
         self._all: tuple[T, ...] | None = None
 
     def whole(self) -> tuple[T, ...]:
-        """Every item, made once (those already read by index kept)."""
+        """Every item, made once (those already read by index kept); then what made them is let go (a sharded
+        checkpoint's columns and headers)."""
         if self._all is None:
             some, make = self._some, self._make
             self._all = tuple(some[i] if i in some else make(i) for i in range(self._size)) if some else \
                 tuple(map(make, range(self._size)))
-            self._some = {}
+            self._some, self._make = {}, _MADE
         return self._all
 
     def __len__(self) -> int:

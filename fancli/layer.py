@@ -6,7 +6,7 @@ shapes, a module also knows groups and transposition. Analysis never guesses a m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 from .columns import LazyTuple
@@ -94,9 +94,13 @@ class Model:
 
     source: str
     format: str
-    layers: tuple[Layer, ...] | LayerTable  # a LayerTable reads as a tuple of Layers
+    layers: tuple[Layer, ...] | LayerTable  # a LayerTable (`api.loaded`) reads as a tuple of Layers
     name: str | None = None
     fans: str | None = None  # fan convention the source asks for ("torch" or "effective")
     pool_fan_out: bool | None = None  # opt-in LeNet tutorial convention
     notes: tuple[str, ...] = ()  # model-wide facts, e.g. "state_dict found under 'model'; optimizer ignored"
     built_by: BuiltBy | None = None  # the library that built it, where the source says (its config)
+
+    def with_layers_made(self) -> Model:
+        """The model with its layers a tuple (a LayerTable's made whole): what the library's `load` returns."""
+        return replace(self, layers=self.layers.whole()) if isinstance(self.layers, LayerTable) else self

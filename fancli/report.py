@@ -8,6 +8,7 @@ line or the library's keywords to here: a `Settings`, valid once built, inside a
 from __future__ import annotations
 
 import fnmatch
+import functools
 import itertools
 import math
 import operator
@@ -169,7 +170,17 @@ class Report:
         """A row of each kind the report has (`Kin.firsts`), else every row: what is asked of every row's
         fields but its names (its scheme, modes, recipe) is asked of these."""
         alike = self.alike
-        return self.rows if alike is None else alike.firsts().values()
+        return self.rows if alike is None else alike.firsts.values()
+
+    def with_rows_made(self) -> "Report":
+        """The report with its rows a tuple (a RowTable's made whole), still known alike: what the library's
+        `inspect` and `compare` return."""
+        rows = self.rows
+        if not isinstance(rows, RowTable):
+            return self
+        made = rows.whole()
+        alike = self.alike
+        return replace(self, rows=made, kin=None if alike is None else Kin(made, alike.ids))
 
     @cached_property
     def groups(self) -> "list[Group]":
@@ -184,7 +195,7 @@ class Report:
         else:
             params, take = list(map(_PARAM_OF, rows)), lambda at: tuple(map(rows.__getitem__, at))
         return [Group(group.pattern, group.indices, take(group.rows))
-                for group in fold_alike(params, alike.ids, alike.firsts())]
+                for group in fold_alike(params, alike.ids, alike.firsts)]
 
     @property
     def shown(self) -> "list[Group]":
@@ -273,9 +284,10 @@ class Kin:
     rows: "tuple[Row, ...] | RowTable"
     ids: list[int]
 
+    @cached_property
     def firsts(self) -> dict[int, Row]:
         """A row of each number, in order of the number's first row: a RowTable's template rows, which
-        differ from the first row of theirs in their names alone."""
+        differ from the first row of theirs in their names alone. Not to be changed (computed once)."""
         rows = self.rows
         if isinstance(rows, RowTable):
             return {number: rows.templates[number] for number in sorted(set(self.ids))}
@@ -294,27 +306,14 @@ class RowTable(LazyTuple[Row]):
     def __init__(self, layers: LayerTable, at: list[int], kin: list[int], templates: list[Row],
                  made: LazyTuple[Row] | None = None) -> None:
         if made is None:
-            made = LazyTuple(len(layers), lambda position: self._row(position))
+            made = LazyTuple(len(layers), functools.partial(_row_of, layers, templates))
         super().__init__(len(at), lambda index: made[at[index]])
         self.layers, self.at, self.kin, self.templates, self.made = layers, at, kin, templates, made
 
-    def _row(self, position: int) -> Row:
-        """The row of the layer at `position`: its template's row, the layer put in (or the row itself, for the
-        template's own layer)."""
-        layer = self.layers[position]
-        template = self.templates[self.layers.kin[position]]
-        if template.layer is layer:
-            return template
-        fields = template.__dict__.copy()  # as `_analyze_all` copies a row: the dict whole, the layer put in
-        fields["layer"] = layer
-        row = object.__new__(Row)
-        object.__setattr__(row, "__dict__", fields)
-        return row
-
     def whole(self) -> tuple[Row, ...]:
-        if len(self.at) == len(self.made):  # every row: made at once, the layers first
+        if self._all is None and len(self.at) == len(self.made):  # every row: made at once, the layers first
             self.layers.whole()
-            return self.made.whole()
+            self._all = self.made.whole()
         return super().whole()
 
     @property
@@ -341,12 +340,26 @@ class RowTable(LazyTuple[Row]):
         return LazyTuple(len(at), lambda index: self.made[at[index]])
 
 
+def _row_of(layers: LayerTable, templates: list[Row], position: int) -> Row:
+    """The row of the layer at `position`: its template's row, the layer put in (or the row itself, for the
+    template's own layer)."""
+    layer = layers[position]
+    template = templates[layers.kin[position]]
+    if template.layer is layer:
+        return template
+    fields = template.__dict__.copy()  # as `_analyze_all` copies a row: the dict whole, the layer put in
+    fields["layer"] = layer
+    row = object.__new__(Row)
+    object.__setattr__(row, "__dict__", fields)
+    return row
+
+
 def _with_fans(rows: tuple[Row, ...], kin: Kin | None) -> tuple[tuple[Row, ...] | RowTable, Kin | None]:
     """The rows of 2 dims or more (what tables show by default), and their Kin where it is known: the test
     made once per number."""
     if kin is None:
         return tuple(row for row in rows if len(row.layer.shape) >= 2), None
-    shown = {number: len(row.layer.shape) >= 2 for number, row in kin.firsts().items()}
+    shown = {number: len(row.layer.shape) >= 2 for number, row in kin.firsts.items()}
     keep = list(map(shown.__getitem__, kin.ids))
     kept = rows.subset(keep) if isinstance(rows, RowTable) else tuple(itertools.compress(rows, keep))
     return kept, Kin(kept, list(itertools.compress(kin.ids, keep)))

@@ -45,3 +45,20 @@ def test_a_reader_that_goes_away_after_the_first_piece_ends_the_run_quietly(tmp_
     assert child.stdout.readline() == b"{\n"
     child.stdout.close()
     assert child.wait(timeout=60) == 0 and child.stderr.read() == b""
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_a_stdout_whose_encoding_is_ascii_still_gets_the_report(fmt):
+    """Found in review: written with `sys.stdout.write`, a report holding a character past ASCII (the table's `·`)
+    ended with exit 3 where the locale's stdout encodes ASCII alone; click's stdout writes it as UTF-8."""
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-m", "fancli", "inspect", "--no-config", "-f", fmt,
+                            str(REPO / "sample_models" / "resnet_bottleneck.yaml")], capture_output=True,
+                           env=dict(os.environ, PYTHONIOENCODING="ascii", PYTHONPATH=str(REPO)), cwd=REPO)
+    assert child.returncode == 0, child.stderr
+    expected = fancli.render(fancli.inspect(str(REPO / "sample_models" / "resnet_bottleneck.yaml")).as_read(fmt), fmt)
+    assert child.stdout.decode("utf-8") == expected
+    assert fmt == "json" or not child.stdout.isascii()

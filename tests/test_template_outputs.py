@@ -175,15 +175,15 @@ def test_a_recipe_rule_reading_a_third_name_keeps_rows_apart(tmp_path, monkeypat
 
 
 def test_a_table_reads_as_the_tuple_of_layers_and_rows_computed_one_by_one(checkpoint):
-    """`fancli.load` of a sharded checkpoint gives a LayerTable and `inspect` a RowTable: each must equal the
-    tuple the per-layer path gives, read whole or item by item, and a row read twice is one object."""
+    """`api.loaded` (the CLI's load) of a sharded checkpoint gives a LayerTable and `run` a RowTable: each must
+    equal the tuple the per-layer path gives, read whole or item by item, and a row read twice is one object."""
     from dataclasses import replace
 
     from fancli.layer import LayerTable
 
-    model = api.load(str(checkpoint))
+    model = api.loaded(str(checkpoint))
     assert isinstance(model.layers, LayerTable) and len(model.layers.templates) < len(model.layers) / 3
-    one_by_one = replace(model, layers=tuple(api.load(str(checkpoint)).layers))
+    one_by_one = replace(model, layers=tuple(api.loaded(str(checkpoint)).layers))
     tabled = api.run(model, report.Request())
     assert isinstance(tabled.rows, report.RowTable)
     plain = api.run(one_by_one, report.Request())
@@ -199,3 +199,24 @@ def test_a_table_reads_as_the_tuple_of_layers_and_rows_computed_one_by_one(check
             [(g.pattern, g.indices, g.rows) for g in kept.groups]
         members = {id(row) for group in shown.groups for row in group.rows}
         assert members == {id(row) for row in shown.rows}  # the groups hold the report's own rows
+
+
+def test_the_library_hands_back_tuples(checkpoint):
+    """Found in review: `fancli.load` and `fancli.inspect` handed back a LayerTable and a RowTable, which
+    `dataclasses.asdict` and `isinstance(…, tuple)` tell from the tuples they were: the library's functions
+    make them whole (the CLI keeps the columns)."""
+    import dataclasses
+
+    import fancli
+
+    model = fancli.load(str(checkpoint))
+    found = fancli.inspect(str(checkpoint))
+    assert type(model.layers) is tuple and type(found.rows) is tuple
+    assert type(fancli.compare(str(checkpoint)).rows) is tuple
+    assert type(fancli.check_init(str(checkpoint), config=False, baseline=False).report.rows) is tuple
+    as_dict = dataclasses.asdict(found)
+    assert as_dict["rows"][0]["layer"]["param"] == found.rows[0].layer.param
+    assert dataclasses.asdict(model)["layers"][-1]["param"] == model.layers[-1].param
+    assert found.rows == api.run(api.loaded(str(checkpoint)), report.Request()).rows
+    assert found.alike is not None and [(g.pattern, g.rows) for g in found.groups] == \
+        [(g.pattern, g.rows) for g in api.run(model, report.Request()).groups]

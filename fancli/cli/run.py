@@ -83,11 +83,10 @@ def write_stdout(text: str | Iterable[str] | None = None, printer: Callable[[], 
     try:
         if printer is not None:
             printer()
-        else:  # as they are: the renderers escape what a terminal would act on (click.echo would scan 60 MB of
-            # JSON for colour codes to strip, which none holds)
-            write = sys.stdout.write
-            for piece in [text] if isinstance(text, str) else text or ():
-                write(piece)
+        else:  # click's stdout (UTF-8 where the locale's encoding cannot write the text), with color=True: as
+            # they are, not scanned for colour codes to strip (60 MB of JSON), which the renderers escape
+            for piece in [text] if isinstance(text, str) or text is None else text:
+                click.echo(piece, nl=False, color=True)
         sys.stdout.flush()
     except BrokenPipeError:
         raise ReaderGone from None  # the reader went away (`| head`) after a piece: main ends quietly

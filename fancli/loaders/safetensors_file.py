@@ -443,9 +443,10 @@ def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
 def model_from_header(source: str, ranges: Ranges, header: Header) -> Model:
     """One safetensors file's Model from its validated header (`parse_header`), its bytes read by `ranges`."""
     keys = natural_sorted(header.tensors)
-    place = ranges, _section(ranges, header), header
-    layers = layers_from_columns(_columns(keys, list(map(header.tensors.__getitem__, keys)), [place] * len(keys))) \
-        if not header.ties else layers_from_entries(_entries(*place, keys))
+    section = _section(ranges, header)
+    slim = ranges, section, header._replace(tensors={}, ties={})  # what a handle reads of the header
+    layers = layers_from_columns(_columns(keys, list(map(header.tensors.__getitem__, keys)), [slim] * len(keys))) \
+        if not header.ties else layers_from_entries(_entries(ranges, section, header, keys))
     return Model(source=source, format="safetensors", layers=_in_layout(layers, [header]),
                  notes=_notes(header.metadata), built_by=_built_by([header]))
 
@@ -542,7 +543,7 @@ def model_from_shards(source: str, weight_map: dict[str, str],
         ranges, header = read(shard)
         headers[shard] = ranges, _section(ranges, header), header
     notes = tuple(dict.fromkeys(note for _, _, header in headers.values() for note in _notes(header.metadata)))
-    # The headers' metadata alone past the layers: their 90,000 entries are freed once the layers are built
+    # The headers' metadata alone past the load: their entries are freed (the columns keep each key's own)
     written = [header._replace(tensors={}, ties={}) for _, _, header in headers.values()]
     columns = _mapped_columns(keys, shards, headers)
     layers = layers_from_entries(_mapped_entries(source, keys, weight_map, headers)) if columns is None else \
@@ -577,11 +578,12 @@ def _mapped_columns(keys: list[str], shards: list[str], headers: dict[str, Shard
     where a shard has tied keys, or where a key is not in its shard (`_mapped_entries` then says which)."""
     if any(header.ties for _, _, header in headers.values()):
         return None
-    places = list(map(headers.__getitem__, shards))
-    tensors = list(map(dict.get, map(_TENSORS, map(itemgetter(2), places)), keys))
+    tensors = list(map(dict.get, map(_TENSORS, map(itemgetter(2), map(headers.__getitem__, shards))), keys))
     if None in tensors:
         return None
-    return _columns(keys, tensors, places)
+    slim = {shard: (ranges, section, header._replace(tensors={}, ties={}))  # what a handle reads of a header
+            for shard, (ranges, section, header) in headers.items()}
+    return _columns(keys, tensors, list(map(slim.__getitem__, shards)))
 
 
 def _columns(keys: list[str], tensors: list[_Tensor], places: Sequence[Shard]) -> EntryColumns:

@@ -255,7 +255,7 @@ def _kin_chunks(command: str, alike: Kin, names: list[str], params: list[str]) -
     serialised (and made safe) once per number, and a chunk is one join of its names, keys and those rests."""
     rests = {}  # number -> its line after the param's, then the next line up to its name
     last = {}  # number -> its line after the param's, where it ends a chunk
-    for number, row in alike.firsts().items():
+    for number, row in alike.firsts.items():
         out = layer_dict(row, command)
         del out["name"], out["param"]
         last[number] = ", " + json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])
