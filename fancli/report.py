@@ -770,15 +770,13 @@ def _table_report(table: LayerTable, settings: Settings, context: _Context) -> "
     totals, each template's counted once × its layers; None where a template's row would read its layers'
     module names (torch_default's rules, a recipe's: `_names_read`), which differ in its copies: then the
     layers are analysed one by one, as any model's are."""
-    from .summary import COUNTED, totals
+    from .summary import layers_totals
 
     templates = table.templates
     if any(_names_read(layer, settings, context) == _MODULE for layer in templates):
         return None
     rows, _ = _analyze_all(templates, settings, context, {}, _numbered(templates))
-    counts = Counter(table.kin)
-    alike = [(COUNTED(layer), counts[number]) for number, layer in enumerate(templates)]
-    return RowTable(table, list(range(len(table))), table.kin, rows), totals(templates, alike)
+    return RowTable(table, list(range(len(table))), table.kin, rows), layers_totals(table)
 
 
 def _distinct_layers(model: Model) -> Iterable[Layer]:

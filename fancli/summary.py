@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable
 
-from .layer import Layer
+from .layer import Layer, LayerTable
 from .weights.dtypes import DTYPES
 
 #: What a source without dtypes (a YAML spec, a factory's shapes) is counted as, and said to be.
@@ -82,3 +82,16 @@ def totals(layers: Iterable[Layer], alike: list[tuple[tuple, int]] | None = None
         stored = count if stored_shape is None else math.prod(stored_shape)
         by_dtype[dtype] = by_dtype.get(dtype, 0) + DTYPES[dtype][0] * stored * times
     return Totals(tensors, parameters, tied, by_dtype, assumed, tuple(unsized), buffers)
+
+
+def layers_totals(layers: Iterable[Layer]) -> Totals:
+    """`totals` of a model's layers: a LayerTable's counted once per template × its layers (no Layer made),
+    where no template is a copy stored twice (whose count needs every key)."""
+    if isinstance(layers, LayerTable) and not any(map(_COPY_OF, layers.templates)):
+        counts = Counter(layers.kin)
+        return totals(layers.templates, [(COUNTED(layer), counts[number]) for number, layer in
+                                         enumerate(layers.templates)])
+    return totals(layers)
+
+
+_COPY_OF = operator.attrgetter("copy_of")

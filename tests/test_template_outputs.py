@@ -220,3 +220,29 @@ def test_the_library_hands_back_tuples(checkpoint):
     assert found.rows == api.run(api.loaded(str(checkpoint)), report.Request()).rows
     assert found.alike is not None and [(g.pattern, g.rows) for g in found.groups] == \
         [(g.pattern, g.rows) for g in api.run(model, report.Request()).groups]
+
+
+def test_an_index_stating_its_total_is_counted_once_per_template(checkpoint, tmp_path, monkeypatch):
+    """Found in review: `metadata.total_parameters` (recent transformers write it) was compared with a total
+    that made every layer at load. Counted by template, the note is the same, and the layers stay a table."""
+    import shutil
+
+    from fancli.layer import LayerTable
+    from fancli.summary import totals
+
+    for shard in checkpoint.parent.glob("*.safetensors"):
+        shutil.copy(shard, tmp_path / shard.name)
+    document = json.loads(checkpoint.read_text())
+    counted = totals(api.load(str(checkpoint)).layers).parameters
+    copies = []
+    apply = flat_keys.KinTemplate.apply
+    monkeypatch.setattr(flat_keys.KinTemplate, "apply", lambda *args: copies.append(args[1]) or apply(*args))
+    for stated in (counted, counted + 7):
+        document["metadata"] = {"total_parameters": stated}
+        (tmp_path / checkpoint.name).write_text(json.dumps(document))
+        model = api.loaded(str(tmp_path / checkpoint.name))
+        assert isinstance(model.layers, LayerTable) and copies == []  # no layer copied from its template
+        said = [note for note in model.notes if "total_parameters" in note]
+        assert said == ([] if stated == counted else [
+            f"{checkpoint.name} states metadata.total_parameters = {stated:,}, but its tensors hold {counted:,} "
+            f"parameters (-7)"])

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from ..errors import SourceError
 from ..layer import Layer, Model
-from ..summary import totals
+from ..summary import layers_totals
 from . import LoadOptions, loader, sniff_file
 from .entry import Entry
 from .flat import Flat
@@ -49,14 +49,14 @@ def load_index(path: Path, options: LoadOptions) -> Model:
     return replace(model, notes=(*model.notes, note)) if note else model
 
 
-def stated_total(index: Path, stated: Any, layers: tuple[Layer, ...]) -> str | None:
+def stated_total(index: Path, stated: Any, layers: Sequence[Layer]) -> str | None:
     """A note where the index's `metadata.total_parameters` (transformers writes `num_parameters()`: each
     parameter once, no buffers) is not a count, or is not the parameter total fancli counts."""
     if stated is None:
         return None
     if type(stated) is not int or stated < 0:
         return f"{index.name}: metadata.total_parameters is not a count of parameters: not compared"
-    counted = totals(layers).parameters
+    counted = layers_totals(layers).parameters
     if stated == counted:
         return None
     return (f"{index.name} states metadata.total_parameters = {stated:,}, but its tensors hold {counted:,} "
