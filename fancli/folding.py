@@ -310,16 +310,17 @@ def fold_rows(rows: Iterable[Row]) -> list[Group]:
     return fold(list(rows), _PARAM, lambda row: shown(row, inits_of), by_observed_std)
 
 
-def fold_alike(params: list[str], kin: list[int], firsts: dict[int, Row]) -> list[Group]:
+def fold_alike(params: list[str], kin: list[int], firsts: dict[int, Row],
+               digits: list[str] | None = None) -> list[Group]:
     """`fold_rows` of rows without observed values given as their keys and `report.Kin` numbers (`firsts`: a
     row of each number): rows of one number show alike, so `shown` is read once per number, and keys are split
-    once per digit template (`_fold_by_template`). The groups hold the rows' positions, which the report turns
-    into its rows."""
+    once per digit template (`_fold_by_template`; `digits`: the keys', where known). The groups hold the rows'
+    positions, which the report turns into its rows."""
     inits_of: dict[int, tuple] = {}
     alike: dict[Hashable, int] = {}  # numbers that show alike fold together: one value for them all
     value = {number: alike.setdefault(shown(row, inits_of), number) for number, row in firsts.items()}
     values = list(map(value.__getitem__, kin))
-    digits = digit_templates(params)
+    digits = digits or digit_templates(params)
     if digits is None:  # a key holds a NUL
         return fold(range(len(params)), params.__getitem__, values)
     return _fold_by_template(params, digits, values)

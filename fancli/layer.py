@@ -62,16 +62,18 @@ class Layer:
 
 class LayerTable(LazyTuple[Layer]):
     """A model's layers as columns (`fancli.columns`): each layer's key (`params`), name and template (`kin`, a
-    number into `templates`, each template's first layer); the others of a template are copies that differ in
+    number into `templates`, each template's first layer), and where the loader has them the keys' digit
+    templates (`digits`, which folding reads); the others of a template are copies that differ in
     their names and data alone. A loader of many alike tensors returns it (`flat_keys.layers_from_columns`);
     analysis reads the templates, every other reader the Layers, made when read (`make`)."""
 
-    __slots__ = ("params", "names", "kin", "templates")
+    __slots__ = ("params", "names", "kin", "templates", "digits")
 
     def __init__(self, params: list[str], names: list[str], kin: list[int], templates: list[Layer],
-                 make: Callable[[int], Layer]) -> None:
+                 make: Callable[[int], Layer], digits: list[str] | None = None) -> None:
         super().__init__(len(params), make)
         self.params, self.names, self.kin, self.templates = params, names, kin, templates
+        self.digits = digits  # each key's digit template (`columns.digit_templates`), where the loader has them
 
 
 @dataclass(frozen=True)

@@ -191,11 +191,11 @@ class Report:
         if alike is None or (not isinstance(rows, RowTable) and any(map(_OBSERVED_OF, rows))):
             return fold_rows(rows)  # observed values part a group by their stds: read row by row
         if isinstance(rows, RowTable):
-            params, take = rows.params, rows.take
+            params, digits, take = rows.params, rows.digits, rows.take
         else:
-            params, take = list(map(_PARAM_OF, rows)), lambda at: tuple(map(rows.__getitem__, at))
+            params, digits, take = list(map(_PARAM_OF, rows)), None, lambda at: tuple(map(rows.__getitem__, at))
         return [Group(group.pattern, group.indices, take(group.rows))
-                for group in fold_alike(params, alike.ids, alike.firsts)]
+                for group in fold_alike(params, alike.ids, alike.firsts, digits)]
 
     @property
     def shown(self) -> "list[Group]":
@@ -321,6 +321,13 @@ class RowTable(LazyTuple[Row]):
         """Each row's parameter key (not to be changed: the layers' own list, where the rows are all of them)."""
         return self.layers.params if len(self.at) == len(self.layers) else list(map(self.layers.params.__getitem__,
                                                                                     self.at))
+
+    @property
+    def digits(self) -> list[str] | None:
+        """Each row's key's digit template, where the layers have them (not to be changed, as `params`)."""
+        digits = self.layers.digits
+        return digits if digits is None or len(self.at) == len(self.layers) else list(map(digits.__getitem__,
+                                                                                          self.at))
 
     @property
     def names(self) -> list[str]:

@@ -7,7 +7,8 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fancli.loaders.key_order import LONGEST_NUMBER, natural_key, natural_sorted
+from fancli.columns import digit_templates
+from fancli.loaders.key_order import LONGEST_NUMBER, natural_key, natural_order, natural_sorted
 
 KEYS = st.text(alphabet="ab.019", max_size=12)
 
@@ -42,8 +43,11 @@ def test_natural_sorted_is_the_order_of_natural_key(keys):
 @given(st.lists(st.text(alphabet="ab.0190\n %~é", max_size=12), max_size=30))
 def test_natural_sorted_by_template_is_the_order_of_natural_key(keys):
     """Keys with no NUL take the template path (runs of one length at one place, written by a format string;
-    a run with a leading 0 written by `_Runs`; a key with a newline grouped on its own)."""
+    a run with a leading 0 written by `_Runs`; a key with a newline grouped on its own); the digit templates it
+    hands on with them are each sorted key's (what folding would compute again)."""
     assert natural_sorted(keys) == sorted(keys, key=natural_key)
+    ordered, digits = natural_order(keys)
+    assert ordered == natural_sorted(keys) and digits == digit_templates(ordered)
 
 
 def test_natural_sorted_sorts_runs_past_int_limits_by_length_as_natural_key_does():

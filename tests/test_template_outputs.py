@@ -92,7 +92,7 @@ def _outputs(index) -> dict[str, str]:
 def _key_by_key(monkeypatch) -> None:
     """Every template off: each entry's layer, row and JSON line computed on its own; headers by the stdlib."""
     monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 1 << 62)
-    monkeypatch.setattr(safetensors_file, "natural_sorted", lambda keys: sorted(keys, key=natural_key))
+    monkeypatch.setattr(safetensors_file, "natural_order", lambda keys: (sorted(keys, key=natural_key), None))
     monkeypatch.setattr(flat_keys, "_kin", lambda shapes, dtypes, modules, leaves, distinct: [None] * len(modules))
     monkeypatch.setattr(report, "_analyze_all", lambda layers, settings, context, observed, codes: (
         [report.analyze_layer(layer, settings, context, observed.get(layer.param)) for layer in layers],

@@ -36,3 +36,4 @@ class EntryColumns(NamedTuple):
     dtypes: list[str]
     entry: Callable[[int], Entry]  # the Entry at a position
     data: Callable[[int], TensorData | None]  # its data handle
+    digits: list[str] | None = None  # each key's digit template, where the natural sort made them

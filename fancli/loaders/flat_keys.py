@@ -473,7 +473,8 @@ def layers_from_columns(columns: EntryColumns) -> LayerTable | tuple[Layer, ...]
         data = data_at(at[index]) if template.scaled is None else template.data_of(key, by_key)
         return template.apply(key, names[index], data)
 
-    return LayerTable(params, names, numbers, templates, make)
+    digits = None if columns.digits is None else list(map(columns.digits.__getitem__, at))
+    return LayerTable(params, names, numbers, templates, make, digits)
 
 
 def _layers(columns: EntryColumns, by_key: Mapping[str, Entry], identities: list[Hashable] | None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
-from itertools import islice
+from itertools import islice, repeat
 from operator import itemgetter, le
 from typing import Callable, Iterable
 
@@ -63,19 +63,26 @@ class _Runs(dict):
 
 
 def natural_sorted(keys: Iterable[str]) -> list[str]:
-    """`sorted(keys, key=natural_key)`, twice as fast on 90,000 keys: each key compares as one string with
-    every digit run written by `_Runs`. NUL sorts before any text character, so where one key has text and
-    the other a number, or one ends, the order is natural_key's; both write a number at the same place only
-    after the same text. A key holding a NUL, or a run natural_key compares by length, sorts by natural_key.
+    """`sorted(keys, key=natural_key)`, twice as fast on 90,000 keys (`natural_order`)."""
+    return natural_order(keys)[0]
 
-    Keys are grouped by their template (`digit_templates`): in a group every key has its runs at the same
-    places and of the same lengths, so where no run of two or more digits starts with a 0 their strings are the key with `\\0` and
+
+def natural_order(keys: Iterable[str]) -> tuple[list[str], list[str] | None]:
+    """`sorted(keys, key=natural_key)`, and each sorted key's digit template (`columns.digit_templates`, one
+    string a template, which folding reads again), or None where the keys sort by natural_key. Each key
+    compares as one string with every digit run written by `_Runs`. NUL sorts before any text character, so
+    where one key has text and the other a number, or one ends, the order is natural_key's; both write a
+    number at the same place only after the same text. A key holding a NUL, or a run natural_key compares by
+    length, sorts by natural_key.
+
+    Keys are grouped by their template: in a group every key has its runs at the same places and of the same
+    lengths, so where no run of two or more digits starts with a 0 their strings are the key with `\\0` and
     the run's length put before each run (what `_Runs` writes), built by one format string per group, not a
     regex call per key."""
     keys = list(keys)
     split = digit_templates(keys)
     if split is None:
-        return sorted(keys, key=natural_key)
+        return sorted(keys, key=natural_key), None
     groups: dict[str, list[str]] = {}
     for template, key in zip(split, keys):
         members = groups.get(template)
@@ -85,14 +92,14 @@ def natural_sorted(keys: Iterable[str]) -> list[str]:
             members.append(key)
     runs = _Runs()
     written = functools.partial(_DIGITS.sub, lambda match: runs[match[0]])
-    pairs: list[tuple[str, str]] = []
+    rows: list[tuple[str, str, str]] = []
     try:
         for template, members in groups.items():
-            pairs.extend(zip(_written(template, members, written), members))
+            rows.extend(zip(_written(template, members, written), members, repeat(template)))
     except _TooLong:
-        return sorted(keys, key=natural_key)
-    pairs.sort()
-    return list(map(itemgetter(1), pairs))
+        return sorted(keys, key=natural_key), None
+    rows.sort()  # by the written string, then the key (two keys may write alike: `07` and `7`)
+    return list(map(itemgetter(1), rows)), list(map(itemgetter(2), rows))
 
 
 _RUN = re.compile("\0+")

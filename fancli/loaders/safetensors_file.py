@@ -35,7 +35,7 @@ from ..weights.dtypes import DTYPES
 from ..weights.tensors import ByteSource, StridedRef, row_major_strides, strided_ref
 from .entry import Entry, EntryColumns
 from .flat_keys import layers_from_columns, layers_from_entries
-from .key_order import is_sorted, natural_sorted
+from .key_order import is_sorted, natural_order
 from .safetensors_dtypes import SAFETENSORS_DTYPES
 from .links import leads_outside, link_root
 
@@ -442,11 +442,12 @@ def load_safetensors(path: Path, options: LoadOptions | None = None) -> Model:
 
 def model_from_header(source: str, ranges: Ranges, header: Header) -> Model:
     """One safetensors file's Model from its validated header (`parse_header`), its bytes read by `ranges`."""
-    keys = natural_sorted(header.tensors)
+    keys, digits = natural_order(header.tensors)
     section = _section(ranges, header)
     slim = ranges, section, header._replace(tensors={}, ties={})  # what a handle reads of the header
-    layers = layers_from_columns(_columns(keys, list(map(header.tensors.__getitem__, keys)), [slim] * len(keys))) \
-        if not header.ties else layers_from_entries(_entries(ranges, section, header, keys))
+    layers = layers_from_columns(_columns(keys, list(map(header.tensors.__getitem__, keys)), [slim] * len(keys),
+                                          digits)) if not header.ties \
+        else layers_from_entries(_entries(ranges, section, header, keys))
     return Model(source=source, format="safetensors", layers=_in_layout(layers, [header]),
                  notes=_notes(header.metadata), built_by=_built_by([header]))
 
@@ -534,9 +535,9 @@ def model_from_shards(source: str, weight_map: dict[str, str],
     model order: a sorted weight_map is read in natural key order, as one unsharded file is, so sharding
     does not reorder a report.
     """
-    keys = list(weight_map)
+    keys, digits = list(weight_map), None
     if is_sorted(keys):
-        keys = natural_sorted(keys)
+        keys, digits = natural_order(keys)
     shards = list(map(weight_map.__getitem__, keys))
     headers = {}
     for shard in dict.fromkeys(shards):  # in the order the keys are read
@@ -545,7 +546,7 @@ def model_from_shards(source: str, weight_map: dict[str, str],
     notes = tuple(dict.fromkeys(note for _, _, header in headers.values() for note in _notes(header.metadata)))
     # The headers' metadata alone past the load: their entries are freed (the columns keep each key's own)
     written = [header._replace(tensors={}, ties={}) for _, _, header in headers.values()]
-    columns = _mapped_columns(keys, shards, headers)
+    columns = _mapped_columns(keys, shards, headers, digits)
     layers = layers_from_entries(_mapped_entries(source, keys, weight_map, headers)) if columns is None else \
         layers_from_columns(columns)
     del headers, keys, shards, columns
@@ -573,7 +574,8 @@ def _mapped_entries(source: str, keys: list[str], weight_map: dict[str, str], he
     return entries
 
 
-def _mapped_columns(keys: list[str], shards: list[str], headers: dict[str, Shard]) -> EntryColumns | None:
+def _mapped_columns(keys: list[str], shards: list[str], headers: dict[str, Shard],
+                    digits: list[str] | None) -> EntryColumns | None:
     """The keys' tensors as columns, each from the shard the index maps it to (`shards`, looked up in C); None
     where a shard has tied keys, or where a key is not in its shard (`_mapped_entries` then says which)."""
     if any(header.ties for _, _, header in headers.values()):
@@ -583,12 +585,13 @@ def _mapped_columns(keys: list[str], shards: list[str], headers: dict[str, Shard
         return None
     slim = {shard: (ranges, section, header._replace(tensors={}, ties={}))  # what a handle reads of a header
             for shard, (ranges, section, header) in headers.items()}
-    return _columns(keys, tensors, list(map(slim.__getitem__, shards)))
+    return _columns(keys, tensors, list(map(slim.__getitem__, shards)), digits)
 
 
-def _columns(keys: list[str], tensors: list[_Tensor], places: Sequence[Shard]) -> EntryColumns:
-    """Columns of the tensors of `keys`, each from the file whose ranges, data section and header are at its
-    position in `places` (a shard's)."""
+def _columns(keys: list[str], tensors: list[_Tensor], places: Sequence[Shard],
+             digits: list[str] | None) -> EntryColumns:
+    """Columns of the tensors of `keys` (`digits`: their digit templates, where the natural sort made them),
+    each from the file whose ranges, data section and header are at its position in `places` (a shard's)."""
 
     def data(position: int) -> StridedRef | None:
         return _data(*places[position], tensors[position])
@@ -596,7 +599,7 @@ def _columns(keys: list[str], tensors: list[_Tensor], places: Sequence[Shard]) -
     def entry(position: int) -> Entry:
         return _entry(*places[position], tensors[position], keys[position], None)
 
-    return EntryColumns(keys, list(map(_SHAPE, tensors)), list(map(_DTYPE, tensors)), entry, data)
+    return EntryColumns(keys, list(map(_SHAPE, tensors)), list(map(_DTYPE, tensors)), entry, data, digits)
 
 
 _SHAPE, _DTYPE, _TENSORS = attrgetter("shape"), attrgetter("dtype"), attrgetter("tensors")
