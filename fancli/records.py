@@ -20,11 +20,18 @@ R = TypeVar("R")
 _GENERATED_NAMES = ("self", "_defaults", "_record_dict_")
 
 
-def record(cls: T) -> T:
-    """`@dataclass(frozen=True)`, built faster. Fields with a `default_factory` or `init=False`, a
-    `__post_init__`, and fields named as the generated code's own names (`_GENERATED_NAMES`) are not
-    supported (none of the records that use it has one): refused at import."""
-    cls = dataclass(frozen=True, init=False)(cls)  # its own __init__ would be written and thrown away
+def record(cls: T | None = None, *, eq: bool = True) -> Any:
+    """`@dataclass(frozen=True)` (`@record(eq=False)`: `dataclass(frozen=True, eq=False)`, hashed by identity),
+    built faster. Fields with a `default_factory` or `init=False`, a `__post_init__`, and fields named as the
+    generated code's own names (`_GENERATED_NAMES`) are not supported (none of the records that use it has
+    one): refused at import."""
+    if cls is None:
+        return lambda cls: _record(cls, eq)
+    return _record(cls, eq)
+
+
+def _record(cls: T, eq: bool) -> T:
+    cls = dataclass(frozen=True, init=False, eq=eq)(cls)  # its own __init__ would be written and thrown away
     names, parameters, defaults = [], [], {}
     for field in fields(cls):
         if (field.default_factory is not MISSING or not field.init or hasattr(cls, "__post_init__")

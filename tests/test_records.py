@@ -40,3 +40,18 @@ def test_layer_keeps_the_signature_and_defaults_of_its_fields():
 def test_a_field_named_as_the_generated_code_is_refused(name):
     with pytest.raises(TypeError):
         record(type("Bad", (), {"__annotations__": {name: "int"}}))
+
+
+def test_a_record_without_eq_is_hashed_and_compared_by_identity():
+    """`@record(eq=False)`, as `dataclass(frozen=True, eq=False)` (a pickle's SavedTensor: a dict key by identity)."""
+
+    @record(eq=False)
+    class Saved:
+        key: str
+        size: tuple = ()
+
+    a, b = Saved("0", (2,)), Saved("0", (2,))
+    assert a != b and a == a and hash(a) == object.__hash__(a) and len({a, b}) == 2
+    assert (a.key, a.size, repr(a)) == ("0", (2,), "Saved(key='0', size=(2,))")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.key = "1"

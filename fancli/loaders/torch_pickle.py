@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import SourceError
+from ..records import record
 from ..weights.dtypes import DTYPES
 from . import pickle_scan
 
@@ -77,7 +78,7 @@ class _Name(_Sealed):
     name: str
 
 
-@dataclass(frozen=True, eq=False)
+@record(eq=False)  # built per tensor (20,000 in a state_dict): a dataclass's __init__ cost twice as much
 class SavedStorage(_Sealed):
     """A storage a pickle names: its key in the file, its dtype and its size."""
 
@@ -110,7 +111,7 @@ def error_phrase(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-@dataclass(frozen=True, eq=False)  # hashed by identity: a pickle may use them as keys
+@record(eq=False)  # hashed by identity: a pickle may use them as keys; built per tensor, as SavedStorage
 class SavedTensor(_Sealed):
     """A tensor as the pickle describes it; validated into a StridedRef once its storage is known."""
 
