@@ -243,3 +243,27 @@ def test_a_size_or_stride_is_checked_as_each_of_its_values_is(value):
 
     expected = isinstance(value, (tuple, list)) and len(value) <= MAX_DIMS and all(map(is_index, value))
     assert is_shape(value) == expected
+
+
+_VALUE = st.one_of(st.integers(-2, 4), st.sampled_from([(1 << 63) - 1, 1 << 63, True, 2.0, "3", None]))
+_SHAPE = st.one_of(st.none(), st.text(max_size=1), st.lists(_VALUE, max_size=66).flatmap(
+    lambda items: st.sampled_from([items, tuple(items)])))
+
+
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(["float32", "bfloat16", "qint8", "float128", "x"]),
+                          _VALUE, _SHAPE, _SHAPE), max_size=6))
+def test_claims_checked_at_once_hold_only_where_each_holds(claims):
+    """`claims_hold` (the claims of every tensor a pickle built, in C passes) never passes a tensor that
+    `check_claims` refuses: where it says they hold, each holds."""
+    from fancli.loaders.torch_pickle import SavedStorage, check_claims, claims_hold
+
+    tensors = [SavedTensor(SavedStorage("0", dtype, 4) if real else "0", dtype, offset, size, stride)
+               for real, dtype, offset, size, stride in claims]
+    each = []
+    for tensor in tensors:
+        try:
+            check_claims(Path("x.pt"), "k", tensor)
+            each.append(True)
+        except SourceError:
+            each.append(False)
+    assert claims_hold(tensors) == all(each)

@@ -34,6 +34,7 @@ from .torch_pickle import (
     SavedSparse,
     SavedTensor,
     check_claims,
+    claims_hold,
     paused_gc,
 )
 
@@ -117,6 +118,7 @@ class TorchZip:
         except Exception as error:  # zipfile raises BadZipFile, NotImplementedError, ValueError, OSError…
             raise SourceError(f"{path}: not a readable zip archive ({error_phrase(error)})") from None
         self._byteorder: str | None = None
+        self._claims_hold: set[SavedTensor] = set()  # tensors the unpickler built, their claims checked at once
 
     def _read_early(self, archive: zipfile.ZipFile) -> None:
         """data.pkl and the byteorder record, read while the directory is open: opening the zip again for
@@ -194,15 +196,20 @@ class TorchZip:
         except pickle_scan.PickleRefused as refused:
             raise SourceError(f"{self.path}: data.pkl {refused}") from None
         try:
-            return unpickler(data, pickle_scan.MAX_MEMORY - cost, **options).load()
+            reader = unpickler(data, pickle_scan.MAX_MEMORY - cost, **options)
+            found = reader.load()
+            self._claims_hold = set(reader.tensors) if claims_hold(reader.tensors) else set()
+            return found
         except UnsafeGlobal:
             raise
         except Exception as error:  # the allowlisted callables, given what a hostile pickle passes, raise anything
             raise SourceError(f"{self.path}: data.pkl is not a valid torch pickle ({error_phrase(error)})") from None
 
     def tensor_ref(self, key: str, tensor: SavedTensor) -> StridedRef:
-        """Check the pickle's claims against the archive and make a lazy handle."""
-        check_claims(self.path, key, tensor)
+        """Check the pickle's claims (`check_claims`, unless `claims_hold` found them all good at once) against
+        the archive and make a lazy handle."""
+        if tensor not in self._claims_hold:
+            check_claims(self.path, key, tensor)
         storage, dtype = tensor.storage, tensor.dtype
         member = self.members.get(f"{self.prefix}/data/{storage.key}")
         if member is None:
