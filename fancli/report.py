@@ -305,8 +305,8 @@ class RowTable(LazyTuple[Row]):
 
     def __init__(self, layers: LayerTable, at: list[int], kin: list[int], templates: list[Row],
                  made: LazyTuple[Row] | None = None) -> None:
-        if made is None:
-            made = LazyTuple(len(layers), functools.partial(_row_of, layers, templates))
+        if made is None:  # the table of every layer: `kin` is each layer's
+            made = LazyTuple(len(layers), functools.partial(_row_of, layers, kin, templates))
         super().__init__(len(at), lambda index: made[at[index]])
         self.layers, self.at, self.kin, self.templates, self.made = layers, at, kin, templates, made
 
@@ -347,11 +347,11 @@ class RowTable(LazyTuple[Row]):
         return LazyTuple(len(at), lambda index: self.made[at[index]])
 
 
-def _row_of(layers: LayerTable, templates: list[Row], position: int) -> Row:
-    """The row of the layer at `position`: its template's row, the layer put in (or the row itself, for the
-    template's own layer)."""
+def _row_of(layers: LayerTable, kin: list[int], templates: list[Row], position: int) -> Row:
+    """The row of the layer at `position`: its template's row (`kin`: each layer's), the layer put in (or the
+    row itself, for the template's own layer)."""
     layer = layers[position]
-    template = templates[layers.kin[position]]
+    template = templates[kin[position]]
     if template.layer is layer:
         return template
     fields = template.__dict__.copy()  # as `_analyze_all` copies a row: the dict whole, the layer put in
@@ -473,20 +473,38 @@ class _Context:
 
     @cached_property
     def weight_fan_in(self) -> dict[str, float]:
-        """Module name -> the fan_in torch's bias init reads from its weight."""
+        """Module name -> the fan_in torch's bias init reads from its weight (a LayerTable's: once per
+        template, for each of its layers' modules)."""
+        layers = self.layers
+        if isinstance(layers, LayerTable):
+            fans = {number: _weight_fan_in(layer) for number, layer in enumerate(layers.templates)}
+            fans = {number: fan for number, fan in fans.items() if fan is not None}
+            return {param.rpartition(".")[0]: fans[number] for param, number in zip(layers.params, layers.kin)
+                    if number in fans}
         found = {}
-        for layer in self.layers:
-            module, _, leaf = layer.param.rpartition(".")
-            if leaf == "weight" and len(layer.shape) >= 2 and layer.layout == "torch":
-                found[module] = layer.shape[1] if layer.kind == "bilinear" else fans_mod.torch_fans(layer.shape)[0]
+        for layer in layers:
+            fan = _weight_fan_in(layer)
+            if fan is not None:
+                found[layer.param.rpartition(".")[0]] = fan
         return found
 
     @cached_property
     def attention(self) -> frozenset[str]:
         """Modules with attention parameters (any of them says so, whatever the key order): their out_proj's
         bias is drawn 0."""
-        return frozenset(layer.param.rpartition(".")[0] for layer in self.layers
-                         if layer.kind == "multihead_attention")
+        layers = self.layers
+        if isinstance(layers, LayerTable):
+            attending = {number for number, layer in enumerate(layers.templates) if layer.kind == "multihead_attention"}
+            return frozenset(param.rpartition(".")[0] for param, number in zip(layers.params, layers.kin)
+                             if number in attending)
+        return frozenset(layer.param.rpartition(".")[0] for layer in layers if layer.kind == "multihead_attention")
+
+
+def _weight_fan_in(layer: Layer) -> float | None:
+    """The fan_in torch's bias init reads from this layer, where it is its module's weight."""
+    if layer.param.rpartition(".")[2] == "weight" and len(layer.shape) >= 2 and layer.layout == "torch":
+        return layer.shape[1] if layer.kind == "bilinear" else fans_mod.torch_fans(layer.shape)[0]
+    return None
 
 
 def _recipes() -> Any:
@@ -525,7 +543,7 @@ def _recipe(model: Model, settings: Settings) -> "tuple[recipes.Recipe | None, d
 def _blocks(model: Model) -> float:
     """How many blocks the keys number (`layers.0` … `layers.31`: 32), for a recipe scaled by depth where the
     source has no config saying it; 0 where none is numbered."""
-    found = {_recipes().RecipeArgs(layer, None, None, {}).block_index for layer in model.layers}
+    found = set(map(_recipes().block_index, _params(model)))
     found.discard(None)
     return float(max(found) + 1) if found else 0.0
 
@@ -678,8 +696,7 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context, obs
         elif reads == _MODULE:
             if attention is None:
                 attention, fan_in_of = context.attention, context.weight_fan_in.get
-            module, _, leaf = layer.param.rpartition(".")
-            names = (leaf, module.rpartition(".")[0] in attention, fan_in_of(module), recipe and recipe.role_key(layer))
+            names = _module_names(layer.param, layer.name, attention, fan_in_of, recipe)
         found = by_names.get(names, by_names)
         if found is by_names:
             found = by_names[names] = _shared_fields(layer, names, bare, settings, context)
@@ -694,6 +711,14 @@ def _analyze_all(layers: list[Layer], settings: Settings, context: _Context, obs
         object.__setattr__(row, "__dict__", copy)  # frozen: set as dataclasses set fields
         rows.append(row)
     return rows, ids
+
+
+def _module_names(param: str, name: str, attention: frozenset[str], fan_in_of: Callable[[str], float | None],
+                  recipe: "recipes.Recipe | None") -> tuple:
+    """What a row reads of its layer's names under torch_default's and a recipe's rules (`_MODULE`): its leaf,
+    whether its module's parent is an attention module, its module's weight's fan_in, the recipe's role."""
+    module, _, leaf = param.rpartition(".")
+    return leaf, module.rpartition(".")[0] in attention, fan_in_of(module), recipe and recipe.role_key(name, param)
 
 
 def _numbered(layers: list[Layer]) -> list[int | None]:
@@ -749,10 +774,8 @@ def analyze(
     recipe_from = None
     if context.recipe is not None:
         recipe_from = "--recipe" if settings.recipe else model.built_by.where if model.built_by else None
-    table = model.layers if isinstance(model.layers, LayerTable) and not observed and not settings.filters else None
-    found = None if table is None else _table_report(table, settings, context)
-    if found is not None:
-        rows, counted = found
+    if isinstance(model.layers, LayerTable) and not observed and not settings.filters:
+        rows, counted = _table_report(model.layers, settings, context)
         return Report(command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out,
                       rows, model.notes, counted, recipe_from=recipe_from, kin=Kin(rows, rows.kin))
     layers = selected(model, settings.filters)
@@ -772,18 +795,35 @@ def analyze(
                   model.notes, totals(layers, alike), recipe_from=recipe_from, kin=Kin(rows, ids))
 
 
-def _table_report(table: LayerTable, settings: Settings, context: _Context) -> "tuple[RowTable, Totals] | None":
+def _table_report(table: LayerTable, settings: Settings, context: _Context) -> "tuple[RowTable, Totals]":
     """The rows of a LayerTable as a RowTable, each template's layer analysed once (`_analyze_all`), and their
-    totals, each template's counted once × its layers; None where a template's row would read its layers'
-    module names (torch_default's rules, a recipe's: `_names_read`), which differ in its copies: then the
-    layers are analysed one by one, as any model's are."""
+    totals, each template's counted once × its layers. Where a template's row reads its layers' module names
+    (torch_default's rules, a recipe's: `_names_read`), which differ in its copies, its layers are numbered by
+    what they read of them (`_module_names`), each number analysed on its first layer."""
     from .summary import layers_totals
 
     templates = table.templates
-    if any(_names_read(layer, settings, context) == _MODULE for layer in templates):
-        return None
+    reads = [_names_read(layer, settings, context) == _MODULE for layer in templates]
+    kin = table.kin
+    if any(reads):  # rows of those templates differ where their names do: one number per template and names
+        attention, fan_in_of, recipe = context.attention, context.weight_fan_in.get, context.recipe
+        names: list[Any] = [None] * len(kin)
+        for index in itertools.compress(range(len(kin)), map(reads.__getitem__, kin)):
+            names[index] = _module_names(table.params[index], table.names[index], attention, fan_in_of, recipe)
+        numbering = Numbering()
+        kin = list(map(numbering.__getitem__, zip(kin, names)))
+        first = dict(zip(reversed(kin), range(len(kin) - 1, -1, -1)))
+        templates = [table[first[number]] for number in range(len(numbering))]
     rows, _ = _analyze_all(templates, settings, context, {}, _numbered(templates))
-    return RowTable(table, list(range(len(table))), table.kin, rows), layers_totals(table)
+    return RowTable(table, list(range(len(table))), kin, rows), layers_totals(table)
+
+
+def _params(model: Model) -> Iterable[str]:
+    """Each layer's parameter key (a LayerTable's from its column: no Layer made)."""
+    return model.layers.params if isinstance(model.layers, LayerTable) else map(_PARAM_OF_LAYER, model.layers)
+
+
+_PARAM_OF_LAYER = operator.attrgetter("param")
 
 
 def _distinct_layers(model: Model) -> Iterable[Layer]:

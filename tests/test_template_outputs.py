@@ -98,7 +98,7 @@ def _key_by_key(monkeypatch) -> None:
         [report.analyze_layer(layer, settings, context, observed.get(layer.param)) for layer in layers],
         list(range(len(layers)))))  # each row alike no other: folded and written row by row
     monkeypatch.setattr(report, "_numbered", lambda layers: [None] * len(layers))  # totals layer by layer too
-    monkeypatch.setattr(report, "_table_report", lambda table, settings, context: None)  # no RowTable
+    monkeypatch.setattr(report, "LayerTable", type("NoTable", (), {}))  # no RowTable: layers read one by one
     monkeypatch.setattr(report, "Kin", lambda rows, ids: None)  # no rows known alike: folded row by row
     monkeypatch.setattr(json_out, "_layer_chunks", lambda done: json_out._joined(
         "    " + json_safe(json.dumps(json_out.layer_dict(row, done.command), ensure_ascii=False, allow_nan=False))

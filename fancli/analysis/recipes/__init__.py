@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..schemes import InitValues
 from . import frameworks, training, transformers, vision
-from .draws import RecipeArgs
+from .draws import RecipeArgs, block_index
 
 if TYPE_CHECKING:
     from ...layer import BuiltBy, Layer
@@ -48,13 +48,13 @@ class Recipe:
         return [" or ".join(need) if isinstance(need, tuple) else need for need in self.needs
                 if not any(facts.get(name) for name in ((need,) if isinstance(need, str) else need))]
 
-    def role_key(self, layer: "Layer") -> tuple[str, ...]:
-        """What the rule reads of a layer beyond the fields `report` keys its cache on: the module's last three
-        names (`attn.c_proj`; torchvision's `layer1.0.bn2`; an index as `#`, which no rule reads but as an
-        index: 256 experts share one key), and its block index for a depth-scaled recipe."""
-        parts = ["#" if part.isdigit() else part for part in layer.name.rsplit(".", 3)[-3:]]
+    def role_key(self, name: str, param: str) -> tuple[str, ...]:
+        """What the rule reads of a layer (its `name` and `param`) beyond the fields `report` keys its cache on:
+        the module's last three names (`attn.c_proj`; torchvision's `layer1.0.bn2`; an index as `#`, which no
+        rule reads but as an index: 256 experts share one key), and its block index for a depth-scaled recipe."""
+        parts = ["#" if part.isdigit() else part for part in name.rsplit(".", 3)[-3:]]
         if self.by_depth:
-            parts.append(str(RecipeArgs(layer, None, None, {}).block_index))
+            parts.append(str(block_index(param)))
         return tuple(parts)
 
 

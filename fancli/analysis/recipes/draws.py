@@ -63,8 +63,13 @@ class RecipeArgs:
     @property
     def block_index(self) -> int | None:
         """The first index in the name (`layers.3.attention.wo` → 3): the block a depth-scaled init reads."""
-        found = _INDEX.search(self.layer.param)
-        return int(found.group(1)) if found else None
+        return block_index(self.layer.param)
+
+
+def block_index(param: str) -> int | None:
+    """The first index of a parameter key (`layers.3.attention.wo.weight` → 3), None where it has none."""
+    found = _INDEX.search(param)
+    return int(found.group(1)) if found else None
 
 
 def normal(std: float, why: str) -> InitValues:
