@@ -65,6 +65,11 @@ class LazyTuple(Sequence[T]):
             self._some, self._make = {}, _MADE
         return self._all
 
+    def fresh(self, index: int) -> T:
+        """Item `index` made anew, not kept (the kept one where the tuple was made whole): for a tuple made of
+        this one's items, which keeps its own."""
+        return self._all[index] if self._all is not None else self._make(index)
+
     def __len__(self) -> int:
         return self._size
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 from .columns import LazyTuple
-from .records import record
+from .records import record, replaced
 from .vocab import KERNEL_LAST
 
 if TYPE_CHECKING:
@@ -74,6 +74,23 @@ class LayerTable(LazyTuple[Layer]):
         super().__init__(len(params), make)
         self.params, self.names, self.kin, self.templates = params, names, kin, templates
         self.digits = digits  # each key's digit template (`columns.digit_templates`), where the loader has them
+
+    def with_templates(self, templates: list[Layer]) -> LayerTable:
+        """The table with each template changed into `templates`' (by what a config states, which no name's
+        index changes: never a name, key or data), each copy changed as its template was."""
+        changes = [{name: value for name, value in new.__dict__.items() if value is not old.__dict__[name]}
+                   for old, new in zip(self.templates, templates)]
+        kin = self.kin
+        first = dict(zip(reversed(kin), range(len(kin) - 1, -1, -1)))
+
+        def make(index: int) -> Layer:
+            number = kin[index]
+            if first[number] == index:
+                return templates[number]
+            layer = self.fresh(index)
+            return replaced(layer, **changes[number]) if changes[number] else layer
+
+        return LayerTable(self.params, self.names, kin, templates, make, self.digits)
 
 
 @dataclass(frozen=True)

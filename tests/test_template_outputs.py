@@ -11,7 +11,7 @@ import pytest
 from helpers import run
 
 from fancli import api, report
-from fancli.loaders import flat_keys, safetensors_file
+from fancli.loaders import flat_keys, hf_config, safetensors_file
 from fancli.loaders.key_order import natural_key
 from fancli.renderers import json_out
 from fancli.text import json_safe
@@ -99,6 +99,7 @@ def _key_by_key(monkeypatch) -> None:
         list(range(len(layers)))))  # each row alike no other: folded and written row by row
     monkeypatch.setattr(report, "_numbered", lambda layers: [None] * len(layers))  # totals layer by layer too
     monkeypatch.setattr(report, "LayerTable", type("NoTable", (), {}))  # no RowTable: layers read one by one
+    monkeypatch.setattr(hf_config, "LayerTable", type("NoTable", (), {}))  # config.json applied layer by layer
     monkeypatch.setattr(report, "Kin", lambda rows, ids: None)  # no rows known alike: folded row by row
     monkeypatch.setattr(json_out, "_layer_chunks", lambda done: json_out._joined(
         "    " + json_safe(json.dumps(json_out.layer_dict(row, done.command), ensure_ascii=False, allow_nan=False))
@@ -246,3 +247,59 @@ def test_an_index_stating_its_total_is_counted_once_per_template(checkpoint, tmp
         assert said == ([] if stated == counted else [
             f"{checkpoint.name} states metadata.total_parameters = {stated:,}, but its tensors hold {counted:,} "
             f"parameters (-7)"])
+
+
+@pytest.mark.parametrize("gapped", [False, True], ids=["every-gate", "a-gate-missing"])
+def test_a_config_beside_the_checkpoint_is_applied_per_template_as_layer_by_layer(tmp_path, monkeypatch, gapped):
+    """A Hugging Face folder: config.json's activation (after the gate projections), initializer_range, and a
+    tied head that is not stored are applied to each template of the LayerTable, its copies alike. Where one
+    expert lacks its gate, the activation follows that expert's up projection alone: applied layer by layer.
+    Every output equals the one computed key by key, config.json applied layer by layer."""
+    tensors = _deepseek_like()
+    del tensors["lm_head.weight"]
+    if gapped:
+        for leaf in ("weight", "weight_scale_inv"):
+            del tensors[f"model.layers.4.mlp.experts.1.gate_proj.{leaf}"]
+    keys = sorted(tensors)
+    weight_map = {}
+    for s, chunk in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        name = f"model-0000{s + 1}-of-00002.safetensors"
+        safetensors_torch.save_file({key: tensors[key] for key in chunk}, str(tmp_path / name),
+                                    metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(chunk, name))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "hidden_act": "silu",
+        "initializer_range": 0.02, "tie_word_embeddings": True, "num_attention_heads": 4, "hidden_size": 64}))
+    templated = _outputs(tmp_path)
+    model = api.loaded(str(tmp_path))
+    from fancli.layer import LayerTable
+
+    assert isinstance(model.layers, LayerTable) != gapped  # a gate missing in one expert: layer by layer
+    assert any("tie_word_embeddings" in note for note in model.notes)
+    with monkeypatch.context() as patched:
+        _key_by_key(patched)
+        by_key = _outputs(tmp_path)
+    for name in templated:
+        assert templated[name] == by_key[name], name
+    document = json.loads(templated["json"])
+    silu = [layer["param"] for layer in document["layers"] if layer["nonlinearity"] == "silu"]
+    assert "model.layers.1.mlp.experts.0.gate_proj.weight" in silu
+    assert ("model.layers.4.mlp.experts.1.up_proj.weight" in silu) == gapped
+
+
+def test_a_tied_head_beside_two_alike_embeddings_is_left_alone(tmp_path, monkeypatch):
+    """Two embeddings of one template (`towers.0.embed_tokens`, `towers.1.embed_tokens`): `_unstored_head` names
+    no input embedding where there are two, whatever the templates; the table keeps it so."""
+    g = torch.Generator().manual_seed(1)
+    tensors = {f"towers.{i}.embed_tokens.weight": torch.randn(10, 4, generator=g) for i in range(2)}
+    tensors |= {f"towers.{i}.proj.weight": torch.randn(4, 4, generator=g) for i in range(2)}
+    safetensors_torch.save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"tie_word_embeddings": True,
+                                                      "architectures": ["ToyForCausalLM"]}))
+    tabled = api.load(str(tmp_path))
+    with monkeypatch.context() as patched:
+        patched.setattr(hf_config, "LayerTable", type("NoTable", (), {}))
+        one_by_one = api.load(str(tmp_path))
+    assert tabled.layers == one_by_one.layers and tabled.notes == one_by_one.notes
+    assert not any(layer.aliases for layer in tabled.layers)

@@ -10,15 +10,17 @@ in a model note, and what was taken from it is said too.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 from ..errors import SourceError
-from ..layer import Layer, Model
+from ..layer import Layer, LayerTable, Model
 from ..safe_io import parse_json_object, read_bounded
 from .entry import Entry
 from .formats import config_applies
-from .hf_facts import TOWERS, apply_library_facts, built_by, embedding_name, section_of
+from .hf_facts import TOWERS, apply_library_facts, built_by, embedding_name, gate_of_up, section_of
 from .links import cache_repo, leads_outside
 from .module_structure import unsplit_note
 from .quant_keys import COMPRESSED_BITS, compressed_layer, mlx_restated
@@ -85,18 +87,58 @@ def with_config(model: Model, weights: Path) -> Model:
 
 
 def apply_config(model: Model, config: dict, where: str) -> Model:
-    """The model with what the parsed config.json `config` (read at `where`, local or remote) states applied."""
+    """The model with what the parsed config.json `config` (read at `where`, local or remote) states applied:
+    to a LayerTable's templates where what it states reads no index of a name (`_on_templates`), else layer
+    by layer."""
+    table = model.layers if isinstance(model.layers, LayerTable) else None
+    if table is not None:
+        done = _on_templates(model, table, config, where)
+        if done is not None:
+            return done
+        model = model.with_layers_made()
+    layers, notes = _configured(model, model.layers, config, where)
+    return replace(model, layers=layers, notes=notes, built_by=built_by(config))
+
+
+def _on_templates(model: Model, table: LayerTable, config: dict, where: str) -> Model | None:
+    """`apply_config` of a LayerTable: what config.json states applied to each template, its copies changed
+    alike. None where that may not hold for every copy: a quantization it restates (GPTQ group size,
+    compressed-tensors bits, MLX's) or a DCP's ties, which read each tensor; an up projection whose gate
+    sits beside some of its template's layers and not others; a tied head whose embedding is not alone."""
+    if (model.format == "torch-dcp" or _gptq_group_size(config) is not None or _compressed_bits(config) is not None
+            or isinstance(config.get("quantization"), dict)):
+        return None
+    modules = set(table.names)
+    templates, notes = _configured(model, tuple(table.templates), config, where, modules)
+    counts = Counter(table.kin)
+    for number, (old, new) in enumerate(zip(table.templates, templates)):
+        if new.aliases != old.aliases and (counts[number] != 1 or "lm_head.weight" in table.params):
+            return None  # `_unstored_head` counts every embedding and reads every key
+        gate = gate_of_up(old.name)
+        if gate is not None and counts[number] > 1:
+            beside = {f"{name.rpartition('.')[0]}.{gate}" in modules
+                      for name, kin in zip(table.names, table.kin) if kin == number}
+            if len(beside) > 1:
+                return None
+    return replace(model, layers=table.with_templates(list(templates)), notes=notes, built_by=built_by(config))
+
+
+def _configured(model: Model, layers: Sequence[Layer], config: dict, where: str,
+                modules: set[str] | None = None) -> tuple[tuple[Layer, ...], tuple[str, ...]]:
+    """The layers with what config.json states applied, and the model's notes with what was taken
+    (`modules`: every layer's name, where `layers` are not all of them)."""
     notes = list(model.notes)
     sections = {section: heads_of(config if section is None else config[section]) for section in
                 (None, "text_config", *TOWERS) if section is None or isinstance(config.get(section), dict)}
-    layers, split = [], {}
-    for layer in model.layers:
+    done_layers, split = [], {}
+    for layer in layers:
         section = section_of(layer.name, config)
         heads = sections[section]
         done = layer if heads is None else _split(layer, heads)
         if done is not layer:
             split[f"{section}: {heads}" if section in TOWERS else str(heads)] = None
-        layers.append(done)
+        done_layers.append(done)
+    layers = done_layers
     notes += [f"from {NAME}: {heads} (splits fused q/k/v)" for heads in split]
     stated = _gptq_group_size(config)
     if stated is not None:
@@ -117,7 +159,7 @@ def apply_config(model: Model, config: dict, where: str) -> Model:
         if any(new is not old for new, old in zip(restated, layers)):
             layers = restated
             notes.append(f"from {NAME}: MLX quantization (bits and group_size)")
-    layers, taken = apply_library_facts(tuple(layers), config)
+    layers, taken = apply_library_facts(tuple(layers), config, modules)
     if taken:
         notes.append(f"from {NAME}: {'; '.join(taken)}")
     if model.format == "torch-dcp":
@@ -126,7 +168,7 @@ def apply_config(model: Model, config: dict, where: str) -> Model:
     else:
         layers, tie = _unstored_head(layers, config)
         notes += [tie] if tie else []
-    return replace(model, layers=layers, notes=tuple(notes), built_by=built_by(config))
+    return layers, tuple(notes)
 
 
 #: Modules transformers ties to the input embedding when config.json says `tie_word_embeddings`: the LM

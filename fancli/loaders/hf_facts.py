@@ -48,6 +48,12 @@ def section_of(module: str, config: dict) -> str | None:
     return "text_config" if isinstance(config.get("text_config"), dict) else None
 
 
+def gate_of_up(module: str) -> str | None:
+    """The gate beside an up projection of a gated MLP (`gate_proj` beside `up_proj`), by the module's last name:
+    whether it is there decides which of the two the activation follows."""
+    return _GATE_OF_UP.get(module.rpartition(".")[2])
+
+
 def embedding_name(module: str) -> bool:
     """Whether a module's name is a transformers model's input embedding (`embed_tokens`, `wte`, `shared`…)."""
     return bool(_EMBEDDING.search(module))
@@ -107,11 +113,13 @@ def _expert_layout(layer: Layer, model_type: Any) -> Layer:
     return replace(layer, layout="in_out" if transposed else "torch", unknown_fans=(), notes=(*layer.notes, note))
 
 
-def apply_library_facts(layers: tuple[Layer, ...], config: dict[str, Any]) -> tuple[tuple[Layer, ...], list[str]]:
+def apply_library_facts(layers: tuple[Layer, ...], config: dict[str, Any],
+                        modules: set[str] | None = None) -> tuple[tuple[Layer, ...], list[str]]:
     """The layers with the config's activation, tied embedding and library init applied, each from the
-    sub-config that owns its module (a vision tower's MLP is not the text model's); and what was taken."""
+    sub-config that owns its module (a vision tower's MLP is not the text model's); and what was taken.
+    `modules`: every layer's name, where `layers` are not all of them (a LayerTable's templates)."""
     facts: dict[str | None, tuple] = {}
-    modules = {layer.name for layer in layers}
+    modules = {layer.name for layer in layers} if modules is None else modules
     taken: dict[str, None] = {}
     out = []
     for layer in layers:
@@ -127,7 +135,7 @@ def apply_library_facts(layers: tuple[Layer, ...], config: dict[str, Any]) -> tu
         leaf = layer.param.rpartition(".")[2]
         weight = len(layer.shape) >= 2 and leaf in ("weight", "qweight", "weight_packed")
         if activation and weight and layer.kind == "linear" and layer.nonlinearity is None:
-            gate = _GATE_OF_UP.get(layer.name.rpartition(".")[2])
+            gate = gate_of_up(layer.name)
             gated = gate and f"{layer.name.rpartition('.')[0]}.{gate}" in modules
             if _GATE.search(layer.name) or (_UP.search(layer.name) and not gated):
                 note = f"followed by {activation[1]}: config.json {where}{activation[0]}"
