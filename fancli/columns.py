@@ -39,7 +39,8 @@ class Numbering(dict):
         return number
 
 
-def _MADE(index: int) -> Any:
+def _made_whole(index: int) -> Any:
+    """What a LazyTuple made whole has for a maker: nothing reads it (`_all` is set before it is put in)."""
     raise AssertionError("a LazyTuple made whole makes no item")
 
 
@@ -62,13 +63,14 @@ class LazyTuple(Sequence[T]):
             some, make = self._some, self._make
             self._all = tuple(some[i] if i in some else make(i) for i in range(self._size)) if some else \
                 tuple(map(make, range(self._size)))
-            self._some, self._make = {}, _MADE
+            self._some, self._make = {}, _made_whole  # after `_all`: a reader that took the maker first finds it
         return self._all
 
     def fresh(self, index: int) -> T:
         """Item `index` made anew, not kept (the kept one where the tuple was made whole): for a tuple made of
         this one's items, which keeps its own."""
-        return self._all[index] if self._all is not None else self._make(index)
+        make = self._make  # before `_all` is tested: `whole()` sets `_all`, then lets the maker go
+        return self._all[index] if self._all is not None else make(index)
 
     def __len__(self) -> int:
         return self._size
@@ -80,12 +82,13 @@ class LazyTuple(Sequence[T]):
     def __getitem__(self, index: slice) -> tuple[T, ...]: ...
 
     def __getitem__(self, index: Any) -> Any:
+        make = self._make  # before `_all` is tested (as `fresh`)
         if self._all is not None or isinstance(index, slice):
             return self.whole()[index]
         position = range(self._size)[index]  # IndexError, negative indices, as a tuple's
         found = self._some.get(position)
         if found is None:
-            found = self._some[position] = self._make(position)
+            found = self._some[position] = make(position)
         return found
 
     def __iter__(self) -> Iterator[T]:

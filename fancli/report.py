@@ -15,15 +15,15 @@ import operator
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .analysis import fans as fans_mod
 from .analysis import gains, schemes
 from .analysis.fans import LayerFans
 from .analysis.schemes import InitValues
+from .columns import LazyTuple, Numbering
 from .errors import SettingsError
 from .kinds import has_init
-from .columns import LazyTuple, Numbering
 from .layer import Layer, LayerTable, Model
 from .records import replaced
 from .vocab import FAN_CONVENTIONS

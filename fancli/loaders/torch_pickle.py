@@ -13,9 +13,9 @@ import gc
 import io
 import pickle
 from dataclasses import dataclass
-from pathlib import Path
 from itertools import chain
 from operator import attrgetter
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import SourceError

@@ -236,8 +236,11 @@ _LAYER_READ = operator.attrgetter("kind", "shape", "dtype", "aliases", "hf_name"
 
 def _layer_chunks(report: Report) -> Iterator[str]:
     """The rows' JSON lines, made safe (`json_safe`), LINES_PER_CHUNK at a time joined by ",\n": by `Kin` where
-    the report knows which rows are alike and none names its HF key, else row by row."""
+    the report knows which rows are alike, at least two rows a kind (with --stats each row is its own: its
+    line is written as it is made, not kept), and none names its HF key; else row by row."""
     alike, rows = report.alike, report.rows
+    if alike is not None and 2 * len(alike.firsts) > len(alike.ids):
+        alike = None
     if alike is not None and isinstance(rows, RowTable):  # names from its columns: no Row made
         if not any(map(_HF_NAME, rows.templates)):
             return _kin_chunks(report.command, alike, rows.names, rows.params)
