@@ -23,9 +23,9 @@ from . import frameworks, training, transformers, vision
 from .draws import RecipeArgs, block_index
 
 if TYPE_CHECKING:
-    from ...layer import BuiltBy, Layer
+    from ...layer import BuiltBy
 
-__all__ = ["RECIPES", "Recipe", "RecipeArgs", "for_source", "recipe"]
+__all__ = ["RECIPES", "Recipe", "RecipeArgs", "block_index", "for_source", "recipe"]
 
 
 @dataclass(frozen=True)
