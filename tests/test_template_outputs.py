@@ -59,9 +59,11 @@ def _deepseek_like() -> dict:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """Two shards and an index sorted by key, as transformers writes them."""
-    folder = tmp_path_factory.mktemp("deepseek")
-    tensors = _deepseek_like()
+    return _sharded(tmp_path_factory.mktemp("deepseek"), _deepseek_like())
+
+
+def _sharded(folder, tensors: dict):
+    """Two shards and an index sorted by key, as transformers writes them; the index's path."""
     keys = list(tensors)
     weight_map = {}
     for s, chunk in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
@@ -106,14 +108,20 @@ def _key_by_key(monkeypatch) -> None:
         for row in done.rows))
 
 
-def test_every_output_equals_the_one_computed_key_by_key(checkpoint, monkeypatch):
-    monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 0)  # msgspec for every header
-    templated = _outputs(checkpoint)
+def _outputs_as_key_by_key(monkeypatch, source) -> dict[str, str]:
+    """`_outputs` of `source`, after checking that each is the one computed key by key."""
+    templated = _outputs(source)
     with monkeypatch.context() as patched:
         _key_by_key(patched)
-        by_key = _outputs(checkpoint)
+        by_key = _outputs(source)
     for name in templated:
         assert templated[name] == by_key[name], name
+    return templated
+
+
+def test_every_output_equals_the_one_computed_key_by_key(checkpoint, monkeypatch):
+    monkeypatch.setattr(safetensors_file, "TYPED_PARSE_BYTES", 0)  # msgspec for every header
+    templated = _outputs_as_key_by_key(monkeypatch, checkpoint)
     document = json.loads(templated["json"])
     assert len(document["layers"]) > 100 and len(document["groups"]) < len(document["layers"]) / 3
     assert "model.layers.{1,2,4}.mlp.experts.{0..3}.down_proj.weight ×12" in templated["table"]  # the gap kept
@@ -260,28 +268,16 @@ def test_a_config_beside_the_checkpoint_is_applied_per_template_as_layer_by_laye
     if gapped:
         for leaf in ("weight", "weight_scale_inv"):
             del tensors[f"model.layers.4.mlp.experts.1.gate_proj.{leaf}"]
-    keys = sorted(tensors)
-    weight_map = {}
-    for s, chunk in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
-        name = f"model-0000{s + 1}-of-00002.safetensors"
-        safetensors_torch.save_file({key: tensors[key] for key in chunk}, str(tmp_path / name),
-                                    metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(chunk, name))
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    _sharded(tmp_path, tensors)
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "hidden_act": "silu",
         "initializer_range": 0.02, "tie_word_embeddings": True, "num_attention_heads": 4, "hidden_size": 64}))
-    templated = _outputs(tmp_path)
     model = api.loaded(str(tmp_path))
     from fancli.layer import LayerTable
 
     assert isinstance(model.layers, LayerTable) != gapped  # a gate missing in one expert: layer by layer
     assert any("tie_word_embeddings" in note for note in model.notes)
-    with monkeypatch.context() as patched:
-        _key_by_key(patched)
-        by_key = _outputs(tmp_path)
-    for name in templated:
-        assert templated[name] == by_key[name], name
+    templated = _outputs_as_key_by_key(monkeypatch, tmp_path)
     document = json.loads(templated["json"])
     silu = [layer["param"] for layer in document["layers"] if layer["nonlinearity"] == "silu"]
     assert "model.layers.1.mlp.experts.0.gate_proj.weight" in silu
