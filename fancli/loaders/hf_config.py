@@ -112,6 +112,8 @@ def _on_templates(model: Model, table: LayerTable, config: dict, where: str) -> 
     templates, notes = _configured(model, tuple(table.templates), config, where, modules)
     counts = Counter(table.kin)
     for number, (old, new) in enumerate(zip(table.templates, templates)):
+        if new.name != old.name or new.param != old.param or new.data is not old.data:
+            return None  # what the copies have of their own is not a template's to change
         if new.aliases != old.aliases and (counts[number] != 1 or "lm_head.weight" in table.params):
             return None  # `_unstored_head` counts every embedding and reads every key
         gate = gate_of_up(old.name)
