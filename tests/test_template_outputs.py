@@ -11,6 +11,7 @@ import pytest
 from helpers import run
 
 from fancli import api, report
+from fancli.layer import LayerTable
 from fancli.loaders import flat_keys, hf_config, safetensors_file
 from fancli.loaders.key_order import natural_key
 from fancli.renderers import json_out
@@ -79,6 +80,7 @@ def _sharded(folder, tensors: dict):
 #: Settings under which a row reads its names (torch_default's rules, a recipe's) or several modes.
 VARIANTS = {"torch_default": ("inspect", "--format", "json", "--scheme", "torch_default"),
             "megatron": ("inspect", "--format", "json", "--recipe", "megatron"),
+            "torchtitan": ("inspect", "--format", "json", "--recipe", "torchtitan"),  # by depth: a block's index
             "compare": ("compare", "--mode", "fan_in", "fan_out", "--format", "json")}
 
 
@@ -188,8 +190,6 @@ def test_a_table_reads_as_the_tuple_of_layers_and_rows_computed_one_by_one(check
     equal the tuple the per-layer path gives, read whole or item by item, and a row read twice is one object."""
     from dataclasses import replace
 
-    from fancli.layer import LayerTable
-
     model = api.loaded(str(checkpoint))
     assert isinstance(model.layers, LayerTable) and len(model.layers.templates) < len(model.layers) / 3
     one_by_one = replace(model, layers=tuple(api.loaded(str(checkpoint)).layers))
@@ -236,7 +236,6 @@ def test_an_index_stating_its_total_is_counted_once_per_template(checkpoint, tmp
     that made every layer at load. Counted by template, the note is the same, and the layers stay a table."""
     import shutil
 
-    from fancli.layer import LayerTable
     from fancli.summary import totals
 
     for shard in checkpoint.parent.glob("*.safetensors"):
@@ -273,8 +272,6 @@ def test_a_config_beside_the_checkpoint_is_applied_per_template_as_layer_by_laye
         "model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "hidden_act": "silu",
         "initializer_range": 0.02, "tie_word_embeddings": True, "num_attention_heads": 4, "hidden_size": 64}))
     model = api.loaded(str(tmp_path))
-    from fancli.layer import LayerTable
-
     assert isinstance(model.layers, LayerTable) != gapped  # a gate missing in one expert: layer by layer
     assert any("tie_word_embeddings" in note for note in model.notes)
     templated = _outputs_as_key_by_key(monkeypatch, tmp_path)

@@ -111,6 +111,7 @@ def _on_templates(model: Model, table: LayerTable, config: dict, where: str) -> 
     modules = set(table.names)
     templates, notes = _configured(model, tuple(table.templates), config, where, modules)
     counts = Counter(table.kin)
+    gates = {}  # template -> the gate beside its up projection, where it has several layers
     for number, (old, new) in enumerate(zip(table.templates, templates)):
         if new.name != old.name or new.param != old.param or new.data is not old.data:
             return None  # what the copies have of their own is not a template's to change
@@ -118,29 +119,35 @@ def _on_templates(model: Model, table: LayerTable, config: dict, where: str) -> 
             return None  # `_unstored_head` counts every embedding and reads every key
         gate = gate_of_up(old.name)
         if gate is not None and counts[number] > 1:
-            beside = {f"{name.rpartition('.')[0]}.{gate}" in modules
-                      for name, kin in zip(table.names, table.kin) if kin == number}
-            if len(beside) > 1:
-                return None
+            gates[number] = gate
+    if gates:  # one pass over the layers: is the gate beside every copy of its template, or none?
+        beside: dict[int, set[bool]] = {number: set() for number in gates}
+        for name, number in zip(table.names, table.kin):
+            if number in gates:
+                beside[number].add(f"{name.rpartition('.')[0]}.{gates[number]}" in modules)
+        if any(len(found) > 1 for found in beside.values()):
+            return None
     return replace(model, layers=table.with_templates(list(templates)), notes=notes, built_by=built_by(config))
 
 
-def _configured(model: Model, layers: Sequence[Layer], config: dict, where: str,
+def _configured(model: Model, given: Sequence[Layer], config: dict, where: str,
                 modules: set[str] | None = None) -> tuple[tuple[Layer, ...], tuple[str, ...]]:
-    """The layers with what config.json states applied, and the model's notes with what was taken
-    (`modules`: every layer's name, where `layers` are not all of them)."""
+    """The `given` layers with what config.json states applied, and the model's notes with what was taken
+    (`modules`: every layer's name, where `given` are not all of them). `_on_templates` applies it to a
+    LayerTable's templates and guards each rule here that reads another layer (the gate beside an up
+    projection, the embeddings a tied head counts, a restated quantization, DCP's ties): a new such rule
+    needs its guard there."""
     notes = list(model.notes)
     sections = {section: heads_of(config if section is None else config[section]) for section in
                 (None, "text_config", *TOWERS) if section is None or isinstance(config.get(section), dict)}
-    done_layers, split = [], {}
-    for layer in layers:
+    layers, split = [], {}
+    for layer in given:
         section = section_of(layer.name, config)
         heads = sections[section]
         done = layer if heads is None else _split(layer, heads)
         if done is not layer:
             split[f"{section}: {heads}" if section in TOWERS else str(heads)] = None
-        done_layers.append(done)
-    layers = done_layers
+        layers.append(done)
     notes += [f"from {NAME}: {heads} (splits fused q/k/v)" for heads in split]
     stated = _gptq_group_size(config)
     if stated is not None:
