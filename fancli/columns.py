@@ -30,6 +30,11 @@ def digit_templates(keys: list[str]) -> list[str] | None:
     return templates
 
 
+def first_positions(numbers: list[int]) -> dict[int, int]:
+    """Each number's first position in `numbers`, in one C pass (reversed: the first one is written last)."""
+    return dict(zip(reversed(numbers), range(len(numbers) - 1, -1, -1)))
+
+
 class Numbering(dict):
     """Key -> its number, in order of first appearance (a miss numbers the key): `map(numbering.__getitem__,
     keys)` numbers a column in C."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
-from .columns import LazyTuple
+from .columns import LazyTuple, first_positions
 from .records import record, replaced
 from .vocab import KERNEL_LAST
 
@@ -81,7 +81,7 @@ class LayerTable(LazyTuple[Layer]):
         changes = [{name: value for name, value in new.__dict__.items() if value is not old.__dict__[name]}
                    for old, new in zip(self.templates, templates)]
         kin = self.kin
-        first = dict(zip(reversed(kin), range(len(kin) - 1, -1, -1)))
+        first = first_positions(kin)
 
         def make(index: int) -> Layer:
             number = kin[index]

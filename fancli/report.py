@@ -21,7 +21,7 @@ from .analysis import fans as fans_mod
 from .analysis import gains, schemes
 from .analysis.fans import LayerFans
 from .analysis.schemes import InitValues
-from .columns import LazyTuple, Numbering
+from .columns import LazyTuple, Numbering, first_positions
 from .errors import SettingsError
 from .kinds import has_init
 from .layer import Layer, LayerTable, Model
@@ -812,7 +812,7 @@ def _table_report(table: LayerTable, settings: Settings, context: _Context) -> "
             names[index] = _module_names(table.params[index], table.names[index], attention, fan_in_of, recipe)
         numbering = Numbering()
         kin = list(map(numbering.__getitem__, zip(kin, names)))
-        first = dict(zip(reversed(kin), range(len(kin) - 1, -1, -1)))
+        first = first_positions(kin)
         templates = [table[first[number]] for number in range(len(numbering))]
     rows, _ = _analyze_all(templates, settings, context, {}, _numbered(templates))
     return RowTable(table, list(range(len(table))), kin, rows), layers_totals(table)

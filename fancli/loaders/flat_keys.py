@@ -19,7 +19,7 @@ from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Callable, Collection, Hashable, Iterable, Iterator, Mapping, NamedTuple
 
 from ..kinds import KIND_OF_GATES, RECURRENT_PARAM, kind_for_ndim
-from ..columns import Numbering, digit_templates
+from ..columns import Numbering, digit_templates, first_positions
 from ..layer import Layer, LayerTable
 from ..records import replaced
 from ..weights.dtypes import FLOATING, LOW_PRECISION_FLOATING
@@ -447,8 +447,7 @@ def layers_from_columns(columns: EntryColumns) -> LayerTable | tuple[Layer, ...]
                 alike[index] = at[index]
     numbering = Numbering()
     numbers = list(map(numbering.__getitem__, alike))
-    first = dict(zip(reversed(numbers), range(len(numbers) - 1, -1, -1)))  # reversed: the first layer wins
-    firsts = list(map(first.__getitem__, range(len(numbering))))
+    firsts = list(map(first_positions(numbers).__getitem__, range(len(numbering))))
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     templates: list[Layer] = []
     copiers: list[KinTemplate | None] = []
