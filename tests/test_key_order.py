@@ -42,8 +42,9 @@ def test_natural_sorted_is_the_order_of_natural_key(keys):
 
 @given(st.lists(st.text(alphabet="ab.0190\n %~é", max_size=12), max_size=30))
 def test_natural_sorted_by_template_is_the_order_of_natural_key(keys):
-    """Keys with no NUL take the template path (runs of one length at one place, written by a format string;
-    a run with a leading 0 written by `_Runs`; a key with a newline grouped on its own); the digit templates it
+    """Keys with no NUL take the template path (runs of one length at one place, each digit column copied into
+    the template written once; a run with a leading 0 written by `_Runs`; a key with a newline written by
+    `_Runs` too); the digit templates it
     hands on with them are each sorted key's (what folding would compute again)."""
     assert natural_sorted(keys) == sorted(keys, key=natural_key)
     ordered, digits = natural_order(keys)
@@ -54,3 +55,11 @@ def test_natural_sorted_sorts_runs_past_int_limits_by_length_as_natural_key_does
     long = "9" * (LONGEST_NUMBER + 1)
     keys = [f"a{long}", "a7", f"a{'0' * LONGEST_NUMBER}5", f"a{long}0", "a07"]
     assert natural_sorted(keys) == sorted(keys, key=natural_key)
+
+
+def test_the_template_path_copies_digits_between_any_characters():
+    """Keys copied as one byte a character where all are ASCII, else as four (UTF-32, a lone surrogate too);
+    a run of 80 digits or more writes its length past ASCII, so its keys take four bytes too."""
+    keys = [f"a.{'1' * 85}.b", f"a.{'2' * 85}.b", "a.3.b", "é.10.x", "é.9.x", "\ud800.40", "\ud800.5", "z.12.3", "z.3.12"]
+    assert natural_sorted(keys) == sorted(keys, key=natural_key)
+    assert natural_sorted(keys)[:3] == ["a.3.b", f"a.{'1' * 85}.b", f"a.{'2' * 85}.b"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
+from array import array
 from itertools import islice, repeat
 from operator import itemgetter, le
 from typing import Callable, Iterable
@@ -106,15 +107,37 @@ _RUN = re.compile("\0+")
 
 
 def _written(template: str, members: list[str], written: Callable[[str], str]) -> Iterable[str]:
-    """The strings `_Runs` writes for keys of one template: a format string fills in their runs, unless a run of
-    two or more digits starts with a 0 (its value is shorter than its run) or is longer than LONGEST_NUMBER."""
+    """The strings `_Runs` writes for keys of one template: the template written once, with `\\0` and the
+    length before each run, repeated, and each digit column of the keys copied into it (`_columns_copied`),
+    unless a run of two or more digits starts with a 0 (its value is shorter than its run) or is longer than
+    LONGEST_NUMBER, or a key holds a newline (then `written`, a regex call per key)."""
     spans = [match.span() for match in _RUN.finditer(template)]
     if not spans:
         return members
-    if any(end - start > LONGEST_NUMBER for start, end in spans) or any(
-            end - start > 1 and "0" in map(itemgetter(start), members) for start, end in spans):
+    joined = "\n".join(members)
+    if any(end - start > LONGEST_NUMBER for start, end in spans) or joined.count("\n") != len(members) - 1 or any(
+            end - start > 1 and "0" in joined[start :: len(template) + 1] for start, end in spans):
         return map(written, members)
     cuts = [0, *(start for start, _ in spans), len(template)]
-    pieces = itemgetter(*(slice(start, end) for start, end in zip(cuts, cuts[1:])))
-    form = "%s" + "".join(f"\0{chr(0x30 + end - start)}%s" for start, end in spans)  # the length: never a %
-    return map(form.__mod__, map(pieces, members))
+    form = template[: cuts[1]] + "".join(f"\0{chr(0x30 + end - start)}" + template[start:after]  # never a \n
+                                         for (start, end), after in zip(spans, cuts[2:]))
+    return _columns_copied(joined, len(template), form, spans, len(members))
+
+
+#: Keys as fixed-width code units, for `_columns_copied`: one byte a character where all are ASCII, else four
+_WIDE = ("I", "utf-32-le" if sys.byteorder == "little" else "utf-32-be")
+
+
+def _columns_copied(joined: str, width: int, form: str, spans: list[tuple[int, int]], count: int) -> list[str]:
+    """`form` (the template as `_Runs` writes it) once per key, each run's digits copied from the keys
+    (`joined`: `count` keys of `width` characters, newline-separated) by one strided slice per digit column,
+    in C: a key's characters lie at a fixed stride in `joined`, and its written ones in the result."""
+    typecode, codec = ("B", "ascii") if joined.isascii() and form.isascii() else _WIDE  # a run of 80 digits: ≥ 0x80
+    keys = array(typecode, joined.encode(codec, "surrogatepass"))
+    out = array(typecode, (form + "\n").encode(codec, "surrogatepass") * count)
+    stride, shift = len(form) + 1, 0
+    for start, end in spans:
+        shift += 2  # the NUL and the length before each run
+        for column in range(start, end):
+            out[column + shift :: stride] = keys[column :: width + 1]
+    return out.tobytes().decode(codec, "surrogatepass").split("\n")[:-1]
