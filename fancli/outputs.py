@@ -73,12 +73,14 @@ def renderer(command: str, fmt: str) -> Renderer:
     return getattr(importlib.import_module(f"fancli.renderers.{module}"), function)
 
 
-def pieces(command: str, fmt: str, result: Any, **options: Any) -> Iterable[str]:
-    """`result` (what `command` computed) as `fmt`, as pieces of text to write in order."""
+def pieces(command: str, fmt: str, result: Any, **options: Any) -> Iterable[str | bytes]:
+    """`result` (what `command` computed) as `fmt`, as pieces to write in order: text, or its UTF-8 bytes where
+    a renderer builds those (JSON's layer lines: 60 MB never encoded from text)."""
     rendered = renderer(command, fmt)(result, **options)
     return [rendered] if isinstance(rendered, str) else rendered
 
 
 def as_text(command: str, fmt: str, result: Any, **options: Any) -> str:
     """`result` (what `command` computed) as `fmt`, in one string."""
-    return "".join(pieces(command, fmt, result, **options))
+    return "".join(piece if isinstance(piece, str) else piece.decode("utf-8")
+                   for piece in pieces(command, fmt, result, **options))

@@ -303,12 +303,17 @@ def write_with(path: str | Path, fill: Callable[[str], None], others: Iterable[s
     return target
 
 
-def write_text(path: str | Path, text: str | Iterable[str], others: Iterable[str | Path | None] = ()) -> Path:
-    """Write `text` (UTF-8; a string, or pieces written in order) to `path` atomically, refusing to replace
-    a file the run reads or also writes, a device or a directory."""
+def write_text(path: str | Path, text: str | Iterable[str | bytes], others: Iterable[str | Path | None] = ()) -> Path:
+    """Write `text` (UTF-8; a string, or pieces written in order, each text or already UTF-8) to `path`
+    atomically, refusing to replace a file the run reads or also writes, a device or a directory."""
 
     def fill(temp_name: str) -> None:
         with open(temp_name, "w", encoding="utf-8") as handle:
-            handle.writelines([text] if isinstance(text, str) else text)
+            for piece in [text] if isinstance(text, str) else text:
+                if isinstance(piece, str):
+                    handle.write(piece)
+                else:
+                    handle.flush()
+                    handle.buffer.write(piece)
 
     return write_with(path, fill, others)

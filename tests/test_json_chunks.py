@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import REPO
+from helpers import REPO, run
 
 import fancli
 from fancli.renderers import json_out
@@ -90,3 +90,38 @@ def test_rows_each_of_its_own_kind_are_written_as_they_are_made(tmp_path):
     by_kind = peak(json_out._layer_chunks(report))
     by_row = peak(json_out._joined(json_out._row_lines(report)))
     assert by_kind <= 1.2 * by_row
+
+
+def test_lines_by_kind_are_utf8_bytes_of_the_lines_row_by_row(tmp_path, monkeypatch):
+    """The lines by kind are built as UTF-8 bytes (a `×` in a note would make text chunks slow to write): they
+    decode to the lines written row by row, names past ASCII and ones json_safe escapes (a bidi override, a
+    C1 control) included, for full and partial chunks; a real stdout gets those bytes, the -o file too, and
+    a stdout redirected to a StringIO (no binary buffer) the same text."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from fancli.outputs import as_text
+
+    names = ["blöck", "b\u202eidi", "c\x85one", "plain"]
+    path = tmp_path / "named.safetensors"
+    save_file({f"{name}.{i}.{leaf}": np.zeros((3, 2) if leaf == "weight" else (3,), dtype=np.float32)
+               for name in names for i in range(7) for leaf in ("weight", "bias")}, str(path))
+    report = fancli.inspect(str(path))
+    assert report.alike is not None and 2 * len(report.alike.firsts) <= len(report.rows)
+    for batch in (1000, 5):
+        monkeypatch.setattr(json_out, "LINES_PER_CHUNK", batch)
+        chunks = list(json_out._layer_chunks(report))
+        assert all(isinstance(chunk, bytes) for chunk in chunks)
+        assert [chunk.decode() for chunk in chunks] == list(json_out._joined(json_out._row_lines(report)))
+    text = as_text("inspect", "json", report)
+    assert "bl\u00f6ck" in text and "\\u202e" in text and "\\u0085" in text and json.loads(text)["layers"]
+    child = subprocess.run([sys.executable, "-m", "fancli", "inspect", str(path), "--format", "json", "--no-config"],
+                           capture_output=True, cwd=tmp_path)
+    assert child.returncode == 0 and child.stdout.decode("utf-8") == text, child.stderr
+    written = tmp_path / "out.json"
+    assert run("inspect", path, "-f", "json", "-o", written, "--no-config").code == 0
+    assert written.read_bytes().decode("utf-8") == text
+    assert run("inspect", path, "--format", "json", "--no-config").out == text

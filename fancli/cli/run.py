@@ -75,7 +75,7 @@ class StdoutError(FancliError):
     """The result could not be written to stdout: closed (`>&-`), a full disk (`> /dev/full`)…"""
 
 
-def write_stdout(text: str | Iterable[str] | None = None, printer: Callable[[], None] | None = None) -> None:
+def write_stdout(text: str | Iterable[str | bytes] | None = None, printer: Callable[[], None] | None = None) -> None:
     """Print a result (`text`, or its pieces in order, or whatever `printer` prints) and flush it, so that a
     failing stdout is one error line and exit 2 here, not a traceback now or at interpreter exit."""
     if sys.stdout is None:
@@ -83,10 +83,12 @@ def write_stdout(text: str | Iterable[str] | None = None, printer: Callable[[], 
     try:
         if printer is not None:
             printer()
-        else:  # click's stdout (UTF-8 where the locale's encoding cannot write the text), with color=True: as
-            # they are, not scanned for colour codes to strip (60 MB of JSON), which the renderers escape
+        else:  # click's stdout (UTF-8 where the locale's encoding cannot write the text; bytes pieces, UTF-8,
+            # to its buffer), with color=True: as they are, not scanned for colour codes to strip (60 MB of
+            # JSON), which the renderers escape
+            binary = hasattr(sys.stdout, "buffer")  # not a StringIO that stdout was redirected to
             for piece in [text] if isinstance(text, str) or text is None else text:
-                click.echo(piece, nl=False, color=True)
+                click.echo(piece if binary or not isinstance(piece, bytes) else piece.decode(), nl=False, color=True)
         sys.stdout.flush()
     except BrokenPipeError:
         raise ReaderGone from None  # the reader went away (`| head`) after a piece: main ends quietly

@@ -234,7 +234,7 @@ _LAYER_READ = operator.attrgetter("kind", "shape", "dtype", "aliases", "hf_name"
                                   "stacked", "stride", "dilation", "pool", "fan_axes")
 
 
-def _layer_chunks(report: Report) -> Iterator[str]:
+def _layer_chunks(report: Report) -> Iterator[str | bytes]:
     """The rows' JSON lines, made safe (`json_safe`), LINES_PER_CHUNK at a time joined by ",\n": by `Kin` where
     the report knows which rows are alike, at least two rows a kind (with --stats each row is its own: its
     line is written as it is made, not kept), and none names its HF key; else row by row."""
@@ -252,31 +252,34 @@ def _layer_chunks(report: Report) -> Iterator[str]:
 _NAME, _PARAM, _HF_NAME = (operator.attrgetter(f"layer.{name}") for name in ("name", "param", "hf_name"))
 
 
-def _kin_chunks(command: str, alike: Kin, names: list[str], params: list[str]) -> Iterator[str]:
+def _kin_chunks(command: str, alike: Kin, names: list[str], params: list[str]) -> Iterator[bytes]:
     """The lines of rows alike as `alike` says, with these names and keys, in chunks: rows of one number differ
     in "name" and "param" alone (neither names an HF key), the first two keys; the rest of the line is
-    serialised (and made safe) once per number, and a chunk is one join of its names, keys and those rests."""
+    serialised (and made safe) once per number, and a chunk is one join of its names, keys and those rests.
+    Chunks are UTF-8 bytes, joined from bytes: a rest with one non-ASCII character (a note's `×`) would make
+    every chunk of text four times slower to write (its 60 MB encoded character by character)."""
     rests = {}  # number -> its line after the param's, then the next line up to its name
     last = {}  # number -> its line after the param's, where it ends a chunk
     for number, row in alike.firsts.items():
         out = layer_dict(row, command)
         del out["name"], out["param"]
-        last[number] = ", " + json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])
-        rests[number] = last[number] + ',\n    {"name": '
+        rest = ", " + json_safe(json.dumps(out, ensure_ascii=False, allow_nan=False)[1:])
+        last[number], rests[number] = rest.encode(), (rest + ',\n    {"name": ').encode()
     encode = json.encoder.encode_basestring  # what json.dumps(str, ensure_ascii=False) writes
     ids = alike.ids
     for start in range(0, len(ids), LINES_PER_CHUNK):
         stop = start + LINES_PER_CHUNK
-        some_names, some_params = list(map(encode, names[start:stop])), list(map(encode, params[start:stop]))
-        if not ("".join(some_names).isascii() and "".join(some_params).isascii()):  # json_safe's first test
-            some_names, some_params = list(map(json_safe, some_names)), list(map(json_safe, some_params))
-        parts: list[str] = [""] * (4 * len(some_names))
-        parts[0::4] = some_names
-        parts[1::4] = repeat(', "param": ', len(some_names))
-        parts[2::4] = some_params
-        parts[3::4] = map(rests.__getitem__, ids[start:stop])
-        parts[-1] = last[ids[start:stop][-1]]
-        yield '    {"name": ' + "".join(parts)
+        some_names, some_params = "\n".join(map(encode, names[start:stop])), "\n".join(map(encode, params[start:stop]))
+        if not (some_names.isascii() and some_params.isascii()):  # json_safe's first test; it keeps no raw newline
+            some_names, some_params = json_safe(some_names), json_safe(some_params)
+        count = min(stop, len(ids)) - start
+        parts: list[bytes] = [b'    {"name": '] * (4 * count + 1)
+        parts[1::4] = some_names.encode().split(b"\n")  # an encoded string holds no raw newline
+        parts[2::4] = repeat(b', "param": ', count)
+        parts[3::4] = some_params.encode().split(b"\n")
+        parts[4::4] = map(rests.__getitem__, ids[start:stop])
+        parts[-1] = last[ids[start + count - 1]]
+        yield b"".join(parts)
 
 
 def _row_lines(report: Report) -> Iterator[str]:
@@ -327,8 +330,8 @@ def _joined(lines: Iterable[str]) -> Iterator[str]:
     return iter(lambda: ",\n".join(islice(lines, LINES_PER_CHUNK)), "")
 
 
-def json_array_of_chunks(key: str, chunks: Iterable[str]) -> Iterator[str]:
-    """`"key": [` and its items, one per line, given as chunks of lines joined by ",\n"."""
+def json_array_of_chunks(key: str, chunks: Iterable[str | bytes]) -> Iterator[str | bytes]:
+    """`"key": [` and its items, one per line, given as chunks of lines joined by ",\n" (text or UTF-8)."""
     opened = False
     for chunk in chunks:
         yield ",\n" if opened else f',\n  "{key}": [\n'
@@ -337,8 +340,8 @@ def json_array_of_chunks(key: str, chunks: Iterable[str]) -> Iterator[str]:
     yield "\n  ]" if opened else f',\n  "{key}": []'
 
 
-def json_chunks(report: Report) -> Iterator[str]:
-    """The report as JSON, in pieces to be written as they come: indented at the top, one layer per line
+def json_chunks(report: Report) -> Iterator[str | bytes]:
+    """The report as JSON, in pieces to be written as they come (text, or UTF-8 bytes: `_kin_chunks`): indented at the top, one layer per line
     (readable, greppable, and fast for 90,000 layers: json's C encoder runs only without indentation).
     Strings keep their real value; characters a terminal would act on are written as escapes (`json_safe`)."""
     document = report_dict(report, rows=False)
