@@ -150,6 +150,8 @@ MORE = {
     "text-long-key": b"}L" + b"9" * 9000 + b"L\nNs.",
     "text-put-get": b"Np0\ng0\n\x86.",
     "text-put-negative": b"Np-1\n0N.",
+    # found in review: were slot -1 the fast pass's last slot, this heavy key would pass it
+    "text-put-negative-then-heavy": b"(" + b"N" * 1200 + b"tp0\n0Np-1\n0}g0\nNs.",
     "text-put-not-a-number": b"Npx\n.",
     "text-put-far": b"Np9\n.",
     "long-binget": b"Nq\x00j\x00\x00\x00\x00\x86.",

@@ -51,15 +51,19 @@ _PREFIX_GROUPS = 8  # key PUT 1, GETs 2-4, storage key 5, PUTs 6 and 8, GET 7
 
 class _Tail(NamedTuple):
     """What one alternative of `_PATTERN` (one number of dims) reads, writes and costs."""
-    gets: tuple[int, ...]  # groups of the memo reads, the order `TensorRecords.gets` keeps
+    gets: tuple[int, ...]  # groups of the memo reads: rebuild, 'storage', storage class, device, OrderedDict
     puts: tuple[int, ...]  # groups of the memo writes, in order
     lanes: tuple[int, int]  # (A, B): the writes hold slots n, n+1, … exactly when their bytes read as n*A + B
     weights: tuple[int, ...]  # hashing weight of each written value; index 2 (the storage tuple) set per record
-    cost: int  # the memory estimate, less 4 bytes per storage-key digit
+    cost: int  # the memory estimate, less 4 bytes per byte of the storage key
 
 
 def _tails(costs: dict[bytes, int], per_tuple_item: int) -> dict[int, _Tail]:
-    """One `_Tail` per alternative, keyed by its group number; `costs` is the dry run's per-opcode cost."""
+    """One `_Tail` per alternative, keyed by its group number; `costs` is the dry run's per-opcode cost, which
+    must be one for the opcodes an alternative lets vary (BINGET or LONG_BINGET, the three ints, the two bools)."""
+    if len({costs[b"h"], costs[b"j"]}) != 1 or len({costs[b"K"], costs[b"M"], costs[b"J"]}) != 1 or \
+            costs[b"\x88"] != costs[b"\x89"]:
+        raise RuntimeError("pickle_records: a record's alternative opcodes no longer cost alike")
     tails: dict[int, _Tail] = {}
     group = _PREFIX_GROUPS + 1
     for dims in range(MAX_DIMS + 1):
@@ -86,10 +90,7 @@ class TensorRecords:
 
     def __init__(self, costs: dict[bytes, int], per_tuple_item: int, cap: int) -> None:
         tails = _tails(costs, per_tuple_item)
-        # by group number: (reads, writes, A, B, weights to fill in, cost less 4 bytes a storage-key byte)
-        self._tails: list[tuple[Any, ...] | None] = [None] * (max(tails) + 1)
-        for group, tail in tails.items():
-            self._tails[group] = (tail.gets, tail.puts, *tail.lanes, list(tail.weights), tail.cost - 20)
+        self._tails: list[_Tail | None] = [tails.get(group) for group in range(max(tails) + 1)]  # by lastindex
         self._cap = cap  # hashing weights are kept capped just past the limit, as the opcode walk keeps them
         self._gets: tuple[bytes, ...] = ()
         self._weighed = (0, 0, 0)  # memo slots of 'storage', the storage class and the device
@@ -101,7 +102,7 @@ class TensorRecords:
         found = _PATTERN.match(data, pos)
         if found is None:
             return None
-        gets, puts, a, b, weights, cost = self._tails[found.lastindex]
+        gets, puts, (a, b), weights, cost = self._tails[found.lastindex]  # type: ignore[misc]
         filled = len(memo)
         read = found.group(*gets)
         if read != self._gets and not self._check_gets(read, filled):
@@ -109,10 +110,10 @@ class TensorRecords:
         if int.from_bytes(b"".join(found.group(*puts)), "little") != filled * a + b:
             return None
         storage, kind, device = self._weighed
-        weight = 3 + memo[storage] + memo[kind] + memo[device]
-        weights[2] = weight if weight < self._cap else self._cap
+        weight = 3 + memo[storage] + memo[kind] + memo[device]  # the storage tuple: 1 + its five items' weights
         memo += weights
-        return found.end(), cost + 4 * len(found[5])
+        memo[filled + 2] = weight if weight < self._cap else self._cap
+        return found.end(), cost + 4 * (len(found[5]) - 5)  # the storage key's bytes, after X and its length
 
     def _check_gets(self, gets: tuple[bytes, ...], filled: int) -> bool:
         """Whether every slot these reads name is filled; if so they become the ones checked."""

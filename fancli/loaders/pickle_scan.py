@@ -281,6 +281,7 @@ def _step(data: Any, at: int, end: int, stack: list[int], marks: list[int], memo
         stack.append(1)
     elif action == _PUT or action == _GET:
         index = data[pos - 1] if length == 1 else _index(data, argument if length < 0 else at + 1, pos, length, at)
+        # never negative (`_index` refuses it): the list's slot -1 would be its last
         if index > len(memo) or (action == _PUT and len(stack) <= floor):
             raise _Bail
         if action == _GET:
