@@ -14,12 +14,12 @@ import math
 import operator
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from itertools import islice, product, repeat
 from operator import itemgetter
 from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence, TypeVar
 
 from .columns import Numbering, digit_templates
+from .records import record
 
 T = TypeVar("T")
 #: A report's row (`fancli.report.Row`): folding reads its fields and never imports the report, which folds.
@@ -32,7 +32,7 @@ Template = tuple  # the text of "." + key between its index parts (one more than
 IndexSets = tuple  # one sorted tuple of ints per index position
 
 
-@dataclass(frozen=True)
+@record
 class Group:
     """Rows shown as one: the pattern of their keys, the index sets it stands for, and the members in
     model order (the first stands for all in every shared column)."""

@@ -6,7 +6,7 @@ shapes, a module also knows groups and transposition. Analysis never guesses a m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import TYPE_CHECKING, Callable
 
 from .columns import LazyTuple, first_positions
@@ -93,7 +93,7 @@ class LayerTable(LazyTuple[Layer]):
         return LayerTable(self.params, self.names, kin, templates, make, self.digits)
 
 
-@dataclass(frozen=True)
+@record
 class BuiltBy:
     """The library a source says built the model, and the numbers of its config an init recipe reads
     (`analysis.recipes`): transformers' config.json gives `model_type` and `initializer_range`; a module's
@@ -107,7 +107,7 @@ class BuiltBy:
     recipe: str | None = None  # a recipe named outright (a spec's `defaults: recipe:`, a config's `recipe:`)
 
 
-@dataclass(frozen=True)
+@record
 class Model:
     """What a loader returns: the layers in model order, plus model-wide defaults from the source."""
 

@@ -25,7 +25,7 @@ from .columns import LazyTuple, Numbering, first_positions
 from .errors import SettingsError
 from .kinds import has_init
 from .layer import Layer, LayerTable, Model
-from .records import replaced
+from .records import record, replaced
 from .vocab import FAN_CONVENTIONS
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class Request:
         return self.stats or self.infer or self.spectral
 
 
-@dataclass(frozen=True)
+@record
 class Row:
     """One weight: its fans, the gain of what follows it, and its init values per mode."""
 
@@ -140,7 +140,7 @@ class Row:
         return max(stds) / min(stds)
 
 
-@dataclass(frozen=True, repr=False)
+@record
 class Report:
     """Everything a renderer needs; renderers only format it."""
 
@@ -273,7 +273,7 @@ class Report:
         return ranked[:limit]
 
 
-@dataclass(frozen=True)
+@record
 class Kin:
     """Which rows are alike: rows of one number in `ids` share every field but their layer, whose fields but
     its names and data (`_UNREAD`) are equal too (`_analyze_all` made them from one analysis, or a RowTable
@@ -458,7 +458,7 @@ def _torch_refuses(scheme: schemes.Scheme, context: "_Context") -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+@record
 class _Context:
     """What one row needs from the rest of the model and the settings. The maps of modules are built at their
     first read: only torch_default's rules and recipes read them (`_names_read`), and a header-only inspect

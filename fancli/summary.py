@@ -14,17 +14,17 @@ from __future__ import annotations
 import math
 import operator
 from collections import Counter
-from dataclasses import dataclass
 from typing import Iterable
 
 from .layer import Layer, LayerTable
 from .weights.dtypes import DTYPES
+from .records import record
 
 #: What a source without dtypes (a YAML spec, a factory's shapes) is counted as, and said to be.
 ASSUMED_DTYPE = "float32"
 
 
-@dataclass(frozen=True)
+@record
 class Totals:
     tensors: int
     parameters: int  # elements of the unique tensors but buffers: a tied tensor counts once

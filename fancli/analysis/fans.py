@@ -8,12 +8,11 @@ effective fans are computed too and a note says why they differ.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..kinds import KINDS, LayerKind, kind
 from ..layer import Layer
-from ..records import replaced
+from ..records import record, replaced
 from ..vocab import KERNEL_LAST
 
 Number = int | float
@@ -73,7 +72,7 @@ def layout_fans(shape: Sequence[int], layout: str) -> tuple[int, int]:
     return keras_fans(shape) if layout in KERNEL_LAST else torch_fans(shape)
 
 
-@dataclass(frozen=True)
+@record
 class LayerFans:
     """A layer's fans by its framework's convention, and the effective ones where they differ."""
 

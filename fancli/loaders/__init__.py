@@ -12,12 +12,12 @@ import importlib.util
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..errors import SourceError
 from ..layer import Model
+from ..records import record
 from ..safe_io import open_regular
 from .formats import FORMATS, SNIFF_BYTES, Format
 
@@ -85,7 +85,7 @@ def is_factory(source: str) -> bool:
     return bool(_FACTORY.match(source)) and not Path(source).exists()
 
 
-@dataclass(frozen=True)
+@record
 class LoadOptions:
     """What every loader is given besides the path: whether torch may run the file's code (`--trust`), and
     the config's `safe_globals`: "module.Name"s a torch.save pickle may hold, read as inert records

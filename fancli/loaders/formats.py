@@ -10,9 +10,10 @@ a safetensors header never pay for torch or numpy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from ..records import record
 
 #: How many bytes of a file its format is told from.
 SNIFF_BYTES = 64
@@ -20,7 +21,7 @@ SNIFF_BYTES = 64
 Sniff = Callable[[bytes, Path, "int | None"], bool]
 
 
-@dataclass(frozen=True)
+@record
 class FolderRank:
     """A file name that makes a folder a model of this format: folders try ranks by `order`, lowest first;
     `pattern` is a glob on the file name, `what` names the layout in notes and errors."""
@@ -30,7 +31,7 @@ class FolderRank:
     what: str
 
 
-@dataclass(frozen=True)
+@record
 class Format:
     """One source format.
 

@@ -8,13 +8,14 @@ the archive readers that must not run torch's loaders share one classification w
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable
 
 from ..kinds import KIND_OF_CLASS, RECURRENT_PARAM, REINITIALISING
 from ..kinds import kind as layer_kind
 from ..layer import Layer
 from ..weights.tensors import TensorData
+from ..records import record
 
 #: HF transformers' GPT-2 `Conv1D`: a linear layer whose weight is stored [in, out].
 HF_CONV1D = "Conv1D"
@@ -44,7 +45,7 @@ def is_conv(class_name: str | None) -> bool:
     return layer_kind(KIND_OF_CLASS.get(class_name or "", "unknown")).is_conv
 
 
-@dataclass(frozen=True)
+@record
 class Owner:
     """The module that owns a parameter, as far as the source tells."""
 
