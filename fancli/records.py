@@ -14,6 +14,7 @@ class's fields: the same behaviour (tests/test_records.py holds them to dataclas
 
 from __future__ import annotations
 
+import inspect
 import reprlib
 from dataclasses import MISSING, FrozenInstanceError, dataclass, fields
 from operator import attrgetter
@@ -38,17 +39,23 @@ def record(cls: T | None = None, *, eq: bool = True) -> Any:
 
 
 def _record(cls: T, eq: bool) -> T:
-    # Fields, __match_args__ and the rest of dataclass's bookkeeping, with no method compiled; the methods below
-    for name in ("__setattr__", "__delattr__") + (("__hash__",) if eq and _explicit_hash(cls) else ()):
+    # Fields, __match_args__ and the rest of dataclass's bookkeeping, with no method compiled (but a frozen
+    # base's __setattr__ and __delattr__, which dataclass then writes as it must); the methods below
+    based = [base.__dataclass_params__.frozen for base in cls.__mro__[1:] if "__dataclass_params__" in vars(base)]
+    if based and not all(based):
+        raise TypeError("cannot inherit frozen dataclass from a non-frozen one")
+    for name in ("__setattr__", "__delattr__"):
         if name in cls.__dict__:
             raise TypeError(f"Cannot overwrite attribute {name} in class {cls.__name__}")
-    cls = dataclass(init=False, repr=False, eq=False)(cls)
-    names, parameters, defaults = [], [], {}
+    documented, own_hash = cls.__dict__.get("__doc__"), eq and _explicit_hash(cls)
+    cls = dataclass(init=False, repr=False, eq=False, frozen=bool(based))(cls)
+    names, parameters, defaults, annotations = [], [], {}, {}
     for field in fields(cls):
-        if (field.default_factory is not MISSING or not field.init or hasattr(cls, "__post_init__")
-                or field.name in _GENERATED_NAMES):
+        if (field.default_factory is not MISSING or not field.init or field.kw_only
+                or hasattr(cls, "__post_init__") or field.name in _GENERATED_NAMES):
             raise TypeError(f"@record does not support {cls.__name__}.{field.name}'s definition")
         names.append(field.name)
+        annotations[field.name] = field.type
         if field.default is MISSING:
             parameters.append(field.name)
         else:
@@ -60,19 +67,23 @@ def _record(cls: T, eq: bool) -> T:
         f"    _record_dict_[{name!r}] = {name}\n" for name in names)
     namespace: dict = {"_defaults": defaults}
     exec(source, namespace)  # noqa: S102 — how dataclasses itself writes __init__; the text is ours alone
-    methods = {"__init__": namespace["__init__"], **_frozen(cls, tuple(names))}
-    shown = [field.name for field in fields(cls) if field.repr]
-    methods["__repr__"] = _repr(shown)
+    namespace["__init__"].__annotations__ = {**annotations, "return": None}
+    methods = {"__init__": namespace["__init__"], **({} if based else _frozen(cls, tuple(names)))}
+    methods["__repr__"] = _repr([field.name for field in fields(cls) if field.repr])
     if eq:
         compared = [field.name for field in fields(cls) if field.compare]
-        hashed = [field.name for field in fields(cls) if (field.compare if field.hash is None else field.hash)]
-        methods["__eq__"], methods["__hash__"] = _eq(_values(compared)), _hash(_values(hashed))
+        methods["__eq__"] = _eq(_values(compared))
+        if not own_hash:  # a class's own __hash__ stays, as dataclass(frozen=True) keeps it
+            hashed = [field.name for field in fields(cls) if (field.compare if field.hash is None else field.hash)]
+            methods["__hash__"] = _hash(_values(hashed))
     for name, method in methods.items():
         if name in ("__init__", "__setattr__", "__delattr__", "__hash__") or name not in cls.__dict__:
             method.__qualname__ = f"{cls.__qualname__}.{name}"
             setattr(cls, name, method)
     params = cls.__dataclass_params__  # what dataclass(frozen=True, eq=eq) would say of the class
     params.init, params.repr, params.eq, params.frozen = True, True, eq, True
+    if not documented:  # dataclass's own: the name and signature, which needs the __init__ given above
+        cls.__doc__ = cls.__name__ + str(inspect.signature(cls)).replace(" -> None", "")
     return cls
 
 

@@ -308,10 +308,11 @@ def write_text(path: str | Path, text: str | Iterable[str | bytes], others: Iter
     atomically, refusing to replace a file the run reads or also writes, a device or a directory."""
 
     def fill(temp_name: str) -> None:
+        raw = os.linesep == "\n"  # bytes as they are where text mode translates no newline (not Windows)
         with open(temp_name, "w", encoding="utf-8") as handle:
             for piece in [text] if isinstance(text, str) else text:
-                if isinstance(piece, str):
-                    handle.write(piece)
+                if isinstance(piece, str) or not raw:
+                    handle.write(piece if isinstance(piece, str) else piece.decode("utf-8"))
                 else:
                     handle.flush()
                     handle.buffer.write(piece)

@@ -97,12 +97,16 @@ def test_lines_by_kind_are_utf8_bytes_of_the_lines_row_by_row(tmp_path, monkeypa
     decode to the lines written row by row, names past ASCII and ones json_safe escapes (a bidi override, a
     C1 control) included, for full and partial chunks; a real stdout gets those bytes, the -o file too, and
     a stdout redirected to a StringIO (no binary buffer) the same text."""
+    import contextlib
+    import io
+    import os
     import subprocess
     import sys
 
     import numpy as np
     from safetensors.numpy import save_file
 
+    import fancli.cli.commands
     from fancli.outputs import as_text
 
     names = ["blöck", "b\u202eidi", "c\x85one", "plain"]
@@ -125,3 +129,15 @@ def test_lines_by_kind_are_utf8_bytes_of_the_lines_row_by_row(tmp_path, monkeypa
     assert run("inspect", path, "-f", "json", "-o", written, "--no-config").code == 0
     assert written.read_bytes().decode("utf-8") == text
     assert run("inspect", path, "--format", "json", "--no-config").out == text
+    # found in review: a stdout that encodes other than UTF-8 gets the whole document in its own encoding
+    latin = subprocess.run([sys.executable, "-m", "fancli", "inspect", str(path), "--format", "json", "--no-config"],
+                           capture_output=True, cwd=tmp_path, env=dict(os.environ, PYTHONIOENCODING="latin-1"))
+    assert latin.returncode == 0 and latin.stdout.decode("latin-1") == text, latin.stderr
+    for encoding in ("latin-1", "utf-16", "utf-8"):
+        buffer = io.BytesIO()
+        wrapper = io.TextIOWrapper(buffer, encoding=encoding)
+        with contextlib.redirect_stdout(wrapper), pytest.raises(SystemExit) as ended:
+            fancli.cli.commands.main(["inspect", str(path), "-f", "json", "--no-config"])
+        assert ended.value.code == 0
+        wrapper.flush()
+        assert buffer.getvalue().decode(encoding) == text, encoding

@@ -4,6 +4,8 @@ the run did not read (safe_io's read set)."""
 
 from __future__ import annotations
 
+import codecs
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -86,14 +88,24 @@ def write_stdout(text: str | Iterable[str | bytes] | None = None, printer: Calla
         else:  # click's stdout (UTF-8 where the locale's encoding cannot write the text; bytes pieces, UTF-8,
             # to its buffer), with color=True: as they are, not scanned for colour codes to strip (60 MB of
             # JSON), which the renderers escape
-            binary = hasattr(sys.stdout, "buffer")  # not a StringIO that stdout was redirected to
+            raw = _takes_utf8()
             for piece in [text] if isinstance(text, str) or text is None else text:
-                click.echo(piece if binary or not isinstance(piece, bytes) else piece.decode(), nl=False, color=True)
+                click.echo(piece if raw or not isinstance(piece, bytes) else piece.decode(), nl=False, color=True)
         sys.stdout.flush()
     except BrokenPipeError:
         raise ReaderGone from None  # the reader went away (`| head`) after a piece: main ends quietly
     except OSError as error:
         raise StdoutError(f"cannot write to stdout: {error.strerror or error}") from None
+
+
+def _takes_utf8() -> bool:
+    """Whether a bytes piece (UTF-8) may go to stdout's buffer as it is: the text click writes there is UTF-8
+    (stdout's own encoding, or UTF-8 where it says ASCII; a latin-1 or cp1252 stdout writes the rest of the
+    document in its own), stdout has a buffer (not a StringIO it was redirected to) and its text mode
+    translates no newline (Windows' writes "\\r\\n")."""
+    encoding = getattr(sys.stdout, "encoding", None)
+    return (os.linesep == "\n" and hasattr(sys.stdout, "buffer") and encoding is not None
+            and codecs.lookup(encoding).name in ("utf-8", "ascii"))
 
 
 def check_outputs(output: str | None, plot_path: str | None) -> None:
