@@ -141,8 +141,11 @@ def _fast_scan(data: Any, start: int = 0) -> tuple[int, int]:
     c_setitems = _TABLE[ord("u")][2]
     while True:
         op = data[pos]
-        if op == 0x72:  # LONG_BINPUT
-            index = u32(data, pos + 1)[0]
+        if op == 0x71 or op == 0x72:  # BINPUT, LONG_BINPUT
+            if op == 0x71:
+                index, pos = data[pos + 1], pos + 2
+            else:
+                index, pos = u32(data, pos + 1)[0], pos + 5
             if len(stack) <= marks[-1]:
                 raise _Bail
             if index < len(memo):
@@ -151,7 +154,6 @@ def _fast_scan(data: Any, start: int = 0) -> tuple[int, int]:
                 memo.append(stack[-1])
             else:
                 raise _Bail
-            pos += 5
             memory += c_put
         elif op == 0x4B:  # BININT1
             push(1)
@@ -161,18 +163,6 @@ def _fast_scan(data: Any, start: int = 0) -> tuple[int, int]:
             push(memo[data[pos + 1]])
             pos += 2
             memory += c_get
-        elif op == 0x71:  # BINPUT
-            index = data[pos + 1]
-            if len(stack) <= marks[-1]:
-                raise _Bail
-            if index < len(memo):
-                memo[index] = stack[-1]
-            elif index == len(memo):
-                memo.append(stack[-1])
-            else:
-                raise _Bail
-            pos += 2
-            memory += c_put
         elif op == 0x28:  # MARK
             marks.append(len(stack))
             pos += 1
