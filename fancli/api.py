@@ -91,9 +91,10 @@ def load_configured(source: Any, config: Any, warn: Callable[[str], None] | None
         model = loaded(source, trust=trust, kwargs=kwargs, **options)
     if config is None:
         return model
-    for message in config.unmatched(model):
+    hits = config.hits(model)  # which layers each override matches: found once for both
+    for message in config.unmatched(model, hits):
         warn(message)
-    return config.apply(model)
+    return config.apply(model, hits)
 
 
 def run(model: Model, request: Request, on_chunk: Callable[[int], None] | None = None) -> Report:

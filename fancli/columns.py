@@ -8,6 +8,8 @@ when first read (`LazyTuple`), so `model.layers` and `report.rows` keep their co
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from typing import Any, Callable, Hashable, Iterator, Sequence, TypeVar, overload
 
 T = TypeVar("T")
@@ -28,6 +30,13 @@ def digit_templates(keys: list[str]) -> list[str] | None:
     if len(templates) != len(keys):  # a key holds a newline
         return [key.translate(_NUL_DIGITS_TEXT) for key in keys]
     return templates
+
+
+def glob_hits(pattern: str, texts: list[str]) -> list[bool]:
+    """Whether each text matches the glob `pattern` as `fnmatch.fnmatchcase` says (the pattern's regex, matched
+    from the start): one regex call a text, in C, for a column of 90,000 names."""
+    match = re.compile(fnmatch.translate(pattern)).match
+    return list(map(bool, map(match, texts)))
 
 
 def first_positions(numbers: list[int]) -> dict[int, int]:

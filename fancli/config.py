@@ -19,7 +19,7 @@ layer name or parameter key, replace it, the last matching override winning.
 
 from __future__ import annotations
 
-import fnmatch
+import itertools
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -35,7 +35,8 @@ from .config_files import (
     read_pyproject,
 )
 from .errors import SourceError
-from .layer import BuiltBy, Layer, Model
+from .columns import Numbering, glob_hits
+from .layer import BuiltBy, Layer, LayerTable, Model
 from .safe_io import read_text
 from .vocab import FAN_CONVENTIONS
 
@@ -63,9 +64,6 @@ class InitRule:
     nonlinearity: str | None = None
     param: float | None = None
     at: At | None = field(default=None, compare=False)  # where an override was written, for its error
-
-    def matches(self, layer: Layer) -> bool:
-        return any(fnmatch.fnmatchcase(layer.name, p) or fnmatch.fnmatchcase(layer.param, p) for p in self.patterns)
 
     def fill(self, layer: Layer) -> Layer:
         """Set what the layer leaves open. A mode belongs to its scheme: a layer with a scheme of its
@@ -113,35 +111,69 @@ class Config:
                 tolerance if tolerance is not None else self.tolerance,
                 sigmas if sigmas is not None else self.sigmas)
 
-    def apply(self, model: Model) -> Model:
-        """The model with this configuration's init choices on its layers."""
-        layers = []
-        for layer in model.layers:
-            layer = self.defaults.fill(layer)
-            for rule in self.overrides:
-                if rule.matches(layer):
-                    layer = rule.override(layer)
-            layers.append(layer)
+    def hits(self, model: Model) -> list[list[bool]]:
+        """Per override, whether it matches each layer (its name or its key, by glob): one regex call per name
+        and key, in C, over a LayerTable's columns (no layer made)."""
+        layers = model.layers
+        if isinstance(layers, LayerTable):
+            names, params = layers.names, layers.params
+        else:
+            names, params = [layer.name for layer in layers], [layer.param for layer in layers]
+        return [_hit(rule.patterns, names, params) for rule in self.overrides]
+
+    def apply(self, model: Model, hits: list[list[bool]] | None = None) -> Model:
+        """The model with this configuration's init choices on its layers (`hits`: `self.hits(model)`, where
+        already found). A LayerTable stays one: its layers grouped by template and the overrides that match
+        them, each group's template changed and its copies alike."""
+        hits = self.hits(model) if hits is None else hits
+        layers = model.layers
+        if isinstance(layers, LayerTable):
+            numbering = Numbering()
+            groups = list(map(numbering.__getitem__, zip(layers.kin, *hits))) if hits else layers.kin
+            rules = [self._matched(found[1:]) for found in numbering] if hits else []
+            changed: LayerTable | tuple[Layer, ...] = layers.refined(
+                None, groups, lambda layer, group: self._applied(layer, rules[group] if rules else ()))
+        else:
+            changed = tuple(self._applied(layer, self._matched(found))
+                            for layer, found in zip(layers, zip(*hits) if hits else itertools.repeat(())))
         built_by = model.built_by
         if self.recipe:  # the source's config still gives the numbers the recipe reads
             built_by = replace(built_by or BuiltBy(""), recipe=self.recipe, where=self.recipe_at)
-        return replace(model, layers=tuple(layers), fans=self.fans or model.fans, built_by=built_by)
+        return replace(model, layers=changed, fans=self.fans or model.fans, built_by=built_by)
 
+    def _matched(self, found: tuple[bool, ...]) -> tuple[InitRule, ...]:
+        """The overrides that match a layer, in order, from its hits."""
+        return tuple(itertools.compress(self.overrides, found))
 
-    def unmatched(self, model: Model) -> list[str]:
+    def _applied(self, layer: Layer, rules: tuple[InitRule, ...]) -> Layer:
+        """The layer with the defaults filled in, then each of `rules` (the overrides that match it), in order."""
+        layer = self.defaults.fill(layer)
+        for rule in rules:
+            layer = rule.override(layer)
+        return layer
+
+    def unmatched(self, model: Model, hits: list[list[bool]] | None = None) -> list[str]:
         """A warning per override that matches no layer of `model`: a typo, or a layer since renamed, would
         otherwise do nothing silently. A warning, not an error: a removed layer is drift for `fancli check`
         to report (exit 1), and its override still belongs in the configuration until the baseline moves."""
-        if not model.layers:
+        layers = model.layers
+        if not len(layers):
             return []
-        first = ", ".join(layer.param for layer in model.layers[:3])
+        first = ", ".join(layers.params[:3] if isinstance(layers, LayerTable) else
+                          [layer.param for layer in layers[:3]])
         found = []
-        for rule in self.overrides:
-            if not any(rule.matches(layer) for layer in model.layers):
+        for rule, hit in zip(self.overrides, self.hits(model) if hits is None else hits):
+            if not any(hit):
                 message = (f"match {' or '.join(repr(p) for p in rule.patterns)} matches no layer of {model.source} "
                            f"(the first layers: {first})")
                 found.append(str(rule.at.error(message)) if rule.at else message)
         return found
+
+
+def _hit(patterns: tuple[str, ...], names: list[str], params: list[str]) -> list[bool]:
+    """Whether each layer's name or key matches one of `patterns`, as `InitRule.matches` says."""
+    columns = [glob_hits(pattern, texts) for pattern in patterns for texts in (names, params)]
+    return list(map(any, zip(*columns))) if columns else [False] * len(names)
 
 
 def _rule(fields: Fields, patterns: tuple[str, ...] = (), at: At | None = None) -> InitRule:

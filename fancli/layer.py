@@ -78,19 +78,35 @@ class LayerTable(LazyTuple[Layer]):
     def with_templates(self, templates: list[Layer]) -> LayerTable:
         """The table with each template changed into `templates`' (by what a config states, which no name's
         index changes: never a name, key or data), each copy changed as its template was."""
+        return self.refined(None, self.kin, lambda layer, number: templates[number])
+
+    def refined(self, positions: list[int] | None, groups: list[int],
+                change: Callable[[Layer, int], Layer]) -> LayerTable:
+        """The layers at `positions` (every one where None), in `groups` (a number per layer, in order of first
+        appearance; one group's layers share a template here), each group's template its first layer
+        changed by `change(layer, group)` (never its names or data), each copy changed as its group's
+        template was: a name filter's layers, or a config's rules where they match some of a template's
+        layers. Where layers of two templates share a group, the copies are not those of their template:
+        callers group by template first."""
+        at: list[int] | range = range(len(self)) if positions is None else positions
+        first = first_positions(groups)
+        olds = [self[at[first[group]]] for group in range(len(first))]
+        templates = [change(old, group) for group, old in enumerate(olds)]
         changes = [{name: value for name, value in new.__dict__.items() if value is not old.__dict__[name]}
-                   for old, new in zip(self.templates, templates)]
-        kin = self.kin
-        first = first_positions(kin)
+                   for old, new in zip(olds, templates)]
 
         def make(index: int) -> Layer:
-            number = kin[index]
-            if first[number] == index:
-                return templates[number]
-            layer = self.fresh(index)
-            return replaced(layer, **changes[number]) if changes[number] else layer
+            group = groups[index]
+            if first[group] == index:
+                return templates[group]
+            layer = self.fresh(at[index])
+            return replaced(layer, **changes[group]) if changes[group] else layer
 
-        return LayerTable(self.params, self.names, kin, templates, make, self.digits)
+        if positions is None:
+            return LayerTable(self.params, self.names, groups, templates, make, self.digits)
+        return LayerTable(list(map(self.params.__getitem__, positions)), list(map(self.names.__getitem__, positions)),
+                          groups, templates, make,
+                          None if self.digits is None else list(map(self.digits.__getitem__, positions)))
 
 
 @record

@@ -7,7 +7,6 @@ line or the library's keywords to here: a `Settings`, valid once built, inside a
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import itertools
 import math
@@ -21,7 +20,7 @@ from .analysis import fans as fans_mod
 from .analysis import gains, schemes
 from .analysis.fans import LayerFans
 from .analysis.schemes import InitValues
-from .columns import LazyTuple, Numbering, first_positions
+from .columns import LazyTuple, Numbering, first_positions, glob_hits
 from .errors import SettingsError
 from .kinds import has_init
 from .layer import Layer, LayerTable, Model
@@ -393,17 +392,17 @@ def modes_used(rows: tuple[Row, ...]) -> list[str]:
     return sorted({mode for inits in distinct_inits(rows) for mode in inits})
 
 
-def _matches(name: str, param: str, patterns: tuple[str, ...]) -> bool:
-    """Whether a name filter keeps the parameter key `param` of the module `name`."""
+def _kept(names: list[str], params: list[str], patterns: tuple[str, ...]) -> list[bool]:
+    """Whether a name filter keeps each parameter key `params[i]` of the module `names[i]`: a pattern keeps
+    a key where it is a substring of the key or the name, or, holding `*?[`, matches either as a glob; in C
+    over the columns (a LayerTable's: no layer made)."""
     if not patterns:
-        return True
-    for pattern in patterns:
-        for text in (name, param):
-            if any(c in pattern for c in "*?[") and fnmatch.fnmatchcase(text, pattern):
-                return True
-            if pattern in text:
-                return True
-    return False
+        return [True] * len(names)
+    columns = [list(map(operator.contains, texts, itertools.repeat(pattern)))
+               for pattern in patterns for texts in (names, params)]
+    columns += [glob_hits(pattern, texts) for pattern in patterns if any(c in pattern for c in "*?[")
+                for texts in (names, params)]
+    return list(map(any, zip(*columns)))
 
 
 def _nonlinearity(
@@ -774,14 +773,20 @@ def analyze(
     recipe_from = None
     if context.recipe is not None:
         recipe_from = "--recipe" if settings.recipe else model.built_by.where if model.built_by else None
-    if isinstance(model.layers, LayerTable) and not observed and not settings.filters:
-        rows, counted = _table_report(model.layers, settings, context)
+    if isinstance(model.layers, LayerTable) and not observed:
+        table = model.layers
+        if settings.filters:  # the layers kept, as a table: each template's first kept layer its template
+            kept = list(itertools.compress(range(len(table)), _kept(table.names, table.params, settings.filters)))
+            if table and not kept:
+                raise _nothing_kept(settings.filters, table.params[:3])
+            table = table.refined(kept, list(map(Numbering().__getitem__, map(table.kin.__getitem__, kept))),
+                                  lambda layer, group: layer)
+        rows, counted = _table_report(table, settings, context)
         return Report(command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out,
                       rows, model.notes, counted, recipe_from=recipe_from, kin=Kin(rows, rows.kin))
     layers = selected(model, settings.filters)
     if settings.filters and model.layers and not layers:
-        raise SettingsError(f"no layer matches {' or '.join(repr(f) for f in settings.filters)} "
-                            f"(the first layers: {', '.join(layer.param for layer in model.layers[:3])})")
+        raise _nothing_kept(settings.filters, [layer.param for layer in model.layers[:3]])
     codes = _numbered(layers)
     analysed, ids = _analyze_all(layers, settings, context, observed, codes)
     rows = tuple(analysed)
@@ -793,6 +798,12 @@ def analyze(
         alike = [(COUNTED(one[code]), times) for code, times in Counter(codes).items()]
     return Report(command, model.source, model.format, model.name, settings, fan_convention, pool_fan_out, rows,
                   model.notes, totals(layers, alike), recipe_from=recipe_from, kin=Kin(rows, ids))
+
+
+def _nothing_kept(filters: tuple[str, ...], first: list[str]) -> SettingsError:
+    """A name filter that keeps no layer: the filters, and the first keys there are."""
+    return SettingsError(f"no layer matches {' or '.join(repr(f) for f in filters)} (the first layers: "
+                         f"{', '.join(first)})")
 
 
 def _table_report(table: LayerTable, settings: Settings, context: _Context) -> "tuple[RowTable, Totals]":
@@ -834,17 +845,20 @@ def _distinct_layers(model: Model) -> Iterable[Layer]:
 
 def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:
     """The layers a name filter keeps, in model order."""
-    if not filters:  # `_matches` keeps each: no call per layer
-        return list(model.layers)
-    return [layer for layer in model.layers if _matches(layer.name, layer.param, filters)]
+    layers = model.layers
+    if not filters:
+        return list(layers)
+    return list(itertools.compress(layers, _kept([layer.name for layer in layers], [layer.param for layer in layers],
+                                                 filters)))
 
 
 def selected_keys(model: Model, filters: tuple[str, ...]) -> list[tuple[str, Layer]]:
     """Every key the filters keep, each with its layer, in model order: a tied tensor's own key, then the
     keys tied to it (`Layer.aliases`). What pairs models key by key (diff, trajectories, check): a tie's
     second key is a key like any other, changed when a later model unties it, added or removed."""
-    return [(key, layer) for layer in model.layers for key in (layer.param, *layer.aliases)
-            if _matches(layer.name if key == layer.param else key.rpartition(".")[0] or key, key, filters)]
+    pairs = [(key, layer) for layer in model.layers for key in (layer.param, *layer.aliases)]
+    names = [layer.name if key == layer.param else key.rpartition(".")[0] or key for key, layer in pairs]
+    return list(itertools.compress(pairs, _kept(names, [key for key, _ in pairs], filters)))
 
 
 def with_inferences(report: Report) -> Report:

@@ -10,7 +10,7 @@ import json
 import pytest
 from helpers import run
 
-from fancli import api, report
+from fancli import api, config, report
 from fancli.layer import LayerTable
 from fancli.loaders import flat_keys, hf_config, safetensors_file
 from fancli.loaders.key_order import natural_key
@@ -104,6 +104,7 @@ def _key_by_key(monkeypatch) -> None:
     monkeypatch.setattr(report, "_numbered", lambda layers: [None] * len(layers))  # totals layer by layer too
     monkeypatch.setattr(report, "LayerTable", type("NoTable", (), {}))  # no RowTable: layers read one by one
     monkeypatch.setattr(hf_config, "LayerTable", type("NoTable", (), {}))  # config.json applied layer by layer
+    monkeypatch.setattr(config, "LayerTable", type("NoTable", (), {}))  # fancli.yaml applied layer by layer
     monkeypatch.setattr(report, "Kin", lambda rows, ids: None)  # no rows known alike: folded row by row
     monkeypatch.setattr(json_out, "_layer_chunks", lambda done: json_out._joined(
         "    " + json_safe(json.dumps(json_out.layer_dict(row, done.command), ensure_ascii=False, allow_nan=False))
@@ -296,3 +297,46 @@ def test_a_tied_head_beside_two_alike_embeddings_is_left_alone(tmp_path, monkeyp
         one_by_one = api.load(str(tmp_path))
     assert tabled.layers == one_by_one.layers and tabled.notes == one_by_one.notes
     assert not any(layer.aliases for layer in tabled.layers)
+
+
+@pytest.mark.parametrize("args", [
+    ("--format", "json", "-k", "*experts.1*"),  # a glob keeping some of a template's layers, the first not
+    ("-k", "down_proj", "-k", "lm_head"),  # substrings, folded
+    ("--format", "csv", "-k", "*layers.[2-4].mlp*"),
+    ("--format", "json", "--scheme", "torch_default", "-k", "*mlp*"),  # rows that read their names
+], ids=["glob", "substrings", "class", "torch_default"])
+def test_a_name_filter_keeps_the_table_and_its_outputs(checkpoint, monkeypatch, args):
+    """-k on a LayerTable keeps a table (each template's first kept layer its template): every output as the
+    one computed key by key."""
+    _as_key_by_key(monkeypatch, "inspect", checkpoint, *args)
+
+
+def test_a_configuration_is_applied_to_the_table_as_key_by_key(checkpoint, tmp_path, monkeypatch):
+    """A fancli.yaml's defaults and overrides (matching some of a template's layers: experts.1 but not
+    experts.0) on a LayerTable: grouped by template and matching rules, every output as key by key, and a rule
+    that matches nothing warned of alike."""
+    configured = tmp_path / "fancli.yaml"
+    configured.write_text("defaults: {scheme: kaiming_normal, mode: fan_in, nonlinearity: relu}\n"
+                          "overrides:\n"
+                          "  - {match: \"*experts.1.*\", nonlinearity: tanh}\n"
+                          "  - {match: [\"*down_proj*\", lm_head], scheme: xavier_uniform}\n"
+                          "  - {match: nothing.here, mode: fan_out}\n")
+    for fmt in FORMATS:
+        done = _as_key_by_key(monkeypatch, "inspect", checkpoint, "--format", fmt, "--config", configured)
+        assert "nothing.here" in done.err
+    layers = json.loads(run("inspect", checkpoint, "--format", "json", "--config", configured).out)["layers"]
+    found = {layer["param"]: layer for layer in layers}
+    assert found["model.layers.1.mlp.experts.1.up_proj.weight"]["nonlinearity"] == "tanh"
+    assert found["model.layers.1.mlp.experts.0.up_proj.weight"]["nonlinearity"] == "relu"
+    assert found["model.layers.1.mlp.experts.1.down_proj.weight"]["scheme"] == "xavier_uniform"
+
+
+def test_a_filter_and_a_configuration_keep_the_layers_a_table(checkpoint, tmp_path):
+    """What makes them fast (a fancli.yaml took 3.3× the time of none on the DeepSeek shape, -k 1.9×): the
+    configured model's layers stay a LayerTable and a filtered report's rows a RowTable."""
+    configured = tmp_path / "fancli.yaml"
+    configured.write_text("defaults: {nonlinearity: relu}\noverrides:\n  - {match: \"*experts.1.*\", nonlinearity: tanh}\n")
+    model = api.load_configured(str(checkpoint), config.load_config(configured))
+    assert isinstance(model.layers, LayerTable) and len(model.layers.templates) < len(model.layers) / 2
+    done = api.run(model, report.Request(settings=report.Settings(filters=("*experts.1*",))))
+    assert isinstance(done.rows, report.RowTable) and 0 < len(done.rows) < len(model.layers) / 3
