@@ -171,7 +171,7 @@ class Config:
 
 
 def _hit(patterns: tuple[str, ...], names: list[str], params: list[str]) -> list[bool]:
-    """Whether each layer's name or key matches one of `patterns`, as `InitRule.matches` says."""
+    """Whether each layer's name or its key matches one of an override's `patterns` (globs, fnmatchcase)."""
     columns = [glob_hits(pattern, texts) for pattern in patterns for texts in (names, params)]
     return list(map(any, zip(*columns))) if columns else [False] * len(names)
 
