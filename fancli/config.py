@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .analysis import gains, recipes, schemes
+from .columns import Numbering, glob_hits
 from .config_files import (
     MAX_CONFIG_BYTES,
     MAX_CONFIG_NODES,
@@ -35,7 +36,6 @@ from .config_files import (
     read_pyproject,
 )
 from .errors import SourceError
-from .columns import Numbering, glob_hits
 from .layer import BuiltBy, Layer, LayerTable, Model
 from .safe_io import read_text
 from .vocab import FAN_CONVENTIONS
@@ -125,7 +125,7 @@ class Config:
         """The model with this configuration's init choices on its layers (`hits`: `self.hits(model)`, where
         already found). A LayerTable stays one: its layers grouped by template and the overrides that match
         them, each group's template changed and its copies alike."""
-        hits = self.hits(model) if hits is None else hits
+        hits = self._checked(model, hits)
         layers = model.layers
         if isinstance(layers, LayerTable):
             numbering = Numbering()
@@ -140,6 +140,14 @@ class Config:
         if self.recipe:  # the source's config still gives the numbers the recipe reads
             built_by = replace(built_by or BuiltBy(""), recipe=self.recipe, where=self.recipe_at)
         return replace(model, layers=changed, fans=self.fans or model.fans, built_by=built_by)
+
+    def _checked(self, model: Model, hits: list[list[bool]] | None) -> list[list[bool]]:
+        """`hits` where they are this model's (one column per override, one value per layer), found where None."""
+        if hits is None:
+            return self.hits(model)
+        if len(hits) != len(self.overrides) or any(len(hit) != len(model.layers) for hit in hits):
+            raise ValueError("hits must be this configuration's for this model (Config.hits(model))")
+        return hits
 
     def _matched(self, found: tuple[bool, ...]) -> tuple[InitRule, ...]:
         """The overrides that match a layer, in order, from its hits."""
@@ -162,7 +170,7 @@ class Config:
         first = ", ".join(layers.params[:3] if isinstance(layers, LayerTable) else
                           [layer.param for layer in layers[:3]])
         found = []
-        for rule, hit in zip(self.overrides, self.hits(model) if hits is None else hits):
+        for rule, hit in zip(self.overrides, self._checked(model, hits)):
             if not any(hit):
                 message = (f"match {' or '.join(repr(p) for p in rule.patterns)} matches no layer of {model.source} "
                            f"(the first layers: {first})")

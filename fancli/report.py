@@ -848,6 +848,9 @@ def selected(model: Model, filters: tuple[str, ...]) -> list[Layer]:
     layers = model.layers
     if not filters:
         return list(layers)
+    if isinstance(layers, LayerTable):  # the names from its columns, and only the layers kept made
+        kept = _kept(layers.names, layers.params, filters)
+        return list(map(layers.__getitem__, itertools.compress(range(len(layers)), kept)))
     return list(itertools.compress(layers, _kept([layer.name for layer in layers], [layer.param for layer in layers],
                                                  filters)))
 

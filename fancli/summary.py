@@ -17,8 +17,8 @@ from collections import Counter
 from typing import Iterable
 
 from .layer import Layer, LayerTable
-from .weights.dtypes import DTYPES
 from .records import record
+from .weights.dtypes import DTYPES
 
 #: What a source without dtypes (a YAML spec, a factory's shapes) is counted as, and said to be.
 ASSUMED_DTYPE = "float32"

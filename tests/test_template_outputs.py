@@ -336,7 +336,21 @@ def test_a_filter_and_a_configuration_keep_the_layers_a_table(checkpoint, tmp_pa
     configured model's layers stay a LayerTable and a filtered report's rows a RowTable."""
     configured = tmp_path / "fancli.yaml"
     configured.write_text("defaults: {nonlinearity: relu}\noverrides:\n  - {match: \"*experts.1.*\", nonlinearity: tanh}\n")
-    model = api.load_configured(str(checkpoint), config.load_config(configured))
+    rules = config.load_config(configured)
+    model = api.load_configured(str(checkpoint), rules)
     assert isinstance(model.layers, LayerTable) and len(model.layers.templates) < len(model.layers) / 2
+    with pytest.raises(ValueError, match="hits must be"):  # found in review: another model's hits
+        rules.apply(api.loaded(str(checkpoint)), [[True]])
     done = api.run(model, report.Request(settings=report.Settings(filters=("*experts.1*",))))
     assert isinstance(done.rows, report.RowTable) and 0 < len(done.rows) < len(model.layers) / 3
+
+
+def test_stats_after_a_configuration_and_a_filter_read_each_layers_own_data(checkpoint, tmp_path, monkeypatch):
+    """Suggested in review: a configured, filtered table's copies keep their own data handles: --stats (the
+    FP8 weights dequantized by their scales) as computed key by key, and each expert its own std."""
+    configured = tmp_path / "fancli.yaml"
+    configured.write_text("defaults: {nonlinearity: relu}\noverrides:\n  - {match: \"*experts.1.*\", nonlinearity: tanh}\n")
+    done = _as_key_by_key(monkeypatch, "inspect", checkpoint, "--format", "json", "--stats", "--config", configured,
+                          "-k", "*mlp.experts*")
+    layers = [layer for layer in json.loads(done.out)["layers"] if layer["param"].endswith("up_proj.weight")]
+    assert len(layers) > 8 and len({layer["observed"]["std"] for layer in layers}) == len(layers)

@@ -14,8 +14,8 @@ from typing import Any, Callable
 from ..kinds import KIND_OF_CLASS, RECURRENT_PARAM, REINITIALISING
 from ..kinds import kind as layer_kind
 from ..layer import Layer
-from ..weights.tensors import TensorData
 from ..records import record
+from ..weights.tensors import TensorData
 
 #: HF transformers' GPT-2 `Conv1D`: a linear layer whose weight is stored [in, out].
 HF_CONV1D = "Conv1D"
