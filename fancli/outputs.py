@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable
 from .errors import SettingsError
 
 #: `renderer(result, **options)` -> the text, or the pieces to write in order (JSON, whose 90,000-row
-#: reports are written as they come; a piece is text, or UTF-8 bytes where built as bytes). Options are the command's (diff's `max_change`, propagate's
-#: `source`; `width` only for a table written to a terminal).
+#: reports are written as they come; a piece is text, or UTF-8 bytes where built as bytes). Options are the
+#: command's (diff's `max_change`, propagate's `source`; `width` only for a table written to a terminal).
 Renderer = Callable[..., "str | Iterable[str | bytes]"]
 
 #: (command, format) -> "module:function" in `fancli.renderers`, or a Renderer. A command's first format is its

@@ -16,6 +16,7 @@ the device), or a directory. A symlink is written through: its target is replace
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import contextvars
 import json
@@ -303,13 +304,22 @@ def write_with(path: str | Path, fill: Callable[[str], None], others: Iterable[s
     return target
 
 
+def takes_utf8(stream: Any) -> bool:
+    """Whether UTF-8 bytes may go to a text stream's buffer as they are, between its text: the text it writes
+    is UTF-8 (or says ASCII, which click writes as UTF-8; a latin-1 or cp1252 one would write the rest in its
+    own), it has a buffer (not a StringIO) and its text mode translates no newline (Windows' writes "\\r\\n")."""
+    encoding = getattr(stream, "encoding", None)
+    return (os.linesep == "\n" and hasattr(stream, "buffer") and encoding is not None
+            and codecs.lookup(encoding).name in ("utf-8", "ascii"))
+
+
 def write_text(path: str | Path, text: str | Iterable[str | bytes], others: Iterable[str | Path | None] = ()) -> Path:
     """Write `text` (UTF-8; a string, or pieces written in order, each text or already UTF-8) to `path`
     atomically, refusing to replace a file the run reads or also writes, a device or a directory."""
 
     def fill(temp_name: str) -> None:
-        raw = os.linesep == "\n"  # bytes as they are where text mode translates no newline (not Windows)
         with open(temp_name, "w", encoding="utf-8") as handle:
+            raw = takes_utf8(handle)
             for piece in [text] if isinstance(text, str) else text:
                 if isinstance(piece, str) or not raw:
                     handle.write(piece if isinstance(piece, str) else piece.decode("utf-8"))

@@ -4,8 +4,6 @@ the run did not read (safe_io's read set)."""
 
 from __future__ import annotations
 
-import codecs
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -88,7 +86,9 @@ def write_stdout(text: str | Iterable[str | bytes] | None = None, printer: Calla
         else:  # click's stdout (UTF-8 where the locale's encoding cannot write the text; bytes pieces, UTF-8,
             # to its buffer), with color=True: as they are, not scanned for colour codes to strip (60 MB of
             # JSON), which the renderers escape
-            raw = _takes_utf8()
+            from ..safe_io import takes_utf8
+
+            raw = takes_utf8(sys.stdout)
             for piece in [text] if isinstance(text, str) or text is None else text:
                 click.echo(piece if raw or not isinstance(piece, bytes) else piece.decode(), nl=False, color=True)
         sys.stdout.flush()
@@ -96,16 +96,6 @@ def write_stdout(text: str | Iterable[str | bytes] | None = None, printer: Calla
         raise ReaderGone from None  # the reader went away (`| head`) after a piece: main ends quietly
     except OSError as error:
         raise StdoutError(f"cannot write to stdout: {error.strerror or error}") from None
-
-
-def _takes_utf8() -> bool:
-    """Whether a bytes piece (UTF-8) may go to stdout's buffer as it is: the text click writes there is UTF-8
-    (stdout's own encoding, or UTF-8 where it says ASCII; a latin-1 or cp1252 stdout writes the rest of the
-    document in its own), stdout has a buffer (not a StringIO it was redirected to) and its text mode
-    translates no newline (Windows' writes "\\r\\n")."""
-    encoding = getattr(sys.stdout, "encoding", None)
-    return (os.linesep == "\n" and hasattr(sys.stdout, "buffer") and encoding is not None
-            and codecs.lookup(encoding).name in ("utf-8", "ascii"))
 
 
 def check_outputs(output: str | None, plot_path: str | None) -> None:

@@ -341,8 +341,9 @@ def json_array_of_chunks(key: str, chunks: Iterable[str | bytes]) -> Iterator[st
 
 
 def json_chunks(report: Report) -> Iterator[str | bytes]:
-    """The report as JSON, in pieces to be written as they come (text, or UTF-8 bytes: `_kin_chunks`): indented at the top, one layer per line
-    (readable, greppable, and fast for 90,000 layers: json's C encoder runs only without indentation).
+    """The report as JSON, in pieces to be written as they come (text, or UTF-8 bytes: `_kin_chunks`):
+    indented at the top, one layer per line (readable, greppable, and fast for 90,000 layers: json's C
+    encoder runs only without indentation).
     Strings keep their real value; characters a terminal would act on are written as escapes (`json_safe`)."""
     document = report_dict(report, rows=False)
     del document["layers"]
